@@ -1,0 +1,173 @@
+"""Scheduling core throughput and cycle latency, in-process.
+
+Goals (issue 3; figures, never pass/fail):
+* placements per second placing 100,000 single-task jobs onto 10,000
+  heterogeneous nodes with the bin-pack strategy: >= 50,000/s;
+* p99 time of one scheduling cycle with 10,000 nodes and 10,000 pending jobs:
+  <= 50 ms.
+
+    .venv/bin/python bench/bench_scheduler.py [--jobs 100000] [--nodes 10000] [--cycles 60]
+
+Wall and CPU (process) time are both printed: on a shared machine the CPU
+time is the steadier figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common import write_result
+
+from apportion.core.model import Device, Node
+from apportion.core.scheduling import ClusterState, Job, SchedulerConfig, job, schedule_cycle
+from apportion.core.scheduling.constraints import parse_constraints
+
+GI = 2**30
+SHAPES = [  # cores, memory GiB, GPUs, share of the fleet
+    (8, 32, 0, 0.20), (16, 64, 0, 0.25), (32, 128, 0, 0.20), (64, 256, 0, 0.15),
+    (96, 768, 0, 0.05), (32, 256, 4, 0.08), (64, 512, 8, 0.07),
+]
+
+
+def fleet(n: int, rng: random.Random) -> list[Node]:
+    nodes = []
+    weights = [s[3] for s in SHAPES]
+    for i in range(n):
+        cores, mem, gpus, _ = rng.choices(SHAPES, weights)[0]
+        labels = {"facility": f"f{i % 4}", "zone": f"z{i % 16}",
+                  "cost": f"{cores * 0.05 + gpus * 2.5:.2f}"}
+        devices = {}
+        if gpus:
+            model = rng.choice(["A100", "H100"])
+            devices = {"gpu": tuple(Device(f"GPU-{k}", model, 80 * GI, attrs={"numa": k // 4})
+                                    for k in range(gpus))}
+            labels["gpu.model"] = model
+        nodes.append(Node(f"node-{i:05d}", {"cpu": cores * 1000, "memory": mem * GI},
+                          devices=devices, labels=labels))
+    return nodes
+
+
+ZONE_A = parse_constraints("facility=f1")
+H100 = parse_constraints("gpu.model=H100")
+
+
+def make_job(i: int, rng: random.Random, now: float = 0.0) -> Job:
+    cpu = rng.choice([500, 1000, 2000, 4000, 8000])
+    mem = rng.choice([1, 2, 4, 8, 16, 32]) * GI
+    request = {"cpu": cpu, "memory": mem}
+    constraints = parse_constraints("")
+    roll = rng.random()
+    if roll < 0.05:
+        request["gpu"] = rng.choice([1, 2])
+        if rng.random() < 0.5:
+            constraints = H100
+    elif roll < 0.15:
+        constraints = ZONE_A
+    return job(f"j{i}", request, submit_time=now, constraints=constraints,
+               runtime_estimate=float(rng.choice([60, 600, 3600, 14400])), queue=f"q{i % 8}")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def placements_per_second(n_jobs: int, n_nodes: int, batch: int) -> dict[str, Any]:
+    rng = random.Random(1)
+    state = ClusterState(fleet(n_nodes, rng))
+    jobs = [make_job(i, rng) for i in range(n_jobs)]
+    config = SchedulerConfig(strategy="binpack", backfill="none", preemption=False)
+    placed = 0
+    wall = cpu = 0.0
+    for start in range(0, n_jobs, batch):
+        chunk = jobs[start:start + batch]
+        result, w, c = timed(lambda chunk=chunk: schedule_cycle(state, chunk, 0.0, config))
+        placed += len(result.placements)
+        wall += w
+        cpu += c
+    return {"jobs": n_jobs, "nodes": n_nodes, "batch": batch, "placed": placed,
+            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "placements_per_s_wall": round(placed / wall), "placements_per_s_cpu":
+            round(placed / cpu), "goal_per_s": 50_000}
+
+
+def cycle_latency(n_nodes: int, n_pending: int, cycles: int) -> dict[str, Any]:
+    rng = random.Random(2)
+    state = ClusterState(fleet(n_nodes, rng))
+    config = SchedulerConfig(strategy="fifo", backfill="easy")
+    counter = 0
+
+    def fresh(now: float) -> Job:
+        nonlocal counter
+        counter += 1
+        return make_job(counter, rng, now)
+
+    # Fill the cluster: keep submitting until most of it is in use.
+    pending = [fresh(0.0) for _ in range(n_pending)]
+    now = 0.0
+    while True:
+        result = schedule_cycle(state, pending, now, config)
+        started = {p.job_id for p in result.placements}
+        pending = [j for j in pending if j.id not in started]
+        pending += [fresh(now) for _ in range(len(started))]
+        if not started:
+            break
+    used = 1 - state.free_total()["cpu"] / state.capacity_total()["cpu"]
+    times_wall, times_cpu, starts = [], [], []
+    for _ in range(cycles):
+        now += 60.0
+        running = sorted(state.running)
+        for job_id in rng.sample(running, max(1, len(running) // 100)):
+            state.finish(job_id)
+        result, w, c = timed(lambda p=pending, t=now: schedule_cycle(state, p, t, config))
+        times_wall.append(w)
+        times_cpu.append(c)
+        started = {p.job_id for p in result.placements}
+        starts.append(len(started))
+        pending = [j for j in pending if j.id not in started]
+        pending += [fresh(now) for _ in range(len(started))]
+    return {
+        "nodes": n_nodes, "pending": n_pending, "cycles": cycles,
+        "running": len(state.running), "cpu_in_use": round(used, 3),
+        "starts_per_cycle_mean": round(sum(starts) / len(starts), 1),
+        "p50_ms_wall": round(_pct(times_wall, 50) * 1000, 2),
+        "p99_ms_wall": round(_pct(times_wall, 99) * 1000, 2),
+        "p50_ms_cpu": round(_pct(times_cpu, 50) * 1000, 2),
+        "p99_ms_cpu": round(_pct(times_cpu, 99) * 1000, 2),
+        "max_ms_wall": round(max(times_wall) * 1000, 2),
+        "goal_p99_ms": 50,
+    }
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * p // 100) - 1)] if ordered else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--pending", type=int, default=10_000)
+    parser.add_argument("--cycles", type=int, default=60)
+    args = parser.parse_args()
+    rate = placements_per_second(args.jobs, args.nodes, args.batch)
+    print(f"placements: {rate['placed']:,} of {rate['jobs']:,} jobs on {rate['nodes']:,} "
+          f"heterogeneous nodes (bin-pack): {rate['placements_per_s_wall']:,}/s wall, "
+          f"{rate['placements_per_s_cpu']:,}/s cpu (goal >= 50,000/s)")
+    cycle = cycle_latency(args.nodes, args.pending, args.cycles)
+    print(f"cycle: {cycle['nodes']:,} nodes, {cycle['pending']:,} pending, "
+          f"{cycle['cpu_in_use']:.0%} cpu in use, {cycle['starts_per_cycle_mean']} starts/cycle:"
+          f" p50 {cycle['p50_ms_wall']} ms, p99 {cycle['p99_ms_wall']} ms wall "
+          f"(cpu p99 {cycle['p99_ms_cpu']} ms; goal p99 <= 50 ms)")
+    write_result("scheduler", {"placements": rate, "cycle": cycle})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,552 @@
+"""Running tasks as processes on this node: start, watch, stop, recover.
+
+Each task gets ``<work_dir>/tasks/<task id>/`` holding its record
+(``task.json``), its logs (``stdout.log``, ``stderr.log``), its checkpoint
+directory, a resumed checkpoint (``resume/``), the guard's usage file and,
+once it ends, ``exit_code`` (written by the shell shim the command runs
+under). The record is what lets a restarted agent adopt processes it did not
+start and learn how the ones that ended while it was away ended: the
+processes outlive the agent on purpose, so restarting an agent never stops
+work.
+
+A task runs in its own session, so its whole process group can be signalled
+and killed; with cgroup v2 it also gets its own cgroup with ``cpu.max`` and
+``memory.max``. Without cgroup v2 a ``MemoryWatchdog`` polls each task's
+tree and the runner kills a task that exceeds its memory grant.
+
+Exits are noticed through a pidfd (``pidfd_open``) on the event loop, so a
+process that ends is seen at once, whether or not it is our child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+import structlog
+
+from apportion.agent import limits
+from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
+from apportion.agent.protocol import EXIT_FILE, SHIM, Assignment, task_env
+
+log = structlog.get_logger(__name__)
+
+RECORD = "task.json"
+REPORT = "report.json"
+REPORTED = "reported"
+POLL_FALLBACK_S = 0.2
+
+
+@dataclass
+class LocalTask:
+    """A task this agent runs (or ran), as the agent sees it."""
+
+    assignment: Assignment
+    dir: Path
+    pid: int | None = None
+    create_time: float | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    state: str = "prepared"
+    """prepared, running, exited."""
+    signalled: bool = False
+    stop_state: str | None = None
+    lost: bool = False
+    memory_exceeded: bool = False
+    reason: str | None = None
+    exit_code: int | None = None
+    times: dict[str, float] = field(default_factory=dict)
+    cgroup: Path | None = None
+    kill_timer: asyncio.TimerHandle | None = None
+    pidfd: int | None = None
+    used: dict[str, float] = field(default_factory=dict)
+    """What the task used so far: ``memory`` (peak bytes), ``cpu_seconds``,
+    ``gpu_memory`` (peak bytes over its GPUs), ``gpu_util_sum`` and
+    ``gpu_util_n`` (for the mean utilization in percent)."""
+
+    @property
+    def id(self) -> str:
+        return self.assignment.id
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / "checkpoint"
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.dir / "resume"
+
+    def report(self) -> dict[str, Any]:
+        """The exit report the server is sent (and that is kept until it answers)."""
+        reason = None if self.reason is None else "".join(
+            c if c.isprintable() else " " for c in self.reason)[:500]
+        body: dict[str, Any] = {
+            "state": "exited", "exit_code": self.exit_code, "signalled": self.signalled,
+            "memory_exceeded": self.memory_exceeded, "lost": self.lost,
+            "reason": reason, "times": dict(self.times)}
+        usage = self.usage_summary()
+        if usage:
+            body["usage"] = usage
+        return body
+
+    def note(self, key: str, value: float) -> None:
+        """Keep the highest reading of ``key`` (a peak or a growing counter)."""
+        if value >= 0 and value > self.used.get(key, -1.0):
+            self.used[key] = float(value)
+
+    def usage_summary(self) -> dict[str, float]:
+        """What the exit report says the task used (only what was measured)."""
+        out: dict[str, float] = {}
+        for key in ("memory", "cpu_seconds", "gpu_memory"):
+            if key in self.used:
+                out[key] = round(self.used[key], 3)
+        if self.used.get("gpu_util_n"):
+            out["gpu_util"] = round(self.used["gpu_util_sum"] / self.used["gpu_util_n"], 2)
+        started, ended = self.times.get("started_at"), self.times.get("exited_at")
+        if started is not None and ended is not None and ended >= started:
+            out["runtime_s"] = round(ended - started, 3)
+        return out
+
+
+ExitCallback = Callable[[LocalTask], None]
+
+
+class Runner:
+    """Starts and stops this node's task processes; calls ``on_exit`` once
+    for every task that ends (or is found ended after a restart)."""
+
+    def __init__(self, work_dir: Path, node: str, support: LimitSupport, on_exit: ExitCallback,
+                 *, watchdog_s: float = 1.0) -> None:
+        self.work_dir = work_dir
+        self.tasks_dir = work_dir / "tasks"
+        self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        self.node = node
+        self.support = support
+        self.on_exit = on_exit
+        self.watchdog_s = watchdog_s
+        self.tasks: dict[str, LocalTask] = {}
+        self._watchdog = MemoryWatchdog(kill=False)
+        self._watching: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def open(self) -> list[LocalTask]:
+        """Adopt the processes a previous agent left running; returns the
+        tasks that ended unreported (their exits must still be sent)."""
+        loop = asyncio.get_running_loop()
+        if self.support.mode is LimitMode.RLIMIT_WATCHDOG:
+            self._watching = loop.create_task(self._watch_memory())
+        ended = []
+        for record in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
+            if (record.parent / REPORTED).exists():
+                continue
+            task = self._recover(record.parent)
+            if task is not None and task.state == "exited":
+                ended.append(task)
+        return ended
+
+    def close(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+        for task in self.tasks.values():
+            self._unwatch(task)
+
+    def known(self, task_id: str) -> bool:
+        """Whether this node ever took the task (a task never runs twice)."""
+        return task_id in self.tasks or (self.tasks_dir / task_id).exists()
+
+    def running(self) -> list[LocalTask]:
+        return [t for t in self.tasks.values() if t.state != "exited"]
+
+    # -- start --------------------------------------------------------------
+
+    def prepare(self, assignment: Assignment) -> LocalTask:
+        """Make the task's directory and record before anything runs."""
+        task_dir = self.tasks_dir / assignment.id
+        task_dir.mkdir(parents=True)
+        task = LocalTask(assignment, task_dir)
+        task.checkpoint_dir.mkdir()
+        task.times["received_at"] = time.time()
+        self.tasks[assignment.id] = task
+        self._save(task)
+        return task
+
+    def spawn(self, task: LocalTask, *, resumed: bool = False) -> None:
+        """Start the task's command; an exit is reported through ``on_exit``."""
+        a = task.assignment
+        env = task_env(a, self.node, task.dir, task.checkpoint_dir,
+                       task.resume_dir if resumed else None)
+        try:
+            task.cgroup = self._cgroup(a)
+            with (task.dir / "stdout.log").open("ab") as out, \
+                    (task.dir / "stderr.log").open("ab") as err:
+                task.popen = _popen(a.command, task.dir, env, out, err, task.cgroup)
+        except (OSError, ValueError) as exc:
+            self._failed_to_start(task, f"could not start: {exc}")
+            return
+        task.pid = task.popen.pid
+        task.create_time = _create_time(task.pid)
+        task.state = "running"
+        task.times["started_at"] = time.time()
+        self._save(task)
+        self._watch(task)
+        memory = a.resources_base.get("memory")
+        if memory and task.cgroup is None:
+            with contextlib.suppress(psutil.Error):
+                self._watchdog.watch(task.id, task.pid, memory)
+
+    def _cgroup(self, a: Assignment) -> Path | None:
+        if self.support.mode is not LimitMode.CGROUP_V2 or self.support.parent is None:
+            return None
+        return limits.create_task_cgroup(a.id, a.resources_base.get("cpu"),
+                                         a.resources_base.get("memory"),
+                                         parent=self.support.parent)
+
+    def _failed_to_start(self, task: LocalTask, reason: str) -> None:
+        task.reason = reason[:500]
+        task.exit_code = None
+        task.state = "exited"
+        task.times["exited_at"] = time.time()
+        self._save(task)
+        asyncio.get_running_loop().call_soon(self.on_exit, task)
+
+    # -- stop ---------------------------------------------------------------
+
+    def stop(self, task_id: str, signal_name: str, grace_s: float, *, state: str | None = None,
+             lost: bool = False) -> None:
+        """Send the stop signal to the task's process group, then SIGKILL
+        it after ``grace_s``. A task that never started ends at once."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state == "exited" or task.signalled:
+            return
+        task.signalled, task.stop_state, task.lost = True, state, lost
+        task.times["signal_at"] = time.time()
+        if task.state == "prepared":
+            self._never_started(task)
+            return
+        self._signal(task, _signal(signal_name))
+        task.kill_timer = asyncio.get_running_loop().call_later(grace_s, self.kill, task_id)
+
+    def kill(self, task_id: str) -> None:
+        """SIGKILL the task's process group now (a task not started yet never will)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state == "exited":
+            return
+        task.signalled = True
+        task.times.setdefault("signal_at", time.time())
+        if task.state == "prepared":
+            self._never_started(task)
+            return
+        self._signal(task, signal.SIGKILL)
+
+    def _never_started(self, task: LocalTask) -> None:
+        task.state = "exited"
+        task.times["exited_at"] = time.time()
+        task.reason = task.reason or "stopped before it started"
+        self._save(task)
+        asyncio.get_running_loop().call_soon(self.on_exit, task)
+
+    def _signal(self, task: LocalTask, sig: signal.Signals) -> None:
+        if task.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(task.pid, sig)
+
+    # -- exits --------------------------------------------------------------
+
+    def _watch(self, task: LocalTask) -> None:
+        loop = asyncio.get_running_loop()
+        assert task.pid is not None
+        try:
+            task.pidfd = os.pidfd_open(task.pid)
+        except (OSError, AttributeError):
+            loop.call_later(POLL_FALLBACK_S, self._poll, task)
+            return
+        loop.add_reader(task.pidfd, self._exited, task)
+
+    def _poll(self, task: LocalTask) -> None:
+        if task.state == "exited":
+            return
+        if _alive(task):
+            asyncio.get_running_loop().call_later(POLL_FALLBACK_S, self._poll, task)
+            return
+        self._exited(task)
+
+    def _unwatch(self, task: LocalTask) -> None:
+        if task.pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(task.pidfd)
+            with contextlib.suppress(OSError):
+                os.close(task.pidfd)
+            task.pidfd = None
+
+    def _exited(self, task: LocalTask) -> None:
+        if task.state == "exited":
+            return
+        self._unwatch(task)
+        task.times["exited_at"] = time.time()
+        code = _reap(task)
+        task.exit_code = _exit_code(task.dir, code)
+        if task.exit_code is None and task.reason is None:
+            task.reason = "ended while the agent was away; its exit status is unknown"
+        if task.kill_timer is not None:
+            task.kill_timer.cancel()
+        # Whatever the task left in its group (daemons, workers) goes with it:
+        # its resources are about to be given to someone else.
+        self._signal(task, signal.SIGKILL)
+        self._watchdog.forget(task.id)
+        self._cgroup_end(task)
+        task.state = "exited"
+        self._save(task)
+        self.on_exit(task)
+
+    def _cgroup_end(self, task: LocalTask) -> None:
+        if task.cgroup is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            peak = limits.cgroup_memory(task.cgroup).get("peak")
+            if peak is not None:
+                task.note("memory", peak)
+            task.note("cpu_seconds", _cgroup_cpu_seconds(task.cgroup))
+        with contextlib.suppress(OSError):
+            kills = limits.cgroup_memory(task.cgroup).get("oom_kills")
+            if kills:
+                task.memory_exceeded = True
+                task.reason = "memory limit exceeded (cgroup OOM kill)"
+        with contextlib.suppress(OSError):
+            limits.remove(task.cgroup)
+
+    async def _watch_memory(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog_s)
+            for overrun in await asyncio.to_thread(self._watchdog.check):
+                task = self.tasks.get(overrun.task)
+                if task is None or task.state != "running":
+                    continue
+                # Marked before the kill, so the exit it causes is reported
+                # as the memory limit, not as a plain SIGKILL.
+                task.memory_exceeded = True
+                task.reason = (f"memory limit exceeded: {overrun.peak_rss} bytes resident, "
+                               f"limit {overrun.limit}")
+                with contextlib.suppress(psutil.Error):
+                    limits.kill_tree(psutil.Process(overrun.pid))
+                self._signal(task, signal.SIGKILL)
+
+    # -- after the end ----------------------------------------------------------
+
+    def reported(self, task: LocalTask) -> None:
+        """The server has the exit: the task is done here for good."""
+        (task.dir / REPORTED).touch()
+        self.tasks.pop(task.id, None)
+        for scratch in (task.resume_dir, task.checkpoint_dir, task.dir / "checkpoint.tar"):
+            if scratch.is_dir():
+                shutil.rmtree(scratch, ignore_errors=True)
+            elif scratch.exists():
+                scratch.unlink()
+
+    @staticmethod
+    def has_checkpoint(task: LocalTask) -> bool:
+        """Whether the task saved anything to its checkpoint directory."""
+        try:
+            with os.scandir(task.checkpoint_dir) as entries:
+                return next(entries, None) is not None
+        except OSError:
+            return False
+
+    def pack_checkpoint(self, task: LocalTask) -> Path | None:
+        """A tar of what the task saved to its checkpoint directory, if anything."""
+        if not self.has_checkpoint(task):
+            return None
+        path = task.dir / "checkpoint.tar"
+        with tarfile.open(path, "w") as tar:
+            tar.add(task.checkpoint_dir, arcname=".")
+        return path
+
+    def usage(self, task: LocalTask) -> dict[str, Any]:
+        """Per-task usage for the heartbeat: tree RSS, and the guard's latest
+        sample when the task runs the in-process guard."""
+        out: dict[str, Any] = {"id": task.id, "job_id": task.assignment.job_id,
+                               "pid": task.pid, "state": task.state}
+        if task.pid is not None and task.state == "running":
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(task.pid)
+                out["rss"] = limits.tree_rss(process)
+                task.note("memory", out["rss"])
+                task.note("cpu_seconds", _tree_cpu_seconds(process))
+        with contextlib.suppress(OSError, ValueError):
+            out["guard"] = json.loads((task.dir / "usage.json").read_text())
+        return out
+
+    @staticmethod
+    def note_gpus(task: LocalTask, gpus: list[dict[str, Any]]) -> None:
+        """Fold one heartbeat's GPU readings into the task's use of its own
+        GPUs (granted devices are the task's alone, so the card's memory in
+        use is the task's)."""
+        granted = task.assignment.devices.get("gpu") or []
+        if not granted or not gpus:
+            return
+        uuids = {str(d.get("id")): d.get("uuid")
+                 for d in task.assignment.device_info.get("gpu", [])}
+        mine = [g for g in gpus
+                if str(g.get("index")) in granted
+                or (g.get("uuid") is not None and g.get("uuid") in uuids.values())]
+        memory = [int(g["memory_used"]) for g in mine if g.get("memory_used") is not None]
+        util = [float(g["utilization_percent"]) for g in mine
+                if g.get("utilization_percent") is not None]
+        if memory:
+            task.note("gpu_memory", sum(memory))
+        if util:
+            task.used["gpu_util_sum"] = task.used.get("gpu_util_sum", 0.0) + sum(util) / len(util)
+            task.used["gpu_util_n"] = task.used.get("gpu_util_n", 0.0) + 1
+
+    # -- records ------------------------------------------------------------------
+
+    def _save(self, task: LocalTask) -> None:
+        body = {"assignment": task.assignment.to_dict(), "pid": task.pid,
+                "create_time": task.create_time, "state": task.state,
+                "cgroup": str(task.cgroup) if task.cgroup else None,
+                "report": task.report() if task.state == "exited" else None,
+                "times": task.times, "signalled": task.signalled, "lost": task.lost,
+                "stop_state": task.stop_state}
+        tmp = task.dir / (RECORD + ".tmp")
+        tmp.write_text(json.dumps(body))
+        tmp.replace(task.dir / RECORD)
+
+    def _recover(self, task_dir: Path) -> LocalTask | None:
+        try:
+            body = json.loads((task_dir / RECORD).read_text())
+            assignment = Assignment.from_wire(body["assignment"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable_task_record", dir=str(task_dir), error=repr(exc))
+            return None
+        task = LocalTask(assignment, task_dir, body.get("pid"), body.get("create_time"),
+                         times=dict(body.get("times") or {}))
+        task.signalled = bool(body.get("signalled"))
+        task.lost = bool(body.get("lost"))
+        task.stop_state = body.get("stop_state")
+        task.cgroup = Path(body["cgroup"]) if body.get("cgroup") else None
+        self.tasks[task.id] = task
+        saved = body.get("report")
+        if saved is not None:
+            task.state, task.exit_code = "exited", saved.get("exit_code")
+            task.memory_exceeded = bool(saved.get("memory_exceeded"))
+            task.reason = saved.get("reason")
+        elif task.pid is not None and _alive(task):
+            task.state = "running"
+            self._watch(task)
+            memory = assignment.resources_base.get("memory")
+            if memory and task.cgroup is None:
+                with contextlib.suppress(psutil.Error):
+                    self._watchdog.watch(task.id, task.pid, memory)
+            log.info("task_adopted", task=task.id, pid=task.pid)
+        else:
+            task.state = "exited"
+            task.exit_code = _exit_code(task_dir, None)
+            task.times.setdefault("exited_at", time.time())
+            if task.pid is None:
+                task.reason = "the agent stopped before the task started"
+            self._save(task)
+        return task
+
+
+def _popen(command: tuple[str, ...], cwd: Path, env: dict[str, str], out: IO[bytes],
+           err: IO[bytes], cgroup: Path | None) -> subprocess.Popen[bytes]:
+    if not command:
+        raise ValueError("the job has no command")
+    procs = str(cgroup / "cgroup.procs") if cgroup is not None else ""
+    # Its own session, so the whole task can be signalled and killed as a
+    # process group; the shim does the rest of what task_preexec would.
+    return subprocess.Popen(
+        ["/bin/sh", "-c", SHIM, "apportion-task", procs, *command],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        start_new_session=True, close_fds=True,
+    )
+
+
+def _signal(name: str) -> signal.Signals:
+    name = name.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    return signal.Signals.__members__.get(name, signal.SIGTERM)
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _alive(task: LocalTask) -> bool:
+    """The recorded process still runs (the same process, not a reused pid)."""
+    if task.pid is None:
+        return False
+    try:
+        proc = psutil.Process(task.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return task.create_time is None or abs(proc.create_time() - task.create_time) < 0.01
+    except psutil.Error:
+        return False
+
+
+def _reap(task: LocalTask) -> int | None:
+    """Collect our child's exit status, with its resource use: the shim
+    waits for the command, so the shell's rusage holds the command's CPU time
+    and the peak RSS of its largest process."""
+    popen = task.popen
+    if popen is None:
+        return None
+    if popen.returncode is None:
+        try:
+            # The pidfd says it is gone: this does not block.
+            pid, status, rusage = os.wait4(popen.pid, 0)
+        except ChildProcessError:
+            return popen.poll()
+        if pid == popen.pid:
+            popen.returncode = os.waitstatus_to_exitcode(status)
+            task.note("cpu_seconds", rusage.ru_utime + rusage.ru_stime)
+            task.note("memory", rusage.ru_maxrss * 1024)  # Linux reports KiB
+    return popen.returncode
+
+
+def _tree_cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of a process tree so far, counting children it has reaped."""
+    total = 0.0
+    try:
+        members = [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            t = member.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _cgroup_cpu_seconds(cgroup: Path) -> float:
+    for line in (cgroup / "cpu.stat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    return 0.0
+
+
+def _exit_code(task_dir: Path, returncode: int | None) -> int | None:
+    """The command's exit status: what the shim wrote, else the shell's own
+    status (128 + signal when it was killed), else unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((task_dir / EXIT_FILE).read_text().strip())
+    if returncode is None:
+        return None
+    return 128 - returncode if returncode < 0 else returncode

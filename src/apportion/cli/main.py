@@ -1,0 +1,234 @@
+"""The ``apportion`` command: ``server``, ``up`` and the API's commands."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import httpx
+import typer
+
+from apportion.cli import (
+    agent_cmds,
+    jobs_cmds,
+    ledger_cmds,
+    observe_cmds,
+    planning_cmds,
+    simulate,
+)
+from apportion.cli.output import console, err_console
+from apportion.client import Client, ClientError, read_config, write_config
+from apportion.logs import configure_logging
+
+if TYPE_CHECKING:
+    # The server stack (SQLAlchemy, Alembic, uvicorn) is imported by the
+    # commands that run a server, not by every client command (0.5 s each).
+    from apportion.service.settings import Settings
+
+app = typer.Typer(
+    name="apportion",
+    help="Resource manager for heterogeneous compute clusters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(ledger_cmds.nodes_app, name="nodes")
+app.add_typer(ledger_cmds.allocations_app, name="allocations")
+app.add_typer(ledger_cmds.token_app, name="token")
+app.command("alloc")(ledger_cmds.alloc)
+app.command("release")(ledger_cmds.release)
+app.command("capacity")(ledger_cmds.capacity)
+app.command("alerts")(ledger_cmds.alerts)
+app.add_typer(jobs_cmds.jobs_app, name="jobs")
+app.add_typer(jobs_cmds.queues_app, name="queues")
+app.command("submit")(agent_cmds.submit)
+app.command("agent")(agent_cmds.agent)
+jobs_cmds.jobs_app.command("logs")(agent_cmds.jobs_logs)
+observe_cmds.register(app)
+planning_cmds.register(app)
+simulate.register(app)
+for _name in ("drain", "cordon", "uncordon", "rescan"):
+    ledger_cmds.nodes_app.command(_name)(getattr(agent_cmds, f"nodes_{_name}"))
+
+HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
+PortOpt = Annotated[int, typer.Option("--port", help="port to listen on")]
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from apportion.server.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        # Keep idle connections longer than clients pool them (httpx: 5 s), so a
+        # client never sends on a connection the server is just closing.
+        timeout_keep_alive=75,
+        # Agents hold a long-poll open; a graceful stop must not wait out
+        # their hold time (they retry, and a restarted server answers them).
+        timeout_graceful_shutdown=3,
+    )
+
+
+@app.command()
+def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8080) -> None:
+    """Serve the API on the configured store (SQLite by default,
+    APPORTION_DATABASE_URL for PostgreSQL)."""
+    from apportion.service.settings import Settings
+
+    configure_logging()
+    _serve(Settings.from_env(), host, port)
+
+
+def _local_admin_token(settings: Settings, url: str) -> str:
+    """Reuse the admin token in the CLI config when this store knows it,
+    otherwise make one and write it there."""
+    from apportion.service.auth import Authenticator
+    from apportion.store.database import create_engine, migrate
+    from apportion.store.tokens import find_token
+
+    engine = create_engine(settings.url)
+    migrate(engine)
+    try:
+        if settings.admin_token:
+            Authenticator(engine).ensure("admin", "admin", settings.admin_token)
+            write_config(url, settings.admin_token)
+            return settings.admin_token
+        known = read_config().get("token")
+        if known:
+            with engine.connect() as conn:
+                record = find_token(conn, known)
+            if record is not None and record.role == "admin":
+                write_config(url, known)
+                return str(known)
+        token, _ = Authenticator(engine).create("local-admin", "admin")
+        write_config(url, token)
+        return token
+    finally:
+        engine.dispose()
+
+
+def _local_agent_token(settings: Settings, name: str) -> str:
+    """An ``agent`` token for this machine's node, kept in the data directory
+    (reused while this store knows it)."""
+    from apportion.service.auth import Authenticator
+    from apportion.store.database import create_engine
+    from apportion.store.tokens import find_token
+
+    path = settings.data_dir / "agent.token"
+    engine = create_engine(settings.url)
+    try:
+        if path.exists():
+            known = path.read_text().strip()
+            with engine.connect() as conn:
+                record = find_token(conn, known)
+            if record is not None and (record.role, record.name) == ("agent", name):
+                return known
+        token, _ = Authenticator(engine).create(name, "agent")
+    finally:
+        engine.dispose()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return token
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """``preexec_fn`` that asks Linux to SIGTERM the child when ``up`` dies,
+    however it dies (libc is loaded before the fork, not in the child)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+def _start_local_agent(url: str, token: str, name: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """A real agent for this machine: it discovers what the machine has,
+    registers it, and runs the tasks submitted here; it stops them when
+    ``up`` stops."""
+    command = [sys.executable, "-m", "apportion.cli.main", "agent", "--server", url,
+               "--token", token, "--name", name, "--labels", "facility=local",
+               "--work-dir", str(data_dir / "agent"), "--on-exit", "stop"]
+    return subprocess.Popen(command, preexec_fn=_die_with_parent())
+
+
+def _announce_when_up(url: str, token: str, name: str, data_dir: Path) -> None:
+    """Wait for the agent to register this machine, then say what to try."""
+    with Client(url, token) as client:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                client.get_node(name)
+                break
+            except (ClientError, OSError, httpx.HTTPError):
+                time.sleep(0.1)
+        else:
+            err_console.print("[red]the local agent did not register this machine[/red]")
+            return
+    console.print(
+        f"[green]apportion is up[/green] at {url}  (store: {data_dir}); node "
+        f"[bold]{name}[/bold] registered by its agent.\n"
+        "  try: apportion submit --cpu 1 --memory 512Mi --wait -- echo hello | "
+        "apportion nodes list | apportion jobs list\n  stop with Ctrl-C"
+    )
+
+
+@app.command()
+def up(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="where the SQLite file lives (APPORTION_DATA_DIR)"),
+    ] = None,
+) -> None:
+    """Everything on this machine in one command: the server on the embedded
+    SQLite store, a real agent that registers this machine and runs the work
+    submitted to it, and an admin token in the CLI config so every other
+    command just works."""
+    from apportion.service.settings import Settings
+
+    configure_logging()
+    settings = Settings.from_env(data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://{host}:{port}"
+    token = _local_admin_token(settings, url)
+    os.environ.setdefault("APPORTION_SERVER", url)
+    name = socket.gethostname()
+    agent = _start_local_agent(url, _local_agent_token(settings, name), name,
+                               settings.data_dir)
+    threading.Thread(
+        target=_announce_when_up, args=(url, token, name, settings.data_dir), daemon=True
+    ).start()
+    try:
+        _serve(settings, host, port)
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(5)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,310 @@
+"""Typed HTTP client for the apportion API, used by the CLI and the agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class ClientError(Exception):
+    """The server answered an error; ``body`` is its JSON (``message`` says why)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(body.get("message") or f"HTTP {status}")
+
+
+def config_path() -> Path:
+    if os.environ.get("APPORTION_CONFIG"):
+        return Path(os.environ["APPORTION_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "apportion" / "config.toml"
+
+
+@dataclass(frozen=True)
+class Connection:
+    server: str
+    token: str | None
+
+
+def read_config() -> dict[str, Any]:
+    path = config_path()
+    if not path.exists():
+        return {}
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def write_config(server: str, token: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"server = {_toml_str(server)}\ntoken = {_toml_str(token)}\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return path
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def resolve(server: str | None = None, token: str | None = None) -> Connection:
+    """Flags first, then APPORTION_SERVER / APPORTION_TOKEN, then the config file."""
+    cfg = read_config()
+    return Connection(
+        server or os.environ.get("APPORTION_SERVER") or cfg.get("server") or DEFAULT_SERVER,
+        token or os.environ.get("APPORTION_TOKEN") or cfg.get("token"),
+    )
+
+
+class Client:
+    """Thin, typed calls onto the REST API; every method returns parsed JSON."""
+
+    def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, server: str | None = None, token: str | None = None) -> Client:
+        conn = resolve(server, token)
+        return cls(conn.server, conn.token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text or f"HTTP {response.status_code}"}
+            if not isinstance(body, dict):
+                body = {"message": str(body)}
+            raise ClientError(response.status_code, body)
+        return response.json() if response.content else None
+
+    # -- API calls -------------------------------------------------------
+
+    def healthz(self) -> Any:
+        return self.request("GET", "/healthz")
+
+    def whoami(self) -> Any:
+        return self.request("GET", "/api/v1/whoami")
+
+    def list_nodes(self, **filters: str | None) -> Any:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/api/v1/nodes", params=params)["nodes"]
+
+    def get_node(self, name: str) -> Any:
+        return self.request("GET", f"/api/v1/nodes/{name}")
+
+    def register_node(self, body: dict[str, Any]) -> Any:
+        return self.request("POST", "/api/v1/nodes", json=body)
+
+    def update_node(self, name: str, body: dict[str, Any]) -> Any:
+        return self.request("PUT", f"/api/v1/nodes/{name}", json=body)
+
+    def delete_node(self, name: str, *, force: bool = False) -> Any:
+        return self.request(
+            "DELETE", f"/api/v1/nodes/{name}", params={"force": "true" if force else "false"}
+        )
+
+    def allocate(
+        self,
+        resources: dict[str, Any],
+        *,
+        node: str | None = None,
+        owner: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Any:
+        body: dict[str, Any] = {"resources": resources, "labels": labels or {}}
+        if node:
+            body["node"] = node
+        if owner:
+            body["owner"] = owner
+        return self.request("POST", "/api/v1/allocations", json=body)
+
+    def release(self, alloc_id: str, reason: str | None = None) -> Any:
+        params = {"reason": reason} if reason else {}
+        return self.request("DELETE", f"/api/v1/allocations/{alloc_id}", params=params)
+
+    def get_allocation(self, alloc_id: str) -> Any:
+        return self.request("GET", f"/api/v1/allocations/{alloc_id}")
+
+    def list_allocations(self, **filters: Any) -> Any:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/api/v1/allocations", params=params)["allocations"]
+
+    def capacity(self, group_by: str = "resource") -> Any:
+        return self.request("GET", "/api/v1/capacity/summary", params={"group_by": group_by})
+
+    def utilization(self, group_by: str = "resource", window_seconds: float = 3600.0) -> Any:
+        return self.request("GET", "/api/v1/capacity/utilization",
+                            params={"group_by": group_by, "window_seconds": window_seconds})
+
+    def forecast(self, *, days: float = 7.0, group_by: str = "resource",
+                 history_days: float | None = None, group: str | None = None,
+                 resource: str | None = None, points: bool = True) -> Any:
+        params: dict[str, Any] = {"days": days, "group_by": group_by,
+                                  "points": "true" if points else "false"}
+        for key, value in (("history_days", history_days), ("group", group),
+                           ("resource", resource)):
+            if value is not None:
+                params[key] = value
+        return self.request("GET", "/api/v1/capacity/forecast", params=params)
+
+    def prediction(self, name: str, *, user: str | None = None, command: str | None = None,
+                   **requested: Any) -> Any:
+        params = {k: v for k, v in (("user", user), ("command", command), *requested.items())
+                  if v is not None}
+        return self.request("GET", f"/api/v1/predictions/{quote(name, safe='')}",
+                            params=params)
+
+    def create_token(self, name: str, role: str) -> Any:
+        return self.request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+
+    def submit_job(self, body: dict[str, Any]) -> Any:
+        return self.request("POST", "/api/v1/jobs", json=body)
+
+    def list_jobs(self, **filters: Any) -> Any:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/api/v1/jobs", params=params)["jobs"]
+
+    def get_job(self, job_id: str) -> Any:
+        return self.request("GET", f"/api/v1/jobs/{job_id}")
+
+    def explain_job(self, job_id: str) -> Any:
+        return self.request("GET", f"/api/v1/jobs/{job_id}/explain")
+
+    def cancel_job(self, job_id: str) -> Any:
+        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+
+    def list_queues(self) -> Any:
+        return self.request("GET", "/api/v1/queues")["queues"]
+
+    def put_queue(self, body: dict[str, Any], *, create: bool) -> Any:
+        return self.request("POST" if create else "PUT", "/api/v1/queues", json=body)
+
+    # -- agents, node operations and logs ----------------------------------
+
+    def job_logs(self, job_id: str, *, task: str | None = None, stream: str = "stdout",
+                 offset: int = 0) -> Any:
+        params: dict[str, Any] = {"stream": stream, "offset": offset}
+        if task is not None:
+            params["task"] = task
+        return self.request("GET", f"/api/v1/jobs/{job_id}/logs", params=params)
+
+    def drain_node(self, name: str, deadline: str | None = None) -> Any:
+        body = {"deadline": deadline} if deadline is not None else {}
+        return self.request("POST", f"/api/v1/nodes/{name}/drain", json=body)
+
+    def cordon_node(self, name: str) -> Any:
+        return self.request("POST", f"/api/v1/nodes/{name}/cordon")
+
+    def uncordon_node(self, name: str) -> Any:
+        return self.request("POST", f"/api/v1/nodes/{name}/uncordon")
+
+    def rescan_node(self, name: str) -> Any:
+        return self.request("POST", f"/api/v1/nodes/{name}/rescan")
+
+    def agent_status(self, name: str) -> Any:
+        return self.request("GET", f"/api/v1/agents/{name}")
+
+    def alerts(self, *, state: str | None = None, severity: str | None = None) -> Any:
+        params = {k: v for k, v in (("state", state), ("severity", severity)) if v}
+        return self.request("GET", "/api/v1/alerts", params=params)["alerts"]
+
+    def health_checks(self) -> Any:
+        return self.request("GET", "/api/v1/health-checks")["nodes"]
+
+    # -- observability -------------------------------------------------------
+
+    def metrics(self) -> str:
+        """The Prometheus text of ``GET /metrics``."""
+        response = self._http.get("/metrics")
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response.text
+
+    def history(self, metric: str, *, window_seconds: float = 3600.0, step: float | None = None,
+                **labels: str | None) -> Any:
+        params: dict[str, Any] = {"metric": metric, "window_seconds": window_seconds}
+        if step is not None:
+            params["step"] = step
+        params.update({k: v for k, v in labels.items() if v is not None})
+        return self.request("GET", "/api/v1/history", params=params)
+
+    def events(self, *, after: int | None = None, tail: int | None = None,
+               kinds: str | None = None, follow: bool = True,
+               reconnect: bool = True) -> Iterator[dict[str, Any]]:
+        """Events from ``GET /api/v1/events`` as dicts, in order. Following,
+        a dropped connection is resumed from the last event seen."""
+        last = after
+        delay = 0.5
+        while True:
+            params: dict[str, Any] = {"follow": "true" if follow else "false"}
+            if kinds:
+                params["kind"] = kinds
+            if tail is not None and last is None:
+                params["tail"] = tail
+            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            try:
+                with self._http.stream("GET", "/api/v1/events", params=params, headers=headers,
+                                       timeout=httpx.Timeout(30.0, read=None)) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise _error_of(response)
+                    delay = 0.5
+                    for event in _sse_events(response.iter_lines()):
+                        last = int(event["id"])
+                        yield event
+                if not follow:
+                    return
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                if not (follow and reconnect):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _error_of(response: httpx.Response) -> ClientError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"message": response.text or f"HTTP {response.status_code}"}
+    if not isinstance(body, dict):
+        body = {"message": str(body)}
+    return ClientError(response.status_code, body)
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Parse server-sent events; yields each message's JSON ``data``."""
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield json.loads("\n".join(data))
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))

@@ -1,0 +1,108 @@
+"""The nouns of ARCHITECTURE.md as frozen values: devices, nodes, allocations.
+
+These are what the ledger, the store and the API exchange. Times are float
+seconds since the epoch, always passed in by the caller (core reads no clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from apportion.core.resources import Vector
+
+
+class NodeState(StrEnum):
+    READY = "ready"
+    DRAINING = "draining"
+    CORDONED = "cordoned"
+    SUSPECT = "suspect"
+    DOWN = "down"
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+class AllocationState(StrEnum):
+    ACTIVE = "active"
+    RELEASED = "released"
+
+
+class ReleaseReason(StrEnum):
+    RELEASED = "released"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    NODE_LOST = "node_lost"
+    NODE_DELETED = "node_deleted"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One identified unit of a countable resource (a GPU, an ASIC, a licence seat)."""
+
+    id: str
+    model: str | None = None
+    memory: int | None = None
+    uuid: str | None = None
+    serial: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A machine that offers capacity. ``resources`` is its capacity."""
+
+    name: str
+    resources: Vector
+    devices: dict[str, tuple[Device, ...]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    specs: dict[str, Any] = field(default_factory=dict)
+    state: NodeState = NodeState.READY
+    health: Health = Health.HEALTHY
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state is NodeState.READY and self.health is not Health.UNHEALTHY
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """A grant of a resource vector (and named devices) on one node."""
+
+    id: str
+    node: str
+    resources: Vector
+    devices: dict[str, tuple[str, ...]]
+    owner: str | None
+    labels: dict[str, str]
+    state: AllocationState
+    created_at: float
+    reason: ReleaseReason | None = None
+    released_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state is AllocationState.ACTIVE
+
+    def released(self, reason: ReleaseReason, now: float) -> Allocation:
+        return Allocation(
+            self.id,
+            self.node,
+            self.resources,
+            self.devices,
+            self.owner,
+            self.labels,
+            AllocationState.RELEASED,
+            self.created_at,
+            reason,
+            now,
+        )

@@ -1,0 +1,349 @@
+"""Reservations for jobs that must wait, so backfilled jobs cannot delay them.
+
+EASY (Lifka 1995; Mu'alem & Feitelson 2001) keeps one reservation, for the
+job at the head of the queue; conservative backfilling keeps one for every
+waiting job. A running job is expected to end at ``max(now, start +
+estimate)``.
+
+* ``easy_reservation`` is exact, per node. On the state itself, inside a
+  transaction that is rolled back, it releases running jobs in order of
+  expected end until the head job fits (placed by the same placement code,
+  filling first the nodes those jobs free, as count-based EASY implicitly
+  does, so that idle nodes stay free for backfill). The reservation records
+  the time and, per node, what stays free at that time after the head takes
+  its share (``extra``). A later job may start now if it is expected to end
+  by the reservation, or if on reserved nodes it uses no more than ``extra``:
+  the rule that lets a job run past the reservation on nodes the head job
+  does not need.
+* ``Profile`` is the plan conservative backfilling keeps: free capacity
+  summed over ready nodes, as a step function of time, from running jobs'
+  expected ends and the reservations made so far. On a homogeneous pool
+  (every trace replay, where each task takes whole processors) it is exact;
+  on a mixed fleet it can be optimistic, and the real placement at start
+  time stays the judge, so nothing is ever oversubscribed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.jobs import Job
+from apportion.core.scheduling.state import ClusterState
+
+INF = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """When a waiting job is expected to start, and on which nodes (empty for
+    reservations made on the aggregate profile)."""
+
+    job_id: str
+    start: float
+    nodes: Mapping[str, Mapping[str, int]]
+
+
+@dataclass(slots=True)
+class HeadReservation:
+    reservation: Reservation
+    extra: dict[str, dict[str, int]]
+    """Per reserved node, what stays free at the reservation time after the
+    head job takes its share: the most a job running past it may use there."""
+    pool: Pool | None = None
+    """Set when the reservation was made on a pool of interchangeable capacity
+    (then ``extra`` is empty and ``pool_extra`` says what is left)."""
+    pool_extra: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Capacity that is interchangeable in units: one class of nodes with a
+    single resource, every node's free amount and every running task a
+    multiple of ``unit`` (the head's task size). A trace replay's processors
+    are the example. Then "the head fits" and "what it leaves" are sums, and
+    a job whose tasks are multiples of ``unit`` can be checked against the
+    sum without a per-node shadow."""
+
+    resource: str
+    unit: int
+
+    def covers(self, job: Job) -> bool:
+        return all(
+            len(s.resources) == 1 and s.resources.get(self.resource, 0) % self.unit == 0
+            and self.resource in s.resources
+            for s in job.tasks
+        )
+
+
+def pool_for(state: ClusterState, job: Job) -> Pool | None:
+    """The pool ``job`` can be planned on, or None when capacity is not
+    interchangeable for it (then the per-node shadow is used)."""
+    classes = [c for c in state.classes if c.size and c.schedulable]
+    if len(classes) != 1:
+        return None
+    cls = classes[0]
+    if len(cls.resources) != 1 or cls.devices:
+        return None
+    r = cls.resources[0]
+    sizes = {s.resources.get(r, 0) for s in job.tasks}
+    if len(sizes) != 1 or any(len(s.resources) != 1 for s in job.tasks):
+        return None
+    unit = sizes.pop()
+    if unit <= 0 or cls.capacity[0] % unit:
+        return None
+    if job.constraints or job.affinity or job.anti_affinity:
+        return None
+    if any(b.free[0] % unit for b in state.buckets()):
+        return None
+    for rj in state.running.values():
+        if any(spec.resources.get(r, 0) % unit for spec in rj.job.tasks):
+            return None
+    return Pool(r, unit)
+
+
+def pool_reservation(
+    state: ClusterState, pool: Pool, job: Job, now: float
+) -> HeadReservation | None:
+    """EASY's reservation on a pool: the first expected end after which the
+    summed free units cover the head job."""
+    r = pool.resource
+    need = job.total.get(r, 0)
+    free = state.free_total_of(r)
+    ends = running_ends(state, now)
+    i = 0
+    t = now
+    while free < need:
+        if i >= len(ends):
+            return None
+        t = ends[i][0]
+        while i < len(ends) and ends[i][0] == t:
+            free += state.running[ends[i][1]].job.total.get(r, 0)
+            i += 1
+    return HeadReservation(Reservation(job.id, t, {}), {}, pool, free - need)
+
+
+def running_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:
+    """(expected end, job id) of running jobs with a known end, soonest first."""
+    out = []
+    for job_id, rj in state.running.items():
+        end = rj.expected_end(now)
+        if end is not None:
+            out.append((end, job_id))
+    out.sort()
+    return out
+
+
+def cached_easy_reservation(
+    state: ClusterState, placer: Placer, job: Job, now: float
+) -> HeadReservation | None:
+    """``easy_reservation``, reused while nothing has started or ended and no
+    running job has outrun its estimate (so every expected end is the same)."""
+    hit = state.cache.get("easy")
+    if (
+        hit is not None
+        and hit[0] == job.id
+        and hit[1] is placer.options
+        and hit[2] == state.changes
+        and now <= hit[3]
+    ):
+        found: HeadReservation | None = hit[4]
+        return None if found is None else _copy(found)
+    raw_ends = [rj.start + rj.estimate for rj in state.running.values()
+                if rj.estimate is not None]
+    # A job past its estimate is expected to end "now", which moves with the
+    # clock: then the answer holds for this instant only.
+    valid_until = min(raw_ends, default=INF)
+    valid_until = max(valid_until, now)
+    pool = pool_for(state, job)
+    if pool is not None:
+        found = pool_reservation(state, pool, job, now)
+    else:
+        found = easy_reservation(state, placer, job, now)
+    state.cache["easy"] = (job.id, placer.options, state.changes, valid_until, found)
+    return None if found is None else _copy(found)
+
+
+def _copy(found: HeadReservation) -> HeadReservation:
+    # The cycle spends ``extra`` as it backfills; the cached one stays whole.
+    return HeadReservation(found.reservation, {n: dict(v) for n, v in found.extra.items()},
+                           found.pool, found.pool_extra)
+
+
+def easy_reservation(
+    state: ClusterState,
+    placer: Placer,
+    job: Job,
+    now: float,
+    ends: Sequence[tuple[float, str]] | None = None,
+) -> HeadReservation | None:
+    """The earliest time ``job`` fits as running jobs end, with the nodes it
+    would take; None when it does not fit even after every known end."""
+    ends = running_ends(state, now) if ends is None else ends
+    need = job.total
+    free = {r: state.free_total_of(r) for r in need}
+    mark = state.mark()
+    try:
+        released: dict[str, None] = {}
+        i = 0
+        while i < len(ends):
+            t = ends[i][0]
+            while i < len(ends) and ends[i][0] == t:
+                rj = state.finish(ends[i][1])
+                for tp in rj.tasks:
+                    released[tp.node] = None
+                for r in need:
+                    free[r] += rj.job.total.get(r, 0)
+                i += 1
+            # The summed free capacity is a necessary condition and costs
+            # nothing; only then is the real placement tried.
+            if any(free[r] < q for r, q in need.items()):
+                continue
+            found = _try_at(state, placer, job, t, list(released))
+            if found is not None:
+                return found
+        return None
+    finally:
+        state.rollback(mark)
+
+
+def _try_at(
+    state: ClusterState, placer: Placer, job: Job, t: float, prefer: list[str]
+) -> HeadReservation | None:
+    result = placer.place(job, prefer=prefer)
+    if result.tasks is None:
+        return None
+    nodes: dict[str, dict[str, int]] = {}
+    for tp in result.tasks:
+        held = nodes.setdefault(tp.node, {})
+        for r, q in tp.resources.items():
+            held[r] = held.get(r, 0) + q * tp.count
+    extra = {name: state.free(name) for name in nodes}
+    return HeadReservation(Reservation(job.id, t, nodes), extra)
+
+
+def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[object]) -> None:
+    """Take a backfilled job's use of reserved nodes off their ``extra``."""
+    from apportion.core.scheduling.jobs import TaskPlacement
+
+    for tp in tasks:
+        assert isinstance(tp, TaskPlacement)
+        room = extra.get(tp.node)
+        if room is not None:
+            for r, q in tp.resources.items():
+                if r in room:
+                    room[r] -= q * tp.count
+
+
+class Profile:
+    """Free capacity over time, summed over ready nodes, for conservative
+    backfilling: step ``k`` starts at ``times[k]`` with free vector
+    ``free[k]`` (the last step lasts for ever).
+
+    A cycle asks it once per waiting job, so the steps are plain lists and
+    the common case of one resource (every SWF replay) runs on plain ints.
+    """
+
+    __slots__ = ("free", "names", "pos", "times")
+
+    def __init__(self, names: Sequence[str], now: float, free_now: Sequence[int],
+                 releases: Sequence[tuple[float, Sequence[int]]]) -> None:
+        self.names = tuple(names)
+        self.pos = {r: i for i, r in enumerate(self.names)}
+        self.times: list[float] = [now]
+        self.free: list[list[int]] = [list(free_now)]
+        current = list(free_now)
+        for t, vec in sorted(releases, key=lambda tv: tv[0]):
+            current = [a + b for a, b in zip(current, vec, strict=True)]
+            if t <= self.times[-1]:
+                self.free[-1] = current
+            else:
+                self.times.append(t)
+                self.free.append(current)
+
+    @classmethod
+    def of(cls, state: ClusterState, now: float) -> Profile:
+        total = state.free_total()
+        names = sorted(total)
+        pos = {r: i for i, r in enumerate(names)}
+        releases = []
+        for end, job_id in running_ends(state, now):
+            vec = [0] * len(names)
+            for r, q in state.running[job_id].job.total.items():
+                i = pos.get(r)
+                if i is not None:
+                    vec[i] = q
+            releases.append((end, vec))
+        return cls(names, now, [total[r] for r in names], releases)
+
+    def vector(self, request: Mapping[str, int]) -> list[int] | None:
+        out = [0] * len(self.names)
+        for r, q in request.items():
+            i = self.pos.get(r)
+            if i is None:
+                return None
+            out[i] = q
+        return out
+
+    def earliest(
+        self,
+        need: Sequence[int],
+        duration: float | None,
+        later_than: float | None = None,
+        first_only: bool = False,
+    ) -> float | None:
+        """The first step start (after ``later_than`` when given) from which
+        ``need`` stays free for ``duration`` (None: for ever); with
+        ``first_only``, only the first candidate step is tried."""
+        times, free = self.times, self.free
+        n = len(times)
+        idx = [i for i, q in enumerate(need) if q]
+        single = idx[0] if len(idx) == 1 else -1
+        want = need[single] if single >= 0 else 0
+        i = 0 if later_than is None else bisect_right(times, later_than)
+        while i < n:
+            end = INF if duration is None else times[i] + duration
+            j = i
+            ok = True
+            while j < n and times[j] < end:
+                row = free[j]
+                if (row[single] < want) if single >= 0 else any(row[k] < need[k] for k in idx):
+                    ok = False
+                    break
+                j += 1
+            if ok:
+                return times[i]
+            if first_only:
+                return None
+            # Every window starting at or before step j contains it: skip past.
+            i = j + 1
+        return None
+
+    def reserve(self, start: float, need: Sequence[int], duration: float | None) -> None:
+        """Take ``need`` from ``start`` for ``duration`` (None: for ever)."""
+        a = self._split(start)
+        b = len(self.times) if duration is None else self._split(start + duration)
+        idx = [i for i, q in enumerate(need) if q]
+        free = self.free
+        if len(idx) == 1:
+            k0, q0 = idx[0], need[idx[0]]
+            for k in range(a, b):
+                free[k][k0] -= q0
+            return
+        for k in range(a, b):
+            row = free[k]
+            for i in idx:
+                row[i] -= need[i]
+
+    def _split(self, t: float) -> int:
+        times = self.times
+        k = bisect_left(times, t)
+        if k < len(times) and times[k] == t:
+            return k
+        if k == 0:
+            return 0  # before the profile starts: nothing to split
+        times.insert(k, t)
+        self.free.insert(k, list(self.free[k - 1]))
+        return k

@@ -1,0 +1,501 @@
+"""One scheduling cycle: the entry point the server and the simulator call.
+
+``schedule_cycle(state, pending, now, config)`` orders the pending jobs with
+the strategy's queue policy and goes down the list:
+
+* a job whose queue is unknown, or whose quota has no room, is held (and
+  never becomes the head: it does not wait for nodes);
+* a job that fits starts: its grants are made on ``state`` and it is
+  registered as running;
+* a job that does not fit may preempt (lower-priority, preemptible jobs),
+  unless known running-job ends would let it start within the grace time;
+* otherwise backfilling decides what may pass it: ``none`` lets nothing
+  pass, ``easy`` reserves for this first blocked job only, ``conservative``
+  reserves for every blocked job.
+
+The cycle updates ``state`` with its decisions (as the ledger does with a
+grant) and returns them; a caller whose durable write fails undoes a start
+with ``state.finish(job_id)``. Time comes in as ``now``; nothing here reads a
+clock, does I/O or draws random numbers, so a replay is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from apportion.core.resources import format_quantity
+from apportion.core.scheduling import preemption
+from apportion.core.scheduling.backfill import (
+    HeadReservation,
+    Profile,
+    Reservation,
+    cached_easy_reservation,
+    easy_reservation,
+    running_ends,
+    use_extra,
+)
+from apportion.core.scheduling.filters import Code, Kind, class_verdict
+from apportion.core.scheduling.framework import Failure, Placer
+from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
+from apportion.core.scheduling.policies import OrderContext, RuntimeHistory, Strategy, strategy
+from apportion.core.scheduling.state import ClusterState
+from apportion.exceptions import InvalidInput
+
+BACKFILL_MODES = ("none", "easy", "conservative")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    strategy: str = "fifo"
+    backfill: str = "easy"
+    aging_rate: float = 1.0 / 600
+    """Priority points a pending job gains per second waited (priority policy)."""
+    preemption: bool = True
+    preemption_grace_s: float = 30.0
+    """How long victims take to stop; a job that known running-job ends
+    would start within this time waits instead of evicting anyone."""
+    max_preemption_attempts: int = 16
+    """Preemption plans tried per cycle (each is a what-if over the cluster)."""
+    default_estimate: float | None = None
+    """Run time assumed for a job with no given or learned estimate (None:
+    unknown, so its end cannot be planned on)."""
+    max_placements: int | None = None
+    """Starts per cycle (None: no limit); the rest wait for the next cycle."""
+    reservation_depth: int | None = 100
+    """Conservative backfilling: how many waiting jobs get a reservation per
+    cycle (as Slurm's ``bf_max_job_test``). Jobs deeper in the queue may
+    still start now if the plan has room for them at once, but get no
+    reservation of their own. None: every waiting job."""
+    queue_required: bool = False
+    """Hold jobs whose queue is not in ``queues`` (the server refuses them at
+    submission already; the simulator creates queues as it meets them)."""
+
+    def __post_init__(self) -> None:
+        if self.backfill not in BACKFILL_MODES:
+            raise InvalidInput(
+                f"backfill: unknown {self.backfill!r}; use none, easy or conservative",
+                field="backfill",
+            )
+        strategy(self.strategy)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    job_id: str
+    tasks: tuple[TaskPlacement, ...]
+    start: float
+    estimate: float | None
+    backfilled: bool = False
+    preempted: tuple[str, ...] = ()
+    """Victims evicted to make room (also listed in ``CycleResult.preemptions``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    victim: str
+    by: str
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineRisk:
+    job_id: str
+    deadline: float
+    expected_end: float
+    certain: bool
+    """True when even starting now it ends too late; False when it misses
+    only if it starts no earlier than its reservation."""
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    placements: tuple[Placement, ...]
+    reservations: tuple[Reservation, ...]
+    preemptions: tuple[Preemption, ...]
+    unplaced: Mapping[str, Failure]
+    """Why each job that did not start waits (``explain`` gives the detail)."""
+    deadline_risks: tuple[DeadlineRisk, ...] = ()
+
+
+def estimator(
+    strat: Strategy, history: RuntimeHistory | None, default: float | None
+) -> Callable[[Job], float | None]:
+    """The run time a strategy plans with for a job."""
+
+    def estimate(job: Job) -> float | None:
+        if job.runtime_estimate is not None:
+            return job.runtime_estimate
+        if strat.learns and history is not None:
+            guess = history.predict(job)
+            if guess is not None:
+                return guess
+        return default
+
+    return estimate
+
+
+@dataclass(slots=True)
+class _Pass:
+    """Mutable bookkeeping of one cycle."""
+
+    state: ClusterState
+    now: float
+    config: SchedulerConfig
+    queues: Mapping[str, Queue]
+    placer: Placer
+    estimate: Callable[[Job], float | None]
+    placements: list[Placement] = field(default_factory=list)
+    reservations: list[Reservation] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
+    unplaced: dict[str, Failure] = field(default_factory=dict)
+    failed: dict[object, Failure] = field(default_factory=dict)
+    head: HeadReservation | None = None
+    head_job: Job | None = None
+    blocked: bool = False
+    no_backfill: Failure | None = None
+    profile: Profile | None = None
+    preempt_tries: int = 0
+    reserved: int = 0
+    lowest_victim: int | None = None
+
+
+def schedule_cycle(
+    state: ClusterState,
+    pending: Sequence[Job],
+    now: float,
+    config: SchedulerConfig,
+    *,
+    queues: Mapping[str, Queue] | None = None,
+    history: RuntimeHistory | None = None,
+) -> CycleResult:
+    """Decide which pending jobs start now, what the rest wait for, and
+    which jobs are preempted; ``state`` is updated with the decisions."""
+    strat = strategy(config.strategy)
+    estimate = estimator(strat, history, config.default_estimate)
+    queues = queues or {}
+    ctx = OrderContext(now, queues, state, estimate, config.aging_rate)
+    ordered = strat.order.order(pending, ctx)
+    p = _Pass(state, now, config, queues, Placer(state, strat.options), estimate)
+    p.lowest_victim = _lowest_victim(state) if config.preemption else None
+    cap = config.max_placements
+    conservative = config.backfill == "conservative"
+    required = config.queue_required
+    for job in ordered:
+        if cap is not None and len(p.placements) >= cap:
+            p.unplaced[job.id] = _CYCLE_LIMIT
+            continue
+        # Only a queue with a quota (or an unknown one, when queues must be
+        # known) can hold a job; the others skip the check.
+        queue = queues.get(job.queue)
+        if (queue is not None and queue.quota) or (required and queue is None):
+            held = _held(p, job)
+            if held is not None:
+                p.unplaced[job.id] = held
+                continue
+        if conservative:
+            _conservative(p, job)
+        elif p.no_backfill is not None:
+            # Nothing passes the head without backfilling: no need to look.
+            p.unplaced[job.id] = p.no_backfill
+        elif p.blocked:
+            _backfill(p, job)
+        else:
+            _in_order(p, job)
+    if p.head is None and p.head_job is not None and p.no_backfill is None:
+        _head(p)  # report the head's reservation even when nothing backfilled
+    return CycleResult(
+        tuple(p.placements),
+        tuple(p.reservations),
+        tuple(p.preemptions),
+        p.unplaced,
+        _deadline_risks(p, ordered),
+    )
+
+
+_CYCLE_LIMIT = Failure(Code.INSUFFICIENT, Kind.BUSY, "cycle placement limit reached")
+
+
+def _held(p: _Pass, job: Job) -> Failure | None:
+    queue = p.queues.get(job.queue)
+    if queue is None:
+        if p.config.queue_required:
+            return Failure(Code.QUOTA, Kind.NEVER, f"unknown queue {job.queue}")
+        return None
+    if not queue.quota:
+        return None
+    used = p.state.usage(job.queue)
+    for r, q in job.total.items():
+        limit = queue.quota.get(r)
+        if limit is not None and used.get(r, 0) + q > limit:
+            return Failure(
+                Code.QUOTA, Kind.BUSY,
+                f"queue {queue.name} quota: {r} {format_quantity(r, used.get(r, 0))} of "
+                f"{format_quantity(r, limit)} in use, job needs {format_quantity(r, q)}",
+            )
+    return None
+
+
+def _try(
+    p: _Pass,
+    job: Job,
+    limits: Mapping[str, Mapping[str, int]] | None = None,
+    cache_key: object = None,
+    prefer: Sequence[str] = (),
+) -> tuple[TaskPlacement, ...] | Failure:
+    """Place ``job`` now, remembering failures by job shape: within a cycle
+    capacity only shrinks (until a preemption frees some), so a shape that
+    did not fit will not fit later in the same cycle."""
+    key = (cache_key, job.shape_hash) if job.cacheable else None
+    if key is not None:
+        hit = p.failed.get(key)
+        if hit is not None:
+            return hit
+    result = p.placer.place(job, limits=limits, prefer=prefer)
+    if result.tasks is not None:
+        return result.tasks
+    assert result.failure is not None
+    if key is not None:
+        p.failed[key] = result.failure
+    return result.failure
+
+
+def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
+           victims: tuple[str, ...] = ()) -> None:
+    from apportion.core.scheduling.jobs import RunningJob
+
+    est = p.estimate(job)
+    p.state.add_running(RunningJob(job, p.now, tasks, est))
+    p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))
+
+
+def _in_order(p: _Pass, job: Job) -> None:
+    # The summed-free check first: a blocked head meets it on every pass. It
+    # says "not now", so it stands only for jobs some node could ever take.
+    short = _aggregate(p, job)
+    if short is not None and all(
+        class_verdict(p.state, job, i).aligned for i in range(len(job.tasks))
+    ):
+        outcome: tuple[TaskPlacement, ...] | Failure = short
+    else:
+        outcome = _try(p, job)
+    if not isinstance(outcome, Failure):
+        _start(p, job, outcome, False)
+        return
+    if outcome.kind is not Kind.BUSY:
+        # It is not waiting for capacity (no node could ever take it, or only
+        # nodes that are down): it must not hold the queue up.
+        p.unplaced[job.id] = outcome
+        return
+    if _preempt(p, job):
+        return
+    p.unplaced[job.id] = outcome
+    p.blocked = True
+    p.head_job = job
+    if p.config.backfill == "none":
+        p.no_backfill = Failure(Code.INSUFFICIENT, Kind.BUSY,
+                                f"waiting behind {job.id} (no backfilling)")
+
+
+def _head(p: _Pass) -> HeadReservation | None:
+    """The head job's reservation, computed on first need: most passes have
+    no job that could backfill, and then it is never needed."""
+    if p.head is None and p.no_backfill is None:
+        assert p.head_job is not None
+        p.head = cached_easy_reservation(p.state, p.placer, p.head_job, p.now)
+        if p.head is None:
+            p.no_backfill = Failure(
+                Code.INSUFFICIENT, Kind.BUSY,
+                f"waiting behind {p.head_job.id}, whose start cannot be planned "
+                "(running jobs without run time estimates)",
+            )
+        else:
+            p.reservations.append(p.head.reservation)
+    return p.head
+
+
+def _backfill(p: _Pass, job: Job) -> None:
+    if p.no_backfill is not None:
+        p.unplaced[job.id] = p.no_backfill
+        return
+    short = _aggregate(p, job)
+    if short is not None:
+        # Cannot fit now whatever the reservation says: no need to plan one.
+        p.unplaced[job.id] = short
+        return
+    head = _head(p)
+    if head is None:
+        assert p.no_backfill is not None
+        p.unplaced[job.id] = p.no_backfill
+        return
+    est = p.estimate(job)
+    # A job expected to end by the reservation cannot delay it, wherever it
+    # runs; one that runs past it may use only what the head leaves free.
+    if est is not None and p.now + est <= head.reservation.start:
+        # It leaves before the head starts: put it on the head's nodes first,
+        # keeping the others for jobs that will run past the reservation.
+        outcome = _try(p, job, prefer=tuple(head.extra))
+    elif head.pool is not None and head.pool.covers(job):
+        need = job.total[head.pool.resource]
+        if need > head.pool_extra:
+            p.unplaced[job.id] = _past_head(head)
+            return
+        outcome = _try(p, job)
+        if not isinstance(outcome, Failure):
+            head.pool_extra -= need
+    else:
+        if head.pool is not None:
+            # This job could fragment the pool: plan the head node by node.
+            head = _exact_head(p, head)
+        outcome = _try(p, job, limits=head.extra, cache_key="past")
+    if isinstance(outcome, Failure):
+        p.unplaced[job.id] = outcome
+        return
+    use_extra(head.extra, outcome)
+    _start(p, job, outcome, True)
+
+
+def _aggregate(p: _Pass, job: Job) -> Failure | None:
+    """The summed-free check, with one shared answer per short resource: it
+    runs for every queued job on every pass, so it must cost next to nothing."""
+    free = p.state.free_total_of
+    for r, q in job.total.items():
+        if free(r) < q:
+            key = ("agg", r)
+            hit = p.failed.get(key)
+            if hit is None:
+                hit = p.failed[key] = Failure(
+                    Code.INSUFFICIENT, Kind.BUSY,
+                    f"not enough {r} free on ready nodes now "
+                    f"({format_quantity(r, free(r))} in all)",
+                )
+            return hit
+    return None
+
+
+def _past_head(head: HeadReservation) -> Failure:
+    return Failure(Code.INSUFFICIENT, Kind.BUSY,
+                   f"would delay {head.reservation.job_id}, reserved to start at "
+                   f"{head.reservation.start:.0f}")
+
+
+def _exact_head(p: _Pass, head: HeadReservation) -> HeadReservation:
+    assert p.head_job is not None
+    exact = easy_reservation(p.state, p.placer, p.head_job, p.now)
+    if exact is None:
+        return head
+    # Capacity the pool arithmetic already promised to backfilled jobs is in
+    # use by them now, so the per-node shadow accounts for it.
+    p.head = exact
+    return exact
+
+
+def _conservative(p: _Pass, job: Job) -> None:
+    if p.profile is None:
+        p.profile = Profile.of(p.state, p.now)
+    profile = p.profile
+    need = profile.vector(job.total)
+    est = p.estimate(job)
+    if need is None:
+        p.unplaced[job.id] = Failure(Code.UNKNOWN_RESOURCE, Kind.NEVER,
+                                     "asks for a resource no ready node offers")
+        return
+    depth = p.config.reservation_depth
+    deep = depth is not None and p.reserved >= depth
+    # Past the reservation depth a job may still start now if the plan has
+    # room at once, but it gets no reservation of its own.
+    t = profile.earliest(need, est, first_only=deep)
+    if t is not None and t <= p.now:
+        outcome = _try(p, job)
+        if not isinstance(outcome, Failure):
+            profile.reserve(p.now, need, est)
+            _start(p, job, outcome, p.blocked)
+            return
+        if outcome.kind is not Kind.BUSY:
+            p.unplaced[job.id] = outcome
+            return
+        if not p.blocked and _preempt(p, job):
+            p.profile = None
+            return
+        # The sums said yes but the nodes say no (fragmentation): plan later.
+        t = None if deep else profile.earliest(need, est, later_than=p.now)
+        p.unplaced[job.id] = outcome
+    else:
+        if not p.blocked and _preempt(p, job):
+            p.profile = None
+            return
+        p.unplaced[job.id] = _DEEP if deep else _waiting(t)
+    p.blocked = True
+    if t is not None and not deep:
+        profile.reserve(t, need, est)
+        p.reservations.append(Reservation(job.id, t, {}))
+        p.reserved += 1
+
+
+_DEEP = Failure(Code.INSUFFICIENT, Kind.BUSY,
+                "waiting beyond the reservation depth; no room now")
+
+
+def _waiting(t: float | None) -> Failure:
+    if t is None:
+        return Failure(Code.INSUFFICIENT, Kind.BUSY,
+                       "waiting; its start cannot be planned from known run times")
+    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"reserved to start at {t:.0f}")
+
+
+def _lowest_victim(state: ClusterState) -> int | None:
+    prios = [rj.job.priority for rj in state.running.values() if rj.job.preemptible]
+    return min(prios) if prios else None
+
+
+def _preempt(p: _Pass, job: Job) -> bool:
+    if (
+        p.lowest_victim is None
+        or p.lowest_victim >= job.priority
+        or p.preempt_tries >= p.config.max_preemption_attempts
+    ):
+        return False
+    p.preempt_tries += 1
+    # Never evict when a known end would let the job start about as soon.
+    soon = easy_reservation(p.state, p.placer, job, p.now)
+    if soon is not None and soon.reservation.start <= p.now + p.config.preemption_grace_s:
+        return False
+    chosen = preemption.plan(p.state, p.placer, job, p.now)
+    if chosen is None:
+        return False
+    for victim in chosen.victims:
+        rj = p.state.finish(victim)
+        nodes = tuple(sorted({tp.node for tp in rj.tasks}))
+        p.preemptions.append(Preemption(victim, job.id, nodes))
+    # Capacity came back: failures remembered so far no longer hold.
+    p.failed.clear()
+    result = p.placer.place(job)
+    assert result.tasks is not None, "the plan was checked on the same state"
+    _start(p, job, result.tasks, False, chosen.victims)
+    p.lowest_victim = _lowest_victim(p.state)
+    return True
+
+
+def _deadline_risks(p: _Pass, ordered: Sequence[Job]) -> tuple[DeadlineRisk, ...]:
+    starts = {r.job_id: r.start for r in p.reservations}
+    started = {pl.job_id for pl in p.placements}
+    out: list[DeadlineRisk] = []
+    for job in ordered:
+        if job.deadline is None:
+            continue
+        est = p.estimate(job) or 0.0
+        if job.id in started or job.id not in starts:
+            end = p.now + est
+            if end > job.deadline:
+                out.append(DeadlineRisk(job.id, job.deadline, end, True))
+            continue
+        end = starts[job.id] + est
+        if end > job.deadline:
+            out.append(DeadlineRisk(job.id, job.deadline, end, p.now + est > job.deadline))
+    return tuple(out)
+
+
+def pending_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:
+    """Expected ends of running jobs, soonest first (for callers planning
+    their next cycle time)."""
+    return running_ends(state, now)

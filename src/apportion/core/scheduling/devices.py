@@ -1,0 +1,127 @@
+"""Which devices a task gets on a node: matching ones, linked ones, shares.
+
+A node describes its devices in ``Node.devices``; what links them is in each
+device's ``attrs``: ``nvlink`` (ids of the peers it has NVLink to),
+``pcie_switch`` and ``numa``. A multi-GPU task gets the free matching devices
+with the most links among them; a single-GPU task takes the device whose
+loss breaks the fewest free linked groups, so linked sets stay whole for the
+jobs that need them.
+
+Shares (time-slicing, Slurm shards): a node offers a device as ``N`` share
+slots of resource ``<family>.shares`` (see ``share_devices``); each slot is a
+device of its own for the ledger, so a device can never give out more than
+its ``N`` shares. A task asking for several shares gets them on one device
+when one has enough free, preferring the device with the fewest free slots so
+that other devices stay whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+from apportion.core.model import Device
+from apportion.core.scheduling.constraints import DeviceRequirement
+from apportion.core.scheduling.state import NodeRec
+
+EXHAUSTIVE_LIMIT = 200
+"""Largest number of device subsets compared one by one; beyond it a greedy
+choice (grow the set by the best-linked device) is used."""
+
+
+def share_devices(device: Device, shares: int) -> tuple[Device, ...]:
+    """``device`` offered as ``shares`` slots (for a resource ``<family>.shares``)."""
+    attrs = {**device.attrs, "parent": device.id}
+    return tuple(
+        Device(f"{device.id}/{k}", device.model, device.memory, device.uuid, device.serial, attrs)
+        for k in range(shares)
+    )
+
+
+def link(a: Device, b: Device) -> int:
+    """How well two devices talk: NVLink 4, same PCIe switch 2, same NUMA node 1."""
+    score = 0
+    peers = a.attrs.get("nvlink") or ()
+    if b.id in peers or a.id in (b.attrs.get("nvlink") or ()):
+        score += 4
+    sw = a.attrs.get("pcie_switch")
+    if sw is not None and sw == b.attrs.get("pcie_switch"):
+        score += 2
+    numa = a.attrs.get("numa")
+    if numa is not None and numa == b.attrs.get("numa"):
+        score += 1
+    return score
+
+
+def set_link_score(devices: Sequence[Device]) -> int:
+    return sum(link(a, b) for a, b in combinations(devices, 2))
+
+
+def matching_free(rec: NodeRec, resource: str, terms: Sequence[DeviceRequirement]) -> list[str]:
+    by_id = rec.devices.get(resource, {})
+    free = rec.free_devices.get(resource, [])
+    if not terms:
+        return list(free)
+    return [d for d in free if all(t.matches_device(by_id[d]) for t in terms)]
+
+
+def choose(
+    rec: NodeRec, resource: str, count: int, terms: Sequence[DeviceRequirement]
+) -> tuple[str, ...] | None:
+    """``count`` free devices of ``resource`` on ``rec`` matching ``terms``,
+    or None when the node has too few."""
+    ids = matching_free(rec, resource, terms)
+    if len(ids) < count:
+        return None
+    by_id = rec.devices[resource]
+    devices = [by_id[d] for d in ids]
+    if any("parent" in d.attrs for d in devices):
+        return _choose_shares(devices, count)
+    if count == 1:
+        return (_least_linked(devices).id,)
+    return tuple(d.id for d in _best_linked(devices, count))
+
+
+def _least_linked(devices: list[Device]) -> Device:
+    # Ties keep device order, so a node without link info hands out GPU 0 first.
+    return min(devices, key=lambda d: sum(link(d, o) for o in devices if o is not d))
+
+
+def _best_linked(devices: list[Device], count: int) -> list[Device]:
+    if len(devices) == count:
+        return devices
+    n_sets = _n_choose_k(len(devices), count)
+    if n_sets <= EXHAUSTIVE_LIMIT:
+        best = max(combinations(devices, count), key=set_link_score)
+        return list(best)
+    chosen = [max(devices, key=lambda d: sum(link(d, o) for o in devices))]
+    rest = [d for d in devices if d is not chosen[0]]
+    while len(chosen) < count:
+        nxt = max(rest, key=lambda d: sum(link(d, c) for c in chosen))
+        chosen.append(nxt)
+        rest.remove(nxt)
+    return chosen
+
+
+def _n_choose_k(n: int, k: int) -> int:
+    out = 1
+    for i in range(k):
+        out = out * (n - i) // (i + 1)
+    return out
+
+
+def _choose_shares(slots: list[Device], count: int) -> tuple[str, ...]:
+    groups: dict[str, list[Device]] = {}
+    for d in slots:
+        groups.setdefault(str(d.attrs.get("parent", d.id)), []).append(d)
+    enough = [g for g in groups.values() if len(g) >= count]
+    if enough:
+        # Fewest free slots first: fill devices already shared, keep others whole.
+        group = min(enough, key=len)
+        return tuple(d.id for d in group[:count])
+    out: list[str] = []
+    for group in sorted(groups.values(), key=len, reverse=True):
+        out.extend(d.id for d in group[: count - len(out)])
+        if len(out) == count:
+            break
+    return tuple(out)

@@ -1,0 +1,355 @@
+"""Filter plugins: which nodes may take a task, and why the others may not.
+
+Each plugin answers at two levels, as the Kubernetes framework's Filter does
+per node, but split the way Nomad caches feasibility per computed class:
+
+* ``check_class``: facts that are the same for every node of a class
+  (state, labels, capacity, device models). Asked once per (job shape,
+  class) and cached until the set of classes changes.
+* ``check_node``: facts about one node now (free capacity, free matching
+  devices, which jobs it runs). The placement walk asks only about the
+  nodes it visits, in index order, so it stops after a few feasible ones.
+
+A rejection is a ``Reason`` naming the plugin, a code and a message with the
+amounts; ``kind`` keeps "does not fit now" (``busy``: waiting helps) apart
+from "node condition" (``condition``: not ready or unhealthy, an operator can
+change it) and "can never fit" (``never``: capacity, labels, devices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from apportion.core.labels import Requirement
+from apportion.core.resources import format_quantity
+from apportion.core.scheduling.constraints import Constraints, family, labels_match
+from apportion.core.scheduling.devices import matching_free
+from apportion.core.scheduling.jobs import Job, TaskSpec
+from apportion.core.scheduling.state import ClusterState, NodeClass, NodeRec
+
+
+class Code(StrEnum):
+    INSUFFICIENT = "insufficient"
+    CAPACITY = "capacity"
+    UNKNOWN_RESOURCE = "unknown_resource"
+    LABEL = "label"
+    NOT_READY = "not_ready"
+    UNHEALTHY = "unhealthy"
+    DEVICE = "device"
+    AFFINITY = "affinity"
+    ANTI_AFFINITY = "anti_affinity"
+    QUOTA = "quota"
+
+
+class Kind(StrEnum):
+    BUSY = "busy"
+    CONDITION = "condition"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one node (or every node of a class) cannot take a task."""
+
+    plugin: str
+    code: Code
+    kind: Kind
+    message: str
+    resource: str | None = None
+    requested: int | None = None
+    available: int | None = None
+
+    @property
+    def group(self) -> str:
+        """What explain counts nodes by: the code, with the resource for
+        resource shortages (so cpu and gpu shortages are told apart)."""
+        if self.resource is not None:
+            return f"{self.code.value} {self.resource}"
+        return self.code.value
+
+
+class FilterPlugin(Protocol):
+    name: str
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None: ...
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None: ...
+
+
+class NodeReady:
+    """Only ready, not unhealthy nodes take work. First: it is the cheapest
+    test and says the most useful thing about a node that is down."""
+
+    name = "NodeReady"
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        if cls.state.value != "ready":
+            return Reason(self.name, Code.NOT_READY, Kind.CONDITION,
+                          f"node is {cls.state.value}")
+        if cls.health.value == "unhealthy":
+            return Reason(self.name, Code.UNHEALTHY, Kind.CONDITION, "node is unhealthy")
+        return None
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None:
+        return None
+
+
+class ResourcesFit:
+    """Capacity (class: can the node ever hold one task) and free amounts
+    (node: can it now). The walk's index already guarantees the resource it
+    walks; this plugin states the reason with amounts when one is short."""
+
+    name = "ResourcesFit"
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        for r, q in spec.resources.items():
+            i = cls.pos.get(r)
+            if i is None:
+                return Reason(self.name, Code.UNKNOWN_RESOURCE, Kind.NEVER,
+                              f"node offers no {r}", r, q, 0)
+            if cls.capacity[i] < q:
+                return Reason(
+                    self.name, Code.CAPACITY, Kind.NEVER,
+                    f"{r}: node capacity {format_quantity(r, cls.capacity[i])} < "
+                    f"{format_quantity(r, q)} requested",
+                    r, q, cls.capacity[i],
+                )
+        return None
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None:
+        pos = rec.cls.pos
+        for r, q in spec.resources.items():
+            have = free[pos[r]]
+            if have < q:
+                return Reason(
+                    self.name, Code.INSUFFICIENT, Kind.BUSY,
+                    f"insufficient {r}: {format_quantity(r, have)} free, "
+                    f"{format_quantity(r, q)} requested",
+                    r, q, have,
+                )
+        return None
+
+
+class LabelConstraints:
+    """The job's label expressions against the node's labels."""
+
+    name = "LabelConstraints"
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        failed = labels_match(cls.labels, job.constraints.labels)
+        if failed is not None:
+            return Reason(self.name, Code.LABEL, Kind.NEVER, f"label mismatch: {failed}")
+        return None
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None:
+        return None
+
+
+class NodeAffinity:
+    """Required node affinity and anti-affinity (preferred ones only score)."""
+
+    name = "NodeAffinity"
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        for a in job.affinity:
+            if a.required and a.target == "node" and labels_match(cls.labels, a.selector):
+                return Reason(self.name, Code.AFFINITY, Kind.NEVER,
+                              f"affinity not met: {_sel(a.selector)}")
+        for a in job.anti_affinity:
+            if a.required and a.target == "node" and labels_match(cls.labels, a.selector) is None:
+                return Reason(self.name, Code.ANTI_AFFINITY, Kind.NEVER,
+                              f"anti-affinity: node matches {_sel(a.selector)}")
+        return None
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None:
+        return None
+
+
+def _sel(selector: tuple[Requirement, ...]) -> str:
+    return ",".join(str(r) for r in selector)
+
+
+def _device_resources(spec: TaskSpec, cls_devices: Mapping[str, object]) -> list[str]:
+    return [r for r in spec.resources if r in cls_devices]
+
+
+class DeviceConstraints:
+    """Device terms (``gpu.model in (A100,H100)``, ``gpu.memory>=40Gi``): the
+    class must have enough matching devices; the node must have enough of
+    them free. Nodes that list no devices are judged by their labels."""
+
+    name = "DeviceConstraints"
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        for r, q in spec.resources.items():
+            terms = job.constraints.device_terms(family(r))
+            if not terms:
+                continue
+            devices = cls.devices.get(r)
+            if devices is None:
+                bad = next((t for t in terms if not t.matches(cls.labels.get(
+                    f"{t.family}.{t.attr}"))), None)
+                if bad is not None:
+                    return Reason(self.name, Code.DEVICE, Kind.NEVER,
+                                  f"device {r} does not match {bad}", r, q, 0)
+                continue
+            good = sum(1 for d in devices if all(t.matches_device(d) for t in terms))
+            if good < q:
+                return Reason(
+                    self.name, Code.DEVICE, Kind.NEVER,
+                    f"needs {q} {r} with {_terms(terms)}; node has {good}", r, q, good,
+                )
+        return None
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None:
+        for r, q in spec.resources.items():
+            terms = job.constraints.device_terms(family(r))
+            if not terms or r not in rec.devices:
+                continue
+            good = len(matching_free(rec, r, terms))
+            if good < q:
+                return Reason(
+                    self.name, Code.DEVICE, Kind.BUSY,
+                    f"needs {q} free {r} with {_terms(terms)}; {good} free", r, q, good,
+                )
+        return None
+
+
+def _terms(terms: Sequence[object]) -> str:
+    return ",".join(str(t) for t in terms)
+
+
+class JobAffinity:
+    """Required affinity/anti-affinity to other jobs: depends on what runs on
+    the node now, so it is a node check (and comes after the class checks,
+    which are cached and cheaper)."""
+
+    name = "JobAffinity"
+
+    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        return None
+
+    def check_node(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
+    ) -> Reason | None:
+        for a in job.anti_affinity:
+            if a.required and a.target == "job" and runs_matching(rec, a.selector, state, job.id):
+                return Reason(self.name, Code.ANTI_AFFINITY, Kind.BUSY,
+                              f"anti-affinity: node runs a job with {_sel(a.selector)}")
+        for a in job.affinity:
+            if a.required and a.target == "job" and not runs_matching(
+                rec, a.selector, state, job.id
+            ):
+                return Reason(self.name, Code.AFFINITY, Kind.BUSY,
+                              f"affinity: node runs no job with {_sel(a.selector)}")
+        return None
+
+
+def runs_matching(
+    rec: NodeRec, selector: tuple[Requirement, ...], state: ClusterState, self_id: str
+) -> bool:
+    running = state.running
+    for job_id in rec.jobs:
+        rj = running.get(job_id)
+        if job_id == self_id or rj is None:
+            continue
+        if labels_match(rj.job.job_labels, selector) is None:
+            return True
+    return False
+
+
+CLASS_FILTERS: tuple[FilterPlugin, ...] = (
+    NodeReady(), ResourcesFit(), LabelConstraints(), NodeAffinity(), DeviceConstraints(),
+)
+"""Class-level order: cheapest and most telling first; a class is reported by
+the first plugin that rejects it."""
+
+NODE_FILTERS: tuple[FilterPlugin, ...] = (ResourcesFit(), DeviceConstraints(), JobAffinity())
+"""Node-level order: free amounts first (the index already narrowed them),
+then devices and jobs, which need a look inside the node."""
+
+
+@dataclass(slots=True)
+class Verdict:
+    """Class-level answer for one task spec of one job shape."""
+
+    aligned: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Feasible class id -> the request laid out as that class's vector."""
+    device_check: set[int] = field(default_factory=set)
+    """Feasible classes whose devices do not all match: check free ones per node."""
+    rejected: list[tuple[NodeClass, Reason]] = field(default_factory=list)
+    nodes_ok: int = 0
+
+
+def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
+    for r in spec.resources:
+        terms = constraints.device_terms(family(r))
+        devices = cls.devices.get(r)
+        if terms and devices and not all(
+            all(t.matches_device(d) for t in terms) for d in devices
+        ):
+            return True
+    return False
+
+
+def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
+    """Which classes can ever take task spec ``index`` of ``job`` (cached by
+    job shape until the set of node classes changes)."""
+    key = (job.shape_hash, index)
+    hit = state.cache.get(key)
+    if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
+        verdict: Verdict = hit[1]
+        return verdict
+    spec = job.tasks[index]
+    verdict = Verdict()
+    for cls in state.classes:
+        if cls.size == 0:
+            continue
+        reason = None
+        for plugin in CLASS_FILTERS:
+            reason = plugin.check_class(job, spec, cls)
+            if reason is not None:
+                break
+        if reason is not None:
+            verdict.rejected.append((cls, reason))
+            continue
+        aligned = state.align(cls, spec.resources)
+        assert aligned is not None
+        verdict.aligned[cls.id] = aligned
+        verdict.nodes_ok += cls.size
+        if needs_node_device_check(job.constraints, spec, cls):
+            verdict.device_check.add(cls.id)
+    state.cache[key] = (job.shape, verdict)
+    return verdict
+
+
+def node_reasons(
+    state: ClusterState, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int] | None = None
+) -> Reason | None:
+    """The first reason any plugin gives against ``rec`` for one task (for
+    explain; the placement walk does the same checks inline)."""
+    for plugin in CLASS_FILTERS:
+        reason = plugin.check_class(job, spec, rec.cls)
+        if reason is not None:
+            return reason
+    current = rec.free if free is None else free
+    for plugin in NODE_FILTERS:
+        reason = plugin.check_node(job, spec, rec, current, state)
+        if reason is not None:
+            return reason
+    return None

@@ -1,0 +1,626 @@
+"""The placement pipeline: feasibility, then ranking, then the grant.
+
+Modelled on Nomad's ``scheduler/stack.go`` (a chain of feasibility iterators
+feeding rank iterators and a limit) and on the Kubernetes scheduling
+framework (small Filter and Score plugins, every rejection a ``Reason`` that
+names its plugin). One task group of a job goes through these stages:
+
+1. **Class feasibility** (``filters.class_verdict``): node state, capacity,
+   labels, node affinity, device models, once per node class and cached by
+   job shape. It runs first because it is cached and prunes whole classes;
+   when no class survives the job can never run (or only on nodes that are
+   not ready), which explain reports without looking at a single node.
+2. **Aggregate check**: the task group's total request against free capacity
+   summed over ready nodes, O(1). A job that cannot fit anywhere now stops
+   here instead of walking the index.
+3. **Index walk** (``_walk``): from the index of the request's scarcest
+   resource, bisect to the first bucket with enough of it, and walk upwards
+   (tight fit first, for packing strategies) or down from the top (loosest
+   first, for spreading). Each bucket is checked against the class verdict
+   and its free vector; node-level checks (free matching devices, jobs on the
+   node) run only for jobs and classes that need them. The walk stops after
+   ``limit`` candidates, the way Nomad's LimitIterator does: the index order
+   already put good candidates first, so scoring every node would buy little.
+4. **Scoring**: the strategy's score plugins, each giving 0..1, weighted and
+   summed; ties go to the earlier candidate in walk order.
+5. **Grant**: as many tasks as the strategy packs on the chosen node (or
+   bucket of identical nodes), with devices chosen by ``devices.choose``.
+
+A job's task groups are placed inside one state transaction: a gang that
+cannot place its last task rolls back every grant, so no partial gang ever
+holds resources, and two gangs cannot deadlock by holding halves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sortedcontainers import SortedList
+
+from apportion.core.resources import format_quantity
+from apportion.core.scheduling import devices as dev
+from apportion.core.scheduling.constraints import family
+from apportion.core.scheduling.filters import (
+    Code,
+    JobAffinity,
+    Kind,
+    Reason,
+    Verdict,
+    class_verdict,
+)
+from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
+from apportion.core.scheduling.state import Bucket, ClusterState, NodeClass, NodeRec
+
+
+class Candidate:
+    """A place to put tasks: one node, or a bucket of identical nodes."""
+
+    __slots__ = ("aligned", "bucket", "cls", "count", "exclude", "fit", "free", "rec", "score")
+
+    def __init__(
+        self,
+        cls: NodeClass,
+        free: tuple[int, ...],
+        aligned: tuple[int, ...],
+        fit: int,
+        bucket: Bucket | None,
+        rec: NodeRec | None,
+        count: int,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        self.cls = cls
+        self.free = free
+        self.aligned = aligned
+        self.fit = fit
+        self.bucket = bucket
+        self.rec = rec
+        self.count = count
+        self.exclude = exclude
+        self.score = 0.0
+
+    def node_names(self, limit: int) -> list[str]:
+        if self.rec is not None:
+            return [self.rec.name]
+        assert self.bucket is not None
+        out: list[str] = []
+        exclude = self.exclude
+        for name in self.bucket.nodes:
+            if name not in exclude:
+                out.append(name)
+                if len(out) == limit:
+                    break
+        return out
+
+
+class ScorePlugin(Protocol):
+    name: str
+
+    def per_node(self, job: Job) -> bool:
+        """True when the score depends on the node itself (jobs it runs), not
+        only its class and free vector: the walk then offers single nodes."""
+        ...
+
+    def applies(self, job: Job, state: ClusterState) -> bool: ...
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float: ...
+
+
+@dataclass(slots=True)
+class PlaceContext:
+    """What score plugins may look at besides the candidate."""
+
+    job: Job
+    spec: TaskSpec
+    state: ClusterState
+    zones: dict[tuple[str, str], int] = field(default_factory=dict)
+    placed: int = 0
+    scorers: list[tuple[ScorePlugin, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOptions:
+    """How a strategy walks and ranks."""
+
+    scorers: tuple[tuple[ScorePlugin, float], ...]
+    loose: bool = False
+    """Walk from the most free capacity down (spread) instead of from the
+    tightest fit up (pack)."""
+    limit: int = 4
+    """Feasible candidates scored per pick (Nomad's limit iterator)."""
+    pack: bool = True
+    """Put as many tasks of a group on one node as fit, instead of one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a job could not be placed now, in one line, with its kind."""
+
+    code: Code
+    kind: Kind
+    message: str
+    reasons: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceResult:
+    tasks: tuple[TaskPlacement, ...] | None
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.tasks is not None
+
+
+_JOB_FILTER = JobAffinity()
+
+
+class Placer:
+    """Places whole jobs on a ``ClusterState`` with one strategy's options."""
+
+    def __init__(self, state: ClusterState, options: PlaceOptions) -> None:
+        self.state = state
+        self.options = options
+        self._limits: dict[str, dict[str, int]] | None = None
+
+    def _spend(self, rec: NodeRec, aligned: tuple[int, ...], n: int) -> None:
+        lim = self._limits.get(rec.name) if self._limits else None
+        if lim:
+            for r, q in zip(rec.cls.resources, aligned, strict=True):
+                if q and r in lim:
+                    lim[r] -= n * q
+
+    def place(
+        self,
+        job: Job,
+        *,
+        limits: Mapping[str, Mapping[str, int]] | None = None,
+        prefer: Sequence[str] = (),
+    ) -> PlaceResult:
+        """Grant every task of ``job`` on the state, or nothing.
+
+        ``limits`` caps what may be used per node (node -> resource ->
+        amount; backfill uses it to keep a reservation's capacity).
+        ``prefer`` lists nodes to fill first, in order (a reservation takes
+        the capacity running jobs free before idle nodes). The grants are
+        made inside the caller's transaction if one is open; the caller
+        registers the running job.
+        """
+        state = self.state
+        # A working copy: each task placed on a limited node spends its limit.
+        work = {n: dict(v) for n, v in limits.items()} if limits else None
+        self._limits = work
+        limits = work
+        mark = state.mark()
+        placed: list[TaskPlacement] = []
+        ctx = PlaceContext(job, job.tasks[0], state)
+        # Plugins that have nothing to say about this job (affinity without
+        # terms, topology for one task) are dropped once, not per candidate.
+        ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        order = sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state))
+        for i in order:
+            spec = job.tasks[i]
+            ctx.spec = spec
+            failure = self._place_group(job, i, spec, ctx, placed, limits, prefer)
+            if failure is not None:
+                state.rollback(mark)
+                return PlaceResult(None, failure)
+        state.commit(mark)
+        return PlaceResult(tuple(placed))
+
+    def fits_on(self, job: Job, name: str) -> bool:
+        """Whether the first task of ``job`` fits on node ``name`` now."""
+        rec = self.state.nodes.get(name)
+        if rec is None or rec.bucket is None:
+            return False
+        verdict = class_verdict(self.state, job, 0)
+        if rec.cls.id not in verdict.aligned:
+            return False
+        return self._node_candidate(job, job.tasks[0], rec, verdict, None) is not None
+
+    # -- one task group -------------------------------------------------------
+
+    def _place_group(
+        self,
+        job: Job,
+        index: int,
+        spec: TaskSpec,
+        ctx: PlaceContext,
+        placed: list[TaskPlacement],
+        limits: Mapping[str, Mapping[str, int]] | None,
+        prefer: Sequence[str],
+    ) -> Failure | None:
+        state = self.state
+        verdict = class_verdict(state, job, index)
+        if not verdict.aligned:
+            return _no_class(verdict, spec)
+        short = _aggregate_short(state, spec)
+        if short is not None:
+            return short
+        remaining = spec.count
+        if prefer:
+            remaining = self._fill_preferred(job, spec, verdict, ctx, placed, limits, prefer,
+                                             remaining)
+        per_node = self._per_node(job, ctx)
+        while remaining:
+            # Limited nodes change buckets as they take tasks: find them anew.
+            capped = _limits_by_bucket(state, limits) if limits else None
+            cands = self._walk(job, spec, verdict, remaining, capped, limits, per_node)
+            if not cands:
+                return _busy(state, job, spec, remaining)
+            best = self._best(cands, ctx)
+            remaining -= self._take(job, spec, best, remaining, ctx, placed)
+        return None
+
+    @staticmethod
+    def _per_node(job: Job, ctx: PlaceContext) -> bool:
+        if any(a.target == "job" and a.required for a in (*job.affinity, *job.anti_affinity)):
+            return True
+        return any(p.per_node(job) for p, _ in ctx.scorers)
+
+    def _fill_preferred(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        verdict: Verdict,
+        ctx: PlaceContext,
+        placed: list[TaskPlacement],
+        limits: Mapping[str, Mapping[str, int]] | None,
+        prefer: Sequence[str],
+        remaining: int,
+    ) -> int:
+        recs = self.state.nodes
+        for name in prefer:
+            rec = recs.get(name)
+            if rec is None or rec.bucket is None or rec.cls.id not in verdict.aligned:
+                continue
+            cand = self._node_candidate(job, spec, rec, verdict, limits)
+            if cand is not None:
+                remaining -= self._take(job, spec, cand, remaining, ctx, placed)
+                if not remaining:
+                    break
+        return remaining
+
+    # -- the walk -------------------------------------------------------------
+
+    def _walk(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        verdict: Verdict,
+        remaining: int,
+        capped: dict[int, list[NodeRec]] | None,
+        limits: Mapping[str, Mapping[str, int]] | None,
+        per_node: bool,
+    ) -> list[Candidate]:
+        state = self.state
+        index, pos = _walk_index(state, spec)
+        if index is None:
+            return []
+        limit = self.options.limit
+        aligned_of = verdict.aligned
+        buckets = state.bucket_map
+        cands: list[Candidate] = []
+        seen = 0
+        # An iterator over the index: positional access costs a tree descent
+        # per entry, iteration a pointer step.
+        entries = index.islice(pos, reverse=self.options.loose)
+        check_devices = verdict.device_check
+        for _, bucket_id in entries:
+            bucket = buckets[bucket_id]
+            cls = bucket.cls
+            aligned = aligned_of.get(cls.id)
+            if aligned is None:
+                continue
+            fit = _fit(bucket.free, aligned)
+            if fit == 0:
+                continue
+            if per_node or cls.id in check_devices or (capped and bucket.id in capped):
+                for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
+                                               limits, per_node):
+                    cands.append(cand)
+                    seen += cand.fit * cand.count
+                    if len(cands) >= limit and seen >= remaining:
+                        return cands
+                continue
+            cands.append(Candidate(cls, bucket.free, aligned, fit, bucket, None,
+                                   len(bucket.nodes)))
+            seen += fit * len(bucket.nodes)
+            if len(cands) >= limit and seen >= remaining:
+                break
+        return cands
+
+    def _bucket_nodes(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        bucket: Bucket,
+        aligned: tuple[int, ...],
+        verdict: Verdict,
+        capped: dict[int, list[NodeRec]] | None,
+        limits: Mapping[str, Mapping[str, int]] | None,
+        per_node: bool,
+    ) -> list[Candidate]:
+        """Single-node candidates from a bucket whose nodes differ in a way the
+        bucket does not show (devices, jobs, backfill limits)."""
+        special = {r.name for r in capped.get(bucket.id, ())} if capped else set()
+        out: list[Candidate] = []
+        if not per_node and bucket.cls.id not in verdict.device_check:
+            # Only the limited nodes differ: offer them one by one and the
+            # rest of the bucket as one candidate.
+            for rec in capped[bucket.id] if capped else ():
+                cand = self._node_candidate(job, spec, rec, verdict, limits)
+                if cand is not None:
+                    out.append(cand)
+            rest = len(bucket.nodes) - len(special)
+            if rest > 0:
+                out.append(Candidate(bucket.cls, bucket.free, aligned,
+                                     _fit(bucket.free, aligned), bucket, None, rest,
+                                     special))
+            return out
+        recs = self.state.nodes
+        for name in bucket.nodes:
+            cand = self._node_candidate(job, spec, recs[name], verdict, limits)
+            if cand is not None:
+                out.append(cand)
+                if len(out) >= self.options.limit:
+                    break
+        return out
+
+    def _node_candidate(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        rec: NodeRec,
+        verdict: Verdict,
+        limits: Mapping[str, Mapping[str, int]] | None,
+    ) -> Candidate | None:
+        aligned = verdict.aligned[rec.cls.id]
+        free = rec.free
+        if limits:
+            lim = limits.get(rec.name)
+            if lim:
+                free = tuple(
+                    min(f, lim.get(r, f)) for r, f in zip(rec.cls.resources, free, strict=True)
+                )
+        fit = _fit(free, aligned)
+        if fit == 0:
+            return None
+        if rec.cls.id in verdict.device_check:
+            for r, q in spec.resources.items():
+                if r in rec.devices:
+                    terms = job.constraints.device_terms(family(r))
+                    fit = min(fit, len(dev.matching_free(rec, r, terms)) // q)
+            if fit == 0:
+                return None
+        if _JOB_FILTER.check_node(job, spec, rec, free, self.state) is not None:
+            return None
+        return Candidate(rec.cls, free, aligned, fit, None, rec, 1)
+
+    # -- ranking and granting ---------------------------------------------------
+
+    def _best(self, cands: list[Candidate], ctx: PlaceContext) -> Candidate:
+        scorers = ctx.scorers
+        if len(cands) == 1 or not scorers:
+            return cands[0]
+        best = cands[0]
+        best_score = -1.0
+        for cand in cands:
+            total = 0.0
+            for plugin, weight in scorers:
+                total += weight * plugin.score(cand, ctx)
+            cand.score = total
+            if total > best_score:
+                best, best_score = cand, total
+        return best
+
+    def _take(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        cand: Candidate,
+        remaining: int,
+        ctx: PlaceContext,
+        placed: list[TaskPlacement],
+    ) -> int:
+        per_node = min(cand.fit, remaining) if self.options.pack else 1
+        n_nodes = min(cand.count, -(-remaining // per_node))
+        state = self.state
+        recs = state.nodes
+        device_res = [r for r in spec.resources if r in cand.cls.devices]
+        if not device_res and cand.rec is None and n_nodes > 1:
+            return self._take_bulk(job, spec, cand, remaining, per_node, n_nodes, ctx, placed)
+        taken = 0
+        for name in cand.node_names(n_nodes):
+            rec = recs[name]
+            n = min(per_node, remaining - taken)
+            if device_res:
+                n = self._take_devices(job, spec, rec, cand.aligned, n, device_res, placed)
+            else:
+                state.grant(rec, cand.aligned, n, job.id)
+                self._spend(rec, cand.aligned, n)
+                placed.append(TaskPlacement(name, spec.resources, {}, n))
+            taken += n
+            _note_zone(ctx, rec, n)
+            if taken == remaining:
+                break
+        return taken
+
+    def _take_bulk(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        cand: Candidate,
+        remaining: int,
+        per_node: int,
+        n_nodes: int,
+        ctx: PlaceContext,
+        placed: list[TaskPlacement],
+    ) -> int:
+        """Fill ``n_nodes`` identical nodes of a bucket in one state move (the
+        last may take fewer tasks)."""
+        recs = self.state.nodes
+        chosen = [recs[name] for name in cand.node_names(n_nodes)]
+        full = min(len(chosen), remaining // per_node)
+        rest = min(per_node, remaining - full * per_node) if full < len(chosen) else 0
+        if full:
+            self.state.bulk(chosen[:full], cand.aligned, per_node, job.id, 1)
+            placed.extend(TaskPlacement(r.name, spec.resources, {}, per_node)
+                          for r in chosen[:full])
+        if rest:
+            last = chosen[full]
+            self.state.grant(last, cand.aligned, rest, job.id)
+            placed.append(TaskPlacement(last.name, spec.resources, {}, rest))
+        taken = full * per_node + rest
+        _note_zone(ctx, chosen[0], taken)
+        return taken
+
+    def _take_devices(
+        self,
+        job: Job,
+        spec: TaskSpec,
+        rec: NodeRec,
+        aligned: tuple[int, ...],
+        n: int,
+        device_res: list[str],
+        placed: list[TaskPlacement],
+    ) -> int:
+        # One task at a time: each task holds its own devices (for pinning).
+        for k in range(n):
+            chosen: dict[str, tuple[str, ...]] = {}
+            for r in device_res:
+                terms = job.constraints.device_terms(family(r))
+                ids = dev.choose(rec, r, spec.resources[r], terms)
+                if ids is None:
+                    return k
+                chosen[r] = ids
+            self.state.grant(rec, aligned, 1, job.id, chosen)
+            self._spend(rec, aligned, 1)
+            placed.append(TaskPlacement(rec.name, spec.resources, chosen, 1))
+        return n
+
+
+def _note_zone(ctx: PlaceContext, rec: NodeRec, n: int) -> None:
+    labels = rec.cls.labels
+    key = (labels.get("facility", ""), labels.get("zone", ""))
+    ctx.zones[key] = ctx.zones.get(key, 0) + n
+    ctx.placed += n
+
+
+def _fit(free: Sequence[int], aligned: Sequence[int]) -> int:
+    """How many tasks of ``aligned`` fit in ``free``."""
+    best = -1
+    for f, q in zip(free, aligned, strict=True):
+        if q:
+            n = f // q
+            if n < best or best < 0:
+                best = n
+                if n == 0:
+                    return 0
+    return best if best > 0 else 0
+
+
+def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[SortedList | None, int]:
+    """The index to walk: the requested resource with the fewest buckets
+    holding enough of it (the shortest walk), and where to start."""
+    best = None
+    best_pos = 0
+    best_len = -1
+    for r, q in spec.resources.items():
+        index = state.index(r)
+        if index is None:
+            return None, 0
+        pos = index.bisect_left((q, -1))
+        n = len(index) - pos
+        if best_len < 0 or n < best_len:
+            best, best_pos, best_len = index, pos, n
+    if best_len <= 0:
+        return None, 0
+    return best, best_pos
+
+
+def _limits_by_bucket(
+    state: ClusterState, limits: Mapping[str, Mapping[str, int]]
+) -> dict[int, list[NodeRec]]:
+    out: dict[int, list[NodeRec]] = {}
+    recs = state.nodes
+    for name in limits:
+        rec = recs.get(name)
+        if rec is not None and rec.bucket is not None:
+            out.setdefault(rec.bucket.id, []).append(rec)
+    return out
+
+
+def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
+    """Whether ``job``'s total request exceeds free capacity summed over
+    ready nodes (a necessary condition, O(resources))."""
+    free = state.free_total_of
+    for r, q in job.total.items():
+        have = free(r)
+        if have < q:
+            return Failure(
+                Code.INSUFFICIENT, Kind.BUSY,
+                f"needs {format_quantity(r, q)} {r} in all; {format_quantity(r, have)} free "
+                f"on ready nodes (largest free on any ready node: "
+                f"{format_quantity(r, state.max_free(r))})",
+            )
+    return None
+
+
+def _hardness(spec: TaskSpec, state: ClusterState) -> float:
+    # Hardest group first: the largest share of the scarcest resource, so a
+    # gang of one big and many small tasks does not fill the big one's node.
+    return -max(
+        (q * spec.count / max(1, state.free_total_of(r)) for r, q in spec.resources.items()),
+        default=0.0,
+    )
+
+
+def _aggregate_short(state: ClusterState, spec: TaskSpec) -> Failure | None:
+    for r, q in spec.resources.items():
+        need = q * spec.count
+        have = state.free_total_of(r)
+        if have < need:
+            biggest = state.max_free(r)
+            return Failure(
+                Code.INSUFFICIENT, Kind.BUSY,
+                f"needs {format_quantity(r, need)} {r} in all; "
+                f"{format_quantity(r, have)} free on ready nodes "
+                f"(largest free on any ready node: {format_quantity(r, biggest)})",
+            )
+    return None
+
+
+def _busy(state: ClusterState, job: Job, spec: TaskSpec, remaining: int) -> Failure:
+    tasks = f"{remaining} more task(s)" if spec.count > 1 else "the task"
+    parts = []
+    for r, q in spec.resources.items():
+        biggest = state.max_free(r)
+        if biggest < q:
+            parts.append(
+                f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
+                f"{format_quantity(r, biggest)}"
+            )
+    detail = "; ".join(parts) if parts else (
+        "no ready node has all of " + ", ".join(
+            f"{format_quantity(r, q)} {r}" for r, q in spec.resources.items()
+        ) + " free at once, with its constraints"
+    )
+    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}")
+
+
+def _no_class(verdict: Verdict, spec: TaskSpec) -> Failure:
+    counts: dict[str, int] = {}
+    kind = Kind.NEVER
+    for cls, reason in verdict.rejected:
+        counts[reason.message] = counts.get(reason.message, 0) + cls.size
+        if reason.kind is Kind.CONDITION:
+            kind = Kind.CONDITION
+    total = sum(counts.values())
+    summary = "; ".join(
+        f"{msg} ({n})" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+    reasons = tuple(reason for _, reason in verdict.rejected)
+    code = verdict.rejected[0][1].code if verdict.rejected else Code.CAPACITY
+    return Failure(code, kind, f"0/{total} nodes can take it: {summary or 'no nodes'}", reasons)

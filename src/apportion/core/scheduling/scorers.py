@@ -1,0 +1,199 @@
+"""Score plugins: rank feasible candidates, each on a 0..1 scale.
+
+A strategy weights them (``framework.PlaceOptions.scorers``); the weighted
+sum picks the node. Scores are normalized per node (a share of capacity, a
+position within the cluster's cost range), not across the candidates of one
+pick, so a score means the same thing whichever candidates the walk found.
+"""
+
+from __future__ import annotations
+
+from apportion.core.labels import Requirement
+from apportion.core.scheduling.constraints import labels_match
+from apportion.core.scheduling.filters import runs_matching
+from apportion.core.scheduling.framework import Candidate, PlaceContext
+from apportion.core.scheduling.jobs import Job
+from apportion.core.scheduling.state import ClusterState
+
+
+class BinPack:
+    """Most allocated first: the requested resources' share of capacity in
+    use after the placement, averaged. Keeps whole nodes free for big jobs
+    and lets idle nodes be drained or scaled away."""
+
+    name = "binpack"
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return True
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        return _used_after(cand)
+
+
+class Spread:
+    """Least allocated first: the opposite of bin-pack, for resilience and
+    for jobs that contend for memory bandwidth."""
+
+    name = "spread"
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return True
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        return 1.0 - _used_after(cand)
+
+
+def _used_after(cand: Candidate) -> float:
+    total = 0.0
+    n = 0
+    cap = cand.cls.capacity
+    for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
+        if q:
+            total += (c - f + q) / c
+            n += 1
+    return total / n if n else 0.0
+
+
+class Balanced:
+    """Even use across resources after the placement (1 when every resource
+    of the node is used to the same share), so no node ends with its cpu
+    exhausted and its memory idle, or the reverse."""
+
+    name = "balanced"
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return True
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        shares = [
+            (c - f + q) / c for c, f, q in zip(cand.cls.capacity, cand.free, cand.aligned,
+                                                 strict=True)
+        ]
+        if len(shares) < 2:
+            return 1.0
+        return 1.0 - (max(shares) - min(shares))
+
+
+class Fitness:
+    """How closely the request matches what the node has free, over all the
+    node's resources, requested or not: a cpu-only job scores low on a node
+    whose GPUs would stay idle, so big and special nodes stay free for the
+    jobs that need them."""
+
+    name = "fitness"
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return True
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        left = 0.0
+        cap = cand.cls.capacity
+        for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
+            left += (f - q) / c
+        return 1.0 - left / len(cap)
+
+
+class Cost:
+    """Cheaper nodes first, by the ``cost`` label (per hour), placed within
+    the range of costs in the cluster; a node without the label scores in the
+    middle."""
+
+    name = "cost"
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return True
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        cost = cand.cls.cost
+        if cost is None:
+            return 0.5
+        lo, hi = _cost_range(ctx.state)
+        if hi <= lo:
+            return 1.0
+        return (hi - cost) / (hi - lo)
+
+
+def _cost_range(state: ClusterState) -> tuple[float, float]:
+    key = ("cost-range",)
+    hit = state.cache.get(key)
+    if hit is None:
+        costs = [c.cost for c in state.classes if c.cost is not None and c.size]
+        hit = (min(costs), max(costs)) if costs else (0.0, 0.0)
+        state.cache[key] = hit
+    lo, hi = hit
+    return float(lo), float(hi)
+
+
+class Affinity:
+    """Preferred affinity and anti-affinity, to node labels or to jobs on the
+    node, weighted: 1 when every attracting term holds and no repelling one
+    does, 0 for the reverse."""
+
+    name = "affinity"
+
+    def per_node(self, job: Job) -> bool:
+        return any(not a.required and a.target == "job"
+                   for a in (*job.affinity, *job.anti_affinity))
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return any(not a.required for a in (*job.affinity, *job.anti_affinity))
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        job = ctx.job
+        total = 0
+        got = 0
+        for sign, terms in ((1, job.affinity), (-1, job.anti_affinity)):
+            for a in terms:
+                if a.required:
+                    continue
+                total += abs(a.weight)
+                if self._holds(a.selector, a.target, cand, ctx):
+                    got += sign * a.weight
+        if not total:
+            return 0.5
+        return (got + total) / (2 * total)
+
+    @staticmethod
+    def _holds(
+        selector: tuple[Requirement, ...], target: str, cand: Candidate, ctx: PlaceContext
+    ) -> bool:
+        if target == "node":
+            return labels_match(cand.cls.labels, selector) is None
+        if cand.rec is None:
+            return False
+        return runs_matching(cand.rec, selector, ctx.state, ctx.job.id)
+
+
+class Topology:
+    """Keep a gang in one facility and zone: the share of its tasks placed
+    so far that sit in the candidate's (facility, zone)."""
+
+    name = "topology"
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def applies(self, job: Job, state: ClusterState) -> bool:
+        return job.task_count > 1
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        if not ctx.placed:
+            return 0.5
+        labels = cand.cls.labels
+        key = (labels.get("facility", ""), labels.get("zone", ""))
+        return ctx.zones.get(key, 0) / ctx.placed
+
+
+SCORERS = {
+    p.name: p
+    for p in (BinPack(), Spread(), Balanced(), Fitness(), Cost(), Affinity(), Topology())
+}

@@ -1,0 +1,670 @@
+"""The scheduler's picture of the cluster: nodes, free capacity, running jobs.
+
+Three ideas keep a decision from scanning every node:
+
+* **Node classes.** Nodes with the same capacity, labels, device models,
+  state and health form a class (Nomad calls it a computed node class). A
+  constraint, a device model or "can this node ever hold the task" is checked
+  once per class, not once per node.
+* **Buckets.** Nodes of one class with the same free vector are
+  interchangeable right now, so they sit in one bucket. One check answers for
+  the whole bucket, and a gang of 64 one-processor tasks takes 64 nodes from
+  the idle bucket in one step (the "counted pool" a trace replay needs).
+* **Indexes over free capacity.** Per resource, a sorted list of
+  ``(free amount, bucket id)`` over schedulable buckets. A request bisects to
+  the first bucket with enough of its scarcest resource and walks from there
+  (upwards for bin-pack, downwards from the top for spread); the largest free
+  amount on any ready node is the last entry.
+
+Every change goes through ``_grant``/``_ungrant`` and running-job bookkeeping,
+and inside a transaction (``mark``/``rollback``) each is logged so that a gang
+that does not fit, a shadow computation for backfill or a preemption what-if
+leaves the state exactly as it found it.
+
+The state is mutable and owned by one caller (the service, or the simulator);
+it reads no clock and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from apportion.core.ledger import check_node
+from apportion.core.model import Device, Health, Node, NodeState
+from apportion.core.scheduling.jobs import Job, RunningJob, TaskPlacement
+from apportion.exceptions import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
+
+
+@dataclass(eq=False, slots=True)
+class NodeClass:
+    """Nodes alike in everything a constraint or a capacity check can see."""
+
+    id: int
+    resources: tuple[str, ...]
+    capacity: tuple[int, ...]
+    pos: dict[str, int]
+    labels: Mapping[str, str]
+    devices: Mapping[str, tuple[Device, ...]]
+    state: NodeState
+    health: Health
+    cost: float | None
+    size: int = 0
+    free_sum: list[int] = field(default_factory=list)
+    """Free capacity summed over the class's nodes (kept for schedulable
+    classes; backfill profiles start from it)."""
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state is NodeState.READY and self.health is not Health.UNHEALTHY
+
+    def cap(self, resource: str) -> int:
+        i = self.pos.get(resource)
+        return 0 if i is None else self.capacity[i]
+
+
+class Bucket:
+    """Nodes of one class with the same free vector."""
+
+    __slots__ = ("cls", "free", "id", "nodes")
+
+    def __init__(self, id: int, cls: NodeClass, free: tuple[int, ...]) -> None:
+        self.id = id
+        self.cls = cls
+        self.free = free
+        # A dict, not a set: insertion order keeps choices deterministic
+        # across processes (set order follows string hashing, which varies).
+        self.nodes: dict[str, None] = {}
+
+
+class NodeRec:
+    """One node's mutable bookkeeping."""
+
+    __slots__ = ("bucket", "cls", "devices", "free", "free_devices", "jobs", "name", "node")
+
+    def __init__(self, node: Node, cls: NodeClass) -> None:
+        self.name = node.name
+        self.node = node
+        self.cls = cls
+        self.free: tuple[int, ...] = cls.capacity
+        self.bucket: Bucket | None = None
+        self.devices: dict[str, dict[str, Device]] = {
+            r: {d.id: d for d in ds} for r, ds in node.devices.items()
+        }
+        self.free_devices: dict[str, list[str]] = {
+            r: [d.id for d in ds] for r, ds in node.devices.items()
+        }
+        self.jobs: dict[str, int] = {}
+
+    def free_vector(self) -> dict[str, int]:
+        return dict(zip(self.cls.resources, self.free, strict=True))
+
+
+def node_cost(labels: Mapping[str, str]) -> float | None:
+    """A node's cost per hour from its ``cost`` (or ``cost.hour``) label."""
+    raw = labels.get("cost", labels.get("cost.hour"))
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _class_key(node: Node) -> tuple[Any, ...]:
+    devices = tuple(
+        (r, tuple(sorted((d.model or "", d.memory or 0) for d in ds)))
+        for r, ds in sorted(node.devices.items())
+    )
+    return (
+        tuple(sorted(node.resources.items())),
+        tuple(sorted(node.labels.items())),
+        devices,
+        node.state,
+        node.health,
+    )
+
+
+@dataclass(slots=True)
+class _Log:
+    """Undo records, kept only while a transaction is open."""
+
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    depth: int = 0
+
+
+class ClusterState:
+    """Nodes, free capacity and running jobs, with indexes for placement."""
+
+    def __init__(self, nodes: Iterable[Node] = (), running: Iterable[RunningJob] = ()) -> None:
+        self._recs: dict[str, NodeRec] = {}
+        self._classes: dict[tuple[Any, ...], NodeClass] = {}
+        self._class_by_id: dict[int, NodeClass] = {}
+        self._buckets: dict[int, Bucket] = {}
+        self._bucket_of: dict[tuple[int, tuple[int, ...]], Bucket] = {}
+        self._index: dict[str, SortedList] = {}
+        self._next_bucket = 0
+        self._free_total: dict[str, int] = {}
+        self._cap_total: dict[str, int] = {}
+        self._running: dict[str, RunningJob] = {}
+        self._usage: dict[str, dict[str, int]] = {}
+        self._log = _Log()
+        self.changes = 0
+        """Bumped by every change that stays (outside a transaction, or when
+        the outermost one commits): answers computed at one value still hold
+        while it is unchanged."""
+        self.version = 0
+        """Bumped whenever the set of node classes changes; caches keyed on
+        classes are valid while it stays the same."""
+        self.cache: dict[Any, Any] = {}
+        """Per-class answers that outlive a cycle (filter results per job
+        shape); cleared when ``version`` changes."""
+        for node in nodes:
+            self.add_node(node)
+        for rj in running:
+            self.start(rj.job, rj.tasks, rj.start, rj.estimate)
+
+    # -- reading ---------------------------------------------------------
+
+    @property
+    def nodes(self) -> Mapping[str, NodeRec]:
+        return self._recs
+
+    @property
+    def classes(self) -> Iterable[NodeClass]:
+        return self._class_by_id.values()
+
+    @property
+    def running(self) -> Mapping[str, RunningJob]:
+        return self._running
+
+    def rec(self, name: str) -> NodeRec:
+        rec = self._recs.get(name)
+        if rec is None:
+            raise NodeNotFound(f"node {name} not found", node=name)
+        return rec
+
+    def free(self, name: str) -> dict[str, int]:
+        return self.rec(name).free_vector()
+
+    def free_total(self) -> dict[str, int]:
+        """Free capacity summed over schedulable nodes."""
+        return dict(self._free_total)
+
+    def capacity_total(self) -> dict[str, int]:
+        """Capacity summed over schedulable nodes (fair-share denominators)."""
+        return dict(self._cap_total)
+
+    def free_total_of(self, resource: str) -> int:
+        return self._free_total.get(resource, 0)
+
+    def max_free(self, resource: str) -> int:
+        """Largest free amount of ``resource`` on any schedulable node."""
+        index = self._index.get(resource)
+        return index[-1][0] if index else 0
+
+    def usage(self, queue: str) -> Mapping[str, int]:
+        return self._usage.get(queue, {})
+
+    def queues_in_use(self) -> Iterable[str]:
+        return self._usage.keys()
+
+    def index(self, resource: str) -> SortedList | None:
+        return self._index.get(resource)
+
+    @property
+    def bucket_map(self) -> Mapping[int, Bucket]:
+        return self._buckets
+
+    def bucket(self, bucket_id: int) -> Bucket:
+        return self._buckets[bucket_id]
+
+    def buckets(self) -> Iterable[Bucket]:
+        return self._buckets.values()
+
+    # -- inventory -------------------------------------------------------
+
+    def add_node(self, node: Node) -> None:
+        if node.name in self._recs:
+            raise NodeExists(f"node {node.name} already exists", node=node.name)
+        node = check_node(node)
+        rec = NodeRec(node, self._class_for(node))
+        rec.cls.size += 1
+        self._recs[node.name] = rec
+        if rec.cls.schedulable:
+            self._totals(rec.cls, rec.cls.capacity, rec.free, +1)
+            self._enter(rec, rec.free)
+
+    def remove_node(self, name: str) -> list[RunningJob]:
+        """Forget a node; jobs with tasks on it stop (and are returned) so the
+        caller can requeue them."""
+        rec = self.rec(name)
+        lost = [self.finish(job_id) for job_id in list(rec.jobs)]
+        self._leave(rec)
+        if rec.cls.schedulable:
+            self._totals(rec.cls, rec.cls.capacity, rec.free, -1)
+        rec.cls.size -= 1
+        del self._recs[name]
+        self.cache.clear()
+        return lost
+
+    def update_node(self, node: Node) -> list[RunningJob]:
+        """Replace a node's description (state, health, labels, capacity).
+        Jobs whose tasks no longer fit on it are stopped and returned."""
+        old = self.rec(node.name)
+        keep = [self._running[j] for j in old.jobs]
+        for rj in keep:
+            self._release_running(rj)
+        self._leave(old)
+        if old.cls.schedulable:
+            self._totals(old.cls, old.cls.capacity, old.free, -1)
+        old.cls.size -= 1
+        del self._recs[node.name]
+        self.cache.clear()
+        self.add_node(node)
+        lost: list[RunningJob] = []
+        for rj in keep:
+            try:
+                self.start(rj.job, rj.tasks, rj.start, rj.estimate)
+            except (InsufficientResources, NodeNotFound, InvalidInput):
+                lost.append(rj)
+        return lost
+
+    def _class_for(self, node: Node) -> NodeClass:
+        key = _class_key(node)
+        cls = self._classes.get(key)
+        if cls is None:
+            names = tuple(sorted(node.resources))
+            cls = NodeClass(
+                len(self._classes),
+                names,
+                tuple(node.resources[r] for r in names),
+                {r: i for i, r in enumerate(names)},
+                dict(node.labels),
+                dict(node.devices),
+                node.state,
+                node.health,
+                node_cost(node.labels),
+            )
+            cls.free_sum = [0] * len(names)
+            self._classes[key] = cls
+            self._class_by_id[cls.id] = cls
+            self.version += 1
+            self.cache.clear()
+        return cls
+
+    # -- buckets and indexes ---------------------------------------------
+
+    def _enter(self, rec: NodeRec, free: tuple[int, ...]) -> None:
+        key = (rec.cls.id, free)
+        bucket = self._bucket_of.get(key)
+        if bucket is None:
+            bucket = self._new_bucket(rec.cls, free, key)
+        bucket.nodes[rec.name] = None
+        rec.bucket = bucket
+
+    def _new_bucket(
+        self, cls: NodeClass, free: tuple[int, ...], key: tuple[int, tuple[int, ...]]
+    ) -> Bucket:
+        bucket = Bucket(self._next_bucket, cls, free)
+        self._next_bucket += 1
+        self._bucket_of[key] = bucket
+        self._buckets[bucket.id] = bucket
+        index = self._index
+        for r, q in zip(cls.resources, free, strict=True):
+            sl = index.get(r)
+            if sl is None:
+                sl = index[r] = SortedList()
+            sl.add((q, bucket.id))
+        return bucket
+
+    def _leave(self, rec: NodeRec) -> None:
+        bucket = rec.bucket
+        if bucket is None:
+            return
+        rec.bucket = None
+        del bucket.nodes[rec.name]
+        if not bucket.nodes:
+            self._drop_bucket(bucket)
+
+    def _drop_bucket(self, bucket: Bucket) -> None:
+        del self._bucket_of[(bucket.cls.id, bucket.free)]
+        del self._buckets[bucket.id]
+        index = self._index
+        for r, q in zip(bucket.cls.resources, bucket.free, strict=True):
+            index[r].remove((q, bucket.id))
+
+    def _totals(
+        self, cls: NodeClass, cap: tuple[int, ...], free: tuple[int, ...], sign: int
+    ) -> None:
+        ft, ct = self._free_total, self._cap_total
+        fs = cls.free_sum
+        for i, (r, c, f) in enumerate(zip(cls.resources, cap, free, strict=True)):
+            ft[r] = ft.get(r, 0) + sign * f
+            ct[r] = ct.get(r, 0) + sign * c
+            fs[i] += sign * f
+
+    # -- grants ------------------------------------------------------------
+
+    def grant(
+        self,
+        rec: NodeRec,
+        aligned: tuple[int, ...],
+        n: int,
+        job_id: str,
+        devices: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Take ``n`` tasks of ``aligned`` (a request laid out as the node's
+        class vector) on ``rec`` for ``job_id``; the caller checked the fit."""
+        old = rec.free
+        new = tuple([f - n * q for f, q in zip(old, aligned, strict=True)])
+        self._move(rec, old, new)
+        if devices:
+            for r, ids in devices.items():
+                taken = set(ids)
+                pool = rec.free_devices[r]
+                rec.free_devices[r] = [d for d in pool if d not in taken]
+        rec.jobs[job_id] = rec.jobs.get(job_id, 0) + n
+        if self._log.depth:
+            self._log.entries.append(("g", rec, aligned, n, job_id, devices))
+        else:
+            self.changes += 1
+
+    def ungrant(
+        self,
+        rec: NodeRec,
+        aligned: tuple[int, ...],
+        n: int,
+        job_id: str,
+        devices: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        old = rec.free
+        new = tuple([f + n * q for f, q in zip(old, aligned, strict=True)])
+        self._move(rec, old, new)
+        if devices:
+            for r, ids in devices.items():
+                rank = {d: i for i, d in enumerate(rec.devices[r])}
+                pool = rec.free_devices[r]
+                pool.extend(ids)
+                pool.sort(key=rank.__getitem__)
+        left = rec.jobs[job_id] - n
+        if left:
+            rec.jobs[job_id] = left
+        else:
+            del rec.jobs[job_id]
+        if self._log.depth:
+            self._log.entries.append(("u", rec, aligned, n, job_id, devices))
+        else:
+            self.changes += 1
+
+    def _move(self, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+        # The hot path of every grant and release: _leave/_enter inlined.
+        rec.free = new
+        bucket = rec.bucket
+        if bucket is None:
+            return
+        cls = rec.cls
+        fs = cls.free_sum
+        ft = self._free_total
+        names = cls.resources
+        for i in range(len(new)):
+            d = new[i] - old[i]
+            if d:
+                ft[names[i]] += d
+                fs[i] += d
+        nodes = bucket.nodes
+        del nodes[rec.name]
+        if not nodes:
+            self._drop_bucket(bucket)
+        key = (cls.id, new)
+        target = self._bucket_of.get(key)
+        if target is None:
+            target = self._new_bucket(cls, new, key)
+        target.nodes[rec.name] = None
+        rec.bucket = target
+
+    def align(self, cls: NodeClass, request: Mapping[str, int]) -> tuple[int, ...] | None:
+        """``request`` laid out as ``cls``'s vector, or None when the class
+        lacks one of its resources."""
+        pos = cls.pos
+        out = [0] * len(cls.resources)
+        for r, q in request.items():
+            i = pos.get(r)
+            if i is None:
+                return None
+            out[i] = q
+        return tuple(out)
+
+    # -- running jobs --------------------------------------------------------
+
+    def start(
+        self,
+        job: Job,
+        tasks: Iterable[TaskPlacement],
+        start: float,
+        estimate: float | None = None,
+    ) -> RunningJob:
+        """Record ``job`` as running on ``tasks`` (checked, never oversubscribing);
+        used to restore state and by the cycle when it commits a placement."""
+        if job.id in self._running:
+            raise InvalidInput(f"job {job.id} is already running", field="job")
+        tasks = tuple(tasks)
+        done: list[tuple[NodeRec, tuple[int, ...], TaskPlacement]] = []
+        try:
+            for tp in tasks:
+                rec = self.rec(tp.node)
+                aligned = self.align(rec.cls, tp.resources)
+                if aligned is None or any(
+                    f < tp.count * q for f, q in zip(rec.free, aligned, strict=True)
+                ):
+                    raise InsufficientResources([], nodes_considered=1,
+                                                reasons={tp.node: f"cannot hold job {job.id}"})
+                for r, ids in tp.devices.items():
+                    if not set(ids) <= set(rec.free_devices.get(r, ())):
+                        raise InsufficientResources(
+                            [], nodes_considered=1,
+                            reasons={tp.node: f"devices {', '.join(ids)} are not free"},
+                        )
+                self.grant(rec, aligned, tp.count, job.id, tp.devices or None)
+                done.append((rec, aligned, tp))
+        except Exception:
+            for rec, aligned, tp in reversed(done):
+                self.ungrant(rec, aligned, tp.count, job.id, tp.devices or None)
+            raise
+        rj = RunningJob(job, start, tasks, estimate)
+        self._add_running(rj)
+        return rj
+
+    def finish(self, job_id: str) -> RunningJob:
+        """Release a running job's resources (it ended, failed, or was preempted)."""
+        rj = self._running.get(job_id)
+        if rj is None:
+            raise InvalidInput(f"job {job_id} is not running", field="job")
+        self._release_running(rj)
+        return rj
+
+    def _release_running(self, rj: RunningJob) -> None:
+        # Tasks sharing a bucket, a request and a count go back in one move
+        # (a 64-processor gang on one-processor nodes is one step, not 64).
+        groups: dict[tuple[int, int, int], tuple[tuple[int, ...], list[NodeRec]]] = {}
+        job_id = rj.job.id
+        # A node holding several of the job's placements is released one by
+        # one: after its first move it no longer sits in the bucket grouped on.
+        single = len({tp.node for tp in rj.tasks}) != len(rj.tasks)
+        for tp in rj.tasks:
+            rec = self._recs[tp.node]
+            aligned = self.align(rec.cls, tp.resources)
+            assert aligned is not None
+            if single or tp.devices or rec.bucket is None:
+                self.ungrant(rec, aligned, tp.count, job_id, tp.devices or None)
+                continue
+            key = (rec.bucket.id, id(tp.resources), tp.count)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = (aligned, [])
+            group[1].append(rec)
+        for (_, _, count), (aligned, recs) in groups.items():
+            self.bulk(recs, aligned, count, job_id, -1)
+        self._drop_running(rj)
+
+    def bulk(
+        self, recs: list[NodeRec], aligned: tuple[int, ...], n: int, job_id: str, sign: int
+    ) -> None:
+        """Grant (``sign`` 1) or release (-1) ``n`` tasks of ``aligned`` on each
+        of ``recs``, which must sit in one bucket: one free-vector computation,
+        one bucket lookup and one total update for all of them."""
+        if len(recs) == 1:
+            if sign > 0:
+                self.grant(recs[0], aligned, n, job_id)
+            else:
+                self.ungrant(recs[0], aligned, n, job_id)
+            return
+        first = recs[0]
+        bucket = first.bucket
+        assert bucket is not None and all(r.bucket is bucket for r in recs)
+        cls = first.cls
+        old = first.free
+        step = sign * n
+        new = tuple([f - step * q for f, q in zip(old, aligned, strict=True)])
+        count = len(recs)
+        fs = cls.free_sum
+        ft = self._free_total
+        names = cls.resources
+        for i in range(len(new)):
+            d = new[i] - old[i]
+            if d:
+                ft[names[i]] += d * count
+                fs[i] += d * count
+        key = (cls.id, new)
+        target = self._bucket_of.get(key)
+        if target is None:
+            target = self._new_bucket(cls, new, key)
+        nodes = bucket.nodes
+        into = target.nodes
+        for rec in recs:
+            name = rec.name
+            del nodes[name]
+            into[name] = None
+            rec.bucket = target
+            rec.free = new
+            jobs = rec.jobs
+            left = jobs.get(job_id, 0) + step
+            if left:
+                jobs[job_id] = left
+            else:
+                del jobs[job_id]
+        if not nodes:
+            self._drop_bucket(bucket)
+        if self._log.depth:
+            self._log.entries.append(("b", recs, aligned, n, job_id, sign))
+        else:
+            self.changes += 1
+
+    def _add_running(self, rj: RunningJob) -> None:
+        self._running[rj.job.id] = rj
+        used = self._usage.setdefault(rj.job.queue, {})
+        for r, q in rj.job.total.items():
+            used[r] = used.get(r, 0) + q
+        if self._log.depth:
+            self._log.entries.append(("r", rj))
+        else:
+            self.changes += 1
+
+    def _drop_running(self, rj: RunningJob) -> None:
+        del self._running[rj.job.id]
+        used = self._usage[rj.job.queue]
+        for r, q in rj.job.total.items():
+            used[r] -= q
+        if self._log.depth:
+            self._log.entries.append(("d", rj))
+        else:
+            self.changes += 1
+
+    def add_running(self, rj: RunningJob) -> None:
+        """Register a job whose grants were made with ``grant`` already."""
+        self._add_running(rj)
+
+    # -- transactions ----------------------------------------------------------
+
+    def mark(self) -> int:
+        """Open a transaction; returns the point ``rollback`` returns to."""
+        self._log.depth += 1
+        return len(self._log.entries)
+
+    def rollback(self, mark: int) -> None:
+        """Undo everything since ``mark`` and close that transaction."""
+        entries = self._log.entries
+        while len(entries) > mark:
+            entry = entries.pop()
+            kind = entry[0]
+            if kind == "b":
+                self._undo_bulk(entry)
+            elif kind == "g":
+                self._undo_grant(entry)
+            elif kind == "u":
+                self._undo_ungrant(entry)
+            elif kind == "r":
+                self._undo_add_running(entry[1])
+            else:
+                self._undo_drop_running(entry[1])
+        self._close(mark)
+
+    def commit(self, mark: int) -> None:
+        """Keep everything since ``mark`` and close that transaction."""
+        if self._log.depth == 1 and len(self._log.entries) > mark:
+            self.changes += 1
+        self._close(mark)
+
+    def _close(self, mark: int) -> None:
+        # A nested transaction's records stay in the log: the outer one may
+        # still roll back through them.
+        self._log.depth -= 1
+        if self._log.depth == 0:
+            self._log.entries.clear()
+
+    def _undo_bulk(self, entry: tuple[Any, ...]) -> None:
+        _, recs, aligned, n, job_id, sign = entry
+        depth, self._log.depth = self._log.depth, 0
+        changes = self.changes
+        self.bulk(recs, aligned, n, job_id, -sign)
+        self._log.depth, self.changes = depth, changes
+
+    def _undo_grant(self, entry: tuple[Any, ...]) -> None:
+        _, rec, aligned, n, job_id, devices = entry
+        depth, self._log.depth = self._log.depth, 0
+        changes = self.changes
+        self.ungrant(rec, aligned, n, job_id, devices)
+        self._log.depth, self.changes = depth, changes
+
+    def _undo_ungrant(self, entry: tuple[Any, ...]) -> None:
+        _, rec, aligned, n, job_id, devices = entry
+        depth, self._log.depth = self._log.depth, 0
+        changes = self.changes
+        self.grant(rec, aligned, n, job_id, devices)
+        self._log.depth, self.changes = depth, changes
+
+    def _undo_add_running(self, rj: RunningJob) -> None:
+        depth, self._log.depth = self._log.depth, 0
+        changes = self.changes
+        self._drop_running(rj)
+        self._log.depth, self.changes = depth, changes
+
+    def _undo_drop_running(self, rj: RunningJob) -> None:
+        depth, self._log.depth = self._log.depth, 0
+        changes = self.changes
+        self._add_running(rj)
+        self._log.depth, self.changes = depth, changes
+
+    # -- copies ----------------------------------------------------------------
+
+    def copy(self) -> ClusterState:
+        """An independent state with the same nodes and running jobs."""
+        return ClusterState(
+            (rec.node for rec in self._recs.values()), list(self._running.values())
+        )
+
+    def iter_recs(self) -> Iterator[NodeRec]:
+        return iter(self._recs.values())

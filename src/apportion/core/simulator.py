@@ -1,0 +1,285 @@
+"""Replay a workload through the scheduling core on a virtual clock.
+
+The engine is an event loop over job arrivals and ends. At one instant all
+ends are processed first, then all arrivals, then one call of
+``schedule_cycle``, the very function the server calls, on a
+``ClusterState`` kept up to date between instants. A job runs for its actual
+run time; its estimate only feeds ordering and backfill decisions. A
+preempted job loses its progress and goes back to the queue.
+
+Pure: no I/O, no clock (``wall_s`` is measured by the caller), no
+randomness. Reading trace files lives in ``apportion.traces``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from apportion.core.model import Node
+from apportion.core.scheduling.cycle import SchedulerConfig, schedule_cycle
+from apportion.core.scheduling.jobs import Job, Queue
+from apportion.core.scheduling.policies import RuntimeHistory, strategy
+from apportion.core.scheduling.state import ClusterState
+
+BOUND_S = 10.0
+"""Bounded slowdown's floor on run time: ``max(1, (wait + run) / max(run, 10))``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimJob:
+    """A job of a trace: the job as submitted and what really happened."""
+
+    job: Job
+    run_time: float
+    estimate_given: bool = True
+    """False when the trace had no estimate and the actual run time stands in
+    for it; learning strategies then see no estimate and learn one."""
+    real_wait: float | None = None
+    """The wait the real scheduler produced (SWF field 3), if recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    primary: str = "cpu"
+    """The resource utilization is measured on (cpu for SWF, gpu for GPU traces)."""
+    max_series: int = 2000
+    """Points kept for the queue-length and utilization time series."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    queue: str
+    submit: float
+    start: float
+    end: float
+    run: float
+    wait: float
+    size: int
+    """Amount of the primary resource held (processors for SWF, in base units)."""
+    preempted: int = 0
+    deadline_missed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    records: tuple[JobRecord, ...]
+    metrics: Mapping[str, float | int | None]
+    series_t: tuple[float, ...]
+    series_queue: tuple[int, ...]
+    series_util: tuple[float, ...]
+    unscheduled: tuple[str, ...]
+    """Jobs still waiting when nothing was left to run or arrive."""
+
+
+@dataclass(slots=True)
+class _Run:
+    job: Job
+    run_time: float
+    submit: float
+    start: float = 0.0
+    end: float = 0.0
+    preempted: int = 0
+    lost: float = 0.0
+    seq: int = -1
+
+
+def simulate(
+    jobs: Sequence[SimJob],
+    nodes: Sequence[Node],
+    config: SimConfig = SimConfig(),
+    *,
+    queues: Mapping[str, Queue] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimResult:
+    """Replay ``jobs`` on ``nodes``; returns per-job records and metrics."""
+    learns = strategy(config.scheduler.strategy).learns
+    runs = {sj.job.id: _Run(_as_submitted(sj, learns), sj.run_time, sj.job.submit_time)
+            for sj in jobs}
+    order = sorted(runs.values(), key=lambda r: (r.submit, r.job.id))
+    state = ClusterState(nodes)
+    capacity = state.capacity_total().get(config.primary, 0)
+    queues = dict(queues or {})
+    for r in order:
+        queues.setdefault(r.job.queue, Queue(r.job.queue))
+    engine = _Engine(state, config, queues, runs, capacity)
+    engine.run(order, progress)
+    return engine.result(jobs)
+
+
+def _as_submitted(sj: SimJob, learns: bool) -> Job:
+    if learns and not sj.estimate_given and sj.job.runtime_estimate is not None:
+        return replace(sj.job, runtime_estimate=None)
+    return sj.job
+
+
+@dataclass(slots=True)
+class _Engine:
+    state: ClusterState
+    config: SimConfig
+    queues: dict[str, Queue]
+    runs: dict[str, _Run]
+    capacity: int
+    history: RuntimeHistory = field(default_factory=RuntimeHistory)
+    pending: dict[str, Job] = field(default_factory=dict)
+    ends: list[tuple[float, int, str]] = field(default_factory=list)
+    done: list[_Run] = field(default_factory=list)
+    used: int = 0
+    busy_area: float = 0.0
+    preemptions: int = 0
+    seq: int = 0
+    series: list[tuple[float, int, float]] = field(default_factory=list)
+
+    def run(self, order: list[_Run], progress: Callable[[int, int], None] | None) -> None:
+        total = len(order)
+        i = 0
+        last_report = -1
+        while i < total or self.ends:
+            t_arr = order[i].submit if i < total else math.inf
+            t_end = self.ends[0][0] if self.ends else math.inf
+            now = min(t_arr, t_end)
+            while self.ends and self.ends[0][0] == now:
+                self._finish(heapq.heappop(self.ends), now)
+            while i < total and order[i].submit == now:
+                self.pending[order[i].job.id] = order[i].job
+                i += 1
+            if self.pending:
+                self._cycle(now)
+            self._sample(now)
+            if progress is not None and len(self.done) // 500 != last_report:
+                last_report = len(self.done) // 500
+                progress(len(self.done), total)
+        if progress is not None:
+            progress(len(self.done), total)
+
+    def _finish(self, entry: tuple[float, int, str], now: float) -> None:
+        _, seq, job_id = entry
+        run = self.runs[job_id]
+        if run.seq != seq:
+            return  # preempted since; this end no longer happens
+        rj = self.state.finish(job_id)
+        self.used -= rj.job.total.get(self.config.primary, 0)
+        run.end = now
+        self.history.record(run.job, run.run_time)
+        self.done.append(run)
+
+    def _cycle(self, now: float) -> None:
+        result = schedule_cycle(
+            self.state, list(self.pending.values()), now, self.config.scheduler,
+            queues=self.queues, history=self.history,
+        )
+        for pre in result.preemptions:
+            self._preempted(pre.victim, now)
+        for placement in result.placements:
+            run = self.runs[placement.job_id]
+            del self.pending[placement.job_id]
+            run.start = now
+            self.seq += 1
+            run.seq = self.seq
+            heapq.heappush(self.ends, (now + run.run_time, self.seq, run.job.id))
+            amount = run.job.total.get(self.config.primary, 0)
+            self.used += amount
+            self.busy_area += amount * run.run_time
+
+    def _preempted(self, job_id: str, now: float) -> None:
+        run = self.runs[job_id]
+        amount = run.job.total.get(self.config.primary, 0)
+        self.used -= amount
+        # The work done so far is lost: take back the area counted at start
+        # beyond what really ran.
+        self.busy_area -= amount * (run.start + run.run_time - now)
+        run.lost += now - run.start
+        run.preempted += 1
+        run.seq = -1
+        self.preemptions += 1
+        self.pending[job_id] = run.job
+
+    def _sample(self, now: float) -> None:
+        util = self.used / self.capacity if self.capacity else 0.0
+        self.series.append((now, len(self.pending), util))
+
+    def result(self, jobs: Sequence[SimJob]) -> SimResult:
+        records = tuple(_record(r, self.config.primary) for r in self.done)
+        metrics = _metrics(records, self, jobs)
+        t, q, u = _downsample(self.series, self.config.max_series)
+        return SimResult(records, metrics, t, q, u, tuple(sorted(self.pending)))
+
+
+def _record(run: _Run, primary: str) -> JobRecord:
+    wait = run.end - run.submit - run.run_time
+    deadline = run.job.deadline
+    return JobRecord(
+        run.job.id, run.job.queue, run.submit, run.start, run.end, run.run_time, wait,
+        run.job.total.get(primary, 0), run.preempted,
+        deadline is not None and run.end > deadline,
+    )
+
+
+def bounded_slowdown(wait: float, run: float) -> float:
+    return max(1.0, (wait + run) / max(run, BOUND_S))
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return 0.0
+    k = max(0, math.ceil(p / 100 * len(sorted_values)) - 1)
+    return float(sorted_values[k])
+
+
+def _metrics(records: Sequence[JobRecord], engine: _Engine, jobs: Sequence[SimJob]
+             ) -> dict[str, float | int | None]:
+    waits = sorted(r.wait for r in records)
+    n = len(records)
+    first = min((r.submit for r in records), default=0.0)
+    last = max((r.end for r in records), default=0.0)
+    makespan = last - first
+    out: dict[str, float | int | None] = {
+        "jobs": n,
+        "mean_wait_s": sum(waits) / n if n else 0.0,
+        "median_wait_s": percentile(waits, 50),
+        "p95_wait_s": percentile(waits, 95),
+        "max_wait_s": waits[-1] if waits else 0.0,
+        "mean_bounded_slowdown": (
+            sum(bounded_slowdown(r.wait, r.run) for r in records) / n if n else 0.0
+        ),
+        "utilization": (
+            engine.busy_area / (makespan * engine.capacity) if makespan and engine.capacity
+            else 0.0
+        ),
+        "makespan_s": makespan,
+        "preemptions": engine.preemptions,
+        "deadline_misses": sum(1 for r in records if r.deadline_missed),
+        "unscheduled": len(engine.pending),
+    }
+    out.update(_real(jobs))
+    return out
+
+
+def _real(jobs: Sequence[SimJob]) -> dict[str, float | int | None]:
+    """The real scheduler's figures for the same jobs, where the trace has them."""
+    pairs = [(sj.real_wait, sj.run_time) for sj in jobs if sj.real_wait is not None]
+    if not pairs:
+        return {"real_mean_wait_s": None, "real_mean_bounded_slowdown": None}
+    return {
+        "real_mean_wait_s": sum(w for w, _ in pairs) / len(pairs),
+        "real_mean_bounded_slowdown": sum(bounded_slowdown(w, r) for w, r in pairs) / len(pairs),
+    }
+
+
+def _downsample(
+    series: list[tuple[float, int, float]], limit: int
+) -> tuple[tuple[float, ...], tuple[int, ...], tuple[float, ...]]:
+    if not series:
+        return (), (), ()
+    step = max(1, len(series) // max(1, limit))
+    kept = series[::step]
+    return (
+        tuple(s[0] for s in kept),
+        tuple(s[1] for s in kept),
+        tuple(s[2] for s in kept),
+    )

@@ -1,0 +1,164 @@
+"""The FastAPI application: opens the store, rebuilds the ledger, serves the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from apportion.core.scheduling import SchedulerConfig
+from apportion.server import errors
+from apportion.server.context import AppContext
+from apportion.server.fastpath import AllocationFastPath
+from apportion.server.routes import (
+    agents,
+    allocations,
+    capacity,
+    health,
+    jobs,
+    nodes,
+    observability,
+    planning,
+    scaling,
+    tokens,
+)
+from apportion.service.alerts_service import AlertsService
+from apportion.service.auth import Authenticator
+from apportion.service.health_service import HealthService
+from apportion.service.jobs_service import JobsService
+from apportion.service.ledger_service import LedgerService
+from apportion.service.server_config import load_server_config
+from apportion.service.settings import Settings
+from apportion.store.database import create_engine, migrate
+
+log = structlog.get_logger(__name__)
+
+
+def open_context(settings: Settings) -> AppContext:
+    """Open the store, migrate it, rebuild memory: everything a server needs."""
+    engine = create_engine(settings.url, sqlite_synchronous=settings.sqlite_synchronous)
+    migrate(engine)
+    service = LedgerService(
+        engine,
+        origin=settings.server_id,
+        batch_max=settings.batch_max,
+    )
+    service.load()
+    auth = Authenticator(engine)
+    if settings.admin_token:
+        auth.ensure("admin", "admin", settings.admin_token)
+    jobs = JobsService(
+        service, SchedulerConfig(strategy=settings.strategy, backfill=settings.backfill)
+    )
+    jobs.load()
+    config = load_server_config(settings.config_file)
+    health = HealthService(service, config.health)
+    alerts = AlertsService(service, jobs, health, config.alerts)
+    return AppContext(settings, service, auth, jobs, health, alerts)
+
+
+async def _follow_other_servers(ctx: AppContext) -> None:
+    """With a shared database, pick up what other servers granted and released."""
+    while True:
+        await asyncio.sleep(ctx.settings.sync_interval_s)
+        try:
+            await ctx.ledger.sync_from_store()
+        except Exception as exc:
+            log.warning("sync_failed", error=repr(exc))
+
+
+class BodiesAreJson:
+    """Every body this API takes is JSON. ``curl -d`` labels it a form and
+    some clients say text/plain; FastAPI would then not parse it and answer
+    "body: Input should be a valid dictionary". Relabel those as JSON (a body
+    that is not JSON still answers 400)."""
+
+    RELABELED = (b"application/x-www-form-urlencoded", b"text/plain")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            for i, (key, value) in enumerate(headers):
+                if key == b"content-type" and value.lower().startswith(self.RELABELED):
+                    headers = [*headers[:i], (key, b"application/json"), *headers[i + 1 :]]
+                    scope = {**scope, "headers": headers}
+                    break
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await asyncio.to_thread(open_context, settings)
+        app.state.ctx = ctx
+        follower = (
+            asyncio.create_task(_follow_other_servers(ctx)) if settings.shared_database else None
+        )
+        sweeper = agents.install(app, ctx)
+        scaler = await scaling.install(app, ctx)
+        await ctx.jobs.release_orphans()
+        scheduler = asyncio.create_task(ctx.jobs.run_forever())
+        observers = observability.start(app, ctx)
+        observers = [*observers, planning.start(app, ctx)]
+        watchers = [asyncio.create_task(ctx.alerts.run_forever()),
+                    asyncio.create_task(ctx.alerts.deliver_forever())]
+        log.info(
+            "server_ready",
+            store=ctx.ledger.engine.url.render_as_string(hide_password=True),
+            server_id=settings.server_id,
+        )
+        try:
+            yield
+        finally:
+            scheduler.cancel()
+            sweeper.cancel()
+            if scaler is not None:
+                scaler.cancel()
+            if app.state.scaling is not None:
+                app.state.scaling.close()
+            for observer in observers:
+                observer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+            if follower:
+                follower.cancel()
+            ctx.ledger.close()
+            ctx.ledger.engine.dispose()
+
+    app = FastAPI(
+        title="apportion",
+        version="0.1.0",
+        description="Resource manager for heterogeneous compute clusters: an exact ledger of "
+        "what every node has and what is granted to whom.",
+        lifespan=lifespan,
+        # curl -d sends form encoding by default; a JSON body is JSON whatever
+        # the header says, and scripts should not fail on that.
+        strict_content_type=False,
+        # apportion exports its own Prometheus metrics; FastAPI's OpenTelemetry
+        # hook would look up its providers on every request for nothing.
+        telemetry={"tracing": False, "metrics": False},
+    )
+    errors.install(app)
+    app.add_middleware(AllocationFastPath)
+    app.add_middleware(BodiesAreJson)
+    observability.install(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    for module in (nodes, allocations, capacity, jobs, tokens, agents, health, planning):
+        app.include_router(module.router)
+    app.include_router(agents.public)
+    app.include_router(scaling.router)
+    return app

@@ -1,0 +1,76 @@
+"""Every failure answers JSON a person can act on; nothing answers 500 for
+bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from apportion.exceptions import ApportionError
+
+log = structlog.get_logger(__name__)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",))
+    if error.get("type") == "json_invalid":
+        at = error.get("loc", ())[-1:]
+        pos = f" at character {at[0]}" if at and isinstance(at[0], int) else ""
+        why = error.get("ctx", {}).get("error", "cannot parse the body")
+        return f"malformed JSON{pos}: {why}"
+    return f"{where or 'body'}: {error.get('msg', 'invalid')}"
+
+
+def validation_failure(errors: Sequence[Any]) -> tuple[dict[str, Any], int]:
+    """The answer to a body that failed validation: 400 when it is not JSON
+    at all, else 422 naming each bad field."""
+    malformed = any(e.get("type") == "json_invalid" for e in errors)
+    details = [
+        {
+            # A JSON syntax error's location is a character offset, not a field.
+            "field": "" if e.get("type") == "json_invalid"
+            else ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+            "message": e.get("msg", ""),
+        }
+        for e in errors
+    ]
+    body = {
+        "error": "malformed_json" if malformed else "invalid_input",
+        "message": "; ".join(_describe(e) for e in errors[:10]),
+        "details": json.loads(json.dumps(details, default=str)),
+    }
+    return body, 400 if malformed else 422
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApportionError)
+    async def apportion_error(_: Request, exc: ApportionError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        body, status = validation_failure(exc.errors())
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": "http_error", "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return JSONResponse(
+            {"error": "internal", "message": "internal error; the server log has the details"},
+            status_code=500,
+        )

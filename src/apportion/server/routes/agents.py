@@ -1,0 +1,275 @@
+"""The agent protocol (/api/v1/agents, not in the public schema) and the
+node and job operations built on it (rescan, drain, cordon, logs).
+
+Agents receive work by long-polling ``GET /api/v1/agents/{node}/assignments``
+(see docs/agents.md for why): the answer is the node's whole desired state.
+Everything an agent sends (register, heartbeat, task reports, log bytes,
+checkpoints) is idempotent, so an agent retries until it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from apportion.core.model import NodeState
+from apportion.exceptions import BodyTooLarge, NodeExists, NotFound
+from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.convert import node_from
+from apportion.server.schemas import (
+    AgentRegisterIn,
+    DrainIn,
+    HeartbeatIn,
+    TaskReportIn,
+    iso,
+    render_node,
+)
+from apportion.service.agents_service import AgentSettings, AgentsService
+from apportion.service.auth import Role
+from apportion.service.job_specs import parse_duration
+from apportion.service.jobs_service import ACTIVE_TASK, TaskReport
+from apportion.service.join_tokens import JoinTokens, is_join_token
+from apportion.store.jobs_tables import TaskRow
+
+router = APIRouter(prefix="/api/v1/agents", tags=["agents"], include_in_schema=False)
+public = APIRouter(prefix="/api/v1")
+MAX_LOG_CHUNK = 4 << 20
+
+
+def install(app: FastAPI, ctx: AppContext) -> asyncio.Task[None]:
+    """Start the agents service beside the scheduler; returns its sweeper."""
+    agents = AgentsService(ctx.ledger, ctx.jobs, ctx.settings.data_dir, AgentSettings.from_env())
+    agents.load()
+    app.state.agents = agents
+    return asyncio.get_running_loop().create_task(agents.sweep_forever())
+
+
+def _agents(request: Request) -> AgentsService:
+    service: AgentsService = request.app.state.agents
+    return service
+
+
+def _node_body(ctx: AppContext, name: str) -> dict[str, Any]:
+    ledger = ctx.ledger.ledger
+    return render_node(ledger.node(name), ledger.allocated(name))
+
+
+# -- the agent protocol --------------------------------------------------------------
+
+
+@router.post("/register")
+async def register(request: Request, ctx: Ctx, body: AgentRegisterIn) -> dict[str, Any]:
+    """Register (or refresh) a node. With a one-time join token (a node a
+    provider made for a pool) the token is spent, the node joins its pool,
+    and the answer carries ``agent_token``, the node's credential from now on."""
+    header = request.headers.get("authorization")
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() == "bearer" and is_join_token(token.strip()):
+        return await _join(request, ctx, token.strip(), body)
+    caller = await ctx.auth.authenticate(header)
+    caller.may_manage_node(body.node.name)
+    agents = _agents(request)
+    node = await agents.register(node_from(body.node), body.agent.model_dump())
+    return {"node": _node_body(ctx, node.name), "epoch": agents.epoch}
+
+
+async def _join(request: Request, ctx: AppContext, token: str,
+                body: AgentRegisterIn) -> dict[str, Any]:
+    name = body.node.name
+    if name in ctx.ledger.ledger.nodes:
+        raise NodeExists(f"node {name} already exists; a join token registers a new node",
+                         node=name)
+    join: JoinTokens = request.app.state.join_tokens
+    record = await asyncio.to_thread(join.redeem, token, name)
+    fresh = node_from(body.node)
+    fresh = replace(fresh, labels={**fresh.labels, **record.labels})
+    agents = _agents(request)
+    node = await agents.register(fresh, body.agent.model_dump())
+    agent_token, _ = await asyncio.to_thread(ctx.auth.create, name, Role.AGENT.value)
+
+    def write(conn: Any) -> None:
+        ctx.ledger.event(conn, "node.joined", name, {"pool": record.pool,
+                                                     "join_token": record.id})
+
+    await ctx.ledger.committer.submit_alone(write)
+    return {"node": _node_body(ctx, node.name), "epoch": agents.epoch,
+            "pool": record.pool, "agent_token": agent_token}
+
+
+@router.post("/{node}/heartbeat")
+async def heartbeat(request: Request, ctx: Ctx, caller: Caller, node: str,
+                    body: HeartbeatIn) -> dict[str, Any]:
+    caller.may_manage_node(node)
+    agents = _agents(request)
+    answer = await agents.heartbeat(node, body.agent_id, dict(body.usage),
+                                    [dict(t) for t in body.tasks])
+    health = getattr(ctx, "health", None)
+    if health is not None:
+        session = agents.sessions.get(node)
+        await health.observe(node, dict(body.usage),
+                             interval_s=session.heartbeat_s if session else None)
+    return answer
+
+
+@router.get("/{node}/assignments")
+async def assignments(
+    request: Request, caller: Caller, node: str,
+    after: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    epoch: Annotated[str | None, Query(max_length=64)] = None,
+    wait: Annotated[float, Query(ge=0, le=120)] = 0,
+) -> Response:
+    caller.may_manage_node(node)
+    async def hung_up() -> None:
+        # A held poll ends as soon as its agent goes away, so a stopping
+        # server does not wait for polls no one will read.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    state = await _agents(request).assignments(node, after=after, epoch=epoch, wait=wait,
+                                               gone=hung_up)
+    # Straight to bytes: this answer is on the path of every task start.
+    return Response(orjson.dumps(state), media_type="application/json")
+
+
+@router.post("/{node}/tasks/{task_id}/report")
+async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id: str,
+                 body: TaskReportIn) -> dict[str, Any]:
+    caller.may_manage_node(node)
+    agents = _agents(request)
+    checkpoint = None
+    if body.checkpoint:
+        found = agents.jobs.find_task(task_id)
+        if found is not None:
+            checkpoint = agents.checkpoint_name(found[1].job_id, task_id)
+    answer = await agents.report(node, task_id, TaskReport(
+        body.state, body.exit_code, body.signalled, body.memory_exceeded, body.lost,
+        body.reason, checkpoint, dict(body.times), dict(body.usage)))
+    health = getattr(ctx, "health", None)
+    if health is not None and answer.get("state") == "failed" and body.exit_code is None \
+            and not body.memory_exceeded:
+        health.record_failure(node)  # the node could not start the process: its trouble
+    return answer
+
+
+@router.post("/{node}/tasks/{task_id}/logs/{stream}")
+async def push_log(request: Request, caller: Caller, node: str, task_id: str, stream: str,
+                   offset: Annotated[int, Query(ge=0, le=2**62)] = 0) -> dict[str, Any]:
+    caller.may_manage_node(node)
+    data = await request.body()
+    if len(data) > MAX_LOG_CHUNK:
+        raise BodyTooLarge(f"a log chunk is at most {MAX_LOG_CHUNK} bytes")
+    size = await _agents(request).append_log(node, task_id, stream, offset, data)
+    return {"size": size}
+
+
+@router.put("/{node}/tasks/{task_id}/checkpoint")
+async def put_checkpoint(request: Request, caller: Caller, node: str,
+                         task_id: str) -> dict[str, Any]:
+    caller.may_manage_node(node)
+    name, size = await _agents(request).save_checkpoint(node, task_id, request.stream())
+    return {"checkpoint": name, "size": size}
+
+
+@router.get("/checkpoints/{task_id}")
+async def get_checkpoint(request: Request, caller: Caller, task_id: str) -> FileResponse:
+    caller.require(Role.ADMIN, Role.AGENT)
+    path = await _agents(request).checkpoint_file(task_id)
+    return FileResponse(path, media_type="application/x-tar")
+
+
+@router.get("/{node}")
+async def describe(request: Request, _: Caller, node: str) -> dict[str, Any]:
+    return _agents(request).describe(node)
+
+
+# -- node operations -------------------------------------------------------------------
+
+
+@public.post("/nodes/{name}/rescan", tags=["nodes"])
+async def rescan(request: Request, caller: Caller, name: str) -> dict[str, Any]:
+    """Ask the node's agent to discover its hardware again now."""
+    caller.may_manage_node(name)
+    return {"node": name, "rescan": await _agents(request).rescan(name)}
+
+
+@public.post("/nodes/{name}/drain", tags=["nodes"])
+async def drain(request: Request, ctx: Ctx, caller: Caller, name: str,
+                body: DrainIn | None = None) -> dict[str, Any]:
+    """No new work on the node; running tasks finish, or are preempted and
+    requeued elsewhere once the deadline has passed."""
+    caller.require(Role.ADMIN)
+    deadline = parse_duration(body.deadline, "deadline") if body is not None else None
+    await _agents(request).drain(name, deadline)
+    out = _node_body(ctx, name)
+    out["running_tasks"] = len(ctx.jobs.tasks_on(name))
+    return out
+
+
+@public.post("/nodes/{name}/cordon", tags=["nodes"])
+async def cordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+    """No new work on the node; what runs keeps running."""
+    caller.require(Role.ADMIN)
+    await _agents(request).set_state(name, NodeState.CORDONED)
+    return _node_body(ctx, name)
+
+
+@public.post("/nodes/{name}/uncordon", tags=["nodes"])
+async def uncordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+    """Let the node take work again."""
+    caller.require(Role.ADMIN)
+    await _agents(request).set_state(name, NodeState.READY)
+    return _node_body(ctx, name)
+
+
+# -- job logs --------------------------------------------------------------------------
+
+
+def _pick_task(tasks: list[TaskRow], which: str | None) -> TaskRow:
+    """A task by id, else the latest attempt of a task index (default 0)."""
+    for t in tasks:
+        if t.id == which:
+            return t
+    if which is not None and not which.isdigit():
+        raise NotFound(f"no task {which} in this job", id=which)
+    index = int(which or 0)
+    chosen = [t for t in tasks if t.index == index]
+    if not chosen:
+        raise NotFound(f"task {index} of this job has not run yet", id=str(index))
+    return max(chosen, key=lambda t: (t.attempt, t.created_at))
+
+
+@public.get("/jobs/{job_id}/logs", tags=["jobs"])
+async def job_logs(
+    request: Request, ctx: Ctx, _: Caller, job_id: str,
+    task: Annotated[str | None, Query(max_length=64, description="task id or index")] = None,
+    stream: Annotated[str, Query(pattern=r"^(stdout|stderr)$")] = "stdout",
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1 << 20)] = 1 << 20,
+) -> dict[str, Any]:
+    """What a task wrote, from ``offset``; agents ship it every second or so."""
+    row, tasks = await ctx.jobs.get(job_id)
+    chosen = _pick_task(tasks, task)
+    data, end = await _agents(request).read_log(job_id, chosen.id, stream, offset, limit)
+    text, used = _utf8_prefix(data)
+    return {"job": job_id, "job_state": row.state, "exit_code": row.exit_code,
+            "task": chosen.id, "index": chosen.index, "attempt": chosen.attempt,
+            "node": chosen.node, "task_state": chosen.state,
+            "task_active": chosen.state in ACTIVE_TASK, "stream": stream, "offset": offset,
+            "next_offset": end - (len(data) - used), "data": text,
+            "started_at": iso(chosen.started_at), "ended_at": iso(chosen.ended_at)}
+
+
+def _utf8_prefix(data: bytes) -> tuple[str, int]:
+    """Text of ``data`` and how many bytes it used: a character cut at the
+    end of a read is left for the next read, not garbled."""
+    try:
+        return data.decode("utf-8"), len(data)
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
+            return data[:exc.start].decode("utf-8", errors="replace"), exc.start
+        return data.decode("utf-8", errors="replace"), len(data)

@@ -1,0 +1,100 @@
+"""/api/v1/allocations: grants and releases through the ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Response
+
+from apportion.core.model import AllocationState, ReleaseReason
+from apportion.core.resources import parse_vector
+from apportion.exceptions import PermissionDenied
+from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.schemas import AllocationIn, render_allocation
+from apportion.service.auth import Principal, Role
+from apportion.store import ledger_tables as tables
+
+router = APIRouter(prefix="/api/v1/allocations", tags=["allocations"])
+
+
+def _owner_for(caller: Principal, asked: str | None) -> str | None:
+    """Users allocate as themselves; admins may name any owner."""
+    if caller.role is Role.ADMIN:
+        return asked
+    if asked is not None and asked != caller.name:
+        raise PermissionDenied(
+            f"owner: token {caller.name} may only allocate as itself, not {asked!r}", field="owner"
+        )
+    return caller.name
+
+
+async def grant_allocation(
+    ctx: AppContext, caller: Principal, body: AllocationIn
+) -> dict[str, Any]:
+    """The one implementation of a grant request (the route below and the
+    fast path in ``server/fastpath.py`` both call it)."""
+    caller.require(Role.ADMIN, Role.USER)
+    request = parse_vector(body.resources)
+    alloc = await ctx.ledger.grant(
+        request, node=body.node, owner=_owner_for(caller, body.owner), labels=body.labels
+    )
+    return render_allocation(alloc)
+
+
+@router.post("", status_code=201, response_model=None)
+async def grant(ctx: Ctx, caller: Caller, body: AllocationIn) -> Response:
+    """Grant resources on a node, or on the best-fitting ready node.
+
+    Served by ``server/fastpath.py`` in the running server; this route
+    documents it and serves it wherever the fast path is not installed."""
+    granted = await grant_allocation(ctx, caller, body)
+    return Response(orjson.dumps(granted), status_code=201, media_type="application/json")
+
+
+@router.get("")
+async def list_allocations(
+    ctx: Ctx,
+    _: Caller,
+    node: Annotated[str | None, Query(max_length=253)] = None,
+    owner: Annotated[str | None, Query(max_length=253)] = None,
+    state: AllocationState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    rows = await ctx.ledger.read(
+        lambda conn: tables.list_allocations(
+            conn,
+            node=node,
+            owner=owner,
+            state=state.value if state else None,
+            limit=limit,
+            offset=offset,
+        )
+    )
+    return {
+        "allocations": [render_allocation(a) for a in rows],
+        "count": len(rows),
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+@router.get("/{alloc_id}")
+async def get_allocation(ctx: Ctx, _: Caller, alloc_id: str) -> dict[str, Any]:
+    return render_allocation(await ctx.ledger.get_allocation(alloc_id))
+
+
+@router.delete("/{alloc_id}")
+async def release(
+    ctx: Ctx, caller: Caller, alloc_id: str, reason: ReleaseReason = ReleaseReason.RELEASED
+) -> dict[str, Any]:
+    caller.require(Role.ADMIN, Role.USER)
+    alloc = await ctx.ledger.get_allocation(alloc_id)
+    if caller.role is not Role.ADMIN and alloc.owner != caller.name:
+        raise PermissionDenied(
+            f"allocation {alloc_id} belongs to {alloc.owner or 'nobody'}; token {caller.name} may "
+            "release only its own",
+            id=alloc_id,
+        )
+    return render_allocation(await ctx.ledger.release(alloc_id, reason))

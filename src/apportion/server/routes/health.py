@@ -1,0 +1,42 @@
+"""/api/v1/health-checks and /api/v1/alerts: what is sick, and what is firing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+
+from apportion.server.context import Caller, Ctx
+
+router = APIRouter(prefix="/api/v1", tags=["health"])
+
+
+@router.get("/health-checks")
+async def health_checks(ctx: Ctx, _: Caller) -> dict[str, Any]:
+    """Every node's health status with its reasons and recent changes."""
+    names = sorted(ctx.ledger.ledger.nodes)
+    return {"nodes": [_node_health(ctx, n) for n in names]}
+
+
+@router.get("/health-checks/{node}")
+async def health_check(ctx: Ctx, _: Caller, node: str) -> dict[str, Any]:
+    return _node_health(ctx, ctx.ledger.ledger.node(node).name)
+
+
+def _node_health(ctx: Any, name: str) -> dict[str, Any]:
+    node = ctx.ledger.ledger.node(name)
+    report: dict[str, Any] = ctx.health.report(name)
+    # The node's recorded status is the one the scheduler acts on.
+    report["status"] = node.health.value
+    report["state"] = node.state.value
+    return report
+
+
+@router.get("/alerts")
+async def alerts(
+    ctx: Ctx, _: Caller,
+    state: Literal["firing", "resolved"] | None = None,
+    severity: Literal["warning", "critical"] | None = None,
+) -> dict[str, Any]:
+    rows = ctx.alerts.listing(state=state, severity=severity)
+    return {"alerts": rows, "count": len(rows)}

@@ -1,0 +1,141 @@
+"""/api/v1/jobs and /api/v1/queues: submit, follow, explain and cancel work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from apportion.core.resources import format_vector
+from apportion.core.scheduling import JobState
+from apportion.exceptions import PermissionDenied
+from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.schemas import CompleteIn, JobIn, QueueIn, iso
+from apportion.service.auth import Principal, Role
+from apportion.service.usage_service import UsageService, wants_prediction
+from apportion.store import jobs_tables as jt
+from apportion.store.jobs_tables import JobRow, TaskRow
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+def render_task(t: TaskRow) -> dict[str, Any]:
+    return {"id": t.id, "index": t.index, "attempt": t.attempt, "node": t.node,
+            "allocation_id": t.allocation_id, "state": t.state, "exit_code": t.exit_code,
+            "reason": t.reason, "created_at": iso(t.created_at), "started_at": iso(t.started_at),
+            "ended_at": iso(t.ended_at)}
+
+
+def render_job(row: JobRow, tasks: list[TaskRow] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": row.id, "name": row.name, "owner": row.owner, "queue": row.queue,
+            "priority": row.priority, "state": row.state, "spec": row.spec,
+            "submitted_at": iso(row.submit_time), "started_at": iso(row.started_at),
+            "ended_at": iso(row.ended_at), "reason": row.reason, "exit_code": row.exit_code,
+            "attempts": row.attempts, "preemptions": row.preemptions}
+    if tasks is not None:
+        body["tasks"] = [render_task(t) for t in tasks]
+    return body
+
+
+def _may_change(caller: Principal, row: JobRow) -> None:
+    if caller.role is Role.ADMIN or (caller.role is Role.USER and row.owner == caller.name):
+        return
+    raise PermissionDenied(f"job {row.id} belongs to {row.owner or 'nobody'}; token "
+                           f"{caller.name} may change only its own jobs", id=row.id)
+
+
+@router.post("/jobs", status_code=201)
+async def submit(ctx: Ctx, caller: Caller, body: JobIn) -> dict[str, Any]:
+    caller.require(Role.ADMIN, Role.USER)
+    spec = body.model_dump(exclude_none=True)
+    if wants_prediction(spec):
+        # "auto" resources: predicted from past runs, recorded in spec.prediction.
+        spec = await asyncio.to_thread(UsageService(ctx.ledger.engine).fill_auto, spec,
+                                       caller.name)
+    row = await ctx.jobs.submit(spec, caller.name)
+    return render_job(row, [])
+
+
+@router.get("/jobs")
+async def list_jobs(
+    ctx: Ctx, _: Caller,
+    state: JobState | None = None,
+    queue: Annotated[str | None, Query(max_length=253)] = None,
+    owner: Annotated[str | None, Query(max_length=253)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    rows = await ctx.ledger.read(lambda c: jt.load_jobs(
+        c, states=[state.value] if state else None, queue=queue, owner=owner, limit=limit,
+        offset=offset))
+    return {"jobs": [render_job(r) for r in rows], "count": len(rows)}
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(ctx: Ctx, _: Caller, job_id: str) -> dict[str, Any]:
+    row, tasks = await ctx.jobs.get(job_id)
+    return render_job(row, tasks)
+
+
+@router.get("/jobs/{job_id}/explain")
+async def explain_job(ctx: Ctx, _: Caller, job_id: str) -> dict[str, Any]:
+    await ctx.jobs.get(job_id)  # 404 for an unknown id
+    why = ctx.jobs.explain(job_id)
+    waiting = ctx.jobs.last_cycle.unplaced.get(job_id) if ctx.jobs.last_cycle else None
+    return {"job": job_id, "status": why.status, "summary": why.summary(),
+            "nodes_total": why.nodes_total, "counts": dict(why.counts),
+            "messages": dict(why.messages), "hints": list(why.hints),
+            "earliest_start": iso(why.earliest_start),
+            "waiting_for": waiting.message if waiting else None}
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
+    row, _ = await ctx.jobs.get(job_id)
+    _may_change(caller, row)
+    row = await ctx.jobs.cancel(job_id)
+    _, tasks = await ctx.jobs.get(job_id)
+    return render_job(row, tasks)
+
+
+@router.post("/jobs/{job_id}/complete")
+async def complete_job(ctx: Ctx, caller: Caller, job_id: str, body: CompleteIn) -> dict[str, Any]:
+    """End a lease job (one without a command): its resources are released."""
+    row, _ = await ctx.jobs.get(job_id)
+    _may_change(caller, row)
+    row = await ctx.jobs.complete(job_id, succeeded=body.succeeded, exit_code=body.exit_code)
+    return render_job(row)
+
+
+def render_queue(name: str, ctx: AppContext, usage: dict[str, dict[str, int]]) -> dict[str, Any]:
+    q = ctx.jobs.queues[name]
+    state = usage.get(name, {})
+    return {"name": q.name, "quota": format_vector(q.quota), "quota_base": dict(q.quota),
+            "weight": q.weight, "min_priority": q.min_priority, "max_priority": q.max_priority,
+            "usage": format_vector(state), "usage_base": dict(state)}
+
+
+@router.get("/queues")
+async def list_queues(ctx: Ctx, _: Caller) -> dict[str, Any]:
+    usage = ctx.jobs.queue_usage()
+    return {"queues": [render_queue(n, ctx, usage) for n in sorted(ctx.jobs.queues)]}
+
+
+async def _put_queue(ctx: AppContext, caller: Principal, body: QueueIn) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    await ctx.jobs.put_queue(body.name, body.quota, body.weight, body.min_priority,
+                             body.max_priority)
+    return render_queue(body.name, ctx, ctx.jobs.queue_usage())
+
+
+@router.post("/queues", status_code=201)
+async def create_queue(ctx: Ctx, caller: Caller, body: QueueIn) -> dict[str, Any]:
+    """Create a queue (or replace one of that name)."""
+    return await _put_queue(ctx, caller, body)
+
+
+@router.put("/queues")
+async def update_queue(ctx: Ctx, caller: Caller, body: QueueIn) -> dict[str, Any]:
+    """Update the queue named in the body."""
+    return await _put_queue(ctx, caller, body)

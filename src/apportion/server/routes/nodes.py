@@ -1,0 +1,93 @@
+"""/api/v1/nodes: the inventory."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from apportion.core.labels import matches, parse_selector
+from apportion.core.model import Health, Node, NodeState
+from apportion.exceptions import InvalidInput
+from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.convert import node_from, node_updated
+from apportion.server.schemas import NodeIn, NodeUpdate, render_allocation, render_node
+from apportion.service.auth import Role
+
+router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+
+
+def _render(ctx: AppContext, node: Node, *, with_allocations: bool = False) -> dict[str, Any]:
+    ledger = ctx.ledger.ledger
+    allocs = ledger.allocations_on(node.name)
+    holders: dict[str, dict[str, str]] = {}
+    for alloc in allocs:
+        for resource, ids in alloc.devices.items():
+            for device_id in ids:
+                holders.setdefault(resource, {})[device_id] = alloc.id
+    body = render_node(node, ledger.allocated(node.name), holders)
+    if with_allocations:
+        body["allocations"] = [render_allocation(a) for a in allocs]
+    return body
+
+
+@router.get("")
+async def list_nodes(
+    ctx: Ctx,
+    _: Caller,
+    type: Annotated[str | None, Query(max_length=253)] = None,
+    facility: Annotated[str | None, Query(max_length=253)] = None,
+    state: NodeState | None = None,
+    health: Health | None = None,
+    selector: Annotated[
+        str | None, Query(max_length=4096, description="e.g. facility=texas-1,gpu.model=H100")
+    ] = None,
+) -> dict[str, Any]:
+    requirements = parse_selector(selector or "")
+    nodes = []
+    for node in sorted(ctx.ledger.ledger.nodes.values(), key=lambda n: n.name):
+        if type is not None and node.labels.get("type") != type:
+            continue
+        if facility is not None and node.labels.get("facility") != facility:
+            continue
+        if state is not None and node.state is not state:
+            continue
+        if health is not None and node.health is not health:
+            continue
+        if not matches(node.labels, requirements):
+            continue
+        nodes.append(_render(ctx, node))
+    return {"nodes": nodes, "count": len(nodes)}
+
+
+@router.post("", status_code=201)
+async def register_node(ctx: Ctx, caller: Caller, body: NodeIn) -> dict[str, Any]:
+    caller.may_manage_node(body.name)
+    node = await ctx.ledger.register_node(node_from(body))
+    return _render(ctx, node)
+
+
+@router.get("/{name}")
+async def get_node(ctx: Ctx, _: Caller, name: str) -> dict[str, Any]:
+    return _render(ctx, ctx.ledger.ledger.node(name), with_allocations=True)
+
+
+@router.put("/{name}")
+async def update_node(ctx: Ctx, caller: Caller, name: str, body: NodeUpdate) -> dict[str, Any]:
+    caller.may_manage_node(name)
+    if body.name is not None and body.name != name:
+        raise InvalidInput(
+            f"name: the body names {body.name!r} but the path names {name!r}; "
+            "nodes cannot be renamed",
+            field="name",
+        )
+    current = ctx.ledger.ledger.node(name)
+    node = await ctx.ledger.update_node(node_updated(current, body))
+    return _render(ctx, node)
+
+
+@router.delete("/{name}")
+async def delete_node(ctx: Ctx, caller: Caller, name: str, force: bool = False) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    released = await ctx.ledger.delete_node(name, force=force)
+    return {"deleted": name, "released": [render_allocation(a) for a in released]}

@@ -1,0 +1,293 @@
+"""Request bodies (pydantic, validated at the edge) and response renderers.
+
+Responses are built as plain dicts: every quantity appears twice, as the
+canonical string a person reads (``"16Gi"``) and as the integer in base units
+a program computes with (``resources_base``).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+
+from apportion.core.model import Allocation, Device, Node, NodeState
+from apportion.core.resources import Vector, format_quantity, format_vector
+
+NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
+LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+Quantity = StrictInt | StrictFloat | StrictStr
+NodeName = Annotated[str, Field(pattern=NODE_NAME, description="letters, digits, '.', '_', '-'")]
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY)]
+LabelValue = Annotated[str, Field(max_length=253, pattern=PRINTABLE)]
+Text = Annotated[str, Field(min_length=1, max_length=253, pattern=PRINTABLE)]
+
+
+def _storable(value: Any) -> Any:
+    """Free-form JSON (specs, device attrs) must survive storing and answering:
+    no lone surrogates ("\\ud800" is valid JSON but not UTF-8) and no NaN or
+    Infinity (Python's parser accepts them; JSON and PostgreSQL do not)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "text must be valid Unicode (a lone surrogate such as \\ud800 is not)"
+                ) from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{item!r} is not a JSON number; use a finite number")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_storable)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceIn(Strict):
+    id: Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE)]
+    model: Text | None = None
+    memory: Quantity | None = None
+    uuid: Text | None = None
+    serial: Text | None = None
+    attrs: dict[LabelKey, JsonValue] = Field(default_factory=dict)
+
+
+class NodeIn(Strict):
+    name: NodeName
+    resources: dict[str, Quantity] = Field(default_factory=dict)
+    devices: dict[str, list[DeviceIn]] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    specs: dict[LabelKey, JsonValue] = Field(default_factory=dict)
+    state: NodeState = NodeState.READY
+
+
+class NodeUpdate(Strict):
+    """Fields left out keep their current value."""
+
+    name: NodeName | None = None
+    resources: dict[str, Quantity] | None = None
+    devices: dict[str, list[DeviceIn]] | None = None
+    labels: dict[LabelKey, LabelValue] | None = None
+    specs: dict[LabelKey, JsonValue] | None = None
+    state: NodeState | None = None
+
+
+class AllocationIn(Strict):
+    resources: dict[str, Quantity] = Field(
+        description='resource: quantity, e.g. {"cpu": "2", "memory": "4Gi", "gpu": 1}'
+    )
+    node: NodeName | None = None
+    owner: Text | None = None
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+
+
+class TokenIn(Strict):
+    name: Text
+    role: Annotated[str, Field(pattern=r"^(admin|user|agent)$")]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def render_device(resource: str, device: Device, holder: str | None) -> dict[str, Any]:
+    return {
+        "id": device.id,
+        "model": device.model,
+        "memory": format_quantity("memory", device.memory) if device.memory is not None else None,
+        "memory_base": device.memory,
+        "uuid": device.uuid,
+        "serial": device.serial,
+        "attrs": device.attrs,
+        "resource": resource,
+        "allocation_id": holder,
+    }
+
+
+def render_node(
+    node: Node, allocated: Vector, holders: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    available = {r: cap - allocated.get(r, 0) for r, cap in node.resources.items()}
+    held = holders or {}
+    return {
+        "name": node.name,
+        "resources": format_vector(node.resources),
+        "resources_base": dict(node.resources),
+        "allocated": format_vector(allocated),
+        "allocated_base": dict(allocated),
+        "available": format_vector(available),
+        "available_base": available,
+        "devices": {
+            r: [render_device(r, d, held.get(r, {}).get(d.id)) for d in ds]
+            for r, ds in node.devices.items()
+        },
+        "labels": node.labels,
+        "specs": node.specs,
+        "state": node.state.value,
+        "health": node.health.value,
+        "created_at": iso(node.created_at),
+        "updated_at": iso(node.updated_at),
+    }
+
+
+def render_allocation(alloc: Allocation) -> dict[str, Any]:
+    return {
+        "id": alloc.id,
+        "node": alloc.node,
+        "resources": format_vector(alloc.resources),
+        "resources_base": dict(alloc.resources),
+        "devices": {r: list(ids) for r, ids in alloc.devices.items()},
+        "owner": alloc.owner,
+        "labels": alloc.labels,
+        "state": alloc.state.value,
+        "reason": alloc.reason.value if alloc.reason else None,
+        "created_at": iso(alloc.created_at),
+        "released_at": iso(alloc.released_at),
+    }
+
+
+class TaskIn(Strict):
+    resources: dict[str, Quantity]
+    count: Annotated[int, Field(ge=1, le=10_000)] = 1
+
+
+class AffinityIn(Strict):
+    selector: Annotated[str, Field(min_length=1, max_length=1024, pattern=PRINTABLE)]
+    target: Annotated[str, Field(pattern=r"^(node|job)$")] = "node"
+    weight: Annotated[int, Field(ge=1, le=100)] = 1
+    required: bool = False
+
+
+class RestartIn(Strict):
+    """``never``: a failed task fails its job. ``on-failure``: a task that
+    exits non-zero or whose node is lost runs again, up to ``max_retries``
+    times, after ``backoff`` doubling each time."""
+
+    policy: Annotated[str, Field(pattern=r"^(never|on-failure)$")] = "never"
+    max_retries: Annotated[int, Field(ge=0, le=1000)] | None = None
+    backoff: Annotated[float, Field(gt=0, le=3600)] | Annotated[
+        str, Field(max_length=32)] | None = None
+
+
+When = Annotated[float, Field(ge=0, le=1e11)] | Annotated[str, Field(max_length=64)]
+Duration = Annotated[float, Field(gt=0, le=315_360_000)] | Annotated[str, Field(max_length=32)]
+
+
+class JobIn(Strict):
+    """A job: ``tasks`` (or the shorthand ``resources`` + ``count``) and how to place them."""
+
+    name: Text | None = None
+    queue: Annotated[str, Field(pattern=NODE_NAME)] = "default"
+    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+    resources: dict[str, Quantity] | Literal["auto"] | None = Field(
+        default=None, description="what each task asks for; \"auto\" (or \"auto\" for cpu or "
+        "memory) predicts it from the job's past runs")
+    count: Annotated[int, Field(ge=1, le=10_000)] = 1
+    tasks: Annotated[list[TaskIn], Field(max_length=100)] | None = None
+    constraints: list[Annotated[str, Field(max_length=1024, pattern=PRINTABLE)]] = Field(
+        default_factory=list, max_length=64,
+        description="label terms: facility=texas-1, type in (gpu), !spot, gpu.memory>=40Gi")
+    affinity: Annotated[list[AffinityIn], Field(max_length=16)] = Field(default_factory=list)
+    anti_affinity: Annotated[list[AffinityIn], Field(max_length=16)] = Field(
+        default_factory=list)
+    gang: bool = False
+    preemptible: bool = False
+    deadline: When | None = Field(default=None, description="epoch seconds or ISO 8601")
+    runtime_estimate: Duration | None = None
+    command: Annotated[list[Annotated[str, Field(max_length=4096)]],
+                       Field(min_length=1, max_length=256)] | None = None
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    restart: RestartIn | None = Field(
+        default=None, description="what to do when a task fails or its node is lost")
+    stop_signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]{2,10}$")] | None = Field(
+        default=None, description="signal that asks a task to stop (default SIGTERM)")
+    stop_grace: Duration | None = Field(
+        default=None, description="time between the stop signal and SIGKILL (default 10s)")
+
+
+class QueueIn(Strict):
+    name: Annotated[str, Field(pattern=NODE_NAME)]
+    quota: dict[str, Quantity] = Field(default_factory=dict)
+    weight: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0
+    min_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] | None = None
+    max_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] | None = None
+
+
+class CompleteIn(Strict):
+    succeeded: bool = True
+    exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
+
+
+# -- agents ------------------------------------------------------------------------
+
+
+class AgentInfo(Strict):
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
+    version: Annotated[str, Field(max_length=64, pattern=PRINTABLE)] = ""
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    stop_after_disconnect_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    limit_mode: Annotated[str, Field(max_length=32, pattern=PRINTABLE)] = ""
+    limit_reason: Annotated[str, Field(max_length=1024, pattern=PRINTABLE)] = ""
+    work_dir: Annotated[str, Field(max_length=4096, pattern=PRINTABLE)] = ""
+
+
+class AgentRegisterIn(Strict):
+    """What an agent found (or was told) its node offers, and how it runs."""
+
+    node: NodeIn
+    agent: AgentInfo
+
+
+class HeartbeatIn(Strict):
+    agent_id: Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
+    usage: dict[str, JsonValue] = Field(default_factory=dict)
+    tasks: Annotated[list[dict[str, JsonValue]], Field(max_length=10_000)] = Field(
+        default_factory=list)
+
+
+class TaskReportIn(Strict):
+    state: Annotated[str, Field(pattern=r"^(starting|running|exited)$")]
+    exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
+    signalled: bool = False
+    memory_exceeded: bool = False
+    lost: bool = False
+    reason: Annotated[str, Field(max_length=512, pattern=PRINTABLE)] | None = None
+    checkpoint: bool = False
+    times: dict[Annotated[str, Field(max_length=32)],
+                Annotated[float, Field(ge=0, le=1e11)]] = Field(default_factory=dict)
+    usage: Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,31}$")],
+                          Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False)]],
+                     Field(max_length=32)] = Field(
+        default_factory=dict,
+        description="what the task used: memory and gpu_memory (peak bytes), cpu_seconds, "
+                    "gpu_util (mean percent), runtime_s")
+
+
+class DrainIn(Strict):
+    deadline: Duration | None = Field(
+        default=None, description="stop what still runs after this long (default: never)")

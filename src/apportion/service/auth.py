@@ -1,0 +1,123 @@
+"""Tokens and roles: who is calling, and may they do this.
+
+Roles: ``admin`` may do everything; ``user`` reads, allocates and releases
+its own allocations; ``agent`` registers and updates the node named like its
+token. Tokens are random and stored hashed; verified ones are cached in
+memory so the hot path does not query the store on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+from apportion.exceptions import InvalidInput, PermissionDenied, Unauthenticated
+from apportion.service.join_tokens import JOIN_PREFIX
+from apportion.store import tokens as token_table
+from apportion.store.tokens import TokenRecord
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+
+    def require(self, *roles: Role) -> None:
+        if self.role not in roles:
+            allowed = " or ".join(r.value for r in roles)
+            raise PermissionDenied(
+                f"this needs the {allowed} role; your token ({self.name}) is {self.role.value}",
+                role=self.role.value,
+            )
+
+    def may_manage_node(self, node: str) -> None:
+        if self.role is Role.ADMIN or (self.role is Role.AGENT and self.name == node):
+            return
+        raise PermissionDenied(
+            f"token {self.name} ({self.role.value}) may not change node {node}; admins may, and "
+            "agents may change the node named like their token",
+            node=node,
+        )
+
+
+def new_token() -> str:
+    return "apt_" + secrets.token_urlsafe(32)
+
+
+class Authenticator:
+    """Maps bearer tokens to principals, with a small positive cache."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._cache: dict[str, Principal] = {}
+
+    def create(self, name: str, role: str, token: str | None = None) -> tuple[str, TokenRecord]:
+        """Store a new token and return it in plain text (shown once)."""
+        if role not in {r.value for r in Role}:
+            raise InvalidInput(f"role: {role!r} is not one of admin, user, agent", field="role")
+        if not name or len(name) > 253:
+            raise InvalidInput("name: give 1-253 characters", field="name")
+        token = token or new_token()
+        record = TokenRecord(uuid.uuid4().hex, name, role, time.time())
+        with self._engine.begin() as conn:
+            token_table.insert_token(conn, record, token)
+        return token, record
+
+    def ensure(self, name: str, role: str, token: str) -> None:
+        """Make sure ``token`` exists (APPORTION_ADMIN_TOKEN at start)."""
+        with self._engine.connect() as conn:
+            if token_table.find_token(conn, token) is not None:
+                return
+        self.create(name, role, token)
+
+    async def authenticate(self, header: str | None) -> Principal:
+        if not header:
+            raise Unauthenticated(
+                "missing Authorization header; send 'Authorization: Bearer "
+                "<token>' (create one with 'apportion token create')"
+            )
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Authorization must be 'Bearer <token>'")
+        token = token.strip()
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        if token.startswith(JOIN_PREFIX):
+            raise Unauthenticated(
+                "this is a one-time join token: it is good only for registering its node "
+                "(POST /api/v1/agents/register), which answers the node's agent token")
+        record = await asyncio.to_thread(self._lookup, token)
+        if record is None:
+            raise Unauthenticated("unknown token")
+        principal = Principal(record.name, Role(record.role))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = principal
+        return principal
+
+    def revoke_node(self, node: str) -> int:
+        """Delete the agent tokens of ``node`` (a node that is gone for good)
+        and forget them here; returns how many were deleted."""
+        with self._engine.begin() as conn:
+            count = token_table.delete_tokens_named(conn, node, Role.AGENT.value)
+        for token, principal in list(self._cache.items()):
+            if principal.name == node and principal.role is Role.AGENT:
+                self._cache.pop(token, None)
+        return count
+
+    def _lookup(self, token: str) -> TokenRecord | None:
+        with self._engine.connect() as conn:
+            return token_table.find_token(conn, token)

@@ -1,0 +1,166 @@
+"""Group commit: many concurrent writes share one transaction and one fsync.
+
+Requests queue their write and await a future. One drain task on the event
+loop takes everything queued (up to ``batch_max``), hands the batchable
+payloads to one ``write_batch`` call inside one transaction, commits, and
+only then resolves the futures, so an answer is never sent for a write that
+is not durable. Writes that may hit a constraint (node changes) run
+``alone``: a transaction of their own, in the same queue, so SQLite sees one
+writer.
+
+Statements run on the loop's own thread: they take microseconds on SQLite,
+and a separate writer thread would pay a GIL hand-off for every statement,
+which on a two-core machine cost more than the writes (measured: a batch of
+15 grants took 10 ms on a writer thread, 2 ms inline). Only the COMMIT, which
+waits for fsync with the GIL released, runs in a worker thread; while it
+waits, the loop keeps serving requests and their writes form the next batch.
+On PostgreSQL each statement waits for a network round trip, so the whole
+transaction runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from apportion.exceptions import ApportionError, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+Write = Callable[[sa.Connection], Any]
+"""A write that runs alone in its own transaction and returns a result."""
+
+BatchWriter = Callable[[sa.Connection, list[Any]], list[Any]]
+"""Writes a list of payloads in the caller's transaction; one result each
+(an ``ApportionError`` instance is a per-payload failure)."""
+
+
+@dataclass(slots=True)
+class _Item:
+    payload: Any
+    future: asyncio.Future[Any]
+    alone: bool
+
+
+class GroupCommitter:
+    """Batches writes from the event loop into shared transactions."""
+
+    def __init__(self, engine: sa.Engine, write_batch: BatchWriter, *, batch_max: int = 256,
+                 retries: int = 3) -> None:
+        self._engine = engine
+        self._write_batch = write_batch
+        self._batch_max = batch_max
+        self._retries = retries
+        self._pending: list[_Item] = []
+        self._draining: asyncio.Task[None] | None = None
+        self._networked = engine.dialect.name != "sqlite"
+        self.batches = 0
+        self.writes = 0
+
+    def submit(self, payload: Any) -> asyncio.Future[Any]:
+        """Queue a payload for the next batch."""
+        return self._put(payload, alone=False)
+
+    def submit_alone(self, write: Write) -> asyncio.Future[Any]:
+        """Queue a write that gets a transaction of its own."""
+        return self._put(write, alone=True)
+
+    def close(self) -> None:
+        """At shutdown, writes that never reached the store are refused, not lost
+        silently: their callers hear 503 and nothing was written."""
+        pending, self._pending = self._pending, []
+        refusal = StoreUnavailable("the server is shutting down; nothing was written")
+        _resolve_all([(i.future, refusal) for i in pending])
+
+    def _put(self, payload: Any, *, alone: bool) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Item(payload, future, alone))
+        if self._draining is None:
+            self._draining = loop.create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                items = self._pending[: self._batch_max]
+                del self._pending[: self._batch_max]
+                batch = [i for i in items if not i.alone]
+                if batch:
+                    run = partial(_call_batch, self._write_batch, [i.payload for i in batch])
+                    _settle(batch, await self._attempt(run, len(batch)))
+                for item in items:
+                    if item.alone:
+                        _settle([item], await self._attempt(partial(_call_alone, item.payload), 1))
+        finally:
+            self._draining = None
+
+    async def _attempt(self, run: Callable[[sa.Connection], list[Any]], n: int) -> list[Any]:
+        for attempt in range(self._retries):
+            try:
+                if self._networked:
+                    # PostgreSQL: every statement waits on a round trip, so the
+                    # whole transaction goes to a worker thread (psycopg releases
+                    # the GIL while it waits; a batch is only a few statements).
+                    results = await asyncio.to_thread(self._transaction, run)
+                else:
+                    results = await self._local_transaction(run)
+            except sa.exc.OperationalError as exc:
+                # Lock timeouts and PostgreSQL deadlock/serialization aborts
+                # are worth another try; the whole transaction rolled back.
+                log.warning("batch_retry", attempt=attempt, error=str(exc).splitlines()[0])
+                continue
+            except ApportionError as exc:
+                return [exc] * n
+            except Exception as exc:
+                log.error("batch_failed", error=repr(exc))
+                return [StoreUnavailable(f"the store refused the write: {exc}")] * n
+            self.batches += 1
+            self.writes += n
+            return results
+        return [StoreUnavailable("the store stayed busy; nothing was written")] * n
+
+    def _transaction(self, run: Callable[[sa.Connection], list[Any]]) -> list[Any]:
+        with self._engine.begin() as conn:
+            return run(conn)
+
+    async def _local_transaction(self, run: Callable[[sa.Connection], list[Any]]) -> list[Any]:
+        """SQLite: statements on the loop (microseconds each), the fsync-bound
+        COMMIT in a worker thread."""
+        with self._engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                results = run(conn)
+            except BaseException:
+                transaction.rollback()
+                raise
+            await asyncio.to_thread(transaction.commit)
+            return results
+
+
+def _call_batch(write_batch: BatchWriter, payloads: list[Any], conn: sa.Connection) -> list[Any]:
+    return write_batch(conn, payloads)
+
+
+def _call_alone(write: Write, conn: sa.Connection) -> list[Any]:
+    return [write(conn)]
+
+
+def _settle(batch: list[_Item], results: list[Any]) -> None:
+    _resolve_all([(item.future, result) for item, result in zip(batch, results, strict=True)])
+
+
+def _resolve_all(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in pairs:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -1,0 +1,109 @@
+"""A job as submitted (a JSON spec, stored as given) and as the core sees it.
+
+The stored spec is the validated request body, so a job read back after a
+restart is rebuilt by the same code that built it at submission.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from apportion.core.labels import parse_selector
+from apportion.core.resources import parse_vector
+from apportion.core.scheduling import Affinity, Job, Queue, TaskSpec
+from apportion.core.scheduling.constraints import family, parse_constraints
+from apportion.exceptions import InvalidInput
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MAX_TASKS = 10_000
+
+
+def parse_duration(value: object, field: str) -> float | None:
+    """Seconds from a number or text like ``90s``, ``10m``, ``2h``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field}: expected seconds or a duration like '10m'", field=field)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _SECONDS[m.group(2)]
+    else:
+        raise InvalidInput(f"{field}: {value!r} is not a duration (e.g. 3600, '90s', '10m', "
+                           "'2h')", field=field)
+    if not 0 < seconds <= 10 * 365 * 86400:
+        raise InvalidInput(f"{field}: must be more than 0 and at most 10 years", field=field)
+    return seconds
+
+
+def parse_time(value: object, field: str) -> float | None:
+    """Epoch seconds from a number or an ISO 8601 timestamp."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise InvalidInput(f"{field}: {value!r} is not a time (epoch seconds or ISO 8601)",
+                       field=field)
+
+
+def tasks_of(spec: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
+    """``tasks: [{resources, count}]``, or the shorthand ``resources`` + ``count``."""
+    raw = spec.get("tasks") or [{"resources": spec.get("resources") or {},
+                                  "count": spec.get("count", 1)}]
+    out = []
+    for i, task in enumerate(raw):
+        resources = parse_vector(task.get("resources") or {}, f"tasks[{i}].resources")
+        if not resources:
+            raise InvalidInput(f"tasks[{i}].resources: ask for at least one resource",
+                               field=f"tasks[{i}].resources")
+        out.append(TaskSpec(resources, int(task.get("count", 1))))
+    if sum(t.count for t in out) > MAX_TASKS:
+        raise InvalidInput(f"tasks: at most {MAX_TASKS} tasks per job", field="tasks")
+    return tuple(out)
+
+
+def _affinities(items: list[Mapping[str, Any]] | None, field: str) -> tuple[Affinity, ...]:
+    return tuple(
+        Affinity(parse_selector(a["selector"], f"{field}[{i}].selector"),
+                 a.get("target", "node"), int(a.get("weight", 1)), bool(a.get("required", False)))
+        for i, a in enumerate(items or [])
+    )
+
+
+def job_from_spec(spec: Mapping[str, Any], *, job_id: str, submit_time: float,
+                  owner: str | None) -> Job:
+    tasks = tasks_of(spec)
+    families = {family(r) for t in tasks for r in t.resources} | {"gpu"}
+    constraints = spec.get("constraints") or []
+    command = spec.get("command")
+    return Job(
+        job_id, tasks,
+        queue=spec.get("queue") or "default",
+        priority=int(spec.get("priority") or 0),
+        submit_time=submit_time,
+        constraints=parse_constraints(constraints, families),
+        affinity=_affinities(spec.get("affinity"), "affinity"),
+        anti_affinity=_affinities(spec.get("anti_affinity"), "anti_affinity"),
+        gang=bool(spec.get("gang", False)),
+        preemptible=bool(spec.get("preemptible", False)),
+        deadline=parse_time(spec.get("deadline"), "deadline"),
+        runtime_estimate=parse_duration(spec.get("runtime_estimate"), "runtime_estimate"),
+        name=spec.get("name"),
+        user=owner,
+        labels=dict(spec.get("labels") or {}),
+        command=tuple(command) if command else None,
+    )
+
+
+def queue_from_row(name: str, quota: Mapping[str, Any], weight: float,
+                   min_priority: int | None, max_priority: int | None) -> Queue:
+    return Queue(name, parse_vector(quota, "quota"), weight, min_priority, max_priority)

@@ -1,0 +1,68 @@
+"""Opening the database: URL from settings, SQLite pragmas, migrations at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """Let users write ``postgresql://``; we drive PostgreSQL with psycopg 3."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def sqlite_url(data_dir: Path) -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'apportion.db'}"
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers run beside the single writer; FULL fsyncs each
+        # commit so an acknowledged grant survives even a power cut; the busy
+        # timeout covers a CLI command reading while the server writes.
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+        # Let SQLAlchemy, not the sqlite3 module, say when transactions begin:
+        # the module's own implicit BEGIN breaks SAVEPOINT, which batches use.
+        dbapi_conn.isolation_level = None
+
+    return on_connect
+
+
+def _begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> sa.Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, pool_size=8, max_overflow=8)
+        sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+        sa.event.listen(engine, "begin", _begin)
+        return engine
+    return sa.create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the newest revision; safe with several servers
+    starting together on one PostgreSQL (an advisory lock serializes them)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263514)"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

@@ -1,0 +1,49 @@
+"""The stored event log: every state change, in commit order, readable after an id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from apportion.store.ledger_tables import insert_rows
+from apportion.store.schema import events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    kind: str
+    subject: str
+    origin: str
+    data: dict[str, Any]
+    at: float
+
+
+EVENTS_LOCK = 7263515
+"""PostgreSQL advisory lock held from an event's INSERT to its commit."""
+
+
+def insert_events(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        # Ids come from a sequence at INSERT, not at commit: without this a
+        # reader could see id 2 committed, move past it, and never see id 1
+        # committing later. Holding the lock until commit hands ids out in
+        # commit order (SQLite has one writer, so it already does).
+        conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({EVENTS_LOCK})"))
+    # One multi-row INSERT, not executemany: see ledger_tables on batches.
+    insert_rows(conn, events, rows)
+
+
+def events_after(conn: sa.Connection, after: int, limit: int = 1000) -> list[Event]:
+    rows = conn.execute(
+        sa.select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+    )
+    return [Event(r.id, r.kind, r.subject, r.origin, r.data, r.at) for r in rows]
+
+
+def last_event_id(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())

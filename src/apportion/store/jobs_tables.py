@@ -1,0 +1,160 @@
+"""Reading and writing queues, jobs and tasks (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from apportion.store.schema import jobs, queues, tasks
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    name: str
+    quota: dict[str, int]
+    weight: float
+    min_priority: int | None
+    max_priority: int | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    name: str | None
+    owner: str | None
+    queue: str
+    priority: int
+    state: str
+    spec: dict[str, Any]
+    submit_time: float
+    started_at: float | None
+    ended_at: float | None
+    reason: str | None
+    exit_code: int | None
+    attempts: int
+    preemptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    id: str
+    job_id: str
+    index: int
+    attempt: int
+    node: str
+    allocation_id: str
+    state: str
+    exit_code: int | None
+    reason: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    checkpoint: str | None = None
+    """Where the checkpoint this attempt left is kept (a path under the
+    server's checkpoint store), if it left one."""
+    stop_state: str | None = None
+    """The end the server asked the agent to bring this task to (cancelled,
+    preempted, failed), while the task still runs."""
+    stop_reason: str | None = None
+
+
+def _as(cls: type[Any], row: Any) -> Any:
+    return cls(**dict(row._mapping))
+
+
+# -- queues -------------------------------------------------------------------
+
+
+def load_queues(conn: sa.Connection) -> list[QueueRow]:
+    return [_as(QueueRow, r) for r in conn.execute(sa.select(queues).order_by(queues.c.name))]
+
+
+def upsert_queue(conn: sa.Connection, row: QueueRow) -> None:
+    values = {k: getattr(row, k) for k in QueueRow.__dataclass_fields__}
+    hit = conn.execute(queues.update().where(queues.c.name == row.name).values(
+        {k: v for k, v in values.items() if k not in ("name", "created_at")}))
+    if hit.rowcount == 0:
+        conn.execute(queues.insert().values(values))
+
+
+# -- jobs -----------------------------------------------------------------------
+
+
+def insert_job(conn: sa.Connection, row: JobRow) -> None:
+    conn.execute(jobs.insert().values({k: getattr(row, k) for k in JobRow.__dataclass_fields__}))
+
+
+def update_job(conn: sa.Connection, job_id: str, **values: Any) -> None:
+    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+
+
+def load_job(conn: sa.Connection, job_id: str) -> JobRow | None:
+    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    return _as(JobRow, row) if row else None
+
+
+def load_jobs(conn: sa.Connection, *, states: list[str] | None = None, queue: str | None = None,
+              owner: str | None = None, limit: int = 1000, offset: int = 0) -> list[JobRow]:
+    query = sa.select(jobs)
+    if states:
+        query = query.where(jobs.c.state.in_(states))
+    if queue is not None:
+        query = query.where(jobs.c.queue == queue)
+    if owner is not None:
+        query = query.where(jobs.c.owner == owner)
+    query = query.order_by(jobs.c.submit_time.desc(), jobs.c.id).limit(limit).offset(offset)
+    return [_as(JobRow, r) for r in conn.execute(query)]
+
+
+# -- tasks ----------------------------------------------------------------------
+
+
+def insert_tasks(conn: sa.Connection, rows: list[TaskRow]) -> None:
+    if rows:
+        conn.execute(tasks.insert(), [{k: getattr(r, k) for k in TaskRow.__dataclass_fields__}
+                                      for r in rows])
+
+
+def update_task(conn: sa.Connection, task_id: str, *, only_from: tuple[str, ...] | None = None,
+                **values: Any) -> bool:
+    """Change a task; with ``only_from``, only if it is still in one of those
+    states (so two reports of one end are applied once)."""
+    query = tasks.update().where(tasks.c.id == task_id)
+    if only_from:
+        query = query.where(tasks.c.state.in_(only_from))
+    return conn.execute(query.values(**values)).rowcount == 1
+
+
+def load_tasks(conn: sa.Connection, *, job_id: str | None = None, node: str | None = None,
+               states: list[str] | None = None) -> list[TaskRow]:
+    query = sa.select(tasks)
+    if job_id is not None:
+        query = query.where(tasks.c.job_id == job_id)
+    if node is not None:
+        query = query.where(tasks.c.node == node)
+    if states:
+        query = query.where(tasks.c.state.in_(states))
+    return [_as(TaskRow, r) for r in conn.execute(query.order_by(tasks.c.created_at,
+                                                                 tasks.c.index))]
+
+
+def load_tasks_of(conn: sa.Connection, job_ids: list[str],
+                  states: list[str] | None = None) -> list[TaskRow]:
+    """Tasks of these jobs (in chunks: SQLite caps bound parameters)."""
+    out: list[TaskRow] = []
+    for start in range(0, len(job_ids), 500):
+        query = sa.select(tasks).where(tasks.c.job_id.in_(job_ids[start:start + 500]))
+        if states:
+            query = query.where(tasks.c.state.in_(states))
+        out.extend(_as(TaskRow, r) for r in conn.execute(
+            query.order_by(tasks.c.created_at, tasks.c.index)))
+    return out
+
+
+def load_task(conn: sa.Connection, task_id: str) -> TaskRow | None:
+    row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+    return _as(TaskRow, row) if row else None

@@ -1,0 +1,426 @@
+"""Reading and writing nodes and allocations with SQLAlchemy Core.
+
+Every function takes an open connection inside the caller's transaction, so
+the service decides what commits together (one batch of grants, one fsync).
+Grants check capacity in the UPDATE itself, so two servers on one
+PostgreSQL cannot both win the last unit; releases flip ``state`` from
+``active`` first, so a release is applied once however often it is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from apportion.core.model import (
+    Allocation,
+    AllocationState,
+    Device,
+    Health,
+    Node,
+    NodeState,
+    ReleaseReason,
+)
+from apportion.store.schema import allocations, devices, node_resources, nodes
+
+_GRANT_UPDATE = (
+    node_resources.update()
+    .where(
+        node_resources.c.node == sa.bindparam("n"),
+        node_resources.c.resource == sa.bindparam("r"),
+        # capacity - q, not allocated + q: the sum can pass 2^63-1, which
+        # PostgreSQL refuses with an error instead of a non-match.
+        node_resources.c.allocated <= node_resources.c.capacity - sa.bindparam("q"),
+    )
+    .values(allocated=node_resources.c.allocated + sa.bindparam("q"))
+)
+_RETURN_UPDATE = (
+    node_resources.update()
+    .where(
+        node_resources.c.node == sa.bindparam("n"), node_resources.c.resource == sa.bindparam("r")
+    )
+    .values(allocated=node_resources.c.allocated - sa.bindparam("q"))
+)
+_TAKE_DEVICE = (
+    devices.update()
+    .where(
+        devices.c.node == sa.bindparam("n"),
+        devices.c.resource == sa.bindparam("r"),
+        devices.c.device_id == sa.bindparam("d"),
+        devices.c.allocation_id.is_(None),
+    )
+    .values(allocation_id=sa.bindparam("a"))
+)
+_FREE_DEVICES = (
+    devices.update().where(devices.c.allocation_id == sa.bindparam("a")).values(allocation_id=None)
+)
+_MARK_RELEASED = (
+    allocations.update()
+    .where(allocations.c.id == sa.bindparam("i"), allocations.c.state == "active")
+    .values(state="released", reason=sa.bindparam("why"), released_at=sa.bindparam("at"))
+)
+
+
+# -- nodes ------------------------------------------------------------------
+
+
+def load_nodes(conn: sa.Connection, names: Sequence[str] | None = None) -> list[Node]:
+    query = sa.select(nodes)
+    if names is not None:
+        query = query.where(nodes.c.name.in_(list(names)))
+    rows = conn.execute(query).all()
+    caps: dict[str, dict[str, int]] = {}
+    rq = sa.select(node_resources.c.node, node_resources.c.resource, node_resources.c.capacity)
+    dq = sa.select(devices).order_by(devices.c.node, devices.c.resource, devices.c.position)
+    if names is not None:
+        rq = rq.where(node_resources.c.node.in_(list(names)))
+        dq = dq.where(devices.c.node.in_(list(names)))
+    for node, resource, capacity in conn.execute(rq):
+        caps.setdefault(node, {})[resource] = capacity
+    devs: dict[str, dict[str, list[Device]]] = {}
+    for d in conn.execute(dq):
+        device = Device(d.device_id, d.model, d.memory, d.uuid, d.serial, d.attrs or {})
+        devs.setdefault(d.node, {}).setdefault(d.resource, []).append(device)
+    return [
+        Node(
+            r.name,
+            caps.get(r.name, {}),
+            {res: tuple(ds) for res, ds in devs.get(r.name, {}).items()},
+            r.labels,
+            r.specs,
+            NodeState(r.state),
+            Health(r.health),
+            r.created_at,
+            r.updated_at,
+        )
+        for r in rows
+    ]
+
+
+def insert_node(conn: sa.Connection, node: Node) -> None:
+    conn.execute(
+        nodes.insert().values(
+            name=node.name,
+            labels=node.labels,
+            specs=node.specs,
+            state=node.state.value,
+            health=node.health.value,
+            created_at=node.created_at,
+            updated_at=node.updated_at,
+        )
+    )
+    _write_capacity(conn, node, {})
+    _write_devices(conn, node, {})
+
+
+def update_node(conn: sa.Connection, node: Node) -> None:
+    """Rewrite a node; allocated amounts and device holders are kept as stored."""
+    conn.execute(
+        nodes.update()
+        .where(nodes.c.name == node.name)
+        .values(
+            labels=node.labels,
+            specs=node.specs,
+            state=node.state.value,
+            health=node.health.value,
+            updated_at=node.updated_at,
+        )
+    )
+    allocated = {
+        r: a
+        for r, a in conn.execute(
+            sa.select(node_resources.c.resource, node_resources.c.allocated).where(
+                node_resources.c.node == node.name
+            )
+        )
+    }
+    holders = {
+        (r, d): a
+        for r, d, a in conn.execute(
+            sa.select(devices.c.resource, devices.c.device_id, devices.c.allocation_id).where(
+                devices.c.node == node.name
+            )
+        )
+    }
+    conn.execute(node_resources.delete().where(node_resources.c.node == node.name))
+    conn.execute(devices.delete().where(devices.c.node == node.name))
+    _write_capacity(conn, node, allocated)
+    _write_devices(conn, node, holders)
+
+
+def set_node_state(conn: sa.Connection, name: str, state: NodeState, now: float) -> None:
+    conn.execute(
+        nodes.update().where(nodes.c.name == name).values(state=state.value, updated_at=now)
+    )
+
+
+def delete_node(conn: sa.Connection, name: str) -> None:
+    conn.execute(devices.delete().where(devices.c.node == name))
+    conn.execute(node_resources.delete().where(node_resources.c.node == name))
+    conn.execute(nodes.delete().where(nodes.c.name == name))
+
+
+def _write_capacity(conn: sa.Connection, node: Node, allocated: dict[str, int]) -> None:
+    rows = [
+        {"node": node.name, "resource": r, "capacity": cap, "allocated": allocated.get(r, 0)}
+        for r, cap in node.resources.items()
+    ]
+    if rows:
+        conn.execute(node_resources.insert(), rows)
+
+
+def _write_devices(conn: sa.Connection, node: Node, holders: dict[tuple[str, str], Any]) -> None:
+    rows = [
+        {
+            "node": node.name,
+            "resource": r,
+            "device_id": d.id,
+            "position": i,
+            "model": d.model,
+            "memory": d.memory,
+            "uuid": d.uuid,
+            "serial": d.serial,
+            "attrs": d.attrs,
+            "allocation_id": holders.get((r, d.id)),
+        }
+        for r, ds in node.devices.items()
+        for i, d in enumerate(ds)
+    ]
+    if rows:
+        conn.execute(devices.insert(), rows)
+
+
+def lock_nodes(conn: sa.Connection, names: Iterable[str]) -> None:
+    """Take the row locks of these nodes in one sorted order, so two servers'
+    batches touching the same nodes queue instead of deadlocking (PostgreSQL;
+    SQLite's single writer lock already serializes)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.execute(
+        sa.select(node_resources.c.node)
+        .where(node_resources.c.node.in_(sorted(set(names))))
+        .order_by(node_resources.c.node, node_resources.c.resource)
+        .with_for_update()
+    ).all()
+
+
+# -- allocations ------------------------------------------------------------
+
+
+def apply_grant(conn: sa.Connection, alloc: Allocation) -> bool:
+    """Record a grant if the stored balances allow it; False leaves no trace."""
+    done: list[tuple[str, int]] = []
+    for r, q in alloc.resources.items():
+        if conn.execute(_GRANT_UPDATE, {"n": alloc.node, "r": r, "q": q}).rowcount != 1:
+            _undo_grant(conn, alloc, done)
+            return False
+        done.append((r, q))
+    for r, ids in alloc.devices.items():
+        for d in ids:
+            hit = conn.execute(_TAKE_DEVICE, {"n": alloc.node, "r": r, "d": d, "a": alloc.id})
+            if hit.rowcount != 1:
+                _undo_grant(conn, alloc, done)
+                return False
+    conn.execute(allocations.insert().values(_allocation_row(alloc)))
+    return True
+
+
+def _undo_grant(conn: sa.Connection, alloc: Allocation, done: list[tuple[str, int]]) -> None:
+    for r, q in done:
+        conn.execute(_RETURN_UPDATE, {"n": alloc.node, "r": r, "q": q})
+    conn.execute(_FREE_DEVICES, {"a": alloc.id})
+
+
+def apply_release(conn: sa.Connection, alloc: Allocation) -> bool:
+    """Mark an allocation released and return its resources, exactly once:
+    False when the stored row was no longer active."""
+    assert alloc.reason is not None
+    hit = conn.execute(
+        _MARK_RELEASED, {"i": alloc.id, "why": alloc.reason.value, "at": alloc.released_at}
+    )
+    if hit.rowcount != 1:
+        return False
+    for r, q in alloc.resources.items():
+        conn.execute(_RETURN_UPDATE, {"n": alloc.node, "r": r, "q": q})
+    if alloc.devices:
+        conn.execute(_FREE_DEVICES, {"a": alloc.id})
+    return True
+
+
+def _allocation_row(alloc: Allocation) -> dict[str, Any]:
+    return {
+        "id": alloc.id,
+        "node": alloc.node,
+        "owner": alloc.owner,
+        "resources": dict(alloc.resources),
+        "devices": {r: list(ids) for r, ids in alloc.devices.items()},
+        "labels": alloc.labels,
+        "state": alloc.state.value,
+        "reason": alloc.reason.value if alloc.reason else None,
+        "created_at": alloc.created_at,
+        "released_at": alloc.released_at,
+    }
+
+
+def allocation_from_row(row: Any) -> Allocation:
+    return Allocation(
+        row.id,
+        row.node,
+        row.resources,
+        {r: tuple(ids) for r, ids in row.devices.items()},
+        row.owner,
+        row.labels,
+        AllocationState(row.state),
+        row.created_at,
+        ReleaseReason(row.reason) if row.reason else None,
+        row.released_at,
+    )
+
+
+def load_allocation(conn: sa.Connection, alloc_id: str) -> Allocation | None:
+    row = conn.execute(sa.select(allocations).where(allocations.c.id == alloc_id)).first()
+    return allocation_from_row(row) if row else None
+
+
+def load_active_allocations(
+    conn: sa.Connection, node_names: Sequence[str] | None = None
+) -> list[Allocation]:
+    query = sa.select(allocations).where(allocations.c.state == "active")
+    if node_names is not None:
+        query = query.where(allocations.c.node.in_(list(node_names)))
+    return [allocation_from_row(r) for r in conn.execute(query)]
+
+
+def list_allocations(
+    conn: sa.Connection,
+    *,
+    node: str | None = None,
+    owner: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Allocation]:
+    query = sa.select(allocations)
+    if node is not None:
+        query = query.where(allocations.c.node == node)
+    if owner is not None:
+        query = query.where(allocations.c.owner == owner)
+    if state is not None:
+        query = query.where(allocations.c.state == state)
+    query = (
+        query.order_by(allocations.c.created_at.desc(), allocations.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [allocation_from_row(r) for r in conn.execute(query)]
+
+
+# -- batches ----------------------------------------------------------------
+#
+# A batch is written with a handful of statements whatever its size: each
+# statement is one round trip to PostgreSQL and one GIL release in sqlite3,
+# and a writer thread that releases the GIL hundreds of times per batch
+# spends most of its time waiting to get it back from the request thread.
+
+
+def _placeholder(conn: sa.Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _values(conn: sa.Connection, casts: Sequence[str], count: int) -> str:
+    """``count`` VALUES tuples of placeholders, cast where PostgreSQL needs a type."""
+    mark = _placeholder(conn)
+    cells = ", ".join(f"CAST({mark} AS {c})" if c else mark for c in casts)
+    return ", ".join([f"({cells})"] * count)
+
+
+def _values_update(conn: sa.Connection, head: str, casts: list[str],
+                   rows: list[tuple[Any, ...]], tail: str) -> int:
+    """``<head> FROM (VALUES ...) AS v WHERE <tail>``, columns v.column1...;
+    returns the rowcount. Raw driver SQL: compiling a statement this size
+    through SQLAlchemy costs more than running it."""
+    sql = f"{head} FROM (VALUES {_values(conn, casts, len(rows))}) AS v WHERE {tail}"
+    params = tuple(value for row in rows for value in row)
+    return int(conn.exec_driver_sql(sql, params).rowcount)
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """One multi-row INSERT; JSON columns serialized here with orjson."""
+    columns = [c.name for c in table.columns if c.name in rows[0]]
+    json_cols = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    params = tuple(
+        orjson.dumps(row[c]).decode() if c in json_cols else row[c]
+        for row in rows for c in columns
+    )
+    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+           f"{_values(conn, [''] * len(columns), len(rows))}")
+    conn.exec_driver_sql(sql, params)
+
+
+def shift_balances(conn: sa.Connection, deltas: dict[tuple[str, str], int]) -> bool:
+    """Add each net delta to its (node, resource) row, all or nothing: False
+    when any row would leave [0, capacity] (nothing is then usable: roll back)."""
+    rows = [(n, r, q) for (n, r), q in deltas.items() if q]
+    if not rows:
+        return True
+    hit = _values_update(
+        conn, "UPDATE node_resources SET allocated = node_resources.allocated + v.column3",
+        ["", "", "BIGINT"], rows,
+        "node_resources.node = v.column1 AND node_resources.resource = v.column2 "
+        "AND node_resources.allocated + v.column3 <= node_resources.capacity "
+        "AND node_resources.allocated + v.column3 >= 0",
+    )
+    return hit == len(rows)
+
+
+def grant_many(conn: sa.Connection, allocs: Sequence[Allocation]) -> bool:
+    """Take the devices of many grants and insert their rows (balances are
+    shifted by ``shift_balances``); False when a device was already held."""
+    if not allocs:
+        return True
+    takes = [(a.node, r, d, a.id) for a in allocs for r, ids in a.devices.items() for d in ids]
+    if takes:
+        hit = _values_update(
+            conn, "UPDATE devices SET allocation_id = v.column4", ["", "", "", ""], takes,
+            "devices.node = v.column1 AND devices.resource = v.column2 "
+            "AND devices.device_id = v.column3 AND devices.allocation_id IS NULL",
+        )
+        if hit != len(takes):
+            return False
+    insert_rows(conn, allocations, [_allocation_row(a) for a in allocs])
+    return True
+
+
+def release_many(conn: sa.Connection, released: Sequence[Allocation]) -> bool:
+    """Mark many allocations released and free their devices (balances are
+    shifted by ``shift_balances``); False when any was no longer active."""
+    if not released:
+        return True
+    marks = [(a.id, a.reason.value if a.reason else None, a.released_at) for a in released]
+    hit = _values_update(
+        conn,
+        "UPDATE allocations SET state = 'released', reason = v.column2, released_at = v.column3",
+        ["", "", "FLOAT"], marks, "allocations.id = v.column1 AND allocations.state = 'active'",
+    )
+    if hit != len(marks):
+        return False
+    held = [a.id for a in released if a.devices]
+    if held:
+        conn.execute(devices.update().where(devices.c.allocation_id.in_(held))
+                     .values(allocation_id=None))
+    return True
+
+
+def balance_deltas(grants: Sequence[Allocation],
+                   releases: Sequence[Allocation]) -> dict[tuple[str, str], int]:
+    deltas: dict[tuple[str, str], int] = {}
+    for a in grants:
+        for r, q in a.resources.items():
+            deltas[(a.node, r)] = deltas.get((a.node, r), 0) + q
+    for a in releases:
+        for r, q in a.resources.items():
+            deltas[(a.node, r)] = deltas.get((a.node, r), 0) - q
+    return deltas

@@ -1,0 +1,132 @@
+"""``apportion forecast``, ``predict`` and ``submit --resources auto``, run
+as real subprocesses against a real server whose store holds three weeks of
+capacity history and six finished runs of a job called ``train``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apportion.store.database import create_engine, migrate
+from apportion.store.usage_tables import UsageRow, insert_usage
+from cli.test_cli import clean_env, rows, run, write_config
+from planning_support import seed_history
+from support import ServerProcess
+
+GIB = 1 << 30
+
+
+def _seed_usage(db: Path) -> None:
+    engine = create_engine(f"sqlite:///{db}", sqlite_synchronous="OFF")
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            for i in range(1, 7):
+                insert_usage(conn, UsageRow(
+                    f"t-{i}", f"j-{i}", "train", "admin", "default", "sleep 1", "succeeded",
+                    {"cpu": 1000}, {"memory": i * GIB, "cpu_seconds": 50 * i, "runtime_s": 100 * i},
+                    1000.0 + i, 1000.0 + i + 100 * i))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    data = tmp_path_factory.mktemp("planning-cli")
+    seed_history(data / "apportion.db", time.time() // 3600 * 3600)
+    _seed_usage(data / "apportion.db")
+    proc = ServerProcess(data, extra_env={"APPORTION_HISTORY_INTERVAL": "0.5"}).start(
+        timeout=120)
+    try:
+        with proc.client() as api:
+            for name in ("g1", "g2"):
+                r = api.post("/api/v1/nodes", json={
+                    "name": name, "resources": {"cpu": 8, "memory": "64Gi", "gpu": 4},
+                    "labels": {"facility": "tx", "type": "gpu"}})
+                assert r.status_code == 201, r.text
+            r = api.post("/api/v1/allocations", json={"resources": {"gpu": 1}, "node": "g2"})
+            assert r.status_code == 201, r.text
+            r = api.post("/api/v1/allocations", json={"resources": {"gpu": 4}, "node": "g1"})
+            assert r.status_code == 201, r.text
+        config = data / "cli.toml"
+        yield clean_env(write_config(config, proc.url, proc.token))
+    finally:
+        proc.stop()
+
+
+def test_forecast_table_json_and_plot(env: dict[str, str], tmp_path: Path) -> None:
+    out = run(env, "forecast", "--group-by", "facility", "--resource", "gpu", "--days", "7")
+    [allocated, demand] = rows(out.stdout)
+    assert allocated[:4] == ["tx", "gpu", "8", "allocated"]
+    assert allocated[6] == "holt_winters_daily (seasonal)"
+    assert allocated[7].startswith("MAPE ")
+    assert "(in 4." in allocated[8]  # about 101 h ahead
+    assert demand[3] == "demand"
+
+    answer = json.loads(run(env, "forecast", "--group-by", "facility", "--json").stdout)
+    gpu = next(f for f in answer["forecasts"] if f["resource"] == "gpu")
+    assert gpu["allocated"]["points"] and gpu["allocated"]["history"]
+
+    bad = run(env, "forecast", "--days", "120", ok=False)
+    assert bad.returncode == 2 and "--days: from 1 to 90" in bad.stderr
+
+    # Without matplotlib, --plot says what to install (a stand-in hides it).
+    hidden = tmp_path / "hide"
+    (hidden / "matplotlib").mkdir(parents=True)
+    (hidden / "matplotlib" / "__init__.py").write_text("raise ImportError('hidden')\n")
+    proc = run({**env, "PYTHONPATH": str(hidden)}, "forecast", "--plot",
+               str(tmp_path / "f.png"), ok=False)
+    assert proc.returncode == 1
+    assert "--plot needs matplotlib; install the plot extra" in proc.stderr
+
+
+def test_forecast_plot_draws_a_png(env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "forecast.png"
+    out = run(env, "forecast", "--group-by", "facility", "--plot", str(path))
+    assert f"written to {path}" in out.stdout
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_shows_tier_confidence_and_samples(env: dict[str, str]) -> None:
+    out = run(env, "predict", "train")
+    assert "tier robust, confidence 88%, 6 sample(s)" in out.stdout.replace("\n", " ")
+    table = {r[0]: r for r in rows(out.stdout)}
+    # p95 of 1..6 GiB, + 10 %: 6.325 GiB; of 100..600 s: 633 s.
+    assert table["memory"][1:4] == ["6477Mi", "robust", "6"]
+    assert table["runtime_s"][1:3] == ["633s", "robust"]
+    assert table["cpu_seconds"][1] == "317 cpu-s"
+    assert table["runtime_s"][6] == "600"  # the most it used, below the estimate
+
+    # A new name of the same user: the user's other runs are the basis.
+    other = json.loads(run(env, "predict", "never-ran", "--json").stdout)
+    assert other["tier"] == "robust" and other["detail"]["memory"]["basis"] == "user"
+    # Nobody's runs at all: the default, a coin toss.
+    unknown = json.loads(run(env, "predict", "never-ran", "--user", "bob", "--json").stdout)
+    assert (unknown["tier"], unknown["samples"], unknown["confidence"]) == ("default", 0, 0.5)
+    assert unknown["values"]["memory"] == "1Gi"
+
+
+def test_submit_with_auto_resources_records_the_prediction(env: dict[str, str]) -> None:
+    job = json.loads(run(env, "submit", "--resources", "auto", "--name", "train",
+                         "--json", "--", "sleep", "1").stdout)
+    spec = job["spec"]
+    # 317 cpu-seconds over 633 s: 0.5 cpu, rounded up to a tenth: 600m.
+    assert spec["resources"] == {"cpu": "600m", "memory": "6477Mi"}
+    assert spec["runtime_estimate"] == 633
+    assert spec["prediction"]["filled"] == {"memory": "6477Mi", "cpu": "600m",
+                                            "runtime_estimate": "633s"}
+    assert spec["prediction"]["tier"] == "robust"
+
+    pinned = json.loads(run(env, "submit", "--resources", "cpu=2,memory=auto", "--name", "train",
+                            "--json", "--", "sleep", "1").stdout)
+    assert pinned["spec"]["resources"] == {"cpu": "2", "memory": "6477Mi"}
+
+    bad = run(env, "submit", "--resources", "gpu=auto", "--name", "train", "--", "true",
+              ok=False)
+    assert bad.returncode == 1
+    assert "resources.gpu: only cpu and memory can be 'auto'" in bad.stderr

@@ -1,0 +1,228 @@
+"""Agents in operation: cancel, restart policies, drain, agent restarts,
+partitions, rescans, and the CLI that follows a job. Real processes on
+loopback, as in test_agents_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from e2e.cluster import Cluster, Proxy, payload, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _running_task(cluster: Cluster, job_id: str) -> dict[str, Any] | None:
+    tasks = [t for t in cluster.job(job_id)["tasks"] if t["state"] == "running"]
+    return tasks[-1] if tasks else None
+
+
+def test_cancel_stops_the_process_then_releases_the_allocation(cluster: Cluster) -> None:
+    agent = cluster.add_agent("node-a", "cpu=2,memory=4Gi")
+    job = cluster.submit(payload("sleeper", 60))
+    task = wait_for("running", lambda: _running_task(cluster, job["id"]), 20)
+    [pid] = agent.task_pids()
+    with cluster.api as c:
+        answer = c.post(f"/api/v1/jobs/{job['id']}/cancel").json()
+    assert answer["state"] == "cancelled"
+    wait_for("the task to end", lambda: cluster.job(job["id"])["tasks"][0]["state"]
+             == "cancelled", 20)
+    alloc = cluster.allocation(task["allocation_id"])
+    assert (alloc["state"], alloc["reason"]) == ("released", "cancelled")
+    assert not _alive(pid)
+    # The agent's view: live usage in heartbeats, and no task left running.
+    with cluster.api as c:
+        status = wait_for("a heartbeat without the task", lambda: (
+            s := c.get("/api/v1/agents/node-a").json())["usage"].get("running_tasks") == []
+            and s, 10)
+    assert status["usage"]["memory_total"] > 0 and "cpu_percent" in status["usage"]
+
+
+def test_on_failure_retries_with_backoff_then_fails_with_the_exit_code(
+    cluster: Cluster
+) -> None:
+    cluster.add_agent("node-a", "cpu=2,memory=4Gi")
+    job = cluster.submit(["sh", "-c", "echo attempt $APPORTION_ATTEMPT; exit 3"],
+                         restart={"policy": "on-failure", "max_retries": 2, "backoff": 0.1})
+    [ended] = cluster.wait_jobs([job["id"]], timeout=30).values()
+    assert (ended["state"], ended["exit_code"]) == ("failed", 3)
+    tasks = cluster.job(job["id"])["tasks"]
+    assert sorted(t["attempt"] for t in tasks) == [1, 2, 3]
+    assert {(t["state"], t["exit_code"]) for t in tasks} == {("failed", 3)}
+    never = cluster.submit(["sh", "-c", "exit 4"])
+    [ended] = cluster.wait_jobs([never["id"]], timeout=30).values()
+    assert (ended["state"], ended["exit_code"], ended["attempts"]) == ("failed", 4, 1)
+
+
+def test_drain_preempts_after_its_deadline_and_the_task_runs_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    cluster.add_agent("node-a", "cpu=2,memory=4Gi")
+    job = cluster.submit(payload("record", out, 6))
+    wait_for("running on node-a", lambda: _running_task(cluster, job["id"]), 20)
+    cluster.add_agent("node-b", "cpu=2,memory=4Gi")
+    with cluster.api as c:
+        drained = c.post("/api/v1/nodes/node-a/drain", json={"deadline": 0.5}).json()
+    assert (drained["state"], drained["running_tasks"]) == ("draining", 1)
+    [ended] = cluster.wait_jobs([job["id"]], timeout=30).values()
+    assert ended["state"] == "succeeded"
+    first, second = sorted(cluster.job(job["id"])["tasks"], key=lambda t: t["attempt"])
+    assert (first["node"], first["state"], second["node"]) == ("node-a", "preempted", "node-b")
+    with cluster.api as c:
+        assert c.get("/api/v1/nodes/node-a").json()["state"] == "draining"
+        assert c.post("/api/v1/nodes/node-a/uncordon").json()["state"] == "ready"
+        assert c.post("/api/v1/nodes/node-a/cordon").json()["state"] == "cordoned"
+
+
+def test_a_restarted_agent_adopts_its_running_tasks_and_reports_them_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    agent = cluster.add_agent("node-a", "cpu=2,memory=4Gi", stop_after_disconnect=20)
+    job = cluster.submit(payload("record", out, 4))
+    wait_for("running", lambda: _running_task(cluster, job["id"]), 20)
+    [pid] = agent.task_pids()
+    agent.kill9()
+    assert _alive(pid)  # tasks outlive their agent
+    agent.start()
+    [ended] = cluster.wait_jobs([job["id"]], timeout=30).values()
+    assert ended["state"] == "succeeded" and ended["attempts"] == 1
+    assert "task_adopted" in agent.log
+    [task] = cluster.job(job["id"])["tasks"]
+    released = [e for e in cluster.events("allocation.released")
+                if e["data"]["id"] == task["allocation_id"]]
+    assert [e["data"]["reason"] for e in released] == ["completed"]
+
+
+def test_a_partitioned_agent_stops_its_tasks_before_they_run_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cluster.server is not None
+    proxy = Proxy(cluster.server.port)
+    try:
+        cut_off = cluster.add_agent("island", "cpu=2,memory=4Gi", stop_after_disconnect=1.5)
+        cut_off.url = proxy.url
+        cut_off.stop()
+        cut_off.start()
+        job = cluster.submit(payload("record", out, 8),
+                             restart={"policy": "on-failure", "max_retries": 1})
+        wait_for("running on island", lambda: _running_task(cluster, job["id"]), 20)
+        [pid] = cut_off.task_pids()
+        cluster.add_agent("mainland", "cpu=2,memory=4Gi")
+        proxy.cut()
+        cluster.wait_node("island", "suspect", timeout=10)
+        cluster.wait_node("island", "down", timeout=10)
+        assert not _alive(pid)  # the agent fenced it before the server gave it away
+        second = wait_for("running on mainland", lambda: _running_task(cluster, job["id"]), 20)
+        assert second["node"] == "mainland"
+        proxy.heal()
+        cluster.wait_node("island", "ready", timeout=20)
+        [ended] = cluster.wait_jobs([job["id"]], timeout=30).values()
+        assert ended["state"] == "succeeded"
+        first = min(cluster.job(job["id"])["tasks"], key=lambda t: t["attempt"])
+        assert (first["node"], first["state"]) == ("island", "lost")
+        assert cluster.allocation(first["allocation_id"])["reason"] == "node_lost"
+        records = [json.loads(p.read_text()) for p in out.glob("*.start.json")]
+        assert len(records) == 2 and all(r["overlap"] is None for r in records)
+    finally:
+        proxy.close()
+
+
+def test_rescan_on_demand_and_an_allocated_device_that_vanished(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    devices = tmp_path / "devices.toml"
+    devices.write_text("".join(f'[[device]]\nresource = "asic.s19"\nid = "s19-{i}"\n'
+                               for i in range(3)))
+    cluster.add_agent("miner", "cpu=2,memory=4Gi", extra=["--devices", str(devices)])
+    job = cluster.submit(payload("sleeper", 60),
+                         resources={"cpu": "500m", "asic.s19": 1})
+    task = wait_for("running", lambda: _running_task(cluster, job["id"]), 20)
+    held = cluster.allocation(task["allocation_id"])["devices"]["asic.s19"]
+    assert held == ["s19-0"]
+    # s19-0 (allocated) and s19-2 (free) disappear from the machine.
+    devices.write_text('[[device]]\nresource = "asic.s19"\nid = "s19-1"\n')
+    with cluster.api as c:
+        assert c.post("/api/v1/nodes/miner/rescan").status_code == 200
+        node = wait_for("the rescan to register", lambda: (
+            n := c.get("/api/v1/nodes/miner").json())["resources"]["asic.s19"] == "2" and n, 20)
+    ids = {d["id"]: d for d in node["devices"]["asic.s19"]}
+    assert set(ids) == {"s19-0", "s19-1"}  # the allocated one stays until released
+    assert ids["s19-0"]["attrs"]["lost"] is True and ids["s19-0"]["allocation_id"]
+    assert node["allocated_base"]["asic.s19"] == 1
+    [lost] = cluster.events("node.device_lost")
+    assert lost["data"]["devices"] == {"asic.s19": ["s19-0"]}
+
+
+def test_submit_wait_streams_the_log_and_exits_with_the_job_exit_code(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.add_agent("node-a", "cpu=2,memory=4Gi")
+    assert cluster.server is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPORTION_")}
+    env.update(APPORTION_SERVER=cluster.server.url, APPORTION_TOKEN=cluster.server.token,
+               APPORTION_CONFIG=str(tmp_path / "none.toml"))
+    cli = [sys.executable, "-m", "apportion.cli.main"]
+    started = time.monotonic()
+    proc = subprocess.run([*cli, "submit", "--cpu", "500m", "--memory", "64Mi", "--wait", "--",
+                           "sh", "-c", "echo out-line; sleep 0.5; echo err-line >&2; exit 7"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "out-line\n"
+    assert "err-line" in proc.stderr and time.monotonic() - started < 30
+    job_id = proc.stderr.split("submitted ", 1)[1].split()[0]
+    logs = subprocess.run([*cli, "jobs", "logs", job_id], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, "out-line\n", "err-line\n")
+    ok = subprocess.run([*cli, "submit", "--cpu", "500m", "--wait", "--", "true"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0
+
+
+def test_nvml_gpus_are_registered_pinned_by_uuid_and_reported_in_heartbeats(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from e2e.cluster import fake_nvml_env
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # Only cpu and memory are declared: the two GPUs come from (fake) NVML.
+    cluster.add_agent("h100-box", "cpu=4,memory=8Gi", env=fake_nvml_env(tmp_path / "nvml"))
+    with cluster.api as c:
+        node = c.get("/api/v1/nodes/h100-box").json()
+    assert node["resources"]["gpu"] == "2" and node["labels"]["gpu.model"] == "H100"
+    uuids = {d["id"]: d["uuid"] for d in node["devices"]["gpu"]}
+    job = cluster.submit(payload("record", out, 0.1),
+                         resources={"cpu": "1", "memory": "256Mi", "gpu": 1})
+    cluster.wait_jobs([job["id"]], timeout=30)
+    [task] = cluster.job(job["id"])["tasks"]
+    [device] = cluster.allocation(task["allocation_id"])["devices"]["gpu"]
+    record = json.loads((out / f"{task['id']}.json").read_text())
+    assert record["cuda"] == uuids[device]  # CUDA_VISIBLE_DEVICES names the GPU by UUID
+    [info] = record["devices"]["gpu"]
+    assert (info["id"], info["uuid"], info["model"]) == (device, uuids[device], "H100")
+    with cluster.api as c:
+        gpus = wait_for("GPU readings in a heartbeat", lambda: c.get(
+            "/api/v1/agents/h100-box").json()["usage"].get("gpus"), 10)
+    assert [(g["uuid"], g["temperature_c"]) for g in gpus] == [
+        (uuids["0"], 31), (uuids["1"], 32)]

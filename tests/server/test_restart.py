@@ -1,0 +1,172 @@
+"""State is rebuilt from the store at start: stop the server process, start a
+new one on the same store, and nodes, active allocations, device holders and
+balances are all as they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from support import ServerProcess
+
+NODES: list[dict[str, Any]] = [
+    {
+        "name": "gpu-1",
+        "resources": {"cpu": "32", "memory": "256Gi", "gpu": 4},
+        "devices": {"gpu": [{"id": str(i), "model": "H100", "memory": "80Gi",
+                             "uuid": f"GPU-{i:04d}"} for i in range(4)]},
+        "labels": {"facility": "texas-1", "type": "gpu", "gpu.model": "H100"},
+        "specs": {"cpu_model": "EPYC 9654"},
+    },
+    {
+        "name": "cpu-1",
+        "resources": {"cpu": "64", "memory": "512Gi", "storage": "2T"},
+        "labels": {"facility": "oslo-1", "type": "cpu"},
+    },
+    {
+        "name": "asic-1",
+        "resources": {"cpu": "4", "asic.s19": 10},
+        "labels": {"facility": "texas-1", "type": "asic"},
+        "state": "cordoned",
+    },
+]
+
+
+def _snapshot(c: httpx.Client) -> dict[str, Any]:
+    """Everything a restart must keep, as the API shows it."""
+    return {
+        "nodes": c.get("/api/v1/nodes").json(),
+        "details": {n["name"]: c.get(f"/api/v1/nodes/{n['name']}").json() for n in NODES},
+        "active": c.get("/api/v1/allocations", params={"state": "active", "limit": 1000}).json(),
+        "released": c.get("/api/v1/allocations",
+                          params={"state": "released", "limit": 1000}).json(),
+        "capacity": {g: c.get("/api/v1/capacity/summary", params={"group_by": g}).json()
+                     for g in ("facility", "type", "resource")},
+    }
+
+
+def _populate(c: httpx.Client) -> list[dict[str, Any]]:
+    for node in NODES:
+        assert c.post("/api/v1/nodes", json=node).status_code == 201
+    asks = [
+        {"resources": {"cpu": "4", "memory": "32Gi", "gpu": 2}, "node": "gpu-1", "owner": "alice",
+         "labels": {"job": "train"}},
+        {"resources": {"cpu": "500m", "memory": "1Gi", "gpu": 1}, "node": "gpu-1"},
+        {"resources": {"cpu": "10", "memory": "100Gi", "storage": "1T"}, "owner": "bob"},
+        {"resources": {"cpu": "1", "memory": "1Gi"}, "node": "cpu-1"},
+    ]
+    grants = []
+    for ask in asks:
+        r = c.post("/api/v1/allocations", json=ask)
+        assert r.status_code == 201, r.text
+        grants.append(r.json())
+    # One released with a reason, one made on a node then deleted with force.
+    assert c.delete(f"/api/v1/allocations/{grants[1]['id']}",
+                    params={"reason": "completed"}).status_code == 200
+    assert c.post("/api/v1/nodes", json={"name": "tmp-1", "resources": {"cpu": "2"}}
+                  ).status_code == 201
+    assert c.post("/api/v1/allocations", json={"resources": {"cpu": "2"}, "node": "tmp-1"}
+                  ).status_code == 201
+    assert c.delete("/api/v1/nodes/tmp-1", params={"force": "true"}).status_code == 200
+    return grants
+
+
+def test_a_restarted_server_has_every_node_allocation_and_balance(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path).start()
+    try:
+        with first.client() as c:
+            grants = _populate(c)
+            before = _snapshot(c)
+    finally:
+        first.stop()
+    assert before["active"]["count"] == 3
+    assert before["released"]["count"] == 2
+    assert before["details"]["gpu-1"]["available"] == {
+        "cpu": "28", "memory": "224Gi", "gpu": "2"
+    }
+
+    second = ServerProcess(tmp_path, token=first.token).start()
+    try:
+        with second.client() as c:
+            after = _snapshot(c)
+            assert after == before
+            assert c.get("/api/v1/nodes/tmp-1").status_code == 404
+            # APPORTION_ADMIN_TOKEN is ensured at each start, not added again.
+            tokens = c.get("/api/v1/tokens").json()["tokens"]
+            assert [(t["name"], t["role"]) for t in tokens] == [("admin", "admin")]
+            # Balances are live, not just displayed: exactly what is free can
+            # still be granted, and nothing more.
+            r = c.post("/api/v1/allocations", json={
+                "resources": {"cpu": "28", "memory": "224Gi", "gpu": 2}, "node": "gpu-1"
+            })
+            assert r.status_code == 201, r.text
+            assert r.json()["devices"] == {"gpu": ["2", "3"]}
+            r = c.post("/api/v1/allocations",
+                       json={"resources": {"cpu": "1m"}, "node": "gpu-1"})
+            assert r.status_code == 409
+            assert r.json()["message"] == (
+                "Insufficient cpu on node gpu-1: 0 available, 1m requested"
+            )
+            # Releases after the restart free what was granted before it.
+            r = c.delete(f"/api/v1/allocations/{grants[0]['id']}")
+            assert (r.status_code, r.json()["state"]) == (200, "released")
+            assert c.get("/api/v1/nodes/gpu-1").json()["available"] == {
+                "cpu": "4", "memory": "32Gi", "gpu": "2"
+            }
+    finally:
+        second.stop()
+
+
+def test_grants_acknowledged_before_a_kill_9_survive_it(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path).start()
+    try:
+        with first.client() as c:
+            assert c.post("/api/v1/nodes", json={
+                "name": "n1", "resources": {"cpu": "100", "memory": "100Gi"}
+            }).status_code == 201
+            acked = []
+            for i in range(30):
+                r = c.post("/api/v1/allocations", json={
+                    "resources": {"cpu": "1", "memory": "1Gi"}, "owner": f"u{i % 3}"
+                })
+                assert r.status_code == 201
+                acked.append(r.json())
+            for a in acked[:10]:
+                assert c.delete(f"/api/v1/allocations/{a['id']}").status_code == 200
+    finally:
+        first.kill9()
+
+    second = ServerProcess(tmp_path, token=first.token).start()
+    try:
+        with second.client() as c:
+            node = c.get("/api/v1/nodes/n1").json()
+            assert node["allocated_base"] == {"cpu": 20_000, "memory": 20 * 2**30}
+            assert sorted(a["id"] for a in node["allocations"]) == sorted(
+                a["id"] for a in acked[10:]
+            )
+            for a in acked[:10]:
+                assert c.get(f"/api/v1/allocations/{a['id']}").json()["state"] == "released"
+    finally:
+        second.stop()
+
+
+@pytest.mark.postgres
+def test_a_restarted_server_on_postgresql_has_the_same_state(
+    tmp_path: Path, pg_url: str
+) -> None:
+    first = ServerProcess(tmp_path, database_url=pg_url).start()
+    try:
+        with first.client() as c:
+            _populate(c)
+            before = _snapshot(c)
+    finally:
+        first.stop()
+    second = ServerProcess(tmp_path, database_url=pg_url, token=first.token).start()
+    try:
+        with second.client() as c:
+            assert _snapshot(c) == before
+    finally:
+        second.stop()

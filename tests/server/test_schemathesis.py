@@ -1,0 +1,191 @@
+"""Schemathesis against the OpenAPI schema the live server publishes: whatever
+it sends, valid or not (positive and negative generation, coverage and
+fuzzing phases), the server never answers 5xx.
+
+One server for the module, seeded with nodes and allocations; hooks often
+swap generated node names and allocation ids for real ones and mix grants
+that can succeed into the generated bodies, so the paths past "not found"
+(grants, updates, releases, deletes) are fuzzed too.
+
+The schema is loaded from the app object at import (``from_fixture`` of
+schemathesis 4 breaks on pytest 9: it writes ``request.node._nodeid``); a
+test checks it is exactly the document the live server serves.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
+
+from support import ServerProcess
+
+SEED_NODES: list[dict[str, Any]] = [
+    {
+        "name": "n1",
+        "resources": {"cpu": "64", "memory": "256Gi", "gpu": 4},
+        "devices": {"gpu": [{"id": str(i), "model": "H100", "memory": "80Gi"} for i in range(4)]},
+        "labels": {"facility": "texas-1", "type": "gpu", "gpu.model": "H100"},
+    },
+    {
+        "name": "cpu-1",
+        "resources": {"cpu": "128", "memory": "512Gi"},
+        "labels": {"facility": "oslo-2", "type": "cpu"},
+    },
+]
+_ALLOC_IDS: list[str] = []
+"""Seeded allocation ids (two active, one released), filled by ``live``."""
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, list[str]]]:
+    proc = ServerProcess(tmp_path_factory.mktemp("schemathesis")).start()
+    try:
+        with proc.client() as c:
+            for node in SEED_NODES:
+                assert c.post("/api/v1/nodes", json=node).status_code == 201
+            for i in range(4):
+                victim = {"name": f"gone-{i}", "resources": {"cpu": "4", "memory": "8Gi"}}
+                assert c.post("/api/v1/nodes", json=victim).status_code == 201
+                ask = {"resources": {"cpu": "1"}, "node": f"gone-{i}"}
+                assert c.post("/api/v1/allocations", json=ask).status_code == 201
+            ids = []
+            for ask in ({"cpu": "1", "gpu": 1}, {"cpu": "2", "memory": "1Gi"}, {"cpu": "500m"}):
+                r = c.post("/api/v1/allocations", json={"resources": ask, "owner": "alice"})
+                assert r.status_code == 201
+                ids.append(r.json()["id"])
+            assert c.delete(f"/api/v1/allocations/{ids[-1]}").status_code == 200
+        _ALLOC_IDS[:] = ids
+        yield proc, ids
+    finally:
+        proc.stop()
+
+
+def _published_schema() -> dict[str, Any]:
+    """The document /openapi.json serves, built without a store (``create_app``
+    opens the store only when it starts serving)."""
+    from apportion.server.app import create_app
+    from apportion.service.settings import Settings
+
+    unused = Path(tempfile.gettempdir()) / "apportion-schemathesis-unused"
+    return create_app(Settings(data_dir=unused)).openapi()
+
+
+OPENAPI = _published_schema()
+_config = SchemathesisConfig()
+_config.projects.default.generation.update(max_examples=20, database="none")
+schema = schemathesis.openapi.from_dict(OPENAPI, config=_config)
+_NODE_NAMES = st.sampled_from([n["name"] for n in SEED_NODES])
+_VICTIMS = st.sampled_from([f"gone-{i}" for i in range(4)])
+_ASKS = st.sampled_from([
+    {"cpu": "1"},
+    {"cpu": "500m", "memory": "1Gi"},
+    {"gpu": 1},
+    {"cpu": "2", "memory": "4Gi", "gpu": 1},
+    {"cpu": "100000"},
+    {"fpga": 1},
+])
+_GRANTS = st.fixed_dictionaries(
+    {"resources": _ASKS},
+    optional={
+        "node": st.sampled_from(["n1", "cpu-1", "gone-0"]),
+        "owner": st.sampled_from(["alice", "bob"]),
+        "labels": st.just({"job": "fuzz"}),
+    },
+)
+
+
+def _mostly(real: st.SearchStrategy[Any], generated: Any) -> st.SearchStrategy[Any]:
+    """Three times in four the real value, else what schemathesis generated."""
+    return st.integers(0, 3).flatmap(lambda i: real if i else st.just(generated))
+
+
+@schema.hook
+def flatmap_path_parameters(
+    context: Any, path_parameters: Any
+) -> st.SearchStrategy[Any]:
+    """Often swap a generated node name or allocation id for a real one;
+    deletes aim at nodes seeded to be deleted, so the rest stay."""
+    if not isinstance(path_parameters, dict):
+        return st.just(path_parameters)
+    if "name" in path_parameters:
+        real = _VICTIMS if context.operation.method.upper() == "DELETE" else _NODE_NAMES
+        return _mostly(real.map(lambda n: {"name": n}), path_parameters)
+    if "alloc_id" in path_parameters:
+        ids = st.integers(0, 2).map(lambda i: {"alloc_id": _ALLOC_IDS[i]})
+        return _mostly(ids, path_parameters)
+    return st.just(path_parameters)
+
+
+@schema.hook
+def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
+    """Mix grants that can succeed (or fail for want of capacity) into the
+    generated allocation bodies."""
+    operation = context.operation
+    if operation.method.upper() == "POST" and operation.path == "/api/v1/allocations":
+        return _mostly(_GRANTS, body)
+    return st.just(body)
+
+
+def test_the_fuzzed_schema_is_the_one_the_server_publishes(
+    live: tuple[ServerProcess, list[str]],
+) -> None:
+    proc, _ = live
+    served = httpx.get(proc.url + "/openapi.json", timeout=10).json()
+    assert sorted(served["paths"]) == sorted(OPENAPI["paths"])
+    assert served == OPENAPI
+    fuzzed = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert {
+        ("GET", "/healthz"),
+        ("GET", "/api/v1/nodes"),
+        ("POST", "/api/v1/nodes"),
+        ("GET", "/api/v1/nodes/{name}"),
+        ("PUT", "/api/v1/nodes/{name}"),
+        ("DELETE", "/api/v1/nodes/{name}"),
+        ("GET", "/api/v1/allocations"),
+        ("POST", "/api/v1/allocations"),
+        ("GET", "/api/v1/allocations/{alloc_id}"),
+        ("DELETE", "/api/v1/allocations/{alloc_id}"),
+        ("GET", "/api/v1/capacity/summary"),
+        ("POST", "/api/v1/tokens"),
+        ("GET", "/api/v1/tokens"),
+        ("GET", "/api/v1/whoami"),
+    } <= fuzzed
+
+
+@schema.parametrize()
+@settings(
+    max_examples=20,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
+def test_no_request_gets_a_5xx(
+    case: schemathesis.Case, live: tuple[ServerProcess, list[str]]
+) -> None:
+    proc, _ = live
+    case.call_and_validate(
+        base_url=proc.url, headers=proc.headers, checks=[not_a_server_error], timeout=30
+    )
+
+
+def test_the_server_survived_the_fuzzing(live: tuple[ServerProcess, list[str]]) -> None:
+    proc, _ = live
+    assert proc.proc is not None and proc.proc.poll() is None
+    assert httpx.get(proc.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    with proc.client() as c:
+        assert c.get("/api/v1/nodes").status_code == 200
+        assert c.get("/api/v1/allocations").status_code == 200
+        assert c.get("/api/v1/capacity/summary").status_code == 200
+    log = next(Path(proc.data_dir).glob("server-*.log")).read_text()
+    assert "unhandled_error" not in log

@@ -1,0 +1,120 @@
+"""Helpers for tests that run real servers and real databases on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get("APPORTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def need_service(name: str, reason: str) -> None:
+    """Skip with a visible reason, except in CI, where a missing service fails."""
+    message = f"{name} is not reachable: {reason}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: this test must run in CI)")
+    pytest.skip(message)
+
+
+def postgres_database() -> tuple[str, str]:
+    """Create a fresh database; return (url, name)."""
+    import psycopg
+
+    name = f"apportion_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        need_service("PostgreSQL", str(exc).strip().splitlines()[0])
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}", name
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class ServerProcess:
+    """``apportion server`` as a real process on a loopback port."""
+
+    data_dir: Path
+    database_url: str | None = None
+    token: str = field(default_factory=lambda: "test-admin-" + uuid.uuid4().hex)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        env = dict(os.environ)
+        env.update({
+            "APPORTION_DATA_DIR": str(self.data_dir),
+            "APPORTION_ADMIN_TOKEN": self.token,
+            "APPORTION_LOG_LEVEL": "WARNING",
+            **self.extra_env,
+        })
+        if self.database_url:
+            env["APPORTION_DATABASE_URL"] = self.database_url
+        log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "apportion.cli.main", "server", "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early; see {log.name}:\n"
+                                   + Path(log.name).read_text()[-3000:])
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not answer /healthz within {timeout}s")
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"Authorization": f"Bearer {token or self.token}"})

@@ -86,6 +86,9 @@ def test_hot_node_goes_degraded_then_unhealthy_and_one_alert_resolves(api: httpx
                                      params={"state": "resolved"}).json()["alerts"])
     assert [(a["rule"], a["fingerprint"]) for a in resolved] == [
         ("node_health", firing[0]["fingerprint"])]
-    assert api.get("/api/v1/alerts", params={"state": "firing"}).json()["alerts"] == []
+    # The running job holds the node's one GPU, so capacity_utilization may
+    # fire by now (rightly); what must be gone is the health alert.
+    still = api.get("/api/v1/alerts", params={"state": "firing"}).json()["alerts"]
+    assert [a["rule"] for a in still if a["rule"] != "capacity_utilization"] == []
     changes = [c["current"] for c in reversed(health(api)["recent_changes"])]
     assert changes == ["degraded", "unhealthy", "degraded", "healthy"]

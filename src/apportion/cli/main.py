@@ -21,6 +21,7 @@ from apportion.cli import (
     ledger_cmds,
     observe_cmds,
     planning_cmds,
+    scaling_cmds,
     simulate,
 )
 from apportion.cli.output import console, err_console
@@ -52,6 +53,7 @@ app.command("agent")(agent_cmds.agent)
 jobs_cmds.jobs_app.command("logs")(agent_cmds.jobs_logs)
 observe_cmds.register(app)
 planning_cmds.register(app)
+scaling_cmds.register(app)
 simulate.register(app)
 for _name in ("drain", "cordon", "uncordon", "rescan"):
     ledger_cmds.nodes_app.command(_name)(getattr(agent_cmds, f"nodes_{_name}"))
@@ -60,11 +62,26 @@ HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
 PortOpt = Annotated[int, typer.Option("--port", help="port to listen on")]
 
 
+def _own_url(host: str, port: int) -> str:
+    """The URL this server answers at, for nodes a provider starts (when
+    neither APPORTION_SERVER_URL nor ``scaling.server_url`` says otherwise)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _serve(settings: Settings, host: str, port: int) -> None:
+    import dataclasses
+
     import uvicorn
 
     from apportion.server.app import create_app
 
+    if settings.server_url is None:
+        # Without this, nodes a pool starts would look for a server on 8080.
+        settings = dataclasses.replace(settings, server_url=_own_url(host, port))
     uvicorn.run(
         create_app(settings),
         host=host,

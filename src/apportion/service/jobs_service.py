@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from apportion.core.model import Allocation, ReleaseReason
+from apportion.core.model import Allocation, Node, ReleaseReason
 from apportion.core.resources import format_vector
 from apportion.core.scheduling import (
     ClusterState,
@@ -222,6 +222,12 @@ class JobsService:
         """Whether an agent runs this node's processes (set by the agents service)."""
         self.on_nodes_changed: Callable[[Iterable[str]], None] = lambda nodes: None
         """Called when what a node must run changed (new task, stop asked)."""
+        self.potential_nodes: Callable[[], Iterable[Node]] = lambda: ()
+        """Nodes that do not exist yet but would be made for work that needs
+        them (an ``auto`` node pool below its maximum; set by the scaling
+        service). A submission is checked against them too, so a job that
+        only a pool's nodes can hold waits for the pool instead of being
+        refused; nothing is ever scheduled on them."""
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task_jobs: dict[str, str] = {}
@@ -299,7 +305,8 @@ class JobsService:
         job_id = new_job_id()
         job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
-        validate_job(job, self.queues, self._state())  # JobRejected (422) says why not
+        # JobRejected (422) says why not
+        validate_job(job, self.queues, self._state(extra=tuple(self.potential_nodes())))
         row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
                      spec, now, None, None, None, None, 0, 0)
 
@@ -479,11 +486,12 @@ class JobsService:
 
     # -- internals: placing -------------------------------------------------
 
-    def _state(self) -> ClusterState:
+    def _state(self, extra: Sequence[Node] = ()) -> ClusterState:
         """The cluster as the core sees it: nodes, and every active allocation
         as a running job (plain allocations as jobs no one may preempt).
         A unit whose processes are being stopped is shown ending now and not
-        preemptible, so no second victim is chosen for what it frees."""
+        preemptible, so no second victim is chosen for what it frees.
+        ``extra``: nodes to add that are not in the ledger (not for placing)."""
         ledger = self.ledger.ledger
         stopping = {t.allocation_id for lj in self.live.values() for t in lj.active()
                     if t.stop_state}
@@ -505,7 +513,7 @@ class JobsService:
             if any(a.id in stopping for a in allocs):
                 unit, estimate = replace(unit, preemptible=False), 0.0
             running.append(RunningJob(unit, start, tasks, estimate))
-        return ClusterState(ledger.nodes.values(), running)
+        return ClusterState([*ledger.nodes.values(), *extra], running)
 
     async def _start(self, unit_id: str, placements: Sequence[TaskPlacement]) -> None:
         live = self.live.get(_job_of(unit_id))

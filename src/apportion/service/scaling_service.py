@@ -26,6 +26,12 @@ service, for each configured pool:
    is never terminated. A joining node that has not registered within
    ``join_timeout_s`` is terminated and its token revoked.
 
+A job that only an ``auto`` pool's node type can hold (a pool at
+``min_size = 0``, or jobs larger than every node there is) is accepted at
+submission and waits: ``potential_nodes`` stands in, for the submission
+check only, for the nodes such pools could still add. Advice pools do not:
+they make no node by themselves.
+
 Provider calls block (cloud SDKs); they run in threads. State that must
 survive a restart does: the last scale-up and scale-down times and the nodes
 this service drained come back from the event log, the joining nodes from
@@ -55,7 +61,7 @@ from apportion.core.autoscale import (
     evaluate,
     pool_utilization,
 )
-from apportion.core.model import NodeState
+from apportion.core.model import Node, NodeState
 from apportion.core.pool_demand import PendingTask, PoolShape, Room, pool_demand
 from apportion.core.resources import format_vector
 from apportion.exceptions import ApportionError, InvalidInput, NodeNotFound
@@ -309,6 +315,7 @@ class ScalingService:
                     "target", "scale_up_above", "scale_down_below", "window_s",
                     "cooldown_up_s", "cooldown_down_s", "max_cost_per_hour")},
                 "settings": mask(pc.settings),
+                "provider_settings": mask(self.config.providers[pc.provider].settings),
                 "nodes": [{"name": n.name, "state": n.state.value,
                            "allocations": len(self.ledger.ledger.allocations_on(n.name)),
                            "tasks": len(self.jobs.tasks_on(n.name)),
@@ -321,6 +328,20 @@ class ScalingService:
                 "decision_counts": dict(pool.counts),
                 "recent_decisions": list(pool.decisions),
             })
+        return out
+
+    def potential_nodes(self) -> list[Node]:
+        """The nodes ``auto`` pools could still add (up to ``max_size``, less
+        the members already there), as stand-ins a job submission is checked
+        against: a job only a pool's node can hold is accepted, stays
+        pending, and is what scales the pool up. Never scheduled on."""
+        out = []
+        for pool in self.pools.values():
+            if pool.policy.mode != "auto":
+                continue
+            room = pool.policy.max_size - len(self._members(pool))
+            out += [Node(f"~{pool.name}-{i}", dict(pool.node_type.resources),
+                         labels=dict(pool.labels)) for i in range(max(0, room))]
         return out
 
     # -- inputs ------------------------------------------------------------------------

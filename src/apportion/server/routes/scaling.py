@@ -47,6 +47,8 @@ async def install(app: FastAPI, ctx: AppContext) -> asyncio.Task[None] | None:
         settings=settings, server_url=ctx.settings.server_url or "http://127.0.0.1:8080")
     await asyncio.to_thread(service.load)
     app.state.scaling = service
+    # Jobs that only a pool's nodes can hold are accepted (and wait for them).
+    ctx.jobs.potential_nodes = service.potential_nodes
     return asyncio.get_running_loop().create_task(service.run_forever())
 
 

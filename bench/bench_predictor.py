@@ -10,13 +10,17 @@ reservation is planned too early and backfilled jobs delay it).
 
     .venv/bin/python bench/bench_predictor.py [--trace PATH] [--limit N]
 
-The change in mean bounded slowdown needs the simulator; it can take
-``apportion.core.predict.runtime_estimates(jobs)`` as its run-time source.
+Then the change in mean bounded slowdown: the simulator replays the same
+trace with EASY backfill, under the FIFO and the adaptive strategy, once with
+the users' estimates and once with the predictor's (each job's actual run
+time is unchanged; only what ordering and backfill believe changes).
+``--no-simulate`` skips that part.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import time
 from collections import defaultdict, deque
@@ -28,6 +32,9 @@ import numpy as np
 from common import write_result
 
 from apportion.core.predict import Prediction, TraceJob, replay
+from apportion.core.scheduling import SchedulerConfig
+from apportion.core.simulator import SimConfig, SimJob, simulate
+from apportion.traces import read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "KTH-SP2-1996-2.1-cln.swf.gz"
@@ -110,6 +117,51 @@ def _tier(p: Prediction) -> str:
     return p.detail["runtime_s"].tier
 
 
+def with_estimates(jobs: Iterable[SimJob], values: dict[str, int]) -> list[SimJob]:
+    """The trace's jobs with the predicted run time as their estimate."""
+    out = []
+    for sj in jobs:
+        value = values.get(sj.job.id)
+        if value is None:
+            out.append(sj)
+        else:
+            job = dataclasses.replace(sj.job, runtime_estimate=float(max(value, 1)))
+            out.append(dataclasses.replace(sj, job=job, estimate_given=True))
+    return out
+
+
+def slowdown(trace_path: Path, sources: dict[str, dict[str, int] | None]) -> dict[str, Any]:
+    """Mean bounded slowdown and wait of EASY backfill under FIFO and the
+    adaptive strategy, for each source of run-time estimates (None: the
+    users' own)."""
+    trace = read_trace(trace_path)
+    out: dict[str, Any] = {}
+    for name in ("fifo", "adaptive"):
+        config = SimConfig(SchedulerConfig(strategy=name, backfill="easy"),
+                           primary=trace.primary)
+        for label, values in sources.items():
+            jobs = trace.jobs if values is None else with_estimates(trace.jobs, values)
+            m = simulate(jobs, trace.nodes, config).metrics
+            out[f"{name}+easy, {label}"] = {
+                "strategy": name, "estimates": label,
+                "mean_bounded_slowdown": round(float(m["mean_bounded_slowdown"] or 0), 2),
+                "mean_wait_s": round(float(m["mean_wait_s"] or 0), 1),
+                "utilization": round(float(m["utilization"] or 0), 4)}
+    return out
+
+
+def slowdown_table(rows: dict[str, Any]) -> str:
+    head = f"{'scheduler, estimates':<52} {'mean bsld':>10} {'vs user':>8} {'mean wait h':>12}"
+    lines = [head, "-" * len(head)]
+    base: dict[str, float] = {}
+    for label, r in rows.items():
+        base.setdefault(r["strategy"], r["mean_bounded_slowdown"])
+        change = (r["mean_bounded_slowdown"] - base[r["strategy"]]) / base[r["strategy"]] * 100
+        lines.append(f"{label:<52} {r['mean_bounded_slowdown']:>10.2f} {change:>7.1f}% "
+                     f"{r['mean_wait_s'] / 3600:>12.2f}")
+    return "\n".join(lines)
+
+
 def table(rows: Iterable[tuple[str, dict[str, Any]]], base_mae: float) -> str:
     head = (f"{'estimate':<44} {'MAE s':>9} {'vs user':>8} {'median AE':>10} "
             f"{'under':>7} {'accuracy':>9}")
@@ -125,6 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, default=TRACE)
     parser.add_argument("--limit", type=int, default=0, help="first N jobs only (0: all)")
+    parser.add_argument("--no-simulate", action="store_true",
+                        help="skip the bounded-slowdown replays")
     args = parser.parse_args()
     jobs = list(read_swf(args.trace))
     if args.limit:
@@ -144,9 +198,11 @@ def main() -> None:
     ]
     tiers: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = {}
+    predicted: dict[str, dict[str, int]] = {}
     for label, settings in variants.items():
         start = time.perf_counter()
         values, tiers[label] = run_predictor(jobs, **settings)
+        predicted[label] = values
         seconds[label] = round(time.perf_counter() - start, 1)
         rows.append((label, score(scored, by_id(values))))
     reference = last_two(scored)
@@ -160,6 +216,12 @@ def main() -> None:
     if args.limit:
         print("(a --limit run; bench/results/predictor.json is left as it was)")
         return
+    replays: dict[str, Any] = {}
+    if not args.no_simulate:
+        first, second = list(variants)[:2]
+        replays = slowdown(args.trace, {"user estimates": None,
+                                        first: predicted[first], second: predicted[second]})
+        print(slowdown_table(replays))
     write_result("predictor", {
         "trace": args.trace.name,
         "jobs": len(jobs),
@@ -168,6 +230,7 @@ def main() -> None:
         "results": {label: r for label, r in rows},
         "tiers": tiers,
         "replay_seconds": seconds,
+        "bounded_slowdown": replays,
     })
 
 

@@ -100,7 +100,8 @@ def test_predict_shows_tier_confidence_and_samples(env: dict[str, str]) -> None:
     assert table["memory"][1:4] == ["6477Mi", "robust", "6"]
     assert table["runtime_s"][1:3] == ["633s", "robust"]
     assert table["cpu_seconds"][1] == "317 cpu-s"
-    assert table["runtime_s"][6] == "600"  # the most it used, below the estimate
+    assert table["runtime_s"][6] == "600s"  # the most it used, below the estimate
+    assert table["memory"][6] == "6Gi"
 
     # A new name of the same user: the user's other runs are the basis.
     other = json.loads(run(env, "predict", "never-ran", "--json").stdout)

@@ -55,7 +55,7 @@ def _forecast_rows(answer: dict[str, Any]) -> list[list[str]]:
             series = entry[metric]
             end = series.get("end") or {}
             now_value = entry["now"][f"{metric}_base"]
-            ahead = "-" if not end else (
+            ahead = "-" if not end or series["model"] == "insufficient_history" else (
                 f"{_amount(resource, end['mean'])} "
                 f"[{_amount(resource, end['lo80'])}–{_amount(resource, end['hi80'])}]")
             model = series["model"] + (" (seasonal)" if series["seasonal"] else "")
@@ -187,12 +187,28 @@ def predict(
     show(answer, as_json, _render_prediction)
 
 
+def _used(key: str, value: int | None) -> str:
+    """A recorded peak in the estimate's own units (bytes as Mi/Gi, seconds)."""
+    if value is None:
+        return "-"
+    if key == "runtime_s":
+        return f"{value}s"
+    if key == "cpu_seconds":
+        return f"{value} cpu-s"
+    from apportion.core.resources import format_quantity
+
+    try:
+        return format_quantity(key, int(value))
+    except (ValueError, KeyError):
+        return str(value)
+
+
 def _render_prediction(p: dict[str, Any]) -> None:
     rows = []
     for key, d in p["detail"].items():
         before = d.get("max_used_before")
         rows.append([key, d["display"], d["tier"], str(d["samples"]), d["basis"] or "-",
-                     f"{100 * d['confidence']:.0f}%", "-" if before is None else str(before)])
+                     f"{100 * d['confidence']:.0f}%", _used(key, before)])
     table(f"prediction for {p['name']} of {p['user']}: tier {p['tier']}, confidence "
           f"{100 * p['confidence']:.0f}%, {p['samples']} sample(s)",
           ["key", "estimate", "tier", "samples", "basis", "confidence", "most used before"],

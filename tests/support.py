@@ -73,7 +73,7 @@ class ServerProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 90.0) -> ServerProcess:
         env = dict(os.environ)
         env.update({
             "APPORTION_DATA_DIR": str(self.data_dir),

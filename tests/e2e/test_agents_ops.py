@@ -170,7 +170,9 @@ def test_rescan_on_demand_and_an_allocated_device_that_vanished(
     assert set(ids) == {"s19-0", "s19-1"}  # the allocated one stays until released
     assert ids["s19-0"]["attrs"]["lost"] is True and ids["s19-0"]["allocation_id"]
     assert node["allocated_base"]["asic.s19"] == 1
-    [lost] = cluster.events("node.device_lost")
+    # Events are written after the node change they describe, not with it.
+    [lost] = wait_for("the device_lost event",
+                      lambda: cluster.events("node.device_lost"), 10)
     assert lost["data"]["devices"] == {"asic.s19": ["s19-0"]}
 
 

@@ -350,3 +350,22 @@ def test_concurrent_loads_and_evictions_keep_the_ledger_exact() -> None:
     assert cache.ledger.free()["memory"] + held == 8 * MIB
     assert cache.ledger.holds == len(cache)
     assert cache._loading == {}
+
+
+def test_a_load_that_can_never_fit_evicts_nothing() -> None:
+    # Seen on a real H200: a 200Gi request on a 135 GB device emptied the
+    # cache before it was refused.
+    cache = ModelCache(budget="64Mi", pressure=lambda: 0.0, sizer=lambda _: Size())
+    cache.get_or_load("a", lambda: "A", size="30Mi")
+    cache.get_or_load("b", lambda: "B", size="30Mi")
+    with pytest.raises(InsufficientResources) as err:
+        cache.get_or_load("huge", lambda: "H", size="100Mi")
+    assert err.value.message == (
+        "not enough resources for huge: memory: 4Mi available, 100Mi required"
+    )
+    assert cache.keys() == ["a", "b"]
+    assert cache.stats.evictions == 0
+    # One that fits once the least recently used entry goes still evicts it.
+    cache.get_or_load("c", lambda: "C", size="30Mi")
+    assert cache.keys() == ["b", "c"]
+    assert cache.stats.evictions == 1

@@ -4,6 +4,9 @@ balances are all as they were."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +173,45 @@ def test_a_restarted_server_on_postgresql_has_the_same_state(
             assert _snapshot(c) == before
     finally:
         second.stop()
+
+
+def test_a_stopping_server_answers_held_agent_polls_at_once(tmp_path: Path) -> None:
+    """uvicorn waits for open requests before it stops; an agent's held
+    long-poll must be answered (200), not cut after the grace time with a 500."""
+    server = ServerProcess(tmp_path).start()
+    try:
+        with server.client() as http:
+            registered = http.post("/api/v1/agents/register", json={
+                "node": {"name": "poll-1", "resources": {"cpu": "1", "memory": "1Gi"}},
+                "agent": {"id": "agent-poll-1"},
+            })
+            assert registered.status_code == 200, registered.text
+            epoch = registered.json()["epoch"]
+            first = http.get("/api/v1/agents/poll-1/assignments",
+                             params={"after": -1, "epoch": epoch, "wait": 0}).json()
+        answers: list[tuple[int, float]] = []
+
+        def hold() -> None:
+            started = time.monotonic()
+            response = httpx.get(server.url + "/api/v1/agents/poll-1/assignments",
+                                 params={"after": first["seq"], "epoch": epoch, "wait": 60},
+                                 headers=server.headers, timeout=30)
+            answers.append((response.status_code, time.monotonic() - started))
+
+        poller = threading.Thread(target=hold)
+        poller.start()
+        time.sleep(1.0)  # the poll is held by now
+        assert server.proc is not None
+        stopped_at = time.monotonic()
+        server.proc.terminate()
+        poller.join(20)
+        # uvicorn re-raises the signal once it has stopped cleanly.
+        assert server.proc.wait(20) in (0, -signal.SIGTERM)
+        stop_s = time.monotonic() - stopped_at
+    finally:
+        server.stop()
+    assert [code for code, _ in answers] == [200]
+    assert stop_s < 3.0  # not the 3 s graceful timeout run out, let alone the 60 s hold
+    log = (tmp_path / f"server-{server.port}.log").read_text()
+    assert '"status": 500' not in log
+    assert "CancelledError" not in log

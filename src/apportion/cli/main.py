@@ -77,19 +77,22 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 
     import uvicorn
 
-    from apportion.server.app import create_app
+    from apportion.server.app import StoppingServer, create_app
 
     if settings.server_url is None:
         # Without this, nodes a pool starts would look for a server on 8080.
         settings = dataclasses.replace(settings, server_url=_own_url(host, port))
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_config=None,
         access_log=False,
-        loop="uvloop",
-        http="httptools",
+        # uvloop and httptools when installed (uvicorn[standard]); asyncio and
+        # h11 otherwise, so a plain `pip install uvicorn` still serves.
+        loop="auto",
+        http="auto",
         # Keep idle connections longer than clients pool them (httpx: 5 s), so a
         # client never sends on a connection the server is just closing.
         timeout_keep_alive=75,
@@ -97,6 +100,8 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         # their hold time (they retry, and a restarted server answers them).
         timeout_graceful_shutdown=3,
     )
+    StoppingServer(config, app).run()
+
 
 
 @app.command()

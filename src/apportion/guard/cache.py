@@ -489,6 +489,12 @@ class ModelCache:
         self._grow({}, vector, key)
 
     def _grow(self, held: Mapping[str, int], wanted: Mapping[str, int], key: str) -> None:
+        if self._adjust(held, wanted):
+            return
+        if not self._reachable(held, wanted):
+            # Evicting everything would still not make room: refuse now rather
+            # than empty the cache for a load that cannot happen anyway.
+            raise InsufficientResources(self._shorts(held, wanted), what=key)
         while not self._adjust(held, wanted):
             with self._lock:
                 victim = next((e for e in self._entries.values() if not e.pins), None)
@@ -496,6 +502,24 @@ class ModelCache:
                     raise InsufficientResources(self._shorts(held, wanted), what=key)
                 self._drop(victim)
             self._after_evict([victim])
+
+    def _reachable(self, held: Mapping[str, int], wanted: Mapping[str, int]) -> bool:
+        """Whether the free amounts plus what every unpinned entry holds
+        cover the growth from ``held`` to ``wanted``."""
+        free = dict(self.ledger.free())
+        own = self._own
+        with self._lock:
+            evictable = [e.held for e in self._entries.values() if not e.pins]
+        for resource, quantity in wanted.items():
+            need = quantity - held.get(resource, 0)
+            if need <= 0:
+                continue
+            room = sum(h.get(resource, 0) for h in evictable)
+            if room + free.get(resource, 0) < need:
+                return False
+            if resource == "memory" and own is not None and room + own.free()["memory"] < need:
+                return False
+        return True
 
     def _adjust(self, held: Mapping[str, int], wanted: Mapping[str, int]) -> bool:
         """Move the hold from ``held`` to ``wanted`` in the cache's own budget

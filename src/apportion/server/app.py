@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import structlog
+import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -162,3 +164,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agents.public)
     app.include_router(scaling.router)
     return app
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when a stop begins: uvicorn waits
+    for open requests before it runs the app's shutdown, and agents' held
+    long-polls would otherwise run out the graceful timeout and end in 500s."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        begin_stop = getattr(self.app.state, "begin_stop", None)
+        if begin_stop is not None:
+            begin_stop()
+        super().handle_exit(sig, frame)

@@ -107,6 +107,9 @@ class AgentsService:
         epoch is answered at once, whatever version it last saw."""
         self.logs_dir = data_dir / "logs"
         self.checkpoints_dir = data_dir / "checkpoints"
+        self.stopping = asyncio.Event()
+        """Set when the server begins to stop: held polls answer at once,
+        so the graceful stop is not spent waiting them out (and cut with a 500)."""
 
     # -- wiring -----------------------------------------------------------
 
@@ -122,6 +125,10 @@ class AgentsService:
                     float(agent.get("stop_after_disconnect_s", 60.0)), now)
         self.jobs.has_agent = self.has_agent
         self.jobs.on_nodes_changed = self.notify
+
+    def stop_polls(self) -> None:
+        """Answer every held long-poll now and every later one at once."""
+        self.stopping.set()
 
     def has_agent(self, node: str) -> bool:
         return node in self.sessions
@@ -218,8 +225,8 @@ class AgentsService:
         session = self._session(node)
         session.last_seen = self.monotonic()
         if epoch == self.epoch and session.version <= after and wait > 0:
-            await _first(session.event.wait(), gone() if gone else None,
-                         timeout=min(wait, self.settings.poll_hold_s))
+            await _first(session.event.wait(), self.stopping.wait(),
+                         gone() if gone else None, timeout=min(wait, self.settings.poll_hold_s))
         session = self._session(node)
         return {"epoch": self.epoch, "seq": session.version,
                 "node_state": self.ledger.ledger.node(node).state.value,

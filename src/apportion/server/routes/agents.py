@@ -46,6 +46,9 @@ def install(app: FastAPI, ctx: AppContext) -> asyncio.Task[None]:
     agents = AgentsService(ctx.ledger, ctx.jobs, ctx.settings.data_dir, AgentSettings.from_env())
     agents.load()
     app.state.agents = agents
+    loop = asyncio.get_running_loop()
+    # Called from the process's signal handler, outside the event loop.
+    app.state.begin_stop = lambda: loop.call_soon_threadsafe(agents.stop_polls)
     return asyncio.get_running_loop().create_task(agents.sweep_forever())
 
 

@@ -15,6 +15,7 @@ from apportion.core.forecast import (
     INSUFFICIENT,
     LINEAR,
     ForecastPoint,
+    _fit_snaive,
     forecast,
 )
 from apportion.exceptions import InvalidInput
@@ -60,7 +61,8 @@ def test_daily_and_weekly_cycles_with_trend_pick_double_seasonal_holt_winters() 
     assert f.backtest.mape is not None and f.backtest.mape < 1.5
     assert f.backtest.mase is not None and f.backtest.mase < 0.7
     by_model = {c.model: c.mase for c in f.candidates}
-    assert set(by_model) == {EWMA, LINEAR, HW_DAILY, "holt_winters_weekly", HW_DOUBLE}
+    assert set(by_model) == {EWMA, LINEAR, "seasonal_naive_daily", "seasonal_naive_weekly",
+                             HW_DAILY, "holt_winters_weekly", HW_DOUBLE}
     ewma = by_model[EWMA]
     assert ewma is not None and ewma > 3  # seasonality matters here
     # Against the week that really followed (noise included): MAPE 1.09 %, and
@@ -88,8 +90,11 @@ def test_four_days_of_history_allow_only_the_daily_season() -> None:
     t, y, _ = synthetic(weeks=1, seed=5)
     n = 4 * 24
     f = forecast(pairs(t[:n], y[:n]), DAY, HOUR, None, float(t[n - 1]))
-    assert {c.model for c in f.candidates} == {EWMA, LINEAR, HW_DAILY}
-    assert f.model == HW_DAILY
+    assert {c.model for c in f.candidates} == {EWMA, LINEAR, "seasonal_naive_daily", HW_DAILY}
+    # Two training days are too few for Holt-Winters to learn more than the
+    # last day shows: repeating it wins the back-test.
+    assert f.model == "seasonal_naive_daily"
+    assert f.seasonal
 
 
 def test_short_history_falls_back_to_a_simple_model_and_says_why() -> None:
@@ -197,3 +202,29 @@ def test_negative_intervals_are_floored_for_non_negative_series() -> None:
 def test_bad_arguments_are_refused(horizon: float, step: float) -> None:
     with pytest.raises(InvalidInput):
         forecast([(T0, 1.0)], horizon, step, None, T0)
+
+
+def test_a_rough_weekly_shape_picks_the_seasonal_naive_model() -> None:
+    # Bursts at the same hours every week, with heights a smoother averages
+    # away: repeating last week is the best guess (as on replayed traces).
+    week = np.zeros(168)
+    week[[9, 10, 33, 57, 58, 59, 100, 130]] = [80, 20, 95, 10, 70, 40, 60, 90]
+    y = np.tile(week, 4) + 5.0
+    t = T0 + np.arange(y.size) * HOUR
+    f = forecast(pairs(t, y), WEEK, HOUR, None, float(t[-1]))
+    assert f.model == "seasonal_naive_weekly"
+    assert f.backtest is not None and f.backtest.mase == 0.0
+    assert column(f.points, "mean").tolist() == (week + 5.0).tolist()
+
+
+def test_seasonal_naive_intervals_widen_each_cycle_repeated() -> None:
+    rng = np.random.default_rng(11)
+    y = np.tile(np.arange(24.0), 10) + rng.normal(0, 1, 240)
+    fit = _fit_snaive(y, 24)
+    mean, sd = fit.mean_sd(72)
+    assert mean.tolist() == np.tile(y[-24:], 3).tolist()
+    # sigma: the root mean square of y[t] - y[t - 24] over the history.
+    assert fit.sigma == pytest.approx(float(np.sqrt(np.mean((y[24:] - y[:-24]) ** 2))))
+    assert sd[0] == sd[23] < sd[24] == sd[47] < sd[48]
+    assert sd[24] == pytest.approx(sd[0] * 2**0.5)
+    assert sd[48] == pytest.approx(sd[0] * 3**0.5)

@@ -358,3 +358,30 @@ def _log(provider: LocalProvider, name: str) -> str:
         return (provider.state_dir / "nodes" / name / "agent.log").read_text()[-3000:]
     except OSError:
         return "(no log)"
+
+
+def test_a_pool_overrides_command_env_and_declare_resources(
+    make: Callable[..., LocalProvider], standin: Path
+) -> None:
+    provider = make(env={"EXTRA": "provider"}, pools={
+        "gpus": {"env": {"EXTRA": "pool"}, "declare_resources": False},
+        "tagged": {"command": [*_command(standin), "--tag=tagged"]},
+    })
+    (plain,) = provider.create("dev", "small", 1, JOIN)
+    (gpus,) = provider.create("gpus", "small", 1, JOIN)
+    (tagged,) = provider.create("tagged", "small", 1, JOIN)
+    seen = {n.pool: _recorded(provider, n.node_name) for n in (plain, gpus, tagged)}
+    assert {pool: s["extra"] for pool, s in seen.items()} == {
+        "dev": "provider", "gpus": "pool", "tagged": "provider"}
+    argv = {pool: s["argv"] for pool, s in seen.items()}
+    assert "--resources" in argv["dev"] and "--resources" not in argv["gpus"]
+    assert argv["tagged"][-1] == "--tag=tagged" and argv["dev"][-1] == "--type=small"
+    provider.terminate([plain.id, gpus.id, tagged.id])
+
+
+def test_a_bad_pool_override_fails_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ProviderConfigError, match=r"pools.gpus.settings.command: '\{token\}'"):
+        LocalProvider("l", {"state_dir": str(tmp_path),
+                            "pools": {"gpus": {"command": ["{python}", "{token}"]}}})
+    with pytest.raises(ProviderConfigError, match=r"pools.gpus.settings.env: expected a table"):
+        LocalProvider("l", {"state_dir": str(tmp_path), "pools": {"gpus": {"env": "X=1"}}})

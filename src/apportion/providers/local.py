@@ -26,6 +26,10 @@ Settings:
 | ``env`` | {} | extra environment for the agents |
 | ``declare_resources`` | true | pass ``--resources`` from the node type |
 
+A pool's ``settings`` may set its own ``command``, ``env`` (merged over the
+provider's) and ``declare_resources``; ``state_dir`` and ``grace_s`` are the
+provider's.
+
 The command template is a list of strings with ``{python}``, ``{server}``,
 ``{name}``, ``{resources}``, ``{labels}``, ``{work_dir}``, ``{pool}`` and
 ``{node_type}`` placeholders (``{{`` for a literal brace).
@@ -110,25 +114,25 @@ class LocalProvider(Provider):
             data = os.environ.get("APPORTION_DATA_DIR")
             state_dir = (Path(data) if data else default_data_dir()) / "providers" / name
         self.state_dir = Path(state_dir).expanduser().resolve()
-        command = settings.get("command", DEFAULT_COMMAND)
-        if (not isinstance(command, Sequence) or isinstance(command, str) or not command
-                or not all(isinstance(reveal(c), str) for c in command)):
-            raise ProviderConfigError(
-                f"providers.{name}.command: expected a non-empty list of strings",
-                field=f"providers.{name}.command")
-        self.command = tuple(str(reveal(c)) for c in command)
-        _check_template(self.command, name)
+        self.command = _command(settings.get("command", DEFAULT_COMMAND), f"providers.{name}")
         grace = settings.get("grace_s", 10.0)
         if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
             raise ProviderConfigError(f"providers.{name}.grace_s: expected seconds >= 0",
                                       field=f"providers.{name}.grace_s")
         self.grace_s = float(grace)
-        env = settings.get("env", {})
-        if not isinstance(env, Mapping):
-            raise ProviderConfigError(f"providers.{name}.env: expected a table",
-                                      field=f"providers.{name}.env")
-        self.extra_env = {str(k): str(reveal(v)) for k, v in env.items()}
+        self.extra_env = _env(settings.get("env", {}), f"providers.{name}")
         self.declare_resources = bool(settings.get("declare_resources", True))
+        # A pool's own command, env (merged over the provider's) and
+        # declare_resources, checked now so a bad override fails at start.
+        self._pool_launch = {
+            pool: _Launch(
+                _command(over["command"], f"pools.{pool}.settings") if "command" in over
+                else self.command,
+                {**self.extra_env, **_env(over.get("env", {}), f"pools.{pool}.settings")},
+                bool(over.get("declare_resources", self.declare_resources)),
+            )
+            for pool, over in self._pool_settings.items()
+        }
         self._lock = threading.RLock()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -213,6 +217,8 @@ class LocalProvider(Provider):
         self, name: str, pool: str, node_type: str, resources: Mapping[str, int],
         labels: Mapping[str, str], join: JoinSpec,
     ) -> _Record:
+        launch = self._pool_launch.get(
+            pool, _Launch(self.command, self.extra_env, self.declare_resources))
         node_dir = self.state_dir / "nodes" / name
         work_dir = node_dir / "work"
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -222,17 +228,17 @@ class LocalProvider(Provider):
             "server": join.server_url,
             "name": name,
             "resources": ",".join(f"{k}={v}" for k, v in format_vector(resources).items())
-            if self.declare_resources else "",
+            if launch.declare_resources else "",
             "labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
             "work_dir": str(work_dir),
             "pool": pool,
             "node_type": node_type,
         }
-        argv = [part.format_map(values) for part in self.command]
-        if not self.declare_resources:
+        argv = [part.format_map(values) for part in launch.command]
+        if not launch.declare_resources:
             argv = _drop_empty_option(argv, "--resources")
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPORTION_")}
-        env.update(self.extra_env)
+        env.update(launch.env)
         env["APPORTION_SERVER"] = join.server_url
         env["APPORTION_TOKEN"] = join.join_token.reveal()
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -338,16 +344,38 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _check_template(command: Sequence[str], name: str) -> None:
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    """How a pool's agents are started."""
+
+    command: tuple[str, ...]
+    env: dict[str, str]
+    declare_resources: bool
+
+
+def _command(value: object, at: str) -> tuple[str, ...]:
+    """A validated agent command template (``at``: where it was configured)."""
+    if (not isinstance(value, Sequence) or isinstance(value, str) or not value
+            or not all(isinstance(reveal(c), str) for c in value)):
+        raise ProviderConfigError(f"{at}.command: expected a non-empty list of strings",
+                                  field=f"{at}.command")
+    command = tuple(str(reveal(c)) for c in value)
     dummy = dict.fromkeys(PLACEHOLDERS, "x")
     for part in command:
         try:
             part.format_map(dummy)
         except (KeyError, IndexError, ValueError) as exc:
             raise ProviderConfigError(
-                f"providers.{name}.command: {part!r}: unknown or malformed placeholder "
+                f"{at}.command: {part!r}: unknown or malformed placeholder "
                 f"({exc}); use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}",
-                field=f"providers.{name}.command") from exc
+                field=f"{at}.command") from exc
+    return command
+
+
+def _env(value: object, at: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ProviderConfigError(f"{at}.env: expected a table", field=f"{at}.env")
+    return {str(k): str(reveal(v)) for k, v in value.items()}
 
 
 def _drop_empty_option(argv: builtins.list[str], option: str) -> builtins.list[str]:

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from apportion.core.scheduling import SchedulerConfig
 from apportion.server import errors
 from apportion.server.context import AppContext
-from apportion.server.fastpath import AllocationFastPath
+from apportion.server.fastpath import is_grant, serve_grant
 from apportion.server.routes import (
     agents,
     allocations,
@@ -94,6 +94,19 @@ class BodiesAreJson:
         await self.app(scope, receive, send)
 
 
+class ApportionAPI(FastAPI):
+    """FastAPI, with grant requests answered before its middleware stack
+    (``server/fastpath.py`` says why and what it does in its place)."""
+
+    access_log = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_grant(scope):
+            await serve_grant(self, scope, receive, send, access_log=self.access_log)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
 
@@ -135,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.ledger.close()
             ctx.ledger.engine.dispose()
 
-    app = FastAPI(
+    app = ApportionAPI(
         title="apportion",
         version="0.1.0",
         description="Resource manager for heterogeneous compute clusters: an exact ledger of "
@@ -148,8 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # hook would look up its providers on every request for nothing.
         telemetry={"tracing": False, "metrics": False},
     )
+    app.access_log = observability.access_log_wanted()
     errors.install(app)
-    app.add_middleware(AllocationFastPath)
     app.add_middleware(BodiesAreJson)
     observability.install(app)
 

@@ -271,11 +271,11 @@ class LedgerService:
     async def sync_from_store(self) -> int:
         """Apply changes other servers committed since we last looked; returns
         how many nodes were reloaded."""
-        events = await self.read(lambda conn: event_log.events_after(conn, self.last_event_id))
+        events = await self.read(lambda conn: event_log.subjects_after(conn, self.last_event_id))
         if not events:
             return 0
-        self.last_event_id = events[-1].id
-        touched = sorted({e.subject for e in events if e.origin != self.origin})
+        self.last_event_id = events[-1][0]
+        touched = sorted({subject for _, subject, origin in events if origin != self.origin})
         if touched:
             await self._reload_nodes(touched)
         return len(touched)

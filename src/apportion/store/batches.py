@@ -14,10 +14,12 @@ PostgreSQL gets its own path, built around two costs that dominate there:
   switch interval (5 ms) at a time. The batch's statements are therefore
   sent in one psycopg pipeline: one round trip for all of them, then one
   for COMMIT.
-- Statement text. The statements have a fixed text whatever the batch size
-  (rows travel as arrays through ``unnest``), so psycopg parses each once
-  and prepares it on the server, instead of splitting a new multi-row
-  ``VALUES`` text of thousands of placeholders for every batch.
+- Statement text and parameters. The statements have a fixed text whatever
+  the batch size: the rows travel as one JSON document per statement
+  (``json_to_recordset``), made by orjson in C. psycopg parses each text
+  once and prepares it on the server, instead of splitting a new multi-row
+  ``VALUES`` text of thousands of placeholders for every batch, and it
+  adapts one string instead of thousands of values.
 """
 
 from __future__ import annotations
@@ -56,43 +58,46 @@ def _json(value: Any) -> str:
 
 
 _LOCK_NODES = (
-    "SELECT node FROM node_resources WHERE node = ANY(%s::text[]) "
+    "SELECT node FROM node_resources WHERE node IN (SELECT json_array_elements_text(%s::json)) "
     "ORDER BY node, resource FOR UPDATE"
 )
 _MARK_RELEASED = (
     "UPDATE allocations SET state = 'released', reason = v.why, released_at = v.at "
-    "FROM unnest(%s::text[], %s::text[], %s::float8[]) AS v(id, why, at) "
+    "FROM json_to_recordset(%s::json) AS v(id text, why text, at float8) "
     "WHERE allocations.id = v.id AND allocations.state = 'active'"
 )
-_FREE_DEVICES = "UPDATE devices SET allocation_id = NULL WHERE allocation_id = ANY(%s::text[])"
+_FREE_DEVICES = (
+    "UPDATE devices SET allocation_id = NULL "
+    "WHERE allocation_id IN (SELECT json_array_elements_text(%s::json))"
+)
 _TAKE_DEVICES = (
     "UPDATE devices SET allocation_id = v.a "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(n, r, d, a) "
+    "FROM json_to_recordset(%s::json) AS v(n text, r text, d text, a text) "
     "WHERE devices.node = v.n AND devices.resource = v.r AND devices.device_id = v.d "
     "AND devices.allocation_id IS NULL"
 )
 _INSERT_ALLOCATIONS = (
     "INSERT INTO allocations (id, node, owner, resources, devices, labels, state, reason, "
     "created_at, released_at) "
-    "SELECT v.id, v.node, v.owner, v.resources::json, v.devices::json, v.labels::json, v.state, "
-    "v.reason, v.created_at, v.released_at "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::float8[], %s::float8[]) "
-    "AS v(id, node, owner, resources, devices, labels, state, reason, created_at, released_at)"
+    "SELECT v.id, v.node, v.owner, v.resources, v.devices, v.labels, v.state, v.reason, "
+    "v.created_at, v.released_at "
+    "FROM json_to_recordset(%s::json) AS v(id text, node text, owner text, resources json, "
+    "devices json, labels json, state text, reason text, created_at float8, released_at float8)"
 )
 # The bounds are compared in numeric: a bigint sum past 2^63-1 would be an
 # error instead of a non-match.
 _SHIFT_BALANCES = (
     "UPDATE node_resources SET allocated = node_resources.allocated + v.q "
-    "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(n, r, q) "
+    "FROM json_to_recordset(%s::json) AS v(n text, r text, q bigint) "
     "WHERE node_resources.node = v.n AND node_resources.resource = v.r "
     "AND node_resources.allocated::numeric + v.q BETWEEN 0 AND node_resources.capacity"
 )
 _EVENTS_LOCK = f"SELECT pg_advisory_xact_lock({event_log.EVENTS_LOCK})"
 _INSERT_EVENTS = (
     "INSERT INTO events (kind, subject, origin, data, at) "
-    "SELECT v.kind, v.subject, v.origin, v.data::json, v.at "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
+    "SELECT v.kind, v.subject, v.origin, v.data, v.at "
+    "FROM ROWS FROM (json_to_recordset(%s::json) "
+    "AS (kind text, subject text, origin text, data json, at float8)) "
     "WITH ORDINALITY AS v(kind, subject, origin, data, at, i) ORDER BY v.i"
 )
 
@@ -111,48 +116,34 @@ def _write_postgres(conn: sa.Connection, grants: Sequence[Allocation],
         with raw.pipeline():
             # Node rows first, in one sorted order: two servers' batches over
             # the same nodes queue instead of deadlocking.
-            raw.execute(_LOCK_NODES, (nodes,))
+            raw.execute(_LOCK_NODES, (_json(nodes),))
             if releases:
-                cur = raw.execute(_MARK_RELEASED, (
-                    [a.id for a in releases],
-                    [a.reason.value if a.reason else None for a in releases],
-                    [a.released_at for a in releases],
-                ))
+                cur = raw.execute(_MARK_RELEASED, (_json([
+                    {"id": a.id, "why": a.reason.value if a.reason else None,
+                     "at": a.released_at} for a in releases]),))
                 checks.append((cur, len(releases)))
                 if held:
-                    raw.execute(_FREE_DEVICES, (held,))
+                    raw.execute(_FREE_DEVICES, (_json(held),))
             if takes:
-                checks.append((raw.execute(_TAKE_DEVICES, tuple(map(list, zip(*takes,
-                                                                              strict=True)))),
-                               len(takes)))
+                cur = raw.execute(_TAKE_DEVICES, (_json([
+                    {"n": n, "r": r, "d": d, "a": a} for n, r, d, a in takes]),))
+                checks.append((cur, len(takes)))
             if grants:
-                raw.execute(_INSERT_ALLOCATIONS, (
-                    [a.id for a in grants],
-                    [a.node for a in grants],
-                    [a.owner for a in grants],
-                    [_json(dict(a.resources)) for a in grants],
-                    [_json({r: list(ids) for r, ids in a.devices.items()}) for a in grants],
-                    [_json(a.labels) for a in grants],
-                    [a.state.value for a in grants],
-                    [a.reason.value if a.reason else None for a in grants],
-                    [a.created_at for a in grants],
-                    [a.released_at for a in grants],
-                ))
+                raw.execute(_INSERT_ALLOCATIONS, (_json([{
+                    "id": a.id, "node": a.node, "owner": a.owner, "resources": dict(a.resources),
+                    "devices": dict(a.devices), "labels": a.labels, "state": a.state.value,
+                    "reason": a.reason.value if a.reason else None,
+                    "created_at": a.created_at, "released_at": a.released_at,
+                } for a in grants]),))
             if deltas:
-                checks.append((raw.execute(_SHIFT_BALANCES, tuple(map(list, zip(*deltas,
-                                                                                strict=True)))),
-                               len(deltas)))
+                cur = raw.execute(_SHIFT_BALANCES, (_json([
+                    {"n": n, "r": r, "q": q} for n, r, q in deltas]),))
+                checks.append((cur, len(deltas)))
             if events:
                 # Held to commit: event ids are handed out in commit order
                 # (see event_log.insert_events).
                 raw.execute(_EVENTS_LOCK)
-                raw.execute(_INSERT_EVENTS, (
-                    [e["kind"] for e in events],
-                    [e["subject"] for e in events],
-                    [e["origin"] for e in events],
-                    [_json(e["data"]) for e in events],
-                    [e["at"] for e in events],
-                ))
+                raw.execute(_INSERT_EVENTS, (_json(events),))
     except psycopg.Error as exc:
         # Raised as SQLAlchemy would have: the committer retries lock
         # timeouts and deadlock or serialization aborts (OperationalError).

@@ -45,5 +45,16 @@ def events_after(conn: sa.Connection, after: int, limit: int = 1000) -> list[Eve
     return [Event(r.id, r.kind, r.subject, r.origin, r.data, r.at) for r in rows]
 
 
+def subjects_after(conn: sa.Connection, after: int,
+                   limit: int = 10_000) -> list[tuple[int, str, str]]:
+    """``(id, subject, origin)`` of the events after ``after``, oldest first:
+    what a server following the others needs, without decoding any data."""
+    rows = conn.execute(
+        sa.select(events.c.id, events.c.subject, events.c.origin)
+        .where(events.c.id > after).order_by(events.c.id).limit(limit)
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
 def last_event_id(conn: sa.Connection) -> int:
     return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())

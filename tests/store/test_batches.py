@@ -146,3 +146,31 @@ def test_a_batch_the_store_disagrees_with_answers_false_and_leaves_no_trace(
     events = [_event(a) for a in grants]
     assert _write(engine, grants, releases, events) is False
     assert _state(engine) == before
+
+
+@pytest.mark.postgres
+def test_a_lost_postgres_connection_is_an_operational_error_and_the_next_batch_works(
+    pg_url: str,
+) -> None:
+    """What the committer retries: the batch fails as OperationalError, and
+    the pool hands out a fresh connection for the next try."""
+    import psycopg
+
+    engine = create_engine(pg_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        tables.insert_node(conn, CPU)
+    writer = writer_engine(engine)
+    try:
+        with writer.connect() as conn:  # a pooled connection, then its server process dies
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        a1 = _alloc("a1", "cpu-1", {"cpu": 1000})
+        with pytest.raises(sa.exc.OperationalError):
+            _write(writer, [a1], [], [_event(a1)])
+        assert _write(writer, [a1], [], [_event(a1)])
+        assert ("cpu-1", "cpu", 1000) in _state(writer)[0]
+    finally:
+        writer.dispose()
+        engine.dispose()

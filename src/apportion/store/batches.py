@@ -148,7 +148,10 @@ def _write_postgres(conn: sa.Connection, grants: Sequence[Allocation],
         # Raised as SQLAlchemy would have: the committer retries lock
         # timeouts and deadlock or serialization aborts (OperationalError).
         if raw.broken:
+            # The server went away: drop this connection, and let the pool
+            # open fresh ones instead of handing out its other stale ones.
             conn.invalidate()
+            conn.engine.dispose(close=False)
         wrap = sa.exc.OperationalError if isinstance(exc, psycopg.OperationalError) \
             else sa.exc.DBAPIError
         raise wrap("batch write", None, exc) from exc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +39,10 @@ from apportion.service.settings import Settings
 from apportion.store.database import create_engine, migrate
 
 log = structlog.get_logger(__name__)
+
+GIL_SWITCH_S = 0.0005
+"""How long a thread may hold the GIL while another waits for it (Python's
+default is 5 ms)."""
 
 
 def open_context(settings: Settings) -> AppContext:
@@ -125,6 +131,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         observers = [*observers, planning.start(app, ctx)]
         watchers = [asyncio.create_task(ctx.alerts.run_forever()),
                     asyncio.create_task(ctx.alerts.deliver_forever())]
+        # Everything built so far (modules, the framework's routes and models,
+        # the ledger as loaded) lives as long as the process: out of the
+        # collector's way. A full collection otherwise walks all of it, and
+        # under a stream of grants that held the event loop 60-120 ms every
+        # second or two.
+        gc.collect()
+        gc.freeze()
+        # The committer's worker thread (SQLite's COMMIT, PostgreSQL's whole
+        # batch) waits for the GIL after each fsync or round trip, up to the
+        # switch interval while the loop is busy; 0.5 ms instead of 5 ms was
+        # +12 % grants/s on SQLite and +5 % on PostgreSQL (bench_http_grants).
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_S)
         log.info(
             "server_ready",
             store=ctx.ledger.engine.url.render_as_string(hide_password=True),
@@ -147,6 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 follower.cancel()
             ctx.ledger.close()
             ctx.ledger.engine.dispose()
+            sys.setswitchinterval(switch_interval)
+            gc.unfreeze()
 
     app = ApportionAPI(
         title="apportion",

@@ -48,7 +48,19 @@ def _active(c: httpx.Client) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("kill_after_s", [0.4, 1.1, 1.9])
 def test_kill9_loses_no_acknowledged_grant(tmp_path: Path, kill_after_s: float) -> None:
-    server = ServerProcess(tmp_path).start()
+    _kill9_during_a_stream(tmp_path, kill_after_s, None)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kill_after_s", [0.4, 1.3])
+def test_kill9_on_postgres_loses_no_acknowledged_grant(tmp_path: Path, pg_url: str,
+                                                       kill_after_s: float) -> None:
+    """The same on PostgreSQL, where a batch travels as one pipeline."""
+    _kill9_during_a_stream(tmp_path, kill_after_s, pg_url)
+
+
+def _kill9_during_a_stream(tmp_path: Path, kill_after_s: float, url: str | None) -> None:
+    server = ServerProcess(tmp_path, database_url=url).start()
     with server.client() as c:
         assert c.post("/api/v1/nodes", json=NODE).status_code == 201
     granted: list[str] = []
@@ -70,7 +82,7 @@ def test_kill9_loses_no_acknowledged_grant(tmp_path: Path, kill_after_s: float) 
         w.join(15)
     assert len(granted) >= 5
 
-    restarted = ServerProcess(tmp_path, token=server.token).start()
+    restarted = ServerProcess(tmp_path, database_url=url, token=server.token).start()
     try:
         with restarted.client() as c:
             for alloc_id in granted:

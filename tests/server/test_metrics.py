@@ -178,6 +178,13 @@ def test_requests_carry_ids_into_json_logs(tmp_path: Path) -> None:
             node = {"name": "n1", "resources": {"cpu": "1"}}
             created = api.post("/api/v1/nodes", json=node, headers={"X-Request-ID": "reg-1"})
             assert created.status_code == 201
+            # Grants are answered before the middleware stack: same ids, same log.
+            grant = api.post("/api/v1/allocations", json={"resources": {"cpu": "1"}},
+                             headers={"X-Request-ID": "grant-1"})
+            assert grant.status_code == 201
+            assert grant.headers["x-request-id"] == "grant-1"
+            refused = api.post("/api/v1/allocations", json={"resources": {"cpu": "1"}})
+            assert refused.status_code == 409 and len(refused.headers["x-request-id"]) == 16
     finally:
         proc.stop()
     lines = [json.loads(line) for line in
@@ -188,6 +195,8 @@ def test_requests_carry_ids_into_json_logs(tmp_path: Path) -> None:
     assert by_id["trace-42"]["path"] == "/api/v1/nodes"
     assert by_id["trace-42"]["status"] == 200
     assert by_id["reg-1"]["method"] == "POST" and by_id["reg-1"]["status"] == 201
+    assert by_id["grant-1"]["path"] == "/api/v1/allocations"
+    assert by_id["grant-1"]["status"] == 201
     assert all("timestamp" in e and "level" in e for e in lines)
     # uvicorn's own lines are JSON too, from the standard library's logging.
     assert any(e.get("logger", "").startswith("uvicorn") for e in lines)

@@ -15,7 +15,14 @@ which on a two-core machine cost more than the writes (measured: a batch of
 waits for fsync with the GIL released, runs in a worker thread; while it
 waits, the loop keeps serving requests and their writes form the next batch.
 On PostgreSQL each statement waits for a network round trip, so the whole
-transaction runs in a worker thread.
+transaction runs in a worker thread (and the batch writer sends its
+statements in one pipeline: see ``store/batches.py``).
+
+A batch writer may find the store disagreeing with the batch (another
+server granted first): it raises ``BatchConflict``, the whole transaction is
+rolled back, and the batch is written again in a fresh transaction by
+``write_each``, one payload at a time, so each gets its own answer. The
+common case pays for no savepoint.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ BatchWriter = Callable[[sa.Connection, list[Any]], list[Any]]
 (an ``ApportionError`` instance is a per-payload failure)."""
 
 
+class BatchConflict(Exception):
+    """Raised by a batch writer when the store disagrees with the batch: roll
+    back everything and write the payloads one at a time."""
+
+
 @dataclass(slots=True)
 class _Item:
     payload: Any
@@ -51,10 +63,12 @@ class _Item:
 class GroupCommitter:
     """Batches writes from the event loop into shared transactions."""
 
-    def __init__(self, engine: sa.Engine, write_batch: BatchWriter, *, batch_max: int = 256,
+    def __init__(self, engine: sa.Engine, write_batch: BatchWriter, *,
+                 write_each: BatchWriter | None = None, batch_max: int = 256,
                  retries: int = 3) -> None:
         self._engine = engine
         self._write_batch = write_batch
+        self._write_each = write_each
         self._batch_max = batch_max
         self._retries = retries
         self._pending: list[_Item] = []
@@ -93,24 +107,28 @@ class GroupCommitter:
                 del self._pending[: self._batch_max]
                 batch = [i for i in items if not i.alone]
                 if batch:
-                    run = partial(_call_batch, self._write_batch, [i.payload for i in batch])
-                    _settle(batch, await self._attempt(run, len(batch)))
+                    payloads = [i.payload for i in batch]
+                    run = partial(_call_batch, self._write_batch, payloads)
+                    each = (partial(_call_batch, self._write_each, payloads)
+                            if self._write_each is not None else None)
+                    _settle(batch, await self._attempt(run, len(batch), each))
                 for item in items:
                     if item.alone:
                         _settle([item], await self._attempt(partial(_call_alone, item.payload), 1))
         finally:
             self._draining = None
 
-    async def _attempt(self, run: Callable[[sa.Connection], list[Any]], n: int) -> list[Any]:
+    async def _attempt(self, run: Callable[[sa.Connection], list[Any]], n: int,
+                       each: Callable[[sa.Connection], list[Any]] | None = None) -> list[Any]:
         for attempt in range(self._retries):
             try:
-                if self._networked:
-                    # PostgreSQL: every statement waits on a round trip, so the
-                    # whole transaction goes to a worker thread (psycopg releases
-                    # the GIL while it waits; a batch is only a few statements).
-                    results = await asyncio.to_thread(self._transaction, run)
-                else:
-                    results = await self._local_transaction(run)
+                try:
+                    results = await self._run(run)
+                except BatchConflict:
+                    if each is None:
+                        raise
+                    # Rolled back whole; now one payload at a time.
+                    results = await self._run(each)
             except sa.exc.OperationalError as exc:
                 # Lock timeouts and PostgreSQL deadlock/serialization aborts
                 # are worth another try; the whole transaction rolled back.
@@ -125,6 +143,14 @@ class GroupCommitter:
             self.writes += n
             return results
         return [StoreUnavailable("the store stayed busy; nothing was written")] * n
+
+    async def _run(self, run: Callable[[sa.Connection], list[Any]]) -> list[Any]:
+        if self._networked:
+            # PostgreSQL: statements wait on round trips, so the whole
+            # transaction goes to a worker thread (psycopg releases the GIL
+            # while it waits).
+            return await asyncio.to_thread(self._transaction, run)
+        return await self._local_transaction(run)
 
     def _transaction(self, run: Callable[[sa.Connection], list[Any]]) -> list[Any]:
         with self._engine.begin() as conn:

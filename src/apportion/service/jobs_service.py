@@ -63,6 +63,8 @@ log = structlog.get_logger(__name__)
 
 JOB_LABEL = "apportion.job"
 TASK_LABEL = "apportion.task"
+LEASE_QUEUE = "(allocations)"
+"""The queue a plain allocation (no job) counts in; no named queue can be called so."""
 WAITING = (JobState.PENDING, JobState.PREEMPTED)
 LIVE = (JobState.PENDING, JobState.PREEMPTED, JobState.SCHEDULED, JobState.RUNNING)
 TERMINAL_JOB = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
@@ -363,8 +365,31 @@ class JobsService:
         return await self._end(live, state, reason, state.value, exit_code)
 
     def queue_usage(self) -> dict[str, dict[str, int]]:
-        state = self._state()
-        return {name: dict(state.usage(name)) for name in self.queues}
+        """What each queue's running jobs hold, as ``ClusterState.usage`` counts
+        it (a unit counts its declared total), without building the state:
+        the alerts and metrics ask every few seconds, and building a
+        ``ClusterState`` costs a ``Job`` per active allocation, held on the
+        event loop (half a second at 30,000 allocations)."""
+        usage: dict[str, dict[str, int]] = {name: {} for name in self.queues}
+        units: set[str] = set()
+        for alloc in self.ledger.ledger.active().values():
+            job_id = alloc.labels.get(JOB_LABEL)
+            live = self.live.get(job_id) if job_id else None
+            if live is None:
+                used = usage.get(LEASE_QUEUE)  # plain allocations: never a named queue
+                if used is not None:
+                    for r, q in alloc.resources.items():
+                        used[r] = used.get(r, 0) + q
+                continue
+            units.add(_unit_id(live, alloc))
+        for unit_id in units:
+            live = self.live[_job_of(unit_id)]
+            unit = live.job if unit_id == live.job.id else _unit(live.job, unit_id)
+            used = usage.get(unit.queue)
+            if used is not None:
+                for r, q in unit.total.items():
+                    used[r] = used.get(r, 0) + q
+        return usage
 
     def explain(self, job_id: str) -> Explanation:
         live = self.live.get(job_id)
@@ -935,7 +960,7 @@ def _unit(job: Job, unit_id: str) -> Job:
 
 def _lease(alloc: Allocation) -> RunningJob:
     job = Job(f"allocation:{alloc.id}", (TaskSpec(dict(alloc.resources)),),
-              queue="(allocations)", submit_time=alloc.created_at, user=alloc.owner)
+              queue=LEASE_QUEUE, submit_time=alloc.created_at, user=alloc.owner)
     return RunningJob(job, alloc.created_at,
                       (TaskPlacement(alloc.node, alloc.resources, alloc.devices),))
 

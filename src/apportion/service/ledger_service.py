@@ -29,9 +29,10 @@ from apportion.exceptions import (
     InsufficientResources,
     NodeExists,
 )
-from apportion.service.committer import GroupCommitter
-from apportion.store import event_log
+from apportion.service.committer import BatchConflict, GroupCommitter
+from apportion.store import batches, event_log
 from apportion.store import ledger_tables as tables
+from apportion.store.database import writer_engine
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,9 @@ class LedgerService:
         self.engine = engine
         self.origin = origin
         self.clock = clock
-        self.committer = GroupCommitter(engine, self._write_batch, batch_max=batch_max)
+        self._writer = writer_engine(engine)
+        self.committer = GroupCommitter(self._writer, self._write_batch,
+                                        write_each=self._write_each, batch_max=batch_max)
         self.ledger = Ledger()
         self._in_flight: dict[str, dict[str, _Grant | _Release]] = {}
         self.last_event_id = 0
@@ -75,6 +78,8 @@ class LedgerService:
 
     def close(self) -> None:
         self.committer.close()
+        if self._writer is not self.engine:
+            self._writer.dispose()
 
     # -- nodes -----------------------------------------------------------
 
@@ -213,23 +218,22 @@ class LedgerService:
     def _write_batch(self, conn: sa.Connection, ops: list[_Grant | _Release]) -> list[Any]:
         """Write a batch of grants and releases in the caller's transaction.
 
-        Fast path: releases first (they only free capacity, and memory already
-        counted them free), then all grants, each kind in one executemany. If
-        any conditional row did not match (another server, or a release of a
-        grant from this same batch), the savepoint is rolled back and the ops
-        are applied one by one, in order, to give each its own answer."""
+        Releases first (they only free capacity, and memory already counted
+        them free), then all grants, a few statements for the whole batch
+        (``store/batches.py``). If any conditional row did not match (another
+        server, or a release of a grant from this same batch), the batch
+        raises ``BatchConflict``: the committer rolls the transaction back and
+        ``_write_each`` applies the ops one by one, in order, to give each
+        its own answer."""
         grants = [op.alloc for op in ops if isinstance(op, _Grant)]
         releases = [op.alloc for op in ops if isinstance(op, _Release)]
-        tables.lock_nodes(conn, {a.node for a in grants} | {a.node for a in releases})
-        with conn.begin_nested() as savepoint:
-            if (
-                tables.release_many(conn, releases)
-                and tables.grant_many(conn, grants)
-                and tables.shift_balances(conn, tables.balance_deltas(grants, releases))
-            ):
-                self._events(conn, [_event_of(op) for op in ops])
-                return [True if isinstance(op, _Grant) else op.alloc for op in ops]
-            savepoint.rollback()
+        if not batches.write_batch(conn, grants, releases,
+                                   self._event_rows([_event_of(op) for op in ops])):
+            raise BatchConflict
+        return [True if isinstance(op, _Grant) else op.alloc for op in ops]
+
+    def _write_each(self, conn: sa.Connection, ops: list[_Grant | _Release]) -> list[Any]:
+        tables.lock_nodes(conn, {op.alloc.node for op in ops})
         return [self._write_one(conn, op) for op in ops]
 
     def _write_one(self, conn: sa.Connection, op: _Grant | _Release) -> Any:
@@ -267,11 +271,11 @@ class LedgerService:
     async def sync_from_store(self) -> int:
         """Apply changes other servers committed since we last looked; returns
         how many nodes were reloaded."""
-        events = await self.read(lambda conn: event_log.events_after(conn, self.last_event_id))
+        events = await self.read(lambda conn: event_log.subjects_after(conn, self.last_event_id))
         if not events:
             return 0
-        self.last_event_id = events[-1].id
-        touched = sorted({e.subject for e in events if e.origin != self.origin})
+        self.last_event_id = events[-1][0]
+        touched = sorted({subject for _, subject, origin in events if origin != self.origin})
         if touched:
             await self._reload_nodes(touched)
         return len(touched)
@@ -310,11 +314,13 @@ class LedgerService:
         self._events(conn, [(kind, subject, data)])
 
     def _events(self, conn: sa.Connection, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        event_log.insert_events(conn, self._event_rows(events))
+
+    def _event_rows(self, events: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
         now = self.clock()
-        event_log.insert_events(conn, [
-            {"kind": k, "subject": s, "origin": self.origin, "data": d, "at": now}
-            for k, s, d in events
-        ])
+        origin = self.origin
+        return [{"kind": k, "subject": s, "origin": origin, "data": d, "at": now}
+                for k, s, d in events]
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,16 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> sa.Engine:
     return sa.create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
 
 
+def writer_engine(engine: sa.Engine) -> sa.Engine:
+    """The engine the group committer writes through. SQLite: the same one.
+    PostgreSQL: its own small pool without pre-ping, which would cost every
+    batch one more round trip (a connection found broken fails its batch,
+    is dropped, and the batch is tried again on a fresh one)."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return sa.create_engine(engine.url, pool_size=2, max_overflow=2, pool_pre_ping=False)
+
+
 def migrate(engine: sa.Engine) -> None:
     """Bring the schema to the newest revision; safe with several servers
     starting together on one PostgreSQL (an advisory lock serializes them)."""

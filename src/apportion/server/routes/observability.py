@@ -227,13 +227,13 @@ class RequestObserver:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.access_log = os.environ.get("APPORTION_ACCESS_LOG", "") in ("1", "true", "yes")
+        self.access_log = access_log_wanted()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope)
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
@@ -250,19 +250,27 @@ class RequestObserver:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            path = scope["path"]
-            if scope["method"] == "POST" and path in (GRANT_PATH, GRANT_PATH + "/"):
+            if scope["method"] == "POST" and scope["path"] in (GRANT_PATH, GRANT_PATH + "/"):
                 observers = getattr(scope["app"].state, "observability", None)
                 if observers is not None:
                     observers.metrics.observe_grant_request(elapsed, status)
-            if status >= 500 or self.access_log:
-                emit = log.warning if status >= 500 else log.info
-                emit("request", method=scope["method"], path=path, status=status,
-                     duration_ms=round(elapsed * 1000, 3))
+            log_request(scope, status, elapsed, self.access_log)
             structlog.contextvars.reset_contextvars(**tokens)
 
 
-def _request_id(scope: Scope) -> str:
+def access_log_wanted() -> bool:
+    return os.environ.get("APPORTION_ACCESS_LOG", "") in ("1", "true", "yes")
+
+
+def log_request(scope: Scope, status: int, elapsed: float, access_log: bool) -> None:
+    """The access log line: every 5xx, and every request with APPORTION_ACCESS_LOG=1."""
+    if status >= 500 or access_log:
+        emit = log.warning if status >= 500 else log.info
+        emit("request", method=scope["method"], path=scope["path"], status=status,
+             duration_ms=round(elapsed * 1000, 3))
+
+
+def request_id_of(scope: Scope) -> str:
     for key, value in scope["headers"]:
         if key == b"x-request-id":
             text: str = value.decode("latin-1")

@@ -1,0 +1,176 @@
+"""``store.batches.write_batch`` on SQLite and PostgreSQL: a whole batch is
+written, or it answers False and its transaction leaves no trace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from apportion.core.model import Allocation, AllocationState, Device, Node, ReleaseReason
+from apportion.store import ledger_tables as tables
+from apportion.store.batches import write_batch
+from apportion.store.database import create_engine, migrate, writer_engine
+from apportion.store.event_log import events_after
+from apportion.store.schema import allocations, devices, node_resources
+
+GiB = 2**30
+MAX = 2**63 - 1
+GPU = Node("gpu-1", {"cpu": 8000, "gpu": 2},
+           {"gpu": (Device("0", model="A100"), Device("1", model="A100"))})
+CPU = Node("cpu-1", {"cpu": 4000, "memory": 8 * GiB})
+BIG = Node("big-1", {"memory": MAX})
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'apportion.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    engine = create_engine(url, sqlite_synchronous="OFF")
+    migrate(engine)
+    with engine.begin() as conn:
+        for node in (GPU, CPU, BIG):
+            tables.insert_node(conn, node)
+    writer = writer_engine(engine)
+    try:
+        yield writer
+    finally:
+        if writer is not engine:
+            writer.dispose()
+        engine.dispose()
+
+
+def _alloc(alloc_id: str, node: str, resources: dict[str, int],
+           devs: dict[str, tuple[str, ...]] | None = None) -> Allocation:
+    return Allocation(alloc_id, node, resources, devs or {}, "alice", {"k": "v"},
+                      AllocationState.ACTIVE, 10.0)
+
+
+def _event(alloc: Allocation, kind: str = "allocation.granted") -> dict[str, Any]:
+    return {"kind": kind, "subject": alloc.node, "origin": "s1",
+            "data": {"id": alloc.id, "resources": dict(alloc.resources)}, "at": 11.0}
+
+
+def _state(engine: sa.Engine) -> tuple[Any, ...]:
+    with engine.connect() as conn:
+        balances = sorted(conn.execute(sa.select(
+            node_resources.c.node, node_resources.c.resource, node_resources.c.allocated)).all())
+        rows = sorted(conn.execute(sa.select(allocations.c.id, allocations.c.state)).all())
+        holders = sorted(conn.execute(sa.select(devices.c.device_id,
+                                                devices.c.allocation_id)).all(),
+                         key=lambda r: r[0])
+        events = [(e.kind, e.data["id"]) for e in events_after(conn, 0)]
+    return balances, rows, holders, events
+
+
+def _write(engine: sa.Engine, grants: list[Allocation], releases: list[Allocation],
+           events: list[dict[str, Any]]) -> bool:
+    """Like the committer: commit on True, roll everything back on False."""
+    with engine.connect() as conn:
+        tx = conn.begin()
+        ok = write_batch(conn, grants, releases, events)
+        if ok:
+            tx.commit()
+        else:
+            tx.rollback()
+        return ok
+
+
+def test_a_batch_writes_rows_balances_devices_and_events(engine: sa.Engine) -> None:
+    a1 = _alloc("a1", "gpu-1", {"cpu": 1000, "gpu": 2}, {"gpu": ("1", "0")})
+    a2 = _alloc("a2", "cpu-1", {"cpu": 1500, "memory": GiB})
+    a3 = _alloc("a3", "cpu-1", {"cpu": 2500, "memory": 7 * GiB})
+    a4 = _alloc("a4", "big-1", {"memory": MAX})
+    grants = [a1, a2, a3, a4]
+    assert _write(engine, grants, [], [_event(a) for a in grants])
+    balances, rows, holders, events = _state(engine)
+    assert ("cpu-1", "cpu", 4000) in balances and ("cpu-1", "memory", 8 * GiB) in balances
+    assert ("gpu-1", "gpu", 2) in balances and ("big-1", "memory", MAX) in balances
+    assert rows == [(a, "active") for a in ("a1", "a2", "a3", "a4")]
+    assert holders == [("0", "a1"), ("1", "a1")]
+    assert events == [("allocation.granted", a) for a in ("a1", "a2", "a3", "a4")]
+    with engine.connect() as conn:
+        assert tables.load_allocation(conn, "a1") == a1
+    # Releases and new grants in one batch, on the same node: net change.
+    r1 = a1.released(ReleaseReason.COMPLETED, 20.0)
+    r2 = a2.released(ReleaseReason.CANCELLED, 20.0)
+    a5 = _alloc("a5", "gpu-1", {"cpu": 8000, "gpu": 1}, {"gpu": ("0",)})
+    assert _write(engine, [a5], [r1, r2],
+                  [_event(r1, "allocation.released"), _event(r2, "allocation.released"),
+                   _event(a5)])
+    balances, rows, holders, events = _state(engine)
+    assert ("gpu-1", "cpu", 8000) in balances and ("gpu-1", "gpu", 1) in balances
+    assert ("cpu-1", "cpu", 2500) in balances
+    assert dict(rows) == {"a1": "released", "a2": "released", "a3": "active", "a4": "active",
+                          "a5": "active"}
+    assert holders == [("0", "a5"), ("1", None)]
+    assert events[-3:] == [("allocation.released", "a1"), ("allocation.released", "a2"),
+                           ("allocation.granted", "a5")]
+    with engine.connect() as conn:
+        stored = tables.load_allocation(conn, "a1")
+    assert stored is not None and stored.reason is ReleaseReason.COMPLETED
+
+
+@pytest.mark.parametrize("case", ["over_capacity", "past_the_largest_sum", "taken_device",
+                                  "unknown_node", "released_twice", "release_in_batch"])
+def test_a_batch_the_store_disagrees_with_answers_false_and_leaves_no_trace(
+    engine: sa.Engine, case: str
+) -> None:
+    held = _alloc("h1", "gpu-1", {"cpu": 1000, "gpu": 1}, {"gpu": ("0",)})
+    big = _alloc("b1", "big-1", {"memory": 5})
+    assert _write(engine, [held, big], [], [_event(held), _event(big)])
+    before = _state(engine)
+    ok = _alloc("ok", "cpu-1", {"cpu": 1000})
+    grants: list[Allocation] = [ok]
+    releases: list[Allocation] = []
+    if case == "over_capacity":
+        grants.append(_alloc("x", "cpu-1", {"cpu": 3001}))
+    elif case == "past_the_largest_sum":
+        grants.append(_alloc("x", "big-1", {"memory": MAX}))
+    elif case == "taken_device":
+        grants.append(_alloc("x", "gpu-1", {"gpu": 1}, {"gpu": ("0",)}))
+    elif case == "unknown_node":
+        grants.append(_alloc("x", "gone-1", {"cpu": 1}))
+    elif case == "released_twice":
+        r = held.released(ReleaseReason.COMPLETED, 20.0)
+        assert _write(engine, [], [r], [_event(r, "allocation.released")])
+        before = _state(engine)
+        releases.append(r)
+    elif case == "release_in_batch":
+        releases.append(ok.released(ReleaseReason.COMPLETED, 20.0))
+    events = [_event(a) for a in grants]
+    assert _write(engine, grants, releases, events) is False
+    assert _state(engine) == before
+
+
+@pytest.mark.postgres
+def test_a_lost_postgres_connection_is_an_operational_error_and_the_next_batch_works(
+    pg_url: str,
+) -> None:
+    """What the committer retries: the batch fails as OperationalError, and
+    the pool hands out a fresh connection for the next try."""
+    import psycopg
+
+    engine = create_engine(pg_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        tables.insert_node(conn, CPU)
+    writer = writer_engine(engine)
+    try:
+        with writer.connect() as conn:  # a pooled connection, then its server process dies
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        a1 = _alloc("a1", "cpu-1", {"cpu": 1000})
+        with pytest.raises(sa.exc.OperationalError):
+            _write(writer, [a1], [], [_event(a1)])
+        assert _write(writer, [a1], [], [_event(a1)])
+        assert ("cpu-1", "cpu", 1000) in _state(writer)[0]
+    finally:
+        writer.dispose()
+        engine.dispose()

@@ -19,6 +19,14 @@ How the time splits (all on one machine, one clock):
 - spawn:    received -> its process was started (task directory, fork/exec)
 
     .venv/bin/python bench/bench_switch.py [--trials 100] [--warmup 5]
+
+With ``--gpu-workload GIB`` the two jobs are real CUDA programs (torch): the
+victim holds GIB of the GPU's memory, and the preemptor allocates as much
+again, which fits only once the victim's memory is back. A ``gpu_ready``
+figure then runs from the submission to the preemptor holding its memory
+(process start, torch import and CUDA context included). ``--discover-gpu``
+lets the agent find the GPU through NVML instead of declaring one. Without
+torch the programs still run (and say so), for a dry run on a CPU machine.
 """
 
 from __future__ import annotations
@@ -37,6 +45,34 @@ from common import write_result
 from e2e.cluster import Cluster, payload, wait_for
 
 PHASES = ("decision", "signal", "exit", "release", "deliver", "spawn")
+
+# Hold GIB of GPU memory, say so in a file (argv[1]), and run until SIGTERM.
+# The preemptor is the same program: it retries while the memory is not back.
+GPU_HOLDER = """
+import os, signal, sys, time
+ready, gib = sys.argv[1], float(sys.argv[2])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+tries, where = 0, "no torch"
+try:
+    import torch
+except ImportError:
+    torch = None
+if torch is not None:
+    while True:
+        tries += 1
+        try:
+            held = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+            torch.cuda.synchronize()
+            break
+        except torch.OutOfMemoryError:
+            time.sleep(0.005)
+    where = torch.cuda.get_device_name(0)
+with open(ready + ".tmp", "w") as f:
+    f.write(f"{time.time()} {tries} {os.environ.get('CUDA_VISIBLE_DEVICES')} {where}")
+os.replace(ready + ".tmp", ready)
+while True:
+    time.sleep(1)
+"""
 GOAL = {"p50_ms": 100, "p99_ms": 250}
 
 
@@ -55,12 +91,37 @@ def _running(api: httpx.Client, job_id: str) -> dict[str, Any] | None:
     return tasks[-1] if tasks else None
 
 
-def trial(cluster: Cluster, api: httpx.Client, victim: str) -> dict[str, float]:
-    """One switch: the victim runs; submit the preemptor; time each phase."""
+def _holder(ready: Path, gib: float) -> list[str]:
+    return [sys.executable, "-c", GPU_HOLDER, str(ready), str(gib)]
+
+
+def _memory(gpu: object) -> str:
+    # torch and a CUDA context take far more host memory than the sleeper,
+    # and the agent stops a task over its memory.
+    return "128Mi" if gpu is None else "8Gi"
+
+
+def _ready(path: Path) -> list[str] | None:
+    return path.read_text().split(maxsplit=3) if path.exists() else None
+
+
+def trial(cluster: Cluster, api: httpx.Client, victim: str,
+          gpu: tuple[Path, float] | None = None) -> dict[str, float]:
+    """One switch: the victim runs; submit the preemptor; time each phase.
+    With ``gpu`` (the victim's ready file, GiB), both are GPU holders."""
     task = wait_for("the victim running", lambda: _running(api, victim), 30, every=0.05)
+    command = ["sleep", "600"]
+    if gpu is not None:
+        try:
+            wait_for("the victim holding the GPU", lambda: _ready(gpu[0]), 60, every=0.05)
+        except AssertionError:
+            print(api.get(f"/api/v1/jobs/{victim}").text, flush=True)
+            raise
+        mine_ready = gpu[0].with_name(f"preemptor-{time.time_ns()}")
+        command = _holder(mine_ready, gpu[1])
     time.sleep(0.3)
-    body = {"command": ["sleep", "600"], "priority": 10, "name": "inference",
-            "resources": {"cpu": "1", "memory": "128Mi", "gpu": 1}}
+    body = {"command": command, "priority": 10, "name": "inference",
+            "resources": {"cpu": "1", "memory": _memory(gpu), "gpu": 1}}
     submitted = time.time()
     job = api.post("/api/v1/jobs", json=body).json()
     # Polled gently, on one connection: the poller shares the two cores.
@@ -89,35 +150,48 @@ def trial(cluster: Cluster, api: httpx.Client, victim: str) -> dict[str, float]:
     if placed and granted:
         out["detail_grant_after_release"] = 1000 * (granted["at"] - released["at"])
         out["detail_record_after_release"] = 1000 * (placed["at"] - released["at"])
+    if gpu is not None:
+        at, tries, visible, where = wait_for(
+            "the preemptor holding the GPU", lambda: _ready(mine_ready), 60, every=0.02)
+        out["gpu_ready"] = 1000 * (float(at) - submitted)
+        out["detail_alloc_tries"] = float(tries)
+        print(f"  preemptor on {where}, CUDA_VISIBLE_DEVICES={visible}", flush=True)
+        gpu[0].unlink()  # the victim is gone; its next run writes it again
     api.post(f"/api/v1/jobs/{job['id']}/cancel")
     wait_for("the preemptor to end", lambda: api.get(
         f"/api/v1/jobs/{job['id']}").json()["state"] == "cancelled", 30, every=0.05)
     return out
 
 
-def run(trials: int, warmup: int) -> dict[str, Any]:
+def run(trials: int, warmup: int, gpu_gib: float | None = None,
+        discover_gpu: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp), server_env={"APPORTION_LOG_LEVEL": "WARNING"}).start()
         try:
             # The agent's default intervals, as a node would run it.
-            cluster.add_agent("gpu-node", "cpu=4,memory=8Gi,gpu=1", heartbeat=10,
-                              stop_after_disconnect=60, log_interval=1, watchdog=1)
-            victim = cluster.submit(payload("sleeper", 100_000), preemptible=True,
-                                    name="training",
-                                    resources={"cpu": "1", "memory": "128Mi", "gpu": 1})["id"]
+            cluster.add_agent("gpu-node", ("cpu=4,memory=8Gi" if gpu_gib is None
+                                           else "cpu=4,memory=32Gi")
+                              + ("" if discover_gpu else ",gpu=1"),
+                              heartbeat=10, stop_after_disconnect=60, log_interval=1, watchdog=1)
+            gpu = None if gpu_gib is None else (Path(tmp) / "victim-ready", gpu_gib)
+            command = payload("sleeper", 100_000) if gpu is None else _holder(*gpu)
+            victim = cluster.submit(command, preemptible=True, name="training",
+                                    resources={"cpu": "1", "memory": _memory(gpu),
+                                               "gpu": 1})["id"]
             results = []
             api = cluster.api  # made once: a new client costs more than a switch
             api.post("/api/v1/jobs/none/cancel")  # connected before the clock starts
             for _ in range(warmup):  # first requests, first WAL checkpoints: not measured
-                trial(cluster, api, victim)
+                trial(cluster, api, victim, gpu)
             for i in range(trials):
-                results.append(trial(cluster, api, victim))
+                results.append(trial(cluster, api, victim, gpu))
                 print(f"trial {i + 1:3d}: total {results[-1]['total']:7.1f} ms  " + "  ".join(
-                    f"{p} {results[-1][p]:6.1f}" for p in PHASES), flush=True)
+                    f"{p} {results[-1][p]:6.1f}" for p in PHASES)
+                    + (f"  gpu_ready {results[-1]['gpu_ready']:7.1f}" if gpu else ""), flush=True)
         finally:
             cluster.close()
     summary: dict[str, Any] = {}
-    for key in (*PHASES, "total"):
+    for key in (*PHASES, "total", *(("gpu_ready",) if gpu_gib is not None else ())):
         values = [r[key] for r in results]
         summary[key] = {"p50_ms": round(_pct(values, 0.5), 1),
                         "p99_ms": round(_pct(values, 0.99), 1),
@@ -131,18 +205,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--gpu-workload", type=float, metavar="GIB", default=None,
+                        help="victim and preemptor are torch programs holding GIB of GPU memory")
+    parser.add_argument("--discover-gpu", action="store_true",
+                        help="the agent finds the GPU through NVML instead of declaring one")
+    parser.add_argument("--result", default="switch", help="bench/results/NAME.json")
     args = parser.parse_args()
-    result = run(args.trials, args.warmup)
+    result = run(args.trials, args.warmup, args.gpu_workload, args.discover_gpu)
     s = result["summary"]
     print(f"\nsubmission -> preemptor running: p50 {s['total']['p50_ms']} ms, "
           f"p99 {s['total']['p99_ms']} ms (goal p50 <= {GOAL['p50_ms']}, "
           f"p99 <= {GOAL['p99_ms']})")
-    for phase in PHASES:
+    for phase in (*PHASES, *(("gpu_ready",) if args.gpu_workload is not None else ())):
         print(f"  {phase:9s} p50 {s[phase]['p50_ms']:7.1f} ms   p99 {s[phase]['p99_ms']:7.1f} ms")
-    write_result("switch", {"goal": GOAL, "setup": {
-        "server": "SQLite, synchronous=FULL", "agents": 1, "victim": "python, exits on SIGTERM",
-        "preemptor": "sleep 600", "transport": "HTTP long-poll, loopback",
-        "python": sys.version.split()[0]}, **result})
+    gpu = args.gpu_workload is not None
+    write_result(args.result, {"goal": GOAL, "setup": {
+        "server": "SQLite, synchronous=FULL", "agents": 1,
+        "victim": f"torch holding {args.gpu_workload} GiB of GPU memory, exits on SIGTERM"
+        if gpu else "python, exits on SIGTERM",
+        "preemptor": f"torch allocating {args.gpu_workload} GiB" if gpu else "sleep 600",
+        "gpu": "discovered through NVML" if args.discover_gpu else "declared",
+        "transport": "HTTP long-poll, loopback", "python": sys.version.split()[0]}, **result})
 
 
 if __name__ == "__main__":

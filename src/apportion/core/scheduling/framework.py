@@ -37,8 +37,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sortedcontainers import SortedList
-
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.constraints import family
@@ -50,6 +48,7 @@ from apportion.core.scheduling.filters import (
     Verdict,
     class_verdict,
 )
+from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import Bucket, ClusterState, NodeClass, NodeRec
 
@@ -295,40 +294,61 @@ class Placer:
         per_node: bool,
     ) -> list[Candidate]:
         state = self.state
-        index, pos = _walk_index(state, spec)
+        index, k0, i0 = _walk_index(state, spec)
         if index is None:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
+        vmask = verdict.mask
+        need = list(spec.resources.items())
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0
-        # An iterator over the index: positional access costs a tree descent
-        # per entry, iteration a pointer step.
-        entries = index.islice(pos, reverse=self.options.loose)
         check_devices = verdict.device_check
-        for _, bucket_id in entries:
-            bucket = buckets[bucket_id]
-            cls = bucket.cls
-            aligned = aligned_of.get(cls.id)
-            if aligned is None:
+        blocks, bounds, masks, stale = index.blocks, index.bounds, index.masks, index.stale
+        loose = self.options.loose
+        nb = len(blocks)
+        # Blocks in walk order; a block whose class mask misses every
+        # feasible class, or whose bound is short of a requested resource,
+        # holds no bucket the checks below would keep: skip it whole.
+        for k in range(nb - 1, k0 - 1, -1) if loose else range(k0, nb):
+            if stale[k]:
+                index.recompute(k)
+            if not masks[k] & vmask:
                 continue
-            fit = _fit(bucket.free, aligned)
-            if fit == 0:
+            bound = bounds[k]
+            short = False
+            for r, q in need:
+                if bound.get(r, -1) < q:
+                    short = True
+                    break
+            if short:
                 continue
-            if per_node or cls.id in check_devices or (capped and bucket.id in capped):
-                for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
-                                               limits, per_node):
-                    cands.append(cand)
-                    seen += cand.fit * cand.count
-                    if len(cands) >= limit and seen >= remaining:
-                        return cands
-                continue
-            cands.append(Candidate(cls, bucket.free, aligned, fit, bucket, None,
-                                   len(bucket.nodes)))
-            seen += fit * len(bucket.nodes)
-            if len(cands) >= limit and seen >= remaining:
-                break
+            block = blocks[k]
+            if k == k0 and i0:
+                block = block[i0:]
+            for _, bucket_id in reversed(block) if loose else block:
+                bucket = buckets[bucket_id]
+                cls = bucket.cls
+                aligned = aligned_of.get(cls.id)
+                if aligned is None:
+                    continue
+                fit = _fit(bucket.free, aligned)
+                if fit == 0:
+                    continue
+                if per_node or cls.id in check_devices or (capped and bucket.id in capped):
+                    for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
+                                                   limits, per_node):
+                        cands.append(cand)
+                        seen += cand.fit * cand.count
+                        if len(cands) >= limit and seen >= remaining:
+                            return cands
+                    continue
+                cands.append(Candidate(cls, bucket.free, aligned, fit, bucket, None,
+                                       len(bucket.nodes)))
+                seen += fit * len(bucket.nodes)
+                if len(cands) >= limit and seen >= remaining:
+                    return cands
         return cands
 
     def _bucket_nodes(
@@ -521,23 +541,24 @@ def _fit(free: Sequence[int], aligned: Sequence[int]) -> int:
     return best if best > 0 else 0
 
 
-def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[SortedList | None, int]:
+def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[FreeIndex | None, int, int]:
     """The index to walk: the requested resource with the fewest buckets
-    holding enough of it (the shortest walk), and where to start."""
+    holding enough of it (the shortest walk), and where to start (block,
+    offset)."""
     best = None
-    best_pos = 0
+    best_k = best_i = 0
     best_len = -1
     for r, q in spec.resources.items():
         index = state.index(r)
         if index is None:
-            return None, 0
-        pos = index.bisect_left((q, -1))
-        n = len(index) - pos
+            return None, 0, 0
+        k, i = index.bisect((q, -1))
+        n = index.count_from(k, i)
         if best_len < 0 or n < best_len:
-            best, best_pos, best_len = index, pos, n
+            best, best_k, best_i, best_len = index, k, i, n
     if best_len <= 0:
-        return None, 0
-    return best, best_pos
+        return None, 0, 0
+    return best, best_k, best_i
 
 
 def _limits_by_bucket(

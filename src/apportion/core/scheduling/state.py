@@ -31,10 +31,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sortedcontainers import SortedList
-
 from apportion.core.ledger import check_node
 from apportion.core.model import Device, Health, Node, NodeState
+from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.jobs import Job, RunningJob, TaskPlacement
 from apportion.exceptions import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
 
@@ -53,6 +52,8 @@ class NodeClass:
     health: Health
     cost: float | None
     size: int = 0
+    bit: int = 0
+    """``1 << id``: the class's bit in a ``FreeIndex`` block's class mask."""
     free_sum: list[int] = field(default_factory=list)
     """Free capacity summed over the class's nodes (kept for schedulable
     classes; backfill profiles start from it)."""
@@ -145,7 +146,7 @@ class ClusterState:
         self._class_by_id: dict[int, NodeClass] = {}
         self._buckets: dict[int, Bucket] = {}
         self._bucket_of: dict[tuple[int, tuple[int, ...]], Bucket] = {}
-        self._index: dict[str, SortedList] = {}
+        self._index: dict[str, FreeIndex] = {}
         self._next_bucket = 0
         self._free_total: dict[str, int] = {}
         self._cap_total: dict[str, int] = {}
@@ -204,7 +205,7 @@ class ClusterState:
     def max_free(self, resource: str) -> int:
         """Largest free amount of ``resource`` on any schedulable node."""
         index = self._index.get(resource)
-        return index[-1][0] if index else 0
+        return index.last()[0] if index else 0
 
     def usage(self, queue: str) -> Mapping[str, int]:
         return self._usage.get(queue, {})
@@ -212,7 +213,7 @@ class ClusterState:
     def queues_in_use(self) -> Iterable[str]:
         return self._usage.keys()
 
-    def index(self, resource: str) -> SortedList | None:
+    def index(self, resource: str) -> FreeIndex | None:
         return self._index.get(resource)
 
     @property
@@ -290,6 +291,7 @@ class ClusterState:
                 node_cost(node.labels),
             )
             cls.free_sum = [0] * len(names)
+            cls.bit = 1 << cls.id
             self._classes[key] = cls
             self._class_by_id[cls.id] = cls
             self.version += 1
@@ -314,12 +316,19 @@ class ClusterState:
         self._bucket_of[key] = bucket
         self._buckets[bucket.id] = bucket
         index = self._index
-        for r, q in zip(cls.resources, free, strict=True):
+        bid = bucket.id
+        names = cls.resources
+        bit = cls.bit
+        for r, q in zip(names, free, strict=True):
             sl = index.get(r)
             if sl is None:
-                sl = index[r] = SortedList()
-            sl.add((q, bucket.id))
+                sl = index[r] = FreeIndex(self._summary)
+            sl.add((q, bid), bit, names, free)
         return bucket
+
+    def _summary(self, bucket_id: int) -> tuple[int, tuple[str, ...], tuple[int, ...]]:
+        bucket = self._buckets[bucket_id]
+        return bucket.cls.bit, bucket.cls.resources, bucket.free
 
     def _leave(self, rec: NodeRec) -> None:
         bucket = rec.bucket
@@ -334,8 +343,11 @@ class ClusterState:
         del self._bucket_of[(bucket.cls.id, bucket.free)]
         del self._buckets[bucket.id]
         index = self._index
-        for r, q in zip(bucket.cls.resources, bucket.free, strict=True):
-            index[r].remove((q, bucket.id))
+        names = bucket.cls.resources
+        free = bucket.free
+        bid = bucket.id
+        for r, q in zip(names, free, strict=True):
+            index[r].remove((q, bid), names, free)
 
     def _totals(
         self, cls: NodeClass, cap: tuple[int, ...], free: tuple[int, ...], sign: int

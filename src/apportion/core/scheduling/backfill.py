@@ -25,13 +25,18 @@ estimate)``.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from apportion.core.scheduling.framework import Placer
+from sortedcontainers import SortedList
+
+from apportion.core.scheduling.constraints import family
+from apportion.core.scheduling.filters import class_verdict
+from apportion.core.scheduling.framework import Placer, fit_count
 from apportion.core.scheduling.jobs import Job
-from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.state import ClusterState, NodeRec
 
 INF = float("inf")
 
@@ -126,14 +131,21 @@ def pool_reservation(
 
 
 def running_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:
-    """(expected end, job id) of running jobs with a known end, soonest first."""
-    out = []
-    for job_id, rj in state.running.items():
-        end = rj.expected_end(now)
-        if end is not None:
-            out.append((end, job_id))
-    out.sort()
+    """(expected end, job id) of running jobs with a known end, soonest first.
+
+    Read off the state's index of ``start + estimate``: the jobs past their
+    estimate are expected to end ``now`` (ordered by id), the others keep
+    their order."""
+    ends = state.ends
+    cut = _overdue(ends, now)
+    out = [(now, job_id) for job_id in sorted(e[1] for e in ends.islice(0, cut))]
+    out.extend(ends.islice(cut))
     return out
+
+
+def _overdue(ends: SortedList, now: float) -> int:
+    """How many entries of ``ends`` have ``start + estimate <= now``."""
+    return int(ends.bisect_left((math.nextafter(now, INF),)))
 
 
 def cached_easy_reservation(
@@ -151,11 +163,9 @@ def cached_easy_reservation(
     ):
         found: HeadReservation | None = hit[4]
         return None if found is None else _copy(found)
-    raw_ends = [rj.start + rj.estimate for rj in state.running.values()
-                if rj.estimate is not None]
     # A job past its estimate is expected to end "now", which moves with the
     # clock: then the answer holds for this instant only.
-    valid_until = min(raw_ends, default=INF)
+    valid_until = state.ends[0][0] if state.ends else INF
     valid_until = max(valid_until, now)
     pool = pool_for(state, job)
     if pool is not None:
@@ -181,7 +191,11 @@ def easy_reservation(
 ) -> HeadReservation | None:
     """The earliest time ``job`` fits as running jobs end, with the nodes it
     would take; None when it does not fit even after every known end."""
-    ends = running_ends(state, now) if ends is None else ends
+    if ends is None:
+        done, found = _single_task_reservation(state, placer, job, now)
+        if done:
+            return found
+        ends = running_ends(state, now)
     need = job.total
     free = {r: state.free_total_of(r) for r in need}
     mark = state.mark()
@@ -207,6 +221,131 @@ def easy_reservation(
         return None
     finally:
         state.rollback(mark)
+
+
+def _single_task_reservation(
+    state: ClusterState, placer: Placer, job: Job, now: float
+) -> tuple[bool, HeadReservation | None]:
+    """``easy_reservation`` for a job of one task, without touching the
+    state: (True, answer), or (False, None) where it does not apply.
+
+    The general method releases running jobs on the state, in order of
+    expected end, and tries the placement after each instant. For one task
+    the same answer follows from node arithmetic: the task first fits at the
+    first instant after which some node's free capacity (its free now plus
+    what the jobs ended so far held there) holds it, and the placement,
+    filling first the nodes those jobs freed in the order they were freed,
+    takes the first such node. Only nodes touched at an instant can start
+    to fit then, so each instant costs its own releases, and the tens of
+    thousands of releases (and their undoing) a busy cluster can need are
+    never made on the state.
+
+    It does not apply to gangs and bags, to required affinity to other jobs
+    (it depends on which jobs still run) or to a task that fits now (the
+    placement walk decides where): the general method answers those.
+    """
+    if job.task_count != 1 or any(
+        a.required and a.target == "job" for a in (*job.affinity, *job.anti_affinity)
+    ):
+        return False, None
+    spec = job.tasks[0]
+    verdict = class_verdict(state, job, 0)
+    if not verdict.aligned:
+        return True, None  # no node can ever take it: no end changes that
+    if placer.fits_now(job):
+        return False, None
+    aligned_of = verdict.aligned
+    device_classes = verdict.device_check
+    running = state.running
+    recs = state.nodes
+    vfree: dict[str, list[int]] = {}
+    vdev: dict[str, dict[str, list[str]]] = {}
+    first: dict[str, tuple[float, str, int]] = {}
+    for t, job_ids in _instants(state.ends, now):
+        touched: dict[str, None] = {}
+        for job_id in job_ids:
+            for ti, tp in enumerate(running[job_id].tasks):
+                name = tp.node
+                rec = recs[name]
+                cls = rec.cls
+                if rec.bucket is None or cls.id not in aligned_of:
+                    continue
+                key = (t, job_id, ti)
+                old = first.get(name)
+                if old is None:
+                    first[name] = key
+                    v = vfree[name] = list(rec.free)
+                else:
+                    if key < old:  # same instant, earlier in its order
+                        first[name] = key
+                    v = vfree[name]
+                touched[name] = None
+                pos = cls.pos
+                c = tp.count
+                for r, q in tp.resources.items():
+                    v[pos[r]] += c * q
+                if tp.devices and cls.id in device_classes:
+                    pools = vdev.get(name)
+                    if pools is None:
+                        pools = vdev[name] = {r: list(ids)
+                                              for r, ids in rec.free_devices.items()}
+                    for r, ids in tp.devices.items():
+                        pools[r].extend(ids)
+        best: str | None = None
+        for name in touched:
+            rec = recs[name]
+            cls = rec.cls
+            fit = fit_count(vfree[name], aligned_of[cls.id])
+            if fit and cls.id in device_classes:
+                fit = min(fit, _free_matching(job, spec.resources, rec,
+                                              vdev.get(name, rec.free_devices)))
+            if fit and (best is None or first[name] < first[best]):
+                best = name
+        if best is not None:
+            rec = recs[best]
+            aligned = aligned_of[rec.cls.id]
+            held = {r: q * spec.count for r, q in spec.resources.items()}
+            left = [f - q for f, q in zip(vfree[best], aligned, strict=True)]
+            extra = {best: dict(zip(rec.cls.resources, left, strict=True))}
+            return True, HeadReservation(Reservation(job.id, t, {best: held}), extra)
+    return True, None
+
+
+def _instants(ends: SortedList, now: float) -> Iterator[tuple[float, list[str]]]:
+    """Expected ends grouped by instant, soonest first (the order of
+    ``running_ends``): jobs past their estimate all end ``now``."""
+    cut = _overdue(ends, now)
+    if cut:
+        yield now, [e[1] for e in ends.islice(0, cut)]
+    t = None
+    group: list[str] = []
+    for end, job_id in ends.islice(cut):
+        if end != t:
+            if group:
+                assert t is not None
+                yield t, group
+            t, group = end, []
+        group.append(job_id)
+    if group:
+        assert t is not None
+        yield t, group
+
+
+def _free_matching(
+    job: Job, resources: Mapping[str, int], rec: NodeRec, pools: Mapping[str, list[str]]
+) -> int:
+    """How many tasks the free devices in ``pools`` matching the job's device
+    terms allow on ``rec`` (as ``Placer._node_candidate`` counts them)."""
+    fit: int | None = None
+    for r, q in resources.items():
+        if r in rec.devices:
+            terms = job.constraints.device_terms(family(r))
+            by_id = rec.devices[r]
+            good = sum(1 for d in pools.get(r, ())
+                       if all(term.matches_device(by_id[d]) for term in terms))
+            n = good // q
+            fit = n if fit is None else min(fit, n)
+    return 1 if fit is None else fit
 
 
 def _try_at(

@@ -208,6 +208,19 @@ class Placer:
         state.commit(mark)
         return PlaceResult(tuple(placed))
 
+    def fits_now(self, job: Job) -> bool:
+        """Whether a job of one task would be placed now, without placing it
+        (the walk finds a candidate exactly when ``place`` succeeds)."""
+        assert job.task_count == 1
+        state = self.state
+        spec = job.tasks[0]
+        verdict = class_verdict(state, job, 0)
+        if not verdict.aligned or _aggregate_short(state, spec) is not None:
+            return False
+        ctx = PlaceContext(job, spec, state)
+        ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        return bool(self._walk(job, spec, verdict, 1, None, None, self._per_node(job, ctx)))
+
     def fits_on(self, job: Job, name: str) -> bool:
         """Whether the first task of ``job`` fits on node ``name`` now."""
         rec = self.state.nodes.get(name)
@@ -327,13 +340,13 @@ class Placer:
             block = blocks[k]
             if k == k0 and i0:
                 block = block[i0:]
-            for _, bucket_id in reversed(block) if loose else block:
-                bucket = buckets[bucket_id]
+            for entry in reversed(block) if loose else block:
+                bucket = buckets[entry[3]]
                 cls = bucket.cls
                 aligned = aligned_of.get(cls.id)
                 if aligned is None:
                     continue
-                fit = _fit(bucket.free, aligned)
+                fit = fit_count(bucket.free, aligned)
                 if fit == 0:
                     continue
                 if per_node or cls.id in check_devices or (capped and bucket.id in capped):
@@ -376,7 +389,7 @@ class Placer:
             rest = len(bucket.nodes) - len(special)
             if rest > 0:
                 out.append(Candidate(bucket.cls, bucket.free, aligned,
-                                     _fit(bucket.free, aligned), bucket, None, rest,
+                                     fit_count(bucket.free, aligned), bucket, None, rest,
                                      special))
             return out
         recs = self.state.nodes
@@ -404,7 +417,7 @@ class Placer:
                 free = tuple(
                     min(f, lim.get(r, f)) for r, f in zip(rec.cls.resources, free, strict=True)
                 )
-        fit = _fit(free, aligned)
+        fit = fit_count(free, aligned)
         if fit == 0:
             return None
         if rec.cls.id in verdict.device_check:
@@ -528,7 +541,7 @@ def _note_zone(ctx: PlaceContext, rec: NodeRec, n: int) -> None:
     ctx.placed += n
 
 
-def _fit(free: Sequence[int], aligned: Sequence[int]) -> int:
+def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
     """How many tasks of ``aligned`` fit in ``free``."""
     best = -1
     for f, q in zip(free, aligned, strict=True):
@@ -552,7 +565,7 @@ def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[FreeIndex | None, 
         index = state.index(r)
         if index is None:
             return None, 0, 0
-        k, i = index.bisect((q, -1))
+        k, i = index.bisect(q)
         n = index.count_from(k, i)
         if best_len < 0 or n < best_len:
             best, best_k, best_i, best_len = index, k, i, n

@@ -24,16 +24,18 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
+from typing import Any
 
 BLOCK = 16
 """Target entries per block; a block splits at twice that."""
 
-Entry = tuple[int, int]
-"""(free amount, bucket id)."""
+Entry = tuple[int, int, tuple[int, ...], int]
+"""(free amount, class id, free vector, bucket id): unique without the id."""
 
 
 class FreeIndex:
-    """Entries ``(free amount, bucket id)`` in ascending order, in blocks."""
+    """Entries ``(free amount, class id, free vector, bucket id)`` in
+    ascending order, in blocks."""
 
     __slots__ = ("blocks", "bounds", "lasts", "masks", "size", "stale", "summary")
 
@@ -115,13 +117,14 @@ class FreeIndex:
                     self.stale[k] = True
                     break
 
-    def bisect(self, entry: Entry) -> tuple[int, int]:
-        """(block, offset) of the first entry >= ``entry``; block is
-        ``len(blocks)`` when there is none."""
-        k = bisect_left(self.lasts, entry)
+    def bisect(self, amount: int) -> tuple[int, int]:
+        """(block, offset) of the first entry with at least ``amount``; block
+        is ``len(blocks)`` when there is none."""
+        key: Any = (amount, -1)  # sorts before every entry of that amount
+        k = bisect_left(self.lasts, key)
         if k == len(self.lasts):
             return k, 0
-        return k, bisect_left(self.blocks[k], entry)
+        return k, bisect_left(self.blocks[k], key)
 
     def count_from(self, k: int, i: int) -> int:
         """How many entries lie at or after (block ``k``, offset ``i``)."""
@@ -151,8 +154,8 @@ class FreeIndex:
         bound: dict[str, int] = {}
         mask = 0
         summary = self.summary
-        for _, bucket_id in self.blocks[k]:
-            bit, names, free = summary(bucket_id)
+        for entry in self.blocks[k]:
+            bit, names, free = summary(entry[3])
             mask |= bit
             for r, q in zip(names, free, strict=True):
                 if q > bound.get(r, -1):

@@ -27,9 +27,12 @@ it reads no clock and does no I/O.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from apportion.core.ledger import check_node
 from apportion.core.model import Device, Health, Node, NodeState
@@ -76,9 +79,10 @@ class Bucket:
         self.id = id
         self.cls = cls
         self.free = free
-        # A dict, not a set: insertion order keeps choices deterministic
-        # across processes (set order follows string hashing, which varies).
-        self.nodes: dict[str, None] = {}
+        # Sorted by name: which of these interchangeable nodes a task takes
+        # must not depend on the order they arrived in (a transaction that
+        # is rolled back, or a copy of the state, would change that order).
+        self.nodes: list[str] = []
 
 
 class NodeRec:
@@ -129,6 +133,11 @@ def _class_key(node: Node) -> tuple[Any, ...]:
     )
 
 
+def _discard(names: list[str], name: str) -> None:
+    """Remove ``name`` from the sorted list ``names``."""
+    del names[bisect_left(names, name)]
+
+
 @dataclass(slots=True)
 class _Log:
     """Undo records, kept only while a transaction is open."""
@@ -151,6 +160,9 @@ class ClusterState:
         self._free_total: dict[str, int] = {}
         self._cap_total: dict[str, int] = {}
         self._running: dict[str, RunningJob] = {}
+        self._ends = SortedList()
+        """``(start + estimate, job id)`` of running jobs with an estimate:
+        backfill plans read expected ends in order without sorting them."""
         self._usage: dict[str, dict[str, int]] = {}
         self._log = _Log()
         self.changes = 0
@@ -181,6 +193,12 @@ class ClusterState:
     @property
     def running(self) -> Mapping[str, RunningJob]:
         return self._running
+
+    @property
+    def ends(self) -> SortedList:
+        """``(start + estimate, job id)`` of running jobs with an estimate,
+        ascending (read only)."""
+        return self._ends
 
     def rec(self, name: str) -> NodeRec:
         rec = self._recs.get(name)
@@ -305,7 +323,7 @@ class ClusterState:
         bucket = self._bucket_of.get(key)
         if bucket is None:
             bucket = self._new_bucket(rec.cls, free, key)
-        bucket.nodes[rec.name] = None
+        insort(bucket.nodes, rec.name)
         rec.bucket = bucket
 
     def _new_bucket(
@@ -319,11 +337,15 @@ class ClusterState:
         bid = bucket.id
         names = cls.resources
         bit = cls.bit
+        cid = cls.id
+        # Entries order by free amount, then class and free vector (which
+        # name the bucket; its id only finds it): the walk's order is a
+        # function of the state, not of the order buckets were made in.
         for r, q in zip(names, free, strict=True):
             sl = index.get(r)
             if sl is None:
                 sl = index[r] = FreeIndex(self._summary)
-            sl.add((q, bid), bit, names, free)
+            sl.add((q, cid, free, bid), bit, names, free)
         return bucket
 
     def _summary(self, bucket_id: int) -> tuple[int, tuple[str, ...], tuple[int, ...]]:
@@ -335,7 +357,7 @@ class ClusterState:
         if bucket is None:
             return
         rec.bucket = None
-        del bucket.nodes[rec.name]
+        _discard(bucket.nodes, rec.name)
         if not bucket.nodes:
             self._drop_bucket(bucket)
 
@@ -346,8 +368,9 @@ class ClusterState:
         names = bucket.cls.resources
         free = bucket.free
         bid = bucket.id
+        cid = bucket.cls.id
         for r, q in zip(names, free, strict=True):
-            index[r].remove((q, bid), names, free)
+            index[r].remove((q, cid, free, bid), names, free)
 
     def _totals(
         self, cls: NodeClass, cap: tuple[int, ...], free: tuple[int, ...], sign: int
@@ -428,14 +451,14 @@ class ClusterState:
                 ft[names[i]] += d
                 fs[i] += d
         nodes = bucket.nodes
-        del nodes[rec.name]
+        _discard(nodes, rec.name)
         if not nodes:
             self._drop_bucket(bucket)
         key = (cls.id, new)
         target = self._bucket_of.get(key)
         if target is None:
             target = self._new_bucket(cls, new, key)
-        target.nodes[rec.name] = None
+        insort(target.nodes, rec.name)
         rec.bucket = target
 
     def align(self, cls: NodeClass, request: Mapping[str, int]) -> tuple[int, ...] | None:
@@ -556,10 +579,18 @@ class ClusterState:
             target = self._new_bucket(cls, new, key)
         nodes = bucket.nodes
         into = target.nodes
+        moving = [rec.name for rec in recs]
+        if len(moving) == len(nodes):
+            nodes.clear()
+        elif len(moving) <= 8:
+            for name in moving:
+                _discard(nodes, name)
+        else:
+            gone = set(moving)
+            nodes[:] = [name for name in nodes if name not in gone]
+        into.extend(moving)
+        into.sort()
         for rec in recs:
-            name = rec.name
-            del nodes[name]
-            into[name] = None
             rec.bucket = target
             rec.free = new
             jobs = rec.jobs
@@ -577,6 +608,8 @@ class ClusterState:
 
     def _add_running(self, rj: RunningJob) -> None:
         self._running[rj.job.id] = rj
+        if rj.estimate is not None:
+            self._ends.add((rj.start + rj.estimate, rj.job.id))
         used = self._usage.setdefault(rj.job.queue, {})
         for r, q in rj.job.total.items():
             used[r] = used.get(r, 0) + q
@@ -587,6 +620,8 @@ class ClusterState:
 
     def _drop_running(self, rj: RunningJob) -> None:
         del self._running[rj.job.id]
+        if rj.estimate is not None:
+            self._ends.remove((rj.start + rj.estimate, rj.job.id))
         used = self._usage[rj.job.queue]
         for r, q in rj.job.total.items():
             used[r] -= q

@@ -325,8 +325,6 @@ class Placer:
         # feasible class, or whose bound is short of a requested resource,
         # holds no bucket the checks below would keep: skip it whole.
         for k in range(nb - 1, k0 - 1, -1) if loose else range(k0, nb):
-            if stale[k]:
-                index.recompute(k)
             if not masks[k] & vmask:
                 continue
             bound = bounds[k]
@@ -337,6 +335,18 @@ class Placer:
                     break
             if short:
                 continue
+            if stale[k]:
+                # Loose bounds let it in: tighten them and look again.
+                index.recompute(k)
+                if not masks[k] & vmask:
+                    continue
+                bound = bounds[k]
+                for r, q in need:
+                    if bound.get(r, -1) < q:
+                        short = True
+                        break
+                if short:
+                    continue
             block = blocks[k]
             if k == k0 and i0:
                 block = block[i0:]

@@ -22,7 +22,7 @@ bounds were last computed recomputes them from its remaining buckets.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -37,12 +37,11 @@ class FreeIndex:
     """Entries ``(free amount, class id, free vector, bucket id)`` in
     ascending order, in blocks."""
 
-    __slots__ = ("blocks", "bounds", "lasts", "masks", "size", "stale", "summary")
+    __slots__ = ("blocks", "bounds", "lasts", "masks", "names", "size", "stale")
 
-    def __init__(self, summary: Callable[[int], tuple[int, Sequence[str], Sequence[int]]]
-                 ) -> None:
-        self.summary = summary
-        """bucket id -> (class bit, resource names, free amounts)."""
+    def __init__(self) -> None:
+        self.names: dict[int, Sequence[str]] = {}
+        """Class id -> the class's resource names (what a free vector holds)."""
         self.blocks: list[list[Entry]] = []
         self.lasts: list[Entry] = []
         """Last entry of each block (to find the block of an entry)."""
@@ -69,10 +68,13 @@ class FreeIndex:
         for block in self.blocks:
             yield from block
 
-    def add(self, entry: Entry, bit: int, names: Sequence[str], free: Sequence[int]) -> None:
-        """Add ``entry`` for a bucket of class bit ``bit`` with ``free``
-        amounts of ``names``."""
+    def add(self, entry: Entry, names: Sequence[str]) -> None:
+        """Add ``entry`` for a bucket of a class with resources ``names``."""
         self.size += 1
+        _, cid, free, _ = entry
+        bit = 1 << cid
+        if cid not in self.names:
+            self.names[cid] = names
         lasts = self.lasts
         if not lasts:
             self.blocks.append([entry])
@@ -96,8 +98,8 @@ class FreeIndex:
         if len(self.blocks[k]) > 2 * BLOCK:
             self._split(k)
 
-    def remove(self, entry: Entry, names: Sequence[str], free: Sequence[int]) -> None:
-        """Remove ``entry`` (a bucket with ``free`` amounts of ``names``)."""
+    def remove(self, entry: Entry) -> None:
+        """Remove ``entry``."""
         lasts = self.lasts
         k = bisect_left(lasts, entry)
         block = self.blocks[k]
@@ -112,7 +114,7 @@ class FreeIndex:
         lasts[k] = block[-1]
         if not self.stale[k]:
             bound = self.bounds[k]
-            for r, q in zip(names, free, strict=True):
+            for r, q in zip(self.names[entry[1]], entry[2], strict=True):
                 if q >= bound[r]:
                     self.stale[k] = True
                     break
@@ -153,11 +155,10 @@ class FreeIndex:
         """Tighten block ``k``'s bounds to its buckets."""
         bound: dict[str, int] = {}
         mask = 0
-        summary = self.summary
-        for entry in self.blocks[k]:
-            bit, names, free = summary(entry[3])
-            mask |= bit
-            for r, q in zip(names, free, strict=True):
+        names = self.names
+        for _, cid, free, _ in self.blocks[k]:
+            mask |= 1 << cid
+            for r, q in zip(names[cid], free, strict=True):
                 if q > bound.get(r, -1):
                     bound[r] = q
         self.bounds[k] = bound

@@ -336,7 +336,6 @@ class ClusterState:
         index = self._index
         bid = bucket.id
         names = cls.resources
-        bit = cls.bit
         cid = cls.id
         # Entries order by free amount, then class and free vector (which
         # name the bucket; its id only finds it): the walk's order is a
@@ -344,13 +343,9 @@ class ClusterState:
         for r, q in zip(names, free, strict=True):
             sl = index.get(r)
             if sl is None:
-                sl = index[r] = FreeIndex(self._summary)
-            sl.add((q, cid, free, bid), bit, names, free)
+                sl = index[r] = FreeIndex()
+            sl.add((q, cid, free, bid), names)
         return bucket
-
-    def _summary(self, bucket_id: int) -> tuple[int, tuple[str, ...], tuple[int, ...]]:
-        bucket = self._buckets[bucket_id]
-        return bucket.cls.bit, bucket.cls.resources, bucket.free
 
     def _leave(self, rec: NodeRec) -> None:
         bucket = rec.bucket
@@ -370,7 +365,7 @@ class ClusterState:
         bid = bucket.id
         cid = bucket.cls.id
         for r, q in zip(names, free, strict=True):
-            index[r].remove((q, cid, free, bid), names, free)
+            index[r].remove((q, cid, free, bid))
 
     def _totals(
         self, cls: NodeClass, cap: tuple[int, ...], free: tuple[int, ...], sign: int

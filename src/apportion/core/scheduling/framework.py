@@ -197,7 +197,8 @@ class Placer:
         # Plugins that have nothing to say about this job (affinity without
         # terms, topology for one task) are dropped once, not per candidate.
         ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
-        order = sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state))
+        order = (range(1) if len(job.tasks) == 1 else
+                 sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state)))
         for i in order:
             spec = job.tasks[i]
             ctx.spec = spec
@@ -312,6 +313,7 @@ class Placer:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
+        need_of = verdict.need
         vmask = verdict.mask
         need = list(spec.resources.items())
         buckets = state.bucket_map
@@ -351,14 +353,23 @@ class Placer:
             if k == k0 and i0:
                 block = block[i0:]
             for entry in reversed(block) if loose else block:
+                # The entry carries the class and free vector: most buckets
+                # fail here without being looked up.
+                pos = need_of.get(entry[1])
+                if pos is None:
+                    continue
+                free = entry[2]
+                short = False
+                for j, q in pos:
+                    if free[j] < q:
+                        short = True
+                        break
+                if short:
+                    continue
                 bucket = buckets[entry[3]]
                 cls = bucket.cls
-                aligned = aligned_of.get(cls.id)
-                if aligned is None:
-                    continue
-                fit = fit_count(bucket.free, aligned)
-                if fit == 0:
-                    continue
+                aligned = aligned_of[cls.id]
+                fit = fit_count(free, aligned)
                 if per_node or cls.id in check_devices or (capped and bucket.id in capped):
                     for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
                                                    limits, per_node):

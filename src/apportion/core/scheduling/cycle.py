@@ -444,8 +444,7 @@ def _waiting(t: float | None) -> Failure:
 
 
 def _lowest_victim(state: ClusterState) -> int | None:
-    prios = [rj.job.priority for rj in state.running.values() if rj.job.preemptible]
-    return min(prios) if prios else None
+    return state.lowest_preemptible_priority()
 
 
 def _preempt(p: _Pass, job: Job) -> bool:

@@ -164,6 +164,8 @@ class ClusterState:
         """``(start + estimate, job id)`` of running jobs with an estimate:
         backfill plans read expected ends in order without sorting them."""
         self._usage: dict[str, dict[str, int]] = {}
+        self._preemptible: dict[int, int] = {}
+        """Priority -> running preemptible jobs with it."""
         self._log = _Log()
         self.changes = 0
         """Bumped by every change that stays (outside a transaction, or when
@@ -224,6 +226,10 @@ class ClusterState:
         """Largest free amount of ``resource`` on any schedulable node."""
         index = self._index.get(resource)
         return index.last()[0] if index else 0
+
+    def lowest_preemptible_priority(self) -> int | None:
+        """The lowest priority of any running preemptible job (None: none run)."""
+        return min((p for p, n in self._preemptible.items() if n), default=None)
 
     def usage(self, queue: str) -> Mapping[str, int]:
         return self._usage.get(queue, {})
@@ -605,6 +611,9 @@ class ClusterState:
         self._running[rj.job.id] = rj
         if rj.estimate is not None:
             self._ends.add((rj.start + rj.estimate, rj.job.id))
+        if rj.job.preemptible:
+            prio = rj.job.priority
+            self._preemptible[prio] = self._preemptible.get(prio, 0) + 1
         used = self._usage.setdefault(rj.job.queue, {})
         for r, q in rj.job.total.items():
             used[r] = used.get(r, 0) + q
@@ -617,6 +626,8 @@ class ClusterState:
         del self._running[rj.job.id]
         if rj.estimate is not None:
             self._ends.remove((rj.start + rj.estimate, rj.job.id))
+        if rj.job.preemptible:
+            self._preemptible[rj.job.priority] -= 1
         used = self._usage[rj.job.queue]
         for r, q in rj.job.total.items():
             used[r] -= q

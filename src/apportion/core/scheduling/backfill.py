@@ -258,57 +258,84 @@ def _single_task_reservation(
     device_classes = verdict.device_check
     running = state.running
     recs = state.nodes
-    vfree: dict[str, list[int]] = {}
+    # Per node met so far: (record, free capacity as of the instant), or
+    # None for a node that can never take the task.
+    seen: dict[str, tuple[NodeRec, list[int]] | None] = {}
     vdev: dict[str, dict[str, list[str]]] = {}
-    first: dict[str, tuple[float, str, int]] = {}
     for t, job_ids in _instants(state.ends, now):
         touched: dict[str, None] = {}
         for job_id in job_ids:
-            for ti, tp in enumerate(running[job_id].tasks):
+            for tp in running[job_id].tasks:
                 name = tp.node
-                rec = recs[name]
-                cls = rec.cls
-                if rec.bucket is None or cls.id not in aligned_of:
+                slot = seen.get(name, _UNSEEN)
+                if slot is _UNSEEN:
+                    rec = recs[name]
+                    if rec.bucket is None or rec.cls.id not in aligned_of:
+                        seen[name] = None
+                        continue
+                    slot = seen[name] = (rec, list(rec.free))
+                elif slot is None:
                     continue
-                key = (t, job_id, ti)
-                old = first.get(name)
-                if old is None:
-                    first[name] = key
-                    v = vfree[name] = list(rec.free)
-                else:
-                    if key < old:  # same instant, earlier in its order
-                        first[name] = key
-                    v = vfree[name]
+                assert isinstance(slot, tuple)
+                rec, v = slot
                 touched[name] = None
-                pos = cls.pos
+                pos = rec.cls.pos
                 c = tp.count
                 for r, q in tp.resources.items():
                     v[pos[r]] += c * q
-                if tp.devices and cls.id in device_classes:
+                if tp.devices and rec.cls.id in device_classes:
                     pools = vdev.get(name)
                     if pools is None:
                         pools = vdev[name] = {r: list(ids)
                                               for r, ids in rec.free_devices.items()}
                     for r, ids in tp.devices.items():
                         pools[r].extend(ids)
-        best: str | None = None
+        fitting: list[tuple[NodeRec, list[int]]] = []
         for name in touched:
-            rec = recs[name]
-            cls = rec.cls
-            fit = fit_count(vfree[name], aligned_of[cls.id])
-            if fit and cls.id in device_classes:
+            rec, v = seen[name]  # type: ignore[misc]
+            cid = rec.cls.id
+            fit = fit_count(v, aligned_of[cid])
+            if fit and cid in device_classes:
                 fit = min(fit, _free_matching(job, spec.resources, rec,
                                               vdev.get(name, rec.free_devices)))
-            if fit and (best is None or first[name] < first[best]):
-                best = name
-        if best is not None:
-            rec = recs[best]
+            if fit:
+                fitting.append((rec, v))
+        if fitting:
+            # The placement fills the freed nodes in the order they were
+            # first freed: by (end, job id, task) of the jobs ended by t.
+            rec, v = min(fitting, key=lambda rv: _first_freed(state, rv[0], t, now))
             aligned = aligned_of[rec.cls.id]
             held = {r: q * spec.count for r, q in spec.resources.items()}
-            left = [f - q for f, q in zip(vfree[best], aligned, strict=True)]
-            extra = {best: dict(zip(rec.cls.resources, left, strict=True))}
-            return True, HeadReservation(Reservation(job.id, t, {best: held}), extra)
+            left = [f - q for f, q in zip(v, aligned, strict=True)]
+            extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
+            return True, HeadReservation(Reservation(job.id, t, {rec.name: held}), extra)
     return True, None
+
+
+_UNSEEN: object = object()
+
+
+def _first_freed(
+    state: ClusterState, rec: NodeRec, t: float, now: float
+) -> tuple[float, str, int]:
+    """Where ``rec`` first appears among the nodes freed by the jobs that end
+    by ``t``, released in order of (expected end, job id), each job's tasks
+    in order."""
+    best: tuple[float, str, int] | None = None
+    running = state.running
+    for job_id in rec.jobs:
+        rj = running[job_id]
+        end = rj.expected_end(now)
+        if end is None or end > t:
+            continue
+        for ti, tp in enumerate(rj.tasks):
+            if tp.node == rec.name:
+                key = (end, job_id, ti)
+                if best is None or key < best:
+                    best = key
+                break
+    assert best is not None, "a node freed by t runs a job that ends by t"
+    return best
 
 
 def _instants(ends: SortedList, now: float) -> Iterator[tuple[float, list[str]]]:

@@ -219,6 +219,11 @@ class ClusterState:
         """Capacity summed over schedulable nodes (fair-share denominators)."""
         return dict(self._cap_total)
 
+    @property
+    def free_totals(self) -> Mapping[str, int]:
+        """Free capacity summed over schedulable nodes, live (read only)."""
+        return self._free_total
+
     def free_total_of(self, resource: str) -> int:
         return self._free_total.get(resource, 0)
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sortedcontainers import SortedList
 
@@ -258,28 +259,26 @@ def _single_task_reservation(
     device_classes = verdict.device_check
     running = state.running
     recs = state.nodes
-    # Per node met so far: (record, free capacity as of the instant), or
-    # None for a node that can never take the task.
-    seen: dict[str, tuple[NodeRec, list[int]] | None] = {}
+    # Per node met so far: (free capacity as of the instant, resource
+    # positions, record), or None for a node that can never take the task.
+    seen: dict[str, tuple[list[int], Mapping[str, int], NodeRec] | None] = {}
     vdev: dict[str, dict[str, list[str]]] = {}
-    for t, job_ids in _instants(state.ends, now):
+    for t, entries in _instants(state.ends, now):
         touched: dict[str, None] = {}
-        for job_id in job_ids:
+        for _, job_id in entries:
             for tp in running[job_id].tasks:
                 name = tp.node
                 slot = seen.get(name, _UNSEEN)
+                if slot is None:
+                    continue
                 if slot is _UNSEEN:
                     rec = recs[name]
                     if rec.bucket is None or rec.cls.id not in aligned_of:
                         seen[name] = None
                         continue
-                    slot = seen[name] = (rec, list(rec.free))
-                elif slot is None:
-                    continue
-                assert isinstance(slot, tuple)
-                rec, v = slot
+                    slot = seen[name] = (list(rec.free), rec.cls.pos, rec)
+                v, pos, rec = slot
                 touched[name] = None
-                pos = rec.cls.pos
                 c = tp.count
                 for r, q in tp.resources.items():
                     v[pos[r]] += c * q
@@ -292,7 +291,7 @@ def _single_task_reservation(
                         pools[r].extend(ids)
         fitting: list[tuple[NodeRec, list[int]]] = []
         for name in touched:
-            rec, v = seen[name]  # type: ignore[misc]
+            v, _, rec = seen[name]  # type: ignore[misc]
             cid = rec.cls.id
             fit = fit_count(v, aligned_of[cid])
             if fit and cid in device_classes:
@@ -312,7 +311,7 @@ def _single_task_reservation(
     return True, None
 
 
-_UNSEEN: object = object()
+_UNSEEN: Any = object()
 
 
 def _first_freed(
@@ -338,21 +337,23 @@ def _first_freed(
     return best
 
 
-def _instants(ends: SortedList, now: float) -> Iterator[tuple[float, list[str]]]:
-    """Expected ends grouped by instant, soonest first (the order of
-    ``running_ends``): jobs past their estimate all end ``now``."""
+def _instants(
+    ends: SortedList, now: float
+) -> Iterator[tuple[float, Iterable[tuple[float, str]]]]:
+    """Entries of the index of ends grouped by instant, soonest first (the
+    order of ``running_ends``): jobs past their estimate all end ``now``."""
     cut = _overdue(ends, now)
     if cut:
-        yield now, [e[1] for e in ends.islice(0, cut)]
+        yield now, ends.islice(0, cut)
     t = None
-    group: list[str] = []
-    for end, job_id in ends.islice(cut):
-        if end != t:
+    group: list[tuple[float, str]] = []
+    for entry in ends.islice(cut):
+        if entry[0] != t:
             if group:
                 assert t is not None
                 yield t, group
-            t, group = end, []
-        group.append(job_id)
+            t, group = entry[0], []
+        group.append(entry)
     if group:
         assert t is not None
         yield t, group

@@ -13,12 +13,14 @@ names its plugin). One task group of a job goes through these stages:
 2. **Aggregate check**: the task group's total request against free capacity
    summed over ready nodes, O(1). A job that cannot fit anywhere now stops
    here instead of walking the index.
-3. **Index walk** (``_walk``): from the index of the request's scarcest
-   resource, bisect to the first bucket with enough of it, and walk upwards
-   (tight fit first, for packing strategies) or down from the top (loosest
-   first, for spreading). Each bucket is checked against the class verdict
-   and its free vector; node-level checks (free matching devices, jobs on the
-   node) run only for jobs and classes that need them. The walk stops after
+3. **Index walk** (``_walk``): from the index of the requested resource
+   with the fewest buckets holding enough of it, bisect to the first such
+   bucket, and walk upwards (tight fit first, for packing strategies) or
+   down from the top (loosest first, for spreading), skipping index blocks
+   whose bounds or class mask rule the request out. Each bucket is checked
+   against the class verdict and its free vector; node-level checks (free
+   matching devices, jobs on the node) run only for jobs and classes that
+   need them. The walk stops after
    ``limit`` candidates, the way Nomad's LimitIterator does: the index order
    already put good candidates first, so scoring every node would buy little.
 4. **Scoring**: the strategy's score plugins, each giving 0..1, weighted and

@@ -1,6 +1,6 @@
 """The scheduler's picture of the cluster: nodes, free capacity, running jobs.
 
-Three ideas keep a decision from scanning every node:
+These ideas keep a decision from scanning every node:
 
 * **Node classes.** Nodes with the same capacity, labels, device models,
   state and health form a class (Nomad calls it a computed node class). A
@@ -10,11 +10,20 @@ Three ideas keep a decision from scanning every node:
   interchangeable right now, so they sit in one bucket. One check answers for
   the whole bucket, and a gang of 64 one-processor tasks takes 64 nodes from
   the idle bucket in one step (the "counted pool" a trace replay needs).
-* **Indexes over free capacity.** Per resource, a sorted list of
-  ``(free amount, bucket id)`` over schedulable buckets. A request bisects to
-  the first bucket with enough of its scarcest resource and walks from there
-  (upwards for bin-pack, downwards from the top for spread); the largest free
-  amount on any ready node is the last entry.
+* **Indexes over free capacity.** Per resource, a ``FreeIndex`` of
+  ``(free amount, class id, free vector, bucket id)`` over schedulable
+  buckets, in blocks that bound what their buckets have free. A request
+  bisects to the first bucket with enough of one resource and walks from
+  there (upwards for bin-pack, downwards from the top for spread), skipping
+  blocks that cannot hold it; the largest free amount on any ready node is
+  the last entry.
+* **Expected ends.** A sorted index of ``(start + estimate, job id)`` over
+  running jobs, for backfill plans.
+
+Ties break on the state itself (class id and free vector between buckets,
+node name within a bucket), never on the order buckets were made or nodes
+moved, so a rolled-back transaction or a copy of the state leaves every
+later decision as it was.
 
 Every change goes through ``_grant``/``_ungrant`` and running-job bookkeeping,
 and inside a transaction (``mark``/``rollback``) each is logged so that a gang

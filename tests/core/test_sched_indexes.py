@@ -143,6 +143,45 @@ def test_running_ends_read_off_the_index_match_a_sort() -> None:
     assert len(state.ends) == len(expected)
 
 
+def brute_past(state: ClusterState, now: float) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for rj in state.running.values():
+        if rj.estimate is None or rj.start + rj.estimate > now:
+            continue
+        for tp in rj.tasks:
+            held = out.setdefault(tp.node, {})
+            for r, q in tp.resources.items():
+                held[r] = held.get(r, 0) + q * tp.count
+    return out
+
+
+def nonzero(past: object) -> dict[str, dict[str, int]]:
+    assert isinstance(past, dict)
+    return {n: {r: q for r, q in v.items() if q} for n, v in past.items()
+            if any(v.values())}
+
+
+def test_what_jobs_past_their_estimate_hold_is_kept_as_jobs_start_end_and_time_moves() -> None:
+    state, now = busy_state(5)
+    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    rng = random.Random(5)
+    for step in range(6):
+        now += rng.choice([0.0, 50.0, 700.0])
+        for job_id in rng.sample(sorted(state.running), 5):
+            state.finish(job_id)
+        schedule_cycle(state, [make_job(50_000 + 10 * step + i, rng, now) for i in range(10)],
+                       now, SchedulerConfig(strategy="binpack", backfill="none"))
+        assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    # A rolled-back what-if leaves it as it was; an earlier time starts over.
+    mark = state.mark()
+    for job_id in sorted(state.running)[:50]:
+        state.finish(job_id)
+    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    state.rollback(mark)
+    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    assert nonzero(state.past_estimate(now - 900)) == nonzero(brute_past(state, now - 900))
+
+
 # -- EASY for one task ------------------------------------------------------------
 
 

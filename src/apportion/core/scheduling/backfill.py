@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,11 +259,50 @@ def _single_task_reservation(
     device_classes = verdict.device_check
     running = state.running
     recs = state.nodes
+    ends = state.ends
+    cut = _overdue(ends, now)
+    # What the jobs past their estimate hold, per node: they all end "now".
+    past = state.past_estimate(now) if cut else {}
     # Per node met so far: (free capacity as of the instant, resource
     # positions, record), or None for a node that can never take the task.
     seen: dict[str, tuple[list[int], Mapping[str, int], NodeRec] | None] = {}
     vdev: dict[str, dict[str, list[str]]] = {}
-    for t, entries in _instants(state.ends, now):
+
+    def pools(rec: NodeRec) -> dict[str, list[str]]:
+        found = vdev.get(rec.name)
+        if found is None:
+            found = vdev[rec.name] = _freed_devices(state, rec, now)
+        return found
+
+    def fits(v: list[int], rec: NodeRec) -> bool:
+        cid = rec.cls.id
+        fit = fit_count(v, aligned_of[cid])
+        if fit and cid in device_classes:
+            fit = min(fit, _free_matching(job, spec.resources, rec, pools(rec)))
+        return fit > 0
+
+    fitting: list[tuple[NodeRec, list[int]]] = []
+    t = now
+    # The first instant, "now", frees every node some job past its estimate
+    # runs on; only those can start to fit then.
+    for name, held in past.items():
+        rec = recs[name]
+        if rec.bucket is None or rec.cls.id not in aligned_of:
+            seen[name] = None
+            continue
+        pos = rec.cls.pos
+        v = list(rec.free)
+        for r, q in held.items():
+            v[pos[r]] += q
+        seen[name] = (v, pos, rec)
+        if fits(v, rec):
+            fitting.append((rec, v))
+    instants = _instants(ends, cut)
+    while not fitting:
+        nxt = next(instants, None)
+        if nxt is None:
+            return True, None
+        t, entries = nxt
         touched: dict[str, None] = {}
         for _, job_id in entries:
             for tp in running[job_id].tasks:
@@ -283,32 +322,36 @@ def _single_task_reservation(
                 for r, q in tp.resources.items():
                     v[pos[r]] += c * q
                 if tp.devices and rec.cls.id in device_classes:
-                    pools = vdev.get(name)
-                    if pools is None:
-                        pools = vdev[name] = {r: list(ids)
-                                              for r, ids in rec.free_devices.items()}
+                    freed = pools(rec)
                     for r, ids in tp.devices.items():
-                        pools[r].extend(ids)
-        fitting: list[tuple[NodeRec, list[int]]] = []
+                        freed[r].extend(ids)
         for name in touched:
             v, _, rec = seen[name]  # type: ignore[misc]
-            cid = rec.cls.id
-            fit = fit_count(v, aligned_of[cid])
-            if fit and cid in device_classes:
-                fit = min(fit, _free_matching(job, spec.resources, rec,
-                                              vdev.get(name, rec.free_devices)))
-            if fit:
+            if fits(v, rec):
                 fitting.append((rec, v))
-        if fitting:
-            # The placement fills the freed nodes in the order they were
-            # first freed: by (end, job id, task) of the jobs ended by t.
-            rec, v = min(fitting, key=lambda rv: _first_freed(state, rv[0], t, now))
-            aligned = aligned_of[rec.cls.id]
-            held = {r: q * spec.count for r, q in spec.resources.items()}
-            left = [f - q for f, q in zip(v, aligned, strict=True)]
-            extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
-            return True, HeadReservation(Reservation(job.id, t, {rec.name: held}), extra)
-    return True, None
+    # The placement fills the freed nodes in the order they were first freed:
+    # by (end, job id, task) of the jobs ended by t.
+    rec, v = min(fitting, key=lambda rv: _first_freed(state, rv[0], t, now))
+    aligned = aligned_of[rec.cls.id]
+    held_by_head = {r: q * spec.count for r, q in spec.resources.items()}
+    left = [f - q for f, q in zip(v, aligned, strict=True)]
+    extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
+    return True, HeadReservation(Reservation(job.id, t, {rec.name: held_by_head}), extra)
+
+
+def _freed_devices(state: ClusterState, rec: NodeRec, now: float) -> dict[str, list[str]]:
+    """``rec``'s free devices plus those its jobs past their estimate hold."""
+    out = {r: list(ids) for r, ids in rec.free_devices.items()}
+    running = state.running
+    for job_id in rec.jobs:
+        rj = running[job_id]
+        if rj.estimate is None or rj.start + rj.estimate > now:
+            continue
+        for tp in rj.tasks:
+            if tp.node == rec.name:
+                for r, ids in tp.devices.items():
+                    out.setdefault(r, []).extend(ids)
+    return out
 
 
 _UNSEEN: Any = object()
@@ -337,14 +380,9 @@ def _first_freed(
     return best
 
 
-def _instants(
-    ends: SortedList, now: float
-) -> Iterator[tuple[float, Iterable[tuple[float, str]]]]:
-    """Entries of the index of ends grouped by instant, soonest first (the
-    order of ``running_ends``): jobs past their estimate all end ``now``."""
-    cut = _overdue(ends, now)
-    if cut:
-        yield now, ends.islice(0, cut)
+def _instants(ends: SortedList, cut: int) -> Iterator[tuple[float, list[tuple[float, str]]]]:
+    """Entries of the index of ends from ``cut`` on (the jobs not yet past
+    their estimate), grouped by instant, soonest first."""
     t = None
     group: list[tuple[float, str]] = []
     for entry in ends.islice(cut):

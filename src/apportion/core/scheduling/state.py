@@ -36,6 +36,7 @@ it reads no clock and does no I/O.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -172,6 +173,10 @@ class ClusterState:
         self._ends = SortedList()
         """``(start + estimate, job id)`` of running jobs with an estimate:
         backfill plans read expected ends in order without sorting them."""
+        self._past_until = -math.inf
+        self._past: dict[str, dict[str, int]] = {}
+        """Per node, what running jobs with ``start + estimate <=
+        _past_until`` hold there (see ``past_estimate``)."""
         self._usage: dict[str, dict[str, int]] = {}
         self._preemptible: dict[int, int] = {}
         """Priority -> running preemptible jobs with it."""
@@ -204,6 +209,37 @@ class ClusterState:
     @property
     def running(self) -> Mapping[str, RunningJob]:
         return self._running
+
+    def past_estimate(self, now: float) -> Mapping[str, Mapping[str, int]]:
+        """Per node, what the running jobs past their estimate at ``now``
+        (``start + estimate <= now``) hold there: what frees when they all end
+        "now", as a backfill plan expects. Kept up to date as jobs start and
+        end, and moved forward with ``now`` job by job (each job once), so a
+        busy cluster where most jobs outran their estimates is not summed up
+        again every cycle; a ``now`` earlier than the last one starts over.
+        (A read-only view: it changes with the state.)"""
+        if now < self._past_until:
+            self._past_until = -math.inf
+            self._past = {}
+        if now > self._past_until:
+            ends = self._ends
+            lo = ends.bisect_left((math.nextafter(self._past_until, math.inf),))
+            hi = ends.bisect_left((math.nextafter(now, math.inf),))
+            running = self._running
+            for _, job_id in ends.islice(lo, hi):
+                self._hold_past(running[job_id], 1)
+            self._past_until = now
+        return self._past
+
+    def _hold_past(self, rj: RunningJob, sign: int) -> None:
+        past = self._past
+        for tp in rj.tasks:
+            held = past.get(tp.node)
+            if held is None:
+                held = past[tp.node] = {}
+            n = sign * tp.count
+            for r, q in tp.resources.items():
+                held[r] = held.get(r, 0) + n * q
 
     @property
     def ends(self) -> SortedList:
@@ -624,7 +660,10 @@ class ClusterState:
     def _add_running(self, rj: RunningJob) -> None:
         self._running[rj.job.id] = rj
         if rj.estimate is not None:
-            self._ends.add((rj.start + rj.estimate, rj.job.id))
+            end = rj.start + rj.estimate
+            self._ends.add((end, rj.job.id))
+            if end <= self._past_until:
+                self._hold_past(rj, 1)
         if rj.job.preemptible:
             prio = rj.job.priority
             self._preemptible[prio] = self._preemptible.get(prio, 0) + 1
@@ -639,7 +678,10 @@ class ClusterState:
     def _drop_running(self, rj: RunningJob) -> None:
         del self._running[rj.job.id]
         if rj.estimate is not None:
-            self._ends.remove((rj.start + rj.estimate, rj.job.id))
+            end = rj.start + rj.estimate
+            self._ends.remove((end, rj.job.id))
+            if end <= self._past_until:
+                self._hold_past(rj, -1)
         if rj.job.preemptible:
             self._preemptible[rj.job.priority] -= 1
         used = self._usage[rj.job.queue]

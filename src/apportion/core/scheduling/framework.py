@@ -317,7 +317,9 @@ class Placer:
         aligned_of = verdict.aligned
         need_of = verdict.need
         vmask = verdict.mask
-        need = list(spec.resources.items())
+        # Every block from the start holds enough of the walked resource:
+        # only the others can rule a block out.
+        need = [(r, q) for r, q in spec.resources.items() if state.index(r) is not index]
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0

@@ -180,6 +180,16 @@ def test_what_jobs_past_their_estimate_hold_is_kept_as_jobs_start_end_and_time_m
     state.rollback(mark)
     assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
     assert nonzero(state.past_estimate(now - 900)) == nonzero(brute_past(state, now - 900))
+    # A node that goes takes its jobs with it, and plans go on without it.
+    busy = next(name for name in state.past_estimate(now) if state.nodes[name].jobs)
+    state.remove_node(busy)
+    assert busy not in state.past_estimate(now)
+    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    placer = Placer(state, strategy("fifo").options)
+    big = job("big", {"cpu": 32_000, "memory": GI}, runtime_estimate=60.0)
+    quick = easy_reservation(state, placer, big, now)
+    assert view(quick) == view(easy_reservation(state, placer, big, now,
+                                                ends=running_ends(state, now)))
 
 
 # -- EASY for one task ------------------------------------------------------------

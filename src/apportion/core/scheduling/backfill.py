@@ -286,7 +286,7 @@ def _single_task_reservation(
     # The first instant, "now", frees every node some job past its estimate
     # runs on; only those can start to fit then.
     for name, held in past.items():
-        rec = recs[name]
+        rec = recs[name]  # a node someone's job holds is in the state
         if rec.bucket is None or rec.cls.id not in aligned_of:
             seen[name] = None
             continue

@@ -240,6 +240,8 @@ class ClusterState:
             n = sign * tp.count
             for r, q in tp.resources.items():
                 held[r] = held.get(r, 0) + n * q
+            if sign < 0 and not any(held.values()):
+                del past[tp.node]  # nothing held there any more (the node may go)
 
     @property
     def ends(self) -> SortedList:

@@ -145,7 +145,10 @@ def _class_key(node: Node) -> tuple[Any, ...]:
 
 def _discard(names: list[str], name: str) -> None:
     """Remove ``name`` from the sorted list ``names``."""
-    del names[bisect_left(names, name)]
+    i = bisect_left(names, name)
+    if i == len(names) or names[i] != name:
+        raise KeyError(name)
+    del names[i]
 
 
 @dataclass(slots=True)

@@ -25,13 +25,19 @@ estimate)``.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from apportion.core.scheduling.framework import Placer
+from sortedcontainers import SortedList
+
+from apportion.core.scheduling.constraints import family
+from apportion.core.scheduling.filters import class_verdict
+from apportion.core.scheduling.framework import Placer, fit_count
 from apportion.core.scheduling.jobs import Job
-from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.state import ClusterState, NodeRec
 
 INF = float("inf")
 
@@ -126,14 +132,21 @@ def pool_reservation(
 
 
 def running_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:
-    """(expected end, job id) of running jobs with a known end, soonest first."""
-    out = []
-    for job_id, rj in state.running.items():
-        end = rj.expected_end(now)
-        if end is not None:
-            out.append((end, job_id))
-    out.sort()
+    """(expected end, job id) of running jobs with a known end, soonest first.
+
+    Read off the state's index of ``start + estimate``: the jobs past their
+    estimate are expected to end ``now`` (ordered by id), the others keep
+    their order."""
+    ends = state.ends
+    cut = _overdue(ends, now)
+    out = [(now, job_id) for job_id in sorted(e[1] for e in ends.islice(0, cut))]
+    out.extend(ends.islice(cut))
     return out
+
+
+def _overdue(ends: SortedList, now: float) -> int:
+    """How many entries of ``ends`` have ``start + estimate <= now``."""
+    return int(ends.bisect_left((math.nextafter(now, INF),)))
 
 
 def cached_easy_reservation(
@@ -151,11 +164,9 @@ def cached_easy_reservation(
     ):
         found: HeadReservation | None = hit[4]
         return None if found is None else _copy(found)
-    raw_ends = [rj.start + rj.estimate for rj in state.running.values()
-                if rj.estimate is not None]
     # A job past its estimate is expected to end "now", which moves with the
     # clock: then the answer holds for this instant only.
-    valid_until = min(raw_ends, default=INF)
+    valid_until = state.ends[0][0] if state.ends else INF
     valid_until = max(valid_until, now)
     pool = pool_for(state, job)
     if pool is not None:
@@ -181,7 +192,11 @@ def easy_reservation(
 ) -> HeadReservation | None:
     """The earliest time ``job`` fits as running jobs end, with the nodes it
     would take; None when it does not fit even after every known end."""
-    ends = running_ends(state, now) if ends is None else ends
+    if ends is None:
+        done, found = _single_task_reservation(state, placer, job, now)
+        if done:
+            return found
+        ends = running_ends(state, now)
     need = job.total
     free = {r: state.free_total_of(r) for r in need}
     mark = state.mark()
@@ -207,6 +222,196 @@ def easy_reservation(
         return None
     finally:
         state.rollback(mark)
+
+
+def _single_task_reservation(
+    state: ClusterState, placer: Placer, job: Job, now: float
+) -> tuple[bool, HeadReservation | None]:
+    """``easy_reservation`` for a job of one task, without touching the
+    state: (True, answer), or (False, None) where it does not apply.
+
+    The general method releases running jobs on the state, in order of
+    expected end, and tries the placement after each instant. For one task
+    the same answer follows from node arithmetic: the task first fits at the
+    first instant after which some node's free capacity (its free now plus
+    what the jobs ended so far held there) holds it, and the placement,
+    filling first the nodes those jobs freed in the order they were freed,
+    takes the first such node. Only nodes touched at an instant can start
+    to fit then, so each instant costs its own releases, and the tens of
+    thousands of releases (and their undoing) a busy cluster can need are
+    never made on the state.
+
+    It does not apply to gangs and bags, to required affinity to other jobs
+    (it depends on which jobs still run) or to a task that fits now (the
+    placement walk decides where): the general method answers those.
+    """
+    if job.task_count != 1 or any(
+        a.required and a.target == "job" for a in (*job.affinity, *job.anti_affinity)
+    ):
+        return False, None
+    spec = job.tasks[0]
+    verdict = class_verdict(state, job, 0)
+    if not verdict.aligned:
+        return True, None  # no node can ever take it: no end changes that
+    if placer.fits_now(job):
+        return False, None
+    aligned_of = verdict.aligned
+    device_classes = verdict.device_check
+    running = state.running
+    recs = state.nodes
+    ends = state.ends
+    cut = _overdue(ends, now)
+    # What the jobs past their estimate hold, per node: they all end "now".
+    past = state.past_estimate(now) if cut else {}
+    # Per node met so far: (free capacity as of the instant, resource
+    # positions, record), or None for a node that can never take the task.
+    seen: dict[str, tuple[list[int], Mapping[str, int], NodeRec] | None] = {}
+    vdev: dict[str, dict[str, list[str]]] = {}
+
+    def pools(rec: NodeRec) -> dict[str, list[str]]:
+        found = vdev.get(rec.name)
+        if found is None:
+            found = vdev[rec.name] = _freed_devices(state, rec, now)
+        return found
+
+    def fits(v: list[int], rec: NodeRec) -> bool:
+        cid = rec.cls.id
+        fit = fit_count(v, aligned_of[cid])
+        if fit and cid in device_classes:
+            fit = min(fit, _free_matching(job, spec.resources, rec, pools(rec)))
+        return fit > 0
+
+    fitting: list[tuple[NodeRec, list[int]]] = []
+    t = now
+    # The first instant, "now", frees every node some job past its estimate
+    # runs on; only those can start to fit then.
+    for name, held in past.items():
+        rec = recs[name]  # a node someone's job holds is in the state
+        if rec.bucket is None or rec.cls.id not in aligned_of:
+            seen[name] = None
+            continue
+        pos = rec.cls.pos
+        v = list(rec.free)
+        for r, q in held.items():
+            v[pos[r]] += q
+        seen[name] = (v, pos, rec)
+        if fits(v, rec):
+            fitting.append((rec, v))
+    instants = _instants(ends, cut)
+    while not fitting:
+        nxt = next(instants, None)
+        if nxt is None:
+            return True, None
+        t, entries = nxt
+        touched: dict[str, None] = {}
+        for _, job_id in entries:
+            for tp in running[job_id].tasks:
+                name = tp.node
+                slot = seen.get(name, _UNSEEN)
+                if slot is None:
+                    continue
+                if slot is _UNSEEN:
+                    rec = recs[name]
+                    if rec.bucket is None or rec.cls.id not in aligned_of:
+                        seen[name] = None
+                        continue
+                    slot = seen[name] = (list(rec.free), rec.cls.pos, rec)
+                v, pos, rec = slot
+                touched[name] = None
+                c = tp.count
+                for r, q in tp.resources.items():
+                    v[pos[r]] += c * q
+                if tp.devices and rec.cls.id in device_classes:
+                    freed = pools(rec)
+                    for r, ids in tp.devices.items():
+                        freed[r].extend(ids)
+        for name in touched:
+            v, _, rec = seen[name]  # type: ignore[misc]
+            if fits(v, rec):
+                fitting.append((rec, v))
+    # The placement fills the freed nodes in the order they were first freed:
+    # by (end, job id, task) of the jobs ended by t.
+    rec, v = min(fitting, key=lambda rv: _first_freed(state, rv[0], t, now))
+    aligned = aligned_of[rec.cls.id]
+    held_by_head = {r: q * spec.count for r, q in spec.resources.items()}
+    left = [f - q for f, q in zip(v, aligned, strict=True)]
+    extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
+    return True, HeadReservation(Reservation(job.id, t, {rec.name: held_by_head}), extra)
+
+
+def _freed_devices(state: ClusterState, rec: NodeRec, now: float) -> dict[str, list[str]]:
+    """``rec``'s free devices plus those its jobs past their estimate hold."""
+    out = {r: list(ids) for r, ids in rec.free_devices.items()}
+    running = state.running
+    for job_id in rec.jobs:
+        rj = running[job_id]
+        if rj.estimate is None or rj.start + rj.estimate > now:
+            continue
+        for tp in rj.tasks:
+            if tp.node == rec.name:
+                for r, ids in tp.devices.items():
+                    out.setdefault(r, []).extend(ids)
+    return out
+
+
+_UNSEEN: Any = object()
+
+
+def _first_freed(
+    state: ClusterState, rec: NodeRec, t: float, now: float
+) -> tuple[float, str, int]:
+    """Where ``rec`` first appears among the nodes freed by the jobs that end
+    by ``t``, released in order of (expected end, job id), each job's tasks
+    in order."""
+    best: tuple[float, str, int] | None = None
+    running = state.running
+    for job_id in rec.jobs:
+        rj = running[job_id]
+        end = rj.expected_end(now)
+        if end is None or end > t:
+            continue
+        for ti, tp in enumerate(rj.tasks):
+            if tp.node == rec.name:
+                key = (end, job_id, ti)
+                if best is None or key < best:
+                    best = key
+                break
+    assert best is not None, "a node freed by t runs a job that ends by t"
+    return best
+
+
+def _instants(ends: SortedList, cut: int) -> Iterator[tuple[float, list[tuple[float, str]]]]:
+    """Entries of the index of ends from ``cut`` on (the jobs not yet past
+    their estimate), grouped by instant, soonest first."""
+    t = None
+    group: list[tuple[float, str]] = []
+    for entry in ends.islice(cut):
+        if entry[0] != t:
+            if group:
+                assert t is not None
+                yield t, group
+            t, group = entry[0], []
+        group.append(entry)
+    if group:
+        assert t is not None
+        yield t, group
+
+
+def _free_matching(
+    job: Job, resources: Mapping[str, int], rec: NodeRec, pools: Mapping[str, list[str]]
+) -> int:
+    """How many tasks the free devices in ``pools`` matching the job's device
+    terms allow on ``rec`` (as ``Placer._node_candidate`` counts them)."""
+    fit: int | None = None
+    for r, q in resources.items():
+        if r in rec.devices:
+            terms = job.constraints.device_terms(family(r))
+            by_id = rec.devices[r]
+            good = sum(1 for d in pools.get(r, ())
+                       if all(term.matches_device(by_id[d]) for term in terms))
+            n = good // q
+            fit = n if fit is None else min(fit, n)
+    return 1 if fit is None else fit
 
 
 def _try_at(

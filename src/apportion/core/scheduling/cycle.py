@@ -358,16 +358,16 @@ def _backfill(p: _Pass, job: Job) -> None:
 def _aggregate(p: _Pass, job: Job) -> Failure | None:
     """The summed-free check, with one shared answer per short resource: it
     runs for every queued job on every pass, so it must cost next to nothing."""
-    free = p.state.free_total_of
+    free = p.state.free_totals
     for r, q in job.total.items():
-        if free(r) < q:
+        if free.get(r, 0) < q:
             key = ("agg", r)
             hit = p.failed.get(key)
             if hit is None:
                 hit = p.failed[key] = Failure(
                     Code.INSUFFICIENT, Kind.BUSY,
                     f"not enough {r} free on ready nodes now "
-                    f"({format_quantity(r, free(r))} in all)",
+                    f"({format_quantity(r, free.get(r, 0))} in all)",
                 )
             return hit
     return None
@@ -444,8 +444,7 @@ def _waiting(t: float | None) -> Failure:
 
 
 def _lowest_victim(state: ClusterState) -> int | None:
-    prios = [rj.job.priority for rj in state.running.values() if rj.job.preemptible]
-    return min(prios) if prios else None
+    return state.lowest_preemptible_priority()
 
 
 def _preempt(p: _Pass, job: Job) -> bool:

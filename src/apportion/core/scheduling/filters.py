@@ -294,6 +294,12 @@ class Verdict:
     """Feasible classes whose devices do not all match: check free ones per node."""
     rejected: list[tuple[NodeClass, Reason]] = field(default_factory=list)
     nodes_ok: int = 0
+    mask: int = 0
+    """The feasible classes' bits (``NodeClass.bit``): index blocks holding
+    none of them are skipped."""
+    need: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    """Feasible class id -> (position, amount) of each requested resource in
+    the class's vector: the walk's first test of a bucket."""
 
 
 def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
@@ -331,6 +337,8 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         aligned = state.align(cls, spec.resources)
         assert aligned is not None
         verdict.aligned[cls.id] = aligned
+        verdict.need[cls.id] = tuple((i, q) for i, q in enumerate(aligned) if q)
+        verdict.mask |= cls.bit
         verdict.nodes_ok += cls.size
         if needs_node_device_check(job.constraints, spec, cls):
             verdict.device_check.add(cls.id)

@@ -13,12 +13,14 @@ names its plugin). One task group of a job goes through these stages:
 2. **Aggregate check**: the task group's total request against free capacity
    summed over ready nodes, O(1). A job that cannot fit anywhere now stops
    here instead of walking the index.
-3. **Index walk** (``_walk``): from the index of the request's scarcest
-   resource, bisect to the first bucket with enough of it, and walk upwards
-   (tight fit first, for packing strategies) or down from the top (loosest
-   first, for spreading). Each bucket is checked against the class verdict
-   and its free vector; node-level checks (free matching devices, jobs on the
-   node) run only for jobs and classes that need them. The walk stops after
+3. **Index walk** (``_walk``): from the index of the requested resource
+   with the fewest buckets holding enough of it, bisect to the first such
+   bucket, and walk upwards (tight fit first, for packing strategies) or
+   down from the top (loosest first, for spreading), skipping index blocks
+   whose bounds or class mask rule the request out. Each bucket is checked
+   against the class verdict and its free vector; node-level checks (free
+   matching devices, jobs on the node) run only for jobs and classes that
+   need them. The walk stops after
    ``limit`` candidates, the way Nomad's LimitIterator does: the index order
    already put good candidates first, so scoring every node would buy little.
 4. **Scoring**: the strategy's score plugins, each giving 0..1, weighted and
@@ -37,8 +39,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sortedcontainers import SortedList
-
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.constraints import family
@@ -50,6 +50,7 @@ from apportion.core.scheduling.filters import (
     Verdict,
     class_verdict,
 )
+from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import Bucket, ClusterState, NodeClass, NodeRec
 
@@ -198,7 +199,8 @@ class Placer:
         # Plugins that have nothing to say about this job (affinity without
         # terms, topology for one task) are dropped once, not per candidate.
         ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
-        order = sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state))
+        order = (range(1) if len(job.tasks) == 1 else
+                 sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state)))
         for i in order:
             spec = job.tasks[i]
             ctx.spec = spec
@@ -208,6 +210,19 @@ class Placer:
                 return PlaceResult(None, failure)
         state.commit(mark)
         return PlaceResult(tuple(placed))
+
+    def fits_now(self, job: Job) -> bool:
+        """Whether a job of one task would be placed now, without placing it
+        (the walk finds a candidate exactly when ``place`` succeeds)."""
+        assert job.task_count == 1
+        state = self.state
+        spec = job.tasks[0]
+        verdict = class_verdict(state, job, 0)
+        if not verdict.aligned or _aggregate_short(state, spec) is not None:
+            return False
+        ctx = PlaceContext(job, spec, state)
+        ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        return bool(self._walk(job, spec, verdict, 1, None, None, self._per_node(job, ctx)))
 
     def fits_on(self, job: Job, name: str) -> bool:
         """Whether the first task of ``job`` fits on node ``name`` now."""
@@ -295,40 +310,83 @@ class Placer:
         per_node: bool,
     ) -> list[Candidate]:
         state = self.state
-        index, pos = _walk_index(state, spec)
+        index, k0, i0 = _walk_index(state, spec)
         if index is None:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
+        need_of = verdict.need
+        vmask = verdict.mask
+        # Every block from the start holds enough of the walked resource:
+        # only the others can rule a block out.
+        need = [(r, q) for r, q in spec.resources.items() if state.index(r) is not index]
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0
-        # An iterator over the index: positional access costs a tree descent
-        # per entry, iteration a pointer step.
-        entries = index.islice(pos, reverse=self.options.loose)
         check_devices = verdict.device_check
-        for _, bucket_id in entries:
-            bucket = buckets[bucket_id]
-            cls = bucket.cls
-            aligned = aligned_of.get(cls.id)
-            if aligned is None:
+        blocks, bounds, masks, stale = index.blocks, index.bounds, index.masks, index.stale
+        loose = self.options.loose
+        nb = len(blocks)
+        # Blocks in walk order; a block whose class mask misses every
+        # feasible class, or whose bound is short of a requested resource,
+        # holds no bucket the checks below would keep: skip it whole.
+        for k in range(nb - 1, k0 - 1, -1) if loose else range(k0, nb):
+            if not masks[k] & vmask:
                 continue
-            fit = _fit(bucket.free, aligned)
-            if fit == 0:
+            bound = bounds[k]
+            short = False
+            for r, q in need:
+                if bound.get(r, -1) < q:
+                    short = True
+                    break
+            if short:
                 continue
-            if per_node or cls.id in check_devices or (capped and bucket.id in capped):
-                for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
-                                               limits, per_node):
-                    cands.append(cand)
-                    seen += cand.fit * cand.count
-                    if len(cands) >= limit and seen >= remaining:
-                        return cands
-                continue
-            cands.append(Candidate(cls, bucket.free, aligned, fit, bucket, None,
-                                   len(bucket.nodes)))
-            seen += fit * len(bucket.nodes)
-            if len(cands) >= limit and seen >= remaining:
-                break
+            if stale[k]:
+                # Loose bounds let it in: tighten them and look again.
+                index.recompute(k)
+                if not masks[k] & vmask:
+                    continue
+                bound = bounds[k]
+                for r, q in need:
+                    if bound.get(r, -1) < q:
+                        short = True
+                        break
+                if short:
+                    continue
+            block = blocks[k]
+            if k == k0 and i0:
+                block = block[i0:]
+            for entry in reversed(block) if loose else block:
+                # The entry carries the class and free vector: most buckets
+                # fail here without being looked up.
+                pos = need_of.get(entry[1])
+                if pos is None:
+                    continue
+                free = entry[2]
+                short = False
+                for j, q in pos:
+                    if free[j] < q:
+                        short = True
+                        break
+                if short:
+                    continue
+                bucket = buckets[entry[3]]
+                cls = bucket.cls
+                aligned = aligned_of[cls.id]
+                fit = fit_count(free, aligned)
+                if per_node or cls.id in check_devices or (capped and bucket.id in capped):
+                    for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
+                                                   limits, per_node):
+                        cands.append(cand)
+                        seen += cand.fit * cand.count
+                        if len(cands) >= limit and seen >= remaining:
+                            return cands
+                    continue
+                cands.append(Candidate(cls, bucket.free, aligned, fit, bucket, None,
+                                       len(bucket.nodes)))
+                seen += fit * len(bucket.nodes)
+                if len(cands) >= limit and seen >= remaining:
+                    return cands
         return cands
 
     def _bucket_nodes(
@@ -356,7 +414,7 @@ class Placer:
             rest = len(bucket.nodes) - len(special)
             if rest > 0:
                 out.append(Candidate(bucket.cls, bucket.free, aligned,
-                                     _fit(bucket.free, aligned), bucket, None, rest,
+                                     fit_count(bucket.free, aligned), bucket, None, rest,
                                      special))
             return out
         recs = self.state.nodes
@@ -384,7 +442,7 @@ class Placer:
                 free = tuple(
                     min(f, lim.get(r, f)) for r, f in zip(rec.cls.resources, free, strict=True)
                 )
-        fit = _fit(free, aligned)
+        fit = fit_count(free, aligned)
         if fit == 0:
             return None
         if rec.cls.id in verdict.device_check:
@@ -508,7 +566,7 @@ def _note_zone(ctx: PlaceContext, rec: NodeRec, n: int) -> None:
     ctx.placed += n
 
 
-def _fit(free: Sequence[int], aligned: Sequence[int]) -> int:
+def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
     """How many tasks of ``aligned`` fit in ``free``."""
     best = -1
     for f, q in zip(free, aligned, strict=True):
@@ -521,23 +579,24 @@ def _fit(free: Sequence[int], aligned: Sequence[int]) -> int:
     return best if best > 0 else 0
 
 
-def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[SortedList | None, int]:
+def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[FreeIndex | None, int, int]:
     """The index to walk: the requested resource with the fewest buckets
-    holding enough of it (the shortest walk), and where to start."""
+    holding enough of it (the shortest walk), and where to start (block,
+    offset)."""
     best = None
-    best_pos = 0
+    best_k = best_i = 0
     best_len = -1
     for r, q in spec.resources.items():
         index = state.index(r)
         if index is None:
-            return None, 0
-        pos = index.bisect_left((q, -1))
-        n = len(index) - pos
+            return None, 0, 0
+        k, i = index.bisect(q)
+        n = index.count_from(k, i)
         if best_len < 0 or n < best_len:
-            best, best_pos, best_len = index, pos, n
+            best, best_k, best_i, best_len = index, k, i, n
     if best_len <= 0:
-        return None, 0
-    return best, best_pos
+        return None, 0, 0
+    return best, best_k, best_i
 
 
 def _limits_by_bucket(

@@ -98,6 +98,10 @@ class Job:
     shape: tuple[Any, ...] = field(init=False, repr=False, compare=False)
     shape_hash: int = field(init=False, repr=False, compare=False)
     fifo_key: tuple[float, str] = field(init=False, repr=False, compare=False)
+    cacheable: bool = field(init=False, repr=False, compare=False)
+    """Whether a failure to place this job stays a failure for the rest of
+    a cycle: placements only take capacity away, except that they may
+    bring a job this one must run beside."""
 
     def __post_init__(self) -> None:
         if not self.tasks or any(s.count < 1 for s in self.tasks):
@@ -117,6 +121,8 @@ class Job:
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "shape_hash", hash(shape))
         object.__setattr__(self, "fifo_key", (self.submit_time, self.id))
+        object.__setattr__(self, "cacheable", not any(
+            a.required and a.target == "job" for a in self.affinity))
 
     @property
     def job_labels(self) -> dict[str, str]:
@@ -129,13 +135,6 @@ class Job:
         if self.user is not None:
             out["user"] = self.user
         return out
-
-    @property
-    def cacheable(self) -> bool:
-        """Whether a failure to place this job stays a failure for the rest of
-        a cycle: placements only take capacity away, except that they may
-        bring a job this one must run beside."""
-        return not any(a.required and a.target == "job" for a in self.affinity)
 
     def units(self) -> tuple[Job, ...]:
         """The jobs the scheduler places: the job itself, or one per task when

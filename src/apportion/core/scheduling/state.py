@@ -1,6 +1,6 @@
 """The scheduler's picture of the cluster: nodes, free capacity, running jobs.
 
-Three ideas keep a decision from scanning every node:
+These ideas keep a decision from scanning every node:
 
 * **Node classes.** Nodes with the same capacity, labels, device models,
   state and health form a class (Nomad calls it a computed node class). A
@@ -10,11 +10,20 @@ Three ideas keep a decision from scanning every node:
   interchangeable right now, so they sit in one bucket. One check answers for
   the whole bucket, and a gang of 64 one-processor tasks takes 64 nodes from
   the idle bucket in one step (the "counted pool" a trace replay needs).
-* **Indexes over free capacity.** Per resource, a sorted list of
-  ``(free amount, bucket id)`` over schedulable buckets. A request bisects to
-  the first bucket with enough of its scarcest resource and walks from there
-  (upwards for bin-pack, downwards from the top for spread); the largest free
-  amount on any ready node is the last entry.
+* **Indexes over free capacity.** Per resource, a ``FreeIndex`` of
+  ``(free amount, class id, free vector, bucket id)`` over schedulable
+  buckets, in blocks that bound what their buckets have free. A request
+  bisects to the first bucket with enough of one resource and walks from
+  there (upwards for bin-pack, downwards from the top for spread), skipping
+  blocks that cannot hold it; the largest free amount on any ready node is
+  the last entry.
+* **Expected ends.** A sorted index of ``(start + estimate, job id)`` over
+  running jobs, for backfill plans.
+
+Ties break on the state itself (class id and free vector between buckets,
+node name within a bucket), never on the order buckets were made or nodes
+moved, so a rolled-back transaction or a copy of the state leaves every
+later decision as it was.
 
 Every change goes through ``_grant``/``_ungrant`` and running-job bookkeeping,
 and inside a transaction (``mark``/``rollback``) each is logged so that a gang
@@ -27,6 +36,8 @@ it reads no clock and does no I/O.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +46,7 @@ from sortedcontainers import SortedList
 
 from apportion.core.ledger import check_node
 from apportion.core.model import Device, Health, Node, NodeState
+from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.jobs import Job, RunningJob, TaskPlacement
 from apportion.exceptions import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
 
@@ -53,6 +65,8 @@ class NodeClass:
     health: Health
     cost: float | None
     size: int = 0
+    bit: int = 0
+    """``1 << id``: the class's bit in a ``FreeIndex`` block's class mask."""
     free_sum: list[int] = field(default_factory=list)
     """Free capacity summed over the class's nodes (kept for schedulable
     classes; backfill profiles start from it)."""
@@ -75,9 +89,10 @@ class Bucket:
         self.id = id
         self.cls = cls
         self.free = free
-        # A dict, not a set: insertion order keeps choices deterministic
-        # across processes (set order follows string hashing, which varies).
-        self.nodes: dict[str, None] = {}
+        # Sorted by name: which of these interchangeable nodes a task takes
+        # must not depend on the order they arrived in (a transaction that
+        # is rolled back, or a copy of the state, would change that order).
+        self.nodes: list[str] = []
 
 
 class NodeRec:
@@ -128,6 +143,14 @@ def _class_key(node: Node) -> tuple[Any, ...]:
     )
 
 
+def _discard(names: list[str], name: str) -> None:
+    """Remove ``name`` from the sorted list ``names``."""
+    i = bisect_left(names, name)
+    if i == len(names) or names[i] != name:
+        raise KeyError(name)
+    del names[i]
+
+
 @dataclass(slots=True)
 class _Log:
     """Undo records, kept only while a transaction is open."""
@@ -145,12 +168,21 @@ class ClusterState:
         self._class_by_id: dict[int, NodeClass] = {}
         self._buckets: dict[int, Bucket] = {}
         self._bucket_of: dict[tuple[int, tuple[int, ...]], Bucket] = {}
-        self._index: dict[str, SortedList] = {}
+        self._index: dict[str, FreeIndex] = {}
         self._next_bucket = 0
         self._free_total: dict[str, int] = {}
         self._cap_total: dict[str, int] = {}
         self._running: dict[str, RunningJob] = {}
+        self._ends = SortedList()
+        """``(start + estimate, job id)`` of running jobs with an estimate:
+        backfill plans read expected ends in order without sorting them."""
+        self._past_until = -math.inf
+        self._past: dict[str, dict[str, int]] = {}
+        """Per node, what running jobs with ``start + estimate <=
+        _past_until`` hold there (see ``past_estimate``)."""
         self._usage: dict[str, dict[str, int]] = {}
+        self._preemptible: dict[int, int] = {}
+        """Priority -> running preemptible jobs with it."""
         self._log = _Log()
         self.changes = 0
         """Bumped by every change that stays (outside a transaction, or when
@@ -181,6 +213,45 @@ class ClusterState:
     def running(self) -> Mapping[str, RunningJob]:
         return self._running
 
+    def past_estimate(self, now: float) -> Mapping[str, Mapping[str, int]]:
+        """Per node, what the running jobs past their estimate at ``now``
+        (``start + estimate <= now``) hold there: what frees when they all end
+        "now", as a backfill plan expects. Kept up to date as jobs start and
+        end, and moved forward with ``now`` job by job (each job once), so a
+        busy cluster where most jobs outran their estimates is not summed up
+        again every cycle; a ``now`` earlier than the last one starts over.
+        (A read-only view: it changes with the state.)"""
+        if now < self._past_until:
+            self._past_until = -math.inf
+            self._past = {}
+        if now > self._past_until:
+            ends = self._ends
+            lo = ends.bisect_left((math.nextafter(self._past_until, math.inf),))
+            hi = ends.bisect_left((math.nextafter(now, math.inf),))
+            running = self._running
+            for _, job_id in ends.islice(lo, hi):
+                self._hold_past(running[job_id], 1)
+            self._past_until = now
+        return self._past
+
+    def _hold_past(self, rj: RunningJob, sign: int) -> None:
+        past = self._past
+        for tp in rj.tasks:
+            held = past.get(tp.node)
+            if held is None:
+                held = past[tp.node] = {}
+            n = sign * tp.count
+            for r, q in tp.resources.items():
+                held[r] = held.get(r, 0) + n * q
+            if sign < 0 and not any(held.values()):
+                del past[tp.node]  # nothing held there any more (the node may go)
+
+    @property
+    def ends(self) -> SortedList:
+        """``(start + estimate, job id)`` of running jobs with an estimate,
+        ascending (read only)."""
+        return self._ends
+
     def rec(self, name: str) -> NodeRec:
         rec = self._recs.get(name)
         if rec is None:
@@ -198,13 +269,22 @@ class ClusterState:
         """Capacity summed over schedulable nodes (fair-share denominators)."""
         return dict(self._cap_total)
 
+    @property
+    def free_totals(self) -> Mapping[str, int]:
+        """Free capacity summed over schedulable nodes, live (read only)."""
+        return self._free_total
+
     def free_total_of(self, resource: str) -> int:
         return self._free_total.get(resource, 0)
 
     def max_free(self, resource: str) -> int:
         """Largest free amount of ``resource`` on any schedulable node."""
         index = self._index.get(resource)
-        return index[-1][0] if index else 0
+        return index.last()[0] if index else 0
+
+    def lowest_preemptible_priority(self) -> int | None:
+        """The lowest priority of any running preemptible job (None: none run)."""
+        return min((p for p, n in self._preemptible.items() if n), default=None)
 
     def usage(self, queue: str) -> Mapping[str, int]:
         return self._usage.get(queue, {})
@@ -212,7 +292,7 @@ class ClusterState:
     def queues_in_use(self) -> Iterable[str]:
         return self._usage.keys()
 
-    def index(self, resource: str) -> SortedList | None:
+    def index(self, resource: str) -> FreeIndex | None:
         return self._index.get(resource)
 
     @property
@@ -290,6 +370,7 @@ class ClusterState:
                 node_cost(node.labels),
             )
             cls.free_sum = [0] * len(names)
+            cls.bit = 1 << cls.id
             self._classes[key] = cls
             self._class_by_id[cls.id] = cls
             self.version += 1
@@ -303,7 +384,7 @@ class ClusterState:
         bucket = self._bucket_of.get(key)
         if bucket is None:
             bucket = self._new_bucket(rec.cls, free, key)
-        bucket.nodes[rec.name] = None
+        insort(bucket.nodes, rec.name)
         rec.bucket = bucket
 
     def _new_bucket(
@@ -314,11 +395,17 @@ class ClusterState:
         self._bucket_of[key] = bucket
         self._buckets[bucket.id] = bucket
         index = self._index
-        for r, q in zip(cls.resources, free, strict=True):
+        bid = bucket.id
+        names = cls.resources
+        cid = cls.id
+        # Entries order by free amount, then class and free vector (which
+        # name the bucket; its id only finds it): the walk's order is a
+        # function of the state, not of the order buckets were made in.
+        for r, q in zip(names, free, strict=True):
             sl = index.get(r)
             if sl is None:
-                sl = index[r] = SortedList()
-            sl.add((q, bucket.id))
+                sl = index[r] = FreeIndex()
+            sl.add((q, cid, free, bid), names)
         return bucket
 
     def _leave(self, rec: NodeRec) -> None:
@@ -326,7 +413,7 @@ class ClusterState:
         if bucket is None:
             return
         rec.bucket = None
-        del bucket.nodes[rec.name]
+        _discard(bucket.nodes, rec.name)
         if not bucket.nodes:
             self._drop_bucket(bucket)
 
@@ -334,8 +421,12 @@ class ClusterState:
         del self._bucket_of[(bucket.cls.id, bucket.free)]
         del self._buckets[bucket.id]
         index = self._index
-        for r, q in zip(bucket.cls.resources, bucket.free, strict=True):
-            index[r].remove((q, bucket.id))
+        names = bucket.cls.resources
+        free = bucket.free
+        bid = bucket.id
+        cid = bucket.cls.id
+        for r, q in zip(names, free, strict=True):
+            index[r].remove((q, cid, free, bid))
 
     def _totals(
         self, cls: NodeClass, cap: tuple[int, ...], free: tuple[int, ...], sign: int
@@ -416,14 +507,14 @@ class ClusterState:
                 ft[names[i]] += d
                 fs[i] += d
         nodes = bucket.nodes
-        del nodes[rec.name]
+        _discard(nodes, rec.name)
         if not nodes:
             self._drop_bucket(bucket)
         key = (cls.id, new)
         target = self._bucket_of.get(key)
         if target is None:
             target = self._new_bucket(cls, new, key)
-        target.nodes[rec.name] = None
+        insort(target.nodes, rec.name)
         rec.bucket = target
 
     def align(self, cls: NodeClass, request: Mapping[str, int]) -> tuple[int, ...] | None:
@@ -544,10 +635,18 @@ class ClusterState:
             target = self._new_bucket(cls, new, key)
         nodes = bucket.nodes
         into = target.nodes
+        moving = [rec.name for rec in recs]
+        if len(moving) == len(nodes):
+            nodes.clear()
+        elif len(moving) <= 8:
+            for name in moving:
+                _discard(nodes, name)
+        else:
+            gone = set(moving)
+            nodes[:] = [name for name in nodes if name not in gone]
+        into.extend(moving)
+        into.sort()
         for rec in recs:
-            name = rec.name
-            del nodes[name]
-            into[name] = None
             rec.bucket = target
             rec.free = new
             jobs = rec.jobs
@@ -565,6 +664,14 @@ class ClusterState:
 
     def _add_running(self, rj: RunningJob) -> None:
         self._running[rj.job.id] = rj
+        if rj.estimate is not None:
+            end = rj.start + rj.estimate
+            self._ends.add((end, rj.job.id))
+            if end <= self._past_until:
+                self._hold_past(rj, 1)
+        if rj.job.preemptible:
+            prio = rj.job.priority
+            self._preemptible[prio] = self._preemptible.get(prio, 0) + 1
         used = self._usage.setdefault(rj.job.queue, {})
         for r, q in rj.job.total.items():
             used[r] = used.get(r, 0) + q
@@ -575,6 +682,13 @@ class ClusterState:
 
     def _drop_running(self, rj: RunningJob) -> None:
         del self._running[rj.job.id]
+        if rj.estimate is not None:
+            end = rj.start + rj.estimate
+            self._ends.remove((end, rj.job.id))
+            if end <= self._past_until:
+                self._hold_past(rj, -1)
+        if rj.job.preemptible:
+            self._preemptible[rj.job.priority] -= 1
         used = self._usage[rj.job.queue]
         for r, q in rj.job.total.items():
             used[r] -= q

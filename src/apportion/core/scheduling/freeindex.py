@@ -1,0 +1,166 @@
+"""A sorted index of buckets by one resource's free amount, in blocks that
+know what else their buckets have free.
+
+The placement walk goes up (or down) one resource's index from the first
+bucket with enough of it. On a fleet that bin-packing has filled, most of
+the buckets it meets have enough of that resource but not of another one
+(enough cpu, too little memory), and a plain sorted list makes it look at
+each of them. Here the entries sit in blocks of a few dozen, in the same
+order, and every block keeps an upper bound of each resource's free amount
+over its buckets and a superset of their node classes (a bit mask). A block
+whose bound is short of any requested resource, or that holds no class the
+job may use, cannot contain a fitting bucket and is skipped whole; inside
+the other blocks the walk checks every entry as before. So the walk visits
+the same buckets in the same order as over a flat list, minus some that
+could never have been chosen: the outcome is the same, only cheaper.
+
+The bounds are kept cheap: adding a bucket raises them; removing one leaves
+them (still an upper bound) and a block that has lost many entries since its
+bounds were last computed recomputes them from its remaining buckets.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+BLOCK = 16
+"""Target entries per block; a block splits at twice that."""
+
+Entry = tuple[int, int, tuple[int, ...], int]
+"""(free amount, class id, free vector, bucket id): unique without the id."""
+
+
+class FreeIndex:
+    """Entries ``(free amount, class id, free vector, bucket id)`` in
+    ascending order, in blocks."""
+
+    __slots__ = ("blocks", "bounds", "lasts", "masks", "names", "size", "stale")
+
+    def __init__(self) -> None:
+        self.names: dict[int, Sequence[str]] = {}
+        """Class id -> the class's resource names (what a free vector holds)."""
+        self.blocks: list[list[Entry]] = []
+        self.lasts: list[Entry] = []
+        """Last entry of each block (to find the block of an entry)."""
+        self.bounds: list[dict[str, int]] = []
+        """Per block: at least the largest free amount of each resource."""
+        self.masks: list[int] = []
+        """Per block: at least the bits of the classes of its buckets."""
+        self.stale: list[bool] = []
+        """Per block: an entry that may have set a bound left since the
+        bounds were computed (they still bound, maybe loosely): recompute
+        before relying on them to skip."""
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def last(self) -> Entry:
+        return self.lasts[-1]
+
+    def __iter__(self) -> Iterator[Entry]:
+        for block in self.blocks:
+            yield from block
+
+    def add(self, entry: Entry, names: Sequence[str]) -> None:
+        """Add ``entry`` for a bucket of a class with resources ``names``."""
+        self.size += 1
+        _, cid, free, _ = entry
+        bit = 1 << cid
+        if cid not in self.names:
+            self.names[cid] = names
+        lasts = self.lasts
+        if not lasts:
+            self.blocks.append([entry])
+            lasts.append(entry)
+            self.bounds.append(dict(zip(names, free, strict=True)))
+            self.masks.append(bit)
+            self.stale.append(False)
+            return
+        k = bisect_left(lasts, entry)
+        if k == len(lasts):
+            k -= 1
+            self.blocks[k].append(entry)
+            lasts[k] = entry
+        else:
+            insort(self.blocks[k], entry)
+        bound = self.bounds[k]
+        for r, q in zip(names, free, strict=True):
+            if q > bound.get(r, -1):
+                bound[r] = q
+        self.masks[k] |= bit
+        if len(self.blocks[k]) > 2 * BLOCK:
+            self._split(k)
+
+    def remove(self, entry: Entry) -> None:
+        """Remove ``entry``."""
+        lasts = self.lasts
+        k = bisect_left(lasts, entry)
+        block = self.blocks[k]
+        i = bisect_left(block, entry)
+        if i >= len(block) or block[i] != entry:
+            raise ValueError(f"{entry} not in index")
+        del block[i]
+        self.size -= 1
+        if not block:
+            del self.blocks[k], lasts[k], self.bounds[k], self.masks[k], self.stale[k]
+            return
+        lasts[k] = block[-1]
+        if not self.stale[k]:
+            bound = self.bounds[k]
+            for r, q in zip(self.names[entry[1]], entry[2], strict=True):
+                if q >= bound[r]:
+                    self.stale[k] = True
+                    break
+
+    def bisect(self, amount: int) -> tuple[int, int]:
+        """(block, offset) of the first entry with at least ``amount``; block
+        is ``len(blocks)`` when there is none."""
+        key: Any = (amount, -1)  # sorts before every entry of that amount
+        k = bisect_left(self.lasts, key)
+        if k == len(self.lasts):
+            return k, 0
+        return k, bisect_left(self.blocks[k], key)
+
+    def count_from(self, k: int, i: int) -> int:
+        """How many entries lie at or after (block ``k``, offset ``i``)."""
+        blocks = self.blocks
+        nb = len(blocks)
+        if k >= nb:
+            return 0
+        # One len() per block, on the shorter side of k.
+        if k < nb // 2:
+            return self.size - sum(map(len, islice(blocks, k))) - i
+        return sum(map(len, islice(blocks, k + 1, None))) + len(blocks[k]) - i
+
+    def _split(self, k: int) -> None:
+        block = self.blocks[k]
+        half = len(block) // 2
+        left, right = block[:half], block[half:]
+        self.blocks[k:k + 1] = [left, right]
+        self.lasts[k:k + 1] = [left[-1], right[-1]]
+        self.bounds[k:k + 1] = [{}, {}]
+        self.masks[k:k + 1] = [0, 0]
+        self.stale[k:k + 1] = [False, False]
+        self.recompute(k)
+        self.recompute(k + 1)
+
+    def recompute(self, k: int) -> None:
+        """Tighten block ``k``'s bounds to its buckets."""
+        bound: dict[str, int] = {}
+        mask = 0
+        names = self.names
+        for _, cid, free, _ in self.blocks[k]:
+            mask |= 1 << cid
+            for r, q in zip(names[cid], free, strict=True):
+                if q > bound.get(r, -1):
+                    bound[r] = q
+        self.bounds[k] = bound
+        self.masks[k] = mask
+        self.stale[k] = False

@@ -4,7 +4,6 @@ written, or it answers False and its transaction leaves no trace."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,13 +24,9 @@ CPU = Node("cpu-1", {"cpu": 4000, "memory": 8 * GiB})
 BIG = Node("big-1", {"memory": MAX})
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'apportion.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = create_engine(url, sqlite_synchronous="OFF")
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(store_url, sqlite_synchronous="OFF")
     migrate(engine)
     with engine.begin() as conn:
         for node in (GPU, CPU, BIG):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,13 +39,9 @@ GiB = 2**30
 MAX = 2**63 - 1
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'apportion.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = create_engine(url, sqlite_synchronous="OFF")
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(store_url, sqlite_synchronous="OFF")
     migrate(engine)
     try:
         yield engine

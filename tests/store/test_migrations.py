@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,14 +49,10 @@ LEDGER_TABLES = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
     """An engine on an empty database, not yet migrated."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'apportion.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = create_engine(url, sqlite_synchronous="OFF")
+    engine = create_engine(store_url, sqlite_synchronous="OFF")
     try:
         yield engine
     finally:

@@ -342,7 +342,9 @@ class Placer:
             if short:
                 continue
             if stale[k]:
-                # Loose bounds let it in: tighten them and look again.
+                # Loose bounds let it in: tighten them and look again. (The
+                # bound check is written out twice on purpose: as a helper
+                # with any() it cost 10 % of placements/s in bench_scheduler.)
                 index.recompute(k)
                 if not masks[k] & vmask:
                     continue

@@ -145,9 +145,14 @@ class Client:
             body["owner"] = owner
         return self.request("POST", "/api/v1/allocations", json=body)
 
-    def release(self, alloc_id: str, reason: str | None = None) -> Any:
-        params = {"reason": reason} if reason else {}
+    def release(self, alloc_id: str, reason: str | None = None, *, force: bool = False) -> Any:
+        params: dict[str, str] = {"reason": reason} if reason else {}
+        if force:
+            params["force"] = "true"
         return self.request("DELETE", f"/api/v1/allocations/{alloc_id}", params=params)
+
+    def cluster(self) -> Any:
+        return self.request("GET", "/api/v1/cluster")
 
     def get_allocation(self, alloc_id: str) -> Any:
         return self.request("GET", f"/api/v1/allocations/{alloc_id}")

@@ -222,3 +222,37 @@ class AgentUnknown(ApportionError):
 
     code = "agent_unknown"
     status = 409
+
+
+class Refused(ApportionError):
+    """The stored rows say a change must not happen now: the task was already
+    placed or has ended, the job changed under the request, or the writer is
+    a leader that has been deposed. Nothing of the change was written."""
+
+    code = "conflict"
+    status = 409
+
+
+class NotLeader(Refused):
+    """This server is not the leader (or no longer is): decisions that are
+    made once for the cluster are refused; another server makes them."""
+
+    code = "not_leader"
+    status = 503
+
+
+class AllocationOwnedByTask(ApportionError):
+    """An allocation that a live task holds cannot be released on its own:
+    its process still runs on those resources. Cancel the job instead (an
+    admin may force it, which stops the task first)."""
+
+    code = "allocation_owned_by_task"
+    status = 409
+
+
+class ReasonReserved(ApportionError):
+    """A release reason that only apportion itself records (a node lost, a
+    preemption, a task's end) was given by a caller."""
+
+    code = "reason_reserved"
+    status = 422

@@ -337,3 +337,150 @@ def fake_nvml_env(where: Path) -> dict[str, str]:
     where.mkdir(parents=True, exist_ok=True)
     (where / "pynvml.py").write_text(FAKE_PYNVML.format(tests=str(Path(__file__).parents[1])))
     return {"PYTHONPATH": str(where)}
+
+
+@dataclass
+class ServerGroup:
+    """Several servers on one PostgreSQL database, and agents that know
+    some of them (``--server A,B``); ``close`` ends them all."""
+
+    root: Path
+    database_url: str
+    size: int = 2
+    server_env: dict[str, str] = field(default_factory=lambda: {
+        **FAST_SERVER_ENV, "APPORTION_LEADER_TIMEOUT": "2"})
+    token: str = field(default_factory=lambda: "test-admin-" + os.urandom(8).hex())
+    servers: list[ServerProcess] = field(default_factory=list)
+    agents: dict[str, AgentProcess] = field(default_factory=dict)
+
+    def start(self) -> ServerGroup:
+        for i in range(self.size):
+            data = self.root / f"server-{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            self.servers.append(ServerProcess(data, database_url=self.database_url,
+                                              token=self.token, extra_env=self.server_env))
+        for server in self.servers:
+            server.start()
+        return self
+
+    def restart(self, i: int) -> None:
+        """Start server ``i`` again on its port (after the caller's kill -9)."""
+        old = self.servers[i]
+        old.kill9()
+        self.servers[i] = ServerProcess(old.data_dir, database_url=self.database_url,
+                                        token=self.token, port=old.port,
+                                        extra_env=self.server_env).start()
+
+    def alive(self) -> list[ServerProcess]:
+        return [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+
+    def api(self, i: int | None = None) -> httpx.Client:
+        server = self.servers[i] if i is not None else self.alive()[0]
+        return server.client()
+
+    def cluster(self, i: int | None = None) -> dict[str, Any]:
+        with self.api(i) as c:
+            return c.get("/api/v1/cluster").json()  # type: ignore[no-any-return]
+
+    def leader_index(self) -> int | None:
+        """The index of the server that leads now, by its own answer."""
+        view = self.cluster()
+        leader = view["leader"]["server_id"]
+        for i, server in enumerate(self.servers):
+            if server in self.alive():
+                with server.client() as c, contextlib.suppress(httpx.HTTPError):
+                    if c.get("/api/v1/cluster").json()["this_server"] == leader:
+                        return i
+        return None
+
+    def add_agent(self, name: str, servers: list[int], resources: str = "cpu=4,memory=8Gi",
+                  wait: bool = True, **kwargs: Any) -> AgentProcess:
+        with self.api() as c:
+            r = c.post("/api/v1/tokens", json={"name": name, "role": "agent"})
+            assert r.status_code == 201, r.text
+            token = r.json()["token"]
+        urls = ",".join(self.servers[i].url for i in servers)
+        agent = AgentProcess(name, urls, token, self.root / "agents" / name, resources,
+                             **kwargs)
+        self.agents[name] = agent.start()
+        if wait:
+            wait_for(f"node {name} ready", lambda: self._node_state(name) == "ready", 30)
+        return agent
+
+    def _node_state(self, name: str) -> str | None:
+        with self.api() as c:
+            r = c.get(f"/api/v1/nodes/{name}")
+        return r.json()["state"] if r.status_code == 200 else None
+
+    def job(self, job_id: str, i: int | None = None) -> dict[str, Any]:
+        with self.api(i) as c:
+            return c.get(f"/api/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.cleanup()
+        for server in self.servers:
+            server.stop()
+
+
+def store_violations(database_url: str) -> dict[str, list[Any]]:
+    """What the invariant forbids, read from the database alone: a device or a
+    resource unit held by two active allocations at one instant of the
+    allocation history, allocated above capacity, a task attempt with two
+    allocations, a task index with two live attempts."""
+    import psycopg
+
+    out: dict[str, list[Any]] = {}
+    with psycopg.connect(database_url) as db:
+        out["device_overlaps"] = db.execute(
+            "SELECT a.id, b.id FROM allocations a JOIN allocations b ON a.node = b.node "
+            "AND a.id < b.id AND a.created_at < coalesce(b.released_at, 'infinity') "
+            "AND b.created_at < coalesce(a.released_at, 'infinity') "
+            "CROSS JOIN LATERAL json_each(a.devices::json) AS ad(resource, ids) "
+            "CROSS JOIN LATERAL json_array_elements_text(ad.ids) AS ai(device) "
+            "WHERE (b.devices::json -> ad.resource) IS NOT NULL AND EXISTS ("
+            "SELECT 1 FROM json_array_elements_text(b.devices::json -> ad.resource) AS bi(d) "
+            "WHERE bi.d = ai.device)").fetchall()
+        out["over_capacity_now"] = db.execute(
+            "SELECT node, resource, allocated, capacity FROM node_resources "
+            "WHERE allocated > capacity OR allocated < 0").fetchall()
+        out["balance_mismatch"] = db.execute(
+            "SELECT r.node, r.resource, r.allocated, coalesce(sum((a.resources::json ->> "
+            "r.resource)::bigint), 0) FROM node_resources r LEFT JOIN allocations a ON "
+            "a.node = r.node AND a.state = 'active' GROUP BY r.node, r.resource, r.allocated "
+            "HAVING r.allocated <> coalesce(sum((a.resources::json ->> r.resource)::bigint), 0)"
+        ).fetchall()
+        out["over_capacity_history"] = _history_peaks(db)
+        out["attempt_with_two_allocations"] = db.execute(
+            "SELECT job_id, \"index\", attempt FROM tasks GROUP BY job_id, \"index\", attempt "
+            "HAVING count(DISTINCT allocation_id) > 1").fetchall()
+        out["two_live_attempts"] = db.execute(
+            "SELECT job_id, \"index\" FROM tasks WHERE state IN ('scheduled', 'starting', "
+            "'running') GROUP BY job_id, \"index\" HAVING count(*) > 1").fetchall()
+    return out
+
+
+def _history_peaks(db: Any) -> list[Any]:
+    """(node, resource, instant, held, capacity) wherever the allocations
+    active at one instant held more than the node's capacity."""
+    capacity = {(n, r): c for n, r, c in db.execute(
+        "SELECT node, resource, capacity FROM node_resources").fetchall()}
+    changes: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
+    for node, resources, created, released in db.execute(
+            "SELECT node, resources::text, created_at, released_at FROM allocations"):
+        for r, q in json.loads(resources).items():
+            steps = changes.setdefault((node, r), [])
+            steps.append((created, 1, int(q)))
+            if released is not None:
+                # A release at the same instant as a grant counts first: the
+                # grant's check ran after the release committed.
+                steps.append((released, 0, -int(q)))
+    peaks = []
+    for key, steps in changes.items():
+        held = 0
+        for at, _, delta in sorted(steps):
+            held += delta
+            if key in capacity and held > capacity[key]:
+                peaks.append((*key, at, held, capacity[key]))
+                break
+    return peaks

@@ -193,8 +193,10 @@ def test_advice_is_never_acted_on(advice: tuple[ServerProcess, Path]) -> None:
     assert [d["decision"] for d in pool["recent_decisions"]] == ["scale_up"]
     assert not _events(server, "scaling.scale_up")
     assert not _events(server, "scaling.node_created")
-    decisions = _events(server, "scaling.decision")
-    assert [d["data"]["decision"] for d in decisions] == ["scale_up"], decisions
+    # A round before the fixture's jobs arrived may have decided "none".
+    decisions = [d["data"]["decision"] for d in _events(server, "scaling.decision")]
+    assert [d for d in decisions if d != "none"] == ["scale_up"], decisions
+    assert decisions[-1] == "scale_up", decisions
     made = state_dir / "nodes.json"
     assert not made.exists() or json.loads(made.read_text())["nodes"] == {}
 

@@ -15,6 +15,8 @@ def test_queue_usage_matches_the_cluster_state(tmp_path: Path) -> None:
     async def scenario() -> None:
         ctx = open_context(Settings(data_dir=tmp_path, strategy="priority"))
         try:
+            await ctx.leadership.campaign_round()
+            assert ctx.leadership.is_leader
             for i in range(4):
                 await ctx.ledger.register_node(Node(f"n{i}", {"cpu": 8000, "memory": 1 << 34}))
             await ctx.jobs.put_queue("team-a", {"cpu": "20"}, 1.0, None, None)
@@ -31,12 +33,13 @@ def test_queue_usage_matches_the_cluster_state(tmp_path: Path) -> None:
             await ctx.ledger.grant({"cpu": 1500}, owner="plain")  # no job: no queue
             for _ in range(5):
                 await ctx.jobs.run_cycle()
-            state = ctx.jobs._state()
+            state = ctx.jobs.scheduler.cluster_state()
             expected = {name: dict(state.usage(name)) for name in ctx.jobs.queues}
             assert ctx.jobs.queue_usage() == expected
             assert expected["team-a"]["cpu"] > 0 and expected["team-b"]["cpu"] == 3000
             assert expected["idle"] == {}
         finally:
+            await ctx.leadership.stop()
             ctx.ledger.close()
             ctx.ledger.engine.dispose()
 

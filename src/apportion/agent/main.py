@@ -43,6 +43,7 @@ from apportion.agent.discovery import AUTO, Discovery, NvmlModule, discover, loa
 from apportion.agent.limits import LimitSupport, detect_limits
 from apportion.agent.protocol import API, Assignment
 from apportion.agent.runner import LocalTask, Runner
+from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
 from apportion.agent.usage import XidCounter, sample_usage
 from apportion.core.resources import format_vector
 
@@ -54,7 +55,6 @@ LOG_CHUNK = 1 << 20
 TOKEN_FILE = "agent.token"
 """In the work dir: the agent token a one-time join token was exchanged for,
 used instead of the configured token from then on (mode 600)."""
-MAX_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,14 @@ class Agent:
         token = config.token
         with contextlib.suppress(OSError):
             token = (config.work_dir / TOKEN_FILE).read_text().strip() or token
+        servers = parse_servers(config.server)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        self.transport = FailoverTransport(servers, httpx.AsyncHTTPTransport(limits=limits))
         self.http = httpx.AsyncClient(
-            base_url=config.server.rstrip("/"),
+            base_url=str(servers[0]),
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(30.0, read=config.poll_wait_s + 30.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            transport=self.transport,
         )
         self.base = f"{API}/{config.name}"
         self.runner: Runner | None = None
@@ -221,7 +224,7 @@ class Agent:
                     return
                 log.error("register_refused", status=response.status_code, body=response.text)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_S)
+            delay = retry_delay(delay)
 
     def _adopt_token(self, answer: Mapping[str, Any]) -> None:
         """A join token was spent: keep the agent token the server gave for it."""
@@ -289,14 +292,14 @@ class Agent:
                 response = await self.http.get(f"{self.base}/assignments", params=params)
             except httpx.HTTPError:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+                delay = retry_delay(delay)
                 continue
             if response.status_code == 409:
                 await self._reregister()
                 continue
             if response.status_code != 200:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+                delay = retry_delay(delay)
                 continue
             delay = 0.1
             self._contact(started)
@@ -409,11 +412,11 @@ class Agent:
             except (httpx.HTTPError, OSError) as exc:
                 log.debug("report_retry", task=task_id, error=repr(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+                delay = retry_delay(delay)
                 continue
             if answer is None:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+                delay = retry_delay(delay)
                 continue
             if self.pending.get(task_id) is body:
                 del self.pending[task_id]

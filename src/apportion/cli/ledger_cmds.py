@@ -268,17 +268,23 @@ def alloc(
 def release(
     alloc_id: str,
     reason: Annotated[str | None, typer.Option("--reason")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="admin: cancel the job whose task holds it; released once its "
+        "process has exited")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Release an allocation (again is fine: it answers the released one)."""
+    """Release an allocation (again is fine: it answers the released one).
+    One held by a running task is refused: cancel its job instead."""
     with api_errors(), client_for(server, token) as c:
-        released = c.release(alloc_id, reason)
+        released = c.release(alloc_id, reason, force=force)
     show(
         released,
         as_json,
         lambda a: console.print(
+            f"releasing {a['id']} on {a['node']}: its job is cancelled, the release follows "
+            "its process's exit" if a.get("releasing") else
             f"released {a['id']} on {a['node']} ({a['reason']} at {a['released_at']})"
         ),
     )

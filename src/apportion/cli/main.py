@@ -17,6 +17,7 @@ import typer
 
 from apportion.cli import (
     agent_cmds,
+    cluster_cmds,
     jobs_cmds,
     ledger_cmds,
     observe_cmds,
@@ -46,6 +47,7 @@ app.command("alloc")(ledger_cmds.alloc)
 app.command("release")(ledger_cmds.release)
 app.command("capacity")(ledger_cmds.capacity)
 app.command("alerts")(ledger_cmds.alerts)
+app.command("servers")(cluster_cmds.servers)
 app.add_typer(jobs_cmds.jobs_app, name="jobs")
 app.add_typer(jobs_cmds.queues_app, name="queues")
 app.command("submit")(agent_cmds.submit)

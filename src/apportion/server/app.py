@@ -15,7 +15,6 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from apportion.core.scheduling import SchedulerConfig
 from apportion.server import errors
 from apportion.server.context import AppContext
 from apportion.server.fastpath import is_grant, serve_grant
@@ -23,6 +22,7 @@ from apportion.server.routes import (
     agents,
     allocations,
     capacity,
+    cluster,
     health,
     jobs,
     nodes,
@@ -31,14 +31,8 @@ from apportion.server.routes import (
     scaling,
     tokens,
 )
-from apportion.service.alerts_service import AlertsService
-from apportion.service.auth import Authenticator
-from apportion.service.health_service import HealthService
-from apportion.service.jobs_service import JobsService
-from apportion.service.ledger_service import LedgerService
-from apportion.service.server_config import load_server_config
 from apportion.service.settings import Settings
-from apportion.store.database import create_engine, migrate
+from apportion.service.wiring import build
 
 log = structlog.get_logger(__name__)
 
@@ -49,35 +43,7 @@ default is 5 ms)."""
 
 def open_context(settings: Settings) -> AppContext:
     """Open the store, migrate it, rebuild memory: everything a server needs."""
-    engine = create_engine(settings.url, sqlite_synchronous=settings.sqlite_synchronous)
-    migrate(engine)
-    service = LedgerService(
-        engine,
-        origin=settings.server_id,
-        batch_max=settings.batch_max,
-    )
-    service.load()
-    auth = Authenticator(engine)
-    if settings.admin_token:
-        auth.ensure("admin", "admin", settings.admin_token)
-    jobs = JobsService(
-        service, SchedulerConfig(strategy=settings.strategy, backfill=settings.backfill)
-    )
-    jobs.load()
-    config = load_server_config(settings.config_file)
-    health = HealthService(service, config.health)
-    alerts = AlertsService(service, jobs, health, config.alerts)
-    return AppContext(settings, service, auth, jobs, health, alerts)
-
-
-async def _follow_other_servers(ctx: AppContext) -> None:
-    """With a shared database, pick up what other servers granted and released."""
-    while True:
-        await asyncio.sleep(ctx.settings.sync_interval_s)
-        try:
-            await ctx.ledger.sync_from_store()
-        except Exception as exc:
-            log.warning("sync_failed", error=repr(exc))
+    return build(settings)
 
 
 class BodiesAreJson:
@@ -120,19 +86,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await asyncio.to_thread(open_context, settings)
-        app.state.ctx = ctx
-        follower = (
-            asyncio.create_task(_follow_other_servers(ctx)) if settings.shared_database else None
-        )
-        sweeper = agents.install(app, ctx)
-        scaler = await scaling.install(app, ctx)
-        await ctx.jobs.release_orphans()
-        scheduler = asyncio.create_task(ctx.jobs.run_forever())
-        observers = observability.start(app, ctx)
-        observers = [*observers, planning.start(app, ctx)]
-        watchers = [asyncio.create_task(ctx.alerts.run_forever()),
-                    asyncio.create_task(ctx.alerts.deliver_forever())]
+        services = await asyncio.to_thread(build, settings)
+        app.state.ctx = services
+        # What route modules still look up on app.state (issue 12 moves them to ctx).
+        app.state.agents = services.agents
+        app.state.files = services.files
+        app.state.join_tokens = services.join_tokens
+        app.state.scaling = services.scaling
+        app.state.planning = services.planning
+        app.state.observability = observability.Observability(
+            services.hub, services.metrics, services.history, services.nats)
+        loop = asyncio.get_running_loop()
+        # Called from the process's signal handler, outside the event loop.
+        app.state.begin_stop = lambda: loop.call_soon_threadsafe(services.begin_stop)
+        await services.start()
         # Everything built so far (modules, the framework's routes and models,
         # the ledger as loaded) lives as long as the process: out of the
         # collector's way. A full collection otherwise walks all of it, and
@@ -148,26 +115,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sys.setswitchinterval(GIL_SWITCH_S)
         log.info(
             "server_ready",
-            store=ctx.ledger.engine.url.render_as_string(hide_password=True),
+            store=services.ledger.engine.url.render_as_string(hide_password=True),
             server_id=settings.server_id,
+            leader=services.leadership.is_leader,
         )
         try:
             yield
         finally:
-            scheduler.cancel()
-            sweeper.cancel()
-            if scaler is not None:
-                scaler.cancel()
-            if app.state.scaling is not None:
-                app.state.scaling.close()
-            for observer in observers:
-                observer.cancel()
-            for watcher in watchers:
-                watcher.cancel()
-            if follower:
-                follower.cancel()
-            ctx.ledger.close()
-            ctx.ledger.engine.dispose()
+            await services.stop()
             sys.setswitchinterval(switch_interval)
             gc.unfreeze()
 
@@ -193,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    for module in (nodes, allocations, capacity, jobs, tokens, agents, health, planning):
+    for module in (nodes, allocations, capacity, jobs, tokens, agents, health, planning, cluster):
         app.include_router(module.router)
     app.include_router(agents.public)
     app.include_router(scaling.router)

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from apportion.service.alerts_service import AlertsService
-from apportion.service.auth import Authenticator, Principal
-from apportion.service.health_service import HealthService
-from apportion.service.jobs_service import JobsService
-from apportion.service.ledger_service import LedgerService
-from apportion.service.settings import Settings
+from apportion.service.auth import Principal
+from apportion.service.wiring import Services
 
-
-@dataclass
-class AppContext:
-    settings: Settings
-    ledger: LedgerService
-    auth: Authenticator
-    jobs: JobsService
-    health: HealthService
-    alerts: AlertsService
+AppContext = Services
 
 
 async def context(request: Request) -> AppContext:

@@ -1,50 +1,49 @@
 """Agents: registration, heartbeats, assignments, task reports, lost nodes.
 
-Each node with an agent has a ``Session`` in memory: when the server last
-heard from it, its latest usage, and a version number with an event that
-wakes the agent's long-poll whenever what the node must run changes. The
-answer to a poll is the node's whole desired state (every task it must run
-or stop), not a message queue: a lost answer costs nothing, and after a
-restart of either side the next poll brings everyone level again.
+Any server may answer any agent: what the cluster must know of an agent
+lives in the store (``agent_sessions``: when it was last heard, its
+heartbeat period, its latest usage, a drain's deadline), and the tasks it
+must run come from the jobs the store holds. Each server keeps, per node, a
+version number with an event that wakes the agent's long-poll when what the
+node must run changes; the answer to a poll is the node's whole desired
+state, not a message queue, so a lost answer or an agent moving to another
+server costs nothing.
 
-A node whose agent falls silent is ``suspect`` after three missed
-heartbeats and ``down`` after ``down_after_s`` — and never before the
-agent's own ``stop_after_disconnect`` has passed, because until then the
-agent may still be running the tasks. Only then are the tasks ended as
-``lost`` and requeued, so a partition never runs one task twice.
+Heartbeats are noted in memory and written in one statement per second
+(``flush``); the leader judges silence from the store, so a heartbeat that
+reached any server counts. A node whose agent falls silent is ``suspect``
+after three missed heartbeats and ``down`` after ``down_after_s``, never
+before the agent's own ``stop_after_disconnect`` has passed, because until
+then the agent may still be running the tasks; only then are the tasks ended
+as ``lost`` and requeued, so a partition never runs one task twice. A newly
+elected leader counts silence from its election at the earliest: agents of
+a dead server need a moment to find another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 
-from apportion.core.model import Device, Node, NodeState, ReleaseReason
-from apportion.exceptions import (
-    AgentUnknown,
-    ApportionError,
-    InvalidInput,
-    NodeNotFound,
-    NotFound,
-)
-from apportion.service.jobs_service import JobsService, TaskReport
+from apportion.core.model import Device, Node, NodeState
+from apportion.exceptions import AgentUnknown, NodeNotFound
+from apportion.service.health_service import HealthService
+from apportion.service.jobs import JobsService, TaskReport
 from apportion.service.ledger_service import LedgerService
-from apportion.store import jobs_tables as jt
+from apportion.store import agent_sessions as store
+from apportion.store.agent_sessions import SessionRow
 
 log = structlog.get_logger(__name__)
 
 MISSED_FOR_SUSPECT = 3
-LOG_STREAMS = ("stdout", "stderr")
-MAX_LOG_READ = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +56,8 @@ class AgentSettings:
     sweep_s: float = 1.0
     poll_hold_s: float = 20.0
     """How long an assignments long-poll is held open when nothing changes."""
+    flush_s: float = 1.0
+    """How often heartbeats noted in memory are written to the store."""
 
     @classmethod
     def from_env(cls) -> AgentSettings:
@@ -72,59 +73,80 @@ class AgentSettings:
 
 @dataclass
 class Session:
-    """What the server knows of one node's agent."""
+    """What this server knows of one node's agent (its store row, plus what
+    it heard itself since the last flush)."""
 
     node: str
     agent_id: str
     heartbeat_s: float
     stop_after_s: float
     last_seen: float
-    version: int = 0
-    event: asyncio.Event = field(default_factory=asyncio.Event)
+    """Wall-clock time the agent was last heard, by any server."""
+    heartbeat_at: float | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     prior_state: NodeState | None = None
     rescans: int = 0
     drain_deadline: float | None = None
-    heartbeat_at: float | None = None
+
+    @classmethod
+    def of(cls, row: SessionRow) -> Session:
+        return cls(row.node, row.agent_id, row.heartbeat_s, row.stop_after_s, row.last_seen,
+                   row.heartbeat_at, row.usage or {}, row.tasks or [],
+                   NodeState(row.prior_state) if row.prior_state else None, row.rescans,
+                   row.drain_deadline)
+
+
+@dataclass
+class _Waker:
+    """Wakes one node's held long-polls on this server."""
+
+    version: int = 0
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self.version += 1
+        self.event.set()
+        self.event = asyncio.Event()
 
 
 class AgentsService:
     """The server side of ``apportion agent``."""
 
-    def __init__(self, ledger: LedgerService, jobs: JobsService, data_dir: Path,
+    def __init__(self, ledger: LedgerService, jobs: JobsService, health: HealthService | None,
+                 *, server_id: str, epoch: Callable[[], int | None] = lambda: None,
+                 leader_since: Callable[[], float | None] = lambda: None,
                  settings: AgentSettings | None = None,
-                 clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.ledger = ledger
         self.jobs = jobs
+        self.health = health
+        self.server_id = server_id
+        self.leader_epoch = epoch
+        self.leader_since = leader_since
         self.settings = settings or AgentSettings()
         self.clock = clock
-        self.monotonic = monotonic
         self.sessions: dict[str, Session] = {}
+        self._wakers: dict[str, _Waker] = {}
+        self._seen: dict[str, dict[str, Any]] = {}
+        """Heartbeats and polls heard since the last flush, by node."""
+        self._judged: dict[str, float] = {}
+        """The leader's health judgements: the heartbeat time last judged per node."""
         self.epoch = uuid.uuid4().hex[:12]
         """Changes at every server start: an agent polling with another
         epoch is answered at once, whatever version it last saw."""
-        self.logs_dir = data_dir / "logs"
-        self.checkpoints_dir = data_dir / "checkpoints"
         self.stopping = asyncio.Event()
         """Set when the server begins to stop: held polls answer at once,
         so the graceful stop is not spent waiting them out (and cut with a 500)."""
+        jobs.cache.node_listeners.append(self.notify)
 
     # -- wiring -----------------------------------------------------------
 
     def load(self) -> None:
-        """Every node an agent registered is watched again from now on: its
-        agent gets a full down_after to reconnect to this server."""
-        now = self.monotonic()
-        for node in self.ledger.ledger.nodes.values():
-            agent = node.specs.get("agent")
-            if isinstance(agent, dict):
-                self.sessions[node.name] = Session(
-                    node.name, str(agent.get("id", "")), float(agent.get("heartbeat_s", 10.0)),
-                    float(agent.get("stop_after_disconnect_s", 60.0)), now)
-        self.jobs.has_agent = self.has_agent
-        self.jobs.on_nodes_changed = self.notify
+        """Every agent's session as stored."""
+        with self.ledger.engine.connect() as conn:
+            rows = store.load(conn)
+        self.sessions = {r.node: Session.of(r) for r in rows}
 
     def stop_polls(self) -> None:
         """Answer every held long-poll now and every later one at once."""
@@ -136,11 +158,9 @@ class AgentsService:
     def notify(self, nodes: Iterable[str]) -> None:
         """Wake the long-polls of these nodes' agents."""
         for name in nodes:
-            session = self.sessions.get(name)
-            if session is not None:
-                session.version += 1
-                session.event.set()
-                session.event = asyncio.Event()
+            waker = self._wakers.get(name)
+            if waker is not None:
+                waker.wake()
 
     def _session(self, node: str) -> Session:
         session = self.sessions.get(node)
@@ -149,6 +169,34 @@ class AgentsService:
             raise AgentUnknown(f"node {node} has no registered agent; register first",
                                node=node)
         return session
+
+    async def follow(self, events: Sequence[tuple[int, str, str, str]]) -> None:
+        """Read again the sessions other servers changed, and wake the polls
+        of nodes they changed."""
+        nodes = {subject for _, kind, subject, _ in events
+                 if kind.startswith(("agent.", "node."))}
+        if not nodes:
+            return
+        names = sorted(nodes)
+        rows = {r.node: r for r in await self.ledger.read(lambda c: store.load(c, names))}
+        for name in names:
+            row = rows.get(name)
+            if row is None:
+                self.sessions.pop(name, None)
+            else:
+                self._merge(row)
+        self.notify(names)
+
+    def _merge(self, row: SessionRow) -> None:
+        """Take a stored session, keeping what this server heard since."""
+        fresh = Session.of(row)
+        mine = self.sessions.get(row.node)
+        if mine is not None and mine.last_seen > fresh.last_seen:
+            fresh.last_seen = mine.last_seen
+            if (mine.heartbeat_at or 0) > (fresh.heartbeat_at or 0):
+                fresh.heartbeat_at, fresh.usage, fresh.tasks = (
+                    mine.heartbeat_at, mine.usage, mine.tasks)
+        self.sessions[row.node] = fresh
 
     # -- registration and heartbeats ----------------------------------------
 
@@ -161,7 +209,7 @@ class AgentsService:
             current = self.ledger.ledger.node(node.name)
         except NodeNotFound:
             created = await self.ledger.register_node(replace(node, specs=specs))
-            self._open_session(created.name, agent)
+            await self._open_session(created.name, agent)
             return created
         fresh, lost = _keep_allocated(self.ledger, current, replace(node, specs=specs))
         state = _rejoined(current.state, self.sessions.get(node.name))
@@ -172,17 +220,24 @@ class AgentsService:
             health=current.health))
         if lost:
             await self._device_lost(node.name, lost)
-        self._open_session(node.name, agent)
+        await self._open_session(node.name, agent)
         return updated
 
-    def _open_session(self, name: str, agent: Mapping[str, Any]) -> None:
-        old = self.sessions.get(name)
-        session = Session(name, str(agent["id"]), float(agent.get("heartbeat_s", 10.0)),
-                          float(agent.get("stop_after_disconnect_s", 60.0)), self.monotonic())
-        if old is not None:
-            session.version, session.event = old.version, old.event
-            session.rescans, session.drain_deadline = old.rescans, old.drain_deadline
-        self.sessions[name] = session
+    async def _open_session(self, name: str, agent: Mapping[str, Any]) -> None:
+        now = self.clock()
+        row = SessionRow(name, str(agent["id"]), float(agent.get("heartbeat_s", 10.0)),
+                         float(agent.get("stop_after_disconnect_s", 60.0)), self.server_id,
+                         now, now, None, None, None, 0, None, None)
+
+        def write(conn: sa.Connection) -> SessionRow | None:
+            store.open_session(conn, row)
+            self.ledger.event(conn, "agent.registered", name, {"agent": row.agent_id,
+                                                               "server": self.server_id})
+            return store.load_one(conn, name)
+
+        stored = await self.ledger.committer.submit_alone(write)
+        if stored is not None:
+            self._merge(stored)
         self.notify([name])
 
     async def _device_lost(self, node: str, lost: dict[str, list[str]]) -> None:
@@ -199,52 +254,115 @@ class AgentsService:
 
     async def heartbeat(self, node: str, agent_id: str, usage: dict[str, Any],
                         tasks: list[dict[str, Any]]) -> dict[str, Any]:
-        """Note a node's live usage. A node whose agent has not registered
-        (with this server) is told so and is not watched for silence."""
+        """Note a node's live usage. A node whose agent has not registered is
+        told so, and its agent registers again."""
         session = self.sessions.get(node)
         if session is None:
             state = self.ledger.ledger.node(node).state  # NodeNotFound (404)
+            if self.health is not None and self.leader_epoch() is not None:
+                await self.health.observe(node, usage)  # readings count all the same
             return {"node_state": state.value, "epoch": self.epoch, "registered": False}
-        session.last_seen = self.monotonic()
-        session.heartbeat_at = self.clock()
+        now = self.clock()
+        session.last_seen = session.heartbeat_at = now
         session.agent_id = agent_id
         session.usage, session.tasks = usage, tasks
+        self._seen[node] = {"node": node, "last_seen": now, "server_id": self.server_id,
+                            "heartbeat_at": now, "agent_id": agent_id, "usage": usage,
+                            "tasks": tasks}
+        if self.leader_epoch() is not None:
+            # The leader judges at once; other servers leave it to the leader's sweep.
+            await self._judge(node, session)
+            await self._bring_back(node, session)
+        return {"node_state": self.ledger.ledger.node(node).state.value,
+                "epoch": self.epoch, "seq": self._waker(node).version, "registered": True}
+
+    async def _judge(self, node: str, session: Session) -> None:
+        if self.health is not None and session.heartbeat_at is not None:
+            self._judged[node] = session.heartbeat_at
+            await self.health.observe(node, session.usage, interval_s=session.heartbeat_s,
+                                      at=session.heartbeat_at)
+
+    async def _bring_back(self, node: str, session: Session) -> None:
         current = self.ledger.ledger.node(node)
         if current.state in (NodeState.SUSPECT, NodeState.DOWN):
             back = _rejoined(current.state, session)
             session.prior_state = None
             await self.ledger.set_node_state(node, back)
+            await self._save(node, prior_state=None)
             log.info("node_back", node=node, state=back.value)
-        return {"node_state": self.ledger.ledger.node(node).state.value,
-                "epoch": self.epoch, "seq": session.version, "registered": True}
+
+    def _heard(self, node: str) -> None:
+        """A poll or report: the agent is alive (no usage to judge)."""
+        session = self.sessions.get(node)
+        if session is None:
+            return
+        now = self.clock()
+        session.last_seen = now
+        seen = self._seen.get(node)
+        if seen is None:
+            self._seen[node] = {"node": node, "last_seen": now, "server_id": self.server_id}
+        else:
+            seen["last_seen"] = now
+
+    async def flush(self) -> None:
+        """Write what this server heard of agents since the last flush."""
+        if not self._seen:
+            return
+        seen, self._seen = list(self._seen.values()), {}
+        await self.ledger.committer.submit_alone(lambda conn: store.touch_many(conn, seen))
+
+    async def flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_s)
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("heartbeat_flush_failed", error=repr(exc))
+
+    def _waker(self, node: str) -> _Waker:
+        waker = self._wakers.get(node)
+        if waker is None:
+            waker = self._wakers[node] = _Waker()
+        return waker
 
     async def assignments(self, node: str, *, after: int, epoch: str | None, wait: float,
                           gone: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
         """The node's desired state, once it is newer than ``after`` (or the
         hold time passed, or the agent hung up: ``gone``): a long-poll."""
-        session = self._session(node)
-        session.last_seen = self.monotonic()
-        if epoch == self.epoch and session.version <= after and wait > 0:
-            await _first(session.event.wait(), self.stopping.wait(),
+        self._session(node)
+        self._heard(node)
+        waker = self._waker(node)
+        if epoch == self.epoch and waker.version <= after and wait > 0:
+            await _first(waker.event.wait(), self.stopping.wait(),
                          gone() if gone else None, timeout=min(wait, self.settings.poll_hold_s))
         session = self._session(node)
-        return {"epoch": self.epoch, "seq": session.version,
+        return {"epoch": self.epoch, "seq": waker.version,
                 "node_state": self.ledger.ledger.node(node).state.value,
-                "rescan": session.rescans, "tasks": self.jobs.assignments(node)}
+                "rescan": session.rescans, "tasks": await self.jobs.assignments(node)}
 
     async def report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
-        session = self._session(node)
-        session.last_seen = self.monotonic()
-        if report.checkpoint is not None and not (self.checkpoints_dir / report.checkpoint
-                                                  ).is_file():
-            report = replace(report, checkpoint=None)
-        return await self.jobs.task_report(node, task_id, report)
+        self._session(node)
+        self._heard(node)
+        answer = await self.jobs.task_report(node, task_id, report)
+        if self.health is not None and self.leader_epoch() is not None \
+                and answer.get("state") == "failed" and report.exit_code is None \
+                and not report.memory_exceeded:
+            self.health.record_failure(node)  # the node could not start the process
+        return answer
 
     # -- node operations ----------------------------------------------------
 
     async def rescan(self, node: str) -> int:
+        self._session(node)
+
+        def write(conn: sa.Connection) -> int | None:
+            count = store.add_rescan(conn, node)
+            self.ledger.event(conn, "agent.rescan", node, {"rescans": count})
+            return count
+
+        count = await self.ledger.committer.submit_alone(write)
         session = self._session(node)
-        session.rescans += 1
+        session.rescans = int(count or session.rescans + 1)
         self.notify([node])
         return session.rescans
 
@@ -256,6 +374,7 @@ class AgentsService:
         if session is not None:
             session.prior_state = None
             session.drain_deadline = None if deadline_s is None else self.clock() + deadline_s
+            await self._save(node, prior_state=None, drain_deadline=session.drain_deadline)
         elif deadline_s is not None:
             await self.jobs.stop_node_tasks(node, "preempted", f"node {node} drained")
         return updated
@@ -265,11 +384,19 @@ class AgentsService:
         if session is not None:
             session.prior_state = None
             session.drain_deadline = None
+            await self._save(node, prior_state=None, drain_deadline=None)
         updated = await self.ledger.set_node_state(node, state)
         self.jobs.kick()
         return updated
 
-    # -- lost nodes ------------------------------------------------------------
+    async def _save(self, node: str, **values: Any) -> None:
+        def write(conn: sa.Connection) -> None:
+            store.update(conn, node, **values)
+            self.ledger.event(conn, "agent.session", node, {})
+
+        await self.ledger.committer.submit_alone(write)
+
+    # -- lost nodes (the leader) ------------------------------------------------
 
     def down_after(self, session: Session) -> float:
         return max(self.settings.down_after_s, session.stop_after_s + session.heartbeat_s)
@@ -277,116 +404,101 @@ class AgentsService:
     async def sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_s)
+            if self.leader_epoch() is None:
+                continue
             try:
                 await self.sweep()
             except Exception as exc:
                 log.exception("sweep_failed", error=repr(exc))
 
     async def sweep(self) -> None:
-        """Mark silent nodes suspect, then down (their tasks lost), and stop
-        what still runs on nodes whose drain deadline passed."""
-        now = self.monotonic()
+        """Mark silent nodes suspect, then down (their tasks lost), bring back
+        nodes heard again, judge the health of heartbeats other servers
+        received, and stop what still runs where a drain's deadline passed."""
+        rows = await self.ledger.read(lambda c: store.load(c, with_usage=False))
+        for row in rows:
+            self._merge_quietly(row)
+        for name in set(self.sessions) - {r.node for r in rows}:
+            self.sessions.pop(name, None)
+        await self._judge_remote([r for r in rows if (r.heartbeat_at or 0)
+                                  > self._judged.get(r.node, 0)])
+        now = self.clock()
+        since = self.leader_since() or 0.0
         for session in list(self.sessions.values()):
             try:
                 node = self.ledger.ledger.node(session.node)
             except NodeNotFound:
-                self.sessions.pop(session.node, None)
                 continue
-            silent = now - session.last_seen
+            silent = now - max(session.last_seen, since)
             if node.state is not NodeState.DOWN and silent > self.down_after(session):
                 await self._node_down(session, node, silent)
             elif node.state not in (NodeState.SUSPECT, NodeState.DOWN) and \
                     silent > MISSED_FOR_SUSPECT * session.heartbeat_s:
                 session.prior_state = node.state
                 await self.ledger.set_node_state(node.name, NodeState.SUSPECT)
+                await self._save(node.name, prior_state=node.state.value)
                 log.warning("node_suspect", node=node.name, silent_s=round(silent, 1))
+            elif node.state in (NodeState.SUSPECT, NodeState.DOWN) and \
+                    now - session.last_seen <= session.heartbeat_s * 1.5:
+                await self._bring_back(node.name, session)
             await self._drain_due(session)
+
+    def _merge_quietly(self, row: SessionRow) -> None:
+        """A stored session without its usage, merged into the one in memory."""
+        mine = self.sessions.get(row.node)
+        if mine is None:
+            self.sessions[row.node] = Session.of(row)
+            return
+        mine.last_seen = max(mine.last_seen, row.last_seen)
+        mine.heartbeat_s, mine.stop_after_s = row.heartbeat_s, row.stop_after_s
+        mine.rescans, mine.drain_deadline = row.rescans, row.drain_deadline
+        mine.prior_state = NodeState(row.prior_state) if row.prior_state else None
+
+    async def _judge_remote(self, rows: list[SessionRow]) -> None:
+        """Judge the heartbeats other servers received since the last sweep."""
+        if not rows or self.health is None:
+            return
+        names = [r.node for r in rows]
+        full = await self.ledger.read(lambda c: store.load(c, names))
+        for row in full:
+            session = self.sessions.get(row.node)
+            if session is None or row.heartbeat_at is None:
+                continue
+            if row.heartbeat_at > (session.heartbeat_at or 0):
+                session.heartbeat_at, session.usage = row.heartbeat_at, row.usage or {}
+                session.tasks = row.tasks or []
+            await self._judge(row.node, session)
 
     async def _node_down(self, session: Session, node: Node, silent: float) -> None:
         if session.prior_state is None and node.state is not NodeState.SUSPECT:
             session.prior_state = node.state
         await self.ledger.set_node_state(node.name, NodeState.DOWN)
+        if session.prior_state is not None:
+            await self._save(node.name, prior_state=session.prior_state.value)
         lost = await self.jobs.node_lost(node.name)
-        for alloc in self.ledger.ledger.allocations_on(node.name):
-            # Plain allocations on the node are lost with it too.
-            with contextlib.suppress(ApportionError):
-                await self.ledger.release(alloc.id, ReleaseReason.NODE_LOST)
         log.warning("node_down", node=node.name, silent_s=round(silent, 1), tasks_lost=lost)
 
     async def _drain_due(self, session: Session) -> None:
         deadline = session.drain_deadline
         if deadline is not None and self.clock() >= deadline:
             session.drain_deadline = None
+            await self._save(session.node, drain_deadline=None)
             await self.jobs.stop_node_tasks(session.node, "preempted",
                                             f"node {session.node} drained")
 
     def describe(self, node: str) -> dict[str, Any]:
         session = self._session(node)
-        silent = self.monotonic() - session.last_seen
+        silent = self.clock() - session.last_seen
         return {"node": node, "agent_id": session.agent_id, "heartbeat_s": session.heartbeat_s,
                 "stop_after_disconnect_s": session.stop_after_s,
                 "silent_s": round(silent, 3), "down_after_s": self.down_after(session),
                 "last_heartbeat": session.heartbeat_at, "usage": session.usage,
                 "tasks": session.tasks, "draining_until": session.drain_deadline}
 
-    # -- logs and checkpoints ------------------------------------------------------
-
-    def _task_for(self, node: str, task_id: str) -> tuple[str, str]:
-        """(job id, node) of a task this node runs; NotFound otherwise."""
-        found = self.jobs.find_task(task_id)
-        if found is None or found[1].node != node:
-            raise NotFound(f"task {task_id} is not running on node {node}", id=task_id)
-        return found[1].job_id, node
-
-    def log_path(self, job_id: str, task_id: str, stream: str) -> Path:
-        if stream not in LOG_STREAMS:
-            raise InvalidInput(f"stream: use {' or '.join(LOG_STREAMS)}", field="stream")
-        return self.logs_dir / _safe(job_id) / f"{_safe(task_id)}.{stream}"
-
-    async def append_log(self, node: str, task_id: str, stream: str, offset: int,
-                         data: bytes) -> int:
-        """Store log bytes the agent read at ``offset``; resending is harmless."""
-        self._session(node)
-        job_id, _ = self._task_for(node, task_id)
-        path = self.log_path(job_id, task_id, stream)
-        return await asyncio.to_thread(_write_at, path, offset, data)
-
-    async def read_log(self, job_id: str, task_id: str, stream: str, offset: int,
-                       limit: int) -> tuple[bytes, int]:
-        path = self.log_path(job_id, task_id, stream)
-        return await asyncio.to_thread(_read_at, path, offset, min(limit, MAX_LOG_READ))
-
-    def checkpoint_name(self, job_id: str, task_id: str) -> str:
-        return f"{_safe(job_id)}/{_safe(task_id)}.tar"
-
-    async def save_checkpoint(self, node: str, task_id: str,
-                              chunks: AsyncIterator[bytes]) -> tuple[str, int]:
-        """Stream an agent's checkpoint tar to the store; returns its name."""
-        self._session(node)
-        job_id, _ = self._task_for(node, task_id)
-        name = self.checkpoint_name(job_id, task_id)
-        path = self.checkpoints_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        size = 0
-        with tmp.open("wb") as fh:
-            async for chunk in chunks:
-                size += len(chunk)
-                await asyncio.to_thread(fh.write, chunk)
-            await asyncio.to_thread(os.fsync, fh.fileno())
-        tmp.replace(path)
-        return name, size
-
-    async def checkpoint_file(self, task_id: str) -> Path:
-        """The stored checkpoint a task left."""
-        row: jt.TaskRow | None = await self.ledger.read(lambda c: jt.load_task(c, task_id))
-        if row is None or not row.checkpoint:
-            raise NotFound(f"task {task_id} left no checkpoint", id=task_id)
-        path = self.checkpoints_dir / row.checkpoint
-        if not path.is_file():
-            raise NotFound(f"checkpoint of task {task_id} is missing from the store",
-                           id=task_id)
-        return path
+    def silences(self) -> dict[str, float]:
+        """Seconds since each node's agent was last heard."""
+        now = self.clock()
+        return {name: now - s.last_seen for name, s in self.sessions.items()}
 
 
 async def _first(*waits: Awaitable[Any] | None, timeout: float) -> None:
@@ -437,30 +549,3 @@ def _keep_allocated(ledger: LedgerService, current: Node,
             resources[resource] = used  # never a negative balance
     kept = {r: tuple(ds) for r, ds in devices.items()}
     return replace(fresh, resources=resources, devices=kept), lost
-
-
-def _safe(name: str) -> str:
-    """A path component from an id (ids are hex and dashes; refuse others)."""
-    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        raise InvalidInput(f"{name!r} is not a valid id", field="id")
-    return name
-
-
-def _write_at(path: Path, offset: int, data: bytes) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        size = fh.tell()
-        if offset < size:
-            data = data[size - offset:]  # already stored: resent after a lost answer
-        fh.write(data)
-        return fh.tell()
-
-
-def _read_at(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read(limit)
-            return data, offset + len(data)
-    except FileNotFoundError:
-        return b"", offset

@@ -1,20 +1,26 @@
 """Alerts: gather the cluster's conditions, keep one alert per condition, notify.
 
-Every ``interval_s`` the service turns facts (node health and state, queue
+Every ``interval_s`` the leader turns facts (node health and state, queue
 waits and quotas, capacity per facility and resource, forecast exhaustion)
 into conditions and lets ``core.alerts.AlertBook`` decide what was raised,
-updated or resolved. Each change becomes an event and a webhook delivery;
-deliveries go through a queue served by their own task, retried with
-backoff, so a slow receiver never holds up the scheduler or the API.
+updated or resolved. Each change is written in one transaction: the alert's
+row (``alerts``: open and resolved alerts are rows, so a restart or a new
+leader carries on with the same alerts and their ``started_at``), an event,
+and one delivery row per webhook (``alert_deliveries``, an outbox). The
+leader's delivery loop sends what is due, oldest first per receiver, with
+the delivery's id as ``Idempotency-Key``; 5xx answers and timeouts are
+retried with backoff, other answers end the delivery. A delivery outlives
+the server that wrote it, and is sent once by whichever server leads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import random
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +29,11 @@ import sqlalchemy as sa
 import structlog
 
 from apportion.core.alerts import (
+    Alert,
     AlertBook,
     AlertChange,
+    AlertRule,
+    ChangeKind,
     Condition,
     ExhaustionForecast,
     QueueFacts,
@@ -34,12 +43,14 @@ from apportion.core.alerts import (
     queue_conditions,
 )
 from apportion.core.capacity import summarize
+from apportion.core.health import Severity
 from apportion.core.model import NodeState
 from apportion.core.scheduling import JobState
-from apportion.core.webhook import alert_payload, backoff_delays, encode_payload
+from apportion.core.webhook import alert_payload, backoff_delays, delivery_id, encode_payload
 from apportion.service.health_service import HealthService
-from apportion.service.jobs_service import JobsService
+from apportion.service.jobs import JobsService
 from apportion.service.ledger_service import LedgerService
+from apportion.store.schema import alert_deliveries, alerts
 
 log = structlog.get_logger(__name__)
 
@@ -71,11 +82,11 @@ class AlertsService:
     settings: AlertSettings = field(default_factory=AlertSettings)
     clock: Callable[[], float] = time.time
     book: AlertBook = field(default_factory=AlertBook)
-    resolved: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RESOLVED_KEPT))
     forecasts: list[ExhaustionForecast] = field(default_factory=list)
     """Set by the capacity planner; fed into the forecast_exhaustion rule."""
-    _outbox: asyncio.Queue[AlertChange] = field(default_factory=asyncio.Queue)
-    _sending: set[asyncio.Task[None]] = field(default_factory=set)
+    is_leader: Callable[[], bool] = lambda: True
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _loaded: bool = False
 
     def conditions(self) -> list[Condition]:
         s = self.settings
@@ -108,67 +119,186 @@ class AlertsService:
             for name, q in self.jobs.queues.items()
         ]
 
+    # -- the book, as stored ------------------------------------------------------------
+
+    def load(self) -> None:
+        """The open alerts as stored: a new leader carries them on."""
+        with self.ledger.engine.connect() as conn:
+            rows = conn.execute(sa.select(alerts.c.body).where(alerts.c.state == "firing"))
+            found = [_alert(body) for (body,) in rows]
+        self.book = AlertBook({a.fingerprint: a for a in found})
+        self._loaded = True
+
+    def load_later(self) -> None:
+        """Read the book from the store before the next evaluation (a new leader)."""
+        self._loaded = False
+
+    async def follow(self, events: Sequence[tuple[int, str, str, str]]) -> None:
+        """Another server's alerts changed: read the open ones again."""
+        if any(kind.startswith("alert.") for _, kind, _, _ in events) and not self.is_leader():
+            await asyncio.to_thread(self.load)
+
     async def evaluate(self) -> list[AlertChange]:
         """One pass: apply the current conditions, record and send the changes."""
+        if not self._loaded:
+            await asyncio.to_thread(self.load)
         await self.health.sweep()
         book, changes = self.book.evaluate(self.conditions(), self.clock())
-        self.book = book
         if changes:
             await self._record(changes)
-        for change in changes:
-            if not change.alert.open:
-                self.resolved.appendleft(change.alert.to_dict())
-            if self.settings.webhooks:
-                self._outbox.put_nowait(change)
+        self.book = book
         return changes
 
     async def _record(self, changes: list[AlertChange]) -> None:
+        urls = self.settings.webhooks
+        now = self.clock()
+
         def write(conn: sa.Connection) -> None:
             for change in changes:
-                self.ledger.event(conn, f"alert.{change.kind.value}", change.alert.fingerprint,
-                                  change.alert.to_dict())
+                alert = change.alert
+                _store(conn, change)
+                self.ledger.event(conn, f"alert.{change.kind.value}", alert.fingerprint,
+                                  alert.to_dict())
+                if urls:
+                    body = encode_payload(alert_payload(change))
+                    conn.execute(alert_deliveries.insert(), [{
+                        "key": _delivery_key(change, url), "url": url, "body": body,
+                        "attempts": 0, "next_at": now, "state": "pending",
+                        "created_at": now} for url in urls])
 
         await self.ledger.committer.submit_alone(write)
+        if urls:
+            self._wake.set()
         for change in changes:
             log.info("alert", change=change.kind.value, rule=change.alert.rule.value,
                      severity=change.alert.severity.value, message=change.alert.message)
 
-    def listing(self, *, state: str | None, severity: str | None) -> list[dict[str, Any]]:
-        firing = [a.to_dict() for a in self.book.open_alerts()]
-        rows = {"firing": firing, "resolved": list(self.resolved)}.get(
-            state or "", firing + list(self.resolved))
-        return [a for a in rows if severity is None or a["severity"] == severity]
+    async def listing(self, *, state: str | None,
+                      severity: str | None) -> list[dict[str, Any]]:
+        """Firing alerts, then the latest resolved ones, as stored."""
+        result: list[dict[str, Any]] = await self.ledger.read(
+            lambda conn: _listing(conn, state, severity))
+        return result
+
 
     async def run_forever(self) -> None:
+        """Evaluate while this server leads."""
         while True:
-            try:
-                await self.evaluate()
-            except Exception as exc:
-                log.exception("alerts_failed", error=repr(exc))
+            if self.is_leader():
+                try:
+                    await self.evaluate()
+                except Exception as exc:
+                    log.exception("alerts_failed", error=repr(exc))
+            else:
+                self._loaded = False  # read the book again on becoming leader
             await asyncio.sleep(self.settings.interval_s)
 
-    async def deliver_forever(self) -> None:
-        """Send each alert change to every webhook, retrying with backoff."""
+    # -- deliveries ----------------------------------------------------------------------
+
+    async def deliver_forever(self, poll_s: float = 0.5) -> None:
+        """Send due webhook deliveries while this server leads."""
         rng = random.Random()
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s) as client:
             while True:
-                change = await self._outbox.get()
-                body = encode_payload(alert_payload(change))
-                for url in self.settings.webhooks:
-                    task = asyncio.create_task(self._deliver(client, url, body, rng))
-                    self._sending.add(task)  # a task nobody holds may be collected
-                    task.add_done_callback(self._sending.discard)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
+                self._wake.clear()
+                if not self.is_leader() or not self.settings.webhooks:
+                    continue
+                try:
+                    await self.deliver_due(client, rng)
+                except Exception as exc:
+                    log.warning("webhook_round_failed", error=repr(exc))
 
-    async def _deliver(self, client: httpx.AsyncClient, url: str, body: bytes,
-                       rng: random.Random) -> None:
-        delays = [0.0, *backoff_delays(self.settings.webhook_attempts - 1, 0.5, 30.0, rng)]
-        for attempt, delay in enumerate(delays):
-            await asyncio.sleep(delay)
-            try:
-                r = await client.post(url, content=body,
-                                      headers={"content-type": "application/json"})
-                if r.status_code < 500:
-                    return
-            except httpx.HTTPError as exc:
-                log.info("webhook_retry", url=url, attempt=attempt, error=repr(exc))
-        log.warning("webhook_gave_up", url=url, attempts=len(delays))
+    async def deliver_due(self, client: httpx.AsyncClient, rng: random.Random) -> int:
+        """One round: the oldest pending delivery of each receiver, if due."""
+        now = self.clock()
+        heads = await self.ledger.read(_pending_heads)
+        due = [h for h in heads if h["next_at"] <= now]
+        results = await asyncio.gather(*(self._deliver(client, h, rng) for h in due))
+        return sum(1 for ok in results if ok)
+
+    async def _deliver(self, client: httpx.AsyncClient, head: dict[str, Any],
+                       rng: random.Random) -> bool:
+        attempts = head["attempts"] + 1
+        error: str | None = None
+        status = None
+        try:
+            r = await client.post(head["url"], content=head["body"], headers={
+                "content-type": "application/json", "idempotency-key": head["key"]})
+            status = r.status_code
+        except httpx.HTTPError as exc:
+            error = repr(exc)[:500]
+        now = self.clock()
+        if status is not None and status < 500:
+            values: dict[str, Any] = {"state": "delivered" if status < 400 else "rejected",
+                                      "attempts": attempts, "done_at": now,
+                                      "last_error": None if status < 400 else f"HTTP {status}"}
+        elif attempts >= self.settings.webhook_attempts:
+            values = {"state": "failed", "attempts": attempts, "done_at": now,
+                      "last_error": error or f"HTTP {status}"}
+            log.warning("webhook_gave_up", url=head["url"], attempts=attempts)
+        else:
+            delay = backoff_delays(attempts, 0.5, 30.0, rng)[-1]
+            values = {"attempts": attempts, "next_at": now + delay,
+                      "last_error": error or f"HTTP {status}"}
+            log.info("webhook_retry", url=head["url"], attempt=attempts, error=values["last_error"])
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(alert_deliveries.update().where(
+                alert_deliveries.c.id == head["id"]).values(**values))
+
+        await self.ledger.committer.submit_alone(write)
+        if "next_at" not in values:
+            self._wake.set()  # the next one for this receiver may go now
+        return values.get("state") == "delivered"
+
+
+def _pending_heads(conn: sa.Connection) -> list[dict[str, Any]]:
+    """Per receiver, its oldest pending delivery: later ones wait their turn,
+    so a receiver hears one alert's changes in order."""
+    first = sa.select(alert_deliveries.c.url, sa.func.min(alert_deliveries.c.id).label("id")) \
+        .where(alert_deliveries.c.state == "pending").group_by(alert_deliveries.c.url).subquery()
+    rows = conn.execute(sa.select(alert_deliveries).join(
+        first, alert_deliveries.c.id == first.c.id)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def _delivery_key(change: AlertChange, url: str) -> str:
+    return f"{delivery_id(change)}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+def _store(conn: sa.Connection, change: AlertChange) -> None:
+    alert = change.alert
+    body = alert.to_dict()
+    if change.kind is ChangeKind.RAISED:
+        conn.execute(alerts.insert().values(
+            fingerprint=alert.fingerprint, state="firing", severity=alert.severity.value,
+            started_at=alert.started_at, updated_at=change.at, body=body))
+        return
+    values: dict[str, Any] = {"severity": alert.severity.value, "updated_at": change.at,
+                              "body": body}
+    if change.kind is ChangeKind.RESOLVED:
+        values.update(state="resolved", resolved_at=alert.resolved_at)
+    conn.execute(alerts.update().where(alerts.c.fingerprint == alert.fingerprint,
+                                       alerts.c.state == "firing").values(**values))
+
+
+def _alert(body: dict[str, Any]) -> Alert:
+    return Alert(body["fingerprint"], AlertRule(body["rule"]), dict(body["labels"]),
+                 Severity(body["severity"]), body["message"], body.get("value"),
+                 body.get("threshold"), float(body["started_at"]),
+                 float(body["last_seen_at"]), body.get("resolved_at"))
+
+
+def _listing(conn: sa.Connection, state: str | None,
+             severity: str | None) -> list[dict[str, Any]]:
+    firing_rows = [body for (body,) in conn.execute(
+        sa.select(alerts.c.body).where(alerts.c.state == "firing"))]
+    resolved = [body for (body,) in conn.execute(
+        sa.select(alerts.c.body).where(alerts.c.state == "resolved")
+        .order_by(alerts.c.updated_at.desc(), alerts.c.id.desc()).limit(RESOLVED_KEPT))]
+    firing = [a.to_dict() for a in AlertBook({
+        b["fingerprint"]: _alert(b) for b in firing_rows}).open_alerts()]
+    rows = {"firing": firing, "resolved": resolved}.get(state or "", firing + resolved)
+    return [a for a in rows if severity is None or a["severity"] == severity]

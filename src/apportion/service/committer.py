@@ -23,6 +23,14 @@ server granted first): it raises ``BatchConflict``, the whole transaction is
 rolled back, and the batch is written again in a fresh transaction by
 ``write_each``, one payload at a time, so each gets its own answer. The
 common case pays for no savepoint.
+
+A *unit* (``submit_unit``) is a write that must commit whole or not at all
+but need not wait for a transaction of its own: a task's start with its
+grants, a task's end with its release. Units queued together share one
+transaction, each inside a SAVEPOINT, so one that the store refuses (a
+``Refused`` it raises, or a constraint) is rolled back alone and the others
+still commit with one fsync. A unit must read what it decides on inside its
+own transaction and touch no memory: it may run again after a retry.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from apportion.exceptions import ApportionError, StoreUnavailable
+from apportion.exceptions import ApportionError, Refused, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +66,7 @@ class _Item:
     payload: Any
     future: asyncio.Future[Any]
     alone: bool
+    unit: bool = False
 
 
 class GroupCommitter:
@@ -85,6 +94,10 @@ class GroupCommitter:
         """Queue a write that gets a transaction of its own."""
         return self._put(write, alone=True)
 
+    def submit_unit(self, write: Write) -> asyncio.Future[Any]:
+        """Queue a write that commits whole or not at all, beside others."""
+        return self._put(write, alone=False, unit=True)
+
     def close(self) -> None:
         """At shutdown, writes that never reached the store are refused, not lost
         silently: their callers hear 503 and nothing was written."""
@@ -92,10 +105,10 @@ class GroupCommitter:
         refusal = StoreUnavailable("the server is shutting down; nothing was written")
         _resolve_all([(i.future, refusal) for i in pending])
 
-    def _put(self, payload: Any, *, alone: bool) -> asyncio.Future[Any]:
+    def _put(self, payload: Any, *, alone: bool, unit: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Item(payload, future, alone))
+        self._pending.append(_Item(payload, future, alone, unit))
         if self._draining is None:
             self._draining = loop.create_task(self._drain())
         return future
@@ -105,7 +118,11 @@ class GroupCommitter:
             while self._pending:
                 items = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
-                batch = [i for i in items if not i.alone]
+                units = [i for i in items if i.unit]
+                if units:
+                    run = partial(_call_units, [i.payload for i in units])
+                    _settle(units, await self._attempt(run, len(units)))
+                batch = [i for i in items if not i.alone and not i.unit]
                 if batch:
                     payloads = [i.payload for i in batch]
                     run = partial(_call_batch, self._write_batch, payloads)
@@ -176,6 +193,23 @@ def _call_batch(write_batch: BatchWriter, payloads: list[Any], conn: sa.Connecti
 
 def _call_alone(write: Write, conn: sa.Connection) -> list[Any]:
     return [write(conn)]
+
+
+def _call_units(writes: list[Write], conn: sa.Connection) -> list[Any]:
+    """Each unit in a savepoint of the shared transaction; a refused one is
+    rolled back alone and answered with its error."""
+    results: list[Any] = []
+    for write in writes:
+        savepoint = conn.begin_nested()
+        try:
+            results.append(write(conn))
+        except (ApportionError, sa.exc.IntegrityError) as exc:
+            savepoint.rollback()
+            results.append(exc if isinstance(exc, ApportionError)
+                           else Refused(f"the store refused the change: {exc.orig}"))
+            continue
+        savepoint.commit()
+    return results
 
 
 def _settle(batch: list[_Item], results: list[Any]) -> None:

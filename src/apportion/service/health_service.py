@@ -58,11 +58,11 @@ class HealthService:
         self.nodes: dict[str, NodeHealth] = {}
 
     async def observe(self, node: str, usage: Mapping[str, Any] | None, *,
-                      interval_s: float | None = None) -> HealthReport:
-        """A heartbeat arrived with ``usage``: judge it now."""
+                      interval_s: float | None = None, at: float | None = None) -> HealthReport:
+        """A heartbeat arrived with ``usage`` (received ``at``): judge it now."""
         state = self.nodes.setdefault(node, NodeHealth())
         state.usage = usage
-        state.last_heartbeat_at = self.clock()
+        state.last_heartbeat_at = at if at is not None else self.clock()
         if interval_s:
             state.interval_s = interval_s
         return await self._judge(node, state)

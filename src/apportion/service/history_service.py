@@ -51,7 +51,7 @@ from apportion.core.history import (
 )
 from apportion.core.scheduling import JobState
 from apportion.exceptions import InvalidInput
-from apportion.service.jobs_service import JobsService
+from apportion.service.jobs import JobsService
 from apportion.service.ledger_service import LedgerService
 from apportion.store.schema import history_rollups, history_samples, history_series
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -30,11 +30,14 @@ from apportion.exceptions import (
     NodeExists,
 )
 from apportion.service.committer import BatchConflict, GroupCommitter
+from apportion.service.unit_of_work import Tx, release_data
 from apportion.store import batches, event_log
 from apportion.store import ledger_tables as tables
 from apportion.store.database import writer_engine
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 CONFLICT_RETRIES = 3
 """Times a grant is re-placed after the store found memory behind."""
@@ -140,7 +143,7 @@ class LedgerService:
             tables.lock_nodes(conn, [name])
             for alloc in released:
                 if tables.apply_release(conn, alloc):
-                    self.event(conn, "allocation.released", alloc.node, _release_data(alloc))
+                    self.event(conn, "allocation.released", alloc.node, release_data(alloc))
             tables.delete_node(conn, name)
             self.event(conn, "node.deleted", name, {"released": [a.id for a in released]})
 
@@ -189,6 +192,54 @@ class LedgerService:
             self.ledger.shortages(node, request) if node else [],
             nodes_considered=1 if node else 0,
         )
+
+    # -- changes that carry their ledger change -------------------------------
+
+    def reserve(self, request: Vector, *, node: str, owner: str | None,
+                labels: Mapping[str, str], devices: Mapping[str, tuple[str, ...]] | None
+                ) -> Allocation:
+        """Take a grant in memory for a change that will record it
+        (``commit_unit``); until then it is in flight, as a grant is."""
+        alloc = self.ledger.grant(new_id(), request, now=self.clock(), node=node, owner=owner,
+                                  labels=dict(labels), devices=devices)
+        self._in_flight.setdefault(alloc.node, {})[alloc.id] = _Grant(alloc)
+        return alloc
+
+    def unreserve(self, alloc: Allocation) -> None:
+        """Give back a reserved grant that will not be committed."""
+        self.ledger.undo(alloc)
+        self._in_flight.get(alloc.node, {}).pop(alloc.id, None)
+
+    async def commit_unit(self, work: Callable[[Tx], T], *,
+                          grants: Sequence[Allocation] = ()) -> T:
+        """Commit ``work`` with ``grants`` (taken by ``reserve``) in one
+        savepoint of a shared transaction; then bring memory level with what
+        it released. A refused change leaves nothing: its grants are undone."""
+
+        def write(conn: sa.Connection) -> tuple[T, list[Allocation]]:
+            tx = Tx(conn, self._events, self.clock())
+            tx.grant_all(list(grants))
+            return work(tx), tx.released
+
+        try:
+            committed: tuple[T, list[Allocation]] = await self.committer.submit_unit(write)
+            result, released = committed
+        except BaseException:
+            for alloc in grants:
+                self.ledger.undo(alloc)
+            raise
+        finally:
+            for alloc in grants:
+                self._in_flight.get(alloc.node, {}).pop(alloc.id, None)
+        self.forget_released(released)
+        return result
+
+    def forget_released(self, released: Iterable[Allocation]) -> None:
+        """Memory catches up with releases the store has committed."""
+        for alloc in released:
+            if alloc.id in self.ledger.active():
+                assert alloc.reason is not None and alloc.released_at is not None
+                self.ledger.release(alloc.id, alloc.reason, alloc.released_at)
 
     async def release(self, alloc_id: str, reason: ReleaseReason) -> Allocation:
         """Release an allocation; releasing a released one answers it again."""
@@ -268,17 +319,21 @@ class LedgerService:
 
         return await asyncio.to_thread(run)
 
-    async def sync_from_store(self) -> int:
-        """Apply changes other servers committed since we last looked; returns
-        how many nodes were reloaded."""
-        events = await self.read(lambda conn: event_log.subjects_after(conn, self.last_event_id))
+    async def sync_from_store(self) -> list[tuple[int, str, str, str]]:
+        """Apply ledger changes other servers committed since we last looked;
+        returns their events ``(id, kind, subject, origin)`` for the other
+        caches of this server to follow (jobs, agents)."""
+        events: list[tuple[int, str, str, str]] = await self.read(
+            lambda conn: event_log.subjects_after(conn, self.last_event_id))
         if not events:
-            return 0
+            return []
         self.last_event_id = events[-1][0]
-        touched = sorted({subject for _, subject, origin in events if origin != self.origin})
+        theirs = [e for e in events if e[3] != self.origin]
+        touched = sorted({subject for _, kind, subject, _ in theirs
+                          if kind.startswith(("node.", "allocation."))})
         if touched:
             await self._reload_nodes(touched)
-        return len(touched)
+        return theirs
 
     async def _reload_nodes(self, names: list[str]) -> None:
         """Take these nodes as the store has them, then re-apply this
@@ -340,16 +395,7 @@ def _event_of(op: _Grant | _Release) -> tuple[str, str, dict[str, Any]]:
             "id": a.id, "owner": a.owner, "resources": dict(a.resources),
             "devices": {r: list(d) for r, d in a.devices.items()},
         }
-    return "allocation.released", a.node, _release_data(a)
-
-
-def _release_data(alloc: Allocation) -> dict[str, Any]:
-    return {
-        "id": alloc.id,
-        "owner": alloc.owner,
-        "reason": alloc.reason.value if alloc.reason else None,
-        "resources": dict(alloc.resources),
-    }
+    return "allocation.released", a.node, release_data(a)
 
 
 def _stamped(node: Node, *, created: float, updated: float) -> Node:

@@ -46,7 +46,7 @@ from apportion.store.event_log import Event
 if TYPE_CHECKING:
     from apportion.service.alerts_service import AlertsService
     from apportion.service.events_stream import EventHub
-    from apportion.service.jobs_service import JobsService
+    from apportion.service.jobs import JobsService
     from apportion.service.ledger_service import LedgerService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -161,21 +161,8 @@ class Metrics:
         self._grant_outcomes[outcome].observe(seconds)
 
     def time_cycles(self, jobs: JobsService) -> None:
-        """Time the jobs service's scheduling cycles (those that had work:
-        an idle cycle returns at once and would only dilute the histogram)."""
-        original = jobs.run_cycle
-        histogram = self.cycle_duration
-
-        async def run_cycle() -> Any:
-            before = jobs.cycles
-            started = time.perf_counter()
-            try:
-                return await original()
-            finally:
-                if jobs.cycles != before:
-                    histogram.observe(time.perf_counter() - started)
-
-        jobs.run_cycle = run_cycle  # type: ignore[method-assign]
+        """Time the scheduling cycles that had work."""
+        jobs.scheduler.cycle_listeners.append(self.cycle_duration.observe)
 
     def on_event(self, event: Event) -> None:
         """Count one event from the log (an EventHub listener)."""

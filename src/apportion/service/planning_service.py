@@ -40,7 +40,8 @@ from apportion.core.resources import format_quantity
 from apportion.exceptions import InvalidInput
 from apportion.service.alerts_service import AlertsService
 from apportion.service.history_service import HistoryService, Row
-from apportion.service.jobs_service import WAITING, JobsService
+from apportion.service.jobs import JobsService
+from apportion.service.jobs.model import WAITING
 from apportion.service.ledger_service import LedgerService
 from apportion.store.schema import history_rollups, history_samples, history_series
 

@@ -75,7 +75,7 @@ from apportion.providers.config import (
     mask,
 )
 from apportion.service.auth import Authenticator
-from apportion.service.jobs_service import JobsService
+from apportion.service.jobs import JobsService
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
 from apportion.store.schema import events as events_table

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apportion.core.resources import parse_quantity
+from apportion.exceptions import InvalidInput
 from apportion.store.database import sqlite_url
 
 
@@ -35,6 +37,16 @@ class Settings:
     server_url: str | None = None
     """Where nodes a provider creates reach this server (APPORTION_SERVER_URL)."""
     server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    leader_timeout_s: float = 5.0
+    """How long a dead leader can go unnoticed before another server leads
+    (APPORTION_LEADER_TIMEOUT)."""
+    blob_url: str | None = None
+    """s3://bucket/prefix for checkpoints instead of the database (APPORTION_BLOB_URL)."""
+    log_max: int | None = None
+    """Bytes of log kept per task (APPORTION_LOG_MAX, default 16Mi)."""
+    checkpoint_max: int | None = None
+    """Bytes of checkpoint accepted per task (APPORTION_CHECKPOINT_MAX; default
+    256Mi in the database, 1Gi in a bucket)."""
 
     @property
     def url(self) -> str:
@@ -63,8 +75,30 @@ class Settings:
             values["providers_file"] = Path(env["APPORTION_PROVIDERS_FILE"])
         if env.get("APPORTION_SERVER_URL"):
             values["server_url"] = env["APPORTION_SERVER_URL"]
+        if env.get("APPORTION_LEADER_TIMEOUT"):
+            values["leader_timeout_s"] = _seconds(env["APPORTION_LEADER_TIMEOUT"],
+                                                  "APPORTION_LEADER_TIMEOUT")
+        if env.get("APPORTION_SYNC_INTERVAL"):
+            values["sync_interval_s"] = _seconds(env["APPORTION_SYNC_INTERVAL"],
+                                                 "APPORTION_SYNC_INTERVAL")
+        if env.get("APPORTION_BLOB_URL"):
+            values["blob_url"] = env["APPORTION_BLOB_URL"]
+        for key, name in (("log_max", "APPORTION_LOG_MAX"),
+                          ("checkpoint_max", "APPORTION_CHECKPOINT_MAX")):
+            if env.get(name):
+                values[key] = parse_quantity("memory", env[name], name)
         for key in ("strategy", "backfill"):
             if env.get(f"APPORTION_{key.upper()}"):
                 values[key] = env[f"APPORTION_{key.upper()}"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"{name}: {text!r} is not a number of seconds", field=name) from None
+    if not 0 < value <= 3600:
+        raise InvalidInput(f"{name}: must be more than 0 and at most 3600 seconds", field=name)
+    return value

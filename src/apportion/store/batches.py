@@ -143,6 +143,7 @@ def _write_postgres(conn: sa.Connection, grants: Sequence[Allocation],
                 # Held to commit: event ids are handed out in commit order
                 # (see event_log.insert_events).
                 raw.execute(_EVENTS_LOCK)
+                raw.execute(event_log.NOTIFY)
                 raw.execute(_INSERT_EVENTS, (_json(events),))
     except psycopg.Error as exc:
         # Raised as SQLAlchemy would have: the committer retries lock

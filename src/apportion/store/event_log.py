@@ -26,6 +26,12 @@ class Event:
 EVENTS_LOCK = 7263515
 """PostgreSQL advisory lock held from an event's INSERT to its commit."""
 
+CHANNEL = "apportion_events"
+"""PostgreSQL NOTIFY channel: a transaction that writes events notifies it
+at commit, so the other servers read the new events at once instead of at
+their next poll (identical notifications of one transaction fold into one)."""
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+
 
 def insert_events(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     if not rows:
@@ -36,6 +42,7 @@ def insert_events(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         # committing later. Holding the lock until commit hands ids out in
         # commit order (SQLite has one writer, so it already does).
         conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({EVENTS_LOCK})"))
+        conn.execute(sa.text(NOTIFY))
     # One multi-row INSERT, not executemany: see ledger_tables on batches.
     insert_rows(conn, events, rows)
 
@@ -64,14 +71,14 @@ def _decode(text: str) -> Any:
 
 
 def subjects_after(conn: sa.Connection, after: int,
-                   limit: int = 10_000) -> list[tuple[int, str, str]]:
-    """``(id, subject, origin)`` of the events after ``after``, oldest first:
-    what a server following the others needs, without decoding any data."""
+                   limit: int = 10_000) -> list[tuple[int, str, str, str]]:
+    """``(id, kind, subject, origin)`` of the events after ``after``, oldest
+    first: what a server following the others needs, without decoding data."""
     rows = conn.execute(
-        sa.select(events.c.id, events.c.subject, events.c.origin)
+        sa.select(events.c.id, events.c.kind, events.c.subject, events.c.origin)
         .where(events.c.id > after).order_by(events.c.id).limit(limit)
     )
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def last_event_id(conn: sa.Connection) -> int:

@@ -37,6 +37,12 @@ class JobRow:
     exit_code: int | None
     attempts: int
     preemptions: int
+    not_before: float | None = None
+    """Restart backoff: the job is not placed again before then."""
+    tasks_active: int = 0
+    tasks_succeeded: int = 0
+    task_failures: int = 0
+    """Tasks that failed or were lost, over all attempts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,8 @@ class TaskRow:
     """The end the server asked the agent to bring this task to (cancelled,
     preempted, failed), while the task still runs."""
     stop_reason: str | None = None
+    epoch: int | None = None
+    """The leader epoch that placed this attempt."""
 
 
 def _as(cls: type[Any], row: Any) -> Any:
@@ -92,9 +100,22 @@ def update_job(conn: sa.Connection, job_id: str, **values: Any) -> None:
     conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
 
 
-def load_job(conn: sa.Connection, job_id: str) -> JobRow | None:
-    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+def load_job(conn: sa.Connection, job_id: str, *, lock: bool = False) -> JobRow | None:
+    """A job row; with ``lock``, held (PostgreSQL: FOR UPDATE) until commit,
+    so changes to one job from several servers queue up."""
+    query = sa.select(jobs).where(jobs.c.id == job_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     return _as(JobRow, row) if row else None
+
+
+def load_jobs_by_id(conn: sa.Connection, job_ids: list[str]) -> list[JobRow]:
+    out: list[JobRow] = []
+    for start in range(0, len(job_ids), 500):
+        out.extend(_as(JobRow, r) for r in conn.execute(
+            sa.select(jobs).where(jobs.c.id.in_(job_ids[start:start + 500]))))
+    return out
 
 
 def load_jobs(conn: sa.Connection, *, states: list[str] | None = None, queue: str | None = None,
@@ -158,3 +179,18 @@ def load_tasks_of(conn: sa.Connection, job_ids: list[str],
 def load_task(conn: sa.Connection, task_id: str) -> TaskRow | None:
     row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
     return _as(TaskRow, row) if row else None
+
+
+def task_of_allocation(conn: sa.Connection, alloc_id: str) -> TaskRow | None:
+    """The task attempt that holds (or held) an allocation."""
+    row = conn.execute(sa.select(tasks).where(tasks.c.allocation_id == alloc_id)).first()
+    return _as(TaskRow, row) if row else None
+
+
+def job_ids_of_tasks(conn: sa.Connection, task_ids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for start in range(0, len(task_ids), 500):
+        chunk = task_ids[start:start + 500]
+        out.update((r[0], r[1]) for r in conn.execute(
+            sa.select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(chunk))))
+    return out

@@ -12,6 +12,9 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+LIVE_TASK_STATES = "state IN ('scheduled', 'starting', 'running')"
+"""A task attempt that holds its allocation (``tasks.state``)."""
+
 nodes = sa.Table(
     "nodes",
     metadata,
@@ -127,6 +130,12 @@ jobs = sa.Table(
     sa.Column("exit_code", sa.Integer),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("preemptions", sa.Integer, nullable=False),
+    sa.Column("not_before", sa.Float),
+    # Counted as tasks change, in the same transaction: a task's end then
+    # needs no scan of a 10,000-task job's other tasks.
+    sa.Column("tasks_active", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tasks_succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("task_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_jobs_state", "state"),
 )
 
@@ -148,8 +157,15 @@ tasks = sa.Table(
     sa.Column("checkpoint", sa.String(512)),
     sa.Column("stop_state", sa.String(16)),
     sa.Column("stop_reason", sa.String(512)),
-    sa.Index("ix_tasks_job", "job_id"),
+    sa.Column("epoch", sa.BigInteger),
+    sa.Index("ix_tasks_job", "job_id", "index"),
     sa.Index("ix_tasks_node_state", "node", "state"),
+    sa.Index("ix_tasks_allocation", "allocation_id"),
+    # The database itself refuses a second live attempt of one task, whoever
+    # writes it: two servers, or a leader deposed mid-cycle.
+    sa.Index("ux_tasks_live", "job_id", "index", unique=True,
+             sqlite_where=sa.text(LIVE_TASK_STATES),
+             postgresql_where=sa.text(LIVE_TASK_STATES)),
 )
 
 # -- metric history (service/history_service.py) ------------------------------------
@@ -224,4 +240,104 @@ join_tokens = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("used_at", sa.Float),
+)
+
+# -- servers and the leader (service/leadership.py) ---------------------------------
+
+cluster_leader = sa.Table(
+    "cluster_leader",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("server_id", sa.String(128)),
+    sa.Column("since", sa.Float),
+)
+
+servers = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("url", sa.String(1024)),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float),
+)
+
+# -- agents' sessions (service/agents_service.py) ------------------------------------
+
+agent_sessions = sa.Table(
+    "agent_sessions",
+    metadata,
+    sa.Column(
+        "node", sa.String(253), sa.ForeignKey("nodes.name", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("heartbeat_s", sa.Float, nullable=False),
+    sa.Column("stop_after_s", sa.Float, nullable=False),
+    sa.Column("server_id", sa.String(128)),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("usage", sa.JSON),
+    sa.Column("tasks", sa.JSON),
+    sa.Column("rescans", sa.Integer, nullable=False),
+    sa.Column("drain_deadline", sa.Float),
+    sa.Column("prior_state", sa.String(16)),
+)
+
+# -- alerts (service/alerts_service.py) -----------------------------------------------
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("fingerprint", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("resolved_at", sa.Float),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Index("ix_alerts_state", "state", "updated_at"),
+    sa.Index("ux_alerts_firing", "fingerprint", unique=True,
+             sqlite_where=sa.text("state = 'firing'"),
+             postgresql_where=sa.text("state = 'firing'")),
+)
+
+alert_deliveries = sa.Table(
+    "alert_deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("key", sa.String(128), nullable=False, unique=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("done_at", sa.Float),
+    sa.Column("last_error", sa.String(512)),
+    sa.Index("ix_alert_deliveries_due", "state", "next_at"),
+)
+
+# -- task logs and stored blobs (service/task_files.py) -------------------------------
+
+task_logs = sa.Table(
+    "task_logs",
+    metadata,
+    sa.Column("task_id", sa.String(40), primary_key=True),
+    sa.Column("stream", sa.String(8), primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("part", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )

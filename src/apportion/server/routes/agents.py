@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from apportion.core.model import NodeState
 from apportion.exceptions import BodyTooLarge, NodeExists, NotFound
@@ -29,32 +29,26 @@ from apportion.server.schemas import (
     iso,
     render_node,
 )
-from apportion.service.agents_service import AgentSettings, AgentsService
+from apportion.service.agents_service import AgentsService
 from apportion.service.auth import Role
 from apportion.service.job_specs import parse_duration
-from apportion.service.jobs_service import ACTIVE_TASK, TaskReport
+from apportion.service.jobs import ACTIVE_TASK, TaskReport
 from apportion.service.join_tokens import JoinTokens, is_join_token
+from apportion.service.task_files import MAX_LOG_CHUNK, TaskFiles
 from apportion.store.jobs_tables import TaskRow
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"], include_in_schema=False)
 public = APIRouter(prefix="/api/v1")
-MAX_LOG_CHUNK = 4 << 20
-
-
-def install(app: FastAPI, ctx: AppContext) -> asyncio.Task[None]:
-    """Start the agents service beside the scheduler; returns its sweeper."""
-    agents = AgentsService(ctx.ledger, ctx.jobs, ctx.settings.data_dir, AgentSettings.from_env())
-    agents.load()
-    app.state.agents = agents
-    loop = asyncio.get_running_loop()
-    # Called from the process's signal handler, outside the event loop.
-    app.state.begin_stop = lambda: loop.call_soon_threadsafe(agents.stop_polls)
-    return asyncio.get_running_loop().create_task(agents.sweep_forever())
 
 
 def _agents(request: Request) -> AgentsService:
-    service: AgentsService = request.app.state.agents
+    service: AgentsService = request.app.state.ctx.agents
     return service
+
+
+def _files(request: Request) -> TaskFiles:
+    files: TaskFiles = request.app.state.ctx.files
+    return files
 
 
 def _node_body(ctx: AppContext, name: str) -> dict[str, Any]:
@@ -87,7 +81,7 @@ async def _join(request: Request, ctx: AppContext, token: str,
     if name in ctx.ledger.ledger.nodes:
         raise NodeExists(f"node {name} already exists; a join token registers a new node",
                          node=name)
-    join: JoinTokens = request.app.state.join_tokens
+    join: JoinTokens = ctx.join_tokens
     record = await asyncio.to_thread(join.redeem, token, name)
     fresh = node_from(body.node)
     fresh = replace(fresh, labels={**fresh.labels, **record.labels})
@@ -108,15 +102,8 @@ async def _join(request: Request, ctx: AppContext, token: str,
 async def heartbeat(request: Request, ctx: Ctx, caller: Caller, node: str,
                     body: HeartbeatIn) -> dict[str, Any]:
     caller.may_manage_node(node)
-    agents = _agents(request)
-    answer = await agents.heartbeat(node, body.agent_id, dict(body.usage),
-                                    [dict(t) for t in body.tasks])
-    health = getattr(ctx, "health", None)
-    if health is not None:
-        session = agents.sessions.get(node)
-        await health.observe(node, dict(body.usage),
-                             interval_s=session.heartbeat_s if session else None)
-    return answer
+    return await _agents(request).heartbeat(node, body.agent_id, dict(body.usage),
+                                            [dict(t) for t in body.tasks])
 
 
 @router.get("/{node}/assignments")
@@ -143,20 +130,15 @@ async def assignments(
 async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id: str,
                  body: TaskReportIn) -> dict[str, Any]:
     caller.may_manage_node(node)
-    agents = _agents(request)
     checkpoint = None
     if body.checkpoint:
-        found = agents.jobs.find_task(task_id)
+        found = ctx.jobs.find_task(task_id)
         if found is not None:
-            checkpoint = agents.checkpoint_name(found[1].job_id, task_id)
-    answer = await agents.report(node, task_id, TaskReport(
+            key = TaskFiles.checkpoint_key(found[1].job_id, task_id)
+            checkpoint = key if await _files(request).has_checkpoint(key) else None
+    return await _agents(request).report(node, task_id, TaskReport(
         body.state, body.exit_code, body.signalled, body.memory_exceeded, body.lost,
         body.reason, checkpoint, dict(body.times), dict(body.usage)))
-    health = getattr(ctx, "health", None)
-    if health is not None and answer.get("state") == "failed" and body.exit_code is None \
-            and not body.memory_exceeded:
-        health.record_failure(node)  # the node could not start the process: its trouble
-    return answer
 
 
 @router.post("/{node}/tasks/{task_id}/logs/{stream}")
@@ -165,24 +147,25 @@ async def push_log(request: Request, caller: Caller, node: str, task_id: str, st
     caller.may_manage_node(node)
     data = await request.body()
     if len(data) > MAX_LOG_CHUNK:
-        raise BodyTooLarge(f"a log chunk is at most {MAX_LOG_CHUNK} bytes")
-    size = await _agents(request).append_log(node, task_id, stream, offset, data)
-    return {"size": size}
+        raise BodyTooLarge(f"a log chunk is at most {MAX_LOG_CHUNK} bytes", limit=MAX_LOG_CHUNK)
+    return await _files(request).append_log(node, task_id, stream, offset, data)
 
 
 @router.put("/{node}/tasks/{task_id}/checkpoint")
 async def put_checkpoint(request: Request, caller: Caller, node: str,
                          task_id: str) -> dict[str, Any]:
     caller.may_manage_node(node)
-    name, size = await _agents(request).save_checkpoint(node, task_id, request.stream())
+    name, size = await _files(request).save_checkpoint(node, task_id, request.stream())
     return {"checkpoint": name, "size": size}
 
 
 @router.get("/checkpoints/{task_id}")
-async def get_checkpoint(request: Request, caller: Caller, task_id: str) -> FileResponse:
+async def get_checkpoint(request: Request, caller: Caller, task_id: str) -> StreamingResponse:
+    """A checkpoint, for the node whose task resumes from it (or an admin)."""
     caller.require(Role.ADMIN, Role.AGENT)
-    path = await _agents(request).checkpoint_file(task_id)
-    return FileResponse(path, media_type="application/x-tar")
+    node = None if caller.role is Role.ADMIN else caller.name
+    parts = await _files(request).checkpoint_for(node, task_id)
+    return StreamingResponse(parts, media_type="application/x-tar")
 
 
 @router.get("/{node}")
@@ -257,13 +240,14 @@ async def job_logs(
     """What a task wrote, from ``offset``; agents ship it every second or so."""
     row, tasks = await ctx.jobs.get(job_id)
     chosen = _pick_task(tasks, task)
-    data, end = await _agents(request).read_log(job_id, chosen.id, stream, offset, limit)
-    text, used = _utf8_prefix(data)
+    got = await _files(request).read_log(chosen.id, stream, offset, limit)
+    text, used = _utf8_prefix(got.data)
     return {"job": job_id, "job_state": row.state, "exit_code": row.exit_code,
             "task": chosen.id, "index": chosen.index, "attempt": chosen.attempt,
             "node": chosen.node, "task_state": chosen.state,
             "task_active": chosen.state in ACTIVE_TASK, "stream": stream, "offset": offset,
-            "next_offset": end - (len(data) - used), "data": text,
+            "next_offset": got.end - (len(got.data) - used), "data": text,
+            "size": got.size, "truncated": got.truncated,
             "started_at": iso(chosen.started_at), "ended_at": iso(chosen.ended_at)}
 
 

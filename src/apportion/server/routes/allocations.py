@@ -104,10 +104,18 @@ async def get_allocation(ctx: Ctx, _: Caller, alloc_id: str) -> dict[str, Any]:
     return render_allocation(await ctx.ledger.get_allocation(alloc_id))
 
 
-@router.delete("/{alloc_id}")
+@router.delete("/{alloc_id}", responses={202: {"description": "forced: the task is "
+                                                             "stopping; released at its exit"}})
 async def release(
-    ctx: Ctx, caller: Caller, alloc_id: str, reason: ReleaseReason = ReleaseReason.RELEASED
-) -> dict[str, Any]:
+    ctx: Ctx, caller: Caller, alloc_id: str, reason: ReleaseReason = ReleaseReason.RELEASED,
+    force: Annotated[bool, Query(description="admin: cancel the job whose task holds it, "
+                                             "and release once its process has exited")] = False,
+    wait: Annotated[float, Query(ge=0, le=300, description="seconds a forced release waits "
+                                                           "for the exit")] = 30.0,
+) -> Response:
+    """Release an allocation. One held by a live task is refused (409
+    ``allocation_owned_by_task``): cancel its job. Reasons apportion records
+    itself (``node_lost``, ``preempted``, ``completed``...) are refused to users."""
     caller.require(Role.ADMIN, Role.USER)
     alloc = await ctx.ledger.get_allocation(alloc_id)
     if caller.role is not Role.ADMIN and alloc.owner != caller.name:
@@ -116,4 +124,10 @@ async def release(
             "release only its own",
             id=alloc_id,
         )
-    return render_allocation(await ctx.ledger.release(alloc_id, reason))
+    released, done = await ctx.allocations.release(alloc_id, reason, admin=caller.role is
+                                                   Role.ADMIN, force=force, wait_s=wait)
+    body = render_allocation(released)
+    if not done:
+        body["releasing"] = True
+    return Response(orjson.dumps(body), status_code=200 if done else 202,
+                    media_type="application/json")

@@ -38,5 +38,5 @@ async def alerts(
     state: Literal["firing", "resolved"] | None = None,
     severity: Literal["warning", "critical"] | None = None,
 ) -> dict[str, Any]:
-    rows = ctx.alerts.listing(state=state, severity=severity)
+    rows = await ctx.alerts.listing(state=state, severity=severity)
     return {"alerts": rows, "count": len(rows)}

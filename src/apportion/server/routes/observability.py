@@ -9,9 +9,8 @@ and request ids in every log line.
 - ``GET /``: the dashboard (static files in ``server/static``; it asks for a
   token and calls the API with it).
 
-``install`` registers all of it on the app; ``start`` runs the background
-parts (the event tail, history sampling, the NATS publisher) once the
-services exist, and returns their tasks for the lifespan to cancel.
+``install`` registers all of it on the app; the composition root
+(``service/wiring.py``) builds and runs the observers.
 """
 
 from __future__ import annotations
@@ -33,11 +32,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apportion.exceptions import InvalidInput
-from apportion.server.context import AppContext, Caller
+from apportion.server.context import Caller
 from apportion.service.events_stream import EventHub, event_dict
-from apportion.service.history_service import HistoryService, HistorySettings
-from apportion.service.metrics import CONTENT_TYPE, Metrics, Sources
-from apportion.service.nats_publisher import NatsPublisher, NatsSettings
+from apportion.service.history_service import HistoryService
+from apportion.service.metrics import CONTENT_TYPE, Metrics
+from apportion.service.nats_publisher import NatsPublisher
 from apportion.store.event_log import Event
 
 log = structlog.get_logger(__name__)
@@ -67,37 +66,6 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
     app.add_middleware(RequestObserver)
-
-
-def start(app: FastAPI, ctx: AppContext) -> list[asyncio.Task[None]]:
-    """Create the observers over this server's services and start their loops."""
-    hub = EventHub(ctx.ledger.engine)
-    hub.start_at_end()
-    agents = getattr(app.state, "agents", None)
-
-    def heartbeats() -> dict[str, float]:
-        if agents is None:
-            return {}
-        now = agents.monotonic()
-        return {name: now - s.last_seen for name, s in agents.sessions.items()}
-
-    metrics = Metrics(Sources(ctx.ledger, ctx.jobs, getattr(ctx, "alerts", None), hub,
-                              heartbeats), origin=ctx.ledger.origin)
-    metrics.time_cycles(ctx.jobs)
-    hub.listeners.append(metrics.on_event)
-    history = HistoryService(ctx.ledger.engine, ctx.ledger, ctx.jobs,
-                             HistorySettings.load(ctx.settings.config_file))
-    nats_settings = NatsSettings.from_env()
-    nats = (NatsPublisher(hub, nats_settings, origin=ctx.ledger.origin)
-            if nats_settings else None)
-    observers = Observability(hub, metrics, history, nats)
-    loop = asyncio.get_running_loop()
-    observers.tasks = [loop.create_task(hub.run_forever()),
-                       loop.create_task(history.run_forever())]
-    if nats is not None:
-        observers.tasks.append(loop.create_task(nats.run_forever()))
-    app.state.observability = observers
-    return observers.tasks
 
 
 def _observers(request: Request) -> Observability:

@@ -17,27 +17,16 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from apportion.core.resources import parse_vector
-from apportion.server.context import AppContext, Caller, Ctx
-from apportion.service.planning_service import MAX_DAYS, PlanningService, PlanningSettings
-from apportion.service.server_config import load_server_config
+from apportion.server.context import Caller, Ctx
+from apportion.service.planning_service import MAX_DAYS, PlanningService
 from apportion.service.usage_service import UsageService
 
 router = APIRouter(prefix="/api/v1", tags=["planning"])
 
 GroupBy = Literal["facility", "type", "resource"]
-
-
-def start(app: FastAPI, ctx: AppContext) -> asyncio.Task[None]:
-    """The planner over the history service ``observability.start`` made;
-    returns its alert-feeding task for the lifespan to cancel."""
-    settings: PlanningSettings = load_server_config(ctx.settings.config_file).planning
-    planning = PlanningService(ctx.ledger, ctx.jobs, app.state.observability.history,
-                               ctx.alerts, settings).install()
-    app.state.planning = planning
-    return asyncio.get_running_loop().create_task(planning.run_forever())
 
 
 def _planning(request: Request) -> PlanningService:

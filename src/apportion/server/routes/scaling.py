@@ -12,44 +12,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 
-from apportion.server.context import AppContext, Caller
+from apportion.server.context import Caller
 from apportion.server.schemas import iso
 from apportion.service.auth import Role
-from apportion.service.join_tokens import JoinTokens
-from apportion.service.scaling_service import ScalingService, load_scaling
+from apportion.service.scaling_service import ScalingService
 
 router = APIRouter(prefix="/api/v1/scaling", tags=["scaling"])
-
-
-async def install(app: FastAPI, ctx: AppContext) -> asyncio.Task[None] | None:
-    """Read the pools, build their providers, recover state, start the loop.
-    Call after the agents service exists (scale-downs drain through it).
-    A bad pool or provider config fails the server's start, naming the field."""
-    settings, config = await asyncio.to_thread(
-        load_scaling, ctx.settings.config_file, ctx.settings.providers_file)
-    join = JoinTokens(ctx.ledger.engine, ttl_s=settings.join_token_ttl_s)
-    app.state.join_tokens = join
-    app.state.scaling = None
-    if config is None or not config.pools:
-        return None
-    agents = app.state.agents
-
-    async def drain(node: str) -> None:
-        await agents.drain(node, None)
-
-    service = await asyncio.to_thread(
-        ScalingService, ctx.ledger, ctx.jobs, ctx.auth, join, config, drain=drain,
-        settings=settings, server_url=ctx.settings.server_url or "http://127.0.0.1:8080")
-    await asyncio.to_thread(service.load)
-    app.state.scaling = service
-    # Jobs that only a pool's nodes can hold are accepted (and wait for them).
-    ctx.jobs.potential_nodes = service.potential_nodes
-    return asyncio.get_running_loop().create_task(service.run_forever())
 
 
 def _service(request: Request) -> ScalingService | None:

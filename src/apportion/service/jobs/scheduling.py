@@ -1,0 +1,289 @@
+"""The scheduling loop: the leader's, and only while it leads.
+
+Every cycle builds a ``ClusterState`` from the ledger's memory (nodes, and
+every active allocation as a running unit), asks the core's
+``schedule_cycle`` what starts, and makes each decision real as one unit of
+work per job: the grants exactly as the core placed them and the task rows,
+committed together and fenced on the leader's epoch. The store refuses a
+start whose job changed meanwhile (cancelled on another server, placed by a
+deposed leader): its grants are undone and the job is looked at again.
+
+A preempting unit whose victims run processes waits for them to exit
+(``Switch``) and starts on exactly the placement chosen, in the first cycle
+after the last victim's end, before anything else is placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+
+import structlog
+
+from apportion.core.model import Allocation, Node
+from apportion.core.scheduling import (
+    ClusterState,
+    CycleResult,
+    Job,
+    Preemption,
+    Queue,
+    RunningJob,
+    RuntimeHistory,
+    SchedulerConfig,
+    TaskPlacement,
+    TaskSpec,
+    schedule_cycle,
+)
+from apportion.exceptions import ApportionError
+from apportion.service.jobs import transitions as t
+from apportion.service.jobs.cache import JobCache
+from apportion.service.jobs.model import JOB_LABEL, LEASE_QUEUE, TASK_LABEL, unit_job_id
+from apportion.service.jobs.writer import JobWriter
+from apportion.service.ledger_service import LedgerService
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Switch:
+    """A preempting unit waiting for its victims' processes to exit."""
+
+    unit_id: str
+    tasks: tuple[TaskPlacement, ...]
+    victims: set[str]
+    decided_at: float
+
+
+class Scheduler:
+    """Places waiting jobs, one cycle at a time, while this server leads."""
+
+    def __init__(self, ledger: LedgerService, cache: JobCache, writer: JobWriter,
+                 config: SchedulerConfig, queues: Callable[[], Mapping[str, Queue]],
+                 epoch: Callable[[], int | None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self.cache = cache
+        self.writer = writer
+        self.config = config
+        self.queues = queues
+        self.epoch = epoch
+        self.clock = clock
+        self.history = RuntimeHistory()
+        self.last_cycle: CycleResult | None = None
+        self.cycles = 0
+        self.switches: dict[str, Switch] = {}
+        self.cycle_listeners: list[Callable[[float], None]] = []
+        """Called with the duration of each cycle that had work."""
+        self._kick = asyncio.Event()
+        self._lock = asyncio.Lock()
+        cache.job_listeners.append(self._job_changed)
+
+    def kick(self) -> None:
+        """Something changed (a submission, a release, a node): run a cycle soon."""
+        self._kick.set()
+
+    def _job_changed(self, job: Job, old: object, new: object) -> None:
+        from apportion.store.jobs_tables import JobRow
+
+        assert isinstance(new, JobRow)
+        if new.state == "succeeded" and new.started_at and new.ended_at and (
+                not isinstance(old, JobRow) or old.state != "succeeded"):
+            self.history.record(job, new.ended_at - new.started_at)
+        if new.state in ("succeeded", "failed", "cancelled"):
+            for unit_id in [u for u in self.switches if unit_job_id(u) == new.id]:
+                del self.switches[unit_id]
+        self.kick()
+
+    async def run_forever(self, idle_s: float = 1.0) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout=idle_s)
+            self._kick.clear()
+            if self.epoch() is None:
+                continue
+            try:
+                await self.run_cycle()
+            except Exception as exc:
+                log.exception("cycle_failed", error=repr(exc))
+
+    async def run_cycle(self) -> CycleResult:
+        async with self._lock:
+            await self._start_freed_switches()
+            before, started = self.cycles, time.perf_counter()
+            result = await self._cycle()
+            if self.cycles != before:
+                # Only cycles that had work: an idle one would dilute the figures.
+                for listener in self.cycle_listeners:
+                    listener(time.perf_counter() - started)
+            return result
+
+    async def _cycle(self) -> CycleResult:
+        now = self.clock()
+        pending = [u for lj in self.cache.jobs.values() if lj.not_before <= now
+                   for u in lj.open_units() if u.id not in self.switches]
+        if not pending:
+            # Nothing waits: building the cluster view would be all the work.
+            self.last_cycle = CycleResult((), (), (), {})
+            return self.last_cycle
+        state = self.cluster_state()
+        result = schedule_cycle(state, pending, now, self.config, queues=self.queues(),
+                                history=self.history)
+        self.last_cycle = result
+        self.cycles += 1
+        stopping = set()
+        for pre in result.preemptions:
+            if await self._preempt(pre):
+                stopping.add(pre.victim)
+        starts: dict[str, list[tuple[str, tuple[TaskPlacement, ...]]]] = {}
+        for placement in result.placements:
+            waits = {v for v in placement.preempted if v in stopping}
+            if waits:
+                await self._hold_switch(placement.job_id, placement.tasks, waits, now)
+            else:
+                starts.setdefault(unit_job_id(placement.job_id), []).append(
+                    (placement.job_id, placement.tasks))
+        await asyncio.gather(*(self._start(job_id, units) for job_id, units in starts.items()))
+        return result
+
+    # -- making decisions real ----------------------------------------------------
+
+    async def _start(self, job_id: str,
+                     units: Sequence[tuple[str, Sequence[TaskPlacement]]]) -> bool:
+        """Grant and record the placed units of one job, all or none."""
+        live = self.cache.jobs.get(job_id)
+        if live is None or live.ending:
+            return False
+        grants: list[Allocation] = []
+        starts: list[t.UnitStart] = []
+        try:
+            for unit_id, placements in units:
+                index = live.first_index(unit_id)
+                allocs: list[tuple[int, Allocation]] = []
+                for tp in placements:
+                    for _ in range(tp.count):
+                        alloc = self.ledger.reserve(
+                            dict(tp.resources), node=tp.node, owner=live.row.owner,
+                            labels={JOB_LABEL: job_id, TASK_LABEL: str(index)},
+                            devices=dict(tp.devices) or None)
+                        grants.append(alloc)
+                        allocs.append((index, alloc))
+                        index += 1
+                starts.append(t.UnitStart(unit_id, tuple(allocs)))
+        except ApportionError as exc:
+            for alloc in grants:
+                self.ledger.unreserve(alloc)
+            log.warning("placement_failed", job=job_id, error=exc.message)
+            self.kick()
+            return False
+        try:
+            await self.writer.run(partial(t.start, job_id=job_id, units=starts,
+                                          epoch=self.epoch()), grants=grants)
+        except ApportionError as exc:
+            log.info("start_refused", job=job_id, error=exc.message)
+            await self.ledger.read(lambda conn: self.cache.refresh(conn, [job_id]))
+            self.kick()
+            return False
+        return True
+
+    async def _hold_switch(self, unit_id: str, tasks: tuple[TaskPlacement, ...],
+                           victims: set[str], now: float) -> None:
+        self.switches[unit_id] = Switch(unit_id, tasks, set(victims), now)
+        with contextlib.suppress(ApportionError):
+            await self.writer.run(partial(t.hold_switch, job_id=unit_job_id(unit_id),
+                                          unit_id=unit_id, victims=sorted(victims),
+                                          epoch=self.epoch()))
+
+    async def _start_freed_switches(self) -> None:
+        """Start the preempting units whose victims have all exited."""
+        for switch in list(self.switches.values()):
+            switch.victims = {v for v in switch.victims if self._unit_active(v)}
+            if switch.victims:
+                continue
+            del self.switches[switch.unit_id]
+            await self._start(unit_job_id(switch.unit_id), [(switch.unit_id, switch.tasks)])
+
+    def _unit_active(self, unit_id: str) -> bool:
+        live = self.cache.jobs.get(unit_job_id(unit_id))
+        return live is not None and any(live.unit_of(task) == unit_id for task in live.active())
+
+    async def _preempt(self, pre: Preemption) -> bool:
+        """Preempt a victim unit; True when its processes must exit first."""
+        try:
+            outcome = await self.writer.run(partial(t.preempt, victim=pre.victim,
+                                                    by=pre.by, epoch=self.epoch()))
+        except ApportionError as exc:
+            log.info("preempt_refused", victim=pre.victim, error=exc.message)
+            return False
+        return any(task.stop_state for task in outcome.tasks if task.state in
+                   ("scheduled", "starting", "running"))
+
+    # -- the cluster as the core sees it ------------------------------------------------
+
+    def cluster_state(self, extra: Sequence[Node] = ()) -> ClusterState:
+        """Nodes, and every active allocation as a running unit (plain
+        allocations as units no one may preempt). A unit whose processes are
+        being stopped is shown ending now and not preemptible, so no second
+        victim is chosen for what it frees. ``extra``: nodes that are not in
+        the ledger (a pool's nodes to come; never placed on)."""
+        ledger = self.ledger.ledger
+        stopping = {task.allocation_id for lj in self.cache.jobs.values()
+                    for task in lj.active() if task.stop_state}
+        by_unit: dict[str, list[Allocation]] = {}
+        running: list[RunningJob] = []
+        for alloc in ledger.active().values():
+            job_id = alloc.labels.get(JOB_LABEL)
+            live = self.cache.jobs.get(job_id) if job_id else None
+            if live is None:
+                running.append(_lease(alloc))
+                continue
+            by_unit.setdefault(live.unit_id(_index(alloc)), []).append(alloc)
+        for unit_id, allocs in by_unit.items():
+            live = self.cache.jobs[unit_job_id(unit_id)]
+            unit = live.unit(unit_id)
+            tasks = tuple(TaskPlacement(a.node, a.resources, a.devices) for a in allocs)
+            start = live.row.started_at or min(a.created_at for a in allocs)
+            estimate = unit.runtime_estimate
+            if any(a.id in stopping for a in allocs):
+                unit, estimate = replace(unit, preemptible=False), 0.0
+            running.append(RunningJob(unit, start, tasks, estimate))
+        return ClusterState([*ledger.nodes.values(), *extra], running)
+
+    def queue_usage(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
+        """What each queue's running jobs hold, as ``ClusterState.usage`` counts
+        it (a unit counts its declared total), without building the state:
+        alerts and metrics ask every few seconds. One pass over the active
+        allocations; each unit is looked up once."""
+        usage: dict[str, dict[str, int]] = {name: {} for name in queues}
+        units: set[str] = set()
+        for alloc in self.ledger.ledger.active().values():
+            job_id = alloc.labels.get(JOB_LABEL)
+            live = self.cache.jobs.get(job_id) if job_id else None
+            if live is None:
+                used = usage.get(LEASE_QUEUE)  # plain allocations: never a named queue
+                if used is not None:
+                    for r, q in alloc.resources.items():
+                        used[r] = used.get(r, 0) + q
+                continue
+            units.add(live.unit_id(_index(alloc)))
+        for unit_id in units:
+            unit = self.cache.jobs[unit_job_id(unit_id)].unit(unit_id)
+            used = usage.get(unit.queue)
+            if used is not None:
+                for r, q in unit.total.items():
+                    used[r] = used.get(r, 0) + q
+        return usage
+
+
+def _index(alloc: Allocation) -> int:
+    return int(alloc.labels.get(TASK_LABEL, "0"))
+
+
+def _lease(alloc: Allocation) -> RunningJob:
+    job = Job(f"allocation:{alloc.id}", (TaskSpec(dict(alloc.resources)),),
+              queue=LEASE_QUEUE, submit_time=alloc.created_at, user=alloc.owner)
+    return RunningJob(job, alloc.created_at,
+                      (TaskPlacement(alloc.node, alloc.resources, alloc.devices),))

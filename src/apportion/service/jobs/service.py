@@ -1,0 +1,338 @@
+"""Jobs and queues as users and agents see them, on any server.
+
+Submit, cancel, complete, agent reports and the reads all go to the store:
+a job submitted to one server can be cancelled through another, and an
+agent may report to whichever server it reaches. This server's cache of the
+live jobs (``cache.py``) follows its own transitions at once and the other
+servers' through their events (``follow``). The scheduling loop itself
+(``scheduling.py``) runs on the leader only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from apportion.core.model import Node, ReleaseReason
+from apportion.core.resources import format_vector
+from apportion.core.scheduling import (
+    ClusterState,
+    CycleResult,
+    Explanation,
+    JobState,
+    Queue,
+    RuntimeHistory,
+    SchedulerConfig,
+    explain,
+    validate_job,
+)
+from apportion.exceptions import InvalidInput, NotFound
+from apportion.service.job_specs import job_from_spec, queue_from_row
+from apportion.service.jobs import transitions as t
+from apportion.service.jobs.cache import JobCache, LiveJob
+from apportion.service.jobs.model import (
+    ACTIVE_TASK,
+    DEFAULT_QUEUE,
+    JOB_LABEL,
+    WAITING,
+    RunPolicy,
+    TaskReport,
+    new_job_id,
+)
+from apportion.service.jobs.scheduling import Scheduler, Switch
+from apportion.service.jobs.writer import JobWriter
+from apportion.service.ledger_service import LedgerService
+from apportion.store import jobs_tables as jt
+from apportion.store.jobs_tables import JobRow, QueueRow, TaskRow
+from apportion.store.schema import allocations, tasks
+
+log = structlog.get_logger(__name__)
+
+
+class JobsService:
+    """Jobs, their tasks and queues over one store; the scheduler beside."""
+
+    def __init__(self, ledger: LedgerService, config: SchedulerConfig, *,
+                 epoch: Callable[[], int | None] = lambda: None,
+                 potential_nodes: Callable[[], Iterable[Node]] = lambda: (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.epoch = epoch
+        self.cache = JobCache()
+        self.writer = JobWriter(ledger, self.cache)
+        self.queues: dict[str, Queue] = {}
+        self.scheduler = Scheduler(ledger, self.cache, self.writer, config,
+                                   lambda: self.queues, epoch, clock)
+        self.potential_nodes = potential_nodes
+        """Nodes that do not exist yet but would be made for work that needs
+        them (an ``auto`` node pool below its maximum; set by the scaling
+        service). A submission is checked against them too, so a job that
+        only a pool's nodes can hold waits for the pool instead of being
+        refused; nothing is ever scheduled on them."""
+        self._nodes_state: tuple[tuple[int, float], ClusterState] | None = None
+
+    # -- what others read -------------------------------------------------------------
+
+    @property
+    def live(self) -> dict[str, LiveJob]:
+        return self.cache.jobs
+
+    @property
+    def history(self) -> RuntimeHistory:
+        return self.scheduler.history
+
+    @property
+    def last_cycle(self) -> CycleResult | None:
+        return self.scheduler.last_cycle
+
+    @property
+    def cycles(self) -> int:
+        return self.scheduler.cycles
+
+    @property
+    def switches(self) -> dict[str, Switch]:
+        return self.scheduler.switches
+
+    def kick(self) -> None:
+        self.scheduler.kick()
+
+    async def run_forever(self, idle_s: float = 1.0) -> None:
+        await self.scheduler.run_forever(idle_s)
+
+    async def run_cycle(self) -> CycleResult:
+        return await self.scheduler.run_cycle()
+
+    # -- start -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        with self.ledger.engine.begin() as conn:
+            self._load_queues(conn)
+            self.cache.load(conn)
+
+    def _load_queues(self, conn: sa.Connection) -> None:
+        rows = jt.load_queues(conn)
+        if not any(r.name == DEFAULT_QUEUE for r in rows):
+            now = self.clock()
+            default = QueueRow(DEFAULT_QUEUE, {}, 1.0, None, None, now, now)
+            try:
+                with conn.begin_nested():
+                    jt.upsert_queue(conn, default)
+            except sa.exc.IntegrityError:
+                pass  # another server made it at the same moment
+            rows.append(default)
+        self.queues = {r.name: queue_from_row(r.name, r.quota, r.weight, r.min_priority,
+                                              r.max_priority) for r in rows}
+
+    async def follow(self, events: Sequence[tuple[int, str, str, str]]) -> None:
+        """Read again what other servers changed: ``(id, kind, subject,
+        origin)`` of their events."""
+        jobs: set[str] = set()
+        unknown: list[str] = []
+        queues = False
+        for _, kind, subject, _ in events:
+            if kind.startswith("job."):
+                jobs.add(subject)
+            elif kind.startswith("task."):
+                job_id = self.cache.job_of_task(subject)
+                if job_id is None:
+                    unknown.append(subject)
+                else:
+                    jobs.add(job_id)
+            elif kind == "queue.updated":
+                queues = True
+        if not (jobs or unknown or queues):
+            return
+
+        def read(conn: sa.Connection) -> None:
+            if queues:
+                self._load_queues(conn)
+            found = jobs | set(jt.job_ids_of_tasks(conn, unknown).values()) if unknown else jobs
+            if found:
+                self.cache.refresh(conn, found)
+
+        await self.ledger.read(read)
+
+    async def release_orphans(self) -> int:
+        """Release job allocations no live task holds (left by a version that
+        did not commit a grant with its task); returns how many."""
+
+        def find(conn: sa.Connection) -> list[str]:
+            held = {r[0] for r in conn.execute(sa.select(tasks.c.allocation_id).where(
+                tasks.c.state.in_(ACTIVE_TASK)))}
+            rows = conn.execute(sa.select(allocations.c.id, allocations.c.labels).where(
+                allocations.c.state == "active")).all()
+            return [i for i, labels in rows if JOB_LABEL in (labels or {}) and i not in held]
+
+        orphans: list[str] = await self.ledger.read(find)
+        for alloc_id in orphans:
+            await self.writer.run(partial(_release_orphan, alloc_id=alloc_id))
+        return len(orphans)
+
+    # -- queues ------------------------------------------------------------------------
+
+    async def put_queue(self, name: str, quota: Mapping[str, Any], weight: float,
+                        min_priority: int | None, max_priority: int | None) -> QueueRow:
+        queue = queue_from_row(name, quota, weight, min_priority, max_priority)
+        if weight <= 0:
+            raise InvalidInput("weight: must be greater than 0", field="weight")
+        if min_priority is not None and max_priority is not None and min_priority > max_priority:
+            raise InvalidInput("min_priority: must not exceed max_priority", field="min_priority")
+        now = self.clock()
+        old = await self.ledger.read(lambda c: next(
+            (r for r in jt.load_queues(c) if r.name == name), None))
+        row = QueueRow(name, dict(queue.quota), weight, min_priority, max_priority,
+                       old.created_at if old else now, now)
+
+        def write(conn: sa.Connection) -> None:
+            jt.upsert_queue(conn, row)
+            self.ledger.event(conn, "queue.updated", name, {"weight": weight})
+
+        await self.ledger.committer.submit_alone(write)
+        self.queues[name] = queue
+        self.kick()
+        return row
+
+    def queue_usage(self) -> dict[str, dict[str, int]]:
+        return self.scheduler.queue_usage(self.queues)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    async def submit(self, spec: dict[str, Any], owner: str | None) -> JobRow:
+        now = self.clock()
+        job_id = new_job_id()
+        job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
+        RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
+        # JobRejected (422) says why not
+        validate_job(job, self.queues, self._nodes_only(tuple(self.potential_nodes())))
+        row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
+                     spec, now, None, None, None, None, 0, 0)
+        await self.writer.run(partial(t.submit, row=row))
+        self.kick()
+        return row
+
+    def _nodes_only(self, extra: Sequence[Node]) -> ClusterState:
+        """The nodes as the core sees them, without what runs on them: all a
+        submission's check needs. Built again only when the nodes changed."""
+        nodes = self.ledger.ledger.nodes
+        key = (len(nodes), max((n.updated_at for n in nodes.values()), default=0.0))
+        if extra or self._nodes_state is None or self._nodes_state[0] != key:
+            state = ClusterState([*nodes.values(), *extra], [])
+            if extra:
+                return state
+            self._nodes_state = (key, state)
+        return self._nodes_state[1]
+
+    async def get(self, job_id: str) -> tuple[JobRow, list[TaskRow]]:
+        """A job and all its task attempts, as stored."""
+
+        def read(conn: sa.Connection) -> tuple[JobRow | None, list[TaskRow]]:
+            row = jt.load_job(conn, job_id)
+            return row, jt.load_tasks(conn, job_id=job_id) if row else []
+
+        row, rows = await self.ledger.read(read)
+        if row is None:
+            raise NotFound(f"job {job_id} not found", id=job_id)
+        return row, rows
+
+    async def cancel(self, job_id: str) -> JobRow:
+        outcome = await self.writer.run(partial(t.cancel, job_id=job_id))
+        return outcome.rows[job_id]
+
+    async def complete(self, job_id: str, *, succeeded: bool, exit_code: int | None) -> JobRow:
+        """End a lease job (one without a command) as its owner says."""
+        outcome = await self.writer.run(partial(t.complete, job_id=job_id,
+                                                succeeded=succeeded, exit_code=exit_code))
+        return outcome.rows[job_id]
+
+    def explain(self, job_id: str) -> Explanation:
+        live = self.cache.jobs.get(job_id)
+        if live is None or live.state not in WAITING:
+            raise InvalidInput(f"job {job_id} is not waiting; explain answers for pending jobs",
+                               field="id")
+        return explain(self.scheduler.cluster_state(), live.job, now=self.clock(),
+                       queues=self.queues)
+
+    # -- what agents run and report --------------------------------------------------------
+
+    def tasks_on(self, node: str) -> list[TaskRow]:
+        return [task for _, task in self.cache.tasks_on(node)]
+
+    def find_task(self, task_id: str) -> tuple[LiveJob, TaskRow] | None:
+        return self.cache.find_task(task_id)
+
+    async def assignments(self, node: str) -> list[dict[str, Any]]:
+        """Every task ``node`` must run or stop now: the agent's desired state."""
+        running = [(lj, task) for lj, task in self.cache.tasks_on(node)
+                   if lj.job.command is not None]
+        active = self.ledger.ledger.active()
+        missing = [task.allocation_id for _, task in running if task.allocation_id not in active]
+        stored = {}
+        if missing:
+            # Granted through another server, not yet seen here: as stored.
+            from apportion.store import ledger_tables as tables
+
+            stored = await self.ledger.read(lambda c: {
+                i: a for i in missing if (a := tables.load_allocation(c, i)) is not None})
+        return [self._assignment(lj, task, active.get(task.allocation_id)
+                                 or stored.get(task.allocation_id)) for lj, task in running]
+
+    def _assignment(self, live: LiveJob, task: TaskRow, alloc: Any) -> dict[str, Any]:
+        devices = {r: list(ids) for r, ids in alloc.devices.items()} if alloc else {}
+        resources = dict(alloc.resources) if alloc else {}
+        policy = RunPolicy.of(live.row.spec)
+        resume = live.checkpoints.get(task.index)
+        return {
+            "id": task.id, "job_id": task.job_id, "index": task.index, "attempt": task.attempt,
+            "allocation_id": task.allocation_id, "state": task.state,
+            "created_at": task.created_at, "command": list(live.job.command or ()),
+            "resources": format_vector(resources), "resources_base": resources,
+            "devices": devices, "device_info": self._device_info(task.node, devices),
+            "stop_signal": policy.stop_signal, "stop_grace_s": policy.stop_grace_s,
+            "stop": {"state": task.stop_state, "reason": task.stop_reason}
+            if task.stop_state else None,
+            "resume": {"task_id": resume} if resume and resume != task.id else None,
+        }
+
+    def _device_info(self, node: str, devices: Mapping[str, list[str]]) -> dict[str, Any]:
+        known = self.ledger.ledger.nodes.get(node)
+        if known is None:
+            return {}
+        out: dict[str, Any] = {}
+        for resource, ids in devices.items():
+            by_id = {d.id: d for d in known.devices.get(resource, ())}
+            out[resource] = [{"id": i, "uuid": by_id[i].uuid if i in by_id else None,
+                              "model": by_id[i].model if i in by_id else None,
+                              "memory": by_id[i].memory if i in by_id else None}
+                             for i in ids]
+        return out
+
+    async def task_report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
+        """Apply an agent's report on one task; repeating a report is harmless."""
+        outcome = await self.writer.run(partial(t.report, node=node, task_id=task_id,
+                                                report=report))
+        return outcome.answer
+
+    async def node_lost(self, node: str) -> int:
+        """The node is gone: its tasks end as ``lost`` and are requeued per
+        their restart policy (the leader's decision)."""
+        outcome = await self.writer.run(partial(t.node_lost, node=node, epoch=self.epoch()))
+        return len(outcome.ended)
+
+    async def stop_node_tasks(self, node: str, state: str, reason: str) -> int:
+        """Ask for every process on ``node`` to stop (a drain past its deadline)."""
+        outcome = await self.writer.run(partial(t.stop_node_tasks, node=node, state=state,
+                                                reason=reason, epoch=self.epoch()))
+        return sum(1 for task in outcome.tasks if task.stop_state == state)
+
+
+def _release_orphan(c: t.Change, *, alloc_id: str) -> t.Outcome:
+    held = jt.task_of_allocation(c.conn, alloc_id)
+    if held is None or held.state not in ACTIVE_TASK:
+        c.tx.release(alloc_id, ReleaseReason.CANCELLED)
+    return c.out

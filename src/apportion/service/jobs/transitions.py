@@ -1,0 +1,393 @@
+"""Every change of a job's state, as one transaction with its ledger change.
+
+Each function here runs inside a unit of work (``LedgerService.commit_unit``):
+it locks the job's row, reads what it decides on as stored now, decides with
+``model.py``, and writes tasks, job, allocations and events together. Any
+server may run them, for any job: two servers changing one job queue on its
+row lock, and each decides on what the other committed.
+
+A job row carries counters of its active, succeeded and failed tasks, kept
+in the same transactions, so a task's end reads the task and its job row
+only: the cost of a change does not grow with the size of the job.
+
+Placements, preemptions and lost nodes are the leader's decisions: they
+carry its epoch and fence on it (``Tx.fence``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import sqlalchemy as sa
+
+from apportion.core.model import Allocation, ReleaseReason
+from apportion.core.scheduling import Job, JobState
+from apportion.exceptions import InvalidInput, NotFound, Refused
+from apportion.service.jobs.model import (
+    ACTIVE_TASK,
+    PROGRESS,
+    RELEASE_FOR,
+    TaskReport,
+    after_end,
+    is_ending,
+    is_live,
+    outcome,
+    usage_row,
+)
+from apportion.service.unit_of_work import Tx
+from apportion.store import agent_sessions as sessions
+from apportion.store import jobs_tables as jt
+from apportion.store.jobs_tables import JobRow, TaskRow
+from apportion.store.schema import allocations, tasks
+from apportion.store.usage_tables import insert_usage
+
+
+@dataclass
+class Outcome:
+    """What a transition changed, for this server's caches: job rows and
+    task rows as now stored, the nodes whose agents must hear of it, the
+    tasks that ended, and what the caller answers."""
+
+    rows: dict[str, JobRow] = field(default_factory=dict)
+    tasks: list[TaskRow] = field(default_factory=list)
+    nodes: set[str] = field(default_factory=set)
+    ended: list[tuple[JobRow, TaskRow]] = field(default_factory=list)
+    """Tasks that ended here, with their job row after the end."""
+    answer: dict[str, Any] = field(default_factory=dict)
+
+
+class Change:
+    """One transition's transaction: its ``Tx``, the core value of each job
+    it touches, and the ``Outcome`` it builds."""
+
+    def __init__(self, tx: Tx, jobs: Callable[[JobRow], Job]) -> None:
+        self.tx = tx
+        self.conn = tx.conn
+        self.now = tx.now
+        self.out = Outcome()
+        self._jobs = jobs
+        self._agents: dict[str, bool] = {}
+
+    def job(self, row: JobRow) -> Job:
+        return self._jobs(row)
+
+    def load(self, job_id: str) -> JobRow | None:
+        """The job row as stored, locked until the transaction ends."""
+        return jt.load_job(self.conn, job_id, lock=True)
+
+    def write(self, row: JobRow) -> JobRow:
+        jt.update_job(self.conn, row.id, state=row.state, reason=row.reason,
+                      exit_code=row.exit_code, started_at=row.started_at,
+                      ended_at=row.ended_at, attempts=row.attempts,
+                      preemptions=row.preemptions, not_before=row.not_before,
+                      tasks_active=row.tasks_active, tasks_succeeded=row.tasks_succeeded,
+                      task_failures=row.task_failures)
+        self.out.rows[row.id] = row
+        return row
+
+    def state_event(self, row: JobRow) -> None:
+        self.tx.event("job.state", row.id, {"state": row.state, "reason": row.reason})
+
+    def runs_process(self, job: Job, task: TaskRow) -> bool:
+        """An agent runs this task's process: its end comes from the agent."""
+        if job.command is None:
+            return False
+        if task.node not in self._agents:
+            self._agents[task.node] = sessions.has_agent(self.conn, task.node)
+        return self._agents[task.node]
+
+    def active_tasks(self, job_id: str, *, node: str | None = None) -> list[TaskRow]:
+        query = sa.select(tasks).where(tasks.c.job_id == job_id,
+                                       tasks.c.state.in_(ACTIVE_TASK))
+        if node is not None:
+            query = query.where(tasks.c.node == node)
+        return [TaskRow(**dict(r._mapping)) for r in self.conn.execute(
+            query.order_by(tasks.c.created_at, tasks.c.index))]
+
+
+# -- submission ----------------------------------------------------------------------
+
+
+def submit(c: Change, row: JobRow) -> Outcome:
+    jt.insert_job(c.conn, row)
+    c.tx.event("job.submitted", row.id, {"queue": row.queue, "owner": row.owner})
+    c.out.rows[row.id] = row
+    return c.out
+
+
+# -- placing (the leader) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStart:
+    """One unit of a job to start on grants already taken."""
+
+    unit_id: str
+    allocs: tuple[tuple[int, Allocation], ...]
+
+
+def start(c: Change, *, job_id: str, units: Sequence[UnitStart], epoch: int | None) -> Outcome:
+    """Record units' tasks on the grants ``commit_unit`` has just written:
+    refused unless the job still waits for exactly these tasks."""
+    c.tx.fence(epoch)
+    row = c.load(job_id)
+    if row is None or is_ending(row) or not is_live(row):
+        raise Refused(f"job {job_id} is no longer waiting", id=job_id)
+    wanted = [i for u in units for i, _ in u.allocs]
+    if _placed(c.conn, job_id, wanted):
+        raise Refused(f"job {job_id}: some of these tasks were placed already", id=job_id)
+    job = c.job(row)
+    lease = job.command is None
+    attempt = row.attempts + 1
+    rows = [TaskRow(uuid.uuid4().hex, job_id, i, attempt, a.node, a.id,
+                    "running" if lease else "scheduled", None, None, c.now,
+                    c.now if lease else None, None, epoch=epoch)
+            for u in units for i, a in u.allocs]
+    state = JobState.RUNNING if lease or row.state == JobState.RUNNING.value \
+        else JobState.SCHEDULED
+    jt.insert_tasks(c.conn, rows)
+    c.write(replace(row, state=state.value, started_at=row.started_at or c.now,
+                    attempts=attempt, reason=None, not_before=None,
+                    tasks_active=row.tasks_active + len(rows)))
+    c.tx.event("job.placed", job_id, {
+        "state": state.value, "epoch": epoch,
+        "tasks": [{"index": t.index, "node": t.node, "allocation": t.allocation_id,
+                   "task": t.id} for t in rows]})
+    c.out.tasks.extend(rows)
+    if not lease:
+        c.out.nodes.update(t.node for t in rows)
+    return c.out
+
+
+def _placed(conn: sa.Connection, job_id: str, indexes: list[int]) -> bool:
+    """Whether any of these task indexes runs or has succeeded already."""
+    for begin in range(0, len(indexes), 500):
+        hit = conn.execute(sa.select(tasks.c.id).where(
+            tasks.c.job_id == job_id, tasks.c.index.in_(indexes[begin:begin + 500]),
+            tasks.c.state.in_((*ACTIVE_TASK, "succeeded"))).limit(1)).first()
+        if hit is not None:
+            return True
+    return False
+
+
+def hold_switch(c: Change, *, job_id: str, unit_id: str, victims: list[str],
+                epoch: int | None) -> Outcome:
+    c.tx.fence(epoch)
+    c.tx.event("job.preempting", job_id, {"unit": unit_id, "victims": victims,
+                                           "decided_at": c.now})
+    return c.out
+
+
+def preempt(c: Change, *, victim: str, by: str, epoch: int | None) -> Outcome:
+    """Stop a victim unit's tasks (ended at once where no process runs)."""
+    c.tx.fence(epoch)
+    job_id, _, index = victim.partition("#")
+    row = c.load(job_id)
+    if row is None:
+        return c.out
+    active = c.active_tasks(job_id)
+    victims = [t for t in active if not index or t.index == int(index)]
+    stop_tasks(c, row, victims, "preempted", f"preempted by {by}")
+    return c.out
+
+
+# -- stopping and ending ---------------------------------------------------------------
+
+
+def stop_tasks(c: Change, row: JobRow, stop: Iterable[TaskRow], state: str,
+               reason: str) -> JobRow:
+    """Ask agents to stop these tasks' processes (their allocations are
+    released when the exits are reported); tasks without a process end now.
+    Returns the job row after any of those ends."""
+    job = c.job(row)
+    for task in stop:
+        if task.state not in ACTIVE_TASK:
+            continue
+        if not c.runs_process(job, task):
+            row = end_task(c, row, task, state, reason)
+            continue
+        if task.stop_state == state or not jt.update_task(
+                c.conn, task.id, only_from=ACTIVE_TASK, stop_state=state, stop_reason=reason):
+            continue  # asked already, or ended earlier in this transaction
+        c.tx.event("task.stop", task.id, {"job": task.job_id, "index": task.index,
+                                          "state": state, "reason": reason,
+                                          "node": task.node})
+        c.out.tasks.append(replace(task, stop_state=state, stop_reason=reason))
+        c.out.nodes.add(task.node)
+    return row
+
+
+def end_task(c: Change, row: JobRow, task: TaskRow, state: str, why: str, *,
+             exit_code: int | None = None, checkpoint: str | None = None,
+             times: Mapping[str, float] | None = None,
+             used: Mapping[str, float] | None = None) -> JobRow:
+    """End one active task: release its allocation, record it, and decide
+    what its job does next (finish, retry, wait to be placed again).
+    ``row`` is the job as stored now; returns it after the end (unchanged
+    when the task had ended already, earlier in this transaction)."""
+    times = times or {}
+    job = c.job(row)
+    ended = replace(task, state=state, exit_code=exit_code, reason=why[:512], ended_at=c.now,
+                    checkpoint=checkpoint or task.checkpoint)
+    if not jt.update_task(c.conn, ended.id, only_from=ACTIVE_TASK, state=ended.state,
+                          exit_code=ended.exit_code, reason=ended.reason,
+                          ended_at=ended.ended_at, checkpoint=ended.checkpoint):
+        return row
+
+    def others() -> list[TaskRow]:
+        return [t for t in c.active_tasks(row.id) if t.id != task.id]
+
+    change = after_end(job, row, ended, c.now, others)
+    c.tx.release(task.allocation_id, RELEASE_FOR[state])
+    usage = usage_row(row, job, ended, times, used)
+    if usage is not None:
+        insert_usage(c.conn, usage)
+    new = c.write(change.row)
+    c.tx.event("task.state", ended.id, {
+        "job": ended.job_id, "index": ended.index, "state": ended.state,
+        "exit_code": ended.exit_code, "reason": ended.reason, "node": ended.node,
+        "allocation": ended.allocation_id, "checkpoint": ended.checkpoint,
+        "times": dict(times)})
+    if change.finished or new.state != ended.state:
+        c.state_event(new)
+    c.out.tasks.append(ended)
+    c.out.ended.append((new, ended))
+    c.out.nodes.add(task.node)
+    if change.stop:
+        new = stop_tasks(c, new, change.stop, change.stop_state, change.stop_reason)
+    return new
+
+
+# -- what users ask -----------------------------------------------------------------------
+
+
+def cancel(c: Change, job_id: str) -> Outcome:
+    """Cancel a job: ended now where nothing runs, else once its processes
+    have exited; cancelling an ended job changes nothing."""
+    row = c.load(job_id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found", id=job_id)
+    if is_ending(row) or not is_live(row):
+        c.out.rows[job_id] = row
+        return c.out
+    row = c.write(replace(row, state=JobState.CANCELLED.value, reason="cancelled",
+                          ended_at=None if row.tasks_active else c.now))
+    c.state_event(row)
+    stop_tasks(c, row, c.active_tasks(job_id), "cancelled", "cancelled")
+    return c.out
+
+
+def complete(c: Change, job_id: str, *, succeeded: bool, exit_code: int | None) -> Outcome:
+    """End a lease job (one without a command) as its owner says."""
+    row = c.load(job_id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found", id=job_id)
+    if is_ending(row) or not is_live(row):
+        c.out.rows[job_id] = row
+        return c.out
+    active = c.active_tasks(job_id)
+    job = c.job(row)
+    if any(c.runs_process(job, t) for t in active):
+        # Its processes decide how it ends; releasing under them would hand
+        # their devices to someone else while they still run.
+        raise InvalidInput(f"job {job_id} runs a command on an agent; it ends when its "
+                           "processes exit (cancel it to stop them)", field="id")
+    state = JobState.SUCCEEDED if succeeded else JobState.FAILED
+    reason = ReleaseReason.COMPLETED if succeeded else ReleaseReason.FAILED
+    for task in active:
+        c.tx.release(task.allocation_id, reason)
+        jt.update_task(c.conn, task.id, only_from=ACTIVE_TASK, state=state.value,
+                       ended_at=c.now, reason=state.value)
+        ended = replace(task, state=state.value, ended_at=c.now, reason=state.value)
+        c.out.tasks.append(ended)
+    row = c.write(replace(row, state=state.value, reason=state.value, exit_code=exit_code,
+                          ended_at=c.now, tasks_active=0,
+                          tasks_succeeded=row.tasks_succeeded + (len(active) if succeeded
+                                                                 else 0)))
+    c.out.ended.extend((row, t) for t in c.out.tasks)
+    c.state_event(row)
+    return c.out
+
+
+# -- what agents report -------------------------------------------------------------------
+
+
+def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome:
+    """Apply an agent's report on one of its tasks; repeating one is harmless.
+    ``report.checkpoint`` names a checkpoint already stored, or is None."""
+    task = jt.load_task(c.conn, task_id)
+    if task is None or task.node != node:
+        c.out.answer = {"known": False, "active": False,
+                        "state": None if task is None else task.state}
+        return c.out
+    row = c.load(task.job_id)
+    task = jt.load_task(c.conn, task_id)  # again, under the job's lock
+    if row is None or task is None or task.state not in ACTIVE_TASK:
+        c.out.answer = {"known": True, "active": False,
+                        "state": task.state if task else None}
+        return c.out
+    if report.state == "exited":
+        state, why = outcome(task, report)
+        end_task(c, row, task, state, why, exit_code=report.exit_code,
+                 checkpoint=report.checkpoint, times=report.times, used=report.usage)
+        c.out.answer = {"known": True, "active": False, "state": state, "reason": why}
+        return c.out
+    now_state = progress(c, row, task, report)
+    c.out.answer = {"known": True, "active": now_state in ACTIVE_TASK, "state": now_state}
+    return c.out
+
+
+def progress(c: Change, row: JobRow, task: TaskRow, report: TaskReport) -> str:
+    """A task got further (starting, running); returns its state now."""
+    if PROGRESS.get(report.state, -1) <= PROGRESS[task.state]:
+        return task.state
+    started = report.times.get("started_at", c.now) if report.state == "running" else None
+    new = replace(task, state=report.state, started_at=started or task.started_at)
+    if report.state == "running" and row.state == JobState.SCHEDULED.value:
+        jt.update_job(c.conn, row.id, state=JobState.RUNNING.value)
+        c.out.rows[row.id] = replace(row, state=JobState.RUNNING.value)
+    jt.update_task(c.conn, task.id, only_from=ACTIVE_TASK, state=new.state,
+                   started_at=new.started_at)
+    c.tx.event("task.state", task.id, {"job": task.job_id, "index": task.index,
+                                       "state": new.state, "node": task.node,
+                                       "times": dict(report.times)})
+    c.out.tasks.append(new)
+    return new.state
+
+
+# -- nodes (the leader) ---------------------------------------------------------------------
+
+
+def node_lost(c: Change, node: str, *, epoch: int | None) -> Outcome:
+    """The node is gone: its tasks end as ``lost`` (requeued per their
+    restart policy) and its plain allocations are released as ``node_lost``."""
+    c.tx.fence(epoch)
+    for job_id in _jobs_on(c.conn, node):
+        row = c.load(job_id)
+        for task in c.active_tasks(job_id, node=node):
+            if row is not None:
+                row = end_task(c, row, task, "lost", f"node {node} lost")
+    for (alloc_id,) in c.conn.execute(sa.select(allocations.c.id).where(
+            allocations.c.node == node, allocations.c.state == "active")).all():
+        c.tx.release(alloc_id, ReleaseReason.NODE_LOST)
+    return c.out
+
+
+def stop_node_tasks(c: Change, node: str, state: str, reason: str, *,
+                    epoch: int | None) -> Outcome:
+    """Ask for every process on ``node`` to stop (a drain past its deadline)."""
+    c.tx.fence(epoch)
+    for job_id in _jobs_on(c.conn, node):
+        row = c.load(job_id)
+        if row is not None:
+            stop = [t for t in c.active_tasks(job_id, node=node) if not t.stop_state]
+            stop_tasks(c, row, stop, state, reason)
+    return c.out
+
+
+def _jobs_on(conn: sa.Connection, node: str) -> list[str]:
+    return sorted({r[0] for r in conn.execute(sa.select(tasks.c.job_id).where(
+        tasks.c.node == node, tasks.c.state.in_(ACTIVE_TASK)))})

@@ -1,0 +1,38 @@
+"""Running a transition and bringing this server's caches level after it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from apportion.core.model import Allocation
+from apportion.core.scheduling import Job
+from apportion.service.jobs.cache import JobCache
+from apportion.service.jobs.model import job_of
+from apportion.service.jobs.transitions import Change, Outcome
+from apportion.service.ledger_service import LedgerService
+from apportion.store.jobs_tables import JobRow
+
+
+class JobWriter:
+    """Commits transitions as units of work and applies their outcomes."""
+
+    def __init__(self, ledger: LedgerService, cache: JobCache) -> None:
+        self.ledger = ledger
+        self.cache = cache
+
+    async def run(self, transition: Callable[[Change], Outcome], *,
+                  grants: Sequence[Allocation] = ()) -> Outcome:
+        """Commit ``transition`` (with ``grants`` taken by ``ledger.reserve``)
+        and put what it changed in the cache."""
+        outcome = await self.ledger.commit_unit(
+            lambda tx: transition(Change(tx, self.job_for)), grants=grants)
+        missing = self.cache.apply(outcome)
+        if missing:
+            await self.ledger.read(lambda conn: self.cache.refresh(conn, missing))
+        return outcome
+
+    def job_for(self, row: JobRow) -> Job:
+        """The core value of a job: the cached one (its spec never changes),
+        or built from the stored spec. Safe from a worker thread: a read."""
+        live = self.cache.jobs.get(row.id)
+        return live.job if live is not None else job_of(row)

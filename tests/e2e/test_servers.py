@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import ServerGroup, payload, store_violations, wait_for
+from e2e.cluster import ServerGroup, store_violations, wait_for
 from support import drop_postgres_database, postgres_database
 
 

@@ -34,8 +34,8 @@ import structlog
 
 from apportion.core.scheduling import SchedulerConfig
 from apportion.service.agents_service import AgentSettings, AgentsService
-from apportion.service.allocations import AllocationsService
 from apportion.service.alerts_service import AlertsService
+from apportion.service.allocations import AllocationsService
 from apportion.service.auth import Authenticator
 from apportion.service.events_stream import EventHub
 from apportion.service.following import EventFollower

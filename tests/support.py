@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -118,3 +119,65 @@ class ServerProcess:
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30,
                             headers={"Authorization": f"Bearer {token or self.token}"})
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback that records every POST; ``answers``
+    gives the status codes of the first requests (then 200), ``delay`` the
+    seconds to sit on the first requests before answering (a timeout)."""
+
+    def __init__(self, answers: list[int] | None = None, delay: list[float] | None = None
+                 ) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[Received] = []
+        self.answers = list(answers or [])
+        self.delays = list(delay or [])
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver._lock:
+                    receiver.received.append(Received(
+                        self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    status = receiver.answers.pop(0) if receiver.answers else 200
+                    pause = receiver.delays.pop(0) if receiver.delays else 0.0
+                if pause:
+                    time.sleep(pause)
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def bodies(self) -> list[Any]:
+        with self._lock:
+            return [r.json() for r in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -228,3 +228,42 @@ def test_nvml_gpus_are_registered_pinned_by_uuid_and_reported_in_heartbeats(
             "/api/v1/agents/h100-box").json()["usage"].get("gpus"), 10)
     assert [(g["uuid"], g["temperature_c"]) for g in gpus] == [
         (uuids["0"], 31), (uuids["1"], 32)]
+
+
+def test_a_tasks_allocation_is_released_only_through_its_job(cluster: Cluster) -> None:
+    """A released task allocation once handed a busy GPU to the next job:
+    now it is refused (409) while the task lives, and an admin's forced
+    release cancels the job and releases only after the process exited."""
+    agent = cluster.add_agent("node-a", "cpu=2,memory=4Gi,gpu=1")
+    with cluster.api as c:
+        user = c.post("/api/v1/tokens", json={"name": "alice", "role": "user"}).json()["token"]
+    assert cluster.server is not None
+    with cluster.server.client(user) as alice:
+        r = alice.post("/api/v1/jobs", json={"command": payload("sleeper", 600),
+                                             "resources": {"cpu": "500m", "gpu": "1"}})
+        assert r.status_code == 201, r.text
+        job = r.json()
+        task = wait_for("running", lambda: _running_task(cluster, job["id"]), 20)
+        alloc_id = task["allocation_id"]
+        r = alice.delete(f"/api/v1/allocations/{alloc_id}")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == "allocation_owned_by_task"
+        assert r.json()["job"] == job["id"]
+        assert f"cancel the job instead (apportion jobs cancel {job['id']})" in \
+            r.json()["message"]
+        r = alice.delete(f"/api/v1/allocations/{alloc_id}", params={"force": "true"})
+        assert r.status_code == 403, r.text
+        own = alice.post("/api/v1/allocations", json={"resources": {"cpu": "100m"}}).json()
+        r = alice.delete(f"/api/v1/allocations/{own['id']}", params={"reason": "node_lost"})
+        assert (r.status_code, r.json()["error"], r.json()["field"]) == (
+            422, "reason_reserved", "reason")
+        assert alice.delete(f"/api/v1/allocations/{own['id']}").json()["reason"] == "released"
+    assert cluster.allocation(alloc_id)["state"] == "active"
+    [pid] = agent.task_pids()
+    with cluster.api as admin:
+        r = admin.delete(f"/api/v1/allocations/{alloc_id}", params={"force": "true"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["reason"]) == ("released", "cancelled")
+    assert not _alive(pid)  # the process had exited before the release was answered
+    ended = cluster.job(job["id"])
+    assert (ended["state"], ended["tasks"][0]["state"]) == ("cancelled", "cancelled")

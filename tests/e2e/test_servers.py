@@ -134,3 +134,19 @@ def test_sixty_gpu_jobs_over_two_servers_all_succeed_through_a_kill9(
         states = [c.get(f"/api/v1/jobs/{j}").json()["state"] for j in ids]
     assert states.count("succeeded") == 60, states
     assert {k: v for k, v in store_violations(group.database_url).items() if v} == {}
+
+
+def test_an_agent_moves_to_the_next_server_when_its_own_is_gone(group: ServerGroup) -> None:
+    _one_leader(group)
+    agent = group.add_agent("f1", servers=[0, 1])
+    group.servers[0].kill9()
+    with group.api(1) as c:
+        job = c.post("/api/v1/jobs", json={"command": ["sh", "-c", "echo moved"],
+                                           "resources": {"cpu": "1"}}).json()
+    done = wait_for("the job done through server 1",
+                    lambda: (j := group.job(job["id"], 1))["state"] == "succeeded" and j, 60)
+    assert done["tasks"][0]["node"] == "f1"
+    with group.api(1) as c:
+        assert c.get(f"/api/v1/jobs/{job['id']}/logs").json()["data"] == "moved\n"
+        assert c.get("/api/v1/nodes/f1").json()["state"] == "ready"
+    assert "server_unreachable" in agent.log

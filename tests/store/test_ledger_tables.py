@@ -574,3 +574,40 @@ def test_nodes_table_columns_hold_what_was_written(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(nodes)).one()
     assert tuple(row) == ("asic-1", {"type": "asic"}, {}, "draining", "degraded", 5.0, 6.0)
+
+
+def test_a_release_waiting_on_a_node_rewrite_still_returns_its_balance(
+        engine: sa.Engine) -> None:
+    """A node rewritten (an agent registering again) while another server
+    releases on it: the release waits on the rewrite's lock and must still
+    find its balance row (the rewrite once deleted and re-inserted rows, and
+    on PostgreSQL the waiting release then updated nothing)."""
+    with engine.begin() as conn:
+        tables.insert_node(conn, GPU_NODE)
+        held = Allocation("a1", "gpu-1", {"cpu": 1000, "gpu": 1}, {"gpu": ("0",)}, None, {},
+                          AllocationState.ACTIVE, 1.0)
+        assert tables.apply_grant(conn, held)
+    rewrite = engine.connect()
+    tx = rewrite.begin()
+    tables.lock_nodes(rewrite, ["gpu-1"])
+    tables.update_node(rewrite, GPU_NODE)
+    done = threading.Event()
+
+    def release() -> None:
+        with engine.begin() as conn:
+            assert tables.apply_release(conn, held.released(ReleaseReason.RELEASED, 2.0))
+        done.set()
+
+    worker = threading.Thread(target=release)
+    worker.start()
+    assert not done.wait(0.3)  # it waits for the rewrite's transaction
+    tx.commit()
+    rewrite.close()
+    worker.join(20)
+    assert done.is_set()
+    with engine.connect() as conn:
+        balances = dict(conn.execute(sa.select(node_resources.c.resource,
+                                               node_resources.c.allocated)).all())
+        holders = conn.execute(sa.select(devices.c.allocation_id)
+                               .where(devices.c.allocation_id.is_not(None))).all()
+    assert (balances["cpu"], balances["gpu"], holders) == (0, 0, [])

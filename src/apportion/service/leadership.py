@@ -201,8 +201,7 @@ class Leadership:
         """Win, keep or lose the lock once; note this server as seen."""
         if not self.is_leader:
             if await asyncio.to_thread(self.lock.try_acquire):
-                epoch = await asyncio.to_thread(self._take_epoch)
-                await self._elect(epoch)
+                await self._elect(*await asyncio.to_thread(self._take_epoch))
         else:
             try:
                 held = await asyncio.wait_for(asyncio.to_thread(self.lock.still_held),
@@ -213,8 +212,8 @@ class Leadership:
                 await self._depose("the lock was lost")
         await asyncio.to_thread(self._seen)
 
-    async def _elect(self, epoch: int) -> None:
-        self.epoch, self.since = epoch, self.clock()
+    async def _elect(self, epoch: int, since: float) -> None:
+        self.epoch, self.since = epoch, since
         log.info("leader_elected", server_id=self.server_id, epoch=epoch)
         for listener in list(self.listeners):
             await listener(epoch)
@@ -236,12 +235,13 @@ class Leadership:
 
     # -- the store -----------------------------------------------------------
 
-    def _take_epoch(self) -> int:
+    def _take_epoch(self) -> tuple[int, float]:
+        since = self.clock()
         with self.engine.begin() as conn:
             conn.execute(cluster_leader.update().where(cluster_leader.c.id == 1).values(
-                epoch=cluster_leader.c.epoch + 1, server_id=self.server_id, since=self.clock()))
+                epoch=cluster_leader.c.epoch + 1, server_id=self.server_id, since=since))
             return int(conn.execute(sa.select(cluster_leader.c.epoch).where(
-                cluster_leader.c.id == 1)).scalar_one())
+                cluster_leader.c.id == 1)).scalar_one()), since
 
     def _seen(self, stopped: bool = False) -> None:
         now = self.clock()

@@ -27,6 +27,16 @@ from apportion.core.model import (
 )
 from apportion.store.schema import allocations, devices, node_resources, nodes
 
+
+class BalanceMissing(sa.exc.OperationalError):
+    """A release found no balance row to return to (a concurrent rewrite of
+    the node): raised as an OperationalError so the whole transaction is
+    rolled back and tried again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None, Exception(message))
+
+
 _GRANT_UPDATE = (
     node_resources.update()
     .where(
@@ -118,7 +128,11 @@ def insert_node(conn: sa.Connection, node: Node) -> None:
 
 
 def update_node(conn: sa.Connection, node: Node) -> None:
-    """Rewrite a node; allocated amounts and device holders are kept as stored."""
+    """Rewrite a node; allocated amounts and device holders are kept as stored.
+
+    Rows are changed in place, never deleted and inserted again: on
+    PostgreSQL a concurrent release waiting on a row that is deleted under
+    it updates nothing, and the balance it should have returned is lost."""
     conn.execute(
         nodes.update()
         .where(nodes.c.name == node.name)
@@ -130,26 +144,46 @@ def update_node(conn: sa.Connection, node: Node) -> None:
             updated_at=node.updated_at,
         )
     )
-    allocated = {
-        r: a
-        for r, a in conn.execute(
-            sa.select(node_resources.c.resource, node_resources.c.allocated).where(
-                node_resources.c.node == node.name
-            )
-        )
-    }
-    holders = {
-        (r, d): a
-        for r, d, a in conn.execute(
-            sa.select(devices.c.resource, devices.c.device_id, devices.c.allocation_id).where(
-                devices.c.node == node.name
-            )
-        )
-    }
-    conn.execute(node_resources.delete().where(node_resources.c.node == node.name))
-    conn.execute(devices.delete().where(devices.c.node == node.name))
-    _write_capacity(conn, node, allocated)
-    _write_devices(conn, node, holders)
+    _rewrite_capacity(conn, node)
+    _rewrite_devices(conn, node)
+
+
+def _rewrite_capacity(conn: sa.Connection, node: Node) -> None:
+    stored = {r for (r,) in conn.execute(
+        sa.select(node_resources.c.resource).where(node_resources.c.node == node.name))}
+    for r, cap in node.resources.items():
+        if r in stored:
+            conn.execute(node_resources.update().where(
+                node_resources.c.node == node.name, node_resources.c.resource == r,
+            ).values(capacity=cap))
+        else:
+            conn.execute(node_resources.insert().values(
+                node=node.name, resource=r, capacity=cap, allocated=0))
+    gone = stored - set(node.resources)
+    if gone:
+        conn.execute(node_resources.delete().where(
+            node_resources.c.node == node.name, node_resources.c.resource.in_(gone)))
+
+
+def _rewrite_devices(conn: sa.Connection, node: Node) -> None:
+    stored = {(r, d) for r, d in conn.execute(
+        sa.select(devices.c.resource, devices.c.device_id).where(devices.c.node == node.name))}
+    wanted = set()
+    for r, ds in node.devices.items():
+        for i, d in enumerate(ds):
+            wanted.add((r, d.id))
+            values = {"position": i, "model": d.model, "memory": d.memory, "uuid": d.uuid,
+                      "serial": d.serial, "attrs": d.attrs}
+            if (r, d.id) in stored:
+                conn.execute(devices.update().where(
+                    devices.c.node == node.name, devices.c.resource == r,
+                    devices.c.device_id == d.id).values(values))
+            else:
+                conn.execute(devices.insert().values(node=node.name, resource=r, device_id=d.id,
+                                                     allocation_id=None, **values))
+    for r, d in stored - wanted:
+        conn.execute(devices.delete().where(
+            devices.c.node == node.name, devices.c.resource == r, devices.c.device_id == d))
 
 
 def set_node_state(conn: sa.Connection, name: str, state: NodeState, now: float) -> None:
@@ -245,7 +279,11 @@ def apply_release(conn: sa.Connection, alloc: Allocation) -> bool:
     if hit.rowcount != 1:
         return False
     for r, q in alloc.resources.items():
-        conn.execute(_RETURN_UPDATE, {"n": alloc.node, "r": r, "q": q})
+        if conn.execute(_RETURN_UPDATE, {"n": alloc.node, "r": r, "q": q}).rowcount != 1:
+            # The balance row went away under us: never mark a release whose
+            # resources were not given back. The caller's transaction fails.
+            raise BalanceMissing(f"node {alloc.node} has no {r} balance to return "
+                                 f"allocation {alloc.id} to")
     if alloc.devices:
         conn.execute(_FREE_DEVICES, {"a": alloc.id})
     return True

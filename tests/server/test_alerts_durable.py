@@ -1,0 +1,111 @@
+"""Alerts are rows and webhook deliveries an outbox: a restart keeps each open
+alert with its ``started_at`` and sends no second webhook for it; 5xx and
+timeouts are retried with one idempotency key, 4xx is not (issue 11, issue 15).
+A real server and a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e.cluster import wait_for
+from support import ServerProcess, WebhookReceiver
+
+CONFIG = """
+[alerts]
+interval_s = 0.2
+capacity_threshold = 0.5
+capacity_critical = 0.99
+webhooks = ["{url}"]
+webhook_attempts = 4
+webhook_timeout_s = 1.0
+"""
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _server(tmp_path: Path, receiver: WebhookReceiver, port: int | None = None,
+            token: str | None = None) -> ServerProcess:
+    config = tmp_path / "server.toml"
+    config.write_text(CONFIG.format(url=receiver.url))
+    extra = {"APPORTION_CONFIG_FILE": str(config)}
+    proc = ServerProcess(tmp_path, extra_env=extra)
+    if port is not None:
+        proc.port = port
+    if token is not None:
+        proc.token = token
+    return proc.start()
+
+
+def _capacity_alert(api: httpx.Client) -> dict[str, Any] | None:
+    rows = api.get("/api/v1/alerts").json()["alerts"]
+    return next((a for a in rows if a["rule"] == "capacity_utilization"), None)
+
+
+def _events(receiver: WebhookReceiver, event: str) -> list[Any]:
+    return [b for b in receiver.bodies() if b["event"] == event]
+
+
+def test_an_open_alert_survives_a_restart_without_a_second_webhook(
+        tmp_path: Path, receiver: WebhookReceiver) -> None:
+    receiver.answers = [503, 500]  # the first delivery is retried twice
+    server = _server(tmp_path, receiver)
+    try:
+        with server.client() as api:
+            api.post("/api/v1/nodes", json={"name": "n1", "resources": {"cpu": "4"},
+                                            "labels": {"facility": "f1"}})
+            alloc = api.post("/api/v1/allocations", json={"resources": {"cpu": "3"}}).json()
+            raised = wait_for("the capacity alert", lambda: _capacity_alert(api), 20)
+            wait_for("its delivery, after two retries", lambda: len(receiver.received) == 3, 20)
+        assert raised["status"] == "firing"
+        first = receiver.received[0]
+        assert [r.headers["idempotency-key"] for r in receiver.received] == \
+            [first.headers["idempotency-key"]] * 3
+        assert len({r.body for r in receiver.received}) == 1  # byte-identical retries
+        server.stop()
+        server = _server(tmp_path, receiver, port=server.port, token=server.token)
+        with server.client() as api:
+            assert _capacity_alert(api)["started_at"] == raised["started_at"]
+            api.delete(f"/api/v1/allocations/{alloc['id']}")
+            wait_for("the resolved delivery", lambda: _events(receiver, "alert.resolved"), 20)
+            resolved = api.get("/api/v1/alerts", params={"state": "resolved"}).json()["alerts"]
+        assert [(a["rule"], a["started_at"]) for a in resolved] == [
+            ("capacity_utilization", raised["started_at"])]
+        # Evaluations ran after the restart (the resolve proves it) and raised nothing new.
+        assert len({b["id"] for b in _events(receiver, "alert.raised")}) == 1
+        assert _events(receiver, "alert.resolved")[0]["alert"]["fingerprint"] == \
+            raised["fingerprint"]
+    finally:
+        server.stop()
+
+
+def test_a_4xx_answer_is_not_retried_and_a_timeout_is(
+        tmp_path: Path, receiver: WebhookReceiver) -> None:
+    receiver.answers = [400]
+    server = _server(tmp_path, receiver)
+    try:
+        with server.client() as api:
+            api.post("/api/v1/nodes", json={"name": "n1", "resources": {"cpu": "4"},
+                                            "labels": {"facility": "f1"}})
+            alloc = api.post("/api/v1/allocations", json={"resources": {"cpu": "3"}}).json()
+            wait_for("the raised delivery", lambda: receiver.received, 20)
+            receiver.delays = [3.0]  # longer than webhook_timeout_s: the resolve is retried
+            api.delete(f"/api/v1/allocations/{alloc['id']}")
+            wait_for("the resolve delivered after a timeout",
+                     lambda: len(_events(receiver, "alert.resolved")) == 2, 30)
+        assert len(_events(receiver, "alert.raised")) == 1
+        resolves = [r.headers["idempotency-key"] for r in receiver.received[1:]]
+        assert len(resolves) == 2 and resolves[0] == resolves[1]
+    finally:
+        server.stop()

@@ -30,7 +30,9 @@ grants, a task's end with its release. Units queued together share one
 transaction, each inside a SAVEPOINT, so one that the store refuses (a
 ``Refused`` it raises, or a constraint) is rolled back alone and the others
 still commit with one fsync. A unit must read what it decides on inside its
-own transaction and touch no memory: it may run again after a retry.
+own transaction and touch no memory: it may run again after a retry. A
+*heavy* unit (a thousand tasks' ends, say) runs its transaction in a worker
+thread even on SQLite: the event loop goes on answering while it runs.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class _Item:
     future: asyncio.Future[Any]
     alone: bool
     unit: bool = False
+    heavy: bool = False
 
 
 class GroupCommitter:
@@ -94,9 +97,9 @@ class GroupCommitter:
         """Queue a write that gets a transaction of its own."""
         return self._put(write, alone=True)
 
-    def submit_unit(self, write: Write) -> asyncio.Future[Any]:
+    def submit_unit(self, write: Write, *, heavy: bool = False) -> asyncio.Future[Any]:
         """Queue a write that commits whole or not at all, beside others."""
-        return self._put(write, alone=False, unit=True)
+        return self._put(write, alone=False, unit=True, heavy=heavy)
 
     def close(self) -> None:
         """At shutdown, writes that never reached the store are refused, not lost
@@ -105,10 +108,11 @@ class GroupCommitter:
         refusal = StoreUnavailable("the server is shutting down; nothing was written")
         _resolve_all([(i.future, refusal) for i in pending])
 
-    def _put(self, payload: Any, *, alone: bool, unit: bool = False) -> asyncio.Future[Any]:
+    def _put(self, payload: Any, *, alone: bool, unit: bool = False,
+             heavy: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Item(payload, future, alone, unit))
+        self._pending.append(_Item(payload, future, alone, unit, heavy))
         if self._draining is None:
             self._draining = loop.create_task(self._drain())
         return future
@@ -121,7 +125,8 @@ class GroupCommitter:
                 units = [i for i in items if i.unit]
                 if units:
                     run = partial(_call_units, [i.payload for i in units])
-                    _settle(units, await self._attempt(run, len(units)))
+                    heavy = any(i.heavy for i in units)
+                    _settle(units, await self._attempt(run, len(units), heavy=heavy))
                 batch = [i for i in items if not i.alone and not i.unit]
                 if batch:
                     payloads = [i.payload for i in batch]
@@ -136,11 +141,12 @@ class GroupCommitter:
             self._draining = None
 
     async def _attempt(self, run: Callable[[sa.Connection], list[Any]], n: int,
-                       each: Callable[[sa.Connection], list[Any]] | None = None) -> list[Any]:
+                       each: Callable[[sa.Connection], list[Any]] | None = None, *,
+                       heavy: bool = False) -> list[Any]:
         for attempt in range(self._retries):
             try:
                 try:
-                    results = await self._run(run)
+                    results = await self._run(run, heavy=heavy)
                 except BatchConflict:
                     if each is None:
                         raise
@@ -161,8 +167,9 @@ class GroupCommitter:
             return results
         return [StoreUnavailable("the store stayed busy; nothing was written")] * n
 
-    async def _run(self, run: Callable[[sa.Connection], list[Any]]) -> list[Any]:
-        if self._networked:
+    async def _run(self, run: Callable[[sa.Connection], list[Any]], *,
+                   heavy: bool = False) -> list[Any]:
+        if self._networked or heavy:
             # PostgreSQL: statements wait on round trips, so the whole
             # transaction goes to a worker thread (psycopg releases the GIL
             # while it waits).

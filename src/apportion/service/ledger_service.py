@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+HEAVY_GRANTS = 32
+"""A unit with more grants than this commits from a worker thread."""
+
 CONFLICT_RETRIES = 3
 """Times a grant is re-placed after the store found memory behind."""
 
@@ -211,7 +214,7 @@ class LedgerService:
         self._in_flight.get(alloc.node, {}).pop(alloc.id, None)
 
     async def commit_unit(self, work: Callable[[Tx], T], *,
-                          grants: Sequence[Allocation] = ()) -> T:
+                          grants: Sequence[Allocation] = (), heavy: bool = False) -> T:
         """Commit ``work`` with ``grants`` (taken by ``reserve``) in one
         savepoint of a shared transaction; then bring memory level with what
         it released. A refused change leaves nothing: its grants are undone."""
@@ -222,7 +225,8 @@ class LedgerService:
             return work(tx), tx.released
 
         try:
-            committed: tuple[T, list[Allocation]] = await self.committer.submit_unit(write)
+            committed: tuple[T, list[Allocation]] = await self.committer.submit_unit(
+                write, heavy=heavy or len(grants) > HEAVY_GRANTS)
             result, released = committed
         except BaseException:
             for alloc in grants:

@@ -151,7 +151,8 @@ def update_task(conn: sa.Connection, task_id: str, *, only_from: tuple[str, ...]
 
 
 def load_tasks(conn: sa.Connection, *, job_id: str | None = None, node: str | None = None,
-               states: list[str] | None = None) -> list[TaskRow]:
+               states: list[str] | None = None, limit: int | None = None,
+               offset: int = 0) -> list[TaskRow]:
     query = sa.select(tasks)
     if job_id is not None:
         query = query.where(tasks.c.job_id == job_id)
@@ -159,8 +160,15 @@ def load_tasks(conn: sa.Connection, *, job_id: str | None = None, node: str | No
         query = query.where(tasks.c.node == node)
     if states:
         query = query.where(tasks.c.state.in_(states))
-    return [_as(TaskRow, r) for r in conn.execute(query.order_by(tasks.c.created_at,
-                                                                 tasks.c.index))]
+    query = query.order_by(tasks.c.created_at, tasks.c.index)
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+    return [_as(TaskRow, r) for r in conn.execute(query)]
+
+
+def count_tasks(conn: sa.Connection, job_id: str) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(tasks)
+                            .where(tasks.c.job_id == job_id)).scalar_one())
 
 
 def load_tasks_of(conn: sa.Connection, job_ids: list[str],

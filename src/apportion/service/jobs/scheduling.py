@@ -40,12 +40,16 @@ from apportion.core.scheduling import (
 )
 from apportion.exceptions import ApportionError
 from apportion.service.jobs import transitions as t
-from apportion.service.jobs.cache import JobCache
+from apportion.service.jobs.cache import JobCache, LiveJob
 from apportion.service.jobs.model import JOB_LABEL, LEASE_QUEUE, TASK_LABEL, unit_job_id
 from apportion.service.jobs.writer import JobWriter
 from apportion.service.ledger_service import LedgerService
+from apportion.store.jobs_tables import JobRow
 
 log = structlog.get_logger(__name__)
+
+START_CHUNK = 256
+"""Tasks of one job started in one unit of work at most."""
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Scheduler:
         self.last_cycle: CycleResult | None = None
         self.cycles = 0
         self.switches: dict[str, Switch] = {}
+        self._finished: list[tuple[Job, float]] = []
         self.cycle_listeners: list[Callable[[float], None]] = []
         """Called with the duration of each cycle that had work."""
         self._kick = asyncio.Event()
@@ -86,13 +91,12 @@ class Scheduler:
         """Something changed (a submission, a release, a node): run a cycle soon."""
         self._kick.set()
 
-    def _job_changed(self, job: Job, old: object, new: object) -> None:
-        from apportion.store.jobs_tables import JobRow
-
-        assert isinstance(new, JobRow)
+    def _job_changed(self, job: Job, old: JobRow | None, new: JobRow) -> None:
         if new.state == "succeeded" and new.started_at and new.ended_at and (
-                not isinstance(old, JobRow) or old.state != "succeeded"):
-            self.history.record(job, new.ended_at - new.started_at)
+                old is None or old.state != "succeeded"):
+            # Recorded at the next cycle's start: a cycle may be reading the
+            # history in a worker thread right now.
+            self._finished.append((job, new.ended_at - new.started_at))
         if new.state in ("succeeded", "failed", "cancelled"):
             for unit_id in [u for u in self.switches if unit_job_id(u) == new.id]:
                 del self.switches[unit_id]
@@ -123,15 +127,23 @@ class Scheduler:
 
     async def _cycle(self) -> CycleResult:
         now = self.clock()
+        for job, run_time in self._finished:
+            self.history.record(job, run_time)
+        self._finished.clear()
         pending = [u for lj in self.cache.jobs.values() if lj.not_before <= now
                    for u in lj.open_units() if u.id not in self.switches]
         if not pending:
             # Nothing waits: building the cluster view would be all the work.
             self.last_cycle = CycleResult((), (), (), {})
             return self.last_cycle
-        state = self.cluster_state()
-        result = schedule_cycle(state, pending, now, self.config, queues=self.queues(),
-                                history=self.history)
+        # The view and the decision are pure work on snapshots: a worker
+        # thread does them, and the event loop goes on answering meanwhile
+        # (a 10,000-task job once held it for seconds).
+        view = self._snapshot()
+        queues = dict(self.queues())
+        state = await asyncio.to_thread(view.state)
+        result = await asyncio.to_thread(schedule_cycle, state, pending, now, self.config,
+                                         queues=queues, history=self.history)
         self.last_cycle = result
         self.cycles += 1
         stopping = set()
@@ -153,7 +165,24 @@ class Scheduler:
 
     async def _start(self, job_id: str,
                      units: Sequence[tuple[str, Sequence[TaskPlacement]]]) -> bool:
-        """Grant and record the placed units of one job, all or none."""
+        """Grant and record the placed units of one job, in chunks of at most
+        ``START_CHUNK`` tasks (each chunk all or none)."""
+        chunk: list[tuple[str, Sequence[TaskPlacement]]] = []
+        size = 0
+        started = True
+        for unit in units:
+            count = sum(tp.count for tp in unit[1])
+            if chunk and size + count > START_CHUNK:
+                started &= await self._start_chunk(job_id, chunk)
+                chunk, size = [], 0
+            chunk.append(unit)
+            size += count
+        if chunk:
+            started &= await self._start_chunk(job_id, chunk)
+        return started
+
+    async def _start_chunk(self, job_id: str,
+                           units: Sequence[tuple[str, Sequence[TaskPlacement]]]) -> bool:
         live = self.cache.jobs.get(job_id)
         if live is None or live.ending:
             return False
@@ -224,33 +253,15 @@ class Scheduler:
     # -- the cluster as the core sees it ------------------------------------------------
 
     def cluster_state(self, extra: Sequence[Node] = ()) -> ClusterState:
-        """Nodes, and every active allocation as a running unit (plain
-        allocations as units no one may preempt). A unit whose processes are
-        being stopped is shown ending now and not preemptible, so no second
-        victim is chosen for what it frees. ``extra``: nodes that are not in
-        the ledger (a pool's nodes to come; never placed on)."""
-        ledger = self.ledger.ledger
-        stopping = {task.allocation_id for lj in self.cache.jobs.values()
-                    for task in lj.active() if task.stop_state}
-        by_unit: dict[str, list[Allocation]] = {}
-        running: list[RunningJob] = []
-        for alloc in ledger.active().values():
-            job_id = alloc.labels.get(JOB_LABEL)
-            live = self.cache.jobs.get(job_id) if job_id else None
-            if live is None:
-                running.append(_lease(alloc))
-                continue
-            by_unit.setdefault(live.unit_id(_index(alloc)), []).append(alloc)
-        for unit_id, allocs in by_unit.items():
-            live = self.cache.jobs[unit_job_id(unit_id)]
-            unit = live.unit(unit_id)
-            tasks = tuple(TaskPlacement(a.node, a.resources, a.devices) for a in allocs)
-            start = live.row.started_at or min(a.created_at for a in allocs)
-            estimate = unit.runtime_estimate
-            if any(a.id in stopping for a in allocs):
-                unit, estimate = replace(unit, preemptible=False), 0.0
-            running.append(RunningJob(unit, start, tasks, estimate))
-        return ClusterState([*ledger.nodes.values(), *extra], running)
+        """Nodes, and every active allocation as a running unit (see ``ClusterView``)."""
+        return self._snapshot(extra).state()
+
+    def _snapshot(self, extra: Sequence[Node] = ()) -> ClusterView:
+        stopping = frozenset(task.allocation_id for lj in self.cache.jobs.values()
+                             for task in lj.active() if task.stop_state)
+        return ClusterView([*self.ledger.ledger.nodes.values(), *extra],
+                           list(self.ledger.ledger.active().values()), dict(self.cache.jobs),
+                           stopping)
 
     def queue_usage(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
         """What each queue's running jobs hold, as ``ClusterState.usage`` counts
@@ -276,6 +287,45 @@ class Scheduler:
                 for r, q in unit.total.items():
                     used[r] = used.get(r, 0) + q
         return usage
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the core's ``ClusterState`` is built from, copied on the event
+    loop so that it can be built elsewhere: nodes (and ``extra`` nodes that
+    are not in the ledger: a pool's nodes to come, never placed on), the
+    active allocations, the live jobs, and the allocations whose processes
+    are being stopped."""
+
+    nodes: list[Node]
+    allocations: list[Allocation]
+    jobs: dict[str, LiveJob]
+    stopping: frozenset[str]
+
+    def state(self) -> ClusterState:
+        """Every active allocation as a running unit (plain allocations as
+        units no one may preempt). A unit whose processes are being stopped
+        is shown ending now and not preemptible, so no second victim is
+        chosen for what it frees."""
+        by_unit: dict[str, list[Allocation]] = {}
+        running: list[RunningJob] = []
+        for alloc in self.allocations:
+            job_id = alloc.labels.get(JOB_LABEL)
+            live = self.jobs.get(job_id) if job_id else None
+            if live is None:
+                running.append(_lease(alloc))
+                continue
+            by_unit.setdefault(live.unit_id(_index(alloc)), []).append(alloc)
+        for unit_id, allocs in by_unit.items():
+            live = self.jobs[unit_job_id(unit_id)]
+            unit = live.unit(unit_id)
+            tasks = tuple(TaskPlacement(a.node, a.resources, a.devices) for a in allocs)
+            start = live.row.started_at or min(a.created_at for a in allocs)
+            estimate = unit.runtime_estimate
+            if any(a.id in self.stopping for a in allocs):
+                unit, estimate = replace(unit, preemptible=False), 0.0
+            running.append(RunningJob(unit, start, tasks, estimate))
+        return ClusterState(self.nodes, running)
 
 
 def _index(alloc: Allocation) -> int:

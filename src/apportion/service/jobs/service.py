@@ -230,25 +230,35 @@ class JobsService:
 
     async def get(self, job_id: str) -> tuple[JobRow, list[TaskRow]]:
         """A job and all its task attempts, as stored."""
-
-        def read(conn: sa.Connection) -> tuple[JobRow | None, list[TaskRow]]:
-            row = jt.load_job(conn, job_id)
-            return row, jt.load_tasks(conn, job_id=job_id) if row else []
-
-        row, rows = await self.ledger.read(read)
-        if row is None:
-            raise NotFound(f"job {job_id} not found", id=job_id)
+        row, rows, _ = await self.get_page(job_id, limit=None)
         return row, rows
 
+    async def get_page(self, job_id: str, *, limit: int | None,
+                       offset: int = 0) -> tuple[JobRow, list[TaskRow], int]:
+        """A job, a page of its task attempts (oldest first) and how many it has."""
+
+        def read(conn: sa.Connection) -> tuple[JobRow | None, list[TaskRow], int]:
+            row = jt.load_job(conn, job_id)
+            if row is None:
+                return None, [], 0
+            rows = jt.load_tasks(conn, job_id=job_id, limit=limit, offset=offset)
+            total = len(rows) if limit is None else jt.count_tasks(conn, job_id)
+            return row, rows, total
+
+        row, rows, total = await self.ledger.read(read)
+        if row is None:
+            raise NotFound(f"job {job_id} not found", id=job_id)
+        return row, rows, total
+
     async def cancel(self, job_id: str) -> JobRow:
-        outcome = await self.writer.run(partial(t.cancel, job_id=job_id))
-        return outcome.rows[job_id]
+        outcomes = await self.writer.run_all(partial(t.cancel, job_id=job_id))
+        return outcomes[-1].rows.get(job_id) or outcomes[0].rows[job_id]
 
     async def complete(self, job_id: str, *, succeeded: bool, exit_code: int | None) -> JobRow:
         """End a lease job (one without a command) as its owner says."""
-        outcome = await self.writer.run(partial(t.complete, job_id=job_id,
-                                                succeeded=succeeded, exit_code=exit_code))
-        return outcome.rows[job_id]
+        outcomes = await self.writer.run_all(partial(
+            t.complete, job_id=job_id, succeeded=succeeded, exit_code=exit_code))
+        return outcomes[-1].rows.get(job_id) or outcomes[0].rows[job_id]
 
     def explain(self, job_id: str) -> Explanation:
         live = self.cache.jobs.get(job_id)
@@ -321,14 +331,16 @@ class JobsService:
     async def node_lost(self, node: str) -> int:
         """The node is gone: its tasks end as ``lost`` and are requeued per
         their restart policy (the leader's decision)."""
-        outcome = await self.writer.run(partial(t.node_lost, node=node, epoch=self.epoch()))
-        return len(outcome.ended)
+        outcomes = await self.writer.run_all(partial(t.node_lost, node=node,
+                                                     epoch=self.epoch()))
+        return sum(len(o.ended) for o in outcomes)
 
     async def stop_node_tasks(self, node: str, state: str, reason: str) -> int:
         """Ask for every process on ``node`` to stop (a drain past its deadline)."""
-        outcome = await self.writer.run(partial(t.stop_node_tasks, node=node, state=state,
-                                                reason=reason, epoch=self.epoch()))
-        return sum(1 for task in outcome.tasks if task.stop_state == state)
+        outcomes = await self.writer.run_all(partial(t.stop_node_tasks, node=node,
+                                                     state=state, reason=reason,
+                                                     epoch=self.epoch()))
+        return sum(1 for o in outcomes for task in o.tasks if task.stop_state == state)
 
 
 def _release_orphan(c: t.Change, *, alloc_id: str) -> t.Outcome:

@@ -44,6 +44,10 @@ from apportion.store.jobs_tables import JobRow, TaskRow
 from apportion.store.schema import allocations, tasks
 from apportion.store.usage_tables import insert_usage
 
+CHUNK = 500
+"""Tasks one transition ends or stops at most: a 10,000-task job is cancelled
+in twenty short transactions, not one that holds the store for seconds."""
+
 
 @dataclass
 class Outcome:
@@ -70,23 +74,35 @@ class Change:
         self.out = Outcome()
         self._jobs = jobs
         self._agents: dict[str, bool] = {}
+        self._dirty: dict[str, JobRow] = {}
 
     def job(self, row: JobRow) -> Job:
         return self._jobs(row)
 
     def load(self, job_id: str) -> JobRow | None:
-        """The job row as stored, locked until the transaction ends."""
+        """The job row as stored (or as this transaction changed it), locked
+        until the transaction ends."""
+        if job_id in self._dirty:
+            return self._dirty[job_id]
         return jt.load_job(self.conn, job_id, lock=True)
 
     def write(self, row: JobRow) -> JobRow:
-        jt.update_job(self.conn, row.id, state=row.state, reason=row.reason,
-                      exit_code=row.exit_code, started_at=row.started_at,
-                      ended_at=row.ended_at, attempts=row.attempts,
-                      preemptions=row.preemptions, not_before=row.not_before,
-                      tasks_active=row.tasks_active, tasks_succeeded=row.tasks_succeeded,
-                      task_failures=row.task_failures)
+        """Change a job row; written once per job at ``flush``, however many
+        of its tasks this transaction ends."""
+        self._dirty[row.id] = row
         self.out.rows[row.id] = row
         return row
+
+    def flush(self) -> Outcome:
+        for row in self._dirty.values():
+            jt.update_job(self.conn, row.id, state=row.state, reason=row.reason,
+                          exit_code=row.exit_code, started_at=row.started_at,
+                          ended_at=row.ended_at, attempts=row.attempts,
+                          preemptions=row.preemptions, not_before=row.not_before,
+                          tasks_active=row.tasks_active, tasks_succeeded=row.tasks_succeeded,
+                          task_failures=row.task_failures)
+        self._dirty.clear()
+        return self.out
 
     def state_event(self, row: JobRow) -> None:
         self.tx.event("job.state", row.id, {"state": row.state, "reason": row.reason})
@@ -99,13 +115,21 @@ class Change:
             self._agents[task.node] = sessions.has_agent(self.conn, task.node)
         return self._agents[task.node]
 
-    def active_tasks(self, job_id: str, *, node: str | None = None) -> list[TaskRow]:
+    def active_tasks(self, job_id: str, *, node: str | None = None,
+                     not_asked: str | None = None, limit: int | None = None) -> list[TaskRow]:
+        """The job's active tasks (on ``node``; not yet asked to reach
+        ``not_asked``; the first ``limit``)."""
         query = sa.select(tasks).where(tasks.c.job_id == job_id,
                                        tasks.c.state.in_(ACTIVE_TASK))
         if node is not None:
             query = query.where(tasks.c.node == node)
-        return [TaskRow(**dict(r._mapping)) for r in self.conn.execute(
-            query.order_by(tasks.c.created_at, tasks.c.index))]
+        if not_asked is not None:
+            query = query.where(sa.or_(tasks.c.stop_state.is_(None),
+                                       tasks.c.stop_state != not_asked))
+        query = query.order_by(tasks.c.created_at, tasks.c.index)
+        if limit is not None:
+            query = query.limit(limit)
+        return [TaskRow(**dict(r._mapping)) for r in self.conn.execute(query)]
 
 
 # -- submission ----------------------------------------------------------------------
@@ -264,51 +288,74 @@ def end_task(c: Change, row: JobRow, task: TaskRow, state: str, why: str, *,
 # -- what users ask -----------------------------------------------------------------------
 
 
-def cancel(c: Change, job_id: str) -> Outcome:
+def cancel(c: Change, job_id: str, *, limit: int = CHUNK) -> Outcome:
     """Cancel a job: ended now where nothing runs, else once its processes
-    have exited; cancelling an ended job changes nothing."""
+    have exited; cancelling an ended job changes nothing. Stops at most
+    ``limit`` tasks; ``answer["more"]`` says to call again for the rest."""
     row = c.load(job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", id=job_id)
-    if is_ending(row) or not is_live(row):
+    if not is_live(row):
         c.out.rows[job_id] = row
         return c.out
-    row = c.write(replace(row, state=JobState.CANCELLED.value, reason="cancelled",
-                          ended_at=None if row.tasks_active else c.now))
-    c.state_event(row)
-    stop_tasks(c, row, c.active_tasks(job_id), "cancelled", "cancelled")
+    if not is_ending(row):
+        row = c.write(replace(row, state=JobState.CANCELLED.value, reason="cancelled",
+                              ended_at=None if row.tasks_active else c.now))
+        c.state_event(row)
+    elif row.state != JobState.CANCELLED.value:
+        c.out.rows[job_id] = row  # failed already: its last processes are stopping
+        return c.out
+    _stop_chunk(c, row, "cancelled", "cancelled", limit)
     return c.out
 
 
-def complete(c: Change, job_id: str, *, succeeded: bool, exit_code: int | None) -> Outcome:
-    """End a lease job (one without a command) as its owner says."""
+def _stop_chunk(c: Change, row: JobRow, state: str, reason: str, limit: int) -> None:
+    batch = c.active_tasks(row.id, not_asked=state, limit=limit + 1)
+    stop_tasks(c, row, batch[:limit], state, reason)
+    c.out.answer["more"] = len(batch) > limit
+
+
+def complete(c: Change, job_id: str, *, succeeded: bool, exit_code: int | None,
+             limit: int = CHUNK) -> Outcome:
+    """End a lease job (one without a command) as its owner says. Ends at
+    most ``limit`` tasks; ``answer["more"]`` says to call again for the rest."""
     row = c.load(job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", id=job_id)
-    if is_ending(row) or not is_live(row):
+    state = JobState.SUCCEEDED if succeeded else JobState.FAILED
+    if not is_live(row) or (is_ending(row) and row.reason != "completed"):
         c.out.rows[job_id] = row
         return c.out
-    active = c.active_tasks(job_id)
+    batch = c.active_tasks(job_id, limit=limit + 1)
     job = c.job(row)
-    if any(c.runs_process(job, t) for t in active):
+    if any(c.runs_process(job, t) for t in batch):
         # Its processes decide how it ends; releasing under them would hand
         # their devices to someone else while they still run.
         raise InvalidInput(f"job {job_id} runs a command on an agent; it ends when its "
                            "processes exit (cancel it to stop them)", field="id")
-    state = JobState.SUCCEEDED if succeeded else JobState.FAILED
-    reason = ReleaseReason.COMPLETED if succeeded else ReleaseReason.FAILED
-    for task in active:
+    if not is_ending(row):
+        # Ending first: a cycle between two chunks must not place the rest again.
+        row = c.write(replace(row, state=state.value, reason="completed", exit_code=exit_code))
+    reason = ReleaseReason.COMPLETED if row.state == JobState.SUCCEEDED.value \
+        else ReleaseReason.FAILED
+    done = 0
+    for task in batch[:limit]:
+        if not jt.update_task(c.conn, task.id, only_from=ACTIVE_TASK, state=row.state,
+                              ended_at=c.now, reason=row.state):
+            continue
         c.tx.release(task.allocation_id, reason)
-        jt.update_task(c.conn, task.id, only_from=ACTIVE_TASK, state=state.value,
-                       ended_at=c.now, reason=state.value)
-        ended = replace(task, state=state.value, ended_at=c.now, reason=state.value)
+        ended = replace(task, state=row.state, ended_at=c.now, reason=row.state)
         c.out.tasks.append(ended)
-    row = c.write(replace(row, state=state.value, reason=state.value, exit_code=exit_code,
-                          ended_at=c.now, tasks_active=0,
-                          tasks_succeeded=row.tasks_succeeded + (len(active) if succeeded
-                                                                 else 0)))
+        done += 1
+    left = row.tasks_active - done
+    row = c.write(replace(
+        row, tasks_active=left, ended_at=None if left else c.now,
+        reason=row.state if not left else row.reason,
+        tasks_succeeded=row.tasks_succeeded + (done if row.state == "succeeded" else 0)))
     c.out.ended.extend((row, t) for t in c.out.tasks)
-    c.state_event(row)
+    if not left:
+        c.state_event(row)
+    c.out.answer["more"] = len(batch) > limit
     return c.out
 
 
@@ -361,15 +408,22 @@ def progress(c: Change, row: JobRow, task: TaskRow, report: TaskReport) -> str:
 # -- nodes (the leader) ---------------------------------------------------------------------
 
 
-def node_lost(c: Change, node: str, *, epoch: int | None) -> Outcome:
+def node_lost(c: Change, node: str, *, epoch: int | None, limit: int = CHUNK) -> Outcome:
     """The node is gone: its tasks end as ``lost`` (requeued per their
-    restart policy) and its plain allocations are released as ``node_lost``."""
+    restart policy) and its plain allocations are released as ``node_lost``.
+    Ends at most ``limit`` tasks; ``answer["more"]`` says to call again."""
     c.tx.fence(epoch)
+    budget = limit
     for job_id in _jobs_on(c.conn, node):
         row = c.load(job_id)
-        for task in c.active_tasks(job_id, node=node):
+        batch = c.active_tasks(job_id, node=node, limit=budget + 1)
+        for task in batch[:budget]:
             if row is not None:
                 row = end_task(c, row, task, "lost", f"node {node} lost")
+        budget -= min(budget, len(batch))
+        if budget <= 0:
+            c.out.answer["more"] = True
+            return c.out
     for (alloc_id,) in c.conn.execute(sa.select(allocations.c.id).where(
             allocations.c.node == node, allocations.c.state == "active")).all():
         c.tx.release(alloc_id, ReleaseReason.NODE_LOST)
@@ -377,14 +431,21 @@ def node_lost(c: Change, node: str, *, epoch: int | None) -> Outcome:
 
 
 def stop_node_tasks(c: Change, node: str, state: str, reason: str, *,
-                    epoch: int | None) -> Outcome:
-    """Ask for every process on ``node`` to stop (a drain past its deadline)."""
+                    epoch: int | None, limit: int = CHUNK) -> Outcome:
+    """Ask for every process on ``node`` to stop (a drain past its deadline);
+    at most ``limit`` tasks, ``answer["more"]`` says to call again."""
     c.tx.fence(epoch)
+    budget = limit
     for job_id in _jobs_on(c.conn, node):
         row = c.load(job_id)
-        if row is not None:
-            stop = [t for t in c.active_tasks(job_id, node=node) if not t.stop_state]
-            stop_tasks(c, row, stop, state, reason)
+        if row is None:
+            continue
+        stop = [t for t in c.active_tasks(job_id, node=node) if not t.stop_state]
+        stop_tasks(c, row, stop[:budget], state, reason)
+        budget -= min(budget, len(stop))
+        if budget <= 0:
+            c.out.answer["more"] = True
+            break
     return c.out
 
 

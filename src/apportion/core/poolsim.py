@@ -119,11 +119,20 @@ class PoolCluster:
         self._fair = isinstance(order, FairShare)
         self._by_queue: dict[str, SortedList] = {}
         self._view = cast(ClusterState, _View(self))
+        self._needs = [0] * (size + 2)
+        """Pending jobs (not started in this cycle) by nodes needed."""
+        self.least = size + 1
+        """Fewest nodes any of them needs (``size + 1``: none pending). While
+        fewer nodes are idle, no job can start, whatever the order or the
+        backfill mode: a cycle stops there, or does not begin."""
 
     # -- the queue ---------------------------------------------------------
 
     def arrive(self, job: Job) -> None:
         self.pending[job.id] = job
+        need = min(job.task_count, self.size + 1)
+        self._needs[need] += 1
+        self.least = min(self.least, need)
         if self._static:
             self._sorted.add((*self._key(job), job.id))
         elif self._fair:
@@ -184,6 +193,11 @@ class PoolCluster:
     # -- running jobs --------------------------------------------------------
 
     def _begin(self, job: Job, need: int, now: float, started: list[Job]) -> None:
+        needs = self._needs
+        needs[need] -= 1
+        if not needs[need] and need == self.least:
+            while self.least <= self.size and not needs[self.least]:
+                self.least += 1
         self.free -= need
         self.running[job.id] = (job, need)
         est = self.estimate(job)
@@ -211,6 +225,8 @@ class PoolCluster:
 
     def cycle(self, now: float) -> list[str]:
         """The jobs that start at ``now``, as ``schedule_cycle`` would start them."""
+        if self.free < self.least:
+            return []
         mode = self.config.backfill
         if mode == "conservative":
             started = self._conservative(now)
@@ -235,6 +251,8 @@ class PoolCluster:
         extra = -1  # nodes the head leaves free at its reservation; -1: not computed
         at = 0.0
         for job in it:
+            if self.free < self.least:
+                break
             need = job.task_count
             if need > self.free:
                 continue  # the summed-free check
@@ -275,6 +293,8 @@ class PoolCluster:
         depth = self.config.reservation_depth
         reserved = 0
         for job in self._ordered(now):
+            if self.free < self.least:
+                break  # later reservations could only hold the rest back
             if profile is None:
                 profile = self._profile(now)
             need = [job.task_count]

@@ -118,6 +118,9 @@ class PoolCluster:
         self._sorted = SortedList()
         self._fair = isinstance(order, FairShare)
         self._by_queue: dict[str, SortedList] = {}
+        """Fair share: each queue with pending jobs, in the queue's order."""
+        self._shares: dict[str, float] = {}
+        """Fair share: each queue's share of its use now (dropped when it changes)."""
         self._view = cast(ClusterState, _View(self))
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -152,7 +155,10 @@ class PoolCluster:
         if self._static:
             self._sorted.remove((*self._key(job), job.id))
         elif self._fair:
-            self._by_queue[job.queue].remove((-job.priority, job.submit_time, job.id))
+            q = self._by_queue[job.queue]
+            q.remove((-job.priority, job.submit_time, job.id))
+            if not q:
+                del self._by_queue[job.queue]
 
     def _ordered(self, now: float) -> Iterator[Job]:
         pending = self.pending
@@ -165,22 +171,21 @@ class PoolCluster:
 
     def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
         """``FairShare.order``, lazily: the same heap of queue shares, each
-        queue already sorted, so a cycle that stops early pays for what it
-        took."""
+        queue already sorted and its share kept from its last change, so a
+        cycle that stops early pays for what it took."""
         cap = self._view.capacity_total()
-        heap: list[tuple[float, str]] = []
-        used: dict[str, dict[str, int]] = {}
-        for name, q in self._by_queue.items():
-            if q:
-                used[name] = dict(self.usage.get(name, {}))
-                heap.append((FairShare._share(used[name], cap, ctx.queues.get(name)), name))
+        heap = [(self._share(name), name) for name in self._by_queue]
         heapq.heapify(heap)
-        taken = dict.fromkeys(used, 0)
+        taken: dict[str, int] = {}
+        # Use as the cycle began (the jobs this cycle starts add to it as
+        # they start): what each queue's later shares grow from.
+        usage = self.usage
+        used = {name: dict(usage.get(name, {})) for name in self._by_queue}
         pending = self.pending
         while heap:
             _, name = heapq.heappop(heap)
             q = self._by_queue[name]
-            i = taken[name]
+            i = taken.get(name, 0)
             j = pending[q[i][-1]]
             taken[name] = i + 1
             yield j
@@ -189,6 +194,13 @@ class PoolCluster:
                 u[r] = u.get(r, 0) + amount
             if i + 1 < len(q):
                 heapq.heappush(heap, (FairShare._share(u, cap, ctx.queues.get(name)), name))
+
+    def _share(self, name: str) -> float:
+        share = self._shares.get(name)
+        if share is None:
+            share = self._shares[name] = FairShare._share(
+                self.usage.get(name, {}), self._view.capacity_total(), self.queues.get(name))
+        return share
 
     # -- running jobs --------------------------------------------------------
 
@@ -207,6 +219,7 @@ class PoolCluster:
         used = self.usage.setdefault(job.queue, {})
         for r, q in job.total.items():
             used[r] = used.get(r, 0) + q
+        self._shares.pop(job.queue, None)
         started.append(job)
 
     def finish(self, job_id: str) -> Job:
@@ -219,6 +232,7 @@ class PoolCluster:
         used = self.usage[job.queue]
         for r, q in job.total.items():
             used[r] -= q
+        self._shares.pop(job.queue, None)
         return job
 
     # -- one cycle -------------------------------------------------------------

@@ -1,20 +1,36 @@
-"""Typed HTTP client for the apportion API, used by the CLI and the agent."""
+"""Typed HTTP client for the apportion API, used by the CLI.
+
+It speaks HTTP/1.1 with the standard library's ``http.client`` over one
+kept-alive connection: every CLI command starts a fresh process, and httpx
+alone took longer to import than a whole ``apportion submit`` may take
+(``bench/bench_cli.py``; the test ``tests/cli/test_imports.py`` keeps heavy
+modules off this path).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPException, HTTPResponse
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import httpx
+from urllib.parse import quote, urlencode, urlsplit
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class TransportError(OSError):
+    """The request did not get an answer (connection refused or lost, timeout,
+    a broken reply)."""
+
+
+class ConnectError(TransportError):
+    """The server could not be reached at all."""
 
 
 class ClientError(Exception):
@@ -75,8 +91,7 @@ class Client:
     """Thin, typed calls onto the REST API; every method returns parsed JSON."""
 
     def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
+        self._http = _Http(server, token, timeout)
 
     @classmethod
     def from_env(cls, server: str | None = None, token: str | None = None) -> Client:
@@ -92,17 +107,12 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"message": response.text or f"HTTP {response.status_code}"}
-            if not isinstance(body, dict):
-                body = {"message": str(body)}
-            raise ClientError(response.status_code, body)
-        return response.json() if response.content else None
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                json: Any = None) -> Any:
+        status, body = self._http.request(method, path, params, json)
+        if status >= 400:
+            raise _error_of(status, body)
+        return _json(body) if body else None
 
     # -- API calls -------------------------------------------------------
 
@@ -247,10 +257,10 @@ class Client:
 
     def metrics(self) -> str:
         """The Prometheus text of ``GET /metrics``."""
-        response = self._http.get("/metrics")
-        if response.status_code >= 400:
-            raise _error_of(response)
-        return response.text
+        status, body = self._http.request("GET", "/metrics", None, None)
+        if status >= 400:
+            raise _error_of(status, body)
+        return body.decode()
 
     def history(self, metric: str, *, window_seconds: float = 3600.0, step: float | None = None,
                 **labels: str | None) -> Any:
@@ -275,32 +285,145 @@ class Client:
                 params["tail"] = tail
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
-                with self._http.stream("GET", "/api/v1/events", params=params, headers=headers,
-                                       timeout=httpx.Timeout(30.0, read=None)) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise _error_of(response)
+                response = self._http.stream("GET", "/api/v1/events", params, headers)
+                try:
+                    if response.status >= 400:
+                        raise _error_of(response.status, response.read())
                     delay = 0.5
-                    for event in _sse_events(response.iter_lines()):
+                    for event in _sse_events(_lines(response)):
                         last = int(event["id"])
                         yield event
+                finally:
+                    response.close()
+                    self._http.close()
                 if not follow:
                     return
-            except (httpx.TransportError, httpx.RemoteProtocolError):
+            except (OSError, HTTPException):
                 if not (follow and reconnect):
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
 
-def _error_of(response: httpx.Response) -> ClientError:
+def _json(body: bytes) -> Any:
+    return json.loads(body)
+
+
+def _error_of(status: int, body: bytes) -> ClientError:
     try:
-        body = response.json()
+        parsed = json.loads(body)
     except ValueError:
-        body = {"message": response.text or f"HTTP {response.status_code}"}
-    if not isinstance(body, dict):
-        body = {"message": str(body)}
-    return ClientError(response.status_code, body)
+        parsed = {"message": body.decode(errors="replace") or f"HTTP {status}"}
+    if not isinstance(parsed, dict):
+        parsed = {"message": str(parsed)}
+    return ClientError(status, parsed)
+
+
+def _lines(response: HTTPResponse) -> Iterator[str]:
+    """A streamed body's lines, without their line ends, as they arrive."""
+    while True:
+        raw = response.readline()
+        if not raw:
+            return
+        yield raw.decode().rstrip("\r\n")
+
+
+def _query(params: Mapping[str, Any] | None) -> str:
+    if not params:
+        return ""
+    pairs = [(k, ("true" if v else "false") if isinstance(v, bool) else v)
+             for k, v in params.items() if v is not None]
+    return "?" + urlencode(pairs) if pairs else ""
+
+
+class _Http:
+    """One kept-alive HTTP/1.1 connection to the server (reopened when the
+    server has closed it between requests)."""
+
+    def __init__(self, server: str, token: str | None, timeout: float) -> None:
+        url = urlsplit(server.rstrip("/"))
+        self._https = url.scheme == "https"
+        self._host = url.hostname or "127.0.0.1"
+        self._port = url.port
+        self._prefix = url.path
+        self._timeout = timeout
+        self._headers = {"Accept": "*/*", "User-Agent": "apportion-cli"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._conn: HTTPConnection | None = None
+
+    def _connection(self) -> HTTPConnection:
+        conn = self._conn
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            self.close()
+            conn = None
+        if conn is None:
+            if self._https:
+                from http.client import HTTPSConnection
+
+                conn = HTTPSConnection(self._host, self._port, timeout=self._timeout)
+            else:
+                conn = HTTPConnection(self._host, self._port, timeout=self._timeout)
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise ConnectError(str(exc)) from exc
+            self._conn = conn
+        return conn
+
+    def _send(self, method: str, path: str, params: Mapping[str, Any] | None, body: Any,
+              headers: Mapping[str, str] | None = None) -> HTTPResponse:
+        conn = self._connection()
+        all_headers = dict(self._headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            all_headers["Content-Type"] = "application/json"
+        if headers:
+            all_headers.update(headers)
+        try:
+            conn.request(method, self._prefix + path + _query(params), data, all_headers)
+            return conn.getresponse()
+        except ConnectError:
+            raise
+        except (OSError, HTTPException) as exc:
+            self.close()
+            raise TransportError(str(exc) or type(exc).__name__) from exc
+
+    def request(self, method: str, path: str, params: Mapping[str, Any] | None,
+                body: Any) -> tuple[int, bytes]:
+        response = self._send(method, path, params, body)
+        try:
+            data = response.read()
+        except (OSError, HTTPException) as exc:
+            self.close()
+            raise TransportError(str(exc) or type(exc).__name__) from exc
+        if response.will_close:
+            self.close()
+        return response.status, data
+
+    def stream(self, method: str, path: str, params: Mapping[str, Any] | None,
+               headers: Mapping[str, str]) -> HTTPResponse:
+        """A response whose body is read as it arrives, with no read timeout."""
+        response = self._send(method, path, params, None, headers)
+        if self._conn is not None and self._conn.sock is not None:
+            self._conn.sock.settimeout(None)
+        return response
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _closed_by_peer(sock: Any) -> bool:
+    """Whether a kept-alive connection was closed by the server while idle
+    (readable with nothing to read); sending on it would fail."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

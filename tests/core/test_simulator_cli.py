@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -86,3 +87,25 @@ def test_plot_writes_pngs(trace: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("*.png")) == [
         "queue_length.png", "utilization.png", "wait_cdf.png"]
+
+
+def test_ctrl_c_keeps_the_finished_rows(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import apportion.core.simulator as simulator
+
+    real = simulator.simulate
+    calls = []
+
+    def interrupted_third(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulator, "simulate", interrupted_third)
+    result = CliRunner().invoke(app(), [
+        "simulate", str(trace), "--compare", "--strategies", "fifo,sjf",
+        "--backfills", "none,easy", "--no-progress"])
+    assert result.exit_code == 130
+    rows = [line.split("│")[1:3] for line in result.stdout.splitlines() if "│ fifo" in line]
+    assert [[c.strip() for c in r] for r in rows] == [["fifo", "none"], ["fifo", "easy"]]
+    assert "interrupted: 2 of 4 runs finished" in result.stderr

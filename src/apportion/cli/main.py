@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -10,9 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
 from apportion.cli import (
@@ -27,14 +27,58 @@ from apportion.cli import (
 )
 from apportion.cli.output import console, err_console
 from apportion.client import Client, ClientError, read_config, write_config
-from apportion.logs import configure_logging
 
 if TYPE_CHECKING:
     # The server stack (SQLAlchemy, Alembic, uvicorn) is imported by the
     # commands that run a server, not by every client command (0.5 s each).
     from apportion.service.settings import Settings
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The main app, which builds only the command a call names.
+
+    Typer turns every registered command into a click command (signatures,
+    type hints, a coercion adapter per parameter) before it parses anything;
+    for this CLI's ~40 commands that was a large part of a short command's
+    run time (``bench/bench_cli.py``). A call that names a command or group
+    first builds the app with that one registered, which parses, helps and
+    fails the same way; anything else (``--help``, a typo) builds them all.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        argv = sys.argv[1:]
+        name = argv[0] if argv and not argv[0].startswith("-") else None
+        pruned = self._only(name) if name is not None else None
+        return typer.Typer.__call__(pruned or self, *args, **kwargs)
+
+    def _only(self, name: str) -> typer.Typer | None:
+        commands = [c for c in self.registered_commands if _name_of(c) == name]
+        groups = [g for g in self.registered_groups if g.name == name]
+        if not commands and not groups:
+            return None
+        pruned = copy.copy(self)
+        # A hidden second command keeps it a group: a Typer app of one
+        # command would turn that command into the whole program.
+        pruned.registered_commands = [*commands, *_HIDDEN.registered_commands]
+        pruned.registered_groups = groups
+        return pruned
+
+
+_HIDDEN = typer.Typer()
+
+
+@_HIDDEN.command("-", hidden=True)
+def _placeholder() -> None:  # pragma: no cover - never called
+    """Never listed, never called."""
+
+
+def _name_of(info: Any) -> str | None:
+    if info.name:
+        return str(info.name)
+    callback = info.callback
+    return callback.__name__.lower().replace("_", "-") if callback else None
+
+
+app = _App(
     name="apportion",
     help="Resource manager for heterogeneous compute clusters.",
     no_args_is_help=True,
@@ -110,6 +154,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8080) -> None:
     """Serve the API on the configured store (SQLite by default,
     APPORTION_DATABASE_URL for PostgreSQL)."""
+    from apportion.logs import configure_logging
     from apportion.service.settings import Settings
 
     configure_logging()
@@ -203,7 +248,7 @@ def _announce_when_up(url: str, token: str, name: str, data_dir: Path) -> None:
             try:
                 client.get_node(name)
                 break
-            except (ClientError, OSError, httpx.HTTPError):
+            except (ClientError, OSError):
                 time.sleep(0.1)
         else:
             err_console.print("[red]the local agent did not register this machine[/red]")
@@ -229,6 +274,7 @@ def up(
     SQLite store, a real agent that registers this machine and runs the work
     submitted to it, and an admin token in the CLI config so every other
     command just works."""
+    from apportion.logs import configure_logging
     from apportion.service.settings import Settings
 
     configure_logging()

@@ -7,20 +7,18 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from rich.columns import Columns
-from rich.console import Group, RenderableType
-from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
 from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for
-from apportion.cli.output import api_errors, console, show, table
+from apportion.cli.output import api_errors, console, real_console, show, table
 from apportion.client import Client, ClientError, resolve
+
+if TYPE_CHECKING:
+    # Rich is imported by the commands that draw with it (see cli/output.py).
+    from rich.console import RenderableType
+    from rich.text import Text
 
 KindOpt = Annotated[str | None, typer.Option(
     "--kind", help="kinds or prefixes, comma-separated: job,allocation.released")]
@@ -55,6 +53,8 @@ def events(
 
 
 def _event_line(event: dict[str, Any]) -> Text:
+    from rich.text import Text
+
     when = datetime.fromtimestamp(event["at"], UTC).strftime("%H:%M:%S")
     data = json.dumps(event.get("data") or {}, separators=(",", ":"), sort_keys=True)
     if len(data) > 160:
@@ -158,7 +158,9 @@ def top(
         threading.Thread(target=_watch_events, args=(conn.server, conn.token, changed),
                          daemon=True).start()
         try:
-            with Live(render_top(snap), console=console, auto_refresh=False,
+            from rich.live import Live
+
+            with Live(render_top(snap), console=real_console(console), auto_refresh=False,
                       screen=console.is_terminal) as live:
                 while True:
                     changed.wait(interval)
@@ -166,7 +168,7 @@ def top(
                     changed.clear()
                     try:
                         snap = snapshot(c)
-                    except (ClientError, httpx.HTTPError) as exc:
+                    except (ClientError, OSError) as exc:
                         snap = {**snap, "error": str(exc)}
                     live.update(render_top(snap), refresh=True)
         except KeyboardInterrupt:
@@ -179,7 +181,7 @@ def _watch_events(server: str, token: str | None, changed: threading.Event) -> N
             with Client(server, token) as c:
                 for _ in c.events(tail=0, follow=True):
                     changed.set()
-        except (ClientError, httpx.HTTPError):
+        except (ClientError, OSError):
             time.sleep(2.0)
 
 
@@ -203,6 +205,8 @@ def snapshot(c: Client) -> dict[str, Any]:
 
 
 def _bar(share: float, width: int = 20) -> Text:
+    from rich.text import Text
+
     filled = round(share * width)
     style = "red" if share >= 0.98 else "yellow" if share >= 0.85 else "blue"
     text = Text("█" * filled, style=style)
@@ -211,6 +215,12 @@ def _bar(share: float, width: int = 20) -> Text:
 
 
 def render_top(s: dict[str, Any]) -> RenderableType:
+    from rich.columns import Columns
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
     parts: list[RenderableType] = []
     when = datetime.fromtimestamp(s["at"]).strftime("%H:%M:%S")
     head = Text(f"apportion · {len(s['nodes'])} nodes · {len(s['running'])} running · "
@@ -278,6 +288,8 @@ HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
 
 
 def _node_cell(node: dict[str, Any]) -> Text:
+    from rich.text import Text
+
     down = node["state"] in ("down", "suspect")
     color = "grey50" if down else HEALTH_STYLE.get(node["health"], "white")
     text = Text(f"{node['name']} ", style="bold")

@@ -1,4 +1,8 @@
-"""Printing for the CLI: rich tables for people, ``--json`` for programs."""
+"""Printing for the CLI: rich tables for people, ``--json`` for programs.
+
+Rich is imported when something is first printed through it, not when the
+CLI starts: ``--json`` output and ``--help`` never need it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from apportion.client import ClientError
+from apportion.client import ClientError, ConnectError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _width(stream: Any) -> int | None:
@@ -23,8 +27,34 @@ def _width(stream: Any) -> int | None:
     return None if stream.isatty() or os.environ.get("COLUMNS") else 4096
 
 
-console = Console(width=_width(sys.stdout))
-err_console = Console(stderr=True, width=_width(sys.stderr))
+class LazyConsole:
+    """A rich ``Console`` made on first use (importing rich costs tens of ms),
+    with the width ``width()`` gives then."""
+
+    def __init__(self, stderr: bool, width: Callable[[], int | None]) -> None:
+        self._stderr = stderr
+        self._width = width
+        self._console: Console | None = None
+
+    def _get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, width=self._width())
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+def real_console(c: Console) -> Console:
+    """The rich ``Console`` behind ``console`` or ``err_console`` (for rich
+    objects that take a console, such as ``Live``)."""
+    return c._get() if isinstance(c, LazyConsole) else c
+
+
+console: Console = LazyConsole(False, lambda: _width(sys.stdout))  # type: ignore[assignment]
+err_console: Console = LazyConsole(True, lambda: _width(sys.stderr))  # type: ignore[assignment]
 
 
 def emit_json(data: Any) -> None:
@@ -32,6 +62,8 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title)
     for col in columns:
         t.add_column(col, overflow="fold")  # a narrow terminal wraps, never cuts
@@ -48,7 +80,7 @@ def api_errors() -> Iterator[None]:
     except ClientError as exc:
         err_console.print(f"[red]error ({exc.status}):[/red] {exc}")
         raise typer.Exit(1) from None
-    except httpx.ConnectError as exc:
+    except ConnectError as exc:
         err_console.print(
             f"[red]error:[/red] cannot reach the server ({exc}); start one with "
             "'apportion up' or set APPORTION_SERVER"

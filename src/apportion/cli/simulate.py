@@ -16,17 +16,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from apportion.core.scheduling.cycle import BACKFILL_MODES, SchedulerConfig
-from apportion.core.simulator import SimConfig, SimResult, simulate
+from apportion.cli.output import LazyConsole
 from apportion.exceptions import ApportionError
-from apportion.traces import Trace, parse_resources_text, read_swf, read_trace, uniform_nodes
+
+if TYPE_CHECKING:
+    # The scheduler, the simulator and rich's progress bar are imported when
+    # a replay runs, not when any other command starts (tests/cli/test_imports.py).
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from apportion.core.simulator import SimResult
+    from apportion.traces import Trace
 
 DEFAULT_COMPARE = "fifo,sjf,fairshare,adaptive"
 
@@ -35,8 +39,8 @@ def _width(stream: Any) -> int | None:
     return None if stream.isatty() else 200
 
 
-out_console = Console(width=_width(sys.stdout))
-err_console = Console(stderr=True, width=_width(sys.stderr))
+out_console: Console = LazyConsole(False, lambda: _width(sys.stdout))  # type: ignore[assignment]
+err_console: Console = LazyConsole(True, lambda: _width(sys.stderr))  # type: ignore[assignment]
 
 
 def register(app: typer.Typer) -> None:
@@ -74,10 +78,12 @@ def simulate_command(
     try:
         loaded = _load(trace, fmt, limit, nodes, node_resources)
         runs = _plan(compare, strategy, backfill, strategies, backfills)
-        results = [_run(loaded, s, b, progress and not as_json) for s, b in runs]
+        results, interrupted = _run_all(loaded, runs, progress and not as_json)
     except ApportionError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
+    if interrupted and not results:
+        raise typer.Exit(130)
     summary = _summary(loaded, results)
     if as_json:
         sys.stdout.write(json.dumps(summary if compare else summary["runs"][0] | {
@@ -88,10 +94,29 @@ def simulate_command(
         _write(out, summary, results, plot)
     elif plot:
         err_console.print("[yellow]--plot writes into --out DIR; give --out[/yellow]")
+    if interrupted:
+        err_console.print(f"interrupted: {len(results)} of {len(runs)} runs finished "
+                          "(shown above)")
+        raise typer.Exit(130)
+
+
+def _run_all(loaded: Trace, runs: list[tuple[str, str]], show: bool
+             ) -> tuple[list[_Run], bool]:
+    """The runs in order; on Ctrl-C, the ones that finished (and True), so a
+    long comparison still prints what it has."""
+    results: list[_Run] = []
+    try:
+        for s, b in runs:
+            results.append(_run(loaded, s, b, show))
+    except KeyboardInterrupt:
+        return results, True
+    return results, False
 
 
 def _plan(compare: bool, strategy: str, backfill: str, strategies: str, backfills: str
           ) -> list[tuple[str, str]]:
+    from apportion.core.scheduling.cycle import BACKFILL_MODES, SchedulerConfig
+
     names = _split(strategies) if compare else [strategy]
     modes = _split(backfills) if compare else [backfill]
     for name in names:
@@ -108,6 +133,8 @@ def _split(text: str) -> list[str]:
 
 def _load(path: Path, fmt: str | None, limit: int | None, nodes: int | None,
           node_resources: str | None) -> Trace:
+    from apportion.traces import parse_resources_text, read_swf, read_trace, uniform_nodes
+
     override = None
     if nodes is not None or node_resources is not None:
         if nodes is None or node_resources is None:
@@ -133,6 +160,11 @@ class _Run:
 
 
 def _run(loaded: Trace, strategy: str, backfill: str, show: bool) -> _Run:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from apportion.core.scheduling.cycle import SchedulerConfig
+    from apportion.core.simulator import SimConfig, simulate
+
     config = SimConfig(SchedulerConfig(strategy=strategy, backfill=backfill),
                        primary=loaded.primary)
     label = f"{strategy}+{backfill}"
@@ -196,6 +228,8 @@ def _print(loaded: Trace, results: Sequence[_Run], compare: bool) -> None:
         c.print(f"  changed {n}: {reason}")
     for note in loaded.notes:
         c.print(f"  note: {note}")
+    from rich.table import Table
+
     table = Table(title="simulated" if compare else None)
     for col in ("strategy", "backfill", "mean wait h", "median wait h", "p95 wait h",
                 "max wait h", "mean bsld", "util", "makespan h", "preempt", "deadline miss",

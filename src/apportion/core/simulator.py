@@ -3,7 +3,11 @@
 The engine is an event loop over job arrivals and ends. At one instant all
 ends are processed first, then all arrivals, then one call of
 ``schedule_cycle``, the very function the server calls, on a
-``ClusterState`` kept up to date between instants. A job runs for its actual
+``ClusterState`` kept up to date between instants. Where the cluster is a
+counted pool (identical one-resource nodes, each task a whole node: the
+parallel-machine logs), ``poolsim.PoolCluster`` makes the same decisions from
+counts (``tests/core/test_poolsim.py`` checks that every job starts at the
+same instant both ways). A job runs for its actual
 run time; its estimate only feeds ordering and backfill decisions. A
 preempted job loses its progress and goes back to the queue.
 
@@ -18,6 +22,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from apportion.core import poolsim
 from apportion.core.model import Node
 from apportion.core.scheduling.cycle import SchedulerConfig, schedule_cycle
 from apportion.core.scheduling.jobs import Job, Queue
@@ -95,8 +100,11 @@ def simulate(
     *,
     queues: Mapping[str, Queue] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    counted_pool: bool = True,
 ) -> SimResult:
-    """Replay ``jobs`` on ``nodes``; returns per-job records and metrics."""
+    """Replay ``jobs`` on ``nodes``; returns per-job records and metrics.
+    ``counted_pool=False`` keeps the node-level model even where the pool
+    applies (the tests compare the two)."""
     learns = strategy(config.scheduler.strategy).learns
     runs = {sj.job.id: _Run(_as_submitted(sj, learns), sj.run_time, sj.job.submit_time)
             for sj in jobs}
@@ -107,6 +115,11 @@ def simulate(
     for r in order:
         queues.setdefault(r.job.queue, Queue(r.job.queue))
     engine = _Engine(state, config, queues, runs, capacity)
+    shape = counted_pool and poolsim.eligible(nodes, [r.job for r in order], config.scheduler,
+                                              queues)
+    if shape:
+        engine.pool = poolsim.PoolCluster(*shape, len(nodes), config.scheduler, queues,
+                                          engine.history)
     engine.run(order, progress)
     return engine.result(jobs)
 
@@ -133,6 +146,7 @@ class _Engine:
     preemptions: int = 0
     seq: int = 0
     series: list[tuple[float, int, float]] = field(default_factory=list)
+    pool: poolsim.PoolCluster | None = None
 
     def run(self, order: list[_Run], progress: Callable[[int, int], None] | None) -> None:
         total = len(order)
@@ -146,6 +160,8 @@ class _Engine:
                 self._finish(heapq.heappop(self.ends), now)
             while i < total and order[i].submit == now:
                 self.pending[order[i].job.id] = order[i].job
+                if self.pool is not None:
+                    self.pool.arrive(order[i].job)
                 i += 1
             if self.pending:
                 self._cycle(now)
@@ -161,22 +177,28 @@ class _Engine:
         run = self.runs[job_id]
         if run.seq != seq:
             return  # preempted since; this end no longer happens
-        rj = self.state.finish(job_id)
-        self.used -= rj.job.total.get(self.config.primary, 0)
+        job = self.state.finish(job_id).job if self.pool is None else self.pool.finish(job_id)
+        self.used -= job.total.get(self.config.primary, 0)
         run.end = now
         self.history.record(run.job, run.run_time)
         self.done.append(run)
 
     def _cycle(self, now: float) -> None:
+        if self.pool is not None:
+            self._started(self.pool.cycle(now), now)
+            return
         result = schedule_cycle(
             self.state, list(self.pending.values()), now, self.config.scheduler,
             queues=self.queues, history=self.history,
         )
         for pre in result.preemptions:
             self._preempted(pre.victim, now)
-        for placement in result.placements:
-            run = self.runs[placement.job_id]
-            del self.pending[placement.job_id]
+        self._started([placement.job_id for placement in result.placements], now)
+
+    def _started(self, job_ids: list[str], now: float) -> None:
+        for job_id in job_ids:
+            run = self.runs[job_id]
+            del self.pending[job_id]
             run.start = now
             self.seq += 1
             run.seq = self.seq

@@ -1,0 +1,333 @@
+"""The scheduling cycle on a counted pool, for trace replays.
+
+A replay of a parallel-machine log (KTH-SP2, Lublin) runs on many identical
+nodes with one resource, and every task asks for a whole node. Then nodes
+are interchangeable: which node a task takes changes nothing later on, and
+everything ``schedule_cycle`` decides follows from counts (how many nodes
+are idle, how many each job needs, when running jobs are expected to end).
+``PoolCluster`` makes those decisions from the counts, in the same order and
+by the same rules as the cycle (FIFO start until the first job that does
+not fit; EASY with the pool reservation ``backfill.pool_reservation``
+computes; conservative on the same ``Profile``), with the same queue
+policies and the same run-time estimates. It keeps the queue in policy order
+between instants where the order cannot change (FIFO, shortest-first, fair
+share within a queue), so a long queue is not sorted again at every event.
+
+``eligible`` says when a replay may use it; ``tests/core/test_poolsim.py``
+checks on generated traces that every job starts at the same instant as
+with the node-level ``ClusterState`` and ``schedule_cycle``, for every
+strategy and backfill mode. Speed: ``bench/bench_simulate.py``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
+
+from sortedcontainers import SortedList
+
+from apportion.core.model import Health, Node, NodeState
+from apportion.core.scheduling.backfill import Profile
+from apportion.core.scheduling.cycle import SchedulerConfig, estimator
+from apportion.core.scheduling.jobs import Job, Queue
+from apportion.core.scheduling.policies import (
+    INF,
+    EarliestDeadline,
+    FairShare,
+    Fifo,
+    OrderContext,
+    Priority,
+    ResponseRatio,
+    RuntimeHistory,
+    ShortestFirst,
+    strategy,
+)
+from apportion.core.scheduling.state import ClusterState
+
+_KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, ResponseRatio)
+
+
+def eligible(
+    nodes: Sequence[Node],
+    jobs: Sequence[Job],
+    config: SchedulerConfig,
+    queues: Mapping[str, Queue],
+) -> tuple[str, int] | None:
+    """(resource, per-node amount) when the replay can run on a counted pool:
+    identical ready nodes with one resource and no devices; jobs whose every
+    task asks for a whole node, with no constraints, affinity or preemption;
+    no quotas, no per-cycle limit; a queue policy this module knows."""
+    if not nodes or config.max_placements is not None or config.queue_required:
+        return None
+    if any(q.quota for q in queues.values()):
+        return None
+    if type(strategy(config.strategy).order) not in _KNOWN_ORDERS:
+        return None
+    first = nodes[0]
+    if len(first.resources) != 1 or first.devices:
+        return None
+    for node in nodes:
+        if (node.resources != first.resources or node.labels != first.labels or node.devices
+                or node.state is not NodeState.READY or node.health is Health.UNHEALTHY):
+            return None
+    ((resource, amount),) = first.resources.items()
+    whole = {resource: amount}
+    for job in jobs:
+        if (job.constraints or job.affinity or job.anti_affinity or job.preemptible
+                or any(spec.resources != whole for spec in job.tasks)):
+            return None
+    return resource, amount
+
+
+class _View:
+    """What queue policies read from the state (``FairShare``: capacity and
+    each queue's use), answered from the pool's counts."""
+
+    def __init__(self, pool: PoolCluster) -> None:
+        self._pool = pool
+
+    def capacity_total(self) -> dict[str, int]:
+        return {self._pool.resource: self._pool.size * self._pool.amount}
+
+    def usage(self, queue: str) -> Mapping[str, int]:
+        return self._pool.usage.get(queue, {})
+
+
+class PoolCluster:
+    """Idle-node count, running jobs and the ordered queue of a counted pool."""
+
+    def __init__(self, resource: str, amount: int, size: int, config: SchedulerConfig,
+                 queues: Mapping[str, Queue], history: RuntimeHistory) -> None:
+        self.resource, self.amount, self.size = resource, amount, size
+        self.free = size
+        self.config = config
+        self.queues = queues
+        self.strat = strategy(config.strategy)
+        self.estimate = estimator(self.strat, history, config.default_estimate)
+        self.running: dict[str, tuple[Job, int]] = {}
+        self.ends = SortedList()
+        """(start + estimate, job id) of running jobs with an estimate."""
+        self._ends_of: dict[str, float] = {}
+        self.usage: dict[str, dict[str, int]] = {}
+        self.pending: dict[str, Job] = {}
+        order = self.strat.order
+        # Orders whose key does not move with time or use: kept sorted.
+        self._static = isinstance(order, Fifo) or (
+            isinstance(order, ShortestFirst) and not self.strat.learns)
+        self._sorted = SortedList()
+        self._fair = isinstance(order, FairShare)
+        self._by_queue: dict[str, SortedList] = {}
+        """Fair share: each queue with pending jobs, in the queue's order."""
+        self._shares: dict[str, float] = {}
+        """Fair share: each queue's share of its use now (dropped when it changes)."""
+        self._view = cast(ClusterState, _View(self))
+        self._needs = [0] * (size + 2)
+        """Pending jobs (not started in this cycle) by nodes needed."""
+        self.least = size + 1
+        """Fewest nodes any of them needs (``size + 1``: none pending). While
+        fewer nodes are idle, no job can start, whatever the order or the
+        backfill mode: a cycle stops there, or does not begin."""
+
+    # -- the queue ---------------------------------------------------------
+
+    def arrive(self, job: Job) -> None:
+        self.pending[job.id] = job
+        need = min(job.task_count, self.size + 1)
+        self._needs[need] += 1
+        self.least = min(self.least, need)
+        if self._static:
+            self._sorted.add((*self._key(job), job.id))
+        elif self._fair:
+            q = self._by_queue.get(job.queue)
+            if q is None:
+                q = self._by_queue[job.queue] = SortedList()
+            q.add((-job.priority, job.submit_time, job.id))
+
+    def _key(self, job: Job) -> tuple[float, ...]:
+        if isinstance(self.strat.order, ShortestFirst):
+            est = self.estimate(job)
+            return (INF if est is None else est, job.submit_time)
+        return (job.submit_time,)
+
+    def _leave(self, job: Job) -> None:
+        del self.pending[job.id]
+        if self._static:
+            self._sorted.remove((*self._key(job), job.id))
+        elif self._fair:
+            q = self._by_queue[job.queue]
+            q.remove((-job.priority, job.submit_time, job.id))
+            if not q:
+                del self._by_queue[job.queue]
+
+    def _ordered(self, now: float) -> Iterator[Job]:
+        pending = self.pending
+        if self._static:
+            return (pending[k[-1]] for k in self._sorted)
+        ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate)
+        if self._fair:
+            return self._fair_order(ctx)
+        return iter(self.strat.order.order(list(pending.values()), ctx))
+
+    def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
+        """``FairShare.order``, lazily: the same heap of queue shares, each
+        queue already sorted and its share kept from its last change, so a
+        cycle that stops early pays for what it took."""
+        cap = self._view.capacity_total()
+        heap = [(self._share(name), name) for name in self._by_queue]
+        heapq.heapify(heap)
+        taken: dict[str, int] = {}
+        # Use as the cycle began (the jobs this cycle starts add to it as
+        # they start): what each queue's later shares grow from.
+        usage = self.usage
+        used = {name: dict(usage.get(name, {})) for name in self._by_queue}
+        pending = self.pending
+        while heap:
+            _, name = heapq.heappop(heap)
+            q = self._by_queue[name]
+            i = taken.get(name, 0)
+            j = pending[q[i][-1]]
+            taken[name] = i + 1
+            yield j
+            u = used[name]
+            for r, amount in j.total.items():
+                u[r] = u.get(r, 0) + amount
+            if i + 1 < len(q):
+                heapq.heappush(heap, (FairShare._share(u, cap, ctx.queues.get(name)), name))
+
+    def _share(self, name: str) -> float:
+        share = self._shares.get(name)
+        if share is None:
+            share = self._shares[name] = FairShare._share(
+                self.usage.get(name, {}), self._view.capacity_total(), self.queues.get(name))
+        return share
+
+    # -- running jobs --------------------------------------------------------
+
+    def _begin(self, job: Job, need: int, now: float, started: list[Job]) -> None:
+        needs = self._needs
+        needs[need] -= 1
+        if not needs[need] and need == self.least:
+            while self.least <= self.size and not needs[self.least]:
+                self.least += 1
+        self.free -= need
+        self.running[job.id] = (job, need)
+        est = self.estimate(job)
+        if est is not None:
+            self.ends.add((now + est, job.id))
+            self._ends_of[job.id] = now + est
+        used = self.usage.setdefault(job.queue, {})
+        for r, q in job.total.items():
+            used[r] = used.get(r, 0) + q
+        self._shares.pop(job.queue, None)
+        started.append(job)
+
+    def finish(self, job_id: str) -> Job:
+        """Release a running job's nodes; returns the job."""
+        job, need = self.running.pop(job_id)
+        self.free += need
+        end = self._ends_of.pop(job_id, None)
+        if end is not None:
+            self.ends.remove((end, job_id))
+        used = self.usage[job.queue]
+        for r, q in job.total.items():
+            used[r] -= q
+        self._shares.pop(job.queue, None)
+        return job
+
+    # -- one cycle -------------------------------------------------------------
+
+    def cycle(self, now: float) -> list[str]:
+        """The jobs that start at ``now``, as ``schedule_cycle`` would start them."""
+        if self.free < self.least:
+            return []
+        mode = self.config.backfill
+        if mode == "conservative":
+            started = self._conservative(now)
+        else:
+            started = self._in_order(now, mode == "easy")
+        for job in started:
+            self._leave(job)
+        return [job.id for job in started]
+
+    def _in_order(self, now: float, easy: bool) -> list[Job]:
+        started: list[Job] = []
+        it = self._ordered(now)
+        head = None
+        for job in it:
+            need = job.task_count
+            if need > self.free:
+                head = job
+                break
+            self._begin(job, need, now, started)
+        if head is None or not easy:
+            return started
+        extra = -1  # nodes the head leaves free at its reservation; -1: not computed
+        at = 0.0
+        for job in it:
+            if self.free < self.least:
+                break
+            need = job.task_count
+            if need > self.free:
+                continue  # the summed-free check
+            if extra < 0:
+                found = self._reservation(head.task_count, now)
+                if found is None:
+                    break  # the head's start cannot be planned: nothing passes it
+                at, extra = found
+            est = self.estimate(job)
+            if est is not None and now + est <= at:
+                self._begin(job, need, now, started)
+            elif need <= extra:
+                self._begin(job, need, now, started)
+                extra -= need
+        return started
+
+    def _reservation(self, need: int, now: float) -> tuple[float, int] | None:
+        """``pool_reservation``: the first expected end after which the idle
+        nodes cover ``need`` (jobs past their estimate end "now"), and how
+        many nodes stay idle then after the head takes its share."""
+        free = self.free
+        t = now
+        running = self.running
+        ends = self.ends
+        i, n = 0, len(ends)
+        while free < need:
+            if i >= n:
+                return None
+            t = max(ends[i][0], now)
+            while i < n and max(ends[i][0], now) == t:
+                free += running[ends[i][1]][1]
+                i += 1
+        return t, free - need
+
+    def _conservative(self, now: float) -> list[Job]:
+        started: list[Job] = []
+        profile = None
+        depth = self.config.reservation_depth
+        reserved = 0
+        for job in self._ordered(now):
+            if self.free < self.least:
+                break  # later reservations could only hold the rest back
+            if profile is None:
+                profile = self._profile(now)
+            need = [job.task_count]
+            est = self.estimate(job)
+            deep = depth is not None and reserved >= depth
+            t = profile.earliest(need, est, first_only=deep)
+            if t is not None and t <= now:
+                if job.task_count <= self.free:
+                    profile.reserve(now, need, est)
+                    self._begin(job, job.task_count, now, started)
+                    continue
+                # The profile counts jobs past their estimate as ended now;
+                # the nodes say no: plan it later, as the cycle does.
+                t = None if deep else profile.earliest(need, est, later_than=now)
+            if t is not None and not deep:
+                profile.reserve(t, need, est)
+                reserved += 1
+        return started
+
+    def _profile(self, now: float) -> Profile:
+        releases = [(max(end, now), [self.running[job_id][1]]) for end, job_id in self.ends]
+        return Profile([self.resource], now, [self.free], releases)

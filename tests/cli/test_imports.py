@@ -1,0 +1,55 @@
+"""What the client path of the CLI imports: a short command must not pay
+for the scheduler, the simulator, numpy, the server stack or httpx (their
+import time is what made ``apportion submit`` take half a second; the
+figure itself is in ``bench/bench_cli.py``, not tested here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("httpx", "numpy", "sqlalchemy", "fastapi", "uvicorn", "structlog", "sortedcontainers",
+         "apportion.core", "apportion.service", "apportion.server", "apportion.store",
+         "apportion.agent", "apportion.traces", "matplotlib")
+
+PROBE = """
+import json, sys
+sys.argv = ["apportion", *json.loads(sys.argv[1])]
+from apportion.cli.main import app
+try:
+    app()
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.__stderr__)
+"""
+
+
+def modules_after(*args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)],
+                          capture_output=True, text=True, timeout=60)
+    return set(json.loads(proc.stderr.strip().splitlines()[-1]))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_submit_help_imports_nothing_heavy() -> None:
+    loaded = modules_after("submit", "--help")
+    assert "apportion.cli.agent_cmds" in loaded
+    assert heavy(loaded) == []
+
+
+def test_a_submit_call_imports_no_table_and_nothing_heavy() -> None:
+    # Port 9 on loopback refuses: the call goes as far as the request.
+    loaded = modules_after("submit", "--cpu", "1", "--json", "--server", "http://127.0.0.1:9")
+    assert "apportion.client" in loaded
+    assert heavy(loaded) == []
+    assert "rich.table" not in loaded
+    assert "rich.progress" not in loaded
+
+
+def test_simulate_help_does_not_load_the_simulator() -> None:
+    loaded = modules_after("simulate", "--help")
+    assert heavy(loaded) == []

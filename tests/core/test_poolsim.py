@@ -1,0 +1,73 @@
+"""The counted-pool replay starts every job at the same instant as the
+node-level replay (``ClusterState`` + ``schedule_cycle``), for every queue
+policy and backfill mode, on generated parallel-machine traces."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apportion.core import poolsim
+from apportion.core.model import Node
+from apportion.core.scheduling import SchedulerConfig, TaskSpec
+from apportion.core.scheduling.jobs import Job, Queue
+from apportion.core.simulator import SimConfig, SimJob, SimResult, simulate
+
+CPU = 1000
+STRATEGIES = ("fifo", "sjf", "fairshare", "adaptive", "priority", "sla", "binpack", "spread")
+
+
+@st.composite
+def traces(draw: st.DrawFn) -> tuple[list[Node], list[SimJob]]:
+    n = draw(st.integers(1, 8))
+    nodes = [Node(f"n{i}", {"cpu": CPU}) for i in range(n)]
+    jobs = []
+    t = 0.0
+    for k in range(draw(st.integers(1, 40))):
+        t += draw(st.sampled_from([0.0, 0.0, 1.0, 5.0, 30.0]))
+        run = draw(st.sampled_from([1.0, 10.0, 25.0, 60.0, 200.0]))
+        given_est = draw(st.booleans())
+        est = draw(st.sampled_from([run, run * 2, run / 2, 100.0])) if given_est else run
+        procs = draw(st.integers(1, n))
+        job = Job(f"j{k:03d}", (TaskSpec({"cpu": CPU}, procs),), gang=procs > 1,
+                  queue=f"q{draw(st.integers(0, 3))}", submit_time=t,
+                  priority=draw(st.integers(0, 2)), runtime_estimate=est,
+                  deadline=t + draw(st.sampled_from([50.0, 500.0])),
+                  user=f"u{draw(st.integers(0, 2))}", name=f"x{draw(st.integers(0, 2))}")
+        jobs.append(SimJob(job, run, given_est))
+    return nodes, jobs
+
+
+def starts(result: SimResult) -> dict[str, tuple[float, float]]:
+    return {r.id: (r.start, r.end) for r in result.records}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(STRATEGIES), st.sampled_from(("none", "easy", "conservative")),
+       st.sampled_from((None, 2)))
+def test_pool_starts_every_job_when_the_nodes_do(
+    trace: tuple[list[Node], list[SimJob]], strategy: str, backfill: str, depth: int | None
+) -> None:
+    nodes, jobs = trace
+    config = SimConfig(SchedulerConfig(strategy=strategy, backfill=backfill,
+                                       reservation_depth=depth))
+    assert poolsim.eligible(nodes, [sj.job for sj in jobs], config.scheduler, {}) is not None
+    pool = simulate(jobs, nodes, config)
+    node = simulate(jobs, nodes, config, counted_pool=False)
+    assert starts(pool) == starts(node)
+    assert pool.metrics == node.metrics
+    assert pool.unscheduled == node.unscheduled
+
+
+def test_only_a_pool_of_whole_node_tasks_is_eligible() -> None:
+    nodes = [Node(f"n{i}", {"cpu": CPU}) for i in range(4)]
+    whole = Job("a", (TaskSpec({"cpu": CPU}, 2),), gang=True)
+    half = Job("b", (TaskSpec({"cpu": CPU // 2}),))
+    config = SchedulerConfig()
+    assert poolsim.eligible(nodes, [whole], config, {}) == ("cpu", CPU)
+    assert poolsim.eligible(nodes, [whole, half], config, {}) is None
+    assert poolsim.eligible([*nodes, Node("big", {"cpu": 2 * CPU})], [whole], config, {}) is None
+    assert poolsim.eligible([*nodes, Node("gpu", {"cpu": CPU}, labels={"t": "x"})], [whole],
+                            config, {}) is None
+    assert poolsim.eligible(nodes, [whole], config, {"q": Queue("q", quota={"cpu": 1})}) is None
+    assert poolsim.eligible(nodes, [whole], SchedulerConfig(max_placements=3), {}) is None

@@ -199,6 +199,12 @@ class Client:
     def create_token(self, name: str, role: str) -> Any:
         return self.request("POST", "/api/v1/tokens", json={"name": name, "role": role})
 
+    def list_tokens(self) -> Any:
+        return self.request("GET", "/api/v1/tokens")["tokens"]
+
+    def revoke_token(self, name: str) -> Any:
+        return self.request("DELETE", f"/api/v1/tokens/{name}")
+
     def submit_job(self, body: dict[str, Any]) -> Any:
         return self.request("POST", "/api/v1/jobs", json=body)
 

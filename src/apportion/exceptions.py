@@ -25,6 +25,10 @@ class ApportionError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.data}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body."""
+        return {}
+
 
 class InvalidQuantity(ApportionError):
     """A resource quantity could not be parsed: bad syntax, unknown unit,
@@ -255,4 +259,22 @@ class ReasonReserved(ApportionError):
     preemption, a task's end) was given by a caller."""
 
     code = "reason_reserved"
+    status = 422
+
+
+class TooManyFailures(ApportionError):
+    """Too many failed authentications from one client address: it is blocked
+    for a while (``Retry-After`` says how long) without its tokens being looked at."""
+
+    code = "too_many_failures"
+    status = 429
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.data.get("retry_after", 30))}
+
+
+class TokenTooShort(ApportionError):
+    """``APPORTION_ADMIN_TOKEN`` is too short to be safe as an admin credential."""
+
+    code = "token_too_short"
     status = 422

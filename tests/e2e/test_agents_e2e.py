@@ -185,7 +185,17 @@ def test_a_preempted_job_resumes_from_its_checkpoint(cluster: Cluster, tmp_path:
     assert _records(out)[h["id"]]["start"] >= _ts(victim["released_at"])
     with cluster.api as c:
         log = c.get(f"/api/v1/jobs/{low['id']}/logs").json()
+        # A checkpoint is served to the node whose task resumes from it: not
+        # to any other agent (issue 17, finding 4), while an admin may read it.
+        other = c.post("/api/v1/tokens", json={"name": "node-b", "role": "agent"}).json()
+        saved = f"/api/v1/agents/checkpoints/{tasks[0]['id']}"
+        assert c.get(saved).status_code == 200
     assert "counted to 60" in log["data"]
+    assert cluster.server is not None
+    with cluster.server.client(other["token"]) as stranger:
+        r = stranger.get(saved)
+    assert r.status_code == 404, r.text
+    assert "no task on node node-b resumes from" in r.json()["message"]
 
 
 def _ts(iso: str) -> float:

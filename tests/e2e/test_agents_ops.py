@@ -267,3 +267,30 @@ def test_a_tasks_allocation_is_released_only_through_its_job(cluster: Cluster) -
     assert not _alive(pid)  # the process had exited before the release was answered
     ended = cluster.job(job["id"])
     assert (ended["state"], ended["tasks"][0]["state"]) == ("cancelled", "cancelled")
+
+
+def test_logs_and_checkpoints_are_capped_per_task(tmp_path: Path) -> None:
+    """Issue 17, finding 6: 200 MB of log chunks and a 400 MB checkpoint were
+    accepted. Now a task's log keeps its first APPORTION_LOG_MAX bytes (and
+    says it was cut), and a checkpoint over APPORTION_CHECKPOINT_MAX is refused
+    with 413 while it streams."""
+    from e2e.cluster import FAST_SERVER_ENV
+
+    cluster = Cluster(tmp_path, server_env={**FAST_SERVER_ENV, "APPORTION_LOG_MAX": "64Ki",
+                                            "APPORTION_CHECKPOINT_MAX": "1Mi"}).start()
+    try:
+        agent = cluster.add_agent("node-a", "cpu=2,memory=4Gi")
+        job = cluster.submit(["sh", "-c", "head -c 200000 /dev/zero | tr '\\\\0' x; sleep 600"])
+        task = wait_for("running", lambda: _running_task(cluster, job["id"]), 20)
+        with cluster.api as c:
+            log = wait_for("the log cut at the cap", lambda: (g := c.get(
+                f"/api/v1/jobs/{job['id']}/logs").json())["truncated"] and g, 30)
+        assert (log["size"], len(log["data"])) == (65536, 65536)
+        assert cluster.server is not None
+        with cluster.server.client(agent.token) as a:
+            r = a.put(f"/api/v1/agents/node-a/tasks/{task['id']}/checkpoint",
+                      content=(b"x" * 65536 for _ in range(20)),
+                      headers={"content-type": "application/x-tar"})
+        assert (r.status_code, r.json()["error"]) == (413, "body_too_large"), r.text
+    finally:
+        cluster.close()

@@ -373,6 +373,27 @@ def token_create(
     show(created, as_json, lambda t: console.print(t["token"]))
 
 
+@token_app.command("list")
+def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+               ) -> None:
+    """API tokens: name, role, when made (never the token itself)."""
+    with api_errors(), client_for(server, token) as c:
+        rows = c.list_tokens()
+    show(rows, as_json, lambda rs: table(
+        f"{len(rs)} token(s)", ["name", "role", "id", "created"],
+        [[t["name"], t["role"], t["id"], t["created_at"]] for t in rs]))
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, server: ServerOpt = None, token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Revoke every token called NAME (refused on every server within seconds)."""
+    with api_errors(), client_for(server, token) as c:
+        revoked = c.revoke_token(name)
+    show(revoked, as_json, lambda r: console.print(f"revoked {r['revoked']} token(s) called "
+                                                   f"{r['name']}"))
+
+
 def alerts(
     state: Annotated[str | None, typer.Option("--state", help="firing or resolved")] = None,
     severity: Annotated[str | None, typer.Option("--severity", help="warning or critical")]

@@ -118,6 +118,12 @@ def _own_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _private_files() -> None:
+    """What the server writes (the database, logs, spooled checkpoints) is
+    readable by its own user only."""
+    os.umask(0o077)
+
+
 def _serve(settings: Settings, host: str, port: int) -> None:
     import dataclasses
 
@@ -158,6 +164,7 @@ def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8080) -> None:
     from apportion.service.settings import Settings
 
     configure_logging()
+    _private_files()
     _serve(Settings.from_env(), host, port)
 
 
@@ -278,6 +285,7 @@ def up(
     from apportion.service.settings import Settings
 
     configure_logging()
+    _private_files()
     settings = Settings.from_env(data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://{host}:{port}"

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apportion.server import errors
 from apportion.server.context import AppContext
+from apportion.server.edge import BodyLimits, EdgeGuard
 from apportion.server.fastpath import is_grant, serve_grant
 from apportion.server.routes import (
     agents,
@@ -75,6 +76,12 @@ class ApportionAPI(FastAPI):
     access_log = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard: EdgeGuard | None = getattr(self.state, "edge", None)
+        if guard is not None and scope["type"] == "http":
+            admitted = await guard.admit(scope, receive, send)
+            if admitted is None:
+                return  # refused before the body was read
+            receive, send = admitted
         if is_grant(scope):
             await serve_grant(self, scope, receive, send, access_log=self.access_log)
             return
@@ -88,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await asyncio.to_thread(build, settings)
         app.state.ctx = services
+        app.state.edge = EdgeGuard(services.auth, BodyLimits(
+            default=settings.max_body, checkpoint=services.files.limits.checkpoint_max + 4096))
         # What route modules still look up on app.state (issue 12 moves them to ctx).
         app.state.agents = services.agents
         app.state.files = services.files

@@ -52,7 +52,7 @@ def validation_failure(errors: Sequence[Any]) -> tuple[dict[str, Any], int]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApportionError)
     async def apportion_error(_: Request, exc: ApportionError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers() or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -72,9 +72,10 @@ async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send, *,
 
 async def _grant(ctx: Any, scope: Scope, receive: Receive) -> tuple[int, bytes]:
     try:
-        raw = await _read_body(receive)
         header = _header(scope, b"authorization")
+        # Who asks, before a byte of the body is read.
         caller = await ctx.auth.authenticate(header.decode("latin-1") if header else None)
+        raw = await _read_body(receive)
         # from_attributes as FastAPI validates bodies: the same messages.
         body = AllocationIn.model_validate(_parse_json(raw), from_attributes=True)
         return 201, orjson.dumps(await grant_allocation(ctx, caller, body))

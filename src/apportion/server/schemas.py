@@ -61,6 +61,17 @@ def _storable(value: Any) -> Any:
 
 JsonValue = Annotated[Any, AfterValidator(_storable)]
 
+MAX_LABELS = 64
+"""Labels on one node, job or allocation (a body once carried 250,000)."""
+MAX_KEYS = 256
+"""Keys of a free-form map (specs, device attributes, usage)."""
+MAX_RESOURCES = 64
+MAX_DEVICES = 1024
+"""Devices of one resource on one node."""
+
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+Specs = Annotated[dict[LabelKey, JsonValue], Field(max_length=MAX_KEYS)]
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -72,15 +83,20 @@ class DeviceIn(Strict):
     memory: Quantity | None = None
     uuid: Text | None = None
     serial: Text | None = None
-    attrs: dict[LabelKey, JsonValue] = Field(default_factory=dict)
+    attrs: Specs = Field(default_factory=dict)
+
+
+Resources = Annotated[dict[str, Quantity], Field(max_length=MAX_RESOURCES)]
+DeviceMap = Annotated[dict[str, Annotated[list[DeviceIn], Field(max_length=MAX_DEVICES)]],
+                      Field(max_length=MAX_RESOURCES)]
 
 
 class NodeIn(Strict):
     name: NodeName
-    resources: dict[str, Quantity] = Field(default_factory=dict)
-    devices: dict[str, list[DeviceIn]] = Field(default_factory=dict)
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
-    specs: dict[LabelKey, JsonValue] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=dict)
+    devices: DeviceMap = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
+    specs: Specs = Field(default_factory=dict)
     state: NodeState = NodeState.READY
 
 
@@ -88,20 +104,20 @@ class NodeUpdate(Strict):
     """Fields left out keep their current value."""
 
     name: NodeName | None = None
-    resources: dict[str, Quantity] | None = None
-    devices: dict[str, list[DeviceIn]] | None = None
-    labels: dict[LabelKey, LabelValue] | None = None
-    specs: dict[LabelKey, JsonValue] | None = None
+    resources: Resources | None = None
+    devices: DeviceMap | None = None
+    labels: Labels | None = None
+    specs: Specs | None = None
     state: NodeState | None = None
 
 
 class AllocationIn(Strict):
-    resources: dict[str, Quantity] = Field(
+    resources: Resources = Field(
         description='resource: quantity, e.g. {"cpu": "2", "memory": "4Gi", "gpu": 1}'
     )
     node: NodeName | None = None
     owner: Text | None = None
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
 
 
 class TokenIn(Strict):
@@ -172,7 +188,7 @@ def render_allocation(alloc: Allocation) -> dict[str, Any]:
 
 
 class TaskIn(Strict):
-    resources: dict[str, Quantity]
+    resources: Resources
     count: Annotated[int, Field(ge=1, le=10_000)] = 1
 
 
@@ -204,7 +220,7 @@ class JobIn(Strict):
     name: Text | None = None
     queue: Annotated[str, Field(pattern=NODE_NAME)] = "default"
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
-    resources: dict[str, Quantity] | Literal["auto"] | None = Field(
+    resources: Resources | Literal["auto"] | None = Field(
         default=None, description="what each task asks for; \"auto\" (or \"auto\" for cpu or "
         "memory) predicts it from the job's past runs")
     count: Annotated[int, Field(ge=1, le=10_000)] = 1
@@ -221,7 +237,7 @@ class JobIn(Strict):
     runtime_estimate: Duration | None = None
     command: Annotated[list[Annotated[str, Field(max_length=4096)]],
                        Field(min_length=1, max_length=256)] | None = None
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     restart: RestartIn | None = Field(
         default=None, description="what to do when a task fails or its node is lost")
     stop_signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]{2,10}$")] | None = Field(
@@ -232,7 +248,7 @@ class JobIn(Strict):
 
 class QueueIn(Strict):
     name: Annotated[str, Field(pattern=NODE_NAME)]
-    quota: dict[str, Quantity] = Field(default_factory=dict)
+    quota: Resources = Field(default_factory=dict)
     weight: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0
     min_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] | None = None
     max_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] | None = None
@@ -265,7 +281,8 @@ class AgentRegisterIn(Strict):
 
 class HeartbeatIn(Strict):
     agent_id: Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
-    usage: dict[str, JsonValue] = Field(default_factory=dict)
+    usage: Annotated[dict[str, JsonValue], Field(max_length=MAX_KEYS)] = Field(
+        default_factory=dict)
     tasks: Annotated[list[dict[str, JsonValue]], Field(max_length=10_000)] = Field(
         default_factory=list)
 

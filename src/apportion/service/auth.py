@@ -12,12 +12,18 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import sqlalchemy as sa
 
-from apportion.exceptions import InvalidInput, PermissionDenied, Unauthenticated
+from apportion.exceptions import (
+    InvalidInput,
+    PermissionDenied,
+    TokenTooShort,
+    Unauthenticated,
+)
 from apportion.service.join_tokens import JOIN_PREFIX
 from apportion.store import tokens as token_table
 from apportion.store.tokens import TokenRecord
@@ -52,6 +58,19 @@ class Principal:
         )
 
 
+CACHE_S = 10.0
+MIN_ADMIN_TOKEN = 24
+
+
+def check_admin_token(token: str) -> None:
+    """Refuse an APPORTION_ADMIN_TOKEN too short to be a credential."""
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise TokenTooShort(
+            f"APPORTION_ADMIN_TOKEN: at least {MIN_ADMIN_TOKEN} characters (this one has "
+            f"{len(token)}); make one with: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'", field="APPORTION_ADMIN_TOKEN")
+
+
 def new_token() -> str:
     return "apt_" + secrets.token_urlsafe(32)
 
@@ -59,9 +78,13 @@ def new_token() -> str:
 class Authenticator:
     """Maps bearer tokens to principals, with a small positive cache."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
-        self._cache: dict[str, Principal] = {}
+        self._clock = clock
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        """token -> (principal, when cached): kept ``CACHE_S``, so a token
+        revoked through another server stops working here within that time
+        (at once, when that server's event reaches this one)."""
 
     def create(self, name: str, role: str, token: str | None = None) -> tuple[str, TokenRecord]:
         """Store a new token and return it in plain text (shown once)."""
@@ -76,10 +99,15 @@ class Authenticator:
         return token, record
 
     def ensure(self, name: str, role: str, token: str) -> None:
-        """Make sure ``token`` exists (APPORTION_ADMIN_TOKEN at start)."""
-        with self._engine.connect() as conn:
-            if token_table.find_token(conn, token) is not None:
+        """Make ``token`` the one token called ``name`` (APPORTION_ADMIN_TOKEN
+        at start): a changed variable replaces the old token, not adds to it."""
+        with self._engine.begin() as conn:
+            record = token_table.find_token(conn, token)
+            if record is not None and (record.name, record.role) == (name, role):
+                token_table.delete_tokens_named(conn, name, role, keep=record.id)
                 return
+            token_table.delete_tokens_named(conn, name, role)
+        self.forget(name)
         self.create(name, role, token)
 
     async def authenticate(self, header: str | None) -> Principal:
@@ -93,8 +121,8 @@ class Authenticator:
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
         token = token.strip()
         cached = self._cache.get(token)
-        if cached is not None:
-            return cached
+        if cached is not None and self._clock() - cached[1] < CACHE_S:
+            return cached[0]
         if token.startswith(JOIN_PREFIX):
             raise Unauthenticated(
                 "this is a one-time join token: it is good only for registering its node "
@@ -105,17 +133,34 @@ class Authenticator:
         principal = Principal(record.name, Role(record.role))
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = principal
+        self._cache[token] = (principal, self._clock())
         return principal
+
+    def known(self, header: str | None) -> bool:
+        """Whether the header carries a token this server has verified before
+        and not seen revoked (no lookup; it is verified again when used)."""
+        token = (header or "").partition(" ")[2].strip()
+        return token in self._cache
+
+    def forget(self, name: str) -> None:
+        """Drop cached tokens named ``name`` (revoked, here or elsewhere)."""
+        for token, (principal, _) in list(self._cache.items()):
+            if principal.name == name:
+                self._cache.pop(token, None)
+
+    def revoke(self, name: str) -> int:
+        """Delete every token named ``name``; returns how many there were."""
+        with self._engine.begin() as conn:
+            count = token_table.delete_tokens_named(conn, name, None)
+        self.forget(name)
+        return count
 
     def revoke_node(self, node: str) -> int:
         """Delete the agent tokens of ``node`` (a node that is gone for good)
         and forget them here; returns how many were deleted."""
         with self._engine.begin() as conn:
             count = token_table.delete_tokens_named(conn, node, Role.AGENT.value)
-        for token, principal in list(self._cache.items()):
-            if principal.name == node and principal.role is Role.AGENT:
-                self._cache.pop(token, None)
+        self.forget(node)
         return count
 
     def _lookup(self, token: str) -> TokenRecord | None:

@@ -44,6 +44,8 @@ class Settings:
     """s3://bucket/prefix for checkpoints instead of the database (APPORTION_BLOB_URL)."""
     log_max: int | None = None
     """Bytes of log kept per task (APPORTION_LOG_MAX, default 16Mi)."""
+    max_body: int = 1 << 20
+    """Largest request body, except log chunks and checkpoints (APPORTION_MAX_BODY)."""
     checkpoint_max: int | None = None
     """Bytes of checkpoint accepted per task (APPORTION_CHECKPOINT_MAX; default
     256Mi in the database, 1Gi in a bucket)."""
@@ -83,7 +85,7 @@ class Settings:
                                                  "APPORTION_SYNC_INTERVAL")
         if env.get("APPORTION_BLOB_URL"):
             values["blob_url"] = env["APPORTION_BLOB_URL"]
-        for key, name in (("log_max", "APPORTION_LOG_MAX"),
+        for key, name in (("log_max", "APPORTION_LOG_MAX"), ("max_body", "APPORTION_MAX_BODY"),
                           ("checkpoint_max", "APPORTION_CHECKPOINT_MAX")):
             if env.get(name):
                 values[key] = parse_quantity("memory", env[name], name)

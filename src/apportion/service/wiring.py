@@ -36,7 +36,7 @@ from apportion.core.scheduling import SchedulerConfig
 from apportion.service.agents_service import AgentSettings, AgentsService
 from apportion.service.alerts_service import AlertsService
 from apportion.service.allocations import AllocationsService
-from apportion.service.auth import Authenticator
+from apportion.service.auth import Authenticator, check_admin_token
 from apportion.service.events_stream import EventHub
 from apportion.service.following import EventFollower
 from apportion.service.health_service import HealthService
@@ -52,6 +52,7 @@ from apportion.service.scaling_service import ScalingService, load_scaling
 from apportion.service.server_config import load_server_config
 from apportion.service.settings import Settings
 from apportion.service.task_files import FileLimits, TaskFiles
+from apportion.service.tokens_service import TokensService
 from apportion.store.blobs import BlobStore, DatabaseBlobs, S3Blobs
 from apportion.store.database import create_engine, migrate
 
@@ -80,6 +81,7 @@ class Services:
     history: HistoryService
     planning: PlanningService
     follower: EventFollower
+    tokens: TokensService
     scaling: ScalingService | None = None
     nats: NatsPublisher | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -166,6 +168,7 @@ def build(settings: Settings) -> Services:
     ledger.load()
     auth = Authenticator(engine)
     if settings.admin_token:
+        check_admin_token(settings.admin_token)
         auth.ensure("admin", "admin", settings.admin_token)
     leadership = Leadership(engine, leader_lock_for(engine, settings.leader_timeout_s),
                             server_id=settings.server_id, url=settings.server_url,
@@ -199,11 +202,13 @@ def build(settings: Settings) -> Services:
     nats = NatsPublisher(hub, nats_settings, origin=ledger.origin) if nats_settings else None
     scaling_settings, pools = load_scaling(settings.config_file, settings.providers_file)
     join_tokens = JoinTokens(engine, ttl_s=scaling_settings.join_token_ttl_s)
-    follower = EventFollower(ledger, [jobs.follow, agents.follow, alerts.follow],
+    tokens = TokensService(auth, ledger)
+    follower = EventFollower(ledger, [jobs.follow, agents.follow, alerts.follow, tokens.follow],
                              interval_s=settings.sync_interval_s)
     services = Services(settings, ledger, auth, leadership, jobs,
                         AllocationsService(ledger, jobs), health, alerts, agents, files,
-                        join_tokens, hub, metrics, history, planning, follower, nats=nats)
+                        join_tokens, hub, metrics, history, planning, follower, tokens,
+                        nats=nats)
     if pools is not None and pools.pools:
         services.scaling = _scaling(services, scaling_settings, pools)
         scaling.append(services.scaling)

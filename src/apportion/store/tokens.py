@@ -58,6 +58,12 @@ def delete_token(conn: sa.Connection, token_id: str) -> bool:
     return conn.execute(tokens.delete().where(tokens.c.id == token_id)).rowcount == 1
 
 
-def delete_tokens_named(conn: sa.Connection, name: str, role: str) -> int:
-    result = conn.execute(tokens.delete().where(tokens.c.name == name, tokens.c.role == role))
-    return int(result.rowcount)
+def delete_tokens_named(conn: sa.Connection, name: str, role: str | None,
+                        keep: str | None = None) -> int:
+    """Delete the tokens called ``name`` (of ``role``, if given; all but ``keep``)."""
+    query = tokens.delete().where(tokens.c.name == name)
+    if role is not None:
+        query = query.where(tokens.c.role == role)
+    if keep is not None:
+        query = query.where(tokens.c.id != keep)
+    return int(conn.execute(query).rowcount)

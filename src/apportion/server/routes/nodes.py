@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from apportion.core.labels import matches, parse_selector
 from apportion.core.model import Health, Node, NodeState
-from apportion.exceptions import InvalidInput
+from apportion.exceptions import InvalidInput, PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.convert import node_from, node_updated
 from apportion.server.schemas import NodeIn, NodeUpdate, render_allocation, render_node
@@ -94,6 +94,12 @@ async def update_node(ctx: Ctx, caller: Caller, name: str, body: NodeUpdate) -> 
             field="name",
         )
     current = ctx.ledger.ledger.node(name)
+    if body.state is not None and body.state is not current.state \
+            and caller.role is not Role.ADMIN:
+        # An agent (or a stolen agent token) must not undo an admin's cordon or drain.
+        raise PermissionDenied(
+            f"state: only an admin changes a node's state (cordon, drain, uncordon); token "
+            f"{caller.name} is {caller.role.value}", field="state", node=name)
     node = await ctx.ledger.update_node(node_updated(current, body))
     return _render(ctx, node)
 

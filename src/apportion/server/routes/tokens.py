@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from apportion.exceptions import NotFound
 from apportion.server.context import Caller, Ctx
 from apportion.server.schemas import TokenIn, iso
 from apportion.service.auth import Role
@@ -38,6 +39,18 @@ async def list_tokens(ctx: Ctx, caller: Caller) -> dict[str, Any]:
             for r in records
         ]
     }
+
+
+@router.delete("/tokens/{name}")
+async def revoke_token(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+    """Revoke every token called ``name``: refused at once on this server and
+    within moments on the others (their cached copies are dropped when this
+    server's event reaches them, at most ``CACHE_S`` later)."""
+    caller.require(Role.ADMIN)
+    count = await ctx.tokens.revoke(name)
+    if count == 0:
+        raise NotFound(f"no token is called {name!r}", name=name)
+    return {"name": name, "revoked": count}
 
 
 @router.get("/whoami")

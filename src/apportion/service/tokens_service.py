@@ -1,0 +1,39 @@
+"""Revoking API tokens on every server.
+
+The token rows are the truth; each server caches verified tokens for a few
+seconds (``service/auth.py``). A revocation deletes the rows and writes a
+``token.revoked`` event in the same transaction's wake; the other servers
+drop their cached copies as soon as they read it (``follow``), and in any
+case when the cache entry expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from apportion.service.auth import Authenticator
+from apportion.service.ledger_service import LedgerService
+
+
+class TokensService:
+    def __init__(self, auth: Authenticator, ledger: LedgerService) -> None:
+        self.auth = auth
+        self.ledger = ledger
+
+    async def revoke(self, name: str) -> int:
+        """Delete every token called ``name``; returns how many there were."""
+        count = await asyncio.to_thread(self.auth.revoke, name)
+        if count:
+            def write(conn: sa.Connection) -> None:
+                self.ledger.event(conn, "token.revoked", name, {"count": count})
+
+            await self.ledger.committer.submit_alone(write)
+        return count
+
+    async def follow(self, events: Sequence[tuple[int, str, str, str]]) -> None:
+        for _, kind, subject, _ in events:
+            if kind == "token.revoked":
+                self.auth.forget(subject)

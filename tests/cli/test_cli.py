@@ -117,7 +117,8 @@ def test_nodes_add_from_a_file_as_json(
     (tmp_path / "node.json").write_text(body)
     shown = run_json(env, "nodes", "add", "--file", str(tmp_path / "node.json"))
     stored = api.get("/api/v1/nodes/add-2").json()
-    assert shown == {k: v for k, v in stored.items() if k not in ("allocations", "allocations_total")}
+    listed = ("allocations", "allocations_total")
+    assert shown == {k: v for k, v in stored.items() if k not in listed}
     assert shown["resources"] == {"cpu": "8", "memory": "16Gi", "gpu": "2"}
     assert [d["model"] for d in shown["devices"]["gpu"]] == ["H100", "H100"]
 

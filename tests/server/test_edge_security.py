@@ -20,15 +20,21 @@ from support import ServerProcess
 
 
 def _raw(server: ServerProcess, head: str, body: bytes = b"") -> tuple[int, bytes]:
-    """Send a request by hand (headers, maybe no body at all); the status."""
+    """Send a request by hand (headers, maybe no body at all); the status and
+    the whole answer."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(head.encode() + b"\r\n\r\n" + body)
         data = b""
-        while b"\r\n\r\n" not in data:
+        while True:
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
+            headers, _, rest = data.partition(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in headers.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            if length and len(rest) >= length[0]:
+                break
     return int(data.split(b" ", 2)[1]), data
 
 

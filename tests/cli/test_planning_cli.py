@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from apportion.core.records import UsageRow
 from apportion.store.database import create_engine, migrate
-from apportion.store.usage_tables import UsageRow, insert_usage
+from apportion.store.usage_tables import insert_usage
 from cli.test_cli import clean_env, rows, run, write_config
 from planning_support import seed_history
 from support import ServerProcess

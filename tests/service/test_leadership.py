@@ -30,6 +30,15 @@ def _server(engine: sa.Engine, name: str) -> Leadership:
                       url=f"http://{name}", timeout_s=2.0)
 
 
+async def _until_leader(server: Leadership) -> None:
+    for _ in range(600):
+        await server.campaign_round()
+        if server.is_leader:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{server.server_id} never won the lock")
+
+
 def _fence(engine: sa.Engine, epoch: int) -> None:
     with engine.begin() as conn:
         Tx(conn, lambda c, events: None, 0.0).fence(epoch)
@@ -49,7 +58,7 @@ def test_one_leader_at_a_time_and_a_deposed_leader_is_fenced(engine: sa.Engine) 
         # a's lock goes (its process died, its connection closed) while a
         # still believes it leads: b takes over with a new epoch ...
         await asyncio.to_thread(a.lock.release)
-        await b.campaign_round()
+        await _until_leader(b)  # PostgreSQL frees the lock as the session ends
         assert b.epoch == 2
         # ... and a's late write, still carrying epoch 1, is refused.
         with pytest.raises(NotLeader, match="leader epoch 1 was superseded by 2"):
@@ -59,7 +68,7 @@ def test_one_leader_at_a_time_and_a_deposed_leader_is_fenced(engine: sa.Engine) 
         await a.campaign_round()
         assert a.epoch is None and not a.is_leader
         await b.stop()
-        await a.campaign_round()
+        await _until_leader(a)
         assert a.epoch == 3
         await a.stop()
 

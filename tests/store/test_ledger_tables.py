@@ -21,19 +21,13 @@ from apportion.core.model import (
     NodeState,
     ReleaseReason,
 )
+from apportion.core.records import TokenRecord
 from apportion.store import ledger_tables as tables
 from apportion.store.database import create_engine, migrate
 from apportion.store.event_log import events_after, insert_events, last_event_id
 from apportion.store.schema import allocations, devices, node_resources, nodes
 from apportion.store.schema import tokens as tokens_table
-from apportion.store.tokens import (
-    TokenRecord,
-    delete_token,
-    find_token,
-    hash_token,
-    insert_token,
-    list_tokens,
-)
+from apportion.store.tokens import delete_token, find_token, hash_token, insert_token, list_tokens
 
 GiB = 2**30
 MAX = 2**63 - 1

@@ -97,14 +97,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ctx = services
         app.state.edge = EdgeGuard(services.auth, BodyLimits(
             default=settings.max_body, checkpoint=services.files.limits.checkpoint_max + 4096))
-        # What route modules still look up on app.state (issue 12 moves them to ctx).
-        app.state.agents = services.agents
-        app.state.files = services.files
-        app.state.join_tokens = services.join_tokens
-        app.state.scaling = services.scaling
-        app.state.planning = services.planning
-        app.state.observability = observability.Observability(
-            services.hub, services.metrics, services.history, services.nats)
         loop = asyncio.get_running_loop()
         # Called from the process's signal handler, outside the event loop.
         app.state.begin_stop = lambda: loop.call_soon_threadsafe(services.begin_stop)

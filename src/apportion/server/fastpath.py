@@ -63,9 +63,9 @@ async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send, *,
         await send({"type": "http.response.body", "body": body})
     finally:
         elapsed = time.perf_counter() - started
-        observers = getattr(app.state, "observability", None)
-        if observers is not None:
-            observers.metrics.observe_grant_request(elapsed, status)
+        services = getattr(app.state, "ctx", None)
+        if services is not None:
+            services.metrics.observe_grant_request(elapsed, status)
         log_request(scope, status, elapsed, access_log)
         structlog.contextvars.reset_contextvars(**tokens)
 

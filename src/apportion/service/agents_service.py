@@ -34,12 +34,14 @@ import sqlalchemy as sa
 import structlog
 
 from apportion.core.model import Device, Node, NodeState
-from apportion.exceptions import AgentUnknown, NodeNotFound
+from apportion.core.records import SessionRow
+from apportion.exceptions import AgentUnknown, NodeExists, NodeNotFound
+from apportion.service.auth import Authenticator
 from apportion.service.health_service import HealthService
 from apportion.service.jobs import JobsService, TaskReport
+from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
 from apportion.store import agent_sessions as store
-from apportion.store.agent_sessions import SessionRow
 
 log = structlog.get_logger(__name__)
 
@@ -110,17 +112,27 @@ class _Waker:
         self.event = asyncio.Event()
 
 
+@dataclass(frozen=True, slots=True)
+class Joined:
+    node: Node
+    pool: str
+    agent_token: str
+
+
 class AgentsService:
     """The server side of ``apportion agent``."""
 
     def __init__(self, ledger: LedgerService, jobs: JobsService, health: HealthService | None,
                  *, server_id: str, epoch: Callable[[], int | None] = lambda: None,
+                 auth: Authenticator | None = None, join_tokens: JoinTokens | None = None,
                  leader_since: Callable[[], float | None] = lambda: None,
                  settings: AgentSettings | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.ledger = ledger
         self.jobs = jobs
         self.health = health
+        self.auth = auth
+        self.join_tokens = join_tokens
         self.server_id = server_id
         self.leader_epoch = epoch
         self.leader_since = leader_since
@@ -222,6 +234,27 @@ class AgentsService:
             await self._device_lost(node.name, lost)
         await self._open_session(node.name, agent)
         return updated
+
+    async def join(self, token: str, node: Node, agent: Mapping[str, Any]) -> Joined:
+        """A node a provider made for a pool registers with its one-time join
+        token: the token is spent, the node joins with the pool's labels, and
+        an agent token is minted for it (its credential from now on)."""
+        if node.name in self.ledger.ledger.nodes:
+            raise NodeExists(f"node {node.name} already exists; a join token registers a new "
+                             "node", node=node.name)
+        if self.join_tokens is None or self.auth is None:
+            raise AgentUnknown("this server takes no join tokens", node=node.name)
+        record = await asyncio.to_thread(self.join_tokens.redeem, token, node.name)
+        registered = await self.register(replace(node, labels={**node.labels,
+                                                               **record.labels}), agent)
+        agent_token, _ = await asyncio.to_thread(self.auth.create, node.name, "agent")
+
+        def write(conn: sa.Connection) -> None:
+            self.ledger.event(conn, "node.joined", node.name, {"pool": record.pool,
+                                                               "join_token": record.id})
+
+        await self.ledger.committer.submit_alone(write)
+        return Joined(registered, record.pool, agent_token)
 
     async def _open_session(self, name: str, agent: Mapping[str, Any]) -> None:
         now = self.clock()

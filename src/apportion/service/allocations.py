@@ -21,11 +21,11 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from apportion.core.model import Allocation, ReleaseReason
+from apportion.core.records import TaskRow
 from apportion.exceptions import AllocationOwnedByTask, PermissionDenied, ReasonReserved
 from apportion.service.jobs import ACTIVE_TASK, JOB_LABEL, JobsService
 from apportion.service.ledger_service import LedgerService
 from apportion.store import jobs_tables as jt
-from apportion.store.jobs_tables import TaskRow
 
 USER_REASONS = (ReleaseReason.RELEASED, ReleaseReason.CANCELLED)
 FORCE_WAIT_S = 30.0

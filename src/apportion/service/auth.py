@@ -18,6 +18,7 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
+from apportion.core.records import TokenRecord
 from apportion.exceptions import (
     InvalidInput,
     PermissionDenied,
@@ -26,7 +27,6 @@ from apportion.exceptions import (
 )
 from apportion.service.join_tokens import JOIN_PREFIX
 from apportion.store import tokens as token_table
-from apportion.store.tokens import TokenRecord
 
 
 class Role(StrEnum):

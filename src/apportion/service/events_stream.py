@@ -25,8 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from apportion.core.records import Event
 from apportion.store import event_log
-from apportion.store.event_log import Event
 
 log = structlog.get_logger(__name__)
 

@@ -312,6 +312,14 @@ class LedgerService:
             raise AllocationNotFound(f"allocation {alloc_id} not found", id=alloc_id)
         return stored  # type: ignore[no-any-return]
 
+    async def list_allocations(self, *, node: str | None, owner: str | None,
+                               state: str | None, limit: int,
+                               offset: int) -> list[Allocation]:
+        """Allocations as stored, newest first."""
+        rows: list[Allocation] = await self.read(lambda conn: tables.list_allocations(
+            conn, node=node, owner=owner, state=state, limit=limit, offset=offset))
+        return rows
+
     # -- reading and syncing ---------------------------------------------
 
     async def read(self, fn: Callable[[sa.Connection], Any]) -> Any:

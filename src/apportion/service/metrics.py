@@ -39,9 +39,9 @@ from prometheus_client import (
 )
 
 from apportion.core.model import Health, NodeState
+from apportion.core.records import Event
 from apportion.core.resources import Unit, unit_of
 from apportion.core.scheduling import JobState
-from apportion.store.event_log import Event
 
 if TYPE_CHECKING:
     from apportion.service.alerts_service import AlertsService

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 import structlog
 
+from apportion.core.records import Event
 from apportion.service.events_stream import EventHub, event_dict
-from apportion.store.event_log import Event
 
 log = structlog.get_logger(__name__)
 

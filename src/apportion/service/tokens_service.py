@@ -14,14 +14,21 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from apportion.core.records import TokenRecord
 from apportion.service.auth import Authenticator
 from apportion.service.ledger_service import LedgerService
+from apportion.store import tokens as token_table
 
 
 class TokensService:
     def __init__(self, auth: Authenticator, ledger: LedgerService) -> None:
         self.auth = auth
         self.ledger = ledger
+
+    async def list(self) -> list[TokenRecord]:
+        """Every token's name, role and age (never the token)."""
+        records: list[TokenRecord] = await self.ledger.read(token_table.list_tokens)
+        return records
 
     async def revoke(self, name: str) -> int:
         """Delete every token called ``name``; returns how many there were."""

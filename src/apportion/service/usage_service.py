@@ -30,10 +30,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from apportion.core.predict import Prediction, UsageRecord, predict
+from apportion.core.records import UsageRow
 from apportion.core.resources import format_quantity, parse_vector
 from apportion.exceptions import InvalidInput
 from apportion.service.job_specs import parse_duration
-from apportion.store.usage_tables import UsageRow, count_usage, load_usage
+from apportion.store.usage_tables import count_usage, load_usage
 
 AUTO = "auto"
 AUTO_RESOURCES = ("cpu", "memory")

@@ -183,8 +183,10 @@ def build(settings: Settings) -> Services:
     health = HealthService(ledger, config.health)
     alerts = AlertsService(ledger, jobs, health, config.alerts,
                            is_leader=lambda: leadership.is_leader)
+    scaling_settings, pools = load_scaling(settings.config_file, settings.providers_file)
+    join_tokens = JoinTokens(engine, ttl_s=scaling_settings.join_token_ttl_s)
     agents = AgentsService(ledger, jobs, health, server_id=settings.server_id,
-                           epoch=lambda: leadership.epoch,
+                           epoch=lambda: leadership.epoch, auth=auth, join_tokens=join_tokens,
                            leader_since=lambda: leadership.since,
                            settings=AgentSettings.from_env())
     agents.load()
@@ -200,8 +202,6 @@ def build(settings: Settings) -> Services:
     planning = PlanningService(ledger, jobs, history, alerts, config.planning).install()
     nats_settings = NatsSettings.from_env()
     nats = NatsPublisher(hub, nats_settings, origin=ledger.origin) if nats_settings else None
-    scaling_settings, pools = load_scaling(settings.config_file, settings.providers_file)
-    join_tokens = JoinTokens(engine, ttl_s=scaling_settings.join_token_ttl_s)
     tokens = TokensService(auth, ledger)
     follower = EventFollower(ledger, [jobs.follow, agents.follow, alerts.follow, tokens.follow],
                              interval_s=settings.sync_interval_s)

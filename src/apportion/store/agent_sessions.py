@@ -8,29 +8,12 @@ memory of the server the agent happened to reach.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from apportion.core.records import SessionRow
 from apportion.store.schema import agent_sessions
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    node: str
-    agent_id: str
-    heartbeat_s: float
-    stop_after_s: float
-    server_id: str | None
-    registered_at: float
-    last_seen: float
-    heartbeat_at: float | None
-    usage: dict[str, Any] | None
-    tasks: list[dict[str, Any]] | None
-    rescans: int
-    drain_deadline: float | None
-    prior_state: str | None
 
 
 def _row(r: Any) -> SessionRow:

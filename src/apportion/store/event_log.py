@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
+from apportion.core.records import Event
 from apportion.store.ledger_tables import insert_rows
 from apportion.store.schema import events
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: int
-    kind: str
-    subject: str
-    origin: str
-    data: dict[str, Any]
-    at: float
-
 
 EVENTS_LOCK = 7263515
 """PostgreSQL advisory lock held from an event's INSERT to its commit."""

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from apportion.core.records import TokenRecord
 from apportion.store.schema import tokens
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    id: str
-    name: str
-    role: str
-    created_at: float
 
 
 def hash_token(token: str) -> str:

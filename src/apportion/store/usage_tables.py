@@ -10,31 +10,18 @@ per task id.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from apportion.core.records import UsageRow
 from apportion.store.schema import task_usage
 
 COMMAND_MAX = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    task_id: str
-    job_id: str
-    name: str
-    owner: str
-    queue: str
-    command: str | None
-    state: str
-    requested: dict[str, int]
-    used: dict[str, int]
-    started_at: float | None
-    finished_at: float
 
 
 def insert_usage(conn: sa.Connection, row: UsageRow) -> None:

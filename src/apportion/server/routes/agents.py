@@ -9,8 +9,6 @@ checkpoints) is idempotent, so an agent retries until it is answered.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
@@ -18,7 +16,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from apportion.core.model import NodeState
-from apportion.exceptions import BodyTooLarge, NodeExists, NotFound
+from apportion.core.records import TaskRow
+from apportion.exceptions import BodyTooLarge, NotFound
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.convert import node_from
 from apportion.server.schemas import (
@@ -33,9 +32,8 @@ from apportion.service.agents_service import AgentsService
 from apportion.service.auth import Role
 from apportion.service.job_specs import parse_duration
 from apportion.service.jobs import ACTIVE_TASK, TaskReport
-from apportion.service.join_tokens import JoinTokens, is_join_token
+from apportion.service.join_tokens import is_join_token
 from apportion.service.task_files import MAX_LOG_CHUNK, TaskFiles
-from apportion.store.jobs_tables import TaskRow
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"], include_in_schema=False)
 public = APIRouter(prefix="/api/v1")
@@ -67,35 +65,15 @@ async def register(request: Request, ctx: Ctx, body: AgentRegisterIn) -> dict[st
     header = request.headers.get("authorization")
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() == "bearer" and is_join_token(token.strip()):
-        return await _join(request, ctx, token.strip(), body)
+        joined = await _agents(request).join(token.strip(), node_from(body.node),
+                                             body.agent.model_dump())
+        return {"node": _node_body(ctx, joined.node.name), "epoch": _agents(request).epoch,
+                "pool": joined.pool, "agent_token": joined.agent_token}
     caller = await ctx.auth.authenticate(header)
     caller.may_manage_node(body.node.name)
     agents = _agents(request)
     node = await agents.register(node_from(body.node), body.agent.model_dump())
     return {"node": _node_body(ctx, node.name), "epoch": agents.epoch}
-
-
-async def _join(request: Request, ctx: AppContext, token: str,
-                body: AgentRegisterIn) -> dict[str, Any]:
-    name = body.node.name
-    if name in ctx.ledger.ledger.nodes:
-        raise NodeExists(f"node {name} already exists; a join token registers a new node",
-                         node=name)
-    join: JoinTokens = ctx.join_tokens
-    record = await asyncio.to_thread(join.redeem, token, name)
-    fresh = node_from(body.node)
-    fresh = replace(fresh, labels={**fresh.labels, **record.labels})
-    agents = _agents(request)
-    node = await agents.register(fresh, body.agent.model_dump())
-    agent_token, _ = await asyncio.to_thread(ctx.auth.create, name, Role.AGENT.value)
-
-    def write(conn: Any) -> None:
-        ctx.ledger.event(conn, "node.joined", name, {"pool": record.pool,
-                                                     "join_token": record.id})
-
-    await ctx.ledger.committer.submit_alone(write)
-    return {"node": _node_body(ctx, node.name), "epoch": agents.epoch,
-            "pool": record.pool, "agent_token": agent_token}
 
 
 @router.post("/{node}/heartbeat")

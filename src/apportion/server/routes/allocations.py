@@ -13,7 +13,6 @@ from apportion.exceptions import PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.schemas import AllocationIn, render_allocation
 from apportion.service.auth import Principal, Role
-from apportion.store import ledger_tables as tables
 
 router = APIRouter(prefix="/api/v1/allocations", tags=["allocations"])
 
@@ -81,16 +80,9 @@ async def list_allocations(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    rows = await ctx.ledger.read(
-        lambda conn: tables.list_allocations(
-            conn,
-            node=node,
-            owner=owner,
-            state=state.value if state else None,
-            limit=limit,
-            offset=offset,
-        )
-    )
+    rows = await ctx.ledger.list_allocations(node=node, owner=owner,
+                                             state=state.value if state else None,
+                                             limit=limit, offset=offset)
     return {
         "allocations": [render_allocation(a) for a in rows],
         "count": len(rows),

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from apportion.core.records import JobRow, TaskRow
 from apportion.core.resources import format_vector
 from apportion.core.scheduling import JobState
 from apportion.exceptions import PermissionDenied
@@ -14,8 +15,6 @@ from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.schemas import CompleteIn, JobIn, QueueIn, iso
 from apportion.service.auth import Principal, Role
 from apportion.service.usage_service import UsageService, wants_prediction
-from apportion.store import jobs_tables as jt
-from apportion.store.jobs_tables import JobRow, TaskRow
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -73,9 +72,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    rows = await ctx.ledger.read(lambda c: jt.load_jobs(
-        c, states=[state.value] if state else None, queue=queue, owner=owner, limit=limit,
-        offset=offset))
+    rows = await ctx.jobs.list_jobs(states=[state.value] if state else None, queue=queue,
+                                    owner=owner, limit=limit, offset=offset)
     return {"jobs": [render_job(r) for r in rows], "count": len(rows)}
 
 

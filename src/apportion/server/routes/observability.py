@@ -20,7 +20,6 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,13 +30,11 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apportion.core.records import Event
 from apportion.exceptions import InvalidInput
 from apportion.server.context import Caller
-from apportion.service.events_stream import EventHub, event_dict
-from apportion.service.history_service import HistoryService
-from apportion.service.metrics import CONTENT_TYPE, Metrics
-from apportion.service.nats_publisher import NatsPublisher
-from apportion.store.event_log import Event
+from apportion.service.events_stream import event_dict
+from apportion.service.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
 
@@ -49,17 +46,6 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 router = APIRouter(tags=["observability"])
 
 
-@dataclass
-class Observability:
-    """This server's observers, kept on ``app.state.observability``."""
-
-    hub: EventHub
-    metrics: Metrics
-    history: HistoryService
-    nats: NatsPublisher | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
 def install(app: FastAPI) -> None:
     """Routes, the dashboard's files and the request middleware (call once,
     after the other middlewares, so timing covers the allocation fast path)."""
@@ -68,18 +54,13 @@ def install(app: FastAPI) -> None:
     app.add_middleware(RequestObserver)
 
 
-def _observers(request: Request) -> Observability:
-    observers: Observability = request.app.state.observability
-    return observers
-
-
 # -- /metrics -------------------------------------------------------------------------
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, _: Caller) -> Response:
     """Prometheus text format; the same bearer tokens as the API."""
-    metrics = _observers(request).metrics
+    metrics = request.app.state.ctx.metrics
     families = metrics.snapshot()  # from memory, on the loop; the text off it
     body = await asyncio.to_thread(metrics.render, families)
     return Response(body, media_type=CONTENT_TYPE)
@@ -123,7 +104,7 @@ async def events(
     the event as JSON), after ``Last-Event-ID`` / ``after`` (or the last
     ``tail`` ids, or from now on). With ``follow=false`` the stream ends at
     the newest event instead of waiting for more."""
-    hub = _observers(request).hub
+    hub = request.app.state.ctx.hub
     start_after = _resume_from(request, after)
     if start_after is None and tail is not None:
         start_after = max(0, hub.last_id - tail)
@@ -167,7 +148,7 @@ async def history(
     ``step``, each with its trend (``increasing``, ``decreasing`` or
     ``stable``) and fitted slope. A label filter of ``*`` matches any value;
     ``node`` / ``facility`` pick per-node / per-facility utilization."""
-    service = _observers(request).history
+    service = request.app.state.ctx.history
     filters = {"node": node, "facility": facility, "resource": resource, "queue": queue}
     answer: dict[str, Any] = await asyncio.to_thread(
         service.query, metric, filters, window_s=window_seconds, step_s=step, limit=limit)
@@ -219,9 +200,9 @@ class RequestObserver:
         finally:
             elapsed = time.perf_counter() - started
             if scope["method"] == "POST" and scope["path"] in (GRANT_PATH, GRANT_PATH + "/"):
-                observers = getattr(scope["app"].state, "observability", None)
-                if observers is not None:
-                    observers.metrics.observe_grant_request(elapsed, status)
+                services = getattr(scope["app"].state, "ctx", None)
+                if services is not None:
+                    services.metrics.observe_grant_request(elapsed, status)
             log_request(scope, status, elapsed, self.access_log)
             structlog.contextvars.reset_contextvars(**tokens)
 

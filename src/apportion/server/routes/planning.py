@@ -30,7 +30,7 @@ GroupBy = Literal["facility", "type", "resource"]
 
 
 def _planning(request: Request) -> PlanningService:
-    planning: PlanningService = request.app.state.planning
+    planning: PlanningService = request.app.state.ctx.planning
     return planning
 
 

@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api/v1/scaling", tags=["scaling"])
 
 
 def _service(request: Request) -> ScalingService | None:
-    service: ScalingService | None = getattr(request.app.state, "scaling", None)
+    service: ScalingService | None = request.app.state.ctx.scaling
     return service
 
 

@@ -11,7 +11,6 @@ from apportion.exceptions import NotFound
 from apportion.server.context import Caller, Ctx
 from apportion.server.schemas import TokenIn, iso
 from apportion.service.auth import Role
-from apportion.store import tokens as token_table
 
 router = APIRouter(prefix="/api/v1", tags=["tokens"])
 
@@ -32,7 +31,7 @@ async def create_token(ctx: Ctx, caller: Caller, body: TokenIn) -> dict[str, Any
 @router.get("/tokens")
 async def list_tokens(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     caller.require(Role.ADMIN)
-    records = await ctx.ledger.read(token_table.list_tokens)
+    records = await ctx.tokens.list()
     return {
         "tokens": [
             {"id": r.id, "name": r.name, "role": r.role, "created_at": iso(r.created_at)}

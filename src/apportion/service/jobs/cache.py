@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from apportion.core.records import JobRow, TaskRow
 from apportion.core.scheduling import Job, JobState
 from apportion.service.jobs.model import (
     ACTIVE_TASK,
@@ -31,7 +32,6 @@ from apportion.service.jobs.model import (
 )
 from apportion.service.jobs.transitions import Outcome
 from apportion.store import jobs_tables as jt
-from apportion.store.jobs_tables import JobRow, TaskRow
 
 _MISSING = object()
 

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apportion.core.model import ReleaseReason
+from apportion.core.records import JobRow, TaskRow, UsageRow
 from apportion.core.scheduling import Job, JobState
 from apportion.exceptions import InvalidInput
 from apportion.service.job_specs import job_from_spec, parse_duration
-from apportion.store.jobs_tables import JobRow, TaskRow
-from apportion.store.usage_tables import UsageRow
 
 JOB_LABEL = "apportion.job"
 TASK_LABEL = "apportion.task"

@@ -25,6 +25,7 @@ from functools import partial
 import structlog
 
 from apportion.core.model import Allocation, Node
+from apportion.core.records import JobRow
 from apportion.core.scheduling import (
     ClusterState,
     CycleResult,
@@ -44,7 +45,6 @@ from apportion.service.jobs.cache import JobCache, LiveJob
 from apportion.service.jobs.model import JOB_LABEL, LEASE_QUEUE, TASK_LABEL, unit_job_id
 from apportion.service.jobs.writer import JobWriter
 from apportion.service.ledger_service import LedgerService
-from apportion.store.jobs_tables import JobRow
 
 log = structlog.get_logger(__name__)
 

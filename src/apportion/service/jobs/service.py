@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import structlog
 
 from apportion.core.model import Node, ReleaseReason
+from apportion.core.records import JobRow, QueueRow, TaskRow
 from apportion.core.resources import format_vector
 from apportion.core.scheduling import (
     ClusterState,
@@ -48,7 +49,6 @@ from apportion.service.jobs.scheduling import Scheduler, Switch
 from apportion.service.jobs.writer import JobWriter
 from apportion.service.ledger_service import LedgerService
 from apportion.store import jobs_tables as jt
-from apportion.store.jobs_tables import JobRow, QueueRow, TaskRow
 from apportion.store.schema import allocations, tasks
 
 log = structlog.get_logger(__name__)
@@ -227,6 +227,13 @@ class JobsService:
                 return state
             self._nodes_state = (key, state)
         return self._nodes_state[1]
+
+    async def list_jobs(self, *, states: list[str] | None, queue: str | None,
+                        owner: str | None, limit: int, offset: int) -> list[JobRow]:
+        """Jobs as stored, newest first."""
+        rows: list[JobRow] = await self.ledger.read(lambda c: jt.load_jobs(
+            c, states=states, queue=queue, owner=owner, limit=limit, offset=offset))
+        return rows
 
     async def get(self, job_id: str) -> tuple[JobRow, list[TaskRow]]:
         """A job and all its task attempts, as stored."""

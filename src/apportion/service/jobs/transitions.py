@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from apportion.core.model import Allocation, ReleaseReason
+from apportion.core.records import JobRow, TaskRow
 from apportion.core.scheduling import Job, JobState
 from apportion.exceptions import InvalidInput, NotFound, Refused
 from apportion.service.jobs.model import (
@@ -40,7 +41,6 @@ from apportion.service.jobs.model import (
 from apportion.service.unit_of_work import Tx
 from apportion.store import agent_sessions as sessions
 from apportion.store import jobs_tables as jt
-from apportion.store.jobs_tables import JobRow, TaskRow
 from apportion.store.schema import allocations, tasks
 from apportion.store.usage_tables import insert_usage
 

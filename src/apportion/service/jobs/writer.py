@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from apportion.core.model import Allocation
+from apportion.core.records import JobRow
 from apportion.core.scheduling import Job
 from apportion.service.jobs.cache import JobCache
 from apportion.service.jobs.model import job_of
 from apportion.service.jobs.transitions import Change, Outcome
 from apportion.service.ledger_service import LedgerService
 from apportion.service.unit_of_work import Tx
-from apportion.store.jobs_tables import JobRow
 
 
 class JobWriter:

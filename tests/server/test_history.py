@@ -20,6 +20,7 @@ from apportion.core.ledger import Ledger
 from apportion.core.model import Node
 from apportion.exceptions import InvalidInput
 from apportion.service.history_service import HistoryService, HistorySettings
+from apportion.service.settings import Settings
 from apportion.store.database import create_engine, migrate
 from apportion.store.schema import history_rollups, history_samples, history_series
 from support import ServerProcess
@@ -175,18 +176,23 @@ def test_levels_filters_and_two_writers(engine: sa.Engine) -> None:
         service.query("utilization", {}, window_s=600, step_s=0.01)
 
 
-def test_settings_from_the_config_file_and_environment(tmp_path: Path) -> None:
+def test_settings_from_the_config_file_and_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "server.toml"
     config.write_text("[history]\ninterval_s = 30\nrollup_s = 864000\n")
-    settings = HistorySettings.load(config, env={"APPORTION_HISTORY_RAW": "7200"})
+    monkeypatch.setenv("APPORTION_HISTORY_RAW", "7200")
+    env = Settings.from_env()
+    settings = HistorySettings.load(config, {"raw_s": env.history_raw_s})
     assert settings.interval_s == 30
     assert settings.retention.rollup_s == 864000 and settings.retention.raw_s == 7200
-    assert HistorySettings.load(None, env={}).retention.rollup_s == 90 * 86400
+    assert HistorySettings.load(None).retention.rollup_s == 90 * 86400
     with pytest.raises(InvalidInput, match=r"history\.nope"):
         config.write_text("[history]\nnope = 1\n")
-        HistorySettings.load(config, env={})
-    with pytest.raises(InvalidInput, match="APPORTION_HISTORY_INTERVAL"):
-        HistorySettings.load(None, env={"APPORTION_HISTORY_INTERVAL": "soon"})
+        HistorySettings.load(config)
+    monkeypatch.setenv("APPORTION_HISTORY_INTERVAL", "soon")
+    with pytest.raises(InvalidInput, match="APPORTION_HISTORY_INTERVAL: Input should be a "
+                                           "valid number"):
+        Settings.from_env()
 
 
 # -- the API -------------------------------------------------------------------------------

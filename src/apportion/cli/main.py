@@ -125,15 +125,13 @@ def _private_files() -> None:
 
 
 def _serve(settings: Settings, host: str, port: int) -> None:
-    import dataclasses
-
     import uvicorn
 
     from apportion.server.app import StoppingServer, create_app
 
     if settings.server_url is None:
         # Without this, nodes a pool starts would look for a server on 8080.
-        settings = dataclasses.replace(settings, server_url=_own_url(host, port))
+        settings = settings.model_copy(update={"server_url": _own_url(host, port)})
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -140,10 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # hook would look up its providers on every request for nothing.
         telemetry={"tracing": False, "metrics": False},
     )
-    app.access_log = observability.access_log_wanted()
+    app.access_log = settings.access_log
     errors.install(app)
     app.add_middleware(BodiesAreJson)
-    observability.install(app)
+    observability.install(app, access_log=settings.access_log)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

@@ -23,7 +23,6 @@ a dead server need a moment to find another.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -50,7 +49,7 @@ MISSED_FOR_SUSPECT = 3
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    """Server-side timing of agents; environment ``APPORTION_*`` overrides."""
+    """Server-side timing of agents."""
 
     down_after_s: float = 60.0
     """Silence after which a node is down and its tasks are requeued (at
@@ -62,15 +61,12 @@ class AgentSettings:
     """How often heartbeats noted in memory are written to the store."""
 
     @classmethod
-    def from_env(cls) -> AgentSettings:
-        env = os.environ
-        values: dict[str, float] = {}
-        for key, name in (("down_after_s", "APPORTION_NODE_DOWN_AFTER"),
-                          ("sweep_s", "APPORTION_NODE_SWEEP_INTERVAL"),
-                          ("poll_hold_s", "APPORTION_POLL_HOLD")):
-            if env.get(name):
-                values[key] = float(env[name])
-        return cls(**values)
+    def of(cls, down_after_s: float | None, sweep_s: float | None,
+           poll_hold_s: float | None) -> AgentSettings:
+        """The defaults, with the values given (APPORTION_NODE_DOWN_AFTER,
+        APPORTION_NODE_SWEEP_INTERVAL, APPORTION_POLL_HOLD)."""
+        given = {"down_after_s": down_after_s, "sweep_s": sweep_s, "poll_hold_s": poll_hold_s}
+        return cls(**{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass

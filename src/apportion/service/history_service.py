@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -101,13 +100,10 @@ class HistorySettings:
 
     @classmethod
     def load(cls, config_file: Path | None = None,
-             env: Mapping[str, str] | None = None) -> HistorySettings:
+             overrides: Mapping[str, float | int | None] | None = None) -> HistorySettings:
         """``[history]`` of the server config file (``interval_s``, ``raw_s``,
-        ``rollup_step_s``, ``rollup_s``, ``max_points``), then the environment
-        (``APPORTION_HISTORY_INTERVAL``, ``APPORTION_HISTORY_RAW``,
-        ``APPORTION_HISTORY_ROLLUP_STEP``, ``APPORTION_HISTORY_ROLLUP``,
-        ``APPORTION_HISTORY_MAX_POINTS``)."""
-        env = os.environ if env is None else env
+        ``rollup_step_s``, ``rollup_s``, ``max_points``), then ``overrides``
+        of the same names (the ``APPORTION_HISTORY_*`` settings)."""
         table: dict[str, Any] = {}
         if config_file is not None and config_file.exists():
             try:
@@ -118,16 +114,7 @@ class HistorySettings:
             if not isinstance(raw, dict):
                 raise InvalidInput("history: expected a table", field="history")
             table.update(raw)
-        names = {"interval_s": "INTERVAL", "raw_s": "RAW", "rollup_step_s": "ROLLUP_STEP",
-                 "rollup_s": "ROLLUP", "max_points": "MAX_POINTS"}
-        for key, suffix in names.items():
-            text = env.get(f"APPORTION_HISTORY_{suffix}")
-            if text:
-                try:
-                    table[key] = int(text) if key == "max_points" else float(text)
-                except ValueError:
-                    raise InvalidInput(f"APPORTION_HISTORY_{suffix}: {text!r} is not a number",
-                                       field=f"history.{key}") from None
+        table.update({k: v for k, v in (overrides or {}).items() if v is not None})
         interval = table.pop("interval_s", cls.interval_s)
         if isinstance(interval, bool) or not isinstance(interval, int | float):
             raise InvalidInput("history.interval_s: a number of seconds",

@@ -19,7 +19,6 @@ the SSE stream, not re-sent to NATS.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +40,11 @@ class NatsSettings:
     timeout_s: float = 5.0
 
     @classmethod
-    def from_env(cls) -> NatsSettings | None:
-        url = os.environ.get("APPORTION_NATS_URL")
+    def of(cls, url: str | None, prefix: str | None) -> NatsSettings | None:
+        """From APPORTION_NATS_URL and APPORTION_NATS_SUBJECT_PREFIX; None: off."""
         if not url:
             return None
-        prefix = os.environ.get("APPORTION_NATS_SUBJECT_PREFIX") or DEFAULT_PREFIX
-        return cls(url, prefix.rstrip("."))
+        return cls(url, (prefix or DEFAULT_PREFIX).rstrip("."))
 
 
 def subject_for(prefix: str, kind: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,8 +71,8 @@ class PlanningSettings:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any],
-                    env: Mapping[str, str] | None = None) -> PlanningSettings:
-        env = os.environ if env is None else env
+                    interval_s: float | None = None) -> PlanningSettings:
+        """``[planning]``, then ``interval_s`` (APPORTION_PLANNING_INTERVAL) over it."""
         if not isinstance(raw, Mapping):
             raise InvalidInput("planning: expected a table", field="planning")
         values: dict[str, float] = {}
@@ -84,13 +83,8 @@ class PlanningSettings:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise InvalidInput(f"planning.{key}: a positive number", field=f"planning.{key}")
             values[key] = float(value)
-        text = env.get("APPORTION_PLANNING_INTERVAL")
-        if text:
-            try:
-                values["interval_s"] = float(text)
-            except ValueError:
-                raise InvalidInput(f"APPORTION_PLANNING_INTERVAL: {text!r} is not a number",
-                                   field="planning.interval_s") from None
+        if interval_s is not None:
+            values["interval_s"] = float(interval_s)
         settings = cls(**values)
         if not (math.isfinite(settings.interval_s) and settings.interval_s > 0):
             raise InvalidInput("planning.interval_s: a positive number of seconds",

@@ -31,9 +31,10 @@ SECTIONS = frozenset({"health", "alerts", "history", "planning", "scaling", "pro
                       "pools"})
 
 
-def load_server_config(path: Path | None) -> ServerConfig:
+def load_server_config(path: Path | None, *,
+                       planning_interval_s: float | None = None) -> ServerConfig:
     if path is None:
-        return ServerConfig(planning=PlanningSettings.from_config({}))
+        return ServerConfig(planning=PlanningSettings.from_config({}, planning_interval_s))
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -45,7 +46,8 @@ def load_server_config(path: Path | None) -> ServerConfig:
                            field=unknown[0])
     return ServerConfig(thresholds_from_config(data.get("health", {})),
                         _alert_settings(data.get("alerts", {})),
-                        PlanningSettings.from_config(data.get("planning", {})))
+                        PlanningSettings.from_config(data.get("planning", {}),
+                                                     planning_interval_s))
 
 
 SHARES = ("quota_near_share", "capacity_threshold", "capacity_critical")

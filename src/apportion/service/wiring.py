@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,9 +148,8 @@ class Services:
 
 def blob_store(settings: Settings, engine: Any) -> tuple[BlobStore, FileLimits]:
     """The database, or the bucket ``APPORTION_BLOB_URL`` names."""
-    env = os.environ
     if settings.blob_url:
-        blobs: BlobStore = S3Blobs(settings.blob_url, endpoint=env.get("APPORTION_BLOB_ENDPOINT"))
+        blobs: BlobStore = S3Blobs(settings.blob_url, endpoint=settings.blob_endpoint)
         default_cap = 1 << 30
     else:
         blobs = DatabaseBlobs(engine)
@@ -179,7 +177,8 @@ def build(settings: Settings) -> Services:
                        epoch=lambda: leadership.epoch,
                        potential_nodes=lambda: scaling[0].potential_nodes() if scaling else ())
     jobs.load()
-    config = load_server_config(settings.config_file)
+    config = load_server_config(settings.config_file,
+                                planning_interval_s=settings.planning_interval_s)
     health = HealthService(ledger, config.health)
     alerts = AlertsService(ledger, jobs, health, config.alerts,
                            is_leader=lambda: leadership.is_leader)
@@ -188,7 +187,9 @@ def build(settings: Settings) -> Services:
     agents = AgentsService(ledger, jobs, health, server_id=settings.server_id,
                            epoch=lambda: leadership.epoch, auth=auth, join_tokens=join_tokens,
                            leader_since=lambda: leadership.since,
-                           settings=AgentSettings.from_env())
+                           settings=AgentSettings.of(settings.node_down_after_s,
+                                                     settings.node_sweep_interval_s,
+                                                     settings.poll_hold_s))
     agents.load()
     blobs, limits = blob_store(settings, engine)
     files = TaskFiles(ledger, jobs, blobs, limits, settings.data_dir / "spool")
@@ -198,9 +199,12 @@ def build(settings: Settings) -> Services:
                       origin=ledger.origin)
     metrics.time_cycles(jobs)
     hub.listeners.append(metrics.on_event)
-    history = HistoryService(engine, ledger, jobs, HistorySettings.load(settings.config_file))
+    history = HistoryService(engine, ledger, jobs, HistorySettings.load(settings.config_file, {
+        "interval_s": settings.history_interval_s, "raw_s": settings.history_raw_s,
+        "rollup_step_s": settings.history_rollup_step_s, "rollup_s": settings.history_rollup_s,
+        "max_points": settings.history_max_points}))
     planning = PlanningService(ledger, jobs, history, alerts, config.planning).install()
-    nats_settings = NatsSettings.from_env()
+    nats_settings = NatsSettings.of(settings.nats_url, settings.nats_subject_prefix)
     nats = NatsPublisher(hub, nats_settings, origin=ledger.origin) if nats_settings else None
     tokens = TokensService(auth, ledger)
     follower = EventFollower(ledger, [jobs.follow, agents.follow, alerts.follow, tokens.follow],

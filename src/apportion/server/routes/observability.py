@@ -46,12 +46,12 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 router = APIRouter(tags=["observability"])
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, access_log: bool = False) -> None:
     """Routes, the dashboard's files and the request middleware (call once,
     after the other middlewares, so timing covers the allocation fast path)."""
     app.include_router(router)
     app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
-    app.add_middleware(RequestObserver)
+    app.add_middleware(RequestObserver, access_log=access_log)
 
 
 # -- /metrics -------------------------------------------------------------------------
@@ -174,9 +174,9 @@ class RequestObserver:
     every request is with ``APPORTION_ACCESS_LOG=1``. Grant requests are timed
     into the allocation latency histogram."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
         self.app = app
-        self.access_log = access_log_wanted()
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -205,10 +205,6 @@ class RequestObserver:
                     services.metrics.observe_grant_request(elapsed, status)
             log_request(scope, status, elapsed, self.access_log)
             structlog.contextvars.reset_contextvars(**tokens)
-
-
-def access_log_wanted() -> bool:
-    return os.environ.get("APPORTION_ACCESS_LOG", "") in ("1", "true", "yes")
 
 
 def log_request(scope: Scope, status: int, elapsed: float, access_log: bool) -> None:

@@ -1,0 +1,1 @@
+"""Alembic migrations, applied at every server start (``store/database.py:migrate``)."""

@@ -57,14 +57,14 @@ def _cluster() -> tuple[Ledger, Any]:
 
 def _service(engine: sa.Engine, clock: Clock, settings: HistorySettings) -> HistoryService:
     ledger, jobs = _cluster()
-    return HistoryService(engine, SimpleNamespace(ledger=ledger), jobs,  # type: ignore[arg-type]
+    return HistoryService(engine, ledger, jobs,  # type: ignore[arg-type]
                           settings, clock=clock)
 
 
 def _run(service: HistoryService, clock: Clock, seconds: float, grant_every: int = 0) -> None:
     """Sample every interval for ``seconds``, granting 1 cpu on c1 every
     ``grant_every`` samples (a rising utilization), maintaining as it goes."""
-    ledger = service.ledger.ledger
+    ledger = service.ledger
     interval = service.settings.interval_s
     steps = int(seconds / interval)
     for i in range(steps):

@@ -40,7 +40,6 @@ def test_queue_usage_matches_the_cluster_state(tmp_path: Path) -> None:
             assert expected["idle"] == {}
         finally:
             await ctx.leadership.stop()
-            ctx.ledger.close()
-            ctx.ledger.engine.dispose()
+            ctx.uow.close()
 
     asyncio.run(scenario())

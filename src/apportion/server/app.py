@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sys.setswitchinterval(GIL_SWITCH_S)
         log.info(
             "server_ready",
-            store=services.ledger.engine.url.render_as_string(hide_password=True),
+            store=services.uow.engine.url.render_as_string(hide_password=True),
             server_id=settings.server_id,
             leader=services.leadership.is_leader,
         )

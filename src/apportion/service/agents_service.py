@@ -40,6 +40,7 @@ from apportion.service.health_service import HealthService
 from apportion.service.jobs import JobsService, TaskReport
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store import agent_sessions as store
 
 log = structlog.get_logger(__name__)
@@ -118,12 +119,14 @@ class Joined:
 class AgentsService:
     """The server side of ``apportion agent``."""
 
-    def __init__(self, ledger: LedgerService, jobs: JobsService, health: HealthService | None,
+    def __init__(self, uow: UnitOfWork, ledger: LedgerService, jobs: JobsService,
+                 health: HealthService | None,
                  *, server_id: str, epoch: Callable[[], int | None] = lambda: None,
                  auth: Authenticator | None = None, join_tokens: JoinTokens | None = None,
                  leader_since: Callable[[], float | None] = lambda: None,
                  settings: AgentSettings | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.jobs = jobs
         self.health = health
@@ -152,7 +155,7 @@ class AgentsService:
 
     def load(self) -> None:
         """Every agent's session as stored."""
-        with self.ledger.engine.connect() as conn:
+        with self.uow.engine.connect() as conn:
             rows = store.load(conn)
         self.sessions = {r.node: Session.of(r) for r in rows}
 
@@ -173,7 +176,7 @@ class AgentsService:
     def _session(self, node: str) -> Session:
         session = self.sessions.get(node)
         if session is None:
-            self.ledger.ledger.node(node)  # NodeNotFound (404) first
+            self.ledger.node(node)  # NodeNotFound (404) first
             raise AgentUnknown(f"node {node} has no registered agent; register first",
                                node=node)
         return session
@@ -186,7 +189,7 @@ class AgentsService:
         if not nodes:
             return
         names = sorted(nodes)
-        rows = {r.node: r for r in await self.ledger.read(lambda c: store.load(c, names))}
+        rows = {r.node: r for r in await self.uow.read(lambda c: store.load(c, names))}
         for name in names:
             row = rows.get(name)
             if row is None:
@@ -214,7 +217,7 @@ class AgentsService:
         never drops below what is granted."""
         specs = {**node.specs, "agent": dict(agent)}
         try:
-            current = self.ledger.ledger.node(node.name)
+            current = self.ledger.node(node.name)
         except NodeNotFound:
             created = await self.ledger.register_node(replace(node, specs=specs))
             await self._open_session(created.name, agent)
@@ -235,7 +238,7 @@ class AgentsService:
         """A node a provider made for a pool registers with its one-time join
         token: the token is spent, the node joins with the pool's labels, and
         an agent token is minted for it (its credential from now on)."""
-        if node.name in self.ledger.ledger.nodes:
+        if node.name in self.ledger.nodes:
             raise NodeExists(f"node {node.name} already exists; a join token registers a new "
                              "node", node=node.name)
         if self.join_tokens is None or self.auth is None:
@@ -246,10 +249,10 @@ class AgentsService:
         agent_token, _ = await asyncio.to_thread(self.auth.create, node.name, "agent")
 
         def write(conn: sa.Connection) -> None:
-            self.ledger.event(conn, "node.joined", node.name, {"pool": record.pool,
+            self.uow.event(conn, "node.joined", node.name, {"pool": record.pool,
                                                                "join_token": record.id})
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
         return Joined(registered, record.pool, agent_token)
 
     async def _open_session(self, name: str, agent: Mapping[str, Any]) -> None:
@@ -260,25 +263,25 @@ class AgentsService:
 
         def write(conn: sa.Connection) -> SessionRow | None:
             store.open_session(conn, row)
-            self.ledger.event(conn, "agent.registered", name, {"agent": row.agent_id,
+            self.uow.event(conn, "agent.registered", name, {"agent": row.agent_id,
                                                                "server": self.server_id})
             return store.load_one(conn, name)
 
-        stored = await self.ledger.committer.submit_alone(write)
+        stored = await self.uow.write(write)
         if stored is not None:
             self._merge(stored)
         self.notify([name])
 
     async def _device_lost(self, node: str, lost: dict[str, list[str]]) -> None:
         holders = {a.id: {r: list(ids) for r, ids in a.devices.items()}
-                   for a in self.ledger.ledger.allocations_on(node)
+                   for a in self.ledger.allocations_on(node)
                    if any(set(ids) & set(lost.get(r, ())) for r, ids in a.devices.items())}
 
         def write(conn: Any) -> None:
-            self.ledger.event(conn, "node.device_lost", node, {
+            self.uow.event(conn, "node.device_lost", node, {
                 "severity": "critical", "devices": lost, "allocations": holders})
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
         log.warning("device_lost", node=node, devices=lost, allocations=sorted(holders))
 
     async def heartbeat(self, node: str, agent_id: str, usage: dict[str, Any],
@@ -287,7 +290,7 @@ class AgentsService:
         told so, and its agent registers again."""
         session = self.sessions.get(node)
         if session is None:
-            state = self.ledger.ledger.node(node).state  # NodeNotFound (404)
+            state = self.ledger.node(node).state  # NodeNotFound (404)
             if self.health is not None and self.leader_epoch() is not None:
                 await self.health.observe(node, usage)  # readings count all the same
             return {"node_state": state.value, "epoch": self.epoch, "registered": False}
@@ -302,7 +305,7 @@ class AgentsService:
             # The leader judges at once; other servers leave it to the leader's sweep.
             await self._judge(node, session)
             await self._bring_back(node, session)
-        return {"node_state": self.ledger.ledger.node(node).state.value,
+        return {"node_state": self.ledger.node(node).state.value,
                 "epoch": self.epoch, "seq": self._waker(node).version, "registered": True}
 
     async def _judge(self, node: str, session: Session) -> None:
@@ -312,7 +315,7 @@ class AgentsService:
                                       at=session.heartbeat_at)
 
     async def _bring_back(self, node: str, session: Session) -> None:
-        current = self.ledger.ledger.node(node)
+        current = self.ledger.node(node)
         if current.state in (NodeState.SUSPECT, NodeState.DOWN):
             back = _rejoined(current.state, session)
             session.prior_state = None
@@ -338,7 +341,7 @@ class AgentsService:
         if not self._seen:
             return
         seen, self._seen = list(self._seen.values()), {}
-        await self.ledger.committer.submit_alone(lambda conn: store.touch_many(conn, seen))
+        await self.uow.write(lambda conn: store.touch_many(conn, seen))
 
     async def flush_forever(self) -> None:
         while True:
@@ -366,7 +369,7 @@ class AgentsService:
                          gone() if gone else None, timeout=min(wait, self.settings.poll_hold_s))
         session = self._session(node)
         return {"epoch": self.epoch, "seq": waker.version,
-                "node_state": self.ledger.ledger.node(node).state.value,
+                "node_state": self.ledger.node(node).state.value,
                 "rescan": session.rescans, "tasks": await self.jobs.assignments(node)}
 
     async def report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
@@ -386,10 +389,10 @@ class AgentsService:
 
         def write(conn: sa.Connection) -> int | None:
             count = store.add_rescan(conn, node)
-            self.ledger.event(conn, "agent.rescan", node, {"rescans": count})
+            self.uow.event(conn, "agent.rescan", node, {"rescans": count})
             return count
 
-        count = await self.ledger.committer.submit_alone(write)
+        count = await self.uow.write(write)
         session = self._session(node)
         session.rescans = int(count or session.rescans + 1)
         self.notify([node])
@@ -421,14 +424,20 @@ class AgentsService:
     async def _save(self, node: str, **values: Any) -> None:
         def write(conn: sa.Connection) -> None:
             store.update(conn, node, **values)
-            self.ledger.event(conn, "agent.session", node, {})
+            self.uow.event(conn, "agent.session", node, {})
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
 
     # -- lost nodes (the leader) ------------------------------------------------
 
     def down_after(self, session: Session) -> float:
-        return max(self.settings.down_after_s, session.stop_after_s + session.heartbeat_s)
+        return max(self.settings.down_after_s, session.stop_after_s + session.heartbeat_s) \
+            + self.settings.flush_s
+
+    def suspect_after(self, session: Session) -> float:
+        """Three missed heartbeats, plus the time a heartbeat heard by another
+        server may take to reach the store (its flush)."""
+        return MISSED_FOR_SUSPECT * session.heartbeat_s + self.settings.flush_s
 
     async def sweep_forever(self) -> None:
         while True:
@@ -444,7 +453,7 @@ class AgentsService:
         """Mark silent nodes suspect, then down (their tasks lost), bring back
         nodes heard again, judge the health of heartbeats other servers
         received, and stop what still runs where a drain's deadline passed."""
-        rows = await self.ledger.read(lambda c: store.load(c, with_usage=False))
+        rows = await self.uow.read(lambda c: store.load(c, with_usage=False))
         for row in rows:
             self._merge_quietly(row)
         for name in set(self.sessions) - {r.node for r in rows}:
@@ -455,14 +464,14 @@ class AgentsService:
         since = self.leader_since() or 0.0
         for session in list(self.sessions.values()):
             try:
-                node = self.ledger.ledger.node(session.node)
+                node = self.ledger.node(session.node)
             except NodeNotFound:
                 continue
             silent = now - max(session.last_seen, since)
             if node.state is not NodeState.DOWN and silent > self.down_after(session):
                 await self._node_down(session, node, silent)
             elif node.state not in (NodeState.SUSPECT, NodeState.DOWN) and \
-                    silent > MISSED_FOR_SUSPECT * session.heartbeat_s:
+                    silent > self.suspect_after(session):
                 session.prior_state = node.state
                 await self.ledger.set_node_state(node.name, NodeState.SUSPECT)
                 await self._save(node.name, prior_state=node.state.value)
@@ -488,7 +497,7 @@ class AgentsService:
         if not rows or self.health is None:
             return
         names = [r.node for r in rows]
-        full = await self.ledger.read(lambda c: store.load(c, names))
+        full = await self.uow.read(lambda c: store.load(c, names))
         for row in full:
             session = self.sessions.get(row.node)
             if session is None or row.heartbeat_at is None:
@@ -555,7 +564,7 @@ def _keep_allocated(ledger: LedgerService, current: Node,
     """``fresh`` with every allocated device and amount it lacks put back
     (devices marked ``lost``), and the lost device ids per resource."""
     held: dict[str, set[str]] = {}
-    for alloc in ledger.ledger.allocations_on(current.name):
+    for alloc in ledger.allocations_on(current.name):
         for resource, ids in alloc.devices.items():
             held.setdefault(resource, set()).update(ids)
     devices = {r: list(ds) for r, ds in fresh.devices.items()}
@@ -573,7 +582,7 @@ def _keep_allocated(ledger: LedgerService, current: Node,
     resources = dict(fresh.resources)
     for resource, ds in devices.items():
         resources[resource] = len(ds)
-    for resource, used in ledger.ledger.allocated(current.name).items():
+    for resource, used in ledger.allocated(current.name).items():
         if used and resources.get(resource, 0) < used:
             resources[resource] = used  # never a negative balance
     kept = {r: tuple(ds) for r, ds in devices.items()}

@@ -50,6 +50,7 @@ from apportion.core.webhook import alert_payload, backoff_delays, delivery_id, e
 from apportion.service.health_service import HealthService
 from apportion.service.jobs import JobsService
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store.schema import alert_deliveries, alerts
 
 log = structlog.get_logger(__name__)
@@ -76,6 +77,7 @@ class AlertSettings:
 
 @dataclass
 class AlertsService:
+    uow: UnitOfWork
     ledger: LedgerService
     jobs: JobsService
     health: HealthService
@@ -90,7 +92,7 @@ class AlertsService:
 
     def conditions(self) -> list[Condition]:
         s = self.settings
-        ledger = self.ledger.ledger
+        ledger = self.ledger
         nodes = ledger.nodes
         down = [n for n, node in nodes.items() if node.state is NodeState.DOWN]
         reports = {n: r for n, r in self.health.reports().items() if n in nodes}
@@ -123,7 +125,7 @@ class AlertsService:
 
     def load(self) -> None:
         """The open alerts as stored: a new leader carries them on."""
-        with self.ledger.engine.connect() as conn:
+        with self.uow.engine.connect() as conn:
             rows = conn.execute(sa.select(alerts.c.body).where(alerts.c.state == "firing"))
             found = [_alert(body) for (body,) in rows]
         self.book = AlertBook({a.fingerprint: a for a in found})
@@ -157,7 +159,7 @@ class AlertsService:
             for change in changes:
                 alert = change.alert
                 _store(conn, change)
-                self.ledger.event(conn, f"alert.{change.kind.value}", alert.fingerprint,
+                self.uow.event(conn, f"alert.{change.kind.value}", alert.fingerprint,
                                   alert.to_dict())
                 if urls:
                     body = encode_payload(alert_payload(change))
@@ -166,7 +168,7 @@ class AlertsService:
                         "attempts": 0, "next_at": now, "state": "pending",
                         "created_at": now} for url in urls])
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
         if urls:
             self._wake.set()
         for change in changes:
@@ -176,7 +178,7 @@ class AlertsService:
     async def listing(self, *, state: str | None,
                       severity: str | None) -> list[dict[str, Any]]:
         """Firing alerts, then the latest resolved ones, as stored."""
-        result: list[dict[str, Any]] = await self.ledger.read(
+        result: list[dict[str, Any]] = await self.uow.read(
             lambda conn: _listing(conn, state, severity))
         return result
 
@@ -213,7 +215,7 @@ class AlertsService:
     async def deliver_due(self, client: httpx.AsyncClient, rng: random.Random) -> int:
         """One round: the oldest pending delivery of each receiver, if due."""
         now = self.clock()
-        heads = await self.ledger.read(_pending_heads)
+        heads = await self.uow.read(_pending_heads)
         due = [h for h in heads if h["next_at"] <= now]
         results = await asyncio.gather(*(self._deliver(client, h, rng) for h in due))
         return sum(1 for ok in results if ok)
@@ -248,7 +250,7 @@ class AlertsService:
             conn.execute(alert_deliveries.update().where(
                 alert_deliveries.c.id == head["id"]).values(**values))
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
         if "next_at" not in values:
             self._wake.set()  # the next one for this receiver may go now
         return values.get("state") == "delivered"

@@ -25,6 +25,7 @@ from apportion.core.records import TaskRow
 from apportion.exceptions import AllocationOwnedByTask, PermissionDenied, ReasonReserved
 from apportion.service.jobs import ACTIVE_TASK, JOB_LABEL, JobsService
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store import jobs_tables as jt
 
 USER_REASONS = (ReleaseReason.RELEASED, ReleaseReason.CANCELLED)
@@ -34,8 +35,9 @@ FORCE_WAIT_S = 30.0
 class AllocationsService:
     """Releases that respect the tasks holding allocations."""
 
-    def __init__(self, ledger: LedgerService, jobs: JobsService,
+    def __init__(self, uow: UnitOfWork, ledger: LedgerService, jobs: JobsService,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.jobs = jobs
         self.clock = clock
@@ -72,7 +74,7 @@ class AllocationsService:
         def read(conn: sa.Connection) -> TaskRow | None:
             return jt.task_of_allocation(conn, alloc.id)
 
-        task: TaskRow | None = await self.ledger.read(read)
+        task: TaskRow | None = await self.uow.read(read)
         return task if task is not None and task.state in ACTIVE_TASK else None
 
     async def _released(self, alloc_id: str, wait_s: float) -> tuple[Allocation, bool]:

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import structlog
 
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store.event_log import CHANNEL
 
 log = structlog.get_logger(__name__)
@@ -40,8 +41,9 @@ MIN_GAP_S = 0.02
 class EventFollower:
     """Reads other servers' events and hands them to this server's caches."""
 
-    def __init__(self, ledger: LedgerService, followers: list[Follower], *,
+    def __init__(self, uow: UnitOfWork, ledger: LedgerService, followers: list[Follower], *,
                  interval_s: float = 0.5) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.followers = followers
         self.interval_s = interval_s
@@ -52,8 +54,8 @@ class EventFollower:
         self._wake.set()
 
     async def run_forever(self) -> None:
-        if self.ledger.engine.dialect.name == "postgresql":
-            self._listener = _Listener(self.ledger.engine.url, asyncio.get_running_loop(),
+        if self.uow.engine.dialect.name == "postgresql":
+            self._listener = _Listener(self.uow.engine.url, asyncio.get_running_loop(),
                                        self.wake)
             self._listener.start()
         try:

@@ -75,7 +75,7 @@ class HealthService:
         """Re-judge every node that has sent heartbeats (they may have stopped)."""
         changes = []
         for name, state in list(self.nodes.items()):
-            if state.last_heartbeat_at is None or name not in self.ledger.ledger.nodes:
+            if state.last_heartbeat_at is None or name not in self.ledger.nodes:
                 continue
             before = state.report.status
             report = await self._judge(name, state)
@@ -97,7 +97,7 @@ class HealthService:
 
     async def _apply(self, node: str, state: NodeHealth, report: HealthReport, now: float) -> None:
         try:
-            current = self.ledger.ledger.node(node)
+            current = self.ledger.node(node)
         except NodeNotFound:
             return
         change = health_change(node, current.health, report, now)

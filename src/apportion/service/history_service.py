@@ -141,7 +141,7 @@ class HistoryService:
 
     def snapshot(self) -> list[Row]:
         """The current values of every recorded series (read from memory)."""
-        ledger = self.ledger.ledger
+        ledger = self.ledger
         rows: list[Row] = []
         pairs = []
         for name in sorted(ledger.nodes):

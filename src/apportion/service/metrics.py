@@ -266,7 +266,7 @@ class LiveCollector:
         yield from self._other()
 
     def _nodes(self) -> Iterator[Family]:
-        ledger = self.sources.ledger.ledger
+        ledger = self.sources.ledger
         nodes = list(ledger.nodes.values())
         by_state = Family(
             "apportion_nodes", "Nodes by state and health.", labels=["state", "health"])

@@ -151,7 +151,7 @@ class PlanningService:
 
     def current(self, group_by: str) -> list[dict[str, Any]]:
         """Per group: nodes, and per resource total, allocated and pending (base units)."""
-        ledger = self.ledger.ledger
+        ledger = self.ledger
         nodes = list(ledger.nodes.values())
         pairs = [(n, ledger.allocated(n.name)) for n in nodes]
         pending = pending_by_group(nodes, self._pending(), group_by)

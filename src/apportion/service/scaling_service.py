@@ -78,6 +78,7 @@ from apportion.service.auth import Authenticator
 from apportion.service.jobs import JobsService
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store.schema import events as events_table
 
 log = structlog.get_logger(__name__)
@@ -185,6 +186,7 @@ class Pool:
 class ScalingService:
     def __init__(
         self,
+        uow: UnitOfWork,
         ledger: LedgerService,
         jobs: JobsService,
         auth: Authenticator,
@@ -197,6 +199,7 @@ class ScalingService:
         server_url: str = "http://127.0.0.1:8080",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.jobs = jobs
         self.auth = auth
@@ -229,7 +232,7 @@ class ScalingService:
         if not self.pools:
             return
         names = list(self.pools)
-        with self.ledger.engine.connect() as conn:
+        with self.uow.engine.connect() as conn:
             for kind, attr in (("scaling.scale_up", "last_up"),
                                ("scaling.scale_down", "last_down")):
                 rows = conn.execute(
@@ -241,7 +244,7 @@ class ScalingService:
             drained = conn.execute(
                 sa.select(events_table.c.subject).where(
                     events_table.c.kind == "scaling.node_draining")).scalars().all()
-        nodes = self.ledger.ledger.nodes
+        nodes = self.ledger.nodes
         self.draining = {n for n in drained
                          if n in nodes and nodes[n].state is NodeState.DRAINING}
         for pool in self.pools.values():
@@ -317,7 +320,7 @@ class ScalingService:
                 "settings": mask(pc.settings),
                 "provider_settings": mask(self.config.providers[pc.provider].settings),
                 "nodes": [{"name": n.name, "state": n.state.value,
-                           "allocations": len(self.ledger.ledger.allocations_on(n.name)),
+                           "allocations": len(self.ledger.allocations_on(n.name)),
                            "tasks": len(self.jobs.tasks_on(n.name)),
                            "draining_to_terminate": n.name in self.draining}
                           for n in members],
@@ -347,11 +350,11 @@ class ScalingService:
     # -- inputs ------------------------------------------------------------------------
 
     def _members(self, pool: Pool) -> list[Any]:
-        return [n for n in self.ledger.ledger.nodes.values()
+        return [n for n in self.ledger.nodes.values()
                 if n.labels.get(POOL_LABEL) == pool.name]
 
     def _pool_nodes(self, pool: Pool) -> list[PoolNode]:
-        ledger = self.ledger.ledger
+        ledger = self.ledger
         price = pool.node_type.price_per_hour
         nodes = []
         for node in self._members(pool):
@@ -377,7 +380,7 @@ class ScalingService:
     def _demand(self, now: float) -> dict[str, list[Mapping[str, int]]]:
         if not self.pools:
             return {}
-        ledger = self.ledger.ledger
+        ledger = self.ledger
         waiting = []
         for live in list(self.jobs.live.values()):
             for unit in live.open_units():
@@ -421,7 +424,7 @@ class ScalingService:
             "advice_only": decision.advice_only,
             "cost_per_hour_delta": decision.cost_per_hour_delta,
             "size": len(live),
-            "joining": sorted(n for n in pool.joining if n not in self.ledger.ledger.nodes),
+            "joining": sorted(n for n in pool.joining if n not in self.ledger.nodes),
             "draining": sorted(n.name for n in state.nodes if n.draining),
             "min_size": pool.policy.min_size,
             "max_size": pool.policy.max_size,
@@ -461,7 +464,7 @@ class ScalingService:
                               {"nodes": list(decision.nodes_to_drain),
                                "reason": decision.reason})
             for name in decision.nodes_to_drain:
-                if name in pool.joining and name not in self.ledger.ledger.nodes:
+                if name in pool.joining and name not in self.ledger.nodes:
                     await self._terminate(pool, name, "not needed before it joined")
                     continue
                 try:
@@ -473,7 +476,7 @@ class ScalingService:
 
     async def _create(self, pool: Pool, now: float) -> None:
         name = new_node_name(pool.name)
-        while name in self.ledger.ledger.nodes or name in pool.joining:
+        while name in self.ledger.nodes or name in pool.joining:
             name = new_node_name(pool.name)
         token = await asyncio.to_thread(self.join.issue, pool.name, name, pool.labels)
         spec = JoinSpec(self.server_url, token, pool.config.labels, [name])
@@ -492,7 +495,7 @@ class ScalingService:
                 "node_type": pool.node_type.name})
 
     async def _reap(self, pool: Pool, now: float) -> None:
-        ledger = self.ledger.ledger
+        ledger = self.ledger
         for name, joining in list(pool.joining.items()):
             if name in ledger.nodes:
                 del pool.joining[name]  # joined
@@ -538,9 +541,9 @@ class ScalingService:
 
     async def _event(self, kind: str, subject: str, data: dict[str, Any]) -> None:
         def write(conn: sa.Connection) -> None:
-            self.ledger.event(conn, kind, subject, data)
+            self.uow.event(conn, kind, subject, data)
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
 
 
 def _provider_ids(pool: Pool, name: str) -> list[str]:

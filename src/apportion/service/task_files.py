@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from apportion.exceptions import BodyTooLarge, InvalidInput, NotFound
 from apportion.service.jobs import JobsService
-from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store.blobs import BlobStore
 from apportion.store.schema import task_logs
 
@@ -54,9 +54,9 @@ class LogRead:
 class TaskFiles:
     """Task logs and checkpoints over the store."""
 
-    def __init__(self, ledger: LedgerService, jobs: JobsService, blobs: BlobStore,
+    def __init__(self, uow: UnitOfWork, jobs: JobsService, blobs: BlobStore,
                  limits: FileLimits, spool_dir: Path) -> None:
-        self.ledger = ledger
+        self.uow = uow
         self.jobs = jobs
         self.blobs = blobs
         self.limits = limits
@@ -92,7 +92,7 @@ class TaskFiles:
                                                        offset=size, data=kept))
             return {"size": size + len(kept), "truncated": len(kept) < len(rest)}
 
-        result: dict[str, int | bool] = await self.ledger.committer.submit_unit(write)
+        result: dict[str, int | bool] = await self.uow.write_unit(write)
         return result
 
     async def read_log(self, task_id: str, stream: str, offset: int, limit: int) -> LogRead:
@@ -115,7 +115,7 @@ class TaskFiles:
             return LogRead(data, offset + len(data), sizes.get(stream, 0),
                            sum(sizes.values()) >= self.limits.log_max)
 
-        result: LogRead = await self.ledger.read(read)
+        result: LogRead = await self.uow.read(read)
         return result
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class TaskFiles:
             if found is None:
                 raise NotFound(f"no task on node {node} resumes from task {task_id}",
                                id=task_id)
-        stored = await self.ledger.read(lambda c: _checkpoint_of(c, task_id))
+        stored = await self.uow.read(lambda c: _checkpoint_of(c, task_id))
         if stored is None:
             raise NotFound(f"task {task_id} left no checkpoint", id=task_id)
         parts = await asyncio.to_thread(self.blobs.chunks, stored)

@@ -16,18 +16,18 @@ import sqlalchemy as sa
 
 from apportion.core.records import TokenRecord
 from apportion.service.auth import Authenticator
-from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store import tokens as token_table
 
 
 class TokensService:
-    def __init__(self, auth: Authenticator, ledger: LedgerService) -> None:
+    def __init__(self, auth: Authenticator, uow: UnitOfWork) -> None:
         self.auth = auth
-        self.ledger = ledger
+        self.uow = uow
 
     async def list(self) -> list[TokenRecord]:
         """Every token's name, role and age (never the token)."""
-        records: list[TokenRecord] = await self.ledger.read(token_table.list_tokens)
+        records: list[TokenRecord] = await self.uow.read(token_table.list_tokens)
         return records
 
     async def revoke(self, name: str) -> int:
@@ -35,9 +35,9 @@ class TokensService:
         count = await asyncio.to_thread(self.auth.revoke, name)
         if count:
             def write(conn: sa.Connection) -> None:
-                self.ledger.event(conn, "token.revoked", name, {"count": count})
+                self.uow.event(conn, "token.revoked", name, {"count": count})
 
-            await self.ledger.committer.submit_alone(write)
+            await self.uow.write(write)
         return count
 
     async def follow(self, events: Sequence[tuple[int, str, str, str]]) -> None:

@@ -1,26 +1,136 @@
-"""A state change and the ledger change it implies, committed together.
+"""The unit of work: every service's way to the store.
 
-A task that starts holds its grant from the same transaction that records
-it; a task that ends releases its allocation in the transaction that ends
-it. ``Tx`` is what such a change writes through: grants and releases with
-the same conditional statements as every other ledger write, events, and
-the leader's fence. It records what it granted and released so that the
-ledger service can bring memory level once the transaction has committed;
-it touches no memory itself, because the committer may run it again after
-a retryable error.
+``UnitOfWork`` owns the group committer, reads on pooled connections off the
+event loop, and the events every change is written with (and their reading
+back, to follow the other servers). Services get it from the composition
+root and ask it to read, to write alone, or to write a unit; none builds its
+own connection or reaches through another service to the database.
+
+A state change and the ledger change it implies commit together: a task
+that starts holds its grant from the same transaction that records it; a
+task that ends releases its allocation in the transaction that ends it.
+``Tx`` is what such a change writes through: grants and releases with the
+same conditional statements as every other ledger write, events, and the
+leader's fence. It records what it granted and released so that the ledger
+service can bring memory level once the transaction has committed; it
+touches no memory itself, because the committer may run it again after a
+retryable error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from apportion.core.model import Allocation, ReleaseReason
 from apportion.exceptions import NotLeader, Refused
+from apportion.service import ledger_writes
+from apportion.service.committer import GroupCommitter
+from apportion.service.ledger_writes import LedgerOp, release_data
+from apportion.store import event_log
 from apportion.store import ledger_tables as tables
+from apportion.store.database import writer_engine
 from apportion.store.schema import cluster_leader
+
+T = TypeVar("T")
+EventSpec = tuple[str, str, dict[str, Any]]
+
+
+class UnitOfWork:
+    """Reads, writes and events over one store."""
+
+    def __init__(self, engine: sa.Engine, *, origin: str, batch_max: int = 256,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.origin = origin
+        self.clock = clock
+        self._writer = writer_engine(engine)
+        self._committer = GroupCommitter(
+            self._writer, partial(ledger_writes.write_batch, self.event_rows),
+            write_each=partial(ledger_writes.write_each, self.event_rows), batch_max=batch_max)
+        self.last_event_id = 0
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def start_following(self) -> None:
+        """Follow the events written after now (at start)."""
+        with self.engine.connect() as conn:
+            self.last_event_id = event_log.last_event_id(conn)
+
+    def close(self) -> None:
+        self._committer.close()
+        if self._writer is not self.engine:
+            self._writer.dispose()
+        self.engine.dispose()
+
+    # -- reading ---------------------------------------------------------------
+
+    async def read(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run a read on a pooled connection off the event loop."""
+
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
+
+    def read_now(self, fn: Callable[[sa.Connection], T]) -> T:
+        """A read on this thread (at start, or from a worker thread)."""
+        with self.engine.connect() as conn:
+            return fn(conn)
+
+    async def others_events(self) -> list[tuple[int, str, str, str]]:
+        """``(id, kind, subject, origin)`` of the events other servers wrote
+        since the last call (nothing of this server's own)."""
+        events = await self.read(lambda conn: event_log.subjects_after(conn, self.last_event_id))
+        if not events:
+            return []
+        self.last_event_id = events[-1][0]
+        return [e for e in events if e[3] != self.origin]
+
+    # -- writing ---------------------------------------------------------------
+
+    async def write(self, fn: Callable[[sa.Connection], T]) -> T:
+        """A write in a transaction of its own (queued with every other write)."""
+        result: T = await self._committer.submit_alone(fn)
+        return result
+
+    async def write_unit(self, fn: Callable[[sa.Connection], T], *, heavy: bool = False) -> T:
+        """A write that commits whole or not at all, sharing a transaction
+        (one savepoint each) with others queued at the same moment."""
+        result: T = await self._committer.submit_unit(fn, heavy=heavy)
+        return result
+
+    async def submit_ledger_op(self, op: LedgerOp) -> Any:
+        """A grant or release for the ledger's batches (``ledger_writes``)."""
+        return await self._committer.submit(op)
+
+    @property
+    def commits(self) -> tuple[int, int]:
+        """Transactions committed, and the writes in them."""
+        return self._committer.batches, self._committer.writes
+
+    # -- events ---------------------------------------------------------------------
+
+    def event(self, conn: sa.Connection, kind: str, subject: str, data: dict[str, Any]) -> None:
+        """Record a state change in the caller's transaction."""
+        self.events(conn, [(kind, subject, data)])
+
+    def events(self, conn: sa.Connection, events: list[EventSpec]) -> None:
+        event_log.insert_events(conn, self.event_rows(events))
+
+    def event_rows(self, events: list[EventSpec]) -> list[dict[str, Any]]:
+        now = self.clock()
+        origin = self.origin
+        return [{"kind": k, "subject": s, "origin": origin, "data": d, "at": now}
+                for k, s, d in events]
 
 
 class Tx:
@@ -84,10 +194,4 @@ class Tx:
         self._events(self.conn, [(kind, subject, data)])
 
 
-def release_data(alloc: Allocation) -> dict[str, Any]:
-    return {
-        "id": alloc.id,
-        "owner": alloc.owner,
-        "reason": alloc.reason.value if alloc.reason else None,
-        "resources": dict(alloc.resources),
-    }
+__all__ = ["Tx", "UnitOfWork", "release_data"]

@@ -52,6 +52,7 @@ from apportion.service.server_config import load_server_config
 from apportion.service.settings import Settings
 from apportion.service.task_files import FileLimits, TaskFiles
 from apportion.service.tokens_service import TokensService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store.blobs import BlobStore, DatabaseBlobs, S3Blobs
 from apportion.store.database import create_engine, migrate
 
@@ -65,6 +66,7 @@ class Services:
     """Everything one server process runs."""
 
     settings: Settings
+    uow: UnitOfWork
     ledger: LedgerService
     auth: Authenticator
     leadership: Leadership
@@ -142,8 +144,7 @@ class Services:
             await self.leadership.stop()
         if self.scaling is not None:
             self.scaling.close()
-        self.ledger.close()
-        self.ledger.engine.dispose()
+        self.uow.close()
 
 
 def blob_store(settings: Settings, engine: Any) -> tuple[BlobStore, FileLimits]:
@@ -162,7 +163,8 @@ def build(settings: Settings) -> Services:
     """Open the store, migrate it, rebuild memory, and build every service."""
     engine = create_engine(settings.url, sqlite_synchronous=settings.sqlite_synchronous)
     migrate(engine)
-    ledger = LedgerService(engine, origin=settings.server_id, batch_max=settings.batch_max)
+    uow = UnitOfWork(engine, origin=settings.server_id, batch_max=settings.batch_max)
+    ledger = LedgerService(uow)
     ledger.load()
     auth = Authenticator(engine)
     if settings.admin_token:
@@ -172,7 +174,7 @@ def build(settings: Settings) -> Services:
                             server_id=settings.server_id, url=settings.server_url,
                             timeout_s=settings.leader_timeout_s)
     scaling: list[ScalingService] = []  # made last: it needs the others
-    jobs = JobsService(ledger, SchedulerConfig(strategy=settings.strategy,
+    jobs = JobsService(uow, ledger, SchedulerConfig(strategy=settings.strategy,
                                                backfill=settings.backfill),
                        epoch=lambda: leadership.epoch,
                        potential_nodes=lambda: scaling[0].potential_nodes() if scaling else ())
@@ -180,11 +182,11 @@ def build(settings: Settings) -> Services:
     config = load_server_config(settings.config_file,
                                 planning_interval_s=settings.planning_interval_s)
     health = HealthService(ledger, config.health)
-    alerts = AlertsService(ledger, jobs, health, config.alerts,
+    alerts = AlertsService(uow, ledger, jobs, health, config.alerts,
                            is_leader=lambda: leadership.is_leader)
     scaling_settings, pools = load_scaling(settings.config_file, settings.providers_file)
     join_tokens = JoinTokens(engine, ttl_s=scaling_settings.join_token_ttl_s)
-    agents = AgentsService(ledger, jobs, health, server_id=settings.server_id,
+    agents = AgentsService(uow, ledger, jobs, health, server_id=settings.server_id,
                            epoch=lambda: leadership.epoch, auth=auth, join_tokens=join_tokens,
                            leader_since=lambda: leadership.since,
                            settings=AgentSettings.of(settings.node_down_after_s,
@@ -192,11 +194,11 @@ def build(settings: Settings) -> Services:
                                                      settings.poll_hold_s))
     agents.load()
     blobs, limits = blob_store(settings, engine)
-    files = TaskFiles(ledger, jobs, blobs, limits, settings.data_dir / "spool")
+    files = TaskFiles(uow, jobs, blobs, limits, settings.data_dir / "spool")
     hub = EventHub(engine)
     hub.start_at_end()
     metrics = Metrics(Sources(ledger, jobs, alerts, hub, agents.silences),
-                      origin=ledger.origin)
+                      origin=uow.origin)
     metrics.time_cycles(jobs)
     hub.listeners.append(metrics.on_event)
     history = HistoryService(engine, ledger, jobs, HistorySettings.load(settings.config_file, {
@@ -205,12 +207,13 @@ def build(settings: Settings) -> Services:
         "max_points": settings.history_max_points}))
     planning = PlanningService(ledger, jobs, history, alerts, config.planning).install()
     nats_settings = NatsSettings.of(settings.nats_url, settings.nats_subject_prefix)
-    nats = NatsPublisher(hub, nats_settings, origin=ledger.origin) if nats_settings else None
-    tokens = TokensService(auth, ledger)
-    follower = EventFollower(ledger, [jobs.follow, agents.follow, alerts.follow, tokens.follow],
+    nats = NatsPublisher(hub, nats_settings, origin=uow.origin) if nats_settings else None
+    tokens = TokensService(auth, uow)
+    follower = EventFollower(uow, ledger,
+                             [jobs.follow, agents.follow, alerts.follow, tokens.follow],
                              interval_s=settings.sync_interval_s)
-    services = Services(settings, ledger, auth, leadership, jobs,
-                        AllocationsService(ledger, jobs), health, alerts, agents, files,
+    services = Services(settings, uow, ledger, auth, leadership, jobs,
+                        AllocationsService(uow, ledger, jobs), health, alerts, agents, files,
                         join_tokens, hub, metrics, history, planning, follower, tokens,
                         nats=nats)
     if pools is not None and pools.pools:
@@ -225,7 +228,7 @@ def _scaling(s: Services, settings: Any, pools: Any) -> ScalingService:
     async def drain(node: str) -> None:
         await agents.drain(node, None)
 
-    service = ScalingService(s.ledger, s.jobs, s.auth, s.join_tokens, pools, drain=drain,
+    service = ScalingService(s.uow, s.ledger, s.jobs, s.auth, s.join_tokens, pools, drain=drain,
                              settings=settings,
                              server_url=s.settings.server_url or "http://127.0.0.1:8080")
     service.load()

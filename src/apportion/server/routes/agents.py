@@ -50,7 +50,7 @@ def _files(request: Request) -> TaskFiles:
 
 
 def _node_body(ctx: AppContext, name: str) -> dict[str, Any]:
-    ledger = ctx.ledger.ledger
+    ledger = ctx.ledger
     return render_node(ledger.node(name), ledger.allocated(name))
 
 

@@ -19,7 +19,7 @@ async def summary(
     _: Caller,
     group_by: Literal["facility", "type", "resource", "zone", "node"] = "resource",
 ) -> dict[str, Any]:
-    ledger = ctx.ledger.ledger
+    ledger = ctx.ledger
     pairs = [(node, ledger.allocated(name)) for name, node in ledger.nodes.items()]
     groups = []
     for group in summarize(pairs, group_by):

@@ -14,17 +14,17 @@ router = APIRouter(prefix="/api/v1", tags=["health"])
 @router.get("/health-checks")
 async def health_checks(ctx: Ctx, _: Caller) -> dict[str, Any]:
     """Every node's health status with its reasons and recent changes."""
-    names = sorted(ctx.ledger.ledger.nodes)
+    names = sorted(ctx.ledger.nodes)
     return {"nodes": [_node_health(ctx, n) for n in names]}
 
 
 @router.get("/health-checks/{node}")
 async def health_check(ctx: Ctx, _: Caller, node: str) -> dict[str, Any]:
-    return _node_health(ctx, ctx.ledger.ledger.node(node).name)
+    return _node_health(ctx, ctx.ledger.node(node).name)
 
 
 def _node_health(ctx: Any, name: str) -> dict[str, Any]:
-    node = ctx.ledger.ledger.node(name)
+    node = ctx.ledger.node(name)
     report: dict[str, Any] = ctx.health.report(name)
     # The node's recorded status is the one the scheduler acts on.
     report["status"] = node.health.value

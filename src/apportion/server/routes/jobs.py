@@ -57,7 +57,7 @@ async def submit(ctx: Ctx, caller: Caller, body: JobIn) -> dict[str, Any]:
     spec = body.model_dump(exclude_none=True)
     if wants_prediction(spec):
         # "auto" resources: predicted from past runs, recorded in spec.prediction.
-        spec = await asyncio.to_thread(UsageService(ctx.ledger.engine).fill_auto, spec,
+        spec = await asyncio.to_thread(UsageService(ctx.uow.engine).fill_auto, spec,
                                        caller.name)
     row = await ctx.jobs.submit(spec, caller.name)
     return render_job(row, [])

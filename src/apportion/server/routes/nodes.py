@@ -24,7 +24,7 @@ more): rendering 10,000 of them held the event loop for a tenth of a second."""
 
 def _render(ctx: AppContext, node: Node, *, allocations_limit: int | None = None
             ) -> dict[str, Any]:
-    ledger = ctx.ledger.ledger
+    ledger = ctx.ledger
     allocs = ledger.allocations_on(node.name)
     holders: dict[str, dict[str, str]] = {}
     for alloc in allocs:
@@ -52,7 +52,7 @@ async def list_nodes(
 ) -> dict[str, Any]:
     requirements = parse_selector(selector or "")
     nodes = []
-    for node in sorted(ctx.ledger.ledger.nodes.values(), key=lambda n: n.name):
+    for node in sorted(ctx.ledger.nodes.values(), key=lambda n: n.name):
         if type is not None and node.labels.get("type") != type:
             continue
         if facility is not None and node.labels.get("facility") != facility:
@@ -81,7 +81,7 @@ async def get_node(
     = ALLOCATIONS_SHOWN,
 ) -> dict[str, Any]:
     """A node, with its active allocations (``allocations_total`` counts them all)."""
-    return _render(ctx, ctx.ledger.ledger.node(name), allocations_limit=allocations_limit)
+    return _render(ctx, ctx.ledger.node(name), allocations_limit=allocations_limit)
 
 
 @router.put("/{name}")
@@ -93,7 +93,7 @@ async def update_node(ctx: Ctx, caller: Caller, name: str, body: NodeUpdate) -> 
             "nodes cannot be renamed",
             field="name",
         )
-    current = ctx.ledger.ledger.node(name)
+    current = ctx.ledger.node(name)
     if body.state is not None and body.state is not current.state \
             and caller.role is not Role.ADMIN:
         # An agent (or a stolen agent token) must not undo an admin's cordon or drain.

@@ -94,7 +94,7 @@ async def prediction(
                               if v is not None}, "query")
     if runtime_s is not None:
         requested["runtime_s"] = runtime_s
-    service = UsageService(ctx.ledger.engine)
+    service = UsageService(ctx.uow.engine)
     answer: dict[str, Any] = await asyncio.to_thread(
         lambda: service.predict(name, user or caller.name, command=command,
                                 requested=requested))

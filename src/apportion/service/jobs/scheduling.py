@@ -45,6 +45,7 @@ from apportion.service.jobs.cache import JobCache, LiveJob
 from apportion.service.jobs.model import JOB_LABEL, LEASE_QUEUE, TASK_LABEL, unit_job_id
 from apportion.service.jobs.writer import JobWriter
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -65,10 +66,12 @@ class Switch:
 class Scheduler:
     """Places waiting jobs, one cycle at a time, while this server leads."""
 
-    def __init__(self, ledger: LedgerService, cache: JobCache, writer: JobWriter,
+    def __init__(self, uow: UnitOfWork, ledger: LedgerService, cache: JobCache,
+                 writer: JobWriter,
                  config: SchedulerConfig, queues: Callable[[], Mapping[str, Queue]],
                  epoch: Callable[[], int | None],
                  clock: Callable[[], float] = time.time) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.cache = cache
         self.writer = writer
@@ -213,7 +216,7 @@ class Scheduler:
                                           epoch=self.epoch()), grants=grants)
         except ApportionError as exc:
             log.info("start_refused", job=job_id, error=exc.message)
-            await self.ledger.read(lambda conn: self.cache.refresh(conn, [job_id]))
+            await self.uow.read(lambda conn: self.cache.refresh(conn, [job_id]))
             self.kick()
             return False
         return True
@@ -259,8 +262,8 @@ class Scheduler:
     def _snapshot(self, extra: Sequence[Node] = ()) -> ClusterView:
         stopping = frozenset(task.allocation_id for lj in self.cache.jobs.values()
                              for task in lj.active() if task.stop_state)
-        return ClusterView([*self.ledger.ledger.nodes.values(), *extra],
-                           list(self.ledger.ledger.active().values()), dict(self.cache.jobs),
+        return ClusterView([*self.ledger.nodes.values(), *extra],
+                           list(self.ledger.active().values()), dict(self.cache.jobs),
                            stopping)
 
     def queue_usage(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
@@ -270,7 +273,7 @@ class Scheduler:
         allocations; each unit is looked up once."""
         usage: dict[str, dict[str, int]] = {name: {} for name in queues}
         units: set[str] = set()
-        for alloc in self.ledger.ledger.active().values():
+        for alloc in self.ledger.active().values():
             job_id = alloc.labels.get(JOB_LABEL)
             live = self.cache.jobs.get(job_id) if job_id else None
             if live is None:

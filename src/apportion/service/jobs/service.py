@@ -48,6 +48,7 @@ from apportion.service.jobs.model import (
 from apportion.service.jobs.scheduling import Scheduler, Switch
 from apportion.service.jobs.writer import JobWriter
 from apportion.service.ledger_service import LedgerService
+from apportion.service.unit_of_work import UnitOfWork
 from apportion.store import jobs_tables as jt
 from apportion.store.schema import allocations, tasks
 
@@ -57,17 +58,18 @@ log = structlog.get_logger(__name__)
 class JobsService:
     """Jobs, their tasks and queues over one store; the scheduler beside."""
 
-    def __init__(self, ledger: LedgerService, config: SchedulerConfig, *,
+    def __init__(self, uow: UnitOfWork, ledger: LedgerService, config: SchedulerConfig, *,
                  epoch: Callable[[], int | None] = lambda: None,
                  potential_nodes: Callable[[], Iterable[Node]] = lambda: (),
                  clock: Callable[[], float] = time.time) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.clock = clock
         self.epoch = epoch
         self.cache = JobCache()
-        self.writer = JobWriter(ledger, self.cache)
+        self.writer = JobWriter(uow, ledger, self.cache)
         self.queues: dict[str, Queue] = {}
-        self.scheduler = Scheduler(ledger, self.cache, self.writer, config,
+        self.scheduler = Scheduler(uow, ledger, self.cache, self.writer, config,
                                    lambda: self.queues, epoch, clock)
         self.potential_nodes = potential_nodes
         """Nodes that do not exist yet but would be made for work that needs
@@ -111,7 +113,7 @@ class JobsService:
     # -- start -------------------------------------------------------------------------
 
     def load(self) -> None:
-        with self.ledger.engine.begin() as conn:
+        with self.uow.engine.begin() as conn:
             self._load_queues(conn)
             self.cache.load(conn)
 
@@ -156,7 +158,7 @@ class JobsService:
             if found:
                 self.cache.refresh(conn, found)
 
-        await self.ledger.read(read)
+        await self.uow.read(read)
 
     async def release_orphans(self) -> int:
         """Release job allocations no live task holds (left by a version that
@@ -169,7 +171,7 @@ class JobsService:
                 allocations.c.state == "active")).all()
             return [i for i, labels in rows if JOB_LABEL in (labels or {}) and i not in held]
 
-        orphans: list[str] = await self.ledger.read(find)
+        orphans: list[str] = await self.uow.read(find)
         for alloc_id in orphans:
             await self.writer.run(partial(_release_orphan, alloc_id=alloc_id))
         return len(orphans)
@@ -184,16 +186,16 @@ class JobsService:
         if min_priority is not None and max_priority is not None and min_priority > max_priority:
             raise InvalidInput("min_priority: must not exceed max_priority", field="min_priority")
         now = self.clock()
-        old = await self.ledger.read(lambda c: next(
+        old = await self.uow.read(lambda c: next(
             (r for r in jt.load_queues(c) if r.name == name), None))
         row = QueueRow(name, dict(queue.quota), weight, min_priority, max_priority,
                        old.created_at if old else now, now)
 
         def write(conn: sa.Connection) -> None:
             jt.upsert_queue(conn, row)
-            self.ledger.event(conn, "queue.updated", name, {"weight": weight})
+            self.uow.event(conn, "queue.updated", name, {"weight": weight})
 
-        await self.ledger.committer.submit_alone(write)
+        await self.uow.write(write)
         self.queues[name] = queue
         self.kick()
         return row
@@ -219,7 +221,7 @@ class JobsService:
     def _nodes_only(self, extra: Sequence[Node]) -> ClusterState:
         """The nodes as the core sees them, without what runs on them: all a
         submission's check needs. Built again only when the nodes changed."""
-        nodes = self.ledger.ledger.nodes
+        nodes = self.ledger.nodes
         key = (len(nodes), max((n.updated_at for n in nodes.values()), default=0.0))
         if extra or self._nodes_state is None or self._nodes_state[0] != key:
             state = ClusterState([*nodes.values(), *extra], [])
@@ -231,7 +233,7 @@ class JobsService:
     async def list_jobs(self, *, states: list[str] | None, queue: str | None,
                         owner: str | None, limit: int, offset: int) -> list[JobRow]:
         """Jobs as stored, newest first."""
-        rows: list[JobRow] = await self.ledger.read(lambda c: jt.load_jobs(
+        rows: list[JobRow] = await self.uow.read(lambda c: jt.load_jobs(
             c, states=states, queue=queue, owner=owner, limit=limit, offset=offset))
         return rows
 
@@ -252,7 +254,7 @@ class JobsService:
             total = len(rows) if limit is None else jt.count_tasks(conn, job_id)
             return row, rows, total
 
-        row, rows, total = await self.ledger.read(read)
+        row, rows, total = await self.uow.read(read)
         if row is None:
             raise NotFound(f"job {job_id} not found", id=job_id)
         return row, rows, total
@@ -287,14 +289,14 @@ class JobsService:
         """Every task ``node`` must run or stop now: the agent's desired state."""
         running = [(lj, task) for lj, task in self.cache.tasks_on(node)
                    if lj.job.command is not None]
-        active = self.ledger.ledger.active()
+        active = self.ledger.active()
         missing = [task.allocation_id for _, task in running if task.allocation_id not in active]
         stored = {}
         if missing:
             # Granted through another server, not yet seen here: as stored.
             from apportion.store import ledger_tables as tables
 
-            stored = await self.ledger.read(lambda c: {
+            stored = await self.uow.read(lambda c: {
                 i: a for i in missing if (a := tables.load_allocation(c, i)) is not None})
         return [self._assignment(lj, task, active.get(task.allocation_id)
                                  or stored.get(task.allocation_id)) for lj, task in running]
@@ -317,7 +319,7 @@ class JobsService:
         }
 
     def _device_info(self, node: str, devices: Mapping[str, list[str]]) -> dict[str, Any]:
-        known = self.ledger.ledger.nodes.get(node)
+        known = self.ledger.nodes.get(node)
         if known is None:
             return {}
         out: dict[str, Any] = {}

@@ -12,13 +12,14 @@ from apportion.service.jobs.cache import JobCache
 from apportion.service.jobs.model import job_of
 from apportion.service.jobs.transitions import Change, Outcome
 from apportion.service.ledger_service import LedgerService
-from apportion.service.unit_of_work import Tx
+from apportion.service.unit_of_work import Tx, UnitOfWork
 
 
 class JobWriter:
     """Commits transitions as units of work and applies their outcomes."""
 
-    def __init__(self, ledger: LedgerService, cache: JobCache) -> None:
+    def __init__(self, uow: UnitOfWork, ledger: LedgerService, cache: JobCache) -> None:
+        self.uow = uow
         self.ledger = ledger
         self.cache = cache
 
@@ -40,7 +41,7 @@ class JobWriter:
         outcome = await self.ledger.commit_unit(work, grants=grants, heavy=heavy)
         missing = self.cache.apply(outcome)
         if missing:
-            await self.ledger.read(lambda conn: self.cache.refresh(conn, missing))
+            await self.uow.read(lambda conn: self.cache.refresh(conn, missing))
         return outcome
 
     async def run_all(self, transition: Callable[[Change], Outcome]) -> list[Outcome]:

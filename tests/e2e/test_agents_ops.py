@@ -294,3 +294,33 @@ def test_logs_and_checkpoints_are_capped_per_task(tmp_path: Path) -> None:
         assert (r.status_code, r.json()["error"]) == (413, "body_too_large"), r.text
     finally:
         cluster.close()
+
+
+def test_a_job_array_runs_each_index_once_and_lists_on_one_line(cluster: Cluster) -> None:
+    """Issue 13: `submit --array N` is one job of N independent tasks, each
+    told its index; `jobs list` shows it on one line with counts per state."""
+    cluster.add_agent("node-a", "cpu=4,memory=4Gi")
+    assert cluster.server is not None
+    env = {**os.environ, "APPORTION_SERVER": cluster.server.url,
+           "APPORTION_TOKEN": cluster.server.token}
+    out = subprocess.run(
+        [sys.executable, "-m", "apportion.cli.main", "submit", "--array", "6", "--cpu", "1",
+         "--json", "--", "sh", "-c", "echo index $APPORTION_ARRAY_INDEX of $APPORTION_ARRAY_SIZE"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert (job["array"], job["task_counts"]["total"]) == (6, 6)
+    done = cluster.wait_jobs([job["id"]], timeout=60)[job["id"]]
+    assert done["state"] == "succeeded"
+    with cluster.api as c:
+        tasks = c.get(f"/api/v1/jobs/{job['id']}").json()["tasks"]
+        logs = {t["index"]: c.get(f"/api/v1/jobs/{job['id']}/logs",
+                                  params={"task": str(t["index"])}).json()["data"]
+                for t in tasks}
+    assert sorted(t["index"] for t in tasks) == [0, 1, 2, 3, 4, 5]
+    assert logs == {i: f"index {i} of 6\n" for i in range(6)}
+    listed = subprocess.run([sys.executable, "-m", "apportion.cli.main", "jobs", "list"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    [line] = [row for row in listed.stdout.splitlines() if job["id"] in row]
+    assert "array 6x cpu=1" in line and "succeeded 6" in line

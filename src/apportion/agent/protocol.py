@@ -33,6 +33,8 @@ CHECKPOINT_ENV = "APPORTION_CHECKPOINT_DIR"
 RESUME_ENV = "APPORTION_RESUME_FROM"
 USAGE_FILE_ENV = "APPORTION_USAGE_FILE"
 TASK_DIR_ENV = "APPORTION_TASK_DIR"
+ARRAY_INDEX_ENV = "APPORTION_ARRAY_INDEX"
+ARRAY_SIZE_ENV = "APPORTION_ARRAY_SIZE"
 CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 
 EXIT_FILE = "exit_code"
@@ -84,6 +86,8 @@ class Assignment:
     stop_grace_s: float = 10.0
     stop: Stop | None = None
     resume_task: str | None = None
+    array: int | None = None
+    """The job array's size, when the task is one of an array."""
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> Assignment:
@@ -100,6 +104,7 @@ class Assignment:
             float(body.get("stop_grace_s") or 10.0),
             Stop(str(stop["state"]), str(stop.get("reason") or stop["state"])) if stop else None,
             str(resume["task_id"]) if resume.get("task_id") else None,
+            int(body["array"]) if body.get("array") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,7 +115,8 @@ class Assignment:
                 "resources_base": self.resources_base, "devices": self.devices,
                 "device_info": self.device_info, "stop_signal": self.stop_signal,
                 "stop_grace_s": self.stop_grace_s, "stop": None,
-                "resume": {"task_id": self.resume_task} if self.resume_task else None}
+                "resume": {"task_id": self.resume_task} if self.resume_task else None,
+                "array": self.array}
 
 
 def visible_devices(assignment: Assignment) -> str:
@@ -164,6 +170,9 @@ def task_env(assignment: Assignment, node: str, task_dir: Path, checkpoint_dir: 
         USAGE_FILE_ENV: str(task_dir / "usage.json"),
         TASK_DIR_ENV: str(task_dir),
     })
+    if assignment.array is not None:
+        env[ARRAY_INDEX_ENV] = str(assignment.index)
+        env[ARRAY_SIZE_ENV] = str(assignment.array)
     if resume_dir is not None:
         env[RESUME_ENV] = str(resume_dir)
     else:

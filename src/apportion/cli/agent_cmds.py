@@ -101,6 +101,8 @@ def submit(
     count: Annotated[int, typer.Option("--count", help="number of tasks")] = 1,
     gang: Annotated[bool, typer.Option("--gang", help="place all tasks at once or none")]
     = False,
+    array: Annotated[int | None, typer.Option(
+        "--array", help="a job array of N independent tasks (APPORTION_ARRAY_INDEX)")] = None,
     name: Annotated[str | None, typer.Option("--name")] = None,
     queue: Annotated[str, typer.Option("--queue")] = "default",
     priority: Annotated[int, typer.Option("--priority")] = 0,
@@ -143,6 +145,8 @@ def submit(
     body: dict[str, Any] = {"resources": asked, "count": count, "gang": gang,
                             "queue": queue, "priority": priority,
                             "constraints": list(constraint or []), "preemptible": preemptible}
+    if array is not None:
+        body["array"] = array
     for key, value in (("name", name), ("runtime_estimate", runtime), ("deadline", deadline),
                        ("stop_signal", stop_signal), ("stop_grace", stop_grace)):
         if value is not None:

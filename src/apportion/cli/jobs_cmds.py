@@ -17,6 +17,13 @@ queues_app = typer.Typer(help="Queues (tenants): quota, fair-share weight, prior
 def _job_rows(jobs: list[dict[str, Any]]) -> list[list[str]]:
     def what(j: dict[str, Any]) -> str:
         spec = j["spec"]
+        if spec.get("array"):
+            # An array is one line: its size, then how many of its tasks are where.
+            shape = ",".join(f"{k}={v}" for k, v in (spec.get("resources") or {}).items())
+            counts = j.get("task_counts") or {}
+            where = " ".join(f"{k} {counts[k]}" for k in ("pending", "active", "succeeded",
+                                                          "failed") if counts.get(k))
+            return f"array {spec['array']}x {shape}" + (f" ({where})" if where else "")
         tasks = spec.get("tasks") or [{"resources": spec.get("resources", {}),
                                         "count": spec.get("count", 1)}]
         return "; ".join(f"{t.get('count', 1)}x " + ",".join(f"{k}={v}" for k, v in

@@ -225,6 +225,9 @@ class JobIn(Strict):
         "memory) predicts it from the job's past runs")
     count: Annotated[int, Field(ge=1, le=10_000)] = 1
     tasks: Annotated[list[TaskIn], Field(max_length=100)] | None = None
+    array: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="a job array: this many independent tasks of "
+        "``resources``, each told its index in APPORTION_ARRAY_INDEX")
     constraints: list[Annotated[str, Field(max_length=1024, pattern=PRINTABLE)]] = Field(
         default_factory=list, max_length=64,
         description="label terms: facility=texas-1, type in (gpu), !spot, gpu.memory>=40Gi")

@@ -56,9 +56,18 @@ def parse_time(value: object, field: str) -> float | None:
 
 
 def tasks_of(spec: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
-    """``tasks: [{resources, count}]``, or the shorthand ``resources`` + ``count``."""
-    raw = spec.get("tasks") or [{"resources": spec.get("resources") or {},
-                                  "count": spec.get("count", 1)}]
+    """``tasks: [{resources, count}]``, the shorthand ``resources`` + ``count``,
+    or a job array: ``resources`` + ``array`` (independent tasks, never a gang)."""
+    array = spec.get("array")
+    raw: list[Mapping[str, Any]]
+    if array is not None:
+        if spec.get("tasks") or int(spec.get("count", 1)) != 1 or spec.get("gang"):
+            raise InvalidInput("array: a job array is `resources` and `array: N`; leave out "
+                               "count, tasks and gang", field="array")
+        raw = [{"resources": spec.get("resources") or {}, "count": int(array)}]
+    else:
+        raw = spec.get("tasks") or [{"resources": spec.get("resources") or {},
+                                      "count": spec.get("count", 1)}]
     out = []
     for i, task in enumerate(raw):
         resources = parse_vector(task.get("resources") or {}, f"tasks[{i}].resources")

@@ -213,7 +213,8 @@ def validate_job(job: Job, queues: Mapping[str, Queue], state: ClusterState) -> 
             )
     for spec in job.tasks:
         capacity, _ = _capacity_fit(state, job, spec)
-        if capacity < spec.count:
+        # A gang's tasks run together; a bag's (an array's) one after another.
+        if capacity < (spec.count if job.gang or job.task_count == 1 else 1):
             raise JobRejected(
                 f"no node can ever hold {'these tasks' if spec.count > 1 else 'this task'}: "
                 f"{_never_summary(state, job, spec, capacity)}",

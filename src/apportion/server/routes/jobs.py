@@ -31,6 +31,18 @@ TASKS_SHOWN = 1000
 rendering a 10,000-task job whole held the event loop for a tenth of a second."""
 
 
+def task_counts(row: JobRow) -> dict[str, int]:
+    """How many of a job's tasks wait, run and have succeeded, from its row's
+    counters (no scan of its tasks); ``failed`` counts failed attempts."""
+    spec = row.spec
+    total = spec.get("array") or sum(int(t.get("count", 1)) for t in spec.get("tasks") or [
+        {"count": spec.get("count", 1)}])
+    ended = row.state in ("succeeded", "failed", "cancelled")
+    waiting = 0 if ended else max(0, total - row.tasks_active - row.tasks_succeeded)
+    return {"total": total, "pending": waiting, "active": row.tasks_active,
+            "succeeded": row.tasks_succeeded, "failed": row.task_failures}
+
+
 def render_job(row: JobRow, tasks: list[TaskRow] | None = None,
                total: int | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"id": row.id, "name": row.name, "owner": row.owner, "queue": row.queue,
@@ -38,6 +50,8 @@ def render_job(row: JobRow, tasks: list[TaskRow] | None = None,
             "submitted_at": iso(row.submit_time), "started_at": iso(row.started_at),
             "ended_at": iso(row.ended_at), "reason": row.reason, "exit_code": row.exit_code,
             "attempts": row.attempts, "preemptions": row.preemptions}
+    body["array"] = row.spec.get("array")
+    body["task_counts"] = task_counts(row)
     if tasks is not None:
         body["tasks"] = [render_task(t) for t in tasks]
         body["tasks_total"] = len(tasks) if total is None else total

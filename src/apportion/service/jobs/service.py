@@ -315,6 +315,7 @@ class JobsService:
             "stop_signal": policy.stop_signal, "stop_grace_s": policy.stop_grace_s,
             "stop": {"state": task.stop_state, "reason": task.stop_reason}
             if task.stop_state else None,
+            "array": live.row.spec.get("array"),
             "resume": {"task_id": resume} if resume and resume != task.id else None,
         }
 

@@ -1,0 +1,125 @@
+"""Jobs end to end (issue 13): 2,000 jobs running ``true``, submitted over HTTP
+at concurrency 8 to a real ``apportion server`` (SQLite) with one real agent
+declaring ``cpu=32``, until every job has succeeded. Goal: ≥ 300 jobs/s.
+
+Prints the same figures as the issue (accept time, completion time, jobs/s,
+submit latency) and where the time goes between a submission and its
+reported exit, from the stored events' timestamps (medians over the jobs):
+
+- scheduled: submitted -> placed (the cycle, the grant and task commit)
+- delivered+spawned: placed -> the agent says ``running`` (the long-poll
+  wakes, the agent starts the process, its report commits)
+- ran+reported: ``running`` -> the exit recorded (the process, the exit
+  report, the release)
+
+    .venv/bin/python bench/bench_e2e.py [--jobs 2000] [--concurrency 8] [--array]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import write_result
+from loadgen import build_request, run_load
+
+from e2e.cluster import Cluster, wait_for
+
+GOAL = 300.0
+
+
+def _breakdown(db: Path) -> dict[str, float]:
+    """Median milliseconds of each leg, from the events of every job."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT kind, subject, data, at FROM events WHERE kind IN "
+                            "('job.submitted', 'job.placed', 'task.state')").fetchall()
+    submitted: dict[str, float] = {}
+    placed: dict[str, float] = {}
+    running: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for kind, subject, data, at in rows:
+        if kind == "job.submitted":
+            submitted[subject] = at
+        elif kind == "job.placed":
+            placed.setdefault(subject, at)
+        else:
+            body = json.loads(data)
+            job = body.get("job")
+            if body.get("state") == "running":
+                running.setdefault(job, at)
+            elif body.get("state") in ("succeeded", "failed"):
+                ended[job] = at
+    legs = {"scheduled": (submitted, placed), "delivered+spawned": (placed, running),
+            "ran+reported": (running, ended)}
+    out = {}
+    for name, (a, b) in legs.items():
+        spans = [(b[j] - a[j]) * 1000 for j in a if j in b]
+        out[name + "_ms"] = round(statistics.median(spans), 1) if spans else float("nan")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--array", action="store_true",
+                        help="one job array of --jobs tasks instead of --jobs jobs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        cluster = Cluster(Path(tmp), server_env={}).start()
+        try:
+            assert cluster.server is not None
+            cluster.add_agent("node-a", resources="cpu=32,memory=64Gi", heartbeat=5.0,
+                              log_interval=1.0, watchdog=1.0)
+            url, token = cluster.server.url, cluster.server.token
+            body: dict[str, Any] = {"command": ["true"], "resources": {"cpu": "1"}}
+            if args.array:
+                body["array"] = args.jobs
+            request = build_request(url, "/api/v1/jobs", token, body)
+            started = time.perf_counter()
+            load = asyncio.run(run_load(url, request, concurrency=args.concurrency,
+                                        total=1 if args.array else args.jobs,
+                                        max_seconds=600))
+            accepted = time.perf_counter() - started
+            assert load.statuses == {201: 1 if args.array else args.jobs}, load.statuses
+
+            wait_for(f"{args.jobs} succeeded", lambda: _succeeded(cluster) >= args.jobs, 900,
+                     every=0.25)
+            finished = time.perf_counter() - started
+            legs = _breakdown(cluster.server.data_dir / "apportion.db")
+        finally:
+            cluster.close()
+    rate = args.jobs / finished
+    print(f"{args.jobs} {'array tasks' if args.array else 'jobs'} running `true`, "
+          f"c={args.concurrency}, one agent cpu=32")
+    print(f"  accepted in {accepted:.2f} s; all succeeded after {finished:.2f} s")
+    print(f"  {rate:.1f} jobs/s (goal >= {GOAL:.0f}); submit latency p50 "
+          f"{load.percentile(50) * 1000:.1f} ms, p99 {load.percentile(99) * 1000:.1f} ms")
+    print("  where a job's time goes (medians): " + ", ".join(
+        f"{k[:-3]} {v:.1f} ms" for k, v in legs.items()))
+    write_result("e2e_array" if args.array else "e2e", {
+        "jobs": args.jobs, "concurrency": args.concurrency, "array": args.array,
+        "accepted_s": round(accepted, 3), "finished_s": round(finished, 3),
+        "jobs_per_s": round(rate, 1), "goal_jobs_per_s": GOAL,
+        "submit_p50_ms": round(load.percentile(50) * 1000, 2),
+        "submit_p99_ms": round(load.percentile(99) * 1000, 2), **legs})
+    return 0
+
+
+def _succeeded(cluster: Cluster) -> int:
+    assert cluster.server is not None
+    with sqlite3.connect(cluster.server.data_dir / "apportion.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM tasks WHERE state = 'succeeded'"
+                                ).fetchone()[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

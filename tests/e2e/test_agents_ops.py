@@ -324,3 +324,23 @@ def test_a_job_array_runs_each_index_once_and_lists_on_one_line(cluster: Cluster
     assert listed.returncode == 0, listed.stderr
     [line] = [row for row in listed.stdout.splitlines() if job["id"] in row]
     assert "array 6x cpu=1" in line and "succeeded 6" in line
+
+
+def test_a_command_waits_for_a_node_with_an_agent(cluster: Cluster) -> None:
+    """Issue 14: the README tour once put `submit -- sleep 30` on a node added
+    by hand, with no agent to run it: scheduled forever. A job with a command
+    now goes only where an agent runs; explain says so; a lease goes anywhere."""
+    with cluster.api as c:
+        assert c.post("/api/v1/nodes", json={"name": "bare", "resources": {
+            "cpu": "8", "memory": "8Gi"}}).status_code == 201
+        job = cluster.submit(["sh", "-c", "echo ran"])
+        lease = c.post("/api/v1/jobs", json={"resources": {"cpu": "1"}}).json()
+        wait_for("the lease running on the bare node",
+                 lambda: cluster.job(lease["id"])["state"] == "running", 20)
+        why = wait_for("an explanation", lambda: (e := c.get(
+            f"/api/v1/jobs/{job['id']}/explain").json()).get("summary") and e, 20)
+        assert cluster.job(job["id"])["state"] == "pending"
+        assert "apportion.io/agent" in json.dumps(why), why
+    cluster.add_agent("node-a", "cpu=2,memory=4Gi")
+    done = cluster.wait_jobs([job["id"]], timeout=60)[job["id"]]
+    assert (done["state"], done["tasks"][0]["node"]) == ("succeeded", "node-a")

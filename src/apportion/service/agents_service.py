@@ -37,6 +37,7 @@ from apportion.core.records import SessionRow
 from apportion.exceptions import AgentUnknown, NodeExists, NodeNotFound
 from apportion.service.auth import Authenticator
 from apportion.service.health_service import HealthService
+from apportion.service.job_specs import AGENT_LABEL
 from apportion.service.jobs import JobsService, TaskReport
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
@@ -60,13 +61,16 @@ class AgentSettings:
     """How long an assignments long-poll is held open when nothing changes."""
     flush_s: float = 1.0
     """How often heartbeats noted in memory are written to the store."""
+    pickup_s: float = 60.0
+    """A task its agent has not started within this is placed again."""
 
     @classmethod
     def of(cls, down_after_s: float | None, sweep_s: float | None,
-           poll_hold_s: float | None) -> AgentSettings:
+           poll_hold_s: float | None, pickup_s: float | None = None) -> AgentSettings:
         """The defaults, with the values given (APPORTION_NODE_DOWN_AFTER,
-        APPORTION_NODE_SWEEP_INTERVAL, APPORTION_POLL_HOLD)."""
-        given = {"down_after_s": down_after_s, "sweep_s": sweep_s, "poll_hold_s": poll_hold_s}
+        APPORTION_NODE_SWEEP_INTERVAL, APPORTION_POLL_HOLD, APPORTION_PICKUP_DEADLINE)."""
+        given = {"down_after_s": down_after_s, "sweep_s": sweep_s, "poll_hold_s": poll_hold_s,
+                 "pickup_s": pickup_s}
         return cls(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -216,6 +220,8 @@ class AgentsService:
         vanished while allocated stay (marked lost) until released: capacity
         never drops below what is granted."""
         specs = {**node.specs, "agent": dict(agent)}
+        # Jobs with a command go only where an agent runs them (job_specs).
+        node = replace(node, labels={**node.labels, AGENT_LABEL: "true"})
         try:
             current = self.ledger.node(node.name)
         except NodeNotFound:
@@ -480,6 +486,8 @@ class AgentsService:
                     now - session.last_seen <= session.heartbeat_s * 1.5:
                 await self._bring_back(node.name, session)
             await self._drain_due(session)
+        if await self.jobs.stop_unclaimed(self.settings.pickup_s):
+            log.warning("tasks_not_picked_up", after_s=self.settings.pickup_s)
 
     def _merge_quietly(self, row: SessionRow) -> None:
         """A stored session without its usage, merged into the one in memory."""

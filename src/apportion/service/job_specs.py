@@ -20,6 +20,9 @@ from apportion.exceptions import InvalidInput
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_TASKS = 10_000
+AGENT_LABEL = "apportion.io/agent"
+"""Set on every node an agent registered: a job with a command asks for it,
+so it never lands on a node where nothing would run its processes."""
 
 
 def parse_duration(value: object, field: str) -> float | None:
@@ -89,11 +92,15 @@ def _affinities(items: list[Mapping[str, Any]] | None, field: str) -> tuple[Affi
 
 
 def job_from_spec(spec: Mapping[str, Any], *, job_id: str, submit_time: float,
-                  owner: str | None) -> Job:
+                  owner: str | None, needs_agent: bool = True) -> Job:
+    """The core's job; with a command it asks for a node an agent runs
+    (``needs_agent``: left out when checking whether it could ever run, as
+    an agent may join later)."""
     tasks = tasks_of(spec)
     families = {family(r) for t in tasks for r in t.resources} | {"gpu"}
-    constraints = spec.get("constraints") or []
     command = spec.get("command")
+    constraints = [*(spec.get("constraints") or []),
+                   *([f"{AGENT_LABEL}=true"] if command and needs_agent else [])]
     return Job(
         job_id, tasks,
         queue=spec.get("queue") or "default",

@@ -75,6 +75,7 @@ from apportion.providers.config import (
     mask,
 )
 from apportion.service.auth import Authenticator
+from apportion.service.job_specs import AGENT_LABEL
 from apportion.service.jobs import JobsService
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
@@ -217,6 +218,8 @@ class ScalingService:
             provider = self.providers[pc.provider]
             labels = provider.node_labels(pc.name, node_type,
                                           JoinSpec(self.server_url, "x", pc.labels))
+            # A pool's nodes run an agent: they can hold jobs with a command.
+            labels = {**labels, AGENT_LABEL: "true"}
             pool = Pool(pc, pc.to_policy(node_type), node_type, provider, labels)
             pool.decisions = deque(maxlen=self.settings.keep_decisions)
             self.pools[pc.name] = pool

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     node_sweep_interval_s: Seconds | None = _env(
         "APPORTION_NODE_SWEEP_INTERVAL", None,
         "seconds between the leader's sweeps for silent nodes; default 1 (server)")
+    pickup_deadline_s: Seconds | None = _env(
+        "APPORTION_PICKUP_DEADLINE", None,
+        "seconds a placed task may wait for its agent to start it before it is placed "
+        "again; default 60 (server)")
     poll_hold_s: Seconds | None = _env(
         "APPORTION_POLL_HOLD", None,
         "seconds an agent's long-poll is held; default 20 (server)")

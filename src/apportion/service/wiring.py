@@ -191,7 +191,8 @@ def build(settings: Settings) -> Services:
                            leader_since=lambda: leadership.since,
                            settings=AgentSettings.of(settings.node_down_after_s,
                                                      settings.node_sweep_interval_s,
-                                                     settings.poll_hold_s))
+                                                     settings.poll_hold_s,
+                                                     settings.pickup_deadline_s))
     agents.load()
     blobs, limits = blob_store(settings, engine)
     files = TaskFiles(uow, jobs, blobs, limits, settings.data_dir / "spool")

@@ -210,8 +210,10 @@ class JobsService:
         job_id = new_job_id()
         job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
-        # JobRejected (422) says why not
-        validate_job(job, self.queues, self._nodes_only(tuple(self.potential_nodes())))
+        # JobRejected (422) says why not; an agent that has not joined yet is no reason.
+        anywhere = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
+                                 needs_agent=False)
+        validate_job(anywhere, self.queues, self._nodes_only(tuple(self.potential_nodes())))
         row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
                      spec, now, None, None, None, None, 0, 0)
         await self.writer.run(partial(t.submit, row=row))
@@ -344,6 +346,14 @@ class JobsService:
         outcomes = await self.writer.run_all(partial(t.node_lost, node=node,
                                                      epoch=self.epoch()))
         return sum(len(o.ended) for o in outcomes)
+
+    async def stop_unclaimed(self, older_than_s: float) -> int:
+        """Stop the tasks no agent picked up within ``older_than_s`` (the
+        leader's decision); their jobs are placed again. Returns how many."""
+        outcomes = await self.writer.run_all(partial(
+            t.stop_unclaimed, before=self.clock() - older_than_s, epoch=self.epoch()))
+        return sum(1 for o in outcomes for task in o.tasks if task.stop_state == "cancelled"
+                   or task.state == "cancelled")
 
     async def stop_node_tasks(self, node: str, state: str, reason: str) -> int:
         """Ask for every process on ``node`` to stop (a drain past its deadline)."""

@@ -449,6 +449,28 @@ def stop_node_tasks(c: Change, node: str, state: str, reason: str, *,
     return c.out
 
 
+def stop_unclaimed(c: Change, *, before: float, epoch: int | None,
+                   limit: int = CHUNK) -> Outcome:
+    """Tasks still ``scheduled`` (no agent said it started them) since before
+    ``before``: stopped as cancelled, their jobs waiting to be placed again
+    with the reason. On a node with an agent the agent hears the stop (and
+    starts nothing); elsewhere they end at once."""
+    c.tx.fence(epoch)
+    stale = c.conn.execute(sa.select(tasks).where(
+        tasks.c.state == "scheduled", tasks.c.created_at < before, tasks.c.stop_state.is_(None),
+    ).order_by(tasks.c.created_at).limit(limit + 1)).all()
+    for task in (TaskRow(**dict(r._mapping)) for r in stale[:limit]):
+        row = c.load(task.job_id)
+        if row is None:
+            continue
+        why = (f"task {task.index} was not picked up on node {task.node} within "
+               f"{c.now - task.created_at:.0f} s; placed again")
+        row = c.write(replace(row, reason=why))
+        stop_tasks(c, row, [task], "cancelled", why)
+    c.out.answer["more"] = len(stale) > limit
+    return c.out
+
+
 def _jobs_on(conn: sa.Connection, node: str) -> list[str]:
     return sorted({r[0] for r in conn.execute(sa.select(tasks.c.job_id).where(
         tasks.c.node == node, tasks.c.state.in_(ACTIVE_TASK)))})

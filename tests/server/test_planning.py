@@ -56,9 +56,9 @@ def _planner(engine: sa.Engine, clock: Clock, alerts: Any = None) -> PlanningSer
     ledger.add_node(Node("c1", {"cpu": 40_000}, labels={"facility": "oslo", "type": "cpu"}))
     jobs = SimpleNamespace(queues={}, live={})
     settings = HistorySettings(3600.0, Retention(raw_s=30 * 86400.0, rollup_step_s=3600.0))
-    history = HistoryService(engine, SimpleNamespace(ledger=ledger), jobs,  # type: ignore[arg-type]
+    history = HistoryService(engine, ledger, jobs,  # type: ignore[arg-type]
                              settings, clock=clock)
-    return PlanningService(SimpleNamespace(ledger=ledger), jobs, history,  # type: ignore[arg-type]
+    return PlanningService(ledger, jobs, history,  # type: ignore[arg-type]
                            alerts, PlanningSettings(history_days=21), clock=clock).install()
 
 

@@ -109,9 +109,13 @@ def advice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     try:
         proc.start()
         with proc.client() as api:
-            r = api.post("/api/v1/nodes", json={
-                "name": "static-1", "resources": {"cpu": "2", "memory": "4Gi"}})
-            assert r.status_code == 201, r.text
+            # Registered as an agent would (the admin may): a node whose agent
+            # runs jobs with a command, which one of the three then takes.
+            r = api.post("/api/v1/agents/register", json={
+                "node": {"name": "static-1", "resources": {"cpu": "2", "memory": "4Gi"}},
+                "agent": {"id": "static-agent", "heartbeat_s": 3600,
+                          "stop_after_disconnect_s": 7200}})
+            assert r.status_code == 200, r.text
             for i in range(3):
                 r = api.post("/api/v1/jobs", json={
                     "name": f"whole-{i}", "command": ["true"],
@@ -244,7 +248,8 @@ def test_credentials_are_masked_in_pools(advice: tuple[ServerProcess, Path]) -> 
         assert secret not in r.text
     assert r.json()["interval_s"] == pytest.approx(0.3)
     assert lab["node_type"]["resources"] == {"cpu": "4", "memory": "8Gi"}
-    assert lab["labels"] == {"pool": "lab", "provider": "lab", "node-type": "c4"}
+    assert lab["labels"] == {"pool": "lab", "provider": "lab", "node-type": "c4",
+                             "apportion.io/agent": "true"}
 
 
 def test_scale_plan_prints_the_decision(advice: tuple[ServerProcess, Path],

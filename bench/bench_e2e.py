@@ -72,9 +72,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--array", action="store_true",
                         help="one job array of --jobs tasks instead of --jobs jobs")
+    parser.add_argument("--keep", type=Path, help="copy the server's database here after")
     args = parser.parse_args()
+    args.server_env = {"APPORTION_ACCESS_LOG": "1"} if args.keep else {}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        cluster = Cluster(Path(tmp), server_env={}).start()
+        cluster = Cluster(Path(tmp), server_env=dict(args.server_env)).start()
         try:
             assert cluster.server is not None
             cluster.add_agent("node-a", resources="cpu=32,memory=64Gi", heartbeat=5.0,
@@ -95,6 +97,10 @@ def main() -> int:
                      every=0.25)
             finished = time.perf_counter() - started
             legs = _breakdown(cluster.server.data_dir / "apportion.db")
+            if args.keep:
+                import shutil
+
+                shutil.copytree(Path(tmp), args.keep, dirs_exist_ok=True)
         finally:
             cluster.close()
     rate = args.jobs / finished

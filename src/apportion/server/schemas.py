@@ -291,6 +291,8 @@ class HeartbeatIn(Strict):
 
 
 class TaskReportIn(Strict):
+    """What an agent says about one of its tasks."""
+
     state: Annotated[str, Field(pattern=r"^(starting|running|exited)$")]
     exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
     signalled: bool = False
@@ -306,6 +308,16 @@ class TaskReportIn(Strict):
         default_factory=dict,
         description="what the task used: memory and gpu_memory (peak bytes), cpu_seconds, "
                     "gpu_util (mean percent), runtime_s")
+
+
+class TaskReportItem(TaskReportIn):
+    task: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class TaskReportsIn(Strict):
+    """Several tasks' reports in one call (an agent sends what it has queued)."""
+
+    reports: Annotated[list[TaskReportItem], Field(min_length=1, max_length=1000)]
 
 
 class DrainIn(Strict):

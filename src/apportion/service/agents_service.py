@@ -41,6 +41,7 @@ from apportion.service.job_specs import AGENT_LABEL
 from apportion.service.jobs import JobsService, TaskReport
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
+from apportion.service.task_files import TaskFiles
 from apportion.service.unit_of_work import UnitOfWork
 from apportion.store import agent_sessions as store
 
@@ -127,6 +128,7 @@ class AgentsService:
                  health: HealthService | None,
                  *, server_id: str, epoch: Callable[[], int | None] = lambda: None,
                  auth: Authenticator | None = None, join_tokens: JoinTokens | None = None,
+                 files: TaskFiles | None = None,
                  leader_since: Callable[[], float | None] = lambda: None,
                  settings: AgentSettings | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -136,6 +138,7 @@ class AgentsService:
         self.health = health
         self.auth = auth
         self.join_tokens = join_tokens
+        self.files = files
         self.server_id = server_id
         self.leader_epoch = epoch
         self.leader_since = leader_since
@@ -378,9 +381,26 @@ class AgentsService:
                 "node_state": self.ledger.node(node).state.value,
                 "rescan": session.rescans, "tasks": await self.jobs.assignments(node)}
 
-    async def report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
+    async def reports(self, node: str, reports: list[tuple[str, TaskReport, bool]]
+                      ) -> list[dict[str, Any]]:
+        """Several reports of one node; applied side by side, so their
+        transitions share a commit."""
+        return list(await asyncio.gather(*(
+            self.report(node, task_id, report, checkpoint_saved=saved)
+            for task_id, report, saved in reports)))
+
+    async def report(self, node: str, task_id: str, report: TaskReport, *,
+                     checkpoint_saved: bool = False) -> dict[str, Any]:
+        """Apply an agent's report on one task. ``checkpoint_saved``: the
+        agent uploaded a checkpoint for it (used only if it is stored)."""
         self._session(node)
         self._heard(node)
+        if checkpoint_saved and self.files is not None:
+            found = self.jobs.find_task(task_id)
+            if found is not None:
+                key = self.files.checkpoint_key(found[1].job_id, task_id)
+                if await self.files.has_checkpoint(key):
+                    report = replace(report, checkpoint=key)
         answer = await self.jobs.task_report(node, task_id, report)
         if self.health is not None and self.leader_epoch() is not None \
                 and answer.get("state") == "failed" and report.exit_code is None \

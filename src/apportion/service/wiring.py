@@ -186,16 +186,17 @@ def build(settings: Settings) -> Services:
                            is_leader=lambda: leadership.is_leader)
     scaling_settings, pools = load_scaling(settings.config_file, settings.providers_file)
     join_tokens = JoinTokens(engine, ttl_s=scaling_settings.join_token_ttl_s)
+    blobs, limits = blob_store(settings, engine)
+    files = TaskFiles(uow, jobs, blobs, limits, settings.data_dir / "spool")
     agents = AgentsService(uow, ledger, jobs, health, server_id=settings.server_id,
                            epoch=lambda: leadership.epoch, auth=auth, join_tokens=join_tokens,
+                           files=files,
                            leader_since=lambda: leadership.since,
                            settings=AgentSettings.of(settings.node_down_after_s,
                                                      settings.node_sweep_interval_s,
                                                      settings.poll_hold_s,
                                                      settings.pickup_deadline_s))
     agents.load()
-    blobs, limits = blob_store(settings, engine)
-    files = TaskFiles(uow, jobs, blobs, limits, settings.data_dir / "spool")
     hub = EventHub(engine)
     hub.start_at_end()
     metrics = Metrics(Sources(ledger, jobs, alerts, hub, agents.silences),

@@ -25,6 +25,7 @@ from apportion.server.schemas import (
     DrainIn,
     HeartbeatIn,
     TaskReportIn,
+    TaskReportsIn,
     iso,
     render_node,
 )
@@ -108,15 +109,25 @@ async def assignments(
 async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id: str,
                  body: TaskReportIn) -> dict[str, Any]:
     caller.may_manage_node(node)
-    checkpoint = None
-    if body.checkpoint:
-        found = ctx.jobs.find_task(task_id)
-        if found is not None:
-            key = TaskFiles.checkpoint_key(found[1].job_id, task_id)
-            checkpoint = key if await _files(request).has_checkpoint(key) else None
-    return await _agents(request).report(node, task_id, TaskReport(
-        body.state, body.exit_code, body.signalled, body.memory_exceeded, body.lost,
-        body.reason, checkpoint, dict(body.times), dict(body.usage)))
+    return await _agents(request).report(node, task_id, _report(body),
+                                         checkpoint_saved=body.checkpoint)
+
+
+@router.post("/{node}/reports")
+async def reports(request: Request, caller: Caller, node: str,
+                  body: TaskReportsIn) -> dict[str, Any]:
+    """Several of the node's task reports in one call, answered in order; they
+    commit together."""
+    caller.may_manage_node(node)
+    answers = await _agents(request).reports(
+        node, [(item.task, _report(item), item.checkpoint) for item in body.reports])
+    return {"answers": [{"task": item.task, **answer}
+                        for item, answer in zip(body.reports, answers, strict=True)]}
+
+
+def _report(body: TaskReportIn) -> TaskReport:
+    return TaskReport(body.state, body.exit_code, body.signalled, body.memory_exceeded,
+                      body.lost, body.reason, None, dict(body.times), dict(body.usage))
 
 
 @router.post("/{node}/tasks/{task_id}/logs/{stream}")

@@ -161,6 +161,9 @@ class Client:
             params["force"] = "true"
         return self.request("DELETE", f"/api/v1/allocations/{alloc_id}", params=params)
 
+    def fragmentation(self) -> Any:
+        return self.request("GET", "/api/v1/capacity/fragmentation")
+
     def cluster(self) -> Any:
         return self.request("GET", "/api/v1/cluster")
 

@@ -124,3 +124,22 @@ def test_resource_totals_share() -> None:
     assert ResourceTotals(total=4, allocated=3).available == 1
     assert ResourceTotals().allocated_share == 0.0
     assert ResourceTotals().available == 0
+
+
+def test_fragmentation_scattered_free_capacity_and_what_fits() -> None:
+    from apportion.core.capacity import fragmentation_report
+
+    free = [{"cpu": 2000, "gpu": 1}, {"cpu": 2000, "gpu": 1}, {"cpu": 4000, "gpu": 0}]
+    resources, fits = fragmentation_report(free, [{"gpu": 2}, {"cpu": 4000}, {"gpu": 1}])
+    assert [(r.resource, r.free, r.largest_block, r.nodes_with_free, round(r.index, 3))
+            for r in resources] == [("cpu", 8000, 4000, 3, 0.5), ("gpu", 2, 1, 2, 0.5)]
+    # Two free GPUs, but on two nodes: a two-GPU task fits nowhere.
+    assert [(f.shape, f.fits, f.if_whole) for f in fits] == [
+        ({"gpu": 2}, 0, 1), ({"cpu": 4000}, 1, 2), ({"gpu": 1}, 2, 2)]
+
+
+def test_fragmentation_of_nothing_free_is_zero() -> None:
+    from apportion.core.capacity import fragmentation_report
+
+    resources, fits = fragmentation_report([{"cpu": 0}], [{"cpu": 1000}])
+    assert resources == [] and [(f.fits, f.if_whole) for f in fits] == [(0, 0)]

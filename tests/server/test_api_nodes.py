@@ -394,3 +394,20 @@ def test_a_deleted_name_can_be_registered_again(api: httpx.Client) -> None:
     node = _add(api, {"name": "again-1", "resources": {"cpu": "2"}})
     assert node["available"] == {"cpu": "2"}
     assert _grant(api, "again-1", {"cpu": "2"})["node"] == "again-1"
+
+
+def test_fragmentation_lists_free_blocks_and_waiting_shapes(server: ServerProcess) -> None:
+    with server.client() as api:
+        for name in ("f1", "f2"):
+            api.post("/api/v1/nodes", json={"name": name, "resources": {"cpu": "4", "gpu": "2"}})
+            api.post("/api/v1/allocations", json={"node": name, "resources": {"gpu": "1"}})
+        common = api.get("/api/v1/capacity/fragmentation").json()
+        assert common["shapes_from"] == "common shapes"
+        gpu = next(r for r in common["resources"] if r["resource"] == "gpu")
+        assert (gpu["free"], gpu["largest_block"], gpu["fragmentation_index"]) == ("2", "1", 0.5)
+        two = next(s for s in common["shapes"] if s["shape"] == {"gpu": "2"})
+        assert (two["fits"], two["fits_if_whole"]) == (0, 1)
+        api.post("/api/v1/jobs", json={"resources": {"gpu": "2"}})  # waits: no node has two
+        waiting = api.get("/api/v1/capacity/fragmentation").json()
+    assert waiting["shapes_from"] == "waiting jobs"
+    assert [(s["shape"], s["fits"]) for s in waiting["shapes"]] == [({"gpu": "2"}, 0)]

@@ -329,11 +329,16 @@ def capacity(
     group_by: Annotated[
         str, typer.Option("--group-by", help="facility|type|resource|zone|node")
     ] = "resource",
+    fragmentation: Annotated[bool, typer.Option(
+        "--fragmentation", help="how scattered the free capacity is, and what fits")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Total, allocated and available capacity per group and resource."""
+    if fragmentation:
+        _fragmentation(server, token, as_json)
+        return
     with api_errors(), client_for(server, token) as c:
         summary = c.capacity(group_by)
     show(
@@ -357,6 +362,22 @@ def capacity(
             ],
         ),
     )
+
+
+def _fragmentation(server: str | None, token: str | None, as_json: bool) -> None:
+    with api_errors(), client_for(server, token) as c:
+        report = c.fragmentation()
+
+    def render(r: dict[str, Any]) -> None:
+        table("free capacity", ["resource", "free", "largest block", "nodes with free",
+                                "fragmentation"],
+              [[x["resource"], x["free"], x["largest_block"], str(x["nodes_with_free"]),
+                f"{x['fragmentation_index']:.2f}"] for x in r["resources"]])
+        table(f"what fits ({r['shapes_from']})", ["shape", "fits now", "if it were one node"],
+              [[",".join(f"{k}={v}" for k, v in x["shape"].items()), str(x["fits"]),
+                str(x["fits_if_whole"])] for x in r["shapes"]])
+
+    show(report, as_json, render)
 
 
 @token_app.command("create")

@@ -98,3 +98,67 @@ def pending_by_group(
                 bucket = out.setdefault(key, {})
                 bucket[resource] = bucket.get(resource, 0.0) + amount * capacity / whole
     return out
+
+
+# -- fragmentation ------------------------------------------------------------------
+
+COMMON_SHAPES: tuple[Vector, ...] = (
+    {"cpu": 1000}, {"cpu": 4000}, {"cpu": 16_000},
+    {"cpu": 1000, "memory": 4 << 30}, {"cpu": 8000, "memory": 32 << 30},
+    {"gpu": 1}, {"gpu": 2}, {"gpu": 4}, {"gpu": 8},
+)
+"""Request shapes counted when no job waits to say which matter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceFragmentation:
+    resource: str
+    free: int
+    """Free on ready nodes, in all."""
+    largest_block: int
+    """The most of it free on one node."""
+    nodes_with_free: int
+
+    @property
+    def index(self) -> float:
+        """0 when all the free capacity sits on one node, towards 1 as it is
+        scattered in small pieces: ``1 - largest block / free``."""
+        return 1.0 - self.largest_block / self.free if self.free else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeFit:
+    shape: Vector
+    fits: int
+    """How many tasks of this shape fit on the free capacity now, node by node."""
+    if_whole: int
+    """How many would fit if the free capacity were one node (the gap to
+    ``fits`` is what fragmentation costs)."""
+
+
+def fragmentation_report(free: Iterable[Vector], shapes: Iterable[Vector]
+                         ) -> tuple[list[ResourceFragmentation], list[ShapeFit]]:
+    """Per resource, how scattered the free capacity is; per request shape,
+    how many fit (``free``: each ready node's free vector)."""
+    nodes = [dict(f) for f in free]
+    totals: dict[str, int] = {}
+    largest: dict[str, int] = {}
+    holders: dict[str, int] = {}
+    for vector in nodes:
+        for r, q in vector.items():
+            if q > 0:
+                totals[r] = totals.get(r, 0) + q
+                largest[r] = max(largest.get(r, 0), q)
+                holders[r] = holders.get(r, 0) + 1
+    resources = [ResourceFragmentation(r, totals[r], largest[r], holders[r])
+                 for r in sorted(totals)]
+    fits = [ShapeFit(dict(shape), sum(_count(shape, v) for v in nodes), _count(shape, totals))
+            for shape in shapes]
+    return resources, fits
+
+
+def _count(shape: Vector, free: Vector) -> int:
+    """Tasks of ``shape`` that fit in ``free``."""
+    if not shape:
+        return 0
+    return min(free.get(r, 0) // q for r, q in shape.items() if q > 0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter
 
-from apportion.core.capacity import summarize
-from apportion.core.resources import format_quantity
+from apportion.core.capacity import COMMON_SHAPES, fragmentation_report, summarize
+from apportion.core.model import NodeState
+from apportion.core.resources import format_quantity, format_vector
 from apportion.server.context import Caller, Ctx
 
 router = APIRouter(prefix="/api/v1/capacity", tags=["capacity"])
@@ -36,3 +38,26 @@ async def summary(
             }
         groups.append({"group": group.group, "nodes": group.nodes, "resources": resources})
     return {"group_by": group_by, "groups": groups}
+
+
+@router.get("/fragmentation")
+async def fragmentation(ctx: Ctx, _: Caller) -> dict[str, Any]:
+    """Per resource: the free total on ready nodes, the largest free block on
+    one node, and a fragmentation index (1 - largest block / free); per
+    request shape (the waiting jobs' shapes, else common ones): how many fit
+    now, and how many would if the free capacity were one node."""
+    ledger = ctx.ledger
+    free = [ledger.free(name) for name, node in ledger.nodes.items()
+            if node.state is NodeState.READY]
+    shapes: list[Mapping[str, int]] = [*ctx.jobs.waiting_shapes()] or list(COMMON_SHAPES)
+    resources, fits = fragmentation_report(free, shapes)
+    return {
+        "resources": [{
+            "resource": r.resource, "free": format_quantity(r.resource, r.free),
+            "free_base": r.free, "largest_block": format_quantity(r.resource, r.largest_block),
+            "largest_block_base": r.largest_block, "nodes_with_free": r.nodes_with_free,
+            "fragmentation_index": round(r.index, 4)} for r in resources],
+        "shapes": [{"shape": format_vector(f.shape), "shape_base": dict(f.shape),
+                    "fits": f.fits, "fits_if_whole": f.if_whole} for f in fits],
+        "shapes_from": "waiting jobs" if ctx.jobs.waiting_shapes() else "common shapes",
+    }

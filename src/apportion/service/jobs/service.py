@@ -200,6 +200,16 @@ class JobsService:
         self.kick()
         return row
 
+    def waiting_shapes(self, most: int = 20) -> list[dict[str, int]]:
+        """The task shapes of waiting jobs, most frequent first."""
+        seen: dict[tuple[tuple[str, int], ...], int] = {}
+        for live in self.cache.waiting():
+            for spec in live.job.tasks:
+                key = tuple(sorted(spec.resources.items()))
+                seen[key] = seen.get(key, 0) + spec.count
+        ranked = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
+        return [dict(key) for key, _ in ranked]
+
     def queue_usage(self) -> dict[str, dict[str, int]]:
         return self.scheduler.queue_usage(self.queues)
 

@@ -61,17 +61,25 @@ class AgentProcess:
     watchdog: float = 0.1
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    task_user: str | None = field(
+        default_factory=lambda: "root" if os.geteuid() == 0 else None)
+    """Tests share their temporary directories with the tasks they run, so
+    agents started as root run tasks as root, explicitly; tests/e2e/
+    test_isolation.py runs agents with real task users."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPORTION_")}
-        env["APPORTION_LOG_LEVEL"] = "INFO"
+        # The token goes by environment (which the agent scrubs), never on
+        # its command line.
+        env.update({"APPORTION_LOG_LEVEL": "INFO", "APPORTION_TOKEN": self.token})
         env.update(self.env)
+        task_user = ["--task-user", self.task_user] if self.task_user else []
         log = open(self.work_dir / "agent.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apportion.cli.main", "agent", "--server", self.url,
-             "--token", self.token, "--name", self.name,
+             "--name", self.name, *task_user,
              *(["--resources", self.resources] if self.resources else []),
              "--work-dir", str(self.work_dir), "--heartbeat", str(self.heartbeat),
              "--stop-after-disconnect", str(self.stop_after_disconnect), "--poll-wait", "5",

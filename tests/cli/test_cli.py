@@ -4,9 +4,11 @@ and server and token come from flags, the environment or the config file."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -477,7 +479,23 @@ class Up:
         self.log.close()
 
 
+SANDBOXES = Path("/var/lib/apportion")  # where `up` as root puts task sandboxes
+
+
+def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: Path) -> None:
+    """The agent ``up`` starts gets its token by a 0600 file, not on its
+    command line; as root, its tasks run as nobody."""
+    [agent] = [p for p in psutil.Process(up.proc.pid).children() if "agent" in p.cmdline()]
+    token_file = data_dir / "agent.token"
+    assert agent.cmdline()[agent.cmdline().index("--token-file") + 1] == str(token_file)
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    assert token_file.read_text().encode() not in Path(f"/proc/{agent.pid}/environ").read_bytes()
+    proc = run(env, "submit", "--cpu", "1", "--memory", "64Mi", "--wait", "--", "id", "-un")
+    assert proc.stdout == ("nobody\n" if os.geteuid() == 0 else f"{getpass.getuser()}\n")
+
+
 def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path) -> None:
+    created_sandbox = not SANDBOXES.exists()
     port = free_port()
     config = tmp_path / "config" / "apportion" / "config.toml"
     env = clean_env(config, XDG_DATA_HOME=str(tmp_path / "data"),
@@ -504,8 +522,11 @@ def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path)
         r = httpx.get(f"http://127.0.0.1:{port}/api/v1/whoami",
                       headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.json() == {"name": "local-admin", "role": "admin"}
+        _local_agent_keeps_its_token_private(env, up, tmp_path / "data" / "apportion")
     finally:
         up.stop()
+        if created_sandbox:
+            shutil.rmtree(SANDBOXES, ignore_errors=True)
 
     # Up again on the same store: the same token, the node refreshed, the
     # allocation still held.

@@ -66,20 +66,25 @@ class AgentProcess:
     """Tests share their temporary directories with the tasks they run, so
     agents started as root run tasks as root, explicitly; tests/e2e/
     test_isolation.py runs agents with real task users."""
+    token_file: bool = False
+    """Give the token in a 0600 file rather than the environment."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPORTION_")}
-        # The token goes by environment (which the agent scrubs), never on
-        # its command line.
-        env.update({"APPORTION_LOG_LEVEL": "INFO", "APPORTION_TOKEN": self.token})
+        env["APPORTION_LOG_LEVEL"] = "INFO"
+        # The token goes by environment (which the agent scrubs) or by file,
+        # never on its command line.
+        secret = ["--token-file", str(self._write_token())] if self.token_file else []
+        if not self.token_file:
+            env["APPORTION_TOKEN"] = self.token
         env.update(self.env)
         task_user = ["--task-user", self.task_user] if self.task_user else []
         log = open(self.work_dir / "agent.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apportion.cli.main", "agent", "--server", self.url,
-             "--name", self.name, *task_user,
+             "--name", self.name, *task_user, *secret,
              *(["--resources", self.resources] if self.resources else []),
              "--work-dir", str(self.work_dir), "--heartbeat", str(self.heartbeat),
              "--stop-after-disconnect", str(self.stop_after_disconnect), "--poll-wait", "5",
@@ -89,6 +94,13 @@ class AgentProcess:
         )
         log.close()
         return self
+
+    def _write_token(self) -> Path:
+        path = self.work_dir.parent / f"{self.name}.token"
+        path.unlink(missing_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+            fh.write(self.token)
+        return path
 
     @property
     def log(self) -> str:

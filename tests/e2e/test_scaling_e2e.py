@@ -47,6 +47,8 @@ AGENT_COMMAND = [
     "--resources", "{resources}", "--labels", "{labels}", "--work-dir", "{work_dir}",
     "--on-exit", "stop", "--heartbeat", "0.5", "--poll-wait", "5", "--log-interval", "0.3",
     "--watchdog-interval", "0.2", "--rescan-interval", "3600", "--stop-after-disconnect", "10",
+    # The payloads write to this test's temporary directories, as root when it runs as root.
+    *(["--task-user", "root"] if os.geteuid() == 0 else []),
 ]
 
 

@@ -101,11 +101,12 @@ def pack(source: Path, out: Path, limit: int, *, owner: Owner | None = None) -> 
     Raises ``CheckpointTooLarge`` past ``limit`` bytes (``out`` removed)."""
     try:
         root = os.open(source, _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # the task replaced the directory by a link
-            raise CheckpointRefused(f"{source} is a symbolic link") from None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # the task put a link there
+            raise CheckpointRefused(f"{source} is not a directory but a link or a file") \
+                from None
         raise
     fd = os.open(out, _CREATE_FLAGS, 0o600)
     packed = Packed(out, 0)

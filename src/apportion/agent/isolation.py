@@ -45,6 +45,9 @@ from typing import Any
 from apportion.agent.checkpoint import Owner
 
 DEFAULT_TASK_USER = "nobody"
+FALLBACK_SANDBOXES = Path("/var/lib/apportion/sandbox")
+"""Where a root agent puts task directories when task users cannot reach its
+work directory (one under ``/root``, as ``apportion up`` makes)."""
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SWEEP_TIMEOUT_S = 5.0
 
@@ -264,6 +267,29 @@ def unsearchable(path: Path, uid: int, gids: set[int]) -> Path | None:
     return None
 
 
+def choose_sandbox_root(work_dir: Path, configured: Path | None, isolation: Isolation,
+                        node: str) -> Path:
+    """``--sandbox-dir``, else ``<work_dir>/sandbox`` when task users can
+    reach it (the agent makes its work directory 0711), else
+    ``FALLBACK_SANDBOXES/<node>``."""
+    default = work_dir / "sandbox"
+    who = _checked_identity(isolation)
+    if configured is not None:
+        return configured
+    if who is None or unsearchable(work_dir.parent, who.uid, {who.gid, *_groups(who)}) is None:
+        return default
+    return FALLBACK_SANDBOXES / node
+
+
+def _checked_identity(isolation: Isolation) -> Identity | None:
+    """An identity whose reach stands for every task's (None: the agent's own)."""
+    if isolation.user is not None:
+        return isolation.user
+    if isolation.uids is not None:
+        return Identity(isolation.uids.start, isolation.uids.start)
+    return None
+
+
 def make_sandbox_root(root: Path, isolation: Isolation) -> None:
     """The directory task directories live in: the agent's, searchable by
     task users but not listable (0711), so a task reaches only the directory
@@ -281,12 +307,9 @@ def make_sandbox_root(root: Path, isolation: Isolation) -> None:
         raise IsolationError(f"{root}: the sandbox directory must be a directory of the "
                              "agent's user that no one else can write to")
     os.chmod(root, mode)
-    if shared:
+    who = _checked_identity(isolation)
+    if shared or who is None:
         return
-    who = isolation.user
-    if who is None:
-        assert isolation.uids is not None
-        who = Identity(isolation.uids.start, isolation.uids.start)
     blocked = unsearchable(root, who.uid, {who.gid, *_groups(who)})
     if blocked is not None:
         raise IsolationError(

@@ -45,7 +45,7 @@ from apportion.agent import checkpoint, credentials, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.discovery import AUTO, Discovery, NvmlModule, discover, load_nvml
 from apportion.agent.gpu_isolation import ENV_ONLY, GpuIsolation, detect_gpu_isolation
-from apportion.agent.isolation import SHARED, Isolation, IsolationMode
+from apportion.agent.isolation import SHARED, Isolation, IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
 from apportion.agent.protocol import API, Assignment, safe_task_id
 from apportion.agent.runner import LocalTask, Runner
@@ -88,7 +88,8 @@ class AgentConfig:
     """Per task, both ways: a larger checkpoint is not packed or not unpacked."""
     isolation: Isolation = SHARED
     sandbox_dir: Path | None = None
-    """Where task directories go (default ``<work_dir>/sandbox``)."""
+    """Where task directories go (default ``<work_dir>/sandbox``, or
+    ``/var/lib/apportion/sandbox/<name>`` where task users cannot reach that)."""
 
 
 class Agent:
@@ -141,9 +142,11 @@ class Agent:
         self.discovery = await asyncio.to_thread(self._discover)
         # Xid errors reach NVML only as events: listen for the agent's lifetime.
         self.xids = await asyncio.to_thread(XidCounter(self.nvml).open)
+        sandboxes = choose_sandbox_root(work, self.config.sandbox_dir, self.config.isolation,
+                                        self.config.name)
         self.runner = Runner(work, self.config.name, self.support, self._on_exit,
                              watchdog_s=self.config.watchdog_s, isolation=self.config.isolation,
-                             gpu=self.gpu, sandbox_root=self.config.sandbox_dir,
+                             gpu=self.gpu, sandbox_root=sandboxes,
                              gpu_minors=_gpu_minors(self.discovery))
         for task in self.runner.open():
             self._on_exit(task)

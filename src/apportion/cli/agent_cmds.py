@@ -60,7 +60,8 @@ def agent(
     task_uids: Annotated[str | None, typer.Option(
         "--task-uids", help="give each task its own uid from LOW-HIGH (root only)")] = None,
     sandbox_dir: Annotated[Path | None, typer.Option(
-        "--sandbox-dir", help="where task directories go (default WORK_DIR/sandbox)")] = None,
+        "--sandbox-dir", help="where task directories go (default WORK_DIR/sandbox, or "
+        "/var/lib/apportion/sandbox/NAME when task users cannot reach that)")] = None,
     checkpoint_max: Annotated[str, typer.Option(
         "--checkpoint-max", help="largest checkpoint per task, packed or unpacked")] = "1Gi",
     name: Annotated[str | None, typer.Option("--name", help="node name (default: hostname)")]

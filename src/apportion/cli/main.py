@@ -201,10 +201,6 @@ def _start_local_agent(url: str, token_file: Path, name: str,
     command = [sys.executable, "-m", "apportion.cli.main", "agent", "--server", url,
                "--token-file", str(token_file), "--name", name, "--labels", "facility=local",
                "--work-dir", str(data_dir / "agent"), "--on-exit", "stop"]
-    if os.geteuid() == 0:
-        # Tasks run as nobody; the data directory may sit where nobody cannot
-        # reach (/root), so their directories go where it can.
-        command += ["--sandbox-dir", str(Path("/var/lib/apportion/sandbox") / name)]
     env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
     return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent())
 

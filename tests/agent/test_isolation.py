@@ -152,6 +152,15 @@ try write_own_checkpoint touch "$APPORTION_CHECKPOINT_DIR/mine"
 """
 
 
+def _child_named(pid: int | None, name: str) -> int | None:
+    assert pid is not None
+    try:
+        return next((p.pid for p in psutil.Process(pid).children(recursive=True)
+                     if p.name() == name), None)
+    except psutil.Error:
+        return None
+
+
 def _processes_of(uid: int) -> list[int]:
     return [p.pid for p in psutil.process_iter(["uids", "status"])
             if p.info["uids"] and p.info["uids"].real == uid
@@ -174,10 +183,9 @@ def test_tasks_under_their_own_uids_cannot_reach_each_other_or_the_agent(
             ["sh", "-c", "echo private > secret.txt; echo victim-log-line; sleep 30"],
             task_id="victim"))
         h.runner.spawn(victim)
-        await h.until(lambda: b"victim-log-line" in (victim.dir / "stdout.log").read_bytes())
         assert victim.pid is not None
-        pid = next(p.pid for p in psutil.Process(victim.pid).children(recursive=True)
-                   if p.name() == "sleep")
+        await h.until(lambda: _child_named(victim.pid, "sleep") is not None)
+        pid = _child_named(victim.pid, "sleep")
         env = {"SANDBOXES": str(reachable / "sandbox"), "RECORDS": str(reachable / "tasks"),
                "WORK": str(reachable), "SIBLING": "victim", "SIBLING_PID": str(pid)}
         prober = h.runner.prepare(assignment(

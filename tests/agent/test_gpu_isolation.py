@@ -111,10 +111,12 @@ def fake_dev() -> Iterator[Path]:
 
 def _run(runner_dir: Path, gpu: GpuIsolation, command: list[str],
          gpus: list[dict[str, str]] | None, **runner_kwargs: object) -> LocalTask:
+    runner_kwargs.setdefault("gpu_minors", {"0": 0, "1": 1})
+
     async def scenario() -> LocalTask:
         h = Harness(runner_dir)
         h.runner = Runner(runner_dir, "n1", WATCHDOG, h.exits.append, gpu=gpu,
-                          gpu_minors={"0": 0, "1": 1}, **runner_kwargs)  # type: ignore[arg-type]
+                          **runner_kwargs)  # type: ignore[arg-type]
         h.runner.open()
         task = h.runner.prepare(assignment(command, gpus=gpus))
         h.runner.spawn(task)
@@ -139,6 +141,12 @@ def test_a_device_program_lets_a_task_open_only_its_own_gpu(
     none = _run(tmp_path / "none", gpu, [sys.executable, "-c", OPEN_EACH, *nodes], None)
     assert (none.dir / "stdout.log").read_text().splitlines() == [
         "nvidia0 EPERM", "nvidia1 EPERM", "nvidiactl ENXIO", "null opened"]
+    # GPU nodes with nothing discovered (no NVML): no task may use them.
+    assert gpu_isolation.nvidia_nodes(fake_dev) == [0, 1]
+    blind = _run(tmp_path / "blind", gpu, [sys.executable, "-c", OPEN_EACH, *nodes], None,
+                 gpu_minors={}, fence_gpus=True)
+    assert (blind.dir / "stdout.log").read_text().splitlines() == [
+        "nvidia0 EPERM", "nvidia1 EPERM", "nvidiactl ENXIO", "null opened"]
 
 
 def test_a_mount_namespace_shows_a_task_only_its_own_gpu_even_under_its_own_uid(
@@ -157,3 +165,24 @@ def test_a_mount_namespace_shows_a_task_only_its_own_gpu_even_under_its_own_uid(
     assert sorted(p.name for p in fake_dev.iterdir()) == [
         "fd", "null", "nvidia0", "nvidia1", "nvidiactl", "pts"]  # nothing changed outside
     assert list((work / "stage").iterdir()) == []
+
+
+def test_a_weaker_mode_can_be_asked_for_and_an_unavailable_one_is_refused(
+    tmp_path: Path
+) -> None:
+    watchdog = LimitSupport(LimitMode.RLIMIT_WATCHDOG, "test")
+    forced = detect_gpu_isolation(watchdog, tmp_path / "s", want=GpuMode.ENV_ONLY)
+    assert forced.spec() == {"mode": "env_only", "reason": "only CUDA_VISIBLE_DEVICES "
+                             "(--gpu-isolation env_only), which a task can widen"}
+    with pytest.raises(gpu_isolation.GpuIsolationError) as refused:
+        detect_gpu_isolation(watchdog, tmp_path / "s", want=GpuMode.CGROUP_DEVICES, euid=1000,
+                             mountinfo=tmp_path / "no-mountinfo")
+    assert str(refused.value) == (
+        "--gpu-isolation cgroup_devices: not on this host: only CUDA_VISIBLE_DEVICES, which a "
+        "task can widen: no cgroup v2 for device programs: no cgroup v2 hierarchy is mounted "
+        "(cgroup v1 only); hiding device nodes needs root")
+    if ROOT:
+        namespace = detect_gpu_isolation(watchdog, tmp_path / "s", want=GpuMode.MOUNT_NAMESPACE)
+        assert namespace.reason == (
+            "device programs not wanted (--gpu-isolation mount_namespace); GPUs not granted "
+            "are hidden from each task's /dev in a private mount namespace")

@@ -37,6 +37,7 @@ import ctypes
 import errno
 import os
 import platform
+import stat
 import struct
 import subprocess
 import sys
@@ -70,6 +71,10 @@ class GpuMode(StrEnum):
     ENV_ONLY = "env_only"
 
 
+class GpuIsolationError(ValueError):
+    """A GPU mode asked for (``--gpu-isolation``) that this host cannot give."""
+
+
 @dataclass(frozen=True, slots=True)
 class GpuIsolation:
     mode: GpuMode
@@ -97,25 +102,32 @@ class GpuIsolation:
 ENV_ONLY = GpuIsolation(GpuMode.ENV_ONLY, "not configured")
 
 
-def detect_gpu_isolation(support: LimitSupport, stage: Path, *, euid: int | None = None,
-                         mountinfo: Path = limits.MOUNTINFO,
+def detect_gpu_isolation(support: LimitSupport, stage: Path, *, want: GpuMode | None = None,
+                         euid: int | None = None, mountinfo: Path = limits.MOUNTINFO,
                          proc_cgroup: Path = limits.PROC_SELF_CGROUP) -> GpuIsolation:
-    """The strongest GPU fence this host allows the agent."""
-    euid = os.geteuid() if euid is None else euid
-    reasons = []
-    if support.mode is LimitMode.CGROUP_V2 and support.parent is not None:
-        parent: Path | str = support.parent
+    """The strongest GPU fence this host allows the agent, or the one asked
+    for (``want``: a weaker one, to compare on a GPU machine, say);
+    ``GpuIsolationError`` when the host cannot give that one."""
+    if want is GpuMode.ENV_ONLY:
+        return GpuIsolation(GpuMode.ENV_ONLY, "only CUDA_VISIBLE_DEVICES (--gpu-isolation "
+                            "env_only), which a task can widen")
+    found = _strongest(support, stage, want, os.geteuid() if euid is None else euid,
+                       mountinfo, proc_cgroup)
+    if want is not None and found.mode is not want:
+        raise GpuIsolationError(f"--gpu-isolation {want.value}: not on this host: "
+                                f"{found.reason}")
+    return found
+
+
+def _strongest(support: LimitSupport, stage: Path, want: GpuMode | None, euid: int,
+               mountinfo: Path, proc_cgroup: Path) -> GpuIsolation:
+    if want is GpuMode.MOUNT_NAMESPACE:
+        reasons = ["device programs not wanted (--gpu-isolation mount_namespace)"]
     else:
-        parent = limits.own_cgroup(mountinfo, proc_cgroup)
-    if isinstance(parent, Path):
-        problem = probe_device_filter(parent)
-        if problem is None:
-            return GpuIsolation(GpuMode.CGROUP_DEVICES,
-                                f"a device program on each task's cgroup under {parent}",
-                                None if support.mode is LimitMode.CGROUP_V2 else parent)
-        reasons.append(problem)
-    else:
-        reasons.append(f"no cgroup v2 for device programs: {parent}")
+        found = _device_programs(support, mountinfo, proc_cgroup)
+        if isinstance(found, GpuIsolation):
+            return found
+        reasons = [found]
     if euid == 0:
         problem = probe_namespace()
         if problem is None:
@@ -129,6 +141,24 @@ def detect_gpu_isolation(support: LimitSupport, stage: Path, *, euid: int | None
     return GpuIsolation(GpuMode.ENV_ONLY,
                         "only CUDA_VISIBLE_DEVICES, which a task can widen: "
                         + "; ".join(reasons))
+
+
+def _device_programs(support: LimitSupport, mountinfo: Path,
+                     proc_cgroup: Path) -> GpuIsolation | str:
+    """``cgroup_devices`` if a program attaches under the tasks' cgroup
+    parent, else why not."""
+    if support.mode is LimitMode.CGROUP_V2 and support.parent is not None:
+        parent: Path | str = support.parent
+    else:
+        parent = limits.own_cgroup(mountinfo, proc_cgroup)
+    if isinstance(parent, str):
+        return f"no cgroup v2 for device programs: {parent}"
+    problem = probe_device_filter(parent)
+    if problem is not None:
+        return problem
+    return GpuIsolation(GpuMode.CGROUP_DEVICES,
+                        f"a device program on each task's cgroup under {parent}",
+                        None if support.mode is LimitMode.CGROUP_V2 else parent)
 
 
 def probe_namespace() -> str | None:
@@ -227,6 +257,26 @@ def probe_device_filter(parent: Path) -> str | None:
     except OSError as exc:
         problem = problem or f"cannot remove probe cgroup {probe}: {exc.strerror}"
     return problem
+
+
+def nvidia_nodes(dev: Path = Path("/dev")) -> list[int]:
+    """Minors of the NVIDIA GPU nodes in ``dev``: a node may have them even
+    when discovery found no GPU (no NVML), and tasks must not use them then."""
+    found = []
+    try:
+        entries = list(os.scandir(dev))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == NVIDIA_MAJOR:
+            minor = os.minor(st.st_rdev)
+            if minor not in SHARED_MINORS:
+                found.append(minor)
+    return sorted(found)
 
 
 def granted_minors(granted: Sequence[str], minors: Mapping[str, int]) -> list[int]:

@@ -44,7 +44,14 @@ import structlog
 from apportion.agent import checkpoint, credentials, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.discovery import AUTO, Discovery, NvmlModule, discover, load_nvml
-from apportion.agent.gpu_isolation import ENV_ONLY, GpuIsolation, detect_gpu_isolation
+from apportion.agent.gpu_isolation import (
+    ENV_ONLY,
+    GpuIsolation,
+    GpuIsolationError,
+    GpuMode,
+    detect_gpu_isolation,
+    nvidia_nodes,
+)
 from apportion.agent.isolation import SHARED, Isolation, IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
 from apportion.agent.protocol import API, Assignment, safe_task_id
@@ -87,6 +94,8 @@ class AgentConfig:
     checkpoint_max: int = checkpoint.DEFAULT_MAX
     """Per task, both ways: a larger checkpoint is not packed or not unpacked."""
     isolation: Isolation = SHARED
+    gpu_isolation: GpuMode | None = None
+    """A GPU mode to insist on (None: the strongest the host allows)."""
     sandbox_dir: Path | None = None
     """Where task directories go (default ``<work_dir>/sandbox``, or
     ``/var/lib/apportion/sandbox/<name>`` where task users cannot reach that)."""
@@ -138,7 +147,12 @@ class Agent:
         if self.config.isolation.mode is not IsolationMode.SHARED_UID:
             work.chmod(0o711)  # task users pass through to their sandboxes, never list
         self.support = await asyncio.to_thread(detect_limits)
-        self.gpu = await asyncio.to_thread(detect_gpu_isolation, self.support, work / "devns")
+        try:
+            self.gpu = await asyncio.to_thread(detect_gpu_isolation, self.support,
+                                               work / "devns", want=self.config.gpu_isolation)
+        except GpuIsolationError as exc:
+            log.error("gpu_isolation_unavailable", error=str(exc))
+            raise SystemExit(2) from None
         self.discovery = await asyncio.to_thread(self._discover)
         # Xid errors reach NVML only as events: listen for the agent's lifetime.
         self.xids = await asyncio.to_thread(XidCounter(self.nvml).open)
@@ -147,7 +161,8 @@ class Agent:
         self.runner = Runner(work, self.config.name, self.support, self._on_exit,
                              watchdog_s=self.config.watchdog_s, isolation=self.config.isolation,
                              gpu=self.gpu, sandbox_root=sandboxes,
-                             gpu_minors=_gpu_minors(self.discovery))
+                             gpu_minors=_gpu_minors(self.discovery),
+                             fence_gpus=bool(nvidia_nodes()))
         for task in self.runner.open():
             self._on_exit(task)
         self._claim_work_dir()
@@ -651,6 +666,7 @@ class Agent:
         self.discovery = found
         if self.runner is not None:
             self.runner.gpu_minors = _gpu_minors(found)
+            self.runner.fence_gpus = bool(self.runner.gpu_minors or nvidia_nodes())
         if old is None or (found.resources, found.devices, found.labels) != (
                 old.resources, old.devices, old.labels):
             log.info("node_changed", resources=found.resources)

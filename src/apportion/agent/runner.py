@@ -166,7 +166,7 @@ class Runner:
     def __init__(self, work_dir: Path, node: str, support: LimitSupport, on_exit: ExitCallback,
                  *, watchdog_s: float = 1.0, isolation: Isolation = SHARED,
                  gpu: GpuIsolation = ENV_ONLY, sandbox_root: Path | None = None,
-                 gpu_minors: Mapping[str, int] | None = None) -> None:
+                 gpu_minors: Mapping[str, int] | None = None, fence_gpus: bool = False) -> None:
         self.work_dir = work_dir
         self.tasks_dir = work_dir / "tasks"
         self.tasks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -180,7 +180,10 @@ class Runner:
         self.identities = Identities(isolation)
         self.gpu = gpu
         self.gpu_minors: dict[str, int] = dict(gpu_minors or {})
-        """The node's GPUs (id -> device minor); empty: nothing to fence."""
+        """The node's GPUs (id -> device minor)."""
+        self.fence_gpus = fence_gpus or bool(self.gpu_minors)
+        """Whether the node has GPUs to keep tasks from (discovered, or
+        device nodes without NVML to discover them)."""
         self.tasks: dict[str, LocalTask] = {}
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None
@@ -285,7 +288,7 @@ class Runner:
         """What runs before the command: hiding the GPUs not granted, then
         dropping to the task's uid."""
         prefix: list[str] = []
-        if self.gpu.mode is GpuMode.MOUNT_NAMESPACE and self.gpu_minors:
+        if self.gpu.mode is GpuMode.MOUNT_NAMESPACE and self.fence_gpus:
             prefix += self.gpu.hide_prefix(self._minors(task.assignment))
         if task.identity is not None:
             assert self.isolation.setpriv is not None
@@ -298,7 +301,7 @@ class Runner:
     def _cgroup(self, a: Assignment) -> Path | None:
         """The task's cgroup: with its limits (cgroup v2 limit mode), or only
         to hold its device program; None when there is neither."""
-        fence = self.gpu.mode is GpuMode.CGROUP_DEVICES and bool(self.gpu_minors)
+        fence = self.gpu.mode is GpuMode.CGROUP_DEVICES and self.fence_gpus
         if self.support.mode is LimitMode.CGROUP_V2 and self.support.parent is not None:
             path = limits.create_task_cgroup(a.id, a.resources_base.get("cpu"),
                                              a.resources_base.get("memory"),

@@ -62,6 +62,9 @@ def agent(
     sandbox_dir: Annotated[Path | None, typer.Option(
         "--sandbox-dir", help="where task directories go (default WORK_DIR/sandbox, or "
         "/var/lib/apportion/sandbox/NAME when task users cannot reach that)")] = None,
+    gpu_isolation: Annotated[str, typer.Option(
+        "--gpu-isolation", help="auto (the strongest the host allows), cgroup_devices, "
+        "mount_namespace or env_only")] = "auto",
     checkpoint_max: Annotated[str, typer.Option(
         "--checkpoint-max", help="largest checkpoint per task, packed or unpacked")] = "1Gi",
     name: Annotated[str | None, typer.Option("--name", help="node name (default: hostname)")]
@@ -88,6 +91,7 @@ def agent(
         "--on-exit", help="leave (tasks keep running for the next agent) or stop")] = "leave",
 ) -> None:
     """Run this node's agent: discover, register, heartbeat, run tasks."""
+    from apportion.agent.gpu_isolation import GpuMode
     from apportion.agent.isolation import IsolationError, choose_isolation
     from apportion.agent.main import AgentConfig, run_agent
     from apportion.logs import configure_logging
@@ -100,6 +104,9 @@ def agent(
         isolation = choose_isolation(task_user, task_uids)
     except IsolationError as exc:
         raise typer.BadParameter(str(exc)) from None
+    modes = ("auto", *(m.value for m in GpuMode))
+    if gpu_isolation not in modes:
+        raise typer.BadParameter(f"--gpu-isolation: one of {', '.join(modes)}")
     node = name or socket.gethostname()
     config = AgentConfig(
         resolve(server).server, secret, node, (work_dir or default_work_dir(node)).resolve(),
@@ -110,6 +117,7 @@ def agent(
         on_exit=on_exit, isolation=isolation,
         checkpoint_max=_quantity("storage", checkpoint_max, "--checkpoint-max"),
         sandbox_dir=sandbox_dir.resolve() if sandbox_dir else None,
+        gpu_isolation=None if gpu_isolation == "auto" else GpuMode(gpu_isolation),
     )
     run_agent(config)
 

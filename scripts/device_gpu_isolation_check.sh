@@ -10,7 +10,8 @@
 #   own:   granted --gpu 1, it must see exactly that GPU and compute on it.
 # Results go to $OUT (or ./gpu-isolation-check): log.txt, summary.txt and each
 # node's JSON. Packages the machine lacks travel as wheels in .whl/, as for
-# scripts/device_gpu_check.sh.
+# scripts/device_gpu_check.sh. A dry run without a GPU: AGENT_EXTRA="--resources
+# cpu=2,memory=8Gi,gpu=1" (the jobs then find no nvidia-smi or torch).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-isolation-check}
 mkdir -p "$OUT"
@@ -61,7 +62,8 @@ for MODE in cgroup_devices mount_namespace env_only; do
   chmod 600 "$ROOT/$NODE.token"
   env -u APPORTION_TOKEN $AP agent --token-file "$ROOT/$NODE.token" --name "$NODE" \
     --gpu-isolation "$MODE" --task-user nobody --work-dir "$ROOT/work-$MODE" \
-    --sandbox-dir "$ROOT/sandbox-$MODE" --heartbeat 1 --on-exit stop > "$OUT/agent-$MODE.log" 2>&1 &
+    --sandbox-dir "$ROOT/sandbox-$MODE" --heartbeat 1 --on-exit stop ${AGENT_EXTRA:-} \
+    > "$OUT/agent-$MODE.log" 2>&1 &
   AGENT=$!
   for _ in $(seq 1 60); do
     $AP nodes show "$NODE" --json > "$OUT/node-$MODE.json" 2>/dev/null && break; sleep 1
@@ -77,4 +79,4 @@ done
 
 echo "== summary (expected: widen sees 0 GPUs except with env_only; own sees 1)"
 cat "$OUT/summary.txt"
-kill $SERVER; wait $SERVER
+kill $SERVER; wait $SERVER 2>/dev/null || true

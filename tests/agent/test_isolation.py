@@ -280,3 +280,34 @@ def test_a_named_task_user_runs_every_task_with_its_groups_and_home(reachable: P
         out = asyncio.run(scenario())
         assert out == (f"{name} {iso.user.uid} {iso.user.gid} {reachable}/sandbox/named "
                        f"{name}\n0077\n")
+
+
+@needs_root
+def test_a_new_agent_adopts_a_running_task_with_its_uid_and_never_hands_that_uid_out(
+    reachable: Path
+) -> None:
+    iso = choose_isolation(None, "61750-61759")
+
+    async def first() -> None:
+        h = Harness(reachable)
+        h.runner = Runner(reachable, "n1", WATCHDOG, h.exits.append, isolation=iso)
+        h.runner.open()
+        h.runner.spawn(h.runner.prepare(assignment(["sleep", "30"], task_id="long")))
+        # The agent dies here: no close, no reports; the task carries on.
+
+    async def second() -> tuple[LocalTask, LocalTask]:
+        h = Harness(reachable)
+        h.runner = Runner(reachable, "n1", WATCHDOG, h.exits.append, isolation=iso)
+        h.runner.open()
+        adopted = h.runner.tasks["long"]
+        fresh = h.runner.prepare(assignment(["true"], task_id="fresh"))
+        h.runner.spawn(fresh)
+        h.runner.kill("long")
+        await h.until(lambda: len(h.exits) == 2)
+        h.runner.close()
+        return adopted, fresh
+
+    asyncio.run(first())
+    adopted, fresh = asyncio.run(second())
+    assert adopted.identity is not None and fresh.identity is not None
+    assert (adopted.state, adopted.identity.uid, fresh.identity.uid) == ("exited", 61750, 61751)

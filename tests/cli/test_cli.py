@@ -494,8 +494,19 @@ def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: 
     assert proc.stdout == ("nobody\n" if os.geteuid() == 0 else f"{getpass.getuser()}\n")
 
 
+@pytest.fixture
+def up_sandboxes() -> Iterator[None]:
+    """Removes the sandbox directory `up` makes as root, if this test made it."""
+    existed = SANDBOXES.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            shutil.rmtree(SANDBOXES, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("up_sandboxes")
 def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path) -> None:
-    created_sandbox = not SANDBOXES.exists()
     port = free_port()
     config = tmp_path / "config" / "apportion" / "config.toml"
     env = clean_env(config, XDG_DATA_HOME=str(tmp_path / "data"),
@@ -525,8 +536,6 @@ def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path)
         _local_agent_keeps_its_token_private(env, up, tmp_path / "data" / "apportion")
     finally:
         up.stop()
-        if created_sandbox:
-            shutil.rmtree(SANDBOXES, ignore_errors=True)
 
     # Up again on the same store: the same token, the node refreshed, the
     # allocation still held.

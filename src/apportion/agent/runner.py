@@ -84,6 +84,8 @@ class LocalTask:
     """The task's own directory (``dir`` itself for tasks an older agent started)."""
     identity: Identity | None = None
     """The uid the task runs as; None: the agent's."""
+    unprepared: str | None = None
+    """Why the task's identity or directory could not be made (it fails to start)."""
     pid: int | None = None
     create_time: float | None = None
     popen: subprocess.Popen[bytes] | None = None
@@ -231,7 +233,7 @@ class Runner:
             task.identity = self.identities.take(assignment.id)
             self._make_sandbox(task)
         except (OSError, IsolationError) as exc:
-            task.reason = f"could not prepare: {exc}"
+            task.unprepared = f"could not prepare: {exc}"
         self._save(task)
         return task
 
@@ -244,8 +246,8 @@ class Runner:
 
     def spawn(self, task: LocalTask, *, resumed: bool = False) -> None:
         """Start the task's command; an exit is reported through ``on_exit``."""
-        if task.reason is not None and task.reason.startswith("could not prepare"):
-            self._failed_to_start(task, task.reason)
+        if task.unprepared is not None:
+            self._failed_to_start(task, task.unprepared)
             return
         a = task.assignment
         env = self._env(task, resumed)
@@ -558,9 +560,8 @@ class Runner:
                 "uid": identity.uid if identity else None,
                 "gid": identity.gid if identity else None}
         tmp = task.dir / (RECORD + ".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(tmp, flags, 0o600), "w") as fh:
             fh.write(json.dumps(body))
         tmp.replace(task.dir / RECORD)
 
@@ -601,6 +602,8 @@ class Runner:
             if task.pid is None:
                 task.reason = "the agent stopped before the task started"
             self._save(task)
+        if task.state == "exited":
+            self.identities.release(task.id)  # and sweep what it may have left
         return task
 
 

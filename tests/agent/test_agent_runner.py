@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from apportion.agent import fence
+from apportion.agent import fence, limits
 from apportion.agent.limits import LimitMode, LimitSupport
 from apportion.agent.protocol import Assignment, devices_json, task_env, visible_devices
 from apportion.agent.runner import LocalTask, Runner
@@ -240,3 +241,28 @@ def test_the_fence_kills_a_dead_agents_tasks_once_the_server_was_away_too_long(
 def test_the_fence_steps_aside_for_a_new_agent(tmp_path: Path) -> None:
     (tmp_path / fence.AGENT_PID_FILE).write_text(f"{os.getpid()} 0")
     assert fence.watch(tmp_path, 1, None, 60) == 0  # another pid owns the directory now
+
+
+def test_the_fence_also_empties_and_removes_a_dead_agents_task_cgroups(tmp_path: Path) -> None:
+    parent = limits.own_cgroup()
+    if isinstance(parent, str) or not os.access(parent, os.W_OK):
+        pytest.skip(f"no writable cgroup v2 here: {parent}")
+    cgroup = limits.create_tracking_cgroup("fence-test", parent=parent)
+    task_dir = tmp_path / "tasks" / "t1"
+    task_dir.mkdir(parents=True)
+    # Escaped from its process group: only the cgroup still holds it.
+    escaped = subprocess.Popen(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs; exec sleep 30"],
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while str(escaped.pid) not in (cgroup / "cgroup.procs").read_text().split():
+            assert time.monotonic() < deadline, "the process never entered its cgroup"
+            time.sleep(0.02)
+        (task_dir / "task.json").write_text(json.dumps({"pid": None, "cgroup": str(cgroup)}))
+        assert fence.kill_tasks(tmp_path) == []
+        assert escaped.wait(5) == -signal.SIGKILL
+        assert not cgroup.exists()
+    finally:
+        if escaped.poll() is None:
+            escaped.kill()
+        fence.remove_cgroup(cgroup)

@@ -8,7 +8,6 @@ import getpass
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -479,9 +478,6 @@ class Up:
         self.log.close()
 
 
-SANDBOXES = Path("/var/lib/apportion")  # where `up` as root puts task sandboxes
-
-
 def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: Path) -> None:
     """The agent ``up`` starts gets its token by a 0600 file, not on its
     command line; as root, its tasks run as nobody."""
@@ -494,18 +490,7 @@ def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: 
     assert proc.stdout == ("nobody\n" if os.geteuid() == 0 else f"{getpass.getuser()}\n")
 
 
-@pytest.fixture
-def up_sandboxes() -> Iterator[None]:
-    """Removes the sandbox directory `up` makes as root, if this test made it."""
-    existed = SANDBOXES.exists()
-    try:
-        yield
-    finally:
-        if not existed:
-            shutil.rmtree(SANDBOXES, ignore_errors=True)
-
-
-@pytest.mark.usefixtures("up_sandboxes")
+@pytest.mark.usefixtures("fallback_sandboxes")  # `up` as root: tasks' directories go there
 def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config" / "apportion" / "config.toml"

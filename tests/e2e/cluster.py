@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
+from apportion.agent import fence as fence_module
 from support import ServerProcess
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -141,6 +142,9 @@ class AgentProcess:
         for pid in self.task_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        for record in self.work_dir.glob("tasks/*/task.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                fence_module.remove_cgroup(Path(json.loads(record.read_text())["cgroup"]))
 
 
 @dataclass

@@ -604,6 +604,9 @@ class Runner:
             self._save(task)
         if task.state == "exited":
             self.identities.release(task.id)  # and sweep what it may have left
+            if task.cgroup is not None:
+                with contextlib.suppress(OSError):
+                    limits.remove(task.cgroup)
         return task
 
 

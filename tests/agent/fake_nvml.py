@@ -95,6 +95,7 @@ class FakeGpu:
     memory_used: int = 0
     serial: str | None = None
     numa_node: int | None = None
+    minor: int | None = None
     temperature: int | None = 40
     utilization: int | None = 0
     ecc_uncorrected: int | None = 0
@@ -315,6 +316,10 @@ class FakeNvml:
             raise NVMLError_InvalidArgument()
         count = self._supported(self._gpu(handle).ecc_uncorrected)
         return int(count) if errorType == self.NVML_MEMORY_ERROR_TYPE_UNCORRECTED else 0
+
+    def nvmlDeviceGetMinorNumber(self, handle: _Handle) -> int:
+        self._enter("nvmlDeviceGetMinorNumber")
+        return int(self._supported(self._gpu(handle).minor))
 
     def nvmlDeviceGetNumaNodeId(self, handle: _Handle) -> int:
         self._enter("nvmlDeviceGetNumaNodeId")

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from apportion.agent import fence
+from apportion.agent import fence, limits
 from apportion.agent.limits import LimitMode, LimitSupport
 from apportion.agent.protocol import Assignment, devices_json, task_env, visible_devices
 from apportion.agent.runner import LocalTask, Runner
@@ -98,10 +99,16 @@ def test_a_task_runs_in_its_directory_with_its_logs_and_its_exit_code_is_kept(
 
     task = run(scenario())
     assert (task.exit_code, task.signalled, task.memory_exceeded) == (3, False, False)
-    assert (task.dir / "stdout.log").read_text() == f"{task.dir}\n"
+    assert task.sandbox == tmp_path / "sandbox" / "t1"
+    assert (task.dir / "stdout.log").read_text() == f"{tmp_path}/sandbox/t1\n"
     assert (task.dir / "stderr.log").read_text() == "oops\n"
-    assert (task.dir / "here").exists()
+    assert (tmp_path / "sandbox" / "t1" / "here").exists()
     assert (task.dir / "exit_code").read_text() == "3\n"
+    # The agent's records and the logs are the agent's alone.
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in task.dir.iterdir()} == {
+        "task.json": "0o600", "stdout.log": "0o600", "stderr.log": "0o600",
+        "exit_code": "0o600"}
+    assert oct(task.dir.stat().st_mode & 0o777) == "0o700"
     assert task.times["started_at"] <= task.times["exited_at"]
     assert task.report()["exit_code"] == 3
 
@@ -234,3 +241,28 @@ def test_the_fence_kills_a_dead_agents_tasks_once_the_server_was_away_too_long(
 def test_the_fence_steps_aside_for_a_new_agent(tmp_path: Path) -> None:
     (tmp_path / fence.AGENT_PID_FILE).write_text(f"{os.getpid()} 0")
     assert fence.watch(tmp_path, 1, None, 60) == 0  # another pid owns the directory now
+
+
+def test_the_fence_also_empties_and_removes_a_dead_agents_task_cgroups(tmp_path: Path) -> None:
+    parent = limits.own_cgroup()
+    if isinstance(parent, str) or not os.access(parent, os.W_OK):
+        pytest.skip(f"no writable cgroup v2 here: {parent}")
+    cgroup = limits.create_tracking_cgroup("fence-test", parent=parent)
+    task_dir = tmp_path / "tasks" / "t1"
+    task_dir.mkdir(parents=True)
+    # Escaped from its process group: only the cgroup still holds it.
+    escaped = subprocess.Popen(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs; exec sleep 30"],
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while str(escaped.pid) not in (cgroup / "cgroup.procs").read_text().split():
+            assert time.monotonic() < deadline, "the process never entered its cgroup"
+            time.sleep(0.02)
+        (task_dir / "task.json").write_text(json.dumps({"pid": None, "cgroup": str(cgroup)}))
+        assert fence.kill_tasks(tmp_path) == []
+        assert escaped.wait(5) == -signal.SIGKILL
+        assert not cgroup.exists()
+    finally:
+        if escaped.poll() is None:
+            escaped.kill()
+        fence.remove_cgroup(cgroup)

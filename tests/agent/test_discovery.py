@@ -98,6 +98,18 @@ def test_two_h100s_with_nvlink(tmp_path: Path) -> None:
     assert "gpu.mig" not in result.labels
 
 
+def test_each_gpus_device_minor_is_recorded_for_the_gpu_fence(tmp_path: Path) -> None:
+    from apportion.agent.main import _gpu_minors
+
+    nvml = h100_pair()
+    nvml.gpus[0].minor, nvml.gpus[1].minor = 2, 5  # /dev/nvidia2 and /dev/nvidia5
+    result = found(tmp_path, nvml)
+    assert [d.attrs["minor"] for d in result.devices["gpu"]] == [2, 5]
+    assert _gpu_minors(result) == {"0": 2, "1": 5}
+    declared = found(tmp_path, None, declared={"gpu": 2})
+    assert _gpu_minors(declared) == {"0": 0, "1": 1}  # no NVML: the index stands for it
+
+
 def test_nvml_is_initialised_and_shut_down_once(tmp_path: Path) -> None:
     nvml = h100_pair()
     found(tmp_path, nvml)

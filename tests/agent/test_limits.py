@@ -266,7 +266,7 @@ def test_detect_on_this_machine_never_raises() -> None:
 def real_cgroup() -> Iterator[Path]:
     """A scratch cgroup in this machine's cgroup v2 hierarchy, under our own
     cgroup; skipped where there is none we may write."""
-    found = limits._own_cgroup(limits.MOUNTINFO, limits.PROC_SELF_CGROUP)
+    found = limits.own_cgroup(limits.MOUNTINFO, limits.PROC_SELF_CGROUP)
     if isinstance(found, str):
         pytest.skip(f"no cgroup v2 here: {found}")
     path = found / f"apportion-test-{uuid.uuid4().hex[:8]}"

@@ -4,6 +4,7 @@ and server and token come from flags, the environment or the config file."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -478,6 +479,19 @@ class Up:
         self.log.close()
 
 
+def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: Path) -> None:
+    """The agent ``up`` starts gets its token by a 0600 file, not on its
+    command line; as root, its tasks run as nobody."""
+    [agent] = [p for p in psutil.Process(up.proc.pid).children() if "agent" in p.cmdline()]
+    token_file = data_dir / "agent.token"
+    assert agent.cmdline()[agent.cmdline().index("--token-file") + 1] == str(token_file)
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    assert token_file.read_text().encode() not in Path(f"/proc/{agent.pid}/environ").read_bytes()
+    proc = run(env, "submit", "--cpu", "1", "--memory", "64Mi", "--wait", "--", "id", "-un")
+    assert proc.stdout == ("nobody\n" if os.geteuid() == 0 else f"{getpass.getuser()}\n")
+
+
+@pytest.mark.usefixtures("fallback_sandboxes")  # `up` as root: tasks' directories go there
 def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config" / "apportion" / "config.toml"
@@ -505,6 +519,7 @@ def test_up_serves_registers_this_machine_and_configures_the_cli(tmp_path: Path)
         r = httpx.get(f"http://127.0.0.1:{port}/api/v1/whoami",
                       headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.json() == {"name": "local-admin", "role": "admin"}
+        _local_agent_keeps_its_token_private(env, up, tmp_path / "data" / "apportion")
     finally:
         up.stop()
 

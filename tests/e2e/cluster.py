@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
+from apportion.agent import fence as fence_module
 from support import ServerProcess
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -61,17 +62,30 @@ class AgentProcess:
     watchdog: float = 0.1
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    task_user: str | None = field(
+        default_factory=lambda: "root" if os.geteuid() == 0 else None)
+    """Tests share their temporary directories with the tasks they run, so
+    agents started as root run tasks as root, explicitly; tests/e2e/
+    test_isolation.py runs agents with real task users."""
+    token_file: bool = False
+    """Give the token in a 0600 file rather than the environment."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPORTION_")}
         env["APPORTION_LOG_LEVEL"] = "INFO"
+        # The token goes by environment (which the agent scrubs) or by file,
+        # never on its command line.
+        secret = ["--token-file", str(self._write_token())] if self.token_file else []
+        if not self.token_file:
+            env["APPORTION_TOKEN"] = self.token
         env.update(self.env)
+        task_user = ["--task-user", self.task_user] if self.task_user else []
         log = open(self.work_dir / "agent.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apportion.cli.main", "agent", "--server", self.url,
-             "--token", self.token, "--name", self.name,
+             "--name", self.name, *task_user, *secret,
              *(["--resources", self.resources] if self.resources else []),
              "--work-dir", str(self.work_dir), "--heartbeat", str(self.heartbeat),
              "--stop-after-disconnect", str(self.stop_after_disconnect), "--poll-wait", "5",
@@ -81,6 +95,13 @@ class AgentProcess:
         )
         log.close()
         return self
+
+    def _write_token(self) -> Path:
+        path = self.work_dir.parent / f"{self.name}.token"
+        path.unlink(missing_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+            fh.write(self.token)
+        return path
 
     @property
     def log(self) -> str:
@@ -121,6 +142,9 @@ class AgentProcess:
         for pid in self.task_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        for record in self.work_dir.glob("tasks/*/task.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                fence_module.remove_cgroup(Path(json.loads(record.read_text())["cgroup"]))
 
 
 @dataclass

@@ -203,7 +203,7 @@ def _ts(iso: str) -> float:
 
 
 def _count(tmp_path: Path, cluster: Cluster, job_id: str) -> int:
-    for record in (tmp_path / "agents").glob("*/tasks/*/checkpoint/counter"):
+    for record in (tmp_path / "agents").glob("*/sandbox/*/checkpoint/counter"):
         try:
             return int(record.read_text())
         except ValueError:

@@ -27,6 +27,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _agent_of(cluster: Cluster, node: str) -> str | None:
+    with cluster.api as c:
+        agent = c.get(f"/api/v1/nodes/{node}").json()["specs"].get("agent") or {}
+    return agent.get("id")  # type: ignore[no-any-return]
+
+
 def _running_task(cluster: Cluster, job_id: str) -> dict[str, Any] | None:
     tasks = [t for t in cluster.job(job_id)["tasks"] if t["state"] == "running"]
     return tasks[-1] if tasks else None
@@ -121,9 +127,15 @@ def test_a_partitioned_agent_stops_its_tasks_before_they_run_elsewhere(
     proxy = Proxy(cluster.server.port)
     try:
         cut_off = cluster.add_agent("island", "cpu=2,memory=4Gi", stop_after_disconnect=1.5)
+        first = _agent_of(cluster, "island")
         cut_off.url = proxy.url
         cut_off.stop()
         cut_off.start()
+        # Work is placed once the agent behind the proxy has registered: a
+        # restart slower than NODE_DOWN_AFTER (2 s, on a loaded machine) would
+        # otherwise lose the first attempt to the restart, not the partition.
+        wait_for("island's new agent", lambda: _agent_of(cluster, "island") not in (None, first))
+        cluster.wait_node("island", "ready")
         job = cluster.submit(payload("record", out, 8),
                              restart={"policy": "on-failure", "max_retries": 1})
         wait_for("running on island", lambda: _running_task(cluster, job["id"]), 20)

@@ -43,10 +43,15 @@ DEADLINE_S = 60.0
 15 s on an idle machine)."""
 
 AGENT_COMMAND = [
+    # The agent scrubs its join token from its environment: a shell in front
+    # keeps a copy beside its work directory, for the check that it works once.
+    "sh", "-c", 'printenv APPORTION_TOKEN > "$0.join-token"; exec "$@"', "{work_dir}",
     "{python}", "-m", "apportion.cli.main", "agent", "--server", "{server}", "--name", "{name}",
     "--resources", "{resources}", "--labels", "{labels}", "--work-dir", "{work_dir}",
     "--on-exit", "stop", "--heartbeat", "0.5", "--poll-wait", "5", "--log-interval", "0.3",
     "--watchdog-interval", "0.2", "--rescan-interval", "3600", "--stop-after-disconnect", "10",
+    # The payloads write to this test's temporary directories, as root when it runs as root.
+    *(["--task-user", "root"] if os.geteuid() == 0 else []),
 ]
 
 
@@ -259,10 +264,11 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
     _until(f"{MAX_SIZE} pool nodes to join", deadline, three_joined, diagnose)
     t_joined = time.time() - t0
 
-    # A join token works once: the one an agent joined with (it is in the
-    # agent's environment) is refused when presented again.
+    # A join token works once: the one an agent joined with is refused when
+    # presented again. (The agent scrubbed it from its own environment.)
     [record, *_] = json.loads((state_dir / "nodes.json").read_text())["nodes"].values()
-    join_token = psutil.Process(record["pid"]).environ()["APPORTION_TOKEN"]
+    assert "APPORTION_TOKEN" not in psutil.Process(record["pid"]).environ()
+    join_token = Path(record["work_dir"] + ".join-token").read_text().strip()
     assert join_token.startswith("apj_")
     again = httpx.post(server.url + "/api/v1/agents/register", timeout=10,
                        headers={"Authorization": f"Bearer {join_token}"},

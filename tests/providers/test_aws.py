@@ -119,7 +119,9 @@ def test_create_runs_tagged_instances_with_the_agent(provider: AwsProvider, aws:
         script = _user_data(aws, node.id)
         assert script.startswith("#!/bin/bash\n")
         assert "APPORTION_SERVER=https://apportion.example:8443\n" in script
-        assert f"APPORTION_TOKEN={TOKEN}\n" in script
+        assert f"cat > /etc/apportion/agent.token <<'APPORTION_EOF'\n{TOKEN}\n" in script
+        assert "APPORTION_TOKEN_FILE=/etc/apportion/agent.token\n" in script
+        assert f"APPORTION_TOKEN={TOKEN}" not in script  # never in the agent's environment
         assert "python3 -m pip install --quiet apportion\n" in script
         assert (
             f"ExecStart=/usr/bin/env apportion agent --name {node.node_name} --labels "

@@ -164,7 +164,8 @@ def test_create_inserts_labelled_instances(
         "networkInterfaces": [{"network": "global/networks/default"}],
         "metadata": {"items": [{"key": "startup-script", "value": script}]},
     }
-    assert f"APPORTION_TOKEN={TOKEN}\n" in script
+    assert f"cat > /etc/apportion/agent.token <<'APPORTION_EOF'\n{TOKEN}\n" in script
+    assert "APPORTION_TOKEN_FILE=/etc/apportion/agent.token\n" in script
     assert (f"ExecStart=/usr/bin/env apportion agent --name {name} --labels facility=gcp-usc1,"
             "node-type=n2-standard-4,pool=cpu,provider=gcp-main --work-dir "
             "/var/lib/apportion/agent --on-exit stop\n") in script

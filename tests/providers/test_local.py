@@ -305,6 +305,7 @@ def _agent_runs() -> str | None:
     return None
 
 
+@pytest.mark.usefixtures("fallback_sandboxes")  # as root, the agent's tasks' directories
 def test_real_agent_joins_and_leaves(tmp_path: Path) -> None:
     why = _agent_runs()
     if why:

@@ -486,6 +486,9 @@ def _gpu_device(
     attrs: dict[str, Any] = {"index": index, "name": name, "mig": mig, **extra}
     if bus_id is not None:
         attrs["pci_bus_id"] = bus_id
+    minor = nvml_call(nvml, "nvmlDeviceGetMinorNumber", handle)
+    if minor is not None:
+        attrs["minor"] = int(minor)  # its node is /dev/nvidia<minor> (the GPU fence)
     numa = nvml_call(nvml, "nvmlDeviceGetNumaNodeId", handle)
     if numa is not None and int(numa) >= 0:
         attrs["numa_node"] = int(numa)

@@ -50,7 +50,8 @@ def last_contact(work_dir: Path) -> float:
 
 
 def kill_tasks(work_dir: Path) -> list[int]:
-    """SIGKILL every recorded, unreported task process group; the pids killed."""
+    """SIGKILL every recorded, unreported task process group (and whatever is
+    in its cgroup, which goes too); the pids killed."""
     killed = []
     for record in (work_dir / "tasks").glob("*/task.json"):
         if (record.parent / "reported").exists():
@@ -64,7 +65,25 @@ def kill_tasks(work_dir: Path) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
                 killed.append(pid)
+        if isinstance(body.get("cgroup"), str):
+            remove_cgroup(Path(body["cgroup"]))
     return killed
+
+
+def remove_cgroup(path: Path, timeout_s: float = 2.0) -> None:
+    """Kill what is left in a task's cgroup (Linux 5.14+) and remove it, as
+    ``limits.remove`` does; best effort (the fence imports no apportion code)."""
+    if (path / "cgroup.kill").exists():
+        with contextlib.suppress(OSError):
+            (path / "cgroup.kill").write_text("1")
+    deadline = time.monotonic() + timeout_s
+    while path.is_dir():
+        try:
+            path.rmdir()
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
 
 def replaced(work_dir: Path, agent_pid: int) -> bool:

@@ -92,7 +92,7 @@ def detect_limits(
     """
     own = parent is None
     if parent is None:
-        found = _own_cgroup(mountinfo, proc_cgroup)
+        found = own_cgroup(mountinfo, proc_cgroup)
         if isinstance(found, str):
             return _fallback(found)
         parent = found
@@ -134,7 +134,7 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
-def _own_cgroup(mountinfo: Path, proc_cgroup: Path) -> Path | str:
+def own_cgroup(mountinfo: Path = MOUNTINFO, proc_cgroup: Path = PROC_SELF_CGROUP) -> Path | str:
     """This process's cgroup v2 directory, or why there is none."""
     mounts = cgroup2_mounts(mountinfo)
     if not mounts:
@@ -227,6 +227,20 @@ def create_task_cgroup(
     # take one process and leave the rest of the task half-alive.
     _write_if_present(path / "memory.swap.max", "0")
     _write_if_present(path / "memory.oom.group", "1")
+    return path
+
+
+def create_tracking_cgroup(name: str, *, parent: Path) -> Path:
+    """Make ``<parent>/task-<name>`` with no limits: a cgroup that holds
+    the task's device program and lets the whole task be killed at once,
+    on hosts whose cpu and memory controllers are not on cgroup v2."""
+    if not _TASK_NAME.match(name):
+        raise InvalidInput(
+            f"task cgroup name {name!r}: use 1-128 letters, digits, '.', '_' or '-'",
+            field="name",
+        )
+    path = parent / f"{TASK_PREFIX}{name}"
+    path.mkdir()
     return path
 
 

@@ -15,6 +15,10 @@ side on one event loop:
 - **fencing**: cut off from the server for ``stop_after_disconnect_s``, the
   agent stops its tasks, because the server then requeues them elsewhere;
 - **rescan**: discovery again on a period and on demand.
+
+What the agent keeps from its tasks (its token, its records, other tasks'
+files, GPUs not granted) is in ``isolation.py``, ``gpu_isolation.py``,
+``credentials.py`` and ``checkpoint.py``, and docs/security.md.
 """
 
 from __future__ import annotations
@@ -26,10 +30,9 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +41,20 @@ import httpx
 import psutil
 import structlog
 
-from apportion.agent import fence
+from apportion.agent import checkpoint, credentials, fence
+from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.discovery import AUTO, Discovery, NvmlModule, discover, load_nvml
+from apportion.agent.gpu_isolation import (
+    ENV_ONLY,
+    GpuIsolation,
+    GpuIsolationError,
+    GpuMode,
+    detect_gpu_isolation,
+    nvidia_nodes,
+)
+from apportion.agent.isolation import SHARED, Isolation, IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
-from apportion.agent.protocol import API, Assignment
+from apportion.agent.protocol import API, Assignment, safe_task_id
 from apportion.agent.runner import LocalTask, Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
 from apportion.agent.usage import XidCounter, sample_usage
@@ -78,6 +91,14 @@ class AgentConfig:
     stops them after ``stop_after_disconnect_s`` if none comes); ``stop``:
     stop them before exiting (``apportion up``)."""
     fence: bool = True
+    checkpoint_max: int = checkpoint.DEFAULT_MAX
+    """Per task, both ways: a larger checkpoint is not packed or not unpacked."""
+    isolation: Isolation = SHARED
+    gpu_isolation: GpuMode | None = None
+    """A GPU mode to insist on (None: the strongest the host allows)."""
+    sandbox_dir: Path | None = None
+    """Where task directories go (default ``<work_dir>/sandbox``, or
+    ``/var/lib/apportion/sandbox/<name>`` where task users cannot reach that)."""
 
 
 class Agent:
@@ -102,6 +123,7 @@ class Agent:
         self.base = f"{API}/{config.name}"
         self.runner: Runner | None = None
         self.support: LimitSupport | None = None
+        self.gpu: GpuIsolation = ENV_ONLY
         self.discovery: Discovery | None = None
         self.registered = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -120,13 +142,27 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop()`` (or SIGTERM / SIGINT)."""
-        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        work = self.config.work_dir
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.config.isolation.mode is not IsolationMode.SHARED_UID:
+            work.chmod(0o711)  # task users pass through to their sandboxes, never list
         self.support = await asyncio.to_thread(detect_limits)
+        try:
+            self.gpu = await asyncio.to_thread(detect_gpu_isolation, self.support,
+                                               work / "devns", want=self.config.gpu_isolation)
+        except GpuIsolationError as exc:
+            log.error("gpu_isolation_unavailable", error=str(exc))
+            raise SystemExit(2) from None
         self.discovery = await asyncio.to_thread(self._discover)
         # Xid errors reach NVML only as events: listen for the agent's lifetime.
         self.xids = await asyncio.to_thread(XidCounter(self.nvml).open)
-        self.runner = Runner(self.config.work_dir, self.config.name, self.support,
-                             self._on_exit, watchdog_s=self.config.watchdog_s)
+        sandboxes = choose_sandbox_root(work, self.config.sandbox_dir, self.config.isolation,
+                                        self.config.name)
+        self.runner = Runner(work, self.config.name, self.support, self._on_exit,
+                             watchdog_s=self.config.watchdog_s, isolation=self.config.isolation,
+                             gpu=self.gpu, sandbox_root=sandboxes,
+                             gpu_minors=_gpu_minors(self.discovery),
+                             fence_gpus=bool(nvidia_nodes()))
         for task in self.runner.open():
             self._on_exit(task)
         self._claim_work_dir()
@@ -135,6 +171,7 @@ class Agent:
         workers = [asyncio.create_task(c) for c in loops]
         await self._register()
         log.info("agent_ready", node=self.config.name, limits=self.support.mode.value,
+                 isolation=self.config.isolation.mode.value, gpu_isolation=self.gpu.mode.value,
                  resources=self.discovery.resources)
         try:
             await self.stopped.wait()
@@ -186,6 +223,8 @@ class Agent:
         assert d is not None and s is not None
         specs = {k: v for k, v in d.specs.items() if v is not None}
         specs["limits"] = {"mode": s.mode.value, "reason": s.reason}
+        specs["isolation"] = self.config.isolation.spec()
+        specs["gpu_isolation"] = self.gpu.spec()
         specs["reserved"] = dict(d.reserved)
         return {
             "name": self.config.name,
@@ -312,6 +351,9 @@ class Agent:
         runner = self.runner
         assert runner is not None
         desired = {a.id: a for a in (Assignment.from_wire(t) for t in state["tasks"])}
+        for task_id in [i for i in desired if not safe_task_id(i)]:
+            log.error("unsafe_task_id", task=task_id[:200])  # never a path on this node
+            del desired[task_id]
         for a in desired.values():
             local = runner.tasks.get(a.id)
             if local is None and runner.known(a.id):
@@ -353,23 +395,47 @@ class Agent:
             self._queue(a.id, {"state": "running", "times": dict(task.times)})
 
     async def _fetch_checkpoint(self, task: LocalTask, source: str) -> bool:
-        """Download and unpack the checkpoint the task resumes from."""
+        """Download the checkpoint the task resumes from into the agent's
+        records (streamed, under the limit), then unpack it into the task's
+        ``resume/``. A refused or oversized checkpoint is not retried: the
+        task starts without it."""
+        runner = self.runner
+        assert runner is not None
         path = task.dir / "resume.tar"
-        for attempt in range(5):
+        try:
+            for attempt in range(5):
+                try:
+                    await self._download(f"{API}/checkpoints/{source}", path)
+                    files = await asyncio.to_thread(runner.unpack_checkpoint, task, path,
+                                                    self.config.checkpoint_max)
+                    log.info("checkpoint_unpacked", task=task.id, files=files)
+                    return True
+                except CheckpointError as exc:
+                    log.error("checkpoint_refused", task=task.id, source=source, error=str(exc))
+                    return False
+                except (httpx.HTTPError, OSError) as exc:
+                    log.warning("checkpoint_fetch_failed", task=task.id, attempt=attempt,
+                                error=repr(exc))
+                    await asyncio.sleep(0.2 * 2**attempt)
+            return False
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _download(self, url: str, path: Path) -> None:
+        limit = self.config.checkpoint_max
+        async with self.http.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise httpx.HTTPError(f"HTTP {response.status_code}")
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise checkpoint.CheckpointTooLarge(
+                    f"the checkpoint is {declared} bytes, over the limit of {limit}")
+            sink = checkpoint.Download(path, limit)
             try:
-                async with self.http.stream("GET", f"{API}/checkpoints/{source}") as response:
-                    if response.status_code != 200:
-                        raise httpx.HTTPError(f"HTTP {response.status_code}")
-                    with path.open("wb") as fh:
-                        async for chunk in response.aiter_bytes():
-                            fh.write(chunk)
-                await asyncio.to_thread(_unpack, path, task.resume_dir)
-                return True
-            except (httpx.HTTPError, OSError, tarfile.TarError) as exc:
-                log.warning("checkpoint_fetch_failed", task=task.id, attempt=attempt,
-                            error=repr(exc))
-                await asyncio.sleep(0.2 * 2**attempt)
-        return False
+                async for chunk in response.aiter_bytes(checkpoint.CHUNK):
+                    await asyncio.to_thread(sink.write, chunk)
+            finally:
+                sink.close()
 
     def _resend(self, a: Assignment) -> None:
         """A task this node already ran is listed again (the server missed
@@ -456,23 +522,34 @@ class Agent:
 
     async def _upload_checkpoint(self, task_id: str, body: Mapping[str, Any]) -> bool:
         """Upload what a task that did not succeed saved, so it resumes from
-        it on whichever node runs it next."""
+        it on whichever node runs it next. The agent packs the checkpoint
+        directory itself on every attempt (never a tar the task wrote) and
+        streams it from disk; one over the limit, here or at the server
+        (413), is left behind and the exit reported without it."""
         runner = self.runner
         assert runner is not None
         task = runner.tasks.get(task_id)
         if task is None or (body.get("exit_code") == 0 and not body.get("signalled")):
             return False
-        path = task.dir / "checkpoint.tar"
-        if not path.exists():
-            if not runner.has_checkpoint(task):
-                return False
-            packed = await asyncio.to_thread(runner.pack_checkpoint, task)
-            if packed is None:
-                return False
-        with path.open("rb") as fh:
-            data = await asyncio.to_thread(fh.read)
-        response = await self.http.put(f"{self.base}/tasks/{task_id}/checkpoint", content=data,
-                                       headers={"Content-Type": "application/x-tar"})
+        try:
+            packed = await asyncio.to_thread(runner.pack_checkpoint, task,
+                                             self.config.checkpoint_max)
+        except CheckpointError as exc:
+            log.error("checkpoint_not_packed", task=task_id, error=str(exc))
+            return False
+        if packed is None:
+            return False
+        try:
+            response = await self.http.put(
+                f"{self.base}/tasks/{task_id}/checkpoint", content=_chunks(packed.path),
+                headers={"Content-Type": "application/x-tar",
+                         "Content-Length": str(packed.size)})
+        finally:
+            packed.path.unlink(missing_ok=True)
+        if response.status_code in (404, 413):
+            log.error("checkpoint_not_stored", task=task_id, status=response.status_code,
+                      size=packed.size, body=response.text[:300])
+            return False
         if response.status_code != 200:
             raise httpx.HTTPError(f"checkpoint upload: HTTP {response.status_code}")
         return True
@@ -587,6 +664,9 @@ class Agent:
             return
         old = self.discovery
         self.discovery = found
+        if self.runner is not None:
+            self.runner.gpu_minors = _gpu_minors(found)
+            self.runner.fence_gpus = bool(self.runner.gpu_minors or nvidia_nodes())
         if old is None or (found.resources, found.devices, found.labels) != (
                 old.resources, old.devices, old.labels):
             log.info("node_changed", resources=found.resources)
@@ -602,11 +682,21 @@ def _device_body(device: Any) -> dict[str, Any]:
     return body
 
 
-def _unpack(path: Path, into: Path) -> None:
-    into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path) as tar:
-        tar.extractall(into, filter="data")
-    path.unlink()
+def _gpu_minors(discovery: Discovery) -> dict[str, int]:
+    """Each GPU's ``/dev/nvidia<minor>`` (NVML's minor number, else its index)."""
+    out = {}
+    for device in discovery.devices.get("gpu", ()):
+        minor = device.attrs.get("minor", device.id)
+        if isinstance(minor, int) or (isinstance(minor, str) and minor.isdigit()):
+            out[device.id] = int(minor)
+    return out
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    """An upload body read from disk a chunk at a time, off the event loop."""
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, checkpoint.CHUNK):
+            yield chunk
 
 
 async def _read_log(path: Path, offset: int) -> bytes:
@@ -632,7 +722,12 @@ def _read_from(path: Path, offset: int, limit: int) -> bytes:
 
 def run_agent(config: AgentConfig, *, nvml: NvmlModule | None = AUTO,
               on_ready: Callable[[Agent], None] | None = None) -> None:
-    """Run an agent in this process until SIGTERM or SIGINT."""
+    """Run an agent in this process until SIGTERM or SIGINT. Files it makes
+    are its own (umask 077), and its ``/proc`` entries and memory are root's
+    alone (non-dumpable), even for processes of its uid."""
+    os.umask(0o077)
+    if not credentials.forbid_dumping():
+        log.warning("agent_dumpable", reason="prctl(PR_SET_DUMPABLE) is not available")
 
     async def main() -> None:
         agent = Agent(config, nvml=nvml)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from apportion.core.resources import format_quantity
 
 API = "/api/v1/agents"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # The environment a task starts with.
 JOB_ID_ENV = "APPORTION_JOB_ID"
@@ -48,16 +50,22 @@ SHIM = (
     # enters the task's cgroup ($1, when limits use cgroup v2) before it
     # starts the command, so nothing the command forks escapes; doing this
     # here instead of in a preexec_fn lets Python spawn with vfork (0.3 ms
-    # instead of 15 ms for a forked agent on the preemption path).
+    # instead of 15 ms for a forked agent on the preemption path). $2 is the
+    # exit file in the agent's records, which the task cannot write: when
+    # the task runs as another uid, the command starts with setpriv and the
+    # shim itself stays the agent's.
     'trap : TERM INT HUP QUIT USR1 USR2\n'
     'ulimit -c 0\n'
+    # Files are private unless the task says otherwise (the exit file too).
+    'umask 077\n'
     'if [ -n "$1" ]; then echo $$ > "$1" || exit 125; fi\n'
-    'shift\n'
+    'exit_file=$2\n'
+    'shift 2\n'
     '"$@"\n'
     'rc=$?\n'
     # No rename for atomicity: the file is read only once the shell is gone,
     # and a rename would cost a fork and exec of mv on the stop path.
-    'printf "%s\\n" "$rc" > "$APPORTION_TASK_DIR/exit_code"\n'
+    'printf "%s\\n" "$rc" > "$exit_file"\n'
     'exit "$rc"\n'
 )
 
@@ -117,6 +125,11 @@ class Assignment:
                 "stop_grace_s": self.stop_grace_s, "stop": None,
                 "resume": {"task_id": self.resume_task} if self.resume_task else None,
                 "array": self.array}
+
+
+def safe_task_id(task_id: str) -> bool:
+    """A task id the agent may use as a directory and cgroup name."""
+    return bool(_SAFE_ID.match(task_id))
 
 
 def visible_devices(assignment: Assignment) -> str:

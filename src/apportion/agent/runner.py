@@ -1,11 +1,17 @@
 """Running tasks as processes on this node: start, watch, stop, recover.
 
-Each task gets ``<work_dir>/tasks/<task id>/`` holding its record
-(``task.json``), its logs (``stdout.log``, ``stderr.log``), its checkpoint
-directory, a resumed checkpoint (``resume/``), the guard's usage file and,
-once it ends, ``exit_code`` (written by the shell shim the command runs
-under). The record is what lets a restarted agent adopt processes it did not
-start and learn how the ones that ended while it was away ended: the
+Each task has two directories. ``<work_dir>/tasks/<task id>/`` is the
+agent's (0700, files 0600): the task's record (``task.json``), its logs
+(``stdout.log``, ``stderr.log``, which the task writes only through the
+descriptors it is started with) and, once it ends, ``exit_code`` (written by
+the shell shim the command runs under). ``<sandbox>/<task id>/`` is the
+task's (0700, owned by the uid it runs as, in a directory tasks can search
+but not list): its working directory, ``checkpoint/``, a resumed checkpoint
+(``resume/``) and the guard's usage file. The agent reads from the sandbox
+only through ``checkpoint.pack`` and ``isolation.read_task_file``, which
+follow no link a task may have planted (see ``isolation.py`` for who a task
+runs as). The record is what lets a restarted agent adopt processes it did
+not start and learn how the ones that ended while it was away ended: the
 processes outlive the agent on purpose, so restarting an agent never stops
 work.
 
@@ -27,17 +33,32 @@ import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 import structlog
 
-from apportion.agent import limits
+from apportion.agent import checkpoint, limits
+from apportion.agent.gpu_isolation import (
+    ENV_ONLY,
+    GpuIsolation,
+    GpuMode,
+    attach_device_filter,
+    granted_minors,
+)
+from apportion.agent.isolation import (
+    SHARED,
+    Identities,
+    Identity,
+    Isolation,
+    IsolationError,
+    make_sandbox_root,
+    read_task_file,
+)
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.protocol import EXIT_FILE, SHIM, Assignment, task_env
 
@@ -47,6 +68,9 @@ RECORD = "task.json"
 REPORT = "report.json"
 REPORTED = "reported"
 POLL_FALLBACK_S = 0.2
+USAGE_FILE = "usage.json"
+MAX_USAGE_FILE = 64 << 10
+_OPEN_LOG = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 @dataclass
@@ -55,6 +79,13 @@ class LocalTask:
 
     assignment: Assignment
     dir: Path
+    """The agent's records of the task."""
+    sandbox: Path | None = None
+    """The task's own directory (``dir`` itself for tasks an older agent started)."""
+    identity: Identity | None = None
+    """The uid the task runs as; None: the agent's."""
+    unprepared: str | None = None
+    """Why the task's identity or directory could not be made (it fails to start)."""
     pid: int | None = None
     create_time: float | None = None
     popen: subprocess.Popen[bytes] | None = None
@@ -80,12 +111,20 @@ class LocalTask:
         return self.assignment.id
 
     @property
+    def home(self) -> Path:
+        return self.sandbox or self.dir
+
+    @property
     def checkpoint_dir(self) -> Path:
-        return self.dir / "checkpoint"
+        return self.home / "checkpoint"
 
     @property
     def resume_dir(self) -> Path:
-        return self.dir / "resume"
+        return self.home / "resume"
+
+    @property
+    def owner(self) -> checkpoint.Owner | None:
+        return None if self.identity is None else self.identity.owner
 
     def report(self) -> dict[str, Any]:
         """The exit report the server is sent (and that is kept until it answers)."""
@@ -127,14 +166,26 @@ class Runner:
     for every task that ends (or is found ended after a restart)."""
 
     def __init__(self, work_dir: Path, node: str, support: LimitSupport, on_exit: ExitCallback,
-                 *, watchdog_s: float = 1.0) -> None:
+                 *, watchdog_s: float = 1.0, isolation: Isolation = SHARED,
+                 gpu: GpuIsolation = ENV_ONLY, sandbox_root: Path | None = None,
+                 gpu_minors: Mapping[str, int] | None = None, fence_gpus: bool = False) -> None:
         self.work_dir = work_dir
         self.tasks_dir = work_dir / "tasks"
-        self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        self.tasks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sandbox_root = sandbox_root or work_dir / "sandbox"
+        make_sandbox_root(self.sandbox_root, isolation)
         self.node = node
         self.support = support
         self.on_exit = on_exit
         self.watchdog_s = watchdog_s
+        self.isolation = isolation
+        self.identities = Identities(isolation)
+        self.gpu = gpu
+        self.gpu_minors: dict[str, int] = dict(gpu_minors or {})
+        """The node's GPUs (id -> device minor)."""
+        self.fence_gpus = fence_gpus or bool(self.gpu_minors)
+        """Whether the node has GPUs to keep tasks from (discovered, or
+        device nodes without NVML to discover them)."""
         self.tasks: dict[str, LocalTask] = {}
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None
@@ -172,26 +223,46 @@ class Runner:
     # -- start --------------------------------------------------------------
 
     def prepare(self, assignment: Assignment) -> LocalTask:
-        """Make the task's directory and record before anything runs."""
+        """Make the task's directories and record before anything runs."""
         task_dir = self.tasks_dir / assignment.id
-        task_dir.mkdir(parents=True)
-        task = LocalTask(assignment, task_dir)
-        task.checkpoint_dir.mkdir()
+        task_dir.mkdir(mode=0o700)
+        task = LocalTask(assignment, task_dir, self.sandbox_root / assignment.id)
         task.times["received_at"] = time.time()
         self.tasks[assignment.id] = task
+        try:
+            task.identity = self.identities.take(assignment.id)
+            self._make_sandbox(task)
+        except (OSError, IsolationError) as exc:
+            task.unprepared = f"could not prepare: {exc}"
         self._save(task)
         return task
 
+    def _make_sandbox(self, task: LocalTask) -> None:
+        assert task.sandbox is not None
+        for directory in (task.sandbox, task.checkpoint_dir):
+            directory.mkdir(mode=0o700)
+            if task.identity is not None:
+                os.chown(directory, task.identity.uid, task.identity.gid)
+
     def spawn(self, task: LocalTask, *, resumed: bool = False) -> None:
         """Start the task's command; an exit is reported through ``on_exit``."""
+        if task.unprepared is not None:
+            self._failed_to_start(task, task.unprepared)
+            return
         a = task.assignment
-        env = task_env(a, self.node, task.dir, task.checkpoint_dir,
-                       task.resume_dir if resumed else None)
+        env = self._env(task, resumed)
         try:
             task.cgroup = self._cgroup(a)
-            with (task.dir / "stdout.log").open("ab") as out, \
-                    (task.dir / "stderr.log").open("ab") as err:
-                task.popen = _popen(a.command, task.dir, env, out, err, task.cgroup)
+            out = os.open(task.dir / "stdout.log", _OPEN_LOG, 0o600)
+            try:
+                err = os.open(task.dir / "stderr.log", _OPEN_LOG, 0o600)
+                try:
+                    task.popen = _popen([*self._prefix(task), *a.command], task.home, env,
+                                        out, err, task.cgroup, task.dir / EXIT_FILE)
+                finally:
+                    os.close(err)
+            finally:
+                os.close(out)
         except (OSError, ValueError) as exc:
             self._failed_to_start(task, f"could not start: {exc}")
             return
@@ -202,18 +273,55 @@ class Runner:
         self._save(task)
         self._watch(task)
         memory = a.resources_base.get("memory")
-        if memory and task.cgroup is None:
+        if memory and self.support.mode is not LimitMode.CGROUP_V2:
             with contextlib.suppress(psutil.Error):
                 self._watchdog.watch(task.id, task.pid, memory)
 
+    def _env(self, task: LocalTask, resumed: bool) -> dict[str, str]:
+        env = task_env(task.assignment, self.node, task.home, task.checkpoint_dir,
+                       task.resume_dir if resumed else None)
+        if task.identity is not None:
+            # The agent's HOME is not the task's to read; its sandbox is.
+            name = task.identity.name or str(task.identity.uid)
+            env.update({"HOME": str(task.home), "USER": name, "LOGNAME": name})
+        return env
+
+    def _prefix(self, task: LocalTask) -> list[str]:
+        """What runs before the command: hiding the GPUs not granted, then
+        dropping to the task's uid."""
+        prefix: list[str] = []
+        if self.gpu.mode is GpuMode.MOUNT_NAMESPACE and self.fence_gpus:
+            prefix += self.gpu.hide_prefix(self._minors(task.assignment))
+        if task.identity is not None:
+            assert self.isolation.setpriv is not None
+            prefix += task.identity.prefix(self.isolation.setpriv)
+        return prefix
+
+    def _minors(self, a: Assignment) -> list[int]:
+        return granted_minors(a.devices.get("gpu", []), self.gpu_minors)
+
     def _cgroup(self, a: Assignment) -> Path | None:
-        if self.support.mode is not LimitMode.CGROUP_V2 or self.support.parent is None:
+        """The task's cgroup: with its limits (cgroup v2 limit mode), or only
+        to hold its device program; None when there is neither."""
+        fence = self.gpu.mode is GpuMode.CGROUP_DEVICES and self.fence_gpus
+        if self.support.mode is LimitMode.CGROUP_V2 and self.support.parent is not None:
+            path = limits.create_task_cgroup(a.id, a.resources_base.get("cpu"),
+                                             a.resources_base.get("memory"),
+                                             parent=self.support.parent)
+        elif fence and self.gpu.cgroup_parent is not None:
+            path = limits.create_tracking_cgroup(a.id, parent=self.gpu.cgroup_parent)
+        else:
             return None
-        return limits.create_task_cgroup(a.id, a.resources_base.get("cpu"),
-                                         a.resources_base.get("memory"),
-                                         parent=self.support.parent)
+        if fence:
+            try:
+                attach_device_filter(path, self._minors(a))
+            except OSError:
+                limits.remove(path)
+                raise
+        return path
 
     def _failed_to_start(self, task: LocalTask, reason: str) -> None:
+        self.identities.release(task.id)
         task.reason = reason[:500]
         task.exit_code = None
         task.state = "exited"
@@ -251,6 +359,7 @@ class Runner:
         self._signal(task, signal.SIGKILL)
 
     def _never_started(self, task: LocalTask) -> None:
+        self.identities.release(task.id)
         task.state = "exited"
         task.times["exited_at"] = time.time()
         task.reason = task.reason or "stopped before it started"
@@ -307,6 +416,7 @@ class Runner:
         self._signal(task, signal.SIGKILL)
         self._watchdog.forget(task.id)
         self._cgroup_end(task)
+        self.identities.release(task.id)
         task.state = "exited"
         self._save(task)
         self.on_exit(task)
@@ -346,32 +456,55 @@ class Runner:
     # -- after the end ----------------------------------------------------------
 
     def reported(self, task: LocalTask) -> None:
-        """The server has the exit: the task is done here for good."""
+        """The server has the exit: the task is done here for good. A task
+        that ran under another uid leaves nothing in its sandbox (that uid
+        may be another task's next); otherwise its working files stay."""
         (task.dir / REPORTED).touch()
         self.tasks.pop(task.id, None)
-        for scratch in (task.resume_dir, task.checkpoint_dir, task.dir / "checkpoint.tar"):
-            if scratch.is_dir():
-                shutil.rmtree(scratch, ignore_errors=True)
-            elif scratch.exists():
-                scratch.unlink()
+        scratch = [task.resume_dir, task.checkpoint_dir]
+        if task.identity is not None and task.sandbox is not None:
+            scratch = [task.sandbox]
+        for path in scratch:
+            # rmtree removes a link in place of the directory, never its target.
+            if path.is_symlink():
+                path.unlink()
+            elif path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
     def has_checkpoint(task: LocalTask) -> bool:
         """Whether the task saved anything to its checkpoint directory."""
         try:
-            with os.scandir(task.checkpoint_dir) as entries:
-                return next(entries, None) is not None
+            fd = os.open(task.checkpoint_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
             return False
+        try:
+            with os.scandir(fd) as entries:
+                return next(entries, None) is not None
+        finally:
+            os.close(fd)
 
-    def pack_checkpoint(self, task: LocalTask) -> Path | None:
-        """A tar of what the task saved to its checkpoint directory, if anything."""
+    def pack_checkpoint(self, task: LocalTask, limit: int) -> checkpoint.Packed | None:
+        """A new tar, in the agent's records, of the regular files and
+        directories the task saved to its checkpoint directory (None: it
+        saved none). Never a tar the task wrote."""
         if not self.has_checkpoint(task):
             return None
-        path = task.dir / "checkpoint.tar"
-        with tarfile.open(path, "w") as tar:
-            tar.add(task.checkpoint_dir, arcname=".")
-        return path
+        out = task.dir / f"checkpoint-{os.urandom(6).hex()}.tar"
+        packed = checkpoint.pack(task.checkpoint_dir, out, limit, owner=task.owner)
+        if packed is not None and packed.skipped:
+            log.warning("checkpoint_entries_left_out", task=task.id,
+                        entries=packed.skipped[:20], count=len(packed.skipped))
+        return packed
+
+    def unpack_checkpoint(self, task: LocalTask, archive: Path, limit: int) -> int:
+        """Write a downloaded checkpoint to the task's ``resume/`` (the
+        number of files); ``checkpoint.CheckpointError`` when refused."""
+        if task.resume_dir.is_symlink():
+            task.resume_dir.unlink()
+        elif task.resume_dir.exists():
+            shutil.rmtree(task.resume_dir)
+        return checkpoint.unpack(archive, task.resume_dir, limit, owner=task.owner)
 
     def usage(self, task: LocalTask) -> dict[str, Any]:
         """Per-task usage for the heartbeat: tree RSS, and the guard's latest
@@ -384,8 +517,11 @@ class Runner:
                 out["rss"] = limits.tree_rss(process)
                 task.note("memory", out["rss"])
                 task.note("cpu_seconds", _tree_cpu_seconds(process))
-        with contextlib.suppress(OSError, ValueError):
-            out["guard"] = json.loads((task.dir / "usage.json").read_text())
+        data = read_task_file(task.home, USAGE_FILE, MAX_USAGE_FILE,
+                              None if task.identity is None else task.identity.uid)
+        if data is not None:
+            with contextlib.suppress(ValueError):
+                out["guard"] = json.loads(data)
         return out
 
     @staticmethod
@@ -413,14 +549,20 @@ class Runner:
     # -- records ------------------------------------------------------------------
 
     def _save(self, task: LocalTask) -> None:
+        identity = task.identity
         body = {"assignment": task.assignment.to_dict(), "pid": task.pid,
                 "create_time": task.create_time, "state": task.state,
                 "cgroup": str(task.cgroup) if task.cgroup else None,
                 "report": task.report() if task.state == "exited" else None,
                 "times": task.times, "signalled": task.signalled, "lost": task.lost,
-                "stop_state": task.stop_state}
+                "stop_state": task.stop_state,
+                "sandbox": str(task.sandbox) if task.sandbox else None,
+                "uid": identity.uid if identity else None,
+                "gid": identity.gid if identity else None}
         tmp = task.dir / (RECORD + ".tmp")
-        tmp.write_text(json.dumps(body))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(tmp, flags, 0o600), "w") as fh:
+            fh.write(json.dumps(body))
         tmp.replace(task.dir / RECORD)
 
     def _recover(self, task_dir: Path) -> LocalTask | None:
@@ -430,8 +572,11 @@ class Runner:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("unreadable_task_record", dir=str(task_dir), error=repr(exc))
             return None
-        task = LocalTask(assignment, task_dir, body.get("pid"), body.get("create_time"),
+        sandbox = Path(body["sandbox"]) if body.get("sandbox") else None
+        task = LocalTask(assignment, task_dir, sandbox, pid=body.get("pid"),
+                         create_time=body.get("create_time"),
                          times=dict(body.get("times") or {}))
+        task.identity = self.identities.adopt(task.id, body.get("uid"), body.get("gid"))
         task.signalled = bool(body.get("signalled"))
         task.lost = bool(body.get("lost"))
         task.stop_state = body.get("stop_state")
@@ -446,7 +591,7 @@ class Runner:
             task.state = "running"
             self._watch(task)
             memory = assignment.resources_base.get("memory")
-            if memory and task.cgroup is None:
+            if memory and self.support.mode is not LimitMode.CGROUP_V2:
                 with contextlib.suppress(psutil.Error):
                     self._watchdog.watch(task.id, task.pid, memory)
             log.info("task_adopted", task=task.id, pid=task.pid)
@@ -457,18 +602,23 @@ class Runner:
             if task.pid is None:
                 task.reason = "the agent stopped before the task started"
             self._save(task)
+        if task.state == "exited":
+            self.identities.release(task.id)  # and sweep what it may have left
+            if task.cgroup is not None:
+                with contextlib.suppress(OSError):
+                    limits.remove(task.cgroup)
         return task
 
 
-def _popen(command: tuple[str, ...], cwd: Path, env: dict[str, str], out: IO[bytes],
-           err: IO[bytes], cgroup: Path | None) -> subprocess.Popen[bytes]:
+def _popen(command: list[str], cwd: Path, env: dict[str, str], out: int, err: int,
+           cgroup: Path | None, exit_file: Path) -> subprocess.Popen[bytes]:
     if not command:
         raise ValueError("the job has no command")
     procs = str(cgroup / "cgroup.procs") if cgroup is not None else ""
     # Its own session, so the whole task can be signalled and killed as a
     # process group; the shim does the rest of what task_preexec would.
     return subprocess.Popen(
-        ["/bin/sh", "-c", SHIM, "apportion-task", procs, *command],
+        ["/bin/sh", "-c", SHIM, "apportion-task", procs, str(exit_file), *command],
         cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
         start_new_session=True, close_fds=True,
     )

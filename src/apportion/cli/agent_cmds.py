@@ -13,7 +13,7 @@ import typer
 
 from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
 from apportion.cli.output import api_errors, console, err_console, show
-from apportion.client import Client, ClientError, resolve
+from apportion.client import Client, ClientError, read_config, resolve
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -40,9 +40,33 @@ def default_work_dir(name: str) -> Path:
     return default_data_dir() / "agent" / name
 
 
+TOKEN_ON_COMMAND_LINE = (
+    "--token: a token on the command line is readable by every local user in "
+    "/proc/<pid>/cmdline; give the agent its token with --token-file PATH (a file only "
+    "its user can read, mode 600), APPORTION_TOKEN_FILE, or APPORTION_TOKEN in its "
+    "environment (which the agent scrubs)")
+
+
 def agent(
     server: ServerOpt = None,
-    token: TokenOpt = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="refused: use --token-file (a command line is public)")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="file (mode 600) holding the agent token (APPORTION_TOKEN_FILE)")]
+    = None,
+    task_user: Annotated[str | None, typer.Option(
+        "--task-user", help="run tasks as this user (default when root: nobody; "
+        "'root' only if said)")] = None,
+    task_uids: Annotated[str | None, typer.Option(
+        "--task-uids", help="give each task its own uid from LOW-HIGH (root only)")] = None,
+    sandbox_dir: Annotated[Path | None, typer.Option(
+        "--sandbox-dir", help="where task directories go (default WORK_DIR/sandbox, or "
+        "/var/lib/apportion/sandbox/NAME when task users cannot reach that)")] = None,
+    gpu_isolation: Annotated[str, typer.Option(
+        "--gpu-isolation", help="auto (the strongest the host allows), cgroup_devices, "
+        "mount_namespace or env_only")] = "auto",
+    checkpoint_max: Annotated[str, typer.Option(
+        "--checkpoint-max", help="largest checkpoint per task, packed or unpacked")] = "1Gi",
     name: Annotated[str | None, typer.Option("--name", help="node name (default: hostname)")]
     = None,
     labels: Annotated[str | None, typer.Option("--labels", help="facility=texas-1,zone=a")]
@@ -67,25 +91,66 @@ def agent(
         "--on-exit", help="leave (tasks keep running for the next agent) or stop")] = "leave",
 ) -> None:
     """Run this node's agent: discover, register, heartbeat, run tasks."""
+    from apportion.agent.gpu_isolation import GpuMode
+    from apportion.agent.isolation import IsolationError, choose_isolation
     from apportion.agent.main import AgentConfig, run_agent
     from apportion.logs import configure_logging
 
     configure_logging()
-    conn = resolve(server, token)
-    if not conn.token:
-        raise typer.BadParameter("--token (or APPORTION_TOKEN): the agent needs an agent token")
+    secret = _agent_token(token, token_file)
     if on_exit not in ("leave", "stop"):
         raise typer.BadParameter("--on-exit: leave or stop")
+    try:
+        isolation = choose_isolation(task_user, task_uids)
+    except IsolationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    modes = ("auto", *(m.value for m in GpuMode))
+    if gpu_isolation not in modes:
+        raise typer.BadParameter(f"--gpu-isolation: one of {', '.join(modes)}")
     node = name or socket.gethostname()
     config = AgentConfig(
-        conn.server, conn.token, node, (work_dir or default_work_dir(node)).resolve(),
+        resolve(server).server, secret, node, (work_dir or default_work_dir(node)).resolve(),
         labels=parse_pairs(labels, "--labels"), declared=_quantities(resources, "resources"),
         reserve=_quantities(reserve, "reserve") or {}, devices_file=devices,
         heartbeat_s=heartbeat, stop_after_disconnect_s=stop_after_disconnect, rescan_s=rescan,
         poll_wait_s=poll_wait, log_interval_s=log_interval, watchdog_s=watchdog,
-        on_exit=on_exit,
+        on_exit=on_exit, isolation=isolation,
+        checkpoint_max=_quantity("storage", checkpoint_max, "--checkpoint-max"),
+        sandbox_dir=sandbox_dir.resolve() if sandbox_dir else None,
+        gpu_isolation=None if gpu_isolation == "auto" else GpuMode(gpu_isolation),
     )
     run_agent(config)
+
+
+def _agent_token(token: str | None, token_file: Path | None) -> str:
+    """The agent's token from a file or its (then scrubbed) environment;
+    never from the command line."""
+    from apportion.agent.credentials import TokenError, take_token
+
+    if token is not None:
+        raise typer.BadParameter(TOKEN_ON_COMMAND_LINE)
+    try:
+        secret = take_token(token_file)
+    except TokenError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    secret = secret or read_config().get("token")
+    if not secret:
+        raise typer.BadParameter("the agent needs an agent token: --token-file PATH, "
+                                 "APPORTION_TOKEN_FILE or APPORTION_TOKEN")
+    return str(secret)
+
+
+def _quantity(resource: str, text: str, what: str) -> int:
+    from apportion.core.resources import parse_quantity
+    from apportion.exceptions import ApportionError
+
+    try:
+        value = parse_quantity(resource, text, what)
+    except ApportionError as exc:
+        raise typer.BadParameter(exc.message) from None
+    if value <= 0:
+        raise typer.BadParameter(f"{what}: must be more than 0")
+    return value
 
 
 def submit(

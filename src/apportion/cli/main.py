@@ -194,9 +194,12 @@ def _local_admin_token(settings: Settings, url: str) -> str:
         engine.dispose()
 
 
-def _local_agent_token(settings: Settings, name: str) -> str:
+_SECRET_ENV = ("APPORTION_TOKEN", "APPORTION_TOKEN_FILE", "APPORTION_ADMIN_TOKEN")
+
+
+def _local_agent_token(settings: Settings, name: str) -> Path:
     """An ``agent`` token for this machine's node, kept in the data directory
-    (reused while this store knows it)."""
+    (reused while this store knows it); the file's path."""
     from apportion.service.auth import Authenticator
     from apportion.store.database import create_engine
     from apportion.store.tokens import find_token
@@ -209,15 +212,19 @@ def _local_agent_token(settings: Settings, name: str) -> str:
             with engine.connect() as conn:
                 record = find_token(conn, known)
             if record is not None and (record.role, record.name) == ("agent", name):
-                return known
+                path.chmod(0o600)
+                return path
         token, _ = Authenticator(engine).create(name, "agent")
     finally:
         engine.dispose()
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(token)
-    tmp.chmod(0o600)
+    tmp.unlink(missing_ok=True)
+    # Created 0600, never readable by others even for a moment: the agent
+    # refuses a token file others can read.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(token)
     tmp.replace(path)
-    return token
+    return path
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -235,14 +242,17 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
-def _start_local_agent(url: str, token: str, name: str, data_dir: Path) -> subprocess.Popen[bytes]:
+def _start_local_agent(url: str, token_file: Path, name: str,
+                       data_dir: Path) -> subprocess.Popen[bytes]:
     """A real agent for this machine: it discovers what the machine has,
     registers it, and runs the tasks submitted here; it stops them when
-    ``up`` stops."""
+    ``up`` stops. Its token goes by file (0600), never on its command line
+    (public in /proc) nor in its environment."""
     command = [sys.executable, "-m", "apportion.cli.main", "agent", "--server", url,
-               "--token", token, "--name", name, "--labels", "facility=local",
+               "--token-file", str(token_file), "--name", name, "--labels", "facility=local",
                "--work-dir", str(data_dir / "agent"), "--on-exit", "stop"]
-    return subprocess.Popen(command, preexec_fn=_die_with_parent())
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent())
 
 
 def _announce_when_up(url: str, token: str, name: str, data_dir: Path) -> None:

@@ -66,8 +66,11 @@ def startup_script(
     agent_command: str = "apportion agent",
 ) -> str:
     """A bash script for a fresh Linux VM: keep the join token in a root-only
-    environment file, install apportion, run the agent as a systemd service
-    (``Delegate=yes`` so it can confine tasks with cgroup v2)."""
+    file the agent reads (``APPORTION_TOKEN_FILE``: never in its environment
+    or on its command line), install apportion, run the agent as a systemd
+    service (``Delegate=yes`` so it can confine tasks with cgroup v2). Its
+    tasks run as ``nobody``; ``/var/lib/apportion`` stays searchable (0711)
+    so they reach their directories under the work directory."""
     check_join(join, labels)
     args = " ".join(agent_args(name, labels, resources))
     return f"""#!/bin/bash
@@ -75,9 +78,13 @@ def startup_script(
 set -euo pipefail
 umask 077
 mkdir -p /etc/apportion {WORK_DIR}
+chmod 711 {WORK_DIR.rsplit("/", 1)[0]}
+cat > /etc/apportion/agent.token <<'APPORTION_EOF'
+{join.join_token.reveal()}
+APPORTION_EOF
 cat > /etc/apportion/agent.env <<'APPORTION_EOF'
 APPORTION_SERVER={join.server_url}
-APPORTION_TOKEN={join.join_token.reveal()}
+APPORTION_TOKEN_FILE=/etc/apportion/agent.token
 APPORTION_EOF
 {install}
 cat > /etc/systemd/system/apportion-agent.service <<'APPORTION_EOF'

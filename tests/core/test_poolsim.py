@@ -14,7 +14,11 @@ from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.simulator import SimConfig, SimJob, SimResult, simulate
 
 CPU = 1000
-STRATEGIES = ("fifo", "sjf", "fairshare", "adaptive", "priority", "sla", "binpack", "spread")
+STRATEGIES = ("fifo", "sjf", "fairshare", "priority", "sla", "binpack", "spread")
+"""Not adaptive: it corrects running jobs' planned ends on the node model (issue 16)."""
+AUDIT = ("reservation_moves",)
+"""The pool plans the head's reservation only when a job could pass it, the
+node model at every blocked cycle: the moves they count may differ."""
 
 
 @st.composite
@@ -55,8 +59,15 @@ def test_pool_starts_every_job_when_the_nodes_do(
     pool = simulate(jobs, nodes, config)
     node = simulate(jobs, nodes, config, counted_pool=False)
     assert starts(pool) == starts(node)
-    assert pool.metrics == node.metrics
+    assert {k: v for k, v in pool.metrics.items() if k not in AUDIT} == \
+        {k: v for k, v in node.metrics.items() if k not in AUDIT}
     assert pool.unscheduled == node.unscheduled
+
+
+def test_adaptive_replays_on_the_node_model() -> None:
+    nodes = [Node(f"n{i}", {"cpu": 1000}) for i in range(2)]
+    job = SimJob(Job("a", (TaskSpec({"cpu": 1000}),), runtime_estimate=10.0), 0.0, 5.0)
+    assert poolsim.eligible(nodes, [job.job], SchedulerConfig(strategy="adaptive"), {}) is None
 
 
 def test_only_a_pool_of_whole_node_tasks_is_eligible() -> None:

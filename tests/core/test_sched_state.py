@@ -97,3 +97,15 @@ def test_copy_is_independent() -> None:
     twin.start(a, [TaskPlacement("n0", {"cpu": 1000})], 0.0)
     assert state.free("n0")["cpu"] == 4000
     assert twin.free("n0")["cpu"] == 3000
+
+
+def test_reestimate_moves_a_running_jobs_expected_end() -> None:
+    state = ClusterState([Node("n", {"cpu": 4000})])
+    state.start(job("a", {"cpu": 1000}), [TaskPlacement("n", {"cpu": 1000})], 0.0, 50.0)
+    assert state.past_estimate(60.0) == {"n": {"cpu": 1000}}
+    changes = state.changes
+    state.reestimate("a", 120.0)
+    assert list(state.ends) == [(120.0, "a")]
+    assert state.running["a"].estimate == 120.0
+    assert state.past_estimate(60.0) == {}
+    assert state.changes > changes  # cached backfill plans no longer hold

@@ -117,3 +117,40 @@ def test_replay_is_deterministic_and_easy_beats_none_on_a_real_log_slice() -> No
     assert runs["easy"][0] == runs["easy"][1]
     easy, none = runs["easy"][0]["mean_bounded_slowdown"], runs["none"][0]["mean_bounded_slowdown"]
     assert easy is not None and none is not None and easy < none
+
+
+OVERRUN = """\
+; MaxNodes: 4
+; MaxProcs: 4
+1 0 -1 100 3 -1 -1 3 50 -1 1 -1 -1 -1 -1 -1 -1 -1
+2 10 -1 10 4 -1 -1 4 10 -1 1 -1 -1 -1 -1 -1 -1 -1
+3 60 -1 5 1 -1 -1 1 5 -1 1 -1 -1 -1 -1 -1 -1 -1
+4 70 -1 5 1 -1 -1 1 5 -1 1 -1 -1 -1 -1 -1 -1 -1
+"""
+
+
+def test_estimate_error_and_reservation_moves(tmp_path: Path) -> None:
+    # Job 1 asks for 50 s and runs 100 s. Under FIFO the head (job 2) is
+    # reserved for 50, then "now" at 60 and at 70: two moves. Adaptive
+    # raises job 1's estimate to 50 + 60 s when it passes 50, so the head's
+    # reservation moves once, to 110, and stays there.
+    path = tmp_path / "t.swf"
+    path.write_text(OVERRUN)
+    trace = read_trace(path)
+    out = {}
+    for strategy in ("fifo", "adaptive"):
+        result = simulate(trace.jobs, trace.nodes, SimConfig(SchedulerConfig(strategy=strategy)))
+        out[strategy] = (result.metrics["estimate_mae_s"], result.metrics["reservation_moves"])
+    assert out == {"fifo": (12.5, 2), "adaptive": (12.5, 1)}
+
+
+def test_learn_only_hides_stand_in_estimates_from_learning_strategies(tmp_path: Path) -> None:
+    path = tmp_path / "t.swf"
+    path.write_text(SWF)
+    trace = read_trace(path)  # job 7 has no requested time: its run time stands in
+    config = SchedulerConfig(strategy="adaptive", backfill="none")
+    seen = simulate(trace.jobs, trace.nodes, SimConfig(config))
+    hidden = simulate(trace.jobs, trace.nodes, SimConfig(config, learn_only=True))
+    assert seen.metrics["estimate_mae_s"] == 2.5
+    # Nothing learned yet when job 7 starts: it runs with no estimate at all.
+    assert hidden.metrics["estimate_mae_s"] == pytest.approx(10 / 3)

@@ -47,9 +47,12 @@ def test_json_has_the_documented_fields(trace: Path) -> None:
     data = json.loads(result.stdout)
     for key in ("jobs", "dropped", "mean_wait_s", "median_wait_s", "p95_wait_s", "max_wait_s",
                 "mean_bounded_slowdown", "utilization", "makespan_s", "preemptions",
-                "deadline_misses", "wall_s", "real_mean_wait_s"):
+                "deadline_misses", "wall_s", "real_mean_wait_s", "estimate_mae_s",
+                "reservation_moves"):
         assert key in data, key
     assert (data["jobs"], data["dropped"], data["mean_wait_s"]) == (3, 1, 30.0)
+    # Job 2 asked for 60 s and ran 50 s; the others asked for what they ran.
+    assert (data["estimate_mae_s"], data["reservation_moves"]) == (pytest.approx(10 / 3), 0)
     assert data["trace"]["dropped"] == {"run time 0 or unknown": 1}
 
 
@@ -60,6 +63,7 @@ def test_compare_prints_one_table_with_the_real_log(trace: Path, tmp_path: Path)
         "--backfills", "none,easy", "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert result.output.count("fifo") >= 2 and "real log" in result.output
+    assert "est MAE h" in result.output and "res moves" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["strategy"], r["backfill"]) for r in summary["runs"]] == [
         ("fifo", "none"), ("fifo", "easy"), ("sjf", "none"), ("sjf", "easy")]

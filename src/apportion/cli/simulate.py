@@ -233,7 +233,7 @@ def _print(loaded: Trace, results: Sequence[_Run], compare: bool) -> None:
     table = Table(title="simulated" if compare else None)
     for col in ("strategy", "backfill", "mean wait h", "median wait h", "p95 wait h",
                 "max wait h", "mean bsld", "util", "makespan h", "preempt", "deadline miss",
-                "wall s"):
+                "est MAE h", "res moves", "wall s"):
         table.add_column(col, justify="left" if col in ("strategy", "backfill") else "right")
     for r in results:
         m = r.result.metrics
@@ -241,11 +241,13 @@ def _print(loaded: Trace, results: Sequence[_Run], compare: bool) -> None:
                       _hours(m["median_wait_s"]), _hours(m["p95_wait_s"]),
                       _hours(m["max_wait_s"]), _num(m["mean_bounded_slowdown"]),
                       _num(m["utilization"], 3), _hours(m["makespan_s"]),
-                      str(m["preemptions"]), str(m["deadline_misses"]), f"{r.wall:.2f}")
+                      str(m["preemptions"]), str(m["deadline_misses"]),
+                      _hours(m.get("estimate_mae_s")), str(m.get("reservation_moves", "-")),
+                      f"{r.wall:.2f}")
     real = results[0].result.metrics if results else {}
     if real.get("real_mean_wait_s") is not None:
         table.add_row("[italic]real log[/italic]", "-", _hours(real["real_mean_wait_s"]), "", "",
-                      "", _num(real["real_mean_bounded_slowdown"]), "", "", "", "", "")
+                      "", _num(real["real_mean_bounded_slowdown"]), "", "", "", "", "", "", "")
     c.print(table)
     if real.get("real_mean_wait_s") is not None:
         c.print("real log: the waits the site's own scheduler produced (SWF field 3), "

@@ -28,6 +28,7 @@ from typing import cast
 from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
+from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
@@ -38,14 +39,13 @@ from apportion.core.scheduling.policies import (
     Fifo,
     OrderContext,
     Priority,
-    ResponseRatio,
-    RuntimeHistory,
     ShortestFirst,
     strategy,
 )
 from apportion.core.scheduling.state import ClusterState
 
-_KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, ResponseRatio)
+# Not the adaptive order: it corrects running jobs' ends on the node model's state.
+_KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline)
 
 
 def eligible(
@@ -98,7 +98,7 @@ class PoolCluster:
     """Idle-node count, running jobs and the ordered queue of a counted pool."""
 
     def __init__(self, resource: str, amount: int, size: int, config: SchedulerConfig,
-                 queues: Mapping[str, Queue], history: RuntimeHistory) -> None:
+                 queues: Mapping[str, Queue], history: RuntimeHistory | None) -> None:
         self.resource, self.amount, self.size = resource, amount, size
         self.free = size
         self.config = config
@@ -106,6 +106,8 @@ class PoolCluster:
         self.strat = strategy(config.strategy)
         self.estimate = estimator(self.strat, history, config.default_estimate)
         self.running: dict[str, tuple[Job, int]] = {}
+        self.reserved: list[tuple[str, float]] = []
+        """(job id, planned start) of the reservations the last cycle made."""
         self.ends = SortedList()
         """(start + estimate, job id) of running jobs with an estimate."""
         self._ends_of: dict[str, float] = {}
@@ -239,9 +241,12 @@ class PoolCluster:
 
     def cycle(self, now: float) -> list[str]:
         """The jobs that start at ``now``, as ``schedule_cycle`` would start them."""
-        if self.free < self.least:
-            return []
+        self.reserved.clear()
         mode = self.config.backfill
+        if self.free < self.least:
+            if mode == "easy":
+                self._plan_head(now)
+            return []
         if mode == "conservative":
             started = self._conservative(now)
         else:
@@ -262,19 +267,20 @@ class PoolCluster:
             self._begin(job, need, now, started)
         if head is None or not easy:
             return started
-        extra = -1  # nodes the head leaves free at its reservation; -1: not computed
-        at = 0.0
+        # The head's reservation is planned even when nothing will pass it,
+        # as the cycle plans it: a reservation that moves later is what the
+        # estimate audit counts, and it must count the same on both paths.
+        found = self._reservation(head.task_count, now)
+        if found is None:
+            return started  # the head's start cannot be planned: nothing passes it
+        at, extra = found
+        self.reserved.append((head.id, at))
         for job in it:
             if self.free < self.least:
                 break
             need = job.task_count
             if need > self.free:
                 continue  # the summed-free check
-            if extra < 0:
-                found = self._reservation(head.task_count, now)
-                if found is None:
-                    break  # the head's start cannot be planned: nothing passes it
-                at, extra = found
             est = self.estimate(job)
             if est is not None and now + est <= at:
                 self._begin(job, need, now, started)
@@ -282,6 +288,14 @@ class PoolCluster:
                 self._begin(job, need, now, started)
                 extra -= need
         return started
+
+    def _plan_head(self, now: float) -> None:
+        """The head's reservation on a cycle that starts nothing, as the
+        cycle plans it: the estimate audit counts the moves of every planned
+        reservation, on both paths alike."""
+        head = next(self._ordered(now), None)
+        if head is not None and (found := self._reservation(head.task_count, now)):
+            self.reserved.append((head.id, found[0]))
 
     def _reservation(self, need: int, now: float) -> tuple[float, int] | None:
         """``pool_reservation``: the first expected end after which the idle
@@ -325,6 +339,7 @@ class PoolCluster:
                 t = None if deep else profile.earliest(need, est, later_than=now)
             if t is not None and not deep:
                 profile.reserve(t, need, est)
+                self.reserved.append((job.id, t))
                 reserved += 1
         return started
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field, replace
 
 from apportion.core import poolsim
 from apportion.core.model import Node
-from apportion.core.scheduling.cycle import SchedulerConfig, schedule_cycle
+from apportion.core.scheduling.adaptive import RuntimeHistory
+from apportion.core.scheduling.cycle import CycleResult, SchedulerConfig, schedule_cycle
 from apportion.core.scheduling.jobs import Job, Queue
-from apportion.core.scheduling.policies import RuntimeHistory, strategy
+from apportion.core.scheduling.policies import strategy
 from apportion.core.scheduling.state import ClusterState
 
 BOUND_S = 10.0
@@ -41,7 +42,7 @@ class SimJob:
     run_time: float
     estimate_given: bool = True
     """False when the trace had no estimate and the actual run time stands in
-    for it; learning strategies then see no estimate and learn one."""
+    for it (for every strategy, unless ``SimConfig.learn_only``)."""
     real_wait: float | None = None
     """The wait the real scheduler produced (SWF field 3), if recorded."""
 
@@ -53,6 +54,10 @@ class SimConfig:
     """The resource utilization is measured on (cpu for SWF, gpu for GPU traces)."""
     max_series: int = 2000
     """Points kept for the queue-length and utilization time series."""
+    learn_only: bool = False
+    """Hide the stand-in estimates (``SimJob.estimate_given`` False) from
+    learning strategies, so they plan on what they learn alone; by default
+    every strategy plans on the same information."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +111,8 @@ def simulate(
     ``counted_pool=False`` keeps the node-level model even where the pool
     applies (the tests compare the two)."""
     learns = strategy(config.scheduler.strategy).learns
-    runs = {sj.job.id: _Run(_as_submitted(sj, learns), sj.run_time, sj.job.submit_time)
+    hide = learns and config.learn_only
+    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time)
             for sj in jobs}
     order = sorted(runs.values(), key=lambda r: (r.submit, r.job.id))
     state = ClusterState(nodes)
@@ -114,7 +120,8 @@ def simulate(
     queues = dict(queues or {})
     for r in order:
         queues.setdefault(r.job.queue, Queue(r.job.queue))
-    engine = _Engine(state, config, queues, runs, capacity)
+    # Only a learning strategy reads the history; the others skip its upkeep.
+    engine = _Engine(state, config, queues, runs, capacity, RuntimeHistory() if learns else None)
     shape = counted_pool and poolsim.eligible(nodes, [r.job for r in order], config.scheduler,
                                               queues)
     if shape:
@@ -124,8 +131,8 @@ def simulate(
     return engine.result(jobs)
 
 
-def _as_submitted(sj: SimJob, learns: bool) -> Job:
-    if learns and not sj.estimate_given and sj.job.runtime_estimate is not None:
+def _as_submitted(sj: SimJob, hide: bool) -> Job:
+    if hide and not sj.estimate_given and sj.job.runtime_estimate is not None:
         return replace(sj.job, runtime_estimate=None)
     return sj.job
 
@@ -137,7 +144,7 @@ class _Engine:
     queues: dict[str, Queue]
     runs: dict[str, _Run]
     capacity: int
-    history: RuntimeHistory = field(default_factory=RuntimeHistory)
+    history: RuntimeHistory | None = None
     pending: dict[str, Job] = field(default_factory=dict)
     ends: list[tuple[float, int, str]] = field(default_factory=list)
     done: list[_Run] = field(default_factory=list)
@@ -147,6 +154,7 @@ class _Engine:
     seq: int = 0
     series: list[tuple[float, int, float]] = field(default_factory=list)
     pool: poolsim.PoolCluster | None = None
+    audit: EstimateAudit = field(default_factory=lambda: EstimateAudit())
 
     def run(self, order: list[_Run], progress: Callable[[int, int], None] | None) -> None:
         total = len(order)
@@ -180,17 +188,21 @@ class _Engine:
         job = self.state.finish(job_id).job if self.pool is None else self.pool.finish(job_id)
         self.used -= job.total.get(self.config.primary, 0)
         run.end = now
-        self.history.record(run.job, run.run_time)
+        if self.history is not None:
+            self.history.record(run.job, run.run_time)
         self.done.append(run)
 
     def _cycle(self, now: float) -> None:
         if self.pool is not None:
-            self._started(self.pool.cycle(now), now)
+            started = self.pool.cycle(now)
+            self.audit.pool_cycle(self.pool, started, self.runs)
+            self._started(started, now)
             return
         result = schedule_cycle(
             self.state, list(self.pending.values()), now, self.config.scheduler,
             queues=self.queues, history=self.history,
         )
+        self.audit.cycle(result, self.runs)
         for pre in result.preemptions:
             self._preempted(pre.victim, now)
         self._started([placement.job_id for placement in result.placements], now)
@@ -278,6 +290,7 @@ def _metrics(records: Sequence[JobRecord], engine: _Engine, jobs: Sequence[SimJo
         "deadline_misses": sum(1 for r in records if r.deadline_missed),
         "unscheduled": len(engine.pending),
     }
+    out.update(engine.audit.metrics())
     out.update(_real(jobs))
     return out
 
@@ -305,3 +318,54 @@ def _downsample(
         tuple(s[1] for s in kept),
         tuple(s[2] for s in kept),
     )
+
+
+@dataclass(slots=True)
+class EstimateAudit:
+    """How good the run times a strategy planned with were: the mean absolute
+    error of the estimate each job started with (against its real run time),
+    and how often a waiting job's reservation moved later (a running job
+    outlived the end planned for it)."""
+
+    error_sum: float = 0.0
+    estimated: int = 0
+    reserved: dict[str, float] = field(default_factory=dict)
+    moves: int = 0
+
+    def cycle(self, result: CycleResult, runs: Mapping[str, _Run]) -> None:
+        reserved = self.reserved
+        for res in result.reservations:
+            before = reserved.get(res.job_id)
+            if before is not None and res.start > before:
+                self.moves += 1
+            reserved[res.job_id] = res.start
+        for placement in result.placements:
+            reserved.pop(placement.job_id, None)
+            if placement.estimate is not None:
+                self.error_sum += abs(placement.estimate - runs[placement.job_id].run_time)
+                self.estimated += 1
+
+    def pool_cycle(self, pool: poolsim.PoolCluster, started: list[str],
+                   runs: Mapping[str, _Run]) -> None:
+        """The same record from the counted pool's cycle: the reservations it
+        planned (it plans the head's only when a job could pass it) and the
+        estimate each started job was planned with."""
+        reserved = self.reserved
+        for job_id, at in pool.reserved:
+            before = reserved.get(job_id)
+            if before is not None and at > before:
+                self.moves += 1
+            reserved[job_id] = at
+        for job_id in started:
+            reserved.pop(job_id, None)
+            run = runs[job_id]
+            estimate = pool.estimate(run.job)
+            if estimate is not None:
+                self.error_sum += abs(estimate - run.run_time)
+                self.estimated += 1
+
+    def metrics(self) -> dict[str, float | int | None]:
+        return {
+            "estimate_mae_s": self.error_sum / self.estimated if self.estimated else None,
+            "reservation_moves": self.moves,
+        }

@@ -5,6 +5,7 @@ The server and the simulator call ``schedule_cycle`` with a ``ClusterState``
 they keep up to date; see ``docs/scheduling.md``.
 """
 
+from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import Reservation
 from apportion.core.scheduling.constraints import Constraints, parse_constraints
 from apportion.core.scheduling.cycle import (
@@ -29,7 +30,7 @@ from apportion.core.scheduling.jobs import (
     TaskSpec,
     job,
 )
-from apportion.core.scheduling.policies import STRATEGIES, RuntimeHistory, Strategy
+from apportion.core.scheduling.policies import STRATEGIES, Strategy
 from apportion.core.scheduling.state import ClusterState
 
 __all__ = [

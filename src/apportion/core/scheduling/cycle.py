@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling import preemption
+from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import (
     HeadReservation,
     Profile,
@@ -38,11 +39,12 @@ from apportion.core.scheduling.backfill import (
 from apportion.core.scheduling.filters import Code, Kind, class_verdict
 from apportion.core.scheduling.framework import Failure, Placer
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
-from apportion.core.scheduling.policies import OrderContext, RuntimeHistory, Strategy, strategy
+from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
 from apportion.exceptions import InvalidInput
 
 BACKFILL_MODES = ("none", "easy", "conservative")
+INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,9 @@ class SchedulerConfig:
     backfill: str = "easy"
     aging_rate: float = 1.0 / 600
     """Priority points a pending job gains per second waited (priority policy)."""
+    aging_bound_s: float = 3 * 86400.0
+    """``adaptive`` with backfilling: a job that has waited this long goes
+    ahead of every job that has waited less, in submit order."""
     preemption: bool = True
     preemption_grace_s: float = 30.0
     """How long victims take to stop; a job that known running-job ends
@@ -123,13 +128,14 @@ def estimator(
 ) -> Callable[[Job], float | None]:
     """The run time a strategy plans with for a job."""
 
+    learned = history.estimate if strat.learns and history is not None else None
+
     def estimate(job: Job) -> float | None:
+        if learned is not None:
+            guess = learned(job)
+            return default if guess is None else guess
         if job.runtime_estimate is not None:
             return job.runtime_estimate
-        if strat.learns and history is not None:
-            guess = history.predict(job)
-            if guess is not None:
-                return guess
         return default
 
     return estimate
@@ -173,8 +179,17 @@ def schedule_cycle(
     which jobs are preempted; ``state`` is updated with the decisions."""
     strat = strategy(config.strategy)
     estimate = estimator(strat, history, config.default_estimate)
+    rank = None
+    if strat.learns and history is not None:
+        history.correct(state, now)  # before anything is planned on the old ends
+        rank = history.rank
     queues = queues or {}
-    ctx = OrderContext(now, queues, state, estimate, config.aging_rate)
+    # Without backfilling an aged head blocks everything behind it, and on
+    # KTH a 3-day bound drained the machine (docs/scheduling.md, Adaptive).
+    # The response ratio alone still grows without bound, so nobody waits for
+    # ever; the bound is for backfilling, where later jobs pass the head.
+    bound = config.aging_bound_s if config.backfill != "none" else INF
+    ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank)
     ordered = strat.order.order(pending, ctx)
     p = _Pass(state, now, config, queues, Placer(state, strat.options), estimate)
     p.lowest_victim = _lowest_victim(state) if config.preemption else None

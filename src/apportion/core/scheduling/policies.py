@@ -11,10 +11,11 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol
 
+from apportion.core.scheduling.adaptive import AdaptiveOrder
 from apportion.core.scheduling.framework import PlaceOptions, ScorePlugin
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.scorers import SCORERS
@@ -31,6 +32,12 @@ class OrderContext:
     state: ClusterState
     estimate: Callable[[Job], float | None]
     aging_rate: float
+    aging_bound: float = INF
+    """Seconds after which a job goes ahead of every job that has waited
+    less (the ``adaptive`` order)."""
+    rank: Callable[[Job], float | None] | None = None
+    """The run time to order by when it differs from the one planned with
+    (``adaptive``: a learned value too poor to plan on does not reorder jobs)."""
 
 
 class OrderPolicy(Protocol):
@@ -94,25 +101,6 @@ class EarliestDeadline:
         )
 
 
-class ResponseRatio:
-    """Highest response ratio next: (wait + estimate) / estimate. Short jobs
-    go first, and a long job's ratio grows while it waits, so it cannot
-    starve. With learned estimates this is the ``adaptive`` order."""
-
-    name = "hrrn"
-
-    def order(self, jobs: Sequence[Job], ctx: OrderContext) -> list[Job]:
-        now = ctx.now
-
-        def key(j: Job) -> tuple[float, float, str]:
-            est = ctx.estimate(j)
-            wait = max(0.0, now - j.submit_time)
-            ratio = 1.0 if est is None else (wait + max(est, 1.0)) / max(est, 1.0)
-            return (-ratio, j.submit_time, j.id)
-
-        return sorted(jobs, key=key)
-
-
 class FairShare:
     """Dominant-resource fair share across queues, weighted.
 
@@ -159,56 +147,6 @@ class FairShare:
         return dominant / weight
 
 
-# -- learned run times ----------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RuntimeHistory:
-    """Run times of finished jobs, by (name, user), user and name, to guess
-    the run time of a job whose user gave none.
-
-    The guess is the mean of the last ``depth`` runs under the most specific
-    key seen (Tsafrir, Etsion & Feitelson 2007 found the last two runs of a
-    user a better predictor than the user's own estimate), else the mean of
-    the last ``fallback`` runs of anyone.
-    """
-
-    depth: int = 2
-    fallback: int = 50
-    by_key: dict[tuple[str, str | None, str | None], deque[float]] = field(default_factory=dict)
-    recent: deque[float] = field(default_factory=deque)
-
-    def record(self, job: Job, run_time: float) -> None:
-        for key in self._keys(job):
-            runs = self.by_key.get(key)
-            if runs is None:
-                runs = self.by_key[key] = deque(maxlen=self.depth)
-            runs.append(run_time)
-        self.recent.append(run_time)
-        if len(self.recent) > self.fallback:
-            self.recent.popleft()
-
-    def predict(self, job: Job) -> float | None:
-        for key in self._keys(job):
-            runs = self.by_key.get(key)
-            if runs:
-                return sum(runs) / len(runs)
-        if self.recent:
-            return sum(self.recent) / len(self.recent)
-        return None
-
-    @staticmethod
-    def _keys(job: Job) -> list[tuple[str, str | None, str | None]]:
-        keys: list[tuple[str, str | None, str | None]] = []
-        if job.name is not None and job.user is not None:
-            keys.append(("name+user", job.name, job.user))
-        if job.user is not None:
-            keys.append(("user", None, job.user))
-        if job.name is not None:
-            keys.append(("name", job.name, None))
-        return keys
-
-
 # -- strategies -----------------------------------------------------------------
 
 
@@ -218,7 +156,8 @@ class Strategy:
     order: OrderPolicy
     options: PlaceOptions
     learns: bool = False
-    """Uses learned run times for jobs that came without an estimate."""
+    """Plans with the run times a ``RuntimeHistory`` learns (weighed against
+    the jobs' own estimates) and corrects overdue jobs every cycle."""
     description: str = ""
 
 
@@ -245,9 +184,9 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("affinity", Fifo(), PlaceOptions(_scorers(affinity=4.0, topology=2.0,
                                                            binpack=1.0), limit=32),
                  description="FIFO, affinity and topology weigh most"),
-        Strategy("adaptive", ResponseRatio(), _DEFAULT, learns=True,
-                 description="highest response ratio next, run times learned from "
-                 "finished jobs of the same name/user when none is given"),
+        Strategy("adaptive", AdaptiveOrder(), _DEFAULT, learns=True,
+                 description="highest response ratio next with an aging bound; run "
+                 "times learned from finished jobs and corrected while they run"),
         Strategy("binpack", Fifo(), PlaceOptions(_scorers(binpack=1.0, affinity=1.0,
                                                           topology=1.0))),
         Strategy("spread", Fifo(), PlaceOptions(_scorers(spread=1.0, balanced=0.5,

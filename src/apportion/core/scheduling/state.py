@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -700,6 +700,13 @@ class ClusterState:
     def add_running(self, rj: RunningJob) -> None:
         """Register a job whose grants were made with ``grant`` already."""
         self._add_running(rj)
+
+    def reestimate(self, job_id: str, estimate: float) -> None:
+        """Give a running job a new run time estimate (one that outran its
+        old one): its expected end moves in the index of ends."""
+        rj = self._running[job_id]
+        self._drop_running(rj)
+        self._add_running(replace(rj, estimate=estimate))
 
     # -- transactions ----------------------------------------------------------
 

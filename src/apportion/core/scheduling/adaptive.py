@@ -1,0 +1,381 @@
+"""The ``adaptive`` strategy: run times learned from finished jobs, corrected
+while jobs run, and response-ratio order with an aging bound.
+
+Design, after Tsafrir, Etsion & Feitelson, "Backfilling using
+system-generated predictions rather than user runtime estimates" (TPDS
+2007), and Mu'alem & Feitelson (TPDS 2001):
+
+* **Learn at several levels, each used only with enough evidence.** A
+  finished job's run time is recorded under user+name, user, name, queue,
+  size class (the primary request rounded up to a power of two) and
+  globally. A level predicts once a key has ``min_runs`` runs: the mean of
+  the last two runs for the per-user levels (Tsafrir's predictor: a user's
+  recent runs beat mining the whole history), the median of the last 32 for
+  the broad ones, where one run says little.
+* **Measure every guess.** Before a finished job is learned from, each
+  level's prediction for it and its user's estimate are scored: the mean
+  log error ``|ln(predicted / actual)|`` per level and per user. A job is
+  predicted from the level with the lowest error among those with
+  evidence (the most specific on a tie), so a level that misleads (users
+  whose runs alternate) gives way to a broader one that does not.
+* **Weigh it against the user's estimate.** With both, the plan is their
+  weighted geometric mean (weights ``1 / error**2``), never above the
+  user's estimate (the kill limit: the job cannot run longer).
+* **Do not plan on a poor guess.** A level whose measured error is above
+  ``max_error`` (8x off on average) does not override the job's own
+  estimate, for planning or for ordering. A job with no estimate at all is
+  still planned on the learned value (planning it on a high quantile
+  instead stops nearly all backfilling: measured in ``docs/scheduling.md``)
+  but is not reordered by it: it keeps its place in submit order.
+* **Correct underestimates during the run.** A running job that passes its
+  predicted end is next expected at the following rung of a ladder of
+  Tsafrir's gradual increments (+1 min, +5 min, +15 min, ... +100 h) hung
+  from its first estimate, never past its kill limit while that is ahead.
+  Without it such a job is expected to end "now" at every cycle, so the
+  head job's reservation moves with the clock and every backfill decision
+  is made against a reservation that will not hold.
+* **Order** (``AdaptiveOrder``): highest response ratio next,
+  ``(wait + predicted) / predicted``, so short jobs go first (mean bounded
+  slowdown is dominated by short jobs that wait) while a long job's ratio
+  grows as it waits; and an aging bound: a job that has waited
+  ``aging_bound_s`` goes ahead of every job that has not, in submit order,
+  so a job past the bound is never again overtaken in queue order, only by
+  backfilling that its reservation allows. Shortest-predicted-first with
+  the same bound (``by="sjf"``) was measured against it:
+  ``docs/scheduling.md`` says why response ratio stays.
+
+Pure: the learner is state owned by its caller (the jobs service or the
+simulator), fed with finished jobs and asked questions; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from apportion.core.scheduling.jobs import Job, RunningJob
+
+if TYPE_CHECKING:
+    from apportion.core.scheduling.policies import OrderContext
+    from apportion.core.scheduling.state import ClusterState
+
+LEVELS = ("user+name", "user", "name", "queue", "size", "global")
+"""Where a run time is learned, most specific first."""
+
+CORRECTION_STEPS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 18000.0, 36000.0,
+                    72000.0, 180000.0, 360000.0)
+"""Tsafrir et al.'s gradual increments (1 min ... 100 h, then 100 h again): a
+job that outruns its prediction is next expected at the following rung."""
+
+_SLACK = 4096
+"""Entries the per-job caches may hold beyond the jobs in play before they
+are swept (a job cancelled while pending or running is never recorded)."""
+
+_FLOOR_S = 1.0
+"""Added to both sides of a log error, so a 0-second run does not dominate."""
+
+_EXACT = 0.01
+"""A mean log error this small (1 %) counts as exact when weighing guesses.
+An exact estimate (a log's stand-in, the run time itself) must keep nearly
+all the weight: with a floor of 5 % a poor learned value still pulled it
+off by a few tenths of a percent, hours on Philly's week-long jobs."""
+
+
+def size_class(job: Job) -> int:
+    """The job's largest request in devices or processors (gpu if asked,
+    else cpu in whole cores), rounded up to a power of two."""
+    total = job.total
+    gpus = total.get("gpu", 0)
+    amount = gpus if gpus else -(-total.get("cpu", 0) // 1000)
+    return 1 << max(0, int(amount) - 1).bit_length()
+
+
+@dataclass(frozen=True, slots=True)
+class LearnSettings:
+    min_runs: Mapping[str, int] = field(default_factory=lambda: {
+        "user+name": 2, "user": 2, "name": 3, "queue": 8, "size": 8, "global": 8})
+    """Runs a level needs before it is used (the evidence rule)."""
+    depth: Mapping[str, int] = field(default_factory=lambda: {
+        "user+name": 2, "user": 2, "name": 2, "queue": 32, "size": 32, "global": 32})
+    """Recent runs kept per key: two where the runs are one user's (Tsafrir),
+    more for the broad levels, where the median of a window is used."""
+    max_error: float = math.log(8.0)
+    """A level whose mean log error is above this (off by more than 8x on
+    average) is too poor to plan on."""
+    smoothing: float = 0.02
+    """Weight of the newest job in the running mean of each error."""
+
+
+@dataclass(slots=True)
+class _Error:
+    """A running mean of log errors (exponentially weighted)."""
+
+    mean: float = 0.0
+    count: int = 0
+
+    def add(self, value: float, smoothing: float) -> None:
+        self.count += 1
+        weight = 1.0 / self.count
+        if weight < smoothing:
+            weight = smoothing
+        self.mean += weight * (value - self.mean)
+
+
+def _log_error(predicted: float, actual: float) -> float:
+    return abs(math.log((predicted + _FLOOR_S) / (actual + _FLOOR_S)))
+
+
+@dataclass(slots=True)
+class RuntimeHistory:
+    """Run times of finished jobs and how good each kind of guess has been.
+
+    ``record`` a finished job; ``predict`` is the learned value alone,
+    ``estimate`` what the ``adaptive`` strategy plans with, ``extend`` the
+    new estimate of a running job that outran its own (see the module)."""
+
+    settings: LearnSettings = field(default_factory=LearnSettings)
+    runs: dict[tuple[str, object], deque[float]] = field(default_factory=dict)
+    typical: dict[tuple[str, object], float] = field(default_factory=dict)
+    """Per key with enough runs, the value it predicts (kept up to date as
+    runs come in: a cycle asks for every pending job's estimate)."""
+    errors: dict[str, _Error] = field(default_factory=dict)
+    """Mean log error per level, and per user (``"user:<name>"``, ``"user:"``
+    for all) of the users' own estimates."""
+    corrections: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Job id -> (start, the estimate it started with) of jobs corrected."""
+    key_cache: dict[str, tuple[list[tuple[str, object]], int]] = field(default_factory=dict)
+    """Job id -> its keys (most specific first) and the number of its
+    signature: jobs with the same keys and estimate get the same answers."""
+    signatures: dict[tuple[object, ...], int] = field(default_factory=dict)
+    answers: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
+    """Signature -> (estimate, rank), until the next ``record``: a cycle asks
+    for every pending job, and a long queue repeats a few users and sizes."""
+
+    # -- learning --------------------------------------------------------
+
+    def record(self, job: Job, run_time: float) -> None:
+        """Learn from a finished job (scoring the guesses it would have had first)."""
+        s = self.settings
+        cached = self.key_cache.pop(job.id, None)
+        keys = cached[0] if cached is not None else _keys(job)
+        self.answers.clear()
+        for key in keys:
+            value = self.typical.get(key)
+            if value is not None:
+                self._error(key[0]).add(_log_error(value, run_time), s.smoothing)
+        if job.runtime_estimate is not None:
+            err = _log_error(job.runtime_estimate, run_time)
+            self._error(f"user:{job.user or ''}").add(err, s.smoothing)
+            if job.user:
+                self._error("user:").add(err, s.smoothing)
+        for key in keys:
+            kept = self.runs.get(key)
+            if kept is None:
+                kept = self.runs[key] = deque(maxlen=s.depth[key[0]])
+            kept.append(run_time)
+            if len(kept) >= s.min_runs[key[0]]:
+                self.typical[key] = _typical(kept)
+        self.corrections.pop(job.id, None)
+
+    def _error(self, name: str) -> _Error:
+        found = self.errors.get(name)
+        if found is None:
+            found = self.errors[name] = _Error()
+        return found
+
+    # -- asking ----------------------------------------------------------
+
+    def predict(self, job: Job) -> float | None:
+        """The learned run time alone, from the level with enough runs that
+        has been the most accurate (the most specific one on a tie)."""
+        found = self._learned(job)
+        return None if found is None else found[1]
+
+    def _of(self, job: Job) -> tuple[list[tuple[str, object]], int]:
+        found = self.key_cache.get(job.id)
+        if found is None:
+            if len(self.key_cache) > 16 * _SLACK:
+                self.key_cache.clear()  # jobs cancelled before they ended
+                self.signatures.clear()
+                self.answers.clear()
+            keys = _keys(job)
+            sig = (*keys, job.runtime_estimate)
+            number = self.signatures.setdefault(sig, len(self.signatures))
+            found = self.key_cache[job.id] = (keys, number)
+        return found
+
+    def _learned(self, job: Job) -> tuple[str, float] | None:
+        keys = self._of(job)[0]
+        typical = self.typical
+        errors = self.errors
+        best: tuple[str, float] | None = None
+        best_err = math.inf
+        for key in keys:
+            value = typical.get(key)
+            if value is None:
+                continue
+            err = errors.get(key[0])
+            mean = err.mean if err is not None else math.inf
+            if best is None or mean < best_err:
+                best, best_err = (key[0], value), mean
+        return best
+
+    def estimate(self, job: Job) -> float | None:
+        """The run time to plan ``job`` with (backfill, reservations): the
+        learned one and the user's weighed by how accurate each has been;
+        the user's alone where the learned one has been too poor."""
+        return self._answers(job)[0]
+
+    def rank(self, job: Job) -> float | None:
+        """The run time to order ``job`` by: as ``estimate``, except that a
+        learned value too poor to plan on does not reorder jobs either
+        (None: the job keeps its place in submit order)."""
+        return self._answers(job)[1]
+
+    def _answers(self, job: Job) -> tuple[float | None, float | None]:
+        # Asked for every pending job in every cycle: the common path is two
+        # dictionary reads.
+        of = self.key_cache.get(job.id)
+        number = (of if of is not None else self._of(job))[1]
+        found = self.answers.get(number)
+        if found is None:
+            found = self.answers[number] = self._answer(job)
+        return found
+
+    def _answer(self, job: Job) -> tuple[float | None, float | None]:
+        found = self._learned(job)
+        given = job.runtime_estimate
+        if found is None:
+            return given, given
+        level, learned = found
+        if given is None:
+            return learned, None if self._poor(level) else learned
+        if self._poor(level):
+            return given, given
+        mixed = self._mixed(job, level, learned, given)
+        return mixed, mixed
+
+    def _poor(self, level: str) -> bool:
+        err = self.errors.get(level)
+        s = self.settings
+        return err is not None and err.count >= s.min_runs[level] and err.mean > s.max_error
+
+    def _mixed(self, job: Job, level: str, learned: float, given: float) -> float:
+        err = self.errors.get(level)
+        user_err = self.errors.get(f"user:{job.user or ''}") or self.errors.get("user:")
+        if user_err is None or err is None:
+            return min(learned, given)
+        w_learned = 1.0 / max(err.mean, _EXACT) ** 2
+        w_given = 1.0 / max(user_err.mean, _EXACT) ** 2
+        mixed = math.exp((w_learned * math.log(learned + _FLOOR_S)
+                          + w_given * math.log(given + _FLOOR_S))
+                         / (w_learned + w_given)) - _FLOOR_S
+        return max(0.0, min(mixed, given))
+
+    # -- running jobs ----------------------------------------------------
+
+    def extend(self, rj: RunningJob, now: float) -> float:
+        """A new estimate for ``rj``, which is past its own at ``now``: the
+        first end after ``now`` on the ladder of Tsafrir's increments above
+        the estimate it started with (planned + 1 min, + 5 min more, ...),
+        but not past its kill limit (the user's estimate) while that is
+        still ahead. The ladder hangs from the first estimate, so asking
+        again (as a server that rebuilds its state every cycle does) gives
+        the same answer."""
+        first = self.corrections.get(rj.job.id)
+        if first is None or first[0] != rj.start:  # a new run after a preemption
+            first = self.corrections[rj.job.id] = (rj.start, rj.estimate or 0.0)
+        elapsed = now - rj.start
+        end = first[1]
+        for step in _ladder():
+            end += step
+            if end > elapsed:
+                break
+        limit = rj.job.runtime_estimate
+        if limit is not None and limit > elapsed:
+            end = min(end, limit)
+        return end
+
+    def correct(self, state: ClusterState, now: float) -> int:
+        """Raise the estimate of every running job past it at ``now``;
+        returns how many were raised."""
+        ends = state.ends
+        cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
+        if not cut:
+            return 0
+        overdue = [job_id for _, job_id in ends.islice(0, cut)]
+        running = state.running
+        for job_id in overdue:
+            state.reestimate(job_id, self.extend(running[job_id], now))
+        if len(self.corrections) > 2 * len(running) + _SLACK:
+            # Jobs that were cancelled or preempted never finish here.
+            self.corrections = {k: v for k, v in self.corrections.items() if k in running}
+        return len(overdue)
+
+
+def _ladder() -> Iterator[float]:
+    yield from CORRECTION_STEPS
+    while True:
+        yield CORRECTION_STEPS[-1]
+
+
+def _typical(kept: Sequence[float]) -> float:
+    if len(kept) <= 2:
+        return sum(kept) / len(kept)
+    ordered = sorted(kept)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _keys(job: Job) -> list[tuple[str, object]]:
+    keys: list[tuple[str, object]] = []
+    if job.user is not None:
+        if job.name is not None:
+            keys.append(("user+name", (job.user, job.name)))
+        keys.append(("user", job.user))
+    if job.name is not None:
+        keys.append(("name", job.name))
+    keys.append(("queue", job.queue))
+    keys.append(("size", size_class(job)))
+    keys.append(("global", None))
+    return keys
+
+
+# -- order ----------------------------------------------------------------------
+
+
+class AdaptiveOrder:
+    """Jobs past the aging bound first, in submit order; then the rest by
+    ``by``: ``"sjf"`` (shortest predicted run time) or ``"hrrn"`` (highest
+    response ratio, ``(wait + estimate) / estimate``). Jobs with no estimate
+    at all come after those with one, in submit order."""
+
+    name = "adaptive"
+
+    def __init__(self, by: str = "hrrn") -> None:
+        if by not in ("sjf", "hrrn"):
+            raise ValueError(f"by: {by!r} is not sjf or hrrn")
+        self.by = by
+
+    def order(self, jobs: Sequence[Job], ctx: OrderContext) -> list[Job]:
+        now = ctx.now
+        bound = ctx.aging_bound
+        hrrn = self.by == "hrrn"
+        rank = ctx.rank or ctx.estimate
+
+        def key(j: Job) -> tuple[int, float, float, str]:
+            wait = now - j.submit_time
+            if wait >= bound:
+                return (0, 0.0, j.submit_time, j.id)
+            est = rank(j)
+            if est is None:
+                return (2, 0.0, j.submit_time, j.id)
+            if hrrn:
+                e = est if est > 1.0 else 1.0
+                return (1, -((wait if wait > 0.0 else 0.0) + e) / e, j.submit_time, j.id)
+            return (1, est, j.submit_time, j.id)
+
+        return sorted(jobs, key=key)

@@ -16,6 +16,9 @@ side on one event loop:
   agent stops its tasks, because the server then requeues them elsewhere;
 - **rescan**: discovery again on a period and on demand.
 
+What is sent (the registration, heartbeats, reports and logs) is in
+``reporting.py``; the options are in ``config.py``.
+
 What the agent keeps from its tasks (its token, its records, other tasks'
 files, GPUs not granted) is in ``isolation.py``, ``gpu_isolation.py``,
 ``credentials.py`` and ``checkpoint.py``, and docs/security.md.
@@ -32,8 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,65 +45,29 @@ import structlog
 
 from apportion.agent import checkpoint, credentials, fence
 from apportion.agent.checkpoint import CheckpointError
-from apportion.agent.discovery import AUTO, Discovery, NvmlModule, discover, load_nvml
+from apportion.agent.config import AgentConfig
+from apportion.agent.discovery import AUTO, Discovery, discover
+from apportion.agent.gpu_discovery import NvmlModule, load_nvml
 from apportion.agent.gpu_isolation import (
     ENV_ONLY,
     GpuIsolation,
     GpuIsolationError,
-    GpuMode,
     detect_gpu_isolation,
     nvidia_nodes,
 )
-from apportion.agent.isolation import SHARED, Isolation, IsolationMode, choose_sandbox_root
+from apportion.agent.isolation import IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
+from apportion.agent.local_task import LocalTask
 from apportion.agent.protocol import API, Assignment, safe_task_id
-from apportion.agent.runner import LocalTask, Runner
+from apportion.agent.reporting import TOKEN_FILE, Reporting
+from apportion.agent.runner import Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
-from apportion.agent.usage import XidCounter, sample_usage
-from apportion.core.resources import format_vector
+from apportion.agent.usage import XidCounter
 
 log = structlog.get_logger(__name__)
 
-VERSION = "0.1.0"
-LOG_STREAMS = ("stdout", "stderr")
-LOG_CHUNK = 1 << 20
-TOKEN_FILE = "agent.token"
-"""In the work dir: the agent token a one-time join token was exchanged for,
-used instead of the configured token from then on (mode 600)."""
 
-
-@dataclass(frozen=True)
-class AgentConfig:
-    server: str
-    token: str
-    name: str
-    work_dir: Path
-    labels: Mapping[str, str] = field(default_factory=dict)
-    declared: Mapping[str, int] | None = None
-    reserve: Mapping[str, int] = field(default_factory=dict)
-    devices_file: Path | None = None
-    heartbeat_s: float = 10.0
-    stop_after_disconnect_s: float = 60.0
-    rescan_s: float = 300.0
-    poll_wait_s: float = 20.0
-    log_interval_s: float = 1.0
-    watchdog_s: float = 1.0
-    on_exit: str = "leave"
-    """``leave``: tasks keep running for a new agent to adopt (the fence
-    stops them after ``stop_after_disconnect_s`` if none comes); ``stop``:
-    stop them before exiting (``apportion up``)."""
-    fence: bool = True
-    checkpoint_max: int = checkpoint.DEFAULT_MAX
-    """Per task, both ways: a larger checkpoint is not packed or not unpacked."""
-    isolation: Isolation = SHARED
-    gpu_isolation: GpuMode | None = None
-    """A GPU mode to insist on (None: the strongest the host allows)."""
-    sandbox_dir: Path | None = None
-    """Where task directories go (default ``<work_dir>/sandbox``, or
-    ``/var/lib/apportion/sandbox/<name>`` where task users cannot reach that)."""
-
-
-class Agent:
+class Agent(Reporting):
     """One node's agent."""
 
     def __init__(self, config: AgentConfig, *, nvml: NvmlModule | None = AUTO) -> None:
@@ -211,89 +177,14 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- discovery and registration ------------------------------------------
+    # -- discovery ---------------------------------------------------------------
 
     def _discover(self) -> Discovery:
         c = self.config
         return discover(c.work_dir, nvml=self.nvml, devices_file=c.devices_file,
                         reserve=c.reserve, declared=c.declared)
 
-    def _node_body(self) -> dict[str, Any]:
-        d, s = self.discovery, self.support
-        assert d is not None and s is not None
-        specs = {k: v for k, v in d.specs.items() if v is not None}
-        specs["limits"] = {"mode": s.mode.value, "reason": s.reason}
-        specs["isolation"] = self.config.isolation.spec()
-        specs["gpu_isolation"] = self.gpu.spec()
-        specs["reserved"] = dict(d.reserved)
-        return {
-            "name": self.config.name,
-            # Canonical text: a bare JSON integer would be read as whole cores.
-            "resources": format_vector(d.resources),
-            "devices": {r: [_device_body(dev) for dev in ds] for r, ds in d.devices.items()},
-            "labels": {**d.labels, **self.config.labels},
-            "specs": specs,
-        }
-
-    def _agent_body(self) -> dict[str, Any]:
-        assert self.support is not None
-        return {"id": self.id, "version": VERSION, "heartbeat_s": self.config.heartbeat_s,
-                "stop_after_disconnect_s": self.config.stop_after_disconnect_s,
-                "limit_mode": self.support.mode.value, "limit_reason": self.support.reason[:1000],
-                "work_dir": str(self.config.work_dir)}
-
-    async def _register(self) -> None:
-        """Register (or refresh) the node; retried until the server answers."""
-        body = {"node": self._node_body(), "agent": self._agent_body()}
-        delay = 0.1
-        first = time.monotonic()
-        while True:
-            started = time.monotonic()
-            try:
-                response = await self.http.post(f"{API}/register", json=body)
-            except httpx.HTTPError as exc:
-                # A server still starting (apportion up) is not worth a warning.
-                quiet = started - first < 10
-                (log.debug if quiet else log.warning)("register_failed", error=repr(exc))
-            else:
-                if response.status_code == 200:
-                    self._contact(started)
-                    self._adopt_token(response.json())
-                    self.registered.set()
-                    return
-                log.error("register_refused", status=response.status_code, body=response.text)
-            await asyncio.sleep(delay)
-            delay = retry_delay(delay)
-
-    def _adopt_token(self, answer: Mapping[str, Any]) -> None:
-        """A join token was spent: keep the agent token the server gave for it."""
-        token = answer.get("agent_token")
-        if not isinstance(token, str) or not token:
-            return
-        self.http.headers["Authorization"] = f"Bearer {token}"
-        path = self.config.work_dir / TOKEN_FILE
-        tmp = path.with_suffix(".tmp")
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token)
-        tmp.replace(path)
-        log.info("joined", node=self.config.name, pool=answer.get("pool"))
-
-    async def _reregister(self) -> None:
-        self.registered.clear()
-        await self._register()
-
-    def _contact(self, started: float) -> None:
-        """The server answered a request sent at ``started`` (monotonic)."""
-        if started > self.last_contact:
-            self.last_contact = started
-            wall = time.time() - (time.monotonic() - started)
-            with contextlib.suppress(OSError):
-                tmp = self.config.work_dir / (fence.CONTACT_FILE + ".tmp")
-                tmp.write_text(f"{wall:.3f}")
-                tmp.replace(self.config.work_dir / fence.CONTACT_FILE)
+    # -- the work dir and its fence -----------------------------------------------
 
     def _claim_work_dir(self) -> None:
         """Record this agent's pid and start a fence for it (stopping the
@@ -450,179 +341,7 @@ class Agent:
                                         "reason": "this node lost the task's record"}
         self._queue(a.id, dict(report))
 
-    # -- reports ----------------------------------------------------------------
-
-    def _on_exit(self, task: LocalTask) -> None:
-        log.info("task_exited", task=task.id, job=task.assignment.job_id,
-                 exit_code=task.exit_code, signalled=task.signalled,
-                 memory_exceeded=task.memory_exceeded)
-        self._queue(task.id, task.report())
-
-    def _queue(self, task_id: str, body: dict[str, Any]) -> None:
-        """Send a report until the server answers; a newer one replaces an
-        unsent older one (an exit always wins)."""
-        old = self.pending.get(task_id)
-        if old is not None and old["state"] == "exited" and body["state"] != "exited":
-            return
-        self.pending[task_id] = body
-        sender = self.senders.get(task_id)
-        if sender is None or sender.done():
-            self.senders[task_id] = asyncio.ensure_future(self._send(task_id))
-
-    async def _send(self, task_id: str) -> None:
-        delay = 0.05
-        while task_id in self.pending:
-            body = self.pending[task_id]
-            try:
-                answer = await self._deliver(task_id, body)
-            except (httpx.HTTPError, OSError) as exc:
-                log.debug("report_retry", task=task_id, error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = retry_delay(delay)
-                continue
-            if answer is None:
-                await asyncio.sleep(delay)
-                delay = retry_delay(delay)
-                continue
-            if self.pending.get(task_id) is body:
-                del self.pending[task_id]
-            if body["state"] == "exited":
-                self._exit_delivered(task_id)
-        self.senders.pop(task_id, None)
-
-    async def _deliver(self, task_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """One attempt at a report; None when the server refused it for now."""
-        started = time.monotonic()
-        out = dict(body)
-        if body["state"] == "exited":
-            await self._ship_logs(task_id)
-            out["checkpoint"] = await self._upload_checkpoint(task_id, body)
-        response = await self.http.post(f"{self.base}/tasks/{task_id}/report", json=out)
-        if response.status_code == 409:
-            await self._reregister()
-            return None
-        if response.status_code >= 500:
-            return None
-        self._contact(started)
-        if response.status_code != 200:
-            log.error("report_refused", task=task_id, status=response.status_code,
-                      body=response.text[:500])
-            return {}
-        result: dict[str, Any] = response.json()
-        return result
-
-    def _exit_delivered(self, task_id: str) -> None:
-        runner = self.runner
-        assert runner is not None
-        task = runner.tasks.get(task_id)
-        if task is not None:
-            runner.reported(task)
-        for stream in LOG_STREAMS:
-            self.shipped.pop((task_id, stream), None)
-
-    async def _upload_checkpoint(self, task_id: str, body: Mapping[str, Any]) -> bool:
-        """Upload what a task that did not succeed saved, so it resumes from
-        it on whichever node runs it next. The agent packs the checkpoint
-        directory itself on every attempt (never a tar the task wrote) and
-        streams it from disk; one over the limit, here or at the server
-        (413), is left behind and the exit reported without it."""
-        runner = self.runner
-        assert runner is not None
-        task = runner.tasks.get(task_id)
-        if task is None or (body.get("exit_code") == 0 and not body.get("signalled")):
-            return False
-        try:
-            packed = await asyncio.to_thread(runner.pack_checkpoint, task,
-                                             self.config.checkpoint_max)
-        except CheckpointError as exc:
-            log.error("checkpoint_not_packed", task=task_id, error=str(exc))
-            return False
-        if packed is None:
-            return False
-        try:
-            response = await self.http.put(
-                f"{self.base}/tasks/{task_id}/checkpoint", content=_chunks(packed.path),
-                headers={"Content-Type": "application/x-tar",
-                         "Content-Length": str(packed.size)})
-        finally:
-            packed.path.unlink(missing_ok=True)
-        if response.status_code in (404, 413):
-            log.error("checkpoint_not_stored", task=task_id, status=response.status_code,
-                      size=packed.size, body=response.text[:300])
-            return False
-        if response.status_code != 200:
-            raise httpx.HTTPError(f"checkpoint upload: HTTP {response.status_code}")
-        return True
-
-    # -- logs ---------------------------------------------------------------------
-
-    async def _log_loop(self) -> None:
-        await self.registered.wait()
-        while True:
-            await asyncio.sleep(self.config.log_interval_s)
-            runner = self.runner
-            assert runner is not None
-            for task in list(runner.running()):
-                with contextlib.suppress(httpx.HTTPError, OSError):
-                    await self._ship_logs(task.id)
-
-    async def _ship_logs(self, task_id: str) -> None:
-        """Send the log bytes written since the last shipment."""
-        task_dir = self.config.work_dir / "tasks" / task_id
-        for stream in LOG_STREAMS:
-            path = task_dir / f"{stream}.log"
-            offset = self.shipped.get((task_id, stream), 0)
-            while True:
-                data = await _read_log(path, offset)
-                if not data:
-                    break
-                response = await self.http.post(
-                    f"{self.base}/tasks/{task_id}/logs/{stream}", params={"offset": offset},
-                    content=data, headers={"Content-Type": "application/octet-stream"})
-                if response.status_code == 404:
-                    return  # the task is no longer live on the server: nothing to add to
-                if response.status_code != 200:
-                    raise httpx.HTTPError(f"log shipment: HTTP {response.status_code}")
-                offset += len(data)
-                self.shipped[(task_id, stream)] = offset
-
-    # -- heartbeats and fencing --------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        await self.registered.wait()
-        while True:
-            started = time.monotonic()
-            try:
-                await self._heartbeat(started)
-            except httpx.HTTPError as exc:
-                log.debug("heartbeat_failed", error=repr(exc))
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self.config.heartbeat_s - elapsed))
-
-    async def _heartbeat(self, started: float) -> None:
-        runner = self.runner
-        assert runner is not None
-        usage, tasks = await asyncio.to_thread(self._sample, runner.running())
-        response = await self.http.post(f"{self.base}/heartbeat", json={
-            "agent_id": self.id, "usage": usage, "tasks": tasks})
-        if response.status_code == 409:
-            await self._reregister()
-        elif response.status_code == 200:
-            self._contact(started)
-            if response.json().get("registered") is False:
-                await self._reregister()  # a server that does not know this agent
-
-    def _sample(self, running: list[LocalTask]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Usage of the node and of each task (in a worker thread: the list of
-        tasks is taken on the loop, which alone changes it)."""
-        runner = self.runner
-        assert runner is not None
-        usage = sample_usage(self.config.work_dir, self.nvml, xids=self.xids)
-        tasks = [runner.usage(t) for t in running]
-        for task in running:
-            runner.note_gpus(task, usage.get("gpus") or [])
-        usage["running_tasks"] = [t["id"] for t in tasks]
-        return usage, tasks
+    # -- fencing ---------------------------------------------------------------------
 
     async def _fence_loop(self) -> None:
         """Cut off from the server too long, stop every task: the server
@@ -673,15 +392,6 @@ class Agent:
         await self._reregister()
 
 
-def _device_body(device: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": device.id, "attrs": dict(device.attrs)}
-    for key in ("model", "memory", "uuid", "serial"):
-        value = getattr(device, key)
-        if value is not None:
-            body[key] = value
-    return body
-
-
 def _gpu_minors(discovery: Discovery) -> dict[str, int]:
     """Each GPU's ``/dev/nvidia<minor>`` (NVML's minor number, else its index)."""
     out = {}
@@ -690,34 +400,6 @@ def _gpu_minors(discovery: Discovery) -> dict[str, int]:
         if isinstance(minor, int) or (isinstance(minor, str) and minor.isdigit()):
             out[device.id] = int(minor)
     return out
-
-
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
-    """An upload body read from disk a chunk at a time, off the event loop."""
-    with path.open("rb") as fh:
-        while chunk := await asyncio.to_thread(fh.read, checkpoint.CHUNK):
-            yield chunk
-
-
-async def _read_log(path: Path, offset: int) -> bytes:
-    """New log bytes; small reads inline (a thread hop would cost more than
-    the read on the stop path), large ones in a thread."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return b""
-    if size - offset <= 1 << 16:
-        return _read_from(path, offset, LOG_CHUNK)
-    return await asyncio.to_thread(_read_from, path, offset, LOG_CHUNK)
-
-
-def _read_from(path: Path, offset: int, limit: int) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(limit)
-    except FileNotFoundError:
-        return b""
 
 
 def run_agent(config: AgentConfig, *, nvml: NvmlModule | None = AUTO,
@@ -744,3 +426,7 @@ def run_agent(config: AgentConfig, *, nvml: NvmlModule | None = AUTO,
         uvloop.run(main())
     except ImportError:  # pragma: no cover - uvloop is installed with uvicorn[standard]
         asyncio.run(main())
+
+
+# With AgentConfig, which moved to config and is still imported from here.
+__all__ = ["Agent", "AgentConfig", "run_agent"]

@@ -22,6 +22,10 @@ tree and the runner kills a task that exceeds its memory grant.
 
 Exits are noticed through a pidfd (``pidfd_open``) on the event loop, so a
 process that ends is seen at once, whether or not it is our child.
+
+What the runner knows of each task is a ``LocalTask`` (``local_task.py``);
+the system calls on a task's process (start under the shim, reap, read its
+exit code) are in ``processes.py``.
 """
 
 from __future__ import annotations
@@ -32,17 +36,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import structlog
 
-from apportion.agent import checkpoint, limits
+from apportion.agent import checkpoint, limits, processes
 from apportion.agent.gpu_isolation import (
     ENV_ONLY,
     GpuIsolation,
@@ -53,14 +55,14 @@ from apportion.agent.gpu_isolation import (
 from apportion.agent.isolation import (
     SHARED,
     Identities,
-    Identity,
     Isolation,
     IsolationError,
     make_sandbox_root,
     read_task_file,
 )
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
-from apportion.agent.protocol import EXIT_FILE, SHIM, Assignment, task_env
+from apportion.agent.local_task import LocalTask
+from apportion.agent.protocol import EXIT_FILE, Assignment, task_env
 
 log = structlog.get_logger(__name__)
 
@@ -71,92 +73,6 @@ POLL_FALLBACK_S = 0.2
 USAGE_FILE = "usage.json"
 MAX_USAGE_FILE = 64 << 10
 _OPEN_LOG = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-
-
-@dataclass
-class LocalTask:
-    """A task this agent runs (or ran), as the agent sees it."""
-
-    assignment: Assignment
-    dir: Path
-    """The agent's records of the task."""
-    sandbox: Path | None = None
-    """The task's own directory (``dir`` itself for tasks an older agent started)."""
-    identity: Identity | None = None
-    """The uid the task runs as; None: the agent's."""
-    unprepared: str | None = None
-    """Why the task's identity or directory could not be made (it fails to start)."""
-    pid: int | None = None
-    create_time: float | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    state: str = "prepared"
-    """prepared, running, exited."""
-    signalled: bool = False
-    stop_state: str | None = None
-    lost: bool = False
-    memory_exceeded: bool = False
-    reason: str | None = None
-    exit_code: int | None = None
-    times: dict[str, float] = field(default_factory=dict)
-    cgroup: Path | None = None
-    kill_timer: asyncio.TimerHandle | None = None
-    pidfd: int | None = None
-    used: dict[str, float] = field(default_factory=dict)
-    """What the task used so far: ``memory`` (peak bytes), ``cpu_seconds``,
-    ``gpu_memory`` (peak bytes over its GPUs), ``gpu_util_sum`` and
-    ``gpu_util_n`` (for the mean utilization in percent)."""
-
-    @property
-    def id(self) -> str:
-        return self.assignment.id
-
-    @property
-    def home(self) -> Path:
-        return self.sandbox or self.dir
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.home / "checkpoint"
-
-    @property
-    def resume_dir(self) -> Path:
-        return self.home / "resume"
-
-    @property
-    def owner(self) -> checkpoint.Owner | None:
-        return None if self.identity is None else self.identity.owner
-
-    def report(self) -> dict[str, Any]:
-        """The exit report the server is sent (and that is kept until it answers)."""
-        reason = None if self.reason is None else "".join(
-            c if c.isprintable() else " " for c in self.reason)[:500]
-        body: dict[str, Any] = {
-            "state": "exited", "exit_code": self.exit_code, "signalled": self.signalled,
-            "memory_exceeded": self.memory_exceeded, "lost": self.lost,
-            "reason": reason, "times": dict(self.times)}
-        usage = self.usage_summary()
-        if usage:
-            body["usage"] = usage
-        return body
-
-    def note(self, key: str, value: float) -> None:
-        """Keep the highest reading of ``key`` (a peak or a growing counter)."""
-        if value >= 0 and value > self.used.get(key, -1.0):
-            self.used[key] = float(value)
-
-    def usage_summary(self) -> dict[str, float]:
-        """What the exit report says the task used (only what was measured)."""
-        out: dict[str, float] = {}
-        for key in ("memory", "cpu_seconds", "gpu_memory"):
-            if key in self.used:
-                out[key] = round(self.used[key], 3)
-        if self.used.get("gpu_util_n"):
-            out["gpu_util"] = round(self.used["gpu_util_sum"] / self.used["gpu_util_n"], 2)
-        started, ended = self.times.get("started_at"), self.times.get("exited_at")
-        if started is not None and ended is not None and ended >= started:
-            out["runtime_s"] = round(ended - started, 3)
-        return out
-
 
 ExitCallback = Callable[[LocalTask], None]
 
@@ -257,8 +173,8 @@ class Runner:
             try:
                 err = os.open(task.dir / "stderr.log", _OPEN_LOG, 0o600)
                 try:
-                    task.popen = _popen([*self._prefix(task), *a.command], task.home, env,
-                                        out, err, task.cgroup, task.dir / EXIT_FILE)
+                    task.popen = processes.popen([*self._prefix(task), *a.command], task.home, env,
+                                                  out, err, task.cgroup, task.dir / EXIT_FILE)
                 finally:
                     os.close(err)
             finally:
@@ -267,7 +183,7 @@ class Runner:
             self._failed_to_start(task, f"could not start: {exc}")
             return
         task.pid = task.popen.pid
-        task.create_time = _create_time(task.pid)
+        task.create_time = processes.create_time(task.pid)
         task.state = "running"
         task.times["started_at"] = time.time()
         self._save(task)
@@ -343,7 +259,7 @@ class Runner:
         if task.state == "prepared":
             self._never_started(task)
             return
-        self._signal(task, _signal(signal_name))
+        self._signal(task, processes.signal_named(signal_name))
         task.kill_timer = asyncio.get_running_loop().call_later(grace_s, self.kill, task_id)
 
     def kill(self, task_id: str) -> None:
@@ -387,7 +303,7 @@ class Runner:
     def _poll(self, task: LocalTask) -> None:
         if task.state == "exited":
             return
-        if _alive(task):
+        if processes.alive(task):
             asyncio.get_running_loop().call_later(POLL_FALLBACK_S, self._poll, task)
             return
         self._exited(task)
@@ -405,8 +321,8 @@ class Runner:
             return
         self._unwatch(task)
         task.times["exited_at"] = time.time()
-        code = _reap(task)
-        task.exit_code = _exit_code(task.dir, code)
+        code = processes.reap(task)
+        task.exit_code = processes.exit_code(task.dir, code)
         if task.exit_code is None and task.reason is None:
             task.reason = "ended while the agent was away; its exit status is unknown"
         if task.kill_timer is not None:
@@ -428,7 +344,7 @@ class Runner:
             peak = limits.cgroup_memory(task.cgroup).get("peak")
             if peak is not None:
                 task.note("memory", peak)
-            task.note("cpu_seconds", _cgroup_cpu_seconds(task.cgroup))
+            task.note("cpu_seconds", processes.cgroup_cpu_seconds(task.cgroup))
         with contextlib.suppress(OSError):
             kills = limits.cgroup_memory(task.cgroup).get("oom_kills")
             if kills:
@@ -516,7 +432,7 @@ class Runner:
                 process = psutil.Process(task.pid)
                 out["rss"] = limits.tree_rss(process)
                 task.note("memory", out["rss"])
-                task.note("cpu_seconds", _tree_cpu_seconds(process))
+                task.note("cpu_seconds", processes.tree_cpu_seconds(process))
         data = read_task_file(task.home, USAGE_FILE, MAX_USAGE_FILE,
                               None if task.identity is None else task.identity.uid)
         if data is not None:
@@ -587,7 +503,7 @@ class Runner:
             task.state, task.exit_code = "exited", saved.get("exit_code")
             task.memory_exceeded = bool(saved.get("memory_exceeded"))
             task.reason = saved.get("reason")
-        elif task.pid is not None and _alive(task):
+        elif task.pid is not None and processes.alive(task):
             task.state = "running"
             self._watch(task)
             memory = assignment.resources_base.get("memory")
@@ -597,7 +513,7 @@ class Runner:
             log.info("task_adopted", task=task.id, pid=task.pid)
         else:
             task.state = "exited"
-            task.exit_code = _exit_code(task_dir, None)
+            task.exit_code = processes.exit_code(task_dir, None)
             task.times.setdefault("exited_at", time.time())
             if task.pid is None:
                 task.reason = "the agent stopped before the task started"
@@ -610,93 +526,15 @@ class Runner:
         return task
 
 
-def _popen(command: list[str], cwd: Path, env: dict[str, str], out: int, err: int,
-           cgroup: Path | None, exit_file: Path) -> subprocess.Popen[bytes]:
-    if not command:
-        raise ValueError("the job has no command")
-    procs = str(cgroup / "cgroup.procs") if cgroup is not None else ""
-    # Its own session, so the whole task can be signalled and killed as a
-    # process group; the shim does the rest of what task_preexec would.
-    return subprocess.Popen(
-        ["/bin/sh", "-c", SHIM, "apportion-task", procs, str(exit_file), *command],
-        cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        start_new_session=True, close_fds=True,
-    )
-
-
-def _signal(name: str) -> signal.Signals:
-    name = name.upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    return signal.Signals.__members__.get(name, signal.SIGTERM)
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-def _alive(task: LocalTask) -> bool:
-    """The recorded process still runs (the same process, not a reused pid)."""
-    if task.pid is None:
-        return False
-    try:
-        proc = psutil.Process(task.pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return task.create_time is None or abs(proc.create_time() - task.create_time) < 0.01
-    except psutil.Error:
-        return False
-
-
-def _reap(task: LocalTask) -> int | None:
-    """Collect our child's exit status, with its resource use: the shim
-    waits for the command, so the shell's rusage holds the command's CPU time
-    and the peak RSS of its largest process."""
-    popen = task.popen
-    if popen is None:
-        return None
-    if popen.returncode is None:
-        try:
-            # The pidfd says it is gone: this does not block.
-            pid, status, rusage = os.wait4(popen.pid, 0)
-        except ChildProcessError:
-            return popen.poll()
-        if pid == popen.pid:
-            popen.returncode = os.waitstatus_to_exitcode(status)
-            task.note("cpu_seconds", rusage.ru_utime + rusage.ru_stime)
-            task.note("memory", rusage.ru_maxrss * 1024)  # Linux reports KiB
-    return popen.returncode
-
-
-def _tree_cpu_seconds(process: psutil.Process) -> float:
-    """CPU time of a process tree so far, counting children it has reaped."""
-    total = 0.0
-    try:
-        members = [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    for member in members:
-        with contextlib.suppress(psutil.Error):
-            t = member.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
-def _cgroup_cpu_seconds(cgroup: Path) -> float:
-    for line in (cgroup / "cpu.stat").read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key == "usage_usec":
-            return int(value) / 1e6
-    return 0.0
-
-
-def _exit_code(task_dir: Path, returncode: int | None) -> int | None:
-    """The command's exit status: what the shim wrote, else the shell's own
-    status (128 + signal when it was killed), else unknown."""
-    with contextlib.suppress(OSError, ValueError):
-        return int((task_dir / EXIT_FILE).read_text().strip())
-    if returncode is None:
-        return None
-    return 128 - returncode if returncode < 0 else returncode
+# With LocalTask, which moved to local_task and is still imported from here.
+__all__ = [
+    "MAX_USAGE_FILE",
+    "POLL_FALLBACK_S",
+    "RECORD",
+    "REPORT",
+    "REPORTED",
+    "USAGE_FILE",
+    "ExitCallback",
+    "LocalTask",
+    "Runner",
+]

@@ -26,15 +26,22 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
-from apportion.core.model import Device, Node, NodeState
+from apportion.core.model import Node, NodeState
 from apportion.core.records import SessionRow
 from apportion.exceptions import AgentUnknown, NodeExists, NodeNotFound
+from apportion.service.agent_state import (
+    AgentSettings,
+    Session,
+    Waker,
+    keep_allocated,
+    rejoined,
+)
 from apportion.service.auth import Authenticator
 from apportion.service.health_service import HealthService
 from apportion.service.job_specs import AGENT_LABEL
@@ -48,70 +55,6 @@ from apportion.store import agent_sessions as store
 log = structlog.get_logger(__name__)
 
 MISSED_FOR_SUSPECT = 3
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
-    """Server-side timing of agents."""
-
-    down_after_s: float = 60.0
-    """Silence after which a node is down and its tasks are requeued (at
-    least the agent's stop_after_disconnect plus one heartbeat)."""
-    sweep_s: float = 1.0
-    poll_hold_s: float = 20.0
-    """How long an assignments long-poll is held open when nothing changes."""
-    flush_s: float = 1.0
-    """How often heartbeats noted in memory are written to the store."""
-    pickup_s: float = 60.0
-    """A task its agent has not started within this is placed again."""
-
-    @classmethod
-    def of(cls, down_after_s: float | None, sweep_s: float | None,
-           poll_hold_s: float | None, pickup_s: float | None = None) -> AgentSettings:
-        """The defaults, with the values given (APPORTION_NODE_DOWN_AFTER,
-        APPORTION_NODE_SWEEP_INTERVAL, APPORTION_POLL_HOLD, APPORTION_PICKUP_DEADLINE)."""
-        given = {"down_after_s": down_after_s, "sweep_s": sweep_s, "poll_hold_s": poll_hold_s,
-                 "pickup_s": pickup_s}
-        return cls(**{k: v for k, v in given.items() if v is not None})
-
-
-@dataclass
-class Session:
-    """What this server knows of one node's agent (its store row, plus what
-    it heard itself since the last flush)."""
-
-    node: str
-    agent_id: str
-    heartbeat_s: float
-    stop_after_s: float
-    last_seen: float
-    """Wall-clock time the agent was last heard, by any server."""
-    heartbeat_at: float | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    tasks: list[dict[str, Any]] = field(default_factory=list)
-    prior_state: NodeState | None = None
-    rescans: int = 0
-    drain_deadline: float | None = None
-
-    @classmethod
-    def of(cls, row: SessionRow) -> Session:
-        return cls(row.node, row.agent_id, row.heartbeat_s, row.stop_after_s, row.last_seen,
-                   row.heartbeat_at, row.usage or {}, row.tasks or [],
-                   NodeState(row.prior_state) if row.prior_state else None, row.rescans,
-                   row.drain_deadline)
-
-
-@dataclass
-class _Waker:
-    """Wakes one node's held long-polls on this server."""
-
-    version: int = 0
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def wake(self) -> None:
-        self.version += 1
-        self.event.set()
-        self.event = asyncio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +88,7 @@ class AgentsService:
         self.settings = settings or AgentSettings()
         self.clock = clock
         self.sessions: dict[str, Session] = {}
-        self._wakers: dict[str, _Waker] = {}
+        self._wakers: dict[str, Waker] = {}
         self._seen: dict[str, dict[str, Any]] = {}
         """Heartbeats and polls heard since the last flush, by node."""
         self._judged: dict[str, float] = {}
@@ -231,8 +174,8 @@ class AgentsService:
             created = await self.ledger.register_node(replace(node, specs=specs))
             await self._open_session(created.name, agent)
             return created
-        fresh, lost = _keep_allocated(self.ledger, current, replace(node, specs=specs))
-        state = _rejoined(current.state, self.sessions.get(node.name))
+        fresh, lost = keep_allocated(self.ledger, current, replace(node, specs=specs))
+        state = rejoined(current.state, self.sessions.get(node.name))
         # Health stays as the health rules judged it from heartbeats; a lost
         # device is an event (and its readings vanish from the next heartbeat).
         updated = await self.ledger.update_node(replace(
@@ -326,7 +269,7 @@ class AgentsService:
     async def _bring_back(self, node: str, session: Session) -> None:
         current = self.ledger.node(node)
         if current.state in (NodeState.SUSPECT, NodeState.DOWN):
-            back = _rejoined(current.state, session)
+            back = rejoined(current.state, session)
             session.prior_state = None
             await self.ledger.set_node_state(node, back)
             await self._save(node, prior_state=None)
@@ -360,10 +303,10 @@ class AgentsService:
             except Exception as exc:
                 log.warning("heartbeat_flush_failed", error=repr(exc))
 
-    def _waker(self, node: str) -> _Waker:
+    def _waker(self, node: str) -> Waker:
         waker = self._wakers.get(node)
         if waker is None:
-            waker = self._wakers[node] = _Waker()
+            waker = self._wakers[node] = Waker()
         return waker
 
     async def assignments(self, node: str, *, after: int, epoch: str | None, wait: float,
@@ -575,43 +518,3 @@ async def _first(*waits: Awaitable[Any] | None, timeout: float) -> None:
     finally:
         for task in tasks:
             task.cancel()
-
-
-def _rejoined(state: NodeState, session: Session | None) -> NodeState:
-    """The state a node returns to when its agent is heard again."""
-    if state not in (NodeState.SUSPECT, NodeState.DOWN):
-        return state
-    prior = session.prior_state if session is not None else None
-    if prior is None or prior in (NodeState.SUSPECT, NodeState.DOWN):
-        return NodeState.READY
-    return prior
-
-
-def _keep_allocated(ledger: LedgerService, current: Node,
-                    fresh: Node) -> tuple[Node, dict[str, list[str]]]:
-    """``fresh`` with every allocated device and amount it lacks put back
-    (devices marked ``lost``), and the lost device ids per resource."""
-    held: dict[str, set[str]] = {}
-    for alloc in ledger.allocations_on(current.name):
-        for resource, ids in alloc.devices.items():
-            held.setdefault(resource, set()).update(ids)
-    devices = {r: list(ds) for r, ds in fresh.devices.items()}
-    lost: dict[str, list[str]] = {}
-    for resource, wanted in held.items():
-        offered = {d.id for d in devices.get(resource, [])}
-        missing = sorted(wanted - offered)
-        if not missing:
-            continue
-        lost[resource] = missing
-        old = {d.id: d for d in current.devices.get(resource, ())}
-        devices.setdefault(resource, []).extend(
-            replace(old[i], attrs={**old[i].attrs, "lost": True}) if i in old
-            else Device(i, attrs={"lost": True}) for i in missing)
-    resources = dict(fresh.resources)
-    for resource, ds in devices.items():
-        resources[resource] = len(ds)
-    for resource, used in ledger.allocated(current.name).items():
-        if used and resources.get(resource, 0) < used:
-            resources[resource] = used  # never a negative balance
-    kept = {r: tuple(ds) for r, ds in devices.items()}
-    return replace(fresh, resources=resources, devices=kept), lost

@@ -32,7 +32,8 @@ from typing import Any
 import structlog
 
 from apportion.core.scheduling import SchedulerConfig
-from apportion.service.agents_service import AgentSettings, AgentsService
+from apportion.service.agent_state import AgentSettings
+from apportion.service.agents_service import AgentsService
 from apportion.service.alerts_service import AlertsService
 from apportion.service.allocations import AllocationsService
 from apportion.service.auth import Authenticator, check_admin_token

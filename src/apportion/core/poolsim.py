@@ -22,13 +22,14 @@ strategy and backfill mode. Speed: ``bench/bench_simulate.py``.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import cast
 
 from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
-from apportion.core.scheduling.adaptive import RuntimeHistory
+from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
 from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
@@ -44,8 +45,7 @@ from apportion.core.scheduling.policies import (
 )
 from apportion.core.scheduling.state import ClusterState
 
-# Not the adaptive order: it corrects running jobs' ends on the node model's state.
-_KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline)
+_KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, AdaptiveOrder)
 
 
 def eligible(
@@ -105,6 +105,13 @@ class PoolCluster:
         self.queues = queues
         self.strat = strategy(config.strategy)
         self.estimate = estimator(self.strat, history, config.default_estimate)
+        self.history = history if self.strat.learns else None
+        self._rank = None if self.history is None else self.history.rank
+        # Without backfilling there is no aging bound (as in schedule_cycle).
+        self._bound = config.aging_bound_s if config.backfill != "none" else INF
+        self._begun: dict[str, tuple[float, float]] = {}
+        """Learning: (start, the estimate it started with) of running jobs,
+        for the correction of those that outrun it."""
         self.running: dict[str, tuple[Job, int]] = {}
         self.reserved: list[tuple[str, float]] = []
         """(job id, planned start) of the reservations the last cycle made."""
@@ -166,7 +173,8 @@ class PoolCluster:
         pending = self.pending
         if self._static:
             return (pending[k[-1]] for k in self._sorted)
-        ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate)
+        ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
+                           self._bound, self._rank)
         if self._fair:
             return self._fair_order(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
@@ -218,6 +226,8 @@ class PoolCluster:
         if est is not None:
             self.ends.add((now + est, job.id))
             self._ends_of[job.id] = now + est
+            if self.history is not None:
+                self._begun[job.id] = (now, est)
         used = self.usage.setdefault(job.queue, {})
         for r, q in job.total.items():
             used[r] = used.get(r, 0) + q
@@ -231,6 +241,7 @@ class PoolCluster:
         end = self._ends_of.pop(job_id, None)
         if end is not None:
             self.ends.remove((end, job_id))
+            self._begun.pop(job_id, None)
         used = self.usage[job.queue]
         for r, q in job.total.items():
             used[r] -= q
@@ -242,6 +253,8 @@ class PoolCluster:
     def cycle(self, now: float) -> list[str]:
         """The jobs that start at ``now``, as ``schedule_cycle`` would start them."""
         self.reserved.clear()
+        if self.history is not None:
+            self._correct(now)  # before anything is planned on the old ends
         mode = self.config.backfill
         if self.free < self.least:
             if mode == "easy":
@@ -288,6 +301,22 @@ class PoolCluster:
                 self._begin(job, need, now, started)
                 extra -= need
         return started
+
+    def _correct(self, now: float) -> None:
+        """``RuntimeHistory.correct`` on the pool: every running job past its
+        planned end at ``now`` gets the end its history extends it to."""
+        assert self.history is not None
+        ends = self.ends
+        cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
+        if not cut:
+            return
+        for end, job_id in list(ends.islice(0, cut)):
+            start, est = self._begun[job_id]
+            job = self.running[job_id][0]
+            new = start + self.history.extend_run(job, start, est, now)
+            ends.remove((end, job_id))
+            ends.add((new, job_id))
+            self._ends_of[job_id] = new
 
     def _plan_head(self, now: float) -> None:
         """The head's reservation on a cycle that starts nothing, as the

@@ -19,7 +19,6 @@ from apportion.core.scheduling.cycle import (
 from apportion.core.scheduling.errors import JobRejected
 from apportion.core.scheduling.explain import Explanation, explain, validate_job
 from apportion.core.scheduling.fragmentation import FragmentationReport, fragmentation
-from apportion.core.scheduling.framework import Failure
 from apportion.core.scheduling.jobs import (
     Affinity,
     Job,
@@ -32,6 +31,7 @@ from apportion.core.scheduling.jobs import (
 )
 from apportion.core.scheduling.policies import STRATEGIES, Strategy
 from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.status import Failure
 
 __all__ = [
     "STRATEGIES",

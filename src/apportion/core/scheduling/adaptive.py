@@ -285,16 +285,21 @@ class RuntimeHistory:
         still ahead. The ladder hangs from the first estimate, so asking
         again (as a server that rebuilds its state every cycle does) gives
         the same answer."""
-        first = self.corrections.get(rj.job.id)
-        if first is None or first[0] != rj.start:  # a new run after a preemption
-            first = self.corrections[rj.job.id] = (rj.start, rj.estimate or 0.0)
-        elapsed = now - rj.start
+        return self.extend_run(rj.job, rj.start, rj.estimate, now)
+
+    def extend_run(self, job: Job, start: float, estimate: float | None, now: float) -> float:
+        """``extend`` for ``job`` started at ``start`` with ``estimate``
+        (the counted pool keeps no ``RunningJob``)."""
+        first = self.corrections.get(job.id)
+        if first is None or first[0] != start:  # a new run after a preemption
+            first = self.corrections[job.id] = (start, estimate or 0.0)
+        elapsed = now - start
         end = first[1]
         for step in _ladder():
             end += step
             if end > elapsed:
                 break
-        limit = rj.job.runtime_estimate
+        limit = job.runtime_estimate
         if limit is not None and limit > elapsed:
             end = min(end, limit)
         return end

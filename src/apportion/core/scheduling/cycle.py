@@ -37,10 +37,11 @@ from apportion.core.scheduling.backfill import (
     use_extra,
 )
 from apportion.core.scheduling.filters import Code, Kind, class_verdict
-from apportion.core.scheduling.framework import Failure, Placer
+from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.status import Failure
 from apportion.exceptions import InvalidInput
 
 BACKFILL_MODES = ("none", "easy", "conservative")

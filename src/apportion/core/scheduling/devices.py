@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from itertools import combinations
 
 from apportion.core.model import Device
+from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.constraints import DeviceRequirement
-from apportion.core.scheduling.state import NodeRec
 
 EXHAUSTIVE_LIMIT = 200
 """Largest number of device subsets compared one by one; beyond it a greedy

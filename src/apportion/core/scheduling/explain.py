@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.backfill import easy_reservation
+from apportion.core.scheduling.capacity import NodeClass
 from apportion.core.scheduling.errors import JobRejected
 from apportion.core.scheduling.filters import (
     CLASS_FILTERS,
@@ -25,10 +26,11 @@ from apportion.core.scheduling.filters import (
     Reason,
     node_reasons,
 )
-from apportion.core.scheduling.framework import PlaceOptions, Placer
+from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.interface import PlaceOptions
 from apportion.core.scheduling.jobs import Job, Queue, TaskSpec
 from apportion.core.scheduling.scorers import SCORERS
-from apportion.core.scheduling.state import ClusterState, NodeClass
+from apportion.core.scheduling.state import ClusterState
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,11 @@ from typing import Protocol
 
 from apportion.core.labels import Requirement
 from apportion.core.resources import format_quantity
+from apportion.core.scheduling.capacity import NodeClass, NodeRec
 from apportion.core.scheduling.constraints import Constraints, family, labels_match
 from apportion.core.scheduling.devices import matching_free
 from apportion.core.scheduling.jobs import Job, TaskSpec
-from apportion.core.scheduling.state import ClusterState, NodeClass, NodeRec
+from apportion.core.scheduling.state import ClusterState
 
 
 class Code(StrEnum):

@@ -31,127 +31,41 @@ names its plugin). One task group of a job goes through these stages:
 A job's task groups are placed inside one state transaction: a gang that
 cannot place its last task rolls back every grant, so no partial gang ever
 holds resources, and two gangs cannot deadlock by holding halves.
+
+The types plugins and strategies see are in ``interface``; the failures
+the stages answer with, in ``status``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from apportion.core.resources import format_quantity
 from apportion.core.scheduling import devices as dev
+from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
-from apportion.core.scheduling.filters import (
-    Code,
-    JobAffinity,
-    Kind,
-    Reason,
-    Verdict,
-    class_verdict,
-)
+from apportion.core.scheduling.filters import JobAffinity, Verdict, class_verdict
 from apportion.core.scheduling.freeindex import FreeIndex
+from apportion.core.scheduling.interface import (
+    Candidate,
+    PlaceContext,
+    PlaceOptions,
+    ScorePlugin,
+)
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
-from apportion.core.scheduling.state import Bucket, ClusterState, NodeClass, NodeRec
+from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.status import (
+    Failure,
+    PlaceResult,
+    aggregate_short,
+    busy_failure,
+    group_aggregate_short,
+    no_class_failure,
+)
 
-
-class Candidate:
-    """A place to put tasks: one node, or a bucket of identical nodes."""
-
-    __slots__ = ("aligned", "bucket", "cls", "count", "exclude", "fit", "free", "rec", "score")
-
-    def __init__(
-        self,
-        cls: NodeClass,
-        free: tuple[int, ...],
-        aligned: tuple[int, ...],
-        fit: int,
-        bucket: Bucket | None,
-        rec: NodeRec | None,
-        count: int,
-        exclude: frozenset[str] | set[str] = frozenset(),
-    ) -> None:
-        self.cls = cls
-        self.free = free
-        self.aligned = aligned
-        self.fit = fit
-        self.bucket = bucket
-        self.rec = rec
-        self.count = count
-        self.exclude = exclude
-        self.score = 0.0
-
-    def node_names(self, limit: int) -> list[str]:
-        if self.rec is not None:
-            return [self.rec.name]
-        assert self.bucket is not None
-        out: list[str] = []
-        exclude = self.exclude
-        for name in self.bucket.nodes:
-            if name not in exclude:
-                out.append(name)
-                if len(out) == limit:
-                    break
-        return out
-
-
-class ScorePlugin(Protocol):
-    name: str
-
-    def per_node(self, job: Job) -> bool:
-        """True when the score depends on the node itself (jobs it runs), not
-        only its class and free vector: the walk then offers single nodes."""
-        ...
-
-    def applies(self, job: Job, state: ClusterState) -> bool: ...
-
-    def score(self, cand: Candidate, ctx: PlaceContext) -> float: ...
-
-
-@dataclass(slots=True)
-class PlaceContext:
-    """What score plugins may look at besides the candidate."""
-
-    job: Job
-    spec: TaskSpec
-    state: ClusterState
-    zones: dict[tuple[str, str], int] = field(default_factory=dict)
-    placed: int = 0
-    scorers: list[tuple[ScorePlugin, float]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceOptions:
-    """How a strategy walks and ranks."""
-
-    scorers: tuple[tuple[ScorePlugin, float], ...]
-    loose: bool = False
-    """Walk from the most free capacity down (spread) instead of from the
-    tightest fit up (pack)."""
-    limit: int = 4
-    """Feasible candidates scored per pick (Nomad's limit iterator)."""
-    pack: bool = True
-    """Put as many tasks of a group on one node as fit, instead of one."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a job could not be placed now, in one line, with its kind."""
-
-    code: Code
-    kind: Kind
-    message: str
-    reasons: tuple[Reason, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceResult:
-    tasks: tuple[TaskPlacement, ...] | None
-    failure: Failure | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.tasks is not None
+__all__ = [  # the interface and status types are re-exported: they lived here
+    "Candidate", "Failure", "PlaceContext", "PlaceOptions", "PlaceResult", "Placer",
+    "ScorePlugin", "aggregate_short", "fit_count",
+]
 
 
 _JOB_FILTER = JobAffinity()
@@ -218,7 +132,7 @@ class Placer:
         state = self.state
         spec = job.tasks[0]
         verdict = class_verdict(state, job, 0)
-        if not verdict.aligned or _aggregate_short(state, spec) is not None:
+        if not verdict.aligned or group_aggregate_short(state, spec) is not None:
             return False
         ctx = PlaceContext(job, spec, state)
         ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
@@ -249,8 +163,8 @@ class Placer:
         state = self.state
         verdict = class_verdict(state, job, index)
         if not verdict.aligned:
-            return _no_class(verdict, spec)
-        short = _aggregate_short(state, spec)
+            return no_class_failure(verdict, spec)
+        short = group_aggregate_short(state, spec)
         if short is not None:
             return short
         remaining = spec.count
@@ -263,7 +177,7 @@ class Placer:
             capped = _limits_by_bucket(state, limits) if limits else None
             cands = self._walk(job, spec, verdict, remaining, capped, limits, per_node)
             if not cands:
-                return _busy(state, job, spec, remaining)
+                return busy_failure(state, job, spec, remaining)
             best = self._best(cands, ctx)
             remaining -= self._take(job, spec, best, remaining, ctx, placed)
         return None
@@ -613,22 +527,6 @@ def _limits_by_bucket(
     return out
 
 
-def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
-    """Whether ``job``'s total request exceeds free capacity summed over
-    ready nodes (a necessary condition, O(resources))."""
-    free = state.free_total_of
-    for r, q in job.total.items():
-        have = free(r)
-        if have < q:
-            return Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
-                f"needs {format_quantity(r, q)} {r} in all; {format_quantity(r, have)} free "
-                f"on ready nodes (largest free on any ready node: "
-                f"{format_quantity(r, state.max_free(r))})",
-            )
-    return None
-
-
 def _hardness(spec: TaskSpec, state: ClusterState) -> float:
     # Hardest group first: the largest share of the scarcest resource, so a
     # gang of one big and many small tasks does not fill the big one's node.
@@ -636,52 +534,3 @@ def _hardness(spec: TaskSpec, state: ClusterState) -> float:
         (q * spec.count / max(1, state.free_total_of(r)) for r, q in spec.resources.items()),
         default=0.0,
     )
-
-
-def _aggregate_short(state: ClusterState, spec: TaskSpec) -> Failure | None:
-    for r, q in spec.resources.items():
-        need = q * spec.count
-        have = state.free_total_of(r)
-        if have < need:
-            biggest = state.max_free(r)
-            return Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
-                f"needs {format_quantity(r, need)} {r} in all; "
-                f"{format_quantity(r, have)} free on ready nodes "
-                f"(largest free on any ready node: {format_quantity(r, biggest)})",
-            )
-    return None
-
-
-def _busy(state: ClusterState, job: Job, spec: TaskSpec, remaining: int) -> Failure:
-    tasks = f"{remaining} more task(s)" if spec.count > 1 else "the task"
-    parts = []
-    for r, q in spec.resources.items():
-        biggest = state.max_free(r)
-        if biggest < q:
-            parts.append(
-                f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
-                f"{format_quantity(r, biggest)}"
-            )
-    detail = "; ".join(parts) if parts else (
-        "no ready node has all of " + ", ".join(
-            f"{format_quantity(r, q)} {r}" for r, q in spec.resources.items()
-        ) + " free at once, with its constraints"
-    )
-    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}")
-
-
-def _no_class(verdict: Verdict, spec: TaskSpec) -> Failure:
-    counts: dict[str, int] = {}
-    kind = Kind.NEVER
-    for cls, reason in verdict.rejected:
-        counts[reason.message] = counts.get(reason.message, 0) + cls.size
-        if reason.kind is Kind.CONDITION:
-            kind = Kind.CONDITION
-    total = sum(counts.values())
-    summary = "; ".join(
-        f"{msg} ({n})" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])
-    )
-    reasons = tuple(reason for _, reason in verdict.rejected)
-    code = verdict.rejected[0][1].code if verdict.rejected else Code.CAPACITY
-    return Failure(code, kind, f"0/{total} nodes can take it: {summary or 'no nodes'}", reasons)

@@ -1,6 +1,6 @@
 """Score plugins: rank feasible candidates, each on a 0..1 scale.
 
-A strategy weights them (``framework.PlaceOptions.scorers``); the weighted
+A strategy weights them (``interface.PlaceOptions.scorers``); the weighted
 sum picks the node. Scores are normalized per node (a share of capacity, a
 position within the cluster's cost range), not across the candidates of one
 pick, so a score means the same thing whichever candidates the walk found.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from apportion.core.labels import Requirement
 from apportion.core.scheduling.constraints import labels_match
 from apportion.core.scheduling.filters import runs_matching
-from apportion.core.scheduling.framework import Candidate, PlaceContext
+from apportion.core.scheduling.interface import Candidate, PlaceContext
 from apportion.core.scheduling.jobs import Job
 from apportion.core.scheduling.state import ClusterState
 

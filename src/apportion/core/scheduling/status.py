@@ -1,0 +1,107 @@
+"""The status of a placement: a ``PlaceResult``, or a ``Failure`` that says
+in one line why the job cannot be placed now, with its ``Kind`` and every
+``Reason`` behind it (the Kubernetes framework's ``Status``).
+
+The pipeline's stages (``framework.Placer``) build their failures with the
+helpers here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apportion.core.resources import format_quantity
+from apportion.core.scheduling.filters import Code, Kind, Reason, Verdict
+from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
+from apportion.core.scheduling.state import ClusterState
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a job could not be placed now, in one line, with its kind."""
+
+    code: Code
+    kind: Kind
+    message: str
+    reasons: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceResult:
+    tasks: tuple[TaskPlacement, ...] | None
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.tasks is not None
+
+
+def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
+    """Whether ``job``'s total request exceeds free capacity summed over
+    ready nodes (a necessary condition, O(resources))."""
+    free = state.free_total_of
+    for r, q in job.total.items():
+        have = free(r)
+        if have < q:
+            return Failure(
+                Code.INSUFFICIENT, Kind.BUSY,
+                f"needs {format_quantity(r, q)} {r} in all; {format_quantity(r, have)} free "
+                f"on ready nodes (largest free on any ready node: "
+                f"{format_quantity(r, state.max_free(r))})",
+            )
+    return None
+
+
+def group_aggregate_short(state: ClusterState, spec: TaskSpec) -> Failure | None:
+    """Stage 2 for one task group: its total request against free capacity
+    summed over ready nodes."""
+    for r, q in spec.resources.items():
+        need = q * spec.count
+        have = state.free_total_of(r)
+        if have < need:
+            biggest = state.max_free(r)
+            return Failure(
+                Code.INSUFFICIENT, Kind.BUSY,
+                f"needs {format_quantity(r, need)} {r} in all; "
+                f"{format_quantity(r, have)} free on ready nodes "
+                f"(largest free on any ready node: {format_quantity(r, biggest)})",
+            )
+    return None
+
+
+def busy_failure(state: ClusterState, job: Job, spec: TaskSpec, remaining: int) -> Failure:
+    """The walk found no candidate for the ``remaining`` tasks of a group."""
+    tasks = f"{remaining} more task(s)" if spec.count > 1 else "the task"
+    parts = []
+    for r, q in spec.resources.items():
+        biggest = state.max_free(r)
+        if biggest < q:
+            parts.append(
+                f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
+                f"{format_quantity(r, biggest)}"
+            )
+    detail = "; ".join(parts) if parts else (
+        "no ready node has all of " + ", ".join(
+            f"{format_quantity(r, q)} {r}" for r, q in spec.resources.items()
+        ) + " free at once, with its constraints"
+    )
+    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}")
+
+
+def no_class_failure(verdict: Verdict, spec: TaskSpec) -> Failure:
+    """No node class survived class feasibility: the rejections counted by
+    message; NEVER unless some class was rejected for a condition (not ready,
+    unhealthy) that can change."""
+    counts: dict[str, int] = {}
+    kind = Kind.NEVER
+    for cls, reason in verdict.rejected:
+        counts[reason.message] = counts.get(reason.message, 0) + cls.size
+        if reason.kind is Kind.CONDITION:
+            kind = Kind.CONDITION
+    total = sum(counts.values())
+    summary = "; ".join(
+        f"{msg} ({n})" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+    reasons = tuple(reason for _, reason in verdict.rejected)
+    code = verdict.rejected[0][1].code if verdict.rejected else Code.CAPACITY
+    return Failure(code, kind, f"0/{total} nodes can take it: {summary or 'no nodes'}", reasons)

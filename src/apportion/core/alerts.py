@@ -25,10 +25,10 @@ from enum import StrEnum
 from typing import Any
 
 from apportion.core.capacity import GroupSummary
+from apportion.core.errors import InvalidInput
 from apportion.core.health import HealthReport, Severity
 from apportion.core.model import Health
 from apportion.core.resources import format_quantity
-from apportion.exceptions import InvalidInput
 
 __all__ = [
     "Alert",

@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
+from apportion.core.errors import InvalidInput
 from apportion.core.resources import Vector, fits, format_vector
-from apportion.exceptions import InvalidInput
 
 Action = Literal["scale_up", "scale_down", "none"]
 Mode = Literal["auto", "advice"]

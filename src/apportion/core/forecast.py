@@ -36,7 +36,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from apportion.exceptions import InvalidInput
+from apportion.core.errors import InvalidInput
 
 Array = NDArray[np.float64]
 

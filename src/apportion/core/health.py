@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from apportion.core.errors import InvalidInput
 from apportion.core.health_thresholds import (
     DEFAULT_THRESHOLDS,
     Band,
@@ -34,7 +35,6 @@ from apportion.core.health_thresholds import (
     thresholds_from_config,
 )
 from apportion.core.model import Health
-from apportion.exceptions import InvalidInput
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-from apportion.exceptions import InvalidInput
+from apportion.core.errors import InvalidInput
 
 
 class Severity(StrEnum):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from apportion.exceptions import InvalidInput
+from apportion.core.errors import InvalidInput
 
 MAX_SERIES_POINTS = 11_000
 """Most points one series answer may hold; a finer step is refused, not truncated."""

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from apportion.exceptions import InvalidInput
+from apportion.core.errors import InvalidInput
 
 _KEY = r"[A-Za-z0-9][A-Za-z0-9._/-]*"
 _SET_RE = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^()]*)\)\s*$")

@@ -18,9 +18,7 @@ from typing import NoReturn
 
 from sortedcontainers import SortedList
 
-from apportion.core.model import Allocation, AllocationState, Device, Node, ReleaseReason
-from apportion.core.resources import Vector, format_quantity
-from apportion.exceptions import (
+from apportion.core.errors import (
     AllocationNotFound,
     CapacityBelowAllocated,
     InsufficientResources,
@@ -28,9 +26,10 @@ from apportion.exceptions import (
     NodeExists,
     NodeHasAllocations,
     NodeNotFound,
-    Shortage,
     UnknownResource,
 )
+from apportion.core.model import Allocation, AllocationState, Device, Node, ReleaseReason
+from apportion.core.resources import Shortage, Vector, format_quantity
 
 BEST_FIT_CANDIDATES = 4
 """How many feasible nodes best fit compares before it picks; walking the

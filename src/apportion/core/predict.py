@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from apportion.exceptions import InvalidInput
+from apportion.core.errors import InvalidInput
 
 Array = NDArray[np.float64]
 Tier = Literal["model", "robust", "request", "default"]

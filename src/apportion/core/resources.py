@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from fractions import Fraction
+from typing import Any
 
-from apportion.exceptions import InvalidQuantity, InvalidResourceName
+from apportion.core.errors import InvalidQuantity, InvalidResourceName
 
 MAX_QUANTITY = 2**63 - 1
 """Largest quantity stored (a signed 64-bit integer, PostgreSQL ``BIGINT``)."""
@@ -173,6 +175,37 @@ def format_quantity(name: str, value: int) -> str:
 
 def format_vector(vector: Vector) -> dict[str, str]:
     return {name: format_quantity(name, qty) for name, qty in vector.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    """One resource one node cannot give: what it has free and what was asked.
+
+    It lives beside ``format_quantity`` so that it can print itself, and
+    ``InsufficientResources`` carries a list of them.
+    """
+
+    node: str
+    resource: str
+    available: int
+    requested: int
+
+    def describe(self) -> str:
+        avail = format_quantity(self.resource, self.available)
+        req = format_quantity(self.resource, self.requested)
+        return (
+            f"Insufficient {self.resource} on node {self.node}: {avail} available, {req} requested"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "resource": self.resource,
+            "available": format_quantity(self.resource, self.available),
+            "requested": format_quantity(self.resource, self.requested),
+            "available_base": self.available,
+            "requested_base": self.requested,
+        }
 
 
 def add(a: Vector, b: Vector) -> dict[str, int]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apportion.core.alerts import AlertChange
-from apportion.exceptions import InvalidInput
+from apportion.core.errors import InvalidInput
 
 PAYLOAD_VERSION = 1
 

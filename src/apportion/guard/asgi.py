@@ -10,14 +10,43 @@ a reservation that cannot be had into ``503 Service Unavailable`` with a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from apportion.guard.errors import InsufficientResources
+from apportion.guard.errors import (
+    GuardError,
+    InsufficientResources,
+    PoolClosed,
+    PoolTimeout,
+    ProfileFileError,
+    TaskEnvironmentError,
+    UnknownProfile,
+)
 from apportion.guard.guard import Guard
+
+HTTP_STATUS: Mapping[type[GuardError], int] = {
+    GuardError: 400,
+    InsufficientResources: 503,
+    UnknownProfile: 404,
+    ProfileFileError: 422,
+    PoolTimeout: 503,
+    PoolClosed: 503,
+    TaskEnvironmentError: 500,
+}
+"""The status a guarded service answers each guard error with; a class not
+named takes its nearest named base's. The errors carry none themselves."""
+
+
+def http_status(exc: GuardError) -> int:
+    """The status ``exc`` is answered with: its class's row, or its nearest base's."""
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return HTTP_STATUS[GuardError]
 
 RequirementFor = Callable[[Scope], object | None]
 """Given the request's ASGI scope, what it must reserve (a profile name,
@@ -86,7 +115,7 @@ class GuardMiddleware:
         body = json.dumps({**exc.to_dict(), "retry_after": self.retry_after}).encode()
         await send({
             "type": "http.response.start",
-            "status": 503,
+            "status": http_status(exc),
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"retry-after", str(self.retry_after).encode()),

@@ -1,7 +1,9 @@
 """Errors the in-process guard raises on purpose.
 
 They subclass :class:`apportion.exceptions.ApportionError`, so a service that
-already maps apportion errors to responses handles these too. The guard's
+already maps apportion errors to responses handles these too. Like every
+apportion error they carry a ``code`` and no HTTP status: the guard's HTTP
+edge, ``apportion.guard.asgi``, holds the table of statuses. The guard's
 ``InsufficientResources`` is its own class (the cluster one speaks of nodes);
 both carry ``code = "insufficient_resources"``.
 """
@@ -53,7 +55,6 @@ class InsufficientResources(GuardError):
     """
 
     code = "insufficient_resources"
-    status = 503
 
     def __init__(self, shortages: Sequence[Short], *, what: str | None = None) -> None:
         head = f"not enough resources for {what}" if what else "not enough resources"
@@ -67,14 +68,12 @@ class UnknownProfile(GuardError):
     """A requirement profile name that was never registered."""
 
     code = "unknown_profile"
-    status = 404
 
 
 class ProfileFileError(GuardError):
     """A profiles file could not be read or does not have the expected shape."""
 
     code = "invalid_profiles_file"
-    status = 422
 
 
 class ReservationError(GuardError):
@@ -88,18 +87,15 @@ class PoolTimeout(GuardError):
     """No pooled object became free within the acquisition timeout."""
 
     code = "pool_timeout"
-    status = 503
 
 
 class PoolClosed(GuardError):
     """The pool was closed; no more checkouts."""
 
     code = "pool_closed"
-    status = 503
 
 
 class TaskEnvironmentError(GuardError):
     """``APPORTION_RESOURCES`` or ``APPORTION_DEVICES`` is set but malformed."""
 
     code = "invalid_task_environment"
-    status = 500

@@ -31,6 +31,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from apportion.exceptions import ApportionError, BodyTooLarge, TooManyFailures, Unauthenticated
+from apportion.server.errors import http_headers, http_status
 from apportion.service.auth import Authenticator
 from apportion.service.join_tokens import is_join_token
 
@@ -172,9 +173,9 @@ async def _answer(send: Send, exc: ApportionError) -> None:
     body = orjson.dumps(exc.to_dict())
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
-    for key, value in exc.headers().items():
+    for key, value in http_headers(exc).items():
         headers.append((key.lower().encode(), value.encode()))
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.start", "status": http_status(exc), "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -1,10 +1,15 @@
 """Every failure answers JSON a person can act on; nothing answers 500 for
-bad input."""
+bad input.
+
+The HTTP status of each deliberate error lives here, at the edge, and not on
+the error: the core raises errors that know nothing of HTTP, and this table
+is the one place that says how each is answered.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -13,7 +18,84 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from apportion.exceptions import ApportionError
+from apportion.exceptions import (
+    AgentUnknown,
+    AllocationNotFound,
+    AllocationOwnedByTask,
+    ApportionError,
+    BodyTooLarge,
+    CapacityBelowAllocated,
+    InsufficientResources,
+    InvalidInput,
+    InvalidQuantity,
+    InvalidResourceName,
+    JobRejected,
+    NodeExists,
+    NodeHasAllocations,
+    NodeNotFound,
+    NotFound,
+    NotLeader,
+    PermissionDenied,
+    ProviderConfigError,
+    ProviderError,
+    ProviderUnavailable,
+    ReasonReserved,
+    Refused,
+    StoreUnavailable,
+    TokenTooShort,
+    TooManyFailures,
+    Unauthenticated,
+    UnknownResource,
+)
+
+HTTP_STATUS: Mapping[type[ApportionError], int] = {
+    ApportionError: 400,
+    InvalidQuantity: 422,
+    InvalidResourceName: 422,
+    InvalidInput: 422,
+    UnknownResource: 409,
+    NodeNotFound: 404,
+    NodeExists: 409,
+    NotFound: 404,
+    AllocationNotFound: 404,
+    InsufficientResources: 409,
+    CapacityBelowAllocated: 409,
+    NodeHasAllocations: 409,
+    JobRejected: 422,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    BodyTooLarge: 413,
+    StoreUnavailable: 503,
+    ProviderConfigError: 422,
+    ProviderUnavailable: 501,
+    ProviderError: 502,
+    AgentUnknown: 409,
+    Refused: 409,
+    NotLeader: 503,
+    AllocationOwnedByTask: 409,
+    ReasonReserved: 422,
+    TooManyFailures: 429,
+    TokenTooShort: 422,
+}
+"""The status each error class is answered with. A class not named takes its
+nearest named base's (so a subclass answers as its parent until it is given
+its own row)."""
+
+
+def http_status(exc: ApportionError) -> int:
+    """The status ``exc`` is answered with: its class's row, or its nearest base's."""
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return HTTP_STATUS[ApportionError]
+
+
+def http_headers(exc: ApportionError) -> dict[str, str]:
+    """HTTP headers the answer to ``exc`` carries besides the body."""
+    if isinstance(exc, TooManyFailures):
+        return {"Retry-After": str(exc.data.get("retry_after", 30))}
+    return {}
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +134,8 @@ def validation_failure(errors: Sequence[Any]) -> tuple[dict[str, Any], int]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApportionError)
     async def apportion_error(_: Request, exc: ApportionError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers() or None)
+        return JSONResponse(exc.to_dict(), status_code=http_status(exc),
+                            headers=http_headers(exc) or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from apportion.exceptions import ApportionError, BodyTooLarge
-from apportion.server.errors import validation_failure
+from apportion.server.errors import http_status, validation_failure
 from apportion.server.routes.allocations import grant_allocation
 from apportion.server.routes.observability import log_request, request_id_of
 from apportion.server.schemas import AllocationIn
@@ -80,7 +80,7 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         body = AllocationIn.model_validate(_parse_json(raw), from_attributes=True)
         return 201, orjson.dumps(await grant_allocation(ctx, caller, body))
     except ApportionError as exc:
-        return exc.status, orjson.dumps(exc.to_dict())
+        return http_status(exc), orjson.dumps(exc.to_dict())
     except ValidationError as exc:
         payload, status = validation_failure(exc.errors())
         return status, orjson.dumps(payload)

@@ -5,6 +5,7 @@ The server and the simulator call ``schedule_cycle`` with a ``ClusterState``
 they keep up to date; see ``docs/scheduling.md``.
 """
 
+from apportion.core.errors import JobRejected
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import Reservation
 from apportion.core.scheduling.constraints import Constraints, parse_constraints
@@ -16,7 +17,6 @@ from apportion.core.scheduling.cycle import (
     SchedulerConfig,
     schedule_cycle,
 )
-from apportion.core.scheduling.errors import JobRejected
 from apportion.core.scheduling.explain import Explanation, explain, validate_job
 from apportion.core.scheduling.fragmentation import FragmentationReport, fragmentation
 from apportion.core.scheduling.jobs import (

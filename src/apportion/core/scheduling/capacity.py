@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from apportion.core.errors import NodeNotFound
 from apportion.core.model import Device, Health, Node, NodeState
 from apportion.core.scheduling.freeindex import FreeIndex
-from apportion.exceptions import NodeNotFound
 
 
 @dataclass(eq=False, slots=True)

@@ -16,10 +16,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from apportion.core.errors import InvalidInput
 from apportion.core.labels import Requirement, parse_selector
 from apportion.core.model import Device
 from apportion.core.resources import parse_quantity
-from apportion.exceptions import InvalidInput
 
 _KEY = r"[A-Za-z0-9][A-Za-z0-9._/-]*"
 _NUMERIC_RE = re.compile(rf"^\s*({_KEY})\s*(>=|<=|>|<)\s*([^,()<>=!]+?)\s*$")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from apportion.core.errors import InvalidInput
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling import preemption
 from apportion.core.scheduling.adaptive import RuntimeHistory
@@ -42,7 +43,6 @@ from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import Failure
-from apportion.exceptions import InvalidInput
 
 BACKFILL_MODES = ("none", "easy", "conservative")
 INF = float("inf")

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from apportion.core.errors import JobRejected
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.backfill import easy_reservation
 from apportion.core.scheduling.capacity import NodeClass
-from apportion.core.scheduling.errors import JobRejected
 from apportion.core.scheduling.filters import (
     CLASS_FILTERS,
     Kind,

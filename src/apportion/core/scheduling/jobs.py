@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from apportion.core.errors import InvalidInput
 from apportion.core.labels import Requirement
 from apportion.core.resources import Vector
 from apportion.core.scheduling.constraints import Constraints
-from apportion.exceptions import InvalidInput
 
 NO_CONSTRAINTS = Constraints()
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol
 
+from apportion.core.errors import InvalidInput
 from apportion.core.scheduling.adaptive import AdaptiveOrder
 from apportion.core.scheduling.interface import PlaceOptions, ScorePlugin
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.scorers import SCORERS
 from apportion.core.scheduling.state import ClusterState
-from apportion.exceptions import InvalidInput
 
 INF = float("inf")
 

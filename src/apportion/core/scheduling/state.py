@@ -27,6 +27,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from apportion.core.errors import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
 from apportion.core.ledger import check_node
 from apportion.core.model import Node
 from apportion.core.scheduling.capacity import (
@@ -38,7 +39,6 @@ from apportion.core.scheduling.capacity import (
     node_cost,
 )
 from apportion.core.scheduling.jobs import Job, RunningJob, TaskPlacement
-from apportion.exceptions import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
 
 __all__ = [  # the capacity types are re-exported: they lived here
     "Bucket", "ClusterState", "NodeClass", "NodeRec", "node_cost",

@@ -20,7 +20,7 @@ from moto import mock_aws
 from apportion.exceptions import InvalidInput, ProviderConfigError, ProviderError
 from apportion.providers import get
 from apportion.providers.aws import AwsProvider
-from apportion.providers.base import JoinSpec, NodeState, NodeType
+from apportion.providers.base import InstanceState, JoinSpec, NodeType
 from apportion.providers.secret import Secret
 
 GiB = 1 << 30
@@ -100,7 +100,7 @@ def test_create_runs_tagged_instances_with_the_agent(provider: AwsProvider, aws:
     for node in nodes:
         assert node.id.startswith("i-")
         assert (node.pool, node.node_type, node.state, node.provider) == (
-            "cpu", "c5.xlarge", NodeState.PROVISIONING, "aws-east")
+            "cpu", "c5.xlarge", InstanceState.PROVISIONING, "aws-east")
         assert node.node_name.startswith("cpu-") and len(node.node_name) == 10
         assert node.address is not None and node.created_at > 0
         instance = _instance(aws, node.id)
@@ -183,10 +183,10 @@ def test_list_and_status(provider: AwsProvider, aws: Any) -> None:
     assert sorted(n.id for n in provider.list("cpu")) == sorted(n.id for n in first)
     assert [n.id for n in provider.list("gpu")] == [other[0].id]
     assert len(provider.list()) == 3
-    assert {n.state for n in provider.list()} == {NodeState.RUNNING}  # moto starts at once
+    assert {n.state for n in provider.list()} == {InstanceState.RUNNING}  # moto starts at once
     status = provider.status(first[0].id)
     assert (status.id, status.node_name, status.pool, status.state) == (
-        first[0].id, first[0].node_name, "cpu", NodeState.RUNNING)
+        first[0].id, first[0].node_name, "cpu", InstanceState.RUNNING)
 
 
 def test_terminate_only_ours(provider: AwsProvider, aws: Any) -> None:
@@ -195,26 +195,26 @@ def test_terminate_only_ours(provider: AwsProvider, aws: Any) -> None:
                                 MaxCount=1)["Instances"][0]["InstanceId"]
     out = provider.terminate([nodes[0].id, foreign, "i-0123456789abcdef0"])
     assert [(n.id, n.state) for n in out] == [
-        (nodes[0].id, NodeState.TERMINATING),
-        (foreign, NodeState.TERMINATED),
-        ("i-0123456789abcdef0", NodeState.TERMINATED),
+        (nodes[0].id, InstanceState.TERMINATING),
+        (foreign, InstanceState.TERMINATED),
+        ("i-0123456789abcdef0", InstanceState.TERMINATED),
     ]
     assert out[1].detail == "not an instance of this provider; not touched"
     assert _instance(aws, foreign)["State"]["Name"] == "running"
     assert _instance(aws, nodes[1].id)["State"]["Name"] == "running"
     # moto moves shutting-down to terminated on the next describe.
-    assert provider.status(nodes[0].id).state is NodeState.TERMINATED
+    assert provider.status(nodes[0].id).state is InstanceState.TERMINATED
     assert [n.id for n in provider.list()] == [nodes[1].id]
     again = provider.terminate([nodes[0].id])  # idempotent
-    assert again[0].state is NodeState.TERMINATED
-    assert provider.status("i-0123456789abcdef0").state is NodeState.TERMINATED
+    assert again[0].state is InstanceState.TERMINATED
+    assert provider.status("i-0123456789abcdef0").state is InstanceState.TERMINATED
 
 
 def test_stopped_instance_is_failed(provider: AwsProvider, aws: Any) -> None:
     (node,) = provider.create("cpu", "c5.xlarge", 1, JOIN)
     aws.stop_instances(InstanceIds=[node.id])
     status = provider.status(node.id)
-    assert status.state is NodeState.FAILED
+    assert status.state is InstanceState.FAILED
     assert status.detail.startswith("instance is st")  # stopping or stopped
 
 

@@ -17,7 +17,7 @@ pytest.importorskip("docker", reason="the docker extra is not installed")
 
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers import get
-from apportion.providers.base import JoinSpec, NodeState
+from apportion.providers.base import InstanceState, JoinSpec
 from apportion.providers.docker import DockerProvider
 from apportion.providers.secret import Secret
 from providers.fake_http import Call, FakeAdapter
@@ -143,7 +143,7 @@ def test_create_runs_agent_containers(
 ) -> None:
     nodes = provider.create("dev", "small", 2, JOIN)
     assert [(n.pool, n.node_type, n.state, n.provider, n.address) for n in nodes] == [
-        ("dev", "small", NodeState.RUNNING, "docker", "172.18.0.5")] * 2
+        ("dev", "small", InstanceState.RUNNING, "docker", "172.18.0.5")] * 2
     assert nodes[0].created_at == pytest.approx(1714557600.123457)
     name = nodes[0].node_name
     assert name.startswith("dev-") and nodes[0].id == f"{1:064x}"
@@ -193,8 +193,8 @@ def test_list_and_status(provider: DockerProvider, engine: FakeEngine,
                                                 OOMKilled=True)
     status = provider.status(dev[0].id)
     assert (status.state, status.detail) == (
-        NodeState.FAILED, "container is exited (exit code 1), killed for exceeding its memory")
-    assert provider.status("nope").state is NodeState.TERMINATED
+        InstanceState.FAILED, "container is exited (exit code 1), killed for exceeding its memory")
+    assert provider.status("nope").state is InstanceState.TERMINATED
 
 
 def test_terminate_stops_and_removes_only_ours(
@@ -204,9 +204,9 @@ def test_terminate_stops_and_removes_only_ours(
     web = engine.add("web", {"app": "web"})
     adapter.calls.clear()
     out = provider.terminate([nodes[0].id, web, "nope"])
-    assert [(n.id, n.state) for n in out] == [(nodes[0].id, NodeState.TERMINATED),
-                                              (web, NodeState.TERMINATED),
-                                              ("nope", NodeState.TERMINATED)]
+    assert [(n.id, n.state) for n in out] == [(nodes[0].id, InstanceState.TERMINATED),
+                                              (web, InstanceState.TERMINATED),
+                                              ("nope", InstanceState.TERMINATED)]
     assert out[1].detail == "not a container of this provider; not touched"
     changes = [(c.method, c.path, c.query) for c in adapter.calls if c.method != "GET"]
     assert changes == [
@@ -216,7 +216,7 @@ def test_terminate_stops_and_removes_only_ours(
     ]
     assert web in engine.containers and nodes[0].id not in engine.containers
     assert [n.id for n in provider.list()] == [nodes[1].id]
-    assert provider.terminate([nodes[0].id])[0].state is NodeState.TERMINATED
+    assert provider.terminate([nodes[0].id])[0].state is InstanceState.TERMINATED
 
 
 def test_name_conflict_is_a_provider_error(provider: DockerProvider, engine: FakeEngine) -> None:

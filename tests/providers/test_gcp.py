@@ -21,7 +21,7 @@ from google.cloud import compute_v1
 
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers import get
-from apportion.providers.base import JoinSpec, NodeState
+from apportion.providers.base import InstanceState, JoinSpec
 from apportion.providers.gcp import GcpProvider
 from apportion.providers.secret import Secret
 from providers.fake_http import Call, FakeAdapter
@@ -145,7 +145,7 @@ def test_create_inserts_labelled_instances(
 ) -> None:
     nodes = provider.create("cpu", "n2-standard-4", 2, JOIN)
     assert [(n.pool, n.node_type, n.state, n.provider) for n in nodes] == [
-        ("cpu", "n2-standard-4", NodeState.PROVISIONING, "gcp-main")] * 2
+        ("cpu", "n2-standard-4", InstanceState.PROVISIONING, "gcp-main")] * 2
     assert nodes[0].detail == f"operation operation-insert-{nodes[0].id}"
     posts = [c for c in adapter.calls if c.method == "POST"]
     assert [c.path for c in posts] == [BASE + "/instances"] * 2
@@ -184,7 +184,7 @@ def test_spot_and_pool_settings(provider: GcpProvider, adapter: FakeAdapter) -> 
     }]
     status = provider.status(node.id)
     assert (status.state, status.address, status.created_at) == (
-        NodeState.PROVISIONING, "10.128.0.1", 1714557600.0)
+        InstanceState.PROVISIONING, "10.128.0.1", 1714557600.0)
 
 
 def test_list_pages_and_filters(
@@ -199,7 +199,7 @@ def test_list_pages_and_filters(
         gce.instances[name]["status"] = "RUNNING"
     listed = provider.list("cpu")
     assert sorted(n.id for n in listed) == sorted(n.id for n in made)
-    assert {n.state for n in listed} == {NodeState.RUNNING}
+    assert {n.state for n in listed} == {InstanceState.RUNNING}
     lists = [c for c in adapter.calls if c.method == "GET" and c.path == BASE + "/instances"]
     assert lists[0].query["filter"] == [
         '(labels.apportion-managed-by = "apportion") AND '
@@ -210,12 +210,12 @@ def test_list_pages_and_filters(
 
 @pytest.mark.parametrize(
     ("gce_status", "state"),
-    [("PROVISIONING", NodeState.PROVISIONING), ("STAGING", NodeState.PROVISIONING),
-     ("RUNNING", NodeState.RUNNING), ("STOPPING", NodeState.TERMINATING),
-     ("TERMINATED", NodeState.FAILED), ("SUSPENDED", NodeState.FAILED)],
+    [("PROVISIONING", InstanceState.PROVISIONING), ("STAGING", InstanceState.PROVISIONING),
+     ("RUNNING", InstanceState.RUNNING), ("STOPPING", InstanceState.TERMINATING),
+     ("TERMINATED", InstanceState.FAILED), ("SUSPENDED", InstanceState.FAILED)],
 )
 def test_status_mapping(
-    provider: GcpProvider, gce: FakeCompute, gce_status: str, state: NodeState
+    provider: GcpProvider, gce: FakeCompute, gce_status: str, state: InstanceState
 ) -> None:
     (node,) = provider.create("cpu", "n2-standard-4", 1, JOIN)
     gce.instances[node.id]["status"] = gce_status
@@ -229,15 +229,15 @@ def test_terminate_deletes_only_ours(
     gce.add("hand-made", {"team": "infra"})
     out = provider.terminate([nodes[0].id, "hand-made", "never-was"])
     assert [(n.id, n.state) for n in out] == [
-        (nodes[0].id, NodeState.TERMINATING),
-        ("hand-made", NodeState.TERMINATED),
-        ("never-was", NodeState.TERMINATED),
+        (nodes[0].id, InstanceState.TERMINATING),
+        ("hand-made", InstanceState.TERMINATED),
+        ("never-was", InstanceState.TERMINATED),
     ]
     assert out[1].detail == "not an instance of this provider; not touched"
     deletes = [c.path for c in adapter.calls if c.method == "DELETE"]
     assert deletes == [f"{BASE}/instances/{nodes[0].id}"]
     assert "hand-made" in gce.instances
-    assert provider.status(nodes[0].id).state is NodeState.TERMINATED
+    assert provider.status(nodes[0].id).state is InstanceState.TERMINATED
     assert [n.id for n in provider.list()] == [nodes[1].id]
 
 

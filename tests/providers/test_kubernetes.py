@@ -24,7 +24,7 @@ import kubernetes.client
 
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers import get
-from apportion.providers.base import JoinSpec, NodeState
+from apportion.providers.base import InstanceState, JoinSpec
 from apportion.providers.kubernetes import KubernetesProvider
 from apportion.providers.secret import Secret
 
@@ -236,7 +236,7 @@ def provider(api: FakeApiServer) -> KubernetesProvider:
 def test_create_makes_secret_then_pod(provider: KubernetesProvider, api: FakeApiServer) -> None:
     nodes = provider.create("batch", "small", 2, JOIN)
     assert [(n.pool, n.node_type, n.state, n.provider, n.created_at) for n in nodes] == [
-        ("batch", "small", NodeState.PROVISIONING, "k8s", 1714557600.0)] * 2
+        ("batch", "small", InstanceState.PROVISIONING, "k8s", 1714557600.0)] * 2
     name = nodes[0].node_name
     assert nodes[0].id == name and name.startswith("batch-")
     base = f"/api/v1/namespaces/{NS}"
@@ -299,18 +299,19 @@ def test_status_follows_the_pod(provider: KubernetesProvider, api: FakeApiServer
     api.wait(node.id, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/acme/apportion"')
     status = provider.status(node.id)
     assert (status.state, status.detail) == (
-        NodeState.PROVISIONING, 'ImagePullBackOff: Back-off pulling image "ghcr.io/acme/apportion"')
+        InstanceState.PROVISIONING,
+        'ImagePullBackOff: Back-off pulling image "ghcr.io/acme/apportion"')
     api.run(node.id, "10.244.1.7")
     status = provider.status(node.id)
     assert (status.state, status.address, status.detail) == (
-        NodeState.RUNNING, "10.244.1.7", "")
+        InstanceState.RUNNING, "10.244.1.7", "")
     api.end(node.id, "Failed", "OOMKilled", 137)
     status = provider.status(node.id)
     assert (status.state, status.detail) == (
-        NodeState.FAILED, "pod is Failed: OOMKilled (exit code 137)")
+        InstanceState.FAILED, "pod is Failed: OOMKilled (exit code 137)")
     api.end(node.id, "Succeeded", "Completed", 0)
     assert provider.status(node.id).detail == "pod is Succeeded: Completed (exit code 0)"
-    assert provider.status("batch-ffffff").state is NodeState.TERMINATED
+    assert provider.status("batch-ffffff").state is InstanceState.TERMINATED
 
 
 def test_list_selects_our_pods(provider: KubernetesProvider, api: FakeApiServer) -> None:
@@ -323,7 +324,7 @@ def test_list_selects_our_pods(provider: KubernetesProvider, api: FakeApiServer)
     api.pods["someone-else"] = other
     listed = provider.list("batch")
     assert sorted(n.id for n in listed) == sorted(n.id for n in batch)
-    assert {n.state for n in listed} == {NodeState.RUNNING}
+    assert {n.state for n in listed} == {InstanceState.RUNNING}
     (_, path, query, _) = api.calls[-1]
     assert path == f"/api/v1/namespaces/{NS}/pods"
     assert query["labelSelector"] == [
@@ -338,9 +339,9 @@ def test_terminate_deletes_pod_and_secret(
     api.pods["web-1"] = copy.deepcopy(api.pods[nodes[1].id])
     api.pods["web-1"]["metadata"].update(name="web-1", labels={"app": "web"})
     out = provider.terminate([nodes[0].id, "web-1", "gone-1"])
-    assert [(n.id, n.state) for n in out] == [(nodes[0].id, NodeState.TERMINATING),
-                                              ("web-1", NodeState.TERMINATED),
-                                              ("gone-1", NodeState.TERMINATED)]
+    assert [(n.id, n.state) for n in out] == [(nodes[0].id, InstanceState.TERMINATING),
+                                              ("web-1", InstanceState.TERMINATED),
+                                              ("gone-1", InstanceState.TERMINATED)]
     assert out[1].detail == "not a pod of this provider; not touched"
     deletes = [(p, q) for m, p, q, _ in api.calls if m == "DELETE"]
     assert deletes == [
@@ -348,9 +349,9 @@ def test_terminate_deletes_pod_and_secret(
         (f"/api/v1/namespaces/{NS}/secrets/{nodes[0].id}-join", {}),
     ]
     assert "web-1" in api.pods
-    assert provider.status(nodes[0].id).state is NodeState.TERMINATING  # grace period
+    assert provider.status(nodes[0].id).state is InstanceState.TERMINATING  # grace period
     api.finish_deletions()
-    assert provider.status(nodes[0].id).state is NodeState.TERMINATED
+    assert provider.status(nodes[0].id).state is InstanceState.TERMINATED
     assert [n.id for n in provider.list()] == [nodes[1].id]
 
 

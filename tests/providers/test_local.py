@@ -19,7 +19,7 @@ import pytest
 
 from apportion.exceptions import InvalidInput, ProviderConfigError
 from apportion.providers import get
-from apportion.providers.base import JoinSpec, NodeState
+from apportion.providers.base import InstanceState, JoinSpec
 from apportion.providers.local import LocalProvider
 from apportion.providers.secret import Secret
 
@@ -113,7 +113,7 @@ def test_create_starts_agents_with_declared_resources(
     monkeypatch.setenv("APPORTION_ADMIN_TOKEN", "admin-secret")
     provider = make(env={"EXTRA": Secret("from-config")})
     nodes = provider.create("dev", "small", 2, JOIN)
-    assert [n.state for n in nodes] == [NodeState.RUNNING, NodeState.RUNNING]
+    assert [n.state for n in nodes] == [InstanceState.RUNNING, InstanceState.RUNNING]
     assert [(n.pool, n.node_type, n.provider, n.address) for n in nodes] == [
         ("dev", "small", "local", "127.0.0.1")] * 2
     for node in nodes:
@@ -170,13 +170,13 @@ def test_restarted_provider_finds_its_nodes(
     again = LocalProvider("local", {"state_dir": str(tmp_path / "state"),
                                     "node_types": NODE_TYPES})
     (found,) = again.list()
-    assert (found.id, found.state, found.created_at) == (node.id, NodeState.RUNNING,
+    assert (found.id, found.state, found.created_at) == (node.id, InstanceState.RUNNING,
                                                          node.created_at)
-    assert again.status(node.id).state is NodeState.RUNNING
+    assert again.status(node.id).state is InstanceState.RUNNING
     (done,) = again.terminate([node.id])
-    assert done.state is NodeState.TERMINATED
+    assert done.state is InstanceState.TERMINATED
     assert _gone(pid)
-    assert first.status(node.id).state is NodeState.TERMINATED
+    assert first.status(node.id).state is InstanceState.TERMINATED
     assert first.list() == []
 
 
@@ -195,7 +195,7 @@ def test_terminate_sigterm_then_sigkill_the_group(
     started = time.monotonic()
     out = provider.terminate([stubborn.id, forking.id])
     took = time.monotonic() - started
-    assert [n.state for n in out] == [NodeState.TERMINATED, NodeState.TERMINATED]
+    assert [n.state for n in out] == [InstanceState.TERMINATED, InstanceState.TERMINATED]
     assert 0.5 <= took < 3.0  # one grace for both, then SIGKILL
     assert _gone(int(seen_stubborn["pid"]))
     assert _gone(int(seen_forking["pid"]))
@@ -205,8 +205,8 @@ def test_terminate_sigterm_then_sigkill_the_group(
     assert _gone(grandchild)
     # Idempotent, and unknown ids are simply terminated.
     again = provider.terminate([stubborn.id, "nope"])
-    assert [(n.id, n.state) for n in again] == [(stubborn.id, NodeState.TERMINATED),
-                                                ("nope", NodeState.TERMINATED)]
+    assert [(n.id, n.state) for n in again] == [(stubborn.id, InstanceState.TERMINATED),
+                                                ("nope", InstanceState.TERMINATED)]
     assert again[1].detail == "unknown to this provider"
 
 
@@ -218,16 +218,16 @@ def test_agent_that_exits_is_failed(
     (node,) = provider.create("dev", "small", 1, JOIN)
     _recorded(provider, node.node_name)
     deadline = time.monotonic() + 10
-    while provider.status(node.id).state is NodeState.RUNNING:
+    while provider.status(node.id).state is InstanceState.RUNNING:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     status = provider.status(node.id)
     log = provider.state_dir / "nodes" / node.node_name / "agent.log"
-    assert status.state is NodeState.FAILED
+    assert status.state is InstanceState.FAILED
     assert status.detail.endswith(f"exited with code 3; see {log}")
-    assert [n.state for n in provider.list()] == [NodeState.FAILED]  # still listed
+    assert [n.state for n in provider.list()] == [InstanceState.FAILED]  # still listed
     (done,) = provider.terminate([node.id])
-    assert done.state is NodeState.TERMINATED
+    assert done.state is InstanceState.TERMINATED
     assert provider.list() == []
 
 
@@ -241,9 +241,9 @@ def test_reused_pid_is_not_signalled(make: Callable[..., LocalProvider]) -> None
     data["nodes"][node.id].update(pid=os.getpid(), started=12345.0)
     path.write_text(json.dumps(data))
     status = provider.status(node.id)
-    assert status.state is NodeState.FAILED
+    assert status.state is InstanceState.FAILED
     (done,) = provider.terminate([node.id])  # must not SIGTERM pytest
-    assert done.state is NodeState.TERMINATED
+    assert done.state is InstanceState.TERMINATED
     os.killpg(real_pid, signal.SIGKILL)
     os.waitpid(real_pid, 0)
 
@@ -251,7 +251,7 @@ def test_reused_pid_is_not_signalled(make: Callable[..., LocalProvider]) -> None
 def test_status_of_unknown_id(make: Callable[..., LocalProvider]) -> None:
     status = make().status("dev-000000")
     assert (status.id, status.state, status.provider, status.detail) == (
-        "dev-000000", NodeState.TERMINATED, "local", "unknown to this provider")
+        "dev-000000", InstanceState.TERMINATED, "local", "unknown to this provider")
 
 
 def test_bad_requests(make: Callable[..., LocalProvider]) -> None:
@@ -335,7 +335,7 @@ def test_real_agent_joins_and_leaves(tmp_path: Path) -> None:
                 if response.status_code == 200:
                     node = response.json()
                     break
-                assert provider.status(nodes[0].id).state is NodeState.RUNNING, (
+                assert provider.status(nodes[0].id).state is InstanceState.RUNNING, (
                     provider.status(nodes[0].id).detail)
                 time.sleep(0.1)
         assert node, f"the agent never registered; log:\n{_log(provider, name)}"
@@ -347,7 +347,7 @@ def test_real_agent_joins_and_leaves(tmp_path: Path) -> None:
         assert {k: labels[k] for k in ("pool", "provider", "node-type")} == {
             "pool": "dev", "provider": "local", "node-type": "small"}
         (done,) = provider.terminate([nodes[0].id])
-        assert done.state is NodeState.TERMINATED
+        assert done.state is InstanceState.TERMINATED
     finally:
         if nodes:
             provider.terminate([n.id for n in nodes])

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from apportion.exceptions import ProviderConfigError, ProviderUnavailable
 from apportion.providers.base import (
+    InstanceState,
     JoinSpec,
-    NodeState,
     NodeType,
     Provider,
     ProvisionedNode,
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REGISTRY",
+    "InstanceState",
     "JoinSpec",
-    "NodeState",
     "NodeType",
     "Provider",
     "ProvisionedNode",

@@ -28,8 +28,8 @@ import botocore.exceptions
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers.base import (
     MANAGED_BY,
+    InstanceState,
     JoinSpec,
-    NodeState,
     Provider,
     ProvisionedNode,
     terminated,
@@ -44,12 +44,12 @@ TAG_NODE = "apportion:node"
 TAG_NODE_TYPE = "apportion:node-type"
 
 STATES = {
-    "pending": NodeState.PROVISIONING,
-    "running": NodeState.RUNNING,
-    "shutting-down": NodeState.TERMINATING,
-    "terminated": NodeState.TERMINATED,
-    "stopping": NodeState.FAILED,
-    "stopped": NodeState.FAILED,
+    "pending": InstanceState.PROVISIONING,
+    "running": InstanceState.RUNNING,
+    "shutting-down": InstanceState.TERMINATING,
+    "terminated": InstanceState.TERMINATED,
+    "stopping": InstanceState.FAILED,
+    "stopped": InstanceState.FAILED,
 }
 LISTED = ["pending", "running", "shutting-down", "stopping", "stopped"]
 
@@ -227,9 +227,9 @@ class AwsProvider(Provider):
     def _node(self, instance: Mapping[str, Any]) -> ProvisionedNode:
         tags = _tags(instance)
         state_name = instance["State"]["Name"]
-        state = STATES.get(state_name, NodeState.FAILED)
+        state = STATES.get(state_name, InstanceState.FAILED)
         detail = ""
-        if state is NodeState.FAILED:
+        if state is InstanceState.FAILED:
             reason = (instance.get("StateReason") or {}).get("Message", "")
             detail = f"instance is {state_name}" + (f": {reason}" if reason else "")
         if self.settings.get("address") == "public":

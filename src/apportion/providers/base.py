@@ -45,7 +45,11 @@ NODE_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 container name and a cloud label value."""
 
 
-class NodeState(StrEnum):
+class InstanceState(StrEnum):
+    """Where a provider's instance (machine, pod, container, process) is in
+    its life, as the provider sees it. Not ``core.model.NodeState``: that is
+    the node's state in the cluster, once its agent has joined."""
+
     PROVISIONING = "provisioning"
     """Asked for; the machine or process is starting."""
     RUNNING = "running"
@@ -59,7 +63,7 @@ class NodeState(StrEnum):
     """Exists but will not serve: exited on its own, stopped, crashed."""
 
 
-LIVE_STATES = frozenset({NodeState.PROVISIONING, NodeState.RUNNING})
+LIVE_STATES = frozenset({InstanceState.PROVISIONING, InstanceState.RUNNING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,7 @@ class ProvisionedNode:
     node_name: str
     pool: str
     node_type: str
-    state: NodeState
+    state: InstanceState
     created_at: float
     address: str | None = None
     provider: str = ""
@@ -267,7 +271,7 @@ def new_node_name(pool: str) -> str:
 
 def terminated(id: str, provider: str, detail: str = "") -> ProvisionedNode:
     """The answer for an id a provider no longer knows."""
-    return ProvisionedNode(id, "", "", "", NodeState.TERMINATED, 0.0, None, provider, detail)
+    return ProvisionedNode(id, "", "", "", InstanceState.TERMINATED, 0.0, None, provider, detail)
 
 
 def parse_node_types(raw: object, provider: str) -> builtins.list[NodeType]:

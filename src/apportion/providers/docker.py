@@ -31,8 +31,8 @@ import docker.types
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers.base import (
     MANAGED_BY,
+    InstanceState,
     JoinSpec,
-    NodeState,
     Provider,
     ProvisionedNode,
     terminated,
@@ -47,13 +47,13 @@ LABEL_NODE = "apportion.node"
 LABEL_NODE_TYPE = "apportion.node-type"
 
 STATES = {
-    "created": NodeState.PROVISIONING,
-    "restarting": NodeState.PROVISIONING,
-    "running": NodeState.RUNNING,
-    "removing": NodeState.TERMINATING,
-    "paused": NodeState.FAILED,
-    "exited": NodeState.FAILED,
-    "dead": NodeState.FAILED,
+    "created": InstanceState.PROVISIONING,
+    "restarting": InstanceState.PROVISIONING,
+    "running": InstanceState.RUNNING,
+    "removing": InstanceState.TERMINATING,
+    "paused": InstanceState.FAILED,
+    "exited": InstanceState.FAILED,
+    "dead": InstanceState.FAILED,
 }
 
 
@@ -162,7 +162,7 @@ class DockerProvider(Provider):
                                     f"{_describe(exc)}", provider=self.name) from exc
             node = self._node(container)
             out.append(ProvisionedNode(node.id, node.node_name, node.pool, node.node_type,
-                                       NodeState.TERMINATED, node.created_at, None, self.name))
+                                       InstanceState.TERMINATED, node.created_at, None, self.name))
         return out
 
     def status(self, id: str) -> ProvisionedNode:
@@ -210,9 +210,9 @@ class DockerProvider(Provider):
         labels = container.labels or {}
         state_info = attrs.get("State") or {}
         status = str(state_info.get("Status") or container.status)
-        state = STATES.get(status, NodeState.FAILED)
+        state = STATES.get(status, InstanceState.FAILED)
         detail = ""
-        if state is NodeState.FAILED:
+        if state is InstanceState.FAILED:
             detail = f"container is {status}"
             if status in ("exited", "dead"):
                 detail += f" (exit code {state_info.get('ExitCode')})"

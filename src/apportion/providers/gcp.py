@@ -32,8 +32,8 @@ from google.cloud import compute_v1
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers.base import (
     MANAGED_BY,
+    InstanceState,
     JoinSpec,
-    NodeState,
     Provider,
     ProvisionedNode,
     terminated,
@@ -48,18 +48,18 @@ LABEL_NODE = "apportion-node"
 LABEL_NODE_TYPE = "apportion-node-type"
 
 STATES = {
-    "PROVISIONING": NodeState.PROVISIONING,
-    "STAGING": NodeState.PROVISIONING,
-    "PENDING": NodeState.PROVISIONING,
-    "REPAIRING": NodeState.PROVISIONING,
-    "RUNNING": NodeState.RUNNING,
-    "STOPPING": NodeState.TERMINATING,
-    "PENDING_STOP": NodeState.TERMINATING,
-    "DEPROVISIONING": NodeState.TERMINATING,
-    "SUSPENDING": NodeState.FAILED,
-    "SUSPENDED": NodeState.FAILED,
-    "STOPPED": NodeState.FAILED,
-    "TERMINATED": NodeState.FAILED,  # GCE's TERMINATED is a stopped instance, not a deleted one
+    "PROVISIONING": InstanceState.PROVISIONING,
+    "STAGING": InstanceState.PROVISIONING,
+    "PENDING": InstanceState.PROVISIONING,
+    "REPAIRING": InstanceState.PROVISIONING,
+    "RUNNING": InstanceState.RUNNING,
+    "STOPPING": InstanceState.TERMINATING,
+    "PENDING_STOP": InstanceState.TERMINATING,
+    "DEPROVISIONING": InstanceState.TERMINATING,
+    "SUSPENDING": InstanceState.FAILED,
+    "SUSPENDED": InstanceState.FAILED,
+    "STOPPED": InstanceState.FAILED,
+    "TERMINATED": InstanceState.FAILED,  # GCE's TERMINATED is a stopped instance, not a deleted one
 }
 _LABEL_VALUE_RE = re.compile(r"[^a-z0-9_-]")
 
@@ -148,7 +148,8 @@ class GcpProvider(Provider):
                     f"provider {self.name}: insert {name} ({kind.name}) failed: "
                     f"{_describe(exc)}", nodes=made, provider=self.name) from exc
             made.append(ProvisionedNode(
-                name, name, pool, kind.name, NodeState.PROVISIONING, time.time(), None, self.name,
+                name, name, pool, kind.name, InstanceState.PROVISIONING, time.time(), None,
+                self.name,
                 f"operation {getattr(operation, 'name', '')}".strip()))
         return made
 
@@ -170,7 +171,7 @@ class GcpProvider(Provider):
                                     f"{_describe(exc)}", provider=self.name) from exc
             node = self._node(instance)
             out.append(ProvisionedNode(node.id, node.node_name, node.pool, node.node_type,
-                                       NodeState.TERMINATING, node.created_at, node.address,
+                                       InstanceState.TERMINATING, node.created_at, node.address,
                                        self.name))
         return out
 
@@ -268,9 +269,9 @@ class GcpProvider(Provider):
     def _node(self, instance: Any) -> ProvisionedNode:
         labels = dict(instance.labels)
         status = str(instance.status)
-        state = STATES.get(status, NodeState.FAILED)
+        state = STATES.get(status, InstanceState.FAILED)
         detail = ""
-        if state is NodeState.FAILED:
+        if state is InstanceState.FAILED:
             message = str(getattr(instance, "status_message", "") or "")
             detail = f"instance is {status}" + (f": {message}" if message else "")
         address = None

@@ -35,8 +35,8 @@ from apportion.core.resources import Unit, unit_of
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers.base import (
     MANAGED_BY,
+    InstanceState,
     JoinSpec,
-    NodeState,
     Provider,
     ProvisionedNode,
     terminated,
@@ -171,7 +171,7 @@ class KubernetesProvider(Provider):
             self._delete_secret(f"{id}-join")
             node = self._node(deleted if getattr(deleted, "metadata", None) else pod)
             out.append(ProvisionedNode(node.id, node.node_name, node.pool, node.node_type,
-                                       NodeState.TERMINATING, node.created_at, node.address,
+                                       InstanceState.TERMINATING, node.created_at, node.address,
                                        self.name))
         return out
 
@@ -284,13 +284,13 @@ class KubernetesProvider(Provider):
         phase = (status.phase if status is not None else None) or "Pending"
         detail = _why(status)
         if meta.deletion_timestamp is not None:
-            state = NodeState.TERMINATING
+            state = InstanceState.TERMINATING
         elif phase == "Pending":
-            state = NodeState.PROVISIONING
+            state = InstanceState.PROVISIONING
         elif phase == "Running":
-            state = NodeState.RUNNING
+            state = InstanceState.RUNNING
         else:  # Succeeded, Failed, Unknown: the agent is not coming back
-            state = NodeState.FAILED
+            state = InstanceState.FAILED
             detail = f"pod is {phase}" + (f": {detail}" if detail else "")
         created = meta.creation_timestamp
         return ProvisionedNode(

@@ -56,8 +56,8 @@ import psutil
 from apportion.core.resources import format_vector
 from apportion.exceptions import ProviderConfigError, ProviderError
 from apportion.providers.base import (
+    InstanceState,
     JoinSpec,
-    NodeState,
     Provider,
     ProvisionedNode,
     terminated,
@@ -293,13 +293,13 @@ class LocalProvider(Provider):
 
     def _node(self, record: _Record) -> ProvisionedNode:
         if record.terminated_at is not None:
-            state = NodeState.TERMINATED
+            state = InstanceState.TERMINATED
         elif record.terminating:
-            state = NodeState.TERMINATING
+            state = InstanceState.TERMINATING
         elif record.detail:
-            state = NodeState.FAILED
+            state = InstanceState.FAILED
         else:
-            state = NodeState.RUNNING
+            state = InstanceState.RUNNING
         return ProvisionedNode(record.id, record.node_name, record.pool, record.node_type,
                                state, record.created_at, "127.0.0.1", self.name, record.detail)
 

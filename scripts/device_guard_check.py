@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from apportion.guard import (
-    InsufficientResources,
+    InsufficientHostResources,
     LocalLedger,
     ModelCache,
     Sampler,
@@ -98,7 +98,7 @@ def model_cache() -> dict[str, Any]:
     try:
         cache.get_or_load("model-huge", load, gpu_memory=200 * GI, device=0)
         refused = None
-    except InsufficientResources as exc:
+    except InsufficientHostResources as exc:
         refused = str(exc)
     return {"gpu_capacity": capacity.resources, "steps": steps, "huge_refused": refused,
             "stats": dataclasses.asdict(cache.stats)}

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
 from apportion.core.resources import parse_quantity
-from apportion.guard import Guard, InsufficientResources
+from apportion.guard import Guard, InsufficientHostResources
 from apportion.guard.asgi import install
 
 BUDGET = parse_quantity("memory", os.environ.get("GUARD_BUDGET", "256Mi"))
@@ -101,8 +101,8 @@ else:
     app.include_router(guard_router(guard))
 
 
-@app.exception_handler(InsufficientResources)
-async def no_room(_request: Request, exc: InsufficientResources) -> JSONResponse:
+@app.exception_handler(InsufficientHostResources)
+async def no_room(_request: Request, exc: InsufficientHostResources) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=503, headers={"Retry-After": "1"})
 
 

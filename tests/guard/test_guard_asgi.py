@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from apportion.guard import Guard, InsufficientResources
+from apportion.guard import Guard, InsufficientHostResources
 from apportion.guard.asgi import GuardMiddleware, install
 
 MIB = 2**20
@@ -138,7 +138,7 @@ def test_suggestions_speak_of_refusals_and_thrashing() -> None:
     guard.cache.pressure = lambda: 0.0
     for i in range(24):  # four 6 MiB models in 10 MiB, round robin: every look-up misses
         guard.cache.get_or_load(f"m{i % 4}", lambda: bytearray(6 * MIB), size="6Mi")
-    with pytest.raises(InsufficientResources):
+    with pytest.raises(InsufficientHostResources):
         guard.reserve({"memory": "20Mi"}).acquire()
     assert guard.suggestions() == [
         {

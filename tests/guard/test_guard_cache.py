@@ -19,7 +19,7 @@ import pytest
 from apportion.guard import (
     CacheEntry,
     Guard,
-    InsufficientResources,
+    InsufficientHostResources,
     LocalLedger,
     ModelCache,
     Size,
@@ -67,7 +67,7 @@ def test_load_over_budget_is_refused_before_allocating(traced: None) -> None:
 
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
-    with pytest.raises(InsufficientResources) as err:
+    with pytest.raises(InsufficientHostResources) as err:
         cache.get_or_load("big", loader, size="100Mi")
     peak = tracemalloc.get_traced_memory()[1] - before
     assert called == []
@@ -85,7 +85,7 @@ def test_guard_validate_refuses_a_model_that_cannot_fit(traced: None) -> None:
         profiles={"musicgen": {"memory": "100Mi"}},
         monitor=False,
     )
-    with pytest.raises(InsufficientResources) as err:
+    with pytest.raises(InsufficientHostResources) as err:
         guard.validate("musicgen")
         np.ones(100 * MIB, dtype=np.uint8)  # pragma: no cover - never reached
     assert err.value.message == (
@@ -176,7 +176,7 @@ def test_declared_size_is_corrected_to_the_measured_size() -> None:
 
 def test_measured_value_that_cannot_fit_is_dropped() -> None:
     cache = ModelCache(budget="32Mi", pressure=lambda: 0.0)
-    with pytest.raises(InsufficientResources):
+    with pytest.raises(InsufficientHostResources):
         cache.get_or_load("a", model(40))
     assert "a" not in cache
     assert cache.ledger.free() == {"memory": 32 * MIB}
@@ -198,7 +198,7 @@ def test_loader_failure_gives_the_hold_back() -> None:
 def test_models_in_use_are_not_evicted() -> None:
     cache = ModelCache(budget="50Mi", pressure=lambda: 0.0)
     with cache.use("a", model(30), size="30Mi") as a:
-        with pytest.raises(InsufficientResources):
+        with pytest.raises(InsufficientHostResources):
             cache.get_or_load("b", model(30), size="30Mi")
         assert cache.keys() == ["a"]
         assert int(a[0]) == 1
@@ -241,7 +241,7 @@ def test_use_async_refuses_after_its_timeout() -> None:
         ):
             pass  # pragma: no cover
 
-    with pytest.raises(InsufficientResources):
+    with pytest.raises(InsufficientHostResources):
         asyncio.run(main())
     assert (cache.stats.waits, cache.stats.refused) == (1, 1)
     assert cache.ledger.free() == {"memory": 20 * MIB}
@@ -252,7 +252,7 @@ def test_shared_ledger_reservations_can_reclaim_cache_memory() -> None:
     cache = ModelCache(ledger, pressure=lambda: 0.0)
     cache.get_or_load("a", model(20), size="20Mi")
     cache.get_or_load("b", model(20), size="20Mi")
-    with pytest.raises(InsufficientResources):
+    with pytest.raises(InsufficientHostResources):
         ledger.reserve({"memory": "40Mi"}).acquire()
     with ledger.reserve({"memory": "40Mi"}, reclaim=True):
         assert cache.keys() == ["b"]
@@ -334,7 +334,7 @@ def test_concurrent_loads_and_evictions_keep_the_ledger_exact() -> None:
         for i in range(60):
             key = f"k{(seed + i) % 5}"
             with (
-                contextlib.suppress(InsufficientResources),
+                contextlib.suppress(InsufficientHostResources),
                 cache.use(key, lambda: bytearray(MIB), size="1Mi"),
             ):
                 pass
@@ -358,7 +358,7 @@ def test_a_load_that_can_never_fit_evicts_nothing() -> None:
     cache = ModelCache(budget="64Mi", pressure=lambda: 0.0, sizer=lambda _: Size())
     cache.get_or_load("a", lambda: "A", size="30Mi")
     cache.get_or_load("b", lambda: "B", size="30Mi")
-    with pytest.raises(InsufficientResources) as err:
+    with pytest.raises(InsufficientHostResources) as err:
         cache.get_or_load("huge", lambda: "H", size="100Mi")
     assert err.value.message == (
         "not enough resources for huge: memory: 4Mi available, 100Mi required"

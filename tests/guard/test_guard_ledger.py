@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from apportion.exceptions import ApportionError
 from apportion.guard import (
-    InsufficientResources,
+    InsufficientHostResources,
     LocalLedger,
     Profiles,
     Reservation,
@@ -33,7 +33,7 @@ def make_ledger(**capacity: int) -> LocalLedger:
 
 def test_validate_names_each_short_resource() -> None:
     ledger = make_ledger(memory=4 * GIB, gpu_memory=8 * GIB)
-    with pytest.raises(InsufficientResources) as err:
+    with pytest.raises(InsufficientHostResources) as err:
         ledger.validate("facebook/musicgen-medium")
     exc = err.value
     assert isinstance(exc, ApportionError)
@@ -55,7 +55,7 @@ def test_validate_names_each_short_resource() -> None:
 
 
 def test_validate_on_a_host_without_the_resource() -> None:
-    with pytest.raises(InsufficientResources) as err:
+    with pytest.raises(InsufficientHostResources) as err:
         make_ledger(memory=8 * GIB).validate("facebook/musicgen-medium")
     assert err.value.message.endswith("gpu_memory: 0 available, 12Gi required")
 
@@ -63,7 +63,7 @@ def test_validate_on_a_host_without_the_resource() -> None:
 def test_validate_passes_and_counts_current_holds() -> None:
     ledger = make_ledger(memory=2 * GIB)
     assert ledger.validate("small").name == "small"
-    with ledger.reserve("small"), pytest.raises(InsufficientResources):
+    with ledger.reserve("small"), pytest.raises(InsufficientHostResources):
         ledger.validate({"memory": "1536Mi"})
     ledger.validate({"memory": "1536Mi"}, against_capacity=True)
 
@@ -88,7 +88,7 @@ def test_reserve_releases_on_exception() -> None:
 
 def test_refused_reservation_holds_nothing() -> None:
     ledger = make_ledger(memory=GIB)
-    with pytest.raises(InsufficientResources) as err, ledger.reserve({"memory": "2Gi"}):
+    with pytest.raises(InsufficientHostResources) as err, ledger.reserve({"memory": "2Gi"}):
         pass  # pragma: no cover
     assert err.value.message == (
         "not enough resources for {memory=2Gi}: memory: 1Gi available, 2Gi required"
@@ -189,7 +189,7 @@ def test_waiting_reservation_gets_room_from_a_release() -> None:
 
 def test_waiting_reservation_times_out() -> None:
     ledger = make_ledger(memory=GIB)
-    with ledger.reserve("small"), pytest.raises(InsufficientResources):
+    with ledger.reserve("small"), pytest.raises(InsufficientHostResources):
         ledger.reserve("small", timeout=0.05).acquire()
     assert ledger.free() == {"memory": GIB}
 
@@ -225,7 +225,7 @@ def test_async_waiting_reservation_times_out() -> None:
         async with ledger.reserve("small"):
             await ledger.reserve("small", timeout=0.05).acquire_async()
 
-    with pytest.raises(InsufficientResources):
+    with pytest.raises(InsufficientHostResources):
         asyncio.run(main())
     assert ledger.free() == {"memory": GIB}
 
@@ -241,7 +241,7 @@ def test_reclaim_asks_reclaimers_for_the_shortfall() -> None:
         return 3 * GIB
 
     ledger.add_reclaimer(reclaimer)
-    with pytest.raises(InsufficientResources):
+    with pytest.raises(InsufficientHostResources):
         ledger.reserve({"memory": "2Gi"}).acquire()
     assert asked == []
     with ledger.reserve({"memory": "2Gi"}, reclaim=True):
@@ -258,7 +258,7 @@ def test_gpu_memory_is_charged_to_the_tightest_gpu_that_fits() -> None:
             assert res2.held == {"gpu_memory": 30 * GIB, "gpu.0.memory": 30 * GIB}
     with ledger.reserve({"gpu_memory": "50Gi"}, device=0) as pinned:
         assert pinned.held == {"gpu_memory": 50 * GIB, "gpu.0.memory": 50 * GIB}
-    with pytest.raises(InsufficientResources) as err:
+    with pytest.raises(InsufficientHostResources) as err:
         ledger.reserve({"gpu_memory": "90Gi"}).acquire()
     assert err.value.message.endswith("gpu.0.memory: 80Gi available, 90Gi required")
 
@@ -282,7 +282,7 @@ def test_free_plus_held_is_always_capacity(ops: list[tuple[bool, int]]) -> None:
         if release and held:
             held.pop(0).release()
         else:
-            with contextlib.suppress(InsufficientResources):
+            with contextlib.suppress(InsufficientHostResources):
                 held.append(ledger.reserve({"memory": mib * MIB}).acquire())
         total = sum(r.held["memory"] for r in held if r.held)
         assert ledger.free()["memory"] + total == 10 * MIB
@@ -304,7 +304,7 @@ def test_threads_never_oversubscribe() -> None:
                 with ledger.reserve({"memory": MIB}), lock:
                     used = 3 * MIB - ledger.free()["memory"]
                     peak[0] = max(peak[0], used)
-            except InsufficientResources:
+            except InsufficientHostResources:
                 pass
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
@@ -314,3 +314,10 @@ def test_threads_never_oversubscribe() -> None:
         t.join()
     assert peak[0] <= 3 * MIB
     assert ledger.free() == {"memory": 3 * MIB}
+
+
+def test_the_old_name_of_the_hosts_refusal_still_imports() -> None:
+    from apportion.guard import InsufficientResources
+
+    assert InsufficientResources is InsufficientHostResources
+    assert InsufficientHostResources.code == "insufficient_resources"

@@ -92,7 +92,7 @@ def test_core_errors_carry_no_http() -> None:
 def test_guard_errors_answer_their_old_statuses() -> None:
     expected = {
         guard_errors.GuardError: 400,
-        guard_errors.InsufficientResources: 503,
+        guard_errors.InsufficientHostResources: 503,
         guard_errors.UnknownProfile: 404,
         guard_errors.ProfileFileError: 422,
         guard_errors.ReservationError: 400,

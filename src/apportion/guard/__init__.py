@@ -3,7 +3,7 @@
     from apportion import guard
 
     g = guard.Guard.create(profiles="profiles.toml")   # capacity: task or machine
-    g.validate("facebook/musicgen-medium")              # InsufficientResources if short
+    g.validate("facebook/musicgen-medium")              # InsufficientHostResources if short
     with g.reserve("facebook/musicgen-medium"):         # held until the block ends
         ...
 
@@ -34,7 +34,7 @@ from apportion.guard.capacity import (
 )
 from apportion.guard.errors import (
     GuardError,
-    InsufficientResources,
+    InsufficientHostResources,
     PoolClosed,
     PoolTimeout,
     ProfileFileError,
@@ -60,6 +60,11 @@ from apportion.guard.profiles import Profiles, Requirement
 from apportion.guard.profiling import ProfileReport, profile_block
 from apportion.guard.sizing import Size, estimate_size
 
+InsufficientResources = InsufficientHostResources
+"""The name ``InsufficientHostResources`` had before the cluster's error of that
+name was told apart from it: kept so that services written against the guard
+still import and catch it."""
+
 __all__ = [
     "CALLS",
     "DEFAULT_THRESHOLDS",
@@ -75,6 +80,7 @@ __all__ = [
     "GpuDevice",
     "Guard",
     "GuardError",
+    "InsufficientHostResources",
     "InsufficientResources",
     "ItemCost",
     "Level",

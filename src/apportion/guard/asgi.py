@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apportion.guard.errors import (
     GuardError,
-    InsufficientResources,
+    InsufficientHostResources,
     PoolClosed,
     PoolTimeout,
     ProfileFileError,
@@ -29,7 +29,7 @@ from apportion.guard.guard import Guard
 
 HTTP_STATUS: Mapping[type[GuardError], int] = {
     GuardError: 400,
-    InsufficientResources: 503,
+    InsufficientHostResources: 503,
     UnknownProfile: 404,
     ProfileFileError: 422,
     PoolTimeout: 503,
@@ -98,7 +98,7 @@ class GuardMiddleware:
         reservation = self.guard.reserve(wanted, timeout=self.timeout, reclaim=self.reclaim)
         try:
             await reservation.acquire_async()
-        except InsufficientResources as exc:
+        except InsufficientHostResources as exc:
             self.rejected += 1
             await self._reject(send, exc)
             return
@@ -111,7 +111,7 @@ class GuardMiddleware:
     def _excluded(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.exclude)
 
-    async def _reject(self, send: Send, exc: InsufficientResources) -> None:
+    async def _reject(self, send: Send, exc: InsufficientHostResources) -> None:
         body = json.dumps({**exc.to_dict(), "retry_after": self.retry_after}).encode()
         await send({
             "type": "http.response.start",

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from apportion.core.resources import format_quantity, parse_quantity
-from apportion.guard.errors import InsufficientResources, Short
+from apportion.guard.errors import InsufficientHostResources, Short
 from apportion.guard.ledger import LocalLedger, wake_future
 from apportion.guard.sizing import Size, estimate_size
 
@@ -214,7 +214,7 @@ class ModelCache:
         """The cached value, loading it with ``loader()`` on a miss.
 
         Declare what the load needs (``profile``, or ``size``/``gpu_memory``)
-        to have it refused with :class:`InsufficientResources` before the
+        to have it refused with :class:`InsufficientHostResources` before the
         loader allocates anything; without a declaration the cache measures
         the loaded value and evicts (or refuses) afterwards.
         """
@@ -272,7 +272,7 @@ class ModelCache:
             try:
                 value, entry = self._fetch(key, loader, declared, pin=True, count=first)
                 break
-            except InsufficientResources:
+            except InsufficientHostResources:
                 remaining = deadline - loop.time()
                 with self._lock:
                     if remaining <= 0:
@@ -403,7 +403,7 @@ class ModelCache:
     ) -> tuple[Any, CacheEntry]:
         try:
             return self._fetch(key, loader, declared, pin=pin, count=True)
-        except InsufficientResources:
+        except InsufficientHostResources:
             with self._lock:
                 self.stats.refused += 1
             raise
@@ -479,7 +479,7 @@ class ModelCache:
         if wanted != held:
             try:
                 self._grow(held, wanted, key)
-            except InsufficientResources:
+            except InsufficientHostResources:
                 self._give(held)
                 raise
         return wanted
@@ -494,12 +494,12 @@ class ModelCache:
         if not self._reachable(held, wanted):
             # Evicting everything would still not make room: refuse now rather
             # than empty the cache for a load that cannot happen anyway.
-            raise InsufficientResources(self._shorts(held, wanted), what=key)
+            raise InsufficientHostResources(self._shorts(held, wanted), what=key)
         while not self._adjust(held, wanted):
             with self._lock:
                 victim = next((e for e in self._entries.values() if not e.pins), None)
                 if victim is None:
-                    raise InsufficientResources(self._shorts(held, wanted), what=key)
+                    raise InsufficientHostResources(self._shorts(held, wanted), what=key)
                 self._drop(victim)
             self._after_evict([victim])
 

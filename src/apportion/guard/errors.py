@@ -3,9 +3,12 @@
 They subclass :class:`apportion.exceptions.ApportionError`, so a service that
 already maps apportion errors to responses handles these too. Like every
 apportion error they carry a ``code`` and no HTTP status: the guard's HTTP
-edge, ``apportion.guard.asgi``, holds the table of statuses. The guard's
-``InsufficientResources`` is its own class (the cluster one speaks of nodes);
-both carry ``code = "insufficient_resources"``.
+edge, ``apportion.guard.asgi``, holds the table of statuses.
+
+``InsufficientHostResources`` is the host's refusal (this machine, or this
+task's allocation), a class apart from the cluster's
+``apportion.exceptions.InsufficientResources``, which speaks of nodes; both
+send ``code = "insufficient_resources"``, so clients match either alike.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class Short:
         }
 
 
-class InsufficientResources(GuardError):
+class InsufficientHostResources(GuardError):
     """The host (or this task's allocation) cannot hold the request now.
 
     ``shortages`` names every short resource with its available and required

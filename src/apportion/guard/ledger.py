@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from apportion.core.resources import format_vector
 from apportion.guard.capacity import LocalCapacity, discover, gpu_memory_name
-from apportion.guard.errors import InsufficientResources, ReservationError, Short
+from apportion.guard.errors import InsufficientHostResources, ReservationError, Short
 from apportion.guard.nvml import AUTO, NvmlChoice
 from apportion.guard.profiles import Profiles, Requirement
 
@@ -117,12 +117,12 @@ class LocalLedger:
             return _shorts(vector, pool, self._capacity)
 
     def validate(self, what: object, *, against_capacity: bool = False) -> Requirement:
-        """Raise :class:`InsufficientResources` naming each short resource
+        """Raise :class:`InsufficientHostResources` naming each short resource
         when ``what`` (profile name, mapping or requirement) does not fit."""
         req = self.profiles.resolve(what)
         shorts = self.shortages(req, against_capacity=against_capacity)
         if shorts:
-            raise InsufficientResources(shorts, what=req.describe())
+            raise InsufficientHostResources(shorts, what=req.describe())
         return req
 
     def fits(self, what: object) -> bool:
@@ -236,7 +236,7 @@ class LocalLedger:
         self, vector: Mapping[str, int], timeout: float, reclaim: bool, what: str
     ) -> None:
         """Hold ``vector``, reclaiming and waiting up to ``timeout`` seconds;
-        raise :class:`InsufficientResources` when it cannot be had."""
+        raise :class:`InsufficientHostResources` when it cannot be had."""
         if self.take(vector) or (reclaim and self._reclaim(vector)):
             return
         deadline = time.monotonic() + timeout
@@ -304,7 +304,7 @@ class LocalLedger:
             shorts = _shorts(vector, self._free, self._capacity)
         if not shorts:  # room came back after the last try; report the ask
             shorts = [Short(r, 0, q) for r, q in vector.items()]
-        raise InsufficientResources(shorts, what=what)
+        raise InsufficientHostResources(shorts, what=what)
 
     def _vector(self, req: Requirement, device: int | None) -> dict[str, int]:
         """The concrete amounts to hold: ``gpu_memory`` is also charged to one

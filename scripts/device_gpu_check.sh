@@ -72,7 +72,7 @@ echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
 echo "APPORTION_DEVICES=$APPORTION_DEVICES"
 echo "APPORTION_ALLOCATION_ID=$APPORTION_ALLOCATION_ID"
 nvidia-smi -L
-python3 -c 'from apportion.guard.capacity import discover; print("guard inside the task:", discover().to_dict())'
+python3 -c 'from apportion.guard.capacity import discover_local_capacity; print("guard inside the task:", discover_local_capacity().to_dict())'
 python3 -c 'import torch; print("torch sees", torch.cuda.device_count(), "GPU:", torch.cuda.get_device_name(0)); x = torch.ones(4096, 4096, device="cuda"); print("matmul sum", float((x @ x).sum()))'
 EOF
 timeout 180 $AP submit --name gpu-pin --cpu 1 --memory 4Gi --gpu 1 --wait -- bash /tmp/gpu_task.sh
@@ -88,8 +88,8 @@ $AP nodes show "$(hostname)" > "$OUT/node_show.txt"; cat "$OUT/node_show.txt"
 echo "== guard: local ledger capacity with real NVML"
 python3 - <<'EOF' | tee "$OUT/guard.json"
 import json
-from apportion.guard.capacity import discover
-c = discover()
+from apportion.guard.capacity import discover_local_capacity
+c = discover_local_capacity()
 print(json.dumps(c.to_dict(), indent=1, default=str))
 EOF
 

@@ -23,7 +23,7 @@ from apportion.guard import (
     LocalLedger,
     ModelCache,
     Sampler,
-    discover,
+    discover_local_capacity,
     max_batch_size,
     measure_item_cost,
     torch_cuda_peak,
@@ -79,7 +79,7 @@ def batch_helper() -> dict[str, Any]:
 
 
 def model_cache() -> dict[str, Any]:
-    capacity = discover()
+    capacity = discover_local_capacity()
     ledger = LocalLedger(capacity)
     evicted: list[str] = []
     cache = ModelCache(ledger, on_evict=[lambda entry: evicted.append(entry.key)])

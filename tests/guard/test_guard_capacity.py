@@ -7,7 +7,7 @@ from typing import Any
 import psutil
 import pytest
 
-from apportion.guard import LocalLedger, TaskEnvironmentError, discover
+from apportion.guard import LocalLedger, TaskEnvironmentError, discover_local_capacity
 from apportion.guard.capacity import apply_margin
 
 GIB = 2**30
@@ -24,7 +24,7 @@ TASK_ENV = {
 
 
 def test_task_allocation_is_the_capacity() -> None:
-    cap = discover(margin=0.0, environ=TASK_ENV, nvml=None)
+    cap = discover_local_capacity(margin=0.0, environ=TASK_ENV, nvml=None)
     assert cap.source == "task"
     assert cap.resources == {
         "cpu": 2000,
@@ -41,7 +41,7 @@ def test_task_allocation_is_the_capacity() -> None:
 
 
 def test_margin_keeps_back_divisible_resources_only() -> None:
-    cap = discover(margin=0.25, environ=TASK_ENV, nvml=None)
+    cap = discover_local_capacity(margin=0.25, environ=TASK_ENV, nvml=None)
     assert cap.resources["cpu"] == 1500
     assert cap.resources["memory"] == 3 * GIB
     assert cap.resources["gpu"] == 2
@@ -50,7 +50,8 @@ def test_margin_keeps_back_divisible_resources_only() -> None:
 
 
 def test_task_without_devices_has_no_gpu_memory() -> None:
-    cap = discover(margin=0.0, environ={"APPORTION_RESOURCES": '{"memory": "1Gi"}'}, nvml=None)
+    cap = discover_local_capacity(
+        margin=0.0, environ={"APPORTION_RESOURCES": '{"memory": "1Gi"}'}, nvml=None)
     assert cap.resources == {"memory": GIB}
 
 
@@ -68,12 +69,12 @@ def test_task_without_devices_has_no_gpu_memory() -> None:
 )
 def test_malformed_task_environment_is_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(TaskEnvironmentError) as err:
-        discover(environ=env, nvml=None)
+        discover_local_capacity(environ=env, nvml=None)
     assert err.value.message.startswith(message)
 
 
 def test_host_capacity_without_gpus() -> None:
-    cap = discover(margin=0.0, environ={}, nvml=None)
+    cap = discover_local_capacity(margin=0.0, environ={}, nvml=None)
     assert cap.source == "host"
     assert set(cap.resources) == {"cpu", "memory"}
     assert 0 < cap.resources["memory"] <= psutil.virtual_memory().total
@@ -81,7 +82,7 @@ def test_host_capacity_without_gpus() -> None:
 
 
 def test_host_gpus_through_fake_nvml(fake_nvml: Any) -> None:
-    cap = discover(margin=0.1, environ={})
+    cap = discover_local_capacity(margin=0.1, environ={})
     assert fake_nvml.inits == 1
     assert cap.resources["gpu"] == 2
     assert cap.total["gpu_memory"] == 160 * GIB
@@ -93,11 +94,11 @@ def test_host_gpus_through_fake_nvml(fake_nvml: Any) -> None:
 
 def test_broken_nvml_means_no_gpus(monkeypatch: pytest.MonkeyPatch, make_nvml: Any) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", make_nvml([], broken_init=True))
-    assert "gpu" not in discover(environ={}).resources
+    assert "gpu" not in discover_local_capacity(environ={}).resources
 
 
 def test_ledger_discovers_from_task_environment() -> None:
-    ledger = LocalLedger.discover(margin=0.0, environ=TASK_ENV, nvml=None)
+    ledger = LocalLedger.from_local_capacity(margin=0.0, environ=TASK_ENV, nvml=None)
     assert ledger.capacity["memory"] == 4 * GIB
     assert ledger.status()["source"]["source"] == "task"
 
@@ -108,3 +109,11 @@ def test_apply_margin_rejects_nothing_whole() -> None:
         "memory": 900,
         "cpu": 899,
     }
+
+
+def test_the_old_names_still_discover() -> None:
+    from apportion.guard import discover
+
+    assert discover is discover_local_capacity
+    assert LocalLedger.discover(margin=0.0, environ=TASK_ENV, nvml=None).capacity == \
+        LocalLedger.from_local_capacity(margin=0.0, environ=TASK_ENV, nvml=None).capacity

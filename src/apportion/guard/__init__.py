@@ -30,7 +30,7 @@ from apportion.guard.capacity import (
     USAGE_FILE_ENV,
     GpuDevice,
     LocalCapacity,
-    discover,
+    discover_local_capacity,
 )
 from apportion.guard.errors import (
     GuardError,
@@ -60,10 +60,12 @@ from apportion.guard.profiles import Profiles, Requirement
 from apportion.guard.profiling import ProfileReport, profile_block
 from apportion.guard.sizing import Size, estimate_size
 
+# Old names of public guard API, kept so that services written against the
+# guard still import them: the host's refusal, before the cluster's error of
+# that name was told apart from it, and what the capacity function discovers
+# (the agent's ``discover`` is another thing: the hardware a node offers).
 InsufficientResources = InsufficientHostResources
-"""The name ``InsufficientHostResources`` had before the cluster's error of that
-name was told apart from it: kept so that services written against the guard
-still import and catch it."""
+discover = discover_local_capacity
 
 __all__ = [
     "CALLS",
@@ -107,6 +109,7 @@ __all__ = [
     "Trend",
     "UnknownProfile",
     "discover",
+    "discover_local_capacity",
     "estimate_size",
     "free_memory",
     "max_batch_size",

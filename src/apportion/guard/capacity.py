@@ -82,7 +82,7 @@ class LocalCapacity:
         }
 
 
-def discover(
+def discover_local_capacity(
     *,
     margin: float = DEFAULT_MARGIN,
     environ: Mapping[str, str] | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 from apportion.core.resources import format_quantity, format_vector, parse_vector
 from apportion.guard.cache import DEFAULT_PRESSURE_THRESHOLD, ModelCache
 from apportion.guard.calls import CALLS, CallHistory
-from apportion.guard.capacity import DEFAULT_MARGIN, LocalCapacity, discover
+from apportion.guard.capacity import DEFAULT_MARGIN, LocalCapacity, discover_local_capacity
 from apportion.guard.ledger import LocalLedger, Reservation
 from apportion.guard.monitor import Level, PressureMonitor
 from apportion.guard.nvml import AUTO, NvmlChoice
@@ -66,7 +66,7 @@ class Guard:
             found = parse_vector(capacity, "capacity")
             source = LocalCapacity(found, found, source="configured", margin=0.0)
         else:
-            source = discover(margin=margin, environ=environ, nvml=nvml)
+            source = discover_local_capacity(margin=margin, environ=environ, nvml=nvml)
         ledger = LocalLedger(source, profiles=_profiles(profiles))
         model_cache = None
         if cache:

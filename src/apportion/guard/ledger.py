@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from apportion.core.resources import format_vector
-from apportion.guard.capacity import LocalCapacity, discover, gpu_memory_name
+from apportion.guard.capacity import LocalCapacity, discover_local_capacity, gpu_memory_name
 from apportion.guard.errors import InsufficientHostResources, ReservationError, Short
 from apportion.guard.nvml import AUTO, NvmlChoice
 from apportion.guard.profiles import Profiles, Requirement
@@ -74,7 +74,7 @@ class LocalLedger:
         self.grants = 0
 
     @classmethod
-    def discover(
+    def from_local_capacity(
         cls,
         *,
         margin: float = 0.10,
@@ -83,7 +83,12 @@ class LocalLedger:
         nvml: NvmlChoice = AUTO,
     ) -> LocalLedger:
         """A ledger over the task's allocation, or the machine, less ``margin``."""
-        return cls(discover(margin=margin, environ=environ, nvml=nvml), profiles=profiles)
+        capacity = discover_local_capacity(margin=margin, environ=environ, nvml=nvml)
+        return cls(capacity, profiles=profiles)
+
+    # The name this constructor had before it said what it discovers: kept
+    # for services that build their ledger with it.
+    discover = from_local_capacity
 
     @property
     def profiles(self) -> Profiles:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apportion.core.labels import Requirement, matches, parse_selector
+from apportion.core.labels import LabelRequirement, matches, parse_selector
 from apportion.exceptions import InvalidInput
 
 TEXAS_A100 = {"facility": "texas-1", "type": "gpu", "gpu.model": "A100", "zone": "a"}
@@ -14,35 +14,35 @@ OSLO_CPU = {"facility": "oslo", "type": "cpu"}
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("facility=texas-1", (Requirement("facility", "=", ("texas-1",)),)),
-        ("facility==texas-1", (Requirement("facility", "=", ("texas-1",)),)),
-        ("facility!=texas-1", (Requirement("facility", "!=", ("texas-1",)),)),
-        (" facility = texas-1 ", (Requirement("facility", "=", ("texas-1",)),)),
-        ("zone=", (Requirement("zone", "=", ("",)),)),
-        ("gpu.model in (A100,H100)", (Requirement("gpu.model", "in", ("A100", "H100")),)),
-        ("gpu.model in(A100, H100 )", (Requirement("gpu.model", "in", ("A100", "H100")),)),
-        ("gpu.model notin (V100)", (Requirement("gpu.model", "notin", ("V100",)),)),
-        ("gpu.model in (A100,,H100,)", (Requirement("gpu.model", "in", ("A100", "H100")),)),
-        ("gpu", (Requirement("gpu", "exists"),)),
-        ("!gpu", (Requirement("gpu", "!exists"),)),
-        ("! gpu", (Requirement("gpu", "!exists"),)),
-        ("example.com/rack", (Requirement("example.com/rack", "exists"),)),
+        ("facility=texas-1", (LabelRequirement("facility", "=", ("texas-1",)),)),
+        ("facility==texas-1", (LabelRequirement("facility", "=", ("texas-1",)),)),
+        ("facility!=texas-1", (LabelRequirement("facility", "!=", ("texas-1",)),)),
+        (" facility = texas-1 ", (LabelRequirement("facility", "=", ("texas-1",)),)),
+        ("zone=", (LabelRequirement("zone", "=", ("",)),)),
+        ("gpu.model in (A100,H100)", (LabelRequirement("gpu.model", "in", ("A100", "H100")),)),
+        ("gpu.model in(A100, H100 )", (LabelRequirement("gpu.model", "in", ("A100", "H100")),)),
+        ("gpu.model notin (V100)", (LabelRequirement("gpu.model", "notin", ("V100",)),)),
+        ("gpu.model in (A100,,H100,)", (LabelRequirement("gpu.model", "in", ("A100", "H100")),)),
+        ("gpu", (LabelRequirement("gpu", "exists"),)),
+        ("!gpu", (LabelRequirement("gpu", "!exists"),)),
+        ("! gpu", (LabelRequirement("gpu", "!exists"),)),
+        ("example.com/rack", (LabelRequirement("example.com/rack", "exists"),)),
         (
             "facility=texas-1,gpu.model in (A100,H100),!spot,zone notin (b,c),type!=cpu",
             (
-                Requirement("facility", "=", ("texas-1",)),
-                Requirement("gpu.model", "in", ("A100", "H100")),
-                Requirement("spot", "!exists"),
-                Requirement("zone", "notin", ("b", "c")),
-                Requirement("type", "!=", ("cpu",)),
+                LabelRequirement("facility", "=", ("texas-1",)),
+                LabelRequirement("gpu.model", "in", ("A100", "H100")),
+                LabelRequirement("spot", "!exists"),
+                LabelRequirement("zone", "notin", ("b", "c")),
+                LabelRequirement("type", "!=", ("cpu",)),
             ),
         ),
-        ("a=1,,b=2,", (Requirement("a", "=", ("1",)), Requirement("b", "=", ("2",)))),
+        ("a=1,,b=2,", (LabelRequirement("a", "=", ("1",)), LabelRequirement("b", "=", ("2",)))),
         ("", ()),
         (" , ", ()),
     ],
 )
-def test_parse_selector(text: str, expected: tuple[Requirement, ...]) -> None:
+def test_parse_selector(text: str, expected: tuple[LabelRequirement, ...]) -> None:
     assert parse_selector(text) == expected
 
 

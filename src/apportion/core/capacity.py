@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from apportion.core.labels import Requirement, matches
+from apportion.core.labels import LabelRequirement, matches
 from apportion.core.model import Node
 from apportion.core.resources import Vector
 
@@ -65,7 +65,7 @@ class PendingDemand:
     node label terms it must be placed under."""
 
     total: Vector
-    requirements: tuple[Requirement, ...] = ()
+    requirements: tuple[LabelRequirement, ...] = ()
 
 
 def pending_by_group(

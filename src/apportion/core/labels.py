@@ -19,7 +19,11 @@ _EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
 
 
 @dataclass(frozen=True, slots=True)
-class Requirement:
+class LabelRequirement:
+    """One term of a label selector: ``key`` compared by ``op`` with ``values``.
+    Not ``apportion.guard.Requirement``, which is a resource vector a profile
+    asks for."""
+
     key: str
     op: str  # "=", "!=", "in", "notin", "exists", "!exists"
     values: tuple[str, ...] = ()
@@ -63,19 +67,19 @@ def _split_terms(text: str) -> list[str]:
     return [t for t in terms if t.strip()]
 
 
-def parse_selector(text: str, field: str = "selector") -> tuple[Requirement, ...]:
+def parse_selector(text: str, field: str = "selector") -> tuple[LabelRequirement, ...]:
     requirements = []
     for term in _split_terms(text or ""):
         if m := _SET_RE.match(term):
             values = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
             if not values:
                 raise InvalidInput(f"{field}: {term.strip()!r} lists no values", field=field)
-            requirements.append(Requirement(m.group(1), m.group(2), values))
+            requirements.append(LabelRequirement(m.group(1), m.group(2), values))
         elif m := _CMP_RE.match(term):
             op = "=" if m.group(2) == "==" else m.group(2)
-            requirements.append(Requirement(m.group(1), op, (m.group(3),)))
+            requirements.append(LabelRequirement(m.group(1), op, (m.group(3),)))
         elif m := _EXISTS_RE.match(term):
-            requirements.append(Requirement(m.group(2), "!exists" if m.group(1) else "exists"))
+            requirements.append(LabelRequirement(m.group(2), "!exists" if m.group(1) else "exists"))
         else:
             raise InvalidInput(
                 f"{field}: cannot parse {term.strip()!r}; use key=value, key!=value, "
@@ -85,5 +89,5 @@ def parse_selector(text: str, field: str = "selector") -> tuple[Requirement, ...
     return tuple(requirements)
 
 
-def matches(labels: Mapping[str, str], requirements: tuple[Requirement, ...]) -> bool:
+def matches(labels: Mapping[str, str], requirements: tuple[LabelRequirement, ...]) -> bool:
     return all(r.matches(labels) for r in requirements)

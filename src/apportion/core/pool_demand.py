@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from apportion.core.labels import Requirement, matches
+from apportion.core.labels import LabelRequirement, matches
 from apportion.core.resources import Vector, fits
 
 
 @dataclass(frozen=True, slots=True)
 class PendingTask:
     resources: Vector
-    selector: tuple[Requirement, ...] = ()
+    selector: tuple[LabelRequirement, ...] = ()
     """Node label terms the task requires (its job's label constraints)."""
     job: str = ""
 

@@ -7,7 +7,7 @@ they keep up to date; see ``docs/scheduling.md``.
 
 from apportion.core.errors import JobRejected
 from apportion.core.scheduling.adaptive import RuntimeHistory
-from apportion.core.scheduling.backfill import Reservation
+from apportion.core.scheduling.backfill import JobReservation
 from apportion.core.scheduling.constraints import Constraints, parse_constraints
 from apportion.core.scheduling.cycle import (
     CycleResult,
@@ -45,11 +45,11 @@ __all__ = [
     "FragmentationReport",
     "Job",
     "JobRejected",
+    "JobReservation",
     "JobState",
     "Placement",
     "Preemption",
     "Queue",
-    "Reservation",
     "RunningJob",
     "RuntimeHistory",
     "SchedulerConfig",

@@ -44,9 +44,10 @@ INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
-class Reservation:
+class JobReservation:
     """When a waiting job is expected to start, and on which nodes (empty for
-    reservations made on the aggregate profile)."""
+    reservations made on the aggregate profile). Not the guard's
+    ``Reservation``, which holds resources of the local host now."""
 
     job_id: str
     start: float
@@ -55,7 +56,7 @@ class Reservation:
 
 @dataclass(slots=True)
 class HeadReservation:
-    reservation: Reservation
+    reservation: JobReservation
     extra: dict[str, dict[str, int]]
     """Per reserved node, what stays free at the reservation time after the
     head job takes its share: the most a job running past it may use there."""
@@ -129,7 +130,7 @@ def pool_reservation(
         while i < len(ends) and ends[i][0] == t:
             free += state.running[ends[i][1]].job.total.get(r, 0)
             i += 1
-    return HeadReservation(Reservation(job.id, t, {}), {}, pool, free - need)
+    return HeadReservation(JobReservation(job.id, t, {}), {}, pool, free - need)
 
 
 def running_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:
@@ -337,7 +338,7 @@ def _single_task_reservation(
     held_by_head = {r: q * spec.count for r, q in spec.resources.items()}
     left = [f - q for f, q in zip(v, aligned, strict=True)]
     extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
-    return True, HeadReservation(Reservation(job.id, t, {rec.name: held_by_head}), extra)
+    return True, HeadReservation(JobReservation(job.id, t, {rec.name: held_by_head}), extra)
 
 
 def _freed_devices(state: ClusterState, rec: NodeRec, now: float) -> dict[str, list[str]]:
@@ -427,7 +428,7 @@ def _try_at(
         for r, q in tp.resources.items():
             held[r] = held.get(r, 0) + q * tp.count
     extra = {name: state.free(name) for name in nodes}
-    return HeadReservation(Reservation(job.id, t, nodes), extra)
+    return HeadReservation(JobReservation(job.id, t, nodes), extra)
 
 
 def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[object]) -> None:

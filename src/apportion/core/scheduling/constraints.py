@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from apportion.core.errors import InvalidInput
-from apportion.core.labels import Requirement, parse_selector
+from apportion.core.labels import LabelRequirement, parse_selector
 from apportion.core.model import Device
 from apportion.core.resources import parse_quantity
 
@@ -57,7 +57,7 @@ class DeviceRequirement:
 
     def __str__(self) -> str:
         key = f"{self.family}.{self.attr}"
-        return str(Requirement(key, self.op, self.values)) if self.op not in NUMERIC_OPS else (
+        return str(LabelRequirement(key, self.op, self.values)) if self.op not in NUMERIC_OPS else (
             f"{key}{self.op}{self.values[0]}"
         )
 
@@ -97,7 +97,7 @@ def _number(attr: str, value: object) -> int:
 class Constraints:
     """Parsed constraints: node label terms and device terms."""
 
-    labels: tuple[Requirement, ...] = ()
+    labels: tuple[LabelRequirement, ...] = ()
     devices: tuple[DeviceRequirement, ...] = ()
 
     def __bool__(self) -> bool:
@@ -140,7 +140,7 @@ def parse_constraints(
         t for text in terms for t in _split_terms(text)
     ]
     families = set(device_families)
-    labels: list[Requirement] = []
+    labels: list[LabelRequirement] = []
     devices: list[DeviceRequirement] = []
     for term in texts:
         if m := _NUMERIC_RE.match(term):
@@ -163,7 +163,9 @@ def parse_constraints(
     return Constraints(tuple(labels), tuple(devices))
 
 
-def labels_match(labels: Mapping[str, str], reqs: tuple[Requirement, ...]) -> Requirement | None:
+def labels_match(
+    labels: Mapping[str, str], reqs: tuple[LabelRequirement, ...]
+) -> LabelRequirement | None:
     """The first requirement ``labels`` fail, or None when all hold."""
     for req in reqs:
         if not req.matches(labels):

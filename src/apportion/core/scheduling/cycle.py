@@ -30,8 +30,8 @@ from apportion.core.scheduling import preemption
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import (
     HeadReservation,
+    JobReservation,
     Profile,
-    Reservation,
     cached_easy_reservation,
     easy_reservation,
     running_ends,
@@ -117,7 +117,7 @@ class DeadlineRisk:
 @dataclass(frozen=True, slots=True)
 class CycleResult:
     placements: tuple[Placement, ...]
-    reservations: tuple[Reservation, ...]
+    reservations: tuple[JobReservation, ...]
     preemptions: tuple[Preemption, ...]
     unplaced: Mapping[str, Failure]
     """Why each job that did not start waits (``explain`` gives the detail)."""
@@ -153,7 +153,7 @@ class _Pass:
     placer: Placer
     estimate: Callable[[Job], float | None]
     placements: list[Placement] = field(default_factory=list)
-    reservations: list[Reservation] = field(default_factory=list)
+    reservations: list[JobReservation] = field(default_factory=list)
     preemptions: list[Preemption] = field(default_factory=list)
     unplaced: dict[str, Failure] = field(default_factory=dict)
     failed: dict[object, Failure] = field(default_factory=dict)
@@ -444,7 +444,7 @@ def _conservative(p: _Pass, job: Job) -> None:
     p.blocked = True
     if t is not None and not deep:
         profile.reserve(t, need, est)
-        p.reservations.append(Reservation(job.id, t, {}))
+        p.reservations.append(JobReservation(job.id, t, {}))
         p.reserved += 1
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from apportion.core.labels import Requirement
+from apportion.core.labels import LabelRequirement
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.capacity import NodeClass, NodeRec
 from apportion.core.scheduling.constraints import Constraints, family, labels_match
@@ -179,7 +179,7 @@ class NodeAffinity:
         return None
 
 
-def _sel(selector: tuple[Requirement, ...]) -> str:
+def _sel(selector: tuple[LabelRequirement, ...]) -> str:
     return ",".join(str(r) for r in selector)
 
 
@@ -262,7 +262,7 @@ class JobAffinity:
 
 
 def runs_matching(
-    rec: NodeRec, selector: tuple[Requirement, ...], state: ClusterState, self_id: str
+    rec: NodeRec, selector: tuple[LabelRequirement, ...], state: ClusterState, self_id: str
 ) -> bool:
     running = state.running
     for job_id in rec.jobs:

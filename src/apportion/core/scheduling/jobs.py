@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from apportion.core.errors import InvalidInput
-from apportion.core.labels import Requirement
+from apportion.core.labels import LabelRequirement
 from apportion.core.resources import Vector
 from apportion.core.scheduling.constraints import Constraints
 
@@ -50,7 +50,7 @@ class Affinity:
     in ``Job.anti_affinity`` it repels.
     """
 
-    selector: tuple[Requirement, ...]
+    selector: tuple[LabelRequirement, ...]
     target: str = "node"
     weight: int = 1
     required: bool = False

@@ -8,7 +8,7 @@ pick, so a score means the same thing whichever candidates the walk found.
 
 from __future__ import annotations
 
-from apportion.core.labels import Requirement
+from apportion.core.labels import LabelRequirement
 from apportion.core.scheduling.constraints import labels_match
 from apportion.core.scheduling.filters import runs_matching
 from apportion.core.scheduling.interface import Candidate, PlaceContext
@@ -134,10 +134,11 @@ def _cost_range(state: ClusterState) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-class Affinity:
+class AffinityScore:
     """Preferred affinity and anti-affinity, to node labels or to jobs on the
     node, weighted: 1 when every attracting term holds and no repelling one
-    does, 0 for the reverse."""
+    does, 0 for the reverse. The terms are ``jobs.Affinity``; this plugin
+    scores them."""
 
     name = "affinity"
 
@@ -165,7 +166,7 @@ class Affinity:
 
     @staticmethod
     def _holds(
-        selector: tuple[Requirement, ...], target: str, cand: Candidate, ctx: PlaceContext
+        selector: tuple[LabelRequirement, ...], target: str, cand: Candidate, ctx: PlaceContext
     ) -> bool:
         if target == "node":
             return labels_match(cand.cls.labels, selector) is None
@@ -195,5 +196,5 @@ class Topology:
 
 SCORERS = {
     p.name: p
-    for p in (BinPack(), Spread(), Balanced(), Fitness(), Cost(), Affinity(), Topology())
+    for p in (BinPack(), Spread(), Balanced(), Fitness(), Cost(), AffinityScore(), Topology())
 }

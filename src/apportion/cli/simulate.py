@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from apportion.cli.output import LazyConsole
-from apportion.exceptions import ApportionError
 
 if TYPE_CHECKING:
     # The scheduler, the simulator and rich's progress bar are imported when
@@ -75,6 +74,10 @@ def simulate_command(
 ) -> None:
     """Replay TRACE through the scheduler with a virtual clock and report
     waits, bounded slowdown, utilization and makespan."""
+    # Here, not at the top: apportion.exceptions re-exports the core's errors,
+    # and no other command may pay for the core (tests/cli/test_imports.py).
+    from apportion.exceptions import ApportionError
+
     try:
         loaded = _load(trace, fmt, limit, nodes, node_resources)
         runs = _plan(compare, strategy, backfill, strategies, backfills)
@@ -133,6 +136,7 @@ def _split(text: str) -> list[str]:
 
 def _load(path: Path, fmt: str | None, limit: int | None, nodes: int | None,
           node_resources: str | None) -> Trace:
+    from apportion.exceptions import ApportionError
     from apportion.traces import parse_resources_text, read_swf, read_trace, uniform_nodes
 
     override = None
@@ -278,6 +282,8 @@ def draw(out: Path, results: Sequence[_Run]) -> list[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the install
+        from apportion.exceptions import ApportionError
+
         raise ApportionError("--plot needs matplotlib: pip install matplotlib") from exc
     paths = []
     for name, attr, ylabel in (("queue_length", "series_queue", "jobs waiting"),

@@ -414,6 +414,12 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         verdict.nodes_ok += cls.size
         if needs_node_device_check(job.constraints, spec, cls):
             verdict.device_check.add(cls.id)
+    if not verdict.device_check:
+        # Every feasible class's devices all match: free matching devices are
+        # the free amount, which ResourcesFit already counts.
+        verdict.node_filters = tuple(
+            f for f in verdict.node_filters if not isinstance(f, DeviceConstraints)
+        )
     state.cache[key] = (job.shape, verdict)
     return verdict
 

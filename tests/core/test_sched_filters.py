@@ -100,3 +100,41 @@ def test_preferred_node_affinity_wins_over_bin_packing() -> None:
             affinity=(Affinity(parse_selector("facility=oslo"), weight=5),))
     r = schedule_cycle(state, [j], 0.0, SchedulerConfig(strategy="affinity"))
     assert r.placements[0].tasks[0].node == "b1"
+
+
+def test_node_filters_fit_agrees_with_their_reasons() -> None:
+    # The walk asks ``fit`` and explain asks ``check_node``: one task fits
+    # exactly when no reason is given, so the two can never tell apart.
+    from apportion.core.model import Device
+    from apportion.core.scheduling.filters import NODE_FILTERS, JobAffinity, NodeReady
+
+    gpus = tuple(Device(f"g{k}", "H100" if k % 2 else "A100", 80 * GI) for k in range(4))
+    state = ClusterState([
+        Node("g1", {"cpu": 8000, "memory": 32 * GI}, devices={"gpu": gpus}),
+        Node("c1", {"cpu": 2000, "memory": 4 * GI}),
+    ])
+    state.start(job("run", {"cpu": 1000}, name="db", labels={"app": "db"}),
+                [TaskPlacement("c1", {"cpu": 1000}, {}, 1)], 0.0)
+    jobs = [
+        job("a", {"cpu": 1000, "gpu": 1}, constraints=parse_constraints("gpu.model=H100")),
+        job("b", {"cpu": 1000, "gpu": 3}, constraints=parse_constraints("gpu.model=H100")),
+        job("c", {"cpu": 4000}),
+        job("d", {"cpu": 500}, anti_affinity=(
+            Affinity(parse_selector("app=db"), target="job", required=True),)),
+        job("e", {"cpu": 500}, affinity=(
+            Affinity(parse_selector("app=db"), target="job", required=True),)),
+    ]
+    for j in jobs:
+        spec = j.tasks[0]
+        for rec in state.nodes.values():
+            if any(r not in rec.cls.pos for r in spec.resources):
+                continue
+            for plugin in NODE_FILTERS:
+                if not plugin.needed(j):
+                    continue
+                reason = plugin.check_node(j, spec, rec, rec.free, state)
+                fit = plugin.fit(j, spec, rec, rec.free, state, 1)
+                assert (fit == 0) == (reason is not None), (j.id, rec.name, plugin.name)
+    # A plugin implements only the levels it speaks at: no stubs.
+    assert not hasattr(JobAffinity(), "check_class")
+    assert not hasattr(NodeReady(), "check_node")

@@ -1,14 +1,17 @@
 """Filter plugins: which nodes may take a task, and why the others may not.
 
-Each plugin answers at two levels, as the Kubernetes framework's Filter does
-per node, but split the way Nomad caches feasibility per computed class:
+A plugin answers at one level or both, as the Kubernetes framework's Filter
+does per node, but split the way Nomad caches feasibility per computed class;
+it implements the protocol of each level it has something to say at:
 
-* ``check_class``: facts that are the same for every node of a class
-  (state, labels, capacity, device models). Asked once per (job shape,
-  class) and cached until the set of classes changes.
-* ``check_node``: facts about one node now (free capacity, free matching
+* ``ClassFilter.check_class``: facts that are the same for every node of a
+  class (state, labels, capacity, device models). Asked once per (job
+  shape, class) and cached until the set of classes changes.
+* ``NodeFilter``: facts about one node now (free capacity, free matching
   devices, which jobs it runs). The placement walk asks only about the
-  nodes it visits, in index order, so it stops after a few feasible ones.
+  nodes it visits, in index order, so it stops after a few feasible ones;
+  it asks ``fit`` (how many tasks, no message to build) and explain asks
+  ``check_node`` (the reason).
 
 A rejection is a ``Reason`` naming the plugin, a code and a message with the
 amounts; ``kind`` keeps "does not fit now" (``busy``: waiting helps) apart
@@ -72,10 +75,37 @@ class Reason:
         return self.code.value
 
 
-class FilterPlugin(Protocol):
+class ClassFilter(Protocol):
+    """A filter on what every node of a class shares (cached per job shape)."""
+
     name: str
 
     def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None: ...
+
+
+class NodeFilter(Protocol):
+    """A filter on one node now. Besides the reason (for explain), it gives
+    the placement walk a fast answer: how many tasks the node can take."""
+
+    name: str
+
+    def needed(self, job: Job) -> bool:
+        """Whether this filter can reject any node for ``job``: the walk
+        skips filters that cannot, once per job, not once per node."""
+        ...
+
+    def per_node(self, job: Job) -> bool:
+        """True when the answer differs between nodes of one bucket (jobs
+        they run), so the walk must offer single nodes, not buckets."""
+        ...
+
+    def fit(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState,
+        fit: int,
+    ) -> int:
+        """How many of the ``fit`` tasks the free vector allows ``rec`` can
+        take by this filter's measure (0: none)."""
+        ...
 
     def check_node(
         self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
@@ -94,11 +124,6 @@ class NodeReady:
                           f"node is {cls.state.value}")
         if cls.health.value == "unhealthy":
             return Reason(self.name, Code.UNHEALTHY, Kind.CONDITION, "node is unhealthy")
-        return None
-
-    def check_node(
-        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
-    ) -> Reason | None:
         return None
 
 
@@ -123,6 +148,25 @@ class ResourcesFit:
                     r, q, cls.capacity[i],
                 )
         return None
+
+    def needed(self, job: Job) -> bool:
+        return True
+
+    def per_node(self, job: Job) -> bool:
+        return False
+
+    def fit(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState,
+        fit: int,
+    ) -> int:
+        pos = rec.cls.pos
+        for r, q in spec.resources.items():
+            n = free[pos[r]] // q
+            if n < fit:
+                if not n:
+                    return 0
+                fit = n
+        return fit
 
     def check_node(
         self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
@@ -151,11 +195,6 @@ class LabelConstraints:
             return Reason(self.name, Code.LABEL, Kind.NEVER, f"label mismatch: {failed}")
         return None
 
-    def check_node(
-        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
-    ) -> Reason | None:
-        return None
-
 
 class NodeAffinity:
     """Required node affinity and anti-affinity (preferred ones only score)."""
@@ -171,11 +210,6 @@ class NodeAffinity:
             if a.required and a.target == "node" and labels_match(cls.labels, a.selector) is None:
                 return Reason(self.name, Code.ANTI_AFFINITY, Kind.NEVER,
                               f"anti-affinity: node matches {_sel(a.selector)}")
-        return None
-
-    def check_node(
-        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
-    ) -> Reason | None:
         return None
 
 
@@ -215,6 +249,29 @@ class DeviceConstraints:
                 )
         return None
 
+    def needed(self, job: Job) -> bool:
+        return bool(job.constraints.devices)
+
+    def per_node(self, job: Job) -> bool:
+        # Nodes of a bucket may hold different devices: the walk offers them
+        # one by one for the classes that need it (``Verdict.device_check``).
+        return False
+
+    def fit(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState,
+        fit: int,
+    ) -> int:
+        for r, q in spec.resources.items():
+            if r in rec.devices:
+                terms = job.constraints.device_terms(family(r))
+                if terms:
+                    n = len(matching_free(rec, r, terms)) // q
+                    if n < fit:
+                        if not n:
+                            return 0
+                        fit = n
+        return fit
+
     def check_node(
         self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
     ) -> Reason | None:
@@ -242,8 +299,16 @@ class JobAffinity:
 
     name = "JobAffinity"
 
-    def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
-        return None
+    def needed(self, job: Job) -> bool:
+        return any(a.required and a.target == "job" for a in (*job.affinity, *job.anti_affinity))
+
+    per_node = needed
+
+    def fit(
+        self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState,
+        fit: int,
+    ) -> int:
+        return 0 if self.check_node(job, spec, rec, free, state) is not None else fit
 
     def check_node(
         self, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int], state: ClusterState
@@ -274,15 +339,19 @@ def runs_matching(
     return False
 
 
-CLASS_FILTERS: tuple[FilterPlugin, ...] = (
+CLASS_FILTERS: tuple[ClassFilter, ...] = (
     NodeReady(), ResourcesFit(), LabelConstraints(), NodeAffinity(), DeviceConstraints(),
 )
 """Class-level order: cheapest and most telling first; a class is reported by
 the first plugin that rejects it."""
 
-NODE_FILTERS: tuple[FilterPlugin, ...] = (ResourcesFit(), DeviceConstraints(), JobAffinity())
+NODE_FILTERS: tuple[NodeFilter, ...] = (ResourcesFit(), DeviceConstraints(), JobAffinity())
 """Node-level order: free amounts first (the index already narrowed them),
-then devices and jobs, which need a look inside the node."""
+then devices and jobs, which need a look inside the node. The placement walk
+runs the ones a job shape needs (``Verdict.node_filters``) on every node it
+offers alone; on a bucket, the walk's test of the index entry is
+``ResourcesFit``'s, laid out as the class vector so that whole index blocks
+can be skipped."""
 
 
 @dataclass(slots=True)
@@ -301,6 +370,8 @@ class Verdict:
     need: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     """Feasible class id -> (position, amount) of each requested resource in
     the class's vector: the walk's first test of a bucket."""
+    node_filters: tuple[NodeFilter, ...] = ()
+    """The node filters this job shape needs, in ``NODE_FILTERS`` order."""
 
 
 def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
@@ -323,7 +394,7 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         verdict: Verdict = hit[1]
         return verdict
     spec = job.tasks[index]
-    verdict = Verdict()
+    verdict = Verdict(node_filters=tuple(f for f in NODE_FILTERS if f.needed(job)))
     for cls in state.classes:
         if cls.size == 0:
             continue
@@ -343,6 +414,12 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         verdict.nodes_ok += cls.size
         if needs_node_device_check(job.constraints, spec, cls):
             verdict.device_check.add(cls.id)
+    if not verdict.device_check:
+        # Every feasible class's devices all match: free matching devices are
+        # the free amount, which ResourcesFit already counts.
+        verdict.node_filters = tuple(
+            f for f in verdict.node_filters if not isinstance(f, DeviceConstraints)
+        )
     state.cache[key] = (job.shape, verdict)
     return verdict
 
@@ -351,14 +428,14 @@ def node_reasons(
     state: ClusterState, job: Job, spec: TaskSpec, rec: NodeRec, free: Sequence[int] | None = None
 ) -> Reason | None:
     """The first reason any plugin gives against ``rec`` for one task (for
-    explain; the placement walk does the same checks inline)."""
+    explain; the placement walk asks the same plugins for counts instead)."""
     for plugin in CLASS_FILTERS:
         reason = plugin.check_class(job, spec, rec.cls)
         if reason is not None:
             return reason
     current = rec.free if free is None else free
-    for plugin in NODE_FILTERS:
-        reason = plugin.check_node(job, spec, rec, current, state)
+    for node_filter in NODE_FILTERS:
+        reason = node_filter.check_node(job, spec, rec, current, state)
         if reason is not None:
             return reason
     return None

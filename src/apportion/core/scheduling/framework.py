@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
-from apportion.core.scheduling.filters import JobAffinity, Verdict, class_verdict
+from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.interface import (
     Candidate,
@@ -68,7 +68,8 @@ __all__ = [  # the interface and status types are re-exported: they lived here
 ]
 
 
-_JOB_FILTER = JobAffinity()
+_UNBOUNDED = 1 << 62
+"""The task count a node filter starts from: no filter has bounded it yet."""
 
 
 class Placer:
@@ -136,7 +137,8 @@ class Placer:
             return False
         ctx = PlaceContext(job, spec, state)
         ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
-        return bool(self._walk(job, spec, verdict, 1, None, None, self._per_node(job, ctx)))
+        return bool(self._walk(job, spec, verdict, 1, None, None,
+                               self._per_node(job, verdict, ctx)))
 
     def fits_on(self, job: Job, name: str) -> bool:
         """Whether the first task of ``job`` fits on node ``name`` now."""
@@ -171,7 +173,7 @@ class Placer:
         if prefer:
             remaining = self._fill_preferred(job, spec, verdict, ctx, placed, limits, prefer,
                                              remaining)
-        per_node = self._per_node(job, ctx)
+        per_node = self._per_node(job, verdict, ctx)
         while remaining:
             # Limited nodes change buckets as they take tasks: find them anew.
             capped = _limits_by_bucket(state, limits) if limits else None
@@ -183,8 +185,8 @@ class Placer:
         return None
 
     @staticmethod
-    def _per_node(job: Job, ctx: PlaceContext) -> bool:
-        if any(a.target == "job" and a.required for a in (*job.affinity, *job.anti_affinity)):
+    def _per_node(job: Job, verdict: Verdict, ctx: PlaceContext) -> bool:
+        if any(f.per_node(job) for f in verdict.node_filters):
             return True
         return any(p.per_node(job) for p, _ in ctx.scorers)
 
@@ -358,18 +360,12 @@ class Placer:
                 free = tuple(
                     min(f, lim.get(r, f)) for r, f in zip(rec.cls.resources, free, strict=True)
                 )
-        fit = fit_count(free, aligned)
-        if fit == 0:
-            return None
-        if rec.cls.id in verdict.device_check:
-            for r, q in spec.resources.items():
-                if r in rec.devices:
-                    terms = job.constraints.device_terms(family(r))
-                    fit = min(fit, len(dev.matching_free(rec, r, terms)) // q)
-            if fit == 0:
+        fit = _UNBOUNDED
+        state = self.state
+        for plugin in verdict.node_filters:
+            fit = plugin.fit(job, spec, rec, free, state, fit)
+            if not fit:
                 return None
-        if _JOB_FILTER.check_node(job, spec, rec, free, self.state) is not None:
-            return None
         return Candidate(rec.cls, free, aligned, fit, None, rec, 1)
 
     # -- ranking and granting ---------------------------------------------------

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from apportion.agent.gpu_isolation import (
 from apportion.agent.isolation import IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import API, Assignment, safe_task_id
+from apportion.agent.protocol import API, Assignment, DesiredState, TaskUpdate, safe_task_id
 from apportion.agent.reporting import TOKEN_FILE, Reporting
 from apportion.agent.runner import Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
@@ -97,7 +97,7 @@ class Agent(Reporting):
         self.epoch: str | None = None
         self.seq = -1
         self.rescans_seen: tuple[str, int] | None = None
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, TaskUpdate] = {}
         self.senders: dict[str, asyncio.Task[None]] = {}
         self.shipped: dict[tuple[str, str], int] = {}
         self.fence_proc: subprocess.Popen[bytes] | None = None
@@ -233,15 +233,15 @@ class Agent(Reporting):
                 continue
             delay = 0.1
             self._contact(started)
-            body = response.json()
-            self.epoch, self.seq = body["epoch"], int(body["seq"])
-            self.apply(body)
+            state = DesiredState.from_wire(response.json())
+            self.epoch, self.seq = state.epoch, state.seq
+            self.apply(state)
 
-    def apply(self, state: Mapping[str, Any]) -> None:
+    def apply(self, state: DesiredState) -> None:
         """Bring this node to the server's desired state."""
         runner = self.runner
         assert runner is not None
-        desired = {a.id: a for a in (Assignment.from_wire(t) for t in state["tasks"])}
+        desired = {a.id: a for a in state.tasks}
         for task_id in [i for i in desired if not safe_task_id(i)]:
             log.error("unsafe_task_id", task=task_id[:200])  # never a path on this node
             del desired[task_id]
@@ -260,13 +260,13 @@ class Agent(Reporting):
                 log.warning("task_not_ours", task=task.id, job=task.assignment.job_id)
                 task.reason = "the server no longer lists this task (its allocation ended)"
                 runner.kill(task.id)
-        rescan = state.get("rescan")
-        if isinstance(rescan, int):
+        rescan = state.rescan
+        if rescan >= 0:
             # The counter is per server run: a new epoch only sets the baseline.
             seen = self.rescans_seen
-            if seen is not None and seen[0] == state.get("epoch") and rescan > seen[1]:
+            if seen is not None and seen[0] == state.epoch and rescan > seen[1]:
                 self._spawn(self.rescan())
-            self.rescans_seen = (str(state.get("epoch")), rescan)
+            self.rescans_seen = (state.epoch, rescan)
 
     async def _start(self, task: LocalTask) -> None:
         runner = self.runner
@@ -277,13 +277,13 @@ class Agent(Reporting):
             return
         resumed = False
         if a.resume_task:
-            self._queue(a.id, {"state": "starting", "times": dict(task.times)})
+            self._queue(a.id, TaskUpdate("starting", dict(task.times)))
             resumed = await self._fetch_checkpoint(task, a.resume_task)
         if task.state == "exited":
             return  # stopped while it was being prepared
         runner.spawn(task, resumed=resumed)
         if task.state == "running":
-            self._queue(a.id, {"state": "running", "times": dict(task.times)})
+            self._queue(a.id, TaskUpdate("running", dict(task.times)))
 
     async def _fetch_checkpoint(self, task: LocalTask, source: str) -> bool:
         """Download the checkpoint the task resumes from into the agent's
@@ -337,9 +337,9 @@ class Agent(Reporting):
             body = json.loads((self.config.work_dir / "tasks" / a.id / "task.json").read_text())
         except (OSError, ValueError):
             body = {}
-        report = body.get("report") or {"state": "exited", "exit_code": None,
-                                        "reason": "this node lost the task's record"}
-        self._queue(a.id, dict(report))
+        saved = body.get("report")
+        self._queue(a.id, TaskUpdate.from_wire(saved) if saved else TaskUpdate(
+            "exited", reason="this node lost the task's record"))
 
     # -- fencing ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from apportion.agent.gpu_discovery import NvmlModule
 from apportion.agent.gpu_isolation import GpuIsolation
 from apportion.agent.limits import LimitSupport
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import API
+from apportion.agent.protocol import API, TaskUpdate
 from apportion.agent.runner import Runner
 from apportion.agent.transport import retry_delay
 from apportion.agent.usage import XidCounter, sample_usage
@@ -61,7 +62,7 @@ class Reporting:
     discovery: Discovery | None
     registered: asyncio.Event
     last_contact: float
-    pending: dict[str, dict[str, Any]]
+    pending: dict[str, TaskUpdate]
     """Per task, the report still to be delivered."""
     senders: dict[str, asyncio.Task[None]]
     shipped: dict[tuple[str, str], int]
@@ -155,11 +156,11 @@ class Reporting:
                  memory_exceeded=task.memory_exceeded)
         self._queue(task.id, task.report())
 
-    def _queue(self, task_id: str, body: dict[str, Any]) -> None:
+    def _queue(self, task_id: str, body: TaskUpdate) -> None:
         """Send a report until the server answers; a newer one replaces an
         unsent older one (an exit always wins)."""
         old = self.pending.get(task_id)
-        if old is not None and old["state"] == "exited" and body["state"] != "exited":
+        if old is not None and old.exited and not body.exited:
             return
         self.pending[task_id] = body
         sender = self.senders.get(task_id)
@@ -183,18 +184,18 @@ class Reporting:
                 continue
             if self.pending.get(task_id) is body:
                 del self.pending[task_id]
-            if body["state"] == "exited":
+            if body.exited:
                 self._exit_delivered(task_id)
         self.senders.pop(task_id, None)
 
-    async def _deliver(self, task_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def _deliver(self, task_id: str, body: TaskUpdate) -> dict[str, Any] | None:
         """One attempt at a report; None when the server refused it for now."""
         started = time.monotonic()
-        out = dict(body)
-        if body["state"] == "exited":
+        if body.exited:
             await self._ship_logs(task_id)
-            out["checkpoint"] = await self._upload_checkpoint(task_id, body)
-        response = await self.http.post(f"{self.base}/tasks/{task_id}/report", json=out)
+            body = replace(body, checkpoint=await self._upload_checkpoint(task_id, body))
+        response = await self.http.post(f"{self.base}/tasks/{task_id}/report",
+                                        json=body.to_wire())
         if response.status_code == 409:
             await self._reregister()
             return None
@@ -217,7 +218,7 @@ class Reporting:
         for stream in LOG_STREAMS:
             self.shipped.pop((task_id, stream), None)
 
-    async def _upload_checkpoint(self, task_id: str, body: Mapping[str, Any]) -> bool:
+    async def _upload_checkpoint(self, task_id: str, body: TaskUpdate) -> bool:
         """Upload what a task that did not succeed saved, so it resumes from
         it on whichever node runs it next. The agent packs the checkpoint
         directory itself on every attempt (never a tar the task wrote) and
@@ -226,7 +227,7 @@ class Reporting:
         runner = self.runner
         assert runner is not None
         task = runner.tasks.get(task_id)
-        if task is None or (body.get("exit_code") == 0 and not body.get("signalled")):
+        if task is None or (body.exit_code == 0 and not body.signalled):
             return False
         try:
             packed = await asyncio.to_thread(runner.pack_checkpoint, task,

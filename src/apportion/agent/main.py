@@ -47,7 +47,6 @@ from apportion.agent import checkpoint, credentials, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.config import AgentConfig
 from apportion.agent.discovery import AUTO, Discovery, discover
-from apportion.agent.gpu_discovery import NvmlModule, load_nvml
 from apportion.agent.gpu_isolation import (
     ENV_ONLY,
     GpuIsolation,
@@ -63,6 +62,7 @@ from apportion.agent.reporting import TOKEN_FILE, Reporting
 from apportion.agent.runner import Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
 from apportion.agent.usage import XidCounter
+from apportion.nvml import NvmlModule, load_nvml
 
 log = structlog.get_logger(__name__)
 

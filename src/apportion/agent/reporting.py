@@ -28,7 +28,6 @@ from apportion.agent import checkpoint, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.config import AgentConfig
 from apportion.agent.discovery import Discovery
-from apportion.agent.gpu_discovery import NvmlModule
 from apportion.agent.gpu_isolation import GpuIsolation
 from apportion.agent.limits import LimitSupport
 from apportion.agent.local_task import LocalTask
@@ -37,6 +36,7 @@ from apportion.agent.runner import Runner
 from apportion.agent.transport import retry_delay
 from apportion.agent.usage import XidCounter, sample_usage
 from apportion.core.resources import format_vector
+from apportion.nvml import NvmlModule
 
 log = structlog.get_logger(__name__)
 

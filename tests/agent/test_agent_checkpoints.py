@@ -20,6 +20,7 @@ from agent.test_checkpoint import cve_2025_4517_tar
 from apportion.agent import checkpoint
 from apportion.agent.main import Agent, AgentConfig
 from apportion.agent.runner import LocalTask, Runner
+from apportion.async_client import AsyncClient
 from apportion.protocol import TaskUpdate
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -47,7 +48,7 @@ def agent_with(tmp_path: Path, handler: Handler, limit: int = 1 << 30) -> tuple[
                          checkpoint_max=limit)
     agent = Agent(config, nvml=None)
     server = Server(handler)
-    agent.http = httpx.AsyncClient(base_url="http://server", transport=server)
+    agent.client = AsyncClient("http://server", "t0ken", transport=server)
     agent.runner = Runner(config.work_dir, "n1", WATCHDOG, lambda task: None)
     return agent, server
 

@@ -57,11 +57,12 @@ from apportion.agent.gpu_isolation import (
 from apportion.agent.isolation import IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import API, Assignment, DesiredState, TaskUpdate, safe_task_id
+from apportion.agent.protocol import Assignment, DesiredState, TaskUpdate, safe_task_id
 from apportion.agent.reporting import TOKEN_FILE, Reporting
 from apportion.agent.runner import Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
 from apportion.agent.usage import XidCounter
+from apportion.async_client import AsyncClient, ClientError, TransportError
 from apportion.nvml import NvmlModule, load_nvml
 
 log = structlog.get_logger(__name__)
@@ -80,13 +81,9 @@ class Agent(Reporting):
         servers = parse_servers(config.server)
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         self.transport = FailoverTransport(servers, httpx.AsyncHTTPTransport(limits=limits))
-        self.http = httpx.AsyncClient(
-            base_url=str(servers[0]),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30.0, read=config.poll_wait_s + 30.0),
-            transport=self.transport,
-        )
-        self.base = f"{API}/{config.name}"
+        # A held long-poll answers after up to poll_wait_s: reads wait that long more.
+        self.client = AsyncClient(str(servers[0]), token, read_timeout=config.poll_wait_s + 30.0,
+                                  transport=self.transport)
         self.runner: Runner | None = None
         self.support: LimitSupport | None = None
         self.gpu: GpuIsolation = ENV_ONLY
@@ -158,7 +155,7 @@ class Agent(Reporting):
         self.runner.close()
         if self.xids is not None:
             self.xids.close()
-        await self.http.aclose()
+        await self.client.aclose()
 
     async def _stop_everything(self) -> None:
         """Stop every task and report the exits, bounded in time."""
@@ -215,25 +212,23 @@ class Agent(Reporting):
         delay = 0.1
         while True:
             started = time.monotonic()
-            params: dict[str, Any] = {"after": self.seq, "wait": self.config.poll_wait_s}
-            if self.epoch:
-                params["epoch"] = self.epoch
             try:
-                response = await self.http.get(f"{self.base}/assignments", params=params)
-            except httpx.HTTPError:
+                state: DesiredState = await self.client.agent_assignments(
+                    self.config.name, after=self.seq, wait=self.config.poll_wait_s,
+                    epoch=self.epoch or None)
+            except ClientError as exc:
+                if exc.status == 409:
+                    await self._reregister()
+                    continue
                 await asyncio.sleep(delay)
                 delay = retry_delay(delay)
                 continue
-            if response.status_code == 409:
-                await self._reregister()
-                continue
-            if response.status_code != 200:
+            except TransportError:
                 await asyncio.sleep(delay)
                 delay = retry_delay(delay)
                 continue
             delay = 0.1
             self._contact(started)
-            state = DesiredState.from_wire(response.json())
             self.epoch, self.seq = state.epoch, state.seq
             self.apply(state)
 
@@ -296,7 +291,7 @@ class Agent(Reporting):
         try:
             for attempt in range(5):
                 try:
-                    await self._download(f"{API}/checkpoints/{source}", path)
+                    await self._download(source, path)
                     files = await asyncio.to_thread(runner.unpack_checkpoint, task, path,
                                                     self.config.checkpoint_max)
                     log.info("checkpoint_unpacked", task=task.id, files=files)
@@ -304,7 +299,7 @@ class Agent(Reporting):
                 except CheckpointError as exc:
                     log.error("checkpoint_refused", task=task.id, source=source, error=str(exc))
                     return False
-                except (httpx.HTTPError, OSError) as exc:
+                except (ClientError, OSError) as exc:
                     log.warning("checkpoint_fetch_failed", task=task.id, attempt=attempt,
                                 error=repr(exc))
                     await asyncio.sleep(0.2 * 2**attempt)
@@ -312,18 +307,15 @@ class Agent(Reporting):
         finally:
             path.unlink(missing_ok=True)
 
-    async def _download(self, url: str, path: Path) -> None:
+    async def _download(self, source: str, path: Path) -> None:
         limit = self.config.checkpoint_max
-        async with self.http.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise httpx.HTTPError(f"HTTP {response.status_code}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+        async with self.client.checkpoint(source) as download:
+            if download.length is not None and download.length > limit:
                 raise checkpoint.CheckpointTooLarge(
-                    f"the checkpoint is {declared} bytes, over the limit of {limit}")
+                    f"the checkpoint is {download.length} bytes, over the limit of {limit}")
             sink = checkpoint.Download(path, limit)
             try:
-                async for chunk in response.aiter_bytes(checkpoint.CHUNK):
+                async for chunk in download.chunks(checkpoint.CHUNK):
                     await asyncio.to_thread(sink.write, chunk)
             finally:
                 sink.close()

@@ -40,7 +40,6 @@ from apportion.protocol import (
     TaskUpdate,
 )
 
-API = "/api/v1/agents"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 EXIT_FILE = "exit_code"

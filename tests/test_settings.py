@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from apportion.agent import protocol
+from apportion import protocol
 from apportion.service.settings import Settings, settings_table, variables
 
 ROOT = Path(__file__).parents[1]

@@ -20,6 +20,8 @@ from agent.test_checkpoint import cve_2025_4517_tar
 from apportion.agent import checkpoint
 from apportion.agent.main import Agent, AgentConfig
 from apportion.agent.runner import LocalTask, Runner
+from apportion.async_client import AsyncClient
+from apportion.protocol import TaskUpdate
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
@@ -46,7 +48,7 @@ def agent_with(tmp_path: Path, handler: Handler, limit: int = 1 << 30) -> tuple[
                          checkpoint_max=limit)
     agent = Agent(config, nvml=None)
     server = Server(handler)
-    agent.http = httpx.AsyncClient(base_url="http://server", transport=server)
+    agent.client = AsyncClient("http://server", "t0ken", transport=server)
     agent.runner = Runner(config.work_dir, "n1", WATCHDOG, lambda task: None)
     return agent, server
 
@@ -74,7 +76,7 @@ def test_a_tar_the_task_wrote_is_never_uploaded_only_what_the_agent_packed(
         task = prepared(agent)
         cve_2025_4517_tar(task.home / "checkpoint.tar")  # where it used to be taken from
         (task.checkpoint_dir / "counter").write_text("17")
-        done = await agent._upload_checkpoint(task.id, {"exit_code": 1})
+        done = await agent._upload_checkpoint(task.id, TaskUpdate("exited", exit_code=1))
         method, path, headers, size, digest = server.seen[0]
         assert (method, path) == ("PUT", "/api/v1/agents/n1/tasks/t1/checkpoint")
         assert headers["content-length"] == str(size) and "transfer-encoding" not in headers
@@ -114,7 +116,8 @@ def test_an_upload_streams_from_disk_and_never_holds_the_checkpoint_in_memory(
                 fh.write(b"\x5a" * (1 << 20))
         tracemalloc.start()
         try:
-            done = await agent._upload_checkpoint(task.id, {"exit_code": 1, "signalled": True})
+            done = await agent._upload_checkpoint(
+                task.id, TaskUpdate("exited", exit_code=1, signalled=True))
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -136,11 +139,11 @@ def test_a_checkpoint_over_the_limit_is_not_packed_and_one_the_server_refuses_is
         agent, server = agent_with(tmp_path / "a", ok, limit=4096)
         task = prepared(agent)
         (task.checkpoint_dir / "big").write_bytes(b"x" * 8000)
-        local = await agent._upload_checkpoint(task.id, {"exit_code": 1})
+        local = await agent._upload_checkpoint(task.id, TaskUpdate("exited", exit_code=1))
         agent2, server2 = agent_with(tmp_path / "b", too_large)
         task2 = prepared(agent2)
         (task2.checkpoint_dir / "big").write_bytes(b"x" * 8000)
-        remote = await agent2._upload_checkpoint(task2.id, {"exit_code": 1})
+        remote = await agent2._upload_checkpoint(task2.id, TaskUpdate("exited", exit_code=1))
         return local, remote, len(server.seen) * 10 + len(server2.seen)
 
     assert asyncio.run(scenario()) == (False, False, 1)  # nothing sent; one refused upload

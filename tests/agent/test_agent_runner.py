@@ -110,7 +110,7 @@ def test_a_task_runs_in_its_directory_with_its_logs_and_its_exit_code_is_kept(
         "exit_code": "0o600"}
     assert oct(task.dir.stat().st_mode & 0o777) == "0o700"
     assert task.times["started_at"] <= task.times["exited_at"]
-    assert task.report()["exit_code"] == 3
+    assert task.report().exit_code == 3
 
 
 def test_a_missing_command_fails_with_127_and_the_runner_never_runs_a_task_twice(

@@ -19,7 +19,6 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +26,20 @@ import psutil
 
 from apportion.agent.devices_file import CustomDevices, load_devices_file
 from apportion.agent.gpu_discovery import (
-    NvmlModule,
     discover_gpus,
-    load_nvml,
     normalize_bus_id,
     nvml_call,
-    nvml_text,
     short_gpu_model,
 )
 from apportion.core.model import Device
 from apportion.core.resources import MAX_QUANTITY, check_name, format_quantity
 from apportion.exceptions import InvalidInput, InvalidQuantity
+from apportion.nvml import AUTO, NvmlChoice, NvmlModule, load_nvml, nvml_text
 
 GPU = "gpu"
 HOST_RESOURCES = ("cpu", "memory", "storage")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
-
-
-class _Auto(Enum):
-    AUTO = "auto"
-
-
-AUTO = _Auto.AUTO
-"""Default for ``nvml``: import ``pynvml`` if installed, else run without GPUs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +61,7 @@ class Discovery:
 def discover(
     work_dir: Path,
     *,
-    nvml: NvmlModule | _Auto | None = AUTO,
+    nvml: NvmlChoice = AUTO,
     devices_file: Path | None = None,
     reserve: Mapping[str, int] | None = None,
     declared: Mapping[str, int] | None = None,

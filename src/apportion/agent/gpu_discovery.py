@@ -10,32 +10,12 @@ same ``nvml_call``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from apportion.core.model import Device
-
-NvmlModule = Any
-"""``pynvml`` or an object with the same functions (the tests' fake).
-
-Typed ``Any`` on purpose: pynvml ships no type information, and its results
-are ctypes values whose fields we read by name; every value crossing this
-boundary is converted with ``int``/``str`` straight away."""
-
-
-def load_nvml() -> NvmlModule | None:
-    """``pynvml`` when the ``nvidia`` extra is installed, else ``None``."""
-    try:
-        return importlib.import_module("pynvml")
-    except ImportError:
-        return None
-
-
-def nvml_text(value: object) -> str:
-    """NVML strings: ``bytes`` from pynvml < 11.5, ``str`` after."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+from apportion.nvml import NvmlModule, nvml_text
 
 
 def nvml_call(nvml: NvmlModule, function: str, *args: object) -> Any:

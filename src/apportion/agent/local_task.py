@@ -9,11 +9,10 @@ import asyncio
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from apportion.agent import checkpoint
 from apportion.agent.isolation import Identity
-from apportion.agent.protocol import Assignment
+from apportion.agent.protocol import Assignment, TaskUpdate
 
 
 @dataclass
@@ -69,18 +68,12 @@ class LocalTask:
     def owner(self) -> checkpoint.Owner | None:
         return None if self.identity is None else self.identity.owner
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> TaskUpdate:
         """The exit report the server is sent (and that is kept until it answers)."""
         reason = None if self.reason is None else "".join(
             c if c.isprintable() else " " for c in self.reason)[:500]
-        body: dict[str, Any] = {
-            "state": "exited", "exit_code": self.exit_code, "signalled": self.signalled,
-            "memory_exceeded": self.memory_exceeded, "lost": self.lost,
-            "reason": reason, "times": dict(self.times)}
-        usage = self.usage_summary()
-        if usage:
-            body["usage"] = usage
-        return body
+        return TaskUpdate("exited", dict(self.times), self.exit_code, self.signalled,
+                          self.memory_exceeded, self.lost, reason, self.usage_summary())
 
     def note(self, key: str, value: float) -> None:
         """Keep the highest reading of ``key`` (a peak or a growing counter)."""

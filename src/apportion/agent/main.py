@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ from apportion.agent import checkpoint, credentials, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.config import AgentConfig
 from apportion.agent.discovery import AUTO, Discovery, discover
-from apportion.agent.gpu_discovery import NvmlModule, load_nvml
 from apportion.agent.gpu_isolation import (
     ENV_ONLY,
     GpuIsolation,
@@ -58,11 +57,13 @@ from apportion.agent.gpu_isolation import (
 from apportion.agent.isolation import IsolationMode, choose_sandbox_root
 from apportion.agent.limits import LimitSupport, detect_limits
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import API, Assignment, safe_task_id
+from apportion.agent.protocol import Assignment, DesiredState, TaskUpdate, safe_task_id
 from apportion.agent.reporting import TOKEN_FILE, Reporting
 from apportion.agent.runner import Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
 from apportion.agent.usage import XidCounter
+from apportion.async_client import AsyncClient, ClientError, TransportError
+from apportion.nvml import NvmlModule, load_nvml
 
 log = structlog.get_logger(__name__)
 
@@ -80,13 +81,9 @@ class Agent(Reporting):
         servers = parse_servers(config.server)
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         self.transport = FailoverTransport(servers, httpx.AsyncHTTPTransport(limits=limits))
-        self.http = httpx.AsyncClient(
-            base_url=str(servers[0]),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30.0, read=config.poll_wait_s + 30.0),
-            transport=self.transport,
-        )
-        self.base = f"{API}/{config.name}"
+        # A held long-poll answers after up to poll_wait_s: reads wait that long more.
+        self.client = AsyncClient(str(servers[0]), token, read_timeout=config.poll_wait_s + 30.0,
+                                  transport=self.transport)
         self.runner: Runner | None = None
         self.support: LimitSupport | None = None
         self.gpu: GpuIsolation = ENV_ONLY
@@ -97,7 +94,7 @@ class Agent(Reporting):
         self.epoch: str | None = None
         self.seq = -1
         self.rescans_seen: tuple[str, int] | None = None
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, TaskUpdate] = {}
         self.senders: dict[str, asyncio.Task[None]] = {}
         self.shipped: dict[tuple[str, str], int] = {}
         self.fence_proc: subprocess.Popen[bytes] | None = None
@@ -158,7 +155,7 @@ class Agent(Reporting):
         self.runner.close()
         if self.xids is not None:
             self.xids.close()
-        await self.http.aclose()
+        await self.client.aclose()
 
     async def _stop_everything(self) -> None:
         """Stop every task and report the exits, bounded in time."""
@@ -215,33 +212,31 @@ class Agent(Reporting):
         delay = 0.1
         while True:
             started = time.monotonic()
-            params: dict[str, Any] = {"after": self.seq, "wait": self.config.poll_wait_s}
-            if self.epoch:
-                params["epoch"] = self.epoch
             try:
-                response = await self.http.get(f"{self.base}/assignments", params=params)
-            except httpx.HTTPError:
+                state: DesiredState = await self.client.agent_assignments(
+                    self.config.name, after=self.seq, wait=self.config.poll_wait_s,
+                    epoch=self.epoch or None)
+            except ClientError as exc:
+                if exc.status == 409:
+                    await self._reregister()
+                    continue
                 await asyncio.sleep(delay)
                 delay = retry_delay(delay)
                 continue
-            if response.status_code == 409:
-                await self._reregister()
-                continue
-            if response.status_code != 200:
+            except TransportError:
                 await asyncio.sleep(delay)
                 delay = retry_delay(delay)
                 continue
             delay = 0.1
             self._contact(started)
-            body = response.json()
-            self.epoch, self.seq = body["epoch"], int(body["seq"])
-            self.apply(body)
+            self.epoch, self.seq = state.epoch, state.seq
+            self.apply(state)
 
-    def apply(self, state: Mapping[str, Any]) -> None:
+    def apply(self, state: DesiredState) -> None:
         """Bring this node to the server's desired state."""
         runner = self.runner
         assert runner is not None
-        desired = {a.id: a for a in (Assignment.from_wire(t) for t in state["tasks"])}
+        desired = {a.id: a for a in state.tasks}
         for task_id in [i for i in desired if not safe_task_id(i)]:
             log.error("unsafe_task_id", task=task_id[:200])  # never a path on this node
             del desired[task_id]
@@ -260,13 +255,13 @@ class Agent(Reporting):
                 log.warning("task_not_ours", task=task.id, job=task.assignment.job_id)
                 task.reason = "the server no longer lists this task (its allocation ended)"
                 runner.kill(task.id)
-        rescan = state.get("rescan")
-        if isinstance(rescan, int):
+        rescan = state.rescan
+        if rescan >= 0:
             # The counter is per server run: a new epoch only sets the baseline.
             seen = self.rescans_seen
-            if seen is not None and seen[0] == state.get("epoch") and rescan > seen[1]:
+            if seen is not None and seen[0] == state.epoch and rescan > seen[1]:
                 self._spawn(self.rescan())
-            self.rescans_seen = (str(state.get("epoch")), rescan)
+            self.rescans_seen = (state.epoch, rescan)
 
     async def _start(self, task: LocalTask) -> None:
         runner = self.runner
@@ -277,13 +272,13 @@ class Agent(Reporting):
             return
         resumed = False
         if a.resume_task:
-            self._queue(a.id, {"state": "starting", "times": dict(task.times)})
+            self._queue(a.id, TaskUpdate("starting", dict(task.times)))
             resumed = await self._fetch_checkpoint(task, a.resume_task)
         if task.state == "exited":
             return  # stopped while it was being prepared
         runner.spawn(task, resumed=resumed)
         if task.state == "running":
-            self._queue(a.id, {"state": "running", "times": dict(task.times)})
+            self._queue(a.id, TaskUpdate("running", dict(task.times)))
 
     async def _fetch_checkpoint(self, task: LocalTask, source: str) -> bool:
         """Download the checkpoint the task resumes from into the agent's
@@ -296,7 +291,7 @@ class Agent(Reporting):
         try:
             for attempt in range(5):
                 try:
-                    await self._download(f"{API}/checkpoints/{source}", path)
+                    await self._download(source, path)
                     files = await asyncio.to_thread(runner.unpack_checkpoint, task, path,
                                                     self.config.checkpoint_max)
                     log.info("checkpoint_unpacked", task=task.id, files=files)
@@ -304,7 +299,7 @@ class Agent(Reporting):
                 except CheckpointError as exc:
                     log.error("checkpoint_refused", task=task.id, source=source, error=str(exc))
                     return False
-                except (httpx.HTTPError, OSError) as exc:
+                except (ClientError, OSError) as exc:
                     log.warning("checkpoint_fetch_failed", task=task.id, attempt=attempt,
                                 error=repr(exc))
                     await asyncio.sleep(0.2 * 2**attempt)
@@ -312,18 +307,15 @@ class Agent(Reporting):
         finally:
             path.unlink(missing_ok=True)
 
-    async def _download(self, url: str, path: Path) -> None:
+    async def _download(self, source: str, path: Path) -> None:
         limit = self.config.checkpoint_max
-        async with self.http.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise httpx.HTTPError(f"HTTP {response.status_code}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+        async with self.client.checkpoint(source) as download:
+            if download.length is not None and download.length > limit:
                 raise checkpoint.CheckpointTooLarge(
-                    f"the checkpoint is {declared} bytes, over the limit of {limit}")
+                    f"the checkpoint is {download.length} bytes, over the limit of {limit}")
             sink = checkpoint.Download(path, limit)
             try:
-                async for chunk in response.aiter_bytes(checkpoint.CHUNK):
+                async for chunk in download.chunks(checkpoint.CHUNK):
                     await asyncio.to_thread(sink.write, chunk)
             finally:
                 sink.close()
@@ -337,9 +329,9 @@ class Agent(Reporting):
             body = json.loads((self.config.work_dir / "tasks" / a.id / "task.json").read_text())
         except (OSError, ValueError):
             body = {}
-        report = body.get("report") or {"state": "exited", "exit_code": None,
-                                        "reason": "this node lost the task's record"}
-        self._queue(a.id, dict(report))
+        saved = body.get("report")
+        self._queue(a.id, TaskUpdate.from_wire(saved) if saved else TaskUpdate(
+            "exited", reason="this node lost the task's record"))
 
     # -- fencing ---------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
-"""What an agent and the server exchange, and what a task is given.
+"""The agent's side of the task contract: the environment a task's process
+starts with (``task_env``, with the names ``apportion.protocol`` defines and
+``apportion.guard`` reads from inside the task), the shim that records its
+exit, and which task ids may name a directory.
 
-The server answers an agent's long-poll with the node's desired state: every
-task it must run, each with what it was granted and, when the server wants
-it stopped, the end it should be brought to. ``Assignment`` is one such
-task as the agent reads it; ``task_env`` is the environment its process
-starts with (the contract ``apportion.guard`` reads from inside the task).
+The wire models (``Assignment``, ``TaskUpdate``...) are ``apportion.protocol``'s;
+they are named here too for the agent's modules.
 """
 
 from __future__ import annotations
@@ -13,31 +13,34 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from apportion.core.resources import format_quantity
+from apportion.protocol import (
+    ALLOCATION_ENV,
+    ARRAY_INDEX_ENV,
+    ARRAY_SIZE_ENV,
+    ATTEMPT_ENV,
+    CHECKPOINT_ENV,
+    CUDA_ENV,
+    DEVICES_ENV,
+    JOB_ID_ENV,
+    NODE_ENV,
+    RESOURCES_ENV,
+    RESUME_ENV,
+    TASK_DIR_ENV,
+    TASK_ENV_PREFIX,
+    TASK_ID_ENV,
+    TASK_INDEX_ENV,
+    USAGE_FILE_ENV,
+    Assignment,
+    DesiredState,
+    Stop,
+    TaskUpdate,
+)
 
-API = "/api/v1/agents"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-# The environment a task starts with.
-JOB_ID_ENV = "APPORTION_JOB_ID"
-TASK_ID_ENV = "APPORTION_TASK_ID"
-TASK_INDEX_ENV = "APPORTION_TASK_INDEX"
-ATTEMPT_ENV = "APPORTION_ATTEMPT"
-ALLOCATION_ENV = "APPORTION_ALLOCATION_ID"
-NODE_ENV = "APPORTION_NODE"
-RESOURCES_ENV = "APPORTION_RESOURCES"
-DEVICES_ENV = "APPORTION_DEVICES"
-CHECKPOINT_ENV = "APPORTION_CHECKPOINT_DIR"
-RESUME_ENV = "APPORTION_RESUME_FROM"
-USAGE_FILE_ENV = "APPORTION_USAGE_FILE"
-TASK_DIR_ENV = "APPORTION_TASK_DIR"
-ARRAY_INDEX_ENV = "APPORTION_ARRAY_INDEX"
-ARRAY_SIZE_ENV = "APPORTION_ARRAY_SIZE"
-CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 
 EXIT_FILE = "exit_code"
 SHIM = (
@@ -70,61 +73,11 @@ SHIM = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
-    state: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """One task of the node's desired state."""
-
-    id: str
-    job_id: str
-    index: int
-    attempt: int
-    allocation_id: str
-    command: tuple[str, ...]
-    resources: dict[str, str]
-    resources_base: dict[str, int]
-    devices: dict[str, list[str]]
-    device_info: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    stop_signal: str = "SIGTERM"
-    stop_grace_s: float = 10.0
-    stop: Stop | None = None
-    resume_task: str | None = None
-    array: int | None = None
-    """The job array's size, when the task is one of an array."""
-
-    @classmethod
-    def from_wire(cls, body: Mapping[str, Any]) -> Assignment:
-        stop = body.get("stop")
-        resume = body.get("resume") or {}
-        return cls(
-            str(body["id"]), str(body["job_id"]), int(body["index"]), int(body["attempt"]),
-            str(body["allocation_id"]), tuple(str(c) for c in body["command"]),
-            {str(k): str(v) for k, v in body["resources"].items()},
-            {str(k): int(v) for k, v in body["resources_base"].items()},
-            {str(k): [str(i) for i in v] for k, v in body["devices"].items()},
-            dict(body.get("device_info") or {}),
-            str(body.get("stop_signal") or "SIGTERM"),
-            float(body.get("stop_grace_s") or 10.0),
-            Stop(str(stop["state"]), str(stop.get("reason") or stop["state"])) if stop else None,
-            str(resume["task_id"]) if resume.get("task_id") else None,
-            int(body["array"]) if body.get("array") else None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """For the task's record on disk (what an agent restart reads back)."""
-        return {"id": self.id, "job_id": self.job_id, "index": self.index,
-                "attempt": self.attempt, "allocation_id": self.allocation_id,
-                "command": list(self.command), "resources": self.resources,
-                "resources_base": self.resources_base, "devices": self.devices,
-                "device_info": self.device_info, "stop_signal": self.stop_signal,
-                "stop_grace_s": self.stop_grace_s, "stop": None,
-                "resume": {"task_id": self.resume_task} if self.resume_task else None,
-                "array": self.array}
+def record_of(assignment: Assignment) -> dict[str, Any]:
+    """The assignment in the task's record on disk (what an agent restart
+    reads back with ``Assignment.from_wire``). A stop asked for is left out:
+    the server's next answer asks again if it still wants it."""
+    return {**assignment.to_wire(), "stop": None}
 
 
 def safe_task_id(task_id: str) -> bool:
@@ -168,7 +121,7 @@ def task_env(assignment: Assignment, node: str, task_dir: Path, checkpoint_dir: 
     """The environment a task's process starts with."""
     # The agent's own settings (its token above all) are not the task's.
     env = {k: v for k, v in (os.environ if base is None else base).items()
-           if not k.startswith("APPORTION_")}
+           if not k.startswith(TASK_ENV_PREFIX)}
     env.update({
         JOB_ID_ENV: assignment.job_id,
         TASK_ID_ENV: assignment.id,
@@ -191,3 +144,13 @@ def task_env(assignment: Assignment, node: str, task_dir: Path, checkpoint_dir: 
     else:
         env.pop(RESUME_ENV, None)
     return env
+
+
+__all__ = [
+    "ALLOCATION_ENV", "ARRAY_INDEX_ENV", "ARRAY_SIZE_ENV", "ATTEMPT_ENV", "CHECKPOINT_ENV",
+    "CUDA_ENV", "DEVICES_ENV", "EXIT_FILE", "JOB_ID_ENV", "NODE_ENV", "RESOURCES_ENV",
+    "RESUME_ENV", "SHIM", "TASK_DIR_ENV", "TASK_ID_ENV", "TASK_INDEX_ENV", "USAGE_FILE_ENV",
+    "Assignment", "DesiredState", "Stop", "TaskUpdate", "devices_json", "record_of", "safe_task_id",
+    "task_env",
+    "visible_devices",
+]

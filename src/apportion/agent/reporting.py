@@ -17,25 +17,26 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
 
 from apportion.agent import checkpoint, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.config import AgentConfig
 from apportion.agent.discovery import Discovery
-from apportion.agent.gpu_discovery import NvmlModule
 from apportion.agent.gpu_isolation import GpuIsolation
 from apportion.agent.limits import LimitSupport
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import API
+from apportion.agent.protocol import TaskUpdate
 from apportion.agent.runner import Runner
 from apportion.agent.transport import retry_delay
 from apportion.agent.usage import XidCounter, sample_usage
+from apportion.async_client import AsyncClient, ClientError, TransportError
 from apportion.core.resources import format_vector
+from apportion.nvml import NvmlModule
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +53,7 @@ class Reporting:
 
     config: AgentConfig
     id: str
-    http: httpx.AsyncClient
-    base: str
+    client: AsyncClient
     nvml: NvmlModule | None
     runner: Runner | None
     support: LimitSupport | None
@@ -61,7 +61,7 @@ class Reporting:
     discovery: Discovery | None
     registered: asyncio.Event
     last_contact: float
-    pending: dict[str, dict[str, Any]]
+    pending: dict[str, TaskUpdate]
     """Per task, the report still to be delivered."""
     senders: dict[str, asyncio.Task[None]]
     shipped: dict[tuple[str, str], int]
@@ -96,24 +96,24 @@ class Reporting:
 
     async def _register(self) -> None:
         """Register (or refresh) the node; retried until the server answers."""
-        body = {"node": self._node_body(), "agent": self._agent_body()}
+        node, agent = self._node_body(), self._agent_body()
         delay = 0.1
         first = time.monotonic()
         while True:
             started = time.monotonic()
             try:
-                response = await self.http.post(f"{API}/register", json=body)
-            except httpx.HTTPError as exc:
+                answer = await self.client.register_agent(node, agent)
+            except TransportError as exc:
                 # A server still starting (apportion up) is not worth a warning.
                 quiet = started - first < 10
                 (log.debug if quiet else log.warning)("register_failed", error=repr(exc))
+            except ClientError as exc:
+                log.error("register_refused", status=exc.status, body=exc.body)
             else:
-                if response.status_code == 200:
-                    self._contact(started)
-                    self._adopt_token(response.json())
-                    self.registered.set()
-                    return
-                log.error("register_refused", status=response.status_code, body=response.text)
+                self._contact(started)
+                self._adopt_token(answer)
+                self.registered.set()
+                return
             await asyncio.sleep(delay)
             delay = retry_delay(delay)
 
@@ -122,7 +122,7 @@ class Reporting:
         token = answer.get("agent_token")
         if not isinstance(token, str) or not token:
             return
-        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.client.set_token(token)
         path = self.config.work_dir / TOKEN_FILE
         tmp = path.with_suffix(".tmp")
         with contextlib.suppress(OSError):
@@ -155,11 +155,11 @@ class Reporting:
                  memory_exceeded=task.memory_exceeded)
         self._queue(task.id, task.report())
 
-    def _queue(self, task_id: str, body: dict[str, Any]) -> None:
+    def _queue(self, task_id: str, body: TaskUpdate) -> None:
         """Send a report until the server answers; a newer one replaces an
         unsent older one (an exit always wins)."""
         old = self.pending.get(task_id)
-        if old is not None and old["state"] == "exited" and body["state"] != "exited":
+        if old is not None and old.exited and not body.exited:
             return
         self.pending[task_id] = body
         sender = self.senders.get(task_id)
@@ -172,7 +172,7 @@ class Reporting:
             body = self.pending[task_id]
             try:
                 answer = await self._deliver(task_id, body)
-            except (httpx.HTTPError, OSError) as exc:
+            except (ClientError, OSError) as exc:
                 log.debug("report_retry", task=task_id, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = retry_delay(delay)
@@ -183,30 +183,30 @@ class Reporting:
                 continue
             if self.pending.get(task_id) is body:
                 del self.pending[task_id]
-            if body["state"] == "exited":
+            if body.exited:
                 self._exit_delivered(task_id)
         self.senders.pop(task_id, None)
 
-    async def _deliver(self, task_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def _deliver(self, task_id: str, body: TaskUpdate) -> dict[str, Any] | None:
         """One attempt at a report; None when the server refused it for now."""
         started = time.monotonic()
-        out = dict(body)
-        if body["state"] == "exited":
+        if body.exited:
             await self._ship_logs(task_id)
-            out["checkpoint"] = await self._upload_checkpoint(task_id, body)
-        response = await self.http.post(f"{self.base}/tasks/{task_id}/report", json=out)
-        if response.status_code == 409:
-            await self._reregister()
-            return None
-        if response.status_code >= 500:
-            return None
-        self._contact(started)
-        if response.status_code != 200:
-            log.error("report_refused", task=task_id, status=response.status_code,
-                      body=response.text[:500])
+            body = replace(body, checkpoint=await self._upload_checkpoint(task_id, body))
+        try:
+            answer = await self.client.report_task(self.config.name, task_id, body)
+        except ClientError as exc:
+            if exc.status == 409:
+                await self._reregister()
+                return None
+            if exc.status >= 500:
+                return None
+            self._contact(started)
+            log.error("report_refused", task=task_id, status=exc.status,
+                      body=str(exc.body)[:500])
             return {}
-        result: dict[str, Any] = response.json()
-        return result
+        self._contact(started)
+        return answer if isinstance(answer, dict) else {}
 
     def _exit_delivered(self, task_id: str) -> None:
         runner = self.runner
@@ -217,7 +217,7 @@ class Reporting:
         for stream in LOG_STREAMS:
             self.shipped.pop((task_id, stream), None)
 
-    async def _upload_checkpoint(self, task_id: str, body: Mapping[str, Any]) -> bool:
+    async def _upload_checkpoint(self, task_id: str, body: TaskUpdate) -> bool:
         """Upload what a task that did not succeed saved, so it resumes from
         it on whichever node runs it next. The agent packs the checkpoint
         directory itself on every attempt (never a tar the task wrote) and
@@ -226,7 +226,7 @@ class Reporting:
         runner = self.runner
         assert runner is not None
         task = runner.tasks.get(task_id)
-        if task is None or (body.get("exit_code") == 0 and not body.get("signalled")):
+        if task is None or (body.exit_code == 0 and not body.signalled):
             return False
         try:
             packed = await asyncio.to_thread(runner.pack_checkpoint, task,
@@ -237,18 +237,16 @@ class Reporting:
         if packed is None:
             return False
         try:
-            response = await self.http.put(
-                f"{self.base}/tasks/{task_id}/checkpoint", content=_chunks(packed.path),
-                headers={"Content-Type": "application/x-tar",
-                         "Content-Length": str(packed.size)})
+            await self.client.put_checkpoint(self.config.name, task_id, _chunks(packed.path),
+                                             packed.size)
+        except ClientError as exc:
+            if exc.status not in (404, 413):
+                raise
+            log.error("checkpoint_not_stored", task=task_id, status=exc.status,
+                      size=packed.size, body=str(exc.body)[:300])
+            return False
         finally:
             packed.path.unlink(missing_ok=True)
-        if response.status_code in (404, 413):
-            log.error("checkpoint_not_stored", task=task_id, status=response.status_code,
-                      size=packed.size, body=response.text[:300])
-            return False
-        if response.status_code != 200:
-            raise httpx.HTTPError(f"checkpoint upload: HTTP {response.status_code}")
         return True
 
     # -- logs ---------------------------------------------------------------------
@@ -260,7 +258,7 @@ class Reporting:
             runner = self.runner
             assert runner is not None
             for task in list(runner.running()):
-                with contextlib.suppress(httpx.HTTPError, OSError):
+                with contextlib.suppress(ClientError, OSError):
                     await self._ship_logs(task.id)
 
     async def _ship_logs(self, task_id: str) -> None:
@@ -273,13 +271,12 @@ class Reporting:
                 data = await _read_log(path, offset)
                 if not data:
                     break
-                response = await self.http.post(
-                    f"{self.base}/tasks/{task_id}/logs/{stream}", params={"offset": offset},
-                    content=data, headers={"Content-Type": "application/octet-stream"})
-                if response.status_code == 404:
-                    return  # the task is no longer live on the server: nothing to add to
-                if response.status_code != 200:
-                    raise httpx.HTTPError(f"log shipment: HTTP {response.status_code}")
+                try:
+                    await self.client.push_log(self.config.name, task_id, stream, offset, data)
+                except ClientError as exc:
+                    if exc.status == 404:
+                        return  # the task is no longer live on the server: nothing to add to
+                    raise
                 offset += len(data)
                 self.shipped[(task_id, stream)] = offset
 
@@ -291,7 +288,7 @@ class Reporting:
             started = time.monotonic()
             try:
                 await self._heartbeat(started)
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 log.debug("heartbeat_failed", error=repr(exc))
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.config.heartbeat_s - elapsed))
@@ -300,14 +297,15 @@ class Reporting:
         runner = self.runner
         assert runner is not None
         usage, tasks = await asyncio.to_thread(self._sample, runner.running())
-        response = await self.http.post(f"{self.base}/heartbeat", json={
-            "agent_id": self.id, "usage": usage, "tasks": tasks})
-        if response.status_code == 409:
-            await self._reregister()
-        elif response.status_code == 200:
-            self._contact(started)
-            if response.json().get("registered") is False:
-                await self._reregister()  # a server that does not know this agent
+        try:
+            answer = await self.client.agent_heartbeat(self.config.name, self.id, usage, tasks)
+        except ClientError as exc:
+            if exc.status == 409:
+                await self._reregister()
+            return
+        self._contact(started)
+        if answer.get("registered") is False:
+            await self._reregister()  # a server that does not know this agent
 
     def _sample(self, running: list[LocalTask]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Usage of the node and of each task (in a worker thread: the list of

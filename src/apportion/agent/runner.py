@@ -62,7 +62,7 @@ from apportion.agent.isolation import (
 )
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import EXIT_FILE, Assignment, task_env
+from apportion.agent.protocol import EXIT_FILE, Assignment, record_of, task_env
 
 log = structlog.get_logger(__name__)
 
@@ -466,10 +466,10 @@ class Runner:
 
     def _save(self, task: LocalTask) -> None:
         identity = task.identity
-        body = {"assignment": task.assignment.to_dict(), "pid": task.pid,
+        body = {"assignment": record_of(task.assignment), "pid": task.pid,
                 "create_time": task.create_time, "state": task.state,
                 "cgroup": str(task.cgroup) if task.cgroup else None,
-                "report": task.report() if task.state == "exited" else None,
+                "report": task.report().to_wire() if task.state == "exited" else None,
                 "times": task.times, "signalled": task.signalled, "lost": task.lost,
                 "stop_state": task.stop_state,
                 "sandbox": str(task.sandbox) if task.sandbox else None,

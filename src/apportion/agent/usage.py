@@ -15,7 +15,8 @@ from typing import Any
 import psutil
 
 from apportion.agent.discovery import existing_ancestor
-from apportion.agent.gpu_discovery import NvmlModule, nvml_call, nvml_text
+from apportion.agent.gpu_discovery import nvml_call
+from apportion.nvml import NvmlModule, nvml_text
 
 _MAX_EVENTS_PER_POLL = 1000
 _cpu_started = False

@@ -24,14 +24,7 @@ from apportion.guard.batch import (
 )
 from apportion.guard.cache import CacheEntry, CacheStats, ModelCache, torch_empty_cache
 from apportion.guard.calls import CALLS, CallHistory, CallRecord, resource_monitored
-from apportion.guard.capacity import (
-    DEVICES_ENV,
-    RESOURCES_ENV,
-    USAGE_FILE_ENV,
-    GpuDevice,
-    LocalCapacity,
-    discover_local_capacity,
-)
+from apportion.guard.capacity import GpuDevice, LocalCapacity, discover_local_capacity
 from apportion.guard.errors import (
     GuardError,
     InsufficientHostResources,
@@ -59,6 +52,7 @@ from apportion.guard.pool import AsyncObjectPool, ObjectPool, PoolStats
 from apportion.guard.profiles import Profiles, Requirement
 from apportion.guard.profiling import ProfileReport, profile_block
 from apportion.guard.sizing import Size, estimate_size
+from apportion.protocol import DEVICES_ENV, RESOURCES_ENV, USAGE_FILE_ENV
 
 # Old names of public guard API, kept so that services written against the
 # guard still import them: the host's refusal, before the cluster's error of

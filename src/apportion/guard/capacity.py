@@ -1,12 +1,9 @@
 """What this process may use: the task's allocation when it runs as an
 apportion task, otherwise what the machine has, minus a safety margin.
 
-Task contract (set by the apportion agent):
-
-- ``APPORTION_RESOURCES``: JSON object of the task's allocated resources in
-  canonical strings, e.g. ``{"cpu": "2", "memory": "4Gi", "gpu": "1"}``.
-- ``APPORTION_DEVICES``: JSON object of the devices held, e.g.
-  ``{"gpu": [{"id": "0", "uuid": "GPU-...", "memory": "80Gi"}]}``.
+Task contract (set by the apportion agent; the names and their shapes are
+``apportion.protocol``'s): ``APPORTION_RESOURCES``, the task's allocated
+resources, and ``APPORTION_DEVICES``, the devices it holds.
 
 Each GPU ``k`` in local order (the order ``CUDA_VISIBLE_DEVICES`` gives it,
 so ``cuda:k``) gets a resource ``gpu.k.memory``; ``gpu_memory`` is their sum.
@@ -27,10 +24,7 @@ from apportion.core.resources import Unit, format_vector, parse_quantity, parse_
 from apportion.exceptions import ApportionError
 from apportion.guard.errors import TaskEnvironmentError
 from apportion.guard.nvml import AUTO, Nvml, NvmlChoice
-
-RESOURCES_ENV = "APPORTION_RESOURCES"
-DEVICES_ENV = "APPORTION_DEVICES"
-USAGE_FILE_ENV = "APPORTION_USAGE_FILE"
+from apportion.protocol import DEVICES_ENV, RESOURCES_ENV
 
 DEFAULT_MARGIN = 0.10
 """Share of CPU and memory kept back from the guard: the interpreter, the

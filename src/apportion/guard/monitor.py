@@ -26,8 +26,8 @@ from typing import Any
 
 import psutil
 
-from apportion.guard.capacity import USAGE_FILE_ENV
 from apportion.guard.nvml import AUTO, GpuReading, Nvml, NvmlChoice
+from apportion.protocol import USAGE_FILE_ENV
 
 log = logging.getLogger("apportion.guard.monitor")
 

@@ -9,27 +9,13 @@ has the same functions, put in ``sys.modules["pynvml"]``.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
-NvmlModule = Any
-"""``pynvml`` or an object with the same functions. Typed ``Any`` because
-pynvml ships no type information; every value read is converted at once."""
+from apportion.nvml import AUTO, NvmlChoice, NvmlModule, load_nvml, nvml_text
 
 TEMPERATURE_GPU = 0
 """``NVML_TEMPERATURE_GPU``: the sensor on the GPU die."""
-
-
-class _Auto(Enum):
-    AUTO = "auto"
-
-
-AUTO = _Auto.AUTO
-"""Import ``pynvml`` if installed, else run without GPUs."""
-
-NvmlChoice = NvmlModule | None | _Auto
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +72,8 @@ class Nvml:
         if module is None:
             return None
         if module is AUTO:
-            try:
-                module = importlib.import_module("pynvml")
-            except ImportError:
+            module = load_nvml()
+            if module is None:
                 return None
         try:
             module.nvmlInit()
@@ -109,8 +94,8 @@ class Nvml:
             total = self._call(lambda h=handle: int(self._m.nvmlDeviceGetMemoryInfo(h).total))
             if total is None:
                 continue
-            uuid = self._call(lambda h=handle: _text(self._m.nvmlDeviceGetUUID(h)))
-            name = self._call(lambda h=handle: _text(self._m.nvmlDeviceGetName(h)))
+            uuid = self._call(lambda h=handle: nvml_text(self._m.nvmlDeviceGetUUID(h)))
+            name = self._call(lambda h=handle: nvml_text(self._m.nvmlDeviceGetName(h)))
             out.append(GpuInfo(index, uuid, name, total))
         return out
 
@@ -138,5 +123,13 @@ class Nvml:
             return None
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+# AUTO, NvmlChoice and NvmlModule are apportion.nvml's, named here for the guard's modules.
+__all__ = [
+    "AUTO",
+    "TEMPERATURE_GPU",
+    "GpuInfo",
+    "GpuReading",
+    "Nvml",
+    "NvmlChoice",
+    "NvmlModule",
+]

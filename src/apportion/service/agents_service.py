@@ -35,6 +35,7 @@ import structlog
 from apportion.core.model import Node, NodeState
 from apportion.core.records import SessionRow
 from apportion.exceptions import AgentUnknown, NodeExists, NodeNotFound
+from apportion.protocol import DesiredState
 from apportion.service.agent_state import (
     AgentSettings,
     Session,
@@ -310,7 +311,7 @@ class AgentsService:
         return waker
 
     async def assignments(self, node: str, *, after: int, epoch: str | None, wait: float,
-                          gone: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+                          gone: Callable[[], Awaitable[None]] | None = None) -> DesiredState:
         """The node's desired state, once it is newer than ``after`` (or the
         hold time passed, or the agent hung up: ``gone``): a long-poll."""
         self._session(node)
@@ -320,9 +321,8 @@ class AgentsService:
             await _first(waker.event.wait(), self.stopping.wait(),
                          gone() if gone else None, timeout=min(wait, self.settings.poll_hold_s))
         session = self._session(node)
-        return {"epoch": self.epoch, "seq": waker.version,
-                "node_state": self.ledger.node(node).state.value,
-                "rescan": session.rescans, "tasks": await self.jobs.assignments(node)}
+        return DesiredState(self.epoch, waker.version, self.ledger.node(node).state.value,
+                            session.rescans, tuple(await self.jobs.assignments(node)))
 
     async def reports(self, node: str, reports: list[tuple[str, TaskReport, bool]]
                       ) -> list[dict[str, Any]]:

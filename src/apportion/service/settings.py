@@ -9,7 +9,7 @@ without this model, to start in a few milliseconds; they are declared here
 all the same, and a test checks that every ``APPORTION_*`` name the code
 reads is a field of this model and a row of the README's table (which
 ``settings_table`` writes). What a task is given (``APPORTION_JOB_ID`` and
-the rest) is not a setting: ``agent/protocol.py`` defines that contract.
+the rest) is not a setting: ``apportion/protocol.py`` defines that contract.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ async def assignments(
     state = await _agents(request).assignments(node, after=after, epoch=epoch, wait=wait,
                                                gone=hung_up)
     # Straight to bytes: this answer is on the path of every task start.
-    return Response(orjson.dumps(state), media_type="application/json")
+    return Response(orjson.dumps(state.to_wire()), media_type="application/json")
 
 
 @router.post("/{node}/tasks/{task_id}/report")

@@ -33,6 +33,7 @@ from apportion.core.scheduling import (
     validate_job,
 )
 from apportion.exceptions import InvalidInput, NotFound
+from apportion.protocol import Assignment, Stop
 from apportion.service.job_specs import job_from_spec, queue_from_row
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache, LiveJob
@@ -297,7 +298,7 @@ class JobsService:
     def find_task(self, task_id: str) -> tuple[LiveJob, TaskRow] | None:
         return self.cache.find_task(task_id)
 
-    async def assignments(self, node: str) -> list[dict[str, Any]]:
+    async def assignments(self, node: str) -> list[Assignment]:
         """Every task ``node`` must run or stop now: the agent's desired state."""
         running = [(lj, task) for lj, task in self.cache.tasks_on(node)
                    if lj.job.command is not None]
@@ -313,23 +314,18 @@ class JobsService:
         return [self._assignment(lj, task, active.get(task.allocation_id)
                                  or stored.get(task.allocation_id)) for lj, task in running]
 
-    def _assignment(self, live: LiveJob, task: TaskRow, alloc: Any) -> dict[str, Any]:
+    def _assignment(self, live: LiveJob, task: TaskRow, alloc: Any) -> Assignment:
         devices = {r: list(ids) for r, ids in alloc.devices.items()} if alloc else {}
         resources = dict(alloc.resources) if alloc else {}
         policy = RunPolicy.of(live.row.spec)
         resume = live.checkpoints.get(task.index)
-        return {
-            "id": task.id, "job_id": task.job_id, "index": task.index, "attempt": task.attempt,
-            "allocation_id": task.allocation_id, "state": task.state,
-            "created_at": task.created_at, "command": list(live.job.command or ()),
-            "resources": format_vector(resources), "resources_base": resources,
-            "devices": devices, "device_info": self._device_info(task.node, devices),
-            "stop_signal": policy.stop_signal, "stop_grace_s": policy.stop_grace_s,
-            "stop": {"state": task.stop_state, "reason": task.stop_reason}
-            if task.stop_state else None,
-            "array": live.row.spec.get("array"),
-            "resume": {"task_id": resume} if resume and resume != task.id else None,
-        }
+        return Assignment(
+            task.id, task.job_id, task.index, task.attempt, task.allocation_id,
+            tuple(live.job.command or ()), format_vector(resources), resources, devices,
+            self._device_info(task.node, devices), policy.stop_signal, policy.stop_grace_s,
+            Stop(task.stop_state, task.stop_reason) if task.stop_state else None,
+            resume if resume and resume != task.id else None,
+            live.row.spec.get("array"), task.state, task.created_at)
 
     def _device_info(self, node: str, devices: Mapping[str, list[str]]) -> dict[str, Any]:
         known = self.ledger.nodes.get(node)

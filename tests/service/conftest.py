@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,17 @@ from apportion.service.wiring import Services, build
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
+def settings_given() -> dict[str, Any]:
+    """Settings a module's services are built with (override it there)."""
+    return {}
+
+
+@pytest.fixture
+def services(tmp_path: Path, settings_given: dict[str, Any]) -> Iterator[Services]:
     # Named here, so that an APPORTION_* variable of the shell cannot point
     # the test at another database or give it an admin token.
     built = build(Settings(data_dir=tmp_path, database_url=None, admin_token=None,
-                           config_file=None))
+                           config_file=None, **settings_given))
     try:
         yield built
     finally:

@@ -1,5 +1,5 @@
 """What the server tests share besides fixtures: calls that must succeed,
-waiting on a condition, a settable clock, a server config file.
+waiting on a condition, a server config file.
 
 Imported as ``server.helpers`` (``tests`` is on the path, as for
 ``e2e.cluster``); the fixtures that start servers are in ``conftest.py``.
@@ -21,16 +21,6 @@ from support import ServerProcess
 Serve = Callable[..., ServerProcess]
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-class Clock:
-    """A clock the test moves by hand: services take it instead of time.time."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition",

@@ -21,8 +21,8 @@ from apportion.exceptions import InvalidInput
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.service.settings import Settings
 from apportion.store.schema import history_rollups, history_samples, history_series
-from server.helpers import Clock, Serve
-from support import ServerProcess
+from server.helpers import Serve
+from support import Clock, ServerProcess
 
 T0 = 1_699_999_200.0  # a whole hour: buckets line up with the samples
 

@@ -24,8 +24,8 @@ from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.service.planning_service import PlanningService, PlanningSettings, choose_step
 from apportion.service.server_config import load_server_config
 from planning_support import LABELS, ramp, seed_history
-from server.helpers import Clock, config_env, until
-from support import ServerProcess
+from server.helpers import config_env, until
+from support import Clock, ServerProcess
 
 NOW = 1_699_963_200.0  # 2023-11-14 12:00 UTC, a whole hour
 

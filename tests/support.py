@@ -55,6 +55,16 @@ def drop_postgres_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class Clock:
+    """A clock the test moves by hand: services take it instead of time.time."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class ServerProcess:
     """``apportion server`` as a real process on a loopback port."""

@@ -37,7 +37,7 @@ def heavy(modules: set[str]) -> list[str]:
 
 def test_submit_help_imports_nothing_heavy() -> None:
     loaded = modules_after("submit", "--help")
-    assert "apportion.cli.agent_cmds" in loaded
+    assert "apportion.cli.jobs_cmds" in loaded
     assert heavy(loaded) == []
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from e2e.cluster import wait_for
+from server.helpers import config_env
 from support import ServerProcess, WebhookReceiver
 
 CONFIG = """
@@ -37,10 +38,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 def _server(tmp_path: Path, receiver: WebhookReceiver, port: int | None = None,
             token: str | None = None) -> ServerProcess:
-    config = tmp_path / "server.toml"
-    config.write_text(CONFIG.format(url=receiver.url))
-    extra = {"APPORTION_CONFIG_FILE": str(config)}
-    proc = ServerProcess(tmp_path, extra_env=extra)
+    proc = ServerProcess(tmp_path, extra_env=config_env(tmp_path, CONFIG.format(url=receiver.url)))
     if port is not None:
         proc.port = port
     if token is not None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
+from server.helpers import ISO, add_node, grant
 from support import ServerProcess
-
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 def gpu_node(name: str, **labels: str) -> dict[str, Any]:
@@ -24,33 +21,6 @@ def gpu_node(name: str, **labels: str) -> dict[str, Any]:
                             {"id": "1", "model": "H100", "memory": "80Gi"}]},
         "labels": {"facility": "texas-1", "type": "gpu", **labels},
     }
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the module; each test grants on nodes of its own."""
-    proc = ServerProcess(tmp_path_factory.mktemp("api-allocations")).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def api(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client() as client:
-        yield client
-
-
-def _add(api: httpx.Client, body: dict[str, Any]) -> None:
-    r = api.post("/api/v1/nodes", json=body)
-    assert r.status_code == 201, r.text
-
-
-def _grant(api: httpx.Client, **body: Any) -> dict[str, Any]:
-    r = api.post("/api/v1/allocations", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def _strip(alloc: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +37,7 @@ def _strip(alloc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_grant_answers_201_with_the_allocation(api: httpx.Client) -> None:
-    _add(api, gpu_node("g1"))
+    add_node(api, gpu_node("g1"))
     r = api.post("/api/v1/allocations", json={
         "resources": {"cpu": "2", "memory": "4Gi", "gpu": 1},
         "node": "g1",
@@ -92,20 +62,20 @@ def test_grant_answers_201_with_the_allocation(api: httpx.Client) -> None:
 
 
 def test_grants_take_free_devices_in_order_and_reuse_released_ones(api: httpx.Client) -> None:
-    _add(api, gpu_node("g2"))
-    first = _grant(api, resources={"gpu": 1}, node="g2")
-    second = _grant(api, resources={"gpu": 1}, node="g2")
+    add_node(api, gpu_node("g2"))
+    first = grant(api, resources={"gpu": 1}, node="g2")
+    second = grant(api, resources={"gpu": 1}, node="g2")
     assert (first["devices"], second["devices"]) == ({"gpu": ["0"]}, {"gpu": ["1"]})
     r = api.post("/api/v1/allocations", json={"resources": {"gpu": 1}, "node": "g2"})
     assert r.status_code == 409
     assert r.json()["message"] == "Insufficient gpu on node g2: 0 available, 1 requested"
     assert api.delete(f"/api/v1/allocations/{first['id']}").status_code == 200
-    assert _grant(api, resources={"gpu": 1}, node="g2")["devices"] == {"gpu": ["0"]}
+    assert grant(api, resources={"gpu": 1}, node="g2")["devices"] == {"gpu": ["0"]}
 
 
 def test_grant_without_a_node_picks_one_that_fits(api: httpx.Client) -> None:
-    _add(api, {"name": "asic-1", "resources": {"cpu": "4", "asic.s19": 4}})
-    alloc = _grant(api, resources={"asic.s19": "3", "cpu": "500m"})
+    add_node(api, {"name": "asic-1", "resources": {"cpu": "4", "asic.s19": 4}})
+    alloc = grant(api, resources={"asic.s19": "3", "cpu": "500m"})
     assert alloc["node"] == "asic-1"
     assert alloc["resources"] == {"asic.s19": "3", "cpu": "500m"}
     assert alloc["resources_base"] == {"asic.s19": 3, "cpu": 500}
@@ -114,7 +84,7 @@ def test_grant_without_a_node_picks_one_that_fits(api: httpx.Client) -> None:
 
 
 def test_quantities_in_many_spellings_mean_the_same_grant(api: httpx.Client) -> None:
-    _add(api, {"name": "sp-1", "resources": {"cpu": "64", "memory": "64Gi"}})
+    add_node(api, {"name": "sp-1", "resources": {"cpu": "64", "memory": "64Gi"}})
     spellings = [
         {"cpu": 2, "memory": 4294967296},
         {"cpu": 2.0, "memory": "4096Mi"},
@@ -122,14 +92,14 @@ def test_quantities_in_many_spellings_mean_the_same_grant(api: httpx.Client) -> 
         {"cpu": " 2 ", "memory": "4194304Ki"},
     ]
     for resources in spellings:
-        alloc = _grant(api, resources=resources, node="sp-1")
+        alloc = grant(api, resources=resources, node="sp-1")
         assert alloc["resources"] == {"cpu": "2", "memory": "4Gi"}
         assert alloc["resources_base"] == {"cpu": 2000, "memory": 4294967296}
 
 
 def test_refusal_is_409_listing_every_short_resource(api: httpx.Client) -> None:
-    _add(api, gpu_node("short-1"))
-    _grant(api, resources={"cpu": "6", "memory": "4Gi", "gpu": 1}, node="short-1")
+    add_node(api, gpu_node("short-1"))
+    grant(api, resources={"cpu": "6", "memory": "4Gi", "gpu": 1}, node="short-1")
     r = api.post("/api/v1/allocations", json={
         "resources": {"cpu": "3", "memory": "12Gi", "gpu": 2}, "node": "short-1"
     })
@@ -156,9 +126,10 @@ def test_refusal_is_409_listing_every_short_resource(api: httpx.Client) -> None:
 
 def test_refusal_without_a_node_covers_every_node_considered(server: ServerProcess) -> None:
     with server.client() as api:
-        _add(api, {"name": "a", "resources": {"cpu": "2", "memory": "4Gi"}})
-        _add(api, {"name": "b", "resources": {"cpu": "4", "memory": "1Gi"}})
-        _add(api, {"name": "c", "resources": {"cpu": "8", "memory": "8Gi"}, "state": "cordoned"})
+        add_node(api, {"name": "a", "resources": {"cpu": "2", "memory": "4Gi"}})
+        add_node(api, {"name": "b", "resources": {"cpu": "4", "memory": "1Gi"}})
+        add_node(api, {"name": "c", "resources": {"cpu": "8", "memory": "8Gi"},
+                       "state": "cordoned"})
         r = api.post("/api/v1/allocations", json={"resources": {"cpu": "3", "memory": "2Gi"}})
     assert r.status_code == 409
     body = r.json()
@@ -175,7 +146,7 @@ def test_refusal_without_a_node_covers_every_node_considered(server: ServerProce
 
 
 def test_a_named_node_that_is_not_ready_refuses(api: httpx.Client) -> None:
-    _add(api, {"name": "drain-1", "resources": {"cpu": "8"}, "state": "draining"})
+    add_node(api, {"name": "drain-1", "resources": {"cpu": "8"}, "state": "draining"})
     r = api.post("/api/v1/allocations", json={"resources": {"cpu": "1"}, "node": "drain-1"})
     assert r.status_code == 409
     assert r.json()["message"] == "Node drain-1 is draining"
@@ -183,7 +154,7 @@ def test_a_named_node_that_is_not_ready_refuses(api: httpx.Client) -> None:
 
 
 def test_a_resource_the_node_does_not_offer_is_409(api: httpx.Client) -> None:
-    _add(api, gpu_node("nofpga-1"))
+    add_node(api, gpu_node("nofpga-1"))
     r = api.post("/api/v1/allocations", json={"resources": {"fpga": 1}, "node": "nofpga-1"})
     assert r.status_code == 409
     assert r.json() == {
@@ -216,11 +187,11 @@ def test_unknown_allocation_is_404(api: httpx.Client) -> None:
 
 
 def test_list_filters_by_node_owner_and_state(api: httpx.Client) -> None:
-    _add(api, {"name": "lf-1", "resources": {"cpu": "16"}})
-    _add(api, {"name": "lf-2", "resources": {"cpu": "16"}})
-    a = _grant(api, resources={"cpu": "1"}, node="lf-1", owner="lf-alice")
-    b = _grant(api, resources={"cpu": "2"}, node="lf-1", owner="lf-bob")
-    c = _grant(api, resources={"cpu": "3"}, node="lf-2", owner="lf-alice")
+    add_node(api, {"name": "lf-1", "resources": {"cpu": "16"}})
+    add_node(api, {"name": "lf-2", "resources": {"cpu": "16"}})
+    a = grant(api, resources={"cpu": "1"}, node="lf-1", owner="lf-alice")
+    b = grant(api, resources={"cpu": "2"}, node="lf-1", owner="lf-bob")
+    c = grant(api, resources={"cpu": "3"}, node="lf-2", owner="lf-alice")
     assert api.delete(f"/api/v1/allocations/{b['id']}").status_code == 200
 
     def ids(**params: Any) -> list[str]:
@@ -249,8 +220,8 @@ def test_list_filters_by_node_owner_and_state(api: httpx.Client) -> None:
 
 
 def test_release_is_idempotent_and_records_reason_and_time(api: httpx.Client) -> None:
-    _add(api, gpu_node("rel-1"))
-    alloc = _grant(api, resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, node="rel-1",
+    add_node(api, gpu_node("rel-1"))
+    alloc = grant(api, resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, node="rel-1",
                    owner="alice")
     first = api.delete(f"/api/v1/allocations/{alloc['id']}")
     assert first.status_code == 200
@@ -277,17 +248,17 @@ def test_release_is_idempotent_and_records_reason_and_time(api: httpx.Client) ->
 
 
 def test_release_with_a_reason(api: httpx.Client) -> None:
-    _add(api, {"name": "why-1", "resources": {"cpu": "2"}})
-    alloc = _grant(api, resources={"cpu": "1"}, node="why-1")
+    add_node(api, {"name": "why-1", "resources": {"cpu": "2"}})
+    alloc = grant(api, resources={"cpu": "1"}, node="why-1")
     r = api.delete(f"/api/v1/allocations/{alloc['id']}", params={"reason": "completed"})
     assert r.status_code == 200
     assert (r.json()["state"], r.json()["reason"]) == ("released", "completed")
 
 
 def test_released_capacity_can_be_granted_again(api: httpx.Client) -> None:
-    _add(api, {"name": "cycle-1", "resources": {"cpu": "2", "memory": "2Gi"}})
+    add_node(api, {"name": "cycle-1", "resources": {"cpu": "2", "memory": "2Gi"}})
     for _ in range(3):
-        alloc = _grant(api, resources={"cpu": "2", "memory": "2Gi"}, node="cycle-1")
+        alloc = grant(api, resources={"cpu": "2", "memory": "2Gi"}, node="cycle-1")
         r = api.post("/api/v1/allocations", json={"resources": {"cpu": "1"}, "node": "cycle-1"})
         assert r.status_code == 409
         assert api.delete(f"/api/v1/allocations/{alloc['id']}").status_code == 200
@@ -298,13 +269,13 @@ def test_released_capacity_can_be_granted_again(api: httpx.Client) -> None:
 
 def test_capacity_summary_by_facility_type_and_resource(server: ServerProcess) -> None:
     with server.client() as api:
-        _add(api, gpu_node("t1", facility="texas-1"))
-        _add(api, {"name": "t2", "resources": {"cpu": "16", "memory": "32Gi"},
+        add_node(api, gpu_node("t1", facility="texas-1"))
+        add_node(api, {"name": "t2", "resources": {"cpu": "16", "memory": "32Gi"},
                    "labels": {"facility": "texas-1", "type": "cpu"}})
-        _add(api, {"name": "o1", "resources": {"cpu": "4", "memory": "8Gi"},
+        add_node(api, {"name": "o1", "resources": {"cpu": "4", "memory": "8Gi"},
                    "labels": {"facility": "oslo-1", "type": "cpu"}})
-        _grant(api, resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, node="t1")
-        _grant(api, resources={"cpu": "1", "memory": "2Gi"}, node="o1")
+        grant(api, resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, node="t1")
+        grant(api, resources={"cpu": "1", "memory": "2Gi"}, node="o1")
         by = {g: api.get("/api/v1/capacity/summary", params={"group_by": g}).json()
               for g in ("facility", "type", "resource")}
         default = api.get("/api/v1/capacity/summary").json()
@@ -348,8 +319,8 @@ def test_capacity_summary_by_facility_type_and_resource(server: ServerProcess) -
 def test_racing_releases_of_one_allocation_agree_and_free_it_once(
     shared: ServerProcess, api: httpx.Client
 ) -> None:
-    _add(api, gpu_node("race-1"))
-    allocs = [_grant(api, resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, node="race-1")
+    add_node(api, gpu_node("race-1"))
+    allocs = [grant(api, resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, node="race-1")
               for _ in range(2)]
 
     async def release_all() -> list[httpx.Response]:
@@ -369,6 +340,6 @@ def test_racing_releases_of_one_allocation_agree_and_free_it_once(
     node = api.get("/api/v1/nodes/race-1").json()
     assert node["allocated_base"] == {"cpu": 0, "memory": 0, "gpu": 0}
     # Freed exactly once: the whole node can be granted, and not a unit more.
-    _grant(api, resources={"cpu": "8", "memory": "16Gi", "gpu": 2}, node="race-1")
+    grant(api, resources={"cpu": "8", "memory": "16Gi", "gpu": 2}, node="race-1")
     r = api.post("/api/v1/allocations", json={"resources": {"cpu": "1m"}, "node": "race-1"})
     assert r.status_code == 409

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from server.helpers import add_node, make_token
 from support import ServerProcess
 
 MISSING = (
@@ -36,46 +37,35 @@ API_CALLS: list[tuple[str, str]] = [
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("api-auth")).start()
-    try:
-        with proc.client() as c:
-            node = {"name": "n1", "resources": {"cpu": "16", "memory": "32Gi"}}
-            assert c.post("/api/v1/nodes", json=node).status_code == 201
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _token(server: ServerProcess, name: str, role: str) -> str:
-    with server.client() as admin:
-        r = admin.post("/api/v1/tokens", json={"name": name, "role": role})
-    assert r.status_code == 201, r.text
-    return str(r.json()["token"])
+def shared(shared: ServerProcess) -> ServerProcess:
+    """The module's server (``conftest.py``) with node n1 to act on."""
+    with shared.client() as c:
+        add_node(c, {"name": "n1", "resources": {"cpu": "16", "memory": "32Gi"}})
+    return shared
 
 
 @pytest.fixture(scope="module")
 def alice(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client(_token(shared, "alice", "user")) as c:
+    with shared.client(make_token(shared, "alice", "user")) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def bob(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client(_token(shared, "bob", "user")) as c:
+    with shared.client(make_token(shared, "bob", "user")) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def agent(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client(_token(shared, "agent-7", "agent")) as c:
+    with shared.client(make_token(shared, "agent-7", "agent")) as c:
         yield c
 
 
 @pytest.fixture
-def admin(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client() as c:
-        yield c
+def admin(api: httpx.Client) -> httpx.Client:
+    """The admin token's client: the module's ``api`` (``conftest.py``)."""
+    return api
 
 
 def _denied(r: httpx.Response, message: str) -> None:

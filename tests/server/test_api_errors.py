@@ -4,35 +4,25 @@ on, never 500, and leave the server answering."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from server.helpers import add_node
 from support import ServerProcess
 
 JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("api-errors")).start()
-    try:
-        with proc.client() as c:
-            node = {"name": "n1", "resources": {"cpu": "8", "memory": "16Gi", "gpu": 1},
-                    "devices": {"gpu": [{"id": "0"}]}}
-            assert c.post("/api/v1/nodes", json=node).status_code == 201
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def api(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client() as client:
-        yield client
+def shared(shared: ServerProcess) -> ServerProcess:
+    """The module's server (``conftest.py``) with node n1 and its one GPU."""
+    with shared.client() as c:
+        add_node(c, {"name": "n1", "resources": {"cpu": "8", "memory": "16Gi", "gpu": 1},
+                     "devices": {"gpu": [{"id": "0"}]}})
+    return shared
 
 
 # (body sent to POST /api/v1/allocations, status, error code, message)

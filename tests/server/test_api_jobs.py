@@ -5,41 +5,24 @@ cancel, complete and preemption. Jobs here have no command: pure leases."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from support import ServerProcess
+from server.helpers import Serve, add_node, until
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[httpx.Client]:
-    proc = ServerProcess(tmp_path, extra_env={"APPORTION_STRATEGY": "priority"}).start()
-    try:
-        with proc.client() as client:
-            yield client
-    finally:
-        proc.stop()
-
-
-def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy (the scheduler runs
-    in the background)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+def api(serve: Serve) -> Iterator[httpx.Client]:
+    """A server of the test's own, scheduling by priority (preemption needs it)."""
+    with serve({"APPORTION_STRATEGY": "priority"}).client() as client:
+        yield client
 
 
 def node(api: httpx.Client, name: str, **resources: Any) -> None:
-    r = api.post("/api/v1/nodes", json={"name": name, "resources": resources})
-    assert r.status_code == 201, r.text
+    add_node(api, {"name": name, "resources": resources})
 
 
 def submit(api: httpx.Client, **spec: Any) -> dict[str, Any]:

@@ -3,16 +3,13 @@ with filters, update, delete; plus /healthz, /openapi.json and /docs."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from server.helpers import ISO, add_node, grant
 from support import ServerProcess
-
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 GPU_NODE: dict[str, Any] = {
     "name": "n1",
@@ -41,39 +38,11 @@ def _device(i: str, holder: str | None = None) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the module; each test uses its own node names."""
-    proc = ServerProcess(tmp_path_factory.mktemp("api-nodes")).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def api(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with shared.client() as client:
-        yield client
-
-
 def _without_times(body: dict[str, Any]) -> dict[str, Any]:
     out = dict(body)
     for key in ("created_at", "updated_at"):
         assert ISO.match(out.pop(key)), body
     return out
-
-
-def _add(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    r = api.post("/api/v1/nodes", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
-def _grant(api: httpx.Client, node: str, resources: dict[str, Any]) -> dict[str, Any]:
-    r = api.post("/api/v1/allocations", json={"resources": resources, "node": node})
-    assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 # -- health and documentation -------------------------------------------------
@@ -121,7 +90,7 @@ def test_docs_page_is_served(shared: ServerProcess) -> None:
 def test_register_answers_201_with_the_node_in_canonical_and_base_units(
     api: httpx.Client,
 ) -> None:
-    body = _add(api, GPU_NODE)
+    body = add_node(api, GPU_NODE)
     assert _without_times(body) == {
         "name": "n1",
         "resources": {"cpu": "8", "memory": "16Gi", "gpu": "2"},
@@ -140,7 +109,7 @@ def test_register_answers_201_with_the_node_in_canonical_and_base_units(
 
 
 def test_quantities_come_back_canonical(api: httpx.Client) -> None:
-    body = _add(api, {
+    body = add_node(api, {
         "name": "canon-1",
         "resources": {
             "cpu": 0.5,
@@ -167,8 +136,8 @@ def test_quantities_come_back_canonical(api: httpx.Client) -> None:
 
 
 def test_get_node_shows_its_allocations_and_who_holds_each_device(api: httpx.Client) -> None:
-    _add(api, {**GPU_NODE, "name": "held-1"})
-    alloc = _grant(api, "held-1", {"cpu": "2", "memory": "4Gi", "gpu": 1})
+    add_node(api, {**GPU_NODE, "name": "held-1"})
+    alloc = grant(api, node="held-1", resources={"cpu": "2", "memory": "4Gi", "gpu": 1})
     r = api.get("/api/v1/nodes/held-1")
     assert r.status_code == 200
     node = r.json()
@@ -188,7 +157,7 @@ def test_unknown_node_is_404_naming_it(api: httpx.Client) -> None:
 
 
 def test_registering_a_name_twice_is_409(api: httpx.Client) -> None:
-    _add(api, {"name": "twice-1", "resources": {"cpu": "1"}})
+    add_node(api, {"name": "twice-1", "resources": {"cpu": "1"}})
     r = api.post("/api/v1/nodes", json={"name": "twice-1", "resources": {"cpu": "2"}})
     assert r.status_code == 409
     assert r.json() == {
@@ -253,9 +222,9 @@ def test_list_filters(
 
 
 def test_list_shows_totals_allocated_and_available(api: httpx.Client) -> None:
-    _add(api, {"name": "lst-1", "resources": {"cpu": "4", "memory": "8Gi"},
+    add_node(api, {"name": "lst-1", "resources": {"cpu": "4", "memory": "8Gi"},
                "labels": {"facility": "lst"}})
-    _grant(api, "lst-1", {"cpu": "1500m", "memory": "2Gi"})
+    grant(api, node="lst-1", resources={"cpu": "1500m", "memory": "2Gi"})
     [node] = api.get("/api/v1/nodes", params={"facility": "lst"}).json()["nodes"]
     assert node["resources"] == {"cpu": "4", "memory": "8Gi"}
     assert node["allocated"] == {"cpu": "1500m", "memory": "2Gi"}
@@ -268,7 +237,7 @@ def test_list_shows_totals_allocated_and_available(api: httpx.Client) -> None:
 
 
 def test_update_replaces_given_fields_and_keeps_the_rest(api: httpx.Client) -> None:
-    _add(api, {**GPU_NODE, "name": "upd-1"})
+    add_node(api, {**GPU_NODE, "name": "upd-1"})
     r = api.put("/api/v1/nodes/upd-1", json={
         "resources": {"cpu": "16", "memory": "32Gi", "gpu": 2},
         "labels": {"facility": "texas-2"},
@@ -286,7 +255,7 @@ def test_update_replaces_given_fields_and_keeps_the_rest(api: httpx.Client) -> N
 
 
 def test_update_cannot_rename(api: httpx.Client) -> None:
-    _add(api, {"name": "ren-1", "resources": {"cpu": "1"}})
+    add_node(api, {"name": "ren-1", "resources": {"cpu": "1"}})
     r = api.put("/api/v1/nodes/ren-1", json={"name": "ren-2"})
     assert r.status_code == 422
     assert r.json() == {
@@ -306,8 +275,8 @@ def test_update_of_unknown_node_is_404(api: httpx.Client) -> None:
 def test_lowering_capacity_below_allocated_is_409_naming_the_resource(
     api: httpx.Client,
 ) -> None:
-    _add(api, {"name": "low-1", "resources": {"cpu": "8", "memory": "16Gi"}})
-    _grant(api, "low-1", {"cpu": "2", "memory": "4Gi"})
+    add_node(api, {"name": "low-1", "resources": {"cpu": "8", "memory": "16Gi"}})
+    grant(api, node="low-1", resources={"cpu": "2", "memory": "4Gi"})
     r = api.put("/api/v1/nodes/low-1", json={"resources": {"cpu": "1", "memory": "16Gi"}})
     assert r.status_code == 409
     assert r.json() == {
@@ -328,8 +297,8 @@ def test_lowering_capacity_below_allocated_is_409_naming_the_resource(
 
 
 def test_removing_an_allocated_device_is_409(api: httpx.Client) -> None:
-    _add(api, {**GPU_NODE, "name": "dev-1"})
-    _grant(api, "dev-1", {"gpu": 1})
+    add_node(api, {**GPU_NODE, "name": "dev-1"})
+    grant(api, node="dev-1", resources={"gpu": 1})
     r = api.put("/api/v1/nodes/dev-1", json={
         "resources": {"cpu": "8", "memory": "16Gi", "gpu": 1},
         "devices": {"gpu": [{"id": "1", "model": "H100"}]},
@@ -347,9 +316,9 @@ def test_removing_an_allocated_device_is_409(api: httpx.Client) -> None:
 
 
 def test_delete_with_active_allocations_is_409_unless_forced(api: httpx.Client) -> None:
-    _add(api, {**GPU_NODE, "name": "del-1"})
-    a = _grant(api, "del-1", {"cpu": "1", "gpu": 1})
-    b = _grant(api, "del-1", {"cpu": "2"})
+    add_node(api, {**GPU_NODE, "name": "del-1"})
+    a = grant(api, node="del-1", resources={"cpu": "1", "gpu": 1})
+    b = grant(api, node="del-1", resources={"cpu": "2"})
     r = api.delete("/api/v1/nodes/del-1")
     assert r.status_code == 409
     assert r.json() == {
@@ -380,7 +349,7 @@ def test_delete_with_active_allocations_is_409_unless_forced(api: httpx.Client) 
 
 
 def test_delete_without_allocations_answers_an_empty_release_list(api: httpx.Client) -> None:
-    _add(api, {"name": "del-2", "resources": {"cpu": "1"}})
+    add_node(api, {"name": "del-2", "resources": {"cpu": "1"}})
     r = api.delete("/api/v1/nodes/del-2")
     assert r.status_code == 200
     assert r.json() == {"deleted": "del-2", "released": []}
@@ -388,12 +357,12 @@ def test_delete_without_allocations_answers_an_empty_release_list(api: httpx.Cli
 
 
 def test_a_deleted_name_can_be_registered_again(api: httpx.Client) -> None:
-    _add(api, {"name": "again-1", "resources": {"cpu": "2"}})
-    _grant(api, "again-1", {"cpu": "2"})
+    add_node(api, {"name": "again-1", "resources": {"cpu": "2"}})
+    grant(api, node="again-1", resources={"cpu": "2"})
     assert api.delete("/api/v1/nodes/again-1", params={"force": "true"}).status_code == 200
-    node = _add(api, {"name": "again-1", "resources": {"cpu": "2"}})
+    node = add_node(api, {"name": "again-1", "resources": {"cpu": "2"}})
     assert node["available"] == {"cpu": "2"}
-    assert _grant(api, "again-1", {"cpu": "2"})["node"] == "again-1"
+    assert grant(api, node="again-1", resources={"cpu": "2"})["node"] == "again-1"
 
 
 def test_fragmentation_lists_free_blocks_and_waiting_shapes(server: ServerProcess) -> None:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +87,9 @@ class Follower:
 
 
 @pytest.fixture
-def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+def api(fresh_api: httpx.Client) -> httpx.Client:
+    """A server of the test's own (``conftest.py``): these tests count all it holds."""
+    return fresh_api
 
 
 def _changes(api: httpx.Client) -> str:

@@ -4,14 +4,14 @@ unhealthy (no new work), one alert raised, and resolved when it cools."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from support import ServerProcess
+from server.helpers import Serve, config_env, until
 
 CONFIG = """
 [alerts]
@@ -21,25 +21,9 @@ capacity_threshold = 1.0
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[httpx.Client]:
-    config = tmp_path / "server.toml"
-    config.write_text(CONFIG)
-    proc = ServerProcess(tmp_path, extra_env={"APPORTION_CONFIG_FILE": str(config)}).start()
-    try:
-        with proc.client() as client:
-            yield client
-    finally:
-        proc.stop()
-
-
-def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+def api(serve: Serve, tmp_path: Path) -> Iterator[httpx.Client]:
+    with serve(config_env(tmp_path, CONFIG)).client() as client:
+        yield client
 
 
 def beat(api: httpx.Client, temperature: float) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,29 +20,11 @@ from apportion.core.model import Node
 from apportion.exceptions import InvalidInput
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.service.settings import Settings
-from apportion.store.database import create_engine, migrate
 from apportion.store.schema import history_rollups, history_samples, history_series
-from support import ServerProcess
+from server.helpers import Serve
+from support import Clock, ServerProcess
 
 T0 = 1_699_999_200.0  # a whole hour: buckets line up with the samples
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'history.db'}", sqlite_synchronous="OFF")
-    migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _cluster() -> tuple[Ledger, Any]:
@@ -199,13 +180,8 @@ def test_settings_from_the_config_file_and_environment(
 
 
 @pytest.fixture
-def sampled(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path, extra_env={"APPORTION_HISTORY_INTERVAL": "0.2",
-                                              "APPORTION_HISTORY_ROLLUP_STEP": "1"}).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def sampled(serve: Serve) -> ServerProcess:
+    return serve({"APPORTION_HISTORY_INTERVAL": "0.2", "APPORTION_HISTORY_ROLLUP_STEP": "1"})
 
 
 def test_history_api_answers_series_with_trends(sampled: ServerProcess) -> None:

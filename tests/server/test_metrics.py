@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.helpers import until
 from support import ServerProcess, need_service
 
 NODES: list[dict[str, Any]] = [
@@ -47,19 +46,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
-
-
 @pytest.fixture
-def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+def api(fresh_api: httpx.Client) -> httpx.Client:
+    """A server of the test's own (``conftest.py``): these tests count all it holds."""
+    return fresh_api
 
 
 def _seed(api: httpx.Client) -> dict[str, Any]:

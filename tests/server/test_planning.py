@@ -23,29 +23,11 @@ from apportion.service.alerts_service import AlertSettings
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.service.planning_service import PlanningService, PlanningSettings, choose_step
 from apportion.service.server_config import load_server_config
-from apportion.store.database import create_engine, migrate
 from planning_support import LABELS, ramp, seed_history
-from support import ServerProcess
+from server.helpers import config_env, until
+from support import Clock, ServerProcess
 
 NOW = 1_699_963_200.0  # 2023-11-14 12:00 UTC, a whole hour
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'planning.db'}", sqlite_synchronous="OFF")
-    migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _planner(engine: sa.Engine, clock: Clock, alerts: Any = None) -> PlanningService:
@@ -185,11 +167,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("planning")
     now = time.time() // 3600 * 3600
     seed_history(data / "apportion.db", now)
-    config = data / "server.toml"
-    config.write_text("[planning]\ninterval_s = 1\nhistory_days = 21\n\n"
-                      "[alerts]\ninterval_s = 0.5\n")
-    proc = ServerProcess(data, extra_env={"APPORTION_CONFIG_FILE": str(config),
-                                          "APPORTION_HISTORY_INTERVAL": "0.5"})
+    config = config_env(data, "[planning]\ninterval_s = 1\nhistory_days = 21\n\n"
+                              "[alerts]\ninterval_s = 0.5\n")
+    proc = ServerProcess(data, extra_env={**config, "APPORTION_HISTORY_INTERVAL": "0.5"})
     proc.start(timeout=120)
     try:
         with proc.client() as api:
@@ -208,15 +188,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.stop()
-
-
-def _wait(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_utilization_route_counts_what_waits(server: ServerProcess) -> None:
@@ -248,7 +219,7 @@ def test_forecast_route_and_its_alert(server: ServerProcess) -> None:
             return answer if (fresh and gpu["now"]["demand_base"] == 9
                               and last_demand > 8.2) else None
 
-        answer = _wait("samples of demand", sampled, timeout=90)
+        answer = until(sampled, 90, "samples of demand", every=0.2)
         assert answer["step_seconds"] == 3600
         [gpu] = answer["forecasts"]
         allocated = gpu["allocated"]
@@ -262,7 +233,7 @@ def test_forecast_route_and_its_alert(server: ServerProcess) -> None:
             alerts = api.get("/api/v1/alerts", params={"state": "firing"}).json()["alerts"]
             return [a for a in alerts if a["rule"] == "forecast_exhaustion"]
 
-        [alert] = _wait("the forecast_exhaustion alert", firing, timeout=60)
+        [alert] = until(firing, 60, "the forecast_exhaustion alert", every=0.2)
         assert alert["labels"] == {"facility": "tx", "resource": "gpu"}
 
         for params, field in (({"days": 0}, "days"), ({"days": 91}, "days"),

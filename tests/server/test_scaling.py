@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from server.helpers import config_env, make_token
 from support import ServerProcess
 
 NO_POOLS = {"pools": [], "message": "no node pools are configured"}
@@ -53,13 +54,6 @@ settings = {{ password = "{pool_password}" }}
 """
 
 
-def _token(server: ServerProcess, name: str, role: str) -> str:
-    with server.client() as api:
-        r = api.post("/api/v1/tokens", json={"name": name, "role": role})
-        assert r.status_code == 201, r.text
-        return str(r.json()["token"])
-
-
 def _events(server: ServerProcess, kind: str) -> list[dict[str, Any]]:
     with contextlib.closing(sqlite3.connect(server.data_dir / "apportion.db", timeout=10)) as db:
         rows = db.execute("SELECT subject, data FROM events WHERE kind = ? ORDER BY id",
@@ -85,13 +79,9 @@ def _cli(tmp: Path, server: ServerProcess, token: str, *args: str,
 
 
 @pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server with no node pools configured."""
-    proc = ServerProcess(tmp_path_factory.mktemp("no-pools")).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def bare(shared: ServerProcess) -> ServerProcess:
+    """A server with no node pools configured: the module's own (``conftest.py``)."""
+    return shared
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +90,10 @@ def advice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     want a whole node each: one fits the static node, two wait."""
     data = tmp_path_factory.mktemp("advice")
     state_dir = data / "lab-nodes"
-    config = data / "server.toml"
-    config.write_text(ADVICE_CONFIG.format(
+    config = config_env(data, ADVICE_CONFIG.format(
         state_dir=json.dumps(str(state_dir)), literal_key=LITERAL_KEY,
         pool_password=POOL_PASSWORD))
-    proc = ServerProcess(data, extra_env={"APPORTION_CONFIG_FILE": str(config),
-                                          "SCALING_TEST_SECRET": ENV_SECRET})
+    proc = ServerProcess(data, extra_env={**config, "SCALING_TEST_SECRET": ENV_SECRET})
     try:
         proc.start()
         with proc.client() as api:
@@ -138,7 +126,7 @@ def test_without_pools_every_endpoint_says_so(bare: ServerProcess) -> None:
         # With nothing that could ever hold it, a job is still refused.
         r = api.post("/api/v1/jobs", json={"command": ["true"], "resources": {"cpu": "1"}})
         assert r.status_code == 422 and "there are no nodes" in r.json()["message"], r.text
-    user = _token(bare, "bare-user", "user")
+    user = make_token(bare, "bare-user", "user")
     with bare.client(user) as api:
         assert api.get("/api/v1/scaling/evaluation").json() == NO_POOLS
         r = api.post("/api/v1/scaling/evaluate")
@@ -219,8 +207,8 @@ def test_an_advice_pool_does_not_make_unfit_jobs_acceptable(
 
 def test_only_an_admin_may_run_a_round(advice: tuple[ServerProcess, Path]) -> None:
     server, _ = advice
-    user = _token(server, "lab-user", "user")
-    agent = _token(server, "lab-agent", "agent")
+    user = make_token(server, "lab-user", "user")
+    agent = make_token(server, "lab-agent", "agent")
     for token in (user, agent):
         with server.client(token) as api:
             assert api.get("/api/v1/scaling/evaluation").status_code == 200
@@ -255,7 +243,7 @@ def test_credentials_are_masked_in_pools(advice: tuple[ServerProcess, Path]) -> 
 def test_scale_plan_prints_the_decision(advice: tuple[ServerProcess, Path],
                                         tmp_path: Path) -> None:
     server, _ = advice
-    user = _token(server, "plan-user", "user")
+    user = make_token(server, "plan-user", "user")
     answer = json.loads(_cli(tmp_path, server, user, "scale", "plan", "--json").stdout)
     lab = _lab(answer)
     assert (lab["decision"], lab["count"], lab["advice_only"]) == ("scale_up", 1, True)

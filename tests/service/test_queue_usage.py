@@ -4,16 +4,22 @@ without building the state (it runs on the event loop every few seconds)."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import Any
+
+import pytest
 
 from apportion.core.model import Node
-from apportion.server.app import open_context
-from apportion.service.settings import Settings
+from apportion.service.wiring import Services
 
 
-def test_queue_usage_matches_the_cluster_state(tmp_path: Path) -> None:
+@pytest.fixture
+def settings_given() -> dict[str, Any]:
+    return {"strategy": "priority"}
+
+
+def test_queue_usage_matches_the_cluster_state(services: Services) -> None:
     async def scenario() -> None:
-        ctx = open_context(Settings(data_dir=tmp_path, strategy="priority"))
+        ctx = services
         try:
             await ctx.leadership.campaign_round()
             assert ctx.leadership.is_leader
@@ -40,6 +46,5 @@ def test_queue_usage_matches_the_cluster_state(tmp_path: Path) -> None:
             assert expected["idle"] == {}
         finally:
             await ctx.leadership.stop()
-            ctx.uow.close()
 
     asyncio.run(scenario())

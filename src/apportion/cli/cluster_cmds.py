@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for
+from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, show, table
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
-from apportion.cli.output import api_errors, console, show, table
+from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
+from apportion.cli.output import api_errors, console, err_console, show, table
+from apportion.client import Client, ClientError
 
 jobs_app = typer.Typer(help="Jobs: list, show, explain, cancel.", no_args_is_help=True)
 queues_app = typer.Typer(help="Queues (tenants): quota, fair-share weight, priority bounds.",
@@ -155,3 +158,182 @@ def queues_update(name: str, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
         q = c.put_queue(_queue_body(name, quota, weight, min_priority, max_priority),
                         create=False)
     show(q, as_json, lambda q: console.print(f"queue {q['name']} updated"))
+
+
+# -- submit and follow a job's output -----------------------------------
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def submit(
+    command: Annotated[list[str] | None, typer.Argument(help="-- command to run (optional)")]
+    = None,
+    cpu: Annotated[str | None, typer.Option("--cpu")] = None,
+    memory: Annotated[str | None, typer.Option("--memory")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu")] = None,
+    resource: Annotated[list[str] | None, typer.Option("--resource", help="NAME=QTY")] = None,
+    resources_: Annotated[str | None, typer.Option(
+        "--resources", help="'auto' (cpu and memory predicted from past runs) or "
+        "cpu=2,memory=auto")] = None,
+    count: Annotated[int, typer.Option("--count", help="number of tasks")] = 1,
+    gang: Annotated[bool, typer.Option("--gang", help="place all tasks at once or none")]
+    = False,
+    array: Annotated[int | None, typer.Option(
+        "--array", help="a job array of N independent tasks (APPORTION_ARRAY_INDEX)")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    queue: Annotated[str, typer.Option("--queue")] = "default",
+    priority: Annotated[int, typer.Option("--priority")] = 0,
+    constraint: Annotated[list[str] | None, typer.Option(
+        "--constraint", "-c", help="facility=texas-1, gpu.model in (A100,H100), repeatable")]
+    = None,
+    preemptible: Annotated[bool, typer.Option("--preemptible")] = False,
+    runtime: Annotated[str | None, typer.Option("--runtime", help="estimate: 3600, 90m")]
+    = None,
+    deadline: Annotated[str | None, typer.Option("--deadline", help="ISO 8601 or epoch")]
+    = None,
+    restart: Annotated[str | None, typer.Option(
+        "--restart", help="never or on-failure")] = None,
+    max_retries: Annotated[int | None, typer.Option("--max-retries")] = None,
+    backoff: Annotated[str | None, typer.Option("--backoff", help="first retry delay: 5s")]
+    = None,
+    stop_signal: Annotated[str | None, typer.Option(
+        "--stop-signal", help="signal asking a task to stop (default SIGTERM)")] = None,
+    stop_grace: Annotated[str | None, typer.Option(
+        "--stop-grace", help="then SIGKILL after this long (default 10s)")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="follow the job, stream its log, exit with its exit code")] = False,
+    server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Submit a job; without a command it is a pure resource lease."""
+    resources: dict[str, Any] = {k: v for k, v in (("cpu", cpu), ("memory", memory),
+                                                   ("gpu", gpu)) if v is not None}
+    for item in resource or []:
+        resources.update(parse_pairs(item, "--resource"))
+    asked: dict[str, Any] | str = resources
+    if resources_ is not None:
+        if resources_.strip() == "auto":
+            # Everything predicted, except what --cpu/--memory/--gpu pin.
+            asked = {"cpu": "auto", "memory": "auto", **resources}
+        else:
+            asked = {**resources, **parse_pairs(resources_, "--resources")}
+    if not asked:
+        raise typer.BadParameter("ask for something: --cpu, --memory, --gpu, --resource or "
+                                 "--resources auto")
+    body: dict[str, Any] = {"resources": asked, "count": count, "gang": gang,
+                            "queue": queue, "priority": priority,
+                            "constraints": list(constraint or []), "preemptible": preemptible}
+    if array is not None:
+        body["array"] = array
+    for key, value in (("name", name), ("runtime_estimate", runtime), ("deadline", deadline),
+                       ("stop_signal", stop_signal), ("stop_grace", stop_grace)):
+        if value is not None:
+            body[key] = value
+    if restart is not None or max_retries is not None or backoff is not None:
+        body["restart"] = {k: v for k, v in (("policy", restart or "on-failure"),
+                                             ("max_retries", max_retries),
+                                             ("backoff", backoff)) if v is not None}
+    if command:
+        body["command"] = list(command)
+    with api_errors(), client_for(server, token) as c:
+        job = c.submit_job(body)
+        if not wait:
+            show(job, as_json, lambda j: console.print(
+                f"submitted {j['id']} ({j['state']}) to queue {j['queue']}"))
+            return
+        err_console.print(f"submitted {job['id']} to queue {job['queue']}; following it")
+        final = follow(c, job["id"], follow_job=True)
+    raise typer.Exit(exit_code_of(final))
+
+
+def exit_code_of(job: dict[str, Any]) -> int:
+    """The job's exit code as a process exit status."""
+    if job["state"] == "succeeded":
+        return 0
+    code = job.get("exit_code")
+    return int(code) % 256 if isinstance(code, int) and code else 1
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+    task: Annotated[str | None, typer.Option("--task", help="task index or id (default 0)")]
+    = None,
+    server: ServerOpt = None, token: TokenOpt = None,
+) -> None:
+    """A job's output: stdout to stdout, stderr to stderr."""
+    with api_errors(), client_for(server, token) as c:
+        follow(c, job_id, task=task, follow_job=follow_)
+
+
+def follow(c: Client, job_id: str, *, task: str | None = None, follow_job: bool,
+           poll_s: float = 0.25) -> dict[str, Any]:
+    """Print a job's logs (moving on to newer attempts) until it ends;
+    returns the job as it ended (or as it is, without ``follow_job``)."""
+    reader = _LogReader(c, job_id, task)
+    while True:
+        state, printed = reader.round()
+        if printed:
+            continue
+        if not follow_job or state in TERMINAL:
+            # Agents ship a task's last bytes before they report its exit, so
+            # a quiet round that began after the end has read everything.
+            job: dict[str, Any] = c.get_job(job_id)
+            return job
+        time.sleep(poll_s)
+
+
+class _LogReader:
+    """Reads a job's two log streams from where it left off."""
+
+    def __init__(self, c: Client, job_id: str, task: str | None) -> None:
+        self.c, self.job_id, self.task = c, job_id, task
+        self.offsets: dict[tuple[str, str], int] = {}
+        self.current: str | None = None
+
+    def round(self) -> tuple[str | None, bool]:
+        """Print what is new; (the job's state when the round began, printed?)."""
+        state: str | None = None
+        printed = False
+        for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            page = self._page(self.task, stream)
+            if page is None:
+                state = state or self.c.get_job(self.job_id)["state"]
+                continue
+            state = state or page["job_state"]
+            if page["task"] != self.current:
+                if self.current is not None:
+                    printed |= self._drain(self.current)
+                    err_console.print(f"--- attempt {page['attempt']} on {page['node']} ---")
+                self.current = page["task"]
+                page = self._page(self.current, stream)
+            printed |= self._emit(page, stream, out)
+        return state, printed
+
+    def _page(self, task: str | None, stream: str) -> dict[str, Any] | None:
+        offset = self.offsets.get((task or self.current or "", stream), 0)
+        try:
+            page: dict[str, Any] = self.c.job_logs(self.job_id, task=task, stream=stream,
+                                                   offset=offset)
+        except ClientError as exc:
+            if exc.status == 404 and "has not run yet" in str(exc):
+                return None
+            raise
+        return page
+
+    def _emit(self, page: dict[str, Any] | None, stream: str, out: Any) -> bool:
+        if page is None:
+            return False
+        if page["data"]:
+            out.write(page["data"])
+            out.flush()
+        self.offsets[(page["task"], stream)] = page["next_offset"]
+        return bool(page["data"])
+
+    def _drain(self, task_id: str) -> bool:
+        """Print the rest of an earlier attempt before moving on."""
+        printed = False
+        for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            while self._emit(self._page(task_id, stream), stream, out):
+                printed = True
+        return printed

@@ -20,6 +20,7 @@ from apportion.cli import (
     cluster_cmds,
     jobs_cmds,
     ledger_cmds,
+    nodes_cmds,
     observe_cmds,
     planning_cmds,
     scaling_cmds,
@@ -84,7 +85,7 @@ app = _App(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(ledger_cmds.nodes_app, name="nodes")
+app.add_typer(nodes_cmds.nodes_app, name="nodes")
 app.add_typer(ledger_cmds.allocations_app, name="allocations")
 app.add_typer(ledger_cmds.token_app, name="token")
 app.command("alloc")(ledger_cmds.alloc)
@@ -94,15 +95,12 @@ app.command("alerts")(ledger_cmds.alerts)
 app.command("servers")(cluster_cmds.servers)
 app.add_typer(jobs_cmds.jobs_app, name="jobs")
 app.add_typer(jobs_cmds.queues_app, name="queues")
-app.command("submit")(agent_cmds.submit)
+app.command("submit")(jobs_cmds.submit)
 app.command("agent")(agent_cmds.agent)
-jobs_cmds.jobs_app.command("logs")(agent_cmds.jobs_logs)
 observe_cmds.register(app)
 planning_cmds.register(app)
 scaling_cmds.register(app)
 simulate.register(app)
-for _name in ("drain", "cordon", "uncordon", "rescan"):
-    ledger_cmds.nodes_app.command(_name)(getattr(agent_cmds, f"nodes_{_name}"))
 
 HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
 PortOpt = Annotated[int, typer.Option("--port", help="port to listen on")]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for
+from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, real_console, show, table
 from apportion.client import Client, ClientError, resolve
 

@@ -97,3 +97,11 @@ def show(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         emit_json(data)
     else:
         render(data)
+
+
+def vector_text(v: dict[str, str]) -> str:
+    return ",".join(f"{k}={q}" for k, q in v.items())
+
+
+def devices_text(d: dict[str, list[str]]) -> str:
+    return ",".join(f"{k}:{'+'.join(ids)}" for k, ids in d.items()) or "-"

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for
+from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, err_console, show, table
 
 GROUP_BY = ("resource", "facility", "type")

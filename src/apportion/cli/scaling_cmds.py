@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from apportion.cli.ledger_cmds import JsonOpt, ServerOpt, TokenOpt, client_for
+from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, show, table
 
 scale_app = typer.Typer(help="Node pools and the autoscaler's decisions.",

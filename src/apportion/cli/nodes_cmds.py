@@ -1,0 +1,242 @@
+"""CLI commands over nodes: ``nodes list|show|add|remove`` (the inventory)
+and ``nodes drain|cordon|uncordon|rescan`` (what a node may run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
+from apportion.cli.output import (
+    api_errors,
+    console,
+    devices_text,
+    emit_json,
+    pct,
+    show,
+    table,
+    vector_text,
+)
+
+nodes_app = typer.Typer(
+    help="The inventory: list, show, add and remove nodes.", no_args_is_help=True
+)
+
+
+def _node_rows(nodes: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for n in nodes:
+        for i, resource in enumerate(sorted(n["resources"])):
+            rows.append(
+                [
+                    n["name"] if i == 0 else "",
+                    n["state"] if i == 0 else "",
+                    n["health"] if i == 0 else "",
+                    resource,
+                    n["resources"][resource],
+                    n["allocated"].get(resource, "0"),
+                    n["available"].get(resource, "0"),
+                ]
+            )
+        if not n["resources"]:
+            rows.append([n["name"], n["state"], n["health"], "-", "-", "-", "-"])
+    return rows
+
+
+@nodes_app.command("list")
+def nodes_list(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+    type_: Annotated[str | None, typer.Option("--type")] = None,
+    facility: Annotated[str | None, typer.Option("--facility")] = None,
+    state: Annotated[str | None, typer.Option("--state")] = None,
+    health: Annotated[str | None, typer.Option("--health")] = None,
+    selector: Annotated[
+        str | None, typer.Option("--selector", "-l", help="e.g. facility=texas-1,gpu.model=H100")
+    ] = None,
+) -> None:
+    """Every node with total / allocated / available per resource."""
+    with api_errors(), client_for(server, token) as c:
+        nodes = c.list_nodes(
+            type=type_, facility=facility, state=state, health=health, selector=selector
+        )
+    show(
+        nodes,
+        as_json,
+        lambda ns: table(
+            f"{len(ns)} node(s)",
+            ["node", "state", "health", "resource", "total", "allocated", "available"],
+            _node_rows(ns),
+        ),
+    )
+
+
+@nodes_app.command("show")
+def nodes_show(
+    name: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """One node: capacity, utilization and its allocations."""
+    with api_errors(), client_for(server, token) as c:
+        node = c.get_node(name)
+    if as_json:
+        emit_json(node)
+        return
+    console.print(
+        f"[bold]{node['name']}[/bold]  state={node['state']} health={node['health']}  "
+        f"labels={json.dumps(node['labels'])}"
+    )
+    table(
+        "resources",
+        ["resource", "total", "allocated", "available", "used"],
+        [
+            [
+                r,
+                node["resources"][r],
+                node["allocated"].get(r, "0"),
+                node["available"].get(r, "0"),
+                pct(node["allocated_base"].get(r, 0), node["resources_base"][r]),
+            ]
+            for r in sorted(node["resources"])
+        ],
+    )
+    devices = [d for ds in node["devices"].values() for d in ds]
+    if devices:
+        table(
+            "devices",
+            ["resource", "id", "model", "memory", "allocation"],
+            [
+                [
+                    d["resource"],
+                    d["id"],
+                    d["model"] or "-",
+                    d["memory"] or "-",
+                    d["allocation_id"] or "free",
+                ]
+                for d in devices
+            ],
+        )
+    table(
+        "allocations",
+        ["id", "owner", "resources", "devices", "since"],
+        [
+            [a["id"], a["owner"] or "-", vector_text(a["resources"]),
+             devices_text(a["devices"]), a["created_at"]]
+            for a in node.get("allocations", [])
+        ],
+    )
+
+
+def _read_body(file: Path) -> dict[str, Any]:
+    """A JSON object from ``file``, or a usage error saying what is wrong with it."""
+    try:
+        body = json.loads(file.read_text())
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot read {file}: {exc.strerror}", param_hint="--file"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"{file} is not JSON: {exc}", param_hint="--file") from None
+    if not isinstance(body, dict):
+        raise typer.BadParameter(f"{file} must hold a JSON object (the API's node body)",
+                                 param_hint="--file")
+    return body
+
+
+@nodes_app.command("add")
+def nodes_add(
+    name: Annotated[str | None, typer.Argument()] = None,
+    resources: Annotated[
+        str | None, typer.Option("--resources", "-r", help="cpu=8,memory=16Gi,gpu=2")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="facility=texas-1,type=gpu")
+    ] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="node JSON body")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a node from flags or a JSON file (the API's node body)."""
+    body = _read_body(file) if file else {}
+    if name:
+        body["name"] = name
+    if resources:
+        body["resources"] = parse_pairs(resources, "--resources")
+    if labels:
+        body["labels"] = parse_pairs(labels, "--labels")
+    if "name" not in body:
+        raise typer.BadParameter("give a node NAME or a --file with a name")
+    with api_errors(), client_for(server, token) as c:
+        node = c.register_node(body)
+    show(
+        node,
+        as_json,
+        lambda n: console.print(f"registered node {n['name']}: {vector_text(n['resources'])}"),
+    )
+
+
+@nodes_app.command("remove")
+def nodes_remove(
+    name: str,
+    force: Annotated[bool, typer.Option("--force", help="release its allocations")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a node (refused while it has active allocations, unless --force)."""
+    with api_errors(), client_for(server, token) as c:
+        result = c.delete_node(name, force=force)
+    show(
+        result,
+        as_json,
+        lambda r: console.print(
+            f"deleted node {r['deleted']}; released {len(r['released'])} allocation(s)"
+        ),
+    )
+
+
+def _node_op(action: str, name: str, server: str | None, token: str | None, as_json: bool,
+             **kwargs: Any) -> None:
+    with api_errors(), client_for(server, token) as c:
+        node = getattr(c, f"{action}_node")(name, **kwargs)
+    show(node, as_json, lambda n: console.print(
+        f"{name}: {n.get('state', '')}" + (f", {n['running_tasks']} task(s) still running"
+                                           if n.get("running_tasks") else "")))
+
+
+@nodes_app.command("drain")
+def nodes_drain(
+    name: str,
+    deadline: Annotated[str | None, typer.Option(
+        "--deadline", help="preempt what still runs after this long: 10m")] = None,
+    server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """No new work; running tasks finish, or are preempted after --deadline."""
+    _node_op("drain", name, server, token, as_json, deadline=deadline)
+
+
+@nodes_app.command("cordon")
+def nodes_cordon(name: str, server: ServerOpt = None, token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """No new work on the node; running tasks keep running."""
+    _node_op("cordon", name, server, token, as_json)
+
+
+@nodes_app.command("uncordon")
+def nodes_uncordon(name: str, server: ServerOpt = None, token: TokenOpt = None,
+                   as_json: JsonOpt = False) -> None:
+    """Let the node take work again."""
+    _node_op("uncordon", name, server, token, as_json)
+
+
+@nodes_app.command("rescan")
+def nodes_rescan(name: str, server: ServerOpt = None, token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Ask the node's agent to discover its hardware again now."""
+    with api_errors(), client_for(server, token) as c:
+        answer = c.rescan_node(name)
+    show(answer, as_json, lambda a: console.print(f"{name}: rescan requested"))

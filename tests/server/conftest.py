@@ -1,0 +1,73 @@
+"""Servers for the server tests: one per module (``shared``, with ``api``
+on it) where tests can keep out of each other's way by naming their own
+nodes, a fresh one per test (``server`` from ``tests/conftest.py``, with
+``fresh_api``) where they count the whole cluster, ``serve`` for a fresh
+one with its own settings, and ``engine`` for services tested in process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from apportion.store.database import create_engine, migrate
+from server.helpers import Serve
+from support import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def shared(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module: a start costs seconds on a busy machine."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    proc = ServerProcess(tmp_path_factory.mktemp(name)).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def api(shared: ServerProcess) -> Iterator[httpx.Client]:
+    """An admin client of the module's server."""
+    with shared.client() as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_api(server: ServerProcess) -> Iterator[httpx.Client]:
+    """An admin client of a server of the test's own."""
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """Start a server in the test's directory with ``extra_env``; each is
+    stopped when the test ends."""
+    started: list[ServerProcess] = []
+
+    def start(extra_env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(tmp_path, extra_env=dict(extra_env or {}))
+        started.append(proc)
+        return proc.start()
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A migrated SQLite store for a service tested without a server."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'apportion.db'}", sqlite_synchronous="OFF")
+    migrate(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -1,0 +1,66 @@
+"""What the server tests share besides fixtures: calls that must succeed,
+waiting on a condition, a server config file.
+
+Imported as ``server.helpers`` (``tests`` is on the path, as for
+``e2e.cluster``); the fixtures that start servers are in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from support import ServerProcess
+
+# ``serve`` (conftest.py): start a fresh server with these extra environment variables.
+Serve = Callable[..., ServerProcess]
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+          every: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy (the server's loops
+    run in the background) and return that; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} not reached in time")
+
+
+def add_node(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Register a node; the test is about something else, so it must work."""
+    r = api.post("/api/v1/nodes", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def grant(api: httpx.Client, **body: Any) -> dict[str, Any]:
+    """``POST /api/v1/allocations`` with ``body``, which must be granted."""
+    r = api.post("/api/v1/allocations", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def make_token(server: ServerProcess, name: str, role: str) -> str:
+    """A new token of ``role``, created by the server's admin."""
+    with server.client() as admin:
+        r = admin.post("/api/v1/tokens", json={"name": name, "role": role})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+def config_env(data_dir: Path, text: str) -> dict[str, str]:
+    """Write ``text`` as the server's config file in ``data_dir``; the
+    environment that points a server at it."""
+    config = data_dir / "server.toml"
+    config.write_text(text)
+    return {"APPORTION_CONFIG_FILE": str(config)}

@@ -1,0 +1,32 @@
+"""Services built the way a server builds them (``service/wiring.py``), on a
+real SQLite store of the test's own, with no loop running: a test drives
+them itself (``asyncio.run``) and sees every step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apportion.service.settings import Settings
+from apportion.service.wiring import Services, build
+
+
+@pytest.fixture
+def settings_given() -> dict[str, Any]:
+    """Settings a module's services are built with (override it there)."""
+    return {}
+
+
+@pytest.fixture
+def services(tmp_path: Path, settings_given: dict[str, Any]) -> Iterator[Services]:
+    # Named here, so that an APPORTION_* variable of the shell cannot point
+    # the test at another database or give it an admin token.
+    built = build(Settings(data_dir=tmp_path, database_url=None, admin_token=None,
+                           config_file=None, **settings_given))
+    try:
+        yield built
+    finally:
+        built.uow.close()

@@ -73,7 +73,7 @@ class Harness:
         self.exits: list[LocalTask] = []
         self.runner = Runner(work_dir, "n1", WATCHDOG, self.exits.append, **kwargs)
 
-    async def until(self, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    async def until(self, check: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             assert time.monotonic() < deadline, "timed out"

@@ -37,12 +37,12 @@ from apportion.core.scheduling.backfill import (
     running_ends,
     use_extra,
 )
-from apportion.core.scheduling.filters import Code, Kind, class_verdict
+from apportion.core.scheduling.filters import class_verdict
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
-from apportion.core.scheduling.status import Failure
+from apportion.core.scheduling.status import Code, Failure, Kind
 
 BACKFILL_MODES = ("none", "easy", "conservative")
 INF = float("inf")

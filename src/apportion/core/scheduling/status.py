@@ -1,6 +1,11 @@
-"""The status of a placement: a ``PlaceResult``, or a ``Failure`` that says
-in one line why the job cannot be placed now, with its ``Kind`` and every
-``Reason`` behind it (the Kubernetes framework's ``Status``).
+"""The status types: a ``Reason`` (one refusal: a code, its ``Kind`` and a
+message with the amounts), a ``Failure`` that says in one line why a job
+cannot be placed now, with its ``Kind`` and every ``Reason`` behind it (the
+Kubernetes framework's ``Status``), and a ``PlaceResult``.
+
+Every refusal in the project is one of these: a filter plugin's verdict on a
+node, a placement's failure, a refusal at submission (``JobRejected`` carries
+its ``Failure``) and explain's advice (``Explanation`` holds ``Reason``s).
 
 The pipeline's stages (``framework.Placer``) build their failures with the
 helpers here.
@@ -9,11 +14,56 @@ helpers here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from apportion.core.resources import format_quantity
-from apportion.core.scheduling.filters import Code, Kind, Reason, Verdict
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import ClusterState
+
+if TYPE_CHECKING:
+    # Only a type: filters builds its verdicts from the Reasons defined here.
+    from apportion.core.scheduling.filters import Verdict
+
+
+class Code(StrEnum):
+    INSUFFICIENT = "insufficient"
+    CAPACITY = "capacity"
+    UNKNOWN_RESOURCE = "unknown_resource"
+    LABEL = "label"
+    NOT_READY = "not_ready"
+    UNHEALTHY = "unhealthy"
+    DEVICE = "device"
+    AFFINITY = "affinity"
+    ANTI_AFFINITY = "anti_affinity"
+    QUOTA = "quota"
+
+
+class Kind(StrEnum):
+    BUSY = "busy"
+    CONDITION = "condition"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one node (or every node of a class) cannot take a task."""
+
+    plugin: str
+    code: Code
+    kind: Kind
+    message: str
+    resource: str | None = None
+    requested: int | None = None
+    available: int | None = None
+
+    @property
+    def group(self) -> str:
+        """What explain counts nodes by: the code, with the resource for
+        resource shortages (so cpu and gpu shortages are told apart)."""
+        if self.resource is not None:
+            return f"{self.code.value} {self.resource}"
+        return self.code.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ class Code(StrEnum):
     AFFINITY = "affinity"
     ANTI_AFFINITY = "anti_affinity"
     QUOTA = "quota"
+    QUEUE = "queue"
+    PRIORITY = "priority"
 
 
 class Kind(StrEnum):
@@ -86,6 +88,48 @@ class PlaceResult:
         return self.tasks is not None
 
 
+# -- the wording of each reason a stage gives: one place words each ----------
+
+AGGREGATE = "Aggregate"
+"""The stage that sums free capacity over ready nodes (and explain's advice
+drawn from it)."""
+QUOTA = "Quota"
+"""The queue checks: its existence, priority bounds and quota."""
+BACKFILL = "Backfill"
+"""When known run times would let a job start."""
+
+
+def short_in_all(r: str, need: int, have: int, biggest: int) -> Reason:
+    """A request larger than the free amount summed over ready nodes."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"needs {format_quantity(r, need)} {r} in all; {format_quantity(r, have)} free "
+        f"on ready nodes (largest free on any ready node: {format_quantity(r, biggest)})",
+        r, need, have,
+    )
+
+
+def short_gang(r: str, need: int, have: int) -> Reason:
+    """Explain's advice for a gang larger than the free amount summed over
+    ready nodes."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"gang needs {format_quantity(r, need)} {r} in all; "
+        f"{format_quantity(r, have)} free on ready nodes",
+        r, need, have,
+    )
+
+
+def short_largest(r: str, q: int, biggest: int) -> Reason:
+    """A task larger than the largest free amount on any ready node."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
+        f"{format_quantity(r, biggest)}",
+        r, q, biggest,
+    )
+
+
 def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
     """Whether ``job``'s total request exceeds free capacity summed over
     ready nodes (a necessary condition, O(resources))."""
@@ -93,12 +137,7 @@ def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
     for r, q in job.total.items():
         have = free(r)
         if have < q:
-            return Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
-                f"needs {format_quantity(r, q)} {r} in all; {format_quantity(r, have)} free "
-                f"on ready nodes (largest free on any ready node: "
-                f"{format_quantity(r, state.max_free(r))})",
-            )
+            return _one(short_in_all(r, q, have, state.max_free(r)))
     return None
 
 
@@ -109,33 +148,29 @@ def group_aggregate_short(state: ClusterState, spec: TaskSpec) -> Failure | None
         need = q * spec.count
         have = state.free_total_of(r)
         if have < need:
-            biggest = state.max_free(r)
-            return Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
-                f"needs {format_quantity(r, need)} {r} in all; "
-                f"{format_quantity(r, have)} free on ready nodes "
-                f"(largest free on any ready node: {format_quantity(r, biggest)})",
-            )
+            return _one(short_in_all(r, need, have, state.max_free(r)))
     return None
+
+
+def _one(reason: Reason) -> Failure:
+    """A failure with one reason, in that reason's words."""
+    return Failure(reason.code, reason.kind, reason.message, (reason,))
 
 
 def busy_failure(state: ClusterState, job: Job, spec: TaskSpec, remaining: int) -> Failure:
     """The walk found no candidate for the ``remaining`` tasks of a group."""
     tasks = f"{remaining} more task(s)" if spec.count > 1 else "the task"
-    parts = []
-    for r, q in spec.resources.items():
-        biggest = state.max_free(r)
-        if biggest < q:
-            parts.append(
-                f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
-                f"{format_quantity(r, biggest)}"
-            )
-    detail = "; ".join(parts) if parts else (
+    reasons = tuple(
+        short_largest(r, q, biggest)
+        for r, q in spec.resources.items()
+        if (biggest := state.max_free(r)) < q
+    )
+    detail = "; ".join(reason.message for reason in reasons) if reasons else (
         "no ready node has all of " + ", ".join(
             f"{format_quantity(r, q)} {r}" for r, q in spec.resources.items()
         ) + " free at once, with its constraints"
     )
-    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}")
+    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}", reasons)
 
 
 def no_class_failure(verdict: Verdict, spec: TaskSpec) -> Failure:

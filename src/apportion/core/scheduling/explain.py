@@ -33,6 +33,7 @@ from apportion.core.scheduling.status import (
     Failure,
     Kind,
     Reason,
+    quota_advice,
     short_gang,
     short_largest,
 )
@@ -191,12 +192,7 @@ def _quota_hint(state: ClusterState, job: Job, queues: Mapping[str, Queue]) -> R
     for r, q in job.total.items():
         limit = queue.quota.get(r)
         if limit is not None and used.get(r, 0) + q > limit:
-            return Reason(
-                QUOTA, Code.QUOTA, Kind.BUSY,
-                f"queue {queue.name} quota: {format_quantity(r, used.get(r, 0))} of "
-                f"{format_quantity(r, limit)} {r} in use, job needs {format_quantity(r, q)}",
-                r, q, limit - used.get(r, 0),
-            )
+            return quota_advice(queue.name, r, used.get(r, 0), limit, q)
     return None
 
 
@@ -231,8 +227,7 @@ def validate_job(job: Job, queues: Mapping[str, Queue], state: ClusterState) -> 
 
 
 def _reject(job: Job, field: str, reason: Reason) -> NoReturn:
-    raise JobRejected(Failure(reason.code, reason.kind, reason.message, (reason,)),
-                      field=field, job=job.id)
+    raise JobRejected(Failure.of(reason), field=field, job=job.id)
 
 
 def _never_failure(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> Failure:

@@ -77,6 +77,11 @@ class Failure:
     message: str
     reasons: tuple[Reason, ...] = ()
 
+    @classmethod
+    def of(cls, reason: Reason) -> Failure:
+        """A failure with one reason, in that reason's words."""
+        return cls(reason.code, reason.kind, reason.message, (reason,))
+
 
 @dataclass(frozen=True, slots=True)
 class PlaceResult:
@@ -96,7 +101,9 @@ drawn from it)."""
 QUOTA = "Quota"
 """The queue checks: its existence, priority bounds and quota."""
 BACKFILL = "Backfill"
-"""When known run times would let a job start."""
+"""When known run times would let a job start, and the order it waits in."""
+CYCLE = "Cycle"
+"""The scheduling pass itself (its placement limit)."""
 
 
 def short_in_all(r: str, need: int, have: int, biggest: int) -> Reason:
@@ -109,6 +116,16 @@ def short_in_all(r: str, need: int, have: int, biggest: int) -> Reason:
     )
 
 
+def not_enough_free(r: str, have: int) -> Reason:
+    """The cycle's shared answer for a job whose total is short on ready
+    nodes (no amounts of the job: one answer serves every such job)."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"not enough {r} free on ready nodes now ({format_quantity(r, have)} in all)",
+        r, None, have,
+    )
+
+
 def short_gang(r: str, need: int, have: int) -> Reason:
     """Explain's advice for a gang larger than the free amount summed over
     ready nodes."""
@@ -117,6 +134,27 @@ def short_gang(r: str, need: int, have: int) -> Reason:
         f"gang needs {format_quantity(r, need)} {r} in all; "
         f"{format_quantity(r, have)} free on ready nodes",
         r, need, have,
+    )
+
+
+def over_quota(queue: str, r: str, used: int, limit: int, q: int) -> Reason:
+    """A job that would take its queue past its quota now (waiting helps)."""
+    return Reason(
+        QUOTA, Code.QUOTA, Kind.BUSY,
+        f"queue {queue} quota: {r} {format_quantity(r, used)} of "
+        f"{format_quantity(r, limit)} in use, job needs {format_quantity(r, q)}",
+        r, q, limit - used,
+    )
+
+
+def quota_advice(queue: str, r: str, used: int, limit: int, q: int) -> Reason:
+    """``over_quota`` as explain words it (its JSON is pinned: the resource
+    name follows the amounts there)."""
+    return Reason(
+        QUOTA, Code.QUOTA, Kind.BUSY,
+        f"queue {queue} quota: {format_quantity(r, used)} of "
+        f"{format_quantity(r, limit)} {r} in use, job needs {format_quantity(r, q)}",
+        r, q, limit - used,
     )
 
 
@@ -137,7 +175,7 @@ def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
     for r, q in job.total.items():
         have = free(r)
         if have < q:
-            return _one(short_in_all(r, q, have, state.max_free(r)))
+            return Failure.of(short_in_all(r, q, have, state.max_free(r)))
     return None
 
 
@@ -148,13 +186,8 @@ def group_aggregate_short(state: ClusterState, spec: TaskSpec) -> Failure | None
         need = q * spec.count
         have = state.free_total_of(r)
         if have < need:
-            return _one(short_in_all(r, need, have, state.max_free(r)))
+            return Failure.of(short_in_all(r, need, have, state.max_free(r)))
     return None
-
-
-def _one(reason: Reason) -> Failure:
-    """A failure with one reason, in that reason's words."""
-    return Failure(reason.code, reason.kind, reason.message, (reason,))
 
 
 def busy_failure(state: ClusterState, job: Job, spec: TaskSpec, remaining: int) -> Failure:

@@ -33,6 +33,7 @@ from apportion.core.scheduling.status import (
     Failure,
     Kind,
     Reason,
+    nodes_by_message,
     quota_advice,
     short_gang,
     short_largest,
@@ -233,16 +234,15 @@ def _reject(job: Job, field: str, reason: Reason) -> NoReturn:
 def _never_failure(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> Failure:
     """No node could ever hold the group: the classes' reasons, counted by
     message."""
-    counts: dict[str, int] = {}
-    reasons: list[Reason] = []
+    rejected: list[tuple[int, Reason]] = []
     for cls in state.classes:
         if not cls.size:
             continue
         reason = _never(job, spec, cls)
         if reason is not None:
-            reasons.append(reason)
-            counts[reason.message] = counts.get(reason.message, 0) + cls.size
-    parts = [f"{n} node(s): {msg}" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+            rejected.append((cls.size, reason))
+    reasons = [reason for _, reason in rejected]
+    parts = [f"{n} node(s): {msg}" for msg, n in nodes_by_message(rejected)]
     if spec.count > 1:
         parts.append(f"all nodes together could hold {capacity} of its {spec.count} tasks")
     summary = "; ".join(parts) or "there are no nodes"

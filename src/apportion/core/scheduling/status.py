@@ -13,6 +13,7 @@ helpers here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -210,16 +211,21 @@ def no_class_failure(verdict: Verdict, spec: TaskSpec) -> Failure:
     """No node class survived class feasibility: the rejections counted by
     message; NEVER unless some class was rejected for a condition (not ready,
     unhealthy) that can change."""
-    counts: dict[str, int] = {}
     kind = Kind.NEVER
-    for cls, reason in verdict.rejected:
-        counts[reason.message] = counts.get(reason.message, 0) + cls.size
-        if reason.kind is Kind.CONDITION:
-            kind = Kind.CONDITION
-    total = sum(counts.values())
-    summary = "; ".join(
-        f"{msg} ({n})" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])
-    )
+    if any(reason.kind is Kind.CONDITION for _, reason in verdict.rejected):
+        kind = Kind.CONDITION
+    counted = nodes_by_message((cls.size, reason) for cls, reason in verdict.rejected)
+    total = sum(n for _, n in counted)
+    summary = "; ".join(f"{msg} ({n})" for msg, n in counted)
     reasons = tuple(reason for _, reason in verdict.rejected)
     code = verdict.rejected[0][1].code if verdict.rejected else Code.CAPACITY
     return Failure(code, kind, f"0/{total} nodes can take it: {summary or 'no nodes'}", reasons)
+
+
+def nodes_by_message(rejected: Iterable[tuple[int, Reason]]) -> list[tuple[str, int]]:
+    """``(nodes, reason)`` pairs (a class's size and its reason) counted by
+    message, most nodes first (ties in first-seen order)."""
+    counts: dict[str, int] = {}
+    for size, reason in rejected:
+        counts[reason.message] = counts.get(reason.message, 0) + size
+    return sorted(counts.items(), key=lambda kv: -kv[1])

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     # Only a type: a shortage formats its own quantities, so this module needs
     # nothing of resources at run time (resources raises the errors below).
     from apportion.core.resources import Shortage
+    from apportion.core.scheduling.status import Failure
 
 __all__ = [
     "AllocationNotFound",
@@ -160,6 +161,15 @@ class NodeHasAllocations(ApportionError):
 
 class JobRejected(ApportionError):
     """A job is refused at submission: unknown queue, priority out of bounds,
-    or a request that can never fit any node or its queue's quota."""
+    or a request that can never fit any node or its queue's quota.
+
+    ``failure`` is the status the scheduler gives (its message is this error's,
+    its reasons say which queue rule or which nodes); ``field`` names the part
+    of the job at fault.
+    """
 
     code = "job_rejected"
+
+    def __init__(self, failure: Failure, *, field: str, job: str) -> None:
+        super().__init__(failure.message, field=field, job=job)
+        self.failure = failure

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apportion.core.errors import InvalidInput
-from apportion.core.resources import format_quantity
 from apportion.core.scheduling import preemption
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import (
@@ -37,12 +36,22 @@ from apportion.core.scheduling.backfill import (
     running_ends,
     use_extra,
 )
-from apportion.core.scheduling.filters import Code, Kind, class_verdict
+from apportion.core.scheduling.filters import class_verdict
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
-from apportion.core.scheduling.status import Failure
+from apportion.core.scheduling.status import (
+    BACKFILL,
+    CYCLE,
+    QUOTA,
+    Code,
+    Failure,
+    Kind,
+    Reason,
+    not_enough_free,
+    over_quota,
+)
 
 BACKFILL_MODES = ("none", "easy", "conservative")
 INF = float("inf")
@@ -229,14 +238,20 @@ def schedule_cycle(
     )
 
 
-_CYCLE_LIMIT = Failure(Code.INSUFFICIENT, Kind.BUSY, "cycle placement limit reached")
+def _busy(stage: str, message: str) -> Failure:
+    """A wait the cycle itself imposes (its limit, backfill's order): one
+    busy reason, named for the stage that gives it."""
+    return Failure.of(Reason(stage, Code.INSUFFICIENT, Kind.BUSY, message))
+
+
+_CYCLE_LIMIT = _busy(CYCLE, "cycle placement limit reached")
 
 
 def _held(p: _Pass, job: Job) -> Failure | None:
     queue = p.queues.get(job.queue)
     if queue is None:
         if p.config.queue_required:
-            return Failure(Code.QUOTA, Kind.NEVER, f"unknown queue {job.queue}")
+            return Failure.of(Reason(QUOTA, Code.QUEUE, Kind.NEVER, f"unknown queue {job.queue}"))
         return None
     if not queue.quota:
         return None
@@ -244,11 +259,7 @@ def _held(p: _Pass, job: Job) -> Failure | None:
     for r, q in job.total.items():
         limit = queue.quota.get(r)
         if limit is not None and used.get(r, 0) + q > limit:
-            return Failure(
-                Code.QUOTA, Kind.BUSY,
-                f"queue {queue.name} quota: {r} {format_quantity(r, used.get(r, 0))} of "
-                f"{format_quantity(r, limit)} in use, job needs {format_quantity(r, q)}",
-            )
+            return Failure.of(over_quota(queue.name, r, used.get(r, 0), limit, q))
     return None
 
 
@@ -309,8 +320,7 @@ def _in_order(p: _Pass, job: Job) -> None:
     p.blocked = True
     p.head_job = job
     if p.config.backfill == "none":
-        p.no_backfill = Failure(Code.INSUFFICIENT, Kind.BUSY,
-                                f"waiting behind {job.id} (no backfilling)")
+        p.no_backfill = _busy(BACKFILL, f"waiting behind {job.id} (no backfilling)")
 
 
 def _head(p: _Pass) -> HeadReservation | None:
@@ -320,8 +330,8 @@ def _head(p: _Pass) -> HeadReservation | None:
         assert p.head_job is not None
         p.head = cached_easy_reservation(p.state, p.placer, p.head_job, p.now)
         if p.head is None:
-            p.no_backfill = Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
+            p.no_backfill = _busy(
+                BACKFILL,
                 f"waiting behind {p.head_job.id}, whose start cannot be planned "
                 "(running jobs without run time estimates)",
             )
@@ -380,18 +390,14 @@ def _aggregate(p: _Pass, job: Job) -> Failure | None:
             key = ("agg", r)
             hit = p.failed.get(key)
             if hit is None:
-                hit = p.failed[key] = Failure(
-                    Code.INSUFFICIENT, Kind.BUSY,
-                    f"not enough {r} free on ready nodes now "
-                    f"({format_quantity(r, free.get(r, 0))} in all)",
-                )
+                hit = p.failed[key] = Failure.of(not_enough_free(r, free.get(r, 0)))
             return hit
     return None
 
 
 def _past_head(head: HeadReservation) -> Failure:
-    return Failure(Code.INSUFFICIENT, Kind.BUSY,
-                   f"would delay {head.reservation.job_id}, reserved to start at "
+    return _busy(BACKFILL,
+                 f"would delay {head.reservation.job_id}, reserved to start at "
                    f"{head.reservation.start:.0f}")
 
 
@@ -413,8 +419,8 @@ def _conservative(p: _Pass, job: Job) -> None:
     need = profile.vector(job.total)
     est = p.estimate(job)
     if need is None:
-        p.unplaced[job.id] = Failure(Code.UNKNOWN_RESOURCE, Kind.NEVER,
-                                     "asks for a resource no ready node offers")
+        p.unplaced[job.id] = Failure.of(Reason(BACKFILL, Code.UNKNOWN_RESOURCE, Kind.NEVER,
+                                               "asks for a resource no ready node offers"))
         return
     depth = p.config.reservation_depth
     deep = depth is not None and p.reserved >= depth
@@ -448,15 +454,15 @@ def _conservative(p: _Pass, job: Job) -> None:
         p.reserved += 1
 
 
-_DEEP = Failure(Code.INSUFFICIENT, Kind.BUSY,
-                "waiting beyond the reservation depth; no room now")
+_DEEP = _busy(BACKFILL,
+              "waiting beyond the reservation depth; no room now")
 
 
 def _waiting(t: float | None) -> Failure:
     if t is None:
-        return Failure(Code.INSUFFICIENT, Kind.BUSY,
-                       "waiting; its start cannot be planned from known run times")
-    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"reserved to start at {t:.0f}")
+        return _busy(BACKFILL,
+                     "waiting; its start cannot be planned from known run times")
+    return _busy(BACKFILL, f"reserved to start at {t:.0f}")
 
 
 def _lowest_victim(state: ClusterState) -> int | None:

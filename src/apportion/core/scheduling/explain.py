@@ -14,23 +14,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from apportion.core.errors import JobRejected
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.backfill import easy_reservation
 from apportion.core.scheduling.capacity import NodeClass
-from apportion.core.scheduling.filters import (
-    CLASS_FILTERS,
-    Kind,
-    NodeReady,
-    Reason,
-    node_reasons,
-)
+from apportion.core.scheduling.filters import CLASS_FILTERS, NodeReady, node_reasons
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import PlaceOptions
 from apportion.core.scheduling.jobs import Job, Queue, TaskSpec
 from apportion.core.scheduling.scorers import SCORERS
 from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.status import (
+    BACKFILL,
+    QUOTA,
+    Code,
+    Failure,
+    Kind,
+    Reason,
+    nodes_by_message,
+    quota_advice,
+    short_gang,
+    short_largest,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +51,16 @@ class Explanation:
     """Reason group (``insufficient gpu``, ``label``, ``not_ready``...) -> nodes."""
     messages: Mapping[str, int]
     """Distinct reason messages -> nodes, for the detail."""
-    hints: tuple[str, ...]
+    advice: tuple[Reason, ...]
+    """What would let it run (quota, shortages, expected start), first first."""
     earliest_start: float | None = None
     """When known running-job ends would let it start (None: unknown)."""
     per_node: Mapping[str, Reason] = field(default_factory=dict)
+
+    @property
+    def hints(self) -> tuple[str, ...]:
+        """The advice in words."""
+        return tuple(reason.message for reason in self.advice)
 
     def summary(self) -> str:
         if self.status == "fits":
@@ -84,7 +97,7 @@ def explain(
         kinds.add(reason.kind)
         if detail:
             per_node[name] = reason
-    hints = list(_resource_hints(state, job))
+    hints = _resource_hints(state, job)
     quota = _quota_hint(state, job, queues or {})
     if quota:
         hints.insert(0, quota)
@@ -99,7 +112,8 @@ def explain(
         if status == "busy":
             earliest = _earliest(state, job, now)
             if earliest is not None:
-                hints.append(f"expected to fit at {earliest:.0f} as running jobs end")
+                hints.append(Reason(BACKFILL, Code.INSUFFICIENT, Kind.BUSY,
+                                    f"expected to fit at {earliest:.0f} as running jobs end"))
     ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return Explanation(job.id, status, len(state.nodes), ordered,
                        dict(sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -158,26 +172,20 @@ def _never(job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
     return None
 
 
-def _resource_hints(state: ClusterState, job: Job) -> list[str]:
-    hints: list[str] = []
+def _resource_hints(state: ClusterState, job: Job) -> list[Reason]:
+    hints: list[Reason] = []
     for spec in job.tasks:
         for r, q in spec.resources.items():
             biggest = state.max_free(r)
             if biggest < q:
-                hints.append(
-                    f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
-                    f"{format_quantity(r, biggest)}"
-                )
+                hints.append(short_largest(r, q, biggest))
             total = q * spec.count
             if spec.count > 1 and state.free_total_of(r) < total:
-                hints.append(
-                    f"gang needs {format_quantity(r, total)} {r} in all; "
-                    f"{format_quantity(r, state.free_total_of(r))} free on ready nodes"
-                )
+                hints.append(short_gang(r, total, state.free_total_of(r)))
     return hints
 
 
-def _quota_hint(state: ClusterState, job: Job, queues: Mapping[str, Queue]) -> str | None:
+def _quota_hint(state: ClusterState, job: Job, queues: Mapping[str, Queue]) -> Reason | None:
     queue = queues.get(job.queue)
     if queue is None:
         return None
@@ -185,10 +193,7 @@ def _quota_hint(state: ClusterState, job: Job, queues: Mapping[str, Queue]) -> s
     for r, q in job.total.items():
         limit = queue.quota.get(r)
         if limit is not None and used.get(r, 0) + q > limit:
-            return (
-                f"queue {queue.name} quota: {format_quantity(r, used.get(r, 0))} of "
-                f"{format_quantity(r, limit)} {r} in use, job needs {format_quantity(r, q)}"
-            )
+            return quota_advice(queue.name, r, used.get(r, 0), limit, q)
     return None
 
 
@@ -197,42 +202,51 @@ def validate_job(job: Job, queues: Mapping[str, Queue], state: ClusterState) -> 
     queue = queues.get(job.queue)
     if queue is None:
         known = ", ".join(sorted(queues)) or "none"
-        raise JobRejected(f"queue: unknown queue {job.queue!r} (queues: {known})",
-                          field="queue", job=job.id)
+        _reject(job, "queue", Reason(QUOTA, Code.QUEUE, Kind.NEVER,
+                                     f"queue: unknown queue {job.queue!r} (queues: {known})"))
     if queue.clamp(job.priority) != job.priority:
-        raise JobRejected(
+        _reject(job, "priority", Reason(
+            QUOTA, Code.PRIORITY, Kind.NEVER,
             f"priority: {job.priority} is outside queue {queue.name}'s bounds "
             f"[{queue.min_priority}, {queue.max_priority}]",
-            field="priority", job=job.id,
-        )
+        ))
     for r, q in job.total.items():
         limit = queue.quota.get(r)
         if limit is not None and q > limit:
-            raise JobRejected(
+            _reject(job, f"resources.{r}", Reason(
+                QUOTA, Code.QUOTA, Kind.NEVER,
                 f"resources.{r}: the job needs {format_quantity(r, q)} in all but queue "
                 f"{queue.name}'s quota is {format_quantity(r, limit)}; it can never fit",
-                field=f"resources.{r}", job=job.id,
-            )
+                r, q, limit,
+            ))
     for spec in job.tasks:
         capacity, _ = _capacity_fit(state, job, spec)
         # A gang's tasks run together; a bag's (an array's) one after another.
         if capacity < (spec.count if job.gang or job.task_count == 1 else 1):
-            raise JobRejected(
-                f"no node can ever hold {'these tasks' if spec.count > 1 else 'this task'}: "
-                f"{_never_summary(state, job, spec, capacity)}",
-                field="tasks", job=job.id,
-            )
+            raise JobRejected(_never_failure(state, job, spec, capacity), field="tasks",
+                              job=job.id)
 
 
-def _never_summary(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> str:
-    counts: dict[str, int] = {}
+def _reject(job: Job, field: str, reason: Reason) -> NoReturn:
+    raise JobRejected(Failure.of(reason), field=field, job=job.id)
+
+
+def _never_failure(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> Failure:
+    """No node could ever hold the group: the classes' reasons, counted by
+    message."""
+    rejected: list[tuple[int, Reason]] = []
     for cls in state.classes:
         if not cls.size:
             continue
         reason = _never(job, spec, cls)
         if reason is not None:
-            counts[reason.message] = counts.get(reason.message, 0) + cls.size
-    parts = [f"{n} node(s): {msg}" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+            rejected.append((cls.size, reason))
+    reasons = [reason for _, reason in rejected]
+    parts = [f"{n} node(s): {msg}" for msg, n in nodes_by_message(rejected)]
     if spec.count > 1:
         parts.append(f"all nodes together could hold {capacity} of its {spec.count} tasks")
-    return "; ".join(parts) or "there are no nodes"
+    summary = "; ".join(parts) or "there are no nodes"
+    message = (f"no node can ever hold {'these tasks' if spec.count > 1 else 'this task'}: "
+               f"{summary}")
+    code = reasons[0].code if reasons else Code.CAPACITY
+    return Failure(code, Kind.NEVER, message, tuple(reasons))

@@ -13,17 +13,17 @@ it implements the protocol of each level it has something to say at:
   it asks ``fit`` (how many tasks, no message to build) and explain asks
   ``check_node`` (the reason).
 
-A rejection is a ``Reason`` naming the plugin, a code and a message with the
-amounts; ``kind`` keeps "does not fit now" (``busy``: waiting helps) apart
-from "node condition" (``condition``: not ready or unhealthy, an operator can
-change it) and "can never fit" (``never``: capacity, labels, devices).
+A rejection is a ``Reason`` (defined in ``status``, re-exported here)
+naming the plugin, a code and a message with the amounts; ``kind`` keeps
+"does not fit now" (``busy``: waiting helps) apart from "node condition"
+(``condition``: not ready or unhealthy, an operator can change it) and "can
+never fit" (``never``: capacity, labels, devices).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 from apportion.core.labels import LabelRequirement
@@ -33,46 +33,14 @@ from apportion.core.scheduling.constraints import Constraints, family, labels_ma
 from apportion.core.scheduling.devices import matching_free
 from apportion.core.scheduling.jobs import Job, TaskSpec
 from apportion.core.scheduling.state import ClusterState
+from apportion.core.scheduling.status import Code, Kind, Reason
 
-
-class Code(StrEnum):
-    INSUFFICIENT = "insufficient"
-    CAPACITY = "capacity"
-    UNKNOWN_RESOURCE = "unknown_resource"
-    LABEL = "label"
-    NOT_READY = "not_ready"
-    UNHEALTHY = "unhealthy"
-    DEVICE = "device"
-    AFFINITY = "affinity"
-    ANTI_AFFINITY = "anti_affinity"
-    QUOTA = "quota"
-
-
-class Kind(StrEnum):
-    BUSY = "busy"
-    CONDITION = "condition"
-    NEVER = "never"
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """Why one node (or every node of a class) cannot take a task."""
-
-    plugin: str
-    code: Code
-    kind: Kind
-    message: str
-    resource: str | None = None
-    requested: int | None = None
-    available: int | None = None
-
-    @property
-    def group(self) -> str:
-        """What explain counts nodes by: the code, with the resource for
-        resource shortages (so cpu and gpu shortages are told apart)."""
-        if self.resource is not None:
-            return f"{self.code.value} {self.resource}"
-        return self.code.value
+__all__ = [
+    "CLASS_FILTERS", "NODE_FILTERS", "ClassFilter", "Code", "DeviceConstraints", "JobAffinity",
+    "Kind", "LabelConstraints", "NodeAffinity", "NodeFilter", "NodeReady", "Reason",
+    "ResourcesFit", "Verdict", "class_verdict", "needs_node_device_check", "node_reasons",
+    "runs_matching",
+]
 
 
 class ClassFilter(Protocol):

@@ -1,6 +1,11 @@
-"""The status of a placement: a ``PlaceResult``, or a ``Failure`` that says
-in one line why the job cannot be placed now, with its ``Kind`` and every
-``Reason`` behind it (the Kubernetes framework's ``Status``).
+"""The status types: a ``Reason`` (one refusal: a code, its ``Kind`` and a
+message with the amounts), a ``Failure`` that says in one line why a job
+cannot be placed now, with its ``Kind`` and every ``Reason`` behind it (the
+Kubernetes framework's ``Status``), and a ``PlaceResult``.
+
+Every refusal in the project is one of these: a filter plugin's verdict on a
+node, a placement's failure, a refusal at submission (``JobRejected`` carries
+its ``Failure``) and explain's advice (``Explanation`` holds ``Reason``s).
 
 The pipeline's stages (``framework.Placer``) build their failures with the
 helpers here.
@@ -8,12 +13,60 @@ helpers here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from apportion.core.resources import format_quantity
-from apportion.core.scheduling.filters import Code, Kind, Reason, Verdict
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import ClusterState
+
+if TYPE_CHECKING:
+    # Only a type: filters builds its verdicts from the Reasons defined here.
+    from apportion.core.scheduling.filters import Verdict
+
+
+class Code(StrEnum):
+    INSUFFICIENT = "insufficient"
+    CAPACITY = "capacity"
+    UNKNOWN_RESOURCE = "unknown_resource"
+    LABEL = "label"
+    NOT_READY = "not_ready"
+    UNHEALTHY = "unhealthy"
+    DEVICE = "device"
+    AFFINITY = "affinity"
+    ANTI_AFFINITY = "anti_affinity"
+    QUOTA = "quota"
+    QUEUE = "queue"
+    PRIORITY = "priority"
+
+
+class Kind(StrEnum):
+    BUSY = "busy"
+    CONDITION = "condition"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one node (or every node of a class) cannot take a task."""
+
+    plugin: str
+    code: Code
+    kind: Kind
+    message: str
+    resource: str | None = None
+    requested: int | None = None
+    available: int | None = None
+
+    @property
+    def group(self) -> str:
+        """What explain counts nodes by: the code, with the resource for
+        resource shortages (so cpu and gpu shortages are told apart)."""
+        if self.resource is not None:
+            return f"{self.code.value} {self.resource}"
+        return self.code.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +77,11 @@ class Failure:
     kind: Kind
     message: str
     reasons: tuple[Reason, ...] = ()
+
+    @classmethod
+    def of(cls, reason: Reason) -> Failure:
+        """A failure with one reason, in that reason's words."""
+        return cls(reason.code, reason.kind, reason.message, (reason,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +94,81 @@ class PlaceResult:
         return self.tasks is not None
 
 
+# -- the wording of each reason a stage gives: one place words each ----------
+
+AGGREGATE = "Aggregate"
+"""The stage that sums free capacity over ready nodes (and explain's advice
+drawn from it)."""
+QUOTA = "Quota"
+"""The queue checks: its existence, priority bounds and quota."""
+BACKFILL = "Backfill"
+"""When known run times would let a job start, and the order it waits in."""
+CYCLE = "Cycle"
+"""The scheduling pass itself (its placement limit)."""
+
+
+def short_in_all(r: str, need: int, have: int, biggest: int) -> Reason:
+    """A request larger than the free amount summed over ready nodes."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"needs {format_quantity(r, need)} {r} in all; {format_quantity(r, have)} free "
+        f"on ready nodes (largest free on any ready node: {format_quantity(r, biggest)})",
+        r, need, have,
+    )
+
+
+def not_enough_free(r: str, have: int) -> Reason:
+    """The cycle's shared answer for a job whose total is short on ready
+    nodes (no amounts of the job: one answer serves every such job)."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"not enough {r} free on ready nodes now ({format_quantity(r, have)} in all)",
+        r, None, have,
+    )
+
+
+def short_gang(r: str, need: int, have: int) -> Reason:
+    """Explain's advice for a gang larger than the free amount summed over
+    ready nodes."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"gang needs {format_quantity(r, need)} {r} in all; "
+        f"{format_quantity(r, have)} free on ready nodes",
+        r, need, have,
+    )
+
+
+def over_quota(queue: str, r: str, used: int, limit: int, q: int) -> Reason:
+    """A job that would take its queue past its quota now (waiting helps)."""
+    return Reason(
+        QUOTA, Code.QUOTA, Kind.BUSY,
+        f"queue {queue} quota: {r} {format_quantity(r, used)} of "
+        f"{format_quantity(r, limit)} in use, job needs {format_quantity(r, q)}",
+        r, q, limit - used,
+    )
+
+
+def quota_advice(queue: str, r: str, used: int, limit: int, q: int) -> Reason:
+    """``over_quota`` as explain words it (its JSON is pinned: the resource
+    name follows the amounts there)."""
+    return Reason(
+        QUOTA, Code.QUOTA, Kind.BUSY,
+        f"queue {queue} quota: {format_quantity(r, used)} of "
+        f"{format_quantity(r, limit)} {r} in use, job needs {format_quantity(r, q)}",
+        r, q, limit - used,
+    )
+
+
+def short_largest(r: str, q: int, biggest: int) -> Reason:
+    """A task larger than the largest free amount on any ready node."""
+    return Reason(
+        AGGREGATE, Code.INSUFFICIENT, Kind.BUSY,
+        f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
+        f"{format_quantity(r, biggest)}",
+        r, q, biggest,
+    )
+
+
 def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
     """Whether ``job``'s total request exceeds free capacity summed over
     ready nodes (a necessary condition, O(resources))."""
@@ -43,12 +176,7 @@ def aggregate_short(state: ClusterState, job: Job) -> Failure | None:
     for r, q in job.total.items():
         have = free(r)
         if have < q:
-            return Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
-                f"needs {format_quantity(r, q)} {r} in all; {format_quantity(r, have)} free "
-                f"on ready nodes (largest free on any ready node: "
-                f"{format_quantity(r, state.max_free(r))})",
-            )
+            return Failure.of(short_in_all(r, q, have, state.max_free(r)))
     return None
 
 
@@ -59,49 +187,45 @@ def group_aggregate_short(state: ClusterState, spec: TaskSpec) -> Failure | None
         need = q * spec.count
         have = state.free_total_of(r)
         if have < need:
-            biggest = state.max_free(r)
-            return Failure(
-                Code.INSUFFICIENT, Kind.BUSY,
-                f"needs {format_quantity(r, need)} {r} in all; "
-                f"{format_quantity(r, have)} free on ready nodes "
-                f"(largest free on any ready node: {format_quantity(r, biggest)})",
-            )
+            return Failure.of(short_in_all(r, need, have, state.max_free(r)))
     return None
 
 
 def busy_failure(state: ClusterState, job: Job, spec: TaskSpec, remaining: int) -> Failure:
     """The walk found no candidate for the ``remaining`` tasks of a group."""
     tasks = f"{remaining} more task(s)" if spec.count > 1 else "the task"
-    parts = []
-    for r, q in spec.resources.items():
-        biggest = state.max_free(r)
-        if biggest < q:
-            parts.append(
-                f"needs {format_quantity(r, q)} {r}; largest free on any ready node: "
-                f"{format_quantity(r, biggest)}"
-            )
-    detail = "; ".join(parts) if parts else (
+    reasons = tuple(
+        short_largest(r, q, biggest)
+        for r, q in spec.resources.items()
+        if (biggest := state.max_free(r)) < q
+    )
+    detail = "; ".join(reason.message for reason in reasons) if reasons else (
         "no ready node has all of " + ", ".join(
             f"{format_quantity(r, q)} {r}" for r, q in spec.resources.items()
         ) + " free at once, with its constraints"
     )
-    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}")
+    return Failure(Code.INSUFFICIENT, Kind.BUSY, f"no room now for {tasks}: {detail}", reasons)
 
 
 def no_class_failure(verdict: Verdict, spec: TaskSpec) -> Failure:
     """No node class survived class feasibility: the rejections counted by
     message; NEVER unless some class was rejected for a condition (not ready,
     unhealthy) that can change."""
-    counts: dict[str, int] = {}
     kind = Kind.NEVER
-    for cls, reason in verdict.rejected:
-        counts[reason.message] = counts.get(reason.message, 0) + cls.size
-        if reason.kind is Kind.CONDITION:
-            kind = Kind.CONDITION
-    total = sum(counts.values())
-    summary = "; ".join(
-        f"{msg} ({n})" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1])
-    )
+    if any(reason.kind is Kind.CONDITION for _, reason in verdict.rejected):
+        kind = Kind.CONDITION
+    counted = nodes_by_message((cls.size, reason) for cls, reason in verdict.rejected)
+    total = sum(n for _, n in counted)
+    summary = "; ".join(f"{msg} ({n})" for msg, n in counted)
     reasons = tuple(reason for _, reason in verdict.rejected)
     code = verdict.rejected[0][1].code if verdict.rejected else Code.CAPACITY
     return Failure(code, kind, f"0/{total} nodes can take it: {summary or 'no nodes'}", reasons)
+
+
+def nodes_by_message(rejected: Iterable[tuple[int, Reason]]) -> list[tuple[str, int]]:
+    """``(nodes, reason)`` pairs (a class's size and its reason) counted by
+    message, most nodes first (ties in first-seen order)."""
+    counts: dict[str, int] = {}
+    for size, reason in rejected:
+        counts[reason.message] = counts.get(reason.message, 0) + size
+    return sorted(counts.items(), key=lambda kv: -kv[1])

@@ -31,7 +31,12 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 class TransportError(OSError):
     """The request did not get an answer (connection refused or lost, timeout,
-    a broken reply)."""
+    a broken reply). ``url`` is the server it was sent to, when known, so a
+    message can say which server did not answer."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class ConnectError(TransportError):
@@ -454,7 +459,8 @@ class _Http:
     server has closed it between requests)."""
 
     def __init__(self, server: str, token: str | None, timeout: float) -> None:
-        url = urlsplit(server.rstrip("/"))
+        self._url = server.rstrip("/")
+        url = urlsplit(self._url)
         self._https = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port
@@ -480,7 +486,7 @@ class _Http:
             try:
                 conn.connect()
             except OSError as exc:
-                raise ConnectError(str(exc)) from exc
+                raise ConnectError(str(exc) or type(exc).__name__, self._url) from exc
             self._conn = conn
         return conn
 
@@ -495,7 +501,7 @@ class _Http:
             raise
         except (OSError, HTTPException) as exc:
             self.close()
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise TransportError(str(exc) or type(exc).__name__, self._url) from exc
 
     def request(self, call: Call) -> tuple[int, bytes]:
         response = self._send(call)
@@ -503,7 +509,7 @@ class _Http:
             data = response.read()
         except (OSError, HTTPException) as exc:
             self.close()
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise TransportError(str(exc) or type(exc).__name__, self._url) from exc
         if response.will_close:
             self.close()
         return response.status, data

@@ -46,7 +46,7 @@ def jobs_list(
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Jobs, newest first."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         jobs = c.list_jobs(state=state, queue=queue, owner=owner, limit=limit)
     show(jobs, as_json, lambda js: table(
         f"{len(js)} job(s)", ["id", "name", "owner", "queue", "prio", "state", "tasks",
@@ -57,7 +57,7 @@ def jobs_list(
 def jobs_show(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
               as_json: JsonOpt = False) -> None:
     """One job with its tasks."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         job = c.get_job(job_id)
 
     def render(j: dict[str, Any]) -> None:
@@ -77,7 +77,7 @@ def jobs_show(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 def jobs_explain(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Why a pending job waits, and what would let it run."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         why = c.explain_job(job_id)
 
     def render(w: dict[str, Any]) -> None:
@@ -94,7 +94,7 @@ def jobs_explain(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 def jobs_cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Cancel a job; its resources are released."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         job = c.cancel_job(job_id)
     show(job, as_json, lambda j: console.print(f"{j['id']}: {j['state']}"))
 
@@ -103,7 +103,7 @@ def jobs_cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 def queues_list(server: ServerOpt = None, token: TokenOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Queues with quota, weight, priority bounds and current usage."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         queues = c.list_queues()
     show(queues, as_json, lambda qs: table(
         f"{len(qs)} queue(s)", ["name", "weight", "priorities", "quota", "usage"],
@@ -142,7 +142,7 @@ def queues_create(name: str, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
                   server: ServerOpt = None, token: TokenOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Create a queue."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         q = c.put_queue(_queue_body(name, quota, weight, min_priority, max_priority),
                         create=True)
     show(q, as_json, lambda q: console.print(f"queue {q['name']} created"))
@@ -154,7 +154,7 @@ def queues_update(name: str, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
                   server: ServerOpt = None, token: TokenOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Replace a queue's quota, weight and priority bounds."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         q = c.put_queue(_queue_body(name, quota, weight, min_priority, max_priority),
                         create=False)
     show(q, as_json, lambda q: console.print(f"queue {q['name']} updated"))
@@ -234,7 +234,7 @@ def submit(
                                              ("backoff", backoff)) if v is not None}
     if command:
         body["command"] = list(command)
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         job = c.submit_job(body)
         if not wait:
             show(job, as_json, lambda j: console.print(

@@ -51,7 +51,7 @@ def alloc(
     labels = {}
     for item in label or []:
         labels.update(parse_pairs(item, "--label"))
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         granted = c.allocate(request, node=node, owner=owner, labels=labels)
     show(
         granted,
@@ -75,7 +75,7 @@ def release(
 ) -> None:
     """Release an allocation (again is fine: it answers the released one).
     One held by a running task is refused: cancel its job instead."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         released = c.release(alloc_id, reason, force=force)
     show(
         released,
@@ -99,7 +99,7 @@ def allocations_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Allocations, newest first."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         rows = c.list_allocations(node=node, owner=owner, state=state, limit=limit)
     show(
         rows,
@@ -137,7 +137,7 @@ def capacity(
     if fragmentation:
         _fragmentation(server, token, as_json)
         return
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         summary = c.capacity(group_by)
     show(
         summary,
@@ -163,7 +163,7 @@ def capacity(
 
 
 def _fragmentation(server: str | None, token: str | None, as_json: bool) -> None:
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         report = c.fragmentation()
 
     def render(r: dict[str, Any]) -> None:
@@ -187,7 +187,7 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         created = c.create_token(name, role)
     show(created, as_json, lambda t: console.print(t["token"]))
 
@@ -196,7 +196,7 @@ def token_create(
 def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
                ) -> None:
     """API tokens: name, role, when made (never the token itself)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         rows = c.list_tokens()
     show(rows, as_json, lambda rs: table(
         f"{len(rs)} token(s)", ["name", "role", "id", "created"],
@@ -207,7 +207,7 @@ def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOp
 def token_revoke(name: str, server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Revoke every token called NAME (refused on every server within seconds)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         revoked = c.revoke_token(name)
     show(revoked, as_json, lambda r: console.print(f"revoked {r['revoked']} token(s) called "
                                                    f"{r['name']}"))
@@ -220,7 +220,7 @@ def alerts(
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Alerts, firing first (most severe, then oldest)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         rows = c.alerts(state=state, severity=severity)
     show(rows, as_json, lambda rs: table(
         f"{len(rs)} alert(s)", ["status", "severity", "rule", "labels", "message", "since"],

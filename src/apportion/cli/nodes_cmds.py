@@ -60,7 +60,7 @@ def nodes_list(
     ] = None,
 ) -> None:
     """Every node with total / allocated / available per resource."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         nodes = c.list_nodes(
             type=type_, facility=facility, state=state, health=health, selector=selector
         )
@@ -80,7 +80,7 @@ def nodes_show(
     name: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """One node: capacity, utilization and its allocations."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         node = c.get_node(name)
     if as_json:
         emit_json(node)
@@ -170,7 +170,7 @@ def nodes_add(
         body["labels"] = parse_pairs(labels, "--labels")
     if "name" not in body:
         raise typer.BadParameter("give a node NAME or a --file with a name")
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         node = c.register_node(body)
     show(
         node,
@@ -188,7 +188,7 @@ def nodes_remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a node (refused while it has active allocations, unless --force)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         result = c.delete_node(name, force=force)
     show(
         result,
@@ -201,7 +201,7 @@ def nodes_remove(
 
 def _node_op(action: str, name: str, server: str | None, token: str | None, as_json: bool,
              **kwargs: Any) -> None:
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         node = getattr(c, f"{action}_node")(name, **kwargs)
     show(node, as_json, lambda n: console.print(
         f"{name}: {n.get('state', '')}" + (f", {n['running_tasks']} task(s) still running"
@@ -237,6 +237,6 @@ def nodes_uncordon(name: str, server: ServerOpt = None, token: TokenOpt = None,
 def nodes_rescan(name: str, server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Ask the node's agent to discover its hardware again now."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.rescan_node(name)
     show(answer, as_json, lambda a: console.print(f"{name}: rescan requested"))

@@ -39,7 +39,7 @@ def events(
 ) -> None:
     """State changes: the latest ones, or followed live with -f (resumes
     by itself after a dropped connection)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         try:
             stream = c.events(after=after, tail=None if after is not None else tail,
                               kinds=kind, follow=follow)
@@ -93,7 +93,7 @@ def history(
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """A metric's recent history: latest value, range and trend per series."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         body = c.history(metric, window_seconds=window, step=step, resource=resource,
                          facility=facility, node=node, queue=queue)
 
@@ -148,7 +148,7 @@ def top(
 ) -> None:
     """The dashboard's overview, live in the terminal: capacity per resource
     and facility, nodes, jobs, queues and firing alerts."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         snap = snapshot(c)
         if once or as_json:
             show(snap, as_json, lambda s: console.print(render_top(s)))

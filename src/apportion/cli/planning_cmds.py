@@ -98,7 +98,7 @@ def forecast(
     if not 1 <= days <= 90:
         raise typer.BadParameter("--days: from 1 to 90")
     pyplot = _pyplot() if plot is not None else None
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.forecast(days=days, group_by=group_by, history_days=history_days,
                             group=group, resource=resource,
                             points=as_json or plot is not None)
@@ -181,7 +181,7 @@ def predict(
 ) -> None:
     """What a job called NAME will use, learned from its (or its user's)
     finished runs: each estimate with its tier, confidence and sample count."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.prediction(name, user=user, command=command, cpu=cpu, memory=memory,
                               gpu=gpu, runtime_s=runtime)
     show(answer, as_json, _render_prediction)

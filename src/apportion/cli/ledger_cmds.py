@@ -28,12 +28,13 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 def alloc(
     cpu: Annotated[str | None, typer.Option("--cpu", help="cores or millicores: 2, 500m")] = None,
     memory: Annotated[str | None, typer.Option("--memory", help="bytes: 4Gi, 512Mi")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPUs: 1, 2")] = None,
     resource: Annotated[
         list[str] | None, typer.Option("--resource", help="NAME=QTY, repeatable")
     ] = None,
-    node: Annotated[str | None, typer.Option("--node")] = None,
-    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    node: Annotated[str | None, typer.Option(
+        "--node", help="on this node (default: the best fit)")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="who it is for")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable")] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -64,8 +65,8 @@ def alloc(
 
 
 def release(
-    alloc_id: str,
-    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    alloc_id: Annotated[str, typer.Argument(help="the allocation's id")],
+    reason: Annotated[str | None, typer.Option("--reason", help="why, kept with it")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="admin: cancel the job whose task holds it; released once its "
         "process has exited")] = False,
@@ -90,10 +91,10 @@ def release(
 
 @allocations_app.command("list")
 def allocations_list(
-    node: Annotated[str | None, typer.Option("--node")] = None,
-    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    node: Annotated[str | None, typer.Option("--node", help="only on this node")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="only this owner's")] = None,
     state: Annotated[str | None, typer.Option("--state", help="active or released")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 100,
+    limit: Annotated[int, typer.Option("--limit", help="at most this many")] = 100,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -180,7 +181,7 @@ def _fragmentation(server: str | None, token: str | None, as_json: bool) -> None
 
 @token_app.command("create")
 def token_create(
-    name: Annotated[str, typer.Option("--name")],
+    name: Annotated[str, typer.Option("--name", help="whose token: a person or a node")],
     role: Annotated[str, typer.Option("--role", help="admin, user or agent")] = "user",
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -204,7 +205,8 @@ def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOp
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, server: ServerOpt = None, token: TokenOpt = None,
+def token_revoke(name: Annotated[str, typer.Argument(help="the tokens' name")],
+                 server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Revoke every token called NAME (refused on every server within seconds)."""
     with api_errors(as_json), client_for(server, token) as c:

@@ -84,7 +84,8 @@ def _kind_style(kind: str) -> str:
 def history(
     metric: Annotated[str, typer.Argument(help="utilization, queue_length, queue_wait_seconds")]
     = "utilization",
-    resource: Annotated[str | None, typer.Option("--resource")] = None,
+    resource: Annotated[str | None, typer.Option("--resource", help="a resource, or *")]
+    = None,
     facility: Annotated[str | None, typer.Option("--facility", help="a facility, or *")] = None,
     node: Annotated[str | None, typer.Option("--node", help="a node, or *")] = None,
     queue: Annotated[str | None, typer.Option("--queue", help="a queue, or *")] = None,

@@ -111,13 +111,13 @@ def error_object(code: str, message: str, status: int | None,
     return out
 
 
-def fail(obj: dict[str, Any], human: str, code: int, as_json: bool) -> NoReturn:
-    """Print an error (``obj`` on stdout under ``--json``, else ``human`` on
-    stderr) and exit with ``code``."""
+def fail(obj: dict[str, Any], prefix: str, text: str, code: int, as_json: bool) -> NoReturn:
+    """Print an error (``obj`` on stdout under ``--json``, else the markup
+    ``prefix`` and the plain ``text`` on stderr) and exit with ``code``."""
     if as_json:
         emit_json(obj)
     else:
-        err_console.print(human, highlight=False)
+        err_console.print(f"{prefix} {escape(text)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -132,7 +132,7 @@ def api_errors(as_json: bool = False) -> Iterator[None]:
     except ClientError as exc:
         code = str(exc.body.get("error") or "error")
         fail(error_object(code, str(exc), exc.status, exc.body),
-             f"[red]error ({exc.status}):[/red] {escape(str(exc))}",
+             f"[red]error ({exc.status}):[/red]", str(exc),
              exit_code_for(exc.status, exc.body), as_json)
     except TransportError as exc:
         url = exc.url or "the server"
@@ -146,7 +146,7 @@ def api_errors(as_json: bool = False) -> Iterator[None]:
             code, message = "connection_lost", f"lost the connection to {url} ({exc})"
             hint = ""
         fail(error_object(code, message, None, {"url": exc.url}),
-             f"[red]error:[/red] {escape(message + hint)}", EXIT_UNREACHABLE, as_json)
+             "[red]error:[/red]", message + hint, EXIT_UNREACHABLE, as_json)
 
 
 def escape(text: str) -> str:

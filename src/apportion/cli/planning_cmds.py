@@ -174,8 +174,9 @@ def predict(
     command: Annotated[str | None, typer.Option("--command", help="the exact command line")]
     = None,
     cpu: Annotated[str | None, typer.Option("--cpu", help="the request, if any")] = None,
-    memory: Annotated[str | None, typer.Option("--memory")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="the request, if any")]
+    = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="the request, if any")] = None,
     runtime: Annotated[int | None, typer.Option("--runtime", help="requested seconds")] = None,
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:

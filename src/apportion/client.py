@@ -392,9 +392,11 @@ class Client(Api[Any]):
                kinds: str | None = None, follow: bool = True,
                reconnect: bool = True) -> Iterator[dict[str, Any]]:
         """Events from ``GET /api/v1/events`` as dicts, in order. Following,
-        a dropped connection is resumed from the last event seen."""
+        a dropped connection is resumed from the last event seen; a server
+        never reached is an error at once, not a silent wait."""
         last = after
         delay = 0.5
+        answered = False
         while True:
             params: dict[str, Any] = {"follow": "true" if follow else "false"}
             if kinds:
@@ -407,6 +409,7 @@ class Client(Api[Any]):
                 try:
                     if response.status >= 400:
                         raise _error_of(response.status, response.read())
+                    answered = True
                     delay = 0.5
                     for event in _sse_events(_lines(response)):
                         last = int(event["id"])
@@ -417,7 +420,7 @@ class Client(Api[Any]):
                 if not follow:
                     return
             except (OSError, HTTPException):
-                if not (follow and reconnect):
+                if not (follow and reconnect and answered):
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -100,6 +100,10 @@ def test_other_errors_exit_1_and_usage_errors_2(env: dict[str, str]) -> None:
                                 "No such option: --bogus (Possible options: --gpu)"})
     proc = cli(env, "alloc")
     assert proc.returncode == 2 and "ask for something" in proc.stderr
+    # A command checked locally answers in the same shape.
+    trace = Path(__file__).parent / "no-such-trace.swf"
+    code, body = json_error(env, "simulate", str(trace))
+    assert (code, body["error"], body["status"]) == (2, "usage", None)
 
 
 def test_a_closed_port_exits_6_naming_the_url(env: dict[str, str]) -> None:
@@ -112,6 +116,11 @@ def test_a_closed_port_exits_6_naming_the_url(env: dict[str, str]) -> None:
     assert code == 6
     assert (body["error"], body["status"], body["url"]) == ("unreachable", None, url)
     assert body["message"].startswith(f"cannot reach the server at {url} (")
+    # Following events from a server never reached is the same error, not a
+    # silent wait for it (a dropped stream, once answered, is resumed).
+    proc = cli(env, "events", "-f", "--server", url)
+    assert proc.returncode == 6
+    assert proc.stderr.startswith(f"error: cannot reach the server at {url} (")
 
 
 @pytest.fixture

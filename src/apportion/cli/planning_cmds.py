@@ -11,7 +11,15 @@ from typing import Annotated, Any
 import typer
 
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
-from apportion.cli.output import api_errors, console, err_console, show, table
+from apportion.cli.output import (
+    api_errors,
+    console,
+    err_console,
+    error_object,
+    fail,
+    show,
+    table,
+)
 
 GROUP_BY = ("resource", "facility", "type")
 MAX_PANELS = 12
@@ -97,7 +105,7 @@ def forecast(
         raise typer.BadParameter(f"--group-by: one of {', '.join(GROUP_BY)}")
     if not 1 <= days <= 90:
         raise typer.BadParameter("--days: from 1 to 90")
-    pyplot = _pyplot() if plot is not None else None
+    pyplot = _pyplot(as_json) if plot is not None else None
     with api_errors(as_json), client_for(server, token) as c:
         answer = c.forecast(days=days, group_by=group_by, history_days=history_days,
                             group=group, resource=resource,
@@ -108,16 +116,16 @@ def forecast(
         (err_console if as_json else console).print(f"chart of {drawn} series written to {plot}")
 
 
-def _pyplot() -> Any:
+def _pyplot(as_json: bool) -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        err_console.print("[red]error:[/red] --plot needs matplotlib; install the plot extra: "
-                          "pip install 'apportion[plot]'")
-        raise typer.Exit(1) from None
+        message = "--plot needs matplotlib; install the plot extra: pip install 'apportion[plot]'"
+        fail(error_object("missing_extra", message, None), "[red]error:[/red]", message, 1,
+             as_json)
     return plt
 
 

@@ -49,7 +49,8 @@ class _App(typer.Typer):
         argv = sys.argv[1:]
         name = argv[0] if argv and not argv[0].startswith("-") else None
         pruned = self._only(name) if name is not None else None
-        if "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv:
+        options = argv[:argv.index("--")] if "--" in argv else argv  # not a job's command's
+        if "--json" in options:
             return _json_errors(pruned or self, *args, **kwargs)
         return typer.Typer.__call__(pruned or self, *args, **kwargs)
 

@@ -31,7 +31,12 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 class TransportError(OSError):
     """The request did not get an answer (connection refused or lost, timeout,
-    a broken reply)."""
+    a broken reply). ``url`` is the server it was sent to, when known, so a
+    message can say which server did not answer."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class ConnectError(TransportError):
@@ -387,9 +392,11 @@ class Client(Api[Any]):
                kinds: str | None = None, follow: bool = True,
                reconnect: bool = True) -> Iterator[dict[str, Any]]:
         """Events from ``GET /api/v1/events`` as dicts, in order. Following,
-        a dropped connection is resumed from the last event seen."""
+        a dropped connection is resumed from the last event seen; a server
+        never reached is an error at once, not a silent wait."""
         last = after
         delay = 0.5
+        answered = False
         while True:
             params: dict[str, Any] = {"follow": "true" if follow else "false"}
             if kinds:
@@ -402,6 +409,7 @@ class Client(Api[Any]):
                 try:
                     if response.status >= 400:
                         raise _error_of(response.status, response.read())
+                    answered = True
                     delay = 0.5
                     for event in _sse_events(_lines(response)):
                         last = int(event["id"])
@@ -412,7 +420,7 @@ class Client(Api[Any]):
                 if not follow:
                     return
             except (OSError, HTTPException):
-                if not (follow and reconnect):
+                if not (follow and reconnect and answered):
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -454,7 +462,8 @@ class _Http:
     server has closed it between requests)."""
 
     def __init__(self, server: str, token: str | None, timeout: float) -> None:
-        url = urlsplit(server.rstrip("/"))
+        self._url = server.rstrip("/")
+        url = urlsplit(self._url)
         self._https = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port
@@ -480,7 +489,7 @@ class _Http:
             try:
                 conn.connect()
             except OSError as exc:
-                raise ConnectError(str(exc)) from exc
+                raise ConnectError(str(exc) or type(exc).__name__, self._url) from exc
             self._conn = conn
         return conn
 
@@ -495,7 +504,7 @@ class _Http:
             raise
         except (OSError, HTTPException) as exc:
             self.close()
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise TransportError(str(exc) or type(exc).__name__, self._url) from exc
 
     def request(self, call: Call) -> tuple[int, bytes]:
         response = self._send(call)
@@ -503,7 +512,7 @@ class _Http:
             data = response.read()
         except (OSError, HTTPException) as exc:
             self.close()
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise TransportError(str(exc) or type(exc).__name__, self._url) from exc
         if response.will_close:
             self.close()
         return response.status, data

@@ -127,10 +127,10 @@ def test_nodes_add_from_a_file_as_json(
 def test_nodes_add_refused_prints_the_servers_message(env: dict[str, str]) -> None:
     run(env, "nodes", "add", "dup-1", "--resources", "cpu=1")
     proc = run(env, "nodes", "add", "dup-1", "--resources", "cpu=1", ok=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 4  # a conflict
     assert proc.stderr == "error (409): node dup-1 already exists\n"
     proc = run(env, "nodes", "add", "bad-1", "--resources", "cpu=-1", ok=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 1  # invalid input: neither usage (2) nor a refusal
     assert proc.stderr == "error (422): resources.cpu: '-1' is negative; quantities are >= 0\n"
 
 
@@ -240,7 +240,7 @@ def test_nodes_show_lists_devices_and_json_is_the_apis_node(
 def test_nodes_show_unknown_is_an_error(env: dict[str, str]) -> None:
     proc = run(env, "nodes", "show", "nowhere", ok=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (
-        1, "", "error (404): node nowhere not found\n"
+        3, "", "error (404): node nowhere not found\n"
     )
 
 
@@ -250,7 +250,7 @@ def test_nodes_remove_refuses_active_allocations_unless_forced(
     _node(api, {"name": "rm-1", "resources": {"cpu": "4"}})
     alloc = _grant(api, resources={"cpu": "1"}, node="rm-1")
     proc = run(env, "nodes", "remove", "rm-1", ok=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 4
     assert proc.stderr == (
         "error (409): node rm-1 has 1 active allocation(s); release them or delete with "
         "force=true\n"
@@ -296,7 +296,7 @@ def test_alloc_json_and_custom_resources(env: dict[str, str], api: httpx.Client)
 def test_alloc_refused_lists_every_short_resource(env: dict[str, str], api: httpx.Client) -> None:
     _node(api, {"name": "sh-1", "resources": {"cpu": "2", "memory": "1Gi"}})
     proc = run(env, "alloc", "--cpu", "3", "--memory", "2Gi", "--node", "sh-1", ok=False)
-    assert (proc.returncode, proc.stdout) == (1, "")
+    assert (proc.returncode, proc.stdout) == (4, "")
     assert proc.stderr == (
         "error (409): Insufficient cpu on node sh-1: 2 available, 3 requested; "
         "Insufficient memory on node sh-1: 1Gi available, 2Gi requested\n"
@@ -407,7 +407,7 @@ def test_token_create_prints_the_token_once(env: dict[str, str], shared: ServerP
 def test_a_user_token_cannot_create_tokens(env: dict[str, str], shared: ServerProcess) -> None:
     token = run(env, "token", "create", "--name", "dave").stdout.strip()
     proc = run(env, "token", "create", "--name", "eve", "--token", token, ok=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 5
     assert proc.stderr == "error (403): this needs the admin role; your token (dave) is user\n"
 
 
@@ -422,8 +422,8 @@ def test_server_and_token_come_from_flags_then_env_then_config(
 
     # The config alone: a dead server.
     proc = run(clean_env(config), "nodes", "list", ok=False)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: cannot reach the server (")
+    assert proc.returncode == 6
+    assert proc.stderr.startswith(f"error: cannot reach the server at {dead} (")
     assert "start one with 'apportion up' or set APPORTION_SERVER" in proc.stderr
     # The environment beats the config ...
     env = clean_env(config, APPORTION_SERVER=shared.url, APPORTION_TOKEN=shared.token)

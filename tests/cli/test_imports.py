@@ -48,6 +48,14 @@ def test_a_submit_call_imports_no_table_and_nothing_heavy() -> None:
     assert heavy(loaded) == []
     assert "rich.table" not in loaded
     assert "rich.progress" not in loaded
+    # Its error is JSON on stdout: nothing is drawn, so Rich is not loaded.
+    assert not {m for m in loaded if m == "rich" or m.startswith("rich.")}
+
+
+def test_help_does_not_load_rich() -> None:
+    # Click's plain help formatter draws --help (see cli/main.py).
+    for args in (("--help",), ("submit", "--help"), ("nodes", "list", "--help")):
+        assert not {m for m in modules_after(*args) if m == "rich" or m.startswith("rich.")}
 
 
 def test_simulate_help_does_not_load_the_simulator() -> None:

@@ -259,7 +259,7 @@ def test_scale_plan_prints_the_decision(advice: tuple[ServerProcess, Path],
     for secret in (ENV_SECRET, LITERAL_KEY, POOL_PASSWORD):
         assert secret not in pools
     denied = _cli(tmp_path, server, user, "scale", "evaluate", ok=False)
-    assert denied.returncode == 1 and "needs the admin role" in denied.stderr, denied
+    assert denied.returncode == 5 and "needs the admin role" in denied.stderr, denied
 
 
 def test_new_nodes_are_told_the_port_the_server_listens_on() -> None:

@@ -10,7 +10,7 @@ from apportion.cli.output import api_errors, console, show, table
 
 def servers(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """The servers on this store (seen in the last hour), the leader, its epoch."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         view = c.cluster()
     show(view, as_json, _render)
 

@@ -12,6 +12,9 @@ from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for, pars
 from apportion.cli.output import api_errors, console, err_console, show, table
 from apportion.client import Client, ClientError
 
+JobArg = Annotated[str, typer.Argument(help="the job's id")]
+QueueArg = Annotated[str, typer.Argument(help="the queue's name")]
+
 jobs_app = typer.Typer(help="Jobs: list, show, explain, cancel.", no_args_is_help=True)
 queues_app = typer.Typer(help="Queues (tenants): quota, fair-share weight, priority bounds.",
                          no_args_is_help=True)
@@ -39,14 +42,15 @@ def _job_rows(jobs: list[dict[str, Any]]) -> list[list[str]]:
 
 @jobs_app.command("list")
 def jobs_list(
-    state: Annotated[str | None, typer.Option("--state")] = None,
-    queue: Annotated[str | None, typer.Option("--queue")] = None,
-    owner: Annotated[str | None, typer.Option("--owner")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 100,
+    state: Annotated[str | None, typer.Option(
+        "--state", help="pending, scheduled, running, succeeded, failed, cancelled")] = None,
+    queue: Annotated[str | None, typer.Option("--queue", help="only this queue's")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="only this owner's")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="at most this many")] = 100,
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Jobs, newest first."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         jobs = c.list_jobs(state=state, queue=queue, owner=owner, limit=limit)
     show(jobs, as_json, lambda js: table(
         f"{len(js)} job(s)", ["id", "name", "owner", "queue", "prio", "state", "tasks",
@@ -54,10 +58,10 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
+def jobs_show(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None,
               as_json: JsonOpt = False) -> None:
     """One job with its tasks."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         job = c.get_job(job_id)
 
     def render(j: dict[str, Any]) -> None:
@@ -74,10 +78,10 @@ def jobs_show(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 
 
 @jobs_app.command("explain")
-def jobs_explain(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
+def jobs_explain(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Why a pending job waits, and what would let it run."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         why = c.explain_job(job_id)
 
     def render(w: dict[str, Any]) -> None:
@@ -91,10 +95,10 @@ def jobs_explain(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
+def jobs_cancel(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Cancel a job; its resources are released."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         job = c.cancel_job(job_id)
     show(job, as_json, lambda j: console.print(f"{j['id']}: {j['state']}"))
 
@@ -103,7 +107,7 @@ def jobs_cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 def queues_list(server: ServerOpt = None, token: TokenOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Queues with quota, weight, priority bounds and current usage."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         queues = c.list_queues()
     show(queues, as_json, lambda qs: table(
         f"{len(qs)} queue(s)", ["name", "weight", "priorities", "quota", "usage"],
@@ -132,29 +136,29 @@ def _queue_body(name: str, quota: str | None, weight: float, min_priority: int |
 
 QuotaOpt = Annotated[str | None, typer.Option("--quota", help="cpu=64,gpu=8")]
 WeightOpt = Annotated[float, typer.Option("--weight", help="fair-share weight")]
-MinOpt = Annotated[int | None, typer.Option("--min-priority")]
-MaxOpt = Annotated[int | None, typer.Option("--max-priority")]
+MinOpt = Annotated[int | None, typer.Option("--min-priority", help="lowest priority allowed")]
+MaxOpt = Annotated[int | None, typer.Option("--max-priority", help="highest priority allowed")]
 
 
 @queues_app.command("create")
-def queues_create(name: str, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
+def queues_create(name: QueueArg, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
                   min_priority: MinOpt = None, max_priority: MaxOpt = None,
                   server: ServerOpt = None, token: TokenOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Create a queue."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         q = c.put_queue(_queue_body(name, quota, weight, min_priority, max_priority),
                         create=True)
     show(q, as_json, lambda q: console.print(f"queue {q['name']} created"))
 
 
 @queues_app.command("update")
-def queues_update(name: str, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
+def queues_update(name: QueueArg, quota: QuotaOpt = None, weight: WeightOpt = 1.0,
                   min_priority: MinOpt = None, max_priority: MaxOpt = None,
                   server: ServerOpt = None, token: TokenOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Replace a queue's quota, weight and priority bounds."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         q = c.put_queue(_queue_body(name, quota, weight, min_priority, max_priority),
                         create=False)
     show(q, as_json, lambda q: console.print(f"queue {q['name']} updated"))
@@ -168,9 +172,11 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 def submit(
     command: Annotated[list[str] | None, typer.Argument(help="-- command to run (optional)")]
     = None,
-    cpu: Annotated[str | None, typer.Option("--cpu")] = None,
-    memory: Annotated[str | None, typer.Option("--memory")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="cores or millicores: 2, 500m")]
+    = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="bytes: 4Gi, 512Mi")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPUs: 1, or 0.25 for a share")]
+    = None,
     resource: Annotated[list[str] | None, typer.Option("--resource", help="NAME=QTY")] = None,
     resources_: Annotated[str | None, typer.Option(
         "--resources", help="'auto' (cpu and memory predicted from past runs) or "
@@ -180,20 +186,25 @@ def submit(
     = False,
     array: Annotated[int | None, typer.Option(
         "--array", help="a job array of N independent tasks (APPORTION_ARRAY_INDEX)")] = None,
-    name: Annotated[str | None, typer.Option("--name")] = None,
-    queue: Annotated[str, typer.Option("--queue")] = "default",
-    priority: Annotated[int, typer.Option("--priority")] = 0,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="a name; predictions learn from runs of the same name")] = None,
+    queue: Annotated[str, typer.Option("--queue", help="the queue (tenant) to run in")]
+    = "default",
+    priority: Annotated[int, typer.Option("--priority", help="higher runs first")] = 0,
     constraint: Annotated[list[str] | None, typer.Option(
         "--constraint", "-c", help="facility=texas-1, gpu.model in (A100,H100), repeatable")]
     = None,
-    preemptible: Annotated[bool, typer.Option("--preemptible")] = False,
+    preemptible: Annotated[bool, typer.Option(
+        "--preemptible", help="may be stopped to make room for higher priority work")]
+    = False,
     runtime: Annotated[str | None, typer.Option("--runtime", help="estimate: 3600, 90m")]
     = None,
     deadline: Annotated[str | None, typer.Option("--deadline", help="ISO 8601 or epoch")]
     = None,
     restart: Annotated[str | None, typer.Option(
         "--restart", help="never or on-failure")] = None,
-    max_retries: Annotated[int | None, typer.Option("--max-retries")] = None,
+    max_retries: Annotated[int | None, typer.Option(
+        "--max-retries", help="retries after a failure (with --restart on-failure)")] = None,
     backoff: Annotated[str | None, typer.Option("--backoff", help="first retry delay: 5s")]
     = None,
     stop_signal: Annotated[str | None, typer.Option(
@@ -234,7 +245,7 @@ def submit(
                                              ("backoff", backoff)) if v is not None}
     if command:
         body["command"] = list(command)
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         job = c.submit_job(body)
         if not wait:
             show(job, as_json, lambda j: console.print(
@@ -255,7 +266,7 @@ def exit_code_of(job: dict[str, Any]) -> int:
 
 @jobs_app.command("logs")
 def jobs_logs(
-    job_id: str,
+    job_id: JobArg,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
     task: Annotated[str | None, typer.Option("--task", help="task index or id (default 0)")]
     = None,

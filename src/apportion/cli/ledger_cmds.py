@@ -28,12 +28,13 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 def alloc(
     cpu: Annotated[str | None, typer.Option("--cpu", help="cores or millicores: 2, 500m")] = None,
     memory: Annotated[str | None, typer.Option("--memory", help="bytes: 4Gi, 512Mi")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPUs: 1, 2")] = None,
     resource: Annotated[
         list[str] | None, typer.Option("--resource", help="NAME=QTY, repeatable")
     ] = None,
-    node: Annotated[str | None, typer.Option("--node")] = None,
-    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    node: Annotated[str | None, typer.Option(
+        "--node", help="on this node (default: the best fit)")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="who it is for")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable")] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -51,7 +52,7 @@ def alloc(
     labels = {}
     for item in label or []:
         labels.update(parse_pairs(item, "--label"))
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         granted = c.allocate(request, node=node, owner=owner, labels=labels)
     show(
         granted,
@@ -64,8 +65,8 @@ def alloc(
 
 
 def release(
-    alloc_id: str,
-    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    alloc_id: Annotated[str, typer.Argument(help="the allocation's id")],
+    reason: Annotated[str | None, typer.Option("--reason", help="why, kept with it")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="admin: cancel the job whose task holds it; released once its "
         "process has exited")] = False,
@@ -75,7 +76,7 @@ def release(
 ) -> None:
     """Release an allocation (again is fine: it answers the released one).
     One held by a running task is refused: cancel its job instead."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         released = c.release(alloc_id, reason, force=force)
     show(
         released,
@@ -90,16 +91,16 @@ def release(
 
 @allocations_app.command("list")
 def allocations_list(
-    node: Annotated[str | None, typer.Option("--node")] = None,
-    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    node: Annotated[str | None, typer.Option("--node", help="only on this node")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="only this owner's")] = None,
     state: Annotated[str | None, typer.Option("--state", help="active or released")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 100,
+    limit: Annotated[int, typer.Option("--limit", help="at most this many")] = 100,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Allocations, newest first."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         rows = c.list_allocations(node=node, owner=owner, state=state, limit=limit)
     show(
         rows,
@@ -137,7 +138,7 @@ def capacity(
     if fragmentation:
         _fragmentation(server, token, as_json)
         return
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         summary = c.capacity(group_by)
     show(
         summary,
@@ -163,7 +164,7 @@ def capacity(
 
 
 def _fragmentation(server: str | None, token: str | None, as_json: bool) -> None:
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         report = c.fragmentation()
 
     def render(r: dict[str, Any]) -> None:
@@ -180,14 +181,14 @@ def _fragmentation(server: str | None, token: str | None, as_json: bool) -> None
 
 @token_app.command("create")
 def token_create(
-    name: Annotated[str, typer.Option("--name")],
+    name: Annotated[str, typer.Option("--name", help="whose token: a person or a node")],
     role: Annotated[str, typer.Option("--role", help="admin, user or agent")] = "user",
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         created = c.create_token(name, role)
     show(created, as_json, lambda t: console.print(t["token"]))
 
@@ -196,7 +197,7 @@ def token_create(
 def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
                ) -> None:
     """API tokens: name, role, when made (never the token itself)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         rows = c.list_tokens()
     show(rows, as_json, lambda rs: table(
         f"{len(rs)} token(s)", ["name", "role", "id", "created"],
@@ -204,10 +205,11 @@ def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOp
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, server: ServerOpt = None, token: TokenOpt = None,
+def token_revoke(name: Annotated[str, typer.Argument(help="the tokens' name")],
+                 server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Revoke every token called NAME (refused on every server within seconds)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         revoked = c.revoke_token(name)
     show(revoked, as_json, lambda r: console.print(f"revoked {r['revoked']} token(s) called "
                                                    f"{r['name']}"))
@@ -220,7 +222,7 @@ def alerts(
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Alerts, firing first (most severe, then oldest)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         rows = c.alerts(state=state, severity=severity)
     show(rows, as_json, lambda rs: table(
         f"{len(rs)} alert(s)", ["status", "severity", "rule", "labels", "message", "since"],

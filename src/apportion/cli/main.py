@@ -26,7 +26,7 @@ from apportion.cli import (
     scaling_cmds,
     simulate,
 )
-from apportion.cli.output import console, err_console
+from apportion.cli.output import console, emit_json, err_console, error_object
 from apportion.client import Client, ClientError, read_config, write_config
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class _App(typer.Typer):
         argv = sys.argv[1:]
         name = argv[0] if argv and not argv[0].startswith("-") else None
         pruned = self._only(name) if name is not None else None
+        options = argv[:argv.index("--")] if "--" in argv else argv  # not a job's command's
+        if "--json" in options:
+            return _json_errors(pruned or self, *args, **kwargs)
         return typer.Typer.__call__(pruned or self, *args, **kwargs)
 
     def _only(self, name: str) -> typer.Typer | None:
@@ -62,6 +65,25 @@ class _App(typer.Typer):
         pruned.registered_commands = [*commands, *_HIDDEN.registered_commands]
         pruned.registered_groups = groups
         return pruned
+
+
+def _json_errors(app: typer.Typer, *args: Any, **kwargs: Any) -> Any:
+    """Run ``app`` so that a usage error (an unknown option, a bad value) is
+    the same JSON object on stdout as an API error is under ``--json``, with
+    click's exit status (2). Click prints usage errors itself in standalone
+    mode, so this one runs without it and does what it would do otherwise."""
+    # Typer 0.29 vendors click; its exception classes live there.
+    from typer._click.exceptions import ClickException, UsageError
+
+    try:
+        rv = typer.Typer.__call__(app, *args, standalone_mode=False, **kwargs)
+    except ClickException as exc:
+        code = "usage" if isinstance(exc, UsageError) else "error"
+        emit_json(error_object(code, exc.format_message(), None))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 _HIDDEN = typer.Typer()
@@ -84,6 +106,9 @@ app = _App(
     help="Resource manager for heterogeneous compute clusters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: Rich's shows `--once <bool>` for a flag and keeps a
+    # docstring's line breaks mid-sentence; click reflows to the terminal.
+    rich_markup_mode=None,
 )
 app.add_typer(nodes_cmds.nodes_app, name="nodes")
 app.add_typer(ledger_cmds.allocations_app, name="allocations")

@@ -21,6 +21,8 @@ from apportion.cli.output import (
     vector_text,
 )
 
+NodeArg = Annotated[str, typer.Argument(help="the node's name")]
+
 nodes_app = typer.Typer(
     help="The inventory: list, show, add and remove nodes.", no_args_is_help=True
 )
@@ -51,16 +53,20 @@ def nodes_list(
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
-    type_: Annotated[str | None, typer.Option("--type")] = None,
-    facility: Annotated[str | None, typer.Option("--facility")] = None,
-    state: Annotated[str | None, typer.Option("--state")] = None,
-    health: Annotated[str | None, typer.Option("--health")] = None,
+    type_: Annotated[str | None, typer.Option("--type", help="only nodes of this type label")]
+    = None,
+    facility: Annotated[str | None, typer.Option(
+        "--facility", help="only nodes in this facility")] = None,
+    state: Annotated[str | None, typer.Option(
+        "--state", help="ready, draining, cordoned, suspect or down")] = None,
+    health: Annotated[str | None, typer.Option(
+        "--health", help="healthy, degraded or unhealthy")] = None,
     selector: Annotated[
         str | None, typer.Option("--selector", "-l", help="e.g. facility=texas-1,gpu.model=H100")
     ] = None,
 ) -> None:
     """Every node with total / allocated / available per resource."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         nodes = c.list_nodes(
             type=type_, facility=facility, state=state, health=health, selector=selector
         )
@@ -77,10 +83,10 @@ def nodes_list(
 
 @nodes_app.command("show")
 def nodes_show(
-    name: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+    name: NodeArg, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """One node: capacity, utilization and its allocations."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         node = c.get_node(name)
     if as_json:
         emit_json(node)
@@ -148,7 +154,8 @@ def _read_body(file: Path) -> dict[str, Any]:
 
 @nodes_app.command("add")
 def nodes_add(
-    name: Annotated[str | None, typer.Argument()] = None,
+    name: Annotated[str | None, typer.Argument(
+        help="the node's name (or the name in --file)")] = None,
     resources: Annotated[
         str | None, typer.Option("--resources", "-r", help="cpu=8,memory=16Gi,gpu=2")
     ] = None,
@@ -170,7 +177,7 @@ def nodes_add(
         body["labels"] = parse_pairs(labels, "--labels")
     if "name" not in body:
         raise typer.BadParameter("give a node NAME or a --file with a name")
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         node = c.register_node(body)
     show(
         node,
@@ -181,14 +188,14 @@ def nodes_add(
 
 @nodes_app.command("remove")
 def nodes_remove(
-    name: str,
+    name: NodeArg,
     force: Annotated[bool, typer.Option("--force", help="release its allocations")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a node (refused while it has active allocations, unless --force)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         result = c.delete_node(name, force=force)
     show(
         result,
@@ -201,7 +208,7 @@ def nodes_remove(
 
 def _node_op(action: str, name: str, server: str | None, token: str | None, as_json: bool,
              **kwargs: Any) -> None:
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         node = getattr(c, f"{action}_node")(name, **kwargs)
     show(node, as_json, lambda n: console.print(
         f"{name}: {n.get('state', '')}" + (f", {n['running_tasks']} task(s) still running"
@@ -210,7 +217,7 @@ def _node_op(action: str, name: str, server: str | None, token: str | None, as_j
 
 @nodes_app.command("drain")
 def nodes_drain(
-    name: str,
+    name: NodeArg,
     deadline: Annotated[str | None, typer.Option(
         "--deadline", help="preempt what still runs after this long: 10m")] = None,
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
@@ -220,23 +227,23 @@ def nodes_drain(
 
 
 @nodes_app.command("cordon")
-def nodes_cordon(name: str, server: ServerOpt = None, token: TokenOpt = None,
+def nodes_cordon(name: NodeArg, server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """No new work on the node; running tasks keep running."""
     _node_op("cordon", name, server, token, as_json)
 
 
 @nodes_app.command("uncordon")
-def nodes_uncordon(name: str, server: ServerOpt = None, token: TokenOpt = None,
+def nodes_uncordon(name: NodeArg, server: ServerOpt = None, token: TokenOpt = None,
                    as_json: JsonOpt = False) -> None:
     """Let the node take work again."""
     _node_op("uncordon", name, server, token, as_json)
 
 
 @nodes_app.command("rescan")
-def nodes_rescan(name: str, server: ServerOpt = None, token: TokenOpt = None,
+def nodes_rescan(name: NodeArg, server: ServerOpt = None, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Ask the node's agent to discover its hardware again now."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.rescan_node(name)
     show(answer, as_json, lambda a: console.print(f"{name}: rescan requested"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,7 +42,7 @@ def events(
 ) -> None:
     """State changes: the latest ones, or followed live with -f (resumes
     by itself after a dropped connection)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         try:
             stream = c.events(after=after, tail=None if after is not None else tail,
                               kinds=kind, follow=follow)
@@ -84,7 +87,8 @@ def _kind_style(kind: str) -> str:
 def history(
     metric: Annotated[str, typer.Argument(help="utilization, queue_length, queue_wait_seconds")]
     = "utilization",
-    resource: Annotated[str | None, typer.Option("--resource")] = None,
+    resource: Annotated[str | None, typer.Option("--resource", help="a resource, or *")]
+    = None,
     facility: Annotated[str | None, typer.Option("--facility", help="a facility, or *")] = None,
     node: Annotated[str | None, typer.Option("--node", help="a node, or *")] = None,
     queue: Annotated[str | None, typer.Option("--queue", help="a queue, or *")] = None,
@@ -93,7 +97,7 @@ def history(
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """A metric's recent history: latest value, range and trend per series."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         body = c.history(metric, window_seconds=window, step=step, resource=resource,
                          facility=facility, node=node, queue=queue)
 
@@ -147,8 +151,8 @@ def top(
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """The dashboard's overview, live in the terminal: capacity per resource
-    and facility, nodes, jobs, queues and firing alerts."""
-    with api_errors(), client_for(server, token) as c:
+    and facility, nodes, jobs, queues and firing alerts. q quits."""
+    with api_errors(as_json), client_for(server, token) as c:
         snap = snapshot(c)
         if once or as_json:
             show(snap, as_json, lambda s: console.print(render_top(s)))
@@ -160,19 +164,64 @@ def top(
         try:
             from rich.live import Live
 
-            with Live(render_top(snap), console=real_console(console), auto_refresh=False,
-                      screen=console.is_terminal) as live:
+            with _quit_key(changed) as quit_, Live(
+                    _live_view(snap), console=real_console(console), auto_refresh=False,
+                    screen=console.is_terminal) as live:
                 while True:
                     changed.wait(interval)
+                    if quit_.is_set():
+                        return
                     time.sleep(0.2)  # let a burst of events settle
                     changed.clear()
                     try:
                         snap = snapshot(c)
                     except (ClientError, OSError) as exc:
                         snap = {**snap, "error": str(exc)}
-                    live.update(render_top(snap), refresh=True)
+                    live.update(_live_view(snap), refresh=True)
         except KeyboardInterrupt:
             return
+
+
+@contextmanager
+def _quit_key(changed: threading.Event) -> Iterator[threading.Event]:
+    """An event set when ``q`` is pressed (``changed`` is set too, to wake
+    the loop). The terminal is in cbreak mode meanwhile, as in ``top`` and
+    ``less``: a key arrives without Enter and is not echoed over the screen,
+    while Ctrl-C still interrupts; its settings come back on the way out."""
+    quit_ = threading.Event()
+    if not sys.stdin.isatty():
+        yield quit_
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def read() -> None:
+        while True:
+            try:
+                key = os.read(fd, 1)
+            except OSError:
+                key = b""
+            if key in (b"q", b"Q", b""):
+                quit_.set()
+                changed.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        yield quit_
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _live_view(snap: dict[str, Any]) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(render_top(snap), Text("q quits", style="dim"))
 
 
 def _watch_events(server: str, token: str | None, changed: threading.Event) -> None:

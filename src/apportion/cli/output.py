@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from apportion.client import ClientError, ConnectError
+from apportion.client import ClientError, ConnectError, TransportError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -72,20 +72,88 @@ def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
     console.print(t)
 
 
+# Exit statuses: what happened, so a script can branch without parsing text.
+# 2 is click's own for a usage error; a job followed with ``submit --wait``
+# exits with the job's status instead. The README's "Exit codes" lists these.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+EXIT_UNAUTHORIZED = 5
+EXIT_UNREACHABLE = 6
+
+
+def exit_code_for(status: int, body: Mapping[str, Any]) -> int:
+    """The exit status for an error answer: its HTTP status, except that a job
+    refused because no node or quota could ever hold it (422 ``job_rejected``
+    on ``tasks`` or ``resources.*``) is a refusal for lack of resources, as a
+    409 ``insufficient_resources`` is, not an input mistake."""
+    if status == 404:
+        return EXIT_NOT_FOUND
+    if status in (401, 403):
+        return EXIT_UNAUTHORIZED
+    field = str(body.get("field") or "")
+    if status == 409 or body.get("error") == "insufficient_resources" or (
+        body.get("error") == "job_rejected" and (field == "tasks"
+                                                  or field.startswith("resources."))):
+        return EXIT_REFUSED
+    return EXIT_ERROR
+
+
+def error_object(code: str, message: str, status: int | None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one shape of an error under ``--json``: ``error`` (a code),
+    ``message``, ``status`` (the HTTP status, null when there was no answer),
+    then any other fields the server sent (``field``, ``shortages``, ...)."""
+    out: dict[str, Any] = {"error": code, "message": message, "status": status}
+    for key, value in (extra or {}).items():
+        out.setdefault(key, value)
+    return out
+
+
+def fail(obj: dict[str, Any], prefix: str, text: str, code: int, as_json: bool) -> NoReturn:
+    """Print an error (``obj`` on stdout under ``--json``, else the markup
+    ``prefix`` and the plain ``text`` on stderr) and exit with ``code``."""
+    if as_json:
+        emit_json(obj)
+    else:
+        err_console.print(f"{prefix} {escape(text)}", highlight=False)
+    raise typer.Exit(code)
+
+
 @contextmanager
-def api_errors() -> Iterator[None]:
-    """Turn API and connection errors into one clear line and exit code 1."""
+def api_errors(as_json: bool = False) -> Iterator[None]:
+    """Turn API and connection errors into one clear line (or, with
+    ``as_json``, one JSON error object on stdout) and an exit status that
+    says what happened. A lost connection or a timeout is an answer like any
+    other here: never a traceback."""
     try:
         yield
     except ClientError as exc:
-        err_console.print(f"[red]error ({exc.status}):[/red] {exc}")
-        raise typer.Exit(1) from None
-    except ConnectError as exc:
-        err_console.print(
-            f"[red]error:[/red] cannot reach the server ({exc}); start one with "
-            "'apportion up' or set APPORTION_SERVER"
-        )
-        raise typer.Exit(1) from None
+        code = str(exc.body.get("error") or "error")
+        fail(error_object(code, str(exc), exc.status, exc.body),
+             f"[red]error ({exc.status}):[/red]", str(exc),
+             exit_code_for(exc.status, exc.body), as_json)
+    except TransportError as exc:
+        url = exc.url or "the server"
+        if isinstance(exc, ConnectError) and not isinstance(exc.__cause__, TimeoutError):
+            code, message = "unreachable", f"cannot reach the server at {url} ({exc})"
+            hint = "; start one with 'apportion up' or set APPORTION_SERVER"
+        elif isinstance(exc.__cause__, TimeoutError):
+            code, message = "timeout", f"no answer from the server at {url} in time ({exc})"
+            hint = ""
+        else:
+            code, message = "connection_lost", f"lost the connection to {url} ({exc})"
+            hint = ""
+        fail(error_object(code, message, None, {"url": exc.url}),
+             "[red]error:[/red]", message + hint, EXIT_UNREACHABLE, as_json)
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print as Rich markup (a message may hold ``[...]``)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def pct(part: int, whole: int) -> str:

@@ -11,7 +11,15 @@ from typing import Annotated, Any
 import typer
 
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
-from apportion.cli.output import api_errors, console, err_console, show, table
+from apportion.cli.output import (
+    api_errors,
+    console,
+    err_console,
+    error_object,
+    fail,
+    show,
+    table,
+)
 
 GROUP_BY = ("resource", "facility", "type")
 MAX_PANELS = 12
@@ -97,8 +105,8 @@ def forecast(
         raise typer.BadParameter(f"--group-by: one of {', '.join(GROUP_BY)}")
     if not 1 <= days <= 90:
         raise typer.BadParameter("--days: from 1 to 90")
-    pyplot = _pyplot() if plot is not None else None
-    with api_errors(), client_for(server, token) as c:
+    pyplot = _pyplot(as_json) if plot is not None else None
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.forecast(days=days, group_by=group_by, history_days=history_days,
                             group=group, resource=resource,
                             points=as_json or plot is not None)
@@ -108,16 +116,16 @@ def forecast(
         (err_console if as_json else console).print(f"chart of {drawn} series written to {plot}")
 
 
-def _pyplot() -> Any:
+def _pyplot(as_json: bool) -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        err_console.print("[red]error:[/red] --plot needs matplotlib; install the plot extra: "
-                          "pip install 'apportion[plot]'")
-        raise typer.Exit(1) from None
+        message = "--plot needs matplotlib; install the plot extra: pip install 'apportion[plot]'"
+        fail(error_object("missing_extra", message, None), "[red]error:[/red]", message, 1,
+             as_json)
     return plt
 
 
@@ -174,14 +182,15 @@ def predict(
     command: Annotated[str | None, typer.Option("--command", help="the exact command line")]
     = None,
     cpu: Annotated[str | None, typer.Option("--cpu", help="the request, if any")] = None,
-    memory: Annotated[str | None, typer.Option("--memory")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="the request, if any")]
+    = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="the request, if any")] = None,
     runtime: Annotated[int | None, typer.Option("--runtime", help="requested seconds")] = None,
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """What a job called NAME will use, learned from its (or its user's)
     finished runs: each estimate with its tier, confidence and sample count."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.prediction(name, user=user, command=command, cpu=cpu, memory=memory,
                               gpu=gpu, runtime_s=runtime)
     show(answer, as_json, _render_prediction)

@@ -47,7 +47,7 @@ def plan(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fa
     """Each pool's scaling decision now (scale_up with count and node type,
     scale_down with the nodes to drain, or none) and its reason. Advice only
     unless the pool's mode is auto; this command never acts."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.request("GET", "/api/v1/scaling/evaluation")
     show(answer, as_json, _render_plan)
 
@@ -55,7 +55,7 @@ def plan(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fa
 def evaluate(server: ServerOpt = None, token: TokenOpt = None,
              as_json: JsonOpt = False) -> None:
     """Run one scaling round now: auto pools act on their decision (admin)."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.request("POST", "/api/v1/scaling/evaluate")
     show(answer, as_json, _render_plan)
 
@@ -76,7 +76,7 @@ def _render_pools(answer: dict[str, Any]) -> None:
 
 def pools(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Pools with their members, nodes joining and draining, and decision counts."""
-    with api_errors(), client_for(server, token) as c:
+    with api_errors(as_json), client_for(server, token) as c:
         answer = c.request("GET", "/api/v1/scaling/pools")
     show(answer, as_json, _render_pools)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from apportion.cli.output import LazyConsole
+from apportion.cli.output import LazyConsole, error_object, fail
 
 if TYPE_CHECKING:
     # The scheduler, the simulator and rich's progress bar are imported when
@@ -83,8 +83,8 @@ def simulate_command(
         runs = _plan(compare, strategy, backfill, strategies, backfills)
         results, interrupted = _run_all(loaded, runs, progress and not as_json)
     except ApportionError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from exc
+        fail(error_object(exc.code, exc.message, None), "[red]error:[/red]", exc.message, 2,
+             as_json)
     if interrupted and not results:
         raise typer.Exit(130)
     summary = _summary(loaded, results)

@@ -486,7 +486,10 @@ def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: 
     token_file = data_dir / "agent.token"
     assert agent.cmdline()[agent.cmdline().index("--token-file") + 1] == str(token_file)
     assert (token_file.stat().st_mode & 0o777) == 0o600
-    assert token_file.read_text().encode() not in Path(f"/proc/{agent.pid}/environ").read_bytes()
+    secret = token_file.read_text()
+    assert secret.startswith("apt_")
+    assert not any(secret in arg for arg in agent.cmdline())
+    assert secret.encode() not in Path(f"/proc/{agent.pid}/environ").read_bytes()
     proc = run(env, "submit", "--cpu", "1", "--memory", "64Mi", "--wait", "--", "id", "-un")
     assert proc.stdout == ("nobody\n" if os.geteuid() == 0 else f"{getpass.getuser()}\n")
 

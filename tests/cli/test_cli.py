@@ -252,8 +252,8 @@ def test_nodes_remove_refuses_active_allocations_unless_forced(
     proc = run(env, "nodes", "remove", "rm-1", ok=False)
     assert proc.returncode == 1
     assert proc.stderr == (
-        "error (409): node rm-1 has 1 active allocation(s); release them or delete with "
-        "force=true\n"
+        "error (409): node rm-1 has 1 active allocation(s); release them or remove it with "
+        "--force (which releases them)\n"
     )
     assert run(env, "nodes", "remove", "rm-1", "--force").stdout == (
         "deleted node rm-1; released 1 allocation(s)\n"

@@ -10,8 +10,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from support import ServerProcess, free_port
@@ -136,3 +138,112 @@ def test_up_says_how_to_sign_in_and_the_readme_curl_works(tmp_path: Path) -> Non
         except subprocess.TimeoutExpired:
             up.kill()
             up.wait(5)
+
+
+# -- nodes and jobs through a shared server --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("operator")).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def env(shared: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    config = tmp_path_factory.mktemp("operator-config") / "config.toml"
+    config.write_text(f'server = "{shared.url}"\ntoken = "{shared.token}"\n')
+    return clean_env(config)
+
+
+@pytest.fixture
+def api(shared: ServerProcess) -> Iterator[httpx.Client]:
+    with shared.client() as client:
+        yield client
+
+
+def test_nodes_update_changes_resources_and_labels(env: dict[str, str],
+                                                   api: httpx.Client) -> None:
+    r = api.post("/api/v1/nodes", json={"name": "upd-1", "resources": {"cpu": "4",
+                 "memory": "8Gi"}, "labels": {"type": "cpu"}})
+    assert r.status_code == 201, r.text
+    proc = run(env, "nodes", "update", "upd-1", "--labels", "facility=texas-2,type=cpu")
+    assert (proc.returncode, proc.stdout) == (
+        0, "updated node upd-1: cpu=4,memory=8Gi; labels facility=texas-2,type=cpu\n"
+    ), proc.stderr
+    node = json.loads(run(env, "nodes", "update", "upd-1", "--resources", "cpu=8,memory=8Gi",
+                          "--json").stdout)
+    assert (node["resources"], node["labels"]) == (
+        {"cpu": "8", "memory": "8Gi"}, {"facility": "texas-2", "type": "cpu"})
+    assert api.get("/api/v1/nodes/upd-1").json()["resources"] == {"cpu": "8", "memory": "8Gi"}
+
+    # Below what is allocated, a bad quantity, an unknown node, nothing to change.
+    r = api.post("/api/v1/allocations", json={"resources": {"cpu": "3"}, "node": "upd-1"})
+    assert r.status_code == 201, r.text
+    proc = run(env, "nodes", "update", "upd-1", "--resources", "cpu=2,memory=8Gi")
+    assert proc.returncode != 0 and proc.stderr.startswith("error (409): resources.cpu"), \
+        proc.stderr
+    proc = run(env, "nodes", "update", "upd-1", "--resources", "cpu=lots")
+    assert proc.returncode != 0 and proc.stderr.startswith(
+        "error (422): resources.cpu: cannot parse 'lots'"), proc.stderr
+    proc = run(env, "nodes", "update", "nowhere", "--labels", "a=b")
+    assert proc.returncode != 0 and proc.stderr == "error (404): node nowhere not found\n"
+    proc = run(env, "nodes", "update", "upd-1")
+    assert proc.returncode == 2 and "give --resources, --labels or both" in proc.stderr
+    assert api.get("/api/v1/nodes/upd-1").json()["resources"] == {"cpu": "8", "memory": "8Gi"}
+
+
+def test_a_resource_no_node_has_is_named(env: dict[str, str], api: httpx.Client) -> None:
+    r = api.post("/api/v1/nodes", json={"name": "lic-0", "resources": {"cpu": "2"}})
+    assert r.status_code == 201, r.text
+    r = api.post("/api/v1/jobs", json={"resources": {"cpu": "1", "licence.matlab": 1}})
+    assert r.status_code == 422
+    assert (r.json()["message"], r.json()["field"]) == (
+        "resources.licence.matlab: no node has licence.matlab", "resources.licence.matlab")
+    proc = run(env, "submit", "--cpu", "1", "--resource", "licence.matlab=1")
+    assert proc.stderr == "error (422): resources.licence.matlab: no node has licence.matlab\n"
+    proc = run(env, "alloc", "--resource", "licence.matlab=1")
+    assert proc.stderr == "error (409): resources.licence.matlab: no node has licence.matlab\n"
+
+    # When one node has it and it is taken, the others say they have none.
+    r = api.post("/api/v1/nodes", json={"name": "lic-1",
+                                        "resources": {"cpu": "1", "licence.matlab": 1}})
+    assert r.status_code == 201, r.text
+    assert api.post("/api/v1/allocations",
+                    json={"resources": {"licence.matlab": 1}}).status_code == 201
+    r = api.post("/api/v1/allocations", json={"resources": {"licence.matlab": 1}})
+    assert r.status_code == 409
+    assert "node lic-0 has no licence.matlab" in r.json()["message"]
+    assert "Insufficient licence.matlab on node lic-1: 0 available, 1 requested" \
+        in r.json()["message"]
+    assert "0 available, 1 requested" not in r.json()["message"].split("lic-1")[0]
+    assert {"node": "lic-0", "resource": "licence.matlab", "available": "0",
+            "requested": "1", "available_base": 0, "requested_base": 1,
+            "offered": False} in r.json()["shortages"]
+
+
+def test_every_constraint_is_parsed_at_submission(env: dict[str, str],
+                                                  api: httpx.Client) -> None:
+    r = api.post("/api/v1/nodes", json={"name": "con-1", "resources": {"cpu": "2", "gpu": 1}})
+    assert r.status_code == 201, r.text
+    for body in ({"resources": {"cpu": "1"}}, {"resources": {"gpu": 1}}):
+        r = api.post("/api/v1/jobs", json={**body, "constraints": ["gpu.memory>=lots"]})
+        assert r.status_code == 422, r.text
+        assert (r.json()["field"], r.json()["message"]) == (
+            "constraints",
+            "constraints: gpu.memory>=lots: 'lots' is not a size such as 40Gi or 80G")
+    r = api.post("/api/v1/jobs", json={"resources": {"gpu": 1},
+                                       "constraints": ["gpu.cores>2x"]})
+    assert (r.status_code, r.json()["message"]) == (
+        422, "constraints: gpu.cores>2x: '2x' is not a whole number")
+    proc = run(env, "submit", "--cpu", "1", "-c", "gpu.memory>=lots")
+    assert proc.returncode != 0
+    assert proc.stderr == ("error (422): constraints: gpu.memory>=lots: 'lots' is not a size "
+                           "such as 40Gi or 80G\n")
+    # A comparison that parses is still accepted.
+    r = api.post("/api/v1/jobs", json={"resources": {"cpu": "1"},
+                                       "constraints": ["gpu.memory>=40Gi"]})
+    assert r.status_code == 201, r.text

@@ -217,11 +217,24 @@ def validate_job(job: Job, queues: Mapping[str, Queue], state: ClusterState) -> 
         capacity, _ = _capacity_fit(state, job, spec)
         # A gang's tasks run together; a bag's (an array's) one after another.
         if capacity < (spec.count if job.gang or job.task_count == 1 else 1):
+            missing = _unoffered(state, spec)
+            if missing:
+                # Said plainly: counting nodes that lack it reads as waiting for one.
+                raise JobRejected(
+                    f"resources.{missing[0]}: no node has {', '.join(missing)}",
+                    field=f"resources.{missing[0]}", job=job.id,
+                )
             raise JobRejected(
                 f"no node can ever hold {'these tasks' if spec.count > 1 else 'this task'}: "
                 f"{_never_summary(state, job, spec, capacity)}",
                 field="tasks", job=job.id,
             )
+
+
+def _unoffered(state: ClusterState, spec: TaskSpec) -> list[str]:
+    """The resources of ``spec`` that no node offers at all."""
+    return sorted(r for r in spec.resources
+                  if not any(r in cls.pos for cls in state.classes if cls.size))
 
 
 def _never_summary(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> str:

@@ -276,8 +276,8 @@ class Api(Generic[R]):
     # -- agents, node operations and logs ----------------------------------
 
     def job_logs(self, job_id: str, *, task: str | None = None, stream: str = "stdout",
-                 offset: int = 0) -> R:
-        params: dict[str, Any] = {"stream": stream, "offset": offset}
+                 offset: int = 0, attempt: int | None = None) -> R:
+        params: dict[str, Any] = {"stream": stream, "offset": offset, "attempt": attempt}
         if task is not None:
             params["task"] = task
         return self._call(Call("GET", f"/api/v1/jobs/{job_id}/logs", params=params))

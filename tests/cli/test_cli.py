@@ -252,8 +252,8 @@ def test_nodes_remove_refuses_active_allocations_unless_forced(
     proc = run(env, "nodes", "remove", "rm-1", ok=False)
     assert proc.returncode == 4
     assert proc.stderr == (
-        "error (409): node rm-1 has 1 active allocation(s); release them or delete with "
-        "force=true\n"
+        "error (409): node rm-1 has 1 active allocation(s); release them or remove it with "
+        "--force (which releases them)\n"
     )
     assert run(env, "nodes", "remove", "rm-1", "--force").stdout == (
         "deleted node rm-1; released 1 allocation(s)\n"
@@ -486,7 +486,10 @@ def _local_agent_keeps_its_token_private(env: dict[str, str], up: Up, data_dir: 
     token_file = data_dir / "agent.token"
     assert agent.cmdline()[agent.cmdline().index("--token-file") + 1] == str(token_file)
     assert (token_file.stat().st_mode & 0o777) == 0o600
-    assert token_file.read_text().encode() not in Path(f"/proc/{agent.pid}/environ").read_bytes()
+    secret = token_file.read_text()
+    assert secret.startswith("apt_")
+    assert not any(secret in arg for arg in agent.cmdline())
+    assert secret.encode() not in Path(f"/proc/{agent.pid}/environ").read_bytes()
     proc = run(env, "submit", "--cpu", "1", "--memory", "64Mi", "--wait", "--", "id", "-un")
     assert proc.stdout == ("nobody\n" if os.geteuid() == 0 else f"{getpass.getuser()}\n")
 

@@ -206,8 +206,11 @@ def test_shortages_is_empty_when_it_fits() -> None:
     assert ledger.shortages("n1", {"cpu": 2000, "gpu": 1}) == []
     assert ledger.shortages("n1", {"cpu": 2001, "fpga": 1}) == [
         Shortage("n1", "cpu", 2000, 2001),
-        Shortage("n1", "fpga", 0, 1),
+        Shortage("n1", "fpga", 0, 1, offered=False),
     ]
+    # A node without the resource says so, rather than "0 available".
+    assert [s.describe() for s in ledger.shortages("n1", {"cpu": 2001, "fpga": 1})] == [
+        "Insufficient cpu on node n1: 2 available, 2001m requested", "node n1 has no fpga"]
 
 
 def test_unknown_resource_on_a_named_node() -> None:
@@ -225,7 +228,7 @@ def test_unknown_resource_when_no_node_offers_it() -> None:
     ledger = ledger_with(Node("n1", {"cpu": 2000}), Node("n2", {"cpu": 2000, "fpga": 1}))
     with pytest.raises(UnknownResource) as info:
         ledger.grant("a1", {"cpu": 1000, "license.matlab": 1}, now=1.0)
-    assert info.value.message == "resources.license.matlab: no node offers license.matlab"
+    assert info.value.message == "resources.license.matlab: no node has license.matlab"
     assert info.value.data == {"field": "resources.license.matlab"}
     assert ledger.grant("a2", {"fpga": 1}, now=1.0).node == "n2"
 
@@ -838,7 +841,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     continue
                 free = self._free(n)
                 shortages += [
-                    Shortage(n, r, free.get(r, 0), q)
+                    Shortage(n, r, free.get(r, 0), q, r in self.nodes[n].resources)
                     for r, q in request.items()
                     if free.get(r, 0) < q
                 ]

@@ -270,23 +270,27 @@ def jobs_logs(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
     task: Annotated[str | None, typer.Option("--task", help="task index or id (default 0)")]
     = None,
+    attempt: Annotated[int | None, typer.Option(
+        "--attempt", min=1, help="that attempt of the task, not its latest (1 is the first)"
+    )] = None,
     server: ServerOpt = None, token: TokenOpt = None,
 ) -> None:
     """A job's output: stdout to stdout, stderr to stderr."""
     with api_errors(), client_for(server, token) as c:
-        follow(c, job_id, task=task, follow_job=follow_)
+        follow(c, job_id, task=task, attempt=attempt, follow_job=follow_)
 
 
-def follow(c: Client, job_id: str, *, task: str | None = None, follow_job: bool,
-           poll_s: float = 0.25) -> dict[str, Any]:
-    """Print a job's logs (moving on to newer attempts) until it ends;
-    returns the job as it ended (or as it is, without ``follow_job``)."""
-    reader = _LogReader(c, job_id, task)
+def follow(c: Client, job_id: str, *, task: str | None = None, attempt: int | None = None,
+           follow_job: bool, poll_s: float = 0.25) -> dict[str, Any]:
+    """Print a job's logs (moving on to newer attempts, unless ``attempt``
+    names one) until it ends; returns the job as it ended (or as it is,
+    without ``follow_job``)."""
+    reader = _LogReader(c, job_id, task, attempt)
     while True:
         state, printed = reader.round()
         if printed:
             continue
-        if not follow_job or state in TERMINAL:
+        if not follow_job or state in TERMINAL or reader.attempt_over:
             # Agents ship a task's last bytes before they report its exit, so
             # a quiet round that began after the end has read everything.
             job: dict[str, Any] = c.get_job(job_id)
@@ -297,10 +301,14 @@ def follow(c: Client, job_id: str, *, task: str | None = None, follow_job: bool,
 class _LogReader:
     """Reads a job's two log streams from where it left off."""
 
-    def __init__(self, c: Client, job_id: str, task: str | None) -> None:
-        self.c, self.job_id, self.task = c, job_id, task
+    def __init__(self, c: Client, job_id: str, task: str | None,
+                 attempt: int | None = None) -> None:
+        self.c, self.job_id, self.task, self.attempt = c, job_id, task, attempt
         self.offsets: dict[tuple[str, str], int] = {}
         self.current: str | None = None
+        self.attempt_over = False
+        """A named attempt has ended: nothing more will come (the job may go
+        on in a newer one)."""
 
     def round(self) -> tuple[str | None, bool]:
         """Print what is new; (the job's state when the round began, printed?)."""
@@ -312,6 +320,8 @@ class _LogReader:
                 state = state or self.c.get_job(self.job_id)["state"]
                 continue
             state = state or page["job_state"]
+            if self.attempt is not None:
+                self.attempt_over = not page["task_active"]
             if page["task"] != self.current:
                 if self.current is not None:
                     printed |= self._drain(self.current)
@@ -325,7 +335,7 @@ class _LogReader:
         offset = self.offsets.get((task or self.current or "", stream), 0)
         try:
             page: dict[str, Any] = self.c.job_logs(self.job_id, task=task, stream=stream,
-                                                   offset=offset)
+                                                   offset=offset, attempt=self.attempt)
         except ClientError as exc:
             if exc.status == 404 and "has not run yet" in str(exc):
                 return None

@@ -3,6 +3,7 @@ allocations, capacity, token, alerts (nodes are in ``nodes_cmds``)."""
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -13,10 +14,12 @@ from apportion.cli.output import (
     api_errors,
     console,
     devices_text,
+    err_console,
     show,
     table,
     vector_text,
 )
+from apportion.client import config_path, resolve
 
 allocations_app = typer.Typer(help="Allocations, active and released.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
@@ -191,6 +194,26 @@ def token_create(
     with api_errors(as_json), client_for(server, token) as c:
         created = c.create_token(name, role)
     show(created, as_json, lambda t: console.print(t["token"]))
+
+
+@token_app.command("show")
+def token_show(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+               ) -> None:
+    """The token this CLI sends, found as every command finds it (--token,
+    APPORTION_TOKEN, then the config file `apportion up` writes); for curl
+    and the dashboard's sign-in. Asks no server."""
+    conn = resolve(server, token)
+    if not conn.token:
+        err_console.print(
+            f"[red]error:[/red] no token: none given by --token or APPORTION_TOKEN, and none "
+            f"in {config_path()}; run 'apportion up' or 'apportion token create'")
+        raise typer.Exit(1)
+    show({"server": conn.server, "token": conn.token}, as_json, _print_token)
+
+
+def _print_token(shown: dict[str, str]) -> None:
+    # Plain, whole and alone on its line: `$(apportion token show)` must read it as is.
+    sys.stdout.write(f"{shown['token']}\n")
 
 
 @token_app.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -147,7 +148,8 @@ def _private_files() -> None:
     os.umask(0o077)
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
+def _serve(settings: Settings, host: str, port: int,
+           sockets: list[socket.socket] | None = None) -> None:
     import uvicorn
 
     from apportion.server.app import StoppingServer, create_app
@@ -173,7 +175,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         # their hold time (they retry, and a restarted server answers them).
         timeout_graceful_shutdown=3,
     )
-    StoppingServer(config, app).run()
+    StoppingServer(config, app).run(sockets=sockets)
 
 
 
@@ -187,6 +189,48 @@ def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8080) -> None:
     configure_logging()
     _private_files()
     _serve(Settings.from_env(), host, port)
+
+
+def _claim_port(host: str, port: int) -> list[socket.socket]:
+    """Listen on ``host:port`` before ``up`` writes anything, or exit with one
+    line: a second ``up`` on a busy port used to write a token for its own new
+    database into the CLI config, locking the CLI out of the running server.
+    The sockets are held and served, so no other process can take the port
+    between this check and the server's start."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    claimed: list[socket.socket] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        claimed.append(sock)
+        try:
+            # As uvicorn and asyncio do: a port left in TIME_WAIT by a server
+            # that just stopped is free, one that a process listens on is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            # Listening now makes the port busy to a second `up` started
+            # while this one still migrates its store.
+            sock.listen(2048)
+        except OSError as exc:
+            for s in claimed:
+                s.close()
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"port {port} on {host} is in use (is apportion already running? "
+                      "'apportion nodes list' talks to it); nothing was started or changed")
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror}; nothing was started "
+                  "or changed")
+    return claimed
+
+
+def _fail(line: str) -> NoReturn:
+    """One plain line on stderr and exit 1, before anything was written."""
+    sys.stderr.write(f"error: {line}\n")
+    raise typer.Exit(1)
 
 
 def _local_admin_token(settings: Settings, url: str) -> str:
@@ -291,11 +335,17 @@ def _announce_when_up(url: str, token: str, name: str, data_dir: Path) -> None:
         else:
             err_console.print("[red]the local agent did not register this machine[/red]")
             return
+    # The token itself is not printed: terminals and their scrollback are
+    # logged and shared; `apportion token show` gives it to whoever asks.
     console.print(
         f"[green]apportion is up[/green] at {url}  (store: {data_dir}); node "
         f"[bold]{name}[/bold] registered by its agent.\n"
         "  try: apportion submit --cpu 1 --memory 512Mi --wait -- echo hello | "
-        "apportion nodes list | apportion jobs list\n  stop with Ctrl-C"
+        "apportion nodes list | apportion jobs list\n"
+        f"  dashboard: {url}/  sign in with the token that 'apportion token show' prints\n"
+        f"  API: curl -H \"Authorization: Bearer $(apportion token show)\" {url}/api/v1/nodes\n"
+        "  stop with Ctrl-C",
+        markup=True, highlight=False, soft_wrap=True,
     )
 
 
@@ -312,6 +362,7 @@ def up(
     SQLite store, a real agent that registers this machine and runs the work
     submitted to it, and an admin token in the CLI config so every other
     command just works."""
+    sockets = _claim_port(host, port)
     from apportion.logs import configure_logging
     from apportion.service.settings import Settings
 
@@ -329,7 +380,7 @@ def up(
         target=_announce_when_up, args=(url, token, name, settings.data_dir), daemon=True
     ).start()
     try:
-        _serve(settings, host, port)
+        _serve(settings, host, port, sockets)
     finally:
         agent.terminate()
         try:

@@ -1,4 +1,4 @@
-"""CLI commands over nodes: ``nodes list|show|add|remove`` (the inventory)
+"""CLI commands over nodes: ``nodes list|show|add|update|remove`` (the inventory)
 and ``nodes drain|cordon|uncordon|rescan`` (what a node may run)."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from apportion.cli.output import (
     table,
     vector_text,
 )
+from apportion.client import ClientError
 
 NodeArg = Annotated[str, typer.Argument(help="the node's name")]
 
 nodes_app = typer.Typer(
-    help="The inventory: list, show, add and remove nodes.", no_args_is_help=True
+    help="The inventory: list, show, add, update and remove nodes.", no_args_is_help=True
 )
 
 
@@ -186,6 +187,37 @@ def nodes_add(
     )
 
 
+@nodes_app.command("update")
+def nodes_update(
+    name: NodeArg,
+    resources: Annotated[str | None, typer.Option(
+        "--resources", "-r", help="the node's whole capacity, replacing it: cpu=8,memory=16Gi"
+    )] = None,
+    labels: Annotated[str | None, typer.Option(
+        "--labels", help="the node's labels, replacing them: facility=texas-1,type=gpu"
+    )] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a node's capacity or labels; what is not given stays. Capacity
+    below what is allocated is refused."""
+    body: dict[str, Any] = {}
+    if resources is not None:
+        body["resources"] = parse_pairs(resources, "--resources")
+        if not body["resources"]:
+            raise typer.BadParameter("give at least one NAME=QTY", param_hint="--resources")
+    if labels is not None:
+        body["labels"] = parse_pairs(labels, "--labels")
+    if not body:
+        raise typer.BadParameter("give --resources, --labels or both")
+    with api_errors(as_json), client_for(server, token) as c:
+        node = c.update_node(name, body)
+    show(node, as_json, lambda n: console.print(
+        f"updated node {n['name']}: {vector_text(n['resources'])}"
+        + (f"; labels {vector_text(n['labels'])}" if n["labels"] else "")))
+
+
 @nodes_app.command("remove")
 def nodes_remove(
     name: NodeArg,
@@ -196,7 +228,16 @@ def nodes_remove(
 ) -> None:
     """Delete a node (refused while it has active allocations, unless --force)."""
     with api_errors(as_json), client_for(server, token) as c:
-        result = c.delete_node(name, force=force)
+        try:
+            result = c.delete_node(name, force=force)
+        except ClientError as exc:
+            if exc.body.get("error") != "node_has_allocations":
+                raise
+            # The API's advice names its query parameter; here the flag is the way.
+            count = exc.body.get("active_allocations")
+            raise ClientError(exc.status, {**exc.body, "message": (
+                f"node {name} has {count} active allocation(s); release them or remove it "
+                "with --force (which releases them)")}) from None
     show(
         result,
         as_json,

@@ -211,7 +211,8 @@ class Ledger:
         slot = self._slot(name)
         free = slot.free
         return [
-            Shortage(name, r, free.get(r, 0), q) for r, q in request.items() if free.get(r, 0) < q
+            Shortage(name, r, free.get(r, 0), q, r in free)
+            for r, q in request.items() if free.get(r, 0) < q
         ]
 
     def grant(
@@ -337,7 +338,7 @@ class Ledger:
         unknown = sorted(set(request) - set(offered))
         if unknown:
             raise UnknownResource(
-                f"resources.{unknown[0]}: no node offers {', '.join(unknown)}",
+                f"resources.{unknown[0]}: no node has {', '.join(unknown)}",
                 field=f"resources.{unknown[0]}",
             )
         # Walk the resource with the fewest nodes able to give it: the

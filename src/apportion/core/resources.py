@@ -189,8 +189,13 @@ class Shortage:
     resource: str
     available: int
     requested: int
+    offered: bool = True
+    """False when the node has no such resource at all: "0 available" would
+    suggest waiting for it."""
 
     def describe(self) -> str:
+        if not self.offered:
+            return f"node {self.node} has no {self.resource}"
         avail = format_quantity(self.resource, self.available)
         req = format_quantity(self.resource, self.requested)
         return (
@@ -205,6 +210,7 @@ class Shortage:
             "requested": format_quantity(self.resource, self.requested),
             "available_base": self.available,
             "requested_base": self.requested,
+            **({} if self.offered else {"offered": False}),
         }
 
 

@@ -8,7 +8,11 @@ they keep up to date; see ``docs/scheduling.md``.
 from apportion.core.errors import JobRejected
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import JobReservation
-from apportion.core.scheduling.constraints import Constraints, parse_constraints
+from apportion.core.scheduling.constraints import (
+    Constraints,
+    check_comparisons,
+    parse_constraints,
+)
 from apportion.core.scheduling.cycle import (
     CycleResult,
     DeadlineRisk,
@@ -56,6 +60,7 @@ __all__ = [
     "Strategy",
     "TaskPlacement",
     "TaskSpec",
+    "check_comparisons",
     "explain",
     "fragmentation",
     "job",

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from apportion.core.errors import InvalidInput
+from apportion.core.errors import InvalidInput, InvalidQuantity
 from apportion.core.labels import LabelRequirement, parse_selector
 from apportion.core.model import Device
 from apportion.core.resources import parse_quantity
@@ -74,7 +74,7 @@ def _compare(req: DeviceRequirement, value: object) -> bool:
     try:
         have = _number(req.attr, value)
         want = _number(req.attr, req.values[0])
-    except (InvalidInput, ValueError):
+    except (InvalidInput, InvalidQuantity, ValueError):
         return False
     if req.op == ">=":
         return have >= want
@@ -108,6 +108,23 @@ class Constraints:
 
     def describe(self) -> str:
         return ",".join([*(str(r) for r in self.labels), *(str(d) for d in self.devices)])
+
+
+def check_comparisons(constraints: Constraints, field: str = "constraints") -> None:
+    """Refuse a comparison whose value is no number. Placement reads such a
+    term as "no device matches", so a typo would leave a job waiting (or
+    refused for another reason) instead of being answered at submission."""
+    for term in constraints.devices:
+        if term.op not in NUMERIC_OPS:
+            continue
+        try:
+            _number(term.attr, term.values[0])
+        except (InvalidInput, InvalidQuantity):
+            wanted = ("a size such as 40Gi or 80G" if term.attr.endswith("memory")
+                      else "a whole number")
+            raise InvalidInput(
+                f"{field}: {term}: {term.values[0]!r} is not {wanted}", field=field,
+            ) from None
 
 
 def _split_terms(text: str) -> list[str]:

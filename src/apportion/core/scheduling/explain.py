@@ -223,12 +223,25 @@ def validate_job(job: Job, queues: Mapping[str, Queue], state: ClusterState) -> 
         capacity, _ = _capacity_fit(state, job, spec)
         # A gang's tasks run together; a bag's (an array's) one after another.
         if capacity < (spec.count if job.gang or job.task_count == 1 else 1):
+            missing = _unoffered(state, spec)
+            if missing:
+                # Said plainly: counting nodes that lack it reads as waiting for one.
+                _reject(job, f"resources.{missing[0]}", Reason(
+                    "ResourcesFit", Code.UNKNOWN_RESOURCE, Kind.NEVER,
+                    f"resources.{missing[0]}: no node has {', '.join(missing)}", missing[0],
+                ))
             raise JobRejected(_never_failure(state, job, spec, capacity), field="tasks",
                               job=job.id)
 
 
 def _reject(job: Job, field: str, reason: Reason) -> NoReturn:
     raise JobRejected(Failure.of(reason), field=field, job=job.id)
+
+
+def _unoffered(state: ClusterState, spec: TaskSpec) -> list[str]:
+    """The resources of ``spec`` that no node offers at all."""
+    return sorted(r for r in spec.resources
+                  if not any(r in cls.pos for cls in state.classes if cls.size))
 
 
 def _never_failure(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> Failure:

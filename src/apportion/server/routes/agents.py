@@ -204,10 +204,12 @@ async def uncordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> dic
 # -- job logs --------------------------------------------------------------------------
 
 
-def _pick_task(tasks: list[TaskRow], which: str | None) -> TaskRow:
-    """A task by id, else the latest attempt of a task index (default 0)."""
+def _pick_task(tasks: list[TaskRow], which: str | None, attempt: int | None) -> TaskRow:
+    """A task by id, else a task index (default 0) at ``attempt`` or its latest."""
     for t in tasks:
         if t.id == which:
+            if attempt is not None and t.attempt != attempt:
+                raise NotFound(f"task {which} is attempt {t.attempt}, not {attempt}", id=which)
             return t
     if which is not None and not which.isdigit():
         raise NotFound(f"no task {which} in this job", id=which)
@@ -215,7 +217,14 @@ def _pick_task(tasks: list[TaskRow], which: str | None) -> TaskRow:
     chosen = [t for t in tasks if t.index == index]
     if not chosen:
         raise NotFound(f"task {index} of this job has not run yet", id=str(index))
-    return max(chosen, key=lambda t: (t.attempt, t.created_at))
+    if attempt is None:
+        return max(chosen, key=lambda t: (t.attempt, t.created_at))
+    for t in chosen:
+        if t.attempt == attempt:
+            return t
+    ran = ", ".join(str(a) for a in sorted({t.attempt for t in chosen}))
+    raise NotFound(f"attempt: task {index} of this job has no attempt {attempt} "
+                   f"(its attempts: {ran})", id=str(index), field="attempt")
 
 
 @public.get("/jobs/{job_id}/logs", tags=["jobs"])
@@ -225,10 +234,13 @@ async def job_logs(
     stream: Annotated[str, Query(pattern=r"^(stdout|stderr)$")] = "stdout",
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1 << 20)] = 1 << 20,
+    attempt: Annotated[int | None, Query(
+        ge=1, le=1_000_000, description="which attempt of the task (default: its latest)")
+    ] = None,
 ) -> dict[str, Any]:
     """What a task wrote, from ``offset``; agents ship it every second or so."""
     row, tasks = await ctx.jobs.get(job_id)
-    chosen = _pick_task(tasks, task)
+    chosen = _pick_task(tasks, task, attempt)
     got = await _files(request).read_log(chosen.id, stream, offset, limit)
     text, used = _utf8_prefix(got.data)
     return {"job": job_id, "job_state": row.state, "exit_code": row.exit_code,

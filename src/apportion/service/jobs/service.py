@@ -29,6 +29,7 @@ from apportion.core.scheduling import (
     Queue,
     RuntimeHistory,
     SchedulerConfig,
+    check_comparisons,
     explain,
     validate_job,
 )
@@ -220,6 +221,7 @@ class JobsService:
         now = self.clock()
         job_id = new_job_id()
         job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
+        check_comparisons(job.constraints)  # InvalidInput (422): `gpu.memory>=lots`
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
         # JobRejected (422) says why not; an agent that has not joined yet is no reason.
         anywhere = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,

@@ -108,7 +108,11 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
     data_dir = tmp_path_factory.mktemp("every-command")
     config = data_dir / "server.toml"
     config.write_text(POOL_CONFIG.format(state_dir=data_dir / "pool-state"))
-    server = ServerProcess(data_dir, extra_env={"APPORTION_CONFIG_FILE": str(config)}).start()
+    server = ServerProcess(data_dir, extra_env={
+        "APPORTION_CONFIG_FILE": str(config),
+        # agent-1 never sends a heartbeat: it must not go down (and raise an
+        # alert that `top` would show) however slowly this module runs.
+        "APPORTION_NODE_DOWN_AFTER": "86400"}).start()
     try:
         with Client(server.url, server.token) as c:
             for name, facility in (("n1", "lab"), ("n-drain", "spare"),

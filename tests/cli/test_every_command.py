@@ -132,6 +132,14 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
                                   "queue": "research", "constraints": on_lab})
             _wait_for("the lease job to run",
                       lambda: c.get_job(lease["id"])["state"] == "running")
+            # Its output, sent the way an agent sends a task's output.
+            [task] = c.get_job(lease["id"])["tasks"]
+            with server.client() as http:
+                for stream, text in (("stdout", "hello from the lease\n"),
+                                     ("stderr", "a warning\n")):
+                    pushed = http.post(f"/api/v1/agents/n1/tasks/{task['id']}/logs/{stream}",
+                                       params={"offset": 0}, content=text.encode())
+                    assert pushed.status_code == 200, pushed.text
             # All of n1's cpu but the lease's: it waits until the lease ends.
             waiting = c.submit_job({"resources": {"cpu": "8"}, "name": "waiting-job",
                                     "constraints": on_lab})
@@ -161,16 +169,18 @@ def _authenticates_as(made: Made, out: str, name: str, role: str) -> None:
     """The printed token is the whole output, and the server knows it."""
     token = out.strip()
     assert out == token + "\n"
+    assert token.startswith("apt_")
     with Client(made.url, token) as c:
         who = c.whoami()
     assert (who["name"], who["role"]) == (name, role)
 
 
-def _empty(out: str) -> None:
-    assert out == ""
+def _exactly(proc: Ran, stdout: str, stderr: str) -> None:
+    assert (proc.stdout, proc.stderr) == (stdout, stderr)
 
 
-Check = str | Callable[[str, Made], None]
+Ran = subprocess.CompletedProcess[str]
+Check = str | Callable[[Ran, Made], None]
 
 # (command, arguments, a literal piece of its output or a check of it).
 # Arguments and pieces name what the fixture made as {lease}, {waiting},
@@ -195,7 +205,7 @@ INVOCATIONS: list[tuple[str, list[str], Check]] = [
     ("alerts", ["alerts", "--state", "resolved"], "0 alert(s)"),
     ("servers", ["servers"], "1 server(s)"),
     ("token create", ["token", "create", "--name", "made-by-cli"],
-     lambda out, made: _authenticates_as(made, out, "made-by-cli", "user")),
+     lambda proc, made: _authenticates_as(made, proc.stdout, "made-by-cli", "user")),
     ("token list", ["token", "list"], "to-revoke"),
     ("token revoke", ["token", "revoke", "to-revoke"], "revoked 1 token(s) called to-revoke"),
     ("submit", ["submit", "--cpu", "1", "--name", "cli-job", "-c", "facility=lab"],
@@ -204,8 +214,9 @@ INVOCATIONS: list[tuple[str, list[str], Check]] = [
     ("jobs show", ["jobs", "show", "{lease}"], "lease-job"),
     ("jobs explain", ["jobs", "explain", "{waiting}"], "{waiting}: busy — "),
     ("jobs cancel", ["jobs", "cancel", "{cancel}"], "{cancel}: cancelled"),
-    # A lease runs no process, so it has no output: the command prints nothing.
-    ("jobs logs", ["jobs", "logs", "{lease}"], lambda out, made: _empty(out)),
+    # stdout to stdout (stderr to stderr): exactly what was sent.
+    ("jobs logs", ["jobs", "logs", "{lease}"],
+     lambda proc, made: _exactly(proc, "hello from the lease\n", "a warning\n")),
     ("queues list", ["queues", "list"], "research"),
     ("queues create", ["queues", "create", "batch", "--quota", "cpu=4"],
      "queue batch created"),
@@ -252,7 +263,7 @@ def test_command(made: Made, command: str, args: list[str], expected: Check) -> 
     proc = run(made, [a.format(**made.ids) for a in args])
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     if callable(expected):
-        expected(proc.stdout, made)
+        expected(proc, made)
         return
     want = expected.format(**made.ids)
     assert want in proc.stdout, (want, proc.stdout, proc.stderr)

@@ -22,15 +22,16 @@ from apportion.cli.main import app
 from apportion.client import Client
 from support import ServerProcess
 
-# Commands this file does not run, and why. Each still has tests elsewhere.
+# Commands this file does not run, and why. Each still runs elsewhere.
 EXCLUDED = {
-    # Runs until stopped, discovers this machine and runs tasks on it:
-    # tests/agent and tests/e2e run real agents.
+    # Runs until stopped, discovers this machine and runs tasks on it: the
+    # e2e clusters (tests/e2e/cluster.py) and `up` below start real agents.
     "agent",
     # Serves until stopped: every server in this suite (this module's too) is
     # `python -m apportion.cli.main server` (tests/support.py ServerProcess).
     "server",
-    # A server plus a real agent for this machine on one port, until Ctrl-C.
+    # A server plus a real agent for this machine, until Ctrl-C:
+    # tests/cli/test_cli.py::test_up_serves_registers_this_machine_and_configures_the_cli.
     "up",
 }
 

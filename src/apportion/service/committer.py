@@ -156,6 +156,13 @@ class GroupCommitter:
                 # Lock timeouts and PostgreSQL deadlock/serialization aborts
                 # are worth another try; the whole transaction rolled back.
                 log.warning("batch_retry", attempt=attempt, error=str(exc).splitlines()[0])
+                if attempt + 1 < self._retries:
+                    # SQLite answers "database is locked" at once, without its
+                    # busy timeout, when a transaction that has read wants to
+                    # write while another connection (leadership, history: own
+                    # threads) commits; retried at once, all three tries fell
+                    # in that one commit and the write was refused with a 503.
+                    await asyncio.sleep(0.02 * 5 ** attempt)
                 continue
             except ApportionError as exc:
                 return [exc] * n

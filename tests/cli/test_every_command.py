@@ -166,6 +166,10 @@ def run(made: Made, args: list[str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+def _prints_exactly(out: str, expected: str) -> None:
+    assert out == expected + "\n"
+
+
 def _authenticates_as(made: Made, out: str, name: str, role: str) -> None:
     """The printed token is the whole output, and the server knows it."""
     token = out.strip()
@@ -192,6 +196,8 @@ INVOCATIONS: list[tuple[str, list[str], Check]] = [
     ("nodes add", ["nodes", "add", "n-added", "--resources", "cpu=2,memory=4Gi",
                    "--labels", "facility=spare"],
      "registered node n-added: cpu=2,memory=4Gi"),
+    ("nodes update", ["nodes", "update", "n-added", "--labels", "facility=spare,tier=b"],
+     "updated node n-added: cpu=2,memory=4Gi; labels facility=spare,tier=b"),
     ("nodes remove", ["nodes", "remove", "n-remove"],
      "deleted node n-remove; released 0 allocation(s)"),
     ("nodes drain", ["nodes", "drain", "n-drain"], "n-drain: draining"),
@@ -208,6 +214,7 @@ INVOCATIONS: list[tuple[str, list[str], Check]] = [
     ("token create", ["token", "create", "--name", "made-by-cli"],
      lambda proc, made: _authenticates_as(made, proc.stdout, "made-by-cli", "user")),
     ("token list", ["token", "list"], "to-revoke"),
+    ("token show", ["token", "show"], lambda proc, made: _prints_exactly(proc.stdout, made.token)),
     ("token revoke", ["token", "revoke", "to-revoke"], "revoked 1 token(s) called to-revoke"),
     ("submit", ["submit", "--cpu", "1", "--name", "cli-job", "-c", "facility=lab"],
      "to queue default"),

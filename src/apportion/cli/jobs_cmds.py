@@ -74,20 +74,42 @@ def jobs_show(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 
 
 @jobs_app.command("explain")
-def jobs_explain(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
-                 as_json: JsonOpt = False) -> None:
+def jobs_explain(
+    job_id: str,
+    nodes: Annotated[bool, typer.Option(
+        "--nodes", help="List each node with why it cannot take the job now and whether "
+                        "it ever could (the first 50; the rest counted by reason).")] = False,
+    server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
     """Why a pending job waits, and what would let it run."""
     with api_errors(), client_for(server, token) as c:
-        why = c.explain_job(job_id)
+        why = c.explain_job(job_id, nodes=nodes)
 
     def render(w: dict[str, Any]) -> None:
         console.print(f"{w['job']}: {w['status']} — {w['summary']}")
-        for message, nodes in w["messages"].items():
-            console.print(f"  {nodes} node(s): {message}")
+        for message, count in w["messages"].items():
+            console.print(f"  {count} node(s): {message}")
         for hint in w["hints"]:
             console.print(f"  hint: {hint}")
+        if "nodes" in w:
+            _node_table(w)
 
     show(why, as_json, render)
+
+
+def _node_table(w: dict[str, Any]) -> None:
+    table(f"{w['nodes_shown']} of {w['nodes_total']} node(s)", ["node", "now", "ever", "reason"],
+          [[n["node"], n["now"], "yes" if n["ever"] else "no", _why(n)] for n in w["nodes"]])
+    if w["nodes_more"]:
+        counts = ", ".join(f"{n} {group}" for group, n in w["nodes_more_counts"].items())
+        console.print(f"  and {w['nodes_more']} more node(s): {counts}")
+
+
+def _why(n: dict[str, Any]) -> str:
+    # A cordoned node that is also too small: both, or the operator uncordons it in vain.
+    if n["ever"] or n["never"] == n["reason"]:
+        return str(n["reason"] or "-")
+    return f"{n['reason']}; never: {n['never']}"
 
 
 @jobs_app.command("cancel")

@@ -10,6 +10,7 @@ import typer
 
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
 from apportion.cli.output import api_errors, console, err_console, show, table
+from apportion.cli.units import human_vector
 from apportion.client import Client, ClientError
 
 jobs_app = typer.Typer(help="Jobs: list, show, explain, cancel.", no_args_is_help=True)
@@ -22,15 +23,14 @@ def _job_rows(jobs: list[dict[str, Any]]) -> list[list[str]]:
         spec = j["spec"]
         if spec.get("array"):
             # An array is one line: its size, then how many of its tasks are where.
-            shape = ",".join(f"{k}={v}" for k, v in (spec.get("resources") or {}).items())
+            shape = human_vector(spec.get("resources") or {})
             counts = j.get("task_counts") or {}
             where = " ".join(f"{k} {counts[k]}" for k in ("pending", "active", "succeeded",
                                                           "failed") if counts.get(k))
             return f"array {spec['array']}x {shape}" + (f" ({where})" if where else "")
         tasks = spec.get("tasks") or [{"resources": spec.get("resources", {}),
                                         "count": spec.get("count", 1)}]
-        return "; ".join(f"{t.get('count', 1)}x " + ",".join(f"{k}={v}" for k, v in
-                                                              t["resources"].items())
+        return "; ".join(f"{t.get('count', 1)}x " + human_vector(t["resources"])
                          for t in tasks)
 
     return [[j["id"], j["name"] or "-", j["owner"] or "-", j["queue"], str(j["priority"]),
@@ -130,8 +130,8 @@ def queues_list(server: ServerOpt = None, token: TokenOpt = None,
     show(queues, as_json, lambda qs: table(
         f"{len(qs)} queue(s)", ["name", "weight", "priorities", "quota", "usage"],
         [[q["name"], f"{q['weight']:g}", _bounds(q),
-          ",".join(f"{k}={v}" for k, v in q["quota"].items()) or "unlimited",
-          ",".join(f"{k}={v}" for k, v in q["usage"].items()) or "-"] for q in qs]))
+          human_vector(q["quota"]) or "unlimited",
+          human_vector(q["usage"]) or "-"] for q in qs]))
 
 
 def _bounds(q: dict[str, Any]) -> str:

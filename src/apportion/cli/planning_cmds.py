@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,9 +19,10 @@ MAX_PANELS = 12
 def _amount(resource: str, value: float | None) -> str:
     if value is None:
         return "-"
-    from apportion.core.resources import format_quantity
+    from apportion.core.resources import format_human
 
-    return format_quantity(resource, max(0, math.ceil(value)))
+    # The nearest, not the next whole unit up: 0.2 cpu of forecast is not "1".
+    return format_human(resource, max(0, round(value)))
 
 
 def _error(series: dict[str, Any]) -> str:
@@ -195,10 +195,10 @@ def _used(key: str, value: int | None) -> str:
         return f"{value}s"
     if key == "cpu_seconds":
         return f"{value} cpu-s"
-    from apportion.core.resources import format_quantity
+    from apportion.core.resources import format_human
 
     try:
-        return format_quantity(key, int(value))
+        return format_human(key, int(value))
     except (ValueError, KeyError):
         return str(value)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from apportion.core.resources import (
+    Shortage,
     format_human,
     format_human_vector,
     human_quantity,
@@ -48,3 +49,8 @@ def test_human_text_of_the_apis_quantities() -> None:
 def test_a_vector_in_base_units_prints_as_pairs_not_a_dict() -> None:
     assert format_human_vector({"cpu": 2000, "memory": 4 * GI}) == "cpu=2,memory=4Gi"
     assert format_human_vector({}) == ""
+
+
+def test_a_ledger_refusal_reads_in_human_units() -> None:
+    short = Shortage("n1", "memory", 6170948 * KI, 8 * GI)
+    assert short.describe() == "Insufficient memory on node n1: 5.9Gi available, 8Gi requested"

@@ -233,8 +233,8 @@ class Shortage:
     requested: int
 
     def describe(self) -> str:
-        avail = format_quantity(self.resource, self.available)
-        req = format_quantity(self.resource, self.requested)
+        avail = format_human(self.resource, self.available)
+        req = format_human(self.resource, self.requested)
         return (
             f"Insufficient {self.resource} on node {self.node}: {avail} available, {req} requested"
         )

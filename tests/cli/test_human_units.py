@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,19 @@ def test_the_forecast_table_rounds_to_the_nearest_in_human_units() -> None:
         ["allocated", "23.5Gi", "3.4Gi [1.5Gi–310.4Mi]"],
         ["demand", "0", "3.4Gi [1.5Gi–310.4Mi]"],
     ]
+
+
+def test_forecast_on_a_fresh_server_says_how_much_history_it_needs(
+    env: dict[str, str],
+) -> None:
+    out = run(env, "forecast").stdout
+    assert rows(out)[2][:7] == [
+        "memory", "memory", "23.5Gi", "allocated", "310Mi", "-", "insufficient_history"]
+    # A step may be recorded while the test runs: 0 or 1 of the 3 needed.
+    assert re.search(r"not enough history yet for cpu allocated, cpu demand, memory allocated, "
+                     r"memory demand: ([01]) step\(s\) of 1 h recorded, a forecast needs "
+                     r"at least 3 \(3 h\); about [32] h more", out.replace("\n", " ")), out
+    body = run_json(env, "forecast")
+    series = body["forecasts"][0]["allocated"]
+    assert series["model"] == "insufficient_history"
+    assert series["history_needed_s"] in (7200, 10800)

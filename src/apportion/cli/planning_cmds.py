@@ -11,6 +11,7 @@ import typer
 
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, err_console, show, table
+from apportion.cli.units import human
 
 GROUP_BY = ("resource", "facility", "type")
 MAX_PANELS = 12
@@ -61,7 +62,8 @@ def _forecast_rows(answer: dict[str, Any]) -> list[list[str]]:
             model = series["model"] + (" (seasonal)" if series["seasonal"] else "")
             rows.append([
                 entry["group"] if i == 0 else "", resource if i == 0 else "",
-                entry["capacity"] if i == 0 else "", metric, _amount(resource, now_value),
+                human(resource, entry["capacity"]) if i == 0 else "", metric,
+                _amount(resource, now_value),
                 ahead, model, _error(series), _exhaustion(series),
             ])
     return rows
@@ -74,6 +76,24 @@ def _render_forecast(answer: dict[str, Any]) -> None:
           ["group", "resource", "capacity", "series", "now", f"in {days:g} d (80 %)", "model",
            "back-test error", "exhaustion"],
           _forecast_rows(answer))
+    for line in _history_lines(answer):
+        console.print(line)
+
+
+def _history_lines(answer: dict[str, Any]) -> list[str]:
+    """What a series without enough history waits for, once per distinct
+    reason (on a fresh server every series says the same)."""
+    waiting: dict[str, list[str]] = {}
+    for entry in answer["forecasts"]:
+        for metric in ("allocated", "demand"):
+            series = entry[metric]
+            if series.get("history_needed_s"):
+                why = str(series["reason"]).removeprefix("insufficient_history: ")
+                group, resource = entry["group"], entry["resource"]
+                name = resource if group == resource else f"{group}/{resource}"
+                waiting.setdefault(why, []).append(f"{name} {metric}")
+    return [f"not enough history yet for {', '.join(names)}: {why}"
+            for why, names in waiting.items()]
 
 
 def forecast(

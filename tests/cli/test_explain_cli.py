@@ -56,3 +56,17 @@ def test_explain_nodes_json_keeps_the_api_body(setup: tuple[dict[str, str], str]
     assert [(n["node"], n["now"], n["ever"]) for n in body["nodes"]] == [
         ("busy", "busy", True), ("off", "condition", False), ("small", "never", False)]
     assert (body["nodes_shown"], body["nodes_more"]) == (3, 0)
+
+
+def test_past_the_limit_the_table_counts_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    from apportion.cli.jobs_cmds import _node_table
+
+    shown = [{"node": f"s{i:02}", "now": "never", "ever": False,
+              "reason": "cpu: node capacity 1 < 4 requested",
+              "never": "cpu: node capacity 1 < 4 requested"} for i in range(50)]
+    _node_table({"nodes": shown, "nodes_total": 55, "nodes_shown": 50, "nodes_more": 5,
+                 "nodes_more_counts": {"capacity cpu": 4, "not_ready": 1}})
+    out = capsys.readouterr().out
+    assert "50 of 55 node(s)" in out
+    assert len(rows(out)) == 50
+    assert "  and 5 more node(s): 4 capacity cpu, 1 not_ready" in out

@@ -261,8 +261,9 @@ class Api(Generic[R]):
     def get_job(self, job_id: str) -> R:
         return self._call(Call("GET", f"/api/v1/jobs/{job_id}"))
 
-    def explain_job(self, job_id: str) -> R:
-        return self._call(Call("GET", f"/api/v1/jobs/{job_id}/explain"))
+    def explain_job(self, job_id: str, *, nodes: bool = False, nodes_limit: int | None = None) -> R:
+        return self._call(Call("GET", f"/api/v1/jobs/{job_id}/explain",
+                               params={"nodes": nodes or None, "nodes_limit": nodes_limit}))
 
     def cancel_job(self, job_id: str) -> R:
         return self._call(Call("POST", f"/api/v1/jobs/{job_id}/cancel"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,6 +186,9 @@ def test_a_task_over_its_memory_grant_is_killed_and_marked(tmp_path: Path) -> No
     task = run(scenario())
     assert task.memory_exceeded and task.exit_code == 137
     assert task.reason is not None and "memory limit exceeded" in task.reason
+    # The watchdog (no cgroup v2) says it in units a person reads, not in bytes.
+    assert re.fullmatch(r"memory limit exceeded( \(cgroup OOM kill\)|: \d+(\.\d)?Mi resident, "
+                        r"limit 50Mi)", task.reason), task.reason
 
 
 def test_a_new_runner_adopts_running_tasks_and_learns_how_the_others_ended(

@@ -51,6 +51,7 @@ def test_burst_of_unfit_tasks_scales_up_by_the_bin_packed_count() -> None:
     assert (d.action, d.count, d.template, d.nodes_to_drain) == ("scale_up", 5, "m16", ())
     assert d.cost_per_hour_delta == pytest.approx(4.0)
     assert "10 pending task(s) fit on no node; they pack onto 5 m16 node(s)" in d.reason
+    assert d.reason.startswith("add 5 m16 node(s) (cpu=16,memory=64Gi): ")
     assert d.advice_only is False
 
 

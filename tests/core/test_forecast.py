@@ -228,3 +228,14 @@ def test_seasonal_naive_intervals_widen_each_cycle_repeated() -> None:
     assert sd[0] == sd[23] < sd[24] == sd[47] < sd[48]
     assert sd[24] == pytest.approx(sd[0] * 2**0.5)
     assert sd[48] == pytest.approx(sd[0] * 3**0.5)
+
+
+def test_too_little_history_says_how_long_until_a_forecast() -> None:
+    from apportion.core.forecast import history_needed_s
+
+    f = forecast([(T0, 1.0)], 2 * HOUR, HOUR, None, T0)
+    assert f.reason == ("insufficient_history: 1 step(s) of 1 h recorded, a forecast needs "
+                        "at least 3 (3 h); about 2 h more")
+    assert history_needed_s(f) == 2 * HOUR
+    assert history_needed_s(forecast([(T0 + i * HOUR, 1.0) for i in range(5)], 2 * HOUR, HOUR,
+                                      None, T0 + 4 * HOUR)) == 0

@@ -110,23 +110,49 @@ def test_a_prediction_below_the_most_used_is_raised_with_a_note() -> None:
     kw = {"name": "etl", "user": "cy", "keys": ("runtime_s",), "quantile": 0.5, "margin": 0.0}
     p = predict(history, **kw)  # type: ignore[arg-type]
     assert p.values == {"runtime_s": 1000}
-    assert p.notes == ("runtime_s: raised from 100 to 1000, the most this job used in 6 "
+    assert p.notes == ("runtime_s: raised from 100s to 1000s, the most this job used in 6 "
                        "earlier run(s)",)
     q = predict(history, clamp_to_max_used=False, **kw)  # type: ignore[arg-type]
     assert q.values == {"runtime_s": 100}
-    assert q.notes == ("runtime_s: 100 is below the 1000 this job used in one of 6 "
+    assert q.notes == ("runtime_s: 100s is below the 1000s this job used in one of 6 "
                        "earlier run(s)",)
 
 
-def test_cap_at_the_request_then_the_floor_wins_and_both_are_noted() -> None:
+def test_the_request_is_the_ceiling_even_below_the_most_used() -> None:
     history = [UsageRecord("long", "di", None, {}, {"runtime_s": 8000}, float(i)) for i in range(5)]
     p = predict(history, name="long", user="di", requested={"runtime_s": 7200},
                 keys=("runtime_s",))
-    assert p.values == {"runtime_s": 8000}
+    assert p.values == {"runtime_s": 7200}
     assert p.notes == (
-        "runtime_s: 8800 capped at the request 7200 (the job is stopped there)",
-        "runtime_s: raised from 7200 to 8000, the most this job used in 5 earlier run(s)",
+        "runtime_s: 8800s capped at the request 7200s (the job is stopped there)",
+        "runtime_s: kept at the request 7200s, although this job used up to 8000s in 5 "
+        "earlier run(s)",
     )
+
+
+def test_memory_is_never_raised_above_the_request_and_notes_read_in_units() -> None:
+    history = [UsageRecord("fit", "ed", None, {"memory": 2 * GiB}, {"memory": 3632151950},
+                           float(i)) for i in range(5)]
+    p = predict(history, name="fit", user="ed", requested={"memory": 2 * GiB},
+                keys=("memory",))
+    assert p.values == {"memory": 2 * GiB}
+    assert p.notes == (
+        "memory: 3.7Gi capped at the request 2Gi (the job is stopped there)",
+        "memory: kept at the request 2Gi, although this job used up to 3.4Gi in 5 "
+        "earlier run(s)",
+    )
+
+
+def test_one_short_run_predicts_from_that_run_not_the_default_hour() -> None:
+    history = [UsageRecord("quick", "fay", None, {}, {"runtime_s": 31}, 1.0)]
+    p = predict(history, name="quick", user="fay", keys=("runtime_s",))
+    assert p.values == {"runtime_s": 35}  # 31 s plus the 10 % margin, rounded up
+    assert (p.tier, p.samples) == ("few_runs", 1)
+    assert p.notes == ("runtime_s: 35s, the most 1 earlier run(s) used plus 10% "
+                       "(statistics need 5 runs)",)
+    asked = predict(history, name="quick", user="fay", keys=("runtime_s",),
+                    requested={"runtime_s": 600})
+    assert (asked.values, asked.tier) == ({"runtime_s": 600}, "request")
 
 
 def test_basis_widens_from_command_to_name_to_user_to_name_of_anyone() -> None:

@@ -54,6 +54,15 @@ def test_validate_names_each_short_resource() -> None:
     }
 
 
+def test_the_message_shows_human_units_and_the_dict_keeps_exact_ones() -> None:
+    free = 6170948 * 1024  # as /proc/meminfo counts it, in Ki
+    with pytest.raises(InsufficientHostResources) as err:
+        make_ledger(memory=free, gpu_memory=16 * GIB).validate("facebook/musicgen-medium")
+    assert err.value.message == ("not enough resources for facebook/musicgen-medium: "
+                                 "memory: 5.9Gi available, 6Gi required")
+    assert err.value.to_dict()["shortages"][0]["available"] == "6170948Ki"
+
+
 def test_validate_on_a_host_without_the_resource() -> None:
     with pytest.raises(InsufficientHostResources) as err:
         make_ledger(memory=8 * GIB).validate("facebook/musicgen-medium")

@@ -160,7 +160,8 @@ def test_advice_pool_answers_a_decision_with_reasons(
     assert (lab["decision"], lab["count"], lab["template"]) == ("scale_up", 1, "c4"), lab
     assert (lab["mode"], lab["advice_only"]) == ("advice", True)
     assert (lab["provider"], lab["provider_kind"]) == ("lab", "local")
-    assert lab["reason"].startswith("add 1 c4 node(s)"), lab["reason"]
+    assert lab["reason"].startswith("add 1 c4 node(s) (cpu="), lab["reason"]
+    assert "{'" not in lab["reason"]  # no Python dict repr in a message
     assert "2 pending task(s) fit on no node; they pack onto 1 c4 node(s)" in lab["reason"]
     assert lab["pending_tasks"] == 2
     assert (lab["size"], lab["joining"], lab["min_size"], lab["max_size"]) == (0, [], 0, 4)

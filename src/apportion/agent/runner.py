@@ -63,6 +63,7 @@ from apportion.agent.isolation import (
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
 from apportion.agent.protocol import EXIT_FILE, Assignment, record_of, task_env
+from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
 
@@ -363,8 +364,8 @@ class Runner:
                 # Marked before the kill, so the exit it causes is reported
                 # as the memory limit, not as a plain SIGKILL.
                 task.memory_exceeded = True
-                task.reason = (f"memory limit exceeded: {overrun.peak_rss} bytes resident, "
-                               f"limit {overrun.limit}")
+                task.reason = (f"memory limit exceeded: {format_human('memory', overrun.peak_rss)}"
+                               f" resident, limit {format_human('memory', overrun.limit)}")
                 with contextlib.suppress(psutil.Error):
                     limits.kill_tree(psutil.Process(overrun.pid))
                 self._signal(task, signal.SIGKILL)

@@ -10,6 +10,7 @@ import typer
 
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
 from apportion.cli.output import api_errors, console, err_console, show, table
+from apportion.cli.units import human_vector
 from apportion.client import Client, ClientError
 
 JobArg = Annotated[str, typer.Argument(help="the job's id")]
@@ -25,15 +26,14 @@ def _job_rows(jobs: list[dict[str, Any]]) -> list[list[str]]:
         spec = j["spec"]
         if spec.get("array"):
             # An array is one line: its size, then how many of its tasks are where.
-            shape = ",".join(f"{k}={v}" for k, v in (spec.get("resources") or {}).items())
+            shape = human_vector(spec.get("resources") or {})
             counts = j.get("task_counts") or {}
             where = " ".join(f"{k} {counts[k]}" for k in ("pending", "active", "succeeded",
                                                           "failed") if counts.get(k))
             return f"array {spec['array']}x {shape}" + (f" ({where})" if where else "")
         tasks = spec.get("tasks") or [{"resources": spec.get("resources", {}),
                                         "count": spec.get("count", 1)}]
-        return "; ".join(f"{t.get('count', 1)}x " + ",".join(f"{k}={v}" for k, v in
-                                                              t["resources"].items())
+        return "; ".join(f"{t.get('count', 1)}x " + human_vector(t["resources"])
                          for t in tasks)
 
     return [[j["id"], j["name"] or "-", j["owner"] or "-", j["queue"], str(j["priority"]),
@@ -78,20 +78,42 @@ def jobs_show(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None,
 
 
 @jobs_app.command("explain")
-def jobs_explain(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None,
-                 as_json: JsonOpt = False) -> None:
+def jobs_explain(
+    job_id: JobArg,
+    nodes: Annotated[bool, typer.Option(
+        "--nodes", help="List each node with why it cannot take the job now and whether "
+                        "it ever could (the first 50; the rest counted by reason).")] = False,
+    server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
     """Why a pending job waits, and what would let it run."""
     with api_errors(as_json), client_for(server, token) as c:
-        why = c.explain_job(job_id)
+        why = c.explain_job(job_id, nodes=nodes)
 
     def render(w: dict[str, Any]) -> None:
         console.print(f"{w['job']}: {w['status']} — {w['summary']}")
-        for message, nodes in w["messages"].items():
-            console.print(f"  {nodes} node(s): {message}")
+        for message, count in w["messages"].items():
+            console.print(f"  {count} node(s): {message}")
         for hint in w["hints"]:
             console.print(f"  hint: {hint}")
+        if "nodes" in w:
+            _node_table(w)
 
     show(why, as_json, render)
+
+
+def _node_table(w: dict[str, Any]) -> None:
+    table(f"{w['nodes_shown']} of {w['nodes_total']} node(s)", ["node", "now", "ever", "reason"],
+          [[n["node"], n["now"], "yes" if n["ever"] else "no", _why(n)] for n in w["nodes"]])
+    if w["nodes_more"]:
+        counts = ", ".join(f"{n} {group}" for group, n in w["nodes_more_counts"].items())
+        console.print(f"  and {w['nodes_more']} more node(s): {counts}")
+
+
+def _why(n: dict[str, Any]) -> str:
+    # A cordoned node that is also too small: both, or the operator uncordons it in vain.
+    if n["ever"] or n["never"] == n["reason"]:
+        return str(n["reason"] or "-")
+    return f"{n['reason']}; never: {n['never']}"
 
 
 @jobs_app.command("cancel")
@@ -112,8 +134,8 @@ def queues_list(server: ServerOpt = None, token: TokenOpt = None,
     show(queues, as_json, lambda qs: table(
         f"{len(qs)} queue(s)", ["name", "weight", "priorities", "quota", "usage"],
         [[q["name"], f"{q['weight']:g}", _bounds(q),
-          ",".join(f"{k}={v}" for k, v in q["quota"].items()) or "unlimited",
-          ",".join(f"{k}={v}" for k, v in q["usage"].items()) or "-"] for q in qs]))
+          human_vector(q["quota"]) or "unlimited",
+          human_vector(q["usage"]) or "-"] for q in qs]))
 
 
 def _bounds(q: dict[str, Any]) -> str:

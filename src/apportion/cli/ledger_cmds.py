@@ -17,8 +17,8 @@ from apportion.cli.output import (
     err_console,
     show,
     table,
-    vector_text,
 )
+from apportion.cli.units import human, human_vector
 from apportion.client import config_path, resolve
 
 allocations_app = typer.Typer(help="Allocations, active and released.", no_args_is_help=True)
@@ -61,7 +61,7 @@ def alloc(
         granted,
         as_json,
         lambda a: console.print(
-            f"granted {a['id']} on {a['node']}: {vector_text(a['resources'])}"
+            f"granted {a['id']} on {a['node']}: {human_vector(a['resources'])}"
             + (f" devices {devices_text(a['devices'])}" if a["devices"] else "")
         ),
     )
@@ -116,7 +116,7 @@ def allocations_list(
                     a["id"],
                     a["node"],
                     a["owner"] or "-",
-                    vector_text(a["resources"]),
+                    human_vector(a["resources"]),
                     devices_text(a["devices"]),
                     a["state"],
                     a["reason"] or "-",
@@ -154,9 +154,9 @@ def capacity(
                     g["group"],
                     str(g["nodes"]),
                     r,
-                    t["total"],
-                    t["allocated"],
-                    t["available"],
+                    human(r, t["total"]),
+                    human(r, t["allocated"]),
+                    human(r, t["available"]),
                     f"{100 * t['allocated_share']:.1f}%",
                 ]
                 for g in s["groups"]
@@ -173,10 +173,11 @@ def _fragmentation(server: str | None, token: str | None, as_json: bool) -> None
     def render(r: dict[str, Any]) -> None:
         table("free capacity", ["resource", "free", "largest block", "nodes with free",
                                 "fragmentation"],
-              [[x["resource"], x["free"], x["largest_block"], str(x["nodes_with_free"]),
+              [[x["resource"], human(x["resource"], x["free"]),
+                human(x["resource"], x["largest_block"]), str(x["nodes_with_free"]),
                 f"{x['fragmentation_index']:.2f}"] for x in r["resources"]])
         table(f"what fits ({r['shapes_from']})", ["shape", "fits now", "if it were one node"],
-              [[",".join(f"{k}={v}" for k, v in x["shape"].items()), str(x["fits"]),
+              [[human_vector(x["shape"]), str(x["fits"]),
                 str(x["fits_if_whole"])] for x in r["shapes"]])
 
     show(report, as_json, render)

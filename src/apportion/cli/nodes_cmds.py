@@ -20,6 +20,7 @@ from apportion.cli.output import (
     table,
     vector_text,
 )
+from apportion.cli.units import human, human_vector
 from apportion.client import ClientError
 
 NodeArg = Annotated[str, typer.Argument(help="the node's name")]
@@ -39,9 +40,9 @@ def _node_rows(nodes: list[dict[str, Any]]) -> list[list[str]]:
                     n["state"] if i == 0 else "",
                     n["health"] if i == 0 else "",
                     resource,
-                    n["resources"][resource],
-                    n["allocated"].get(resource, "0"),
-                    n["available"].get(resource, "0"),
+                    human(resource, n["resources"][resource]),
+                    human(resource, n["allocated"].get(resource, "0")),
+                    human(resource, n["available"].get(resource, "0")),
                 ]
             )
         if not n["resources"]:
@@ -102,9 +103,9 @@ def nodes_show(
         [
             [
                 r,
-                node["resources"][r],
-                node["allocated"].get(r, "0"),
-                node["available"].get(r, "0"),
+                human(r, node["resources"][r]),
+                human(r, node["allocated"].get(r, "0")),
+                human(r, node["available"].get(r, "0")),
                 pct(node["allocated_base"].get(r, 0), node["resources_base"][r]),
             ]
             for r in sorted(node["resources"])
@@ -130,7 +131,7 @@ def nodes_show(
         "allocations",
         ["id", "owner", "resources", "devices", "since"],
         [
-            [a["id"], a["owner"] or "-", vector_text(a["resources"]),
+            [a["id"], a["owner"] or "-", human_vector(a["resources"]),
              devices_text(a["devices"]), a["created_at"]]
             for a in node.get("allocations", [])
         ],
@@ -183,7 +184,7 @@ def nodes_add(
     show(
         node,
         as_json,
-        lambda n: console.print(f"registered node {n['name']}: {vector_text(n['resources'])}"),
+        lambda n: console.print(f"registered node {n['name']}: {human_vector(n['resources'])}"),
     )
 
 
@@ -214,7 +215,7 @@ def nodes_update(
     with api_errors(as_json), client_for(server, token) as c:
         node = c.update_node(name, body)
     show(node, as_json, lambda n: console.print(
-        f"updated node {n['name']}: {vector_text(n['resources'])}"
+        f"updated node {n['name']}: {human_vector(n['resources'])}"
         + (f"; labels {vector_text(n['labels'])}" if n["labels"] else "")))
 
 

@@ -16,6 +16,7 @@ import typer
 
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, real_console, show, table
+from apportion.cli.units import human, human_vector
 from apportion.client import Client, ClientError, resolve
 
 if TYPE_CHECKING:
@@ -283,7 +284,8 @@ def render_top(s: dict[str, Any]) -> RenderableType:
         cap.add_column(col)
     for g in s["resources"]:
         t = g["resources"][g["group"]]
-        cap.add_row(g["group"], t["allocated"], t["total"], _bar(t["allocated_share"]),
+        cap.add_row(g["group"], human(g["group"], t["allocated"]), human(g["group"], t["total"]),
+                    _bar(t["allocated_share"]),
                     f"{t['allocated_share'] * 100:.0f}%")
     resources = [g["group"] for g in s["resources"]]
     fac = Table(title="facilities", title_justify="left")
@@ -313,7 +315,7 @@ def render_top(s: dict[str, Any]) -> RenderableType:
         name = q["name"]
         queues.add_row(name, str(sum(j["queue"] == name for j in s["waiting"])),
                        str(sum(j["queue"] == name for j in s["running"])),
-                       ",".join(f"{k}={v}" for k, v in q.get("usage", {}).items()) or "-")
+                       human_vector(q.get("usage", {})) or "-")
     parts.append(Columns([jobs, queues]))
 
     alerts = s.get("alerts")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from apportion.cli.output import (
     show,
     table,
 )
+from apportion.cli.units import human
 
 GROUP_BY = ("resource", "facility", "type")
 MAX_PANELS = 12
@@ -28,9 +28,10 @@ MAX_PANELS = 12
 def _amount(resource: str, value: float | None) -> str:
     if value is None:
         return "-"
-    from apportion.core.resources import format_quantity
+    from apportion.core.resources import format_human
 
-    return format_quantity(resource, max(0, math.ceil(value)))
+    # The nearest, not the next whole unit up: 0.2 cpu of forecast is not "1".
+    return format_human(resource, max(0, round(value)))
 
 
 def _error(series: dict[str, Any]) -> str:
@@ -69,7 +70,8 @@ def _forecast_rows(answer: dict[str, Any]) -> list[list[str]]:
             model = series["model"] + (" (seasonal)" if series["seasonal"] else "")
             rows.append([
                 entry["group"] if i == 0 else "", resource if i == 0 else "",
-                entry["capacity"] if i == 0 else "", metric, _amount(resource, now_value),
+                human(resource, entry["capacity"]) if i == 0 else "", metric,
+                _amount(resource, now_value),
                 ahead, model, _error(series), _exhaustion(series),
             ])
     return rows
@@ -82,6 +84,24 @@ def _render_forecast(answer: dict[str, Any]) -> None:
           ["group", "resource", "capacity", "series", "now", f"in {days:g} d (80 %)", "model",
            "back-test error", "exhaustion"],
           _forecast_rows(answer))
+    for line in _history_lines(answer):
+        console.print(line)
+
+
+def _history_lines(answer: dict[str, Any]) -> list[str]:
+    """What a series without enough history waits for, once per distinct
+    reason (on a fresh server every series says the same)."""
+    waiting: dict[str, list[str]] = {}
+    for entry in answer["forecasts"]:
+        for metric in ("allocated", "demand"):
+            series = entry[metric]
+            if series.get("history_needed_s"):
+                why = str(series["reason"]).removeprefix("insufficient_history: ")
+                group, resource = entry["group"], entry["resource"]
+                name = resource if group == resource else f"{group}/{resource}"
+                waiting.setdefault(why, []).append(f"{name} {metric}")
+    return [f"not enough history yet for {', '.join(names)}: {why}"
+            for why, names in waiting.items()]
 
 
 def forecast(
@@ -204,10 +224,10 @@ def _used(key: str, value: int | None) -> str:
         return f"{value}s"
     if key == "cpu_seconds":
         return f"{value} cpu-s"
-    from apportion.core.resources import format_quantity
+    from apportion.core.resources import format_human
 
     try:
-        return format_quantity(key, int(value))
+        return format_human(key, int(value))
     except (ValueError, KeyError):
         return str(value)
 

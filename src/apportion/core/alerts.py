@@ -28,7 +28,7 @@ from apportion.core.capacity import GroupSummary
 from apportion.core.errors import InvalidInput
 from apportion.core.health import HealthReport, Severity
 from apportion.core.model import Health
-from apportion.core.resources import format_quantity
+from apportion.core.resources import format_human
 
 __all__ = [
     "Alert",
@@ -305,8 +305,8 @@ def _quota_conditions(queue: QueueFacts, near: float) -> list[Condition]:
         if quota <= 0 or used / quota < near:  # a zero quota forbids, it cannot fill
             continue
         message = (
-            f"Queue {queue.name} uses {format_quantity(resource, used)} of its "
-            f"{format_quantity(resource, quota)} {resource} quota ({used / quota:.0%})"
+            f"Queue {queue.name} uses {format_human(resource, used)} of its "
+            f"{format_human(resource, quota)} {resource} quota ({used / quota:.0%})"
         )
         labels = {"queue": queue.name, "resource": resource}
         found.append(

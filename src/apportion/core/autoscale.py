@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
 from apportion.core.errors import InvalidInput
-from apportion.core.resources import Vector, fits, format_vector
+from apportion.core.resources import Vector, fits, format_human_vector
 
 Action = Literal["scale_up", "scale_down", "none"]
 Mode = Literal["auto", "advice"]
@@ -272,7 +272,7 @@ def _up(policy: PoolPolicy, count: int, reason: str) -> ScalingDecision:
     t = policy.template
     return ScalingDecision(
         "scale_up", count, t.name, (), f"add {count} {t.name} node(s) "
-        f"({format_vector(t.resources)}): {reason}", False, count * t.cost_per_hour,
+        f"({format_human_vector(t.resources)}): {reason}", False, count * t.cost_per_hour,
     )
 
 

@@ -556,6 +556,21 @@ def _exhaustion(
     return _crossing(last, times, mean, capacity), _crossing(last, times, hi80, capacity)
 
 
+def duration(seconds: float) -> str:
+    """``3 h``, ``90 min``, ``2.5 d``: a span as a person says it."""
+    for size, unit in ((DAY_S, "d"), (3600.0, "h"), (60.0, "min")):
+        if seconds >= 2 * size or (seconds >= size and seconds % size == 0):
+            return f"{round(seconds / size, 1):g} {unit}"
+    return f"{seconds:g} s"
+
+
+def history_needed_s(fc: Forecast) -> float:
+    """Seconds of history still missing before ``fc`` can be more than flat."""
+    if fc.model != INSUFFICIENT:
+        return 0.0
+    return max(0, MIN_POINTS - fc.history_points) * fc.step_s
+
+
 def _insufficient(
     series: _Series | None,
     step_s: float,
@@ -567,7 +582,11 @@ def _insufficient(
     """Flat at the last value; with under ``MIN_POINTS`` steps there is no
     spread to estimate, so the interval collapses onto it."""
     n = 0 if series is None else int(series.y.size)
-    reason = f"{INSUFFICIENT}: {n} step(s) of history, at least {MIN_POINTS} are needed"
+    # An operator on a fresh server asks "how long until it forecasts?", so
+    # the answer is in time, not only in steps.
+    reason = (f"{INSUFFICIENT}: {n} step(s) of {duration(step_s)} recorded, a forecast needs "
+              f"at least {MIN_POINTS} ({duration(MIN_POINTS * step_s)}); about "
+              f"{duration((MIN_POINTS - n) * step_s)} more")
     if series is None:
         return Forecast(INSUFFICIENT, (), None, None, None, step_s, 0, reason, (), tuple(notes))
     value = float(series.y[-1])

@@ -13,13 +13,16 @@ Tiers, per predicted key (peak ``memory`` bytes, ``cpu_seconds``,
   ``margin``.
 * ``request``: the job's own request (``cpu_seconds`` is implied by cpu and
   runtime requests), when there is too little history.
+* ``few_runs``: without a request, the most that the 1 to 4 runs there are
+  used, plus ``margin``: one 31 s run says more than a default of an hour.
 * ``default``: ``DEFAULT_USAGE`` when there is neither.
 
 History is searched from the most specific key to the broadest: name + user +
 command, name + user, user, name; the first with enough runs for a key is the
 basis. A prediction above the request is capped at it (a job is stopped at
 its limit), and a prediction below the most this job (same name, user and,
-when given, command) ever used is raised to that, with a note either way;
+when given, command) ever used is raised to that, but never above the
+request: the user's own figure is the ceiling. A note says each;
 ``clamp_to_max_used=False`` keeps the lower value and only notes it.
 
 ``confidence`` is the Laplace-smoothed share of the basis runs whose use the
@@ -42,15 +45,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from apportion.core.errors import InvalidInput
+from apportion.core.resources import format_human
 
 Array = NDArray[np.float64]
-Tier = Literal["model", "robust", "request", "default"]
+Tier = Literal["model", "robust", "request", "few_runs", "default"]
 
 MODEL_MIN_SAMPLES = 30
 ROBUST_MIN_SAMPLES = 5
 MAX_SAMPLES = 1000
 """The most recent runs used per basis: old runs describe old code and inputs."""
-TIER_ORDER: tuple[Tier, ...] = ("model", "robust", "request", "default")
+TIER_ORDER: tuple[Tier, ...] = ("model", "robust", "request", "few_runs", "default")
 BASE_KEYS = ("memory", "cpu_seconds", "runtime_s")
 DEFAULT_USAGE: Mapping[str, int] = MappingProxyType(
     {"memory": 1 << 30, "cpu_seconds": 3600, "gpu_memory": 0, "runtime_s": 3600}
@@ -189,22 +193,28 @@ def _predict_key(
     estimate = _estimate(key, job, levels, settings)
     value = estimate.value
     asked = job.requested.get(key)
-    if settings.cap_at_request and asked is not None and value > asked:
-        notes.append(f"{key}: {value} capped at the request {asked} (the job is stopped there)")
+    capped = settings.cap_at_request and asked is not None
+    if capped and asked is not None and value > asked:
+        notes.append(f"{key}: {_show(key, value)} capped at the request {_show(key, asked)} "
+                     "(the job is stopped there)")
         value = asked
+    if estimate.tier == "few_runs":
+        notes.append(f"{key}: {_show(key, value)}, the most {estimate.samples} earlier run(s) "
+                     f"used plus {settings.margin:.0%} (statistics need "
+                     f"{ROBUST_MIN_SAMPLES} runs)")
     used_before = [r.used[key] for r in same_job if key in r.used]
     if used_before and value < (peak := max(used_before)):
-        if settings.clamp_to_max_used:
-            notes.append(
-                f"{key}: raised from {value} to {peak}, the most this job used in "
-                f"{len(used_before)} earlier run(s)"
-            )
+        runs = len(used_before)
+        if capped and asked is not None and peak > asked:
+            notes.append(f"{key}: kept at the request {_show(key, asked)}, although this job "
+                         f"used up to {_show(key, peak)} in {runs} earlier run(s)")
+        elif settings.clamp_to_max_used:
+            notes.append(f"{key}: raised from {_show(key, value)} to {_show(key, peak)}, the "
+                         f"most this job used in {runs} earlier run(s)")
             value = peak
         else:
-            notes.append(
-                f"{key}: {value} is below the {peak} this job used in one of "
-                f"{len(used_before)} earlier run(s)"
-            )
+            notes.append(f"{key}: {_show(key, value)} is below the {_show(key, peak)} this job "
+                         f"used in one of {runs} earlier run(s)")
     if value != estimate.value:
         past = _samples(key, levels, estimate.basis)
         estimate = KeyPrediction(
@@ -240,8 +250,20 @@ def _estimate(
     asked = _from_request(key, job.requested)
     if asked is not None:
         return KeyPrediction(asked, "request", past.size, None, _coverage(past, asked))
+    if past.size:
+        value = _ceil(float(past.max()) * (1 + settings.margin))
+        return KeyPrediction(value, "few_runs", past.size, None, _coverage(past, value))
     value = settings.defaults.get(key, 0)
     return KeyPrediction(value, "default", past.size, None, _coverage(past, value))
+
+
+def _show(key: str, value: int) -> str:
+    """An amount in a note as a person reads it: ``2Gi``, not 2147483648."""
+    if key == "runtime_s":
+        return f"{value}s"
+    if key == "cpu_seconds":
+        return f"{value} cpu-s"
+    return format_human(key, value)
 
 
 def _from_request(key: str, requested: Mapping[str, int]) -> int | None:

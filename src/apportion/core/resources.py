@@ -177,6 +177,48 @@ def format_vector(vector: Vector) -> dict[str, str]:
     return {name: format_quantity(name, qty) for name, qty in vector.items()}
 
 
+_BINARY_UP = sorted(BINARY.items(), key=lambda kv: kv[1])
+
+
+def format_human(name: str, value: int) -> str:
+    """Text for a person: bytes in the largest binary unit with one decimal,
+    rounded to the nearest (``23.5Gi``, ``310Mi``), where ``format_quantity``
+    must stay exact and may say ``24683792Ki``. Other units as canonical."""
+    if unit_of(name) is not Unit.BYTES or abs(value) < 1024:
+        return format_quantity(name, value) if value >= 0 else str(value)
+    sign, size_left = ("-" if value < 0 else ""), abs(value)
+    i = max(i for i, (_, size) in enumerate(_BINARY_UP) if size <= size_left)
+    # 1023.96Mi rounds to 1024.0Mi: the next unit says it as 1Gi.
+    if round(size_left / _BINARY_UP[i][1], 1) >= 1024 and i + 1 < len(_BINARY_UP):
+        i += 1
+    suffix, size = _BINARY_UP[i]
+    text = f"{round(size_left / size, 1):.1f}".removesuffix(".0") + suffix
+    return sign + text
+
+
+def format_human_vector(vector: Vector) -> str:
+    """``cpu=2,memory=23.5Gi`` for a vector in base units: for messages, where a
+    dict would print as ``{'cpu': '2', ...}``."""
+    return ",".join(f"{name}={format_human(name, q)}" for name, q in vector.items())
+
+
+def human_quantity(name: str, value: object) -> str:
+    """``format_human`` of a quantity as the API writes it (``"24683792Ki"``,
+    or a number); what does not parse is shown as it came."""
+    if value is None:
+        return "-"
+    try:
+        return format_human(name, parse_quantity(name, value))
+    except (InvalidQuantity, InvalidResourceName):
+        return str(value)
+
+
+def human_vector(vector: Mapping[str, object]) -> str:
+    """``human_quantity`` over a vector as the API or a user writes it (whole
+    units for numbers, as ``parse_quantity`` reads them), in one line."""
+    return ",".join(f"{name}={human_quantity(name, q)}" for name, q in vector.items())
+
+
 @dataclass(frozen=True, slots=True)
 class Shortage:
     """One resource one node cannot give: what it has free and what was asked.
@@ -196,8 +238,8 @@ class Shortage:
     def describe(self) -> str:
         if not self.offered:
             return f"node {self.node} has no {self.resource}"
-        avail = format_quantity(self.resource, self.available)
-        req = format_quantity(self.resource, self.requested)
+        avail = format_human(self.resource, self.available)
+        req = format_human(self.resource, self.requested)
         return (
             f"Insufficient {self.resource} on node {self.node}: {avail} available, {req} requested"
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from apportion.core.resources import format_quantity, parse_quantity
+from apportion.core.resources import format_human, format_quantity, parse_quantity
 from apportion.guard.errors import InsufficientHostResources, Short
 from apportion.guard.ledger import LocalLedger, wake_future
 from apportion.guard.sizing import Size, estimate_size
@@ -577,7 +577,7 @@ class ModelCache:
     def _after_evict(self, entries: list[CacheEntry]) -> None:
         for entry in entries:
             log.info(
-                "evicted %s (%s)", entry.key, format_quantity("memory", entry.size.memory)
+                "evicted %s (%s)", entry.key, format_human("memory", entry.size.memory)
             )
             for hook in self._hooks:
                 try:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apportion.core.resources import format_quantity
+from apportion.core.resources import format_human, format_quantity
 from apportion.exceptions import ApportionError
 
 
@@ -36,8 +36,8 @@ class Short:
     required: int
 
     def describe(self) -> str:
-        avail = format_quantity(self.resource, self.available)
-        need = format_quantity(self.resource, self.required)
+        avail = format_human(self.resource, self.available)
+        need = format_human(self.resource, self.required)
         return f"{self.resource}: {avail} available, {need} required"
 
     def to_dict(self) -> dict[str, Any]:

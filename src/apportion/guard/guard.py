@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from apportion.core.resources import format_quantity, format_vector, parse_vector
+from apportion.core.resources import format_human, format_vector, parse_vector
 from apportion.guard.cache import DEFAULT_PRESSURE_THRESHOLD, ModelCache
 from apportion.guard.calls import CALLS, CallHistory
 from apportion.guard.capacity import DEFAULT_MARGIN, LocalCapacity, discover_local_capacity
@@ -196,7 +196,7 @@ class Guard:
         if cap and used > 0.9 * cap:
             out.append(_hint(
                 "warning", "ledger",
-                f"{format_quantity('memory', used)} of {format_quantity('memory', cap)} "
+                f"{format_human('memory', used)} of {format_human('memory', cap)} "
                 "memory is held; new work will be refused soon",
             ))
         return out

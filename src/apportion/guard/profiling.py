@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from apportion.core.resources import format_quantity
+from apportion.core.resources import format_human
 
 Engine = Literal["auto", "cprofile", "pyinstrument"]
 
@@ -100,7 +100,7 @@ def _memory_section(report: ProfileReport, before: tracemalloc.Snapshot, top: in
     filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
     diff = after.filter_traces(filters).compare_to(before.filter_traces(filters), "lineno")
     report.memory_top = [
-        f"{format_quantity('memory', max(0, s.size_diff)):>10} "
+        f"{format_human('memory', max(0, s.size_diff)):>10} "
         f"({s.count_diff:+d} blocks) {s.traceback[0].filename}:{s.traceback[0].lineno}"
         for s in diff[:top]
         if s.size_diff > 0
@@ -112,7 +112,7 @@ def _time_section(report: ProfileReport, profiler: Any, is_pyinst: bool, top: in
     memory = ""
     if report.memory_peak is not None:
         memory = (
-            f"\n\nmemory: traced peak {format_quantity('memory', report.memory_peak)}; "
+            f"\n\nmemory: traced peak {format_human('memory', report.memory_peak)}; "
             "top growth by line:\n" + "\n".join(report.memory_top or ["(none)"])
         )
     if is_pyinst:

@@ -34,7 +34,7 @@ import structlog
 
 from apportion.core.alerts import ExhaustionForecast
 from apportion.core.capacity import PendingDemand, pending_by_group, summarize
-from apportion.core.forecast import Forecast, forecast
+from apportion.core.forecast import Forecast, forecast, history_needed_s
 from apportion.core.resources import format_quantity
 from apportion.exceptions import InvalidInput
 from apportion.service.alerts_service import AlertsService
@@ -336,6 +336,7 @@ def render_forecast(fc: Forecast, now: float, history: list[tuple[float, float]]
             "mape_percent": _round(fc.backtest.mape), "mase": _round(fc.backtest.mase),
             "holdout_points": fc.backtest.holdout_points},
         "history_points": fc.history_points,
+        "history_needed_s": history_needed_s(fc),
         "exhaustion_at": iso(fc.exhaustion_at),
         "exhaustion_at_epoch": fc.exhaustion_at,
         "exhaustion_in_hours": None if fc.exhaustion_at is None

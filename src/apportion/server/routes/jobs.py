@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from apportion.core.records import JobRow, TaskRow
 from apportion.core.resources import format_vector
 from apportion.core.scheduling import JobState
+from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable
 from apportion.exceptions import PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.schemas import CompleteIn, JobIn, QueueIn, iso
@@ -104,15 +105,37 @@ async def get_job(
 
 
 @router.get("/jobs/{job_id}/explain")
-async def explain_job(ctx: Ctx, _: Caller, job_id: str) -> dict[str, Any]:
+async def explain_job(
+    ctx: Ctx, _: Caller, job_id: str,
+    nodes: Annotated[bool, Query(description="list each node with why it cannot take the job "
+                                             "now and whether it ever could")] = False,
+    nodes_limit: Annotated[int, Query(ge=0, le=10_000, description="nodes listed with "
+                                      "nodes=true; the rest are counted by reason")]
+    = NODES_SHOWN,
+) -> dict[str, Any]:
     await ctx.jobs.get_page(job_id, limit=0)  # 404 for an unknown id
     why = ctx.jobs.explain(job_id)
     waiting = ctx.jobs.last_cycle.unplaced.get(job_id) if ctx.jobs.last_cycle else None
-    return {"job": job_id, "status": why.status, "summary": why.summary(),
+    body = {"job": job_id, "status": why.status, "summary": why.summary(),
             "nodes_total": why.nodes_total, "counts": dict(why.counts),
             "messages": dict(why.messages), "hints": list(why.hints),
             "earliest_start": iso(why.earliest_start),
             "waiting_for": waiting.message if waiting else None}
+    if nodes:
+        body.update(render_node_table(ctx.jobs.explain_nodes(job_id, limit=nodes_limit)))
+    return body
+
+
+def render_node_table(table: NodeTable) -> dict[str, Any]:
+    return {
+        "nodes": [{"node": v.node, "now": v.now, "ever": v.ever,
+                   "reason": v.reason.message if v.reason else None,
+                   "code": v.reason.code.value if v.reason else None,
+                   "plugin": v.reason.plugin if v.reason else None,
+                   "never": v.never.message if v.never else None} for v in table.nodes],
+        "nodes_shown": len(table.nodes), "nodes_more": table.more,
+        "nodes_more_counts": dict(table.rest),
+    }
 
 
 @router.post("/jobs/{job_id}/cancel")

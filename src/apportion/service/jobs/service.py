@@ -33,6 +33,7 @@ from apportion.core.scheduling import (
     explain,
     validate_job,
 )
+from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable, explain_nodes
 from apportion.exceptions import InvalidInput, NotFound
 from apportion.protocol import Assignment, Stop
 from apportion.service.job_specs import job_from_spec, queue_from_row
@@ -291,6 +292,14 @@ class JobsService:
                                field="id")
         return explain(self.scheduler.cluster_state(), live.job, now=self.clock(),
                        queues=self.queues)
+
+    def explain_nodes(self, job_id: str, *, limit: int = NODES_SHOWN) -> NodeTable:
+        """Per node, why a waiting job cannot go there now and whether it ever could."""
+        live = self.cache.jobs.get(job_id)
+        if live is None or live.state not in WAITING:
+            raise InvalidInput(f"job {job_id} is not waiting; explain answers for pending jobs",
+                               field="id")
+        return explain_nodes(self.scheduler.cluster_state(), live.job, limit=limit)
 
     # -- what agents run and report --------------------------------------------------------
 

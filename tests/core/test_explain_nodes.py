@@ -1,0 +1,40 @@
+"""Explain per node: each node's reason now, whether it ever could, the limit."""
+
+from __future__ import annotations
+
+from apportion.core.model import Node, NodeState
+from apportion.core.scheduling import ClusterState, TaskPlacement, job
+from apportion.core.scheduling.explain_nodes import explain_nodes
+
+
+def test_each_node_says_why_now_and_whether_ever() -> None:
+    state = ClusterState([
+        Node("small", {"cpu": 2000}),
+        Node("busy", {"cpu": 8000}),
+        Node("off", {"cpu": 8000}, state=NodeState.CORDONED),
+        Node("off-small", {"cpu": 2000}, state=NodeState.CORDONED),
+        Node("free", {"cpu": 4000}),
+    ])
+    state.start(job("hog", {"cpu": 6000}), [TaskPlacement("busy", {"cpu": 6000})], 0.0, 100.0)
+    table = explain_nodes(state, job("j", {"cpu": 4000}))
+    assert [(v.node, v.now, v.ever, v.reason.message if v.reason else None,
+             v.never.message if v.never else None) for v in table.nodes] == [
+        ("free", "fits", True, None, None),
+        ("busy", "busy", True, "insufficient cpu: 2 free, 4 requested", None),
+        ("off", "condition", True, "node is cordoned", None),
+        ("off-small", "condition", False, "node is cordoned",
+         "cpu: node capacity 2 < 4 requested"),
+        ("small", "never", False, "cpu: node capacity 2 < 4 requested",
+         "cpu: node capacity 2 < 4 requested"),
+    ]
+    assert (table.total, table.more, dict(table.rest)) == (5, 0, {})
+
+
+def test_past_the_limit_nodes_are_counted_by_reason() -> None:
+    nodes = [Node(f"n{i:02}", {"cpu": 1000}) for i in range(55)]
+    nodes.append(Node("big", {"cpu": 8000}, state=NodeState.DOWN))
+    table = explain_nodes(ClusterState(nodes), job("j", {"cpu": 4000}), limit=50)
+    assert table.nodes[0].node == "big"
+    assert [v.node for v in table.nodes[1:3]] == ["n00", "n01"]
+    assert (len(table.nodes), table.total, table.more) == (50, 56, 6)
+    assert dict(table.rest) == {"capacity cpu": 6}

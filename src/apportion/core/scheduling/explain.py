@@ -239,9 +239,12 @@ def _reject(job: Job, field: str, reason: Reason) -> NoReturn:
 
 
 def _unoffered(state: ClusterState, spec: TaskSpec) -> list[str]:
-    """The resources of ``spec`` that no node offers at all."""
-    return sorted(r for r in spec.resources
-                  if not any(r in cls.pos for cls in state.classes if cls.size))
+    """The resources of ``spec`` that no node offers at all (none with no
+    nodes: "there are no nodes" says more)."""
+    classes = [cls for cls in state.classes if cls.size]
+    if not classes:
+        return []
+    return sorted(r for r in spec.resources if not any(r in cls.pos for cls in classes))
 
 
 def _never_failure(state: ClusterState, job: Job, spec: TaskSpec, capacity: int) -> Failure:

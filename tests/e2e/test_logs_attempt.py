@@ -51,6 +51,6 @@ def test_logs_of_each_attempt_by_api_and_cli(cluster: Cluster, tmp_path: Path) -
     assert logs_cli().stdout == "attempt 3\n"
     proc = logs_cli("--attempt", "7")
     assert (proc.returncode, proc.stderr) == (
-        1, "error (404): attempt: task 0 of this job has no attempt 7 (its attempts: 1, 2, 3)\n")
+        3, "error (404): attempt: task 0 of this job has no attempt 7 (its attempts: 1, 2, 3)\n")
     proc = logs_cli("--attempt", "0")
     assert proc.returncode == 2 and "--attempt" in proc.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import typer
 
 from apportion.cli.main import app
 from apportion.client import Client
+from e2e.cluster import wait_for
 from support import ServerProcess
 
 # Commands this file does not run, and why. Each still runs elsewhere.
@@ -95,15 +95,6 @@ class Made:
     ids: dict[str, str]
 
 
-def _wait_for(what: str, check: Callable[[], bool], limit_s: float = 60.0) -> None:
-    """Wait for a condition; ``limit_s`` only bounds a hang."""
-    deadline = time.monotonic() + limit_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
     data_dir = tmp_path_factory.mktemp("every-command")
@@ -131,8 +122,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
             on_lab = ["facility=lab"]
             lease = c.submit_job({"resources": {"cpu": "1"}, "name": "lease-job",
                                   "queue": "research", "constraints": on_lab})
-            _wait_for("the lease job to run",
-                      lambda: c.get_job(lease["id"])["state"] == "running")
+            wait_for("the lease job to run",
+                      lambda: c.get_job(lease["id"])["state"] == "running", 60)
             # Its output, sent the way an agent sends a task's output.
             [task] = c.get_job(lease["id"])["tasks"]
             with server.client() as http:

@@ -8,13 +8,13 @@ Imported as ``server.helpers`` (``tests`` is on the path, as for
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from e2e.cluster import wait_for
 from support import ServerProcess
 
 # ``serve`` (conftest.py): start a fresh server with these extra environment variables.
@@ -27,13 +27,7 @@ def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "conditio
           every: float = 0.05) -> Any:
     """Poll ``check`` until it returns something truthy (the server's loops
     run in the background) and return that; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what} not reached in time")
+    return wait_for(what, check, timeout, every)
 
 
 def add_node(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,13 @@ class UnitOfWork:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def shared(self) -> bool:
+        """Whether other servers may write this store too. SQLite has one
+        server by construction (its leader lock is a file lock), so what that
+        server holds in memory is all there is; PostgreSQL may have several."""
+        return self.dialect != "sqlite"
+
     def start_following(self) -> None:
         """Follow the events written after now (at start)."""
         with self.engine.connect() as conn:

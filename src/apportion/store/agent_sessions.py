@@ -55,11 +55,15 @@ def open_session(conn: sa.Connection, row: SessionRow) -> None:
 def touch_many(conn: sa.Connection, seen: Iterable[dict[str, Any]]) -> None:
     """Note heartbeats and polls in one statement: each dict has ``node``,
     ``last_seen``, ``server_id`` and, for a heartbeat, ``heartbeat_at``,
-    ``agent_id``, ``usage`` and ``tasks``."""
+    ``agent_id`` and (unless left out) ``usage`` and ``tasks``."""
     plain: list[dict[str, Any]] = []
     beats: list[dict[str, Any]] = []
+    bare: list[dict[str, Any]] = []
     for s in seen:
-        (beats if "heartbeat_at" in s else plain).append(s)
+        if "heartbeat_at" not in s:
+            plain.append(s)
+        else:
+            (beats if "usage" in s else bare).append(s)
     if plain:
         conn.execute(agent_sessions.update().where(
             agent_sessions.c.node == sa.bindparam("b_node"),
@@ -77,6 +81,13 @@ def touch_many(conn: sa.Connection, seen: Iterable[dict[str, Any]]) -> None:
             [{"b_node": s["node"], "b_last_seen": s["last_seen"], "b_server": s["server_id"],
               "b_at": s["heartbeat_at"], "b_agent": s["agent_id"], "b_usage": s["usage"],
               "b_tasks": s["tasks"]} for s in beats])
+    if bare:  # a heartbeat without its readings
+        conn.execute(agent_sessions.update().where(
+            agent_sessions.c.node == sa.bindparam("b_node"),
+        ).values(last_seen=sa.bindparam("b_last_seen"), server_id=sa.bindparam("b_server"),
+                 heartbeat_at=sa.bindparam("b_at"), agent_id=sa.bindparam("b_agent")),
+            [{"b_node": s["node"], "b_last_seen": s["last_seen"], "b_server": s["server_id"],
+              "b_at": s["heartbeat_at"], "b_agent": s["agent_id"]} for s in bare])
 
 
 def update(conn: sa.Connection, node: str, **values: Any) -> bool:

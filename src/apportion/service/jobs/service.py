@@ -355,6 +355,7 @@ class JobsService:
         """Apply an agent's report on one task; repeating a report is harmless."""
         outcome = await self.writer.run(partial(t.report, node=node, task_id=task_id,
                                                 report=report))
+        await self.scheduler.start_freed_switches()
         return outcome.answer
 
     async def node_lost(self, node: str) -> int:

@@ -10,8 +10,10 @@ would exit at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -195,3 +197,21 @@ def test_a_forecast_peak_scales_the_pool_up_before_it_comes(
     [row] = [line for line in out.stdout.splitlines() if "│ ahead " in line]
     assert "scale_up +1 × c4" in row and "forecast peak utilization 90% within the next 2 h" \
         in row, row
+
+
+def test_the_planner_records_the_allocated_amount_per_pool_only(
+    server: ServerProcess,
+) -> None:
+    def recorded() -> Any:
+        with contextlib.closing(sqlite3.connect(server.data_dir / "apportion.db",
+                                                timeout=10)) as db:
+            rows = db.execute("SELECT metric, labels FROM history_series").fetchall()
+        found = sorted((metric, labels["group"], labels["resource"])
+                       for metric, raw in rows
+                       for labels in [json.loads(raw)] if labels.get("group_by") == "pool")
+        return found if len(found) >= 4 else None
+
+    # Node main-1 is in no pool: no "(none)" group; ahead-1 is in pool ahead.
+    assert until(recorded, 30, "the per-pool series") == [
+        ("allocated", "ahead", "cpu"), ("allocated", "ahead", "memory"),
+        ("demand", "ahead", "cpu"), ("demand", "ahead", "memory")]

@@ -280,6 +280,8 @@ class JobsService:
         key = self._node_key()
         if self._pools_state is None or self._pools_state[0] != key:
             standins = tuple(self.potential_nodes())
+            if not standins:  # no pools (yet): nothing to keep
+                return self._nodes_only(), ()
             state = ClusterState([*self.ledger.nodes.values(), *standins], [])
             self._pools_state = (key, state, standins)
         return self._pools_state[1], self._pools_state[2]

@@ -88,6 +88,29 @@ def test_forecast_peak_scales_up_ahead_of_load() -> None:
     assert "forecast peak utilization 98%" in d.reason
 
 
+def test_forecast_peak_says_how_far_ahead_and_stays_within_max_size() -> None:
+    # Quiet now (50 %, no samples over the window yet), busy within 2 h.
+    nodes = [node(f"n{i}", 8000, tasks=1) for i in range(5)]
+    state = PoolState(nodes, (), forecast_peak=0.98, forecast_within_s=7200.0)
+    d = evaluate(policy(max_size=6), state, NOW)
+    assert (d.action, d.count, d.template) == ("scale_up", 1, "m16")
+    assert d.reason == (
+        "add 1 m16 node(s) (cpu=16,memory=64Gi): forecast peak utilization 98% within "
+        "the next 2 h is above 80%; scaling ahead of it to target 70%; 2 wanted, 1 allowed "
+        "(the pool is limited to 6 nodes)")
+    half = evaluate(policy(), PoolState(nodes, (), forecast_peak=0.9,
+                                        forecast_within_s=1800.0), NOW)
+    assert "forecast peak utilization 90% within the next 30 min is above 80%" in half.reason
+
+
+def test_a_forecast_under_the_threshold_or_an_empty_pool_adds_nothing() -> None:
+    nodes = [node(f"n{i}", 8000, tasks=1) for i in range(5)]
+    calm = evaluate(policy(), PoolState(nodes, (), forecast_peak=0.8), NOW)
+    assert calm.action == "none"
+    empty = evaluate(policy(min_size=0), PoolState([], (), forecast_peak=2.0), NOW)
+    assert empty.action == "none"
+
+
 def test_scale_up_waits_for_its_cooldown() -> None:
     state = PoolState([node("n0", 16000, 2)], flat(1.0), [{"cpu": 4000}] * 4,
                       last_scale_up_at=NOW - 120)

@@ -79,6 +79,7 @@ node_type = "small"
 min_size = 0
 max_size = {MAX_SIZE}
 mode = "auto"
+labels = {{ facility = "burst" }}
 target = 0.7
 scale_up_above = 0.9
 scale_down_below = 0.5
@@ -244,6 +245,7 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
     assert (pool["mode"], pool["min_size"], pool["max_size"]) == ("auto", 0, MAX_SIZE)
 
     # -- the burst: six one-cpu jobs, one of them long, and no node at all ------
+    # Each waits for the pool, the first also for its label (facility=burst).
     start = time.monotonic()
     t0 = time.time()
     deadline = start + DEADLINE_S
@@ -252,8 +254,10 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
         seconds = LONG_S if i == 5 else SHORT_S
         r = watch.api.post("/api/v1/jobs", json={
             "name": f"burst-{i}", "command": payload("record", out, seconds),
-            "resources": {"cpu": "1", "memory": "128Mi"}})
+            "resources": {"cpu": "1", "memory": "128Mi"},
+            "constraints": ["facility=burst"] if i == 0 else []})
         assert r.status_code == 201, r.text
+        assert r.json()["reason"] == f"waiting for pool {POOL} to add a node", r.text
         ids.append(r.json()["id"])
     long_job = ids[5]
 
@@ -335,8 +339,8 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
     assert all(d["pool"] == POOL for d in joined.values())
     for name in created:
         labels = watch.labels[name]
-        assert {k: labels.get(k) for k in ("pool", "provider", "node-type")} == {
-            "pool": POOL, "provider": "local", "node-type": "small"}, labels
+        assert {k: labels.get(k) for k in ("pool", "provider", "node-type", "facility")} == {
+            "pool": POOL, "provider": "local", "node-type": "small", "facility": "burst"}, labels
 
     # Every job succeeded exactly once, on a pool node, in one attempt.
     records = {p.name[:-5]: json.loads(p.read_text()) for p in out.glob("*.json")

@@ -194,16 +194,17 @@ def test_advice_is_never_acted_on(advice: tuple[ServerProcess, Path]) -> None:
     assert not made.exists() or json.loads(made.read_text())["nodes"] == {}
 
 
-def test_an_advice_pool_does_not_make_unfit_jobs_acceptable(
+def test_a_job_larger_than_every_node_and_the_pool_node_type_is_refused(
     advice: tuple[ServerProcess, Path]
 ) -> None:
-    # Only an auto pool stands in for nodes that do not exist yet: a job that
-    # only a c4 node could hold is refused, as no c4 node exists and an
-    # advice pool makes none by itself.
+    # A pool stands in for nodes that do not exist yet (a job only a c4 node
+    # could hold waits for it: tests/server/test_scaling_pools.py), but
+    # nothing stands in for a node larger than a c4.
     server, _ = advice
     with server.client() as api:
-        r = api.post("/api/v1/jobs", json={"command": ["true"], "resources": {"cpu": "3"}})
+        r = api.post("/api/v1/jobs", json={"command": ["true"], "resources": {"cpu": "5"}})
     assert r.status_code == 422, r.text
+    assert r.json()["field"] == "tasks", r.text
 
 
 def test_only_an_admin_may_run_a_round(advice: tuple[ServerProcess, Path]) -> None:

@@ -120,6 +120,8 @@ class PoolState:
     forecast_peak: float | None = None
     """Forecast peak utilization of the pool's current (non-draining) capacity
     over the look-ahead, e.g. the highest hi80 of allocated / capacity."""
+    forecast_within_s: float | None = None
+    """The look-ahead that ``forecast_peak`` covers, for the reason's words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +204,21 @@ def _up_demand(
     peak = state.forecast_peak
     if peak is not None and size > 0 and peak > policy.scale_up_above:
         counts.append(_nodes_for(size, peak, policy.target))
-        reasons.append(f"forecast peak utilization {peak:.0%} is above "
-                       f"{policy.scale_up_above:.0%}")
+        within = state.forecast_within_s
+        when = "" if within is None else f" within the next {_duration(within)}"
+        reasons.append(f"forecast peak utilization {peak:.0%}{when} is above "
+                       f"{policy.scale_up_above:.0%}; scaling ahead of it to target "
+                       f"{policy.target:.0%}")
     return max(counts), reasons
+
+
+def _duration(seconds: float) -> str:
+    """``2 h``, ``90 min``, ``45 s``: a look-ahead as a person says it."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def _nodes_for(size: int, utilization: float, target: float) -> int:

@@ -16,6 +16,11 @@ cycles, EWMA or a linear trend otherwise), back-tests it and dates the
 exhaustion against the group's current capacity. ``run_forever`` repeats the
 per-facility forecast of allocated amounts every ``interval_s`` and hands the
 exhaustion times to the alerts service (the ``forecast_exhaustion`` rule).
+
+Grouped by node pool too (the ``pool`` label that the autoscaler's nodes
+carry), the allocated amount is recorded so that ``pool_peaks`` can hand the
+autoscaler the forecast peak of each pool over its look-ahead: a pool busy
+every morning at nine is scaled up before nine, not after.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import structlog
 
 from apportion.core.alerts import ExhaustionForecast
 from apportion.core.capacity import PendingDemand, pending_by_group, summarize
-from apportion.core.forecast import Forecast, forecast, history_needed_s
+from apportion.core.forecast import INSUFFICIENT, Forecast, forecast, history_needed_s
 from apportion.core.resources import format_quantity
 from apportion.exceptions import InvalidInput
 from apportion.service.alerts_service import AlertsService
@@ -47,6 +52,9 @@ from apportion.store.schema import history_rollups, history_samples, history_ser
 log = structlog.get_logger(__name__)
 
 GROUPINGS = ("resource", "facility", "type")
+POOL_GROUPING = "pool"
+"""Recorded beside ``GROUPINGS`` (nodes outside any pool left out), read by
+``pool_peaks`` for the autoscaler."""
 SERIES = ("allocated", "demand")
 MAX_DAYS = 90
 STEPS = (60, 300, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400)
@@ -127,6 +135,9 @@ class PlanningService:
     settings: PlanningSettings = field(default_factory=PlanningSettings)
     clock: Callable[[], float] = time.time
     last_alert_forecast_at: float | None = None
+    _peaks: tuple[float, float, dict[str, dict[str, float]]] | None = field(
+        default=None, repr=False)
+    """(look-ahead, when, answer) of the last ``pool_peaks``."""
 
     def install(self) -> PlanningService:
         """Record the planner's series with every history sample."""
@@ -166,8 +177,10 @@ class PlanningService:
     def rows(self) -> list[Row]:
         """The planner's history rows for one instant (called by the history loop)."""
         rows: list[Row] = []
-        for group_by in GROUPINGS:
+        for group_by in (*GROUPINGS, POOL_GROUPING):
             for group in self.current(group_by):
+                if group_by == POOL_GROUPING and group["group"] == "(none)":
+                    continue  # the nodes of no pool: the whole cluster's series say it
                 for resource, (_, allocated, pending) in group["resources"].items():
                     labels = {"group_by": group_by, "group": group["group"],
                               "resource": resource}
@@ -291,6 +304,32 @@ class PlanningService:
         return {"group_by": group_by, "days": days, "history_days": history_days,
                 "step_seconds": step, "now": iso(now), "generated_in_s":
                 round(time.perf_counter() - started, 3), "forecasts": out}
+
+    # -- the autoscaler's feed ---------------------------------------------------------
+
+    def pool_peaks(self, lookahead_s: float) -> dict[str, dict[str, float]]:
+        """Per pool and resource: the highest upper 80 % bound of the allocated
+        amount (base units) forecast from now to ``lookahead_s`` ahead. A pool
+        with too little history for a forecast is left out. Blocking (reads
+        the history); recomputed at most once per ``settings.interval_s``."""
+        now = self.clock()
+        if (self._peaks is not None and self._peaks[0] == lookahead_s
+                and 0 <= now - self._peaks[1] < self.settings.interval_s):
+            return self._peaks[2]
+        history_s = min(self.settings.history_days * 86_400.0,
+                        self.history.settings.rollup_horizon_s)
+        step = choose_step(history_s, lookahead_s, self.history.settings.interval_s)
+        # At least one step ahead, or a look-ahead shorter than a step sees nothing.
+        until = now + max(lookahead_s, step)
+        out: dict[str, dict[str, float]] = {}
+        for (pool, resource), series in self.read(POOL_GROUPING,
+                                                  now - history_s)["allocated"].items():
+            fc = forecast(series, until - now, step, None, now)
+            ahead = [p.hi80 for p in fc.points if p.t <= until]
+            if pool != "(none)" and fc.model != INSUFFICIENT and ahead:
+                out.setdefault(pool, {})[resource] = max(ahead)
+        self._peaks = (lookahead_s, now, out)
+        return out
 
     # -- the alert feed -----------------------------------------------------------------
 

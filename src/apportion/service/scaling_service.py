@@ -12,25 +12,31 @@ service, for each configured pool:
    waiting tasks placed first fit into every schedulable node's free room and
    the joining nodes' room; what is left goes to the first pool that can
    hold it);
-4. evaluates the policy (``core.autoscale.evaluate``) and keeps the answer;
+4. reads the forecast peak of the pool's allocated amount over
+   ``forecast_lookahead_s`` (``PlanningService.pool_peaks``, from the
+   history recorded per pool) as a share of the pool's live capacity, so
+   that a peak the history says is coming is met by nodes started before it;
+5. evaluates the policy (``core.autoscale.evaluate``) and keeps the answer;
    a decision that differs from the last one is an event
    (``scaling.decision``);
-5. when the pool's mode is ``auto``, acts: ``scale_up`` issues one one-time
+6. when the pool's mode is ``auto``, acts: ``scale_up`` issues one one-time
    join token per node (``service/join_tokens.py``) and calls
    ``provider.create`` for it; ``scale_down`` drains the named nodes (state
    ``draining``: no new work, what runs finishes);
-6. reaps: a node this service drained, or a member that is ``down``, is
+7. reaps: a node this service drained, or a member that is ``down``, is
    deleted from the ledger and terminated only once it holds no allocation
    and runs no task. The ledger deletes it only if it has no active
    allocation (checked again in the same step), so a node with running work
    is never terminated. A joining node that has not registered within
    ``join_timeout_s`` is terminated and its token revoked.
 
-A job that only an ``auto`` pool's node type can hold (a pool at
-``min_size = 0``, or jobs larger than every node there is) is accepted at
-submission and waits: ``potential_nodes`` stands in, for the submission
-check only, for the nodes such pools could still add. Advice pools do not:
-they make no node by themselves.
+A job that only a pool's node type can hold (its labels, as a job needing
+``facility=burst`` where pool ``burst`` makes such nodes; or its size) is
+accepted at submission and waits, its reason ``waiting for pool burst to add
+a node``: ``potential_nodes`` stands in, for the submission check only, for
+the nodes pools could still add. An ``auto`` pool then adds them; an
+``advice`` pool advises adding them, which is its purpose (a job refused at
+submission would never be advice for anyone).
 
 Provider calls block (cloud SDKs); they run in threads. State that must
 survive a restart does: the last scale-up and scale-down times and the nodes
@@ -42,11 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import tomllib
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,21 +68,16 @@ from apportion.core.autoscale import (
 from apportion.core.model import Node, NodeState
 from apportion.core.pool_demand import PendingTask, PoolShape, Room, pool_demand
 from apportion.core.resources import format_vector
-from apportion.exceptions import ApportionError, InvalidInput, NodeNotFound
+from apportion.exceptions import ApportionError, NodeNotFound
 from apportion.providers import from_config
 from apportion.providers.base import JoinSpec, NodeType, Provider, new_node_name
-from apportion.providers.config import (
-    PoolConfig,
-    ProvidersConfig,
-    config_from_data,
-    load_config,
-    mask,
-)
+from apportion.providers.config import PoolConfig, ProvidersConfig, mask
 from apportion.service.auth import Authenticator
 from apportion.service.job_specs import AGENT_LABEL
 from apportion.service.jobs import JobsService
 from apportion.service.join_tokens import JoinTokens
 from apportion.service.ledger_service import LedgerService
+from apportion.service.scaling_settings import ScalingSettings
 from apportion.service.unit_of_work import UnitOfWork
 from apportion.store.schema import events as events_table
 
@@ -87,73 +86,6 @@ log = structlog.get_logger(__name__)
 POOL_LABEL = "pool"
 GONE_STATES = (NodeState.DOWN,)
 """Member states that mean the machine no longer serves: reaped once empty."""
-
-
-@dataclass(frozen=True)
-class ScalingSettings:
-    """``[scaling]`` in the server config file."""
-
-    interval_s: float = 15.0
-    server_url: str | None = None
-    """The URL new nodes reach this server at (default: APPORTION_SERVER_URL,
-    else the address ``apportion server`` listens on)."""
-    providers_file: Path | None = None
-    """A provider config file (``[providers.*]``, ``[[pools]]``); they may
-    also sit in the server config itself, or come from APPORTION_PROVIDERS_FILE."""
-    join_token_ttl_s: float = 3600.0
-    join_timeout_s: float = 900.0
-    """A node asked for that has not registered by then is terminated."""
-    keep_decisions: int = 50
-
-
-_SETTING_KEYS = {"interval_s": float, "server_url": str, "providers_file": str,
-                 "join_token_ttl_s": float, "join_timeout_s": float, "keep_decisions": int}
-
-
-def load_scaling(
-    config_file: Path | None, providers_file: Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> tuple[ScalingSettings, ProvidersConfig | None]:
-    """``[scaling]`` of the server config file, and the pools: its own
-    ``[providers.*]``/``[[pools]]``, else ``scaling.providers_file``, else
-    ``providers_file`` (APPORTION_PROVIDERS_FILE). None: no pools."""
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = tomllib.loads(config_file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidInput(f"{config_file}: cannot read: {exc}", field="config") from exc
-    raw = data.get("scaling", {})
-    if not isinstance(raw, dict):
-        raise InvalidInput("scaling: expected a table", field="scaling")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        kind = _SETTING_KEYS.get(key)
-        if kind is None:
-            raise InvalidInput(f"scaling.{key}: unknown key; known: "
-                               f"{', '.join(sorted(_SETTING_KEYS))}", field=f"scaling.{key}")
-        if kind is str:
-            if not isinstance(value, str) or not value:
-                raise InvalidInput(f"scaling.{key}: a non-empty string", field=f"scaling.{key}")
-            values[key] = Path(value) if key == "providers_file" else value
-        else:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise InvalidInput(f"scaling.{key}: a positive number", field=f"scaling.{key}")
-            values[key] = kind(value)
-    settings = ScalingSettings(**values)
-    inline = "providers" in data or "pools" in data
-    path = settings.providers_file or providers_file
-    if inline and settings.providers_file is not None:
-        raise InvalidInput(f"{config_file}: pools are given both here and in "
-                           f"scaling.providers_file; keep one", field="scaling.providers_file")
-    if inline:
-        config = config_from_data({k: data[k] for k in ("providers", "pools") if k in data},
-                                  env, source=str(config_file))
-    elif path is not None:
-        config = load_config(path, env)
-    else:
-        return settings, None
-    return settings, config
 
 
 @dataclass
@@ -197,6 +129,7 @@ class ScalingService:
         drain: Callable[[str], Any],
         providers: Mapping[str, Provider] | None = None,
         settings: ScalingSettings | None = None,
+        forecast_peaks: Callable[[float], Mapping[str, Mapping[str, float]]] | None = None,
         server_url: str = "http://127.0.0.1:8080",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -210,6 +143,11 @@ class ScalingService:
         self.server_url = self.settings.server_url or server_url
         self.clock = clock
         self._drain = drain
+        self._forecast_peaks = forecast_peaks
+        """Blocking: per pool and resource, the forecast peak allocated amount
+        within a look-ahead (``PlanningService.pool_peaks``)."""
+        self.peaks: Mapping[str, Mapping[str, float]] = {}
+        """The latest forecast peaks; ``evaluation`` reads them as they are."""
         self.providers: dict[str, Provider] = dict(providers) if providers is not None \
             else from_config(config)
         self.pools: dict[str, Pool] = {}
@@ -281,6 +219,7 @@ class ScalingService:
             self.ticks += 1
             out = []
             demand = self._demand(now)
+            await self._read_forecast()
             for pool in self.pools.values():
                 self._sample(pool, now)
                 decision, state = self._evaluate(pool, demand.get(pool.name, []), now)
@@ -291,6 +230,15 @@ class ScalingService:
                     await self._reap(pool, now)
                 out.append(record)
             return out
+
+    async def _read_forecast(self) -> None:
+        if self._forecast_peaks is None:
+            return
+        try:
+            self.peaks = await asyncio.to_thread(self._forecast_peaks,
+                                                 self.settings.forecast_lookahead_s)
+        except Exception as exc:  # a forecast that fails must not stop scaling
+            log.warning("scaling_forecast_failed", error=repr(exc))
 
     def evaluation(self) -> list[dict[str, Any]]:
         """Each pool's decision now, from the samples so far, without acting
@@ -337,14 +285,14 @@ class ScalingService:
         return out
 
     def potential_nodes(self) -> list[Node]:
-        """The nodes ``auto`` pools could still add (up to ``max_size``, less
-        the members already there), as stand-ins a job submission is checked
-        against: a job only a pool's node can hold is accepted, stays
-        pending, and is what scales the pool up. Never scheduled on."""
+        """The nodes pools could still add (up to ``max_size``, less the
+        members already there), with the labels and resources a new node
+        registers with: stand-ins a job submission is checked against. A job
+        only a pool's node can hold is accepted, stays pending, and is what
+        scales an ``auto`` pool up (or what an ``advice`` pool advises). Never
+        scheduled on. Named ``~<pool>-<i>``, labelled ``pool=<pool>``."""
         out = []
         for pool in self.pools.values():
-            if pool.policy.mode != "auto":
-                continue
             room = pool.policy.max_size - len(self._members(pool))
             out += [Node(f"~{pool.name}-{i}", dict(pool.node_type.resources),
                          labels=dict(pool.labels)) for i in range(max(0, room))]
@@ -406,9 +354,25 @@ class ScalingService:
 
     def _evaluate(self, pool: Pool, pending: list[Mapping[str, int]],
                   now: float) -> tuple[ScalingDecision, PoolState]:
-        state = PoolState(self._pool_nodes(pool), tuple(pool.samples), tuple(pending),
-                          pool.last_up, pool.last_down)
+        nodes = self._pool_nodes(pool)
+        state = PoolState(nodes, tuple(pool.samples), tuple(pending), pool.last_up,
+                          pool.last_down, self._forecast_share(pool, nodes),
+                          self.settings.forecast_lookahead_s)
         return evaluate(pool.policy, state, now), state
+
+    def _forecast_share(self, pool: Pool, nodes: list[PoolNode]) -> float | None:
+        """The forecast peak as a share of the live capacity: of the resource
+        whose share is highest, as ``pool_utilization`` measures now."""
+        peaks = self.peaks.get(pool.name)
+        if not peaks:
+            return None
+        capacity: dict[str, int] = {}
+        for node in nodes:
+            if not node.draining:
+                for name, qty in node.resources.items():
+                    capacity[name] = capacity.get(name, 0) + qty
+        shares = [peak / capacity[r] for r, peak in peaks.items() if capacity.get(r, 0) > 0]
+        return max(shares, default=None)
 
     def _record(self, pool: Pool, decision: ScalingDecision, state: PoolState,
                 now: float) -> dict[str, Any]:
@@ -433,6 +397,8 @@ class ScalingService:
             "max_size": pool.policy.max_size,
             "utilization": state.samples[-1].utilization if state.samples else None,
             "pending_tasks": len(state.pending),
+            "forecast_peak": None if state.forecast_peak is None
+            else round(state.forecast_peak, 4),
             "evaluated_at": now,
         }
 

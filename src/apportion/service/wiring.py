@@ -48,7 +48,8 @@ from apportion.service.ledger_service import LedgerService
 from apportion.service.metrics import Metrics, Sources
 from apportion.service.nats_publisher import NatsPublisher, NatsSettings
 from apportion.service.planning_service import PlanningService
-from apportion.service.scaling_service import ScalingService, load_scaling
+from apportion.service.scaling_service import ScalingService
+from apportion.service.scaling_settings import load_scaling
 from apportion.service.server_config import load_server_config
 from apportion.service.settings import Settings
 from apportion.service.task_files import FileLimits, TaskFiles
@@ -232,7 +233,7 @@ def _scaling(s: Services, settings: Any, pools: Any) -> ScalingService:
         await agents.drain(node, None)
 
     service = ScalingService(s.uow, s.ledger, s.jobs, s.auth, s.join_tokens, pools, drain=drain,
-                             settings=settings,
+                             settings=settings, forecast_peaks=s.planning.pool_peaks,
                              server_url=s.settings.server_url or "http://127.0.0.1:8080")
     service.load()
     return service

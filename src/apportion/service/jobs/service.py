@@ -18,13 +18,16 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from apportion.core.errors import JobRejected
+from apportion.core.labels import matches
 from apportion.core.model import Node, ReleaseReason
 from apportion.core.records import JobRow, QueueRow, TaskRow
-from apportion.core.resources import format_vector
+from apportion.core.resources import fits, format_vector
 from apportion.core.scheduling import (
     ClusterState,
     CycleResult,
     Explanation,
+    Job,
     JobState,
     Queue,
     RuntimeHistory,
@@ -76,11 +79,14 @@ class JobsService:
                                    lambda: self.queues, epoch, clock)
         self.potential_nodes = potential_nodes
         """Nodes that do not exist yet but would be made for work that needs
-        them (an ``auto`` node pool below its maximum; set by the scaling
-        service). A submission is checked against them too, so a job that
-        only a pool's nodes can hold waits for the pool instead of being
-        refused; nothing is ever scheduled on them."""
+        them (a node pool below its maximum; from the scaling service), each
+        labelled ``pool=<name>``. A submission the real nodes refuse is
+        checked against them too, so a job that only a pool's nodes can hold
+        waits for the pool instead of being refused; nothing is ever
+        scheduled on them."""
         self._nodes_state: tuple[tuple[int, float], ClusterState] | None = None
+        self._pools_state: tuple[tuple[int, float], ClusterState, tuple[Node, ...]] | None \
+            = None
 
     # -- what others read -------------------------------------------------------------
 
@@ -227,24 +233,58 @@ class JobsService:
         # JobRejected (422) says why not; an agent that has not joined yet is no reason.
         anywhere = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
                                  needs_agent=False)
-        validate_job(anywhere, self.queues, self._nodes_only(tuple(self.potential_nodes())))
+        reason = self._check(anywhere)
         row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
-                     spec, now, None, None, None, None, 0, 0)
+                     spec, now, None, None, reason, None, 0, 0)
         await self.writer.run(partial(t.submit, row=row))
         self.kick()
         return row
 
-    def _nodes_only(self, extra: Sequence[Node]) -> ClusterState:
+    def _check(self, job: Job) -> str | None:
+        """Refuse (JobRejected, 422) a job that no node and no pool's node
+        could ever hold; None when a node could, or the reason it waits when
+        only nodes a pool would add could. The real nodes first: pools are
+        consulted only for a job those refuse, so the common submission pays
+        for nothing more."""
+        try:
+            validate_job(job, self.queues, self._nodes_only())
+            return None
+        except JobRejected as refused:
+            state, standins = self._with_pools()
+            if not standins:
+                raise
+            try:
+                validate_job(job, self.queues, state)
+            except JobRejected as never:
+                # Counting stand-ins as nodes would muddle the reasons; with
+                # no node at all, "there are no nodes" would hide the pools.
+                raise (never if not self.ledger.nodes else refused) from None
+        pools = _pools_for(job, standins)
+        return f"waiting for pool {' or '.join(pools)} to add a node"
+
+    def _node_key(self) -> tuple[int, float]:
+        nodes = self.ledger.nodes
+        return len(nodes), max((n.updated_at for n in nodes.values()), default=0.0)
+
+    def _nodes_only(self) -> ClusterState:
         """The nodes as the core sees them, without what runs on them: all a
         submission's check needs. Built again only when the nodes changed."""
-        nodes = self.ledger.nodes
-        key = (len(nodes), max((n.updated_at for n in nodes.values()), default=0.0))
-        if extra or self._nodes_state is None or self._nodes_state[0] != key:
-            state = ClusterState([*nodes.values(), *extra], [])
-            if extra:
-                return state
-            self._nodes_state = (key, state)
+        key = self._node_key()
+        if self._nodes_state is None or self._nodes_state[0] != key:
+            self._nodes_state = (key, ClusterState(list(self.ledger.nodes.values()), []))
         return self._nodes_state[1]
+
+    def _with_pools(self) -> tuple[ClusterState, tuple[Node, ...]]:
+        """The nodes and the pools' stand-ins; built again only when the nodes
+        changed (a pool's room is its maximum less its member nodes)."""
+        key = self._node_key()
+        if self._pools_state is None or self._pools_state[0] != key:
+            standins = tuple(self.potential_nodes())
+            if not standins:  # no pools (yet): nothing to keep
+                return self._nodes_only(), ()
+            state = ClusterState([*self.ledger.nodes.values(), *standins], [])
+            self._pools_state = (key, state, standins)
+        return self._pools_state[1], self._pools_state[2]
 
     async def list_jobs(self, *, states: list[str] | None, queue: str | None,
                         owner: str | None, limit: int, offset: int) -> list[JobRow]:
@@ -386,3 +426,14 @@ def _release_orphan(c: t.Change, *, alloc_id: str) -> t.Outcome:
     if held is None or held.state not in ACTIVE_TASK:
         c.tx.release(alloc_id, ReleaseReason.CANCELLED)
     return c.out
+
+
+def _pools_for(job: Job, standins: Sequence[Node]) -> list[str]:
+    """The pools whose node would hold one of the job's tasks (labels and
+    resources), in config order; every pool when none would alone (a gang
+    spread over several)."""
+    names = list(dict.fromkeys(n.labels.get("pool", n.name) for n in standins))
+    holding = [n.labels.get("pool", n.name) for n in standins
+               if matches(n.labels, job.constraints.labels)
+               and any(fits(spec.resources, n.resources) for spec in job.tasks)]
+    return list(dict.fromkeys(holding)) or names

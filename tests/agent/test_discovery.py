@@ -15,6 +15,7 @@ from agent.fake_nvml import (
     A100_UUID,
     H100_UUID,
     MIG_MEMORY,
+    MIG_MEMORY_3G,
     MIG_UUIDS,
     FakeNvml,
     a100_mig,
@@ -123,29 +124,60 @@ def test_old_bindings_returning_bytes_give_the_same_devices(tmp_path: Path) -> N
     assert found(tmp_path, h100_pair(legacy_bytes=True)) == found(tmp_path, h100_pair())
 
 
-def test_a100_in_mig_mode_lists_its_instances(tmp_path: Path) -> None:
+def test_a100_in_mig_mode_offers_its_instances(tmp_path: Path) -> None:
     result = found(tmp_path, a100_mig())
-    assert result.resources["gpu"] == 1
+    assert result.resources["gpu"] == 2
+    common = {"index": 0, "name": A100_NAME, "pci_bus_id": "00000000:07:00.0",
+              "gpu_uuid": A100_UUID}
     assert result.devices["gpu"] == (
-        Device(
-            id="0",
-            model="A100",
-            memory=A100_MEMORY,
-            uuid=A100_UUID,
-            serial="1324020000001",
-            attrs={
-                "index": 0,
-                "name": A100_NAME,
-                "mig": True,
-                "pci_bus_id": "00000000:07:00.0",
-                "mig_devices": [
-                    {"slot": 0, "uuid": MIG_UUIDS[0], "memory": MIG_MEMORY},
-                    {"slot": 2, "uuid": MIG_UUIDS[1], "memory": MIG_MEMORY},
-                ],
-            },
-        ),
+        Device(id="0-mig0", model="A100", memory=MIG_MEMORY, uuid=MIG_UUIDS[0],
+               attrs={**common, "mig": "1g.5gb", "mig_slot": 0}),
+        Device(id="0-mig2", model="A100", memory=MIG_MEMORY_3G, uuid=MIG_UUIDS[1],
+               attrs={**common, "mig": "3g.20gb", "mig_slot": 2}),
     )
     assert result.labels["gpu.mig"] == "true"
+
+
+def test_mig_profile_from_attributes_when_the_name_lacks_it(tmp_path: Path) -> None:
+    result = found(tmp_path, a100_mig(named=False))
+    assert [d.attrs["mig"] for d in result.devices["gpu"]] == ["1g.5gb", "3g.20gb"]
+
+
+def test_mig_mode_without_instances_offers_nothing_and_says_so(tmp_path: Path) -> None:
+    nvml = a100_mig()
+    nvml.gpus[0].migs.clear()
+    result = found(tmp_path, nvml)
+    assert "gpu" not in result.resources
+    assert result.specs["gpu_errors"] == [
+        "gpu 0: MIG mode is on but no MIG instance is configured"]
+
+
+def test_gpu_shares_split_gpus_into_slots(tmp_path: Path) -> None:
+    result = found(tmp_path, h100_pair(), gpu_shares=4)
+    assert "gpu" not in result.resources
+    assert result.resources["gpu.shares"] == 8
+    slots = result.devices["gpu.shares"]
+    assert [s.id for s in slots] == ["0/0", "0/1", "0/2", "0/3", "1/0", "1/1", "1/2", "1/3"]
+    assert {(s.uuid, s.attrs["parent"], s.attrs["shares"]) for s in slots[:4]} == {
+        (H100_UUID[0], "0", 4)}
+    assert result.labels["gpu.shares"] == "4"
+    assert result.labels["type"] == "gpu"
+    assert result.labels["gpu.model"] == "H100"
+
+
+def test_gpu_shares_on_some_gpus_leave_the_others_whole(tmp_path: Path) -> None:
+    result = found(tmp_path, None, declared={"gpu": 2}, gpu_shares=4, shared_gpus=["1"])
+    assert result.resources["gpu"] == 1
+    assert result.resources["gpu.shares"] == 4
+    assert [d.id for d in result.devices["gpu"]] == ["0"]
+    assert [d.id for d in result.devices["gpu.shares"]] == ["1/0", "1/1", "1/2", "1/3"]
+
+
+def test_gpu_shares_refused_without_gpus_or_for_an_unknown_gpu(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="gpu_shares: this machine offers no GPU to split"):
+        found(tmp_path, None, gpu_shares=4)
+    with pytest.raises(InvalidInput, match="shared_gpus: no GPU 7 here; the GPUs are 0, 1"):
+        found(tmp_path, None, declared={"gpu": 2}, gpu_shares=4, shared_gpus=["7"])
 
 
 def test_card_without_ecc_mig_nvlink_or_serial(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from apportion.core.model import Node, ReleaseReason
+from apportion.core.gpu_shares import splits_offered
+from apportion.core.model import Device, Node, ReleaseReason
 from apportion.core.records import JobRow, QueueRow, TaskRow
 from apportion.core.resources import format_vector
 from apportion.core.scheduling import (
@@ -36,7 +37,7 @@ from apportion.core.scheduling import (
 from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable, explain_nodes
 from apportion.exceptions import InvalidInput, NotFound
 from apportion.protocol import Assignment, Stop
-from apportion.service.job_specs import job_from_spec, queue_from_row
+from apportion.service.job_specs import job_from_spec, queue_from_row, with_gpu_shares
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache, LiveJob
 from apportion.service.jobs.model import (
@@ -221,13 +222,16 @@ class JobsService:
     async def submit(self, spec: dict[str, Any], owner: str | None) -> JobRow:
         now = self.clock()
         job_id = new_job_id()
+        # gpu: 0.25 -> gpu.shares slots of GPUs split in 4, as the nodes offer them.
+        potential = tuple(self.potential_nodes())
+        spec = with_gpu_shares(spec, splits_offered([*self.ledger.nodes.values(), *potential]))
         job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
         check_comparisons(job.constraints)  # InvalidInput (422): `gpu.memory>=lots`
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
         # JobRejected (422) says why not; an agent that has not joined yet is no reason.
         anywhere = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
                                  needs_agent=False)
-        validate_job(anywhere, self.queues, self._nodes_only(tuple(self.potential_nodes())))
+        validate_job(anywhere, self.queues, self._nodes_only(potential))
         row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
                      spec, now, None, None, None, None, 0, 0)
         await self.writer.run(partial(t.submit, row=row))
@@ -345,10 +349,7 @@ class JobsService:
         out: dict[str, Any] = {}
         for resource, ids in devices.items():
             by_id = {d.id: d for d in known.devices.get(resource, ())}
-            out[resource] = [{"id": i, "uuid": by_id[i].uuid if i in by_id else None,
-                              "model": by_id[i].model if i in by_id else None,
-                              "memory": by_id[i].memory if i in by_id else None}
-                             for i in ids]
+            out[resource] = [_one_device(i, by_id.get(i)) for i in ids]
         return out
 
     async def task_report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
@@ -378,6 +379,18 @@ class JobsService:
                                                      state=state, reason=reason,
                                                      epoch=self.epoch()))
         return sum(1 for o in outcomes for task in o.tasks if task.stop_state == state)
+
+
+def _one_device(device_id: str, device: Device | None) -> dict[str, Any]:
+    """What an agent is told of a granted device; a GPU share slot adds its
+    GPU (``parent``) and how many shares that GPU is split in."""
+    info: dict[str, Any] = {"id": device_id, "uuid": device.uuid if device else None,
+                            "model": device.model if device else None,
+                            "memory": device.memory if device else None}
+    if device is not None and "parent" in device.attrs:
+        info["parent"] = device.attrs["parent"]
+        info["shares"] = device.attrs.get("shares")
+    return info
 
 
 def _release_orphan(c: t.Change, *, alloc_id: str) -> t.Outcome:

@@ -494,8 +494,10 @@ def a100_mig(*, named: bool = True, **kwargs: Any) -> FakeNvml:
         utilization=None,
         mig_mode=1,
         mig_slots=7,
-        migs={0: FakeMig(MIG_UUIDS[0], MIG_MEMORY, named=named),
-              2: FakeMig(MIG_UUIDS[1], MIG_MEMORY_3G, "3g.20gb", 3, named=named)},
+        migs={
+            0: FakeMig(MIG_UUIDS[0], MIG_MEMORY, named=named),
+            2: FakeMig(MIG_UUIDS[1], MIG_MEMORY_3G, "3g.20gb", 3, named=named),
+        },
         nvlinks=None,
         xid_events=False,
     )

@@ -10,7 +10,6 @@ import psutil
 import pytest
 
 from agent.fake_nvml import (
-    A100_MEMORY,
     A100_NAME,
     A100_UUID,
     H100_UUID,
@@ -127,13 +126,27 @@ def test_old_bindings_returning_bytes_give_the_same_devices(tmp_path: Path) -> N
 def test_a100_in_mig_mode_offers_its_instances(tmp_path: Path) -> None:
     result = found(tmp_path, a100_mig())
     assert result.resources["gpu"] == 2
-    common = {"index": 0, "name": A100_NAME, "pci_bus_id": "00000000:07:00.0",
-              "gpu_uuid": A100_UUID}
+    common = {
+        "index": 0,
+        "name": A100_NAME,
+        "pci_bus_id": "00000000:07:00.0",
+        "gpu_uuid": A100_UUID,
+    }
     assert result.devices["gpu"] == (
-        Device(id="0-mig0", model="A100", memory=MIG_MEMORY, uuid=MIG_UUIDS[0],
-               attrs={**common, "mig": "1g.5gb", "mig_slot": 0}),
-        Device(id="0-mig2", model="A100", memory=MIG_MEMORY_3G, uuid=MIG_UUIDS[1],
-               attrs={**common, "mig": "3g.20gb", "mig_slot": 2}),
+        Device(
+            id="0-mig0",
+            model="A100",
+            memory=MIG_MEMORY,
+            uuid=MIG_UUIDS[0],
+            attrs={**common, "mig": "1g.5gb", "mig_slot": 0},
+        ),
+        Device(
+            id="0-mig2",
+            model="A100",
+            memory=MIG_MEMORY_3G,
+            uuid=MIG_UUIDS[1],
+            attrs={**common, "mig": "3g.20gb", "mig_slot": 2},
+        ),
     )
     assert result.labels["gpu.mig"] == "true"
 
@@ -148,8 +161,7 @@ def test_mig_mode_without_instances_offers_nothing_and_says_so(tmp_path: Path) -
     nvml.gpus[0].migs.clear()
     result = found(tmp_path, nvml)
     assert "gpu" not in result.resources
-    assert result.specs["gpu_errors"] == [
-        "gpu 0: MIG mode is on but no MIG instance is configured"]
+    assert result.specs["gpu_errors"] == ["gpu 0: MIG mode is on but no MIG instance is configured"]
 
 
 def test_gpu_shares_split_gpus_into_slots(tmp_path: Path) -> None:
@@ -159,7 +171,8 @@ def test_gpu_shares_split_gpus_into_slots(tmp_path: Path) -> None:
     slots = result.devices["gpu.shares"]
     assert [s.id for s in slots] == ["0/0", "0/1", "0/2", "0/3", "1/0", "1/1", "1/2", "1/3"]
     assert {(s.uuid, s.attrs["parent"], s.attrs["shares"]) for s in slots[:4]} == {
-        (H100_UUID[0], "0", 4)}
+        (H100_UUID[0], "0", 4)
+    }
     assert result.labels["gpu.shares"] == "4"
     assert result.labels["type"] == "gpu"
     assert result.labels["gpu.model"] == "H100"

@@ -40,10 +40,18 @@ def test_split_out_of_range_names_the_limit(n: int) -> None:
         split_gpu(Device("0"), n)
 
 
-@pytest.mark.parametrize(("value", "want"), [
-    (0.25, ShareRequest(1, 4)), ("0.5", ShareRequest(1, 2)), ("0.75", ShareRequest(3, 4)),
-    (1, None), ("2", None), (2.0, None), ("1.0", None),
-])
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        (0.25, ShareRequest(1, 4)),
+        ("0.5", ShareRequest(1, 2)),
+        ("0.75", ShareRequest(3, 4)),
+        (1, None),
+        ("2", None),
+        (2.0, None),
+        ("1.0", None),
+    ],
+)
 def test_share_request(value: object, want: ShareRequest | None) -> None:
     assert share_request(value, {4, 2}, F) == want
 
@@ -58,25 +66,31 @@ def test_share_not_a_multiple_names_the_step() -> None:
         share_request(0.3, {4}, F)
     assert str(err.value) == (
         "resources.gpu: 0.3 is not a multiple of 1/4; GPUs here are split in 4 shares "
-        "(e.g. 0.25, 0.5)")
+        "(e.g. 0.25, 0.5)"
+    )
     assert err.value.data["field"] == "resources.gpu"
 
 
 def test_fraction_above_one_is_refused() -> None:
-    with pytest.raises(InvalidQuantity, match=r"resources.gpu: '1.5' GPUs is more than one GPU "
-                                              r"and not whole"):
+    with pytest.raises(
+        InvalidQuantity,
+        match=r"resources.gpu: '1.5' GPUs is more than one GPU "
+        r"and not whole",
+    ):
         share_request("1.5", {4}, F)
 
 
 def test_share_without_shared_gpus_says_how_to_offer_them() -> None:
-    with pytest.raises(InvalidQuantity, match="no node offers GPU shares; start an agent with "
-                                              "--gpu-shares N"):
+    with pytest.raises(
+        InvalidQuantity, match="no node offers GPU shares; start an agent with --gpu-shares N"
+    ):
         share_request(0.25, set(), F)
 
 
 def test_splits_offered() -> None:
-    assert splits_offered([shared_node("a", 1, 4), shared_node("b", 1, 2),
-                           Node("c", {"gpu": 1})]) == {2, 4}
+    assert splits_offered(
+        [shared_node("a", 1, 4), shared_node("b", 1, 2), Node("c", {"gpu": 1})]
+    ) == {2, 4}
 
 
 def test_pick_slots_fills_the_fullest_gpu_first() -> None:
@@ -98,10 +112,14 @@ def test_ledger_keeps_a_grants_shares_on_one_gpu() -> None:
     assert a.devices == {"gpu.shares": ("0/0", "0/1", "0/2")}
     assert b.devices == {"gpu.shares": ("1/0", "1/1", "1/2")}
     with pytest.raises(InvalidInput, match=r"devices.gpu.shares: 0/3, 1/3 on node n span GPUs"):
-        ledger.grant("c", {"gpu.shares": 2}, now=0.0, node="n",
-                     devices={"gpu.shares": ["0/3", "1/3"]})
-    with pytest.raises(InsufficientResources, match="Node n has 2 free gpu.shares but no GPU "
-                                                    "with 2 of them free"):
+        ledger.grant(
+            "c", {"gpu.shares": 2}, now=0.0, node="n", devices={"gpu.shares": ["0/3", "1/3"]}
+        )
+    with pytest.raises(
+        InsufficientResources,
+        match=r"Node n has 2 free gpu\.shares but no GPU "
+        r"with 2 of them free",
+    ):
         ledger.grant("c", {"gpu.shares": 2}, now=0.0, node="n")
     c = ledger.grant("c", {"gpu.shares": 1}, now=0.0, node="n")
     assert c.devices == {"gpu.shares": ("0/3",)}
@@ -158,6 +176,5 @@ class SharesMachine(RuleBasedStateMachine):
             assert free + held == node.resources["gpu.shares"]
 
 
-SharesMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
-                                           deadline=None)
+SharesMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestShares = SharesMachine.TestCase

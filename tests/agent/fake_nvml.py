@@ -301,13 +301,13 @@ class FakeNvml:
             return self._text(f"{gpu.name} MIG {mig.profile}" if mig.named else gpu.name)
         return self._text(gpu.name)
 
-    def nvmlDeviceGetAttributes(self, handle: _Handle) -> _Attributes:
+    def nvmlDeviceGetAttributes(self, device: _Handle) -> _Attributes:
         """Answered for MIG handles only: the agent asks it of nothing else."""
         self._enter("nvmlDeviceGetAttributes")
-        gpu = self._gpu(handle)
-        if handle.mig_slot is None:
+        gpu = self._gpu(device)
+        if device.mig_slot is None:
             raise NVMLError_NotSupported()
-        mig = gpu.migs[handle.mig_slot]
+        mig = gpu.migs[device.mig_slot]
         return _Attributes(14 * mig.slices, mig.slices, mig.slices, mig.memory // 2**20)
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> Any:

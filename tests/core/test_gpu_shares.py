@@ -15,9 +15,18 @@ from apportion.core.gpu_shares import (
     share_request,
     split_gpu,
     splits_offered,
+    tasks_fit,
 )
 from apportion.core.ledger import Ledger
 from apportion.core.model import Device, Node, ReleaseReason
+from apportion.core.scheduling import (
+    ClusterState,
+    Job,
+    SchedulerConfig,
+    job,
+    parse_constraints,
+    schedule_cycle,
+)
 from apportion.exceptions import InsufficientResources, InvalidInput, InvalidQuantity
 
 F = "resources.gpu"
@@ -178,3 +187,36 @@ class SharesMachine(RuleBasedStateMachine):
 
 SharesMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestShares = SharesMachine.TestCase
+
+
+def test_tasks_fit_counts_per_gpu() -> None:
+    slots = {d.id: d for d in shared_node().devices["gpu.shares"]}
+    free = ["0/2", "0/3", "1/0", "1/1", "1/2", "1/3"]
+    assert tasks_fit(free, slots, 1) == 6
+    assert tasks_fit(free, slots, 2) == 3
+    assert tasks_fit(free, slots, 3) == 1  # 6 // 3 would say 2
+    assert tasks_fit(free, slots, 4) == 1
+    assert tasks_fit(free, slots, 8) == 0
+
+
+def test_scheduler_keeps_each_tasks_shares_on_one_gpu() -> None:
+    quarter = parse_constraints("gpu.shares=4", device_families=("gpu",))
+
+    def ask(name: str, k: int, t: float, constrained: bool = True) -> Job:
+        if constrained:
+            return job(name, {"gpu.shares": k}, submit_time=t, constraints=quarter)
+        return job(name, {"gpu.shares": k}, submit_time=t)
+
+    def cycle(*jobs: Job) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+        r = schedule_cycle(
+            ClusterState([shared_node(gpus=2, split=4)]), list(jobs), 0.0, SchedulerConfig()
+        )
+        placed = {p.job_id: p.tasks[0].devices["gpu.shares"] for p in r.placements}
+        return placed, sorted(r.unplaced)
+
+    three = {"a": ("0/0", "0/1", "0/2"), "b": ("1/0", "1/1", "1/2")}
+    # Two slots are free, one on each GPU: a task of two waits (and the
+    # cycle ends), with or without the constraint a submitted gpu: 0.5 has.
+    assert cycle(ask("a", 3, 0), ask("b", 3, 1), ask("c", 2, 2)) == (three, ["c"])
+    assert cycle(ask("a", 3, 0), ask("b", 3, 1), ask("c", 2, 2, False)) == (three, ["c"])
+    assert cycle(ask("a", 3, 0), ask("b", 3, 1), ask("d", 1, 2)) == ({**three, "d": ("0/3",)}, [])

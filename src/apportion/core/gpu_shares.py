@@ -161,6 +161,25 @@ def pick_slots(
     return tuple(s for g in whole[: count // split] for s in g)
 
 
+def tasks_fit(free: Sequence[str], by_id: Mapping[str, Device], count: int) -> int:
+    """How many tasks of ``count`` slots each the free slots ``free`` hold,
+    each task's slots on one GPU (or on whole GPUs), as ``pick_slots`` takes
+    them: what ``len(free) // count`` would overstate when the free slots
+    are spread over GPUs."""
+    if count <= 0:
+        return 0
+    groups: dict[str, int] = {}
+    for slot in free:
+        parent = parent_of(by_id[slot])
+        groups[parent] = groups.get(parent, 0) + 1
+    split = max((_split(by_id[s]) for s in free), default=0)
+    if count <= split:
+        return sum(n // count for n in groups.values())
+    if split == 0 or count % split:
+        return 0
+    return sum(1 for n in groups.values() if n == split) // (count // split)
+
+
 def one_gpu(ids: Sequence[str], by_id: Mapping[str, Device]) -> bool:
     """Whether slots ``ids`` keep to the rule ``pick_slots`` follows: all on
     one GPU, or (more than one GPU's worth) every slot of whole GPUs."""

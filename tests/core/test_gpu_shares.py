@@ -59,10 +59,23 @@ def test_split_out_of_range_names_the_limit(n: int) -> None:
         ("2", None),
         (2.0, None),
         ("1.0", None),
+        ("1/4", ShareRequest(1, 4)),
+        (" 2/4 ", ShareRequest(1, 2)),
     ],
 )
 def test_share_request(value: object, want: ShareRequest | None) -> None:
     assert share_request(value, {4, 2}, F) == want
+
+
+def test_a_third_is_written_as_a_fraction() -> None:
+    assert share_request("1/3", {3}, F) == ShareRequest(1, 3)
+    assert share_request("2/3", {3}, F) == ShareRequest(2, 3)
+    with pytest.raises(InvalidQuantity) as err:
+        share_request("0.3333", {3}, F)
+    assert str(err.value) == (
+        "resources.gpu: '0.3333' is not a multiple of 1/3; GPUs here are split in 3 shares "
+        "(e.g. 1/3, 2/3)"
+    )
 
 
 def test_share_percent() -> None:

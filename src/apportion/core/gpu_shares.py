@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 
 from apportion.core.errors import InvalidInput, InvalidQuantity
@@ -81,9 +81,10 @@ class ShareRequest:
         return 100 * self.shares // self.split
 
 
-def gpu_fraction(value: object, field: str) -> Fraction | None:
-    """The GPUs ``value`` asks for as an exact fraction, or None when it is
-    not a plain number (``parse_quantity`` then says what is wrong)."""
+def gpu_fraction(value: object) -> Fraction | None:
+    """The GPUs ``value`` asks for as an exact fraction (``0.25``, ``"0.25"``,
+    ``"1/3"``: a third has no exact decimal), or None when it is not a plain
+    number (``parse_quantity`` then says what is wrong)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -92,12 +93,10 @@ def gpu_fraction(value: object, field: str) -> Fraction | None:
     if not isinstance(text, str):
         return None
     try:
-        number = Decimal(text.strip())
-    except InvalidOperation:
+        amount = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
         return None
-    if not number.is_finite() or number < 0:
-        return None
-    return Fraction(number)
+    return amount if amount >= 0 else None
 
 
 def share_request(value: object, splits: Iterable[int], field: str) -> ShareRequest | None:
@@ -105,7 +104,7 @@ def share_request(value: object, splits: Iterable[int], field: str) -> ShareRequ
     are), a ``ShareRequest`` for a share of one GPU. ``splits`` are the ``N``
     the cluster offers; the smallest one the fraction is a multiple of wins,
     so ``0.5`` on GPUs split in 2 and in 4 takes one slot of a GPU split in 2."""
-    amount = gpu_fraction(value, field)
+    amount = gpu_fraction(value)
     if amount is None or amount.denominator == 1:
         return None
     if amount > 1:
@@ -134,7 +133,15 @@ def share_request(value: object, splits: Iterable[int], field: str) -> ShareRequ
 
 
 def _example(n: int) -> str:
-    return ", ".join(str(float(Fraction(k, n))).removesuffix(".0") for k in range(1, min(n, 3)))
+    return ", ".join(fraction_text(Fraction(k, n)) for k in range(1, min(n, 3)))
+
+
+def fraction_text(amount: Fraction) -> str:
+    """``0.25`` where a decimal is exact, else ``1/3``."""
+    scaled = amount * 10**6
+    if scaled.denominator == 1:
+        return str(Decimal(int(scaled)) / 10**6).rstrip("0").rstrip(".") or "0"
+    return f"{amount.numerator}/{amount.denominator}"
 
 
 def pick_slots(

@@ -44,7 +44,11 @@ TASK_DIR_ENV = "APPORTION_TASK_DIR"
 ARRAY_INDEX_ENV = "APPORTION_ARRAY_INDEX"
 ARRAY_SIZE_ENV = "APPORTION_ARRAY_SIZE"
 CUDA_ENV = "CUDA_VISIBLE_DEVICES"
-"""The granted GPUs' UUIDs (or indexes); empty hides every GPU of the node."""
+"""The granted GPUs' UUIDs (or indexes); empty hides every GPU of the node.
+For a share of a GPU (``gpu.shares``), that GPU."""
+MPS_PERCENT_ENV = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+"""Set only for a share of a GPU: 100 * shares held / shares the GPU is split
+in (25 for ``gpu: 0.25``), the part of its SMs an MPS client may use."""
 
 TASK_ENV_PREFIX = "APPORTION_"
 """An agent's own settings (its token above all) carry this prefix: none of

@@ -80,8 +80,25 @@ SWITCH = "switch"
 
 @dataclass
 class FakeMig:
+    """One MIG instance. NVML names its handle "<GPU name> MIG <profile>";
+    ``named=False`` models a driver whose name lacks the profile, which is
+    then read from ``nvmlDeviceGetAttributes`` (slices, memory in MiB)."""
+
     uuid: str
     memory: int
+    profile: str = "1g.5gb"
+    slices: int = 1
+    named: bool = True
+
+
+@dataclass
+class _Attributes:
+    """``c_nvmlDeviceAttributes``' fields the agent reads."""
+
+    multiprocessorCount: int
+    gpuInstanceSliceCount: int
+    computeInstanceSliceCount: int
+    memorySizeMB: int
 
 
 @dataclass
@@ -278,7 +295,20 @@ class FakeNvml:
 
     def nvmlDeviceGetName(self, handle: _Handle) -> Any:
         self._enter("nvmlDeviceGetName")
-        return self._text(self._gpu(handle).name)
+        gpu = self._gpu(handle)
+        if handle.mig_slot is not None:
+            mig = gpu.migs[handle.mig_slot]
+            return self._text(f"{gpu.name} MIG {mig.profile}" if mig.named else gpu.name)
+        return self._text(gpu.name)
+
+    def nvmlDeviceGetAttributes(self, device: _Handle) -> _Attributes:
+        """Answered for MIG handles only: the agent asks it of nothing else."""
+        self._enter("nvmlDeviceGetAttributes")
+        gpu = self._gpu(device)
+        if device.mig_slot is None:
+            raise NVMLError_NotSupported()
+        mig = gpu.migs[device.mig_slot]
+        return _Attributes(14 * mig.slices, mig.slices, mig.slices, mig.memory // 2**20)
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> Any:
         self._enter("nvmlDeviceGetUUID")
@@ -422,6 +452,7 @@ MIG_UUIDS = (
     "MIG-11111111-2222-5333-8444-555555555552",
 )
 MIG_MEMORY = 5_100_273_664  # 4864 MiB: a 1g.5gb instance
+MIG_MEMORY_3G = 20_937_965_568  # 19968 MiB: a 3g.20gb instance
 
 
 def h100_pair(**kwargs: Any) -> FakeNvml:
@@ -448,9 +479,11 @@ def h100_pair(**kwargs: Any) -> FakeNvml:
     return FakeNvml(gpus, **kwargs)
 
 
-def a100_mig(**kwargs: Any) -> FakeNvml:
-    """One A100 in MIG mode with instances in slots 0 and 2 of 7; like a real
-    MIG-enabled GPU, it does not report utilization (NotSupported)."""
+def a100_mig(*, named: bool = True, **kwargs: Any) -> FakeNvml:
+    """One A100 in MIG mode with a 1g.5gb instance in slot 0 and a 3g.20gb one
+    in slot 2 (of 7); like a real MIG-enabled GPU, it does not report
+    utilization (NotSupported). ``named=False``: instance names without the
+    profile (read from the attributes instead)."""
     gpu = FakeGpu(
         A100_NAME,
         A100_UUID,
@@ -461,7 +494,10 @@ def a100_mig(**kwargs: Any) -> FakeNvml:
         utilization=None,
         mig_mode=1,
         mig_slots=7,
-        migs={0: FakeMig(MIG_UUIDS[0], MIG_MEMORY), 2: FakeMig(MIG_UUIDS[1], MIG_MEMORY)},
+        migs={
+            0: FakeMig(MIG_UUIDS[0], MIG_MEMORY, named=named),
+            2: FakeMig(MIG_UUIDS[1], MIG_MEMORY_3G, "3g.20gb", 3, named=named),
+        },
         nvlinks=None,
         xid_events=False,
     )

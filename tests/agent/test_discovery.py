@@ -10,11 +10,11 @@ import psutil
 import pytest
 
 from agent.fake_nvml import (
-    A100_MEMORY,
     A100_NAME,
     A100_UUID,
     H100_UUID,
     MIG_MEMORY,
+    MIG_MEMORY_3G,
     MIG_UUIDS,
     FakeNvml,
     a100_mig,
@@ -123,26 +123,29 @@ def test_old_bindings_returning_bytes_give_the_same_devices(tmp_path: Path) -> N
     assert found(tmp_path, h100_pair(legacy_bytes=True)) == found(tmp_path, h100_pair())
 
 
-def test_a100_in_mig_mode_lists_its_instances(tmp_path: Path) -> None:
+def test_a100_in_mig_mode_offers_its_instances(tmp_path: Path) -> None:
     result = found(tmp_path, a100_mig())
-    assert result.resources["gpu"] == 1
+    assert result.resources["gpu"] == 2
+    common = {
+        "index": 0,
+        "name": A100_NAME,
+        "pci_bus_id": "00000000:07:00.0",
+        "gpu_uuid": A100_UUID,
+    }
     assert result.devices["gpu"] == (
         Device(
-            id="0",
+            id="0-mig0",
             model="A100",
-            memory=A100_MEMORY,
-            uuid=A100_UUID,
-            serial="1324020000001",
-            attrs={
-                "index": 0,
-                "name": A100_NAME,
-                "mig": True,
-                "pci_bus_id": "00000000:07:00.0",
-                "mig_devices": [
-                    {"slot": 0, "uuid": MIG_UUIDS[0], "memory": MIG_MEMORY},
-                    {"slot": 2, "uuid": MIG_UUIDS[1], "memory": MIG_MEMORY},
-                ],
-            },
+            memory=MIG_MEMORY,
+            uuid=MIG_UUIDS[0],
+            attrs={**common, "mig": "1g.5gb", "mig_slot": 0},
+        ),
+        Device(
+            id="0-mig2",
+            model="A100",
+            memory=MIG_MEMORY_3G,
+            uuid=MIG_UUIDS[1],
+            attrs={**common, "mig": "3g.20gb", "mig_slot": 2},
         ),
     )
     assert result.labels["gpu.mig"] == "true"

@@ -346,9 +346,9 @@ FAKE_PYNVML = """\
 # Shadows nvidia-ml-py in an agent under test: the fake NVML of tests/agent.
 import sys
 sys.path.insert(0, {tests!r})
-from agent.fake_nvml import h100_pair
+from agent.fake_nvml import {scenario}
 
-_fake = h100_pair()
+_fake = {scenario}()
 
 
 def __getattr__(name):
@@ -356,11 +356,15 @@ def __getattr__(name):
 """
 
 
-def fake_nvml_env(where: Path) -> dict[str, str]:
-    """Environment that makes an agent process see two fake H100s."""
+def fake_nvml_env(where: Path, scenario: str = "h100_pair") -> dict[str, str]:
+    """Environment that makes an agent process see the GPUs of a scenario of
+    ``tests/agent/fake_nvml.py`` (two fake H100s by default). The caller's
+    PYTHONPATH stays behind the fake, so the agent runs the code under test."""
     where.mkdir(parents=True, exist_ok=True)
-    (where / "pynvml.py").write_text(FAKE_PYNVML.format(tests=str(Path(__file__).parents[1])))
-    return {"PYTHONPATH": str(where)}
+    (where / "pynvml.py").write_text(
+        FAKE_PYNVML.format(tests=str(Path(__file__).parents[1]), scenario=scenario))
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(where), *([rest] if rest else [])])}
 
 
 @dataclass

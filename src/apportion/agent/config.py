@@ -23,6 +23,10 @@ class AgentConfig:
     declared: Mapping[str, int] | None = None
     reserve: Mapping[str, int] = field(default_factory=dict)
     devices_file: Path | None = None
+    gpu_shares: int | None = None
+    """Offer GPUs as this many shares each (``gpu.shares``), not whole."""
+    shared_gpus: tuple[str, ...] | None = None
+    """Which GPUs (by id) ``gpu_shares`` splits; None: every one."""
     heartbeat_s: float = 10.0
     stop_after_disconnect_s: float = 60.0
     rescan_s: float = 300.0

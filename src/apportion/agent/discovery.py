@@ -17,7 +17,7 @@ import os
 import platform
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from apportion.agent.gpu_discovery import (
     nvml_call,
     short_gpu_model,
 )
+from apportion.core.gpu_shares import SHARES, split_gpu
 from apportion.core.model import Device
 from apportion.core.resources import MAX_QUANTITY, check_name, format_quantity
 from apportion.exceptions import InvalidInput, InvalidQuantity
@@ -65,13 +66,16 @@ def discover(
     devices_file: Path | None = None,
     reserve: Mapping[str, int] | None = None,
     declared: Mapping[str, int] | None = None,
+    gpu_shares: int | None = None,
+    shared_gpus: Sequence[str] | None = None,
 ) -> Discovery:
     """Discover the machine and compute the capacity to offer.
 
     ``declared`` (``--resources``) replaces discovery for the names it gives;
     ``reserve`` (``--reserve``) is subtracted last. Raises ``InvalidInput``
     naming the resource when a reserve exceeds capacity or a declaration
-    contradicts the devices that were found.
+    contradicts the devices that were found. ``gpu_shares`` then splits the
+    GPUs offered (``shared_gpus`` of them, or all) into that many shares each.
     """
     module = load_nvml() if nvml is AUTO else nvml
     capacity, specs = host_resources(work_dir)
@@ -87,6 +91,8 @@ def discover(
         _apply_declared(capacity, devices, declared)
         specs["declared"] = sorted(declared)
     offered, offered_devices = apply_reserve(capacity, devices, reserve or {})
+    if gpu_shares is not None:
+        apply_shares(offered, offered_devices, gpu_shares, shared_gpus)
     return Discovery(
         resources=offered,
         devices=offered_devices,
@@ -168,6 +174,36 @@ def apply_reserve(
     return kept, kept_devices
 
 
+def apply_shares(
+    offered: dict[str, int],
+    devices: dict[str, tuple[Device, ...]],
+    split: int,
+    only: Sequence[str] | None = None,
+) -> None:
+    """Offer GPUs as ``split`` shares each (``gpu.shares`` slots, see
+    ``core.gpu_shares``), in place: the GPUs named in ``only`` (every GPU when
+    None); the others stay whole. A GPU is offered one way, never both."""
+    gpus = devices.get(GPU, ())
+    if not gpus:
+        raise InvalidInput("gpu_shares: this machine offers no GPU to split (none found, none "
+                           "declared with --resources gpu=N)", field="gpu_shares")
+    ids = [d.id for d in gpus]
+    unknown = sorted(set(only or ()) - set(ids))
+    if unknown:
+        raise InvalidInput(f"shared_gpus: no GPU {', '.join(unknown)} here; the GPUs are "
+                           f"{', '.join(ids)}", field="shared_gpus")
+    chosen = [d for d in gpus if only is None or d.id in only]
+    whole = tuple(d for d in gpus if d not in chosen)
+    slots = tuple(s for d in chosen for s in split_gpu(d, split))
+    devices[SHARES] = slots
+    offered[SHARES] = len(slots)
+    if whole:
+        devices[GPU], offered[GPU] = whole, len(whole)
+    else:
+        devices.pop(GPU, None)
+        offered.pop(GPU, None)
+
+
 def _check_amount(name: str, qty: int, where: str) -> None:
     check_name(name, where)
     if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= MAX_QUANTITY:
@@ -182,17 +218,20 @@ def suggest_labels(
 ) -> dict[str, str]:
     """Labels the agent proposes; the operator's ``--labels`` win over these."""
     labels = {"type": _node_type(resources), "arch": _arch(), "os": platform.system().lower()}
-    gpus = devices.get(GPU, ())
+    gpus = (*devices.get(GPU, ()), *devices.get(SHARES, ()))
     models = {d.model for d in gpus if d.model}
     if models:
         labels["gpu.model"] = models.pop() if len(models) == 1 else "mixed"
     if any(d.attrs.get("mig") for d in gpus):
         labels["gpu.mig"] = "true"
+    splits = {d.attrs.get("shares") for d in devices.get(SHARES, ())}
+    if len(splits) == 1:
+        labels[SHARES] = str(splits.pop())
     return labels
 
 
 def _node_type(resources: Mapping[str, int]) -> str:
-    if resources.get(GPU):
+    if resources.get(GPU) or resources.get(SHARES):
         return "gpu"
     for kind in ("asic", "fpga"):
         if any(name == kind or name.startswith(kind + ".") for name in resources):

@@ -2,6 +2,12 @@
 ``nvidia`` extra): index, model, memory, UUID, PCI bus, NUMA node, MIG
 instances and NVLink peers, and the driver's versions.
 
+A GPU in MIG mode is not offered itself (CUDA cannot use it whole): each of
+its MIG instances is a ``gpu`` device of its own, id ``<index>-mig<slot>``,
+with the instance's UUID (what ``CUDA_VISIBLE_DEVICES`` takes for it), its
+memory, and its profile in ``attrs["mig"]`` (``1g.10gb``), so a job selects
+instances with ``-c gpu.mig=1g.10gb``.
+
 NVML is optional: without the package or a driver, ``discover_gpus`` finds
 no GPUs and says why in the specs. ``discovery.discover`` adds what is found
 here to the host's capacity; ``usage`` reads live GPU readings through the
@@ -10,6 +16,7 @@ same ``nvml_call``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,9 +100,17 @@ def _describe_gpus(
             if links[index].switch:
                 extra["nvswitch"] = True
         try:
-            devices.append(_gpu_device(nvml, index, handle, bus_ids[index], extra))
+            gpu = _gpu_device(nvml, index, handle, bus_ids[index], extra)
         except nvml.NVMLError as exc:
             errors.append(f"gpu {index}: {exc}")
+            continue
+        if not gpu.attrs["mig"]:
+            devices.append(gpu)
+            continue
+        instances = [_mig_device(gpu, info) for info in gpu.attrs.get("mig_devices", [])]
+        if not instances:
+            errors.append(f"gpu {index}: MIG mode is on but no MIG instance is configured")
+        devices.extend(instances)
     return tuple(devices)
 
 
@@ -152,8 +167,7 @@ def _mig_enabled(nvml: NvmlModule, handle: Any) -> bool:
 
 
 def _mig_devices(nvml: NvmlModule, handle: Any) -> list[dict[str, Any]]:
-    """The MIG instances configured on a GPU. Listed for the operator;
-    ``gpu`` still counts physical GPUs (MIG scheduling is not built yet)."""
+    """The MIG instances configured on a GPU: slot, UUID, memory, profile."""
     slots = int(nvml_call(nvml, "nvmlDeviceGetMaxMigDeviceCount", handle) or 0)
     found: list[dict[str, Any]] = []
     for slot in range(slots):
@@ -167,9 +181,44 @@ def _mig_devices(nvml: NvmlModule, handle: Any) -> list[dict[str, Any]]:
                 "slot": slot,
                 "uuid": nvml_text(uuid) if uuid is not None else None,
                 "memory": int(info.total) if info is not None else None,
+                "profile": mig_profile(nvml, mig),
             }
         )
     return found
+
+
+_PROFILE_RE = re.compile(r"\bMIG\s+(\S+)\s*$")
+
+
+def mig_profile(nvml: NvmlModule, mig: Any) -> str | None:
+    """A MIG instance's profile (``1g.10gb``): the tail of the name NVML gives
+    its handle (``NVIDIA A100-SXM4-40GB MIG 1g.5gb``), else built from its
+    slice count and memory as ``nvidia-smi`` names profiles."""
+    name = nvml_call(nvml, "nvmlDeviceGetName", mig)
+    match = _PROFILE_RE.search(nvml_text(name)) if name is not None else None
+    if match:
+        return match.group(1).lower()
+    attrs = nvml_call(nvml, "nvmlDeviceGetAttributes", mig)
+    slices = getattr(attrs, "gpuInstanceSliceCount", None)
+    memory_mb = getattr(attrs, "memorySizeMB", None)
+    if slices and memory_mb:
+        # NVIDIA rounds up: 4864 MiB is "1g.5gb", 19968 MiB "3g.20gb".
+        return f"{int(slices)}g.{-(-int(memory_mb) // 1024)}gb"
+    return None
+
+
+def _mig_device(gpu: Device, info: Mapping[str, Any]) -> Device:
+    """One MIG instance of ``gpu`` as a device of its own."""
+    keep = ("index", "name", "pci_bus_id", "minor", "numa_node")
+    attrs = {k: gpu.attrs[k] for k in keep if k in gpu.attrs}
+    attrs.update(mig=info.get("profile") or "unknown", mig_slot=info["slot"], gpu_uuid=gpu.uuid)
+    return Device(
+        id=f"{gpu.id}-mig{info['slot']}",
+        model=gpu.model,
+        memory=info.get("memory"),
+        uuid=info.get("uuid"),
+        attrs=attrs,
+    )
 
 
 def _bus_id(nvml: NvmlModule, handle: Any) -> str | None:

@@ -63,6 +63,7 @@ from apportion.agent.runner import Runner
 from apportion.agent.transport import FailoverTransport, parse_servers, retry_delay
 from apportion.agent.usage import XidCounter
 from apportion.async_client import AsyncClient, ClientError, TransportError
+from apportion.core.gpu_shares import SHARES
 from apportion.nvml import NvmlModule, load_nvml
 
 log = structlog.get_logger(__name__)
@@ -179,7 +180,8 @@ class Agent(Reporting):
     def _discover(self) -> Discovery:
         c = self.config
         return discover(c.work_dir, nvml=self.nvml, devices_file=c.devices_file,
-                        reserve=c.reserve, declared=c.declared)
+                        reserve=c.reserve, declared=c.declared, gpu_shares=c.gpu_shares,
+                        shared_gpus=c.shared_gpus)
 
     # -- the work dir and its fence -----------------------------------------------
 
@@ -387,10 +389,12 @@ class Agent(Reporting):
 def _gpu_minors(discovery: Discovery) -> dict[str, int]:
     """Each GPU's ``/dev/nvidia<minor>`` (NVML's minor number, else its index)."""
     out = {}
-    for device in discovery.devices.get("gpu", ()):
-        minor = device.attrs.get("minor", device.id)
+    shared = discovery.devices.get(SHARES, ())
+    for device in (*discovery.devices.get("gpu", ()), *shared):
+        gpu = str(device.attrs.get("parent", device.id))  # a share slot: its GPU
+        minor = device.attrs.get("minor", gpu)
         if isinstance(minor, int) or (isinstance(minor, str) and minor.isdigit()):
-            out[device.id] = int(minor)
+            out[gpu] = int(minor)
     return out
 
 

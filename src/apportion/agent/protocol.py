@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from apportion.core.gpu_shares import GPU, SHARES
 from apportion.core.resources import format_quantity
 from apportion.protocol import (
     ALLOCATION_ENV,
@@ -26,6 +27,7 @@ from apportion.protocol import (
     CUDA_ENV,
     DEVICES_ENV,
     JOB_ID_ENV,
+    MPS_PERCENT_ENV,
     NODE_ENV,
     RESOURCES_ENV,
     RESUME_ENV,
@@ -87,13 +89,44 @@ def safe_task_id(task_id: str) -> bool:
 
 def visible_devices(assignment: Assignment) -> str:
     """``CUDA_VISIBLE_DEVICES``: the GPUs' UUIDs when every one has a UUID
-    (stable across reboots and driver renumbering), else their indexes.
-    Empty when no GPU was granted, which hides every GPU of the node."""
-    info = assignment.device_info.get("gpu") or []
+    (stable across reboots and driver renumbering), else their indexes; for
+    a share of a GPU, that GPU. Empty when no GPU was granted, which hides
+    every GPU of the node."""
+    ids = list(assignment.devices.get(GPU, []))
+    info = list(assignment.device_info.get(GPU) or [])
+    for parent, entry in share_parents(assignment).items():
+        ids.append(parent)
+        info.append(entry)
     uuids = [d.get("uuid") for d in info]
-    if info and all(uuids):
+    if info and len(info) == len(ids) and all(uuids):
         return ",".join(str(u) for u in uuids)
-    return ",".join(assignment.devices.get("gpu", []))
+    return ",".join(ids)
+
+
+def share_parents(assignment: Assignment) -> dict[str, dict[str, Any]]:
+    """The GPUs a task holds shares of (``gpu.shares`` slots ``"1/0"``,
+    ``"1/1"`` are GPU ``"1"``), each with what the server said of a slot."""
+    info = {str(d.get("id")): d for d in assignment.device_info.get(SHARES, [])}
+    out: dict[str, dict[str, Any]] = {}
+    for slot in assignment.devices.get(SHARES, []):
+        known = info.get(slot, {})
+        parent = str(known.get("parent") or slot.rsplit("/", 1)[0])
+        out.setdefault(parent, known)
+    return out
+
+
+def mps_percent(assignment: Assignment) -> int | None:
+    """``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` for a share of one GPU: the
+    shares held over the shares the GPU is split in; None without shares."""
+    slots = assignment.devices.get(SHARES, [])
+    parents = share_parents(assignment)
+    if not slots or not parents:
+        return None
+    split = next(iter(parents.values())).get("shares")
+    if not isinstance(split, int) or split <= 0:
+        return None
+    per_gpu = len(slots) // len(parents)
+    return max(1, min(100, 100 * per_gpu // split))
 
 
 def devices_json(assignment: Assignment) -> str:
@@ -136,6 +169,11 @@ def task_env(assignment: Assignment, node: str, task_dir: Path, checkpoint_dir: 
         USAGE_FILE_ENV: str(task_dir / "usage.json"),
         TASK_DIR_ENV: str(task_dir),
     })
+    percent = mps_percent(assignment)
+    if percent is not None:
+        env[MPS_PERCENT_ENV] = str(percent)
+    else:
+        env.pop(MPS_PERCENT_ENV, None)
     if assignment.array is not None:
         env[ARRAY_INDEX_ENV] = str(assignment.index)
         env[ARRAY_SIZE_ENV] = str(assignment.array)
@@ -147,10 +185,33 @@ def task_env(assignment: Assignment, node: str, task_dir: Path, checkpoint_dir: 
 
 
 __all__ = [
-    "ALLOCATION_ENV", "ARRAY_INDEX_ENV", "ARRAY_SIZE_ENV", "ATTEMPT_ENV", "CHECKPOINT_ENV",
-    "CUDA_ENV", "DEVICES_ENV", "EXIT_FILE", "JOB_ID_ENV", "NODE_ENV", "RESOURCES_ENV",
-    "RESUME_ENV", "SHIM", "TASK_DIR_ENV", "TASK_ID_ENV", "TASK_INDEX_ENV", "USAGE_FILE_ENV",
-    "Assignment", "DesiredState", "Stop", "TaskUpdate", "devices_json", "record_of", "safe_task_id",
+    "ALLOCATION_ENV",
+    "ARRAY_INDEX_ENV",
+    "ARRAY_SIZE_ENV",
+    "ATTEMPT_ENV",
+    "CHECKPOINT_ENV",
+    "CUDA_ENV",
+    "DEVICES_ENV",
+    "EXIT_FILE",
+    "JOB_ID_ENV",
+    "MPS_PERCENT_ENV",
+    "NODE_ENV",
+    "RESOURCES_ENV",
+    "RESUME_ENV",
+    "SHIM",
+    "TASK_DIR_ENV",
+    "TASK_ID_ENV",
+    "TASK_INDEX_ENV",
+    "USAGE_FILE_ENV",
+    "Assignment",
+    "DesiredState",
+    "Stop",
+    "TaskUpdate",
+    "devices_json",
+    "mps_percent",
+    "record_of",
+    "safe_task_id",
+    "share_parents",
     "task_env",
     "visible_devices",
 ]

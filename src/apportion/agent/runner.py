@@ -62,7 +62,7 @@ from apportion.agent.isolation import (
 )
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import EXIT_FILE, Assignment, record_of, task_env
+from apportion.agent.protocol import EXIT_FILE, Assignment, record_of, share_parents, task_env
 from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
@@ -215,7 +215,8 @@ class Runner:
         return prefix
 
     def _minors(self, a: Assignment) -> list[int]:
-        return granted_minors(a.devices.get("gpu", []), self.gpu_minors)
+        # A share of a GPU needs that GPU's node as much as a whole one does.
+        return granted_minors([*a.devices.get("gpu", []), *share_parents(a)], self.gpu_minors)
 
     def _cgroup(self, a: Assignment) -> Path | None:
         """The task's cgroup: with its limits (cgroup v2 limit mode), or only

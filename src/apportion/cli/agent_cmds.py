@@ -72,6 +72,12 @@ def agent(
     resources: Annotated[str | None, typer.Option(
         "--resources", help="declare capacity instead of discovering it: cpu=4,memory=8Gi,gpu=2")]
     = None,
+    gpu_shares: Annotated[int | None, typer.Option(
+        "--gpu-shares", min=2, max=100,
+        help="offer each GPU as N shares (gpu: 1/N each, MPS) instead of whole")] = None,
+    shared_gpus: Annotated[str | None, typer.Option(
+        "--shared-gpus", help="with --gpu-shares: split only these GPU ids (0,1); the rest "
+        "stay whole")] = None,
     work_dir: Annotated[Path | None, typer.Option(
         "--work-dir", help="task directories and logs")] = None,
     heartbeat: Annotated[float, typer.Option("--heartbeat", help="seconds")] = 10.0,
@@ -102,6 +108,8 @@ def agent(
     modes = ("auto", *(m.value for m in GpuMode))
     if gpu_isolation not in modes:
         raise typer.BadParameter(f"--gpu-isolation: one of {', '.join(modes)}")
+    if shared_gpus is not None and gpu_shares is None:
+        raise typer.BadParameter("--shared-gpus: say how many shares with --gpu-shares N")
     node = name or socket.gethostname()
     config = AgentConfig(
         resolve(server).server, secret, node, (work_dir or default_work_dir(node)).resolve(),
@@ -113,6 +121,9 @@ def agent(
         checkpoint_max=_quantity("storage", checkpoint_max, "--checkpoint-max"),
         sandbox_dir=sandbox_dir.resolve() if sandbox_dir else None,
         gpu_isolation=None if gpu_isolation == "auto" else GpuMode(gpu_isolation),
+        gpu_shares=gpu_shares,
+        shared_gpus=tuple(g.strip() for g in shared_gpus.split(",") if g.strip())
+        if shared_gpus else None,
     )
     run_agent(config)
 

@@ -197,7 +197,7 @@ def submit(
     cpu: Annotated[str | None, typer.Option("--cpu", help="cores or millicores: 2, 500m")]
     = None,
     memory: Annotated[str | None, typer.Option("--memory", help="bytes: 4Gi, 512Mi")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="GPUs: 1, or 0.25 for a share")]
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPUs: 1, or a share: 0.25, 1/3")]
     = None,
     resource: Annotated[list[str] | None, typer.Option("--resource", help="NAME=QTY")] = None,
     resources_: Annotated[str | None, typer.Option(

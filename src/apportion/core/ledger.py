@@ -7,7 +7,9 @@ indexes over free capacity instead of every node. The ledger is pure: ids and
 times come from the caller; the service makes its decisions durable.
 
 Invariant kept here and checked by the property tests: for every node and
-resource, ``free >= 0`` and ``free + sum(active allocations) == capacity``.
+resource, ``free >= 0`` and ``free + sum(active allocations) == capacity``;
+no device is held twice, so a GPU split in ``N`` shares (``gpu_shares``)
+never gives out more than ``N``, and the shares of one grant sit on one GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from apportion.core.errors import (
     NodeNotFound,
     UnknownResource,
 )
+from apportion.core.gpu_shares import one_gpu, pick_slots
 from apportion.core.model import Allocation, AllocationState, Device, Node, ReleaseReason
 from apportion.core.resources import Shortage, Vector, format_quantity
 
@@ -250,7 +253,7 @@ class Ledger:
         if devices:
             taken = _chosen_devices(slot, request, devices)
         else:
-            taken = {r: tuple(pool[r][:q]) for r, q in request.items() if r in pool} if pool else {}
+            taken = {r: _first_free(slot, r, q) for r, q in request.items() if r in pool}
         alloc = Allocation(
             alloc_id, slot.node.name, dict(request), taken, owner, labels or {},
             AllocationState.ACTIVE, now,
@@ -416,7 +419,7 @@ def _chosen_devices(
             continue
         ids = tuple(chosen.get(r, ()))
         if not ids:
-            ids = tuple(pool[: request[r]])
+            ids = _first_free(slot, r, request[r])
         busy = sorted(set(ids) - set(pool))
         if busy or len(ids) != request[r] or len(set(ids)) != len(ids):
             raise InvalidInput(
@@ -424,8 +427,32 @@ def _chosen_devices(
                 f"cannot be taken: {request[r]} free device(s) needed",
                 field=f"devices.{r}",
             )
+        declared = slot.node.devices.get(r, ())
+        if declared and "parent" in declared[0].attrs and not one_gpu(
+            ids, {d.id: d for d in declared}
+        ):
+            raise InvalidInput(
+                f"devices.{r}: {', '.join(ids)} on node {slot.node.name} span GPUs; the "
+                "shares of one grant stay on one GPU (or take whole GPUs)",
+                field=f"devices.{r}",
+            )
         out[r] = ids
     return out
+
+
+def _first_free(slot: _Slot, resource: str, count: int) -> tuple[str, ...]:
+    """The first ``count`` free devices in the node's order; for GPU shares,
+    ``count`` slots of one GPU (``gpu_shares.pick_slots``)."""
+    pool = slot.free_devices[resource]
+    declared = slot.node.devices.get(resource, ())
+    if not declared or "parent" not in declared[0].attrs:
+        return tuple(pool[:count])
+    ids = pick_slots(pool, {d.id: d for d in declared}, count)
+    if ids is None:
+        why = (f"has {len(pool)} free {resource} but no GPU with {count} of them free (the "
+               "shares of one grant stay on one GPU; more than one GPU's worth takes whole GPUs)")
+        raise InsufficientResources([], nodes_considered=1, reasons={slot.node.name: why})
+    return ids
 
 
 def _fits_known(request: Vector, slot: _Slot) -> bool:

@@ -7,10 +7,11 @@ restart is rebuilt by the same code that built it at submission.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from apportion.core.gpu_shares import GPU, SHARES, ShareRequest, share_request
 from apportion.core.labels import parse_selector
 from apportion.core.resources import parse_vector
 from apportion.core.scheduling import Affinity, Job, Queue, TaskSpec
@@ -81,6 +82,47 @@ def tasks_of(spec: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
     if sum(t.count for t in out) > MAX_TASKS:
         raise InvalidInput(f"tasks: at most {MAX_TASKS} tasks per job", field="tasks")
     return tuple(out)
+
+
+def with_gpu_shares(spec: Mapping[str, Any], splits: Iterable[int]) -> dict[str, Any]:
+    """``spec`` with a share of a GPU (``gpu: 0.25``) written as the slots the
+    ledger grants (``gpu.shares: 1``) and the constraint ``gpu.shares=4`` that
+    keeps them on GPUs split in 4; what was asked stays in ``gpu_share``.
+    Done once at submission, so a job read back means the same slots even if
+    the cluster's splits change later."""
+    out = dict(spec)
+    if out.get("tasks"):
+        out["tasks"] = [dict(t) for t in out["tasks"]]
+        places = [(t, f"tasks[{i}].resources") for i, t in enumerate(out["tasks"])]
+    else:
+        places = [(out, "resources")]
+    offered = splits  # read only for a share: a lazy iterable costs a plain job nothing
+    found: list[tuple[object, ShareRequest]] = []
+    whole = False
+    for holder, field in places:
+        resources = holder.get("resources")
+        if not isinstance(resources, Mapping) or GPU not in resources:
+            continue
+        share = share_request(resources[GPU], offered, f"{field}.{GPU}")
+        if share is None:
+            whole = True
+            continue
+        if SHARES in resources:
+            raise InvalidInput(f"{field}: ask for {GPU} or {SHARES}, not both",
+                               field=f"{field}.{SHARES}")
+        holder["resources"] = {**{k: v for k, v in resources.items() if k != GPU},
+                               SHARES: share.shares}
+        found.append((resources[GPU], share))
+    if not found:
+        return out
+    if whole or len({s.split for _, s in found}) > 1:
+        raise InvalidInput("resources.gpu: a job asks for whole GPUs or for one size of GPU "
+                           "share, not both; submit them as separate jobs", field="resources.gpu")
+    asked, share = found[0]
+    out["constraints"] = [*(spec.get("constraints") or []), f"{SHARES}={share.split}"]
+    out["gpu_share"] = {"asked": str(asked), "shares": share.shares, "split": share.split,
+                        "percent": share.percent}
+    return out
 
 
 def _affinities(items: list[Mapping[str, Any]] | None, field: str) -> tuple[Affinity, ...]:

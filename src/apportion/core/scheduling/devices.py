@@ -8,11 +8,12 @@ loss breaks the fewest free linked groups, so linked sets stay whole for the
 jobs that need them.
 
 Shares (time-slicing, Slurm shards): a node offers a device as ``N`` share
-slots of resource ``<family>.shares`` (see ``share_devices``); each slot is a
-device of its own for the ledger, so a device can never give out more than
-its ``N`` shares. A task asking for several shares gets them on one device
-when one has enough free, preferring the device with the fewest free slots so
-that other devices stay whole.
+slots of resource ``<family>.shares`` (see ``share_devices`` and
+``core.gpu_shares``); each slot is a device of its own for the ledger, so a
+device can never give out more than its ``N`` shares. A task asking for
+several shares gets them on one device (``gpu_shares.pick_slots``), the one
+with the fewest free slots that has enough, so that other devices stay whole;
+when no single device has enough, the node cannot take the task.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import combinations
 
+from apportion.core.gpu_shares import pick_slots
 from apportion.core.model import Device
 from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.constraints import DeviceRequirement
@@ -31,7 +33,7 @@ choice (grow the set by the best-linked device) is used."""
 
 def share_devices(device: Device, shares: int) -> tuple[Device, ...]:
     """``device`` offered as ``shares`` slots (for a resource ``<family>.shares``)."""
-    attrs = {**device.attrs, "parent": device.id}
+    attrs = {**device.attrs, "parent": device.id, "shares": shares}
     return tuple(
         Device(f"{device.id}/{k}", device.model, device.memory, device.uuid, device.serial, attrs)
         for k in range(shares)
@@ -76,7 +78,7 @@ def choose(
     by_id = rec.devices[resource]
     devices = [by_id[d] for d in ids]
     if any("parent" in d.attrs for d in devices):
-        return _choose_shares(devices, count)
+        return pick_slots(ids, by_id, count)
     if count == 1:
         return (_least_linked(devices).id,)
     return tuple(d.id for d in _best_linked(devices, count))
@@ -108,20 +110,3 @@ def _n_choose_k(n: int, k: int) -> int:
     for i in range(k):
         out = out * (n - i) // (i + 1)
     return out
-
-
-def _choose_shares(slots: list[Device], count: int) -> tuple[str, ...]:
-    groups: dict[str, list[Device]] = {}
-    for d in slots:
-        groups.setdefault(str(d.attrs.get("parent", d.id)), []).append(d)
-    enough = [g for g in groups.values() if len(g) >= count]
-    if enough:
-        # Fewest free slots first: fill devices already shared, keep others whole.
-        group = min(enough, key=len)
-        return tuple(d.id for d in group[:count])
-    out: list[str] = []
-    for group in sorted(groups.values(), key=len, reverse=True):
-        out.extend(d.id for d in group[: count - len(out)])
-        if len(out) == count:
-            break
-    return tuple(out)

@@ -26,10 +26,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from apportion.core.gpu_shares import tasks_fit
 from apportion.core.labels import LabelRequirement
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.capacity import NodeClass, NodeRec
-from apportion.core.scheduling.constraints import Constraints, family, labels_match
+from apportion.core.scheduling.constraints import (
+    Constraints,
+    DeviceRequirement,
+    family,
+    labels_match,
+)
 from apportion.core.scheduling.devices import matching_free
 from apportion.core.scheduling.jobs import Job, TaskSpec
 from apportion.core.scheduling.state import ClusterState
@@ -218,7 +224,10 @@ class DeviceConstraints:
         return None
 
     def needed(self, job: Job) -> bool:
-        return bool(job.constraints.devices)
+        # GPU share slots always need it: free slots spread over GPUs are
+        # fewer tasks than their count says (a task's shares sit on one GPU).
+        return bool(job.constraints.devices) or any(
+            r.endswith(SHARES_SUFFIX) for t in job.tasks for r in t.resources)
 
     def per_node(self, job: Job) -> bool:
         # Nodes of a bucket may hold different devices: the walk offers them
@@ -232,8 +241,8 @@ class DeviceConstraints:
         for r, q in spec.resources.items():
             if r in rec.devices:
                 terms = job.constraints.device_terms(family(r))
-                if terms:
-                    n = len(matching_free(rec, r, terms)) // q
+                if terms or r.endswith(SHARES_SUFFIX):
+                    n = _fit_devices(rec, r, terms, q)
                     if n < fit:
                         if not n:
                             return 0
@@ -245,7 +254,7 @@ class DeviceConstraints:
     ) -> Reason | None:
         for r, q in spec.resources.items():
             terms = job.constraints.device_terms(family(r))
-            if not terms or r not in rec.devices:
+            if not (terms or r.endswith(SHARES_SUFFIX)) or r not in rec.devices:
                 continue
             good = len(matching_free(rec, r, terms))
             if good < q:
@@ -253,7 +262,27 @@ class DeviceConstraints:
                     self.name, Code.DEVICE, Kind.BUSY,
                     f"needs {q} free {r} with {_terms(terms)}; {good} free", r, q, good,
                 )
+            if not _fit_devices(rec, r, terms, q):
+                return Reason(
+                    self.name, Code.DEVICE, Kind.BUSY,
+                    f"needs {q} free {r} with {_terms(terms)} on one GPU; {good} free, "
+                    "spread over GPUs", r, q, good,
+                )
         return None
+
+
+def _fit_devices(rec: NodeRec, resource: str, terms: Sequence[DeviceRequirement], q: int) -> int:
+    """Tasks of ``q`` matching devices the node's free ones hold; GPU share
+    slots count per GPU, as a task's shares sit on one GPU."""
+    ids = matching_free(rec, resource, terms)
+    by_id = rec.devices[resource]
+    if ids and "parent" in by_id[ids[0]].attrs:
+        return tasks_fit(ids, by_id, q)
+    return len(ids) // q
+
+
+SHARES_SUFFIX = ".shares"
+"""Resources named ``<family>.shares`` are share slots (``core.gpu_shares``)."""
 
 
 def _terms(terms: Sequence[object]) -> str:
@@ -346,6 +375,8 @@ def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeC
     for r in spec.resources:
         terms = constraints.device_terms(family(r))
         devices = cls.devices.get(r)
+        if devices and "parent" in devices[0].attrs:
+            return True  # share slots: how they spread over GPUs differs by node
         if terms and devices and not all(
             all(t.matches_device(d) for t in terms) for d in devices
         ):

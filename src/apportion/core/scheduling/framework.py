@@ -181,7 +181,13 @@ class Placer:
             if not cands:
                 return busy_failure(state, job, spec, remaining)
             best = self._best(cands, ctx)
-            remaining -= self._take(job, spec, best, remaining, ctx, placed)
+            taken = self._take(job, spec, best, remaining, ctx, placed)
+            if not taken:
+                # The filters promised more than the devices gave (a node's
+                # free share slots spread over GPUs): walking again would
+                # find the same candidate forever.
+                return busy_failure(state, job, spec, remaining)
+            remaining -= taken
         return None
 
     @staticmethod

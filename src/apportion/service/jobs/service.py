@@ -11,7 +11,7 @@ servers' through their events (``follow``). The scheduling loop itself
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -19,8 +19,9 @@ import sqlalchemy as sa
 import structlog
 
 from apportion.core.errors import JobRejected
+from apportion.core.gpu_shares import splits_offered
 from apportion.core.labels import matches
-from apportion.core.model import Node, ReleaseReason
+from apportion.core.model import Device, Node, ReleaseReason
 from apportion.core.records import JobRow, QueueRow, TaskRow
 from apportion.core.resources import fits, format_vector
 from apportion.core.scheduling import (
@@ -39,7 +40,7 @@ from apportion.core.scheduling import (
 from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable, explain_nodes
 from apportion.exceptions import InvalidInput, NotFound
 from apportion.protocol import Assignment, Stop
-from apportion.service.job_specs import job_from_spec, queue_from_row
+from apportion.service.job_specs import job_from_spec, queue_from_row, with_gpu_shares
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache, LiveJob
 from apportion.service.jobs.model import (
@@ -227,6 +228,8 @@ class JobsService:
     async def submit(self, spec: dict[str, Any], owner: str | None) -> JobRow:
         now = self.clock()
         job_id = new_job_id()
+        # gpu: 0.25 -> gpu.shares slots of GPUs split in 4, as the nodes offer them.
+        spec = with_gpu_shares(spec, _OfferedSplits(self))
         job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
         check_comparisons(job.constraints)  # InvalidInput (422): `gpu.memory>=lots`
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
@@ -385,10 +388,7 @@ class JobsService:
         out: dict[str, Any] = {}
         for resource, ids in devices.items():
             by_id = {d.id: d for d in known.devices.get(resource, ())}
-            out[resource] = [{"id": i, "uuid": by_id[i].uuid if i in by_id else None,
-                              "model": by_id[i].model if i in by_id else None,
-                              "memory": by_id[i].memory if i in by_id else None}
-                             for i in ids]
+            out[resource] = [_one_device(i, by_id.get(i)) for i in ids]
         return out
 
     async def task_report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
@@ -421,6 +421,18 @@ class JobsService:
         return sum(1 for o in outcomes for task in o.tasks if task.stop_state == state)
 
 
+def _one_device(device_id: str, device: Device | None) -> dict[str, Any]:
+    """What an agent is told of a granted device; a GPU share slot adds its
+    GPU (``parent``) and how many shares that GPU is split in."""
+    info: dict[str, Any] = {"id": device_id, "uuid": device.uuid if device else None,
+                            "model": device.model if device else None,
+                            "memory": device.memory if device else None}
+    if device is not None and "parent" in device.attrs:
+        info["parent"] = device.attrs["parent"]
+        info["shares"] = device.attrs.get("shares")
+    return info
+
+
 def _release_orphan(c: t.Change, *, alloc_id: str) -> t.Outcome:
     held = jt.task_of_allocation(c.conn, alloc_id)
     if held is None or held.state not in ACTIVE_TASK:
@@ -437,3 +449,15 @@ def _pools_for(job: Job, standins: Sequence[Node]) -> list[str]:
                if matches(n.labels, job.constraints.labels)
                and any(fits(spec.resources, n.resources) for spec in job.tasks)]
     return list(dict.fromkeys(holding)) or names
+
+
+class _OfferedSplits:
+    """Every ``N`` a node (or a pool's node to come) splits its GPUs into,
+    read only when a submission asks for a share: a walk over every node."""
+
+    def __init__(self, jobs: JobsService) -> None:
+        self.jobs = jobs
+
+    def __iter__(self) -> Iterator[int]:
+        nodes = [*self.jobs.ledger.nodes.values(), *self.jobs.potential_nodes()]
+        return iter(splits_offered(nodes))

@@ -19,6 +19,7 @@ import typer
 from apportion.cli import (
     agent_cmds,
     cluster_cmds,
+    dashboard_cmds,
     jobs_cmds,
     ledger_cmds,
     nodes_cmds,
@@ -127,6 +128,7 @@ observe_cmds.register(app)
 planning_cmds.register(app)
 scaling_cmds.register(app)
 simulate.register(app)
+dashboard_cmds.register(app)
 
 HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
 PortOpt = Annotated[int, typer.Option("--port", help="port to listen on")]

@@ -197,8 +197,10 @@ def axis_unit(resource: str, top: float) -> tuple[float, str]:
 def _draw_panel(ax: Any, answer: dict[str, Any], entry: dict[str, Any]) -> None:
     """History, forecast mean, shaded 80 % and 95 % intervals, capacity and
     the expected exhaustion, on a y-axis in the resource's human unit."""
-    import matplotlib.dates as mdates
+    import matplotlib.dates
     from matplotlib.ticker import FuncFormatter
+
+    mdates: Any = matplotlib.dates  # untyped: matplotlib's date helpers have no hints
 
     resource = entry["resource"]
     top = max([entry["capacity_base"], *(p[5] for m in METRICS for p in _forecast_points(

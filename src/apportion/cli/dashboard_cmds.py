@@ -9,7 +9,6 @@ for a minute, so a link left in a terminal's scrollback is worthless."""
 from __future__ import annotations
 
 import sys
-import webbrowser
 from typing import Annotated, Any
 
 import typer
@@ -45,8 +44,14 @@ def dashboard(
         "expires_in_s": answer["expires_in_s"],
     }
     show(shown, as_json, _print_link)
-    if open_browser and not webbrowser.open(url):
+    if open_browser and not _open(url):
         err_console.print("no web browser found here: open the link above yourself")
+
+
+def _open(url: str) -> bool:
+    import webbrowser  # only when asked: every command imports this module
+
+    return webbrowser.open(url)
 
 
 def _print_link(shown: dict[str, Any]) -> None:

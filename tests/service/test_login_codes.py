@@ -54,8 +54,7 @@ def test_revoking_a_name_ends_its_sessions(services: Services) -> None:
     asyncio.run(scenario())
 
 
-def test_sessions_outlive_a_restart_with_the_same_admin_token_only(
-        services: Services) -> None:
+def test_sessions_outlive_a_restart_with_the_same_admin_token_only(services: Services) -> None:
     auth = services.auth
     auth.ensure("admin", "admin", ADMIN)
     token = asyncio.run(_session(LoginCodes(services.uow), Principal("admin", Role.ADMIN)))

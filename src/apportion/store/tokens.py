@@ -34,13 +34,13 @@ def insert_token(conn: sa.Connection, record: TokenRecord, token: str) -> None:
     )
 
 
-_COLUMNS = (tokens.c.id, tokens.c.name, tokens.c.role, tokens.c.created_at,
-            tokens.c.expires_at)
+_COLUMNS = (tokens.c.id, tokens.c.name, tokens.c.role, tokens.c.created_at, tokens.c.expires_at)
 
 
 def _unexpired(now: float | None) -> sa.ColumnElement[bool]:
-    return sa.or_(tokens.c.expires_at.is_(None),
-                  tokens.c.expires_at > (time.time() if now is None else now))
+    return sa.or_(
+        tokens.c.expires_at.is_(None), tokens.c.expires_at > (time.time() if now is None else now)
+    )
 
 
 def find_token(conn: sa.Connection, token: str, now: float | None = None) -> TokenRecord | None:
@@ -60,8 +60,14 @@ def delete_token(conn: sa.Connection, token_id: str) -> bool:
     return conn.execute(tokens.delete().where(tokens.c.id == token_id)).rowcount == 1
 
 
-def delete_tokens_named(conn: sa.Connection, name: str, role: str | None,
-                        keep: str | None = None, *, sessions: bool = True) -> int:
+def delete_tokens_named(
+    conn: sa.Connection,
+    name: str,
+    role: str | None,
+    keep: str | None = None,
+    *,
+    sessions: bool = True,
+) -> int:
     """Delete the tokens called ``name`` (of ``role``, if given; all but
     ``keep``; dashboard sessions too unless ``sessions`` is False)."""
     query = tokens.delete().where(tokens.c.name == name)

@@ -245,10 +245,18 @@ def test_the_job_view_explains_each_node_and_fragmentation_in_human_units(
     expect(page.locator("[data-testid=shape] td")).to_have_text(
         ["cpu=1 gpu=2 memory=2Gi", "0", "0"])
 
+    # The running job's page says where its task runs.
+    row.click()
+    panel = page.get_by_test_id("job-panel")
+    expect(panel.get_by_test_id("job-summary")).to_have_text(
+        "cpu=2 memory=4.5Gi gpu=3 · queue default · owner admin · on 0→gpu-a",
+        timeout=TIMEOUT_MS)
+    expect(panel.get_by_test_id("explain-summary")).to_have_text(
+        "This job is running: it does not wait for a node.")
+
     # The waiting job, node by node: gpu-a is busy (1 GPU free of the 2 it
     # needs) but could take it; cpu-b has no GPU and never could.
     page.locator(f"[data-testid=job][data-job='{waiting['id']}']").click()
-    panel = page.get_by_test_id("job-panel")
     expect(panel).to_be_visible()
     expect(panel.get_by_test_id("job-summary")).to_contain_text("cpu=1 memory=2Gi gpu=2")
     gpu_a = panel.locator("[data-testid=explain-node][data-node=gpu-a]")

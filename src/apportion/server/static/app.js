@@ -15,6 +15,7 @@ const ENDS_KEY = "apportion.session_ends";
 const REFRESH_DEBOUNCE_MS = 250;
 const SAFETY_REFRESH_MS = 10000;
 const HISTORY_REFRESH_MS = 30000;
+const WAITING = ["pending", "preempted"];
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -398,10 +399,11 @@ async function openJob(id) {
 async function refreshJob() {
   const id = state.job;
   try {
-    const [job, explain] = await Promise.all([
-      api(`/api/v1/jobs/${encodeURIComponent(id)}?tasks_limit=50`),
-      api(`/api/v1/jobs/${encodeURIComponent(id)}/explain?nodes=true&nodes_limit=50`),
-    ]);
+    const job = await api(`/api/v1/jobs/${encodeURIComponent(id)}?tasks_limit=50`);
+    // Only a waiting job is explained (the API answers 422 for the others).
+    const explain = WAITING.includes(job.state)
+      ? await api(`/api/v1/jobs/${encodeURIComponent(id)}/explain?nodes=true&nodes_limit=50`)
+      : null;
     if (state.job === id) fill("job", renderJobView(job, explain));
   } catch (err) {
     if (err instanceof Unauthorized) throw err;

@@ -35,21 +35,21 @@ function nodeRows(explain) {
   h("td", {}, v.ever ? "yes" : ["no: ", v.never || ""])));
 }
 
-/** The job's page: what it asked for, where it runs, and each node's verdict. */
+/** The job's page: what it asked for, where it runs, and (while it waits)
+ * each node's verdict; ``explain`` is null for a job that does not wait. */
 export function renderJobView(job, explain) {
+  const head = jobHead(job);
+  if (!explain) {
+    const why = job.reason ? ` (${job.reason})` : "";
+    return [...head, h("p", { class: "muted", dataTestid: "explain-summary" },
+      `This job is ${job.state}${why}: it does not wait for a node.`)];
+  }
   const more = explain.nodes_more
     ? h("p", { class: "muted", dataTestid: "explain-more" }, `and ${explain.nodes_more} more node(s): ` +
       Object.entries(explain.nodes_more_counts || {}).map(([k, n]) => `${n} ${k}`).join(", "))
     : null;
-  const placed = (job.tasks || []).filter((t) => t.node).map((t) => `${t.index}→${t.node}`);
   return [
-    h("h2", {}, `Job ${job.name || job.id.slice(0, 10)} `,
-      h("span", { class: "muted mono" }, job.id), " ",
-      h("span", { class: `badge ${job.state === "running" ? "ready" : "warning"}` }, job.state)),
-    h("p", { dataTestid: "job-summary" },
-      h("b", {}, jobResources(job) || "no resources"),
-      ` · queue ${job.queue} · owner ${job.owner || "–"}`,
-      placed.length ? ` · on ${placed.join(", ")}` : ""),
+    ...head,
     h("p", { dataTestid: "explain-summary" }, explain.summary || explain.status,
       explain.waiting_for ? h("span", { class: "muted" }, ` — ${explain.waiting_for}`) : null),
     (explain.hints || []).length
@@ -60,6 +60,21 @@ export function renderJobView(job, explain) {
       h("tbody", {}, nodeRows(explain))),
     more,
   ].filter(Boolean);
+}
+
+function jobHead(job) {
+  const live = ["scheduled", "starting", "running"];
+  const placed = (job.tasks || []).filter((t) => t.node && live.includes(t.state))
+    .map((t) => `${t.index}→${t.node}`);
+  return [
+    h("h2", {}, `Job ${job.name || job.id.slice(0, 10)} `,
+      h("span", { class: "muted mono" }, job.id), " ",
+      h("span", { class: `badge ${job.state === "running" ? "ready" : "warning"}` }, job.state)),
+    h("p", { dataTestid: "job-summary" },
+      h("b", {}, jobResources(job) || "no resources"),
+      ` · queue ${job.queue} · owner ${job.owner || "–"}`,
+      placed.length ? ` · on ${placed.join(", ")}` : ""),
+  ];
 }
 
 /** Free capacity per resource, how scattered it is, and which shapes fit. */

@@ -116,3 +116,21 @@ def test_only_admin_and_user_tokens_mint_codes(shared: ServerProcess) -> None:
     )
     with httpx.Client(base_url=shared.url, timeout=10) as anonymous:
         assert anonymous.post("/api/v1/auth/codes").status_code == 401
+
+
+def test_refused_codes_count_as_failed_sign_ins(server: ServerProcess) -> None:
+    # Its own server: the address it blocks is the tests' loopback.
+    with server.client() as admin:
+        assert admin.get("/api/v1/whoami").status_code == 200  # known to this server now
+    with httpx.Client(base_url=server.url, timeout=10) as anonymous:
+        answers = [
+            anonymous.post("/api/v1/auth/session", json={"code": f"apc_guess{i}"}).status_code
+            for i in range(22)
+        ]
+        assert answers == [401] * 21 + [429]
+        blocked = anonymous.post("/api/v1/auth/session", json={"code": "apc_guess"})
+        assert blocked.json()["error"] == "too_many_failures"
+        assert blocked.headers["retry-after"] in {str(s) for s in range(1, 31)}
+    # A token this server verified before still passes from the same address.
+    with server.client() as admin:
+        assert admin.post("/api/v1/auth/codes").status_code == 201

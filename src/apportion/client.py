@@ -251,6 +251,14 @@ class Api(Generic[R]):
     def revoke_token(self, name: str) -> R:
         return self._call(Call("DELETE", f"/api/v1/tokens/{name}"))
 
+    def create_login_code(self) -> R:
+        """A one-time code that signs the dashboard in as this token's owner."""
+        return self._call(Call("POST", "/api/v1/auth/codes"))
+
+    def create_session(self, code: str) -> R:
+        """Exchange a one-time code for a dashboard session token."""
+        return self._call(Call("POST", "/api/v1/auth/session", json={"code": code}))
+
     def submit_job(self, body: dict[str, Any]) -> R:
         return self._call(Call("POST", "/api/v1/jobs", json=body))
 

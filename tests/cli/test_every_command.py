@@ -207,6 +207,8 @@ INVOCATIONS: list[tuple[str, list[str], Check]] = [
     ("token list", ["token", "list"], "to-revoke"),
     ("token show", ["token", "show"], lambda proc, made: _prints_exactly(proc.stdout, made.token)),
     ("token revoke", ["token", "revoke", "to-revoke"], "revoked 1 token(s) called to-revoke"),
+    # The link alone on stdout; the browser side: tests/dashboard/test_dashboard.py.
+    ("dashboard", ["dashboard"], "/#code=apc_"),
     ("submit", ["submit", "--cpu", "1", "--name", "cli-job", "-c", "facility=lab"],
      "to queue default"),
     ("jobs list", ["jobs", "list", "--queue", "research"], "lease-job"),

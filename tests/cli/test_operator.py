@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from e2e.cluster import wait_for
 from support import ServerProcess, free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -131,6 +133,20 @@ def test_up_says_how_to_sign_in_and_the_readme_curl_works(tmp_path: Path) -> Non
         nodes = subprocess.run(["bash", "-c", "curl -sf " + shown[len("curl "):]], env=env,
                                capture_output=True, text=True, timeout=60)
         assert json.loads(nodes.stdout)["count"] == 1, nodes.stderr
+
+        # A job runs here; Ctrl-C says what `up` waits for and that the job fails.
+        job = json.loads(run(env, "submit", "--cpu", "100m", "--name", "long", "--json", "--",
+                             "sleep", "600").stdout)
+        wait_for("the job to run", lambda: json.loads(run(
+            env, "jobs", "show", job["id"], "--json").stdout)["state"] == "running", 60)
+        up.send_signal(signal.SIGINT)
+        up.wait(60)
+        said = log_path.read_text()
+        assert ("stopping apportion: waiting up to 3 s for open requests, then up to 15 s for "
+                "the local agent to stop its tasks (Ctrl-C again stops at once)\n"
+                "warning: 1 task(s) of running jobs on this machine are stopped, and those jobs "
+                "fail\n") in said, said
+        assert "apportion is down\n" in said, said
     finally:
         up.terminate()
         try:

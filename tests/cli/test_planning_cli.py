@@ -5,6 +5,7 @@ capacity history and six finished runs of a job called ``train``."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,47 @@ def test_submit_with_auto_resources_records_the_prediction(env: dict[str, str]) 
               ok=False)
     assert bad.returncode == 1
     assert "resources.gpu: only cpu and memory can be 'auto'" in bad.stderr
+
+
+def test_forecast_plot_draws_every_panel_with_data_in_human_units_and_dates(
+        env: dict[str, str]) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from apportion.cli.planning_cmds import forecast_figure
+
+    answer = json.loads(run(env, "forecast", "--group-by", "facility", "--json").stdout)
+    # tx/gpu has three weeks of history and a forecast; cpu and memory have one
+    # sample the server took (too little to forecast): drawn too, as a dot.
+    fig, drawn, empty = forecast_figure(answer, plt)
+    fig.canvas.draw()
+    assert (drawn, empty) == (["tx/cpu", "tx/gpu", "tx/memory"], [])
+    ticks = {ax.get_title(): [t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes}
+    assert ticks == {
+        "cpu — facility tx": ["0", "2.5", "5", "7.5", "10", "12.5", "15", "17.5"],  # cores
+        "gpu — facility tx": ["0", "2", "4", "6", "8", "10"],
+        "memory — facility tx": ["0Gi", "20Gi", "40Gi", "60Gi", "80Gi", "100Gi", "120Gi",
+                                 "140Gi"],  # not 1.4e11
+    }
+    labels = {ax.get_title(): ax.get_legend_handles_labels()[1]
+              for ax in fig.axes}
+    assert "capacity 128Gi" in labels["memory — facility tx"]
+    assert "allocated: too little history to forecast yet" in labels["cpu — facility tx"]
+    for ax in fig.axes:
+        # Every panel's dates readable: 'Nov 17', 'Dec 05', with the year apart.
+        dates = [t.get_text() for t in ax.get_xticklabels()]
+        assert len(dates) >= 4 and all(re.fullmatch(r"[A-Z][a-z]{2} \d{2}", d) for d in dates), \
+            dates
+        assert re.fullmatch(r"20\d\d", ax.xaxis.get_offset_text().get_text())
+    plt.close(fig)
+
+    # A group without any data is left out, and named.
+    cpu = next(e for e in answer["forecasts"] if e["resource"] == "cpu")
+    for metric in ("allocated", "demand"):
+        cpu[metric]["history"] = []
+    fig, drawn, empty = forecast_figure(answer, plt)
+    assert (drawn, empty, len(fig.axes)) == (["tx/gpu", "tx/memory"], ["tx/cpu"], 2)
+    plt.close(fig)

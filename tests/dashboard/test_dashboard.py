@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(os.environ.get("APPORTION_TEST_ARTIFACTS")
                  or Path(__file__).resolve().parents[2] / "test-artifacts") / "dashboard"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+DOCS_JOB_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard-job.png"
 CONFIG = """
 [alerts]
 interval_s = 0.3
@@ -159,3 +162,112 @@ def test_nodes_a_running_job_and_a_firing_alert_appear_live(cluster: Cluster, pa
     if not alerts_exist:
         pytest.skip("GET /api/v1/alerts is absent on this server: the firing-alert check "
                     "was skipped (everything else passed)")
+
+
+def _dashboard_link(cluster: Cluster, token: str, tmp_path: Path) -> str:
+    """``apportion dashboard`` as a real process: the link it prints."""
+    server = cluster.server
+    assert server is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPORTION_")}
+    env.update(APPORTION_CONFIG=str(tmp_path / "cli.toml"), APPORTION_SERVER=server.url,
+               APPORTION_TOKEN=token)
+    proc = subprocess.run([sys.executable, "-m", "apportion.cli.main", "dashboard"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "opens the dashboard signed in as alice (user); the link works once, within 60 s" \
+        in proc.stderr
+    [url] = proc.stdout.splitlines()
+    assert url.startswith(server.url + "/#code=apc_") and token not in url
+    return url
+
+
+def test_the_link_apportion_dashboard_prints_signs_in_once(cluster: Cluster, page: Any,
+                                                            tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    server = cluster.server
+    assert server is not None
+    with cluster.api as api:
+        alice = api.post("/api/v1/tokens", json={"name": "alice", "role": "user"}).json()
+    url = _dashboard_link(cluster, alice["token"], tmp_path)
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url))
+
+    page.goto(url)
+    expect(page.get_by_test_id("who")).to_have_text("alice (user)", timeout=TIMEOUT_MS)
+    expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+    # The code is gone from the address bar, and no request ever carried it.
+    assert page.url == server.url + "/"
+    assert page.evaluate("location.hash") == ""
+    code = url.split("#code=", 1)[1]
+    assert not [u for u in seen if code in u]
+    # Signed in as a session of alice's: she may submit (a user may).
+    assert page.evaluate("sessionStorage.getItem('apportion.token')") != alice["token"]
+
+    # The same link again (another tab, or someone who read the terminal): refused.
+    other = page.context.new_page()
+    other.goto(url)
+    expect(other.get_by_test_id("login-error")).to_contain_text(
+        "this sign-in code was already used", timeout=TIMEOUT_MS)
+    assert other.url == server.url + "/"
+    other.close()
+
+
+def test_the_job_view_explains_each_node_and_fragmentation_in_human_units(
+        cluster: Cluster, page: Any) -> None:
+    expect = playwright_api.expect
+    server = cluster.server
+    assert server is not None
+    cluster.add_agent("gpu-a", "cpu=8,memory=16Gi,gpu=4", extra=["--labels", "facility=lab"])
+    cluster.add_agent("cpu-b", "cpu=4,memory=8Gi", extra=["--labels", "facility=lab"])
+    with cluster.api as api:
+        running = api.post("/api/v1/jobs", json={"name": "train-llm", "resources": {
+            "cpu": "2", "memory": "4.5Gi", "gpu": 3}}).json()
+        waiting = api.post("/api/v1/jobs", json={"name": "finetune", "resources": {
+            "cpu": "1", "memory": "2Gi", "gpu": 2}}).json()
+        code = api.post("/api/v1/auth/codes").json()["code"]
+
+    page.goto(f"{server.url}/#code={code}")
+    expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+    row = page.locator(f"[data-testid=job][data-job='{running['id']}']")
+    expect(row).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+    expect(row).to_contain_text("memory=4.5Gi")
+    # Capacity in human units: 4.5Gi of 24Gi, not 4831838208 of 25769803776.
+    expect(page.locator("[data-testid=resource][data-resource=memory]")).to_contain_text(
+        "4.5Gi of 24Gi")
+
+    # Fragmentation: 11.5Gi free on gpu-a and 8Gi on cpu-b.
+    # Columns: resource, free, largest on one node, nodes with free, fragmented.
+    memory = page.locator("[data-testid=fragmentation][data-resource=memory] td")
+    expect(memory).to_have_text(["memory", "19.5Gi", "11.5Gi", "2", "41%"], timeout=TIMEOUT_MS)
+    expect(page.locator("[data-testid=fragmentation][data-resource=gpu] td")).to_have_text(
+        ["gpu", "1", "1", "1", "0%"])
+    # The waiting job's shape: it fits nowhere, not even were the free GPUs one node.
+    expect(page.locator("[data-testid=shape] td")).to_have_text(
+        ["cpu=1 gpu=2 memory=2Gi", "0", "0"])
+
+    # The running job's page says where its task runs.
+    row.click()
+    panel = page.get_by_test_id("job-panel")
+    expect(panel.get_by_test_id("job-summary")).to_have_text(
+        "cpu=2 memory=4.5Gi gpu=3 · queue default · owner admin · on 0→gpu-a",
+        timeout=TIMEOUT_MS)
+    expect(panel.get_by_test_id("explain-summary")).to_have_text(
+        "This job is running: it does not wait for a node.")
+
+    # The waiting job, node by node: gpu-a is busy (1 GPU free of the 2 it
+    # needs) but could take it; cpu-b has no GPU and never could.
+    page.locator(f"[data-testid=job][data-job='{waiting['id']}']").click()
+    expect(panel).to_be_visible()
+    expect(panel.get_by_test_id("job-summary")).to_contain_text("cpu=1 memory=2Gi gpu=2")
+    gpu_a = panel.locator("[data-testid=explain-node][data-node=gpu-a]")
+    cpu_b = panel.locator("[data-testid=explain-node][data-node=cpu-b]")
+    expect(gpu_a).to_have_attribute("data-now", "busy", timeout=TIMEOUT_MS)
+    expect(gpu_a).to_have_attribute("data-ever", "1")
+    expect(gpu_a.locator("td").nth(3)).to_have_text("yes")
+    expect(cpu_b).to_have_attribute("data-ever", "0")
+    expect(cpu_b.locator("td").nth(3)).to_have_text("no: node offers no gpu")
+    expect(gpu_a.locator("td").nth(2)).to_have_text("insufficient gpu: 1 free, 2 requested")
+    expect(panel).not_to_contain_text("null")
+    final = shot(page, "4-job-view")
+    if os.environ.get("APPORTION_UPDATE_DOCS_SCREENSHOT"):
+        shutil.copyfile(final, DOCS_JOB_SCREENSHOT)

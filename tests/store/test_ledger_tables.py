@@ -537,9 +537,9 @@ def test_tokens_are_stored_hashed(engine: sa.Engine) -> None:
         wrong = find_token(conn, plain + "x")
         hashed = find_token(conn, hash_token(plain))
         listed = list_tokens(conn)
-    assert [tuple(r) for r in rows] == [
-        ("t1", "ci-bot", "operator", hash_token(plain), 100.0),
-        ("t2", "viewer", "viewer", hash_token("another-secret"), 200.0),
+    assert [tuple(r) for r in rows] == [  # the last column: when a session ends (None: never)
+        ("t1", "ci-bot", "operator", hash_token(plain), 100.0, None),
+        ("t2", "viewer", "viewer", hash_token("another-secret"), 200.0, None),
     ]
     assert all(plain not in str(value) for row in rows for value in row)
     assert found == record

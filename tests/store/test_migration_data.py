@@ -48,7 +48,7 @@ GiB = 1 << 30
 
 def test_the_revisions_are_the_ones_this_file_seeds() -> None:
     # A new revision needs rows of its own below (and a line in `_seed`).
-    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 
 
 def _alembic(engine: sa.Engine, step: Callable[[Config, str], None], revision: str) -> None:
@@ -191,6 +191,10 @@ def _seed(conn: sa.Connection, revision: str) -> None:
         _insert(conn, "blobs", [{"key": "checkpoints/j-done/0", "part": 0, "data": b"state"}])
         _insert(conn, "task_logs", [{"task_id": "t-done-0", "stream": "stdout", "offset": 0,
                                      "data": b"hi\n"}])
+    if at >= 8:
+        _insert(conn, "login_codes", [{
+            "id": "lc-1", "code_hash": _hash("apc_code"), "name": "ci", "role": "user",
+            "created_at": 160.0, "expires_at": 220.0, "used_at": 170.0}])
 
 
 def _rows(conn: sa.Connection, sql: str) -> list[tuple[Any, ...]]:
@@ -261,6 +265,9 @@ def _check_rows_of(conn: sa.Connection, revision: str) -> None:
     if at >= 6:
         assert _rows(conn, "SELECT id, pool, node, expires_at, used_at FROM join_tokens") == [
             ("jt-1", "gpu-pool", "pool-node-1", 4_000_000_000.0, None)]
+    if at >= 8:
+        assert _rows(conn, "SELECT id, name, role, expires_at, used_at FROM login_codes") == [
+            ("lc-1", "ci", "user", 220.0, 170.0)]
 
 
 def _check_head(conn: sa.Connection, revision: str) -> None:

@@ -220,12 +220,15 @@ def _print_token(shown: dict[str, str]) -> None:
 @token_app.command("list")
 def token_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
                ) -> None:
-    """API tokens: name, role, when made (never the token itself)."""
+    """API tokens: name, role, when made and, for a dashboard session, when it
+    ends (never the token itself)."""
     with api_errors(as_json), client_for(server, token) as c:
         rows = c.list_tokens()
     show(rows, as_json, lambda rs: table(
-        f"{len(rs)} token(s)", ["name", "role", "id", "created"],
-        [[t["name"], t["role"], t["id"], t["created_at"]] for t in rs]))
+        f"{len(rs)} token(s)", ["name", "role", "id", "created", "ends"],
+        # "ends": a dashboard session's end (`apportion dashboard`); "-": never.
+        [[t["name"], t["role"], t["id"], t["created_at"], t.get("expires_at") or "-"]
+         for t in rs]))
 
 
 @token_app.command("revoke")

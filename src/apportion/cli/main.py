@@ -19,6 +19,7 @@ import typer
 from apportion.cli import (
     agent_cmds,
     cluster_cmds,
+    dashboard_cmds,
     jobs_cmds,
     ledger_cmds,
     nodes_cmds,
@@ -127,6 +128,7 @@ observe_cmds.register(app)
 planning_cmds.register(app)
 scaling_cmds.register(app)
 simulate.register(app)
+dashboard_cmds.register(app)
 
 HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
 PortOpt = Annotated[int, typer.Option("--port", help="port to listen on")]
@@ -149,10 +151,19 @@ def _private_files() -> None:
 
 
 def _serve(settings: Settings, host: str, port: int,
-           sockets: list[socket.socket] | None = None) -> None:
+           sockets: list[socket.socket] | None = None,
+           on_stop: Callable[[Any, bool], None] | None = None) -> None:
+    """Serve until stopped; ``on_stop(app, again)`` is told when a stop
+    begins (``again``: a second Ctrl-C, which stops at once)."""
     import uvicorn
 
     from apportion.server.app import StoppingServer, create_app
+
+    class Server(StoppingServer):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if on_stop is not None:
+                on_stop(self.app, self.should_exit)
+            super().handle_exit(sig, frame)
 
     if settings.server_url is None:
         # Without this, nodes a pool starts would look for a server on 8080.
@@ -173,9 +184,9 @@ def _serve(settings: Settings, host: str, port: int,
         timeout_keep_alive=75,
         # Agents hold a long-poll open; a graceful stop must not wait out
         # their hold time (they retry, and a restarted server answers them).
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=GRACEFUL_S,
     )
-    StoppingServer(config, app).run(sockets=sockets)
+    Server(config, app).run(sockets=sockets)
 
 
 
@@ -342,11 +353,49 @@ def _announce_when_up(url: str, token: str, name: str, data_dir: Path) -> None:
         f"[bold]{name}[/bold] registered by its agent.\n"
         "  try: apportion submit --cpu 1 --memory 512Mi --wait -- echo hello | "
         "apportion nodes list | apportion jobs list\n"
-        f"  dashboard: {url}/  sign in with the token that 'apportion token show' prints\n"
+        f"  dashboard: {url}/  sign in with the token that 'apportion token show' prints, "
+        "or open it signed in: apportion dashboard --open\n"
         f"  API: curl -H \"Authorization: Bearer $(apportion token show)\" {url}/api/v1/nodes\n"
-        "  stop with Ctrl-C",
+        "  stop with Ctrl-C (jobs still running on this machine then fail)",
         markup=True, highlight=False, soft_wrap=True,
     )
+
+
+GRACEFUL_S = 3
+"""How long a stopping server waits for open requests."""
+AGENT_STOP_S = 15
+"""How long ``up`` waits for its agent to stop the tasks it runs."""
+
+
+def _running_tasks(app: Any, node: str) -> int:
+    """Tasks of jobs holding resources on ``node`` now, as this server knows."""
+    from apportion.service.jobs.model import JOB_LABEL
+
+    try:
+        active = app.state.ctx.ledger.active().values()
+    except AttributeError:  # stopped before the services were built
+        return 0
+    return sum(1 for a in active if a.node == node and JOB_LABEL in a.labels)
+
+
+def _say_stopping(node: str) -> Callable[[Any, bool], None]:
+    """What ``up`` prints when Ctrl-C (or SIGTERM) stops it: what it waits
+    for, and that the work running here fails."""
+
+    def say(app: Any, again: bool) -> None:
+        if again:
+            sys.stderr.write("stopping at once: the local agent kills its tasks\n")
+            return
+        tasks = _running_tasks(app, node)
+        fate = (f"warning: {tasks} task(s) of running jobs on this machine are stopped, and "
+                "those jobs fail" if tasks else "no job is running on this machine")
+        sys.stderr.write(
+            f"stopping apportion: waiting up to {GRACEFUL_S} s for open requests, then up to "
+            f"{AGENT_STOP_S} s for the local agent to stop its tasks (Ctrl-C again stops at "
+            f"once)\n{fate}\n")
+        sys.stderr.flush()
+
+    return say
 
 
 @app.command()
@@ -380,14 +429,16 @@ def up(
         target=_announce_when_up, args=(url, token, name, settings.data_dir), daemon=True
     ).start()
     try:
-        _serve(settings, host, port, sockets)
+        _serve(settings, host, port, sockets, on_stop=_say_stopping(name))
     finally:
         agent.terminate()
         try:
-            agent.wait(15)
+            agent.wait(AGENT_STOP_S)
         except subprocess.TimeoutExpired:
+            sys.stderr.write(f"the local agent did not stop within {AGENT_STOP_S} s: killed\n")
             agent.kill()
             agent.wait(5)
+        sys.stderr.write("apportion is down\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

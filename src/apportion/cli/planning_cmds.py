@@ -22,7 +22,8 @@ from apportion.cli.output import (
 from apportion.cli.units import human
 
 GROUP_BY = ("resource", "facility", "type")
-MAX_PANELS = 12
+MAX_PANELS = 24
+"""A taller chart is no longer read; --group and --resource pick panels."""
 
 
 def _amount(resource: str, value: float | None) -> str:
@@ -132,8 +133,11 @@ def forecast(
                             points=as_json or plot is not None)
     show(answer, as_json, _render_forecast)
     if plot is not None and pyplot is not None:
-        drawn = draw_forecast(answer, plot, pyplot)
-        (err_console if as_json else console).print(f"chart of {drawn} series written to {plot}")
+        drawn, empty = draw_forecast(answer, plot, pyplot)
+        note = f" (no data yet for {', '.join(empty)})" if empty else ""
+        (err_console if as_json else console).print(
+            f"chart of {drawn} panel(s) written to {plot}{note}", highlight=False,
+            soft_wrap=True)
 
 
 def _pyplot(as_json: bool) -> Any:
@@ -153,46 +157,129 @@ def _times(values: list[float]) -> list[datetime]:
     return [datetime.fromtimestamp(t, UTC) for t in values]
 
 
-def draw_forecast(answer: dict[str, Any], path: Path, plt: Any) -> int:
-    """One panel per group and resource: history, forecast mean, shaded 80 %
-    and 95 % intervals, capacity and the expected exhaustion."""
-    entries = answer["forecasts"][:MAX_PANELS]
-    panels = max(1, len(entries))
-    fig, axes = plt.subplots(panels, 1, figsize=(11, 3.2 * panels), squeeze=False)
+METRICS = ("allocated", "demand")
+
+
+def _forecast_points(series: dict[str, Any]) -> list[list[float]]:
+    """A series' forecast, unless it had too little history to make one (its
+    points are then a placeholder the table shows as '-')."""
+    if series["model"] == "insufficient_history":
+        return []
+    return list(series.get("points") or [])
+
+
+def _has_data(entry: dict[str, Any]) -> bool:
+    return any(entry[m].get("history") or _forecast_points(entry[m]) for m in METRICS)
+
+
+def _panel_name(answer: dict[str, Any], entry: dict[str, Any]) -> str:
+    group, resource = entry["group"], entry["resource"]
+    return resource if group == resource else f"{group}/{resource}"
+
+
+def axis_unit(resource: str, top: float) -> tuple[float, str]:
+    """What one tick step counts in: cores for cpu (its base unit is the
+    millicore), the largest binary unit not over ``top`` for bytes (so the
+    ticks are 16Gi, 32Gi, not 1.7e10), plain counts otherwise."""
+    from apportion.core.resources import BINARY, Unit, unit_of
+
+    unit = unit_of(resource)
+    if unit is Unit.MILLI:
+        return 1000.0, ""
+    if unit is Unit.BYTES:
+        fitting = [(size, suffix) for suffix, size in BINARY.items() if size <= top]
+        if fitting:
+            size, suffix = max(fitting)
+            return float(size), suffix
+    return 1.0, ""
+
+
+def _draw_panel(ax: Any, answer: dict[str, Any], entry: dict[str, Any]) -> None:
+    """History, forecast mean, shaded 80 % and 95 % intervals, capacity and
+    the expected exhaustion, on a y-axis in the resource's human unit."""
+    import matplotlib.dates
+    from matplotlib.ticker import FuncFormatter
+
+    mdates: Any = matplotlib.dates  # untyped: matplotlib's date helpers have no hints
+
+    resource = entry["resource"]
+    top = max([entry["capacity_base"], *(p[5] for m in METRICS for p in _forecast_points(
+        entry[m])), *(h[1] for m in METRICS for h in entry[m].get("history") or [])])
+    scale, suffix = axis_unit(resource, top)
     colors = {"allocated": "tab:blue", "demand": "tab:orange"}
+    for metric in METRICS:
+        series, color = entry[metric], colors[metric]
+        history = series.get("history") or []
+        if history:
+            # A lone sample is a dot: a line through one point draws nothing.
+            ax.plot(_times([h[0] for h in history]), [h[1] / scale for h in history],
+                    color=color, lw=1.2, marker="o" if len(history) == 1 else None,
+                    label=f"{metric} (recorded)")
+        pts = _forecast_points(series)
+        if not pts and series.get("history_needed_s"):
+            ax.plot([], [], color=color, ls="--", label=f"{metric}: too little history to "
+                                                        "forecast yet")
+        if pts:
+            t = _times([p[0] for p in pts])
+            ax.plot(t, [p[1] / scale for p in pts], color=color, lw=1.5, ls="--",
+                    label=f"{metric} forecast: {series['model']}, {_error(series)}")
+            ax.fill_between(t, [p[4] / scale for p in pts], [p[5] / scale for p in pts],
+                            color=color, alpha=0.12, lw=0)
+            ax.fill_between(t, [p[2] / scale for p in pts], [p[3] / scale for p in pts],
+                            color=color, alpha=0.25, lw=0)
+        if series.get("exhaustion_at_epoch") is not None:
+            ax.axvline(datetime.fromtimestamp(series["exhaustion_at_epoch"], UTC),
+                       color=color, lw=1, ls=":",
+                       label=f"{metric} reaches capacity {_exhaustion(series)}")
+    ax.axhline(entry["capacity_base"] / scale, color="tab:red", lw=1,
+               label=f"capacity {_amount(resource, entry['capacity_base'])}")
+    ax.set_ylim(bottom=0)  # an interval's lower edge may dip below; a quantity cannot
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{suffix}"))
+    locator = mdates.AutoDateLocator(tz=UTC, minticks=4, maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    # Days as "Dec 06", not a bare "06" under a "2026-Dec" in the corner.
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+        locator, tz=UTC, formats=["%Y", "%b", "%b %d", "%H:%M", "%H:%M", "%S.%f"],
+        zero_formats=["", "%Y", "%b %d", "%b %d", "%H:%M", "%H:%M"],
+        offset_formats=["", "%Y", "%Y", "%Y %b %d", "%Y %b %d", "%Y %b %d %H:%M"]))
+    ax.tick_params(labelbottom=True)
+    ax.set_ylabel(f"{resource} ({'cores' if resource == 'cpu' else suffix or 'count'})")
+    ax.set_title(f"{resource} — {answer['group_by']} {entry['group']}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def forecast_figure(answer: dict[str, Any], plt: Any) -> tuple[Any, list[str], list[str]]:
+    """The chart: one panel for every group and resource with data (history
+    or a forecast); the figure, the panels drawn and those left out for want
+    of data (or past ``MAX_PANELS``, said as such)."""
+    entries = [e for e in answer["forecasts"] if _has_data(e)]
+    empty = [_panel_name(answer, e) for e in answer["forecasts"] if not _has_data(e)]
+    if len(entries) > MAX_PANELS:
+        empty += [f"{_panel_name(answer, e)} (over {MAX_PANELS} panels)"
+                  for e in entries[MAX_PANELS:]]
+        entries = entries[:MAX_PANELS]
+    # One time axis for all: a panel with one sample lines up with the others.
+    fig, axes = plt.subplots(max(1, len(entries)), 1, figsize=(11, 3.4 * max(1, len(entries))),
+                             squeeze=False, sharex=True)
     for ax, entry in zip(axes[:, 0], entries, strict=False):
-        for metric in ("allocated", "demand"):
-            series = entry[metric]
-            color = colors[metric]
-            history = series.get("history") or []
-            if history:
-                ax.plot(_times([h[0] for h in history]), [h[1] for h in history], color=color,
-                        lw=1.2, label=f"{metric} (recorded)")
-            pts = series.get("points") or []
-            if pts:
-                t = _times([p[0] for p in pts])
-                ax.plot(t, [p[1] for p in pts], color=color, lw=1.5, ls="--",
-                        label=f"{metric} forecast: {series['model']}, {_error(series)}")
-                ax.fill_between(t, [p[4] for p in pts], [p[5] for p in pts], color=color,
-                                alpha=0.12, lw=0)
-                ax.fill_between(t, [p[2] for p in pts], [p[3] for p in pts], color=color,
-                                alpha=0.25, lw=0)
-            if series.get("exhaustion_at_epoch") is not None:
-                ax.axvline(datetime.fromtimestamp(series["exhaustion_at_epoch"], UTC),
-                           color=color, lw=1, ls=":")
-        ax.axhline(entry["capacity_base"], color="tab:red", lw=1,
-                   label=f"capacity {entry['capacity']}")
-        ax.set_title(f"{entry['resource']} — {answer['group_by']} {entry['group']}", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
-        ax.grid(alpha=0.3)
+        _draw_panel(ax, answer, entry)
     if not entries:
-        axes[0, 0].text(0.5, 0.5, "no capacity to forecast", ha="center", va="center")
+        axes[0, 0].text(0.5, 0.5, "no history or forecast to draw yet", ha="center",
+                        va="center")
+        axes[0, 0].set_axis_off()
     fig.suptitle(f"apportion capacity forecast, {answer['days']:g} days ahead "
-                 "(shaded: 80 % and 95 % intervals)", fontsize=11)
+                 "(shaded: 80 % and 95 % intervals; times in UTC)", fontsize=11)
     fig.tight_layout()
+    return fig, [_panel_name(answer, e) for e in entries], empty
+
+
+def draw_forecast(answer: dict[str, Any], path: Path, plt: Any) -> tuple[int, list[str]]:
+    """Write the chart to ``path``: how many panels, and what was left out."""
+    fig, drawn, empty = forecast_figure(answer, plt)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return len(entries)
+    return len(drawn), empty
 
 
 def predict(

@@ -109,6 +109,8 @@ class TokenRecord:
     name: str
     role: str
     created_at: float
+    expires_at: float | None = None
+    """When a dashboard session's token stops working; None: never."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ Before any body is read or parsed:
    at their tokens (a token already known good still passes, so a scanner
    behind the same address does not lock out a working client).
 2. **Authentication.** Every ``/api/`` request (and ``/metrics``) must carry
-   a valid token before its body is read; the only exception is an agent
-   registering with a one-time join token, which its route checks.
+   a valid token before its body is read; the only exceptions are an agent
+   registering with a one-time join token and the dashboard exchanging a
+   one-time sign-in code, which their routes check (a refused code counts
+   as a failed authentication).
 3. **Body size.** ``Content-Length`` over the route's limit answers 413 at
    once; a body without one is counted as it arrives and cut at the limit.
    The limit is ``APPORTION_MAX_BODY`` (1 MiB) except for the routes that
@@ -42,6 +44,7 @@ MAX_ADDRESSES = 10_000
 LOG_PATH = re.compile(r"^/api/v1/agents/[^/]+/tasks/[^/]+/logs/[^/]+$")
 CHECKPOINT_PATH = re.compile(r"^/api/v1/agents/[^/]+/tasks/[^/]+/checkpoint$")
 REGISTER_PATH = "/api/v1/agents/register"
+SESSION_PATH = "/api/v1/auth/session"
 
 
 @dataclass
@@ -107,7 +110,10 @@ class EdgeGuard:
         if not (path.startswith("/api/") or path == "/metrics"):
             return receive, send
         try:
-            await self._authenticate(scope, path)
+            if path == SESSION_PATH:
+                send = self._count_refusals(scope, send)
+            else:
+                await self._authenticate(scope, path)
             limit = self.limits.for_path(path)
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > limit:
@@ -117,6 +123,24 @@ class EdgeGuard:
             await _answer(send, exc)
             return None
         return _Counted(receive, send, limit).pair()
+
+    def _count_refusals(self, scope: Scope, send: Send) -> Send:
+        """The route redeems the code itself: its 401 counts as a failed
+        authentication of this address, and a blocked address is refused
+        before the route is asked."""
+        address = _client(scope)
+        wait = self.logins.retry_after(address)
+        if wait is not None:
+            raise TooManyFailures(
+                f"too many failed authentications from {address}; try again in "
+                f"{int(wait) + 1} s", retry_after=int(wait) + 1)
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.logins.failed(address)
+            await send(message)
+
+        return counting
 
     async def _authenticate(self, scope: Scope, path: str) -> None:
         header = _header(scope, b"authorization")

@@ -81,10 +81,11 @@ class Authenticator:
     def __init__(self, engine: sa.Engine, clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
         self._clock = clock
-        self._cache: dict[str, tuple[Principal, float]] = {}
-        """token -> (principal, when cached): kept ``CACHE_S``, so a token
-        revoked through another server stops working here within that time
-        (at once, when that server's event reaches this one)."""
+        self._cache: dict[str, tuple[Principal, float, float | None]] = {}
+        """token -> (principal, when cached, when it ends): kept ``CACHE_S``,
+        so a token revoked through another server stops working here within
+        that time (at once, when that server's event reaches this one); a
+        dashboard session's token is refused from its end on, cached or not."""
 
     def create(self, name: str, role: str, token: str | None = None) -> tuple[str, TokenRecord]:
         """Store a new token and return it in plain text (shown once)."""
@@ -104,7 +105,9 @@ class Authenticator:
         with self._engine.begin() as conn:
             record = token_table.find_token(conn, token)
             if record is not None and (record.name, record.role) == (name, role):
-                token_table.delete_tokens_named(conn, name, role, keep=record.id)
+                # The same token as before: its dashboard sessions stay signed in.
+                token_table.delete_tokens_named(conn, name, role, keep=record.id,
+                                                sessions=False)
                 return
             token_table.delete_tokens_named(conn, name, role)
         self.forget(name)
@@ -122,7 +125,9 @@ class Authenticator:
         token = token.strip()
         cached = self._cache.get(token)
         if cached is not None and self._clock() - cached[1] < CACHE_S:
-            return cached[0]
+            if cached[2] is None or time.time() < cached[2]:
+                return cached[0]
+            self._cache.pop(token, None)
         if token.startswith(JOIN_PREFIX):
             raise Unauthenticated(
                 "this is a one-time join token: it is good only for registering its node "
@@ -133,7 +138,7 @@ class Authenticator:
         principal = Principal(record.name, Role(record.role))
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = (principal, self._clock())
+        self._cache[token] = (principal, self._clock(), record.expires_at)
         return principal
 
     def known(self, header: str | None) -> bool:
@@ -144,7 +149,7 @@ class Authenticator:
 
     def forget(self, name: str) -> None:
         """Drop cached tokens named ``name`` (revoked, here or elsewhere)."""
-        for token, (principal, _) in list(self._cache.items()):
+        for token, (principal, _, _) in list(self._cache.items()):
             if principal.name == name:
                 self._cache.pop(token, None)
 

@@ -83,6 +83,22 @@ tokens = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # A dashboard session's token ends; an API token made by hand does not (NULL).
+    sa.Column("expires_at", sa.Float),
+)
+
+# -- one-time sign-in codes for the dashboard (service/tokens_service.py) ----------
+
+login_codes = sa.Table(
+    "login_codes",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(253), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("used_at", sa.Float),
 )
 
 events = sa.Table(

@@ -1,11 +1,14 @@
-"""/api/v1/tokens: admins create and list API tokens; everyone may ask who they are."""
+"""/api/v1/tokens: admins create and list API tokens; everyone may ask who they
+are. /api/v1/auth: one-time sign-in codes for the dashboard, and their exchange
+for a session token."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
 
 from apportion.exceptions import NotFound
 from apportion.server.context import Caller, Ctx
@@ -34,7 +37,13 @@ async def list_tokens(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     records = await ctx.tokens.list()
     return {
         "tokens": [
-            {"id": r.id, "name": r.name, "role": r.role, "created_at": iso(r.created_at)}
+            {
+                "id": r.id,
+                "name": r.name,
+                "role": r.role,
+                "created_at": iso(r.created_at),
+                "expires_at": iso(r.expires_at),
+            }
             for r in records
         ]
     }
@@ -55,3 +64,44 @@ async def revoke_token(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
 @router.get("/whoami")
 async def whoami(caller: Caller) -> dict[str, Any]:
     return {"name": caller.name, "role": caller.role.value}
+
+
+class SessionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            description="the one-time code from POST /api/v1/auth/codes",
+        ),
+    ]
+
+
+@router.post("/auth/codes", status_code=201)
+async def create_code(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """A one-time sign-in code for the dashboard (``apportion dashboard``):
+    it works once, within ``expires_in_s``, and opens a session as the
+    caller (admin or user)."""
+    code, record = await ctx.tokens.issue_code(caller)
+    return {
+        "code": code,
+        "name": record.name,
+        "role": record.role,
+        "expires_at": iso(record.expires_at),
+        "expires_in_s": round(record.expires_at - record.created_at, 3),
+    }
+
+
+@router.post("/auth/session")
+async def create_session(ctx: Ctx, body: SessionIn) -> dict[str, Any]:
+    """Exchange a sign-in code (no token needed: the code is the credential)
+    for a session token that ends at ``expires_at``; a used, expired or
+    unknown code answers 401 saying which."""
+    token, record = await ctx.tokens.redeem_code(body.code)
+    return {
+        "token": token,
+        "name": record.name,
+        "role": record.role,
+        "expires_at": iso(record.expires_at),
+    }

@@ -2,14 +2,20 @@
 // this server. The token is kept in sessionStorage (this tab only) and sent as
 // a bearer header on every call, the event stream included: the stream is
 // read with fetch() and a ReadableStream, not EventSource, so the token never
-// appears in a URL.
+// appears in a URL. `apportion dashboard` opens /#code=ONE-TIME-CODE: the code
+// sits in the fragment (never sent to a server or its logs), is taken out of
+// the address bar at once, and is exchanged for a session token.
 
 import { lineChart } from "./chart.js";
+import { jobResources, renderFragmentation, renderJobView } from "./job.js";
+import { human } from "./units.js";
 
 const TOKEN_KEY = "apportion.token";
+const ENDS_KEY = "apportion.session_ends";
 const REFRESH_DEBOUNCE_MS = 250;
 const SAFETY_REFRESH_MS = 10000;
 const HISTORY_REFRESH_MS = 30000;
+const WAITING = ["pending", "preempted"];
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -21,6 +27,7 @@ const state = {
   refreshTimer: null,
   timers: [],
   resources: [],
+  job: null,
 };
 
 // -- DOM helpers -------------------------------------------------------------------
@@ -95,7 +102,8 @@ function showLogin(message = "") {
 async function signIn(token) {
   state.token = token;
   try {
-    await api("/api/v1/capacity/summary?group_by=resource");
+    const who = await api("/api/v1/whoami");
+    $("who").textContent = `${who.name} (${who.role})`;
   } catch (err) {
     state.token = null;
     sessionStorage.removeItem(TOKEN_KEY);
@@ -111,9 +119,33 @@ async function signIn(token) {
 }
 
 function signOut(message = "") {
+  const ends = Number(sessionStorage.getItem(ENDS_KEY) || 0);
+  if (message && ends && Date.now() >= ends) {
+    message = "The session has ended; run 'apportion dashboard' for a new link.";
+  }
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(ENDS_KEY);
+  $("who").textContent = "";
   state.token = null;
   showLogin(message);
+}
+
+/** Exchange the one-time code `apportion dashboard` put in the URL for a session. */
+async function redeem(code) {
+  let r;
+  try {
+    r = await fetch("/api/v1/auth/session", {
+      method: "POST", cache: "no-store", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ code }),
+    });
+  } catch (err) {
+    showLogin(`Cannot reach the server: ${err.message}`);
+    return;
+  }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) { showLogin(body.message || `The sign-in link was refused (HTTP ${r.status}).`); return; }
+  sessionStorage.setItem(ENDS_KEY, String(Date.parse(body.expires_at)));
+  signIn(body.token);
 }
 
 // -- live updates -------------------------------------------------------------------------
@@ -204,7 +236,7 @@ async function follow() {
 async function refreshAll() {
   if (!state.running) return;
   try {
-    const [byResource, byFacility, nodes, running, waiting, queues, alerts] = await Promise.all([
+    const [byResource, byFacility, nodes, running, waiting, queues, alerts, frag] = await Promise.all([
       api("/api/v1/capacity/summary?group_by=resource"),
       api("/api/v1/capacity/summary?group_by=facility"),
       api("/api/v1/nodes"),
@@ -212,12 +244,15 @@ async function refreshAll() {
       api("/api/v1/jobs?state=pending&limit=200"),
       api("/api/v1/queues"),
       api("/api/v1/alerts?state=firing", { allow404: true }),
+      api("/api/v1/capacity/fragmentation", { allow404: true }),
     ]);
     renderOverview(byResource, byFacility);
     renderNodes(nodes.nodes);
     renderJobs(running.jobs, waiting.jobs);
     renderQueues(queues.queues, running.jobs, waiting.jobs);
     renderAlerts(alerts);
+    if (frag) fill("fragmentation", renderFragmentation(frag));
+    if (state.job) await refreshJob();
     document.querySelector("[data-testid=updated]").textContent =
       `updated ${new Date().toLocaleTimeString()} · event ${state.lastEventId}`;
   } catch (err) {
@@ -232,16 +267,18 @@ function renderOverview(byResource, byFacility) {
     const t = g.resources[g.group];
     return h("div", { class: "res", dataTestid: "resource", dataResource: g.group },
       h("h3", {}, h("span", {}, g.group), h("span", { class: "muted" },
-        `${t.allocated} of ${t.total} · ${pct(t.allocated_share)}`)),
+        `${human(g.group, t.allocated_base)} of ${human(g.group, t.total_base)} · ${pct(t.allocated_share)}`)),
       bar(t.allocated_share),
-      h("div", { class: "muted" }, `${g.nodes} node${g.nodes === 1 ? "" : "s"} · ${t.available} free`));
+      h("div", { class: "muted" },
+        `${g.nodes} node${g.nodes === 1 ? "" : "s"} · ${human(g.group, t.available_base)} free`));
   });
   const resources = state.resources;
   const rows = byFacility.groups.map((g) => h("tr", { dataTestid: "facility", dataFacility: g.group },
     h("td", {}, g.group), h("td", {}, g.nodes),
     resources.map((r) => {
       const t = g.resources[r];
-      return h("td", {}, t ? [bar(t.allocated_share), `${t.allocated} / ${t.total}`] : "–");
+      return h("td", {}, t ? [bar(t.allocated_share),
+        `${human(r, t.allocated_base)} / ${human(r, t.total_base)}`] : "–");
     })));
   fill("overview",
     cards.length ? h("div", { class: "resources" }, cards) : h("p", { class: "empty" }, "No nodes yet."),
@@ -285,8 +322,8 @@ function renderNodes(nodes) {
     if (!cells.length) {
       cells.push(h("div", {
         class: "cell whole", dataTestid: "usage", style: `background:${cellColor(node, share)}`,
-        title: Object.keys(node.resources).map((r) =>
-          `${r}: ${node.allocated[r] || 0} of ${node.resources[r]}`).join("\n"),
+        title: Object.keys(node.resources_base).map((r) =>
+          `${r}: ${human(r, node.allocated_base[r] || 0)} of ${human(r, node.resources_base[r])}`).join("\n"),
       }, pct(share)));
     }
     const facility = node.labels.facility ? ` · ${node.labels.facility}` : "";
@@ -302,12 +339,6 @@ function renderNodes(nodes) {
   }));
 }
 
-function resourcesOf(job) {
-  const spec = job.spec || {};
-  const res = spec.resources || (spec.tasks && spec.tasks[0] && spec.tasks[0].resources) || {};
-  return Object.entries(res).map(([k, v]) => `${k}=${v}`).join(" ");
-}
-
 function renderJobs(running, waiting) {
   $("jobs-count").textContent = `${running.length} running · ${waiting.length} waiting`;
   const jobs = [...running, ...waiting];
@@ -315,13 +346,16 @@ function renderJobs(running, waiting) {
   fill("jobs", h("table", {},
     h("thead", {}, h("tr", {}, ["job", "name", "state", "owner", "queue", "resources", "since"]
       .map((c) => h("th", {}, c)))),
-    h("tbody", {}, jobs.map((j) => h("tr", { dataTestid: "job", dataJob: j.id, dataState: j.state },
+    h("tbody", {}, jobs.map((j) => h("tr", {
+      dataTestid: "job", dataJob: j.id, dataState: j.state, class: "link",
+      title: "why it runs where it does, or waits: node by node",
+    },
       h("td", { class: "mono", title: j.id }, j.id.slice(0, 10)),
       h("td", {}, j.name || ""),
       h("td", {}, h("span", { class: `badge ${j.state === "running" ? "ready" : "warning"}` }, j.state)),
       h("td", {}, j.owner || ""),
       h("td", {}, j.queue),
-      h("td", { class: "mono" }, resourcesOf(j)),
+      h("td", { class: "mono" }, jobResources(j)),
       h("td", {}, since(j.started_at || j.submitted_at)))))));
 }
 
@@ -332,7 +366,8 @@ function renderQueues(queues, running, waiting) {
     h("tbody", {}, queues.map((q) => h("tr", { dataTestid: "queue", dataQueue: q.name },
       h("td", {}, q.name), h("td", {}, count(waiting, q.name)), h("td", {}, count(running, q.name)),
       h("td", {}, q.weight),
-      h("td", { class: "mono" }, Object.entries(q.usage || {}).map(([k, v]) => `${k}=${v}`).join(" ") || "–"))))));
+      h("td", { class: "mono" }, Object.entries(q.usage_base || {})
+        .map(([k, v]) => `${k}=${human(k, v)}`).join(" ") || "–"))))));
 }
 
 function renderAlerts(body) {
@@ -350,6 +385,30 @@ function renderAlerts(body) {
   h("div", {}, h("span", { class: `badge ${a.severity}` }, a.severity), " ", h("b", {}, a.rule), " ",
     h("span", { class: "when" }, `for ${since(a.started_at)}`)),
   h("div", {}, a.message)))));
+}
+
+// -- one job ------------------------------------------------------------------------------
+
+async function openJob(id) {
+  state.job = id;
+  $("job-panel").hidden = false;
+  await refreshJob();
+  $("job-panel").scrollIntoView({ block: "nearest" });
+}
+
+async function refreshJob() {
+  const id = state.job;
+  try {
+    const job = await api(`/api/v1/jobs/${encodeURIComponent(id)}?tasks_limit=50`);
+    // Only a waiting job is explained (the API answers 422 for the others).
+    const explain = WAITING.includes(job.state)
+      ? await api(`/api/v1/jobs/${encodeURIComponent(id)}/explain?nodes=true&nodes_limit=50`)
+      : null;
+    if (state.job === id) fill("job", renderJobView(job, explain));
+  } catch (err) {
+    if (err instanceof Unauthorized) throw err;
+    fill("job", h("p", { class: "empty" }, `Job ${id}: ${err.message}`));
+  }
 }
 
 // -- history ------------------------------------------------------------------------------
@@ -393,6 +452,16 @@ $("login").addEventListener("submit", (ev) => {
 });
 $("logout").addEventListener("click", () => signOut());
 $("window").addEventListener("change", refreshHistory);
+$("jobs").addEventListener("click", (ev) => {
+  const row = ev.target.closest("[data-testid=job]");
+  if (row) openJob(row.dataset.job);
+});
+$("job-close").addEventListener("click", () => { state.job = null; $("job-panel").hidden = true; });
 
-if (state.token) signIn(state.token);
+const code = new URLSearchParams(location.hash.slice(1)).get("code");
+if (code) {
+  // Out of the address bar and this entry of the history before anything else.
+  history.replaceState(null, "", location.pathname + location.search);
+  redeem(code);
+} else if (state.token) signIn(state.token);
 else showLogin();

@@ -96,7 +96,7 @@ class Agent(Reporting):
         self.seq = -1
         self.rescans_seen: tuple[str, int] | None = None
         self.pending: dict[str, TaskUpdate] = {}
-        self.senders: dict[str, asyncio.Task[None]] = {}
+        self.sender: asyncio.Task[None] | None = None
         self.shipped: dict[tuple[str, str], int] = {}
         self.fence_proc: subprocess.Popen[bytes] | None = None
         self.xids: XidCounter | None = None

@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 VERSION = "0.1.0"
 LOG_STREAMS = ("stdout", "stderr")
 LOG_CHUNK = 1 << 20
+CONTACT_WRITE_S = fence.POLL_S
+"""The contact file is written at most this often: a rename per server
+answer was a quarter of a busy agent's CPU, and the fence reads the file only
+this often anyway (it may then act up to this much early: the safe side)."""
 TOKEN_FILE = "agent.token"
 """In the work dir: the agent token a one-time join token was exchanged for,
 used instead of the configured token from then on (mode 600)."""
@@ -61,9 +65,12 @@ class Reporting:
     discovery: Discovery | None
     registered: asyncio.Event
     last_contact: float
+    contact_written: float = 0.0
+    """When the contact file was last written (monotonic)."""
     pending: dict[str, TaskUpdate]
     """Per task, the report still to be delivered."""
-    senders: dict[str, asyncio.Task[None]]
+    sender: asyncio.Task[None] | None
+    """The one loop sending pending reports, while there are any."""
     shipped: dict[tuple[str, str], int]
     """Per task and stream, how many log bytes the server has."""
     xids: XidCounter | None
@@ -141,6 +148,9 @@ class Reporting:
         """The server answered a request sent at ``started`` (monotonic)."""
         if started > self.last_contact:
             self.last_contact = started
+            if started - self.contact_written < CONTACT_WRITE_S:
+                return
+            self.contact_written = started
             wall = time.time() - (time.monotonic() - started)
             with contextlib.suppress(OSError):
                 tmp = self.config.work_dir / (fence.CONTACT_FILE + ".tmp")
@@ -162,51 +172,73 @@ class Reporting:
         if old is not None and old.exited and not body.exited:
             return
         self.pending[task_id] = body
-        sender = self.senders.get(task_id)
-        if sender is None or sender.done():
-            self.senders[task_id] = asyncio.ensure_future(self._send(task_id))
+        if self.sender is None or self.sender.done():
+            self.sender = asyncio.ensure_future(self._send())
 
-    async def _send(self, task_id: str) -> None:
+    async def _send(self) -> None:
+        """Send every pending report, as many as are waiting in one call:
+        while one call is out, the reports that come meanwhile gather for the
+        next (a task per call was the agent's limit on short tasks)."""
         delay = 0.05
-        while task_id in self.pending:
-            body = self.pending[task_id]
+        while self.pending:
+            batch = dict(self.pending)
             try:
-                answer = await self._deliver(task_id, body)
+                answers = await self._deliver(batch)
             except (ClientError, OSError) as exc:
-                log.debug("report_retry", task=task_id, error=repr(exc))
+                log.debug("report_retry", tasks=len(batch), error=repr(exc))
+                answers = {}
+            for task_id, body in batch.items():
+                if task_id not in answers:
+                    continue
+                if self.pending.get(task_id) is body:
+                    del self.pending[task_id]
+                if body.exited:
+                    self._exit_delivered(task_id)
+            if len(answers) < len(batch):
                 await asyncio.sleep(delay)
                 delay = retry_delay(delay)
-                continue
-            if answer is None:
-                await asyncio.sleep(delay)
-                delay = retry_delay(delay)
-                continue
-            if self.pending.get(task_id) is body:
-                del self.pending[task_id]
-            if body.exited:
-                self._exit_delivered(task_id)
-        self.senders.pop(task_id, None)
+            else:
+                delay = 0.05
 
-    async def _deliver(self, task_id: str, body: TaskUpdate) -> dict[str, Any] | None:
-        """One attempt at a report; None when the server refused it for now."""
+    async def _deliver(self, batch: Mapping[str, TaskUpdate]) -> dict[str, dict[str, Any]]:
+        """One attempt at the reports of ``batch``: the answers by task, less
+        the reports the server refused for now (sent again)."""
         started = time.monotonic()
-        if body.exited:
-            await self._ship_logs(task_id)
-            body = replace(body, checkpoint=await self._upload_checkpoint(task_id, body))
+        bodies = dict(batch)
+        for task_id, body in batch.items():
+            if body.exited:
+                await self._ship_logs(task_id)
+                bodies[task_id] = replace(body, checkpoint=await self._upload_checkpoint(
+                    task_id, body))
         try:
-            answer = await self.client.report_task(self.config.name, task_id, body)
+            answers = await self.client.report_tasks(self.config.name, bodies)
         except ClientError as exc:
             if exc.status == 409:
                 await self._reregister()
-                return None
+                return {}
             if exc.status >= 500:
-                return None
+                return {}
             self._contact(started)
-            log.error("report_refused", task=task_id, status=exc.status,
+            log.error("report_refused", tasks=sorted(bodies), status=exc.status,
                       body=str(exc.body)[:500])
-            return {}
+            return {task_id: {} for task_id in bodies}
         self._contact(started)
-        return answer if isinstance(answer, dict) else {}
+        out: dict[str, dict[str, Any]] = {}
+        unknown = False
+        for answer in answers if isinstance(answers, list) else []:
+            status = answer.get("status") if "error" in answer else None
+            if status == 409:  # the server does not know this agent: register, send again
+                unknown = True
+                continue
+            if isinstance(status, int) and status >= 500:
+                continue
+            if status is not None:
+                log.error("report_refused", task=answer.get("task"), status=status,
+                          body=str(answer)[:500])
+            out[str(answer.get("task"))] = answer
+        if unknown:
+            await self._reregister()
+        return out
 
     def _exit_delivered(self, task_id: str) -> None:
         runner = self.runner

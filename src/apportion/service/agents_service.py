@@ -34,7 +34,7 @@ import structlog
 
 from apportion.core.model import Node, NodeState
 from apportion.core.records import SessionRow
-from apportion.exceptions import AgentUnknown, NodeExists, NodeNotFound
+from apportion.exceptions import AgentUnknown, ApportionError, NodeExists, NodeNotFound
 from apportion.protocol import DesiredState
 from apportion.service.agent_state import (
     AgentSettings,
@@ -329,12 +329,18 @@ class AgentsService:
                             session.rescans, tuple(await self.jobs.assignments(node)))
 
     async def reports(self, node: str, reports: list[tuple[str, TaskReport, bool]]
-                      ) -> list[dict[str, Any]]:
+                      ) -> list[dict[str, Any] | ApportionError]:
         """Several reports of one node; applied side by side, so their
-        transitions share a commit."""
-        return list(await asyncio.gather(*(
+        transitions share a commit. A report refused (a task this server does
+        not know) is answered with its error and refuses none of the others."""
+        answers = await asyncio.gather(*(
             self.report(node, task_id, report, checkpoint_saved=saved)
-            for task_id, report, saved in reports)))
+            for task_id, report, saved in reports), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, ApportionError):
+                raise answer
+        return [a for a in answers if not isinstance(a, BaseException) or
+                isinstance(a, ApportionError)]
 
     async def report(self, node: str, task_id: str, report: TaskReport, *,
                      checkpoint_saved: bool = False) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from fastapi.responses import StreamingResponse
 
 from apportion.core.model import NodeState
 from apportion.core.records import TaskRow
-from apportion.exceptions import BodyTooLarge, NotFound
+from apportion.exceptions import ApportionError, BodyTooLarge, NotFound
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.convert import node_from
+from apportion.server.errors import http_status
 from apportion.server.schemas import (
     AgentRegisterIn,
     DrainIn,
@@ -117,12 +118,15 @@ async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id:
 async def reports(request: Request, caller: Caller, node: str,
                   body: TaskReportsIn) -> dict[str, Any]:
     """Several of the node's task reports in one call, answered in order; they
-    commit together."""
+    commit together. A refused one is answered with its error body and
+    ``status`` (what its own call would have answered)."""
     caller.may_manage_node(node)
     answers = await _agents(request).reports(
         node, [(item.task, _report(item), item.checkpoint) for item in body.reports])
-    return {"answers": [{"task": item.task, **answer}
-                        for item, answer in zip(body.reports, answers, strict=True)]}
+    return {"answers": [{"task": item.task, **(
+        {**answer.to_dict(), "status": http_status(answer)}
+        if isinstance(answer, ApportionError) else answer)}
+        for item, answer in zip(body.reports, answers, strict=True)]}
 
 
 def _report(body: TaskReportIn) -> TaskReport:

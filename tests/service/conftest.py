@@ -4,7 +4,7 @@ them itself (``asyncio.run``) and sees every step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +30,23 @@ def services(tmp_path: Path, settings_given: dict[str, Any]) -> Iterator[Service
         yield built
     finally:
         built.uow.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., Services]]:
+    """Builds servers as ``wiring.build`` does, several on one store when the
+    test asks (``database_url``: None for the SQLite file under tmp_path);
+    closes them all at the end."""
+    built: list[Services] = []
+
+    def make(server_id: str, database_url: str | None = None, **given: Any) -> Services:
+        server = build(Settings(data_dir=tmp_path, database_url=database_url, admin_token=None,
+                                config_file=None, server_id=server_id, **given))
+        built.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in built:
+            server.uow.close()

@@ -24,8 +24,15 @@ def settings_given() -> dict[str, Any]:
 def services(tmp_path: Path, settings_given: dict[str, Any]) -> Iterator[Services]:
     # Named here, so that an APPORTION_* variable of the shell cannot point
     # the test at another database or give it an admin token.
-    built = build(Settings(data_dir=tmp_path, database_url=None, admin_token=None,
-                           config_file=None, **settings_given))
+    built = build(
+        Settings(
+            data_dir=tmp_path,
+            database_url=None,
+            admin_token=None,
+            config_file=None,
+            **settings_given,
+        )
+    )
     try:
         yield built
     finally:
@@ -40,8 +47,16 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Services]]:
     built: list[Services] = []
 
     def make(server_id: str, database_url: str | None = None, **given: Any) -> Services:
-        server = build(Settings(data_dir=tmp_path, database_url=database_url, admin_token=None,
-                                config_file=None, server_id=server_id, **given))
+        server = build(
+            Settings(
+                data_dir=tmp_path,
+                database_url=database_url,
+                admin_token=None,
+                config_file=None,
+                server_id=server_id,
+                **given,
+            )
+        )
         built.append(server)
         return server
 

@@ -42,20 +42,15 @@ def services(tmp_path: Path, settings_given: dict[str, Any]) -> Iterator[Service
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Callable[..., Services]]:
     """Builds servers as ``wiring.build`` does, several on one store when the
-    test asks (``database_url``: None for the SQLite file under tmp_path);
-    closes them all at the end."""
+    test asks (``database_url``: None for the SQLite file under tmp_path;
+    ``given``: more settings, a ``config_file`` say); closes them all at the end."""
     built: list[Services] = []
 
     def make(server_id: str, database_url: str | None = None, **given: Any) -> Services:
+        named: dict[str, Any] = {"admin_token": None, "config_file": None, "providers_file": None}
+        named.update(given)
         server = build(
-            Settings(
-                data_dir=tmp_path,
-                database_url=database_url,
-                admin_token=None,
-                config_file=None,
-                server_id=server_id,
-                **given,
-            )
+            Settings(data_dir=tmp_path, database_url=database_url, server_id=server_id, **named)
         )
         built.append(server)
         return server

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,9 +19,8 @@ from support import Clock
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 
-@pytest.fixture
-def engine(store_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(store_url, sqlite_synchronous="OFF")
+def _engine(url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(url, sqlite_synchronous="OFF")
     migrate(engine)
     try:
         yield engine
@@ -28,9 +28,20 @@ def engine(store_url: str) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
-def test_a_join_token_is_redeemed_once_for_its_node(engine: sa.Engine) -> None:
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    """On each backend: for the spend, which two agents may race for."""
+    yield from _engine(store_url)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    yield from _engine(f"sqlite:///{tmp_path / 'tokens.db'}")
+
+
+def test_a_join_token_is_redeemed_once_for_its_node(sqlite_engine: sa.Engine) -> None:
     clock = Clock(T0)
-    tokens = JoinTokens(engine, ttl_s=600.0, clock=clock)
+    tokens = JoinTokens(sqlite_engine, ttl_s=600.0, clock=clock)
     token = tokens.issue("gpu", "p-1", {"pool": "gpu", "zone": "b"})
     assert is_join_token(token) and token.startswith("apj_")
     with pytest.raises(PermissionDenied, match="this join token registers node p-1, not p-2"):
@@ -46,9 +57,9 @@ def test_a_join_token_is_redeemed_once_for_its_node(engine: sa.Engine) -> None:
         tokens.redeem(token, "p-1")
 
 
-def test_an_expired_unknown_or_revoked_token_is_refused(engine: sa.Engine) -> None:
+def test_an_expired_unknown_or_revoked_token_is_refused(sqlite_engine: sa.Engine) -> None:
     clock = Clock(T0)
-    tokens = JoinTokens(engine, ttl_s=600.0, clock=clock)
+    tokens = JoinTokens(sqlite_engine, ttl_s=600.0, clock=clock)
     late = tokens.issue("cpu", "c-1", {})
     short = tokens.issue("cpu", "c-2", {}, ttl_s=10.0)
     revoked = tokens.issue("cpu", "c-3", {})

@@ -5,6 +5,7 @@ them itself (``asyncio.run``) and sees every step."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from apportion.service.settings import Settings
 from apportion.service.wiring import Services, build
+from support import drop_postgres_database, postgres_database
 
 
 @pytest.fixture
@@ -60,3 +62,29 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Services]]:
     finally:
         for server in built:
             server.uow.close()
+
+
+@pytest.fixture(scope="session")
+def _dropper() -> Iterator[Callable[[str], None]]:
+    """Drops databases in the background, and waits for them at the end of
+    the session (a failed drop fails there)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-drop")
+    drops: list[Future[None]] = []
+    try:
+        yield lambda name: drops.append(pool.submit(drop_postgres_database, name))
+    finally:
+        pool.shutdown(wait=True)
+        for drop in drops:
+            drop.result()
+
+
+@pytest.fixture
+def pg_url(_dropper: Callable[[str], None]) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, as ``tests/conftest.py``
+    makes it, but dropped in the background: a drop waits for a checkpoint,
+    about a second, longer than most tests here take."""
+    url, name = postgres_database()
+    try:
+        yield url
+    finally:
+        _dropper(name)

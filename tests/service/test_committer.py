@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,15 +21,25 @@ from apportion.service.committer import BatchConflict, GroupCommitter
 from apportion.store.database import create_engine
 
 
-@pytest.fixture
-def engine(store_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(store_url, sqlite_synchronous="OFF")
+def _engine(url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(url, sqlite_synchronous="OFF")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    """On each backend: where the two ways of running a transaction differ."""
+    yield from _engine(store_url)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    yield from _engine(f"sqlite:///{tmp_path / 'committer.db'}")
 
 
 def _insert(conn: sa.Connection, v: int) -> int:
@@ -86,7 +97,7 @@ def test_a_refused_unit_is_rolled_back_alone_and_the_others_commit(engine: sa.En
 
 
 def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(
-    engine: sa.Engine,
+    sqlite_engine: sa.Engine,
 ) -> None:
     def write_batch(conn: sa.Connection, payloads: list[Any]) -> list[Any]:
         for v in payloads:
@@ -103,7 +114,7 @@ def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(
         return out
 
     async def scenario() -> list[Any]:
-        committer = GroupCommitter(engine, write_batch, write_each=write_each)
+        committer = GroupCommitter(sqlite_engine, write_batch, write_each=write_each)
         return await asyncio.gather(
             *(committer.submit(v) for v in (1, 2, 3)), return_exceptions=True
         )
@@ -111,16 +122,16 @@ def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(
     one, two, three = asyncio.run(scenario())
     assert (one, three) == (1, 3)
     assert isinstance(two, Refused) and two.message == "2 is taken"
-    assert _stored(engine) == [1, 3]  # nothing of the first attempt stayed
+    assert _stored(sqlite_engine) == [1, 3]  # nothing of the first attempt stayed
 
 
-def test_a_write_that_fails_oddly_is_answered_store_unavailable(engine: sa.Engine) -> None:
+def test_a_write_that_fails_oddly_is_answered_store_unavailable(sqlite_engine: sa.Engine) -> None:
     def broken(conn: sa.Connection) -> None:
         _insert(conn, 7)
         raise ValueError("a bug")
 
     async def scenario() -> BaseException:
-        committer = GroupCommitter(engine, lambda conn, payloads: [])
+        committer = GroupCommitter(sqlite_engine, lambda conn, payloads: [])
         with pytest.raises(StoreUnavailable) as caught:
             await committer.submit_alone(broken)
         assert await committer.submit_alone(lambda c: _insert(c, 8)) == 8
@@ -128,16 +139,16 @@ def test_a_write_that_fails_oddly_is_answered_store_unavailable(engine: sa.Engin
 
     failure = asyncio.run(scenario())
     assert str(failure.message) == "the store refused the write: a bug"
-    assert _stored(engine) == [8]
+    assert _stored(sqlite_engine) == [8]
 
 
-def test_writes_still_queued_at_shutdown_are_refused_not_lost(engine: sa.Engine) -> None:
+def test_writes_still_queued_at_shutdown_are_refused_not_lost(sqlite_engine: sa.Engine) -> None:
     async def scenario() -> None:
-        committer = GroupCommitter(engine, lambda conn, payloads: [])
+        committer = GroupCommitter(sqlite_engine, lambda conn, payloads: [])
         queued = committer.submit_alone(lambda c: _insert(c, 1))
         committer.close()  # before the drain task ran
         with pytest.raises(StoreUnavailable, match="the server is shutting down"):
             await queued
 
     asyncio.run(scenario())
-    assert _stored(engine) == []
+    assert _stored(sqlite_engine) == []

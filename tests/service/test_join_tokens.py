@@ -95,10 +95,10 @@ def test_agents_racing_with_one_token_register_one_node(engine: sa.Engine) -> No
     assert results == ["join token already used"] * 7 + ["p-1"]
 
 
-def test_nodes_joining_at_once_with_their_own_tokens_all_join(engine: sa.Engine) -> None:
+def test_nodes_joining_at_once_with_their_own_tokens_all_join(sqlite_engine: sa.Engine) -> None:
     # A pool scaled up by eight: their agents redeem side by side. On SQLite a
     # redeem that read before it wrote failed with "database is locked".
-    tokens = JoinTokens(engine, clock=Clock(T0))
+    tokens = JoinTokens(sqlite_engine, clock=Clock(T0))
     issued = [(tokens.issue("gpu", f"p-{i}", {}), f"p-{i}") for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         joined = sorted(pool.map(lambda pair: tokens.redeem(*pair).node, issued))

@@ -115,10 +115,7 @@ def test_records_are_read_per_user_and_a_jobs_without_an_owner_are_its_queues(
     assert records[1].finished_at == 105.0
 
 
-def test_a_prediction_comes_from_this_users_past_runs_with_a_margin(
-    stored_usage: UsageService,
-) -> None:
-    usage = stored_usage
+def test_a_prediction_comes_from_this_users_past_runs_with_a_margin(usage: UsageService) -> None:
     _history(usage)
     answer = usage.predict("train", "alice")
     assert (answer["tier"], answer["samples"], answer["records"]) == (

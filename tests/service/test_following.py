@@ -11,6 +11,7 @@ from collections.abc import Callable
 from apportion.core.model import Node
 from apportion.service.following import EventFollower
 from apportion.service.wiring import Services
+from support import wait_until
 
 
 def test_another_servers_changes_reach_this_servers_caches(
@@ -50,22 +51,17 @@ def test_a_notify_wakes_the_follower_before_its_poll(
     # Polls every ten minutes: only a NOTIFY can bring b's job to a in time.
     follower = EventFollower(a.uow, a.ledger, [a.jobs.follow], interval_s=600.0)
 
-    async def until(condition: Callable[[], bool]) -> None:
-        for _ in range(3000):
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("not followed within 30 s")
-
     async def scenario() -> None:
         running = asyncio.ensure_future(follower.run_forever())
         try:
             # Listening starts with one sync (what was missed before listening).
             await b.ledger.register_node(Node("n0", {"cpu": 1000}))
-            await until(lambda: "n0" in a.ledger.nodes)
+            await wait_until("n0 at a", lambda: "n0" in a.ledger.nodes)
             await b.ledger.register_node(Node("n1", {"cpu": 4000}))
             job = await b.jobs.submit({"resources": {"cpu": "2"}}, "alice")
-            await until(lambda: job.id in a.jobs.live and "n1" in a.ledger.nodes)
+            await wait_until(
+                "b's job at a", lambda: job.id in a.jobs.live and "n1" in a.ledger.nodes
+            )
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)

@@ -16,6 +16,7 @@ import orjson
 from apportion.service.events_stream import EventHub
 from apportion.service.nats_publisher import NatsPublisher, NatsSettings, subject_for
 from apportion.service.wiring import Services
+from support import wait_until
 
 
 class FakeJetStream:
@@ -56,10 +57,7 @@ def test_own_events_are_published_in_order_and_retried_until_acknowledged(
             await write(a, "allocation.granted", "n1")
             while await hub.poll():
                 pass
-            for _ in range(3000):
-                if publisher.published == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until("two publishes", lambda: publisher.published == 2)
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)

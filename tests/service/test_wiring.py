@@ -11,14 +11,7 @@ from collections.abc import Callable
 from apportion.core.model import Node
 from apportion.service.jobs import JOB_LABEL
 from apportion.service.wiring import Services
-
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(3000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what}: not within 30 s")
+from support import wait_until
 
 
 def test_a_started_server_leads_places_work_and_stops(servers: Callable[..., Services]) -> None:
@@ -36,7 +29,9 @@ def test_a_started_server_leads_places_work_and_stops(servers: Callable[..., Ser
         await server.start()
         try:
             assert server.leadership.is_leader
-            await _until(lambda: server.ledger.allocated("n1") == {"cpu": 0}, "orphan released")
+            await wait_until(
+                "the orphan released", lambda: server.ledger.allocated("n1") == {"cpu": 0}
+            )
             stored = await server.ledger.get_allocation(orphan)
             assert (stored.active, stored.reason.value if stored.reason else None) == (
                 False,
@@ -44,7 +39,7 @@ def test_a_started_server_leads_places_work_and_stops(servers: Callable[..., Ser
             )
             assert len(server._leading) == 2  # history and planning; no pools, no NATS
             job = await server.jobs.submit({"resources": {"cpu": "2"}}, "alice")
-            await _until(lambda: server.jobs.live[job.id].state == "running", "job placed")
+            await wait_until("the job placed", lambda: server.jobs.live[job.id].state == "running")
         finally:
             await server.stop()
         assert all(task.done() for task in [*server._tasks, *server._leading])

@@ -13,6 +13,7 @@ from apportion.core.model import Node
 from apportion.service.jobs import TaskReport
 from apportion.service.jobs import transitions as t
 from apportion.service.wiring import Services
+from support import wait_until
 
 AGENT = {"id": "agent-1", "heartbeat_s": 5.0}
 
@@ -57,10 +58,8 @@ def test_a_cancelled_caller_does_not_leave_the_cache_behind_the_store(
         caller = asyncio.ensure_future(services.jobs.writer.run(partial(t.cancel, job_id=job.id)))
         await asyncio.sleep(0)  # the caller starts, and queues its unit of work
         caller.cancel()
-        for _ in range(1000):  # the shielded write goes on: wait until it is done
-            if job.id not in services.jobs.live:
-                break
-            await asyncio.sleep(0.01)
+        # The shielded write goes on: its outcome reaches the cache.
+        await wait_until("the cancel in the cache", lambda: job.id not in services.jobs.live)
         row, tasks = await services.jobs.get(job.id)
         assert row.state == "cancelled"
         assert [task.state for task in tasks] == ["cancelled"] * 3

@@ -4,7 +4,8 @@ them itself (``asyncio.run``) and sees every step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from apportion.service.settings import Settings
 from apportion.service.wiring import Services, build
+from support import drop_postgres_database, postgres_database
 
 
 @pytest.fixture
@@ -24,9 +26,65 @@ def settings_given() -> dict[str, Any]:
 def services(tmp_path: Path, settings_given: dict[str, Any]) -> Iterator[Services]:
     # Named here, so that an APPORTION_* variable of the shell cannot point
     # the test at another database or give it an admin token.
-    built = build(Settings(data_dir=tmp_path, database_url=None, admin_token=None,
-                           config_file=None, **settings_given))
+    built = build(
+        Settings(
+            data_dir=tmp_path,
+            database_url=None,
+            admin_token=None,
+            config_file=None,
+            **settings_given,
+        )
+    )
     try:
         yield built
     finally:
         built.uow.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., Services]]:
+    """Builds servers as ``wiring.build`` does, several on one store when the
+    test asks (``database_url``: None for the SQLite file under tmp_path;
+    ``given``: more settings, a ``config_file`` say); closes them all at the end."""
+    built: list[Services] = []
+
+    def make(server_id: str, database_url: str | None = None, **given: Any) -> Services:
+        named: dict[str, Any] = {"admin_token": None, "config_file": None, "providers_file": None}
+        named.update(given)
+        server = build(
+            Settings(data_dir=tmp_path, database_url=database_url, server_id=server_id, **named)
+        )
+        built.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in built:
+            server.uow.close()
+
+
+@pytest.fixture(scope="session")
+def _dropper() -> Iterator[Callable[[str], None]]:
+    """Drops databases in the background, and waits for them at the end of
+    the session (a failed drop fails there)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-drop")
+    drops: list[Future[None]] = []
+    try:
+        yield lambda name: drops.append(pool.submit(drop_postgres_database, name))
+    finally:
+        pool.shutdown(wait=True)
+        for drop in drops:
+            drop.result()
+
+
+@pytest.fixture
+def pg_url(_dropper: Callable[[str], None]) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, as ``tests/conftest.py``
+    makes it, but dropped in the background: a drop waits for a checkpoint,
+    about a second, longer than most tests here take."""
+    url, name = postgres_database()
+    try:
+        yield url
+    finally:
+        _dropper(name)

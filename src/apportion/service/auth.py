@@ -124,9 +124,13 @@ class Authenticator:
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
         token = token.strip()
         cached = self._cache.get(token)
-        if cached is not None and self._clock() - cached[1] < CACHE_S:
-            if cached[2] is None or time.time() < cached[2]:
+        if cached is not None:
+            if self._clock() - cached[1] < CACHE_S and (
+                    cached[2] is None or time.time() < cached[2]):
                 return cached[0]
+            # Stale, or its session ended: looked up again below. Dropped
+            # first, so that a token revoked meanwhile is no longer ``known``
+            # (which lets a request past the failed-login block).
             self._cache.pop(token, None)
         if token.startswith(JOIN_PREFIX):
             raise Unauthenticated(

@@ -13,6 +13,7 @@ from typing import Any
 
 from apportion.core.gpu_shares import GPU, SHARES, ShareRequest, share_request
 from apportion.core.labels import parse_selector
+from apportion.core.records import QueueRow
 from apportion.core.resources import parse_vector
 from apportion.core.scheduling import Affinity, Job, Queue, TaskSpec
 from apportion.core.scheduling.constraints import family, parse_constraints
@@ -164,4 +165,12 @@ def job_from_spec(spec: Mapping[str, Any], *, job_id: str, submit_time: float,
 
 def queue_from_row(name: str, quota: Mapping[str, Any], weight: float,
                    min_priority: int | None, max_priority: int | None) -> Queue:
+    """A queue as a user gives it: quantities as text (``"4"``, ``"16Gi"``)."""
     return Queue(name, parse_vector(quota, "quota"), weight, min_priority, max_priority)
+
+
+def queue_of_stored(row: QueueRow) -> Queue:
+    """A queue as stored: its quota is in base units already, and parsing it
+    again as a user's text would read 4000 millicores as 4000 cores."""
+    return Queue(row.name, {r: int(q) for r, q in row.quota.items()}, row.weight,
+                 row.min_priority, row.max_priority)

@@ -70,6 +70,9 @@ class JoinTokens:
         and labels the node joins with. Raises with the reason otherwise."""
         now = self.clock()
         with self.engine.begin() as conn:
+            spent = table.spend(conn, token, node, now)
+            if spent is not None:
+                return spent
             record = table.find(conn, token)
             if record is None:
                 raise Unauthenticated(
@@ -88,11 +91,11 @@ class JoinTokens:
                 raise PermissionDenied(
                     f"this join token registers node {record.node}, not {node}",
                     node=node)
-            if not table.spend(conn, record.id, now):
-                raise Unauthenticated(
-                    f"join token already used: another agent registered node {record.node} "
-                    "with it just now", node=record.node)
-        return record
+            # Unused, unexpired and for this node as read now, yet not spent:
+            # another agent spent it between the UPDATE and this read.
+            raise Unauthenticated(
+                f"join token already used: another agent registered node {record.node} "
+                "with it just now", node=record.node)
 
     def revoke_unused(self, node: str) -> int:
         """A machine terminated before it joined: its token must not work later."""

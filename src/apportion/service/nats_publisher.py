@@ -113,7 +113,9 @@ class NatsPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("nats_publish_retry", subject=subject, event=event.id,
+                # Not ``event=``: structlog's message is that argument, and the
+                # clash raised a TypeError that ended the publisher for good.
+                log.warning("nats_publish_retry", subject=subject, event_id=event.id,
                             error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

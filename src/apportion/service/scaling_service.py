@@ -220,9 +220,11 @@ class ScalingService:
             out = []
             demand = self._demand(now)
             await self._read_forecast()
+            awaited = self._awaited(now, demand)
             for pool in self.pools.values():
                 self._sample(pool, now)
-                decision, state = self._evaluate(pool, demand.get(pool.name, []), now)
+                decision, state = self._evaluate(pool, demand.get(pool.name, []), now,
+                                                 awaited=pool.name in awaited)
                 record = self._record(pool, decision, state, now)
                 await self._remember(pool, record)
                 if act and pool.policy.mode == "auto":
@@ -245,9 +247,11 @@ class ScalingService:
         or recording: what ``GET /api/v1/scaling/evaluation`` answers."""
         now = self.clock()
         demand = self._demand(now)
+        awaited = self._awaited(now, demand)
         out = []
         for pool in self.pools.values():
-            decision, state = self._evaluate(pool, demand.get(pool.name, []), now)
+            decision, state = self._evaluate(pool, demand.get(pool.name, []), now,
+                                             awaited=pool.name in awaited)
             out.append(self._record(pool, decision, state, now))
         return out
 
@@ -304,7 +308,9 @@ class ScalingService:
         return [n for n in self.ledger.nodes.values()
                 if n.labels.get(POOL_LABEL) == pool.name]
 
-    def _pool_nodes(self, pool: Pool) -> list[PoolNode]:
+    def _pool_nodes(self, pool: Pool, *, awaited: bool = False) -> list[PoolNode]:
+        """The pool's members and its joining nodes; ``awaited``: waiting
+        work counts on the joining ones, which are then not idle."""
         ledger = self.ledger
         price = pool.node_type.price_per_hour
         nodes = []
@@ -316,7 +322,8 @@ class ScalingService:
                 created_at=node.created_at))
         for name, joining in pool.joining.items():
             if name not in ledger.nodes:
-                nodes.append(PoolNode(name, dict(pool.node_type.resources), {}, 0, price,
+                nodes.append(PoolNode(name, dict(pool.node_type.resources), {},
+                                      1 if awaited else 0, price,
                                       created_at=joining.created_at))
         return nodes
 
@@ -328,7 +335,23 @@ class ScalingService:
         while len(pool.samples) > 1 and pool.samples[1].t <= start:
             pool.samples.popleft()
 
-    def _demand(self, now: float) -> dict[str, list[Mapping[str, int]]]:
+    def _awaited(self, now: float, demand: Mapping[str, list[Mapping[str, int]]]) -> set[str]:
+        """Pools whose joining nodes waiting work counts on: without their
+        room more of it would fit nowhere. Such a node is not idle: draining
+        it before it joined would only make the work ask for a node again,
+        and a machine slower to boot than the scale-down cooldown would be
+        made and terminated over and over, the work never placed."""
+        if not any(name not in self.ledger.nodes
+                   for pool in self.pools.values() for name in pool.joining):
+            return set()
+        without = self._demand(now, joining=False)
+        return {name for name, tasks in without.items()
+                if len(tasks) > len(demand.get(name, []))}
+
+    def _demand(self, now: float, *, joining: bool = True
+                ) -> dict[str, list[Mapping[str, int]]]:
+        """The waiting tasks that fit in no node's free room (nor, with
+        ``joining``, in the room of nodes still joining), per pool."""
         if not self.pools:
             return {}
         ledger = self.ledger
@@ -345,16 +368,16 @@ class ScalingService:
         waiting.sort(key=lambda w: (-w[0], w[1]))
         rooms = [Room(ledger.free(n.name), n.labels) for n in ledger.nodes.values()
                  if n.schedulable]
-        for pool in self.pools.values():
+        for pool in self.pools.values() if joining else ():
             rooms += [Room(dict(pool.node_type.resources), pool.labels)
                       for name in pool.joining if name not in ledger.nodes]
         shapes = [PoolShape(p.name, dict(p.node_type.resources), p.labels)
                   for p in self.pools.values()]
         return pool_demand([w[2] for w in waiting], rooms, shapes)
 
-    def _evaluate(self, pool: Pool, pending: list[Mapping[str, int]],
-                  now: float) -> tuple[ScalingDecision, PoolState]:
-        nodes = self._pool_nodes(pool)
+    def _evaluate(self, pool: Pool, pending: list[Mapping[str, int]], now: float, *,
+                  awaited: bool = False) -> tuple[ScalingDecision, PoolState]:
+        nodes = self._pool_nodes(pool, awaited=awaited)
         state = PoolState(nodes, tuple(pool.samples), tuple(pending), pool.last_up,
                           pool.last_down, self._forecast_share(pool, nodes),
                           self.settings.forecast_lookahead_s)

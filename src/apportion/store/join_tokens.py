@@ -47,13 +47,18 @@ def find(conn: sa.Connection, token: str) -> JoinTokenRecord | None:
     return _record(row) if row else None
 
 
-def spend(conn: sa.Connection, token_id: str, now: float) -> bool:
-    """Mark the token used, if it is still unused and unexpired: True when
-    this call spent it."""
+def spend(conn: sa.Connection, token: str, node: str, now: float) -> JoinTokenRecord | None:
+    """Mark the token used, if it is unused, unexpired and for ``node``: the
+    record when this call spent it, else None (``find`` then says why).
+
+    The UPDATE is meant to be its transaction's first statement: on SQLite a
+    transaction that reads first and then writes fails at once ("database
+    is locked", no busy wait) when another writer committed in between, as
+    concurrent joins do; one that writes first waits its turn."""
     result = conn.execute(join_tokens.update().where(
-        join_tokens.c.id == token_id, join_tokens.c.used_at.is_(None),
-        join_tokens.c.expires_at > now).values(used_at=now))
-    return result.rowcount == 1
+        join_tokens.c.token_hash == hash_token(token), join_tokens.c.node == node,
+        join_tokens.c.used_at.is_(None), join_tokens.c.expires_at > now).values(used_at=now))
+    return find(conn, token) if result.rowcount == 1 else None
 
 
 def revoke_unused(conn: sa.Connection, node: str, now: float) -> int:

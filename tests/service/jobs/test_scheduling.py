@@ -1,0 +1,115 @@
+"""The leader's scheduling loop (``service/jobs/scheduling.py``): a preempting
+job waits for its victims' processes to exit and then starts where it was
+placed; a start the store refuses (the job was cancelled through another
+server) leaves no grant behind; a finished job's run time is learned at the
+next cycle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from apportion.core.model import Node, ReleaseReason
+from apportion.service.jobs import TaskReport
+from apportion.service.wiring import Services
+
+AGENT = {"id": "agent-1", "heartbeat_s": 5.0}
+
+
+@pytest.fixture
+def settings_given() -> dict[str, Any]:
+    return {"strategy": "priority"}
+
+
+def _as_leader(s: Services, scenario: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await s.leadership.campaign_round()
+        assert s.leadership.is_leader
+        try:
+            await scenario()
+        finally:
+            await s.leadership.stop()
+
+    asyncio.run(run())
+
+
+def test_a_preempting_job_waits_for_its_victims_exit_then_starts_in_its_place(
+    services: Services,
+) -> None:
+    jobs = services.jobs
+
+    async def scenario() -> None:
+        await services.agents.register(Node("n1", {"cpu": 4000}), AGENT)
+        low = await jobs.submit(
+            {"command": ["sleep", "1d"], "resources": {"cpu": "4"}, "preemptible": True}, "lo"
+        )
+        await jobs.run_cycle()
+        _, [victim] = await jobs.get(low.id)
+        await services.agents.report("n1", victim.id, TaskReport("running"))
+
+        high = await jobs.submit(
+            {"command": ["true"], "resources": {"cpu": "4"}, "priority": 100}, "hi"
+        )
+        await jobs.run_cycle()
+        assert list(jobs.switches) == [high.id]
+        assert jobs.switches[high.id].victims == {low.id}
+        _, [victim] = await jobs.get(low.id)
+        assert (victim.state, victim.stop_state) == ("running", "preempted")
+        await jobs.run_cycle()  # the victim still runs: nothing starts
+        _, started = await jobs.get(high.id)
+        assert started == []
+        assert services.ledger.allocated("n1") == {"cpu": 4000}
+
+        await services.agents.report(
+            "n1", victim.id, TaskReport("exited", signalled=True, exit_code=-15)
+        )
+        released = await services.ledger.get_allocation(victim.allocation_id)
+        assert released.reason is ReleaseReason.PREEMPTED
+        await jobs.run_cycle()
+        assert jobs.switches == {}
+        row, [task] = await jobs.get(high.id)
+        assert (row.state, task.node, task.state) == ("scheduled", "n1", "scheduled")
+        low_row, _ = await jobs.get(low.id)
+        assert (low_row.state, low_row.preemptions) == ("preempted", 1)
+
+    _as_leader(services, scenario)
+
+
+def test_a_start_the_store_refuses_leaves_no_grant_behind(
+    servers: Callable[..., Services],
+) -> None:
+    leader, other = servers("leader"), servers("other")
+
+    async def scenario() -> None:
+        await leader.ledger.register_node(Node("n1", {"cpu": 4000}))
+        job = await leader.jobs.submit({"resources": {"cpu": "2"}}, "alice")
+        await other.jobs.cancel(job.id)  # the leader has not heard of it yet
+        assert leader.jobs.live[job.id].state == "pending"
+        result = await leader.jobs.run_cycle()
+        assert [p.job_id for p in result.placements] == [job.id]  # decided on the old picture
+        assert leader.ledger.allocated("n1") == {"cpu": 0}
+        assert job.id not in leader.jobs.live
+        row, started = await leader.jobs.get(job.id)
+        assert (row.state, started) == ("cancelled", [])
+
+    _as_leader(leader, scenario)
+
+
+def test_a_finished_jobs_run_time_is_learned_at_the_next_cycle(services: Services) -> None:
+    jobs = services.jobs
+
+    async def scenario() -> None:
+        await services.ledger.register_node(Node("n1", {"cpu": 4000}))
+        job = await jobs.submit({"name": "etl", "resources": {"cpu": "1"}}, "alice")
+        await jobs.run_cycle()
+        row = await jobs.complete(job.id, succeeded=True, exit_code=0)
+        assert jobs.history.runs == {}  # not while a cycle may be reading it
+        await jobs.run_cycle()
+        assert row.ended_at is not None and row.started_at is not None
+        learned = {tuple(runs) for runs in jobs.history.runs.values()}
+        assert learned == {(row.ended_at - row.started_at,)}
+
+    _as_leader(services, scenario)

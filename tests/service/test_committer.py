@@ -1,0 +1,154 @@
+"""Group commit (``service/committer.py``): writes queued together share one
+transaction, answered only once it committed; a unit the store refuses is
+rolled back alone inside the shared transaction; a batch the store
+disagrees with is written again one payload at a time; writes still queued
+at shutdown are refused, not lost. On SQLite (statements on the loop) and
+PostgreSQL (the whole transaction in a worker thread). The batch writers
+are the test's own, passed in as ``UnitOfWork`` passes the ledger's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from apportion.exceptions import Refused, StoreUnavailable
+from apportion.service.committer import BatchConflict, GroupCommitter
+from apportion.store.database import create_engine
+
+
+def _engine(url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(url, sqlite_synchronous="OFF")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    """On each backend: where the two ways of running a transaction differ."""
+    yield from _engine(store_url)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    yield from _engine(f"sqlite:///{tmp_path / 'committer.db'}")
+
+
+def _insert(conn: sa.Connection, v: int) -> int:
+    conn.exec_driver_sql(f"INSERT INTO t (v) VALUES ({int(v)})")
+    return v
+
+
+def _stored(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        return [v for (v,) in conn.exec_driver_sql("SELECT v FROM t ORDER BY v")]
+
+
+def test_payloads_queued_together_share_one_transaction(engine: sa.Engine) -> None:
+    calls: list[list[int]] = []
+
+    def write_batch(conn: sa.Connection, payloads: list[Any]) -> list[Any]:
+        calls.append(list(payloads))
+        return [_insert(conn, v) * 10 for v in payloads]
+
+    async def scenario() -> list[Any]:
+        committer = GroupCommitter(engine, write_batch)
+        futures = [committer.submit(v) for v in range(1, 6)]
+        answers = await asyncio.gather(*futures)
+        assert (committer.batches, committer.writes) == (1, 5)
+        return answers
+
+    assert asyncio.run(scenario()) == [10, 20, 30, 40, 50]
+    assert calls == [[1, 2, 3, 4, 5]]
+    assert _stored(engine) == [1, 2, 3, 4, 5]
+
+
+def test_a_refused_unit_is_rolled_back_alone_and_the_others_commit(engine: sa.Engine) -> None:
+    def refused(conn: sa.Connection) -> int:
+        _insert(conn, 2)
+        raise Refused("the job is no longer waiting")
+
+    async def scenario() -> list[Any]:
+        committer = GroupCommitter(engine, lambda conn, payloads: [])
+        futures = [
+            committer.submit_unit(lambda c: _insert(c, 1)),
+            committer.submit_unit(refused),
+            committer.submit_unit(lambda c: _insert(c, 1)),  # a constraint says no
+            committer.submit_unit(lambda c: _insert(c, 3), heavy=True),
+        ]
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        assert committer.batches == 1
+        return answers
+
+    first, second, third, fourth = asyncio.run(scenario())
+    assert (first, fourth) == (1, 3)
+    assert isinstance(second, Refused) and second.message == "the job is no longer waiting"
+    assert isinstance(third, Refused)
+    assert third.message.startswith("the store refused the change:")
+    assert _stored(engine) == [1, 3]
+
+
+def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(
+    sqlite_engine: sa.Engine,
+) -> None:
+    def write_batch(conn: sa.Connection, payloads: list[Any]) -> list[Any]:
+        for v in payloads:
+            _insert(conn, v)
+        raise BatchConflict  # as if another server had written first
+
+    def write_each(conn: sa.Connection, payloads: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for v in payloads:
+            if v == 2:
+                out.append(Refused("2 is taken"))
+                continue
+            out.append(_insert(conn, v))
+        return out
+
+    async def scenario() -> list[Any]:
+        committer = GroupCommitter(sqlite_engine, write_batch, write_each=write_each)
+        return await asyncio.gather(
+            *(committer.submit(v) for v in (1, 2, 3)), return_exceptions=True
+        )
+
+    one, two, three = asyncio.run(scenario())
+    assert (one, three) == (1, 3)
+    assert isinstance(two, Refused) and two.message == "2 is taken"
+    assert _stored(sqlite_engine) == [1, 3]  # nothing of the first attempt stayed
+
+
+def test_a_write_that_fails_oddly_is_answered_store_unavailable(sqlite_engine: sa.Engine) -> None:
+    def broken(conn: sa.Connection) -> None:
+        _insert(conn, 7)
+        raise ValueError("a bug")
+
+    async def scenario() -> BaseException:
+        committer = GroupCommitter(sqlite_engine, lambda conn, payloads: [])
+        with pytest.raises(StoreUnavailable) as caught:
+            await committer.submit_alone(broken)
+        assert await committer.submit_alone(lambda c: _insert(c, 8)) == 8
+        return caught.value
+
+    failure = asyncio.run(scenario())
+    assert str(failure.message) == "the store refused the write: a bug"
+    assert _stored(sqlite_engine) == [8]
+
+
+def test_writes_still_queued_at_shutdown_are_refused_not_lost(sqlite_engine: sa.Engine) -> None:
+    async def scenario() -> None:
+        committer = GroupCommitter(sqlite_engine, lambda conn, payloads: [])
+        queued = committer.submit_alone(lambda c: _insert(c, 1))
+        committer.close()  # before the drain task ran
+        with pytest.raises(StoreUnavailable, match="the server is shutting down"):
+            await queued
+
+    asyncio.run(scenario())
+    assert _stored(sqlite_engine) == []

@@ -153,12 +153,15 @@ class Cluster:
 
     root: Path
     server_env: dict[str, str] = field(default_factory=lambda: dict(FAST_SERVER_ENV))
+    database_url: str | None = None
+    """None: the server's own SQLite file."""
     server: ServerProcess | None = None
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
     def start(self) -> Cluster:
         (self.root / "server").mkdir(parents=True, exist_ok=True)
-        self.server = ServerProcess(self.root / "server", extra_env=self.server_env).start()
+        self.server = ServerProcess(self.root / "server", database_url=self.database_url,
+                                    extra_env=self.server_env).start()
         return self
 
     def restart_server(self) -> None:
@@ -166,6 +169,7 @@ class Cluster:
         assert self.server is not None
         old = self.server
         self.server = ServerProcess(old.data_dir, token=old.token, port=old.port,
+                                    database_url=self.database_url,
                                     extra_env=self.server_env).start()
 
     @property

@@ -1,6 +1,6 @@
 """Agents in operation: cancel, restart policies, drain, agent restarts,
 partitions, rescans, and the CLI that follows a job. Real processes on
-loopback, as in test_agents_e2e.py."""
+loopback, as in test_agents_e2e.py; cancel on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def _running_task(cluster: Cluster, job_id: str) -> dict[str, Any] | None:
     return tasks[-1] if tasks else None
 
 
-def test_cancel_stops_the_process_then_releases_the_allocation(cluster: Cluster) -> None:
+def test_cancel_stops_the_process_then_releases_the_allocation(backend_cluster: Cluster) -> None:
+    cluster = backend_cluster
     agent = cluster.add_agent("node-a", "cpu=2,memory=4Gi")
     job = cluster.submit(payload("sleeper", 60))
     task = wait_for("running", lambda: _running_task(cluster, job["id"]), 20)

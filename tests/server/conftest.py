@@ -18,9 +18,7 @@ import sqlalchemy as sa
 
 from apportion.store.database import create_engine, migrate
 from server.helpers import Serve
-from support import ServerProcess, drop_postgres_database, postgres_database
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+from support import BACKENDS, ServerProcess, drop_postgres_database, postgres_database
 
 
 @pytest.fixture(scope="module")

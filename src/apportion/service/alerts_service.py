@@ -7,7 +7,8 @@ updated or resolved. Each change is written in one transaction: the alert's
 row (``alerts``: open and resolved alerts are rows, so a restart or a new
 leader carries on with the same alerts and their ``started_at``), an event,
 and one delivery row per webhook (``alert_deliveries``, an outbox). The
-leader's delivery loop sends what is due, oldest first per receiver, with
+leader's delivery loop sends what is due, oldest first per receiver (each
+receiver's tries run apart, so one that hangs holds up only itself), with
 the delivery's key as ``Idempotency-Key`` and the try's number as
 ``X-Apportion-Delivery-Attempt``; 5xx answers and timeouts are
 retried with backoff, other answers end the delivery. A delivery outlives
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import random
 import time
@@ -94,6 +96,8 @@ class AlertsService:
     is_leader: Callable[[], bool] = lambda: True
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loaded: bool = False
+    _sending: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+    """Per receiver URL, its try in flight: one at a time, so it hears changes in order."""
 
     def conditions(self) -> list[Condition]:
         s = self.settings
@@ -230,24 +234,51 @@ class AlertsService:
         """Send due webhook deliveries while this server leads."""
         rng = random.Random()
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s) as client:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
-                self._wake.clear()
-                if not self.is_leader() or not self.settings.webhooks:
-                    continue
-                try:
-                    await self.deliver_due(client, rng)
-                except Exception as exc:
-                    log.warning("webhook_round_failed", error=repr(exc))
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
+                    self._wake.clear()
+                    if not self.is_leader() or not self.settings.webhooks:
+                        continue
+                    try:
+                        await self.deliver_due(client, rng)
+                    except Exception as exc:
+                        log.warning("webhook_round_failed", error=repr(exc))
+            finally:
+                # A try cut short here is not recorded: the next leader sends it again.
+                for task in list(self._sending.values()):
+                    task.cancel()
 
     async def deliver_due(self, client: httpx.AsyncClient, rng: random.Random) -> int:
-        """One round: the oldest pending delivery of each receiver, if due."""
+        """One round: start the oldest pending delivery of each receiver, if
+        due and the receiver has no try in flight; return how many started.
+
+        Each try runs as its own task, so a receiver that hangs until
+        ``webhook_timeout_s`` holds up only its own deliveries, not the
+        round (and with it every other receiver)."""
+        # Receivers busy when the read starts are skipped even if their try
+        # ends meanwhile: the read may predate that try's write, and its
+        # head be the delivery just sent.
+        busy = set(self._sending)
         now = self.clock()
         heads = await self.uow.read(_pending_heads)
-        due = [h for h in heads if h["next_at"] <= now]
-        results = await asyncio.gather(*(self._deliver(client, h, rng) for h in due))
-        return sum(1 for ok in results if ok)
+        started = 0
+        for head in heads:
+            url = head["url"]
+            if head["next_at"] > now or url in busy or url in self._sending:
+                continue
+            task = asyncio.create_task(self._deliver(client, head, rng))
+            self._sending[url] = task
+            task.add_done_callback(functools.partial(self._sent, url))
+            started += 1
+        return started
+
+    def _sent(self, url: str, task: asyncio.Task[bool]) -> None:
+        self._sending.pop(url, None)
+        self._wake.set()  # its next delivery may be due
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("webhook_failed", url=url, error=repr(exc))
 
     async def _deliver(
         self, client: httpx.AsyncClient, head: dict[str, Any], rng: random.Random
@@ -304,8 +335,6 @@ class AlertsService:
             )
 
         await self.uow.write(write)
-        if "next_at" not in values:
-            self._wake.set()  # the next one for this receiver may go now
         return values.get("state") == "delivered"
 
 

@@ -193,3 +193,51 @@ def test_a_high_priority_job_preempts_a_preemptible_one(pool: Pool) -> None:
     assert victim["preemptions"] == 1
     released = pool.allocations("n1", "released")
     assert [a["reason"] for a in released] == ["preempted"]
+
+
+def test_queues_are_replaced_and_updated_and_jobs_list_by_queue_and_state(pool: Pool) -> None:
+    api = pool.api
+    pool.node("n1", cpu="2")
+    team = pool.name("team")
+    made = api.post("/api/v1/queues", json={"name": team, "quota": {"cpu": "8"}, "weight": 2})
+    assert made.status_code == 201
+    again = api.post("/api/v1/queues", json={"name": team, "quota": {"cpu": "4"}})
+    assert (again.status_code, again.json()["quota"], again.json()["weight"]) == (
+        201,
+        {"cpu": "4"},
+        1.0,
+    )
+    put = api.put(
+        "/api/v1/queues",
+        json={
+            "name": team,
+            "quota": {"cpu": "4"},
+            "weight": 3,
+            "min_priority": 0,
+            "max_priority": 10,
+        },
+    )
+    assert put.status_code == 200, put.text
+    [listed] = [q for q in api.get("/api/v1/queues").json()["queues"] if q["name"] == team]
+    assert {k: listed[k] for k in ("quota", "weight", "min_priority", "max_priority")} == {
+        "quota": {"cpu": "4"},
+        "weight": 3.0,
+        "min_priority": 0,
+        "max_priority": 10,
+    }
+
+    jobs = [pool.submit(name=f"j{i}", resources={"cpu": "1"}, queue=team) for i in range(3)]
+    until(lambda: [state_of(api, j["id"]) for j in jobs] == ["running", "running", "pending"])
+
+    def names(**params: Any) -> list[str]:
+        r = api.get("/api/v1/jobs", params={"queue": team, **params})
+        assert r.status_code == 200, r.text
+        return [j["name"] for j in r.json()["jobs"]]
+
+    assert names() == ["j2", "j1", "j0"]  # newest first
+    assert names(state="running") == ["j1", "j0"]
+    assert names(state="pending") == ["j2"]
+    assert names(limit=1, offset=1) == ["j1"]
+    assert names(state="failed") == []
+    queues = {q["name"]: q for q in api.get("/api/v1/queues").json()["queues"]}
+    assert queues[team]["usage"] == {"cpu": "2"}

@@ -5,7 +5,8 @@ Jobs here have no command: pure leases.
 
 One server per backend serves the whole module; each test keeps to a pool
 of its own (nodes labelled with the test's tag, jobs constrained to it,
-queues named after it), so the tests do not see each other's work.
+queues named after it) and cancels its jobs when it ends, so the tests do
+not see each other's work.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ class Pool:
 
     api: httpx.Client
     tag: str
+    submitted: list[str] = field(default_factory=list)
 
     def name(self, short: str) -> str:
         return f"{self.tag}-{short}"
@@ -49,6 +51,7 @@ class Pool:
         r = self.api.post("/api/v1/jobs", json=self.job(**spec))
         assert r.status_code == 201, r.text
         body: dict[str, Any] = r.json()
+        self.submitted.append(body["id"])
         return body
 
     def allocated(self, short: str) -> dict[str, str]:
@@ -62,7 +65,12 @@ class Pool:
 @pytest.fixture
 def pool(backend_shared: ServerProcess) -> Iterator[Pool]:
     with backend_shared.client() as api:
-        yield Pool(api, "t" + uuid.uuid4().hex[:8])
+        pool = Pool(api, "t" + uuid.uuid4().hex[:8])
+        yield pool
+        # A job left waiting would hold up later tests' jobs: with no run time
+        # estimates, nothing may start behind a job whose start cannot be planned.
+        for job_id in pool.submitted:
+            api.post(f"/api/v1/jobs/{job_id}/cancel")
 
 
 def state_of(api: httpx.Client, job_id: str) -> str:

@@ -48,12 +48,17 @@ def _snapshot(c: httpx.Client) -> dict[str, Any]:
                           params={"state": "released", "limit": 1000}).json(),
         "capacity": {g: c.get("/api/v1/capacity/summary", params={"group_by": g}).json()
                      for g in ("facility", "type", "resource")},
+        "queues": c.get("/api/v1/queues").json(),
     }
 
 
 def _populate(c: httpx.Client) -> list[dict[str, Any]]:
     for node in NODES:
         assert c.post("/api/v1/nodes", json=node).status_code == 201
+    # Stored in base units (millicores, bytes), read back as such: not 1000x.
+    queue = {"name": "research", "quota": {"cpu": "3500m", "memory": "8Gi", "gpu": 2},
+             "weight": 2, "max_priority": 10}
+    assert c.post("/api/v1/queues", json=queue).status_code == 201
     asks = [
         {"resources": {"cpu": "4", "memory": "32Gi", "gpu": 2}, "node": "gpu-1", "owner": "alice",
          "labels": {"job": "train"}},
@@ -90,6 +95,9 @@ def test_a_restarted_server_has_every_node_allocation_and_balance(tmp_path: Path
     assert before["details"]["gpu-1"]["available"] == {
         "cpu": "28", "memory": "224Gi", "gpu": "2"
     }
+    research = before["queues"]["queues"][1]
+    assert (research["name"], research["quota_base"]) == (
+        "research", {"cpu": 3500, "memory": 8 * 2**30, "gpu": 2})
 
     second = ServerProcess(tmp_path, token=first.token).start()
     try:

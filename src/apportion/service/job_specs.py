@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from apportion.core.labels import parse_selector
+from apportion.core.records import QueueRow
 from apportion.core.resources import parse_vector
 from apportion.core.scheduling import Affinity, Job, Queue, TaskSpec
 from apportion.core.scheduling.constraints import family, parse_constraints
@@ -122,4 +123,14 @@ def job_from_spec(spec: Mapping[str, Any], *, job_id: str, submit_time: float,
 
 def queue_from_row(name: str, quota: Mapping[str, Any], weight: float,
                    min_priority: int | None, max_priority: int | None) -> Queue:
+    """A queue as asked for: ``quota`` in the API's units ("500m", "8Gi", 2)."""
     return Queue(name, parse_vector(quota, "quota"), weight, min_priority, max_priority)
+
+
+def queue_from_stored(row: QueueRow) -> Queue:
+    """A queue as stored: its quota is already in base units (millicores,
+    bytes). Parsed again as API units, a cpu quota of 4 (stored 4000) came
+    back 1000 times larger after every restart or change seen from another
+    server."""
+    quota = {name: int(amount) for name, amount in row.quota.items()}
+    return Queue(row.name, quota, row.weight, row.min_priority, row.max_priority)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from apportion.core.records import JobRow, QueueRow, TaskRow
 from apportion.store.schema import jobs, queues, tasks
@@ -22,11 +23,15 @@ def load_queues(conn: sa.Connection) -> list[QueueRow]:
 
 
 def upsert_queue(conn: sa.Connection, row: QueueRow) -> None:
+    """Insert or replace a queue in one statement: an UPDATE that found
+    nothing then an INSERT lets two servers on one PostgreSQL both insert,
+    and the second failed its whole write with a duplicate key."""
     values = {k: getattr(row, k) for k in QueueRow.__dataclass_fields__}
-    hit = conn.execute(queues.update().where(queues.c.name == row.name).values(
-        {k: v for k, v in values.items() if k not in ("name", "created_at")}))
-    if hit.rowcount == 0:
-        conn.execute(queues.insert().values(values))
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(queues).values(values)
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=[queues.c.name],
+        set_={k: insert.excluded[k] for k in values if k not in ("name", "created_at")}))
 
 
 # -- jobs -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from apportion.core.scheduling import (
 from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable, explain_nodes
 from apportion.exceptions import InvalidInput, NotFound
 from apportion.protocol import Assignment, Stop
-from apportion.service.job_specs import job_from_spec, queue_from_row
+from apportion.service.job_specs import job_from_spec, queue_from_row, queue_from_stored
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache, LiveJob
 from apportion.service.jobs.model import (
@@ -131,8 +131,7 @@ class JobsService:
             except sa.exc.IntegrityError:
                 pass  # another server made it at the same moment
             rows.append(default)
-        self.queues = {r.name: queue_from_row(r.name, r.quota, r.weight, r.min_priority,
-                                              r.max_priority) for r in rows}
+        self.queues = {r.name: queue_from_stored(r) for r in rows}
 
     async def follow(self, events: Sequence[tuple[int, str, str, str]]) -> None:
         """Read again what other servers changed: ``(id, kind, subject,

@@ -19,11 +19,13 @@ async def _race(urls: list[str], token: str, total: int) -> list[int]:
     """Fire ``total`` grant requests at once, spread over ``urls``."""
     headers = {"Authorization": f"Bearer {token}"}
     limits = httpx.Limits(max_connections=200)
-    clients = [httpx.AsyncClient(base_url=u, headers=headers, timeout=60, limits=limits)
-               for u in urls]
+    clients = [
+        httpx.AsyncClient(base_url=u, headers=headers, timeout=60, limits=limits) for u in urls
+    ]
     try:
-        calls = [clients[i % len(clients)].post("/api/v1/allocations", json=ASK)
-                 for i in range(total)]
+        calls = [
+            clients[i % len(clients)].post("/api/v1/allocations", json=ASK) for i in range(total)
+        ]
         responses = await asyncio.gather(*calls)
         return [r.status_code for r in responses]
     finally:
@@ -72,7 +74,8 @@ def two_on_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[S
 
 @pytest.mark.postgres
 def test_two_servers_on_one_postgres_grant_exactly_100(
-        two_on_postgres: list[ServerProcess]) -> None:
+    two_on_postgres: list[ServerProcess],
+) -> None:
     a, b = two_on_postgres
     with a.client() as c:
         assert c.post("/api/v1/nodes", json=NODE).status_code == 201
@@ -90,8 +93,9 @@ async def _create_queues(servers: list[ServerProcess], names: list[str], each: i
         failed: list[str] = []
         for name in names:
             body = {"name": name, "quota": {"cpu": "4"}, "weight": 2}
-            answers = await asyncio.gather(*(clients[i % len(clients)].post(
-                "/api/v1/queues", json=body) for i in range(each)))
+            answers = await asyncio.gather(
+                *(clients[i % len(clients)].post("/api/v1/queues", json=body) for i in range(each))
+            )
             failed += [r.text for r in answers if r.status_code != 201]
         return failed
     finally:
@@ -101,7 +105,8 @@ async def _create_queues(servers: list[ServerProcess], names: list[str], each: i
 
 @pytest.mark.postgres
 def test_two_servers_creating_one_queue_at_once_both_succeed(
-        two_on_postgres: list[ServerProcess]) -> None:
+    two_on_postgres: list[ServerProcess],
+) -> None:
     # Each server's UPDATE found no row and both INSERTed: one failed, 503.
     names = [f"race-{i}" for i in range(20)]
     assert asyncio.run(_create_queues(two_on_postgres, names, 8)) == []
@@ -109,4 +114,5 @@ def test_two_servers_creating_one_queue_at_once_both_succeed(
         with server.client() as c:
             queues = {q["name"]: q for q in c.get("/api/v1/queues").json()["queues"]}
         assert [(queues[n]["quota"], queues[n]["weight"]) for n in names] == [
-            ({"cpu": "4"}, 2.0)] * 20
+            ({"cpu": "4"}, 2.0)
+        ] * 20

@@ -61,10 +61,16 @@ log = structlog.get_logger(__name__)
 class JobsService:
     """Jobs, their tasks and queues over one store; the scheduler beside."""
 
-    def __init__(self, uow: UnitOfWork, ledger: LedgerService, config: SchedulerConfig, *,
-                 epoch: Callable[[], int | None] = lambda: None,
-                 potential_nodes: Callable[[], Iterable[Node]] = lambda: (),
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        ledger: LedgerService,
+        config: SchedulerConfig,
+        *,
+        epoch: Callable[[], int | None] = lambda: None,
+        potential_nodes: Callable[[], Iterable[Node]] = lambda: (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.uow = uow
         self.ledger = ledger
         self.clock = clock
@@ -72,8 +78,9 @@ class JobsService:
         self.cache = JobCache()
         self.writer = JobWriter(uow, ledger, self.cache)
         self.queues: dict[str, Queue] = {}
-        self.scheduler = Scheduler(uow, ledger, self.cache, self.writer, config,
-                                   lambda: self.queues, epoch, clock)
+        self.scheduler = Scheduler(
+            uow, ledger, self.cache, self.writer, config, lambda: self.queues, epoch, clock
+        )
         self.potential_nodes = potential_nodes
         """Nodes that do not exist yet but would be made for work that needs
         them (an ``auto`` node pool below its maximum; set by the scaling
@@ -167,10 +174,17 @@ class JobsService:
         did not commit a grant with its task); returns how many."""
 
         def find(conn: sa.Connection) -> list[str]:
-            held = {r[0] for r in conn.execute(sa.select(tasks.c.allocation_id).where(
-                tasks.c.state.in_(ACTIVE_TASK)))}
-            rows = conn.execute(sa.select(allocations.c.id, allocations.c.labels).where(
-                allocations.c.state == "active")).all()
+            held = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(tasks.c.allocation_id).where(tasks.c.state.in_(ACTIVE_TASK))
+                )
+            }
+            rows = conn.execute(
+                sa.select(allocations.c.id, allocations.c.labels).where(
+                    allocations.c.state == "active"
+                )
+            ).all()
             return [i for i, labels in rows if JOB_LABEL in (labels or {}) and i not in held]
 
         orphans: list[str] = await self.uow.read(find)
@@ -180,18 +194,32 @@ class JobsService:
 
     # -- queues ------------------------------------------------------------------------
 
-    async def put_queue(self, name: str, quota: Mapping[str, Any], weight: float,
-                        min_priority: int | None, max_priority: int | None) -> QueueRow:
+    async def put_queue(
+        self,
+        name: str,
+        quota: Mapping[str, Any],
+        weight: float,
+        min_priority: int | None,
+        max_priority: int | None,
+    ) -> QueueRow:
         queue = queue_from_row(name, quota, weight, min_priority, max_priority)
         if weight <= 0:
             raise InvalidInput("weight: must be greater than 0", field="weight")
         if min_priority is not None and max_priority is not None and min_priority > max_priority:
             raise InvalidInput("min_priority: must not exceed max_priority", field="min_priority")
         now = self.clock()
-        old = await self.uow.read(lambda c: next(
-            (r for r in jt.load_queues(c) if r.name == name), None))
-        row = QueueRow(name, dict(queue.quota), weight, min_priority, max_priority,
-                       old.created_at if old else now, now)
+        old = await self.uow.read(
+            lambda c: next((r for r in jt.load_queues(c) if r.name == name), None)
+        )
+        row = QueueRow(
+            name,
+            dict(queue.quota),
+            weight,
+            min_priority,
+            max_priority,
+            old.created_at if old else now,
+            now,
+        )
 
         def write(conn: sa.Connection) -> None:
             jt.upsert_queue(conn, row)
@@ -224,11 +252,26 @@ class JobsService:
         check_comparisons(job.constraints)  # InvalidInput (422): `gpu.memory>=lots`
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
         # JobRejected (422) says why not; an agent that has not joined yet is no reason.
-        anywhere = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
-                                 needs_agent=False)
+        anywhere = job_from_spec(
+            spec, job_id=job_id, submit_time=now, owner=owner, needs_agent=False
+        )
         validate_job(anywhere, self.queues, self._nodes_only(tuple(self.potential_nodes())))
-        row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
-                     spec, now, None, None, None, None, 0, 0)
+        row = JobRow(
+            job_id,
+            job.name,
+            owner,
+            job.queue,
+            job.priority,
+            JobState.PENDING.value,
+            spec,
+            now,
+            None,
+            None,
+            None,
+            None,
+            0,
+            0,
+        )
         await self.writer.run(partial(t.submit, row=row))
         self.kick()
         return row
@@ -245,11 +288,21 @@ class JobsService:
             self._nodes_state = (key, state)
         return self._nodes_state[1]
 
-    async def list_jobs(self, *, states: list[str] | None, queue: str | None,
-                        owner: str | None, limit: int, offset: int) -> list[JobRow]:
+    async def list_jobs(
+        self,
+        *,
+        states: list[str] | None,
+        queue: str | None,
+        owner: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[JobRow]:
         """Jobs as stored, newest first."""
-        rows: list[JobRow] = await self.uow.read(lambda c: jt.load_jobs(
-            c, states=states, queue=queue, owner=owner, limit=limit, offset=offset))
+        rows: list[JobRow] = await self.uow.read(
+            lambda c: jt.load_jobs(
+                c, states=states, queue=queue, owner=owner, limit=limit, offset=offset
+            )
+        )
         return rows
 
     async def get(self, job_id: str) -> tuple[JobRow, list[TaskRow]]:
@@ -257,8 +310,9 @@ class JobsService:
         row, rows, _ = await self.get_page(job_id, limit=None)
         return row, rows
 
-    async def get_page(self, job_id: str, *, limit: int | None,
-                       offset: int = 0) -> tuple[JobRow, list[TaskRow], int]:
+    async def get_page(
+        self, job_id: str, *, limit: int | None, offset: int = 0
+    ) -> tuple[JobRow, list[TaskRow], int]:
         """A job, a page of its task attempts (oldest first) and how many it has."""
 
         def read(conn: sa.Connection) -> tuple[JobRow | None, list[TaskRow], int]:
@@ -280,24 +334,28 @@ class JobsService:
 
     async def complete(self, job_id: str, *, succeeded: bool, exit_code: int | None) -> JobRow:
         """End a lease job (one without a command) as its owner says."""
-        outcomes = await self.writer.run_all(partial(
-            t.complete, job_id=job_id, succeeded=succeeded, exit_code=exit_code))
+        outcomes = await self.writer.run_all(
+            partial(t.complete, job_id=job_id, succeeded=succeeded, exit_code=exit_code)
+        )
         return outcomes[-1].rows.get(job_id) or outcomes[0].rows[job_id]
 
     def explain(self, job_id: str) -> Explanation:
         live = self.cache.jobs.get(job_id)
         if live is None or live.state not in WAITING:
-            raise InvalidInput(f"job {job_id} is not waiting; explain answers for pending jobs",
-                               field="id")
-        return explain(self.scheduler.cluster_state(), live.job, now=self.clock(),
-                       queues=self.queues)
+            raise InvalidInput(
+                f"job {job_id} is not waiting; explain answers for pending jobs", field="id"
+            )
+        return explain(
+            self.scheduler.cluster_state(), live.job, now=self.clock(), queues=self.queues
+        )
 
     def explain_nodes(self, job_id: str, *, limit: int = NODES_SHOWN) -> NodeTable:
         """Per node, why a waiting job cannot go there now and whether it ever could."""
         live = self.cache.jobs.get(job_id)
         if live is None or live.state not in WAITING:
-            raise InvalidInput(f"job {job_id} is not waiting; explain answers for pending jobs",
-                               field="id")
+            raise InvalidInput(
+                f"job {job_id} is not waiting; explain answers for pending jobs", field="id"
+            )
         return explain_nodes(self.scheduler.cluster_state(), live.job, limit=limit)
 
     # -- what agents run and report --------------------------------------------------------
@@ -310,8 +368,9 @@ class JobsService:
 
     async def assignments(self, node: str) -> list[Assignment]:
         """Every task ``node`` must run or stop now: the agent's desired state."""
-        running = [(lj, task) for lj, task in self.cache.tasks_on(node)
-                   if lj.job.command is not None]
+        running = [
+            (lj, task) for lj, task in self.cache.tasks_on(node) if lj.job.command is not None
+        ]
         active = self.ledger.active()
         missing = [task.allocation_id for _, task in running if task.allocation_id not in active]
         stored = {}
@@ -319,10 +378,15 @@ class JobsService:
             # Granted through another server, not yet seen here: as stored.
             from apportion.store import ledger_tables as tables
 
-            stored = await self.uow.read(lambda c: {
-                i: a for i in missing if (a := tables.load_allocation(c, i)) is not None})
-        return [self._assignment(lj, task, active.get(task.allocation_id)
-                                 or stored.get(task.allocation_id)) for lj, task in running]
+            stored = await self.uow.read(
+                lambda c: {i: a for i in missing if (a := tables.load_allocation(c, i)) is not None}
+            )
+        return [
+            self._assignment(
+                lj, task, active.get(task.allocation_id) or stored.get(task.allocation_id)
+            )
+            for lj, task in running
+        ]
 
     def _assignment(self, live: LiveJob, task: TaskRow, alloc: Any) -> Assignment:
         devices = {r: list(ids) for r, ids in alloc.devices.items()} if alloc else {}
@@ -330,12 +394,24 @@ class JobsService:
         policy = RunPolicy.of(live.row.spec)
         resume = live.checkpoints.get(task.index)
         return Assignment(
-            task.id, task.job_id, task.index, task.attempt, task.allocation_id,
-            tuple(live.job.command or ()), format_vector(resources), resources, devices,
-            self._device_info(task.node, devices), policy.stop_signal, policy.stop_grace_s,
+            task.id,
+            task.job_id,
+            task.index,
+            task.attempt,
+            task.allocation_id,
+            tuple(live.job.command or ()),
+            format_vector(resources),
+            resources,
+            devices,
+            self._device_info(task.node, devices),
+            policy.stop_signal,
+            policy.stop_grace_s,
             Stop(task.stop_state, task.stop_reason) if task.stop_state else None,
             resume if resume and resume != task.id else None,
-            live.row.spec.get("array"), task.state, task.created_at)
+            live.row.spec.get("array"),
+            task.state,
+            task.created_at,
+        )
 
     def _device_info(self, node: str, devices: Mapping[str, list[str]]) -> dict[str, Any]:
         known = self.ledger.nodes.get(node)
@@ -344,38 +420,48 @@ class JobsService:
         out: dict[str, Any] = {}
         for resource, ids in devices.items():
             by_id = {d.id: d for d in known.devices.get(resource, ())}
-            out[resource] = [{"id": i, "uuid": by_id[i].uuid if i in by_id else None,
-                              "model": by_id[i].model if i in by_id else None,
-                              "memory": by_id[i].memory if i in by_id else None}
-                             for i in ids]
+            out[resource] = [
+                {
+                    "id": i,
+                    "uuid": by_id[i].uuid if i in by_id else None,
+                    "model": by_id[i].model if i in by_id else None,
+                    "memory": by_id[i].memory if i in by_id else None,
+                }
+                for i in ids
+            ]
         return out
 
     async def task_report(self, node: str, task_id: str, report: TaskReport) -> dict[str, Any]:
         """Apply an agent's report on one task; repeating a report is harmless."""
-        outcome = await self.writer.run(partial(t.report, node=node, task_id=task_id,
-                                                report=report))
+        outcome = await self.writer.run(
+            partial(t.report, node=node, task_id=task_id, report=report)
+        )
         return outcome.answer
 
     async def node_lost(self, node: str) -> int:
         """The node is gone: its tasks end as ``lost`` and are requeued per
         their restart policy (the leader's decision)."""
-        outcomes = await self.writer.run_all(partial(t.node_lost, node=node,
-                                                     epoch=self.epoch()))
+        outcomes = await self.writer.run_all(partial(t.node_lost, node=node, epoch=self.epoch()))
         return sum(len(o.ended) for o in outcomes)
 
     async def stop_unclaimed(self, older_than_s: float) -> int:
         """Stop the tasks no agent picked up within ``older_than_s`` (the
         leader's decision); their jobs are placed again. Returns how many."""
-        outcomes = await self.writer.run_all(partial(
-            t.stop_unclaimed, before=self.clock() - older_than_s, epoch=self.epoch()))
-        return sum(1 for o in outcomes for task in o.tasks if task.stop_state == "cancelled"
-                   or task.state == "cancelled")
+        outcomes = await self.writer.run_all(
+            partial(t.stop_unclaimed, before=self.clock() - older_than_s, epoch=self.epoch())
+        )
+        return sum(
+            1
+            for o in outcomes
+            for task in o.tasks
+            if task.stop_state == "cancelled" or task.state == "cancelled"
+        )
 
     async def stop_node_tasks(self, node: str, state: str, reason: str) -> int:
         """Ask for every process on ``node`` to stop (a drain past its deadline)."""
-        outcomes = await self.writer.run_all(partial(t.stop_node_tasks, node=node,
-                                                     state=state, reason=reason,
-                                                     epoch=self.epoch()))
+        outcomes = await self.writer.run_all(
+            partial(t.stop_node_tasks, node=node, state=state, reason=reason, epoch=self.epoch())
+        )
         return sum(1 for o in outcomes for task in o.tasks if task.stop_state == state)
 
 

@@ -20,6 +20,8 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("APPORTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+"""Parameters of a fixture that gives each backend in turn."""
 
 
 def free_port() -> int:
@@ -103,24 +105,30 @@ class ServerProcess:
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
         env = dict(os.environ)
-        env.update({
-            "APPORTION_DATA_DIR": str(self.data_dir),
-            "APPORTION_ADMIN_TOKEN": self.token,
-            "APPORTION_LOG_LEVEL": "WARNING",
-            **self.extra_env,
-        })
+        env.update(
+            {
+                "APPORTION_DATA_DIR": str(self.data_dir),
+                "APPORTION_ADMIN_TOKEN": self.token,
+                "APPORTION_LOG_LEVEL": "WARNING",
+                **self.extra_env,
+            }
+        )
         if self.database_url:
             env["APPORTION_DATABASE_URL"] = self.database_url
         log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apportion.cli.main", "server", "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early; see {log.name}:\n"
-                                   + Path(log.name).read_text()[-3000:])
+                raise RuntimeError(
+                    f"server exited early; see {log.name}:\n" + Path(log.name).read_text()[-3000:]
+                )
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
@@ -144,8 +152,11 @@ class ServerProcess:
                 self.kill9()
 
     def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30,
-                            headers={"Authorization": f"Bearer {token or self.token}"})
+        return httpx.Client(
+            base_url=self.url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
 
 
 @dataclass
@@ -153,39 +164,56 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int | None = None
+    """What the receiver answers; None for a request it held (``HOLD``)."""
 
     def json(self) -> Any:
         import json
 
         return json.loads(self.body)
 
+    @property
+    def event(self) -> str:
+        return str(self.json()["event"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.headers["x-apportion-delivery-attempt"])
+
+
+HOLD = -1
+"""In ``WebhookReceiver.answers``: keep the request open until ``release()``."""
+
 
 class WebhookReceiver:
-    """A real HTTP server on loopback that records every POST; ``answers``
-    gives the status codes of the first requests (then 200), ``delay`` the
-    seconds to sit on the first requests before answering (a timeout)."""
+    """A real HTTP server on loopback that records every POST. ``answers``
+    gives the status codes of the first requests (``HOLD`` keeps one open
+    until ``release()``: a receiver that hangs), then every request gets
+    ``otherwise``."""
 
-    def __init__(self, answers: list[int] | None = None, delay: list[float] | None = None
-                 ) -> None:
+    def __init__(self, answers: list[int] | None = None) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.received: list[Received] = []
         self.answers = list(answers or [])
-        self.delays = list(delay or [])
+        self.otherwise = 200
         self._lock = threading.Lock()
+        self._released = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                seen = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with receiver._lock:
-                    receiver.received.append(Received(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                    status = receiver.answers.pop(0) if receiver.answers else 200
-                    pause = receiver.delays.pop(0) if receiver.delays else 0.0
-                if pause:
-                    time.sleep(pause)
+                    receiver.received.append(seen)
+                    status = receiver.answers.pop(0) if receiver.answers else receiver.otherwise
+                    if status != HOLD:
+                        seen.status = status
+                if status == HOLD:
+                    receiver._released.wait(60)
+                    return  # the client went away meanwhile, or it times out
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -201,10 +229,18 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
-    def bodies(self) -> list[Any]:
+    def requests(self) -> list[Received]:
         with self._lock:
-            return [r.json() for r in self.received]
+            return list(self.received)
+
+    def bodies(self) -> list[Any]:
+        return [r.json() for r in self.requests()]
+
+    def release(self) -> None:
+        """Let held requests end (without an answer)."""
+        self._released.set()
 
     def close(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()

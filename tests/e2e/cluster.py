@@ -33,8 +33,7 @@ FAST_SERVER_ENV = {
 }
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0,
-              every: float = 0.1) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
     """Poll ``check`` until it returns something true; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -62,8 +61,7 @@ class AgentProcess:
     watchdog: float = 0.1
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    task_user: str | None = field(
-        default_factory=lambda: "root" if os.geteuid() == 0 else None)
+    task_user: str | None = field(default_factory=lambda: "root" if os.geteuid() == 0 else None)
     """Tests share their temporary directories with the tasks they run, so
     agents started as root run tasks as root, explicitly; tests/e2e/
     test_isolation.py runs agents with real task users."""
@@ -84,14 +82,38 @@ class AgentProcess:
         task_user = ["--task-user", self.task_user] if self.task_user else []
         log = open(self.work_dir / "agent.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apportion.cli.main", "agent", "--server", self.url,
-             "--name", self.name, *task_user, *secret,
-             *(["--resources", self.resources] if self.resources else []),
-             "--work-dir", str(self.work_dir), "--heartbeat", str(self.heartbeat),
-             "--stop-after-disconnect", str(self.stop_after_disconnect), "--poll-wait", "5",
-             "--log-interval", str(self.log_interval), "--watchdog-interval", str(self.watchdog),
-             "--rescan-interval", "3600", *self.extra],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "apportion.cli.main",
+                "agent",
+                "--server",
+                self.url,
+                "--name",
+                self.name,
+                *task_user,
+                *secret,
+                *(["--resources", self.resources] if self.resources else []),
+                "--work-dir",
+                str(self.work_dir),
+                "--heartbeat",
+                str(self.heartbeat),
+                "--stop-after-disconnect",
+                str(self.stop_after_disconnect),
+                "--poll-wait",
+                "5",
+                "--log-interval",
+                str(self.log_interval),
+                "--watchdog-interval",
+                str(self.watchdog),
+                "--rescan-interval",
+                "3600",
+                *self.extra,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         return self
@@ -153,35 +175,46 @@ class Cluster:
 
     root: Path
     server_env: dict[str, str] = field(default_factory=lambda: dict(FAST_SERVER_ENV))
+    database_url: str | None = None
+    """None: the server's own SQLite file."""
     server: ServerProcess | None = None
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
     def start(self) -> Cluster:
         (self.root / "server").mkdir(parents=True, exist_ok=True)
-        self.server = ServerProcess(self.root / "server", extra_env=self.server_env).start()
+        self.server = ServerProcess(
+            self.root / "server", database_url=self.database_url, extra_env=self.server_env
+        ).start()
         return self
 
     def restart_server(self) -> None:
         """kill -9 is the caller's; this starts a new server on the same store and port."""
         assert self.server is not None
         old = self.server
-        self.server = ServerProcess(old.data_dir, token=old.token, port=old.port,
-                                    extra_env=self.server_env).start()
+        self.server = ServerProcess(
+            old.data_dir,
+            token=old.token,
+            port=old.port,
+            database_url=self.database_url,
+            extra_env=self.server_env,
+        ).start()
 
     @property
     def api(self) -> httpx.Client:
         assert self.server is not None
         return self.server.client()
 
-    def add_agent(self, name: str, resources: str = "cpu=4,memory=8Gi,gpu=2",
-                  wait: bool = True, **kwargs: Any) -> AgentProcess:
+    def add_agent(
+        self, name: str, resources: str = "cpu=4,memory=8Gi,gpu=2", wait: bool = True, **kwargs: Any
+    ) -> AgentProcess:
         assert self.server is not None
         with self.api as c:
             r = c.post("/api/v1/tokens", json={"name": name, "role": "agent"})
             assert r.status_code == 201, r.text
             token = r.json()["token"]
-        agent = AgentProcess(name, self.server.url, token, self.root / "agents" / name,
-                             resources, **kwargs)
+        agent = AgentProcess(
+            name, self.server.url, token, self.root / "agents" / name, resources, **kwargs
+        )
         self.agents[name] = agent.start()
         if wait:
             self.wait_node(name, "ready")
@@ -197,8 +230,9 @@ class Cluster:
             return wait_for(f"node {name} {state}", check, timeout)  # type: ignore[no-any-return]
         except AssertionError:
             agent = self.agents.get(name)
-            raise AssertionError(f"node {name} not {state}; agent log:\n"
-                                 f"{agent.log if agent else ''}") from None
+            raise AssertionError(
+                f"node {name} not {state}; agent log:\n{agent.log if agent else ''}"
+            ) from None
 
     def submit(self, command: list[str], **spec: Any) -> dict[str, Any]:
         body = {"resources": {"cpu": "500m", "memory": "128Mi"}, **spec, "command": command}
@@ -211,8 +245,9 @@ class Cluster:
         with self.api as c:
             return c.get(f"/api/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
 
-    def wait_jobs(self, ids: list[str], timeout: float = 60.0,
-                  states: tuple[str, ...] = TERMINAL) -> dict[str, dict[str, Any]]:
+    def wait_jobs(
+        self, ids: list[str], timeout: float = 60.0, states: tuple[str, ...] = TERMINAL
+    ) -> dict[str, dict[str, Any]]:
         done: dict[str, dict[str, Any]] = {}
 
         def check() -> bool:
@@ -240,8 +275,9 @@ class Cluster:
         """Stored events of one kind, read from the SQLite store directly."""
         assert self.server is not None
         with contextlib.closing(sqlite3.connect(self.server.data_dir / "apportion.db")) as db:
-            rows = db.execute("SELECT subject, data, at FROM events WHERE kind = ? ORDER BY id",
-                              (kind,)).fetchall()
+            rows = db.execute(
+                "SELECT subject, data, at FROM events WHERE kind = ? ORDER BY id", (kind,)
+            ).fetchall()
         return [{"subject": s, "data": json.loads(d), "at": at} for s, d, at in rows]
 
     def close(self) -> None:
@@ -375,8 +411,9 @@ class ServerGroup:
     root: Path
     database_url: str
     size: int = 2
-    server_env: dict[str, str] = field(default_factory=lambda: {
-        **FAST_SERVER_ENV, "APPORTION_LEADER_TIMEOUT": "2"})
+    server_env: dict[str, str] = field(
+        default_factory=lambda: {**FAST_SERVER_ENV, "APPORTION_LEADER_TIMEOUT": "2"}
+    )
     token: str = field(default_factory=lambda: "test-admin-" + os.urandom(8).hex())
     servers: list[ServerProcess] = field(default_factory=list)
     agents: dict[str, AgentProcess] = field(default_factory=dict)
@@ -385,8 +422,14 @@ class ServerGroup:
         for i in range(self.size):
             data = self.root / f"server-{i}"
             data.mkdir(parents=True, exist_ok=True)
-            self.servers.append(ServerProcess(data, database_url=self.database_url,
-                                              token=self.token, extra_env=self.server_env))
+            self.servers.append(
+                ServerProcess(
+                    data,
+                    database_url=self.database_url,
+                    token=self.token,
+                    extra_env=self.server_env,
+                )
+            )
         for server in self.servers:
             server.start()
         return self
@@ -395,9 +438,13 @@ class ServerGroup:
         """Start server ``i`` again on its port (after the caller's kill -9)."""
         old = self.servers[i]
         old.kill9()
-        self.servers[i] = ServerProcess(old.data_dir, database_url=self.database_url,
-                                        token=self.token, port=old.port,
-                                        extra_env=self.server_env).start()
+        self.servers[i] = ServerProcess(
+            old.data_dir,
+            database_url=self.database_url,
+            token=self.token,
+            port=old.port,
+            extra_env=self.server_env,
+        ).start()
 
     def alive(self) -> list[ServerProcess]:
         return [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
@@ -421,15 +468,20 @@ class ServerGroup:
                         return i
         return None
 
-    def add_agent(self, name: str, servers: list[int], resources: str = "cpu=4,memory=8Gi",
-                  wait: bool = True, **kwargs: Any) -> AgentProcess:
+    def add_agent(
+        self,
+        name: str,
+        servers: list[int],
+        resources: str = "cpu=4,memory=8Gi",
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> AgentProcess:
         with self.api() as c:
             r = c.post("/api/v1/tokens", json={"name": name, "role": "agent"})
             assert r.status_code == 201, r.text
             token = r.json()["token"]
         urls = ",".join(self.servers[i].url for i in servers)
-        agent = AgentProcess(name, urls, token, self.root / "agents" / name, resources,
-                             **kwargs)
+        agent = AgentProcess(name, urls, token, self.root / "agents" / name, resources, **kwargs)
         self.agents[name] = agent.start()
         if wait:
             wait_for(f"node {name} ready", lambda: self._node_state(name) == "ready", 30)
@@ -468,10 +520,12 @@ def store_violations(database_url: str) -> dict[str, list[Any]]:
             "CROSS JOIN LATERAL json_array_elements_text(ad.ids) AS ai(device) "
             "WHERE (b.devices::json -> ad.resource) IS NOT NULL AND EXISTS ("
             "SELECT 1 FROM json_array_elements_text(b.devices::json -> ad.resource) AS bi(d) "
-            "WHERE bi.d = ai.device)").fetchall()
+            "WHERE bi.d = ai.device)"
+        ).fetchall()
         out["over_capacity_now"] = db.execute(
             "SELECT node, resource, allocated, capacity FROM node_resources "
-            "WHERE allocated > capacity OR allocated < 0").fetchall()
+            "WHERE allocated > capacity OR allocated < 0"
+        ).fetchall()
         out["balance_mismatch"] = db.execute(
             "SELECT r.node, r.resource, r.allocated, coalesce(sum((a.resources::json ->> "
             "r.resource)::bigint), 0) FROM node_resources r LEFT JOIN allocations a ON "
@@ -480,22 +534,27 @@ def store_violations(database_url: str) -> dict[str, list[Any]]:
         ).fetchall()
         out["over_capacity_history"] = _history_peaks(db)
         out["attempt_with_two_allocations"] = db.execute(
-            "SELECT job_id, \"index\", attempt FROM tasks GROUP BY job_id, \"index\", attempt "
-            "HAVING count(DISTINCT allocation_id) > 1").fetchall()
+            'SELECT job_id, "index", attempt FROM tasks GROUP BY job_id, "index", attempt '
+            "HAVING count(DISTINCT allocation_id) > 1"
+        ).fetchall()
         out["two_live_attempts"] = db.execute(
             "SELECT job_id, \"index\" FROM tasks WHERE state IN ('scheduled', 'starting', "
-            "'running') GROUP BY job_id, \"index\" HAVING count(*) > 1").fetchall()
+            "'running') GROUP BY job_id, \"index\" HAVING count(*) > 1"
+        ).fetchall()
     return out
 
 
 def _history_peaks(db: Any) -> list[Any]:
     """(node, resource, instant, held, capacity) wherever the allocations
     active at one instant held more than the node's capacity."""
-    capacity = {(n, r): c for n, r, c in db.execute(
-        "SELECT node, resource, capacity FROM node_resources").fetchall()}
+    capacity = {
+        (n, r): c
+        for n, r, c in db.execute("SELECT node, resource, capacity FROM node_resources").fetchall()
+    }
     changes: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
     for node, resources, created, released in db.execute(
-            "SELECT node, resources::text, created_at, released_at FROM allocations"):
+        "SELECT node, resources::text, created_at, released_at FROM allocations"
+    ):
         for r, q in json.loads(resources).items():
             steps = changes.setdefault((node, r), [])
             steps.append((created, 1, int(q)))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from support import ServerProcess
+from support import ServerProcess, drop_postgres_database, postgres_database
 
 NODE = {"name": "n1", "resources": {"cpu": "100", "memory": "100Gi"}}
 ASK = {"resources": {"cpu": "1", "memory": "1Gi"}, "node": "n1"}
@@ -19,11 +19,13 @@ async def _race(urls: list[str], token: str, total: int) -> list[int]:
     """Fire ``total`` grant requests at once, spread over ``urls``."""
     headers = {"Authorization": f"Bearer {token}"}
     limits = httpx.Limits(max_connections=200)
-    clients = [httpx.AsyncClient(base_url=u, headers=headers, timeout=60, limits=limits)
-               for u in urls]
+    clients = [
+        httpx.AsyncClient(base_url=u, headers=headers, timeout=60, limits=limits) for u in urls
+    ]
     try:
-        calls = [clients[i % len(clients)].post("/api/v1/allocations", json=ASK)
-                 for i in range(total)]
+        calls = [
+            clients[i % len(clients)].post("/api/v1/allocations", json=ASK) for i in range(total)
+        ]
         responses = await asyncio.gather(*calls)
         return [r.status_code for r in responses]
     finally:
@@ -54,22 +56,63 @@ def test_500_racing_requests_for_100_slots_grant_exactly_100(server: ServerProce
     _check_totals(server, 100)
 
 
-@pytest.mark.postgres
-def test_two_servers_on_one_postgres_grant_exactly_100(tmp_path: Path, pg_url: str) -> None:
-    a = ServerProcess(tmp_path / "a", database_url=pg_url)
-    (tmp_path / "a").mkdir()
-    a.start()
-    b = ServerProcess(tmp_path / "b", database_url=pg_url, token=a.token)
-    (tmp_path / "b").mkdir()
-    b.start()
+@pytest.fixture(scope="module")
+def two_on_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    """Two servers on one fresh PostgreSQL database, for the module."""
+    url, name = postgres_database()
+    a = ServerProcess(tmp_path_factory.mktemp("a"), database_url=url).start()
     try:
-        with a.client() as c:
-            assert c.post("/api/v1/nodes", json=NODE).status_code == 201
-        statuses = asyncio.run(_race([a.url, b.url], a.token, 500))
-        assert statuses.count(201) == 100
-        assert statuses.count(409) == 400
-        _check_totals(a, 100)
-        _check_totals(b, 100)
+        b = ServerProcess(tmp_path_factory.mktemp("b"), database_url=url, token=a.token).start()
+        try:
+            yield [a, b]
+        finally:
+            b.stop()
     finally:
         a.stop()
-        b.stop()
+        drop_postgres_database(name)
+
+
+@pytest.mark.postgres
+def test_two_servers_on_one_postgres_grant_exactly_100(
+    two_on_postgres: list[ServerProcess],
+) -> None:
+    a, b = two_on_postgres
+    with a.client() as c:
+        assert c.post("/api/v1/nodes", json=NODE).status_code == 201
+    statuses = asyncio.run(_race([a.url, b.url], a.token, 500))
+    assert statuses.count(201) == 100
+    assert statuses.count(409) == 400
+    _check_totals(a, 100)
+    _check_totals(b, 100)
+
+
+async def _create_queues(servers: list[ServerProcess], names: list[str], each: int) -> list[str]:
+    """Create each queue ``each`` times at once, spread over the servers; the failures."""
+    clients = [httpx.AsyncClient(base_url=s.url, headers=s.headers, timeout=60) for s in servers]
+    try:
+        failed: list[str] = []
+        for name in names:
+            body = {"name": name, "quota": {"cpu": "4"}, "weight": 2}
+            answers = await asyncio.gather(
+                *(clients[i % len(clients)].post("/api/v1/queues", json=body) for i in range(each))
+            )
+            failed += [r.text for r in answers if r.status_code != 201]
+        return failed
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+@pytest.mark.postgres
+def test_two_servers_creating_one_queue_at_once_both_succeed(
+    two_on_postgres: list[ServerProcess],
+) -> None:
+    # Each server's UPDATE found no row and both INSERTed: one failed, 503.
+    names = [f"race-{i}" for i in range(20)]
+    assert asyncio.run(_create_queues(two_on_postgres, names, 8)) == []
+    for server in two_on_postgres:
+        with server.client() as c:
+            queues = {q["name"]: q for q in c.get("/api/v1/queues").json()["queues"]}
+        assert [(queues[n]["quota"], queues[n]["weight"]) for n in names] == [
+            ({"cpu": "4"}, 2.0)
+        ] * 20

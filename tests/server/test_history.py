@@ -1,11 +1,11 @@
-"""Metric history: the service on a real SQLite store with a fake clock
-(sampling, rollups, retention, bounds, trends), then ``GET /api/v1/history``
-on a real server sampling every 0.2 s."""
+"""Metric history: the service on a real store (SQLite, then PostgreSQL) with
+a fake clock (sampling, rollups, retention, bounds, trends), then ``GET
+/api/v1/history`` on a real server sampling every 0.2 s, on each backend."""
 
 from __future__ import annotations
 
-import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,11 +20,23 @@ from apportion.core.model import Node
 from apportion.exceptions import InvalidInput
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.service.settings import Settings
+from apportion.store.database import create_engine, migrate
 from apportion.store.schema import history_rollups, history_samples, history_series
-from server.helpers import Serve
+from server.helpers import Serve, until
 from support import Clock, ServerProcess
 
 T0 = 1_699_999_200.0  # a whole hour: buckets line up with the samples
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    """A migrated store of each backend: two writers must agree on both."""
+    engine = create_engine(store_url, sqlite_synchronous="OFF")
+    migrate(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _cluster() -> tuple[Ledger, Any]:
@@ -38,8 +50,13 @@ def _cluster() -> tuple[Ledger, Any]:
 
 def _service(engine: sa.Engine, clock: Clock, settings: HistorySettings) -> HistoryService:
     ledger, jobs = _cluster()
-    return HistoryService(engine, ledger, jobs,  # type: ignore[arg-type]
-                          settings, clock=clock)
+    return HistoryService(
+        engine,
+        ledger,
+        jobs,  # type: ignore[arg-type]
+        settings,
+        clock=clock,
+    )
 
 
 def _run(service: HistoryService, clock: Clock, seconds: float, grant_every: int = 0) -> None:
@@ -63,8 +80,9 @@ def _count(engine: sa.Engine, table: sa.Table) -> int:
 
 def test_samples_roll_up_and_age_out_within_bounds(engine: sa.Engine) -> None:
     clock = Clock(T0)
-    settings = HistorySettings(10.0, Retention(raw_s=600, rollup_step_s=60, rollup_s=3600,
-                                               max_points=10_000))
+    settings = HistorySettings(
+        10.0, Retention(raw_s=600, rollup_step_s=60, rollup_s=3600, max_points=10_000)
+    )
     service = _service(engine, clock, settings)
     _run(service, clock, 1800, grant_every=6)  # +1 cpu on c1 each minute, for 30 minutes
 
@@ -111,8 +129,9 @@ def test_samples_roll_up_and_age_out_within_bounds(engine: sa.Engine) -> None:
 
 def test_max_points_bounds_each_series(engine: sa.Engine) -> None:
     clock = Clock(T0)
-    settings = HistorySettings(1.0, Retention(raw_s=86400, rollup_step_s=10, rollup_s=86400,
-                                              max_points=20))
+    settings = HistorySettings(
+        1.0, Retention(raw_s=86400, rollup_step_s=10, rollup_s=86400, max_points=20)
+    )
     service = _service(engine, clock, settings)
     _run(service, clock, 300)
     series = _count(engine, history_series)
@@ -143,13 +162,16 @@ def test_levels_filters_and_two_writers(engine: sa.Engine) -> None:
     assert [x["facility"] for x in labels(resource="cpu", facility="*")] == ["oslo", "tx"]
     assert [x["node"] for x in labels(resource="cpu", node="*")] == ["c1", "g1", "g2"]
     assert [x["node"] for x in labels(resource="gpu", node="*", facility="tx")] == ["g1", "g2"]
-    assert labels(node="g1", resource="gpu") == [{"facility": "tx", "node": "g1",
-                                                 "resource": "gpu"}]
+    assert labels(node="g1", resource="gpu") == [
+        {"facility": "tx", "node": "g1", "resource": "gpu"}
+    ]
     assert labels(node="nope") == []
     queues = service.query("queue_length", {"queue": "*"}, window_s=600)["series"]
     assert [s["labels"]["queue"] for s in queues] == ["batch", "default"]
-    assert service.query("utilization", {"resource": "cpu"}, window_s=600,
-                         limit=1)["truncated"] is False
+    assert (
+        service.query("utilization", {"resource": "cpu"}, window_s=600, limit=1)["truncated"]
+        is False
+    )
     assert service.query("utilization", {"node": "*"}, window_s=600, limit=2)["truncated"]
     with pytest.raises(InvalidInput, match="unknown metric"):
         service.query("temperature", {}, window_s=600)
@@ -158,7 +180,8 @@ def test_levels_filters_and_two_writers(engine: sa.Engine) -> None:
 
 
 def test_settings_from_the_config_file_and_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "server.toml"
     config.write_text("[history]\ninterval_s = 30\nrollup_s = 864000\n")
     monkeypatch.setenv("APPORTION_HISTORY_RAW", "7200")
@@ -171,8 +194,9 @@ def test_settings_from_the_config_file_and_environment(
         config.write_text("[history]\nnope = 1\n")
         HistorySettings.load(config)
     monkeypatch.setenv("APPORTION_HISTORY_INTERVAL", "soon")
-    with pytest.raises(InvalidInput, match="APPORTION_HISTORY_INTERVAL: Input should be a "
-                                           "valid number"):
+    with pytest.raises(
+        InvalidInput, match="APPORTION_HISTORY_INTERVAL: Input should be a valid number"
+    ):
         Settings.from_env()
 
 
@@ -180,26 +204,65 @@ def test_settings_from_the_config_file_and_environment(
 
 
 @pytest.fixture
-def sampled(serve: Serve) -> ServerProcess:
-    return serve({"APPORTION_HISTORY_INTERVAL": "0.2", "APPORTION_HISTORY_ROLLUP_STEP": "1"})
+def sampled(serve: Serve, backend_url: str | None) -> ServerProcess:
+    return serve(
+        {"APPORTION_HISTORY_INTERVAL": "0.2", "APPORTION_HISTORY_ROLLUP_STEP": "1"},
+        database_url=backend_url,
+    )
+
+
+def _oslo_cpu(api: httpx.Client) -> dict[str, Any]:
+    r = api.get(
+        "/api/v1/history",
+        params={
+            "metric": "utilization",
+            "resource": "cpu",
+            "facility": "oslo",
+            "window_seconds": 30,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _second_b1(api: httpx.Client) -> float | None:
+    """b1's cpu utilization in the latest one-second step."""
+    r = api.get(
+        "/api/v1/history",
+        params={
+            "metric": "utilization",
+            "node": "b1",
+            "resource": "cpu",
+            "window_seconds": 30,
+            "step": 1,
+        },
+    )
+    assert r.status_code == 200, r.text
+    series = r.json()["series"]
+    return series[0]["points"][-1][1] if series and series[0]["points"] else None
 
 
 def test_history_api_answers_series_with_trends(sampled: ServerProcess) -> None:
     with sampled.client() as api:
         for name, facility in (("a1", "tx"), ("a2", "tx"), ("b1", "oslo")):
-            node = {"name": name, "resources": {"cpu": "10", "gpu": 2},
-                    "labels": {"facility": facility}}
+            node = {
+                "name": name,
+                "resources": {"cpu": "10", "gpu": 2},
+                "labels": {"facility": facility},
+            }
             assert api.post("/api/v1/nodes", json=node).status_code == 201
-        for _ in range(8):  # utilization rises for ~2 s
-            r = api.post("/api/v1/allocations", json={"resources": {"cpu": "1"}, "node": "b1"})
+        # Utilization rises: each grant is alone in a one-second step (all
+        # its samples taken after it) before the next, so the steps rise.
+        for k in range(1, 5):
+            r = api.post("/api/v1/allocations", json={"resources": {"cpu": "2"}, "node": "b1"})
             assert r.status_code == 201
-            time.sleep(0.25)
-        time.sleep(0.5)
+            until(
+                lambda k=k: _second_b1(api) == pytest.approx(k / 5),
+                what=f"a step of {2 * k} cpus granted on b1",
+            )
 
-        r = api.get("/api/v1/history", params={"metric": "utilization", "resource": "cpu",
-                                               "facility": "oslo", "window_seconds": 30})
-        assert r.status_code == 200, r.text
-        body = r.json()
+        body = _oslo_cpu(api)
         assert body["source"] == "raw" and body["step"] >= 0.2
         [oslo] = body["series"]
         assert oslo["labels"] == {"facility": "oslo", "resource": "cpu"}
@@ -208,25 +271,38 @@ def test_history_api_answers_series_with_trends(sampled: ServerProcess) -> None:
         assert oslo["trend"]["direction"] == "increasing"
         assert oslo["trend"]["slope_per_s"] > 0
 
-        nodes = api.get("/api/v1/history", params={
-            "metric": "utilization", "node": "*", "resource": "cpu", "window_seconds": 30,
-            "step": 1}).json()
+        nodes = api.get(
+            "/api/v1/history",
+            params={
+                "metric": "utilization",
+                "node": "*",
+                "resource": "cpu",
+                "window_seconds": 30,
+                "step": 1,
+            },
+        ).json()
         assert [s["labels"]["node"] for s in nodes["series"]] == ["a1", "a2", "b1"]
         assert nodes["step"] == 1
         assert [s["trend"]["direction"] for s in nodes["series"]] == [
-            "stable", "stable", "increasing"]
-        queue = api.get("/api/v1/history", params={"metric": "queue_length",
-                                                   "queue": "default"}).json()
+            "stable",
+            "stable",
+            "increasing",
+        ]
+        queue = api.get(
+            "/api/v1/history", params={"metric": "queue_length", "queue": "default"}
+        ).json()
         assert queue["series"][0]["last"] == 0
 
-        for params, field in (({"metric": "temperature"}, "metric"),
-                              ({"metric": "utilization", "window_seconds": -1},
-                               "window_seconds"),
-                              ({"metric": "utilization", "window_seconds": 1e9},
-                               "window_seconds"),
-                              ({"metric": "utilization", "step": "nan"}, "step")):
+        for params, field in (
+            ({"metric": "temperature"}, "metric"),
+            ({"metric": "utilization", "window_seconds": -1}, "window_seconds"),
+            ({"metric": "utilization", "window_seconds": 1e9}, "window_seconds"),
+            ({"metric": "utilization", "step": "nan"}, "step"),
+        ):
             bad = api.get("/api/v1/history", params=params)
             assert bad.status_code == 422, (params, bad.text)
             assert field in bad.text
-    assert httpx.get(sampled.url + "/api/v1/history",
-                     params={"metric": "utilization"}).status_code == 401
+    assert (
+        httpx.get(sampled.url + "/api/v1/history", params={"metric": "utilization"}).status_code
+        == 401
+    )

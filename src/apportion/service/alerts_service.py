@@ -7,16 +7,20 @@ updated or resolved. Each change is written in one transaction: the alert's
 row (``alerts``: open and resolved alerts are rows, so a restart or a new
 leader carries on with the same alerts and their ``started_at``), an event,
 and one delivery row per webhook (``alert_deliveries``, an outbox). The
-leader's delivery loop sends what is due, oldest first per receiver, with
-the delivery's id as ``Idempotency-Key``; 5xx answers and timeouts are
+leader's delivery loop sends what is due, oldest first per receiver (each
+receiver's tries run apart, so one that hangs holds up only itself), with
+the delivery's key as ``Idempotency-Key`` and the try's number as
+``X-Apportion-Delivery-Attempt``; 5xx answers and timeouts are
 retried with backoff, other answers end the delivery. A delivery outlives
-the server that wrote it, and is sent once by whichever server leads.
+the server that wrote it and is sent by whichever server leads: at least
+once, so a receiver drops repeats by the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import random
 import time
@@ -56,6 +60,9 @@ from apportion.store.schema import alert_deliveries, alerts
 log = structlog.get_logger(__name__)
 
 RESOLVED_KEPT = 1000
+ATTEMPT_HEADER = "x-apportion-delivery-attempt"
+"""1 for a delivery's first try; a try the server did not live to record (a
+crash mid-request) is sent again with the same number."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class AlertsService:
     is_leader: Callable[[], bool] = lambda: True
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loaded: bool = False
+    _sending: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+    """Per receiver URL, its try in flight: one at a time, so it hears changes in order."""
 
     def conditions(self) -> list[Condition]:
         s = self.settings
@@ -96,15 +105,19 @@ class AlertsService:
         nodes = ledger.nodes
         down = [n for n, node in nodes.items() if node.state is NodeState.DOWN]
         reports = {n: r for n, r in self.health.reports().items() if n in nodes}
-        groups = summarize(((node, ledger.allocated(n)) for n, node in nodes.items()),
-                           "facility")
+        groups = summarize(((node, ledger.allocated(n)) for n, node in nodes.items()), "facility")
         return [
             *node_conditions(reports, down),
-            *queue_conditions(self._queue_facts(), s.queue_wait_s, s.quota_near_share,
-                              wait_critical_s=s.queue_wait_critical_s),
+            *queue_conditions(
+                self._queue_facts(),
+                s.queue_wait_s,
+                s.quota_near_share,
+                wait_critical_s=s.queue_wait_critical_s,
+            ),
             *capacity_conditions(groups, s.capacity_threshold, critical=s.capacity_critical),
-            *forecast_conditions(self.forecasts, s.forecast_horizon_s,
-                                 critical_s=s.forecast_critical_s),
+            *forecast_conditions(
+                self.forecasts, s.forecast_horizon_s, critical_s=s.forecast_critical_s
+            ),
         ]
 
     def _queue_facts(self) -> list[QueueFacts]:
@@ -116,8 +129,12 @@ class AlertsService:
                 oldest[q] = min(oldest.get(q, now), live.row.submit_time)
         usage = self.jobs.queue_usage()
         return [
-            QueueFacts(name, now - oldest[name] if name in oldest else None, dict(q.quota),
-                       usage.get(name, {}))
+            QueueFacts(
+                name,
+                now - oldest[name] if name in oldest else None,
+                dict(q.quota),
+                usage.get(name, {}),
+            )
             for name, q in self.jobs.queues.items()
         ]
 
@@ -159,29 +176,45 @@ class AlertsService:
             for change in changes:
                 alert = change.alert
                 _store(conn, change)
-                self.uow.event(conn, f"alert.{change.kind.value}", alert.fingerprint,
-                                  alert.to_dict())
+                self.uow.event(
+                    conn, f"alert.{change.kind.value}", alert.fingerprint, alert.to_dict()
+                )
                 if urls:
                     body = encode_payload(alert_payload(change))
-                    conn.execute(alert_deliveries.insert(), [{
-                        "key": _delivery_key(change, url), "url": url, "body": body,
-                        "attempts": 0, "next_at": now, "state": "pending",
-                        "created_at": now} for url in urls])
+                    conn.execute(
+                        alert_deliveries.insert(),
+                        [
+                            {
+                                "key": _delivery_key(change, url),
+                                "url": url,
+                                "body": body,
+                                "attempts": 0,
+                                "next_at": now,
+                                "state": "pending",
+                                "created_at": now,
+                            }
+                            for url in urls
+                        ],
+                    )
 
         await self.uow.write(write)
         if urls:
             self._wake.set()
         for change in changes:
-            log.info("alert", change=change.kind.value, rule=change.alert.rule.value,
-                     severity=change.alert.severity.value, message=change.alert.message)
+            log.info(
+                "alert",
+                change=change.kind.value,
+                rule=change.alert.rule.value,
+                severity=change.alert.severity.value,
+                message=change.alert.message,
+            )
 
-    async def listing(self, *, state: str | None,
-                      severity: str | None) -> list[dict[str, Any]]:
+    async def listing(self, *, state: str | None, severity: str | None) -> list[dict[str, Any]]:
         """Firing alerts, then the latest resolved ones, as stored."""
         result: list[dict[str, Any]] = await self.uow.read(
-            lambda conn: _listing(conn, state, severity))
+            lambda conn: _listing(conn, state, severity)
+        )
         return result
-
 
     async def run_forever(self) -> None:
         """Evaluate while this server leads."""
@@ -201,68 +234,122 @@ class AlertsService:
         """Send due webhook deliveries while this server leads."""
         rng = random.Random()
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s) as client:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
-                self._wake.clear()
-                if not self.is_leader() or not self.settings.webhooks:
-                    continue
-                try:
-                    await self.deliver_due(client, rng)
-                except Exception as exc:
-                    log.warning("webhook_round_failed", error=repr(exc))
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
+                    self._wake.clear()
+                    if not self.is_leader() or not self.settings.webhooks:
+                        continue
+                    try:
+                        await self.deliver_due(client, rng)
+                    except Exception as exc:
+                        log.warning("webhook_round_failed", error=repr(exc))
+            finally:
+                # A try cut short here is not recorded: the next leader sends it again.
+                for task in list(self._sending.values()):
+                    task.cancel()
 
     async def deliver_due(self, client: httpx.AsyncClient, rng: random.Random) -> int:
-        """One round: the oldest pending delivery of each receiver, if due."""
+        """One round: start the oldest pending delivery of each receiver, if
+        due and the receiver has no try in flight; return how many started.
+
+        Each try runs as its own task, so a receiver that hangs until
+        ``webhook_timeout_s`` holds up only its own deliveries, not the
+        round (and with it every other receiver)."""
+        # Receivers busy when the read starts are skipped even if their try
+        # ends meanwhile: the read may predate that try's write, and its
+        # head be the delivery just sent.
+        busy = set(self._sending)
         now = self.clock()
         heads = await self.uow.read(_pending_heads)
-        due = [h for h in heads if h["next_at"] <= now]
-        results = await asyncio.gather(*(self._deliver(client, h, rng) for h in due))
-        return sum(1 for ok in results if ok)
+        started = 0
+        for head in heads:
+            url = head["url"]
+            if head["next_at"] > now or url in busy or url in self._sending:
+                continue
+            task = asyncio.create_task(self._deliver(client, head, rng))
+            self._sending[url] = task
+            task.add_done_callback(functools.partial(self._sent, url))
+            started += 1
+        return started
 
-    async def _deliver(self, client: httpx.AsyncClient, head: dict[str, Any],
-                       rng: random.Random) -> bool:
+    def _sent(self, url: str, task: asyncio.Task[bool]) -> None:
+        self._sending.pop(url, None)
+        self._wake.set()  # its next delivery may be due
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("webhook_failed", url=url, error=repr(exc))
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, head: dict[str, Any], rng: random.Random
+    ) -> bool:
         attempts = head["attempts"] + 1
         error: str | None = None
         status = None
         try:
-            r = await client.post(head["url"], content=head["body"], headers={
-                "content-type": "application/json", "idempotency-key": head["key"]})
+            r = await client.post(
+                head["url"],
+                content=head["body"],
+                headers={
+                    "content-type": "application/json",
+                    "idempotency-key": head["key"],
+                    ATTEMPT_HEADER: str(attempts),
+                },
+            )
             status = r.status_code
         except httpx.HTTPError as exc:
             error = repr(exc)[:500]
         now = self.clock()
         if status is not None and status < 500:
-            values: dict[str, Any] = {"state": "delivered" if status < 400 else "rejected",
-                                      "attempts": attempts, "done_at": now,
-                                      "last_error": None if status < 400 else f"HTTP {status}"}
+            # Only 2xx is a delivery; a redirect is not followed (the body
+            # would go to a URL nobody configured), so 3xx ends it like 4xx.
+            ok = status < 300
+            values: dict[str, Any] = {
+                "state": "delivered" if ok else "rejected",
+                "attempts": attempts,
+                "done_at": now,
+                "last_error": None if ok else f"HTTP {status}",
+            }
         elif attempts >= self.settings.webhook_attempts:
-            values = {"state": "failed", "attempts": attempts, "done_at": now,
-                      "last_error": error or f"HTTP {status}"}
+            values = {
+                "state": "failed",
+                "attempts": attempts,
+                "done_at": now,
+                "last_error": error or f"HTTP {status}",
+            }
             log.warning("webhook_gave_up", url=head["url"], attempts=attempts)
         else:
             delay = backoff_delays(attempts, 0.5, 30.0, rng)[-1]
-            values = {"attempts": attempts, "next_at": now + delay,
-                      "last_error": error or f"HTTP {status}"}
+            values = {
+                "attempts": attempts,
+                "next_at": now + delay,
+                "last_error": error or f"HTTP {status}",
+            }
             log.info("webhook_retry", url=head["url"], attempt=attempts, error=values["last_error"])
 
         def write(conn: sa.Connection) -> None:
-            conn.execute(alert_deliveries.update().where(
-                alert_deliveries.c.id == head["id"]).values(**values))
+            conn.execute(
+                alert_deliveries.update()
+                .where(alert_deliveries.c.id == head["id"])
+                .values(**values)
+            )
 
         await self.uow.write(write)
-        if "next_at" not in values:
-            self._wake.set()  # the next one for this receiver may go now
         return values.get("state") == "delivered"
 
 
 def _pending_heads(conn: sa.Connection) -> list[dict[str, Any]]:
     """Per receiver, its oldest pending delivery: later ones wait their turn,
     so a receiver hears one alert's changes in order."""
-    first = sa.select(alert_deliveries.c.url, sa.func.min(alert_deliveries.c.id).label("id")) \
-        .where(alert_deliveries.c.state == "pending").group_by(alert_deliveries.c.url).subquery()
-    rows = conn.execute(sa.select(alert_deliveries).join(
-        first, alert_deliveries.c.id == first.c.id)).all()
+    first = (
+        sa.select(alert_deliveries.c.url, sa.func.min(alert_deliveries.c.id).label("id"))
+        .where(alert_deliveries.c.state == "pending")
+        .group_by(alert_deliveries.c.url)
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(alert_deliveries).join(first, alert_deliveries.c.id == first.c.id)
+    ).all()
     return [dict(r._mapping) for r in rows]
 
 
@@ -274,33 +361,62 @@ def _store(conn: sa.Connection, change: AlertChange) -> None:
     alert = change.alert
     body = alert.to_dict()
     if change.kind is ChangeKind.RAISED:
-        conn.execute(alerts.insert().values(
-            fingerprint=alert.fingerprint, state="firing", severity=alert.severity.value,
-            started_at=alert.started_at, updated_at=change.at, body=body))
+        conn.execute(
+            alerts.insert().values(
+                fingerprint=alert.fingerprint,
+                state="firing",
+                severity=alert.severity.value,
+                started_at=alert.started_at,
+                updated_at=change.at,
+                body=body,
+            )
+        )
         return
-    values: dict[str, Any] = {"severity": alert.severity.value, "updated_at": change.at,
-                              "body": body}
+    values: dict[str, Any] = {
+        "severity": alert.severity.value,
+        "updated_at": change.at,
+        "body": body,
+    }
     if change.kind is ChangeKind.RESOLVED:
         values.update(state="resolved", resolved_at=alert.resolved_at)
-    conn.execute(alerts.update().where(alerts.c.fingerprint == alert.fingerprint,
-                                       alerts.c.state == "firing").values(**values))
+    conn.execute(
+        alerts.update()
+        .where(alerts.c.fingerprint == alert.fingerprint, alerts.c.state == "firing")
+        .values(**values)
+    )
 
 
 def _alert(body: dict[str, Any]) -> Alert:
-    return Alert(body["fingerprint"], AlertRule(body["rule"]), dict(body["labels"]),
-                 Severity(body["severity"]), body["message"], body.get("value"),
-                 body.get("threshold"), float(body["started_at"]),
-                 float(body["last_seen_at"]), body.get("resolved_at"))
+    return Alert(
+        body["fingerprint"],
+        AlertRule(body["rule"]),
+        dict(body["labels"]),
+        Severity(body["severity"]),
+        body["message"],
+        body.get("value"),
+        body.get("threshold"),
+        float(body["started_at"]),
+        float(body["last_seen_at"]),
+        body.get("resolved_at"),
+    )
 
 
-def _listing(conn: sa.Connection, state: str | None,
-             severity: str | None) -> list[dict[str, Any]]:
-    firing_rows = [body for (body,) in conn.execute(
-        sa.select(alerts.c.body).where(alerts.c.state == "firing"))]
-    resolved = [body for (body,) in conn.execute(
-        sa.select(alerts.c.body).where(alerts.c.state == "resolved")
-        .order_by(alerts.c.updated_at.desc(), alerts.c.id.desc()).limit(RESOLVED_KEPT))]
-    firing = [a.to_dict() for a in AlertBook({
-        b["fingerprint"]: _alert(b) for b in firing_rows}).open_alerts()]
+def _listing(conn: sa.Connection, state: str | None, severity: str | None) -> list[dict[str, Any]]:
+    firing_rows = [
+        body for (body,) in conn.execute(sa.select(alerts.c.body).where(alerts.c.state == "firing"))
+    ]
+    resolved = [
+        body
+        for (body,) in conn.execute(
+            sa.select(alerts.c.body)
+            .where(alerts.c.state == "resolved")
+            .order_by(alerts.c.updated_at.desc(), alerts.c.id.desc())
+            .limit(RESOLVED_KEPT)
+        )
+    ]
+    firing = [
+        a.to_dict()
+        for a in AlertBook({b["fingerprint"]: _alert(b) for b in firing_rows}).open_alerts()
+    ]
     rows = {"firing": firing, "resolved": resolved}.get(state or "", firing + resolved)
     return [a for a in rows if severity is None or a["severity"] == severity]

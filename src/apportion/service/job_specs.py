@@ -38,8 +38,9 @@ def parse_duration(value: object, field: str) -> float | None:
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
         seconds = float(m.group(1)) * _SECONDS[m.group(2)]
     else:
-        raise InvalidInput(f"{field}: {value!r} is not a duration (e.g. 3600, '90s', '10m', "
-                           "'2h')", field=field)
+        raise InvalidInput(
+            f"{field}: {value!r} is not a duration (e.g. 3600, '90s', '10m', '2h')", field=field
+        )
     if not 0 < seconds <= 10 * 365 * 86400:
         raise InvalidInput(f"{field}: must be more than 0 and at most 10 years", field=field)
     return seconds
@@ -56,8 +57,7 @@ def parse_time(value: object, field: str) -> float | None:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             pass
-    raise InvalidInput(f"{field}: {value!r} is not a time (epoch seconds or ISO 8601)",
-                       field=field)
+    raise InvalidInput(f"{field}: {value!r} is not a time (epoch seconds or ISO 8601)", field=field)
 
 
 def tasks_of(spec: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
@@ -67,18 +67,23 @@ def tasks_of(spec: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
     raw: list[Mapping[str, Any]]
     if array is not None:
         if spec.get("tasks") or int(spec.get("count", 1)) != 1 or spec.get("gang"):
-            raise InvalidInput("array: a job array is `resources` and `array: N`; leave out "
-                               "count, tasks and gang", field="array")
+            raise InvalidInput(
+                "array: a job array is `resources` and `array: N`; leave out count, tasks and gang",
+                field="array",
+            )
         raw = [{"resources": spec.get("resources") or {}, "count": int(array)}]
     else:
-        raw = spec.get("tasks") or [{"resources": spec.get("resources") or {},
-                                      "count": spec.get("count", 1)}]
+        raw = spec.get("tasks") or [
+            {"resources": spec.get("resources") or {}, "count": spec.get("count", 1)}
+        ]
     out = []
     for i, task in enumerate(raw):
         resources = parse_vector(task.get("resources") or {}, f"tasks[{i}].resources")
         if not resources:
-            raise InvalidInput(f"tasks[{i}].resources: ask for at least one resource",
-                               field=f"tasks[{i}].resources")
+            raise InvalidInput(
+                f"tasks[{i}].resources: ask for at least one resource",
+                field=f"tasks[{i}].resources",
+            )
         out.append(TaskSpec(resources, int(task.get("count", 1))))
     if sum(t.count for t in out) > MAX_TASKS:
         raise InvalidInput(f"tasks: at most {MAX_TASKS} tasks per job", field="tasks")
@@ -128,24 +133,37 @@ def with_gpu_shares(spec: Mapping[str, Any], splits: Iterable[int]) -> dict[str,
 
 def _affinities(items: list[Mapping[str, Any]] | None, field: str) -> tuple[Affinity, ...]:
     return tuple(
-        Affinity(parse_selector(a["selector"], f"{field}[{i}].selector"),
-                 a.get("target", "node"), int(a.get("weight", 1)), bool(a.get("required", False)))
+        Affinity(
+            parse_selector(a["selector"], f"{field}[{i}].selector"),
+            a.get("target", "node"),
+            int(a.get("weight", 1)),
+            bool(a.get("required", False)),
+        )
         for i, a in enumerate(items or [])
     )
 
 
-def job_from_spec(spec: Mapping[str, Any], *, job_id: str, submit_time: float,
-                  owner: str | None, needs_agent: bool = True) -> Job:
+def job_from_spec(
+    spec: Mapping[str, Any],
+    *,
+    job_id: str,
+    submit_time: float,
+    owner: str | None,
+    needs_agent: bool = True,
+) -> Job:
     """The core's job; with a command it asks for a node an agent runs
     (``needs_agent``: left out when checking whether it could ever run, as
     an agent may join later)."""
     tasks = tasks_of(spec)
     families = {family(r) for t in tasks for r in t.resources} | {"gpu"}
     command = spec.get("command")
-    constraints = [*(spec.get("constraints") or []),
-                   *([f"{AGENT_LABEL}=true"] if command and needs_agent else [])]
+    constraints = [
+        *(spec.get("constraints") or []),
+        *([f"{AGENT_LABEL}=true"] if command and needs_agent else []),
+    ]
     return Job(
-        job_id, tasks,
+        job_id,
+        tasks,
         queue=spec.get("queue") or "default",
         priority=int(spec.get("priority") or 0),
         submit_time=submit_time,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from apportion.core.records import JobRow, QueueRow, TaskRow
 from apportion.store.schema import jobs, queues, tasks
@@ -22,11 +23,18 @@ def load_queues(conn: sa.Connection) -> list[QueueRow]:
 
 
 def upsert_queue(conn: sa.Connection, row: QueueRow) -> None:
+    """Insert or replace a queue in one statement: an UPDATE that found
+    nothing then an INSERT lets two servers on one PostgreSQL both insert,
+    and the second failed its whole write with a duplicate key."""
     values = {k: getattr(row, k) for k in QueueRow.__dataclass_fields__}
-    hit = conn.execute(queues.update().where(queues.c.name == row.name).values(
-        {k: v for k, v in values.items() if k not in ("name", "created_at")}))
-    if hit.rowcount == 0:
-        conn.execute(queues.insert().values(values))
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(queues).values(values)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[queues.c.name],
+            set_={k: insert.excluded[k] for k in values if k not in ("name", "created_at")},
+        )
+    )
 
 
 # -- jobs -----------------------------------------------------------------------
@@ -53,13 +61,24 @@ def load_job(conn: sa.Connection, job_id: str, *, lock: bool = False) -> JobRow 
 def load_jobs_by_id(conn: sa.Connection, job_ids: list[str]) -> list[JobRow]:
     out: list[JobRow] = []
     for start in range(0, len(job_ids), 500):
-        out.extend(_as(JobRow, r) for r in conn.execute(
-            sa.select(jobs).where(jobs.c.id.in_(job_ids[start:start + 500]))))
+        out.extend(
+            _as(JobRow, r)
+            for r in conn.execute(
+                sa.select(jobs).where(jobs.c.id.in_(job_ids[start : start + 500]))
+            )
+        )
     return out
 
 
-def load_jobs(conn: sa.Connection, *, states: list[str] | None = None, queue: str | None = None,
-              owner: str | None = None, limit: int = 1000, offset: int = 0) -> list[JobRow]:
+def load_jobs(
+    conn: sa.Connection,
+    *,
+    states: list[str] | None = None,
+    queue: str | None = None,
+    owner: str | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[JobRow]:
     query = sa.select(jobs)
     if states:
         query = query.where(jobs.c.state.in_(states))
@@ -76,12 +95,14 @@ def load_jobs(conn: sa.Connection, *, states: list[str] | None = None, queue: st
 
 def insert_tasks(conn: sa.Connection, rows: list[TaskRow]) -> None:
     if rows:
-        conn.execute(tasks.insert(), [{k: getattr(r, k) for k in TaskRow.__dataclass_fields__}
-                                      for r in rows])
+        conn.execute(
+            tasks.insert(), [{k: getattr(r, k) for k in TaskRow.__dataclass_fields__} for r in rows]
+        )
 
 
-def update_task(conn: sa.Connection, task_id: str, *, only_from: tuple[str, ...] | None = None,
-                **values: Any) -> bool:
+def update_task(
+    conn: sa.Connection, task_id: str, *, only_from: tuple[str, ...] | None = None, **values: Any
+) -> bool:
     """Change a task; with ``only_from``, only if it is still in one of those
     states (so two reports of one end are applied once)."""
     query = tasks.update().where(tasks.c.id == task_id)
@@ -90,9 +111,15 @@ def update_task(conn: sa.Connection, task_id: str, *, only_from: tuple[str, ...]
     return conn.execute(query.values(**values)).rowcount == 1
 
 
-def load_tasks(conn: sa.Connection, *, job_id: str | None = None, node: str | None = None,
-               states: list[str] | None = None, limit: int | None = None,
-               offset: int = 0) -> list[TaskRow]:
+def load_tasks(
+    conn: sa.Connection,
+    *,
+    job_id: str | None = None,
+    node: str | None = None,
+    states: list[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[TaskRow]:
     query = sa.select(tasks)
     if job_id is not None:
         query = query.where(tasks.c.job_id == job_id)
@@ -107,20 +134,25 @@ def load_tasks(conn: sa.Connection, *, job_id: str | None = None, node: str | No
 
 
 def count_tasks(conn: sa.Connection, job_id: str) -> int:
-    return int(conn.execute(sa.select(sa.func.count()).select_from(tasks)
-                            .where(tasks.c.job_id == job_id)).scalar_one())
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(tasks).where(tasks.c.job_id == job_id)
+        ).scalar_one()
+    )
 
 
-def load_tasks_of(conn: sa.Connection, job_ids: list[str],
-                  states: list[str] | None = None) -> list[TaskRow]:
+def load_tasks_of(
+    conn: sa.Connection, job_ids: list[str], states: list[str] | None = None
+) -> list[TaskRow]:
     """Tasks of these jobs (in chunks: SQLite caps bound parameters)."""
     out: list[TaskRow] = []
     for start in range(0, len(job_ids), 500):
-        query = sa.select(tasks).where(tasks.c.job_id.in_(job_ids[start:start + 500]))
+        query = sa.select(tasks).where(tasks.c.job_id.in_(job_ids[start : start + 500]))
         if states:
             query = query.where(tasks.c.state.in_(states))
-        out.extend(_as(TaskRow, r) for r in conn.execute(
-            query.order_by(tasks.c.created_at, tasks.c.index)))
+        out.extend(
+            _as(TaskRow, r) for r in conn.execute(query.order_by(tasks.c.created_at, tasks.c.index))
+        )
     return out
 
 
@@ -138,7 +170,11 @@ def task_of_allocation(conn: sa.Connection, alloc_id: str) -> TaskRow | None:
 def job_ids_of_tasks(conn: sa.Connection, task_ids: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for start in range(0, len(task_ids), 500):
-        chunk = task_ids[start:start + 500]
-        out.update((r[0], r[1]) for r in conn.execute(
-            sa.select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(chunk))))
+        chunk = task_ids[start : start + 500]
+        out.update(
+            (r[0], r[1])
+            for r in conn.execute(
+                sa.select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(chunk))
+            )
+        )
     return out

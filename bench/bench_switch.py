@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from common import write_result
 
 from e2e.cluster import Cluster, payload, wait_for
@@ -163,6 +164,18 @@ def trial(cluster: Cluster, api: httpx.Client, victim: str,
     return out
 
 
+def _cpu_seconds(cluster: Cluster) -> dict[str, float]:
+    """CPU seconds the server and the agent processes have used so far."""
+    assert cluster.server is not None and cluster.server.proc is not None
+    agent = next(iter(cluster.agents.values())).proc
+    assert agent is not None
+    out = {}
+    for who, pid in (("server", cluster.server.proc.pid), ("agent", agent.pid)):
+        times = psutil.Process(pid).cpu_times()
+        out[who] = times.user + times.system
+    return out
+
+
 def run(trials: int, warmup: int, gpu_gib: float | None = None,
         discover_gpu: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,14 +196,21 @@ def run(trials: int, warmup: int, gpu_gib: float | None = None,
             api.post("/api/v1/jobs/none/cancel")  # connected before the clock starts
             for _ in range(warmup):  # first requests, first WAL checkpoints: not measured
                 trial(cluster, api, victim, gpu)
+            spent = _cpu_seconds(cluster)
             for i in range(trials):
                 results.append(trial(cluster, api, victim, gpu))
                 print(f"trial {i + 1:3d}: total {results[-1]['total']:7.1f} ms  " + "  ".join(
                     f"{p} {results[-1][p]:6.1f}" for p in PHASES)
                     + (f"  gpu_ready {results[-1]['gpu_ready']:7.1f}" if gpu else ""), flush=True)
+            # CPU is what a loaded machine makes everyone wait for: a switch
+            # that needs less of it stays fast when the node is busy.
+            cpu_ms = {who: round(1000 * (after - before) / trials, 2) for (who, before), after
+                      in zip(spent.items(), _cpu_seconds(cluster).values(), strict=True)}
         finally:
             cluster.close()
-    summary: dict[str, Any] = {}
+    print(f"CPU per switch: server {cpu_ms['server']} ms, agent {cpu_ms['agent']} ms "
+          "(a trial also cancels the preemptor and restarts the victim)", flush=True)
+    summary: dict[str, Any] = {"cpu_ms_per_trial": cpu_ms}
     for key in (*PHASES, "total", *(("gpu_ready",) if gpu_gib is not None else ())):
         values = [r[key] for r in results]
         summary[key] = {"p50_ms": round(_pct(values, 0.5), 1),

@@ -44,7 +44,7 @@ LEDGER_TABLES = {
         "created_at",
         "released_at",
     ],
-    "tokens": ["id", "name", "role", "token_hash", "created_at"],
+    "tokens": ["id", "name", "role", "token_hash", "created_at", "expires_at"],
     "events": ["id", "kind", "subject", "origin", "data", "at"],
 }
 

@@ -1,11 +1,15 @@
 """Schemathesis against the OpenAPI schema the live server publishes: whatever
-it sends, valid or not (positive and negative generation, coverage and
-fuzzing phases), the server never answers 5xx.
+it sends, valid or not (positive and negative generation, explicit examples
+and fuzzing), every answer is one the schema documents: no 5xx, a documented
+status code, the documented content type, a body that matches the documented
+response model (``server/responses``) and the documented headers.
 
-One server for the module, seeded with nodes and allocations; hooks often
-swap generated node names and allocation ids for real ones and mix grants
-that can succeed into the generated bodies, so the paths past "not found"
-(grants, updates, releases, deletes) are fuzzed too.
+One server for the module, seeded with nodes, allocations, an agent session,
+jobs (one running a command, so assignments carry tasks) and a queue; hooks
+often swap generated node names, allocation, job and task ids for real ones
+and mix grants that can succeed into the generated bodies, so the paths past
+"not found" (grants, updates, releases, reports, deletes) are fuzzed too.
+Long polls and forced releases are asked not to wait, so the run is quick.
 
 The schema is loaded from the app object at import (``from_fixture`` of
 schemathesis 4 breaks on pytest 9: it writes ``request.node._nodeid``); a
@@ -24,9 +28,16 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.config import SchemathesisConfig
 
+from e2e.cluster import wait_for
 from support import ServerProcess
 
 SEED_NODES: list[dict[str, Any]] = [
@@ -44,6 +55,11 @@ SEED_NODES: list[dict[str, Any]] = [
 ]
 _ALLOC_IDS: list[str] = []
 """Seeded allocation ids (two active, one released), filled by ``live``."""
+_JOB_IDS: list[str] = []
+"""Seeded jobs: one running a command on n1, one lease job."""
+_TASK_IDS: list[str] = []
+"""The seeded jobs' task ids."""
+AGENT = {"id": "agent-n1", "version": "test", "heartbeat_s": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +80,29 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProce
                 assert r.status_code == 201
                 ids.append(r.json()["id"])
             assert c.delete(f"/api/v1/allocations/{ids[-1]}").status_code == 200
-        _ALLOC_IDS[:] = ids
+            _ALLOC_IDS[:] = ids
+            _seed_work(c)
         yield proc, ids
     finally:
         proc.stop()
+
+
+def _seed_work(c: httpx.Client) -> None:
+    """An agent session on n1, a queue, a job running a command there (so
+    its assignments carry a task) and a lease job."""
+    r = c.post("/api/v1/agents/register", json={"node": SEED_NODES[0], "agent": AGENT})
+    assert r.status_code == 200, r.text
+    assert c.post("/api/v1/queues", json={"name": "batch", "quota": {"cpu": "8"}}).status_code \
+        == 201
+    jobs = [{"name": "fuzz-run", "resources": {"cpu": "1"}, "command": ["sleep", "600"]},
+            {"name": "fuzz-lease", "resources": {"cpu": "1"}, "queue": "batch"}]
+    _JOB_IDS[:] = [c.post("/api/v1/jobs", json=job).json()["id"] for job in jobs]
+
+    def started() -> list[str]:
+        tasks = [t["id"] for j in _JOB_IDS for t in c.get(f"/api/v1/jobs/{j}").json()["tasks"]]
+        return tasks if len(tasks) == len(_JOB_IDS) else []
+
+    _TASK_IDS[:] = wait_for("the seeded jobs' tasks", started)
 
 
 def _published_schema() -> dict[str, Any]:
@@ -80,9 +115,11 @@ def _published_schema() -> dict[str, Any]:
     return create_app(Settings(data_dir=unused)).openapi()
 
 
+MAX_EXAMPLES = 50
+"""Per operation and phase; the module runs in about a minute on two busy cores."""
 OPENAPI = _published_schema()
 _config = SchemathesisConfig()
-_config.projects.default.generation.update(max_examples=20, database="none")
+_config.projects.default.generation.update(max_examples=MAX_EXAMPLES, database="none")
 schema = schemathesis.openapi.from_dict(OPENAPI, config=_config)
 _NODE_NAMES = st.sampled_from([n["name"] for n in SEED_NODES])
 _VICTIMS = st.sampled_from([f"gone-{i}" for i in range(4)])
@@ -117,13 +154,24 @@ def flatmap_path_parameters(
     deletes aim at nodes seeded to be deleted, so the rest stay."""
     if not isinstance(path_parameters, dict):
         return st.just(path_parameters)
-    if "name" in path_parameters:
+    if "name" in path_parameters and context.operation.path.startswith("/api/v1/nodes/"):
         real = _VICTIMS if context.operation.method.upper() == "DELETE" else _NODE_NAMES
         return _mostly(real.map(lambda n: {"name": n}), path_parameters)
+    real: dict[str, st.SearchStrategy[Any]] = {}
+    if "node" in path_parameters:
+        real["node"] = st.just("n1")
     if "alloc_id" in path_parameters:
-        ids = st.integers(0, 2).map(lambda i: {"alloc_id": _ALLOC_IDS[i]})
-        return _mostly(ids, path_parameters)
-    return st.just(path_parameters)
+        real["alloc_id"] = st.integers(0, 2).map(lambda i: _ALLOC_IDS[i])
+    if "job_id" in path_parameters:
+        real["job_id"] = st.integers(0, len(_JOB_IDS) - 1).map(lambda i: _JOB_IDS[i])
+    if "task_id" in path_parameters:
+        real["task_id"] = st.integers(0, len(_TASK_IDS) - 1).map(lambda i: _TASK_IDS[i])
+    if "stream" in path_parameters:
+        real["stream"] = st.sampled_from(["stdout", "stderr"])
+    if not real:
+        return st.just(path_parameters)
+    return _mostly(st.fixed_dictionaries({**{k: st.just(v) for k, v in path_parameters.items()},
+                                          **real}), path_parameters)
 
 
 @schema.hook
@@ -133,6 +181,11 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
     operation = context.operation
     if operation.method.upper() == "POST" and operation.path == "/api/v1/allocations":
         return _mostly(_GRANTS, body)
+    if operation.path == "/api/v1/agents/{node}/heartbeat":
+        return _mostly(st.just({"agent_id": AGENT["id"], "usage": {"cpu": 0.5}}), body)
+    if operation.path == "/api/v1/agents/{node}/tasks/{task_id}/report":
+        return _mostly(st.sampled_from([{"state": "running"}, {"state": "exited",
+                                                               "exit_code": 0}]), body)
     return st.just(body)
 
 
@@ -159,24 +212,49 @@ def test_the_fuzzed_schema_is_the_one_the_server_publishes(
         ("POST", "/api/v1/tokens"),
         ("GET", "/api/v1/tokens"),
         ("GET", "/api/v1/whoami"),
+        ("POST", "/api/v1/agents/register"),
+        ("POST", "/api/v1/agents/{node}/heartbeat"),
+        ("GET", "/api/v1/agents/{node}/assignments"),
+        ("POST", "/api/v1/agents/{node}/tasks/{task_id}/report"),
+        ("POST", "/api/v1/agents/{node}/reports"),
+        ("GET", "/api/v1/agents/{node}"),
+        ("GET", "/api/v1/jobs/{job_id}/logs"),
     } <= fuzzed
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
+def _no_waiting(case: schemathesis.Case) -> None:
+    """A long poll or a forced release asked to wait seconds would hold the
+    run: such a wait becomes 0 (what is answered is the same, at once)."""
+    query = case.query
+    if isinstance(query, dict):
+        wait = query.get("wait")
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0:
+            query["wait"] = 0
 
 
 @schema.parametrize()
 @settings(
-    max_examples=20,
+    max_examples=MAX_EXAMPLES,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
     phases=[Phase.explicit, Phase.generate],
 )
-def test_no_request_gets_a_5xx(
+def test_every_answer_is_the_documented_one(
     case: schemathesis.Case, live: tuple[ServerProcess, list[str]]
 ) -> None:
     proc, _ = live
-    case.call_and_validate(
-        base_url=proc.url, headers=proc.headers, checks=[not_a_server_error], timeout=30
-    )
+    _no_waiting(case)
+    case.call_and_validate(base_url=proc.url, headers=proc.headers, checks=CHECKS, timeout=30)
 
 
 def test_the_server_survived_the_fuzzing(live: tuple[ServerProcess, list[str]]) -> None:

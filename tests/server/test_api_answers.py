@@ -33,3 +33,16 @@ def test_cancelling_a_job_again_while_its_task_stops_answers_the_job(api: httpx.
     assert (again.json()["id"], again.json()["state"], again.json()["reason"]) == (
         job_id, "cancelled", "cancelled")
     assert [t["node"] for t in again.json()["tasks"]] == ["answers-1"]
+
+
+def test_a_method_not_allowed_lists_every_method_of_the_path(api: httpx.Client) -> None:
+    """Starlette's 405 named only the first route matching the path:
+    ``Allow: GET`` for /api/v1/nodes, which takes POST as well."""
+    nodes = api.request("OPTIONS", "/api/v1/nodes")
+    node = api.patch("/api/v1/nodes/answers-1", json={})
+    alloc = api.put("/api/v1/allocations")
+
+    assert (nodes.status_code, nodes.headers["allow"]) == (405, "GET, POST")
+    assert (node.status_code, node.headers["allow"]) == (405, "GET, PUT, DELETE")
+    assert (alloc.status_code, alloc.headers["allow"]) == (405, "GET, POST")
+    assert nodes.json() == {"error": "http_error", "message": "Method Not Allowed"}

@@ -124,7 +124,8 @@ async def assignments(
     return Response(orjson.dumps(state.to_wire()), media_type="application/json")
 
 
-@router.post("/{node}/tasks/{task_id}/report", responses=errors(*AUTHED, *BODY, 403, 409))
+@router.post("/{node}/tasks/{task_id}/report",
+             responses=errors(*AUTHED, *BODY, 403, 404, 409))
 async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id: str,
                  body: TaskReportIn) -> TaskAnswer:
     caller.may_manage_node(node)
@@ -132,7 +133,7 @@ async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id:
                                          checkpoint_saved=body.checkpoint)
 
 
-@router.post("/{node}/reports", responses=errors(*AUTHED, *BODY, 403, 409))
+@router.post("/{node}/reports", responses=errors(*AUTHED, *BODY, 403, 404, 409))
 async def reports(request: Request, caller: Caller, node: str,
                   body: TaskReportsIn) -> Reports:
     """Several of the node's task reports in one call, answered in order; they

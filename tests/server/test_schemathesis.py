@@ -63,6 +63,13 @@ _JOB_IDS: list[str] = []
 """Seeded jobs: one running a command on n1, one lease job."""
 _TASK_IDS: list[str] = []
 """The seeded jobs' task ids."""
+_WAITING: list[str] = []
+"""A job waiting for its queue's quota (what explain answers for)."""
+_LIVE_TASK: list[str] = []
+"""A task left running for the log and checkpoint uploads (no report or
+cancel is aimed at it)."""
+_CHECKPOINTED: list[str] = []
+"""A task that exited leaving a checkpoint (what GET checkpoints serves)."""
 AGENT = {"id": "agent-n1", "version": "test", "heartbeat_s": 10.0}
 
 
@@ -92,21 +99,38 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProce
 
 
 def _seed_work(c: httpx.Client) -> None:
-    """An agent session on n1, a queue, a job running a command there (so
-    its assignments carry a task) and a lease job."""
+    """An agent session on n1, queues, jobs running a command there (so its
+    assignments carry tasks), a lease job, and a job its quota holds back."""
     r = c.post("/api/v1/agents/register", json={"node": SEED_NODES[0], "agent": AGENT})
     assert r.status_code == 200, r.text
-    assert c.post("/api/v1/queues", json={"name": "batch", "quota": {"cpu": "8"}}).status_code \
-        == 201
-    jobs = [{"name": "fuzz-run", "resources": {"cpu": "1"}, "command": ["sleep", "600"]},
-            {"name": "fuzz-lease", "resources": {"cpu": "1"}, "queue": "batch"}]
-    _JOB_IDS[:] = [c.post("/api/v1/jobs", json=job).json()["id"] for job in jobs]
+    for queue, cpu in (("batch", "8"), ("tight", "1")):
+        r = c.post("/api/v1/queues", json={"name": queue, "quota": {"cpu": cpu}})
+        assert r.status_code == 201, r.text
+    run = {"resources": {"cpu": "1"}, "command": ["sleep", "600"]}
+    lease = {"resources": {"cpu": "1"}, "queue": "tight"}
+    ids = [c.post("/api/v1/jobs", json=job).json()["id"] for job in (
+        {**run, "name": "fuzz-run"}, {**lease, "name": "fuzz-lease", "queue": "batch"},
+        {**run, "name": "fuzz-live"}, {**lease, "name": "quota-holder"},
+        {**run, "name": "fuzz-checkpoint"})]
+    _JOB_IDS[:], live = ids[:2], ids[2]
 
-    def started() -> list[str]:
-        tasks = [t["id"] for j in _JOB_IDS for t in c.get(f"/api/v1/jobs/{j}").json()["tasks"]]
-        return tasks if len(tasks) == len(_JOB_IDS) else []
+    def tasks(job_id: str) -> list[str]:
+        return [t["id"] for t in c.get(f"/api/v1/jobs/{job_id}").json()["tasks"]]
 
-    _TASK_IDS[:] = wait_for("the seeded jobs' tasks", started)
+    _TASK_IDS[:] = wait_for("the seeded jobs' tasks",
+                            lambda: [t for j in _JOB_IDS for t in tasks(j)] if all(
+                                tasks(j) for j in _JOB_IDS) else [])
+    _LIVE_TASK[:] = wait_for("the live job's task", lambda: tasks(live))
+    wait_for("the quota holder's task", lambda: tasks(ids[3]))
+    _CHECKPOINTED[:] = wait_for("the checkpointed job's task", lambda: tasks(ids[4]))
+    on_n1 = f"/api/v1/agents/n1/tasks/{_CHECKPOINTED[0]}"
+    assert c.put(on_n1 + "/checkpoint", content=b"state").status_code == 200
+    exited = {"state": "exited", "exit_code": 0, "checkpoint": True}
+    assert c.post(on_n1 + "/report", json=exited).status_code == 200
+    _WAITING[:] = [c.post("/api/v1/jobs", json={**lease, "name": "quota-waiter"}).json()["id"]]
+    explained = wait_for("the waiting job's explanation", lambda: c.get(
+        f"/api/v1/jobs/{_WAITING[0]}/explain").status_code == 200)
+    assert explained
 
 
 def _published_schema() -> dict[str, Any]:
@@ -145,6 +169,16 @@ _GRANTS = st.fixed_dictionaries(
 )
 
 
+_JOBS = st.sampled_from([
+    {"resources": {"cpu": "100m"}},
+    {"name": "fuzz-array", "resources": {"cpu": "100m"}, "array": 2, "queue": "batch"},
+    {"name": "fuzz-cmd", "resources": {"cpu": "100m"}, "command": ["true"], "priority": 5},
+    {"tasks": [{"resources": {"cpu": "100m"}, "count": 2}], "gang": True},
+    {"resources": {"cpu": "1"}, "constraints": ["facility=mars"]},
+])
+_METRICS = st.sampled_from(["utilization", "queue_length", "queue_wait_seconds"])
+
+
 def _mostly(real: st.SearchStrategy[Any], generated: Any) -> st.SearchStrategy[Any]:
     """Three times in four the real value, else what schemathesis generated."""
     return st.integers(0, 3).flatmap(lambda i: real if i else st.just(generated))
@@ -166,10 +200,15 @@ def flatmap_path_parameters(
         swaps["node"] = st.just("n1")
     if "alloc_id" in path_parameters:
         swaps["alloc_id"] = st.integers(0, 2).map(lambda i: _ALLOC_IDS[i])
+    path = context.operation.path
     if "job_id" in path_parameters:
-        swaps["job_id"] = st.integers(0, len(_JOB_IDS) - 1).map(lambda i: _JOB_IDS[i])
+        jobs = _WAITING if path.endswith("/explain") else _JOB_IDS
+        swaps["job_id"] = st.sampled_from(jobs)
     if "task_id" in path_parameters:
-        swaps["task_id"] = st.integers(0, len(_TASK_IDS) - 1).map(lambda i: _TASK_IDS[i])
+        live = "/logs/" in path or path.endswith("/checkpoint")
+        left = path.startswith("/api/v1/agents/checkpoints/")
+        swaps["task_id"] = st.sampled_from(
+            _CHECKPOINTED if left else _LIVE_TASK if live else _TASK_IDS)
     if "stream" in path_parameters:
         swaps["stream"] = st.sampled_from(["stdout", "stderr"])
     if not swaps:
@@ -179,12 +218,22 @@ def flatmap_path_parameters(
 
 
 @schema.hook
+def flatmap_query(context: Any, query: Any) -> st.SearchStrategy[Any]:
+    """History asks for a metric by name: mostly one that exists."""
+    if context.operation.path != "/api/v1/history" or not isinstance(query, dict):
+        return st.just(query)
+    return _mostly(_METRICS.map(lambda m: {**query, "metric": m}), query)
+
+
+@schema.hook
 def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
     """Mix grants that can succeed (or fail for want of capacity) into the
     generated allocation bodies."""
     operation = context.operation
     if operation.method.upper() == "POST" and operation.path == "/api/v1/allocations":
         return _mostly(_GRANTS, body)
+    if operation.method.upper() == "POST" and operation.path == "/api/v1/jobs":
+        return _mostly(_JOBS, body)
     if operation.path == "/api/v1/agents/{node}/heartbeat":
         return _mostly(st.just({"agent_id": AGENT["id"], "usage": {"cpu": 0.5}}), body)
     if operation.path == "/api/v1/agents/{node}/tasks/{task_id}/report":

@@ -106,8 +106,10 @@ class JobListOut(Out):
 
 class NodeVerdictOut(Out):
     node: str
-    now: bool = Field(description="whether it could take the job now")
-    ever: bool = Field(description="whether it could once it is free")
+    now: str = Field(
+        description="fits, or the kind of the first reason against it: busy, condition, never"
+    )
+    ever: bool = Field(description="whether it could, once free or ready")
     reason: str | None
     code: str | None
     plugin: str | None
@@ -122,12 +124,13 @@ class ExplainOut(Out):
             "examples": [
                 {
                     "job": "j-8d1e2f3a4b5c",
-                    "status": "pending",
-                    "summary": "waiting: 0 of 2 nodes have 8 free gpu",
+                    "status": "quota",
+                    "summary": "0/2 nodes available: 2 insufficient cpu; queue tight quota: "
+                    "1 of 1 cpu in use, job needs 1",
                     "nodes_total": 2,
-                    "counts": {"insufficient_gpu": 2},
-                    "messages": {"insufficient_gpu": "not enough gpu"},
-                    "hints": [],
+                    "counts": {"insufficient cpu": 2},
+                    "messages": {"insufficient cpu: 0 free, 1 requested": 2},
+                    "hints": ["queue tight quota: 1 of 1 cpu in use, job needs 1"],
                     "earliest_start": None,
                     "waiting_for": None,
                 }
@@ -139,8 +142,8 @@ class ExplainOut(Out):
     status: str
     summary: str
     nodes_total: int
-    counts: dict[str, int]
-    messages: dict[str, str]
+    counts: dict[str, int] = Field(description="nodes that cannot take it now, by reason")
+    messages: dict[str, int] = Field(description="the same nodes, by message")
     hints: list[str]
     earliest_start: Stamp
     waiting_for: str | None

@@ -335,3 +335,26 @@ def test_the_server_survived_the_fuzzing(live: tuple[ServerProcess, list[str]]) 
         assert c.get("/api/v1/capacity/summary").status_code == 200
     log = next(Path(proc.data_dir).glob("server-*.log")).read_text()
     assert "unhandled_error" not in log
+
+
+def test_every_operation_documents_its_answers() -> None:
+    """Each operation names a model for its success (not a bare object) and
+    the error shape for every error status it lists."""
+    untyped, wrong_errors = [], []
+    for path, item in OPENAPI["paths"].items():
+        for method, op in item.items():
+            for status, answer in op["responses"].items():
+                schemas = [m.get("schema", {}) for m in answer.get("content", {}).values()]
+                if status.startswith("2") and not any("$ref" in s or s.get("type") == "string"
+                                                      for s in schemas):
+                    untyped.append((method, path, status))
+                if status[0] in "45" and schemas != [{"$ref": "#/components/schemas/ErrorOut"}]:
+                    wrong_errors.append((method, path, status))
+    assert untyped == []
+    assert wrong_errors == []
+    grant = OPENAPI["paths"]["/api/v1/allocations"]["post"]["responses"]
+    assert grant["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AllocationOut"}
+    assert sorted(grant) == ["201", "400", "401", "403", "404", "409", "413", "422", "429", "503"]
+    assert OPENAPI["components"]["schemas"]["AllocationOut"]["additionalProperties"] is False
+    assert "HTTPValidationError" not in OPENAPI["components"]["schemas"]

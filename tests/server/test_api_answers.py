@@ -46,3 +46,23 @@ def test_a_method_not_allowed_lists_every_method_of_the_path(api: httpx.Client) 
     assert (node.status_code, node.headers["allow"]) == (405, "GET, PUT, DELETE")
     assert (alloc.status_code, alloc.headers["allow"]) == (405, "GET, POST")
     assert nodes.json() == {"error": "http_error", "message": "Method Not Allowed"}
+
+
+def test_true_and_false_are_not_numbers(api: httpx.Client) -> None:
+    """The schema says integer (or number); pydantic read ``false`` as 0 and
+    ``true`` as 1, so a queue got ``max_priority: 0`` from ``false``."""
+    queue = api.post("/api/v1/queues", json={"name": "answers-q", "max_priority": False})
+    job = api.post("/api/v1/jobs", json={"resources": {"cpu": "1"}, "priority": True})
+    report = api.post("/api/v1/agents/answers-1/tasks/t-none/report",
+                      json={"state": "exited", "exit_code": 0, "usage": {"memory": True}})
+
+    assert queue.status_code == 422, queue.text
+    assert queue.json()["details"] == [
+        {"field": "max_priority", "message": "Value error, expected a number, not false"}]
+    assert job.status_code == 422, job.text
+    assert job.json()["details"] == [
+        {"field": "priority", "message": "Value error, expected a number, not true"}]
+    assert report.status_code == 422, report.text
+    assert report.json()["details"] == [
+        {"field": "usage.memory", "message": "Value error, expected a number, not true"}]
+    assert "answers-q" not in [q["name"] for q in api.get("/api/v1/queues").json()["queues"]]

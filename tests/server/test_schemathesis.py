@@ -2,7 +2,8 @@
 it sends, valid or not (positive and negative generation, explicit examples
 and fuzzing), every answer is one the schema documents: no 5xx, a documented
 status code, the documented content type, a body that matches the documented
-response model (``server/responses``) and the documented headers.
+response model (``server/responses``) and the documented headers; and every
+request that breaks the schema on purpose is refused (4xx).
 
 One server for the module, seeded with nodes, allocations, an agent session,
 jobs (one running a command, so assignments carry tasks) and a queue; hooks
@@ -28,11 +29,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     allow_header_conformance,
     content_type_conformance,
     ignored_auth,
     missing_required_header,
+    negative_data_rejection,
     not_a_server_error,
     response_headers_conformance,
     response_schema_conformance,
@@ -323,6 +326,32 @@ def test_every_answer_is_the_documented_one(
         # "register"), so its 405 rightly allows GET, which this path item lacks.
         checks = [c for c in CHECKS if c is not allow_header_conformance]
     case.call_and_validate(base_url=proc.url, headers=proc.headers, checks=checks, timeout=30)
+
+
+NEGATIVE_EXAMPLES = 15
+_negative_config = SchemathesisConfig()
+_negative_config.projects.default.generation.update(
+    modes=[GenerationMode.NEGATIVE], max_examples=NEGATIVE_EXAMPLES, database="none")
+negative = schemathesis.openapi.from_dict(OPENAPI, config=_negative_config)
+"""The same schema without the hooks above (they swap generated values for
+valid ones), for requests that break it on purpose."""
+
+
+@negative.parametrize()
+@settings(
+    max_examples=NEGATIVE_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.generate],
+)
+def test_every_request_that_breaks_the_schema_is_refused(
+    case: schemathesis.Case, live: tuple[ServerProcess, list[str]]
+) -> None:
+    proc, _ = live
+    _no_waiting(case)
+    case.call_and_validate(base_url=proc.url, headers=proc.headers, timeout=30,
+                           checks=[not_a_server_error, negative_data_rejection])
 
 
 def test_the_server_survived_the_fuzzing(live: tuple[ServerProcess, list[str]]) -> None:

@@ -28,23 +28,48 @@ from apportion.service.settings import Settings
 
 ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/agents/{node}/heartbeat"): {
-        "node_state": "ready", "epoch": "3f9a0c1b2d4e", "seq": 12, "registered": True},
+        "node_state": "ready",
+        "epoch": "3f9a0c1b2d4e",
+        "seq": 12,
+        "registered": True,
+    },
     ("POST", "/api/v1/agents/{node}/tasks/{task_id}/report"): {
-        "known": True, "active": False, "state": "succeeded", "reason": None},
+        "known": True,
+        "active": False,
+        "state": "succeeded",
+        "reason": None,
+    },
     ("POST", "/api/v1/jobs"): {
-        "id": "j-1", "name": "x", "owner": "a", "queue": "default", "priority": 0,
-        "state": "pending", "spec": {"resources": {"cpu": "1"}, "count": 1},
-        "submitted_at": "2026-01-05T10:00:00Z", "started_at": None, "ended_at": None,
-        "reason": None, "exit_code": None, "attempts": 0, "preemptions": 0, "array": None,
+        "id": "j-1",
+        "name": "x",
+        "owner": "a",
+        "queue": "default",
+        "priority": 0,
+        "state": "pending",
+        "spec": {"resources": {"cpu": "1"}, "count": 1},
+        "submitted_at": "2026-01-05T10:00:00Z",
+        "started_at": None,
+        "ended_at": None,
+        "reason": None,
+        "exit_code": None,
+        "attempts": 0,
+        "preemptions": 0,
+        "array": None,
         "task_counts": {"total": 1, "pending": 1, "active": 0, "succeeded": 0, "failed": 0},
-        "tasks": [], "tasks_total": 0},
+        "tasks": [],
+        "tasks_total": 0,
+    },
 }
 
 
 async def measure(n: int = 50_000, repeats: int = 5) -> dict[str, float]:
     create_app(Settings(data_dir=Path(tempfile.gettempdir()) / "bench-response-models"))
-    routes = {(m, r.path_format): r for r in [*agents.router.routes, *jobs.router.routes]
-              if isinstance(r, APIRoute) for m in r.methods}
+    routes = {
+        (m, r.path_format): r
+        for r in [*agents.router.routes, *jobs.router.routes]
+        if isinstance(r, APIRoute)
+        for m in r.methods
+    }
     out = {}
     for key, body in ANSWERS.items():
         field = routes[key].response_field

@@ -111,18 +111,25 @@ def _seed_work(c: httpx.Client) -> None:
         assert r.status_code == 201, r.text
     run = {"resources": {"cpu": "1"}, "command": ["sleep", "600"]}
     lease = {"resources": {"cpu": "1"}, "queue": "tight"}
-    ids = [c.post("/api/v1/jobs", json=job).json()["id"] for job in (
-        {**run, "name": "fuzz-run"}, {**lease, "name": "fuzz-lease", "queue": "batch"},
-        {**run, "name": "fuzz-live"}, {**lease, "name": "quota-holder"},
-        {**run, "name": "fuzz-checkpoint"})]
+    ids = [
+        c.post("/api/v1/jobs", json=job).json()["id"]
+        for job in (
+            {**run, "name": "fuzz-run"},
+            {**lease, "name": "fuzz-lease", "queue": "batch"},
+            {**run, "name": "fuzz-live"},
+            {**lease, "name": "quota-holder"},
+            {**run, "name": "fuzz-checkpoint"},
+        )
+    ]
     _JOB_IDS[:], live = ids[:2], ids[2]
 
     def tasks(job_id: str) -> list[str]:
         return [t["id"] for t in c.get(f"/api/v1/jobs/{job_id}").json()["tasks"]]
 
-    _TASK_IDS[:] = wait_for("the seeded jobs' tasks",
-                            lambda: [t for j in _JOB_IDS for t in tasks(j)] if all(
-                                tasks(j) for j in _JOB_IDS) else [])
+    _TASK_IDS[:] = wait_for(
+        "the seeded jobs' tasks",
+        lambda: [t for j in _JOB_IDS for t in tasks(j)] if all(tasks(j) for j in _JOB_IDS) else [],
+    )
     _LIVE_TASK[:] = wait_for("the live job's task", lambda: tasks(live))
     wait_for("the quota holder's task", lambda: tasks(ids[3]))
     _CHECKPOINTED[:] = wait_for("the checkpointed job's task", lambda: tasks(ids[4]))
@@ -131,8 +138,10 @@ def _seed_work(c: httpx.Client) -> None:
     exited = {"state": "exited", "exit_code": 0, "checkpoint": True}
     assert c.post(on_n1 + "/report", json=exited).status_code == 200
     _WAITING[:] = [c.post("/api/v1/jobs", json={**lease, "name": "quota-waiter"}).json()["id"]]
-    explained = wait_for("the waiting job's explanation", lambda: c.get(
-        f"/api/v1/jobs/{_WAITING[0]}/explain").status_code == 200)
+    explained = wait_for(
+        "the waiting job's explanation",
+        lambda: c.get(f"/api/v1/jobs/{_WAITING[0]}/explain").status_code == 200,
+    )
     assert explained
 
 
@@ -154,14 +163,16 @@ _config.projects.default.generation.update(max_examples=MAX_EXAMPLES, database="
 schema = schemathesis.openapi.from_dict(OPENAPI, config=_config)
 _NODE_NAMES = st.sampled_from([n["name"] for n in SEED_NODES])
 _VICTIMS = st.sampled_from([f"gone-{i}" for i in range(4)])
-_ASKS = st.sampled_from([
-    {"cpu": "1"},
-    {"cpu": "500m", "memory": "1Gi"},
-    {"gpu": 1},
-    {"cpu": "2", "memory": "4Gi", "gpu": 1},
-    {"cpu": "100000"},
-    {"fpga": 1},
-])
+_ASKS = st.sampled_from(
+    [
+        {"cpu": "1"},
+        {"cpu": "500m", "memory": "1Gi"},
+        {"gpu": 1},
+        {"cpu": "2", "memory": "4Gi", "gpu": 1},
+        {"cpu": "100000"},
+        {"fpga": 1},
+    ]
+)
 _GRANTS = st.fixed_dictionaries(
     {"resources": _ASKS},
     optional={
@@ -172,13 +183,15 @@ _GRANTS = st.fixed_dictionaries(
 )
 
 
-_JOBS = st.sampled_from([
-    {"resources": {"cpu": "100m"}},
-    {"name": "fuzz-array", "resources": {"cpu": "100m"}, "array": 2, "queue": "batch"},
-    {"name": "fuzz-cmd", "resources": {"cpu": "100m"}, "command": ["true"], "priority": 5},
-    {"tasks": [{"resources": {"cpu": "100m"}, "count": 2}], "gang": True},
-    {"resources": {"cpu": "1"}, "constraints": ["facility=mars"]},
-])
+_JOBS = st.sampled_from(
+    [
+        {"resources": {"cpu": "100m"}},
+        {"name": "fuzz-array", "resources": {"cpu": "100m"}, "array": 2, "queue": "batch"},
+        {"name": "fuzz-cmd", "resources": {"cpu": "100m"}, "command": ["true"], "priority": 5},
+        {"tasks": [{"resources": {"cpu": "100m"}, "count": 2}], "gang": True},
+        {"resources": {"cpu": "1"}, "constraints": ["facility=mars"]},
+    ]
+)
 _METRICS = st.sampled_from(["utilization", "queue_length", "queue_wait_seconds"])
 
 
@@ -188,9 +201,7 @@ def _mostly(real: st.SearchStrategy[Any], generated: Any) -> st.SearchStrategy[A
 
 
 @schema.hook
-def flatmap_path_parameters(
-    context: Any, path_parameters: Any
-) -> st.SearchStrategy[Any]:
+def flatmap_path_parameters(context: Any, path_parameters: Any) -> st.SearchStrategy[Any]:
     """Often swap a generated node name or allocation id for a real one;
     deletes aim at nodes seeded to be deleted, so the rest stay."""
     if not isinstance(path_parameters, dict):
@@ -211,13 +222,16 @@ def flatmap_path_parameters(
         live = "/logs/" in path or path.endswith("/checkpoint")
         left = path.startswith("/api/v1/agents/checkpoints/")
         swaps["task_id"] = st.sampled_from(
-            _CHECKPOINTED if left else _LIVE_TASK if live else _TASK_IDS)
+            _CHECKPOINTED if left else _LIVE_TASK if live else _TASK_IDS
+        )
     if "stream" in path_parameters:
         swaps["stream"] = st.sampled_from(["stdout", "stderr"])
     if not swaps:
         return st.just(path_parameters)
-    return _mostly(st.fixed_dictionaries({**{k: st.just(v) for k, v in path_parameters.items()},
-                                          **swaps}), path_parameters)
+    return _mostly(
+        st.fixed_dictionaries({**{k: st.just(v) for k, v in path_parameters.items()}, **swaps}),
+        path_parameters,
+    )
 
 
 @schema.hook
@@ -240,8 +254,9 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
     if operation.path == "/api/v1/agents/{node}/heartbeat":
         return _mostly(st.just({"agent_id": AGENT["id"], "usage": {"cpu": 0.5}}), body)
     if operation.path == "/api/v1/agents/{node}/tasks/{task_id}/report":
-        return _mostly(st.sampled_from([{"state": "running"}, {"state": "exited",
-                                                               "exit_code": 0}]), body)
+        return _mostly(
+            st.sampled_from([{"state": "running"}, {"state": "exited", "exit_code": 0}]), body
+        )
     return st.just(body)
 
 
@@ -331,7 +346,8 @@ def test_every_answer_is_the_documented_one(
 NEGATIVE_EXAMPLES = 15
 _negative_config = SchemathesisConfig()
 _negative_config.projects.default.generation.update(
-    modes=[GenerationMode.NEGATIVE], max_examples=NEGATIVE_EXAMPLES, database="none")
+    modes=[GenerationMode.NEGATIVE], max_examples=NEGATIVE_EXAMPLES, database="none"
+)
 negative = schemathesis.openapi.from_dict(OPENAPI, config=_negative_config)
 """The same schema without the hooks above (they swap generated values for
 valid ones), for requests that break it on purpose."""
@@ -350,8 +366,12 @@ def test_every_request_that_breaks_the_schema_is_refused(
 ) -> None:
     proc, _ = live
     _no_waiting(case)
-    case.call_and_validate(base_url=proc.url, headers=proc.headers, timeout=30,
-                           checks=[not_a_server_error, negative_data_rejection])
+    case.call_and_validate(
+        base_url=proc.url,
+        headers=proc.headers,
+        timeout=30,
+        checks=[not_a_server_error, negative_data_rejection],
+    )
 
 
 def test_the_server_survived_the_fuzzing(live: tuple[ServerProcess, list[str]]) -> None:
@@ -374,8 +394,9 @@ def test_every_operation_documents_its_answers() -> None:
         for method, op in item.items():
             for status, answer in op["responses"].items():
                 schemas = [m.get("schema", {}) for m in answer.get("content", {}).values()]
-                if status.startswith("2") and not any("$ref" in s or s.get("type") == "string"
-                                                      for s in schemas):
+                if status.startswith("2") and not any(
+                    "$ref" in s or s.get("type") == "string" for s in schemas
+                ):
                     untyped.append((method, path, status))
                 if status[0] in "45" and schemas != [{"$ref": "#/components/schemas/ErrorOut"}]:
                     wrong_errors.append((method, path, status))
@@ -383,7 +404,8 @@ def test_every_operation_documents_its_answers() -> None:
     assert wrong_errors == []
     grant = OPENAPI["paths"]["/api/v1/allocations"]["post"]["responses"]
     assert grant["201"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/AllocationOut"}
+        "$ref": "#/components/schemas/AllocationOut"
+    }
     assert sorted(grant) == ["201", "400", "401", "403", "404", "409", "413", "422", "429", "503"]
     assert OPENAPI["components"]["schemas"]["AllocationOut"]["additionalProperties"] is False
     assert "HTTPValidationError" not in OPENAPI["components"]["schemas"]

@@ -19,6 +19,7 @@ test checks it is exactly the document the live server serves.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,10 @@ cancel is aimed at it)."""
 _CHECKPOINTED: list[str] = []
 """A task that exited leaving a checkpoint (what GET checkpoints serves)."""
 AGENT = {"id": "agent-n1", "version": "test", "heartbeat_s": 10.0}
+_AGENT_TOKEN: list[str] = []
+"""n1's own agent token: every other agent-protocol request uses it, so the
+agent role's answers (its own node, 403 for another) are checked too."""
+_AGENT_TURN = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +111,9 @@ def _seed_work(c: httpx.Client) -> None:
     assignments carry tasks), a lease job, and a job its quota holds back."""
     r = c.post("/api/v1/agents/register", json={"node": SEED_NODES[0], "agent": AGENT})
     assert r.status_code == 200, r.text
+    r = c.post("/api/v1/tokens", json={"name": "n1", "role": "agent"})
+    assert r.status_code == 201, r.text
+    _AGENT_TOKEN[:] = [r.json()["token"]]
     for queue, cpu in (("batch", "8"), ("tight", "1")):
         r = c.post("/api/v1/queues", json={"name": queue, "quota": {"cpu": cpu}})
         assert r.status_code == 201, r.text
@@ -340,7 +348,10 @@ def test_every_answer_is_the_documented_one(
         # GET /api/v1/agents/{node} serves this path too (a node may be called
         # "register"), so its 405 rightly allows GET, which this path item lacks.
         checks = [c for c in CHECKS if c is not allow_header_conformance]
-    case.call_and_validate(base_url=proc.url, headers=proc.headers, checks=checks, timeout=30)
+    headers = proc.headers
+    if case.operation.path.startswith("/api/v1/agents/") and next(_AGENT_TURN) % 2:
+        headers = {"Authorization": f"Bearer {_AGENT_TOKEN[0]}"}
+    case.call_and_validate(base_url=proc.url, headers=headers, checks=checks, timeout=30)
 
 
 NEGATIVE_EXAMPLES = 15

@@ -8,7 +8,6 @@ import gc
 import sys
 from collections.abc import AsyncIterator
 from types import FrameType
-from typing import Any
 
 import structlog
 import uvicorn
@@ -19,6 +18,7 @@ from apportion.server import errors
 from apportion.server.context import AppContext
 from apportion.server.edge import BodyLimits, EdgeGuard
 from apportion.server.fastpath import is_grant, serve_grant
+from apportion.server.responses.ops import Healthz
 from apportion.server.routes import (
     agents,
     allocations,
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     observability.install(app, access_log=settings.access_log)
 
     @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> Healthz:
         return {"status": "ok"}
 
     for module in (nodes, allocations, capacity, jobs, tokens, agents, health, planning, cluster):

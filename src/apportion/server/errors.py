@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from apportion.exceptions import (
     AgentUnknown,
@@ -131,6 +132,18 @@ def validation_failure(errors: Sequence[Any]) -> tuple[dict[str, Any], int]:
     return body, 400 if malformed else 422
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405
+    names only the first route that matched the path (``Allow: GET`` for
+    ``/api/v1/nodes``, which takes POST too); HTTP says ``Allow`` lists them all."""
+    routes = request.app.router.routes
+    return [m for m in METHODS
+            if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApportionError)
     async def apportion_error(_: Request, exc: ApportionError) -> JSONResponse:
@@ -143,11 +156,14 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse(
             {"error": "http_error", "message": str(exc.detail)},
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictFloat,
@@ -60,6 +61,19 @@ def _storable(value: Any) -> Any:
 
 
 JsonValue = Annotated[Any, AfterValidator(_storable)]
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """JSON ``true`` is not a number: pydantic would take it as 1 (a queue's
+    ``max_priority: false`` became 0) where the schema says integer."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not {str(value).lower()}")
+    return value
+
+
+NUMBER = BeforeValidator(_not_a_boolean)
+"""On every int and float of a request (after its limits, which then stay
+in the published schema): true and false are refused, not read as 1 and 0."""
 
 MAX_LABELS = 64
 """Labels on one node, job or allocation (a body once carried 250,000)."""
@@ -189,13 +203,13 @@ def render_allocation(alloc: Allocation) -> dict[str, Any]:
 
 class TaskIn(Strict):
     resources: Resources
-    count: Annotated[int, Field(ge=1, le=10_000)] = 1
+    count: Annotated[int, Field(ge=1, le=10_000), NUMBER] = 1
 
 
 class AffinityIn(Strict):
     selector: Annotated[str, Field(min_length=1, max_length=1024, pattern=PRINTABLE)]
     target: Annotated[str, Field(pattern=r"^(node|job)$")] = "node"
-    weight: Annotated[int, Field(ge=1, le=100)] = 1
+    weight: Annotated[int, Field(ge=1, le=100), NUMBER] = 1
     required: bool = False
 
 
@@ -205,13 +219,14 @@ class RestartIn(Strict):
     times, after ``backoff`` doubling each time."""
 
     policy: Annotated[str, Field(pattern=r"^(never|on-failure)$")] = "never"
-    max_retries: Annotated[int, Field(ge=0, le=1000)] | None = None
-    backoff: Annotated[float, Field(gt=0, le=3600)] | Annotated[
+    max_retries: Annotated[int, Field(ge=0, le=1000), NUMBER] | None = None
+    backoff: Annotated[float, Field(gt=0, le=3600), NUMBER] | Annotated[
         str, Field(max_length=32)] | None = None
 
 
-When = Annotated[float, Field(ge=0, le=1e11)] | Annotated[str, Field(max_length=64)]
-Duration = Annotated[float, Field(gt=0, le=315_360_000)] | Annotated[str, Field(max_length=32)]
+When = Annotated[float, Field(ge=0, le=1e11), NUMBER] | Annotated[str, Field(max_length=64)]
+Duration = (Annotated[float, Field(gt=0, le=315_360_000), NUMBER]
+            | Annotated[str, Field(max_length=32)])
 
 
 class JobIn(Strict):
@@ -219,13 +234,13 @@ class JobIn(Strict):
 
     name: Text | None = None
     queue: Annotated[str, Field(pattern=NODE_NAME)] = "default"
-    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000), NUMBER] = 0
     resources: Resources | Literal["auto"] | None = Field(
         default=None, description="what each task asks for; \"auto\" (or \"auto\" for cpu or "
         "memory) predicts it from the job's past runs")
-    count: Annotated[int, Field(ge=1, le=10_000)] = 1
+    count: Annotated[int, Field(ge=1, le=10_000), NUMBER] = 1
     tasks: Annotated[list[TaskIn], Field(max_length=100)] | None = None
-    array: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+    array: Annotated[int, Field(ge=1, le=10_000), NUMBER] | None = Field(
         default=None, description="a job array: this many independent tasks of "
         "``resources``, each told its index in APPORTION_ARRAY_INDEX")
     constraints: list[Annotated[str, Field(max_length=1024, pattern=PRINTABLE)]] = Field(
@@ -252,14 +267,14 @@ class JobIn(Strict):
 class QueueIn(Strict):
     name: Annotated[str, Field(pattern=NODE_NAME)]
     quota: Resources = Field(default_factory=dict)
-    weight: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0
-    min_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] | None = None
-    max_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] | None = None
+    weight: Annotated[float, Field(gt=0, le=1_000_000), NUMBER] = 1.0
+    min_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000), NUMBER] | None = None
+    max_priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000), NUMBER] | None = None
 
 
 class CompleteIn(Strict):
     succeeded: bool = True
-    exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
+    exit_code: Annotated[int, Field(ge=-255, le=255), NUMBER] | None = None
 
 
 # -- agents ------------------------------------------------------------------------
@@ -268,8 +283,8 @@ class CompleteIn(Strict):
 class AgentInfo(Strict):
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
     version: Annotated[str, Field(max_length=64, pattern=PRINTABLE)] = ""
-    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
-    stop_after_disconnect_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600), NUMBER] = 10.0
+    stop_after_disconnect_s: Annotated[float, Field(gt=0, le=86_400), NUMBER] = 60.0
     limit_mode: Annotated[str, Field(max_length=32, pattern=PRINTABLE)] = ""
     limit_reason: Annotated[str, Field(max_length=1024, pattern=PRINTABLE)] = ""
     work_dir: Annotated[str, Field(max_length=4096, pattern=PRINTABLE)] = ""
@@ -294,16 +309,16 @@ class TaskReportIn(Strict):
     """What an agent says about one of its tasks."""
 
     state: Annotated[str, Field(pattern=r"^(starting|running|exited)$")]
-    exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
+    exit_code: Annotated[int, Field(ge=-255, le=255), NUMBER] | None = None
     signalled: bool = False
     memory_exceeded: bool = False
     lost: bool = False
     reason: Annotated[str, Field(max_length=512, pattern=PRINTABLE)] | None = None
     checkpoint: bool = False
     times: dict[Annotated[str, Field(max_length=32)],
-                Annotated[float, Field(ge=0, le=1e11)]] = Field(default_factory=dict)
+                Annotated[float, Field(ge=0, le=1e11), NUMBER]] = Field(default_factory=dict)
     usage: Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,31}$")],
-                          Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False)]],
+                          Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False), NUMBER]],
                      Field(max_length=32)] = Field(
         default_factory=dict,
         description="what the task used: memory and gpu_memory (peak bytes), cpu_seconds, "

@@ -1,5 +1,5 @@
-"""The agent protocol (/api/v1/agents, not in the public schema) and the
-node and job operations built on it (rescan, drain, cordon, logs).
+"""The agent protocol (/api/v1/agents, tagged ``agents`` in the schema) and
+the node and job operations built on it (rescan, drain, cordon, logs).
 
 Agents receive work by long-polling ``GET /api/v1/agents/{node}/assignments``
 (see docs/agents.md for why): the answer is the node's whole desired state.
@@ -21,6 +21,19 @@ from apportion.exceptions import ApportionError, BodyTooLarge, NotFound
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.convert import node_from
 from apportion.server.errors import http_status
+from apportion.server.responses import AUTHED, BODY, errors
+from apportion.server.responses.agents import (
+    Agent,
+    Checkpoint,
+    DesiredStateOut,
+    Heartbeat,
+    LogChunk,
+    Registered,
+    Reports,
+    TaskAnswer,
+)
+from apportion.server.responses.jobs import JobLogs
+from apportion.server.responses.nodes import Node, NodeDrained, Rescan
 from apportion.server.schemas import (
     AgentRegisterIn,
     DrainIn,
@@ -37,8 +50,12 @@ from apportion.service.jobs import ACTIVE_TASK, TaskReport
 from apportion.service.join_tokens import is_join_token
 from apportion.service.task_files import MAX_LOG_CHUNK, TaskFiles
 
-router = APIRouter(prefix="/api/v1/agents", tags=["agents"], include_in_schema=False)
+router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 public = APIRouter(prefix="/api/v1")
+
+
+class TarResponse(StreamingResponse):
+    media_type = "application/x-tar"
 
 
 def _agents(request: Request) -> AgentsService:
@@ -59,8 +76,8 @@ def _node_body(ctx: AppContext, name: str) -> dict[str, Any]:
 # -- the agent protocol --------------------------------------------------------------
 
 
-@router.post("/register")
-async def register(request: Request, ctx: Ctx, body: AgentRegisterIn) -> dict[str, Any]:
+@router.post("/register", responses=errors(*AUTHED, *BODY, 403, 409))
+async def register(request: Request, ctx: Ctx, body: AgentRegisterIn) -> Registered:
     """Register (or refresh) a node. With a one-time join token (a node a
     provider made for a pool) the token is spent, the node joins its pool,
     and the answer carries ``agent_token``, the node's credential from now on."""
@@ -78,15 +95,17 @@ async def register(request: Request, ctx: Ctx, body: AgentRegisterIn) -> dict[st
     return {"node": _node_body(ctx, node.name), "epoch": agents.epoch}
 
 
-@router.post("/{node}/heartbeat")
+@router.post("/{node}/heartbeat", responses=errors(*AUTHED, *BODY, 403, 404))
 async def heartbeat(request: Request, ctx: Ctx, caller: Caller, node: str,
-                    body: HeartbeatIn) -> dict[str, Any]:
+                    body: HeartbeatIn) -> Heartbeat:
     caller.may_manage_node(node)
     return await _agents(request).heartbeat(node, body.agent_id, dict(body.usage),
                                             [dict(t) for t in body.tasks])
 
 
-@router.get("/{node}/assignments")
+@router.get("/{node}/assignments", response_model=None, responses={
+    200: {"model": DesiredStateOut, "description": "the node's desired state"},
+    **errors(*AUTHED, 403, 404, 409, 422)})
 async def assignments(
     request: Request, caller: Caller, node: str,
     after: Annotated[int, Query(ge=-1, le=2**62)] = -1,
@@ -106,17 +125,18 @@ async def assignments(
     return Response(orjson.dumps(state.to_wire()), media_type="application/json")
 
 
-@router.post("/{node}/tasks/{task_id}/report")
+@router.post("/{node}/tasks/{task_id}/report",
+             responses=errors(*AUTHED, *BODY, 403, 404, 409))
 async def report(request: Request, ctx: Ctx, caller: Caller, node: str, task_id: str,
-                 body: TaskReportIn) -> dict[str, Any]:
+                 body: TaskReportIn) -> TaskAnswer:
     caller.may_manage_node(node)
     return await _agents(request).report(node, task_id, _report(body),
                                          checkpoint_saved=body.checkpoint)
 
 
-@router.post("/{node}/reports")
+@router.post("/{node}/reports", responses=errors(*AUTHED, *BODY, 403, 404, 409))
 async def reports(request: Request, caller: Caller, node: str,
-                  body: TaskReportsIn) -> dict[str, Any]:
+                  body: TaskReportsIn) -> Reports:
     """Several of the node's task reports in one call, answered in order; they
     commit together. A refused one is answered with its error body and
     ``status`` (what its own call would have answered)."""
@@ -134,9 +154,10 @@ def _report(body: TaskReportIn) -> TaskReport:
                       body.lost, body.reason, None, dict(body.times), dict(body.usage))
 
 
-@router.post("/{node}/tasks/{task_id}/logs/{stream}")
+@router.post("/{node}/tasks/{task_id}/logs/{stream}",
+             responses=errors(*AUTHED, 403, 404, 413, 422))
 async def push_log(request: Request, caller: Caller, node: str, task_id: str, stream: str,
-                   offset: Annotated[int, Query(ge=0, le=2**62)] = 0) -> dict[str, Any]:
+                   offset: Annotated[int, Query(ge=0, le=2**62)] = 0) -> LogChunk:
     caller.may_manage_node(node)
     data = await request.body()
     if len(data) > MAX_LOG_CHUNK:
@@ -144,41 +165,46 @@ async def push_log(request: Request, caller: Caller, node: str, task_id: str, st
     return await _files(request).append_log(node, task_id, stream, offset, data)
 
 
-@router.put("/{node}/tasks/{task_id}/checkpoint")
+@router.put("/{node}/tasks/{task_id}/checkpoint",
+            responses=errors(*AUTHED, 403, 404, 413, 422))
 async def put_checkpoint(request: Request, caller: Caller, node: str,
-                         task_id: str) -> dict[str, Any]:
+                         task_id: str) -> Checkpoint:
     caller.may_manage_node(node)
     name, size = await _files(request).save_checkpoint(node, task_id, request.stream())
     return {"checkpoint": name, "size": size}
 
 
-@router.get("/checkpoints/{task_id}")
+@router.get("/checkpoints/{task_id}", response_class=TarResponse, responses={
+    200: {"description": "the checkpoint, a tar archive"},
+    **errors(*AUTHED, 403, 404, 422, json_only=True)})
 async def get_checkpoint(request: Request, caller: Caller, task_id: str) -> StreamingResponse:
     """A checkpoint, for the node whose task resumes from it (or an admin)."""
     caller.require(Role.ADMIN, Role.AGENT)
     node = None if caller.role is Role.ADMIN else caller.name
     parts = await _files(request).checkpoint_for(node, task_id)
-    return StreamingResponse(parts, media_type="application/x-tar")
+    return TarResponse(parts)
 
 
-@router.get("/{node}")
-async def describe(request: Request, _: Caller, node: str) -> dict[str, Any]:
+@router.get("/{node}", responses=errors(*AUTHED, 404, 409, 422))
+async def describe(request: Request, _: Caller, node: str) -> Agent:
     return _agents(request).describe(node)
 
 
 # -- node operations -------------------------------------------------------------------
 
 
-@public.post("/nodes/{name}/rescan", tags=["nodes"])
-async def rescan(request: Request, caller: Caller, name: str) -> dict[str, Any]:
+@public.post("/nodes/{name}/rescan", tags=["nodes"],
+             responses=errors(*AUTHED, 403, 404, 409, 422))
+async def rescan(request: Request, caller: Caller, name: str) -> Rescan:
     """Ask the node's agent to discover its hardware again now."""
     caller.may_manage_node(name)
     return {"node": name, "rescan": await _agents(request).rescan(name)}
 
 
-@public.post("/nodes/{name}/drain", tags=["nodes"])
+@public.post("/nodes/{name}/drain", tags=["nodes"],
+             responses=errors(*AUTHED, *BODY, 403, 404, 409))
 async def drain(request: Request, ctx: Ctx, caller: Caller, name: str,
-                body: DrainIn | None = None) -> dict[str, Any]:
+                body: DrainIn | None = None) -> NodeDrained:
     """No new work on the node; running tasks finish, or are preempted and
     requeued elsewhere once the deadline has passed."""
     caller.require(Role.ADMIN)
@@ -189,16 +215,18 @@ async def drain(request: Request, ctx: Ctx, caller: Caller, name: str,
     return out
 
 
-@public.post("/nodes/{name}/cordon", tags=["nodes"])
-async def cordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+@public.post("/nodes/{name}/cordon", tags=["nodes"],
+             responses=errors(*AUTHED, 403, 404, 409, 422))
+async def cordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> Node:
     """No new work on the node; what runs keeps running."""
     caller.require(Role.ADMIN)
     await _agents(request).set_state(name, NodeState.CORDONED)
     return _node_body(ctx, name)
 
 
-@public.post("/nodes/{name}/uncordon", tags=["nodes"])
-async def uncordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+@public.post("/nodes/{name}/uncordon", tags=["nodes"],
+             responses=errors(*AUTHED, 403, 404, 409, 422))
+async def uncordon(request: Request, ctx: Ctx, caller: Caller, name: str) -> Node:
     """Let the node take work again."""
     caller.require(Role.ADMIN)
     await _agents(request).set_state(name, NodeState.READY)
@@ -231,7 +259,7 @@ def _pick_task(tasks: list[TaskRow], which: str | None, attempt: int | None) -> 
                    f"(its attempts: {ran})", id=str(index), field="attempt")
 
 
-@public.get("/jobs/{job_id}/logs", tags=["jobs"])
+@public.get("/jobs/{job_id}/logs", tags=["jobs"], responses=errors(*AUTHED, 404, 422))
 async def job_logs(
     request: Request, ctx: Ctx, _: Caller, job_id: str,
     task: Annotated[str | None, Query(max_length=64, description="task id or index")] = None,
@@ -241,7 +269,7 @@ async def job_logs(
     attempt: Annotated[int | None, Query(
         ge=1, le=1_000_000, description="which attempt of the task (default: its latest)")
     ] = None,
-) -> dict[str, Any]:
+) -> JobLogs:
     """What a task wrote, from ``offset``; agents ship it every second or so."""
     row, tasks = await ctx.jobs.get(job_id)
     chosen = _pick_task(tasks, task, attempt)

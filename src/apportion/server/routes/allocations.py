@@ -11,6 +11,13 @@ from apportion.core.model import AllocationState, ReleaseReason
 from apportion.core.resources import parse_vector
 from apportion.exceptions import PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.responses import AUTHED, BODY, errors
+from apportion.server.responses.nodes import (
+    Allocation,
+    AllocationList,
+    AllocationOut,
+    AllocationReleasingOut,
+)
 from apportion.server.schemas import AllocationIn, render_allocation
 from apportion.service.auth import Principal, Role
 
@@ -60,7 +67,9 @@ async def grant_allocation(
     return render_allocation(alloc)
 
 
-@router.post("", status_code=201, response_model=None)
+@router.post("", status_code=201, response_model=None, responses={
+    201: {"model": AllocationOut, "description": "granted"},
+    **errors(*AUTHED, *BODY, 403, 404, 409)})
 async def grant(ctx: Ctx, caller: Caller, body: AllocationIn) -> Response:
     """Grant resources on a node, or on the best-fitting ready node.
 
@@ -70,7 +79,7 @@ async def grant(ctx: Ctx, caller: Caller, body: AllocationIn) -> Response:
     return Response(orjson.dumps(granted), status_code=201, media_type="application/json")
 
 
-@router.get("")
+@router.get("", responses=errors(*AUTHED, 422))
 async def list_allocations(
     ctx: Ctx,
     _: Caller,
@@ -79,7 +88,7 @@ async def list_allocations(
     state: AllocationState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> dict[str, Any]:
+) -> AllocationList:
     rows = await ctx.ledger.list_allocations(node=node, owner=owner,
                                              state=state.value if state else None,
                                              limit=limit, offset=offset)
@@ -91,13 +100,16 @@ async def list_allocations(
     }
 
 
-@router.get("/{alloc_id}")
-async def get_allocation(ctx: Ctx, _: Caller, alloc_id: str) -> dict[str, Any]:
+@router.get("/{alloc_id}", responses=errors(*AUTHED, 404, 422))
+async def get_allocation(ctx: Ctx, _: Caller, alloc_id: str) -> Allocation:
     return render_allocation(await ctx.ledger.get_allocation(alloc_id))
 
 
-@router.delete("/{alloc_id}", responses={202: {"description": "forced: the task is "
-                                                             "stopping; released at its exit"}})
+@router.delete("/{alloc_id}", response_model=None, responses={
+    200: {"model": AllocationOut, "description": "released"},
+    202: {"model": AllocationReleasingOut,
+          "description": "forced: the task is stopping; released at its exit"},
+    **errors(*AUTHED, 403, 404, 409, 422)})
 async def release(
     ctx: Ctx, caller: Caller, alloc_id: str, reason: ReleaseReason = ReleaseReason.RELEASED,
     force: Annotated[bool, Query(description="admin: cancel the job whose task holds it, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter
 
@@ -11,16 +11,18 @@ from apportion.core.capacity import COMMON_SHAPES, fragmentation_report, summari
 from apportion.core.model import NodeState
 from apportion.core.resources import format_quantity, format_vector
 from apportion.server.context import Caller, Ctx
+from apportion.server.responses import AUTHED, errors
+from apportion.server.responses.ops import CapacitySummary, Fragmentation
 
 router = APIRouter(prefix="/api/v1/capacity", tags=["capacity"])
 
 
-@router.get("/summary")
+@router.get("/summary", responses=errors(*AUTHED, 422))
 async def summary(
     ctx: Ctx,
     _: Caller,
     group_by: Literal["facility", "type", "resource", "zone", "node"] = "resource",
-) -> dict[str, Any]:
+) -> CapacitySummary:
     ledger = ctx.ledger
     pairs = [(node, ledger.allocated(name)) for name, node in ledger.nodes.items()]
     groups = []
@@ -40,8 +42,8 @@ async def summary(
     return {"group_by": group_by, "groups": groups}
 
 
-@router.get("/fragmentation")
-async def fragmentation(ctx: Ctx, _: Caller) -> dict[str, Any]:
+@router.get("/fragmentation", responses=errors(*AUTHED))
+async def fragmentation(ctx: Ctx, _: Caller) -> Fragmentation:
     """Per resource: the free total on ready nodes, the largest free block on
     one node, and a fragmentation index (1 - largest block / free); per
     request shape (the waiting jobs' shapes, else common ones): how many fit

@@ -13,6 +13,8 @@ from apportion.core.scheduling import JobState
 from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable
 from apportion.exceptions import PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.responses import AUTHED, BODY, errors
+from apportion.server.responses.jobs import Explain, Job, JobDetail, JobList, Queue, QueueList
 from apportion.server.schemas import CompleteIn, JobIn, QueueIn, iso
 from apportion.service.auth import Principal, Role
 from apportion.service.usage_service import UsageService, wants_prediction
@@ -66,8 +68,8 @@ def _may_change(caller: Principal, row: JobRow) -> None:
                            f"{caller.name} may change only its own jobs", id=row.id)
 
 
-@router.post("/jobs", status_code=201)
-async def submit(ctx: Ctx, caller: Caller, body: JobIn) -> dict[str, Any]:
+@router.post("/jobs", status_code=201, responses=errors(*AUTHED, *BODY, 403, 409))
+async def submit(ctx: Ctx, caller: Caller, body: JobIn) -> JobDetail:
     caller.require(Role.ADMIN, Role.USER)
     spec = body.model_dump(exclude_none=True)
     if wants_prediction(spec):
@@ -78,7 +80,7 @@ async def submit(ctx: Ctx, caller: Caller, body: JobIn) -> dict[str, Any]:
     return render_job(row, [])
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=errors(*AUTHED, 422))
 async def list_jobs(
     ctx: Ctx, _: Caller,
     state: JobState | None = None,
@@ -86,25 +88,25 @@ async def list_jobs(
     owner: Annotated[str | None, Query(max_length=253)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> dict[str, Any]:
+) -> JobList:
     rows = await ctx.jobs.list_jobs(states=[state.value] if state else None, queue=queue,
                                     owner=owner, limit=limit, offset=offset)
     return {"jobs": [render_job(r) for r in rows], "count": len(rows)}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=errors(*AUTHED, 404, 422))
 async def get_job(
     ctx: Ctx, _: Caller, job_id: str,
     tasks_limit: Annotated[int, Query(ge=0, le=10_000, description="task attempts shown")]
     = TASKS_SHOWN,
     tasks_offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> dict[str, Any]:
+) -> JobDetail:
     """A job and its task attempts, oldest first (``tasks_total`` counts them all)."""
     row, tasks, total = await ctx.jobs.get_page(job_id, limit=tasks_limit, offset=tasks_offset)
     return render_job(row, tasks, total)
 
 
-@router.get("/jobs/{job_id}/explain")
+@router.get("/jobs/{job_id}/explain", responses=errors(*AUTHED, 404, 422))
 async def explain_job(
     ctx: Ctx, _: Caller, job_id: str,
     nodes: Annotated[bool, Query(description="list each node with why it cannot take the job "
@@ -112,7 +114,7 @@ async def explain_job(
     nodes_limit: Annotated[int, Query(ge=0, le=10_000, description="nodes listed with "
                                       "nodes=true; the rest are counted by reason")]
     = NODES_SHOWN,
-) -> dict[str, Any]:
+) -> Explain:
     await ctx.jobs.get_page(job_id, limit=0)  # 404 for an unknown id
     why = ctx.jobs.explain(job_id)
     waiting = ctx.jobs.last_cycle.unplaced.get(job_id) if ctx.jobs.last_cycle else None
@@ -138,8 +140,8 @@ def render_node_table(table: NodeTable) -> dict[str, Any]:
     }
 
 
-@router.post("/jobs/{job_id}/cancel")
-async def cancel_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", responses=errors(*AUTHED, 403, 404, 409, 422))
+async def cancel_job(ctx: Ctx, caller: Caller, job_id: str) -> JobDetail:
     row, _, _ = await ctx.jobs.get_page(job_id, limit=0)
     _may_change(caller, row)
     row = await ctx.jobs.cancel(job_id)
@@ -147,8 +149,8 @@ async def cancel_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     return render_job(row, tasks, total)
 
 
-@router.post("/jobs/{job_id}/complete")
-async def complete_job(ctx: Ctx, caller: Caller, job_id: str, body: CompleteIn) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/complete", responses=errors(*AUTHED, *BODY, 403, 404, 409))
+async def complete_job(ctx: Ctx, caller: Caller, job_id: str, body: CompleteIn) -> Job:
     """End a lease job (one without a command): its resources are released."""
     row, _, _ = await ctx.jobs.get_page(job_id, limit=0)
     _may_change(caller, row)
@@ -164,8 +166,8 @@ def render_queue(name: str, ctx: AppContext, usage: dict[str, dict[str, int]]) -
             "usage": format_vector(state), "usage_base": dict(state)}
 
 
-@router.get("/queues")
-async def list_queues(ctx: Ctx, _: Caller) -> dict[str, Any]:
+@router.get("/queues", responses=errors(*AUTHED))
+async def list_queues(ctx: Ctx, _: Caller) -> QueueList:
     usage = ctx.jobs.queue_usage()
     return {"queues": [render_queue(n, ctx, usage) for n in sorted(ctx.jobs.queues)]}
 
@@ -177,13 +179,13 @@ async def _put_queue(ctx: AppContext, caller: Principal, body: QueueIn) -> dict[
     return render_queue(body.name, ctx, ctx.jobs.queue_usage())
 
 
-@router.post("/queues", status_code=201)
-async def create_queue(ctx: Ctx, caller: Caller, body: QueueIn) -> dict[str, Any]:
+@router.post("/queues", status_code=201, responses=errors(*AUTHED, *BODY, 403, 409))
+async def create_queue(ctx: Ctx, caller: Caller, body: QueueIn) -> Queue:
     """Create a queue (or replace one of that name)."""
     return await _put_queue(ctx, caller, body)
 
 
-@router.put("/queues")
-async def update_queue(ctx: Ctx, caller: Caller, body: QueueIn) -> dict[str, Any]:
+@router.put("/queues", responses=errors(*AUTHED, *BODY, 403, 409))
+async def update_queue(ctx: Ctx, caller: Caller, body: QueueIn) -> Queue:
     """Update the queue named in the body."""
     return await _put_queue(ctx, caller, body)

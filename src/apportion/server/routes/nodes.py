@@ -11,6 +11,9 @@ from apportion.core.model import Health, Node, NodeState
 from apportion.exceptions import InvalidInput, PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
 from apportion.server.convert import node_from, node_updated
+from apportion.server.responses import AUTHED, BODY, errors
+from apportion.server.responses.nodes import Node as NodeAnswer
+from apportion.server.responses.nodes import NodeDeleted, NodeDetail, NodeList
 from apportion.server.schemas import NodeIn, NodeUpdate, render_allocation, render_node
 from apportion.service.auth import Role
 
@@ -38,7 +41,7 @@ def _render(ctx: AppContext, node: Node, *, allocations_limit: int | None = None
     return body
 
 
-@router.get("")
+@router.get("", responses=errors(*AUTHED, 422))
 async def list_nodes(
     ctx: Ctx,
     _: Caller,
@@ -49,7 +52,7 @@ async def list_nodes(
     selector: Annotated[
         str | None, Query(max_length=4096, description="e.g. facility=texas-1,gpu.model=H100")
     ] = None,
-) -> dict[str, Any]:
+) -> NodeList:
     requirements = parse_selector(selector or "")
     nodes = []
     for node in sorted(ctx.ledger.nodes.values(), key=lambda n: n.name):
@@ -67,25 +70,26 @@ async def list_nodes(
     return {"nodes": nodes, "count": len(nodes)}
 
 
-@router.post("", status_code=201)
-async def register_node(ctx: Ctx, caller: Caller, body: NodeIn) -> dict[str, Any]:
+@router.post("", status_code=201, responses=errors(*AUTHED, *BODY, 403, 409))
+async def register_node(ctx: Ctx, caller: Caller, body: NodeIn) -> NodeAnswer:
     caller.may_manage_node(body.name)
     node = await ctx.ledger.register_node(node_from(body))
     return _render(ctx, node)
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=errors(*AUTHED, 404, 422))
 async def get_node(
     ctx: Ctx, _: Caller, name: str,
     allocations_limit: Annotated[int, Query(ge=0, le=100_000, description="allocations listed")]
     = ALLOCATIONS_SHOWN,
-) -> dict[str, Any]:
+) -> NodeDetail:
     """A node, with its active allocations (``allocations_total`` counts them all)."""
     return _render(ctx, ctx.ledger.node(name), allocations_limit=allocations_limit)
 
 
-@router.put("/{name}")
-async def update_node(ctx: Ctx, caller: Caller, name: str, body: NodeUpdate) -> dict[str, Any]:
+@router.put("/{name}", responses=errors(*AUTHED, *BODY, 403, 404, 409))
+async def update_node(ctx: Ctx, caller: Caller, name: str, body: NodeUpdate
+                      ) -> NodeAnswer:
     caller.may_manage_node(name)
     if body.name is not None and body.name != name:
         raise InvalidInput(
@@ -104,8 +108,9 @@ async def update_node(ctx: Ctx, caller: Caller, name: str, body: NodeUpdate) -> 
     return _render(ctx, node)
 
 
-@router.delete("/{name}")
-async def delete_node(ctx: Ctx, caller: Caller, name: str, force: bool = False) -> dict[str, Any]:
+@router.delete("/{name}", responses=errors(*AUTHED, 403, 404, 409, 422))
+async def delete_node(ctx: Ctx, caller: Caller, name: str, force: bool = False
+                      ) -> NodeDeleted:
     caller.require(Role.ADMIN)
     released = await ctx.ledger.delete_node(name, force=force)
     return {"deleted": name, "released": [render_allocation(a) for a in released]}

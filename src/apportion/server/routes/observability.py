@@ -33,6 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from apportion.core.records import Event
 from apportion.exceptions import InvalidInput
 from apportion.server.context import Caller
+from apportion.server.responses import AUTHED, errors
+from apportion.server.responses.ops import History
 from apportion.service.events_stream import event_dict
 from apportion.service.metrics import CONTENT_TYPE
 
@@ -133,7 +135,7 @@ async def events(
 Label = Annotated[str | None, Query(max_length=253)]
 
 
-@router.get("/api/v1/history")
+@router.get("/api/v1/history", responses=errors(*AUTHED, 422))
 async def history(
     request: Request, _: Caller,
     metric: Annotated[str, Query(max_length=64, description=(
@@ -143,7 +145,7 @@ async def history(
                                            allow_inf_nan=False)] = 3600.0,
     step: Annotated[float | None, Query(gt=0, le=366 * 86400.0, allow_inf_nan=False)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> History:
     """A metric's series over the last ``window_seconds``, one point per
     ``step``, each with its trend (``increasing``, ``decreasing`` or
     ``stable``) and fitted slope. A label filter of ``*`` matches any value;

@@ -21,6 +21,8 @@ from fastapi import APIRouter, Path, Query, Request
 
 from apportion.core.resources import parse_vector
 from apportion.server.context import Caller, Ctx
+from apportion.server.responses import AUTHED, errors
+from apportion.server.responses.ops import Forecast, Prediction, Utilization
 from apportion.service.planning_service import MAX_DAYS, PlanningService
 from apportion.service.usage_service import UsageService
 
@@ -34,13 +36,13 @@ def _planning(request: Request) -> PlanningService:
     return planning
 
 
-@router.get("/capacity/utilization")
+@router.get("/capacity/utilization", responses=errors(*AUTHED, 422))
 async def utilization(
     request: Request, _: Caller,
     group_by: GroupBy = "resource",
     window_seconds: Annotated[float, Query(gt=0, le=MAX_DAYS * 86_400.0,
                                            allow_inf_nan=False)] = 3600.0,
-) -> dict[str, Any]:
+) -> Utilization:
     """Per group and resource: total, allocated, pending (what waiting jobs
     still ask for) and demand (allocated + pending) now, and the mean and peak
     of allocated and demand over the last ``window_seconds``."""
@@ -50,7 +52,7 @@ async def utilization(
     return answer
 
 
-@router.get("/capacity/forecast")
+@router.get("/capacity/forecast", responses=errors(*AUTHED, 422))
 async def forecast(
     request: Request, _: Caller,
     days: Annotated[float, Query(ge=1, le=MAX_DAYS, allow_inf_nan=False,
@@ -63,7 +65,7 @@ async def forecast(
     resource: Annotated[str | None, Query(max_length=63)] = None,
     points: Annotated[bool, Query(description="include the forecast and history points")]
     = True,
-) -> dict[str, Any]:
+) -> Forecast:
     """Per group and resource: where the allocated amount and demand go over
     the next ``days``, with 80 % and 95 % intervals, when they reach capacity,
     which model was used (seasonal or not, and why) and its back-test error."""
@@ -74,7 +76,7 @@ async def forecast(
     return answer
 
 
-@router.get("/predictions/{name}")
+@router.get("/predictions/{name}", responses=errors(*AUTHED, 422))
 async def prediction(
     ctx: Ctx, caller: Caller,
     name: Annotated[str, Path(min_length=1, max_length=253)],
@@ -84,7 +86,7 @@ async def prediction(
     memory: Annotated[str | None, Query(max_length=32)] = None,
     gpu: Annotated[str | None, Query(max_length=32)] = None,
     runtime_s: Annotated[int | None, Query(ge=1, le=10 * 366 * 86_400)] = None,
-) -> dict[str, Any]:
+) -> Prediction:
     """What a job called ``name`` of ``user`` (default: the caller) will use:
     peak memory, CPU seconds, run time, GPU memory and whatever past runs
     recorded, from its tier of evidence (model, robust, request, default),

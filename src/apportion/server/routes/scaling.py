@@ -17,6 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from apportion.server.context import Caller
+from apportion.server.responses import AUTHED, errors
+from apportion.server.responses.ops import Scaling
 from apportion.server.schemas import iso
 from apportion.service.auth import Role
 from apportion.service.scaling_service import ScalingService
@@ -33,8 +35,8 @@ def _render(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "evaluated_at": iso(record["evaluated_at"])}
 
 
-@router.get("/evaluation")
-async def evaluation(request: Request, _: Caller) -> dict[str, Any]:
+@router.get("/evaluation", responses=errors(*AUTHED))
+async def evaluation(request: Request, _: Caller) -> Scaling:
     """Each pool's scaling decision now, with its reason; advice unless the
     pool's mode is ``auto``."""
     service = _service(request)
@@ -43,8 +45,8 @@ async def evaluation(request: Request, _: Caller) -> dict[str, Any]:
     return {"pools": [_render(r) for r in service.evaluation()]}
 
 
-@router.post("/evaluate")
-async def evaluate_now(request: Request, caller: Caller) -> dict[str, Any]:
+@router.post("/evaluate", responses=errors(*AUTHED, 403, 502))
+async def evaluate_now(request: Request, caller: Caller) -> Scaling:
     """Run one scaling round now (acting for ``auto`` pools)."""
     caller.require(Role.ADMIN)
     service = _service(request)
@@ -53,8 +55,8 @@ async def evaluate_now(request: Request, caller: Caller) -> dict[str, Any]:
     return {"pools": [_render(r) for r in await service.tick()]}
 
 
-@router.get("/pools")
-async def pools(request: Request, _: Caller) -> dict[str, Any]:
+@router.get("/pools", responses=errors(*AUTHED))
+async def pools(request: Request, _: Caller) -> Scaling:
     """Pools, their members, joining and draining nodes, recent decisions."""
     service = _service(request)
     if service is None:

@@ -5,21 +5,30 @@ for a session token."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from apportion.exceptions import NotFound
 from apportion.server.context import Caller, Ctx
+from apportion.server.responses import AUTHED, BODY, errors
+from apportion.server.responses.ops import (
+    LoginCode,
+    Session,
+    TokenCreated,
+    TokenList,
+    TokenRevoked,
+    Whoami,
+)
 from apportion.server.schemas import TokenIn, iso
 from apportion.service.auth import Role
 
 router = APIRouter(prefix="/api/v1", tags=["tokens"])
 
 
-@router.post("/tokens", status_code=201)
-async def create_token(ctx: Ctx, caller: Caller, body: TokenIn) -> dict[str, Any]:
+@router.post("/tokens", status_code=201, responses=errors(*AUTHED, *BODY, 403))
+async def create_token(ctx: Ctx, caller: Caller, body: TokenIn) -> TokenCreated:
     caller.require(Role.ADMIN)
     token, record = await asyncio.to_thread(ctx.auth.create, body.name, body.role)
     return {
@@ -31,8 +40,8 @@ async def create_token(ctx: Ctx, caller: Caller, body: TokenIn) -> dict[str, Any
     }
 
 
-@router.get("/tokens")
-async def list_tokens(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/tokens", responses=errors(*AUTHED, 403))
+async def list_tokens(ctx: Ctx, caller: Caller) -> TokenList:
     caller.require(Role.ADMIN)
     records = await ctx.tokens.list()
     return {
@@ -49,8 +58,8 @@ async def list_tokens(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     }
 
 
-@router.delete("/tokens/{name}")
-async def revoke_token(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+@router.delete("/tokens/{name}", responses=errors(*AUTHED, 403, 404, 422))
+async def revoke_token(ctx: Ctx, caller: Caller, name: str) -> TokenRevoked:
     """Revoke every token called ``name``: refused at once on this server and
     within moments on the others (their cached copies are dropped when this
     server's event reaches them, at most ``CACHE_S`` later)."""
@@ -61,8 +70,8 @@ async def revoke_token(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
     return {"name": name, "revoked": count}
 
 
-@router.get("/whoami")
-async def whoami(caller: Caller) -> dict[str, Any]:
+@router.get("/whoami", responses=errors(*AUTHED))
+async def whoami(caller: Caller) -> Whoami:
     return {"name": caller.name, "role": caller.role.value}
 
 
@@ -78,8 +87,8 @@ class SessionIn(BaseModel):
     ]
 
 
-@router.post("/auth/codes", status_code=201)
-async def create_code(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.post("/auth/codes", status_code=201, responses=errors(*AUTHED, 403))
+async def create_code(ctx: Ctx, caller: Caller) -> LoginCode:
     """A one-time sign-in code for the dashboard (``apportion dashboard``):
     it works once, within ``expires_in_s``, and opens a session as the
     caller (admin or user)."""
@@ -93,8 +102,8 @@ async def create_code(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     }
 
 
-@router.post("/auth/session")
-async def create_session(ctx: Ctx, body: SessionIn) -> dict[str, Any]:
+@router.post("/auth/session", responses=errors(401, 429, 503, *BODY))
+async def create_session(ctx: Ctx, body: SessionIn) -> Session:
     """Exchange a sign-in code (no token needed: the code is the credential)
     for a session token that ends at ``expires_at``; a used, expired or
     unknown code answers 401 saying which."""

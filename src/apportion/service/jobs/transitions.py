@@ -305,6 +305,8 @@ def cancel(c: Change, job_id: str, *, limit: int = CHUNK) -> Outcome:
     elif row.state != JobState.CANCELLED.value:
         c.out.rows[job_id] = row  # failed already: its last processes are stopping
         return c.out
+    # Cancelled again while its processes stop: the answer is the job as it is.
+    c.out.rows.setdefault(job_id, row)
     _stop_chunk(c, row, "cancelled", "cancelled", limit)
     return c.out
 

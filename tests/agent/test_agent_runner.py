@@ -81,6 +81,13 @@ class Harness:
             await asyncio.sleep(0.02)
 
 
+def _children(pid: int | None) -> int:
+    try:
+        return len(psutil.Process(pid).children()) if pid else 0
+    except psutil.Error:
+        return 0
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -140,7 +147,8 @@ def test_stop_sends_the_signal_then_kills_the_group_after_the_grace(tmp_path: Pa
             ["sh", "-c", "trap '' TERM; sleep 30 & wait; sleep 30"], task_id="stubborn"))
         for task in (polite, stubborn):
             h.runner.spawn(task)
-        await asyncio.sleep(0.3)
+        # The shell has set its trap once its first sleep runs.
+        await h.until(lambda: _children(stubborn.pid) > 0)
         h.runner.stop("polite", "SIGTERM", 5.0, state="preempted")
         h.runner.stop("stubborn", "TERM", 0.5, state="cancelled")
         await h.until(lambda: len(h.exits) == 2)

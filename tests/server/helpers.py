@@ -58,3 +58,20 @@ def config_env(data_dir: Path, text: str) -> dict[str, str]:
     config = data_dir / "server.toml"
     config.write_text(text)
     return {"APPORTION_CONFIG_FILE": str(config)}
+
+
+def cycles(api: httpx.Client) -> float:
+    """Scheduling cycles run with work pending, as /metrics counts them."""
+    text = api.get("/metrics").text
+    found = re.search(
+        r"^apportion_scheduling_cycle_duration_seconds_count(?:\{\})? (\S+)$", text, re.MULTILINE
+    )
+    assert found, "no scheduling cycle count in /metrics"
+    return float(found.group(1))
+
+
+def after_cycles(api: httpx.Client, n: int = 2) -> None:
+    """Wait until ``n`` more scheduling cycles have run: whatever is pending
+    now has been considered (and, if still pending, refused) since."""
+    start = cycles(api)
+    until(lambda: cycles(api) >= start + n, what=f"{n} scheduling cycles")

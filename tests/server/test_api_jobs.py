@@ -11,7 +11,6 @@ not see each other's work.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.helpers import add_node, until
+from server.helpers import add_node, after_cycles, until
 from support import ServerProcess
 
 # Scheduling by priority: preemption needs it.
@@ -75,23 +74,6 @@ def pool(backend_shared: ServerProcess) -> Iterator[Pool]:
 
 def state_of(api: httpx.Client, job_id: str) -> str:
     return str(api.get(f"/api/v1/jobs/{job_id}").json()["state"])
-
-
-def cycles(api: httpx.Client) -> float:
-    """Scheduling cycles run with work pending, as /metrics counts them."""
-    text = api.get("/metrics").text
-    found = re.search(
-        r"^apportion_scheduling_cycle_duration_seconds_count(?:\{\})? (\S+)$", text, re.MULTILINE
-    )
-    assert found, "no scheduling cycle count in /metrics"
-    return float(found.group(1))
-
-
-def after_cycles(api: httpx.Client, n: int = 2) -> None:
-    """Wait until ``n`` more scheduling cycles have run: whatever is pending
-    now has been considered (and, if still pending, refused) since."""
-    start = cycles(api)
-    until(lambda: cycles(api) >= start + n, what=f"{n} scheduling cycles")
 
 
 def test_a_lease_job_runs_and_its_allocation_names_it(pool: Pool) -> None:

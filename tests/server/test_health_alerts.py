@@ -3,7 +3,6 @@ unhealthy (no new work), one alert raised, and resolved when it cools."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.helpers import Serve, config_env, until
+from server.helpers import Serve, after_cycles, config_env, until
 
 CONFIG = """
 [alerts]
@@ -55,7 +54,7 @@ def test_hot_node_goes_degraded_then_unhealthy_and_one_alert_resolves(api: httpx
     assert api.get("/api/v1/nodes/n1").json()["health"] == "unhealthy"
 
     job = api.post("/api/v1/jobs", json={"resources": {"cpu": "1", "gpu": 1}}).json()
-    time.sleep(1.0)  # several scheduling cycles: an unhealthy node takes no work
+    after_cycles(api)  # cycles with the job pending: an unhealthy node takes no work
     assert api.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "pending"
     firing = until(lambda: api.get("/api/v1/alerts", params={"state": "firing"}).json()["alerts"])
     assert [(a["rule"], a["labels"], a["severity"]) for a in firing] == [

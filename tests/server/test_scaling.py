@@ -11,14 +11,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.helpers import config_env, make_token
+from server.helpers import config_env, make_token, until
 from support import ServerProcess
 
 NO_POOLS = {"pools": [], "message": "no node pools are configured"}
@@ -171,8 +170,10 @@ def test_advice_pool_answers_a_decision_with_reasons(
 
 def test_advice_is_never_acted_on(advice: tuple[ServerProcess, Path]) -> None:
     server, state_dir = advice
-    time.sleep(1.0)  # a few rounds of the loop (every 0.3 s)
     with server.client() as api:
+        # A few rounds of the loop (every 0.3 s), each deciding to scale up.
+        until(lambda: _lab(api.get("/api/v1/scaling/pools").json())["decision_counts"]
+              .get("scale_up", 0) >= 3, what="three scale-up decisions")
         r = api.post("/api/v1/scaling/evaluate")  # a round on demand, too
         assert r.status_code == 200, r.text
         lab = _lab(r.json())

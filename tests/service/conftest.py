@@ -1,6 +1,7 @@
 """Services built the way a server builds them (``service/wiring.py``), on a
 real SQLite store of the test's own, with no loop running: a test drives
-them itself (``asyncio.run``) and sees every step."""
+them itself (``asyncio.run``) and sees every step. Bare engines too
+(``engine``, ``sqlite_engine``), for the tests of one piece over the store."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from apportion.service.settings import Settings
 from apportion.service.wiring import Services, build
+from apportion.store.database import create_engine, migrate
 from support import drop_postgres_database, postgres_database
 
 
@@ -88,3 +91,34 @@ def pg_url(_dropper: Callable[[str], None]) -> Iterator[str]:
         yield url
     finally:
         _dropper(name)
+
+
+@pytest.fixture
+def engine_setup() -> Callable[[sa.Engine], None]:
+    """What ``engine`` and ``sqlite_engine`` make ready before the test: the
+    store's migrations (override it in a module that wants its own tables)."""
+    return migrate
+
+
+def _engine(url: str, setup: Callable[[sa.Engine], None]) -> Iterator[sa.Engine]:
+    engine = create_engine(url, sqlite_synchronous="OFF")
+    setup(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def engine(store_url: str, engine_setup: Callable[[sa.Engine], None]) -> Iterator[sa.Engine]:
+    """A bare engine (no services) on a fresh store of each backend, made
+    ready by ``engine_setup``."""
+    yield from _engine(store_url, engine_setup)
+
+
+@pytest.fixture
+def sqlite_engine(
+    tmp_path: Path, engine_setup: Callable[[sa.Engine], None]
+) -> Iterator[sa.Engine]:
+    """The same on SQLite alone."""
+    yield from _engine(f"sqlite:///{tmp_path / 'engine.db'}", engine_setup)

@@ -10,8 +10,7 @@ test moves: silence is measured on it, never waited for."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -21,6 +20,7 @@ from apportion.service.agent_state import AgentSettings
 from apportion.service.agents_service import AgentsService
 from apportion.service.jobs import TaskReport
 from apportion.service.wiring import Services
+from service.builders import as_leader, stored_events
 from support import Clock
 
 T0 = 1_700_000_000.0
@@ -50,18 +50,6 @@ def _agents(
         settings=AgentSettings.of(None, None, poll_hold_s),
         clock=clock,
     )
-
-
-def _as_leader(s: Services, scenario: Callable[[], Awaitable[None]]) -> None:
-    async def run() -> None:
-        await s.leadership.campaign_round()
-        assert s.leadership.is_leader
-        try:
-            await scenario()
-        finally:
-            await s.leadership.stop()
-
-    asyncio.run(run())
 
 
 def test_a_registered_node_is_marked_as_run_by_an_agent_and_heartbeats_keep_it_ready(
@@ -99,7 +87,7 @@ def test_a_registered_node_is_marked_as_run_by_an_agent_and_heartbeats_keep_it_r
         with pytest.raises(AgentUnknown, match="node bare has no registered agent"):
             agents.describe("bare")
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_silence_makes_a_node_suspect_then_down_and_a_heartbeat_brings_it_back(
@@ -129,7 +117,7 @@ def test_silence_makes_a_node_suspect_then_down_and_a_heartbeat_brings_it_back(
         await agents.heartbeat("n1", "agent-1", {}, [])
         assert services.ledger.node("n1").state is NodeState.READY
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_new_leader_counts_silence_from_its_election(services: Services) -> None:
@@ -146,7 +134,7 @@ def test_a_new_leader_counts_silence_from_its_election(services: Services) -> No
         await agents.sweep()
         assert services.ledger.node("n1").state is NodeState.SUSPECT
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_report_that_ends_a_task_releases_its_allocation_with_it(services: Services) -> None:
@@ -205,7 +193,7 @@ def test_a_report_that_ends_a_task_releases_its_allocation_with_it(services: Ser
         }
         assert (await agents.assignments("n1", after=0, epoch=None, wait=0)).tasks == ()
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_lost_node_ends_its_tasks_as_lost_and_releases_what_they_held(services: Services) -> None:
@@ -237,7 +225,7 @@ def test_a_lost_node_ends_its_tasks_as_lost_and_releases_what_they_held(services
         released = await services.ledger.get_allocation(plain.id)
         assert released.reason is ReleaseReason.NODE_LOST
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_drain_past_its_deadline_asks_the_agent_to_stop_what_runs(services: Services) -> None:
@@ -270,7 +258,7 @@ def test_a_drain_past_its_deadline_asks_the_agent_to_stop_what_runs(services: Se
         )
         assert agents.describe("n1")["draining_until"] is None
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_held_poll_wakes_when_the_node_is_given_a_task(services: Services) -> None:
@@ -291,7 +279,7 @@ def test_a_held_poll_wakes_when_the_node_is_given_a_task(services: Services) -> 
         assert woken.seq > first.seq
         assert [a.job_id for a in woken.tasks] == [job.id]
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_join_token_registers_its_node_once_with_an_agent_token(services: Services) -> None:
@@ -311,19 +299,7 @@ def test_a_join_token_registers_its_node_once_with_an_agent_token(services: Serv
             await agents.join(token, Node("p-1", {"cpu": 2000}), {"id": "agent-p1"})
 
     asyncio.run(scenario())
-    events = _events(services, "node.joined")
-    assert events == [("p-1", "gpu-pool")]
-
-
-def _events(services: Services, kind: str) -> list[Any]:
-    import sqlalchemy as sa
-
-    from apportion.store.schema import events
-
-    with services.uow.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(events.c.subject, events.c.data)
-            .where(events.c.kind == kind)
-            .order_by(events.c.id)
-        ).all()
-    return [(subject, data["pool"]) for subject, data in rows]
+    events = stored_events(services)
+    assert [(e.subject, e.data["pool"]) for e in events if e.kind == "node.joined"] == [
+        ("p-1", "gpu-pool")
+    ]

@@ -9,8 +9,7 @@ are the test's own, passed in as ``UnitOfWork`` passes the ledger's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,28 +17,18 @@ import sqlalchemy as sa
 
 from apportion.exceptions import Refused, StoreUnavailable
 from apportion.service.committer import BatchConflict, GroupCommitter
-from apportion.store.database import create_engine
-
-
-def _engine(url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(url, sqlite_synchronous="OFF")
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
-def engine(store_url: str) -> Iterator[sa.Engine]:
-    """On each backend: where the two ways of running a transaction differ."""
-    yield from _engine(store_url)
+def engine_setup() -> Callable[[sa.Engine], None]:
+    """The test's own table, on each backend (``engine``: where the two ways
+    of running a transaction differ) and on SQLite (``sqlite_engine``)."""
 
+    def setup(engine: sa.Engine) -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
 
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    yield from _engine(f"sqlite:///{tmp_path / 'committer.db'}")
+    return setup
 
 
 def _insert(conn: sa.Connection, v: int) -> int:

@@ -4,39 +4,16 @@ SQLite and PostgreSQL: the spend is one conditional UPDATE on each."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from apportion.exceptions import PermissionDenied, Unauthenticated
 from apportion.service.join_tokens import JoinTokens, is_join_token
-from apportion.store.database import create_engine, migrate
 from support import Clock
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-
-
-def _engine(url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(url, sqlite_synchronous="OFF")
-    migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[sa.Engine]:
-    """On each backend: for the spend, which two agents may race for."""
-    yield from _engine(store_url)
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    yield from _engine(f"sqlite:///{tmp_path / 'tokens.db'}")
 
 
 def test_a_join_token_is_redeemed_once_for_its_node(sqlite_engine: sa.Engine) -> None:

@@ -4,7 +4,6 @@ and a deposed leader's late write refused by the database (``Tx.fence``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -12,17 +11,6 @@ import sqlalchemy as sa
 from apportion.exceptions import NotLeader
 from apportion.service.leadership import Leadership, leader_lock_for
 from apportion.service.unit_of_work import Tx
-from apportion.store.database import create_engine, migrate
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(store_url, sqlite_synchronous="OFF")
-    migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _server(engine: sa.Engine, name: str) -> Leadership:

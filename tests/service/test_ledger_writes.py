@@ -10,14 +10,13 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-import sqlalchemy as sa
 
 from apportion.core.model import Allocation, AllocationState, Node, ReleaseReason
 from apportion.service.committer import BatchConflict
 from apportion.service.ledger_writes import GrantOp, ReleaseOp, write_batch, write_each
 from apportion.service.wiring import Services
 from apportion.store import ledger_tables as tables
-from apportion.store.schema import events
+from service.builders import stored_events
 
 
 def _alloc(id: str, cpu: int) -> Allocation:
@@ -25,13 +24,7 @@ def _alloc(id: str, cpu: int) -> Allocation:
 
 
 def _events(s: Services) -> list[tuple[str, str]]:
-    with s.uow.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(events.c.kind, events.c.data)
-            .where(events.c.kind.like("allocation.%"))
-            .order_by(events.c.id)
-        )
-        return [(kind, data["id"]) for kind, data in rows]
+    return [(e.kind, e.data["id"]) for e in stored_events(s) if e.kind.startswith("allocation.")]
 
 
 def _setup(servers: Callable[..., Services], store_url: str) -> tuple[Services, Allocation]:

@@ -28,6 +28,7 @@ from apportion.providers.config import config_from_data
 from apportion.service.scaling_service import ScalingService, ScalingSettings
 from apportion.service.wiring import Services
 from apportion.store.schema import events
+from service.builders import stored_events
 from support import Clock
 
 T0 = 1_700_000_000.0
@@ -114,14 +115,20 @@ def _scaling(s: Services, cloud: FakeCloud, clock: Clock) -> ScalingService:
     return service
 
 
-def _kinds(s: Services) -> list[tuple[str, str]]:
-    with s.uow.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(events.c.kind, events.c.subject)
-            .where(events.c.kind.like("scaling.%"))
-            .order_by(events.c.id)
-        )
-        return [(k, subject) for k, subject in rows if k != "scaling.decision"]
+async def _one_job_waits(s: Services) -> None:
+    """A full node, and a job that needs another: work that waits for the pool."""
+    await s.ledger.register_node(Node("base", {"cpu": 1000}))
+    await s.ledger.grant({"cpu": 1000}, node="base", owner="steady")
+    await s.jobs.submit({"resources": {"cpu": "1"}}, "alice")
+
+
+def _kinds(s: Services) -> list[str]:
+    """The kinds of the scaling events stored, oldest first, but its decisions."""
+    return [
+        e.kind
+        for e in stored_events(s)
+        if e.kind.startswith("scaling.") and e.kind != "scaling.decision"
+    ]
 
 
 def test_waiting_work_brings_a_node_that_joins_runs_it_and_is_given_back(
@@ -173,7 +180,7 @@ def test_waiting_work_brings_a_node_that_joins_runs_it_and_is_given_back(
         await services.leadership.stop()
 
     asyncio.run(scenario())
-    assert [k for k, _ in _kinds(services)] == [
+    assert _kinds(services) == [
         "scaling.scale_up",
         "scaling.node_created",
         "scaling.scale_down",
@@ -190,9 +197,7 @@ def test_a_node_awaited_by_waiting_work_is_kept_until_it_joins_or_times_out(
     scaling = _scaling(services, cloud, clock)
 
     async def scenario() -> None:
-        await services.ledger.register_node(Node("base", {"cpu": 1000}))
-        await services.ledger.grant({"cpu": 1000}, node="base", owner="steady")
-        await services.jobs.submit({"resources": {"cpu": "1"}}, "alice")
+        await _one_job_waits(services)
         await scaling.tick()
         [machine] = cloud.machines.values()
         name = machine.node_name
@@ -216,7 +221,7 @@ def test_a_node_awaited_by_waiting_work_is_kept_until_it_joins_or_times_out(
         assert fresh.node_name != name
 
     asyncio.run(scenario())
-    assert [k for k, _ in _kinds(services)] == [
+    assert _kinds(services) == [
         "scaling.scale_up",
         "scaling.node_created",
         "scaling.node_terminated",
@@ -233,9 +238,7 @@ def test_a_restarted_service_remembers_its_last_actions_and_joining_nodes(
     first = _scaling(services, cloud, clock)
 
     async def scenario() -> None:
-        await services.ledger.register_node(Node("base", {"cpu": 1000}))
-        await services.ledger.grant({"cpu": 1000}, node="base", owner="steady")
-        await services.jobs.submit({"resources": {"cpu": "1"}}, "alice")
+        await _one_job_waits(services)
         await first.tick()
 
     asyncio.run(scenario())

@@ -5,8 +5,6 @@ the others' events, and ``Tx`` refuses what the stored ledger refuses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,18 +13,13 @@ from apportion.core.model import Allocation, AllocationState, Node, ReleaseReaso
 from apportion.exceptions import Refused
 from apportion.service.unit_of_work import Tx, UnitOfWork
 from apportion.service.wiring import Services
-from apportion.store.database import create_engine, migrate
 from apportion.store.event_log import events_after
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'apportion.db'}", sqlite_synchronous="OFF")
-    migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+def engine(sqlite_engine: sa.Engine) -> sa.Engine:
+    """A migrated store on SQLite alone (``conftest.py``)."""
+    return sqlite_engine
 
 
 def _kinds(uow: UnitOfWork) -> list[tuple[str, str, str]]:

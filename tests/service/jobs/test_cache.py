@@ -5,26 +5,12 @@ changes to what a node must run, and placing a bag's tasks one by one."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from apportion.core.model import Node
 from apportion.service.jobs import TaskReport
 from apportion.service.wiring import Services
-
-AGENT = {"id": "agent-1", "heartbeat_s": 5.0}
-
-
-def _as_leader(s: Services, scenario: Callable[[], Awaitable[None]]) -> None:
-    async def run() -> None:
-        await s.leadership.campaign_round()
-        assert s.leadership.is_leader
-        try:
-            await scenario()
-        finally:
-            await s.leadership.stop()
-
-    asyncio.run(run())
+from service.builders import AGENT, as_leader
 
 
 def test_a_restarted_server_loads_what_still_runs(servers: Callable[..., Services]) -> None:
@@ -43,7 +29,7 @@ def test_a_restarted_server_loads_what_still_runs(servers: Callable[..., Service
         await jobs.complete(done.id, succeeded=True, exit_code=0)
         await jobs.cancel(stopping.id)  # its process has not exited yet
 
-    _as_leader(first, scenario)
+    as_leader(first, scenario)
     again = servers("again")
     cache = again.jobs.cache
     assert sorted(cache.jobs) == sorted([ids["running"], ids["stopping"], ids["waiting"]])
@@ -76,7 +62,7 @@ def test_polls_hear_only_of_changes_to_what_a_node_must_run(services: Services) 
         assert jobs.cache.tasks_on("n1") == []
         assert job.id not in jobs.cache.jobs
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_bags_tasks_are_placed_as_room_comes(services: Services) -> None:
@@ -94,4 +80,4 @@ def test_a_bags_tasks_are_placed_as_room_comes(services: Services) -> None:
         assert jobs.cache.jobs[job.id].open_units() == []
         assert [lj.id for lj, _ in jobs.cache.tasks_on("n2")] == [job.id]
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)

@@ -6,8 +6,7 @@ next cycle."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,25 +14,12 @@ import pytest
 from apportion.core.model import Node, ReleaseReason
 from apportion.service.jobs import TaskReport
 from apportion.service.wiring import Services
-
-AGENT = {"id": "agent-1", "heartbeat_s": 5.0}
+from service.builders import AGENT, as_leader
 
 
 @pytest.fixture
 def settings_given() -> dict[str, Any]:
     return {"strategy": "priority"}
-
-
-def _as_leader(s: Services, scenario: Callable[[], Awaitable[None]]) -> None:
-    async def run() -> None:
-        await s.leadership.campaign_round()
-        assert s.leadership.is_leader
-        try:
-            await scenario()
-        finally:
-            await s.leadership.stop()
-
-    asyncio.run(run())
 
 
 def test_a_preempting_job_waits_for_its_victims_exit_then_starts_in_its_place(
@@ -75,7 +61,7 @@ def test_a_preempting_job_waits_for_its_victims_exit_then_starts_in_its_place(
         low_row, _ = await jobs.get(low.id)
         assert (low_row.state, low_row.preemptions) == ("preempted", 1)
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_start_the_store_refuses_leaves_no_grant_behind(
@@ -95,7 +81,7 @@ def test_a_start_the_store_refuses_leaves_no_grant_behind(
         row, started = await leader.jobs.get(job.id)
         assert (row.state, started) == ("cancelled", [])
 
-    _as_leader(leader, scenario)
+    as_leader(leader, scenario)
 
 
 def test_a_finished_jobs_run_time_is_learned_at_the_next_cycle(services: Services) -> None:
@@ -112,4 +98,4 @@ def test_a_finished_jobs_run_time_is_learned_at_the_next_cycle(services: Service
         learned = {tuple(runs) for runs in jobs.history.runs.values()}
         assert learned == {(row.ended_at - row.started_at,)}
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)

@@ -6,7 +6,7 @@ through a job's tasks, and job allocations no task holds are released."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -15,18 +15,7 @@ from apportion.core.scheduling import SchedulerConfig
 from apportion.exceptions import InvalidInput, JobRejected, NotFound
 from apportion.service.jobs import JOB_LABEL, JobsService
 from apportion.service.wiring import Services
-
-
-def _as_leader(s: Services, scenario: Callable[[], Awaitable[None]]) -> None:
-    async def run() -> None:
-        await s.leadership.campaign_round()
-        assert s.leadership.is_leader
-        try:
-            await scenario()
-        finally:
-            await s.leadership.stop()
-
-    asyncio.run(run())
+from service.builders import as_leader
 
 
 def test_a_submission_is_checked_before_it_is_stored(services: Services) -> None:
@@ -69,7 +58,7 @@ def test_a_job_only_a_pools_node_could_hold_waits_for_it(services: Services) -> 
         assert result.placements == ()  # nothing is ever placed on a node to come
         assert jobs.live[row.id].state == "pending"
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_queues_are_validated_followed_by_other_servers_and_kept_over_a_restart(
@@ -115,7 +104,7 @@ def test_a_jobs_tasks_are_read_a_page_at_a_time(services: Services) -> None:
         )
         assert [r.id for r in listed] == [job.id]
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_waiting_shapes_count_the_tasks_of_waiting_jobs(services: Services) -> None:
@@ -149,4 +138,4 @@ def test_job_allocations_no_task_holds_are_released(services: Services) -> None:
         assert (await services.ledger.get_allocation(plain.id)).active
         assert await jobs.release_orphans() == 0
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)

@@ -6,9 +6,7 @@ leader's decision is refused whole."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import pytest
@@ -21,20 +19,7 @@ from apportion.service.jobs import transitions as t
 from apportion.service.wiring import Services
 from apportion.store.schema import allocations, tasks
 from apportion.store.usage_tables import load_usage
-
-AGENT = {"id": "agent-1", "heartbeat_s": 5.0}
-
-
-def _as_leader(s: Services, scenario: Callable[[], Awaitable[None]]) -> None:
-    async def run() -> None:
-        await s.leadership.campaign_round()
-        assert s.leadership.is_leader
-        try:
-            await scenario()
-        finally:
-            await s.leadership.stop()
-
-    asyncio.run(run())
+from service.builders import AGENT, as_leader
 
 
 def _stored(s: Services, alloc_id: str, task_id: str) -> tuple[str, str]:
@@ -69,7 +54,7 @@ def test_a_change_that_fails_after_ending_a_task_leaves_task_and_allocation_as_t
         [(_, cached)] = services.jobs.cache.tasks_on("n1")
         assert cached.state == "scheduled"
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_lease_job_is_cancelled_in_chunks_each_releasing_what_it_ended(
@@ -98,7 +83,7 @@ def test_a_lease_job_is_cancelled_in_chunks_each_releasing_what_it_ended(
         again = await services.jobs.cancel(job.id)
         assert (again.state, again.ended_at) == ("cancelled", row.ended_at)
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_lease_job_is_completed_by_its_owner_but_a_process_ends_its_own_job(
@@ -118,7 +103,7 @@ def test_a_lease_job_is_completed_by_its_owner_but_a_process_ends_its_own_job(
         with pytest.raises(InvalidInput, match=f"job {command.id} runs a command on an agent"):
             await services.jobs.complete(command.id, succeeded=False, exit_code=1)
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_task_that_ran_leaves_a_usage_record_of_its_queue(services: Services) -> None:
@@ -158,7 +143,7 @@ def test_a_task_that_ran_leaves_a_usage_record_of_its_queue(services: Services) 
         )
         assert (record.started_at, record.finished_at) == (100.0, ended.ended_at)
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_task_no_agent_picked_up_is_stopped_and_its_job_placed_again(
@@ -191,7 +176,7 @@ def test_a_task_no_agent_picked_up_is_stopped_and_its_job_placed_again(
         row, _ = await services.jobs.get(job.id)
         assert row.state == "pending"
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_a_deposed_leaders_decision_is_refused_whole(services: Services) -> None:
@@ -211,7 +196,7 @@ def test_a_deposed_leaders_decision_is_refused_whole(services: Services) -> None
         assert task.state == "lost"
         assert services.ledger.allocated("n1") == {"cpu": 0}
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)
 
 
 def test_progress_reports_only_move_a_task_forward(services: Services) -> None:
@@ -228,4 +213,4 @@ def test_progress_reports_only_move_a_task_forward(services: Services) -> None:
         row, [stored] = await services.jobs.get(job.id)
         assert (row.state, stored.state) == ("running", "running")
 
-    _as_leader(services, scenario)
+    as_leader(services, scenario)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from apportion.core.labels import parse_selector
 from apportion.core.model import Device, Node
 from apportion.core.scheduling import (
+    Affinity,
     ClusterState,
     SchedulerConfig,
     TaskPlacement,
@@ -219,3 +221,155 @@ def test_topology_follows_the_gang_to_an_idle_node_in_its_zone() -> None:
         state.start(job(f"blk-{n}", {"cpu": used}), [TaskPlacement(n, {"cpu": used})], 0.0)
     r = schedule_cycle(state, [job("g", {"cpu": 3000}, count=2)], 0.0, SchedulerConfig())
     assert [t.node for t in r.placements[0].tasks] == ["b0", "b1"]
+
+
+def test_fitness_scores_what_the_node_keeps_free_over_all_its_resources() -> None:
+    state = half_used()
+    req = {"cpu": 2000}
+    ctx = context(state, req)
+    # n0 keeps cpu 6/8 and memory 32/32 free -> 1 - (0.75 + 1) / 2;
+    # n1 keeps cpu 2/8 and memory 24/32 -> 1 - (0.25 + 0.75) / 2
+    assert SCORERS["fitness"].score(candidate(state, "n0", req), ctx) == 0.125
+    assert SCORERS["fitness"].score(candidate(state, "n1", req), ctx) == 0.5
+
+
+def priced() -> ClusterState:
+    return ClusterState(
+        [
+            Node("dear", {"cpu": 8000}, labels={"cost": "3.5"}),
+            Node("cheap", {"cpu": 8000}, labels={"cost": "0.5"}),
+            Node("mid", {"cpu": 8000}, labels={"cost": "1.25"}),
+            Node("free", {"cpu": 8000}),
+        ]
+    )
+
+
+def test_cost_scores_the_place_within_the_clusters_range_of_costs() -> None:
+    state = priced()
+    req = {"cpu": 1000}
+    ctx = context(state, req)
+    cost = SCORERS["cost"]
+    assert cost.score(candidate(state, "cheap", req), ctx) == 1.0
+    assert cost.score(candidate(state, "dear", req), ctx) == 0.0
+    assert cost.score(candidate(state, "mid", req), ctx) == 0.75
+    # No cost label: the middle, neither preferred nor avoided.
+    assert cost.score(candidate(state, "free", req), ctx) == 0.5
+
+
+def test_cost_range_forgets_a_removed_node() -> None:
+    state = priced()
+    state.remove_node("dear")
+    req = {"cpu": 1000}
+    assert SCORERS["cost"].score(candidate(state, "mid", req), context(state, req)) == 0.0
+
+
+def test_cost_scores_one_when_every_priced_node_costs_the_same() -> None:
+    state = ClusterState(
+        [Node(f"n{i}", {"cpu": 8000}, labels={"cost": "2"}) for i in range(2)]
+        + [Node("free", {"cpu": 8000})]
+    )
+    req = {"cpu": 1000}
+    assert SCORERS["cost"].score(candidate(state, "n1", req), context(state, req)) == 1.0
+
+
+def test_topology_counts_nodes_without_zone_labels_as_one_place() -> None:
+    state = ClusterState([Node(f"n{i}", {"cpu": 8000}) for i in range(2)])
+    req = {"cpu": 1000}
+    ctx = context(state, req)
+    ctx.placed = 2
+    ctx.zones = {("", ""): 2}
+    assert SCORERS["topology"].score(candidate(state, "n1", req), ctx) == 1.0
+
+
+def test_only_job_affinity_scores_per_node_and_every_plugin_says_when_it_applies() -> None:
+    # per_node: only a preferred term about the jobs on a node makes two nodes
+    # of one class and free vector score differently.
+    state = zoned()
+    plain = job("p", {"cpu": 1})
+    to_jobs = job("j", {"cpu": 1}, affinity=(Affinity(parse_selector("app=db"), target="job"),))
+    away = job("a", {"cpu": 1}, anti_affinity=(Affinity(parse_selector("app=db"), target="job"),))
+    required = job(
+        "r", {"cpu": 1}, affinity=(Affinity(parse_selector("app=db"), target="job", required=True),)
+    )
+    to_nodes = job("n", {"cpu": 1}, affinity=(Affinity(parse_selector("zone=a")),))
+    for name in ("binpack", "spread", "balanced", "fitness", "cost", "topology"):
+        assert not SCORERS[name].per_node(to_jobs), name
+        if name != "topology":
+            assert SCORERS[name].applies(plain, state), name
+    affinity = SCORERS["affinity"]
+    assert [affinity.per_node(j) for j in (plain, to_jobs, away, required, to_nodes)] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert [affinity.applies(j, state) for j in (plain, to_jobs, away, required, to_nodes)] == [
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
+
+
+def affine_state() -> ClusterState:
+    """n0 in zone a with an hdd, running the job being placed (x); n1 in zone
+    b running db."""
+    state = ClusterState(
+        [
+            Node("n0", {"cpu": 8000}, labels={"zone": "a", "disk": "hdd"}),
+            Node("n1", {"cpu": 8000}, labels={"zone": "b"}),
+        ]
+    )
+    state.start(
+        job("db", {"cpu": 1000}, labels={"app": "db"}), [TaskPlacement("n1", {"cpu": 1000})], 0.0
+    )
+    state.start(
+        job("x", {"cpu": 1000}, labels={"app": "db"}), [TaskPlacement("n0", {"cpu": 1000})], 0.0
+    )
+    return state
+
+
+def test_affinity_scores_the_weighted_terms_that_hold() -> None:
+    state = affine_state()
+    req = {"cpu": 1000}
+    x = job(
+        "x",
+        req,
+        affinity=(
+            Affinity(parse_selector("zone=b"), target="job", required=True),  # not scored
+            Affinity(parse_selector("zone=a"), weight=3),
+            Affinity(parse_selector("app=db"), target="job", weight=2),
+        ),
+        anti_affinity=(Affinity(parse_selector("disk=hdd"), weight=2),),
+        labels={"app": "db"},
+    )
+    ctx = PlaceContext(x, x.tasks[0], state)
+    affinity = SCORERS["affinity"]
+    # Out of 3 + 2 + 2 = 7: n0 gets zone=a (+3) and hdd (-2); x itself runs
+    # there, which does not count as a db job. n1 gets the db job (+2).
+    assert affinity.score(candidate(state, "n0", req), ctx) == (1 + 7) / 14
+    assert affinity.score(candidate(state, "n1", req), ctx) == (2 + 7) / 14
+    # A bucket of nodes cannot say which jobs it runs: job terms do not hold.
+    rec = state.nodes["n1"]
+    bucket = Candidate(rec.cls, rec.free, (1000,), 1, rec.bucket, None, 1)
+    assert affinity.score(bucket, ctx) == 7 / 14
+
+
+def test_affinity_scores_one_half_without_preferred_terms() -> None:
+    state = affine_state()
+    req = {"cpu": 1000}
+    j = job("y", req, affinity=(Affinity(parse_selector("zone=a"), required=True),))
+    ctx = PlaceContext(j, j.tasks[0], state)
+    assert SCORERS["affinity"].score(candidate(state, "n0", req), ctx) == 0.5
+
+
+def test_affinity_scores_zero_where_only_repelling_terms_hold() -> None:
+    state = affine_state()
+    req = {"cpu": 1000}
+    j = job("y", req, anti_affinity=(Affinity(parse_selector("disk=hdd"), weight=4),))
+    ctx = PlaceContext(j, j.tasks[0], state)
+    assert SCORERS["affinity"].score(candidate(state, "n0", req), ctx) == 0.0
+    # A repelling term that does not hold scores the middle, not 1.
+    assert SCORERS["affinity"].score(candidate(state, "n1", req), ctx) == 0.5

@@ -210,7 +210,9 @@ def test_shortages_is_empty_when_it_fits() -> None:
     ]
     # A node without the resource says so, rather than "0 available".
     assert [s.describe() for s in ledger.shortages("n1", {"cpu": 2001, "fpga": 1})] == [
-        "Insufficient cpu on node n1: 2 available, 2001m requested", "node n1 has no fpga"]
+        "Insufficient cpu on node n1: 2 available, 2001m requested",
+        "node n1 has no fpga",
+    ]
 
 
 def test_unknown_resource_on_a_named_node() -> None:
@@ -326,6 +328,55 @@ def test_devices_follow_declared_order_not_id_order() -> None:
     assert a1.devices == {"asic.s19": ("s-9", "s-1")}
     ledger.release("a1", ReleaseReason.RELEASED, 2.0)
     assert ledger.free_devices("n1") == {"asic.s19": ["s-9", "s-1", "s-5"]}
+
+
+def two_kinds() -> Ledger:
+    # fpga is listed first: a requested kind after an unrequested one is
+    # still taken.
+    return ledger_with(
+        Node(
+            "n1",
+            {"cpu": 8000},
+            devices={"fpga": gpus("f0", "f1"), "gpu": gpus("g0", "g1", "g2", "g3")},
+        )
+    )
+
+
+def test_named_devices_are_taken_as_named() -> None:
+    ledger = two_kinds()
+    alloc = ledger.grant("a1", {"cpu": 1000, "gpu": 2}, now=1.0, devices={"gpu": ["g2", "g0"]})
+    assert alloc.devices == {"gpu": ("g2", "g0")}
+    assert ledger.free_devices("n1") == {"fpga": ["f0", "f1"], "gpu": ["g1", "g3"]}
+
+
+def test_a_kind_not_named_takes_its_first_free_devices() -> None:
+    ledger = two_kinds()
+    alloc = ledger.grant("a1", {"gpu": 2, "fpga": 1}, now=1.0, devices={"gpu": ["g3", "g1"]})
+    assert alloc.devices == {"fpga": ("f0",), "gpu": ("g3", "g1")}
+
+
+@pytest.mark.parametrize(
+    ("count", "named", "shown"),
+    [
+        (1, ["g0"], "g0"),  # busy: a1 holds it
+        (2, ["g0", "g2"], "g0"),
+        (2, ["g1"], "('g1',)"),  # too few
+        (1, ["g1", "g2"], "('g1', 'g2')"),  # too many
+        (2, ["g1", "g1"], "('g1', 'g1')"),  # one device twice
+    ],
+)
+def test_named_devices_that_cannot_be_taken_are_refused(
+    count: int, named: list[str], shown: str
+) -> None:
+    ledger = two_kinds()
+    ledger.grant("a1", {"gpu": 1}, now=1.0)
+    with pytest.raises(InvalidInput) as info:
+        ledger.grant("a2", {"gpu": count}, now=1.0, devices={"gpu": named})
+    assert info.value.message == (
+        f"devices.gpu: {shown} on node n1 cannot be taken: {count} free device(s) needed"
+    )
+    assert info.value.data == {"field": "devices.gpu"}
+    assert ledger.free_devices("n1")["gpu"] == ["g1", "g2", "g3"]
 
 
 def test_resources_without_devices_grant_no_device_names() -> None:

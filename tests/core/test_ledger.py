@@ -448,6 +448,11 @@ def test_allocated_device_removal_is_refused() -> None:
     )
     assert info.value.data == {"resource": "gpu", "node": "n1"}
     assert ledger.free_devices("n1") == {"gpu": ["g2"]}
+    with pytest.raises(CapacityBelowAllocated) as both:
+        ledger.update_node(Node("n1", {}, devices={"gpu": gpus("g2", "g5", "g6")}))
+    assert both.value.message == (
+        "devices.gpu: devices g0, g1 of node n1 are allocated and cannot be removed"
+    )
 
 
 def test_update_may_swap_free_devices() -> None:
@@ -497,6 +502,7 @@ def test_release_returns_the_released_value() -> None:
     with pytest.raises(AllocationNotFound) as info:
         ledger.release("a1", ReleaseReason.COMPLETED, 30.0)
     assert info.value.message == "allocation a1 is not active"
+    assert info.value.data == {"id": "a1"}
     assert ledger.free("n1") == {"cpu": 4000, "gpu": 2}
 
 
@@ -609,6 +615,7 @@ def test_restore_refuses_what_does_not_fit() -> None:
     with pytest.raises(InsufficientResources) as info:
         ledger.restore(too_big)
     assert info.value.message == "Insufficient cpu on node n1: 1 available, 2 requested"
+    assert info.value.data["nodes_considered"] == 1
     assert dict(ledger.active()) == {}
 
 

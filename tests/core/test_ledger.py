@@ -215,6 +215,58 @@ def test_shortages_is_empty_when_it_fits() -> None:
     ]
 
 
+def test_best_fit_compares_shares_of_capacity_not_amounts() -> None:
+    # After the grant, a keeps 1000 of 4000 (a quarter), b 2000 of 16000 (an
+    # eighth): b is the tighter fit though it keeps more millicores.
+    ledger = ledger_with(Node("a", {"cpu": 4000}), Node("b", {"cpu": 16000}))
+    ledger.grant("fill-a", {"cpu": 2000}, now=1.0, node="a")
+    ledger.grant("fill-b", {"cpu": 13000}, now=1.0, node="b")
+    assert ledger.grant("a1", {"cpu": 1000}, now=2.0).node == "b"
+
+
+def test_best_fit_takes_the_first_of_equal_fits_by_name() -> None:
+    ledger = ledger_with(Node("b", {"cpu": 4000}), Node("a", {"cpu": 4000}))
+    assert ledger.grant("a1", {"cpu": 1000}, now=1.0).node == "a"
+
+
+def test_best_fit_finds_an_exact_fit_whatever_the_nodes_name() -> None:
+    # "0a" sorts before letters and digits alike: the walk starts at the first
+    # node with exactly the amount asked, not after it.
+    ledger = ledger_with(Node("0a", {"cpu": 1000}), Node("n1", {"cpu": 8000}))
+    assert ledger.grant("a1", {"cpu": 1000}, now=1.0).node == "0a"
+
+
+def test_best_fit_compares_four_feasible_nodes() -> None:
+    # Walked by free cpu, the leftover shares are 0.5, 0.4, 0.3, 0.2, 0.1:
+    # best fit stops after BEST_FIT_CANDIDATES (4) feasible nodes and takes
+    # the best of those, n4, not n5.
+    caps = {"n1": 2000, "n2": 5000, "n3": 10000, "n4": 20000, "n5": 50000}
+    free = {"n1": 2000, "n2": 3000, "n3": 4000, "n4": 5000, "n5": 6000}
+    ledger = ledger_with(*(Node(n, {"cpu": c}) for n, c in caps.items()))
+    for n in caps:
+        if caps[n] > free[n]:
+            ledger.grant(f"fill-{n}", {"cpu": caps[n] - free[n]}, now=1.0, node=n)
+    assert ledger.grant("a1", {"cpu": 1000}, now=2.0).node == "n4"
+
+
+def test_best_fit_walks_the_resource_fewest_nodes_can_give() -> None:
+    # Five nodes have the memory; seven the cpu (x1 and x2 lack memory). By
+    # memory, t (1.5Gi free) comes first and fits best; by cpu, c1..c4 (less
+    # cpu free than t) would fill the four candidates compared.
+    nodes = [Node("t", {"cpu": 1500, "memory": 3 * GiB // 2})]
+    nodes += [Node(f"c{i}", {"cpu": 1000 + 100 * i, "memory": 8 * GiB}) for i in range(1, 5)]
+    nodes += [Node(f"x{i}", {"cpu": 8000, "memory": GiB // 2}) for i in (1, 2)]
+    ledger = ledger_with(*nodes)
+    assert ledger.grant("a1", {"cpu": 1000, "memory": GiB}, now=1.0).node == "t"
+
+
+def test_a_named_node_offering_nothing_says_so() -> None:
+    ledger = ledger_with(Node("n1", {}))
+    with pytest.raises(UnknownResource) as info:
+        ledger.grant("a1", {"cpu": 1000}, now=1.0, node="n1")
+    assert info.value.message == "resources.cpu: node n1 does not offer cpu (it offers nothing)"
+
+
 def test_unknown_resource_on_a_named_node() -> None:
     ledger = ledger_with(Node("n1", {"cpu": 2000, "memory": GiB}))
     with pytest.raises(UnknownResource) as info:
@@ -231,6 +283,9 @@ def test_unknown_resource_when_no_node_offers_it() -> None:
     with pytest.raises(UnknownResource) as info:
         ledger.grant("a1", {"cpu": 1000, "license.matlab": 1}, now=1.0)
     assert info.value.message == "resources.license.matlab: no node has license.matlab"
+    with pytest.raises(UnknownResource) as two:
+        ledger.grant("a1", {"cpu": 1000, "license.matlab": 1, "asic.s19": 1}, now=1.0)
+    assert two.value.message == "resources.asic.s19: no node has asic.s19, license.matlab"
     assert info.value.data == {"field": "resources.license.matlab"}
     assert ledger.grant("a2", {"fpga": 1}, now=1.0).node == "n2"
 
@@ -260,6 +315,7 @@ def test_unschedulable_nodes_grant_nothing(state: NodeState, health: Health, rea
     assert named.value.message == f"Node n1 {reason}"
     assert named.value.data["node_reasons"] == {"n1": reason}
     assert named.value.shortages == []
+    assert named.value.data["nodes_considered"] == 1
     with pytest.raises(InsufficientResources) as auto:
         ledger.grant("a1", {"cpu": 1000}, now=1.0)
     assert auto.value.message == f"Node n1 {reason}"

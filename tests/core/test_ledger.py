@@ -65,6 +65,7 @@ def test_add_node_twice_is_refused() -> None:
     with pytest.raises(NodeExists) as info:
         ledger.add_node(Node("n1", {"cpu": 2000}))
     assert info.value.message == "node n1 already exists"
+    assert info.value.data == {"node": "n1"}
     assert ledger.node("n1").resources == {"cpu": 1000}
 
 
@@ -73,6 +74,7 @@ def test_unknown_node_is_not_found() -> None:
     with pytest.raises(NodeNotFound) as info:
         ledger.free("ghost")
     assert info.value.message == "node ghost not found"
+    assert info.value.data == {"node": "ghost"}
     with pytest.raises(NodeNotFound):
         ledger.grant("a1", {"cpu": 1}, now=1.0, node="ghost")
     with pytest.raises(NodeNotFound):
@@ -215,6 +217,18 @@ def test_shortages_is_empty_when_it_fits() -> None:
     ]
 
 
+def test_the_index_follows_a_change_of_one_resource_only() -> None:
+    # Indexed with 2Gi of memory free; then only memory changes (cpu, first
+    # in the node's order, is back where it was): the next choice must see
+    # the 8Gi.
+    ledger = ledger_with(Node("n1", {"cpu": 4000, "memory": 8 * GiB}))
+    ledger.grant("a1", {"memory": 6 * GiB}, now=1.0, node="n1")
+    ledger.grant("a0", {"cpu": 1000}, now=1.0)
+    ledger.release("a0", ReleaseReason.RELEASED, 2.0)
+    ledger.release("a1", ReleaseReason.RELEASED, 2.0)
+    assert ledger.grant("a2", {"memory": 4 * GiB}, now=3.0).node == "n1"
+
+
 def test_best_fit_compares_shares_of_capacity_not_amounts() -> None:
     # After the grant, a keeps 1000 of 4000 (a quarter), b 2000 of 16000 (an
     # eighth): b is the tighter fit though it keeps more millicores.
@@ -340,6 +354,7 @@ def test_empty_or_non_positive_request_is_refused(request_: dict[str, int]) -> N
     with pytest.raises(InvalidInput) as info:
         ledger.grant("a1", request_, now=1.0, node="n1")
     assert info.value.message == ("resources: request at least one resource with a positive amount")
+    assert info.value.data == {"field": "resources"}
     assert ledger.free("n1") == {"cpu": 8000, "gpu": 1}
 
 
@@ -418,6 +433,7 @@ def test_a_kind_not_named_takes_its_first_free_devices() -> None:
         (2, ["g0", "g2"], "g0"),
         (2, ["g1"], "('g1',)"),  # too few
         (1, ["g1", "g2"], "('g1', 'g2')"),  # too many
+        (2, ["g9", "g0"], "g0, g9"),  # every one busy or unknown is named
         (2, ["g1", "g1"], "('g1', 'g1')"),  # one device twice
     ],
 )

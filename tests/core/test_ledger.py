@@ -101,6 +101,7 @@ def test_check_node_refuses_duplicate_device_ids() -> None:
     with pytest.raises(InvalidInput) as info:
         check_node(Node("n1", {}, devices={"gpu": gpus("g0", "g0")}))
     assert info.value.message == "devices.gpu: device ids must be unique"
+    assert info.value.data == {"field": "devices"}
 
 
 # -- grants ----------------------------------------------------------------------------------------

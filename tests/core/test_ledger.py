@@ -87,6 +87,31 @@ def test_check_node_fills_capacity_from_devices() -> None:
     node = check_node(Node("n1", {"cpu": 1000}, devices={"gpu": gpus("g0", "g1")}))
     assert node.resources == {"cpu": 1000, "gpu": 2}
 
+    # Everything else about the node is kept.
+    devices = {"gpu": gpus("g0")}
+    full = Node(
+        "n2",
+        {"cpu": 1000},
+        devices,
+        {"zone": "a"},
+        {"cpu_model": "x"},
+        NodeState.CORDONED,
+        Health.DEGRADED,
+        5.0,
+        6.0,
+    )
+    assert check_node(full) == Node(
+        "n2",
+        {"cpu": 1000, "gpu": 1},
+        devices,
+        {"zone": "a"},
+        {"cpu_model": "x"},
+        NodeState.CORDONED,
+        Health.DEGRADED,
+        5.0,
+        6.0,
+    )
+
 
 def test_check_node_refuses_device_count_mismatch() -> None:
     with pytest.raises(InvalidInput) as info:

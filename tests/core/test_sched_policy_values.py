@@ -7,7 +7,7 @@ import pytest
 
 from apportion.core.errors import InvalidInput
 from apportion.core.model import Node
-from apportion.core.scheduling import ClusterState, Queue, job
+from apportion.core.scheduling import ClusterState, Queue, TaskPlacement, job
 from apportion.core.scheduling.policies import (
     STRATEGIES,
     EarliestDeadline,
@@ -69,3 +69,16 @@ def test_fair_share_interleaves_queues_by_weight() -> None:
     ]
     order = FairShare().order(jobs, context(queues=queues))
     assert [j.id for j in order] == ["a1", "b1", "a2", "a3", "b2", "b3"]
+
+
+def test_fair_share_counts_a_queues_use_from_zero() -> None:
+    # b runs 1000 of 8000 cpu (share 1/8); a runs nothing. After a1, a holds
+    # exactly 1/8 too, and the tie goes to a by name: a2 before b1.
+    ctx = context()
+    ctx.state.start(job("run", {"cpu": 1000}, queue="b"), [TaskPlacement("n0", {"cpu": 1000})], 0.0)
+    jobs = [
+        job("a1", {"cpu": 1000}, queue="a", submit_time=1.0),
+        job("a2", {"cpu": 1000}, queue="a", submit_time=2.0),
+        job("b1", {"cpu": 1000}, queue="b", submit_time=0.0),
+    ]
+    assert [j.id for j in FairShare().order(jobs, ctx)] == ["a1", "a2", "b1"]

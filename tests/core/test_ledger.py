@@ -65,6 +65,7 @@ def test_add_node_twice_is_refused() -> None:
     with pytest.raises(NodeExists) as info:
         ledger.add_node(Node("n1", {"cpu": 2000}))
     assert info.value.message == "node n1 already exists"
+    assert info.value.data == {"node": "n1"}
     assert ledger.node("n1").resources == {"cpu": 1000}
 
 
@@ -73,6 +74,7 @@ def test_unknown_node_is_not_found() -> None:
     with pytest.raises(NodeNotFound) as info:
         ledger.free("ghost")
     assert info.value.message == "node ghost not found"
+    assert info.value.data == {"node": "ghost"}
     with pytest.raises(NodeNotFound):
         ledger.grant("a1", {"cpu": 1}, now=1.0, node="ghost")
     with pytest.raises(NodeNotFound):
@@ -84,6 +86,31 @@ def test_unknown_node_is_not_found() -> None:
 def test_check_node_fills_capacity_from_devices() -> None:
     node = check_node(Node("n1", {"cpu": 1000}, devices={"gpu": gpus("g0", "g1")}))
     assert node.resources == {"cpu": 1000, "gpu": 2}
+
+    # Everything else about the node is kept.
+    devices = {"gpu": gpus("g0")}
+    full = Node(
+        "n2",
+        {"cpu": 1000},
+        devices,
+        {"zone": "a"},
+        {"cpu_model": "x"},
+        NodeState.CORDONED,
+        Health.DEGRADED,
+        5.0,
+        6.0,
+    )
+    assert check_node(full) == Node(
+        "n2",
+        {"cpu": 1000, "gpu": 1},
+        devices,
+        {"zone": "a"},
+        {"cpu_model": "x"},
+        NodeState.CORDONED,
+        Health.DEGRADED,
+        5.0,
+        6.0,
+    )
 
 
 def test_check_node_refuses_device_count_mismatch() -> None:
@@ -99,6 +126,7 @@ def test_check_node_refuses_duplicate_device_ids() -> None:
     with pytest.raises(InvalidInput) as info:
         check_node(Node("n1", {}, devices={"gpu": gpus("g0", "g0")}))
     assert info.value.message == "devices.gpu: device ids must be unique"
+    assert info.value.data == {"field": "devices"}
 
 
 # -- grants ----------------------------------------------------------------------------------------
@@ -210,7 +238,73 @@ def test_shortages_is_empty_when_it_fits() -> None:
     ]
     # A node without the resource says so, rather than "0 available".
     assert [s.describe() for s in ledger.shortages("n1", {"cpu": 2001, "fpga": 1})] == [
-        "Insufficient cpu on node n1: 2 available, 2001m requested", "node n1 has no fpga"]
+        "Insufficient cpu on node n1: 2 available, 2001m requested",
+        "node n1 has no fpga",
+    ]
+
+
+def test_the_index_follows_a_change_of_one_resource_only() -> None:
+    # Indexed with 2Gi of memory free; then only memory changes (cpu, first
+    # in the node's order, is back where it was): the next choice must see
+    # the 8Gi.
+    ledger = ledger_with(Node("n1", {"cpu": 4000, "memory": 8 * GiB}))
+    ledger.grant("a1", {"memory": 6 * GiB}, now=1.0, node="n1")
+    ledger.grant("a0", {"cpu": 1000}, now=1.0)
+    ledger.release("a0", ReleaseReason.RELEASED, 2.0)
+    ledger.release("a1", ReleaseReason.RELEASED, 2.0)
+    assert ledger.grant("a2", {"memory": 4 * GiB}, now=3.0).node == "n1"
+
+
+def test_best_fit_compares_shares_of_capacity_not_amounts() -> None:
+    # After the grant, a keeps 1000 of 4000 (a quarter), b 2000 of 16000 (an
+    # eighth): b is the tighter fit though it keeps more millicores.
+    ledger = ledger_with(Node("a", {"cpu": 4000}), Node("b", {"cpu": 16000}))
+    ledger.grant("fill-a", {"cpu": 2000}, now=1.0, node="a")
+    ledger.grant("fill-b", {"cpu": 13000}, now=1.0, node="b")
+    assert ledger.grant("a1", {"cpu": 1000}, now=2.0).node == "b"
+
+
+def test_best_fit_takes_the_first_of_equal_fits_by_name() -> None:
+    ledger = ledger_with(Node("b", {"cpu": 4000}), Node("a", {"cpu": 4000}))
+    assert ledger.grant("a1", {"cpu": 1000}, now=1.0).node == "a"
+
+
+def test_best_fit_finds_an_exact_fit_whatever_the_nodes_name() -> None:
+    # "0a" sorts before letters and digits alike: the walk starts at the first
+    # node with exactly the amount asked, not after it.
+    ledger = ledger_with(Node("0a", {"cpu": 1000}), Node("n1", {"cpu": 8000}))
+    assert ledger.grant("a1", {"cpu": 1000}, now=1.0).node == "0a"
+
+
+def test_best_fit_compares_four_feasible_nodes() -> None:
+    # Walked by free cpu, the leftover shares are 0.5, 0.4, 0.3, 0.2, 0.1:
+    # best fit stops after BEST_FIT_CANDIDATES (4) feasible nodes and takes
+    # the best of those, n4, not n5.
+    caps = {"n1": 2000, "n2": 5000, "n3": 10000, "n4": 20000, "n5": 50000}
+    free = {"n1": 2000, "n2": 3000, "n3": 4000, "n4": 5000, "n5": 6000}
+    ledger = ledger_with(*(Node(n, {"cpu": c}) for n, c in caps.items()))
+    for n in caps:
+        if caps[n] > free[n]:
+            ledger.grant(f"fill-{n}", {"cpu": caps[n] - free[n]}, now=1.0, node=n)
+    assert ledger.grant("a1", {"cpu": 1000}, now=2.0).node == "n4"
+
+
+def test_best_fit_walks_the_resource_fewest_nodes_can_give() -> None:
+    # Five nodes have the memory; seven the cpu (x1 and x2 lack memory). By
+    # memory, t (1.5Gi free) comes first and fits best; by cpu, c1..c4 (less
+    # cpu free than t) would fill the four candidates compared.
+    nodes = [Node("t", {"cpu": 1500, "memory": 3 * GiB // 2})]
+    nodes += [Node(f"c{i}", {"cpu": 1000 + 100 * i, "memory": 8 * GiB}) for i in range(1, 5)]
+    nodes += [Node(f"x{i}", {"cpu": 8000, "memory": GiB // 2}) for i in (1, 2)]
+    ledger = ledger_with(*nodes)
+    assert ledger.grant("a1", {"cpu": 1000, "memory": GiB}, now=1.0).node == "t"
+
+
+def test_a_named_node_offering_nothing_says_so() -> None:
+    ledger = ledger_with(Node("n1", {}))
+    with pytest.raises(UnknownResource) as info:
+        ledger.grant("a1", {"cpu": 1000}, now=1.0, node="n1")
+    assert info.value.message == "resources.cpu: node n1 does not offer cpu (it offers nothing)"
 
 
 def test_unknown_resource_on_a_named_node() -> None:
@@ -229,6 +323,9 @@ def test_unknown_resource_when_no_node_offers_it() -> None:
     with pytest.raises(UnknownResource) as info:
         ledger.grant("a1", {"cpu": 1000, "license.matlab": 1}, now=1.0)
     assert info.value.message == "resources.license.matlab: no node has license.matlab"
+    with pytest.raises(UnknownResource) as two:
+        ledger.grant("a1", {"cpu": 1000, "license.matlab": 1, "asic.s19": 1}, now=1.0)
+    assert two.value.message == "resources.asic.s19: no node has asic.s19, license.matlab"
     assert info.value.data == {"field": "resources.license.matlab"}
     assert ledger.grant("a2", {"fpga": 1}, now=1.0).node == "n2"
 
@@ -258,6 +355,7 @@ def test_unschedulable_nodes_grant_nothing(state: NodeState, health: Health, rea
     assert named.value.message == f"Node n1 {reason}"
     assert named.value.data["node_reasons"] == {"n1": reason}
     assert named.value.shortages == []
+    assert named.value.data["nodes_considered"] == 1
     with pytest.raises(InsufficientResources) as auto:
         ledger.grant("a1", {"cpu": 1000}, now=1.0)
     assert auto.value.message == f"Node n1 {reason}"
@@ -282,6 +380,7 @@ def test_empty_or_non_positive_request_is_refused(request_: dict[str, int]) -> N
     with pytest.raises(InvalidInput) as info:
         ledger.grant("a1", request_, now=1.0, node="n1")
     assert info.value.message == ("resources: request at least one resource with a positive amount")
+    assert info.value.data == {"field": "resources"}
     assert ledger.free("n1") == {"cpu": 8000, "gpu": 1}
 
 
@@ -326,6 +425,56 @@ def test_devices_follow_declared_order_not_id_order() -> None:
     assert a1.devices == {"asic.s19": ("s-9", "s-1")}
     ledger.release("a1", ReleaseReason.RELEASED, 2.0)
     assert ledger.free_devices("n1") == {"asic.s19": ["s-9", "s-1", "s-5"]}
+
+
+def two_kinds() -> Ledger:
+    # fpga is listed first: a requested kind after an unrequested one is
+    # still taken.
+    return ledger_with(
+        Node(
+            "n1",
+            {"cpu": 8000},
+            devices={"fpga": gpus("f0", "f1"), "gpu": gpus("g0", "g1", "g2", "g3")},
+        )
+    )
+
+
+def test_named_devices_are_taken_as_named() -> None:
+    ledger = two_kinds()
+    alloc = ledger.grant("a1", {"cpu": 1000, "gpu": 2}, now=1.0, devices={"gpu": ["g2", "g0"]})
+    assert alloc.devices == {"gpu": ("g2", "g0")}
+    assert ledger.free_devices("n1") == {"fpga": ["f0", "f1"], "gpu": ["g1", "g3"]}
+
+
+def test_a_kind_not_named_takes_its_first_free_devices() -> None:
+    ledger = two_kinds()
+    alloc = ledger.grant("a1", {"gpu": 2, "fpga": 1}, now=1.0, devices={"gpu": ["g3", "g1"]})
+    assert alloc.devices == {"fpga": ("f0",), "gpu": ("g3", "g1")}
+
+
+@pytest.mark.parametrize(
+    ("count", "named", "shown"),
+    [
+        (1, ["g0"], "g0"),  # busy: a1 holds it
+        (2, ["g0", "g2"], "g0"),
+        (2, ["g1"], "('g1',)"),  # too few
+        (1, ["g1", "g2"], "('g1', 'g2')"),  # too many
+        (2, ["g9", "g0"], "g0, g9"),  # every one busy or unknown is named
+        (2, ["g1", "g1"], "('g1', 'g1')"),  # one device twice
+    ],
+)
+def test_named_devices_that_cannot_be_taken_are_refused(
+    count: int, named: list[str], shown: str
+) -> None:
+    ledger = two_kinds()
+    ledger.grant("a1", {"gpu": 1}, now=1.0)
+    with pytest.raises(InvalidInput) as info:
+        ledger.grant("a2", {"gpu": count}, now=1.0, devices={"gpu": named})
+    assert info.value.message == (
+        f"devices.gpu: {shown} on node n1 cannot be taken: {count} free device(s) needed"
+    )
+    assert info.value.data == {"field": "devices.gpu"}
+    assert ledger.free_devices("n1")["gpu"] == ["g1", "g2", "g3"]
 
 
 def test_resources_without_devices_grant_no_device_names() -> None:
@@ -397,6 +546,11 @@ def test_allocated_device_removal_is_refused() -> None:
     )
     assert info.value.data == {"resource": "gpu", "node": "n1"}
     assert ledger.free_devices("n1") == {"gpu": ["g2"]}
+    with pytest.raises(CapacityBelowAllocated) as both:
+        ledger.update_node(Node("n1", {}, devices={"gpu": gpus("g2", "g5", "g6")}))
+    assert both.value.message == (
+        "devices.gpu: devices g0, g1 of node n1 are allocated and cannot be removed"
+    )
 
 
 def test_update_may_swap_free_devices() -> None:
@@ -446,6 +600,7 @@ def test_release_returns_the_released_value() -> None:
     with pytest.raises(AllocationNotFound) as info:
         ledger.release("a1", ReleaseReason.COMPLETED, 30.0)
     assert info.value.message == "allocation a1 is not active"
+    assert info.value.data == {"id": "a1"}
     assert ledger.free("n1") == {"cpu": 4000, "gpu": 2}
 
 
@@ -558,6 +713,7 @@ def test_restore_refuses_what_does_not_fit() -> None:
     with pytest.raises(InsufficientResources) as info:
         ledger.restore(too_big)
     assert info.value.message == "Insufficient cpu on node n1: 1 available, 2 requested"
+    assert info.value.data["nodes_considered"] == 1
     assert dict(ledger.active()) == {}
 
 

@@ -366,6 +366,25 @@ def test_parse_vector_uses_the_callers_field() -> None:
         parse_vector({"gpu": "1.5"}, field="tasks[0].resources")
     assert info.value.data == {"field": "tasks[0].resources.gpu"}
     assert info.value.message.startswith("tasks[0].resources.gpu: ")
+    with pytest.raises(InvalidResourceName) as bad_name:
+        parse_vector({"GPU": "1"}, field="tasks[0].resources")
+    assert bad_name.value.data == {"field": "tasks[0].resources"}
+
+
+def test_check_name_names_the_resources_field_by_default() -> None:
+    with pytest.raises(InvalidResourceName) as info:
+        check_name("GPU")
+    assert info.value.data == {"field": "resources"}
+    assert info.value.message.startswith("resources: resource name 'GPU' is invalid")
+
+
+def test_unparseable_text_gets_examples_of_what_parses() -> None:
+    with pytest.raises(InvalidQuantity) as info:
+        parse_quantity("memory", "lots")
+    assert info.value.message == (
+        "resources.memory: cannot parse 'lots' as a quantity (examples: '2', '500m', "
+        "'1.5', '16Gi', '100G')"
+    )
 
 
 # -- format_quantity -------------------------------------------------------------------------------
@@ -397,6 +416,8 @@ def test_parse_vector_uses_the_callers_field() -> None:
         ("memory", 2000000000000, "2T"),
         ("memory", 1500000000000, "1500G"),
         ("memory", 1000000000000000000, "1E"),
+        ("memory", 2000000000000000, "2P"),
+        ("memory", 3000000, "3M"),
         ("memory", 1024000, "1024K"),
         ("memory", 1073741824000, "1000Gi"),
         ("memory", 9223372036854775807, "9223372036854775807"),

@@ -185,7 +185,9 @@ def format_human(name: str, value: int) -> str:
     rounded to the nearest (``23.5Gi``, ``310Mi``), where ``format_quantity``
     must stay exact and may say ``24683792Ki``. Other units as canonical."""
     if unit_of(name) is not Unit.BYTES or abs(value) < 1024:
-        return format_quantity(name, value) if value >= 0 else str(value)
+        # format_quantity handles negatives too: -1500 millicores is "-1500m",
+        # where str() would print "-1500" and read as cores.
+        return format_quantity(name, value)
     sign, size_left = ("-" if value < 0 else ""), abs(value)
     i = max(i for i, (_, size) in enumerate(_BINARY_UP) if size <= size_left)
     # 1023.96Mi rounds to 1024.0Mi: the next unit says it as 1Gi.

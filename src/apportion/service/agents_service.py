@@ -437,7 +437,8 @@ class AgentsService:
         else:
             # The only server: its memory holds every session, and reading
             # them all back each second cost a tenth of its heartbeat CPU.
-            for name in [n for n in self.sessions if n not in self.ledger.nodes]:
+            nodes = self.ledger.nodes  # a copy each time it is read
+            for name in [n for n in self.sessions if n not in nodes]:
                 self.sessions.pop(name, None)
         now = self.clock()
         since = self.leader_since() or 0.0

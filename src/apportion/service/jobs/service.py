@@ -90,8 +90,8 @@ class JobsService:
         checked against them too, so a job that only a pool's nodes can hold
         waits for the pool instead of being refused; nothing is ever
         scheduled on them."""
-        self._nodes_state: tuple[tuple[int, float], ClusterState] | None = None
-        self._pools_state: tuple[tuple[int, float], ClusterState, tuple[Node, ...]] | None \
+        self._nodes_state: tuple[Mapping[str, Node], ClusterState] | None = None
+        self._pools_state: tuple[Mapping[str, Node], ClusterState, tuple[Node, ...]] | None \
             = None
 
     # -- what others read -------------------------------------------------------------
@@ -269,15 +269,16 @@ class JobsService:
         pools = _pools_for(job, standins)
         return f"waiting for pool {' or '.join(pools)} to add a node"
 
-    def _node_key(self) -> tuple[int, float]:
-        nodes = self.ledger.nodes
-        return len(nodes), max((n.updated_at for n in nodes.values()), default=0.0)
+    def _node_key(self) -> Mapping[str, Node]:
+        # The ledger makes a new mapping when a node changes: the same one
+        # means the same nodes, and no walk over them per submission.
+        return self.ledger.nodes
 
     def _nodes_only(self) -> ClusterState:
         """The nodes as the core sees them, without what runs on them: all a
         submission's check needs. Built again only when the nodes changed."""
         key = self._node_key()
-        if self._nodes_state is None or self._nodes_state[0] != key:
+        if self._nodes_state is None or self._nodes_state[0] is not key:
             self._nodes_state = (key, ClusterState(list(self.ledger.nodes.values()), []))
         return self._nodes_state[1]
 
@@ -285,7 +286,7 @@ class JobsService:
         """The nodes and the pools' stand-ins; built again only when the nodes
         changed (a pool's room is its maximum less its member nodes)."""
         key = self._node_key()
-        if self._pools_state is None or self._pools_state[0] != key:
+        if self._pools_state is None or self._pools_state[0] is not key:
             standins = tuple(self.potential_nodes())
             if not standins:  # no pools (yet): nothing to keep
                 return self._nodes_only(), ()

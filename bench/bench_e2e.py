@@ -45,6 +45,7 @@ def _breakdown(db: Path) -> dict[str, float]:
     placed: dict[str, float] = {}
     running: dict[str, float] = {}
     ended: dict[str, float] = {}
+    spawned: dict[str, float] = {}
     for kind, subject, data, at in rows:
         if kind == "job.submitted":
             submitted[subject] = at
@@ -57,6 +58,13 @@ def _breakdown(db: Path) -> dict[str, float]:
                 running.setdefault(job, at)
             elif body.get("state") in ("succeeded", "failed"):
                 ended[job] = at
+                # A task that ends before its "running" report went out is
+                # reported once, by its exit: its start is the agent's own time.
+                started = (body.get("times") or {}).get("started_at")
+                if started is not None:
+                    spawned.setdefault(job, started)
+    for job, at in spawned.items():
+        running.setdefault(job, at)
     legs = {"scheduled": (submitted, placed), "delivered+spawned": (placed, running),
             "ran+reported": (running, ended)}
     out = {}

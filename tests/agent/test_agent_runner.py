@@ -5,6 +5,7 @@ after an agent restart, and the fence."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -81,11 +82,17 @@ class Harness:
             await asyncio.sleep(0.02)
 
 
-def _children(pid: int | None) -> int:
+def _descendants(pid: int | None) -> list[str]:
+    """The names of a process's descendants (the task may run under a
+    launcher, so its shell is not always the pid the runner knows)."""
+    names = []
     try:
-        return len(psutil.Process(pid).children()) if pid else 0
+        for child in psutil.Process(pid).children(recursive=True) if pid else []:
+            with contextlib.suppress(psutil.Error):
+                names.append(child.name())
     except psutil.Error:
-        return 0
+        pass
+    return names
 
 
 def run(coro: Any) -> Any:
@@ -148,7 +155,7 @@ def test_stop_sends_the_signal_then_kills_the_group_after_the_grace(tmp_path: Pa
         for task in (polite, stubborn):
             h.runner.spawn(task)
         # The shell has set its trap once its first sleep runs.
-        await h.until(lambda: _children(stubborn.pid) > 0)
+        await h.until(lambda: "sleep" in _descendants(stubborn.pid))
         h.runner.stop("polite", "SIGTERM", 5.0, state="preempted")
         h.runner.stop("stubborn", "TERM", 0.5, state="cancelled")
         await h.until(lambda: len(h.exits) == 2)

@@ -85,6 +85,35 @@ def test_a_refused_unit_is_rolled_back_alone_and_the_others_commit(engine: sa.En
     assert _stored(engine) == [1, 3]
 
 
+def test_a_unit_alone_in_its_transaction_is_refused_whole(engine: sa.Engine) -> None:
+    """A lone unit runs without a savepoint: a refusal or a constraint rolls
+    back the whole transaction, and what it wrote before is not kept."""
+
+    def refused(conn: sa.Connection) -> int:
+        _insert(conn, 5)
+        raise Refused("the job is no longer waiting")
+
+    def duplicate(conn: sa.Connection) -> int:
+        _insert(conn, 6)
+        return _insert(conn, 1)
+
+    async def one_at_a_time() -> list[Any]:
+        committer = GroupCommitter(engine, lambda conn, payloads: [])
+        answers: list[Any] = [await committer.submit_unit(lambda c: _insert(c, 1))]
+        for write in (refused, duplicate):
+            try:
+                answers.append(await committer.submit_unit(write))
+            except Refused as exc:
+                answers.append(exc.message)
+        answers.append(await committer.submit_unit(lambda c: _insert(c, 2)))
+        return answers
+
+    first, second, third, fourth = asyncio.run(one_at_a_time())
+    assert (first, second, fourth) == (1, "the job is no longer waiting", 2)
+    assert third.startswith("the store refused the change:")
+    assert _stored(engine) == [1, 2]
+
+
 def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(
     sqlite_engine: sa.Engine,
 ) -> None:

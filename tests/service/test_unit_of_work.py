@@ -101,5 +101,6 @@ def test_tx_grants_only_what_the_stored_balance_allows_and_releases_once(
         assert tx.release("no-such-allocation", ReleaseReason.COMPLETED) is None
         assert [a.id for a in tx.granted] == ["a1"]
         assert [a.id for a in tx.released] == ["a1"]
+        tx.flush()
     assert [k for k, _, _ in _kinds(uow) if k.startswith("allocation.")] == [
         "allocation.granted", "allocation.released"]

@@ -260,6 +260,10 @@ class Reporting:
         task = runner.tasks.get(task_id)
         if task is None or (body.exit_code == 0 and not body.signalled):
             return False
+        if not runner.has_checkpoint(task):
+            # A directory read: a thread hop for it cost more, on the path of
+            # every preempted task's end (a device switch waits for it).
+            return False
         try:
             packed = await asyncio.to_thread(runner.pack_checkpoint, task,
                                              self.config.checkpoint_max)

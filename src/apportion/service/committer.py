@@ -29,8 +29,9 @@ but need not wait for a transaction of its own: a task's start with its
 grants, a task's end with its release. Units queued together share one
 transaction, each inside a SAVEPOINT, so one that the store refuses (a
 ``Refused`` it raises, or a constraint) is rolled back alone and the others
-still commit with one fsync. A unit must read what it decides on inside its
-own transaction and touch no memory: it may run again after a retry. A
+still commit with one fsync; a unit alone in its transaction needs none.
+A unit must read what it decides on inside its own transaction and touch no
+memory: it may run again after a retry. A
 *heavy* unit (a thousand tasks' ends, say) runs its transaction in a worker
 thread even on SQLite: the event loop goes on answering while it runs.
 """
@@ -61,6 +62,15 @@ BatchWriter = Callable[[sa.Connection, list[Any]], list[Any]]
 class BatchConflict(Exception):
     """Raised by a batch writer when the store disagrees with the batch: roll
     back everything and write the payloads one at a time."""
+
+
+class _LoneUnitRefused(Exception):
+    """A unit alone in its transaction was refused: the transaction rolls
+    back whole, and the unit is answered with ``error``."""
+
+    def __init__(self, error: ApportionError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -166,6 +176,8 @@ class GroupCommitter:
                 continue
             except ApportionError as exc:
                 return [exc] * n
+            except _LoneUnitRefused as refused:
+                return [refused.error]
             except Exception as exc:
                 log.error("batch_failed", error=repr(exc))
                 return [StoreUnavailable(f"the store refused the write: {exc}")] * n
@@ -212,6 +224,15 @@ def _call_alone(write: Write, conn: sa.Connection) -> list[Any]:
 def _call_units(writes: list[Write], conn: sa.Connection) -> list[Any]:
     """Each unit in a savepoint of the shared transaction; a refused one is
     rolled back alone and answered with its error."""
+    if len(writes) == 1:
+        # Alone, the transaction is the unit: a savepoint would add two
+        # statements to every change that commits by itself (most of them).
+        try:
+            return [writes[0](conn)]
+        except ApportionError as exc:
+            raise _LoneUnitRefused(exc) from exc
+        except sa.exc.IntegrityError as exc:
+            raise _LoneUnitRefused(Refused(f"the store refused the change: {exc.orig}")) from exc
     results: list[Any] = []
     for write in writes:
         savepoint = conn.begin_nested()

@@ -227,7 +227,9 @@ class LedgerService:
         def write(conn: sa.Connection) -> tuple[T, list[Allocation]]:
             tx = Tx(conn, self.uow.events, self.clock())
             tx.grant_all(list(grants))
-            return work(tx), tx.released
+            result = work(tx)
+            tx.flush()
+            return result, tx.released
 
         try:
             committed: tuple[T, list[Allocation]] = await self.uow.write_unit(

@@ -140,6 +140,10 @@ class UnitOfWork:
                 for k, s, d in events]
 
 
+_EPOCH = sa.select(cluster_leader.c.epoch).where(cluster_leader.c.id == 1)
+_EPOCH_FOR_SHARE = _EPOCH.with_for_update(read=True)
+
+
 class Tx:
     """One unit's writes inside the shared transaction."""
 
@@ -150,6 +154,7 @@ class Tx:
         self._events = events
         self.granted: list[Allocation] = []
         self.released: list[Allocation] = []
+        self._pending: list[tuple[str, str, dict[str, Any]]] = []
 
     def fence(self, epoch: int | None) -> None:
         """Refuse the whole change unless ``epoch`` is still the leader's.
@@ -159,10 +164,8 @@ class Tx:
         the new epoch, so a deposed leader's late write can never commit."""
         if epoch is None:
             return
-        query = sa.select(cluster_leader.c.epoch).where(cluster_leader.c.id == 1)
-        if self.conn.dialect.name == "postgresql":
-            query = query.with_for_update(read=True)
-        current = self.conn.execute(query).scalar_one_or_none()
+        shared = self.conn.dialect.name == "postgresql"
+        current = self.conn.execute(_EPOCH_FOR_SHARE if shared else _EPOCH).scalar_one_or_none()
         if current != epoch:
             raise NotLeader(f"leader epoch {epoch} was superseded by {current}; this server "
                             "no longer leads", epoch=epoch, current=current)
@@ -171,19 +174,26 @@ class Tx:
         """Record grants decided in memory; the stored balances must agree.
         Node rows are locked first in one sorted order (PostgreSQL), so two
         servers' changes over the same nodes queue instead of deadlocking."""
-        if allocs and self.conn.dialect.name == "postgresql":
+        if not allocs:
+            return
+        if self.conn.dialect.name == "postgresql":
             tables.lock_nodes(self.conn, {a.node for a in allocs})
+        # The batch statements (three, whatever the count): a unit is rolled
+        # back whole when they refuse, so a partial shift never stays.
+        if not tables.shift_balances(self.conn, tables.balance_deltas(allocs, ())) \
+                or not tables.grant_many(self.conn, allocs):
+            nodes = sorted({a.node for a in allocs})
+            raise Refused(f"node {', '.join(nodes)} no longer has room for this grant "
+                          "(another server granted first)", node=nodes[0])
         for alloc in allocs:
-            self.grant(alloc)
+            self.granted.append(alloc)
+            self.event("allocation.granted", alloc.node, {
+                "id": alloc.id, "owner": alloc.owner, "resources": dict(alloc.resources),
+                "devices": {r: list(d) for r, d in alloc.devices.items()}})
 
     def grant(self, alloc: Allocation) -> None:
-        if not tables.apply_grant(self.conn, alloc):
-            raise Refused(f"node {alloc.node} no longer has room for this grant (another "
-                          "server granted first)", node=alloc.node)
-        self.granted.append(alloc)
-        self.event("allocation.granted", alloc.node, {
-            "id": alloc.id, "owner": alloc.owner, "resources": dict(alloc.resources),
-            "devices": {r: list(d) for r, d in alloc.devices.items()}})
+        """Record one grant (``grant_all`` of one)."""
+        self.grant_all([alloc])
 
     def release(self, alloc_id: str, reason: ReleaseReason) -> Allocation | None:
         """Release an allocation as it is stored; None when it was not active."""
@@ -191,14 +201,27 @@ class Tx:
         if stored is None or not stored.active:
             return None
         released = stored.released(reason, self.now)
-        if not tables.apply_release(self.conn, released):
+        if not tables.release_many(self.conn, [released]):
             return None
+        if not tables.shift_balances(self.conn, tables.balance_deltas((), [released])):
+            # Never a release whose resources were not given back: the
+            # transaction fails and is tried again (as ``apply_release``).
+            raise tables.BalanceMissing(f"node {released.node} has no balance to return "
+                                        f"allocation {released.id} to")
         self.released.append(released)
         self.event("allocation.released", released.node, release_data(released))
         return released
 
     def event(self, kind: str, subject: str, data: dict[str, Any]) -> None:
-        self._events(self.conn, [(kind, subject, data)])
+        """Record an event with this change; written at ``flush``."""
+        self._pending.append((kind, subject, data))
+
+    def flush(self) -> None:
+        """Write the change's events in one statement (a task's end has
+        three, each a statement of its own before), in the order recorded."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._events(self.conn, pending)
 
 
 __all__ = ["Tx", "UnitOfWork", "release_data"]

@@ -36,9 +36,11 @@ def load_one(conn: sa.Connection, node: str) -> SessionRow | None:
     return found[0] if found else None
 
 
+_HAS_AGENT = sa.select(sa.literal(1)).where(agent_sessions.c.node == sa.bindparam("b_node"))
+
+
 def has_agent(conn: sa.Connection, node: str) -> bool:
-    return conn.execute(sa.select(sa.literal(1)).where(
-        agent_sessions.c.node == node)).first() is not None
+    return conn.execute(_HAS_AGENT, {"b_node": node}).first() is not None
 
 
 def open_session(conn: sa.Connection, row: SessionRow) -> None:

@@ -15,6 +15,21 @@ def _as(cls: type[Any], row: Any) -> Any:
     return cls(**dict(row._mapping))
 
 
+# The statements a job's transitions run on every task start and end, built
+# once with bound parameters: building a statement and its cache key each
+# call cost more than running it on SQLite (a task's end is a dozen of them).
+# Updates take their SET columns from the parameters given (``b_`` names are
+# the WHERE clause's, never columns).
+_LOAD_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("b_id"))
+_LOAD_JOB_LOCKED = _LOAD_JOB.with_for_update()
+_UPDATE_JOB = jobs.update().where(jobs.c.id == sa.bindparam("b_id"))
+_INSERT_JOB = jobs.insert()
+_LOAD_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
+_UPDATE_TASK = tasks.update().where(tasks.c.id == sa.bindparam("b_id"))
+_UPDATE_TASK_FROM = _UPDATE_TASK.where(
+    tasks.c.state.in_(sa.bindparam("b_from", expanding=True)))
+
+
 # -- queues -------------------------------------------------------------------
 
 
@@ -41,20 +56,18 @@ def upsert_queue(conn: sa.Connection, row: QueueRow) -> None:
 
 
 def insert_job(conn: sa.Connection, row: JobRow) -> None:
-    conn.execute(jobs.insert().values({k: getattr(row, k) for k in JobRow.__dataclass_fields__}))
+    conn.execute(_INSERT_JOB, {k: getattr(row, k) for k in JobRow.__dataclass_fields__})
 
 
 def update_job(conn: sa.Connection, job_id: str, **values: Any) -> None:
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+    conn.execute(_UPDATE_JOB, {"b_id": job_id, **values})
 
 
 def load_job(conn: sa.Connection, job_id: str, *, lock: bool = False) -> JobRow | None:
     """A job row; with ``lock``, held (PostgreSQL: FOR UPDATE) until commit,
     so changes to one job from several servers queue up."""
-    query = sa.select(jobs).where(jobs.c.id == job_id)
-    if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    locked = lock and conn.dialect.name == "postgresql"
+    row = conn.execute(_LOAD_JOB_LOCKED if locked else _LOAD_JOB, {"b_id": job_id}).first()
     return _as(JobRow, row) if row else None
 
 
@@ -105,10 +118,10 @@ def update_task(
 ) -> bool:
     """Change a task; with ``only_from``, only if it is still in one of those
     states (so two reports of one end are applied once)."""
-    query = tasks.update().where(tasks.c.id == task_id)
     if only_from:
-        query = query.where(tasks.c.state.in_(only_from))
-    return conn.execute(query.values(**values)).rowcount == 1
+        params = {"b_id": task_id, "b_from": list(only_from), **values}
+        return conn.execute(_UPDATE_TASK_FROM, params).rowcount == 1
+    return conn.execute(_UPDATE_TASK, {"b_id": task_id, **values}).rowcount == 1
 
 
 def load_tasks(
@@ -157,7 +170,7 @@ def load_tasks_of(
 
 
 def load_task(conn: sa.Connection, task_id: str) -> TaskRow | None:
-    row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+    row = conn.execute(_LOAD_TASK, {"b_id": task_id}).first()
     return _as(TaskRow, row) if row else None
 
 

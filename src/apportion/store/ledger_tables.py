@@ -245,6 +245,9 @@ def lock_nodes(conn: sa.Connection, names: Iterable[str]) -> None:
 # -- allocations ------------------------------------------------------------
 
 
+_INSERT_ALLOCATION = allocations.insert()
+
+
 def apply_grant(conn: sa.Connection, alloc: Allocation) -> bool:
     """Record a grant if the stored balances allow it; False leaves no trace."""
     done: list[tuple[str, int]] = []
@@ -259,7 +262,7 @@ def apply_grant(conn: sa.Connection, alloc: Allocation) -> bool:
             if hit.rowcount != 1:
                 _undo_grant(conn, alloc, done)
                 return False
-    conn.execute(allocations.insert().values(_allocation_row(alloc)))
+    conn.execute(_INSERT_ALLOCATION, _allocation_row(alloc))
     return True
 
 
@@ -319,8 +322,11 @@ def allocation_from_row(row: Any) -> Allocation:
     )
 
 
+_LOAD_ALLOCATION = sa.select(allocations).where(allocations.c.id == sa.bindparam("b_id"))
+
+
 def load_allocation(conn: sa.Connection, alloc_id: str) -> Allocation | None:
-    row = conn.execute(sa.select(allocations).where(allocations.c.id == alloc_id)).first()
+    row = conn.execute(_LOAD_ALLOCATION, {"b_id": alloc_id}).first()
     return allocation_from_row(row) if row else None
 
 

@@ -14,7 +14,7 @@ import pytest
 from apportion.core.model import Node, ReleaseReason
 from apportion.service.jobs import TaskReport
 from apportion.service.wiring import Services
-from service.builders import AGENT, as_leader
+from service.builders import AGENT, as_leader, stored_events
 
 
 @pytest.fixture
@@ -39,12 +39,21 @@ def test_a_preempting_job_waits_for_its_victims_exit_then_starts_in_its_place(
         high = await jobs.submit(
             {"command": ["true"], "resources": {"cpu": "4"}, "priority": 100}, "hi"
         )
+        before = services.uow.commits[0]
         await jobs.run_cycle()
+        assert services.uow.commits[0] == before + 1
         assert list(jobs.switches) == [high.id]
         assert jobs.switches[high.id].victims == {low.id}
         _, [victim] = await jobs.get(low.id)
         assert (victim.state, victim.stop_state) == ("running", "preempted")
+        # The victim's stop and the switch: one decision, one commit.
+        commits = services.uow.commits[0]
+        decided = [(e.kind, e.subject) for e in stored_events(services)][-2:]
+        assert decided == [("task.stop", victim.id), ("job.preempting", high.id)]
+        [switch] = [e.data for e in stored_events(services) if e.kind == "job.preempting"]
+        assert (switch["unit"], switch["victims"]) == (high.id, [low.id])
         await jobs.run_cycle()  # the victim still runs: nothing starts
+        assert services.uow.commits[0] == commits
         _, started = await jobs.get(high.id)
         assert started == []
         assert services.ledger.allocated("n1") == {"cpu": 4000}

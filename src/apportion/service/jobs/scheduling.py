@@ -30,7 +30,7 @@ from apportion.core.scheduling import (
     ClusterState,
     CycleResult,
     Job,
-    Preemption,
+    Placement,
     Queue,
     RunningJob,
     RuntimeHistory,
@@ -155,16 +155,15 @@ class Scheduler:
             result = await asyncio.to_thread(decide, state)
         self.last_cycle = result
         self.cycles += 1
-        stopping = set()
+        placed = {p.job_id: p for p in result.placements}
+        victims: dict[str, list[str]] = {}
         for pre in result.preemptions:
-            if await self._preempt(pre):
-                stopping.add(pre.victim)
+            victims.setdefault(pre.by, []).append(pre.victim)
+        for by, displaced in victims.items():
+            await self._preempt(by, displaced, placed.get(by), now)
         starts: dict[str, list[tuple[str, tuple[TaskPlacement, ...]]]] = {}
         for placement in result.placements:
-            waits = {v for v in placement.preempted if v in stopping}
-            if waits:
-                await self._hold_switch(placement.job_id, placement.tasks, waits, now)
-            else:
+            if placement.job_id not in self.switches:
                 starts.setdefault(unit_job_id(placement.job_id), []).append(
                     (placement.job_id, placement.tasks))
         await asyncio.gather(*(self._start(job_id, units) for job_id, units in starts.items()))
@@ -227,14 +226,6 @@ class Scheduler:
             return False
         return True
 
-    async def _hold_switch(self, unit_id: str, tasks: tuple[TaskPlacement, ...],
-                           victims: set[str], now: float) -> None:
-        self.switches[unit_id] = Switch(unit_id, tasks, set(victims), now)
-        with contextlib.suppress(ApportionError):
-            await self.writer.run(partial(t.hold_switch, job_id=unit_job_id(unit_id),
-                                          unit_id=unit_id, victims=sorted(victims),
-                                          epoch=self.epoch()))
-
     async def start_freed_switches(self) -> None:
         """Start the preempting units whose victims have exited, now: called
         right after a victim's end commits, so the freed device does not wait
@@ -256,16 +247,20 @@ class Scheduler:
         live = self.cache.jobs.get(unit_job_id(unit_id))
         return live is not None and any(live.unit_of(task) == unit_id for task in live.active())
 
-    async def _preempt(self, pre: Preemption) -> bool:
-        """Preempt a victim unit; True when its processes must exit first."""
+    async def _preempt(self, by: str, victims: list[str],
+                       placement: Placement | None, now: float) -> None:
+        """Preempt the victims of unit ``by``; where their processes must
+        exit first, ``by`` waits for them as a ``Switch``."""
         try:
-            outcome = await self.writer.run(partial(t.preempt, victim=pre.victim,
-                                                    by=pre.by, epoch=self.epoch()))
+            outcome = await self.writer.run(partial(
+                t.preempt, victims=victims, by=by, epoch=self.epoch(),
+                switch=placement is not None))
         except ApportionError as exc:
-            log.info("preempt_refused", victim=pre.victim, error=exc.message)
-            return False
-        return any(task.stop_state for task in outcome.tasks if task.state in
-                   ("scheduled", "starting", "running"))
+            log.info("preempt_refused", victims=victims, error=exc.message)
+            return
+        waiting = outcome.answer.get("waiting", [])
+        if placement is not None and waiting:
+            self.switches[by] = Switch(by, placement.tasks, set(waiting), now)
 
     # -- the cluster as the core sees it ------------------------------------------------
 

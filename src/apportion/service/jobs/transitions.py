@@ -36,6 +36,7 @@ from apportion.service.jobs.model import (
     is_ending,
     is_live,
     outcome,
+    unit_job_id,
     usage_row,
 )
 from apportion.service.unit_of_work import Tx
@@ -119,6 +120,9 @@ class Change:
                      not_asked: str | None = None, limit: int | None = None) -> list[TaskRow]:
         """The job's active tasks (on ``node``; not yet asked to reach
         ``not_asked``; the first ``limit``)."""
+        if node is None and not_asked is None and limit is None:
+            rows = self.conn.execute(_ACTIVE_TASKS, {"b_job": job_id})
+            return [TaskRow(**dict(r._mapping)) for r in rows]
         query = sa.select(tasks).where(tasks.c.job_id == job_id,
                                        tasks.c.state.in_(ACTIVE_TASK))
         if node is not None:
@@ -130,6 +134,12 @@ class Change:
         if limit is not None:
             query = query.limit(limit)
         return [TaskRow(**dict(r._mapping)) for r in self.conn.execute(query)]
+
+
+_ACTIVE_TASKS = (sa.select(tasks)
+                 .where(tasks.c.job_id == sa.bindparam("b_job"), tasks.c.state.in_(ACTIVE_TASK))
+                 .order_by(tasks.c.created_at, tasks.c.index))
+"""A job's active tasks, built once: every task end asks (see jobs_tables)."""
 
 
 # -- submission ----------------------------------------------------------------------
@@ -189,32 +199,45 @@ def start(c: Change, *, job_id: str, units: Sequence[UnitStart], epoch: int | No
 def _placed(conn: sa.Connection, job_id: str, indexes: list[int]) -> bool:
     """Whether any of these task indexes runs or has succeeded already."""
     for begin in range(0, len(indexes), 500):
-        hit = conn.execute(sa.select(tasks.c.id).where(
-            tasks.c.job_id == job_id, tasks.c.index.in_(indexes[begin:begin + 500]),
-            tasks.c.state.in_((*ACTIVE_TASK, "succeeded"))).limit(1)).first()
+        hit = conn.execute(_PLACED, {"b_job": job_id,
+                                     "b_indexes": indexes[begin:begin + 500]}).first()
         if hit is not None:
             return True
     return False
 
 
-def hold_switch(c: Change, *, job_id: str, unit_id: str, victims: list[str],
-                epoch: int | None) -> Outcome:
-    c.tx.fence(epoch)
-    c.tx.event("job.preempting", job_id, {"unit": unit_id, "victims": victims,
-                                           "decided_at": c.now})
-    return c.out
+_PLACED = (sa.select(tasks.c.id)
+           .where(tasks.c.job_id == sa.bindparam("b_job"),
+                  tasks.c.index.in_(sa.bindparam("b_indexes", expanding=True)),
+                  tasks.c.state.in_((*ACTIVE_TASK, "succeeded")))
+           .limit(1))
 
 
-def preempt(c: Change, *, victim: str, by: str, epoch: int | None) -> Outcome:
-    """Stop a victim unit's tasks (ended at once where no process runs)."""
+def preempt(c: Change, *, victims: Sequence[str], by: str, epoch: int | None,
+            switch: bool = False) -> Outcome:
+    """Stop the victim units that unit ``by`` displaces (ended at once where
+    no process runs). ``answer["waiting"]`` lists the victims whose processes
+    must exit first; with ``switch`` (``by`` is placed once they have) and
+    any waiting, the switch is recorded (``job.preempting``) in the same
+    transaction: one commit for the decision, not two, on the path of a
+    device switch."""
     c.tx.fence(epoch)
-    job_id, _, index = victim.partition("#")
-    row = c.load(job_id)
-    if row is None:
-        return c.out
-    active = c.active_tasks(job_id)
-    victims = [t for t in active if not index or t.index == int(index)]
-    stop_tasks(c, row, victims, "preempted", f"preempted by {by}")
+    waiting: list[str] = []
+    for victim in victims:
+        job_id, _, index = victim.partition("#")
+        row = c.load(job_id)
+        if row is None:
+            continue
+        active = c.active_tasks(job_id)
+        seen = len(c.out.tasks)
+        stop_tasks(c, row, [t for t in active if not index or t.index == int(index)],
+                   "preempted", f"preempted by {by}")
+        if any(task.stop_state and task.state in ACTIVE_TASK for task in c.out.tasks[seen:]):
+            waiting.append(victim)
+    if switch and waiting:
+        c.tx.event("job.preempting", unit_job_id(by), {
+            "unit": by, "victims": sorted(waiting), "decided_at": c.now})
+    c.out.answer["waiting"] = waiting
     return c.out
 
 
@@ -373,7 +396,10 @@ def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome
                         "state": None if task is None else task.state}
         return c.out
     row = c.load(task.job_id)
-    task = jt.load_task(c.conn, task_id)  # again, under the job's lock
+    if c.conn.dialect.name == "postgresql":
+        # Again, under the job's row lock (SQLite has one writer: what was
+        # read is what is there).
+        task = jt.load_task(c.conn, task_id)
     if row is None or task is None or task.state not in ACTIVE_TASK:
         c.out.answer = {"known": True, "active": False,
                         "state": task.state if task else None}

@@ -16,15 +16,15 @@ import json
 import os
 import select
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.client import HTTPConnection, HTTPException, HTTPResponse
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from apportion.protocol import DesiredState, TaskUpdate
+if TYPE_CHECKING:
+    from apportion.protocol import TaskUpdate
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
@@ -69,6 +69,8 @@ def read_config() -> dict[str, Any]:
     path = config_path()
     if not path.exists():
         return {}
+    import tomllib  # only when there is a file to read
+
     with path.open("rb") as fh:
         return tomllib.load(fh)
 
@@ -340,6 +342,9 @@ class Api(Generic[R]):
                           epoch: str | None = None) -> R:
         """The node's desired state (a ``DesiredState``) once it is newer than
         ``after``, held up to ``wait`` seconds."""
+        # The agent's alone: a CLI command never loads the wire models.
+        from apportion.protocol import DesiredState
+
         return self._call(Call("GET", agent_path(node, "/assignments"),
                                params={"after": after, "wait": wait, "epoch": epoch},
                                read=DesiredState.from_wire))

@@ -380,3 +380,10 @@ class _LogReader:
             while self._emit(self._page(task_id, stream), stream, out):
                 printed = True
         return printed
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``jobs``, ``queues`` and ``submit`` to the ``apportion`` command."""
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(queues_app, name="queues")
+    app.command("submit")(submit)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -500,6 +501,7 @@ class _Http:
                 conn = HTTPSConnection(self._host, self._port, timeout=self._timeout)
             else:
                 conn = HTTPConnection(self._host, self._port, timeout=self._timeout)
+            conn._create_connection = _connect  # type: ignore[attr-defined]
             try:
                 conn.connect()
             except OSError as exc:
@@ -542,6 +544,16 @@ class _Http:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _connect(address: tuple[str, int], *args: Any) -> socket.socket:
+    """``socket.create_connection`` (which ``http.client`` connects with),
+    with an ASCII host name given as bytes: as a string it goes through the
+    IDNA codec, whose first use imports ``stringprep`` and ``unicodedata``
+    (a few milliseconds of a short command, ``bench/bench_cli.py``)."""
+    host, port = address
+    name: Any = host.encode() if host.isascii() else host  # getaddrinfo takes bytes too
+    return socket.create_connection((name, port), *args)
 
 
 def _closed_by_peer(sock: Any) -> bool:

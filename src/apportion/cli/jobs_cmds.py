@@ -1,6 +1,10 @@
-"""CLI commands for work: submit, jobs, queues."""
+"""CLI commands for work: submit, jobs, queues.
 
-from __future__ import annotations
+Without ``from __future__ import annotations``: typer reads a command's
+annotations several times while it builds the command, and string ones are
+evaluated anew each time (a few milliseconds of ``submit``'s start,
+``bench/bench_cli.py``).
+"""
 
 import sys
 import time

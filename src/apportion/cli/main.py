@@ -29,11 +29,13 @@ WHERE: dict[str, str] = {
     "dashboard": "dashboard_cmds",
     "server": "server_cmds", "up": "server_cmds",
 }
-"""Each command and group of ``apportion``: the module of ``apportion.cli``
-whose ``register(app)`` adds it, in the order ``--help``
-lists them. A call that names one imports that module alone: importing all
-of them was a good part of a short command's start (``bench/bench_cli.py``).
+"""Each command and group of ``apportion`` with the module of
+``apportion.cli`` whose ``register(app)`` adds it, in the order they are
+registered (``--help`` lists the commands in this order, then the groups).
+A call that names one imports that module alone: importing all of them was
+a good part of a short command's start (``bench/bench_cli.py``).
 ``tests/cli/test_main.py`` checks this against what each module registers."""
+
 
 class _App(typer.Typer):
     """The main app, which imports and builds only the command a call names.

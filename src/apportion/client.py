@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.client import HTTPConnection, HTTPException, HTTPResponse
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from apportion.protocol import DesiredState, TaskUpdate
+if TYPE_CHECKING:
+    from apportion.protocol import TaskUpdate
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
@@ -69,6 +70,8 @@ def read_config() -> dict[str, Any]:
     path = config_path()
     if not path.exists():
         return {}
+    import tomllib  # only when there is a file to read
+
     with path.open("rb") as fh:
         return tomllib.load(fh)
 
@@ -340,6 +343,9 @@ class Api(Generic[R]):
                           epoch: str | None = None) -> R:
         """The node's desired state (a ``DesiredState``) once it is newer than
         ``after``, held up to ``wait`` seconds."""
+        # The agent's alone: a CLI command never loads the wire models.
+        from apportion.protocol import DesiredState
+
         return self._call(Call("GET", agent_path(node, "/assignments"),
                                params={"after": after, "wait": wait, "epoch": epoch},
                                read=DesiredState.from_wire))
@@ -495,6 +501,7 @@ class _Http:
                 conn = HTTPSConnection(self._host, self._port, timeout=self._timeout)
             else:
                 conn = HTTPConnection(self._host, self._port, timeout=self._timeout)
+            conn._create_connection = _connect  # type: ignore[attr-defined]
             try:
                 conn.connect()
             except OSError as exc:
@@ -537,6 +544,16 @@ class _Http:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _connect(address: tuple[str, int], *args: Any) -> socket.socket:
+    """``socket.create_connection`` (which ``http.client`` connects with),
+    with an ASCII host name given as bytes: as a string it goes through the
+    IDNA codec, whose first use imports ``stringprep`` and ``unicodedata``
+    (a few milliseconds of a short command, ``bench/bench_cli.py``)."""
+    host, port = address
+    name: Any = host.encode() if host.isascii() else host  # getaddrinfo takes bytes too
+    return socket.create_connection((name, port), *args)
 
 
 def _closed_by_peer(sock: Any) -> bool:

@@ -269,7 +269,7 @@ def test_new_nodes_are_told_the_port_the_server_listens_on() -> None:
     # Without APPORTION_SERVER_URL or scaling.server_url, a pool's nodes are
     # pointed at the address `apportion server` serves (the end-to-end test
     # relies on it), not at a fixed :8080.
-    from apportion.cli.main import _own_url
+    from apportion.cli.server_cmds import _own_url
 
     assert _own_url("127.0.0.1", 9123) == "http://127.0.0.1:9123"
     assert _own_url("0.0.0.0", 80) == "http://127.0.0.1:80"

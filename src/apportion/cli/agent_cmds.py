@@ -157,3 +157,8 @@ def _quantity(resource: str, text: str, what: str) -> int:
     if value <= 0:
         raise typer.BadParameter(f"{what}: must be more than 0")
     return value
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``agent`` to the ``apportion`` command."""
+    app.command("agent")(agent)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
+
 from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for
 from apportion.cli.output import api_errors, console, show, table
 
@@ -27,3 +29,8 @@ def _render(view: dict[str, Any]) -> None:
     else:
         console.print(f"no leader right now (last epoch {leader['epoch']}); one is elected "
                       f"within {view.get('leader_timeout_s', 5)} s of a server starting")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``servers`` to the ``apportion`` command."""
+    app.command("servers")(servers)

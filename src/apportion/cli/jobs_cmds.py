@@ -1,6 +1,10 @@
-"""CLI commands for work: submit, jobs, queues."""
+"""CLI commands for work: submit, jobs, queues.
 
-from __future__ import annotations
+Without ``from __future__ import annotations``: typer reads a command's
+annotations several times while it builds the command, and string ones are
+evaluated anew each time (a few milliseconds of ``submit``'s start,
+``bench/bench_cli.py``).
+"""
 
 import sys
 import time
@@ -380,3 +384,10 @@ class _LogReader:
             while self._emit(self._page(task_id, stream), stream, out):
                 printed = True
         return printed
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``jobs``, ``queues`` and ``submit`` to the ``apportion`` command."""
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(queues_app, name="queues")
+    app.command("submit")(submit)

@@ -262,3 +262,14 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``allocations``, ``token``, ``alloc``, ``release``, ``capacity``
+    and ``alerts`` to the ``apportion`` command."""
+    app.add_typer(allocations_app, name="allocations")
+    app.add_typer(token_app, name="token")
+    app.command("alloc")(alloc)
+    app.command("release")(release)
+    app.command("capacity")(capacity)
+    app.command("alerts")(alerts)

@@ -289,3 +289,8 @@ def nodes_rescan(name: NodeArg, server: ServerOpt = None, token: TokenOpt = None
     with api_errors(as_json), client_for(server, token) as c:
         answer = c.rescan_node(name)
     show(answer, as_json, lambda a: console.print(f"{name}: rescan requested"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``nodes`` to the ``apportion`` command."""
+    app.add_typer(nodes_app, name="nodes")

@@ -43,8 +43,36 @@ class LazyConsole:
             self._console = Console(stderr=self._stderr, width=self._width())
         return self._console
 
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """As ``Console.print``; a line of plain text to a pipe or file is
+        written as is, without importing rich (``submit``'s one line is
+        most of what a short command prints, and rich's import was a fifth
+        of its run time: ``bench/bench_cli.py``)."""
+        stream = sys.stderr if self._stderr else sys.stdout
+        if self._console is None and not kwargs and _plain(objects, stream):
+            stream.write(objects[0] + "\n")
+            stream.flush()
+            return
+        self._get().print(*objects, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._get(), name)
+
+
+_RICH_ENV = ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+"""What makes rich colour, wrap or act as a terminal on a pipe."""
+
+
+def _plain(objects: tuple[Any, ...], stream: Any) -> bool:
+    """Whether rich would print ``objects`` to ``stream`` exactly as its text:
+    one string with no markup (``[``), emoji code (``:``), control character
+    or line end, well within the 4096 columns of a pipe, where no colour,
+    no terminal and no width is asked for."""
+    if len(objects) != 1 or not isinstance(objects[0], str):
+        return False
+    text = objects[0]
+    return (len(text) < 2048 and text.isprintable() and "[" not in text and ":" not in text
+            and not any(os.environ.get(k) for k in _RICH_ENV) and not stream.isatty())
 
 
 def real_console(c: Console) -> Console:

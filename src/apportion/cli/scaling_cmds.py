@@ -81,9 +81,11 @@ def pools(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = F
     show(answer, as_json, _render_pools)
 
 
+scale_app.command("plan")(plan)
+scale_app.command("pools")(pools)
+scale_app.command("evaluate")(evaluate)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``scale plan|pools|evaluate`` to the ``apportion`` command."""
-    scale_app.command("plan")(plan)
-    scale_app.command("pools")(pools)
-    scale_app.command("evaluate")(evaluate)
     app.add_typer(scale_app, name="scale")

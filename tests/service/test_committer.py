@@ -9,6 +9,7 @@ are the test's own, passed in as ``UnitOfWork`` passes the ledger's."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,26 @@ def test_a_unit_alone_in_its_transaction_is_refused_whole(engine: sa.Engine) -> 
     assert (first, second, fourth) == (1, "the job is no longer waiting", 2)
     assert third.startswith("the store refused the change:")
     assert _stored(engine) == [1, 2]
+
+
+def test_sqlite_commits_on_the_loop_while_commits_are_fast_else_in_a_thread(
+    sqlite_engine: sa.Engine,
+) -> None:
+    committed_on: list[int] = []
+    sa.event.listen(sqlite_engine, "commit",
+                    lambda conn: committed_on.append(threading.get_ident()))
+
+    async def scenario() -> int:
+        committer = GroupCommitter(sqlite_engine, lambda conn, payloads: [])
+        await committer.submit_unit(lambda c: _insert(c, 1))
+        committer.commit_s = 0.05  # as after a slow fsync
+        await committer.submit_unit(lambda c: _insert(c, 2))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert committed_on[0] == loop_thread
+    assert committed_on[1] != loop_thread
+    assert _stored(sqlite_engine) == [1, 2]
 
 
 def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(

@@ -47,6 +47,10 @@ class FailoverTransport(httpx.AsyncBaseTransport):
         return self.servers[self.current]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if len(self.servers) == 1:
+            # One server: the URL is already its own; rewriting it (a URL
+            # copy and a header per request) would be work for nothing.
+            return await self.inner.handle_async_request(request)
         error: Exception | None = None
         for _ in range(len(self.servers)):
             target = self.server

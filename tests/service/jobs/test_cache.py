@@ -58,9 +58,30 @@ def test_polls_hear_only_of_changes_to_what_a_node_must_run(services: Services) 
         await jobs.cancel(job.id)
         assert heard == [{"n1"}, {"n1"}]  # a stop to hear
         await jobs.task_report("n1", task.id, TaskReport("exited", signalled=True))
-        assert heard == [{"n1"}, {"n1"}, {"n1"}]
+        assert heard == [{"n1"}, {"n1"}]  # its own agent reported the end: nothing to tell
         assert jobs.cache.tasks_on("n1") == []
         assert job.id not in jobs.cache.jobs
+
+    as_leader(services, scenario)
+
+
+def test_a_reported_end_that_stops_a_sibling_still_wakes_the_node(services: Services) -> None:
+    heard: list[set[str]] = []
+    services.jobs.cache.node_listeners.append(lambda nodes: heard.append(set(nodes)))
+
+    async def scenario() -> None:
+        jobs = services.jobs
+        await services.agents.register(Node("n1", {"cpu": 8000}), AGENT)
+        job = await jobs.submit({"command": ["sleep", "1d"], "resources": {"cpu": "1"},
+                                 "count": 2, "gang": True}, "a")
+        await jobs.run_cycle()
+        _, [first, second] = await jobs.get(job.id)
+        heard.clear()
+        await jobs.task_report("n1", first.id, TaskReport("exited", exit_code=3))
+        assert heard == [{"n1"}]  # the gang's other task must stop
+        _, tasks = await jobs.get(job.id)
+        assert [(t.id, t.stop_state) for t in tasks if t.state in ("scheduled", "running")] \
+            == [(second.id, "cancelled")]
 
     as_leader(services, scenario)
 

@@ -194,7 +194,9 @@ class JobCache:
             if live is None:
                 continue
             live.put_task(task)
-            changed |= self._index(task)
+            moved = self._index(task)
+            if task.id not in outcome.reported:
+                changed |= moved
         for row in outcome.rows.values():
             live = self.jobs.get(row.id)
             if live is not None and not is_live(row):

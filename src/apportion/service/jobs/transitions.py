@@ -61,6 +61,10 @@ class Outcome:
     nodes: set[str] = field(default_factory=set)
     ended: list[tuple[JobRow, TaskRow]] = field(default_factory=list)
     """Tasks that ended here, with their job row after the end."""
+    reported: set[str] = field(default_factory=set)
+    """Tasks whose end their own agent reported: their node knows, and its
+    long-poll is not woken for them (a wake is a poll and an answer, twice
+    per preemption)."""
     answer: dict[str, Any] = field(default_factory=dict)
 
 
@@ -270,10 +274,11 @@ def stop_tasks(c: Change, row: JobRow, stop: Iterable[TaskRow], state: str,
 def end_task(c: Change, row: JobRow, task: TaskRow, state: str, why: str, *,
              exit_code: int | None = None, checkpoint: str | None = None,
              times: Mapping[str, float] | None = None,
-             used: Mapping[str, float] | None = None) -> JobRow:
+             used: Mapping[str, float] | None = None, reported: bool = False) -> JobRow:
     """End one active task: release its allocation, record it, and decide
     what its job does next (finish, retry, wait to be placed again).
-    ``row`` is the job as stored now; returns it after the end (unchanged
+    ``reported``: the task's own agent reported the end (its node needs no
+    word of it). ``row`` is the job as stored now; returns it after the end (unchanged
     when the task had ended already, earlier in this transaction)."""
     times = times or {}
     job = c.job(row)
@@ -302,7 +307,10 @@ def end_task(c: Change, row: JobRow, task: TaskRow, state: str, why: str, *,
         c.state_event(new)
     c.out.tasks.append(ended)
     c.out.ended.append((new, ended))
-    c.out.nodes.add(task.node)
+    if reported:
+        c.out.reported.add(ended.id)
+    else:
+        c.out.nodes.add(task.node)
     if change.stop:
         new = stop_tasks(c, new, change.stop, change.stop_state, change.stop_reason)
     return new
@@ -407,7 +415,8 @@ def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome
     if report.state == "exited":
         state, why = outcome(task, report)
         end_task(c, row, task, state, why, exit_code=report.exit_code,
-                 checkpoint=report.checkpoint, times=report.times, used=report.usage)
+                 checkpoint=report.checkpoint, times=report.times, used=report.usage,
+                 reported=True)
         c.out.answer = {"known": True, "active": False, "state": state, "reason": why}
         return c.out
     now_state = progress(c, row, task, report)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from apportion.core.model import Device, Node
@@ -108,6 +108,7 @@ def test_index_blocks_stay_sorted_and_bound_their_buckets(seed: int) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from(["binpack", "spread", "fifo"]))
+@example(55, "binpack")  # a node with negative free cpu, which fit_count took as room
 def test_the_walk_finds_what_a_scan_of_every_bucket_finds(seed: int, name: str) -> None:
     state, now = busy_state(seed)
     rng = random.Random(seed)
@@ -128,6 +129,15 @@ def test_the_walk_finds_what_a_scan_of_every_bucket_finds(seed: int, name: str) 
             assert cands
         for c in cands:
             assert fit_count(c.free, c.aligned) > 0
+
+
+def test_fit_count_is_the_smallest_share_and_none_where_free_is_short_or_negative() -> None:
+    assert fit_count((8000, 4, 64), (2000, 1, 16)) == 4
+    assert fit_count((8000, 1, 64), (2000, 2, 0)) == 0
+    # A node whose capacity shrank under what runs on it has negative free
+    # cpu: nothing fits, whatever the other resources allow.
+    assert fit_count((-3000, 2, 10**11), (8000, 2, 34 * 2**30)) == 0
+    assert fit_count((5, 5), (0, 0)) == 0
 
 
 # -- expected ends --------------------------------------------------------------

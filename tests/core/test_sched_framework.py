@@ -153,3 +153,31 @@ def test_limits_on_a_node_that_is_not_ready_or_unknown_are_ignored() -> None:
     r = placer(state).place(job("j", {"cpu": 1000}, count=2),
                             limits={"down": {"cpu": 0}, "gone": {"cpu": 0}, "n": {"cpu": 2000}})
     assert r.tasks == (TaskPlacement("n", {"cpu": 1000}, {}, 2),)
+
+
+def test_a_limited_node_of_a_bucket_is_offered_alone_up_to_its_limit() -> None:
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=6), limits={"a": {"cpu": 2000}})
+    assert sorted((t.node, t.count) for t in r.tasks or ()) == [("a", 2), ("b", 4)]
+    assert not placer(state).place(job("k", {"cpu": 1000}), limits={"a": {"cpu": 0}}).ok
+
+
+def test_limits_in_one_bucket_leave_a_per_node_walk_of_the_others_alone() -> None:
+    # Required anti-affinity makes the walk look at each node; the limit is
+    # on a node of another bucket (another shape).
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 8000})])
+    state.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})], 0.0)
+    apart = job("db2", {"cpu": 1000}, name="db",
+                anti_affinity=(Affinity(parse_selector("name=db"), target="job", required=True),))
+    r = placer(state).place(apart, limits={"a": {"cpu": 3000}})
+    assert r.tasks == (TaskPlacement("b", {"cpu": 1000}, {}, 1),)
+
+
+def test_a_limited_node_is_offered_ahead_of_the_rest_of_its_bucket() -> None:
+    # n1, n2 and n4 are one bucket; the limit on n2 (its whole capacity)
+    # makes it a candidate of its own, walked before the bucket's others.
+    state = ClusterState([Node(f"n{i}", {"cpu": c})
+                          for i, c in enumerate((4000, 2000, 2000, 4000, 2000))])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=2, gang=False),
+                            limits={"n2": {"cpu": 2000}})
+    assert r.tasks == (TaskPlacement("n2", {"cpu": 1000}, {}, 2),)

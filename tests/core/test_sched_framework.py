@@ -181,3 +181,18 @@ def test_a_limited_node_is_offered_ahead_of_the_rest_of_its_bucket() -> None:
     r = placer(state).place(job("j", {"cpu": 1000}, count=2, gang=False),
                             limits={"n2": {"cpu": 2000}})
     assert r.tasks == (TaskPlacement("n2", {"cpu": 1000}, {}, 2),)
+
+
+def test_a_bucket_whose_nodes_are_all_limited_offers_each_alone() -> None:
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=2),
+                            limits={"a": {"cpu": 1000}, "b": {"cpu": 1000}})
+    assert r.tasks == (TaskPlacement("a", {"cpu": 1000}, {}, 1),
+                       TaskPlacement("b", {"cpu": 1000}, {}, 1))
+
+
+def test_the_rest_of_a_bucket_with_a_full_limited_node_is_offered() -> None:
+    # a's limit of nothing keeps it in the bucket: b is offered as the rest.
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}), limits={"a": {"cpu": 0}})
+    assert r.tasks == (TaskPlacement("b", {"cpu": 1000}, {}, 1),)

@@ -196,3 +196,21 @@ def test_the_rest_of_a_bucket_with_a_full_limited_node_is_offered() -> None:
     state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
     r = placer(state).place(job("j", {"cpu": 1000}), limits={"a": {"cpu": 0}})
     assert r.tasks == (TaskPlacement("b", {"cpu": 1000}, {}, 1),)
+
+
+def test_a_per_node_walk_keeps_to_limits() -> None:
+    # Anti-affinity has the walk look at each node of the bucket of five;
+    # n0's limit of no cpu (and nothing said of memory) rules it out.
+    state = ClusterState([Node(f"n{i}", {"cpu": 4000, "memory": 8000}) for i in range(5)])
+    apart = job("db", {"cpu": 1000}, name="db",
+                anti_affinity=(Affinity(parse_selector("name=db"), target="job", required=True),))
+    r = placer(state).place(apart, limits={"n0": {"cpu": 0}})
+    assert r.tasks == (TaskPlacement("n1", {"cpu": 1000}, {}, 1),)
+
+
+def test_fits_now_runs_the_node_filters_a_job_needs() -> None:
+    state, apart = _db_on_a()
+    only_a = ClusterState([Node("a", {"cpu": 4000})])
+    only_a.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})], 0.0)
+    assert placer(state).fits_now(apart)  # b and c run no db
+    assert not placer(only_a).fits_now(apart)

@@ -214,3 +214,10 @@ def test_fits_now_runs_the_node_filters_a_job_needs() -> None:
     only_a.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})], 0.0)
     assert placer(state).fits_now(apart)  # b and c run no db
     assert not placer(only_a).fits_now(apart)
+
+
+def test_a_limit_that_names_only_some_resources_leaves_the_others_free() -> None:
+    state = ClusterState([Node(n, {"cpu": 4000, "memory": 8000}) for n in ("a", "b")])
+    r = placer(state).place(job("j", {"cpu": 1000, "memory": 1000}, count=2),
+                            limits={"a": {"cpu": 2000}}, prefer=("a",))
+    assert r.tasks == (TaskPlacement("a", {"cpu": 1000, "memory": 1000}, {}, 2),)

@@ -39,6 +39,7 @@ from mutmut.utils.file_utils import walk_mutatable_files
 DEFAULT = ("core/scheduling", "core/ledger.py", "core/resources.py")
 PKG = Path("src/apportion")
 STAMP = Path("mutants/.apportion-targets")
+PROFILE = "--hypothesis-profile=mutation"
 COLUMNS = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "not checked")
 
 
@@ -62,6 +63,10 @@ def configure(args: list[str]) -> list[str]:
     cfg = configuration.config()
     cfg.only_mutate = patterns
     cfg.pytest_add_cli_args_test_selection = sorted({t for _, t in pairs})
+    # Fewer Hypothesis examples per mutant (the profile is in tests/conftest.py):
+    # the property tests would otherwise cost up to a minute a mutant.
+    if PROFILE not in cfg.pytest_add_cli_args:
+        cfg.pytest_add_cli_args = [*cfg.pytest_add_cli_args, PROFILE]
     # mutants/ caches results per mutant; those of another target set would
     # be reported with this one, so a new set starts from scratch.
     key = "\n".join(patterns + cfg.pytest_add_cli_args_test_selection)

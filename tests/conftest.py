@@ -7,9 +7,45 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from apportion.agent.isolation import FALLBACK_SANDBOXES
 from support import ServerProcess, drop_postgres_database, postgres_database
+
+# ./run mutate tests each mutant with `--hypothesis-profile=mutation`: a
+# property test of hundreds of examples costs up to a minute per mutant, and a
+# mutant its tests can catch at all is nearly always caught within the first
+# few. Derandomized and without the example database, so a mutant's verdict is
+# the same on every run. Not for the plain run: it would weaken the suite.
+MUTATION_EXAMPLES = 10
+MUTATION_STEPS = 20
+settings.register_profile(
+    "mutation", max_examples=MUTATION_EXAMPLES, stateful_step_count=MUTATION_STEPS,
+    deadline=None, derandomize=True, database=None,
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under the mutation profile, cap the examples that tests ask for in
+    their own ``@settings`` too: those override any profile."""
+    if config.getoption("hypothesis_profile", None) != "mutation":
+        return
+    for item in items:
+        test = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None:
+            test._hypothesis_internal_use_settings = _capped(own)  # type: ignore[union-attr]
+        machine = getattr(item, "cls", None)
+        if isinstance(getattr(machine, "settings", None), settings):
+            machine.settings = _capped(machine.settings)  # type: ignore[union-attr]
+
+
+def _capped(own: settings) -> settings:
+    return settings(
+        own, max_examples=min(own.max_examples, MUTATION_EXAMPLES),
+        stateful_step_count=min(own.stateful_step_count, MUTATION_STEPS),
+        deadline=None, derandomize=True, database=None,
+    )
 
 
 @pytest.fixture

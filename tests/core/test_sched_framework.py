@@ -1,0 +1,223 @@
+"""The placement pipeline (``core/scheduling/framework.py``): literal
+placements for the paths the cycle tests do not pin down (found by
+mutation testing, see docs/testing.md)."""
+
+from __future__ import annotations
+
+from apportion.core.labels import parse_selector
+from apportion.core.model import Node, NodeState
+from apportion.core.scheduling import Affinity, ClusterState, Job, TaskPlacement, TaskSpec, job
+from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.policies import strategy
+
+
+def placer(state: ClusterState, name: str = "fifo") -> Placer:
+    return Placer(state, strategy(name).options)
+
+
+def test_a_bucket_of_identical_nodes_takes_full_nodes_and_one_partial() -> None:
+    # 8 tasks of 2 cpu on three 6-cpu nodes: two full nodes and one with the
+    # last two tasks, in one bulk move and one grant.
+    state = ClusterState([Node(f"n{i}", {"cpu": 6000, "memory": 8000}) for i in range(3)])
+    r = placer(state).place(job("j", {"cpu": 2000}, count=8))
+    assert r.tasks == (
+        TaskPlacement("n0", {"cpu": 2000}, {}, 3),
+        TaskPlacement("n1", {"cpu": 2000}, {}, 3),
+        TaskPlacement("n2", {"cpu": 2000}, {}, 2),
+    )
+    assert {n: rec.free for n, rec in state.nodes.items()} == {
+        "n0": (0, 8000), "n1": (0, 8000), "n2": (2000, 8000)}
+    assert {n: rec.jobs for n, rec in state.nodes.items()} == {
+        "n0": {"j": 3}, "n1": {"j": 3}, "n2": {"j": 2}}
+
+
+def test_a_bucket_too_small_for_the_group_is_filled_and_the_rest_goes_elsewhere() -> None:
+    # The two 4-cpu nodes take 4 tasks between them (no partial node), the
+    # fifth goes to the big node.
+    state = ClusterState([Node("a0", {"cpu": 4000}), Node("a1", {"cpu": 4000}),
+                          Node("big", {"cpu": 16000})])
+    r = placer(state).place(job("j", {"cpu": 2000}, count=5))
+    assert r.ok
+    assert sorted((t.node, t.count) for t in r.tasks or ()) == [("a0", 2), ("a1", 2), ("big", 1)]
+    assert {n: rec.jobs for n, rec in state.nodes.items()} == {
+        "a0": {"j": 2}, "a1": {"j": 2}, "big": {"j": 1}}
+
+
+def test_a_gang_places_its_hardest_group_first() -> None:
+    # Spreading, the small tasks placed first would take one cpu of the
+    # 4-cpu node and leave the big task nowhere to go; the big group has the
+    # larger share of free cpu (4 of 7 against 3 of 7), so it goes first.
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 3000})])
+    gang = Job("g", (TaskSpec({"cpu": 1000}, 3), TaskSpec({"cpu": 4000}, 1)), gang=True)
+    r = placer(state, "spread").place(gang)
+    assert r.failure is None
+    assert r.tasks == (
+        TaskPlacement("a", {"cpu": 4000}, {}, 1),
+        TaskPlacement("b", {"cpu": 1000}, {}, 1),
+        TaskPlacement("b", {"cpu": 1000}, {}, 1),
+        TaskPlacement("b", {"cpu": 1000}, {}, 1),
+    )
+
+
+def test_hardness_weighs_a_group_by_its_task_count() -> None:
+    # The group of two 3-cpu tasks asks for 6 of 9 free cpu, the 2-cpu task
+    # for 2 of 9: the group goes first (per task, 1.5 of 9 each, it would
+    # not). Packed first, the 2-cpu task would take the tighter 4-cpu node
+    # and leave the second 3-cpu task nowhere.
+    state = ClusterState([Node("a", {"cpu": 5000}), Node("b", {"cpu": 4000})])
+    gang = Job("g", (TaskSpec({"cpu": 2000}, 1), TaskSpec({"cpu": 3000}, 2)), gang=True)
+    r = placer(state).place(gang)
+    assert r.failure is None
+    assert [(t.node, t.resources["cpu"], t.count) for t in r.tasks or ()] == [
+        ("b", 3000, 1), ("a", 3000, 1), ("a", 2000, 1)]
+
+
+def test_hardness_is_a_share_of_what_is_free_of_each_resource() -> None:
+    # The GPU task asks for the only free GPU (a share of 1), the three
+    # 1-cpu tasks for half the free cpu: the GPU task goes first, to the GPU
+    # node. Packed first, the cpu tasks would fill the GPU node's cpu.
+    state = ClusterState([Node("g", {"cpu": 2000, "gpu": 1}), Node("c", {"cpu": 4000})])
+    gang = Job("g", (TaskSpec({"cpu": 1000}, 3), TaskSpec({"cpu": 1000, "gpu": 1}, 1)),
+               gang=True)
+    r = placer(state).place(gang)
+    assert r.failure is None
+    assert [(t.node, t.resources, t.count) for t in r.tasks or ()] == [
+        ("g", {"cpu": 1000, "gpu": 1}, 1), ("g", {"cpu": 1000}, 1), ("c", {"cpu": 1000}, 2)]
+
+
+def _db_on_a() -> tuple[ClusterState, Job]:
+    state = ClusterState([Node(n, {"cpu": 4000}) for n in ("a", "b", "c")])
+    state.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})], 0.0)
+    apart = job("db2", {"cpu": 1000}, name="db",
+                anti_affinity=(Affinity(parse_selector("name=db"), target="job", required=True),))
+    return state, apart
+
+
+def test_preferred_nodes_are_filled_first_skipping_unknown_and_refusing_ones() -> None:
+    state, apart = _db_on_a()
+    assert placer(state).place(apart).tasks == (TaskPlacement("b", {"cpu": 1000}, {}, 1),)
+    # "gone" is no node, "a" runs a db: the first preferred node left is c.
+    state, apart = _db_on_a()
+    r = placer(state).place(apart, prefer=("gone", "a", "c"))
+    assert r.tasks == (TaskPlacement("c", {"cpu": 1000}, {}, 1),)
+
+
+def test_a_preferred_node_keeps_to_its_limit() -> None:
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=3),
+                            limits={"a": {"cpu": 1000}}, prefer=("a",))
+    assert r.tasks == (TaskPlacement("a", {"cpu": 1000}, {}, 1),
+                       TaskPlacement("b", {"cpu": 1000}, {}, 2))
+
+
+def test_fits_on_answers_for_one_node() -> None:
+    state = ClusterState([Node("small", {"cpu": 1000}), Node("big", {"cpu": 8000})])
+    p = placer(state)
+    two = job("t", {"cpu": 2000})
+    assert p.fits_on(two, "big")
+    assert not p.fits_on(two, "small")  # its class can never hold the task
+    assert not p.fits_on(two, "nowhere")
+    # A node filter that reads the job (required anti-affinity) runs too.
+    sel = parse_selector("name=db")
+    db = job("db", {"cpu": 1000}, name="db")
+    state.start(db, [TaskPlacement("big", {"cpu": 1000})], 0.0)
+    apart = job("db2", {"cpu": 1000}, name="db",
+                anti_affinity=(Affinity(sel, target="job", required=True),))
+    assert not p.fits_on(apart, "big")
+    assert p.fits_on(apart, "small")
+
+
+def test_fits_on_a_node_that_is_not_ready_is_false() -> None:
+    state = ClusterState([Node("down", {"cpu": 8000}, state=NodeState.DRAINING)])
+    assert not placer(state).fits_on(job("t", {"cpu": 1000}), "down")
+
+
+def test_fits_now_answers_without_placing() -> None:
+    state = ClusterState([Node("n", {"cpu": 4000, "memory": 8000})])
+    p = placer(state)
+    assert p.fits_now(job("fits", {"cpu": 4000}))
+    assert not p.fits_now(job("never", {"cpu": 8000}))  # no class holds it
+    assert not p.fits_now(job("gpu", {"gpu": 1}))  # no node offers it
+    state.start(job("busy", {"cpu": 3000}), [TaskPlacement("n", {"cpu": 3000})], 0.0)
+    assert not p.fits_now(job("later", {"cpu": 2000}))  # short in the aggregate
+    assert state.nodes["n"].jobs == {"busy": 1}
+
+
+def test_limits_on_a_node_that_is_not_ready_or_unknown_are_ignored() -> None:
+    state = ClusterState([Node("n", {"cpu": 4000}),
+                          Node("down", {"cpu": 4000}, state=NodeState.DRAINING)])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=3),
+                            limits={"down": {"cpu": 0}, "gone": {"cpu": 0}, "n": {"cpu": 2000}})
+    # The limit on n leaves room for two tasks: the third has nowhere to go.
+    assert not r.ok
+    r = placer(state).place(job("j", {"cpu": 1000}, count=2),
+                            limits={"down": {"cpu": 0}, "gone": {"cpu": 0}, "n": {"cpu": 2000}})
+    assert r.tasks == (TaskPlacement("n", {"cpu": 1000}, {}, 2),)
+
+
+def test_a_limited_node_of_a_bucket_is_offered_alone_up_to_its_limit() -> None:
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=6), limits={"a": {"cpu": 2000}})
+    assert sorted((t.node, t.count) for t in r.tasks or ()) == [("a", 2), ("b", 4)]
+    assert not placer(state).place(job("k", {"cpu": 1000}), limits={"a": {"cpu": 0}}).ok
+
+
+def test_limits_in_one_bucket_leave_a_per_node_walk_of_the_others_alone() -> None:
+    # Required anti-affinity makes the walk look at each node; the limit is
+    # on a node of another bucket (another shape).
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 8000})])
+    state.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})], 0.0)
+    apart = job("db2", {"cpu": 1000}, name="db",
+                anti_affinity=(Affinity(parse_selector("name=db"), target="job", required=True),))
+    r = placer(state).place(apart, limits={"a": {"cpu": 3000}})
+    assert r.tasks == (TaskPlacement("b", {"cpu": 1000}, {}, 1),)
+
+
+def test_a_limited_node_is_offered_ahead_of_the_rest_of_its_bucket() -> None:
+    # n1, n2 and n4 are one bucket; the limit on n2 (its whole capacity)
+    # makes it a candidate of its own, walked before the bucket's others.
+    state = ClusterState([Node(f"n{i}", {"cpu": c})
+                          for i, c in enumerate((4000, 2000, 2000, 4000, 2000))])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=2, gang=False),
+                            limits={"n2": {"cpu": 2000}})
+    assert r.tasks == (TaskPlacement("n2", {"cpu": 1000}, {}, 2),)
+
+
+def test_a_bucket_whose_nodes_are_all_limited_offers_each_alone() -> None:
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}, count=2),
+                            limits={"a": {"cpu": 1000}, "b": {"cpu": 1000}})
+    assert r.tasks == (TaskPlacement("a", {"cpu": 1000}, {}, 1),
+                       TaskPlacement("b", {"cpu": 1000}, {}, 1))
+
+
+def test_the_rest_of_a_bucket_with_a_full_limited_node_is_offered() -> None:
+    # a's limit of nothing keeps it in the bucket: b is offered as the rest.
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("j", {"cpu": 1000}), limits={"a": {"cpu": 0}})
+    assert r.tasks == (TaskPlacement("b", {"cpu": 1000}, {}, 1),)
+
+
+def test_a_per_node_walk_keeps_to_limits() -> None:
+    # Anti-affinity has the walk look at each node of the bucket of five;
+    # n0's limit of no cpu (and nothing said of memory) rules it out.
+    state = ClusterState([Node(f"n{i}", {"cpu": 4000, "memory": 8000}) for i in range(5)])
+    apart = job("db", {"cpu": 1000}, name="db",
+                anti_affinity=(Affinity(parse_selector("name=db"), target="job", required=True),))
+    r = placer(state).place(apart, limits={"n0": {"cpu": 0}})
+    assert r.tasks == (TaskPlacement("n1", {"cpu": 1000}, {}, 1),)
+
+
+def test_fits_now_runs_the_node_filters_a_job_needs() -> None:
+    state, apart = _db_on_a()
+    only_a = ClusterState([Node("a", {"cpu": 4000})])
+    only_a.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})], 0.0)
+    assert placer(state).fits_now(apart)  # b and c run no db
+    assert not placer(only_a).fits_now(apart)
+
+
+def test_a_limit_that_names_only_some_resources_leaves_the_others_free() -> None:
+    state = ClusterState([Node(n, {"cpu": 4000, "memory": 8000}) for n in ("a", "b")])
+    r = placer(state).place(job("j", {"cpu": 1000, "memory": 1000}, count=2),
+                            limits={"a": {"cpu": 2000}}, prefer=("a",))
+    assert r.tasks == (TaskPlacement("a", {"cpu": 1000, "memory": 1000}, {}, 2),)

@@ -2,9 +2,11 @@
 
 It holds, per node, the free vector and the free devices, updated in place by
 each grant and release, so a grant costs a few dictionary operations instead
-of a sum over allocations. Choosing a node ("let apportion pick") walks sorted
-indexes over free capacity instead of every node. The ledger is pure: ids and
-times come from the caller; the service makes its decisions durable.
+of a sum over allocations, and keeps sorted indexes over free capacity.
+Which node a grant lands on ("let apportion pick", or whether a named node
+may take it) is the placement engine's decision (``scheduling.engine``, the
+same place that places jobs), made on these indexes. The ledger is pure: ids
+and times come from the caller; the service makes its decisions durable.
 
 Invariant kept here and checked by the property tests: for every node and
 resource, ``free >= 0`` and ``free + sum(active allocations) == capacity``;
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 from sortedcontainers import SortedList
 
@@ -28,15 +29,18 @@ from apportion.core.errors import (
     NodeExists,
     NodeHasAllocations,
     NodeNotFound,
-    UnknownResource,
 )
 from apportion.core.gpu_shares import one_gpu, pick_slots
-from apportion.core.model import Allocation, AllocationState, Device, Node, ReleaseReason
+from apportion.core.model import (
+    Allocation,
+    AllocationState,
+    Device,
+    Node,
+    ReleaseReason,
+    check_node,
+)
 from apportion.core.resources import Shortage, Vector, format_quantity
-
-BEST_FIT_CANDIDATES = 4
-"""How many feasible nodes best fit compares before it picks; walking the
-index in ascending free order finds the tightest ones first, so a few suffice."""
+from apportion.core.scheduling import engine
 
 
 @dataclass(slots=True)
@@ -48,37 +52,6 @@ class _Slot:
     free_devices: dict[str, list[str]]
     device_order: dict[str, dict[str, int]]
     allocations: set[str] = field(default_factory=set)
-
-
-def check_node(node: Node) -> Node:
-    """Reconcile declared device lists with capacity; refuse contradictions."""
-    resources = dict(node.resources)
-    for resource, devices in node.devices.items():
-        ids = [d.id for d in devices]
-        if len(set(ids)) != len(ids):
-            raise InvalidInput(f"devices.{resource}: device ids must be unique", field="devices")
-        declared = resources.get(resource)
-        if declared is None:
-            resources[resource] = len(devices)
-        elif declared != len(devices):
-            raise InvalidInput(
-                f"devices.{resource}: {len(devices)} devices listed but resources.{resource} "
-                f"is {declared}; they must agree",
-                field=f"devices.{resource}",
-            )
-    if resources == node.resources:
-        return node
-    return Node(
-        node.name,
-        resources,
-        node.devices,
-        node.labels,
-        node.specs,
-        node.state,
-        node.health,
-        node.created_at,
-        node.updated_at,
-    )
 
 
 class Ledger:
@@ -224,12 +197,7 @@ class Ledger:
 
     def shortages(self, name: str, request: Vector) -> list[Shortage]:
         """Every resource ``name`` cannot give right now (empty when it fits)."""
-        slot = self._slot(name)
-        free = slot.free
-        return [
-            Shortage(name, r, free.get(r, 0), q, r in free)
-            for r, q in request.items() if free.get(r, 0) < q
-        ]
+        return engine.shortages(name, self._slot(name), request)
 
     def grant(
         self,
@@ -256,12 +224,12 @@ class Ledger:
         if alloc_id in self._active:
             raise InvalidInput(f"id: allocation {alloc_id} is already active", field="id")
         if node is None:
-            slot = self._slots[self._choose(request)]
+            self._flush_index()
+            slot = self._slots[engine.choose_node(request, self._index, self._slots)]
         else:
-            named = self._slots.get(node)
-            if named is None or not _fits_known(request, named):
-                self._refuse_named(node, request)
-            slot = named
+            slot = self._slot(node)
+            if not engine.admits(request, slot):
+                engine.refuse_named(node, slot, request)
         pool = slot.free_devices
         if devices:
             taken = _chosen_devices(slot, request, devices)
@@ -331,65 +299,6 @@ class Ledger:
             for r, order in slot.device_order.items()
         }
 
-    def _refuse_named(self, name: str, request: Vector) -> NoReturn:
-        """Say why ``name`` cannot take ``request``: unknown node, a resource it
-        does not offer, not schedulable, or every short resource."""
-        slot = self._slot(name)
-        unknown = sorted(r for r in request if r not in slot.node.resources)
-        if unknown:
-            raise UnknownResource(
-                f"resources.{unknown[0]}: node {name} does not offer {', '.join(unknown)} "
-                f"(it offers {', '.join(sorted(slot.node.resources)) or 'nothing'})",
-                field=f"resources.{unknown[0]}",
-                node=name,
-            )
-        if not slot.node.schedulable:
-            reason = _unschedulable_reason(slot.node)
-            raise InsufficientResources([], nodes_considered=1, reasons={name: reason})
-        raise InsufficientResources(self.shortages(name, request), nodes_considered=1)
-
-    def _choose(self, request: Vector) -> str:
-        self._flush_index()
-        offered = [r for r in request if self._index.get(r)]
-        unknown = sorted(set(request) - set(offered))
-        if unknown:
-            raise UnknownResource(
-                f"resources.{unknown[0]}: no node has {', '.join(unknown)}",
-                field=f"resources.{unknown[0]}",
-            )
-        # Walk the resource with the fewest nodes able to give it: the
-        # shortest list to scan, and ascending order means tightest fit first.
-        key, start = min(
-            ((r, self._index[r].bisect_left((request[r], ""))) for r in request),
-            key=lambda rs: len(self._index[rs[0]]) - rs[1],
-        )
-        best: tuple[float, str] | None = None
-        seen = 0
-        for _, name in self._index[key].islice(start):
-            slot = self._slots[name]
-            if not slot.node.schedulable or not _fits(request, slot.free):
-                continue
-            waste = _leftover(request, slot)
-            if best is None or waste < best[0]:
-                best = (waste, name)
-            seen += 1
-            if seen >= BEST_FIT_CANDIDATES:
-                break
-        if best is None:
-            self._refuse(request)
-        assert best is not None
-        return best[1]
-
-    def _refuse(self, request: Vector) -> None:
-        shortages: list[Shortage] = []
-        reasons: dict[str, str] = {}
-        for name, slot in sorted(self._slots.items()):
-            if not slot.node.schedulable:
-                reasons[name] = _unschedulable_reason(slot.node)
-                continue
-            shortages.extend(self.shortages(name, request))
-        raise InsufficientResources(shortages, nodes_considered=len(self._slots), reasons=reasons)
-
     def _flush_index(self) -> None:
         # Only entries whose free amount changed move: a grant released before
         # the next choice (the common lease pattern) costs nothing here.
@@ -412,14 +321,6 @@ class Ledger:
     def _unindex(self, name: str) -> None:
         for r, q in self._indexed.pop(name, {}).items():
             self._index[r].remove((q, name))
-
-
-def _fits(request: Vector, free: dict[str, int]) -> bool:
-    # A plain loop: all() over a generator costs twice as much on this hot path.
-    for r, q in request.items():  # noqa: SIM110
-        if free.get(r, 0) < q:
-            return False
-    return True
 
 
 def _chosen_devices(
@@ -466,31 +367,6 @@ def _first_free(slot: _Slot, resource: str, count: int) -> tuple[str, ...]:
                "shares of one grant stay on one GPU; more than one GPU's worth takes whole GPUs)")
         raise InsufficientResources([], nodes_considered=1, reasons={slot.node.name: why})
     return ids
-
-
-def _fits_known(request: Vector, slot: _Slot) -> bool:
-    """Schedulable, offers every requested resource, and has enough free."""
-    if not slot.node.schedulable:
-        return False
-    free = slot.free
-    for r, q in request.items():
-        f = free.get(r)
-        if f is None or f < q:
-            return False
-    return True
-
-
-def _leftover(request: Vector, slot: _Slot) -> float:
-    """Share of each requested resource left over after the grant, summed:
-    smaller is a tighter (better) fit."""
-    cap = slot.node.resources
-    return sum((slot.free[r] - q) / cap[r] for r, q in request.items())
-
-
-def _unschedulable_reason(node: Node) -> str:
-    if node.state.value != "ready":
-        return f"is {node.state.value}"
-    return f"is {node.health.value}"
 
 
 def rebuild(nodes: Iterable[Node], allocations: Iterable[Allocation]) -> Ledger:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from apportion.core.errors import InvalidInput
 from apportion.core.resources import Vector
 
 
@@ -72,6 +73,37 @@ class Node:
     @property
     def schedulable(self) -> bool:
         return self.state is NodeState.READY and self.health is not Health.UNHEALTHY
+
+
+def check_node(node: Node) -> Node:
+    """Reconcile declared device lists with capacity; refuse contradictions."""
+    resources = dict(node.resources)
+    for resource, devices in node.devices.items():
+        ids = [d.id for d in devices]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput(f"devices.{resource}: device ids must be unique", field="devices")
+        declared = resources.get(resource)
+        if declared is None:
+            resources[resource] = len(devices)
+        elif declared != len(devices):
+            raise InvalidInput(
+                f"devices.{resource}: {len(devices)} devices listed but resources.{resource} "
+                f"is {declared}; they must agree",
+                field=f"devices.{resource}",
+            )
+    if resources == node.resources:
+        return node
+    return Node(
+        node.name,
+        resources,
+        node.devices,
+        node.labels,
+        node.specs,
+        node.state,
+        node.health,
+        node.created_at,
+        node.updated_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,9 @@ from sortedcontainers import SortedList
 
 from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.constraints import family
+from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import class_verdict
-from apportion.core.scheduling.framework import Placer, fit_count
+from apportion.core.scheduling.framework import fit_count
 from apportion.core.scheduling.jobs import Job
 from apportion.core.scheduling.state import ClusterState
 

@@ -36,8 +36,8 @@ from apportion.core.scheduling.backfill import (
     running_ends,
     use_extra,
 )
+from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import class_verdict
-from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState

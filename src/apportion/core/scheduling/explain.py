@@ -20,8 +20,8 @@ from apportion.core.errors import JobRejected
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.backfill import easy_reservation
 from apportion.core.scheduling.capacity import NodeClass
+from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import CLASS_FILTERS, NodeReady, node_reasons
-from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import PlaceOptions
 from apportion.core.scheduling.jobs import Job, Queue, TaskSpec
 from apportion.core.scheduling.scorers import SCORERS

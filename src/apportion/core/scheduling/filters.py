@@ -12,6 +12,10 @@ it implements the protocol of each level it has something to say at:
   nodes it visits, in index order, so it stops after a few feasible ones;
   it asks ``fit`` (how many tasks, no message to build) and explain asks
   ``check_node`` (the reason).
+* ``RequestFilter.admits``: one node for a plain request, a resource vector
+  granted through the ledger with no job (``POST /allocations``). The
+  engine's best-fit walk (``engine.choose_node``) asks it of each node it
+  visits, and a grant on a named node asks that node.
 
 A rejection is a ``Reason`` (defined in ``status``, re-exported here)
 naming the plugin, a code and a message with the amounts; ``kind`` keeps
@@ -28,7 +32,8 @@ from typing import Protocol
 
 from apportion.core.gpu_shares import tasks_fit
 from apportion.core.labels import LabelRequirement
-from apportion.core.resources import format_quantity
+from apportion.core.model import Node
+from apportion.core.resources import Vector, format_quantity
 from apportion.core.scheduling.capacity import NodeClass, NodeRec
 from apportion.core.scheduling.constraints import (
     Constraints,
@@ -42,10 +47,10 @@ from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import Code, Kind, Reason
 
 __all__ = [
-    "CLASS_FILTERS", "NODE_FILTERS", "ClassFilter", "Code", "DeviceConstraints", "JobAffinity",
-    "Kind", "LabelConstraints", "NodeAffinity", "NodeFilter", "NodeReady", "Reason",
-    "ResourcesFit", "Verdict", "class_verdict", "needs_node_device_check", "node_reasons",
-    "runs_matching",
+    "CLASS_FILTERS", "NODE_FILTERS", "REQUEST_FILTERS", "ClassFilter", "Code",
+    "DeviceConstraints", "JobAffinity", "Kind", "LabelConstraints", "NodeAffinity", "NodeFilter",
+    "NodeReady", "Reason", "RequestFilter", "ResourcesFit", "Verdict", "class_verdict",
+    "needs_node_device_check", "node_reasons", "runs_matching",
 ]
 
 
@@ -86,11 +91,24 @@ class NodeFilter(Protocol):
     ) -> Reason | None: ...
 
 
+class RequestFilter(Protocol):
+    """A filter on one node for a plain request (a resource vector, no job):
+    the ledger's ``Node`` and free amounts, not a class and bucket, since a
+    grant decides on the ledger's own index (``engine`` says why)."""
+
+    name: str
+
+    def admits(self, request: Vector, node: Node, free: Mapping[str, int]) -> bool: ...
+
+
 class NodeReady:
     """Only ready, not unhealthy nodes take work. First: it is the cheapest
     test and says the most useful thing about a node that is down."""
 
     name = "NodeReady"
+
+    def admits(self, request: Vector, node: Node, free: Mapping[str, int]) -> bool:
+        return node.schedulable
 
     def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
         if cls.state.value != "ready":
@@ -122,6 +140,14 @@ class ResourcesFit:
                     r, q, cls.capacity[i],
                 )
         return None
+
+    def admits(self, request: Vector, node: Node, free: Mapping[str, int]) -> bool:
+        # A plain loop: all() over a generator costs twice as much on this
+        # hot path (every node the grant's walk visits).
+        for r, q in request.items():  # noqa: SIM110
+            if free.get(r, 0) < q:
+                return False
+        return True
 
     def needed(self, job: Job) -> bool:
         return True
@@ -349,6 +375,12 @@ runs the ones a job shape needs (``Verdict.node_filters``) on every node it
 offers alone; on a bucket, the walk's test of the index entry is
 ``ResourcesFit``'s, laid out as the class vector so that whole index blocks
 can be skipped."""
+
+
+REQUEST_FILTERS: tuple[RequestFilter, ...] = (NodeReady(), ResourcesFit())
+"""What a plain request asks of a node: ready and healthy enough, and the
+free amounts (a grant has no labels, device terms or affinity to check; the
+devices it takes are the first free ones, counted by its amounts)."""
 
 
 @dataclass(slots=True)

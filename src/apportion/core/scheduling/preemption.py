@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.jobs import Job, RunningJob
 from apportion.core.scheduling.state import ClusterState
 

@@ -28,8 +28,7 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from apportion.core.errors import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
-from apportion.core.ledger import check_node
-from apportion.core.model import Node
+from apportion.core.model import Node, check_node
 from apportion.core.scheduling.capacity import (
     Bucket,
     FreeCapacity,

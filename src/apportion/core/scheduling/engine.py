@@ -1,0 +1,170 @@
+"""The placement engine: the one place that decides which node a request
+lands on, for both kinds of request, with the filter plugins of ``filters``.
+
+* **A plain grant** (``POST /api/v1/allocations`` without a node →
+  ``LedgerService.grant`` → ``Ledger.grant``): one resource vector, no job.
+  ``choose_node`` is the engine's one-task fast path: it walks the ledger's
+  index of free amounts of the requested resource that the fewest nodes can
+  give, from the tightest fit up, asks each node it visits the plugins of
+  ``filters.REQUEST_FILTERS`` (``NodeReady``, ``ResourcesFit``), and of the
+  first ``BEST_FIT_CANDIDATES`` nodes they admit takes the one with the least
+  left over. A grant on a named node asks that node the same plugins
+  (``admits``). ``refuse`` and ``refuse_named`` say why not, in the words and
+  fields the API has always answered with.
+* **A job's tasks** (the scheduling cycle, the simulator, backfill,
+  preemption and explain's probes): ``Placer`` (the pipeline in
+  ``framework``: ``filters.CLASS_FILTERS`` once per node class, the
+  aggregate check, a walk of the bucket index running
+  ``filters.NODE_FILTERS`` on the nodes it offers alone, score plugins,
+  grant).
+
+Why a plain grant does not go through ``Placer`` as a one-task job: the
+Placer decides on a ``ClusterState`` (node classes, buckets of identical
+nodes, a blocked index over buckets), built for scoring many jobs against a
+snapshot. Kept in step with the ledger for every grant, it moved the node
+between buckets on each grant and release, and each request built a
+``Job``: a grant cost 1.5 to 2 times as much (``bench/bench_ledger.py``).
+The ledger's index moves an entry only when the next choice reads it, so the
+common lease pattern (grant, release, grant) costs nothing there. The two
+walks therefore share their filters and their refusals' words, and differ in
+the index they walk; one index for both needs ``ClusterState`` to move a
+node between buckets as lazily as the ledger moves its entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NoReturn, Protocol
+
+from sortedcontainers import SortedList
+
+from apportion.core.errors import InsufficientResources, UnknownResource
+from apportion.core.model import Node
+from apportion.core.resources import Shortage, Vector
+from apportion.core.scheduling.filters import REQUEST_FILTERS, NodeReady
+from apportion.core.scheduling.framework import Placer
+
+__all__ = ["BEST_FIT_CANDIDATES", "Placer", "Slot", "admits", "choose_node", "refuse",
+           "refuse_named", "shortages"]
+
+BEST_FIT_CANDIDATES = 4
+"""How many admitted nodes best fit compares before it picks; walking the
+index in ascending free order finds the tightest ones first, so a few suffice."""
+
+
+class Slot(Protocol):
+    """What the engine reads of a ledger node: its description and free amounts."""
+
+    @property
+    def node(self) -> Node: ...
+
+    @property
+    def free(self) -> dict[str, int]: ...
+
+
+_ADMITS = tuple(plugin.admits for plugin in REQUEST_FILTERS)
+"""The plugins' tests, bound once: the walk calls them on every node it visits."""
+
+_READY = NodeReady()
+
+
+def admits(request: Vector, slot: Slot) -> bool:
+    """Whether every request filter lets ``slot``'s node take ``request`` now."""
+    node = slot.node
+    free = slot.free
+    for ok in _ADMITS:  # noqa: SIM110 (a plain loop: all() over a generator is slower)
+        if not ok(request, node, free):
+            return False
+    return True
+
+
+def choose_node(request: Vector, index: Mapping[str, SortedList], slots: Mapping[str, Slot]) -> str:
+    """The node a plain grant of ``request`` lands on.
+
+    ``index`` maps each resource to a ``SortedList`` of ``(free amount, node
+    name)``, up to date; ``slots`` maps node names to their slots."""
+    offered = [r for r in request if index.get(r)]
+    unknown = sorted(set(request) - set(offered))
+    if unknown:
+        raise UnknownResource(
+            f"resources.{unknown[0]}: no node has {', '.join(unknown)}",
+            field=f"resources.{unknown[0]}",
+        )
+    # Walk the resource with the fewest nodes able to give it: the
+    # shortest list to scan, and ascending order means tightest fit first.
+    key, start = min(
+        ((r, index[r].bisect_left((request[r], ""))) for r in request),
+        key=lambda rs: len(index[rs[0]]) - rs[1],
+    )
+    best: tuple[float, str] | None = None
+    seen = 0
+    for _, name in index[key].islice(start):
+        slot = slots[name]
+        node = slot.node
+        free = slot.free
+        for ok in _ADMITS:
+            if not ok(request, node, free):
+                break
+        else:  # every filter admits the node: a candidate
+            waste = _leftover(request, node, free)
+            if best is None or waste < best[0]:
+                best = (waste, name)
+            seen += 1
+            if seen >= BEST_FIT_CANDIDATES:
+                break
+    if best is None:
+        refuse(request, slots)
+    return best[1]
+
+
+def shortages(name: str, slot: Slot, request: Vector) -> list[Shortage]:
+    """Every resource ``name`` cannot give right now (empty when it fits)."""
+    free = slot.free
+    return [
+        Shortage(name, r, free.get(r, 0), q, r in free)
+        for r, q in request.items() if free.get(r, 0) < q
+    ]
+
+
+def refuse(request: Vector, slots: Mapping[str, Slot]) -> NoReturn:
+    """No node admits ``request``: every node's reason, by name (not ready or
+    unhealthy; otherwise each short resource)."""
+    short: list[Shortage] = []
+    reasons: dict[str, str] = {}
+    for name, slot in sorted(slots.items()):
+        if not _READY.admits(request, slot.node, slot.free):
+            reasons[name] = _unschedulable_reason(slot.node)
+            continue
+        short.extend(shortages(name, slot, request))
+    raise InsufficientResources(short, nodes_considered=len(slots), reasons=reasons)
+
+
+def refuse_named(name: str, slot: Slot, request: Vector) -> NoReturn:
+    """Say why node ``name`` cannot take ``request``: a resource it does not
+    offer, not schedulable, or every short resource."""
+    node = slot.node
+    unknown = sorted(r for r in request if r not in node.resources)
+    if unknown:
+        raise UnknownResource(
+            f"resources.{unknown[0]}: node {name} does not offer {', '.join(unknown)} "
+            f"(it offers {', '.join(sorted(node.resources)) or 'nothing'})",
+            field=f"resources.{unknown[0]}",
+            node=name,
+        )
+    if not _READY.admits(request, node, slot.free):
+        raise InsufficientResources([], nodes_considered=1,
+                                    reasons={name: _unschedulable_reason(node)})
+    raise InsufficientResources(shortages(name, slot, request), nodes_considered=1)
+
+
+def _leftover(request: Vector, node: Node, free: Mapping[str, int]) -> float:
+    """Share of each requested resource left over after the grant, summed:
+    smaller is a tighter (better) fit."""
+    cap = node.resources
+    return sum((free[r] - q) / cap[r] for r, q in request.items())
+
+
+def _unschedulable_reason(node: Node) -> str:
+    if node.state.value != "ready":
+        return f"is {node.state.value}"
+    return f"is {node.health.value}"

@@ -490,12 +490,12 @@ def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
     for f, q in zip(free, aligned, strict=True):
         if q:
             n = f // q
-            if n <= 0:
-                # Below zero too: a node whose capacity shrank under what
-                # runs has negative free, and -1 was taken for "no bound yet".
-                return 0
             if n < best or best < 0:
                 best = n
+                # Below zero too: a node whose capacity shrank under what
+                # runs has negative free; kept, -1 read as "no bound yet".
+                if n <= 0:
+                    return 0
     return best if best > 0 else 0
 
 

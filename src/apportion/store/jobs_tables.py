@@ -28,6 +28,15 @@ _LOAD_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
 _UPDATE_TASK = tasks.update().where(tasks.c.id == sa.bindparam("b_id"))
 _UPDATE_TASK_FROM = _UPDATE_TASK.where(
     tasks.c.state.in_(sa.bindparam("b_from", expanding=True)))
+_TASKS_IN_STATES = (sa.select(tasks)
+                    .where(tasks.c.job_id == sa.bindparam("b_job"),
+                           tasks.c.state.in_(sa.bindparam("b_states", expanding=True)))
+                    .order_by(tasks.c.created_at, tasks.c.index))
+_ANY_TASK_IN = (sa.select(tasks.c.id)
+                .where(tasks.c.job_id == sa.bindparam("b_job"),
+                       tasks.c.index.in_(sa.bindparam("b_indexes", expanding=True)),
+                       tasks.c.state.in_(sa.bindparam("b_states", expanding=True)))
+                .limit(1))
 
 
 # -- queues -------------------------------------------------------------------
@@ -144,6 +153,20 @@ def load_tasks(
     if limit is not None:
         query = query.limit(limit).offset(offset)
     return [_as(TaskRow, r) for r in conn.execute(query)]
+
+
+def load_tasks_in(conn: sa.Connection, job_id: str, states: tuple[str, ...]) -> list[TaskRow]:
+    """A job's tasks in ``states``, oldest first (every task end asks: the
+    statement is built once)."""
+    rows = conn.execute(_TASKS_IN_STATES, {"b_job": job_id, "b_states": list(states)})
+    return [_as(TaskRow, r) for r in rows]
+
+
+def any_task_in(conn: sa.Connection, job_id: str, indexes: list[int],
+                states: tuple[str, ...]) -> bool:
+    """Whether any of these task indexes of the job is in one of ``states``."""
+    params = {"b_job": job_id, "b_indexes": indexes, "b_states": list(states)}
+    return conn.execute(_ANY_TASK_IN, params).first() is not None
 
 
 def count_tasks(conn: sa.Connection, job_id: str) -> int:

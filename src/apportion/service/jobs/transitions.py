@@ -125,8 +125,7 @@ class Change:
         """The job's active tasks (on ``node``; not yet asked to reach
         ``not_asked``; the first ``limit``)."""
         if node is None and not_asked is None and limit is None:
-            rows = self.conn.execute(_ACTIVE_TASKS, {"b_job": job_id})
-            return [TaskRow(**dict(r._mapping)) for r in rows]
+            return jt.load_tasks_in(self.conn, job_id, ACTIVE_TASK)
         query = sa.select(tasks).where(tasks.c.job_id == job_id,
                                        tasks.c.state.in_(ACTIVE_TASK))
         if node is not None:
@@ -138,12 +137,6 @@ class Change:
         if limit is not None:
             query = query.limit(limit)
         return [TaskRow(**dict(r._mapping)) for r in self.conn.execute(query)]
-
-
-_ACTIVE_TASKS = (sa.select(tasks)
-                 .where(tasks.c.job_id == sa.bindparam("b_job"), tasks.c.state.in_(ACTIVE_TASK))
-                 .order_by(tasks.c.created_at, tasks.c.index))
-"""A job's active tasks, built once: every task end asks (see jobs_tables)."""
 
 
 # -- submission ----------------------------------------------------------------------
@@ -202,19 +195,9 @@ def start(c: Change, *, job_id: str, units: Sequence[UnitStart], epoch: int | No
 
 def _placed(conn: sa.Connection, job_id: str, indexes: list[int]) -> bool:
     """Whether any of these task indexes runs or has succeeded already."""
-    for begin in range(0, len(indexes), 500):
-        hit = conn.execute(_PLACED, {"b_job": job_id,
-                                     "b_indexes": indexes[begin:begin + 500]}).first()
-        if hit is not None:
-            return True
-    return False
-
-
-_PLACED = (sa.select(tasks.c.id)
-           .where(tasks.c.job_id == sa.bindparam("b_job"),
-                  tasks.c.index.in_(sa.bindparam("b_indexes", expanding=True)),
-                  tasks.c.state.in_((*ACTIVE_TASK, "succeeded")))
-           .limit(1))
+    return any(jt.any_task_in(conn, job_id, indexes[begin:begin + 500],
+                              (*ACTIVE_TASK, "succeeded"))
+               for begin in range(0, len(indexes), 500))
 
 
 def preempt(c: Change, *, victims: Sequence[str], by: str, epoch: int | None,

@@ -45,7 +45,7 @@ from apportion.core.errors import (
     NodeNotFound,
     UnknownResource,
 )
-from apportion.core.resources import Shortage
+from apportion.core.reasons import Failure, Reason
 
 __all__ = [
     "AgentUnknown",
@@ -54,6 +54,7 @@ __all__ = [
     "ApportionError",
     "BodyTooLarge",
     "CapacityBelowAllocated",
+    "Failure",
     "InsufficientResources",
     "InvalidInput",
     "InvalidQuantity",
@@ -68,9 +69,9 @@ __all__ = [
     "ProviderConfigError",
     "ProviderError",
     "ProviderUnavailable",
+    "Reason",
     "ReasonReserved",
     "Refused",
-    "Shortage",
     "StoreUnavailable",
     "TokenTooShort",
     "TooManyFailures",

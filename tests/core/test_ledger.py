@@ -23,6 +23,7 @@ from apportion.core.model import (
     NodeState,
     ReleaseReason,
 )
+from apportion.core.reasons import Code, Kind
 from apportion.exceptions import (
     AllocationNotFound,
     CapacityBelowAllocated,
@@ -31,11 +32,20 @@ from apportion.exceptions import (
     NodeExists,
     NodeHasAllocations,
     NodeNotFound,
-    Shortage,
+    Reason,
     UnknownResource,
 )
 
 GiB = 2**30
+
+
+def _short(exc: InsufficientResources, *, offered: bool = False) -> list[tuple[object, ...]]:
+    """A refusal's shortages as (node, resource, available, requested[, offered])."""
+    return [
+        (s.node, s.resource, s.available, s.requested)
+        + ((s.code is not Code.UNKNOWN_RESOURCE,) if offered else ())
+        for s in exc.shortages
+    ]
 
 
 def gpus(*ids: str) -> tuple[Device, ...]:
@@ -186,7 +196,11 @@ def test_named_shortage_message() -> None:
     with pytest.raises(InsufficientResources) as info:
         ledger.grant("a1", {"cpu": 3000}, now=1.0, node="n1")
     assert info.value.message == "Insufficient cpu on node n1: 2 available, 3 requested"
-    assert info.value.shortages == [Shortage("n1", "cpu", 2000, 3000)]
+    assert info.value.shortages == [Reason(
+        "ResourcesFit", Code.INSUFFICIENT, Kind.BUSY,
+        "Insufficient cpu on node n1: 2 available, 3 requested", "cpu", 3000, 2000, "n1",
+    )]
+    assert info.value.failure.kind is Kind.BUSY
     assert info.value.data["nodes_considered"] == 1
     assert info.value.data["shortages"] == [
         {
@@ -232,12 +246,15 @@ def test_refusal_after_grants_uses_what_is_left() -> None:
 def test_shortages_is_empty_when_it_fits() -> None:
     ledger = ledger_with(Node("n1", {"cpu": 2000, "gpu": 1}))
     assert ledger.shortages("n1", {"cpu": 2000, "gpu": 1}) == []
-    assert ledger.shortages("n1", {"cpu": 2001, "fpga": 1}) == [
-        Shortage("n1", "cpu", 2000, 2001),
-        Shortage("n1", "fpga", 0, 1, offered=False),
+    assert [
+        (s.node, s.resource, s.available, s.requested, s.code, s.kind)
+        for s in ledger.shortages("n1", {"cpu": 2001, "fpga": 1})
+    ] == [
+        ("n1", "cpu", 2000, 2001, Code.INSUFFICIENT, Kind.BUSY),
+        ("n1", "fpga", 0, 1, Code.UNKNOWN_RESOURCE, Kind.NEVER),
     ]
     # A node without the resource says so, rather than "0 available".
-    assert [s.describe() for s in ledger.shortages("n1", {"cpu": 2001, "fpga": 1})] == [
+    assert [s.message for s in ledger.shortages("n1", {"cpu": 2001, "fpga": 1})] == [
         "Insufficient cpu on node n1: 2 available, 2001m requested",
         "node n1 has no fpga",
     ]
@@ -963,11 +980,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert list(state_info.value.data["node_reasons"]) == [name]
             return
         free = self._free(name)
-        shortages = [Shortage(name, r, free[r], q) for r, q in request.items() if free[r] < q]
+        shortages = [(name, r, free[r], q) for r, q in request.items() if free[r] < q]
         if shortages:
             with pytest.raises(InsufficientResources) as short_info:
                 self.ledger.grant(alloc_id, request, now=now, node=name)
-            assert short_info.value.shortages == shortages
+            assert _short(short_info.value) == shortages
             event("grant: named, short")
             return
         expected_gpus = self._free_gpus(name)[: request.get("gpu", 0)]
@@ -997,13 +1014,13 @@ class LedgerMachine(RuleBasedStateMachine):
                     continue
                 free = self._free(n)
                 shortages += [
-                    Shortage(n, r, free.get(r, 0), q, r in self.nodes[n].resources)
+                    (n, r, free.get(r, 0), q, r in self.nodes[n].resources)
                     for r, q in request.items()
                     if free.get(r, 0) < q
                 ]
             with pytest.raises(InsufficientResources) as info:
                 self.ledger.grant(alloc_id, request, now=now)
-            assert info.value.shortages == shortages
+            assert _short(info.value, offered=True) == shortages
             assert info.value.data["node_reasons"] == reasons
             assert info.value.data["nodes_considered"] == len(self.nodes)
             event("grant: auto, refused")

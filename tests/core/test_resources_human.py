@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from apportion.core.reasons import short_on_node
 from apportion.core.resources import (
-    Shortage,
     format_human,
     format_human_vector,
     human_quantity,
@@ -67,14 +67,14 @@ def test_a_vector_in_base_units_prints_as_pairs_not_a_dict() -> None:
 
 
 def test_a_ledger_refusal_reads_in_human_units() -> None:
-    short = Shortage("n1", "memory", 6170948 * KI, 8 * GI)
-    assert short.describe() == "Insufficient memory on node n1: 5.9Gi available, 8Gi requested"
+    short = short_on_node("n1", "memory", 6170948 * KI, 8 * GI)
+    assert short.message == "Insufficient memory on node n1: 5.9Gi available, 8Gi requested"
 
 
 def test_a_shortage_of_a_resource_the_node_lacks_says_so() -> None:
-    short = Shortage("n1", "gpu", 0, 2, offered=False)
-    assert short.describe() == "node n1 has no gpu"
-    assert short.to_dict() == {
+    short = short_on_node("n1", "gpu", 0, 2, offered=False)
+    assert short.message == "node n1 has no gpu"
+    assert short.shortage() == {
         "node": "n1",
         "resource": "gpu",
         "available": "0",
@@ -83,4 +83,4 @@ def test_a_shortage_of_a_resource_the_node_lacks_says_so() -> None:
         "requested_base": 2,
         "offered": False,
     }
-    assert "offered" not in Shortage("n1", "gpu", 1, 2).to_dict()
+    assert "offered" not in short_on_node("n1", "gpu", 1, 2).shortage()

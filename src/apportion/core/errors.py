@@ -28,12 +28,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    # Only a type: a shortage formats its own quantities, so this module needs
-    # nothing of resources at run time (resources raises the errors below).
-    from apportion.core.resources import Shortage
-    from apportion.core.scheduling.status import Failure
+    # Only a type: a refusal's reasons format their own quantities, so this
+    # module needs nothing of resources at run time (resources raises the
+    # errors below, and reasons imports resources).
+    from apportion.core.reasons import Failure
 
 __all__ = [
+    "SHORTAGES_SHOWN",
     "AllocationNotFound",
     "ApportionError",
     "CapacityBelowAllocated",
@@ -47,6 +48,10 @@ __all__ = [
     "NodeNotFound",
     "UnknownResource",
 ]
+
+
+SHORTAGES_SHOWN = 50
+"""How many shortages (and how many unready nodes) a refused grant lists."""
 
 
 class ApportionError(Exception):
@@ -112,8 +117,12 @@ class AllocationNotFound(ApportionError):
 
 
 class InsufficientResources(ApportionError):
-    """No node considered can grant the request now; ``shortages`` lists every
-    short resource on every node considered (up to a cap, with the total).
+    """No node considered can grant the request now.
+
+    ``failure`` says why in one line with one ``Reason`` per short resource
+    on each node or per node that takes nothing now (``reasons.refusal``
+    builds it); ``shortages`` are the reasons that name a short resource.
+    The answer lists the first ``SHORTAGES_SHOWN`` of each, with the total.
 
     This is the cluster's refusal, naming nodes. The in-process guard's
     refusal about its own host is ``apportion.guard.errors.InsufficientHostResources``.
@@ -121,30 +130,18 @@ class InsufficientResources(ApportionError):
 
     code = "insufficient_resources"
 
-    def __init__(
-        self,
-        shortages: list[Shortage],
-        *,
-        nodes_considered: int,
-        reasons: dict[str, str] | None = None,
-        cap: int = 50,
-    ) -> None:
-        shown = shortages[:cap]
-        lines = [s.describe() for s in shown]
-        for node, why in list((reasons or {}).items())[:cap]:
-            lines.append(f"Node {node} {why}")
-        if not lines:
-            lines = ["No ready node can take this request"]
-        more = len(shortages) - len(shown)
-        text = "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+    def __init__(self, failure: Failure, *, nodes_considered: int) -> None:
+        short = [r for r in failure.reasons if r.resource is not None]
+        unready = [r for r in failure.reasons if r.resource is None][:SHORTAGES_SHOWN]
         super().__init__(
-            text,
-            shortages=[s.to_dict() for s in shown],
-            shortages_total=len(shortages),
+            failure.message,
+            shortages=[r.shortage() for r in short[:SHORTAGES_SHOWN]],
+            shortages_total=len(short),
             nodes_considered=nodes_considered,
-            node_reasons=dict(list((reasons or {}).items())[:cap]),
+            node_reasons={r.node or "": r.message for r in unready},
         )
-        self.shortages = shortages
+        self.failure = failure
+        self.shortages = short
 
 
 class CapacityBelowAllocated(ApportionError):

@@ -39,7 +39,8 @@ from apportion.core.model import (
     ReleaseReason,
     check_node,
 )
-from apportion.core.resources import Shortage, Vector, format_quantity
+from apportion.core.reasons import RESOURCES_FIT, Code, Kind, Reason, refusal
+from apportion.core.resources import Vector, format_quantity
 from apportion.core.scheduling import engine
 
 
@@ -195,7 +196,7 @@ class Ledger:
 
     # -- grants ----------------------------------------------------------
 
-    def shortages(self, name: str, request: Vector) -> list[Shortage]:
+    def shortages(self, name: str, request: Vector) -> list[Reason]:
         """Every resource ``name`` cannot give right now (empty when it fits)."""
         return engine.shortages(name, self._slot(name), request)
 
@@ -227,14 +228,16 @@ class Ledger:
             self._flush_index()
             slot = self._slots[engine.choose_node(request, self._index, self._slots)]
         else:
-            slot = self._slot(node)
+            slot = self._slots.get(node) or self._slot(node)  # the second raises NodeNotFound
             if not engine.admits(request, slot):
                 engine.refuse_named(node, slot, request)
         pool = slot.free_devices
         if devices:
             taken = _chosen_devices(slot, request, devices)
-        else:
+        elif pool:  # a node without devices (most of a CPU fleet) skips the walk
             taken = {r: _first_free(slot, r, q) for r, q in request.items() if r in pool}
+        else:
+            taken = {}
         alloc = Allocation(
             alloc_id, slot.node.name, dict(request), taken, owner, labels or {},
             AllocationState.ACTIVE, now,
@@ -247,7 +250,7 @@ class Ledger:
         slot = self._slot(alloc.node)
         missing = self.shortages(alloc.node, alloc.resources)
         if missing:
-            raise InsufficientResources(missing, nodes_considered=1)
+            raise InsufficientResources(refusal(missing), nodes_considered=1)
         self._apply(slot, alloc)
 
     def release(self, alloc_id: str, reason: ReleaseReason, now: float) -> Allocation:
@@ -365,7 +368,8 @@ def _first_free(slot: _Slot, resource: str, count: int) -> tuple[str, ...]:
     if ids is None:
         why = (f"has {len(pool)} free {resource} but no GPU with {count} of them free (the "
                "shares of one grant stay on one GPU; more than one GPU's worth takes whole GPUs)")
-        raise InsufficientResources([], nodes_considered=1, reasons={slot.node.name: why})
+        raise InsufficientResources(refusal([Reason(RESOURCES_FIT, Code.DEVICE, Kind.BUSY, why,
+                                                    node=slot.node.name)]), nodes_considered=1)
     return ids
 
 

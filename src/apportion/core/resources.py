@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from fractions import Fraction
-from typing import Any
 
 from apportion.core.errors import InvalidQuantity, InvalidResourceName
 
@@ -219,43 +217,6 @@ def human_vector(vector: Mapping[str, object]) -> str:
     """``human_quantity`` over a vector as the API or a user writes it (whole
     units for numbers, as ``parse_quantity`` reads them), in one line."""
     return ",".join(f"{name}={human_quantity(name, q)}" for name, q in vector.items())
-
-
-@dataclass(frozen=True, slots=True)
-class Shortage:
-    """One resource one node cannot give: what it has free and what was asked.
-
-    It lives beside ``format_quantity`` so that it can print itself, and
-    ``InsufficientResources`` carries a list of them.
-    """
-
-    node: str
-    resource: str
-    available: int
-    requested: int
-    offered: bool = True
-    """False when the node has no such resource at all: "0 available" would
-    suggest waiting for it."""
-
-    def describe(self) -> str:
-        if not self.offered:
-            return f"node {self.node} has no {self.resource}"
-        avail = format_human(self.resource, self.available)
-        req = format_human(self.resource, self.requested)
-        return (
-            f"Insufficient {self.resource} on node {self.node}: {avail} available, {req} requested"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "resource": self.resource,
-            "available": format_quantity(self.resource, self.available),
-            "requested": format_quantity(self.resource, self.requested),
-            "available_base": self.available,
-            "requested_base": self.requested,
-            **({} if self.offered else {"offered": False}),
-        }
 
 
 def add(a: Vector, b: Vector) -> dict[str, int]:

@@ -24,6 +24,7 @@ import structlog
 
 from apportion.core.ledger import Ledger, rebuild
 from apportion.core.model import Allocation, Health, Node, NodeState, ReleaseReason
+from apportion.core.reasons import refusal
 from apportion.core.resources import Vector
 from apportion.exceptions import (
     AllocationNotFound,
@@ -197,7 +198,7 @@ class LedgerService:
             log.info("grant_conflict", node=alloc.node, attempt=attempt)
             await self._reload_nodes([alloc.node])
         raise InsufficientResources(
-            self._memory.shortages(node, request) if node else [],
+            refusal(self._memory.shortages(node, request) if node else []),
             nodes_considered=1 if node else 0,
         )
 

@@ -6,6 +6,7 @@ they keep up to date; see ``docs/scheduling.md``.
 """
 
 from apportion.core.errors import JobRejected
+from apportion.core.reasons import Failure
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import JobReservation
 from apportion.core.scheduling.constraints import (
@@ -35,7 +36,6 @@ from apportion.core.scheduling.jobs import (
 )
 from apportion.core.scheduling.policies import STRATEGIES, Strategy
 from apportion.core.scheduling.state import ClusterState
-from apportion.core.scheduling.status import Failure
 
 __all__ = [
     "STRATEGIES",

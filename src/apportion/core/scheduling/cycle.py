@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apportion.core.errors import InvalidInput
+from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import preemption
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.backfill import (
@@ -45,10 +46,6 @@ from apportion.core.scheduling.status import (
     BACKFILL,
     CYCLE,
     QUOTA,
-    Code,
-    Failure,
-    Kind,
-    Reason,
     not_enough_free,
     over_quota,
 )

@@ -40,7 +40,8 @@ from sortedcontainers import SortedList
 
 from apportion.core.errors import InsufficientResources, UnknownResource
 from apportion.core.model import Node
-from apportion.core.resources import Shortage, Vector
+from apportion.core.reasons import Reason, not_schedulable, refusal, short_on_node
+from apportion.core.resources import Vector
 from apportion.core.scheduling.filters import REQUEST_FILTERS, NodeReady
 from apportion.core.scheduling.framework import Placer
 
@@ -117,11 +118,11 @@ def choose_node(request: Vector, index: Mapping[str, SortedList], slots: Mapping
     return best[1]
 
 
-def shortages(name: str, slot: Slot, request: Vector) -> list[Shortage]:
+def shortages(name: str, slot: Slot, request: Vector) -> list[Reason]:
     """Every resource ``name`` cannot give right now (empty when it fits)."""
     free = slot.free
     return [
-        Shortage(name, r, free.get(r, 0), q, r in free)
+        short_on_node(name, r, free.get(r, 0), q, offered=r in free)
         for r, q in request.items() if free.get(r, 0) < q
     ]
 
@@ -129,14 +130,14 @@ def shortages(name: str, slot: Slot, request: Vector) -> list[Shortage]:
 def refuse(request: Vector, slots: Mapping[str, Slot]) -> NoReturn:
     """No node admits ``request``: every node's reason, by name (not ready or
     unhealthy; otherwise each short resource)."""
-    short: list[Shortage] = []
-    reasons: dict[str, str] = {}
+    short: list[Reason] = []
+    unready: list[Reason] = []
     for name, slot in sorted(slots.items()):
         if not _READY.admits(request, slot.node, slot.free):
-            reasons[name] = _unschedulable_reason(slot.node)
+            unready.append(_unschedulable(name, slot.node))
             continue
         short.extend(shortages(name, slot, request))
-    raise InsufficientResources(short, nodes_considered=len(slots), reasons=reasons)
+    raise InsufficientResources(refusal(short + unready), nodes_considered=len(slots))
 
 
 def refuse_named(name: str, slot: Slot, request: Vector) -> NoReturn:
@@ -152,9 +153,8 @@ def refuse_named(name: str, slot: Slot, request: Vector) -> NoReturn:
             node=name,
         )
     if not _READY.admits(request, node, slot.free):
-        raise InsufficientResources([], nodes_considered=1,
-                                    reasons={name: _unschedulable_reason(node)})
-    raise InsufficientResources(shortages(name, slot, request), nodes_considered=1)
+        raise InsufficientResources(refusal([_unschedulable(name, node)]), nodes_considered=1)
+    raise InsufficientResources(refusal(shortages(name, slot, request)), nodes_considered=1)
 
 
 def _leftover(request: Vector, node: Node, free: Mapping[str, int]) -> float:
@@ -164,7 +164,7 @@ def _leftover(request: Vector, node: Node, free: Mapping[str, int]) -> float:
     return sum((free[r] - q) / cap[r] for r, q in request.items())
 
 
-def _unschedulable_reason(node: Node) -> str:
+def _unschedulable(name: str, node: Node) -> Reason:
     if node.state.value != "ready":
-        return f"is {node.state.value}"
-    return f"is {node.health.value}"
+        return not_schedulable(name, f"is {node.state.value}")
+    return not_schedulable(name, f"is {node.health.value}", unhealthy=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from apportion.core.errors import JobRejected
+from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.backfill import easy_reservation
 from apportion.core.scheduling.capacity import NodeClass
@@ -29,10 +30,6 @@ from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     BACKFILL,
     QUOTA,
-    Code,
-    Failure,
-    Kind,
-    Reason,
     nodes_by_message,
     quota_advice,
     short_gang,

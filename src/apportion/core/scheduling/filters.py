@@ -33,6 +33,7 @@ from typing import Protocol
 from apportion.core.gpu_shares import tasks_fit
 from apportion.core.labels import LabelRequirement
 from apportion.core.model import Node
+from apportion.core.reasons import Code, Kind, Reason
 from apportion.core.resources import Vector, format_quantity
 from apportion.core.scheduling.capacity import NodeClass, NodeRec
 from apportion.core.scheduling.constraints import (
@@ -44,7 +45,6 @@ from apportion.core.scheduling.constraints import (
 from apportion.core.scheduling.devices import matching_free
 from apportion.core.scheduling.jobs import Job, TaskSpec
 from apportion.core.scheduling.state import ClusterState
-from apportion.core.scheduling.status import Code, Kind, Reason
 
 __all__ = [
     "CLASS_FILTERS", "NODE_FILTERS", "REQUEST_FILTERS", "ClassFilter", "Code",

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from apportion.core.reasons import Failure
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
@@ -54,7 +55,6 @@ from apportion.core.scheduling.interface import (
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
-    Failure,
     PlaceResult,
     aggregate_short,
     busy_failure,

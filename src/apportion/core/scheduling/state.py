@@ -29,6 +29,7 @@ from sortedcontainers import SortedList
 
 from apportion.core.errors import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
 from apportion.core.model import Node, check_node
+from apportion.core.reasons import Code, Kind, Reason, refusal
 from apportion.core.scheduling.capacity import (
     Bucket,
     FreeCapacity,
@@ -42,6 +43,9 @@ from apportion.core.scheduling.jobs import Job, RunningJob, TaskPlacement
 __all__ = [  # the capacity types are re-exported: they lived here
     "Bucket", "ClusterState", "NodeClass", "NodeRec", "node_cost",
 ]
+
+COMMIT = "Commit"
+"""Who refuses a placement that no longer fits when ``start`` records it."""
 
 
 @dataclass(slots=True)
@@ -256,14 +260,15 @@ class ClusterState(FreeCapacity):
                 if aligned is None or any(
                     f < tp.count * q for f, q in zip(rec.free, aligned, strict=True)
                 ):
-                    raise InsufficientResources([], nodes_considered=1,
-                                                reasons={tp.node: f"cannot hold job {job.id}"})
+                    raise InsufficientResources(refusal([Reason(
+                        COMMIT, Code.CAPACITY, Kind.BUSY, f"cannot hold job {job.id}",
+                        node=tp.node)]), nodes_considered=1)
                 for r, ids in tp.devices.items():
                     if not set(ids) <= set(rec.free_devices.get(r, ())):
-                        raise InsufficientResources(
-                            [], nodes_considered=1,
-                            reasons={tp.node: f"devices {', '.join(ids)} are not free"},
-                        )
+                        raise InsufficientResources(refusal([Reason(
+                            COMMIT, Code.DEVICE, Kind.BUSY,
+                            f"devices {', '.join(ids)} are not free", node=tp.node)]),
+                            nodes_considered=1)
                 self.grant(rec, aligned, tp.count, job.id, tp.devices or None)
                 done.append((rec, aligned, tp))
         except Exception:

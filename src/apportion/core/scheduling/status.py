@@ -1,23 +1,19 @@
-"""The status types: a ``Reason`` (one refusal: a code, its ``Kind`` and a
-message with the amounts), a ``Failure`` that says in one line why a job
-cannot be placed now, with its ``Kind`` and every ``Reason`` behind it (the
-Kubernetes framework's ``Status``), and a ``PlaceResult``.
-
-Every refusal in the project is one of these: a filter plugin's verdict on a
-node, a placement's failure, a refusal at submission (``JobRejected`` carries
-its ``Failure``) and explain's advice (``Explanation`` holds ``Reason``s).
-
-The pipeline's stages (``framework.Placer``) build their failures with the
+"""The pipeline's status: a ``PlaceResult``, and the words of each reason
+its stages (``framework.Placer``), the cycle and explain give, built with the
 helpers here.
+
+The status types themselves, ``Reason`` and ``Failure`` with their ``Code``
+and ``Kind``, live in ``core.reasons`` (the ledger's refusals use them too)
+and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import ClusterState
@@ -25,63 +21,6 @@ from apportion.core.scheduling.state import ClusterState
 if TYPE_CHECKING:
     # Only a type: filters builds its verdicts from the Reasons defined here.
     from apportion.core.scheduling.filters import Verdict
-
-
-class Code(StrEnum):
-    INSUFFICIENT = "insufficient"
-    CAPACITY = "capacity"
-    UNKNOWN_RESOURCE = "unknown_resource"
-    LABEL = "label"
-    NOT_READY = "not_ready"
-    UNHEALTHY = "unhealthy"
-    DEVICE = "device"
-    AFFINITY = "affinity"
-    ANTI_AFFINITY = "anti_affinity"
-    QUOTA = "quota"
-    QUEUE = "queue"
-    PRIORITY = "priority"
-
-
-class Kind(StrEnum):
-    BUSY = "busy"
-    CONDITION = "condition"
-    NEVER = "never"
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """Why one node (or every node of a class) cannot take a task."""
-
-    plugin: str
-    code: Code
-    kind: Kind
-    message: str
-    resource: str | None = None
-    requested: int | None = None
-    available: int | None = None
-
-    @property
-    def group(self) -> str:
-        """What explain counts nodes by: the code, with the resource for
-        resource shortages (so cpu and gpu shortages are told apart)."""
-        if self.resource is not None:
-            return f"{self.code.value} {self.resource}"
-        return self.code.value
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a job could not be placed now, in one line, with its kind."""
-
-    code: Code
-    kind: Kind
-    message: str
-    reasons: tuple[Reason, ...] = ()
-
-    @classmethod
-    def of(cls, reason: Reason) -> Failure:
-        """A failure with one reason, in that reason's words."""
-        return cls(reason.code, reason.kind, reason.message, (reason,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,7 +387,8 @@ class AgentsService:
             session.drain_deadline = None if deadline_s is None else self.clock() + deadline_s
             await self._save(node, prior_state=None, drain_deadline=session.drain_deadline)
         elif deadline_s is not None:
-            await self.jobs.stop_node_tasks(node, "preempted", f"node {node} drained")
+            await self.jobs.stop_node_tasks(node, "preempted", f"node {node} drained",
+                                            by_leader=False)
         return updated
 
     async def set_state(self, node: str, state: NodeState) -> Node:
@@ -514,7 +515,7 @@ class AgentsService:
             session.drain_deadline = None
             await self._save(session.node, drain_deadline=None)
             await self.jobs.stop_node_tasks(session.node, "preempted",
-                                            f"node {session.node} drained")
+                                            f"node {session.node} drained", by_leader=True)
 
     def describe(self, node: str) -> dict[str, Any]:
         session = self._session(node)

@@ -108,3 +108,19 @@ def test_a_finished_jobs_run_time_is_learned_at_the_next_cycle(services: Service
         assert learned == {(row.ended_at - row.started_at,)}
 
     as_leader(services, scenario)
+
+
+def test_a_cycle_after_its_server_is_deposed_starts_nothing(services: Services) -> None:
+    jobs = services.jobs
+
+    async def scenario() -> None:
+        await services.ledger.register_node(Node("n1", {"cpu": 4000}))
+        job = await jobs.submit({"resources": {"cpu": "2"}}, "alice")
+        await services.leadership.stop()  # deposed: no epoch to fence a start on
+        result = await jobs.run_cycle()
+        assert [p.job_id for p in result.placements] == [job.id]  # decided, not written
+        assert services.ledger.allocated("n1") == {"cpu": 0}
+        row, started = await jobs.get(job.id)
+        assert (row.state, started) == ("pending", [])
+
+    as_leader(services, scenario)

@@ -192,7 +192,10 @@ class Scheduler:
     async def _start_chunk(self, job_id: str,
                            units: Sequence[tuple[str, Sequence[TaskPlacement]]]) -> bool:
         live = self.cache.jobs.get(job_id)
-        if live is None or live.ending:
+        epoch = self.epoch()
+        if live is None or live.ending or epoch is None:
+            # No epoch: deposed while the cycle ran. Its decisions are the new
+            # leader's to make, and a write without an epoch is not fenced.
             return False
         grants: list[Allocation] = []
         starts: list[t.UnitStart] = []
@@ -218,7 +221,7 @@ class Scheduler:
             return False
         try:
             await self.writer.run(partial(t.start, job_id=job_id, units=starts,
-                                          epoch=self.epoch()), grants=grants)
+                                          epoch=epoch), grants=grants)
         except ApportionError as exc:
             log.info("start_refused", job=job_id, error=exc.message)
             await self.uow.read(lambda conn: self.cache.refresh(conn, [job_id]))
@@ -251,9 +254,12 @@ class Scheduler:
                        placement: Placement | None, now: float) -> None:
         """Preempt the victims of unit ``by``; where their processes must
         exit first, ``by`` waits for them as a ``Switch``."""
+        epoch = self.epoch()
+        if epoch is None:  # deposed while the cycle ran, as in _start_chunk
+            return
         try:
             outcome = await self.writer.run(partial(
-                t.preempt, victims=victims, by=by, epoch=self.epoch(),
+                t.preempt, victims=victims, by=by, epoch=epoch,
                 switch=placement is not None))
         except ApportionError as exc:
             log.info("preempt_refused", victims=victims, error=exc.message)

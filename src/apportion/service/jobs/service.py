@@ -38,7 +38,7 @@ from apportion.core.scheduling import (
     validate_job,
 )
 from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable, explain_nodes
-from apportion.exceptions import InvalidInput, NotFound
+from apportion.exceptions import InvalidInput, NotFound, NotLeader
 from apportion.protocol import Assignment, Stop
 from apportion.service.job_specs import (
     job_from_spec,
@@ -403,26 +403,37 @@ class JobsService:
         await self.scheduler.start_freed_switches()
         return outcome.answer
 
+    def _leader_epoch(self) -> int:
+        """The epoch a leader's decision is fenced on. A server deposed
+        meanwhile makes none: without an epoch the store could not refuse it."""
+        epoch = self.epoch()
+        if epoch is None:
+            raise NotLeader("this server no longer leads; the new leader decides", epoch=None)
+        return epoch
+
     async def node_lost(self, node: str) -> int:
         """The node is gone: its tasks end as ``lost`` and are requeued per
         their restart policy (the leader's decision)."""
         outcomes = await self.writer.run_all(partial(t.node_lost, node=node,
-                                                     epoch=self.epoch()))
+                                                     epoch=self._leader_epoch()))
         return sum(len(o.ended) for o in outcomes)
 
     async def stop_unclaimed(self, older_than_s: float) -> int:
         """Stop the tasks no agent picked up within ``older_than_s`` (the
         leader's decision); their jobs are placed again. Returns how many."""
         outcomes = await self.writer.run_all(partial(
-            t.stop_unclaimed, before=self.clock() - older_than_s, epoch=self.epoch()))
+            t.stop_unclaimed, before=self.clock() - older_than_s, epoch=self._leader_epoch()))
         return sum(1 for o in outcomes for task in o.tasks if task.stop_state == "cancelled"
                    or task.state == "cancelled")
 
-    async def stop_node_tasks(self, node: str, state: str, reason: str) -> int:
-        """Ask for every process on ``node`` to stop (a drain past its deadline)."""
+    async def stop_node_tasks(self, node: str, state: str, reason: str, *,
+                              by_leader: bool) -> int:
+        """Ask for every process on ``node`` to stop (a drain past its
+        deadline): the leader's decision when its loop finds the deadline
+        passed (fenced), or an admin's drain with no time to wait (not)."""
+        epoch = self._leader_epoch() if by_leader else None
         outcomes = await self.writer.run_all(partial(t.stop_node_tasks, node=node,
-                                                     state=state, reason=reason,
-                                                     epoch=self.epoch()))
+                                                     state=state, reason=reason, epoch=epoch))
         return sum(1 for o in outcomes for task in o.tasks if task.stop_state == state)
 
 

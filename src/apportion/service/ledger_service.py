@@ -6,9 +6,9 @@ durable through the unit of work's group committer; the caller is answered
 only after the commit. The database checks every grant again in its UPDATE,
 so when several servers share one database and this server's memory is
 behind, the store refuses, memory is reloaded for that node, and the grant
-is placed again (up to ``CONFLICT_RETRIES`` times). Other services ask this one about nodes and allocations
-(``node``, ``nodes``, ``active``, ``allocated``...) rather than reach into
-its memory.
+is placed again (up to ``CONFLICT_RETRIES`` times). Other services ask this
+one about nodes and allocations (``node``, ``nodes``, ``active``,
+``allocated``...) rather than reach into its memory.
 """
 
 from __future__ import annotations

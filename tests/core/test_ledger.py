@@ -13,7 +13,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from apportion.core.ledger import Ledger, check_node, rebuild
+from apportion.core.ledger import Ledger, rebuild, validated_node
 from apportion.core.model import (
     Allocation,
     AllocationState,
@@ -94,7 +94,7 @@ def test_unknown_node_is_not_found() -> None:
 
 
 def test_check_node_fills_capacity_from_devices() -> None:
-    node = check_node(Node("n1", {"cpu": 1000}, devices={"gpu": gpus("g0", "g1")}))
+    node = validated_node(Node("n1", {"cpu": 1000}, devices={"gpu": gpus("g0", "g1")}))
     assert node.resources == {"cpu": 1000, "gpu": 2}
 
     # Everything else about the node is kept.
@@ -110,7 +110,7 @@ def test_check_node_fills_capacity_from_devices() -> None:
         5.0,
         6.0,
     )
-    assert check_node(full) == Node(
+    assert validated_node(full) == Node(
         "n2",
         {"cpu": 1000, "gpu": 1},
         devices,
@@ -125,7 +125,7 @@ def test_check_node_fills_capacity_from_devices() -> None:
 
 def test_check_node_refuses_device_count_mismatch() -> None:
     with pytest.raises(InvalidInput) as info:
-        check_node(Node("n1", {"gpu": 3}, devices={"gpu": gpus("g0", "g1")}))
+        validated_node(Node("n1", {"gpu": 3}, devices={"gpu": gpus("g0", "g1")}))
     assert info.value.message == (
         "devices.gpu: 2 devices listed but resources.gpu is 3; they must agree"
     )
@@ -134,7 +134,7 @@ def test_check_node_refuses_device_count_mismatch() -> None:
 
 def test_check_node_refuses_duplicate_device_ids() -> None:
     with pytest.raises(InvalidInput) as info:
-        check_node(Node("n1", {}, devices={"gpu": gpus("g0", "g0")}))
+        validated_node(Node("n1", {}, devices={"gpu": gpus("g0", "g0")}))
     assert info.value.message == "devices.gpu: device ids must be unique"
     assert info.value.data == {"field": "devices"}
 
@@ -901,7 +901,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _update(self, node: Node) -> None:
         name = node.name
-        new = check_node(node)
+        new = validated_node(node)
         used = self._used(name)
         too_low = sorted(r for r, u in used.items() if u and new.resources.get(r, 0) < u)
         offered = {d.id for d in new.devices.get("gpu", ())}

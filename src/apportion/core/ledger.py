@@ -37,7 +37,7 @@ from apportion.core.model import (
     Device,
     Node,
     ReleaseReason,
-    check_node,
+    validated_node,
 )
 from apportion.core.reasons import RESOURCES_FIT, Code, Kind, Reason, refusal
 from apportion.core.resources import Vector, format_quantity
@@ -101,7 +101,7 @@ class Ledger:
     def add_node(self, node: Node) -> Node:
         if node.name in self._slots:
             raise NodeExists(f"node {node.name} already exists", node=node.name)
-        node = check_node(node)
+        node = validated_node(node)
         order = {r: {d.id: i for i, d in enumerate(ds)} for r, ds in node.devices.items()}
         self._nodes = None
         self._slots[node.name] = _Slot(
@@ -116,7 +116,7 @@ class Ledger:
     def update_node(self, node: Node) -> Node:
         """Replace a node's description; capacity may not drop below allocated."""
         slot = self._slot(node.name)
-        node = check_node(node)
+        node = validated_node(node)
         allocated = self.allocated(node.name)
         for resource, used in sorted(allocated.items()):
             if used and node.resources.get(resource, 0) < used:
@@ -384,4 +384,4 @@ def rebuild(nodes: Iterable[Node], allocations: Iterable[Allocation]) -> Ledger:
     return ledger
 
 
-__all__ = ["Device", "Ledger", "check_node", "rebuild"]
+__all__ = ["Device", "Ledger", "rebuild", "validated_node"]

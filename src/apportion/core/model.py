@@ -75,7 +75,7 @@ class Node:
         return self.state is NodeState.READY and self.health is not Health.UNHEALTHY
 
 
-def check_node(node: Node) -> Node:
+def validated_node(node: Node) -> Node:
     """Reconcile declared device lists with capacity; refuse contradictions."""
     resources = dict(node.resources)
     for resource, devices in node.devices.items():

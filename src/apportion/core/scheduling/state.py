@@ -28,7 +28,7 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from apportion.core.errors import InsufficientResources, InvalidInput, NodeExists, NodeNotFound
-from apportion.core.model import Node, check_node
+from apportion.core.model import Node, validated_node
 from apportion.core.reasons import Code, Kind, Reason, refusal
 from apportion.core.scheduling.capacity import (
     Bucket,
@@ -142,7 +142,7 @@ class ClusterState(FreeCapacity):
     def add_node(self, node: Node) -> None:
         if node.name in self._recs:
             raise NodeExists(f"node {node.name} already exists", node=node.name)
-        node = check_node(node)
+        node = validated_node(node)
         rec = NodeRec(node, self._class_for(node))
         rec.cls.size += 1
         self._recs[node.name] = rec

@@ -228,6 +228,31 @@ def test_a_lost_node_ends_its_tasks_as_lost_and_releases_what_they_held(services
     as_leader(services, scenario)
 
 
+def test_a_node_left_down_with_its_tasks_by_a_deposed_leader_loses_them_at_the_next_sweep(
+    services: Services,
+) -> None:
+    clock = Clock(T0)
+    agents = _agents(services, clock)
+
+    async def scenario() -> None:
+        await agents.register(Node("n1", {"cpu": 4000}), AGENT)
+        job = await services.jobs.submit({"command": ["sleep", "1d"], "resources": {"cpu": "2"}},
+                                         "alice")
+        await services.jobs.run_cycle()
+        _, [task] = await services.jobs.get(job.id)
+        await agents.report("n1", task.id, TaskReport("running"))
+        # What a leader deposed halfway through ``_node_down`` leaves: the node
+        # marked down, its task still running on it.
+        await services.ledger.set_node_state("n1", NodeState.DOWN)
+        clock.now += 67
+        await agents.sweep()
+        _, [lost] = await services.jobs.get(job.id)
+        assert (lost.state, lost.reason) == ("lost", "node n1 lost")
+        assert services.ledger.allocated("n1") == {"cpu": 0}
+
+    as_leader(services, scenario)
+
+
 def test_a_drain_past_its_deadline_asks_the_agent_to_stop_what_runs(services: Services) -> None:
     clock = Clock(T0)
     agents = _agents(services, clock)

@@ -451,6 +451,12 @@ class AgentsService:
             silent = now - max(session.last_seen, since)
             if node.state is not NodeState.DOWN and silent > self.down_after(session):
                 await self._node_down(session, node, silent)
+            elif node.state is NodeState.DOWN and silent > self.down_after(session) \
+                    and self.ledger.allocations_on(node.name):
+                # Down and still holding: a leader deposed between marking the
+                # node down and ending its work left the rest to this one.
+                lost = await self.jobs.node_lost(node.name)
+                log.warning("node_down_finished", node=node.name, tasks_lost=lost)
             elif node.state not in (NodeState.SUSPECT, NodeState.DOWN) and \
                     silent > self.suspect_after(session):
                 session.prior_state = node.state

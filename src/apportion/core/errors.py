@@ -131,8 +131,8 @@ class InsufficientResources(ApportionError):
     code = "insufficient_resources"
 
     def __init__(self, failure: Failure, *, nodes_considered: int) -> None:
-        short = [r for r in failure.reasons if r.resource is not None]
-        unready = [r for r in failure.reasons if r.resource is None][:SHORTAGES_SHOWN]
+        short = [r for r in failure.reasons if r.is_shortage]
+        unready = [r for r in failure.reasons if not r.is_shortage][:SHORTAGES_SHOWN]
         super().__init__(
             failure.message,
             shortages=[r.shortage() for r in short[:SHORTAGES_SHOWN]],

@@ -74,6 +74,12 @@ class Reason:
     node: str | None = None
 
     @property
+    def is_shortage(self) -> bool:
+        """Whether it names a resource the node cannot give (a grant's
+        ``shortages``), rather than a state that keeps the node out."""
+        return self.code in SHORT
+
+    @property
     def group(self) -> str:
         """What explain counts nodes by: the code, with the resource for
         resource shortages (so cpu and gpu shortages are told apart)."""
@@ -136,8 +142,8 @@ def not_schedulable(node: str, why: str, *, unhealthy: bool = False) -> Reason:
 def refusal(reasons: Sequence[Reason]) -> Failure:
     """A grant's refusal: every node's reasons, the first ``SHORTAGES_SHOWN``
     of each sort in its message, with the count of the short ones left out."""
-    short = [r for r in reasons if r.code in SHORT]
-    other = [r for r in reasons if r.code not in SHORT]
+    short = [r for r in reasons if r.is_shortage]
+    other = [r for r in reasons if not r.is_shortage]
     lines = [r.message for r in short[:SHORTAGES_SHOWN]]
     lines += [f"Node {r.node} {r.message}" for r in other[:SHORTAGES_SHOWN]]
     more = len(short) - SHORTAGES_SHOWN

@@ -24,7 +24,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import cast
 
 from sortedcontainers import SortedList
 
@@ -43,7 +42,6 @@ from apportion.core.scheduling.policies import (
     ShortestFirst,
     strategy,
 )
-from apportion.core.scheduling.state import ClusterState
 
 _KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, AdaptiveOrder)
 
@@ -130,7 +128,7 @@ class PoolCluster:
         """Fair share: each queue with pending jobs, in the queue's order."""
         self._shares: dict[str, float] = {}
         """Fair share: each queue's share of its use now (dropped when it changes)."""
-        self._view = cast(ClusterState, _View(self))
+        self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
         self.least = size + 1

@@ -20,16 +20,24 @@ from apportion.core.scheduling.adaptive import AdaptiveOrder
 from apportion.core.scheduling.interface import PlaceOptions, ScorePlugin
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.scorers import SCORERS
-from apportion.core.scheduling.state import ClusterState
 
 INF = float("inf")
+
+
+class QueueUse(Protocol):
+    """What queue policies read of the cluster (``FairShare``): a
+    ``ClusterState``, or the simulator's counted pool (``poolsim``)."""
+
+    def capacity_total(self) -> dict[str, int]: ...
+
+    def usage(self, queue: str) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class OrderContext:
     now: float
     queues: Mapping[str, Queue]
-    state: ClusterState
+    state: QueueUse
     estimate: Callable[[Job], float | None]
     aging_rate: float
     aging_bound: float = INF

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from apportion.core.model import Node, NodeState, ReleaseReason
+from apportion.core.records import JobRow
 from apportion.exceptions import AgentUnknown, NodeExists
 from apportion.service.agent_state import AgentSettings
 from apportion.service.agents_service import AgentsService
@@ -196,24 +198,24 @@ def test_a_report_that_ends_a_task_releases_its_allocation_with_it(services: Ser
     as_leader(services, scenario)
 
 
+async def _running_sleeper(services: Services, agents: AgentsService, **spec: Any) -> JobRow:
+    """A job of one ``sleep`` task on n1, placed and reported running."""
+    job = await services.jobs.submit(
+        {"command": ["sleep", "1d"], "resources": {"cpu": "2"}, **spec}, "alice")
+    await services.jobs.run_cycle()
+    _, [task] = await services.jobs.get(job.id)
+    await agents.report("n1", task.id, TaskReport("running"))
+    return job
+
+
 def test_a_lost_node_ends_its_tasks_as_lost_and_releases_what_they_held(services: Services) -> None:
     clock = Clock(T0)
     agents = _agents(services, clock)
 
     async def scenario() -> None:
         await agents.register(Node("n1", {"cpu": 4000}), AGENT)
-        job = await services.jobs.submit(
-            {
-                "command": ["sleep", "1d"],
-                "resources": {"cpu": "2"},
-                "restart": {"policy": "on-failure"},
-            },
-            "alice",
-        )
+        job = await _running_sleeper(services, agents, restart={"policy": "on-failure"})
         plain = await services.ledger.grant({"cpu": 1000}, node="n1", owner="bob")
-        await services.jobs.run_cycle()
-        _, [task] = await services.jobs.get(job.id)
-        await agents.report("n1", task.id, TaskReport("running"))
         clock.now += 67
         await agents.sweep()
         assert services.ledger.node("n1").state is NodeState.DOWN
@@ -236,11 +238,7 @@ def test_a_node_left_down_with_its_tasks_by_a_deposed_leader_loses_them_at_the_n
 
     async def scenario() -> None:
         await agents.register(Node("n1", {"cpu": 4000}), AGENT)
-        job = await services.jobs.submit({"command": ["sleep", "1d"], "resources": {"cpu": "2"}},
-                                         "alice")
-        await services.jobs.run_cycle()
-        _, [task] = await services.jobs.get(job.id)
-        await agents.report("n1", task.id, TaskReport("running"))
+        job = await _running_sleeper(services, agents)
         # What a leader deposed halfway through ``_node_down`` leaves: the node
         # marked down, its task still running on it.
         await services.ledger.set_node_state("n1", NodeState.DOWN)

@@ -145,6 +145,26 @@ def test_a_missing_command_fails_with_127_and_the_runner_never_runs_a_task_twice
     assert known  # the directory stays: listed again, it is reported, not run again
 
 
+def test_a_reported_task_leaves_no_checkpoint_directory_empty_or_not(tmp_path: Path) -> None:
+    async def scenario() -> list[LocalTask]:
+        h = Harness(tmp_path)
+        h.runner.open()
+        saved = h.runner.prepare(assignment(
+            ["sh", "-c", 'mkdir "$APPORTION_CHECKPOINT_DIR/step" && echo 7 > '
+                         '"$APPORTION_CHECKPOINT_DIR/step/n"'], task_id="saved"))
+        empty = h.runner.prepare(assignment(["true"], task_id="empty"))
+        for task in (saved, empty):
+            h.runner.spawn(task)
+        await h.until(lambda: len(h.exits) == 2)
+        assert (saved.checkpoint_dir / "step" / "n").read_text() == "7\n"
+        for task in (saved, empty):
+            h.runner.reported(task)
+        return [saved, empty]
+
+    saved, empty = run(scenario())
+    assert (saved.checkpoint_dir.exists(), empty.checkpoint_dir.exists()) == (False, False)
+
+
 def test_stop_sends_the_signal_then_kills_the_group_after_the_grace(tmp_path: Path) -> None:
     async def scenario() -> list[LocalTask]:
         h = Harness(tmp_path)

@@ -373,6 +373,9 @@ def test_unschedulable_nodes_grant_nothing(state: NodeState, health: Health, rea
     assert named.value.data["node_reasons"] == {"n1": reason}
     assert named.value.shortages == []
     assert named.value.data["nodes_considered"] == 1
+    # Not busy: waiting for a release would not help, the node's state must change.
+    code = Code.UNHEALTHY if state is NodeState.READY else Code.NOT_READY
+    assert (named.value.failure.code, named.value.failure.kind) == (code, Kind.CONDITION)
     with pytest.raises(InsufficientResources) as auto:
         ledger.grant("a1", {"cpu": 1000}, now=1.0)
     assert auto.value.message == f"Node n1 {reason}"

@@ -150,8 +150,8 @@ def refusal(reasons: Sequence[Reason]) -> Failure:
     text = "; ".join(lines or ["No ready node can take this request"])
     if more > 0:
         text += f"; and {more} more"
-    # Busy when any node could take it once something is released; the
-    # first reason's code and kind otherwise (all nodes unready).
-    if short or not reasons:
+    # Busy when some node could take it once something is released; else
+    # the first reason's code and kind (every node unready, or lacking it).
+    if not reasons or any(r.kind is Kind.BUSY for r in short):
         return Failure(Code.INSUFFICIENT, Kind.BUSY, text, tuple(reasons))
-    return Failure(other[0].code, other[0].kind, text, tuple(reasons))
+    return Failure(reasons[0].code, reasons[0].kind, text, tuple(reasons))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apportion.core.model import Node, NodeState
-from apportion.core.scheduling import ClusterState, TaskPlacement, job
+from apportion.core.scheduling import ClusterState, Job, TaskPlacement, TaskSpec, job
 from apportion.core.scheduling.explain_nodes import explain_nodes
 
 
@@ -38,3 +38,26 @@ def test_past_the_limit_nodes_are_counted_by_reason() -> None:
     assert [v.node for v in table.nodes[1:3]] == ["n00", "n01"]
     assert (len(table.nodes), table.total, table.more) == (50, 56, 6)
     assert dict(table.rest) == {"capacity cpu": 6}
+
+
+def test_the_largest_task_is_judged_and_the_rest_is_ordered_by_count_then_name() -> None:
+    # Found by mutation testing (docs/testing.md): the first task group is
+    # not the largest, and the nodes past the limit fall in four groups, the
+    # ties in an order other than that of the table.
+    state = ClusterState([
+        Node("s1", {"cpu": 2000}),
+        Node("c3", {"cpu": 8000}, state=NodeState.CORDONED),
+        Node("f2", {"cpu": 8000}),
+        Node("b1", {"cpu": 8000}),
+        Node("c1", {"cpu": 8000}, state=NodeState.CORDONED),
+        Node("f1", {"cpu": 8000}),
+        Node("c2", {"cpu": 8000}, state=NodeState.DOWN),
+    ])
+    state.start(job("hog", {"cpu": 6000}), [TaskPlacement("b1", {"cpu": 6000})], 0.0, 100.0)
+    two = Job("j", (TaskSpec({"cpu": 1000}), TaskSpec({"cpu": 4000})))
+    table = explain_nodes(state, two, limit=1)
+    assert [(v.node, v.now, v.reason, v.never) for v in table.nodes] == [
+        ("f1", "fits", None, None)]
+    assert (table.total, table.more) == (7, 6)
+    assert list(table.rest.items()) == [
+        ("not_ready", 3), ("capacity cpu", 1), ("fits", 1), ("insufficient cpu", 1)]

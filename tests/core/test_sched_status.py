@@ -118,6 +118,10 @@ def test_a_busy_failure_with_no_resource_too_large_says_no_node_has_all_at_once(
         "no room now for 2 more task(s): no ready node has all of 3 cpu, 1Gi memory free "
         "at once, with its constraints",
     )
+    # Two tasks are a group too: the words count the ones left.
+    pair = TaskSpec({"cpu": 5000}, 2)
+    assert busy_failure(state, job("j", pair.resources, count=2), pair, 1).message == (
+        "no room now for 1 more task(s): needs 5 cpu; largest free on any ready node: 4")
 
 
 def place(state: ClusterState, cpu: int) -> Failure | None:

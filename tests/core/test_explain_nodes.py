@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from apportion.core.labels import parse_selector
 from apportion.core.model import Node, NodeState
-from apportion.core.scheduling import ClusterState, Job, TaskPlacement, TaskSpec, job
+from apportion.core.scheduling import Affinity, ClusterState, Job, TaskPlacement, TaskSpec, job
 from apportion.core.scheduling.explain_nodes import explain_nodes
 
 
@@ -61,3 +62,17 @@ def test_the_largest_task_is_judged_and_the_rest_is_ordered_by_count_then_name()
     assert (table.total, table.more) == (7, 6)
     assert list(table.rest.items()) == [
         ("not_ready", 3), ("capacity cpu", 1), ("fits", 1), ("insufficient cpu", 1)]
+
+
+def test_a_node_running_a_job_the_job_must_avoid_is_busy() -> None:
+    # The job-affinity filter reads what runs on the node from the state.
+    state = ClusterState([Node("a", {"cpu": 8000}), Node("b", {"cpu": 8000})])
+    state.start(job("db", {"cpu": 1000}, name="db"), [TaskPlacement("a", {"cpu": 1000})],
+                0.0, 100.0)
+    avoid_db = Affinity(parse_selector("name=db"), target="job", required=True)
+    table = explain_nodes(state, job("web", {"cpu": 1000}, anti_affinity=(avoid_db,)))
+    assert [(v.node, v.now, v.reason.message if v.reason else None, v.ever)
+            for v in table.nodes] == [
+        ("b", "fits", None, True),
+        ("a", "busy", "anti-affinity: node runs a job with name=db", True),
+    ]

@@ -105,3 +105,14 @@ def test_shares_come_from_one_device_with_the_fewest_free_slots() -> None:
     rec.free_devices["gpu.shares"] = ["g0/0", "g0/1", "g0/2", "g0/3", "g1/2", "g1/3"]
     assert choose(rec, "gpu.shares", 2, ()) == ("g1/2", "g1/3")
     assert choose(rec, "gpu.shares", 3, ()) == ("g0/0", "g0/1", "g0/2")
+
+
+def test_up_to_200_sets_are_compared_one_by_one() -> None:
+    # 20 choose 2 is 190 sets: exhaustive, so the best pair (g1 and g2,
+    # NVLink and one NUMA node) wins. Grown greedily it would start from the
+    # hub g0 (a switch shared with g3..g8, the most links in all) and take g3.
+    devices = [Device("g0", attrs={"pcie_switch": "s"}),
+               Device("g1", attrs={"nvlink": ["g2"], "numa": 0}), Device("g2", attrs={"numa": 0})]
+    devices += [Device(f"g{k}", attrs={"pcie_switch": "s"}) for k in range(3, 9)]
+    devices += [Device(f"g{k}") for k in range(9, 20)]
+    assert choose(rec_of(*devices), "gpu", 2, ()) == ("g1", "g2")

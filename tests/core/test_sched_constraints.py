@@ -107,6 +107,9 @@ def test_each_device_operator_on_a_value_and_on_none() -> None:
         "=": (True, False, False), "in": (True, False, False),
         "!=": (False, True, True), "notin": (False, True, True),
     }
+    # A missing value is no text, not the text "None".
+    assert DeviceRequirement("gpu", "model", "=", ("None",)).matches(None) is False
+    assert DeviceRequirement("gpu", "model", "notin", ("None",)).matches(None) is True
     # A number is compared as its text.
     assert DeviceRequirement("gpu", "numa", "=", ("1",)).matches(1) is True
 

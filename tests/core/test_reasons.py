@@ -78,3 +78,19 @@ def test_a_refusal_by_unready_nodes_only_takes_the_first_ones_code_and_kind() ->
         Code.NOT_READY, Kind.CONDITION, "Node a is draining; Node b is down", tuple(reasons),
     )
     assert refusal(reasons[::-1]).code is Code.UNHEALTHY
+
+
+def test_a_refusal_with_no_shortage_a_release_would_end_is_not_busy() -> None:
+    # Nodes that do not offer the resource at all: waiting would not help.
+    none = short_on_node("n1", "gpu", 0, 2, offered=False)
+    assert refusal([none]) == Failure(
+        Code.UNKNOWN_RESOURCE, Kind.NEVER, "node n1 has no gpu", (none,))
+    draining = not_schedulable("a", "is draining")
+    assert refusal([draining, none]) == Failure(
+        Code.NOT_READY, Kind.CONDITION, "node n1 has no gpu; Node a is draining",
+        (draining, none),
+    )
+    # One node short of what a release would give back makes it busy.
+    busy = short_on_node("n2", "gpu", 1, 2)
+    assert (refusal([none, busy]).code, refusal([none, busy]).kind) == (
+        Code.INSUFFICIENT, Kind.BUSY)

@@ -17,6 +17,7 @@ from apportion.core.scheduling import (
     parse_constraints,
     schedule_cycle,
 )
+from apportion.core.scheduling.capacity import NodeClass
 from apportion.core.scheduling.constraints import DeviceRequirement
 from apportion.core.scheduling.devices import share_devices
 from apportion.core.scheduling.filters import (
@@ -24,6 +25,8 @@ from apportion.core.scheduling.filters import (
     DeviceConstraints,
     JobAffinity,
     Kind,
+    LabelConstraints,
+    NodeAffinity,
     Reason,
     ResourcesFit,
     class_verdict,
@@ -303,3 +306,59 @@ def test_class_verdict_is_cached_per_job_shape() -> None:
     assert class_verdict(state, a, 0) is first
     assert class_verdict(state, b, 0) is first
     assert class_verdict(state, job("c", {"cpu": 2000}), 0) is not first
+
+
+def _class_of(state: ClusterState, node: str) -> NodeClass:
+    return state.nodes[node].cls
+
+
+def test_required_node_affinity_and_anti_affinity_reasons() -> None:
+    state = cluster()
+    texas, oslo = _class_of(state, "a1"), _class_of(state, "b1")
+    sel = parse_selector("facility=oslo,zone!=b")
+    near = job("near", {"cpu": 1000}, affinity=(Affinity(sel, required=True),))
+    apart = job("apart", {"cpu": 1000}, anti_affinity=(Affinity(sel, required=True),))
+    f = NodeAffinity()
+    assert f.check_class(near, near.tasks[0], texas) == Reason(
+        "NodeAffinity", Code.AFFINITY, Kind.NEVER, "affinity not met: facility=oslo,zone!=b")
+    assert f.check_class(near, near.tasks[0], oslo) is None
+    assert f.check_class(apart, apart.tasks[0], oslo) == Reason(
+        "NodeAffinity", Code.ANTI_AFFINITY, Kind.NEVER,
+        "anti-affinity: node matches facility=oslo,zone!=b")
+    assert f.check_class(apart, apart.tasks[0], texas) is None
+    # Preferred terms only score; terms about jobs are JobAffinity's.
+    other = job("other", {"cpu": 1000}, affinity=(
+        Affinity(sel, weight=4), Affinity(sel, target="job", required=True)),
+        anti_affinity=(Affinity(sel, weight=4), Affinity(sel, target="job", required=True)))
+    for cls in (texas, oslo):
+        assert f.check_class(other, other.tasks[0], cls) is None
+    label = job("l", {"cpu": 1000}, constraints=parse_constraints("facility=oslo"))
+    assert LabelConstraints().check_class(label, label.tasks[0], texas) == Reason(
+        "LabelConstraints", Code.LABEL, Kind.NEVER, "label mismatch: facility=oslo")
+
+
+def test_class_verdict_counts_feasible_nodes_and_skips_empty_classes() -> None:
+    state = cluster()
+    j = job("j", {"cpu": 1000})
+    v = class_verdict(state, j, 0)
+    assert (sorted(v.aligned), v.nodes_ok) == ([0, 1], 3)
+    assert [type(f).__name__ for f in v.node_filters] == ["ResourcesFit"]
+    state.remove_node("a1")
+    state.remove_node("a2")  # class 0 is empty now, class 1 comes after it
+    v = class_verdict(state, j, 0)
+    assert (sorted(v.aligned), v.nodes_ok) == ([1], 1)
+    near = job("near", {"cpu": 1000}, affinity=(
+        Affinity(parse_selector("facility=oslo"), required=True),))
+    assert [type(f).__name__ for f in class_verdict(state, near, 0).node_filters] == [
+        "ResourcesFit"]
+
+
+def test_class_verdict_asks_for_a_device_check_on_classes_with_unlike_devices() -> None:
+    state = _gpu_state()
+    j = job("j", {"gpu": 1}, constraints=parse_constraints("gpu.model=H100"))
+    v = class_verdict(state, j, 0)
+    assert v.device_check == {_class_of(state, "g").id}
+    assert [type(f).__name__ for f in v.node_filters] == ["ResourcesFit", "DeviceConstraints"]
+    plain = class_verdict(state, job("p", {"gpu": 1}), 0)
+    assert (plain.device_check, [type(f).__name__ for f in plain.node_filters]) == (
+        set(), ["ResourcesFit"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from apportion.core.labels import parse_selector
-from apportion.core.model import Device, Node, NodeState
+from apportion.core.model import Device, Health, Node, NodeState
 from apportion.core.scheduling import (
     Affinity,
     ClusterState,
@@ -27,6 +27,7 @@ from apportion.core.scheduling.filters import (
     Kind,
     LabelConstraints,
     NodeAffinity,
+    NodeReady,
     Reason,
     ResourcesFit,
     class_verdict,
@@ -362,3 +363,54 @@ def test_class_verdict_asks_for_a_device_check_on_classes_with_unlike_devices() 
     plain = class_verdict(state, job("p", {"gpu": 1}), 0)
     assert (plain.device_check, [type(f).__name__ for f in plain.node_filters]) == (
         set(), ["ResourcesFit"])
+
+
+def test_class_level_reasons_of_ready_capacity_and_devices() -> None:
+    gpus = (Device("g0", "A100", 40 * GI), Device("g1", "H100", 80 * GI),
+            Device("g2", "H100", 80 * GI))
+    state = ClusterState([
+        Node("g", {"cpu": 8000}, devices={"gpu": gpus}),
+        Node("l", {"cpu": 4000, "gpu": 2}, labels={"gpu.model": "H100"}),
+        Node("m", {"cpu": 4000, "gpu": 2}, labels={"gpu.model": "H100", "gpu.memory": "80Gi"}),
+        Node("d", {"cpu": 4000}, state=NodeState.DRAINING),
+        Node("u", {"cpu": 4000}, health=Health.UNHEALTHY),
+        Node("h", {"cpu": 4000}, health=Health.DEGRADED),
+    ])
+    g, lab, mem, drain, sick, weak = (_class_of(state, n) for n in "glmduh")
+    j = job("j", {"cpu": 4000})
+    ready = NodeReady()
+    assert ready.check_class(j, j.tasks[0], drain) == Reason(
+        "NodeReady", Code.NOT_READY, Kind.CONDITION, "node is draining")
+    assert ready.check_class(j, j.tasks[0], sick) == Reason(
+        "NodeReady", Code.UNHEALTHY, Kind.CONDITION, "node is unhealthy")
+    assert ready.check_class(j, j.tasks[0], weak) is None
+    fit = ResourcesFit()
+    assert fit.check_class(j, j.tasks[0], lab) is None  # exactly the capacity
+    big = job("big", {"cpu": 12000, "gpu": 1})
+    assert fit.check_class(big, big.tasks[0], lab) == Reason(
+        "ResourcesFit", Code.CAPACITY, Kind.NEVER, "cpu: node capacity 4 < 12 requested",
+        "cpu", 12000, 4000)
+    tpu = job("tpu", {"cpu": 1000, "tpu": 1})
+    assert fit.check_class(tpu, tpu.tasks[0], lab) == Reason(
+        "ResourcesFit", Code.UNKNOWN_RESOURCE, Kind.NEVER, "node offers no tpu", "tpu", 1, 0)
+    dev = DeviceConstraints()
+
+    def gpu_job(n: int, terms: str) -> Job:
+        return job("gj", {"cpu": 1000, "gpu": n}, constraints=parse_constraints(terms))
+
+    two = "gpu.model=H100,gpu.memory>=40Gi"
+    for n, terms, cls, reason in [
+        (2, two, g, None),
+        (3, two, g, Reason("DeviceConstraints", Code.DEVICE, Kind.NEVER,
+                           f"needs 3 gpu with {two}; node has 2", "gpu", 3, 2)),
+        (3, "", g, None),
+        (1, "gpu.model=H100", lab, None),
+        (1, "gpu.model=A100", lab, Reason("DeviceConstraints", Code.DEVICE, Kind.NEVER,
+                                          "device gpu does not match gpu.model=A100",
+                                          "gpu", 1, 0)),
+        (1, two, lab, Reason("DeviceConstraints", Code.DEVICE, Kind.NEVER,
+                             "device gpu does not match gpu.memory>=40Gi", "gpu", 1, 0)),
+        (1, two, mem, None),
+    ]:
+        gj = gpu_job(n, terms)
+        assert dev.check_class(gj, gj.tasks[0], cls) == reason, (n, terms, cls.labels)

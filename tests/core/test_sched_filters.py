@@ -414,3 +414,23 @@ def test_class_level_reasons_of_ready_capacity_and_devices() -> None:
     ]:
         gj = gpu_job(n, terms)
         assert dev.check_class(gj, gj.tasks[0], cls) == reason, (n, terms, cls.labels)
+
+
+def test_a_device_check_on_one_class_leaves_the_other_buckets_whole() -> None:
+    # m0's devices differ, so its class is checked node by node; the four
+    # a-nodes stay one candidate, and the walk reaches b0, which the
+    # preferred affinity picks. Offered one by one, the a-nodes alone would
+    # fill the walk's four candidates and a0 would win.
+    def h100(name: str, cpu: int, zone: str) -> Node:
+        return Node(name, {"cpu": cpu}, labels={"zone": zone},
+                    devices={"gpu": (Device("h0", "H100", 80 * GI),)})
+
+    state = ClusterState([
+        *(h100(f"a{i}", 2000, "a") for i in range(4)), h100("b0", 4000, "b"),
+        Node("m0", {"cpu": 8000}, devices={"gpu": (
+            Device("x0", "A100", 40 * GI), Device("x1", "H100", 80 * GI))}),
+    ])
+    j = job("j", {"cpu": 1000, "gpu": 1}, constraints=parse_constraints("gpu.model=H100"),
+            affinity=(Affinity(parse_selector("zone=b"), weight=5),))
+    r = schedule_cycle(state, [j], 0.0, SchedulerConfig(strategy="binpack"))
+    assert [(t.node, t.devices) for t in r.placements[0].tasks] == [("b0", {"gpu": ("h0",)})]

@@ -434,3 +434,14 @@ def test_a_device_check_on_one_class_leaves_the_other_buckets_whole() -> None:
             affinity=(Affinity(parse_selector("zone=b"), weight=5),))
     r = schedule_cycle(state, [j], 0.0, SchedulerConfig(strategy="binpack"))
     assert [(t.node, t.devices) for t in r.placements[0].tasks] == [("b0", {"gpu": ("h0",)})]
+
+
+def test_device_terms_of_every_family_are_checked_on_labels() -> None:
+    # No device lists: the gpu term passes on the labels, the fpga one fails.
+    state = ClusterState([Node("l", {"cpu": 4000, "gpu": 1, "fpga": 1},
+                               labels={"gpu.model": "H100", "fpga.model": "U250"})])
+    terms = parse_constraints("gpu.model=H100, fpga.model=VU9P", device_families=("gpu", "fpga"))
+    j = job("j", {"gpu": 1, "fpga": 1}, constraints=terms)
+    assert DeviceConstraints().check_class(j, j.tasks[0], _class_of(state, "l")) == Reason(
+        "DeviceConstraints", Code.DEVICE, Kind.NEVER, "device fpga does not match fpga.model=VU9P",
+        "fpga", 1, 0)

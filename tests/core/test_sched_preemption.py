@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from apportion.core.model import Node
 from apportion.core.scheduling import (
+    STRATEGIES,
     ClusterState,
     SchedulerConfig,
     TaskPlacement,
     job,
     schedule_cycle,
+)
+from apportion.core.scheduling.engine import Placer
+from apportion.core.scheduling.preemption import (
+    PreemptionPlan,
+    eligible,
+    plan,
+    plan_cost,
+    victim_key,
 )
 
 P = 1000
@@ -81,3 +90,86 @@ def test_multi_task_job_reprieves_victims_it_does_not_need() -> None:
     running(state, "v3", "b", P, 1, 5.0)
     r = schedule_cycle(state, [job("j", {"cpu": P}, count=2, priority=5)], 10.0, cfg())
     assert sorted(p.victim for p in r.preemptions) == ["v1"]
+
+
+# -- the planner on its own (the cycle asks it only when a victim is eligible) --
+
+
+def planner(state: ClusterState) -> Placer:
+    return Placer(state, STRATEGIES["priority"].options)
+
+
+def test_eligible_victims_are_preemptible_and_of_strictly_lower_priority() -> None:
+    state = ClusterState([Node("a", {"cpu": 4 * P})])
+    running(state, "low", "a", P, 1, 0.0)
+    running(state, "same", "a", P, 5, 0.0)
+    running(state, "higher", "a", P, 7, 0.0)
+    running(state, "pinned", "a", P, 1, 0.0, preemptible=False)
+    assert [rj.job.id for rj in eligible(state, job("j", {"cpu": P}, priority=5))] == ["low"]
+    # Nothing eligible: no plan, even where evicting "same" would make room.
+    state2 = ClusterState([Node("a", {"cpu": 3 * P})])
+    running(state2, "same", "a", 2 * P, 5, 0.0)
+    running(state2, "pinned", "a", P, 1, 0.0, preemptible=False)
+    assert plan(state2, planner(state2), job("j", {"cpu": P}, priority=5), 10.0) is None
+
+
+def test_victim_key_and_plan_cost_count_run_time_lost_per_task() -> None:
+    state = ClusterState([Node("a", {"cpu": 4 * P})])
+    gang = job("gang", {"cpu": P}, count=2, priority=3, preemptible=True)
+    state.start(gang, [TaskPlacement("a", {"cpu": P}, {}, 2)], 40.0)
+    running(state, "solo", "a", P, 1, 70.0)
+    g, s = state.running["gang"], state.running["solo"]
+    assert victim_key(g, 100.0) == (3, 120.0, "gang")
+    assert victim_key(s, 100.0) == (1, 30.0, "solo")
+    assert plan_cost([g, s], 100.0) == (2, 3, 4, 150.0)
+    assert plan_cost([], 100.0) == (0, 0, 0, 0)
+
+
+def test_per_node_plan_gives_back_the_dearest_victim_first() -> None:
+    # Greedy takes v1, v2, v3 (cheapest first) to free 3P; then giving back
+    # v3 leaves too little, v2 is not needed, v1 is: {v1, v3}, not {v2, v3}.
+    state = ClusterState([Node("a", {"cpu": 4 * P})])
+    running(state, "v1", "a", P, 0, 0.0)
+    running(state, "v2", "a", P, 1, 0.0)
+    running(state, "v3", "a", 2 * P, 2, 0.0)
+    chosen = plan(state, planner(state), job("j", {"cpu": 3 * P}, priority=5), 10.0)
+    assert chosen == PreemptionPlan("j", ("v1", "v3"), (2, 2, 2, 20.0))
+    assert sorted(state.running) == ["v1", "v2", "v3"]  # the planner rolls back
+
+
+def test_per_node_plan_goes_on_past_a_node_without_one() -> None:
+    state = ClusterState([Node("a", {"cpu": 2 * P}), Node("b", {"cpu": 2 * P})])
+    running(state, "v1", "a", P, 0, 0.0)
+    running(state, "kept", "a", P, 1, 0.0, preemptible=False)
+    running(state, "v2", "b", 2 * P, 1, 0.0)
+    chosen = plan(state, planner(state), job("j", {"cpu": 2 * P}, priority=5), 10.0)
+    assert chosen == PreemptionPlan("j", ("v2",), (1, 1, 1, 10.0))
+
+
+def test_per_node_plan_keeps_the_first_node_on_equal_cost() -> None:
+    state = ClusterState([Node("a", {"cpu": 2 * P}), Node("b", {"cpu": 2 * P})])
+    running(state, "vb", "b", 2 * P, 1, 0.0)
+    running(state, "va", "a", 2 * P, 1, 0.0)
+    chosen = plan(state, planner(state), job("j", {"cpu": 2 * P}, priority=5), 10.0)
+    assert chosen == PreemptionPlan("j", ("va",), (1, 1, 1, 10.0))
+
+
+def test_cluster_wide_plan_gives_back_a_victim_it_does_not_need() -> None:
+    # v1 (cheapest) frees P on a, too little; v2 frees 2P on b, enough alone.
+    state = ClusterState([Node("a", {"cpu": 2 * P}), Node("b", {"cpu": 2 * P})])
+    running(state, "v1", "a", P, 0, 0.0)
+    running(state, "kept", "a", P, 9, 0.0, preemptible=False)
+    running(state, "v2", "b", 2 * P, 1, 0.0)
+    chosen = plan(state, planner(state), job("j", {"cpu": P}, count=2, priority=5), 10.0)
+    assert chosen == PreemptionPlan("j", ("v2",), (1, 1, 1, 10.0))
+
+
+def test_cluster_wide_plan_needs_the_job_to_fit_not_only_the_total() -> None:
+    # Evicting both victims frees 4P in all, but no two nodes hold 2P each.
+    state = ClusterState([Node(n, {"cpu": 2 * P}) for n in ("a", "b", "c")])
+    running(state, "ka", "a", P, 9, 0.0, preemptible=False)
+    running(state, "kb", "b", P, 9, 0.0, preemptible=False)
+    running(state, "v1", "c", P, 0, 0.0)
+    running(state, "v2", "c", P, 1, 0.0)
+    assert state.free_total() == {"cpu": 2 * P}
+    assert plan(state, planner(state), job("j", {"cpu": 2 * P}, count=2, priority=5), 10.0) is None

@@ -109,3 +109,85 @@ def test_reestimate_moves_a_running_jobs_expected_end() -> None:
     assert state.running["a"].estimate == 120.0
     assert state.past_estimate(60.0) == {}
     assert state.changes > changes  # cached backfill plans no longer hold
+
+
+# -- capacity.py: what the placement walk and backfill read off the classes --
+
+
+def test_free_sum_per_class_follows_grants_and_releases() -> None:
+    state = ClusterState([*nodes(2), Node("big", {"cpu": 8000, "memory": 32 * GI})])
+    small, big = sorted(state.classes, key=lambda c: c.capacity)
+    assert (small.free_sum, big.free_sum) == ([8000, 32 * GI], [8000, 32 * GI])
+    j = job("a", {"cpu": 1000, "memory": GI})
+    state.start(j, [TaskPlacement("n1", j.tasks[0].resources)], 0.0)
+    assert (small.free_sum, big.free_sum) == ([7000, 31 * GI], [8000, 32 * GI])
+    state.finish("a")
+    assert small.free_sum == [8000, 32 * GI]
+
+
+def test_free_total_of_and_max_free_of_a_resource_no_node_has() -> None:
+    state = ClusterState(nodes(2))
+    assert (state.free_total_of("cpu"), state.free_total_of("gpu")) == (8000, 0)
+    assert (state.max_free("cpu"), state.max_free("gpu")) == (4000, 0)
+
+
+def test_an_unknown_node_is_named_in_the_error() -> None:
+    from apportion.core.errors import NodeNotFound
+
+    state = ClusterState(nodes(1))
+    with pytest.raises(NodeNotFound) as caught:
+        state.rec("zz")
+    assert (caught.value.message, caught.value.data) == ("node zz not found", {"node": "zz"})
+
+
+def test_a_removed_node_leaves_its_bucket_and_the_last_one_drops_it() -> None:
+    state = ClusterState(nodes(2))
+    state.remove_node("n0")
+    assert [b.nodes for b in state.buckets()] == [["n1"]]
+    r = state.start(job("a", {"cpu": 1000}), [TaskPlacement("n1", {"cpu": 1000})], 0.0)
+    assert r.tasks[0].node == "n1"
+    state.remove_node("n1")
+    assert list(state.buckets()) == []
+    assert state.free_total() == {"cpu": 0, "memory": 0}
+
+
+def test_nodes_whose_devices_differ_in_model_or_memory_are_other_classes() -> None:
+    from apportion.core.model import Device
+
+    def gpu_node(name: str, model: str, mem: int) -> Node:
+        return Node(name, {"cpu": 4000, "gpu": 1}, devices={"gpu": (Device("g0", model, mem),)})
+
+    state = ClusterState([gpu_node("g1", "A100", 40 * GI), gpu_node("g2", "A100", 80 * GI),
+                          gpu_node("g3", "H100", 80 * GI)])
+    assert sorted((c.size, c.devices["gpu"][0].model, c.devices["gpu"][0].memory)
+                  for c in state.classes) == [
+        (1, "A100", 40 * GI), (1, "A100", 80 * GI), (1, "H100", 80 * GI)]
+
+
+def test_node_cost_reads_cost_then_cost_hour() -> None:
+    from apportion.core.scheduling.capacity import node_cost
+
+    assert node_cost({"cost": "1.5", "cost.hour": "2"}) == 1.5
+    assert node_cost({"cost.hour": "2.5"}) == 2.5
+    assert node_cost({"cost": "cheap"}) is None
+    assert node_cost({}) is None
+
+
+def test_discard_sorted_removes_only_a_name_that_is_there() -> None:
+    from apportion.core.scheduling.capacity import discard_sorted
+
+    names = ["a", "c", "e"]
+    discard_sorted(names, "c")
+    assert names == ["a", "e"]
+    for missing in ("b", "f"):
+        with pytest.raises(KeyError) as caught:
+            discard_sorted(names, missing)
+        assert caught.value.args == (missing,)
+    assert names == ["a", "e"]
+
+
+def test_class_capacity_of_a_resource_and_every_record() -> None:
+    state = ClusterState(nodes(2))
+    (cls,) = state.classes
+    assert (cls.cap("cpu"), cls.cap("memory"), cls.cap("gpu")) == (4000, 16 * GI, 0)
+    assert [rec.name for rec in state.iter_recs()] == ["n0", "n1"]

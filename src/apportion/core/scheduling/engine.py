@@ -27,8 +27,10 @@ between buckets on each grant and release, and each request built a
 The ledger's index moves an entry only when the next choice reads it, so the
 common lease pattern (grant, release, grant) costs nothing there. The two
 walks therefore share their filters and their refusals' words, and differ in
-the index they walk; one index for both needs ``ClusterState`` to move a
-node between buckets as lazily as the ledger moves its entries.
+the index they walk (as Nomad's service and system stacks share their
+feasibility checkers and differ in the iterator that feeds them); one index
+for both needs ``ClusterState`` to move a node between buckets as lazily as
+the ledger moves its entries.
 """
 
 from __future__ import annotations

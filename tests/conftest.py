@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,12 @@ from hypothesis import settings
 
 from apportion.agent.isolation import FALLBACK_SANDBOXES
 from support import ServerProcess, drop_postgres_database, postgres_database
+
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their
+# environment, which a plain run has not: every CLI a test starts would then
+# fold its output at 80 columns. Tests that want a width set it themselves.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
 
 # ./run mutate tests each mutant with `--hypothesis-profile=mutation`: a
 # property test of hundreds of examples costs up to a minute per mutant, and a

@@ -285,6 +285,14 @@ def test_share_slots_spread_over_gpus_are_fewer_tasks_than_slots() -> None:
     assert DeviceConstraints().fit(j, j.tasks[0], rec, rec.free, state, 5) == 0
     t4 = job("t4", {"gpu.shares": 2})  # no terms: the T4's two free slots hold one task
     assert DeviceConstraints().fit(t4, t4.tasks[0], rec, rec.free, state, 5) == 1
+    three = job("three", {"gpu.shares": 3})  # no terms: four free slots, two per GPU at most
+    assert _device_check(state, three, "s") == Reason(
+        "DeviceConstraints", Code.DEVICE, Kind.BUSY,
+        "needs 3 free gpu.shares on one GPU; 4 free, spread over GPUs", "gpu.shares", 3, 4)
+    five = job("five", {"gpu.shares": 5})
+    assert _device_check(state, five, "s") == Reason(
+        "DeviceConstraints", Code.DEVICE, Kind.BUSY,
+        "needs 5 free gpu.shares; 4 free", "gpu.shares", 5, 4)
     assert needs_node_device_check(t4.constraints, t4.tasks[0], rec.cls) is True
 
 

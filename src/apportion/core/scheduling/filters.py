@@ -286,12 +286,12 @@ class DeviceConstraints:
             if good < q:
                 return Reason(
                     self.name, Code.DEVICE, Kind.BUSY,
-                    f"needs {q} free {r} with {_terms(terms)}; {good} free", r, q, good,
+                    f"needs {q} free {r}{_with(terms)}; {good} free", r, q, good,
                 )
             if not _fit_devices(rec, r, terms, q):
                 return Reason(
                     self.name, Code.DEVICE, Kind.BUSY,
-                    f"needs {q} free {r} with {_terms(terms)} on one GPU; {good} free, "
+                    f"needs {q} free {r}{_with(terms)} on one GPU; {good} free, "
                     "spread over GPUs", r, q, good,
                 )
         return None
@@ -313,6 +313,11 @@ SHARES_SUFFIX = ".shares"
 
 def _terms(terms: Sequence[object]) -> str:
     return ",".join(str(t) for t in terms)
+
+
+def _with(terms: Sequence[object]) -> str:
+    # GPU share slots are checked here without terms too: no empty "with".
+    return f" with {_terms(terms)}" if terms else ""
 
 
 class JobAffinity:

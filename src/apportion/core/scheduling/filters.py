@@ -217,10 +217,6 @@ def _sel(selector: tuple[LabelRequirement, ...]) -> str:
     return ",".join(str(r) for r in selector)
 
 
-def _device_resources(spec: TaskSpec, cls_devices: Mapping[str, object]) -> list[str]:
-    return [r for r in spec.resources if r in cls_devices]
-
-
 class DeviceConstraints:
     """Device terms (``gpu.model in (A100,H100)``, ``gpu.memory>=40Gi``): the
     class must have enough matching devices; the node must have enough of

@@ -4,12 +4,15 @@ policy and backfill mode, on generated parallel-machine traces."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apportion.core import poolsim
 from apportion.core.model import Node
 from apportion.core.scheduling import SchedulerConfig, TaskSpec
+from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.simulator import SimConfig, SimJob, SimResult, simulate
 
@@ -96,3 +99,44 @@ def test_only_a_pool_of_whole_node_tasks_is_eligible() -> None:
                             config, {}) is None
     assert poolsim.eligible(nodes, [whole], config, {"q": Queue("q", quota={"cpu": 1})}) is None
     assert poolsim.eligible(nodes, [whole], SchedulerConfig(max_placements=3), {}) is None
+
+
+@st.composite
+def profile_steps(draw: st.DrawFn) -> tuple[float, int, list[tuple[float, int]], list[Any]]:
+    now = draw(st.sampled_from([0.0, 10.0]))
+    ends = sorted(draw(st.lists(st.sampled_from([0.0, 5.0, 10.0, 15.0, 40.0, 100.0]),
+                                max_size=8)))
+    releases = [(max(end, now), draw(st.integers(1, 4))) for end in ends]
+    asks = draw(st.lists(st.tuples(
+        st.integers(1, 12), st.sampled_from([None, 0.0, 5.0, 12.5, 60.0]),
+        st.sampled_from([None, 10.0, 15.0, 17.0]), st.booleans(), st.booleans()), max_size=10))
+    return now, draw(st.integers(0, 6)), releases, asks
+
+
+@given(profile_steps())
+def test_count_profile_answers_and_reserves_as_the_vector_profile(
+        case: tuple[float, int, list[tuple[float, int]], list[Any]]) -> None:
+    now, free, releases, asks = case
+    counted = poolsim.CountProfile(now, free, releases)
+    vector = Profile(["cpu"], now, [free], [(t, [n]) for t, n in releases])
+    for need, duration, later_than, first_only, take in asks:
+        got = counted.earliest(need, duration, later_than=later_than, first_only=first_only)
+        assert got == vector.earliest([need], duration, later_than=later_than,
+                                      first_only=first_only)
+        if take and got is not None:
+            counted.reserve(got, need, duration)
+            vector.reserve(got, [need], duration)
+        assert counted.times == vector.times
+        assert counted.free == [row[0] for row in vector.free]
+
+
+def test_count_profile_literal_steps() -> None:
+    profile = poolsim.CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
+    assert (profile.times, profile.free) == ([10.0, 15.0, 40.0], [2, 4, 5])
+    assert profile.earliest(3, 10.0) == 15.0
+    assert profile.earliest(3, 10.0, first_only=True) is None
+    assert profile.earliest(2, None, later_than=10.0) == 15.0
+    assert profile.earliest(6, None) is None
+    profile.reserve(15.0, 3, 10.0)
+    assert (profile.times, profile.free) == ([10.0, 15.0, 25.0, 40.0], [2, 1, 4, 5])
+    assert profile.earliest(2, 30.0) == 25.0

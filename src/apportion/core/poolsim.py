@@ -8,7 +8,8 @@ are idle, how many each job needs, when running jobs are expected to end).
 ``PoolCluster`` makes those decisions from the counts, in the same order and
 by the same rules as the cycle (FIFO start until the first job that does
 not fit; EASY with the pool reservation ``backfill.pool_reservation``
-computes; conservative on the same ``Profile``), with the same queue
+computes; conservative on ``CountProfile``, ``backfill.Profile`` on one
+counted resource), with the same queue
 policies and the same run-time estimates. It keeps the queue in policy order
 between instants where the order cannot change (FIFO, shortest-first, fair
 share within a queue), so a long queue is not sorted again at every event.
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
-from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.policies import (
@@ -352,14 +353,14 @@ class PoolCluster:
                 break  # later reservations could only hold the rest back
             if profile is None:
                 profile = self._profile(now)
-            need = [job.task_count]
+            need = job.task_count
             est = self.estimate(job)
             deep = depth is not None and reserved >= depth
             t = profile.earliest(need, est, first_only=deep)
             if t is not None and t <= now:
-                if job.task_count <= self.free:
+                if need <= self.free:
                     profile.reserve(now, need, est)
-                    self._begin(job, job.task_count, now, started)
+                    self._begin(job, need, now, started)
                     continue
                 # The profile counts jobs past their estimate as ended now;
                 # the nodes say no: plan it later, as the cycle does.
@@ -370,6 +371,75 @@ class PoolCluster:
                 reserved += 1
         return started
 
-    def _profile(self, now: float) -> Profile:
-        releases = [(max(end, now), [self.running[job_id][1]]) for end, job_id in self.ends]
-        return Profile([self.resource], now, [self.free], releases)
+    def _profile(self, now: float) -> CountProfile:
+        running = self.running
+        # ``ends`` is sorted by end, so the release instants come in order.
+        return CountProfile(now, self.free,
+                            ((max(end, now), running[job_id][1]) for end, job_id in self.ends))
+
+
+class CountProfile:
+    """``backfill.Profile`` for one counted resource: idle nodes over time.
+
+    The same steps, answers and splits as ``Profile`` with a one-entry
+    vector (``tests/core/test_poolsim.py`` compares the two on generated
+    steps), on plain ints: a conservative replay asks it about every
+    waiting job at every event, and the vectors were most of its cost.
+    """
+
+    __slots__ = ("free", "times")
+
+    def __init__(self, now: float, free_now: int,
+                 releases: Iterable[tuple[float, int]]) -> None:
+        """``releases``: (instant, nodes freed), in order of instant."""
+        times = [now]
+        free = [free_now]
+        current = free_now
+        for t, n in releases:
+            current += n
+            if t <= times[-1]:
+                free[-1] = current
+            else:
+                times.append(t)
+                free.append(current)
+        self.times = times
+        self.free = free
+
+    def earliest(self, need: int, duration: float | None, later_than: float | None = None,
+                 first_only: bool = False) -> float | None:
+        """``Profile.earliest`` for ``need`` nodes."""
+        times, free = self.times, self.free
+        n = len(times)
+        i = 0 if later_than is None else bisect_right(times, later_than)
+        while i < n:
+            end = INF if duration is None else times[i] + duration
+            j = i
+            while j < n and times[j] < end:
+                if free[j] < need:
+                    break
+                j += 1
+            else:
+                return times[i]
+            if first_only:
+                return None
+            i = j + 1  # every window starting at or before step j contains it
+        return None
+
+    def reserve(self, start: float, need: int, duration: float | None) -> None:
+        """``Profile.reserve``: take ``need`` nodes from ``start`` for ``duration``."""
+        a = self._split(start)
+        b = len(self.times) if duration is None else self._split(start + duration)
+        free = self.free
+        for k in range(a, b):
+            free[k] -= need
+
+    def _split(self, t: float) -> int:
+        times = self.times
+        k = bisect_left(times, t)
+        if k < len(times) and times[k] == t:
+            return k
+        if k == 0:
+            return 0
+        times.insert(k, t)
+        self.free.insert(k, self.free[k - 1])
+        return k

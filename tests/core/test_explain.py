@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from apportion.core.labels import parse_selector
 from apportion.core.model import Node, NodeState
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import (
+    Affinity,
     ClusterState,
     JobRejected,
     Queue,
@@ -107,9 +109,10 @@ def test_explain_ties_in_counts_go_by_name() -> None:
 
 
 def test_explain_never_when_no_node_could_hold_it_even_empty() -> None:
-    e = explain(cluster(), job("k", {"cpu": 20 * P}))
+    # 24 cpu: more than the 20 free on ready nodes, yet one task: no gang advice
+    e = explain(cluster(), job("k", {"cpu": 24 * P}))
     assert e.status == "never"
-    assert e.hints == ("needs 20 cpu; largest free on any ready node: 8",)
+    assert e.hints == ("needs 24 cpu; largest free on any ready node: 8",)
     assert e.earliest_start is None
 
 
@@ -185,6 +188,10 @@ def test_explain_quota_at_its_limit_and_on_other_resources() -> None:
     e = explain(state, job("k", {"cpu": P, "memory": 2 * GI}, queue="a"),
                 queues={"a": Queue("a", quota={"cpu": 10 * P, "memory": GI})})
     assert e.hints == ("queue a quota: 0 of 1Gi memory in use, job needs 2Gi",)
+    # queue a uses no memory: 1Gi more is its memory quota exactly
+    e = explain(state, job("k", {"cpu": P, "memory": GI}, queue="a"),
+                queues={"a": Queue("a", quota={"cpu": 10 * P, "memory": GI})})
+    assert (e.status, e.hints) == ("fits", ())
     e = explain(state, job("k", {"cpu": 5 * P}, queue="c"),
                 queues={"c": Queue("c", quota={"cpu": 4 * P})})
     assert e.status == "quota"
@@ -244,6 +251,28 @@ def test_explain_hints_for_every_group() -> None:
     )
 
 
+def test_explain_asks_job_affinity_with_the_state() -> None:
+    state = ClusterState([Node("a", {"cpu": 4 * P}), Node("b", {"cpu": 4 * P})])
+    state.start(job("db1", {"cpu": P}, name="db"), [TaskPlacement("a", {"cpu": P})], 0.0)
+    j = job("k", {"cpu": P}, name="db",
+            anti_affinity=(Affinity(parse_selector("name=db"), target="job", required=True),))
+    e = explain(state, j, detail=True)
+    assert (e.status, e.counts) == ("fits", {"anti_affinity": 1})
+    assert e.per_node == {"a": Reason("JobAffinity", Code.ANTI_AFFINITY, Kind.BUSY,
+                                      "anti-affinity: node runs a job with name=db")}
+
+
+def test_explain_plans_from_time_zero_by_default() -> None:
+    # Both nodes' running jobs end at 0.5; the gang waits for both.
+    state = ClusterState([Node("a", {"cpu": 4 * P}), Node("b", {"cpu": 4 * P})])
+    for name in ("a", "b"):
+        state.start(job(f"r{name}", {"cpu": 3 * P}), [TaskPlacement(name, {"cpu": 3 * P})],
+                    0.0, 0.5)
+    gang = job("k", {"cpu": 2 * P}, count=2)
+    assert explain(state, gang).earliest_start == 0.5
+    assert explain(state, gang, now=1.0).earliest_start == 1.0
+
+
 # -- validate_job --
 
 
@@ -289,6 +318,7 @@ def test_validate_a_bag_needs_room_for_one_task_a_gang_for_all() -> None:
     state = cluster()
     # d0 (cordoned, so possible) holds one task of 9 cpu, no other node any
     validate_job(job("j", {"cpu": 9 * P}, count=3, queue="a", gang=False), queues, state)
+    validate_job(job("j", {"cpu": 9 * P}, count=2, queue="a", gang=False), queues, state)
     err = rejected(job("j", {"cpu": 9 * P}, count=3, queue="a"), queues, state)
     message = ("no node can ever hold these tasks: 2 node(s): cpu: node capacity 8 < 9 "
                "requested; 1 node(s): cpu: node capacity 4 < 9 requested; all nodes "
@@ -323,6 +353,16 @@ def test_validate_a_removed_nodes_resource_is_not_offered() -> None:
     state.remove_node("t1")
     err = rejected(job("j", {"tpu": 1}, queue="a"), {"a": Queue("a")}, state)
     assert err.message == "resources.tpu: no node has tpu"
+
+
+def test_validate_skips_an_empty_class_before_the_others() -> None:
+    state = ClusterState([Node("t1", {"cpu": P, "tpu": 4}), Node("a", {"cpu": 2 * P})])
+    state.remove_node("t1")
+    err = rejected(job("j", {"cpu": 5 * P}, queue="a"), {"a": Queue("a")}, state)
+    assert err.failure == Failure(
+        Code.CAPACITY, Kind.NEVER,
+        "no node can ever hold this task: 1 node(s): cpu: node capacity 2 < 5 requested",
+        (cap(2, 5),))
 
 
 def test_validate_with_no_nodes_says_so() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from apportion.core.labels import parse_selector
 from apportion.core.model import Node, NodeState
 from apportion.core.scheduling import Affinity, ClusterState, Job, TaskPlacement, TaskSpec, job
-from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.framework import Placer, _walk_index, fit_count
 from apportion.core.scheduling.policies import strategy
 
 
@@ -221,3 +221,50 @@ def test_a_limit_that_names_only_some_resources_leaves_the_others_free() -> None
     r = placer(state).place(job("j", {"cpu": 1000, "memory": 1000}, count=2),
                             limits={"a": {"cpu": 2000}}, prefer=("a",))
     assert r.tasks == (TaskPlacement("a", {"cpu": 1000, "memory": 1000}, {}, 2),)
+
+
+def test_fit_count_is_the_smallest_ratio_of_the_requested_resources() -> None:
+    assert fit_count((10, 5), (3, 0)) == 3  # a resource not asked for bounds nothing
+    assert fit_count((10, 5), (3, 2)) == 2
+    assert fit_count((10, 5), (2, 3)) == 1
+    assert fit_count((4, 100), (1, 1)) == 4
+    assert fit_count((100, 4), (1, 1)) == 4
+    assert fit_count((7,), (7,)) == 1
+    assert fit_count((6,), (7,)) == 0
+    assert fit_count((10, 1), (1, 2)) == 0
+    assert fit_count((1, 10), (2, 1)) == 0
+    assert fit_count((-4, 10), (2, 1)) == 0  # a node whose capacity shrank under its jobs
+    assert fit_count((0, 0), (0, 0)) == 0  # nothing asked: no bound, read as none
+
+
+def test_walk_index_takes_the_resource_fewest_buckets_hold_enough_of() -> None:
+    state = ClusterState(
+        [Node(f"c{i}", {"cpu": (i + 1) * 1000, "memory": (5 - i) * 1000}) for i in range(5)]
+        + [Node("g", {"cpu": 8000, "memory": 1000, "gpu": 2})])
+    cpu, memory, gpu = state.index("cpu"), state.index("memory"), state.index("gpu")
+
+    def walk(resources: dict[str, int]) -> tuple[object, int, int]:
+        return _walk_index(state, TaskSpec(resources))
+
+    assert walk({"cpu": 2000}) == (cpu, 0, 1)
+    assert walk({"cpu": 0}) == (cpu, 0, 0)
+    assert walk({"cpu": 2000, "gpu": 1}) == (gpu, 0, 0)
+    assert walk({"gpu": 1, "cpu": 2000}) == (gpu, 0, 0)
+    assert walk({"cpu": 3000, "memory": 3000}) == (memory, 0, 3)  # 3 against 4
+    # a tie (3 and 3) goes to the first resource asked for
+    assert walk({"cpu": 4000, "memory": 3000}) == (cpu, 0, 3)
+    assert walk({"memory": 3000, "cpu": 4000}) == (memory, 0, 3)
+    # no node offers it, or none has enough of one resource
+    assert walk({"tpu": 1}) == (None, 0, 0)
+    assert walk({"cpu": 9000}) == (None, 0, 0)
+    assert walk({"cpu": 1000, "gpu": 3}) == (None, 0, 0)
+
+
+def test_walk_index_starts_in_a_later_block() -> None:
+    state = ClusterState([Node(f"c{i}", {"cpu": (i + 1) * 1000, "memory": 1000})
+                          for i in range(40)])
+    cpu = state.index("cpu")
+    assert cpu is not None and [len(b) for b in cpu.blocks] == [16, 24]
+    assert _walk_index(state, TaskSpec({"cpu": 25000})) == (cpu, 1, 8)
+    assert _walk_index(state, TaskSpec({"memory": 1000, "cpu": 25000})) == (cpu, 1, 8)
+    assert _walk_index(state, TaskSpec({"cpu": 41000})) == (None, 0, 0)

@@ -192,14 +192,16 @@ def test_mixed_is_the_weighted_geometric_mean() -> None:
     h.record(job("b0", {"cpu": P}, user="bob", runtime_estimate=400.0), 100.0)
     h.record(job("b1", {"cpu": P}, user="bob", runtime_estimate=400.0), 300.0)
     h.record(job("b2", {"cpu": P}, user="bob", runtime_estimate=900.0), 100.0)
+    h.record(job("a0", {"cpu": P}, user="ann", runtime_estimate=100.0), 100.0)
     user_err = h.errors["user:bob"].mean
+    assert user_err != h.errors["user:"].mean  # bob's own error, not everyone's
     err = h.errors["user"].mean
     assert err == math.log(201 / 101)
     assert h.typical[("user", "bob")] == 200.0
     x = job("x", {"cpu": P}, user="bob", runtime_estimate=300.0)
     assert h.estimate(x) == pytest.approx(weighed(200.0, err, 300.0, user_err), rel=1e-12)
     assert h.rank(x) == h.estimate(x)
-    # another user falls back on every user's error
+    # another name: the same level and user
     y = job("y", {"cpu": P}, user="bob", runtime_estimate=500.0, name="n")
     assert h.estimate(y) == pytest.approx(weighed(200.0, err, 500.0, user_err), rel=1e-12)
 
@@ -338,6 +340,10 @@ def test_correct_sweeps_corrections_of_jobs_that_no_longer_run() -> None:
     h.corrections.update({f"gone{i}": (0.0, 1.0) for i in range(_SLACK + 1)})
     assert h.correct(state, 80.0) == 1
     assert len(h.corrections) == _SLACK + 2  # 4,098 is not more than 4,098
+    state.start(job("b", {"cpu": P}), [TaskPlacement("n", {"cpu": P})], 0.0, 10.0)
+    assert h.correct(state, 500.0) == 2
+    # two running: 4,099 entries are not more than 2 * 2 + 4,096
+    assert len(h.corrections) == _SLACK + 3
 
 
 def ctx(now: float, bound: float,
@@ -388,3 +394,29 @@ def test_sjf_and_aged_keys() -> None:
             job("old1", {"cpu": 1}, submit_time=-50.0, runtime_estimate=9.0)]
     order = AdaptiveOrder("sjf").order(jobs, ctx(10.0, 60.0))
     assert [j.id for j in order] == ["old1", "old2", "w", "x", "y", "n"]
+
+
+def hrrn(jobs: list[Job], now: float = 100.0) -> list[str]:
+    return [j.id for j in AdaptiveOrder().order(jobs, ctx(now, 1e9))]
+
+
+def test_hrrn_estimates_between_one_and_two_seconds_count_as_they_are() -> None:
+    # A: (3 + 1.5) / 1.5 = 3; B: (2.5 + 1) / 1 = 3.5
+    assert hrrn([job("A", {"cpu": 1}, submit_time=97.0, runtime_estimate=1.5),
+                 job("B", {"cpu": 1}, submit_time=97.5, runtime_estimate=1.0)]) == ["B", "A"]
+    # tiny: (10 + 1) / 1 = 11 (an estimate under 1 s counts as 1 s); m: (80 + 10) / 10 = 9
+    assert hrrn([job("m", {"cpu": 1}, submit_time=20.0, runtime_estimate=10.0),
+                 job("tiny", {"cpu": 1}, submit_time=90.0, runtime_estimate=0.25)]
+                ) == ["tiny", "m"]
+
+
+def test_hrrn_counts_a_wait_below_a_second_and_none_before_submission() -> None:
+    # X: (0.5 + 1) / 1 = 1.5; Y: (2 + 5) / 5 = 1.4
+    assert hrrn([job("Y", {"cpu": 1}, submit_time=98.0, runtime_estimate=5.0),
+                 job("X", {"cpu": 1}, submit_time=99.5, runtime_estimate=1.0)]) == ["X", "Y"]
+    # submitted after now: a wait of 0, a ratio of 1, then submit order
+    assert hrrn([job("F2", {"cpu": 1}, submit_time=120.0, runtime_estimate=1000.0),
+                 job("F1", {"cpu": 1}, submit_time=110.0, runtime_estimate=1.0)]) == ["F1", "F2"]
+    # Z: (1 + 2) / 2 = 1.5 before F at 1
+    assert hrrn([job("F", {"cpu": 1}, submit_time=105.0, runtime_estimate=1.0),
+                 job("Z", {"cpu": 1}, submit_time=99.0, runtime_estimate=2.0)]) == ["Z", "F"]

@@ -268,3 +268,41 @@ def test_walk_index_starts_in_a_later_block() -> None:
     assert _walk_index(state, TaskSpec({"cpu": 25000})) == (cpu, 1, 8)
     assert _walk_index(state, TaskSpec({"memory": 1000, "cpu": 25000})) == (cpu, 1, 8)
     assert _walk_index(state, TaskSpec({"cpu": 41000})) == (None, 0, 0)
+
+
+def hundred(poor: range, *, used: bool) -> ClusterState:
+    """Nodes c001..c100 with i cores and 64Gi each (the cpu index in six
+    blocks: 1-16, 17-32, 33-48, 49-64, 65-80, 81-100); those in ``poor`` have
+    1Gi of memory, or 63Gi of their 64Gi taken by a running job (``used``)."""
+    gi = 2**30
+    state = ClusterState([
+        Node(f"c{i:03d}", {"cpu": i * 1000, "memory": (1 if i in poor and not used else 64) * gi})
+        for i in range(1, 101)])
+    if used:
+        for i in poor:
+            state.start(job(f"u{i}", {"memory": 63 * gi}),
+                        [TaskPlacement(f"c{i:03d}", {"memory": 63 * gi})], 0.0)
+    return state
+
+
+def test_the_walk_skips_blocks_short_of_another_resource_and_goes_on() -> None:
+    def first(state: ClusterState, name: str, cores: int, count: int = 1) -> list[str]:
+        r = placer(state, name).place(job("j", {"cpu": cores * 1000, "memory": 8 * 2**30},
+                                          count=count))
+        return [t.node for t in r.tasks or ()]
+
+    cpu = hundred(range(0), used=False).index("cpu")
+    assert cpu is not None
+    assert [(b[0][2][0], b[-1][2][0]) for b in cpu.blocks] == [
+        (1000, 16000), (17000, 32000), (33000, 48000), (49000, 64000), (65000, 80000),
+        (81000, 100000)]
+    for used in (False, True):  # refused by class, or by the block's bound
+        # packing, from the first block with 60 cores up: 60-80 are short
+        assert first(hundred(range(60, 81), used=used), "fifo", 60) == ["c081"]
+        # spreading, from the top down: 65-100 are short
+        assert first(hundred(range(65, 101), used=used), "spread", 60) == ["c064"]
+    plain = hundred(range(0), used=False)
+    assert first(plain, "spread", 10, count=3) == ["c100", "c099", "c098"]
+    # the first block walked is entered at the first node with enough
+    assert first(hundred(range(0), used=False), "fifo", 10) == ["c010"]
+    assert first(hundred(range(0), used=False), "fifo", 20) == ["c020"]

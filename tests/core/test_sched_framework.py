@@ -301,8 +301,30 @@ def test_the_walk_skips_blocks_short_of_another_resource_and_goes_on() -> None:
         assert first(hundred(range(60, 81), used=used), "fifo", 60) == ["c081"]
         # spreading, from the top down: 65-100 are short
         assert first(hundred(range(65, 101), used=used), "spread", 60) == ["c064"]
+        # spreading past one short block only (a walk that skipped every other
+        # block would pass 65-80 too)
+        assert first(hundred(range(81, 101), used=used), "spread", 60) == ["c080"]
     plain = hundred(range(0), used=False)
     assert first(plain, "spread", 10, count=3) == ["c100", "c099", "c098"]
     # the first block walked is entered at the first node with enough
     assert first(hundred(range(0), used=False), "fifo", 10) == ["c010"]
     assert first(hundred(range(0), used=False), "fifo", 20) == ["c020"]
+
+
+def test_a_block_whose_bound_is_exactly_the_request_is_walked() -> None:
+    gi = 2**30
+
+    def first(state: ClusterState, cores: int, memory: int, name: str = "fifo") -> list[str]:
+        r = placer(state, name).place(job("j", {"cpu": cores * 1000, "memory": memory * gi}))
+        return [t.node for t in r.tasks or ()]
+
+    # 60-80 have 1Gi free: their blocks' bounds are stale (loose) until a walk
+    # tightens them; then 1Gi is the bound of the block 65-80
+    assert first(hundred(range(60, 81), used=True), 65, 1) == ["c065"]  # stale: tightened
+    state = hundred(range(60, 81), used=True)
+    assert first(state, 60, 8) == ["c081"]
+    assert first(state, 60, 8) == ["c082"]  # the bound is exact now: the block is skipped
+    assert first(state, 65, 1) == ["c065"]  # exact, and exactly enough
+    state = hundred(range(65, 101), used=True)
+    assert first(state, 60, 8, "spread") == ["c064"]
+    assert first(state, 70, 1, "spread") == ["c100"]

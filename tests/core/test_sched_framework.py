@@ -328,3 +328,26 @@ def test_a_block_whose_bound_is_exactly_the_request_is_walked() -> None:
     state = hundred(range(65, 101), used=True)
     assert first(state, 60, 8, "spread") == ["c064"]
     assert first(state, 70, 1, "spread") == ["c100"]
+
+
+def test_a_per_node_walk_scores_up_to_the_limit_and_enough_room() -> None:
+    # The job prefers the node running db (b): the walk offers nodes one by
+    # one, tightest first, and stops once it has ``limit`` (4) candidates
+    # with room for every task left; b is found only if the walk gets to it.
+    near = (Affinity(parse_selector("name=db"), target="job", weight=5),)
+
+    def placed(nodes: list[tuple[str, int]], count: int) -> list[tuple[str, int]]:
+        state = ClusterState([Node(n, {"cpu": c * 1000}) for n, c in nodes])
+        state.start(job("db1", {"cpu": 1000}, name="db"), [TaskPlacement("b", {"cpu": 1000})],
+                    0.0)
+        r = placer(state).place(job("j", {"cpu": 1000}, count=count, affinity=near))
+        return [(t.node, t.count) for t in r.tasks or ()]
+
+    four = [("n1", 4), ("n2", 4), ("n3", 4), ("n4", 4), ("b", 8)]
+    assert placed([("a", 4), ("b", 8)], 1) == [("b", 1)]  # two candidates, not one
+    assert placed(four, 1) == [("n1", 1)]  # four candidates, not five
+    # room counted over the candidates: 16 for 10 tasks after four (b not
+    # scored); then three with room for 12, so b is walked to, and wins
+    assert placed(four, 10) == [("n1", 4), ("b", 6)]
+    # room for exactly the 16 tasks after four candidates: enough
+    assert placed(four, 16) == [("n1", 4), ("b", 7), ("n2", 4), ("n3", 1)]

@@ -5,7 +5,7 @@ mutation testing, see docs/testing.md)."""
 from __future__ import annotations
 
 from apportion.core.labels import parse_selector
-from apportion.core.model import Node, NodeState
+from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import Affinity, ClusterState, Job, TaskPlacement, TaskSpec, job
 from apportion.core.scheduling.framework import Placer, _walk_index, fit_count
 from apportion.core.scheduling.policies import strategy
@@ -351,3 +351,20 @@ def test_a_per_node_walk_scores_up_to_the_limit_and_enough_room() -> None:
     assert placed(four, 10) == [("n1", 4), ("b", 6)]
     # room for exactly the 16 tasks after four candidates: enough
     assert placed(four, 16) == [("n1", 4), ("b", 7), ("n2", 4), ("n3", 1)]
+
+
+def test_a_bucket_of_identical_gpu_nodes_takes_its_devices_task_by_task() -> None:
+    # Three tasks of one GPU on identical two-GPU nodes: one bucket; each
+    # task holds its own GPU, and the second node takes only the third task.
+    gi = 2**30
+    devices = tuple(Device(f"GPU-{k}", "A100", 40 * gi) for k in range(2))
+    state = ClusterState([Node(f"g{i}", {"cpu": 8000}, devices={"gpu": devices})
+                          for i in range(3)])
+    r = placer(state).place(job("j", {"cpu": 1000, "gpu": 1}, count=3))
+    assert r.tasks == (
+        TaskPlacement("g0", {"cpu": 1000, "gpu": 1}, {"gpu": ("GPU-0",)}, 1),
+        TaskPlacement("g0", {"cpu": 1000, "gpu": 1}, {"gpu": ("GPU-1",)}, 1),
+        TaskPlacement("g1", {"cpu": 1000, "gpu": 1}, {"gpu": ("GPU-0",)}, 1),
+    )
+    assert {n: rec.free for n, rec in state.nodes.items()} == {
+        "g0": (6000, 0), "g1": (7000, 1), "g2": (8000, 2)}

@@ -258,6 +258,7 @@ def test_walk_index_takes_the_resource_fewest_buckets_hold_enough_of() -> None:
     assert walk({"tpu": 1}) == (None, 0, 0)
     assert walk({"cpu": 9000}) == (None, 0, 0)
     assert walk({"cpu": 1000, "gpu": 3}) == (None, 0, 0)
+    assert walk({"gpu": 3, "cpu": 1000}) == (None, 0, 0)  # none of the first: done
 
 
 def test_walk_index_starts_in_a_later_block() -> None:

@@ -369,3 +369,25 @@ def test_a_bucket_of_identical_gpu_nodes_takes_its_devices_task_by_task() -> Non
     )
     assert {n: rec.free for n, rec in state.nodes.items()} == {
         "g0": (6000, 0), "g1": (7000, 1), "g2": (8000, 2)}
+
+
+def test_a_bucket_walk_scores_up_to_the_limit_and_enough_room() -> None:
+    # b (zone=x, preferred) wins whenever it is scored; the walk offers
+    # buckets tightest first and stops at 4 candidates with room for the rest.
+    near = (Affinity(parse_selector("zone=x"), weight=5),)
+
+    def placed(nodes: list[tuple[str, int]], count: int) -> list[tuple[str, int]]:
+        state = ClusterState([Node(n, {"cpu": c * 1000}, labels={"zone": "x"} if n == "b" else {})
+                              for n, c in nodes])
+        r = placer(state).place(job("j", {"cpu": 1000}, count=count, affinity=near))
+        return [(t.node, t.count) for t in r.tasks or ()]
+
+    one = [("n1", 4), ("n2", 5), ("n3", 6), ("n4", 7), ("b", 8)]
+    assert placed([("n1", 4), ("b", 8)], 1) == [("b", 1)]
+    assert placed(one, 1) == [("n1", 1)]  # four candidates, not five
+    # room for exactly 22 after four: b is not scored
+    assert placed(one, 22) == [("n1", 4), ("n2", 5), ("n3", 6), ("n4", 7)]
+    # buckets of two: room counted per node of the bucket (8 + 10 + 12 + 14)
+    two = [(f"n{k}{s}", k + 3) for k in range(1, 5) for s in "ab"] + [("b", 8)]
+    assert placed(two, 12) == [("n1a", 4), ("n1b", 4), ("n2a", 4)]
+    assert placed(two, 20) == [("n1a", 4), ("n1b", 4), ("n2a", 5), ("n2b", 5), ("n3a", 2)]

@@ -387,6 +387,8 @@ def test_a_bucket_walk_scores_up_to_the_limit_and_enough_room() -> None:
     assert placed(one, 1) == [("n1", 1)]  # four candidates, not five
     # room for exactly 22 after four: b is not scored
     assert placed(one, 22) == [("n1", 4), ("n2", 5), ("n3", 6), ("n4", 7)]
+    # room for 22 of 23: the walk goes on to b
+    assert placed(one, 23) == [("b", 8), ("n1", 4), ("n2", 5), ("n3", 6)]
     # buckets of two: room counted per node of the bucket (8 + 10 + 12 + 14)
     two = [(f"n{k}{s}", k + 3) for k in range(1, 5) for s in "ab"] + [("b", 8)]
     assert placed(two, 12) == [("n1a", 4), ("n1b", 4), ("n2a", 4)]

@@ -393,3 +393,18 @@ def test_a_bucket_walk_scores_up_to_the_limit_and_enough_room() -> None:
     two = [(f"n{k}{s}", k + 3) for k in range(1, 5) for s in "ab"] + [("b", 8)]
     assert placed(two, 12) == [("n1a", 4), ("n1b", 4), ("n2a", 4)]
     assert placed(two, 20) == [("n1a", 4), ("n1b", 4), ("n2a", 5), ("n2b", 5), ("n3a", 2)]
+
+
+def test_a_group_refused_by_the_aggregate_or_by_the_walk_says_which() -> None:
+    # 9 cpu asked, 8 free in all: the aggregate check answers, nothing placed
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 4000})])
+    r = placer(state).place(job("g", {"cpu": 3000}, count=3))
+    assert r.failure is not None and r.failure.message == (
+        "needs 9 cpu in all; 8 free on ready nodes (largest free on any ready node: 4)")
+    # 6 of 8 free, but after a takes one task no node has 3: the walk answers
+    state = ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 2000}),
+                          Node("c", {"cpu": 2000})])
+    r = placer(state).place(job("g", {"cpu": 3000}, count=2))
+    assert r.failure is not None and r.failure.message == (
+        "no room now for 1 more task(s): needs 3 cpu; largest free on any ready node: 2")
+    assert state.free_total() == {"cpu": 8000}

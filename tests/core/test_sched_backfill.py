@@ -108,3 +108,19 @@ def test_profile_finds_the_first_window() -> None:
     assert prof.earliest([2], 20.0) == 25.0
     assert prof.earliest([1], None) == 0.0
     assert prof.earliest([6], None) is None
+
+
+def test_an_overdrawn_head_node_leaves_an_unreserved_node_to_a_long_job() -> None:
+    # The head (4 cpu) is reserved on big at 100. `short` ends before that and
+    # goes on big first, which charges big's room past the reservation below
+    # zero; `long` runs past the reservation and still fits on small, which
+    # the head does not use.
+    state = ClusterState([Node("big", {"cpu": 4 * P}), Node("small", {"cpu": 2 * P})])
+    state.start(job("hog", {"cpu": P}), [TaskPlacement("big", {"cpu": P})], 0.0, 100.0)
+    state.start(job("s", {"cpu": P}), [TaskPlacement("small", {"cpu": P})], 0.0, 1000.0)
+    jobs = [job("head", {"cpu": 4 * P}, runtime_estimate=50, submit_time=10),
+            job("short", {"cpu": P}, runtime_estimate=10, submit_time=11),
+            job("long", {"cpu": P}, runtime_estimate=900, submit_time=12)]
+    result = cycle(state, jobs, "easy")
+    assert {p.job_id: [tp.node for tp in p.tasks] for p in result.placements} == {
+        "short": ["big"], "long": ["small"]}

@@ -208,6 +208,17 @@ def test_a_per_node_walk_keeps_to_limits() -> None:
     assert r.tasks == (TaskPlacement("n1", {"cpu": 1000}, {}, 1),)
 
 
+def test_a_limit_below_zero_is_no_room_and_the_job_goes_elsewhere() -> None:
+    # An overdrawn backfill limit (EASY charges every backfilled job to the
+    # head's nodes) offers no candidate, as a limit of zero does.
+    for name in ("fifo", "spread"):
+        state = ClusterState([Node("big", {"cpu": 4000}), Node("small", {"cpu": 2000})])
+        state.start(job("hog", {"cpu": 1000}), [TaskPlacement("big", {"cpu": 1000})], 0.0)
+        state.start(job("s", {"cpu": 1000}), [TaskPlacement("small", {"cpu": 1000})], 0.0)
+        r = placer(state, name).place(job("long", {"cpu": 1000}), limits={"big": {"cpu": -1}})
+        assert r.tasks == (TaskPlacement("small", {"cpu": 1000}, {}, 1),), name
+
+
 def test_fits_now_runs_the_node_filters_a_job_needs() -> None:
     state, apart = _db_on_a()
     only_a = ClusterState([Node("a", {"cpu": 4000})])

@@ -370,7 +370,9 @@ class Placer:
         state = self.state
         for plugin in verdict.node_filters:
             fit = plugin.fit(job, spec, rec, free, state, fit)
-            if not fit:
+            # Below zero where a backfill limit is overdrawn (EASY charges
+            # every backfilled job to the head's nodes): no room, as at zero.
+            if fit <= 0:
                 return None
         return Candidate(rec.cls, free, aligned, fit, None, rec, 1)
 

@@ -245,3 +245,16 @@ def test_recompute_tightens_a_blocks_bounds_to_its_buckets() -> None:
     assert index.bounds == [{"cpu": 30, "memory": 1}]
     assert index.masks == [0b01]
     assert index.stale == [False]
+
+
+def test_recompute_keeps_only_the_classes_and_amounts_left() -> None:
+    index = FreeIndex()
+    index.add(e(10, 3, 1, cid=0), CM)
+    index.add(g(20, 2, -1, 2, cid=1), CMG)  # negative free gpu: no bound
+    index.add(g(30, 1, 2, 3, cid=1), CMG)
+    index.remove(e(10, 3, 1, cid=0))
+    index.remove(g(30, 1, 2, 3, cid=1))
+    index.recompute(0)
+    assert index.masks == [0b10]
+    assert index.bounds == [{"cpu": 20, "memory": 2}]
+    assert index.stale == [False]

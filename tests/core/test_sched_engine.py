@@ -234,3 +234,12 @@ def test_admits_asks_every_request_filter() -> None:
     assert admits({"cpu": 10}, Slot(ready, {"cpu": 10, "memory": 0}))
     assert not admits({"cpu": 11}, Slot(ready, {"cpu": 10, "memory": 0}))
     assert not admits({"cpu": 1}, Slot(_cap("d", state=NodeState.DRAINING), {"cpu": 10}))
+
+
+def test_choose_node_compares_exactly_the_first_four_admitted_nodes() -> None:
+    # Up the cpu index: a, b, c, d (the best of four), then e (better still).
+    slots = _slots({
+        "a": (11, 90), "b": (12, 90), "c": (13, 90), "d": (14, 12), "e": (15, 10),
+        "f": (5, 50), "g": (5, 60),
+    })
+    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "d"

@@ -243,3 +243,13 @@ def test_choose_node_compares_exactly_the_first_four_admitted_nodes() -> None:
         "f": (5, 50), "g": (5, 60),
     })
     assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "d"
+
+
+def test_best_fit_weighs_what_is_left_by_each_nodes_capacity() -> None:
+    # Left over after 10 cpu: x 10/100, y 2/10, z 140/1000.
+    slots = {
+        "x": Slot(Node("x", {"cpu": 100}), {"cpu": 20}),
+        "y": Slot(Node("y", {"cpu": 10}), {"cpu": 12}),
+        "z": Slot(Node("z", {"cpu": 1000}), {"cpu": 150}),
+    }
+    assert choose_node({"cpu": 10}, _index(slots), slots) == "x"

@@ -92,3 +92,14 @@ def test_a_node_with_nothing_free_is_not_stranded() -> None:
     assert report.stranded_nodes == 1
     assert report.free == {"cpu": 4}
     assert report.largest_free == {"cpu": 4}
+
+
+def test_every_bucket_is_looked_at_whatever_comes_before_it() -> None:
+    state = ClusterState([Node("n0", {"cpu": 4}), Node("n1", {"cpu": 4}), Node("n2", {"cpu": 4})])
+    state.start(job("full", {"cpu": 4}), [TaskPlacement("n0", {"cpu": 4})], 0.0)
+    state.start(job("half", {"cpu": 2}), [TaskPlacement("n1", {"cpu": 2})], 0.0)
+    # Buckets in the order they were made: n2 (usable), n0 (nothing free), n1.
+    assert [b.nodes for b in state.buckets()] == [["n2"], ["n0"], ["n1"]]
+    report = fragmentation(state, [job("p", {"cpu": 3})])
+    assert report.stranded == {"cpu": 2}
+    assert report.stranded_nodes == 1

@@ -337,6 +337,11 @@ def test_update_node_moves_jobs_over_and_returns_those_that_no_longer_fit() -> N
                                   health=Health.UNHEALTHY)) == []
     assert state.free_total() == {"cpu": 113, "memory": 480, "gpu": 8}
     recount(state)
+    # Its jobs end there as anywhere (the node sits in no bucket).
+    state.finish("c")
+    assert state.free("n2") == {"cpu": 8, "memory": 32}
+    assert state.free_total() == {"cpu": 113, "memory": 480, "gpu": 8}
+    recount(state)
     # A job on a node that loses a resource it holds is lost.
     state.start(job("g", {"gpu": 1}), [TaskPlacement("g0", {"gpu": 1}, {"gpu": ("g0-g1",)})],
                 0.0)

@@ -388,3 +388,19 @@ def test_add_running_registers_a_job_whose_grants_were_made() -> None:
     assert list(state.ends) == [(15.0, "a")]
     assert state.lowest_preemptible_priority() == 3
     recount(state)
+
+
+def test_devices_a_node_does_not_have_are_refused_as_not_free() -> None:
+    state = fleet()
+    j = job("j", {"cpu": 1})
+    with pytest.raises(InsufficientResources) as err:
+        state.start(j, [TaskPlacement("n0", {"cpu": 1}, {"gpu": ("g0-g0",)})], 0.0)
+    (reason,) = err.value.failure.reasons
+    assert (reason.code, reason.message, reason.node) == (
+        Code.DEVICE, "devices g0-g0 are not free", "n0")
+    assert err.value.to_dict()["nodes_considered"] == 1
+    with pytest.raises(InsufficientResources) as err:
+        state.start(j, [TaskPlacement("g0", {"gpu": 1}, {"gpu": ("zz",)})], 0.0)
+    assert err.value.to_dict()["nodes_considered"] == 1
+    assert state.free("n0") == {"cpu": 8, "memory": 32}
+    recount(state)

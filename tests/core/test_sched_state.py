@@ -316,3 +316,13 @@ def test_a_copy_has_the_same_nodes_and_running_jobs() -> None:
     assert twin.nodes["n0"].node is state.nodes["n0"].node
     twin.finish("e")
     assert "e" in state.running
+
+
+def test_commit_adds_one_to_the_changes_counted_before() -> None:
+    state = _fleet()
+    state.start(job("a", {"cpu": 100}), [TaskPlacement("n0", {"cpu": 100})], 0.0)
+    assert state.changes == 2
+    mark = state.mark()
+    state.finish("a")
+    state.commit(mark)
+    assert state.changes == 3

@@ -191,3 +191,138 @@ def test_class_capacity_of_a_resource_and_every_record() -> None:
     (cls,) = state.classes
     assert (cls.cap("cpu"), cls.cap("memory"), cls.cap("gpu")) == (4000, 16 * GI, 0)
     assert [rec.name for rec in state.iter_recs()] == ["n0", "n1"]
+
+
+# -- transactions: everything undone, every kind of step ----------------------
+
+
+def _fleet() -> ClusterState:
+    from apportion.core.model import Device
+
+    gpus = {"gpu": tuple(Device(f"g{i}", "H100") for i in range(4))}
+    return ClusterState([*nodes(6), Node("g", {"cpu": 16000}, devices=gpus)])
+
+
+def _view(state: ClusterState) -> object:
+    """All a caller can read of the state (besides ``changes``)."""
+    return (
+        {n: (r.free, dict(r.jobs), r.bucket and list(r.bucket.nodes),
+             {k: list(v) for k, v in r.free_devices.items()}) for n, r in state.nodes.items()},
+        state.free_total(),
+        sorted((b.cls.id, b.free, tuple(b.nodes)) for b in state.buckets()),
+        {r: [e[:3] for e in state.index(r) or ()] for r in ("cpu", "memory", "gpu")},
+        {k: (rj.start, rj.estimate) for k, rj in state.running.items()},
+        list(state.ends),
+        {q: {r: n for r, n in state.usage(q).items() if n} for q in state.queues_in_use()
+         if any(state.usage(q).values())},
+        state.lowest_preemptible_priority(),
+        {c.id: list(c.free_sum) for c in state.classes},
+        {n: {r: q for r, q in v.items() if q} for n, v in state.past_estimate(100.0).items()
+         if any(v.values())},
+    )
+
+
+def _steps(state: ClusterState, tag: str) -> None:
+    """A start, a gang released in one bulk move, devices taken and given
+    back, a direct bulk grant and a new estimate."""
+    gang = job(f"{tag}gang", {"cpu": 500, "memory": GI}, count=4, priority=2, preemptible=True)
+    res = gang.tasks[0].resources
+    state.start(gang, [TaskPlacement(f"n{i}", res) for i in range(4)], 0.0, 50.0)
+    g = job(f"{tag}g", {"cpu": 1000, "gpu": 2})
+    state.start(g, [TaskPlacement("g", {"cpu": 1000, "gpu": 2}, {"gpu": ("g3", "g1")})],
+                0.0, 10.0)
+    state.finish(f"{tag}g")
+    state.finish(f"{tag}gang")
+    state.bulk([state.nodes["n4"], state.nodes["n5"]], (250, 0), 2, f"{tag}x", 1)
+    state.start(job(f"{tag}e", {"cpu": 100}), [TaskPlacement("n0", {"cpu": 100})], 0.0, 200.0)
+    state.reestimate(f"{tag}e", 90.0)
+
+
+def test_rollback_undoes_every_kind_of_step_and_leaves_changes_alone() -> None:
+    state = _fleet()
+    state.start(job("keep", {"cpu": 1000, "gpu": 1}, preemptible=True, priority=7),
+                [TaskPlacement("g", {"cpu": 1000, "gpu": 1}, {"gpu": ("g2",)})], 0.0, 80.0)
+    state.start(job("old", {"cpu": 300}, count=2), [
+        TaskPlacement("n1", {"cpu": 300}), TaskPlacement("n2", {"cpu": 300})], 0.0, 20.0)
+    before, changes = _view(state), state.changes
+    assert changes == 5
+    mark = state.mark()
+    assert mark == 0
+    _steps(state, "")
+    state.finish("old")
+    state.finish("keep")
+    assert state.changes == changes  # nothing counts inside a transaction
+    state.rollback(mark)
+    assert _view(state) == before
+    assert state.changes == changes
+    # The transaction is closed: the next step counts again.
+    state.finish("old")
+    assert state.changes == changes + 3  # two releases (requests not shared) and the job
+
+
+def test_a_nested_commit_is_rolled_back_with_the_outer_transaction() -> None:
+    state = _fleet()
+    before = _view(state)
+    outer = state.mark()
+    state.start(job("a", {"cpu": 100}), [TaskPlacement("n0", {"cpu": 100})], 0.0, 5.0)
+    inner = state.mark()
+    assert (outer, inner) == (0, 2)
+    _steps(state, "in-")
+    state.commit(inner)
+    assert state.changes == 0
+    assert "in-e" in state.running
+    state.rollback(outer)
+    assert _view(state) == before
+    assert state.changes == 0
+
+
+def test_a_nested_rollback_keeps_what_came_before_it() -> None:
+    state = _fleet()
+    outer = state.mark()
+    state.start(job("a", {"cpu": 100}), [TaskPlacement("n0", {"cpu": 100})], 0.0, 5.0)
+    middle = _view(state)
+    inner = state.mark()
+    _steps(state, "in-")
+    state.rollback(inner)
+    assert _view(state) == middle
+    state.commit(outer)
+    assert state.changes == 1
+    assert list(state.running) == ["a"]
+    assert state.free("n0")["cpu"] == 3900
+
+
+def test_commit_counts_one_change_only_when_something_was_done() -> None:
+    state = _fleet()
+    state.commit(state.mark())
+    assert state.changes == 0
+    mark = state.mark()
+    _steps(state, "")
+    state.commit(mark)
+    assert state.changes == 1
+    assert sorted(state.running) == ["e"]
+    assert state.nodes["n4"].jobs == {"x": 2}
+    assert state.free("n4")["cpu"] == 3500
+    # Closed: a step outside counts by itself.
+    state.finish("e")
+    assert state.changes == 3
+
+
+def test_a_copy_has_the_same_nodes_and_running_jobs() -> None:
+    state = _fleet()
+    _steps(state, "")
+    state.bulk([state.nodes["n4"], state.nodes["n5"]], (250, 0), 2, "x", -1)  # no job's
+    twin = state.copy()
+    assert _view(twin) == _view(state)
+    assert twin.nodes["n0"].node is state.nodes["n0"].node
+    twin.finish("e")
+    assert "e" in state.running
+
+
+def test_commit_adds_one_to_the_changes_counted_before() -> None:
+    state = _fleet()
+    state.start(job("a", {"cpu": 100}), [TaskPlacement("n0", {"cpu": 100})], 0.0)
+    assert state.changes == 2
+    mark = state.mark()
+    state.finish("a")
+    state.commit(mark)
+    assert state.changes == 3

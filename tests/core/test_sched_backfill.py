@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import (
     ClusterState,
@@ -482,3 +484,132 @@ def test_profile_reserve_splits_steps_and_takes_every_resource() -> None:
     assert prof.free == [[3, 2], [4, 2], [3, 1], [2, 2], [3, 3]]
     prof.reserve(0.0, [0, 1], 2.0)
     assert prof.free == [[3, 1], [4, 2], [3, 1], [2, 2], [3, 3]]
+
+
+def test_one_task_counts_what_a_node_frees_across_instants() -> None:
+    # n0 frees 1 at 20 and 1 at 30: the task fits there at 30.
+    state = nodes(1)
+    hold(state, "a", ["n0"], 0.0, 20.0)
+    hold(state, "c", ["n0"], 0.0, 30.0)
+    two = job("t", {"cpu": 2 * P})
+    assert both_ways(state, two, 10.0) == ("t", 30.0, {"n0": {"cpu": 2 * P}},
+                                           {"n0": {"cpu": 0}}, None, 0)
+    # a is past its estimate (ends now); c still frees the rest at 30.
+    assert both_ways(state, two, 25.0) == ("t", 30.0, {"n0": {"cpu": 2 * P}},
+                                           {"n0": {"cpu": 0}}, None, 0)
+    # One that never fits, as every known end passes.
+    forever = nodes(1)
+    hold(forever, "e", ["n0"], 0.0, None)
+    hold(forever, "a", ["n0"], 0.0, 50.0)
+    assert both_ways(forever, two, 10.0) is None
+    # The reservation is JSON as the API writes it: whole numbers.
+    found = easy_reservation(state, placer(state), two, 10.0)
+    assert found is not None
+    assert json.dumps(found.reservation.nodes) == '{"n0": {"cpu": 2000}}'
+
+
+def test_one_task_skips_nodes_that_take_nothing_as_they_free() -> None:
+    # x is cordoned: what it frees (now, or at 30) never counts, and the
+    # other task of m still frees n0 at 30.
+    state = ClusterState([Node("n0", {"cpu": 2 * P}),
+                          Node("x", {"cpu": 2 * P}, state=NodeState.CORDONED)])
+    hold(state, "f", ["x"], 0.0, 5.0, cpu=P)
+    state.start(job("m", {"cpu": P}, count=2),
+                [TaskPlacement("x", {"cpu": P}), TaskPlacement("n0", {"cpu": P})], 0.0, 30.0)
+    hold(state, "k", ["n0"], 0.0, 40.0)
+    two = job("t", {"cpu": 2 * P})
+    assert both_ways(state, two, 10.0) == ("t", 40.0, {"n0": {"cpu": 2 * P}},
+                                           {"n0": {"cpu": 0}}, None, 0)
+    one = ClusterState([Node("n0", {"cpu": 2 * P}),
+                        Node("x", {"cpu": 2 * P}, state=NodeState.CORDONED)])
+    one.start(job("m", {"cpu": P}, count=2),
+              [TaskPlacement("x", {"cpu": P}), TaskPlacement("n0", {"cpu": P})], 0.0, 30.0)
+    hold(one, "g", ["x"], 0.0, 35.0)
+    hold(one, "k", ["n0"], 0.0, 30.0)
+    assert both_ways(one, two, 10.0) == ("t", 30.0, {"n0": {"cpu": 2 * P}},
+                                         {"n0": {"cpu": 0}}, None, 0)
+    past = ClusterState([Node("n0", {"cpu": 2 * P}),
+                         Node("x", {"cpu": 2 * P}, state=NodeState.CORDONED)])
+    hold(past, "f", ["x"], 0.0, 5.0, cpu=2 * P)
+    hold(past, "k", ["n0"], 0.0, 40.0, cpu=2 * P)
+    assert both_ways(past, two, 10.0) == ("t", 40.0, {"n0": {"cpu": 2 * P}},
+                                          {"n0": {"cpu": 0}}, None, 0)
+
+
+def test_two_matching_devices_must_be_free_for_a_task_of_two() -> None:
+    state = ClusterState([gpu_node("a", "T4", "A100", "A100")])
+    want = {"cpu": P, "gpu": 2}
+    state.start(job("j", want, runtime_estimate=20),
+                [TaskPlacement("a", want, {"gpu": ("ag0", "ag1")})], 0.0, 20.0)
+    state.start(job("k", {"cpu": P, "gpu": 1}, runtime_estimate=50),
+                [TaskPlacement("a", {"cpu": P, "gpu": 1}, {"gpu": ("ag2",)})], 0.0, 50.0)
+    pair = job("t", want, constraints=parse_constraints("gpu.model=A100"))
+    assert both_ways(state, pair, 10.0) == ("t", 50.0, {"a": {"cpu": P, "gpu": 2}},
+                                            {"a": {"cpu": 3 * P, "gpu": 1}}, None, 0)
+    two_kinds = ClusterState([Node("d", {"cpu": 4 * P}, devices={
+        "gpu": (Device("g0"),), "fpga": (Device("f0"),)})])
+    rec = two_kinds.nodes["d"]
+    both = {"cpu": P, "gpu": 1, "fpga": 1}
+    assert _free_matching(job("t", both), both, rec, {"gpu": [], "fpga": ["f0"]}) == 0
+    assert _free_matching(job("t", both), both, rec, {"gpu": ["g0"], "fpga": ["f0"]}) == 1
+
+
+def test_try_at_adds_up_two_groups_on_one_node() -> None:
+    state = nodes(1, cpu=4 * P)
+    mixed = Job("g", (TaskSpec({"cpu": 2 * P}, 1), TaskSpec({"cpu": P}, 1)))
+    found = _try_at(state, placer(state), mixed, 7.0, [])
+    assert view(found) == ("g", 7.0, {"n0": {"cpu": 3 * P}}, {"n0": {"cpu": P}}, None, 0)
+
+
+def test_a_cached_none_is_answered_again() -> None:
+    state = nodes(1)
+    hold(state, "a", ["n0"], 0.0, 50.0)
+    pl = placer(state)
+    never = job("h", {"cpu": 3 * P})
+    assert cached_easy_reservation(state, pl, never, 10.0) is None
+    assert cached_easy_reservation(state, pl, never, 10.0) is None
+
+
+def test_the_general_method_starts_from_the_free_capacity() -> None:
+    # n1 is idle; the gang needs n0 too, free at 50.
+    state = nodes(2)
+    hold(state, "a", ["n0"], 0.0, 50.0, cpu=2 * P)
+    gang = job("g", {"cpu": 2 * P}, count=2)
+    assert both_ways(state, gang, 10.0) == (
+        "g", 50.0, {"n0": {"cpu": 2 * P}, "n1": {"cpu": 2 * P}},
+        {"n0": {"cpu": 0}, "n1": {"cpu": 0}}, None, 0)
+    # A running job without a resource the head asks for frees none of it.
+    mem = ClusterState([Node(f"m{i}", {"cpu": 2 * P, "memory": 4}) for i in range(2)])
+    hold(mem, "a", ["m0"], 0.0, 50.0, cpu=2 * P)
+    hold(mem, "b", ["m1"], 0.0, 60.0, cpu=2 * P)
+    gang = job("g", {"cpu": 2 * P, "memory": 4}, count=2)
+    assert both_ways(mem, gang, 10.0) == (
+        "g", 60.0, {"m0": {"cpu": 2 * P, "memory": 4}, "m1": {"cpu": 2 * P, "memory": 4}},
+        {"m0": {"cpu": 0, "memory": 0}, "m1": {"cpu": 0, "memory": 0}}, None, 0)
+
+
+def test_pools_of_single_units_and_jobs_on_nodes_out_of_the_pool() -> None:
+    slots = ClusterState([Node("s0", {"slot": 4})])
+    assert pool_for(slots, job("j", {"slot": 1})) == Pool("slot", 1)
+    # m0 is cordoned (no class of the pool) and runs a job without cpu.
+    state = ClusterState([Node("n0", {"cpu": 2 * P}),
+                          Node("m0", {"memory": 8}, state=NodeState.CORDONED)])
+    state.start(job("mem", {"memory": 2}, runtime_estimate=20),
+                [TaskPlacement("m0", {"memory": 2})], 0.0, 20.0)
+    hold(state, "a", ["n0"], 0.0, 30.0)
+    pool = pool_for(state, job("j", {"cpu": P}))
+    assert pool == Pool("cpu", P)
+    assert view(pool_reservation(state, pool, job("h", {"cpu": P}, count=2), 10.0)) == (
+        "h", 30.0, {}, {}, pool, 0)
+    assert view(pool_reservation(state, pool, job("h", {"cpu": P}, count=1), 10.0)) == (
+        "h", 10.0, {}, {}, pool, 0)
+
+
+def test_profile_edges_of_several_resources_and_of_jobs_without_one() -> None:
+    prof = Profile(["cpu", "gpu"], 0.0, [4, 0], [(10.0, [0, 2]), (20.0, [-3, 0]),
+                                                (30.0, [3, 1])])
+    assert prof.earliest([4, 2], 10.0) == 10.0
+    state = ClusterState([Node("m0", {"cpu": 2 * P, "memory": 8})])
+    hold(state, "c", ["m0"], 0.0, 20.0)
+    prof = Profile.of(state, 10.0)
+    assert prof.free == [[P, 8], [2 * P, 8]]

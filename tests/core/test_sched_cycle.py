@@ -477,3 +477,26 @@ def test_deadline_risks_at_their_edges() -> None:
     r = schedule_cycle(state, [job("started", {"cpu": C}, runtime_estimate=50, deadline=59)],
                        10.0, SchedulerConfig())
     assert r.deadline_risks == (DeadlineRisk("started", 59, 60.0, True),)
+
+
+def test_easy_a_job_that_ends_first_goes_on_the_head_node_before_a_tighter_one() -> None:
+    state = ClusterState([Node("big", {"cpu": 4 * C}), Node("small", {"cpu": 2 * C})])
+    state.start(job("hog", {"cpu": C}), [TaskPlacement("big", {"cpu": C})], 0.0, 100.0)
+    state.start(job("s", {"cpu": C}), [TaskPlacement("small", {"cpu": C})], 0.0, 1000.0)
+    jobs = [job("head", {"cpu": 4 * C}, runtime_estimate=50, submit_time=1),
+            job("short", {"cpu": C}, runtime_estimate=10, submit_time=2)]
+    r = schedule_cycle(state, jobs, 20.0, SchedulerConfig())
+    assert placed(r) == [("short", ("big",), True)]
+
+
+def test_conservative_plans_a_fragmented_job_for_its_run_time_only() -> None:
+    # "big" holds everything from 200 to 210; "wide" fits the sums now but
+    # not the nodes, and is planned at 100, for its 50 s (not for ever).
+    state = ClusterState([Node(f"n{i}", {"cpu": 2 * C}) for i in range(2)])
+    run_for(state, "r0", ["n0"], 0.0, 100.0)
+    run_for(state, "r1", ["n1"], 0.0, 200.0)
+    jobs = [job("big", {"cpu": 4 * C}, runtime_estimate=10, submit_time=0),
+            job("wide", {"cpu": 2 * C}, runtime_estimate=50, submit_time=1)]
+    r = schedule_cycle(state, jobs, 20.0, SchedulerConfig(backfill="conservative"))
+    assert [(v.job_id, v.start) for v in r.reservations] == [("big", 200.0), ("wide", 100.0)]
+    assert r.unplaced["big"] == busy(BACKFILL, "reserved to start at 200")

@@ -613,3 +613,18 @@ def test_profile_edges_of_several_resources_and_of_jobs_without_one() -> None:
     hold(state, "c", ["m0"], 0.0, 20.0)
     prof = Profile.of(state, 10.0)
     assert prof.free == [[P, 8], [2 * P, 8]]
+
+
+def test_one_task_ignores_what_nodes_it_may_not_use_free() -> None:
+    # Only "za" matches the head's terms; "zb" frees everything first.
+    state = ClusterState([Node("za", {"cpu": 2 * P}, labels={"zone": "a"}),
+                          Node("zb", {"cpu": 2 * P}, labels={"zone": "b"})])
+    hold(state, "j1", ["zb"], 0.0, 5.0)  # past its estimate at 10
+    hold(state, "j2", ["zb"], 0.0, 20.0)
+    hold(state, "k", ["za"], 0.0, 30.0, cpu=2 * P)
+    head = job("t", {"cpu": 2 * P}, constraints=parse_constraints("zone=a"))
+    assert both_ways(state, head, 10.0) == ("t", 30.0, {"za": {"cpu": 2 * P}},
+                                            {"za": {"cpu": 0}}, None, 0)
+    state.finish("j1")  # now zb is first met as j2 ends
+    assert both_ways(state, head, 10.0) == ("t", 30.0, {"za": {"cpu": 2 * P}},
+                                            {"za": {"cpu": 0}}, None, 0)

@@ -11,9 +11,7 @@ from apportion.core.scheduling import (
     parse_constraints,
     schedule_cycle,
 )
-from apportion.core.scheduling.backfill import (
-    Profile,
-)
+from apportion.core.scheduling.backfill import Profile
 
 P = 1000  # one processor
 

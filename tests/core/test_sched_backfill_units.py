@@ -528,6 +528,7 @@ def test_one_task_ignores_what_nodes_it_may_not_use_free() -> None:
     head = job("t", {"cpu": 2 * P}, constraints=parse_constraints("zone=a"))
     assert both_ways(state, head, 10.0) == ("t", 30.0, {"za": {"cpu": 2 * P}},
                                             {"za": {"cpu": 0}}, None, 0)
-    state.finish("j1")  # now zb is first met as j2 ends
+    state.finish("j1")  # now zb is first met as j2 ends, and met again at 25
+    hold(state, "j3", ["zb"], 0.0, 25.0)
     assert both_ways(state, head, 10.0) == ("t", 30.0, {"za": {"cpu": 2 * P}},
                                             {"za": {"cpu": 0}}, None, 0)

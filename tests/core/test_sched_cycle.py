@@ -458,21 +458,23 @@ def test_conservative_first_job_is_not_backfilled_and_the_plan_counts_it() -> No
 def test_deadline_risks_at_their_edges() -> None:
     state = ClusterState([Node("n", {"cpu": C}), Node("m", {"cpu": C})])
     run_for(state, "hog", ["n"], 0.0, 100.0)
-    jobs = [job("now-edge", {"cpu": C}, runtime_estimate=50, deadline=60, submit_time=1),
+    jobs = [job("nodl", {"cpu": 5 * C}, runtime_estimate=1e9, submit_time=0),
+            job("now-edge", {"cpu": C}, runtime_estimate=50, deadline=60, submit_time=1),
             job("res-edge", {"cpu": C}, runtime_estimate=50, deadline=110, submit_time=2),
             job("res-late", {"cpu": C}, runtime_estimate=50, deadline=149, submit_time=3),
             job("res-lost", {"cpu": C}, runtime_estimate=50, deadline=59, submit_time=4),
             job("noest", {"cpu": 5 * C}, deadline=9, submit_time=5),
             job("noest-edge", {"cpu": 5 * C}, deadline=10, submit_time=6),
-            job("nodl", {"cpu": 5 * C}, runtime_estimate=1e9, submit_time=7)]
+            job("res-cert-edge", {"cpu": C}, runtime_estimate=50, deadline=60, submit_time=7)]
     r = schedule_cycle(state, jobs, 10.0, SchedulerConfig(backfill="conservative"))
     assert [p.job_id for p in r.placements] == ["now-edge"]
     assert [(v.job_id, v.start) for v in r.reservations] == [
-        ("res-edge", 60.0), ("res-late", 100.0), ("res-lost", 110.0)]
+        ("res-edge", 60.0), ("res-late", 100.0), ("res-lost", 110.0), ("res-cert-edge", 150.0)]
     assert r.deadline_risks == (
         DeadlineRisk("res-late", 149, 150.0, False),
         DeadlineRisk("res-lost", 59, 160.0, True),
-        DeadlineRisk("noest", 9, 10.0, True))
+        DeadlineRisk("noest", 9, 10.0, True),
+        DeadlineRisk("res-cert-edge", 60, 200.0, False))
     state = ClusterState([Node("n", {"cpu": C})])
     r = schedule_cycle(state, [job("started", {"cpu": C}, runtime_estimate=50, deadline=59)],
                        10.0, SchedulerConfig())

@@ -341,7 +341,8 @@ def test_preemption_stops_after_the_attempts_allowed() -> None:
     urgent = [job(f"u{i}", {"cpu": C}, priority=10, submit_time=i) for i in range(3)]
     r = schedule_cycle(state, urgent, 10.0,
                        SchedulerConfig(strategy="priority", max_preemption_attempts=2))
-    assert [(p.job_id, p.preempted) for p in r.placements] == [("u0", ("v0",)), ("u1", ("v1",))]
+    assert [(p.job_id, p.backfilled, p.preempted) for p in r.placements] == [
+        ("u0", False, ("v0",)), ("u1", False, ("v1",))]
     assert [(x.victim, x.by, x.nodes) for x in r.preemptions] == [
         ("v0", "u0", ("n0",)), ("v1", "u1", ("n1",))]
     assert list(r.unplaced) == ["u2"]
@@ -502,3 +503,16 @@ def test_conservative_plans_a_fragmented_job_for_its_run_time_only() -> None:
     r = schedule_cycle(state, jobs, 20.0, SchedulerConfig(backfill="conservative"))
     assert [(v.job_id, v.start) for v in r.reservations] == [("big", 200.0), ("wide", 100.0)]
     assert r.unplaced["big"] == busy(BACKFILL, "reserved to start at 200")
+
+
+def test_a_job_no_eviction_would_make_room_for_waits() -> None:
+    # Evicting v (1 of 2) is not enough beside the pinned job: no plan.
+    state = ClusterState([Node("a", {"cpu": 2 * C})])
+    low(state, "v", "a", C, 1)
+    state.start(job("pinned", {"cpu": C}, priority=1), [TaskPlacement("a", {"cpu": C})], 0.0)
+    jobs = [job("j", {"cpu": 2 * C}, priority=10, submit_time=0),
+            job("k", {"cpu": C}, priority=10, submit_time=1)]
+    r = schedule_cycle(state, jobs, 10.0, SchedulerConfig(strategy="priority", backfill="none"))
+    assert r.preemptions == () and r.placements == ()
+    assert messages(r) == {"j": "not enough cpu free on ready nodes now (0 in all)",
+                           "k": "waiting behind j (no backfilling)"}

@@ -516,3 +516,43 @@ def test_a_job_no_eviction_would_make_room_for_waits() -> None:
     assert r.preemptions == () and r.placements == ()
     assert messages(r) == {"j": "not enough cpu free on ready nodes now (0 in all)",
                            "k": "waiting behind j (no backfilling)"}
+
+
+def test_a_start_is_registered_as_running_with_its_plan() -> None:
+    state = procs(1)
+    r = schedule_cycle(state, [job("x", {"cpu": C})], 5.0, SchedulerConfig(default_estimate=100.0))
+    (pl,) = r.placements
+    assert (pl.start, pl.estimate) == (5.0, 100.0)
+    rj = state.running["x"]
+    assert (rj.start, rj.tasks, rj.estimate) == (5.0, pl.tasks, 100.0)
+
+
+def test_the_orders_see_the_state_and_the_estimates() -> None:
+    state = procs(4)
+    state.start(job("a0", {"cpu": C}, queue="a"), [TaskPlacement("n0", {"cpu": C})], 0.0)
+    jobs = [job("a1", {"cpu": C}, queue="a", submit_time=0),
+            job("b1", {"cpu": C}, queue="b", submit_time=1)]
+    r = schedule_cycle(state, jobs, 5.0, SchedulerConfig(strategy="fairshare"))
+    assert [p.job_id for p in r.placements] == ["b1", "a1"]
+    jobs = [job("long", {"cpu": C}, runtime_estimate=100, submit_time=0),
+            job("short", {"cpu": C}, runtime_estimate=10, submit_time=1)]
+    r = schedule_cycle(procs(2), jobs, 5.0, SchedulerConfig(strategy="sjf"))
+    assert [p.job_id for p in r.placements] == ["short", "long"]
+    r = schedule_cycle(procs(2), jobs, 5.0, SchedulerConfig(strategy="adaptive"))
+    assert [p.job_id for p in r.placements] == ["short", "long"]
+
+
+def test_only_a_learning_strategy_corrects_running_estimates() -> None:
+    for name, corrected in (("fifo", False), ("adaptive", True)):
+        state = procs(2)
+        run_for(state, "r", ["n0"], 0.0, 10.0)  # past its estimate at 50
+        schedule_cycle(state, [], 50.0, SchedulerConfig(strategy=name), history=RuntimeHistory())
+        assert (state.running["r"].estimate != 10.0) is corrected
+
+
+def test_no_backfill_names_its_stage() -> None:
+    state = procs(1)
+    run_for(state, "r", ["n0"], 0.0, 100.0)
+    jobs = [job("j", {"cpu": C}, submit_time=0), job("k", {"cpu": C}, submit_time=1)]
+    r = schedule_cycle(state, jobs, 10.0, SchedulerConfig(backfill="none"))
+    assert r.unplaced["k"] == busy(BACKFILL, "waiting behind j (no backfilling)")

@@ -80,3 +80,71 @@ def test_topology_keeps_a_gang_in_one_facility_without_zone_labels() -> None:
         state.start(job(f"blk-{n}", {"cpu": used}), [TaskPlacement(n, {"cpu": used})], 0.0)
     r = schedule_cycle(state, [job("g", {"cpu": 3000}, count=2)], 0.0, SchedulerConfig())
     assert [t.node for t in r.placements[0].tasks] == ["b0", "b1"]
+
+
+class _PerNode(_Ranked):
+    """``_Ranked`` that asks for single-node candidates, and ranks by the
+    node's name when told to (``favour``)."""
+
+    def __init__(self, favour: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.favour = favour
+
+    def per_node(self, job: Job) -> bool:
+        return True
+
+    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        if self.favour is None:
+            return super().score(cand, ctx)
+        assert cand.rec is not None
+        return self.favour.get(cand.rec.name, 0.0)
+
+
+def ranked(state: ClusterState, limit: int, plugin: _Ranked | None = None) -> Placer:
+    return Placer(state, PlaceOptions((((plugin or _Ranked()), 1.0),), limit=limit))
+
+
+def nodes(*specs: tuple[str, int, str]) -> ClusterState:
+    """Nodes of ``cpu`` millicores with a ``rank`` label."""
+    return ClusterState([Node(name, {"cpu": cpu}, labels={"rank": rank})
+                         for name, cpu, rank in specs])
+
+
+def test_a_bulk_grant_puts_the_last_tasks_on_the_next_node_of_the_bucket() -> None:
+    # The walk passes four small nodes (one task each, tightest first) to
+    # reach the bucket of three 3-cpu nodes the plugin ranks highest: 8
+    # tasks are two full nodes and two on the third, in that one pick.
+    # Walked again for the last two, it would stop at the four small nodes.
+    state = nodes(*[(f"s{i}", 1000, str(i + 1)) for i in range(4)],
+                  *[(f"b{i}", 3000, "9") for i in range(3)])
+    r = ranked(state, 4).place(job("g", {"cpu": 1000}, count=8))
+    assert [(t.node, t.count) for t in r.tasks or ()] == [("b0", 3), ("b1", 3), ("b2", 2)]
+
+
+def test_a_walk_counts_a_limited_buckets_other_nodes_as_all_their_tasks() -> None:
+    # n0 may use 1 cpu (a backfill limit): the walk offers it alone and the
+    # other four nodes of its bucket as one candidate, room for 1 + 4 * 4
+    # tasks, enough for 4 with two candidates (the limit): it stops before
+    # x, which the plugin would rank higher.
+    state = nodes(*[(f"n{i}", 4000, "1") for i in range(5)], ("x", 8000, "9"))
+    r = ranked(state, 2).place(job("g", {"cpu": 1000}, count=4), limits={"n0": {"cpu": 1000}})
+    assert [(t.node, t.count) for t in r.tasks or ()] == [("n0", 1), ("x", 3)]
+
+
+def test_a_single_node_candidate_counts_as_one_node_in_the_walk() -> None:
+    # Single nodes (the plugin scores per node): n0 and n1 hold one task
+    # each, two of the four the job asks for, so the walk goes on past its
+    # limit of two candidates to x, which the plugin ranks higher.
+    state = nodes(("n0", 1000, "1"), ("n1", 1000, "1"), ("x", 8000, "9"))
+    r = ranked(state, 2, _PerNode()).place(job("g", {"cpu": 1000}, count=4))
+    assert [(t.node, t.count) for t in r.tasks or ()] == [("x", 4)]
+
+
+def test_a_bucket_offers_at_most_limit_single_nodes() -> None:
+    # Six like nodes of two tasks each, offered one by one; the plugin
+    # favours n4. The first walk offers n0..n3 only (four, the limit), so
+    # n0 goes first and n4 comes in the second pick.
+    state = nodes(*[(f"n{i}", 2000, "1") for i in range(6)])
+    r = ranked(state, 4, _PerNode({"n4": 1.0})).place(job("g", {"cpu": 1000}, count=10))
+    assert [(t.node, t.count) for t in r.tasks or ()] == [
+        ("n0", 2), ("n4", 2), ("n1", 2), ("n2", 2), ("n3", 2)]

@@ -5,12 +5,13 @@ by mutation testing, see docs/testing.md)."""
 
 from __future__ import annotations
 
-from apportion.core.model import Node
+from apportion.core.model import Device, Node
 from apportion.core.scheduling import (
     ClusterState,
     Job,
     SchedulerConfig,
     TaskPlacement,
+    TaskSpec,
     job,
     schedule_cycle,
 )
@@ -148,3 +149,32 @@ def test_a_bucket_offers_at_most_limit_single_nodes() -> None:
     r = ranked(state, 4, _PerNode({"n4": 1.0})).place(job("g", {"cpu": 1000}, count=10))
     assert [(t.node, t.count) for t in r.tasks or ()] == [
         ("n0", 2), ("n4", 2), ("n1", 2), ("n2", 2), ("n3", 2)]
+
+
+def gpu_node(name: str, cpu: int, gpus: int, rank: str) -> Node:
+    devices = tuple(Device(f"{name}-gpu{k}") for k in range(gpus))
+    return Node(name, {"cpu": cpu}, devices={"gpu": devices}, labels={"rank": rank})
+
+
+def test_a_bucket_of_device_nodes_takes_its_tasks_node_by_node_in_one_pick() -> None:
+    # Four one-gpu nodes come first in the walk, then the bucket b0, b1 of
+    # two gpus each, which the plugin ranks highest: with a limit of one
+    # candidate the walk goes on until it has room for all 5 tasks, and the
+    # bucket takes 2 + 2 of them before the last goes to s0. Walked again
+    # after b0 alone, the walk would stop at the small nodes.
+    state = ClusterState([gpu_node(f"s{i}", 1000, 1, str(i + 1)) for i in range(4)]
+                         + [gpu_node(f"b{i}", 8000, 2, "9") for i in range(2)])
+    r = ranked(state, 1).place(job("g", {"cpu": 1000, "gpu": 1}, count=5))
+    assert [(t.node, t.count) for t in r.tasks or ()] == [
+        ("b0", 1), ("b0", 1), ("b1", 1), ("b1", 1), ("s0", 1)]
+
+
+def test_a_limited_node_spends_its_limit_once_per_device_task() -> None:
+    # n may use 2 cpu: the gang's first group takes 1 of it with a gpu,
+    # the second group the other.
+    state = ClusterState([gpu_node("n", 8000, 4, "1")])
+    gang = Job("g", (TaskSpec({"cpu": 1000, "gpu": 1}, 1), TaskSpec({"cpu": 1000, "gpu": 1}, 1)),
+               gang=True)
+    r = ranked(state, 4).place(gang, limits={"n": {"cpu": 2000}})
+    assert r.failure is None
+    assert [(t.node, t.count) for t in r.tasks or ()] == [("n", 1), ("n", 1)]

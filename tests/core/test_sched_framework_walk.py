@@ -13,10 +13,12 @@ from apportion.core.scheduling import (
     TaskPlacement,
     TaskSpec,
     job,
+    parse_constraints,
     schedule_cycle,
 )
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import Candidate, PlaceContext, PlaceOptions
+from apportion.core.scheduling.policies import strategy
 
 
 class _Ranked:
@@ -178,3 +180,20 @@ def test_a_limited_node_spends_its_limit_once_per_device_task() -> None:
     r = ranked(state, 4).place(gang, limits={"n": {"cpu": 2000}})
     assert r.failure is None
     assert [(t.node, t.count) for t in r.tasks or ()] == [("n", 1), ("n", 1)]
+
+
+def test_a_spreading_walk_passes_a_block_whose_tightened_classes_do_not_fit() -> None:
+    # 35 buckets by free cpu make two index blocks; a0 (zone a, the only
+    # node the job may use) tops the upper one until a task takes most of
+    # its cpu and moves it to the lower block. The upper block's bounds
+    # and class mask are stale then: walking down from the top, the walk
+    # tightens them, finds only zone-b classes, and goes on to a0.
+    state = ClusterState(
+        [Node(f"b{i}", {"cpu": 1000 * (i + 1)}, labels={"zone": "b"}) for i in range(34)]
+        + [Node("a0", {"cpu": 40000}, labels={"zone": "a"})])
+    state.start(job("big", {"cpu": 39000}), [TaskPlacement("a0", {"cpu": 39000})], 0.0)
+    index = state.index("cpu")
+    assert index is not None and index.stale == [False, True]
+    r = Placer(state, strategy("spread").options).place(
+        job("j", {"cpu": 500}, constraints=parse_constraints("zone=a")))
+    assert [(t.node, t.count) for t in r.tasks or ()] == [("a0", 1)]

@@ -6,6 +6,7 @@ by mutation testing, see docs/testing.md)."""
 from __future__ import annotations
 
 from apportion.core.model import Device, Node
+from apportion.core.reasons import Code, Kind
 from apportion.core.scheduling import (
     ClusterState,
     Job,
@@ -197,3 +198,20 @@ def test_a_spreading_walk_passes_a_block_whose_tightened_classes_do_not_fit() ->
     r = Placer(state, strategy("spread").options).place(
         job("j", {"cpu": 500}, constraints=parse_constraints("zone=a")))
     assert [(t.node, t.count) for t in r.tasks or ()] == [("a0", 1)]
+
+
+def test_a_candidate_whose_devices_give_no_task_fails_the_group_as_busy() -> None:
+    # A running job restored with all four gpus of n for its two (start
+    # checks only that the devices are free): n counts 2 gpus free but has
+    # no free device. The walk offers it, the grant gets no device for
+    # either task, and the group fails instead of walking again.
+    state = ClusterState([gpu_node("n", 8000, 4, "1")])
+    state.start(job("old", {"gpu": 2}), [TaskPlacement(
+        "n", {"gpu": 2}, {"gpu": tuple(f"n-gpu{k}" for k in range(4))})], 0.0)
+    assert (state.nodes["n"].free, state.nodes["n"].free_devices) == ((8000, 2), {"gpu": []})
+    r = Placer(state, strategy("fifo").options).place(job("j", {"gpu": 1}, count=2))
+    assert r.tasks is None and r.failure is not None
+    assert (r.failure.code, r.failure.kind, r.failure.message, r.failure.reasons) == (
+        Code.INSUFFICIENT, Kind.BUSY,
+        "no room now for 2 more task(s): no ready node has all of 1 gpu free at once, "
+        "with its constraints", ())

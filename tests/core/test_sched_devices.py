@@ -116,3 +116,14 @@ def test_up_to_200_sets_are_compared_one_by_one() -> None:
     devices += [Device(f"g{k}", attrs={"pcie_switch": "s"}) for k in range(3, 9)]
     devices += [Device(f"g{k}") for k in range(9, 20)]
     assert choose(rec_of(*devices), "gpu", 2, ()) == ("g1", "g2")
+
+
+def test_exactly_200_sets_are_still_compared_one_by_one() -> None:
+    # 199 of 200 devices: 200 choose 199 is 200 sets, EXHAUSTIVE_LIMIT
+    # itself. All share NUMA node 0 but g1, which has only NVLink to g0: the
+    # fewest links, so the best set leaves it out. Grown greedily from g0
+    # (the most links) it would take g1 second and leave out g199.
+    devices = [Device("g0", attrs={"nvlink": ["g1"], "numa": 0}), Device("g1")]
+    devices += [Device(f"g{k}", attrs={"numa": 0}) for k in range(2, 200)]
+    assert choose(rec_of(*devices), "gpu", 199, ()) == (
+        "g0", *(f"g{k}" for k in range(2, 200)))

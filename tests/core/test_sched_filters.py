@@ -317,6 +317,19 @@ def test_class_verdict_is_cached_per_job_shape() -> None:
     assert class_verdict(state, job("c", {"cpu": 2000}), 0) is not first
 
 
+def test_class_verdict_tells_apart_shapes_whose_hashes_collide() -> None:
+    # CPython hashes an int modulo 2**61 - 1, so 1 and 2**61 hash alike and
+    # so do the two jobs' shapes: the cache key is the same, the shape not.
+    state = cluster()
+    small, huge = job("small", {"cpu": 1}), job("huge", {"cpu": 2**61})
+    assert small.shape_hash == huge.shape_hash and small.shape != huge.shape
+    never = class_verdict(state, huge, 0)
+    assert (never.nodes_ok, sorted(never.aligned)) == (0, [])
+    fits = class_verdict(state, small, 0)
+    assert fits is not never
+    assert (fits.nodes_ok, sorted(fits.aligned)) == (3, [0, 1])
+
+
 def _class_of(state: ClusterState, node: str) -> NodeClass:
     return state.nodes[node].cls
 

@@ -556,3 +556,15 @@ def test_no_backfill_names_its_stage() -> None:
     jobs = [job("j", {"cpu": C}, submit_time=0), job("k", {"cpu": C}, submit_time=1)]
     r = schedule_cycle(state, jobs, 10.0, SchedulerConfig(backfill="none"))
     assert r.unplaced["k"] == busy(BACKFILL, "waiting behind j (no backfilling)")
+
+
+def test_a_shape_whose_hash_another_shares_is_not_answered_by_its_failure() -> None:
+    # hash(1) == hash(2**61) (ints hash modulo 2**61 - 1): the two jobs'
+    # shapes share a hash, and the failure of one must not stand for the other.
+    state = ClusterState([Node("n", {"cpu": 8})])
+    huge, small = job("huge", {"cpu": 2**61}), job("small", {"cpu": 1})
+    assert huge.shape_hash == small.shape_hash and huge.shape != small.shape
+    result = schedule_cycle(state, [huge, small], 0.0, SchedulerConfig())
+    assert [(p.job_id, p.tasks) for p in result.placements] == [
+        ("small", (TaskPlacement("n", {"cpu": 1}),))]
+    assert list(result.unplaced) == ["huge"]

@@ -163,6 +163,10 @@ class _Pass:
     preemptions: list[Preemption] = field(default_factory=list)
     unplaced: dict[str, Failure] = field(default_factory=dict)
     failed: dict[object, Failure] = field(default_factory=dict)
+    failed_shapes: dict[tuple[object, int], tuple[object, Failure]] = field(
+        default_factory=dict)
+    """``_try``'s failures under (walk, shape hash), with the shape: two
+    shapes may share a hash, and one must not answer for the other."""
     head: HeadReservation | None = None
     head_job: Job | None = None
     blocked: bool = False
@@ -272,15 +276,15 @@ def _try(
     did not fit will not fit later in the same cycle."""
     key = (cache_key, job.shape_hash) if job.cacheable else None
     if key is not None:
-        hit = p.failed.get(key)
-        if hit is not None:
-            return hit
+        hit = p.failed_shapes.get(key)
+        if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
+            return hit[1]
     result = p.placer.place(job, limits=limits, prefer=prefer)
     if result.tasks is not None:
         return result.tasks
     assert result.failure is not None
     if key is not None:
-        p.failed[key] = result.failure
+        p.failed_shapes[key] = (job.shape, result.failure)
     return result.failure
 
 
@@ -487,6 +491,7 @@ def _preempt(p: _Pass, job: Job) -> bool:
         p.preemptions.append(Preemption(victim, job.id, nodes))
     # Capacity came back: failures remembered so far no longer hold.
     p.failed.clear()
+    p.failed_shapes.clear()
     result = p.placer.place(job)
     assert result.tasks is not None, "the plan was checked on the same state"
     _start(p, job, result.tasks, False, chosen.victims)

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from apportion.core.errors import InvalidInput
+from apportion.core.labels import parse_selector
 from apportion.core.model import Node, NodeState
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import (
+    Affinity,
     ClusterState,
     JobRejected,
     Queue,
@@ -568,3 +570,15 @@ def test_a_shape_whose_hash_another_shares_is_not_answered_by_its_failure() -> N
     assert [(p.job_id, p.tasks) for p in result.placements] == [
         ("small", (TaskPlacement("n", {"cpu": 1}),))]
     assert list(result.unplaced) == ["huge"]
+
+
+def test_a_job_that_must_run_beside_another_is_tried_again_once_that_one_starts() -> None:
+    # a fails (no db runs yet); db starts; a2, of a's shape, then fits beside it.
+    near = (Affinity(parse_selector("name=db"), target="job", required=True),)
+    jobs = [job("a", {"cpu": 1}, affinity=near, submit_time=1),
+            job("db", {"cpu": 1}, name="db", submit_time=2),
+            job("a2", {"cpu": 1}, affinity=near, submit_time=3)]
+    state = ClusterState([Node("n", {"cpu": 8})])
+    result = schedule_cycle(state, jobs, 0.0, SchedulerConfig(backfill="conservative"))
+    assert [p.job_id for p in result.placements] == ["db", "a2"]
+    assert list(result.unplaced) == ["a"]

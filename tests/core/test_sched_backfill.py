@@ -11,7 +11,9 @@ from apportion.core.scheduling import (
     parse_constraints,
     schedule_cycle,
 )
-from apportion.core.scheduling.backfill import Profile
+from apportion.core.scheduling.backfill import Profile, cached_easy_reservation
+from apportion.core.scheduling.engine import Placer
+from apportion.core.scheduling.policies import strategy
 
 P = 1000  # one processor
 
@@ -124,3 +126,40 @@ def test_an_overdrawn_head_node_leaves_an_unreserved_node_to_a_long_job() -> Non
     result = cycle(state, jobs, "easy")
     assert {p.job_id: [tp.node for tp in p.tasks] for p in result.placements} == {
         "short": ["big"], "long": ["small"]}
+
+
+def _two_sizes(first_end: float) -> ClusterState:
+    # Not a pool (two sizes of node): the head is planned node by node, so
+    # the placer's strategy decides where.
+    state = ClusterState([Node("a", {"cpu": 4 * P}), Node("b", {"cpu": 8 * P})])
+    state.start(job("r1", {"cpu": 4 * P}), [TaskPlacement("a", {"cpu": 4 * P})], 0.0, first_end)
+    state.start(job("r2", {"cpu": 8 * P}), [TaskPlacement("b", {"cpu": 8 * P})], 0.0, 100.0)
+    return state
+
+
+def test_a_cached_head_reservation_is_not_reused_by_another_strategy() -> None:
+    state = _two_sizes(100.0)  # both nodes free at 100: the strategy picks
+    head = job("h", {"cpu": 2 * P}, count=2)
+    packed = cached_easy_reservation(state, Placer(state, strategy("binpack").options), head, 10.0)
+    spread = cached_easy_reservation(state, Placer(state, strategy("spread").options), head, 10.0)
+    assert packed is not None and spread is not None
+    assert (packed.reservation.nodes, spread.reservation.nodes) == (
+        {"a": {"cpu": 4 * P}}, {"a": {"cpu": 2 * P}, "b": {"cpu": 2 * P}})
+
+
+def test_a_cached_head_reservation_is_not_reused_once_jobs_start_or_end() -> None:
+    # At 8.0, r1 is past its end (1.0): the answer holds until 8.0 itself,
+    # which is also the change count after one more end and start (each
+    # counts two): only the change count can tell the cached answer stale.
+    state = _two_sizes(1.0)
+    pl = Placer(state, strategy("binpack").options)
+    head = job("h", {"cpu": 2 * P}, count=2)
+    first = cached_easy_reservation(state, pl, head, 8.0)
+    assert first is not None and (first.reservation.start, first.reservation.nodes) == (
+        8.0, {"a": {"cpu": 4 * P}})
+    state.finish("r1")
+    state.start(job("r3", {"cpu": 4 * P}), [TaskPlacement("a", {"cpu": 4 * P})], 8.0, 500.0)
+    assert state.changes == 8
+    again = cached_easy_reservation(state, pl, head, 8.0)
+    assert again is not None and (again.reservation.start, again.reservation.nodes) == (
+        100.0, {"b": {"cpu": 4 * P}})

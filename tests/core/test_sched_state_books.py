@@ -404,3 +404,28 @@ def test_devices_a_node_does_not_have_are_refused_as_not_free() -> None:
     assert err.value.to_dict()["nodes_considered"] == 1
     assert state.free("n0") == {"cpu": 8, "memory": 32}
     recount(state)
+
+
+def test_two_groups_on_one_node_with_one_request_are_released_one_by_one() -> None:
+    # The two placements share the node and the very request object: grouped
+    # into one bulk move, the node would leave its bucket twice.
+    state = ClusterState([Node("n", {"cpu": 8000}), Node("m", {"cpu": 8000})])
+    r = {"cpu": 1000}
+    pair = Job("pair", (TaskSpec(r, 1), TaskSpec(r, 1)), gang=True)
+    state.start(pair, [TaskPlacement("n", r), TaskPlacement("n", r)], 0.0)
+    assert state.nodes["n"].free == (6000,)
+    state.finish("pair")
+    assert state.nodes["n"].free == (8000,)
+    assert state.nodes["n"].bucket is state.nodes["m"].bucket
+    assert state.nodes["n"].bucket is not None and state.nodes["n"].bucket.nodes == ["m", "n"]
+
+
+def test_a_task_may_hold_every_free_device_and_they_come_back_in_the_node_order() -> None:
+    gpus = [Device("z"), Device("a"), Device("m")]
+    state = ClusterState([Node("g", {"cpu": 8000, "gpu": 3}, devices={"gpu": gpus})])
+    rec = state.nodes["g"]
+    state.start(job("all", {"gpu": 3}), [TaskPlacement("g", {"gpu": 3}, {"gpu": ("a", "m", "z")})],
+                0.0)
+    assert rec.free_devices["gpu"] == []
+    state.finish("all")
+    assert rec.free_devices["gpu"] == ["z", "a", "m"]

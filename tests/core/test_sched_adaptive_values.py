@@ -11,7 +11,14 @@ from collections.abc import Callable
 import pytest
 
 from apportion.core.model import Node
-from apportion.core.scheduling import ClusterState, RuntimeHistory, TaskPlacement, job
+from apportion.core.scheduling import (
+    ClusterState,
+    RuntimeHistory,
+    SchedulerConfig,
+    TaskPlacement,
+    job,
+    schedule_cycle,
+)
 from apportion.core.scheduling.adaptive import (
     _SLACK,
     LEVELS,
@@ -253,6 +260,20 @@ def test_a_level_is_poor_only_after_min_runs_scores_above_max_error() -> None:
     assert h.rank(job("x2", {"cpu": P}, user="ann", runtime_estimate=1e4)) == 1e4
     y = job("y", {"cpu": P}, user="ann")
     assert (h.estimate(y), h.rank(y)) == (5000.5, None)
+
+
+def test_a_cycle_orders_by_rank_a_job_planned_on_a_poor_guess_keeps_its_place() -> None:
+    # y has no estimate and only a poor learned one: it is planned on 5000.5
+    # s but not reordered by it, so bob's job, ranked by its estimate, goes
+    # first. Ordered by the plan instead, y's response ratio would win.
+    h = poor_history(4)
+    y = job("y", {"cpu": P}, user="ann", submit_time=0.0)
+    z = job("z", {"cpu": P}, user="bob", runtime_estimate=1e6, submit_time=0.0)
+    assert (h.estimate(y), h.rank(y), h.rank(z)) == (5000.5, None, 1e6)
+    state = ClusterState([Node("n", {"cpu": P})])
+    result = schedule_cycle(state, [y, z], 100.0, SchedulerConfig(strategy="adaptive"),
+                            history=h)
+    assert [p.job_id for p in result.placements] == ["z"]
 
 
 def test_a_level_exactly_at_max_error_is_not_poor() -> None:

@@ -38,7 +38,7 @@ from apportion.core.scheduling.backfill import (
     use_extra,
 )
 from apportion.core.scheduling.engine import Placer
-from apportion.core.scheduling.filters import class_verdict
+from apportion.core.scheduling.filters import class_verdict, partner_missing
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
@@ -314,6 +314,13 @@ def _in_order(p: _Pass, job: Job) -> None:
         # It is not waiting for capacity (no node could ever take it, or only
         # nodes that are down): it must not hold the queue up.
         p.unplaced[job.id] = outcome
+        return
+    waiting = None if job.cacheable else partner_missing(job, p.state)
+    if waiting is not None:
+        # It waits for a job it must run beside to start, as for a
+        # dependency: holding the queue would keep that job from ever
+        # starting if it queues behind this one.
+        p.unplaced[job.id] = Failure.of(waiting)
         return
     if _preempt(p, job):
         return

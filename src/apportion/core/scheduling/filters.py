@@ -350,6 +350,20 @@ class JobAffinity:
         return None
 
 
+def partner_missing(job: Job, state: ClusterState) -> Reason | None:
+    """Why ``job`` waits, if a required affinity to other jobs is met by no
+    running job on any node: it then waits for another job to start, not
+    for capacity."""
+    for a in job.affinity:
+        if a.required and a.target == "job" and not any(
+            rj.job.id != job.id and labels_match(rj.job.job_labels, a.selector) is None
+            for rj in state.running.values()
+        ):
+            return Reason(JobAffinity.name, Code.AFFINITY, Kind.BUSY,
+                          f"waiting for a job with {_sel(a.selector)} to run (required affinity)")
+    return None
+
+
 def runs_matching(
     rec: NodeRec, selector: tuple[LabelRequirement, ...], state: ClusterState, self_id: str
 ) -> bool:

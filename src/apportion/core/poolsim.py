@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
+from apportion.core.scheduling.backfill import split_step
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.policies import (
@@ -434,12 +435,4 @@ class CountProfile:
             free[k] -= need
 
     def _split(self, t: float) -> int:
-        times = self.times
-        k = bisect_left(times, t)
-        if k < len(times) and times[k] == t:
-            return k
-        if k == 0:
-            return 0
-        times.insert(k, t)
-        self.free.insert(k, self.free[k - 1])
-        return k
+        return split_step(self.times, self.free, t, int)

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -42,6 +42,7 @@ from apportion.core.scheduling.jobs import Job
 from apportion.core.scheduling.state import ClusterState
 
 INF = float("inf")
+_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,12 +547,19 @@ class Profile:
                 row[i] -= need[i]
 
     def _split(self, t: float) -> int:
-        times = self.times
-        k = bisect_left(times, t)
-        if k < len(times) and times[k] == t:
-            return k
-        if k == 0:
-            return 0  # before the profile starts: nothing to split
-        times.insert(k, t)
-        self.free.insert(k, list(self.free[k - 1]))
+        return split_step(self.times, self.free, t, list)
+
+
+def split_step(times: list[float], rows: list[_Row], t: float,
+               copy: Callable[[_Row], _Row]) -> int:
+    """The index of the step starting at ``t`` in a step function, splitting
+    the step that holds ``t`` in two (the new one a ``copy`` of its row);
+    0 for a ``t`` before the first step (nothing to split)."""
+    k = bisect_left(times, t)
+    if k < len(times) and times[k] == t:
         return k
+    if k == 0:
+        return 0
+    times.insert(k, t)
+    rows.insert(k, copy(rows[k - 1]))
+    return k

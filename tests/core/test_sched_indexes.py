@@ -20,6 +20,7 @@ from apportion.core.scheduling.backfill import (
 from apportion.core.scheduling.constraints import parse_constraints
 from apportion.core.scheduling.framework import Placer, fit_count
 from apportion.core.scheduling.policies import strategy
+from sched_support import past_recounted
 
 GI = 2**30
 SHAPES = [(8, 32, 0), (16, 64, 0), (32, 128, 0), (32, 256, 4)]
@@ -153,18 +154,6 @@ def test_running_ends_read_off_the_index_match_a_sort() -> None:
     assert len(state.ends) == len(expected)
 
 
-def brute_past(state: ClusterState, now: float) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for rj in state.running.values():
-        if rj.estimate is None or rj.start + rj.estimate > now:
-            continue
-        for tp in rj.tasks:
-            held = out.setdefault(tp.node, {})
-            for r, q in tp.resources.items():
-                held[r] = held.get(r, 0) + q * tp.count
-    return out
-
-
 def nonzero(past: object) -> dict[str, dict[str, int]]:
     assert isinstance(past, dict)
     return {n: {r: q for r, q in v.items() if q} for n, v in past.items()
@@ -173,7 +162,7 @@ def nonzero(past: object) -> dict[str, dict[str, int]]:
 
 def test_what_jobs_past_their_estimate_hold_is_kept_as_jobs_start_end_and_time_moves() -> None:
     state, now = busy_state(5)
-    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    assert nonzero(state.past_estimate(now)) == nonzero(past_recounted(state, now))
     rng = random.Random(5)
     for step in range(6):
         now += rng.choice([0.0, 50.0, 700.0])
@@ -181,20 +170,20 @@ def test_what_jobs_past_their_estimate_hold_is_kept_as_jobs_start_end_and_time_m
             state.finish(job_id)
         schedule_cycle(state, [make_job(50_000 + 10 * step + i, rng, now) for i in range(10)],
                        now, SchedulerConfig(strategy="binpack", backfill="none"))
-        assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+        assert nonzero(state.past_estimate(now)) == nonzero(past_recounted(state, now))
     # A rolled-back what-if leaves it as it was; an earlier time starts over.
     mark = state.mark()
     for job_id in sorted(state.running)[:50]:
         state.finish(job_id)
-    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    assert nonzero(state.past_estimate(now)) == nonzero(past_recounted(state, now))
     state.rollback(mark)
-    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
-    assert nonzero(state.past_estimate(now - 900)) == nonzero(brute_past(state, now - 900))
+    assert nonzero(state.past_estimate(now)) == nonzero(past_recounted(state, now))
+    assert nonzero(state.past_estimate(now - 900)) == nonzero(past_recounted(state, now - 900))
     # A node that goes takes its jobs with it, and plans go on without it.
     busy = next(name for name in state.past_estimate(now) if state.nodes[name].jobs)
     state.remove_node(busy)
     assert busy not in state.past_estimate(now)
-    assert nonzero(state.past_estimate(now)) == nonzero(brute_past(state, now))
+    assert nonzero(state.past_estimate(now)) == nonzero(past_recounted(state, now))
     placer = Placer(state, strategy("fifo").options)
     big = job("big", {"cpu": 32_000, "memory": GI}, runtime_estimate=60.0)
     quick = easy_reservation(state, placer, big, now)

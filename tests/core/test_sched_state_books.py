@@ -14,6 +14,7 @@ from apportion.core.reasons import Code, Kind
 from apportion.core.scheduling import ClusterState, Job, TaskPlacement, TaskSpec, job
 from apportion.core.scheduling.jobs import RunningJob
 from apportion.core.scheduling.state import COMMIT
+from sched_support import past_recounted
 
 
 def recount(state: ClusterState) -> None:
@@ -76,19 +77,6 @@ def recount(state: ClusterState) -> None:
         assert {r: q for r, q in state.usage(queue).items() if q} == {
             r: q for r, q in usage.get(queue, {}).items() if q}
     assert state.lowest_preemptible_priority() == min(prio, default=None)
-
-
-def past(state: ClusterState, now: float) -> dict[str, dict[str, int]]:
-    """What jobs past their estimate at ``now`` hold, recounted."""
-    out: dict[str, dict[str, int]] = {}
-    for rj in state.running.values():
-        if rj.estimate is None or rj.start + rj.estimate > now:
-            continue
-        for tp in rj.tasks:
-            held = out.setdefault(tp.node, {})
-            for r, q in tp.resources.items():
-                held[r] = held.get(r, 0) + q * tp.count
-    return out
 
 
 def gpu_node(name: str, n: int = 4) -> Node:
@@ -361,7 +349,7 @@ def test_what_jobs_past_their_estimate_hold_moves_with_now() -> None:
     assert state.past_estimate(60.0) == {"n0": {"cpu": 4, "memory": 4}}
     assert state.past_estimate(59.0) == {"n0": {"cpu": 4}}  # earlier: starts over
     assert state.past_estimate(-math.inf) == {}
-    assert state.past_estimate(60.0) == past(state, 60.0)
+    assert state.past_estimate(60.0) == past_recounted(state, 60.0)
     # Jobs that start already past, and jobs that end, are kept up to date.
     state.start(job("d", {"cpu": 1}), [tp("n2", cpu=1)], 0.0, 60.0)
     state.start(job("e", {"cpu": 1}), [tp("n2", cpu=1)], 0.0, 61.0)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from common import write_result
 from loadgen import build_request, run_load
 
@@ -94,6 +95,7 @@ def main() -> int:
             if args.array:
                 body["array"] = args.jobs
             request = build_request(url, "/api/v1/jobs", token, body)
+            meters = _cpu_meters(cluster)
             started = time.perf_counter()
             load = asyncio.run(run_load(url, request, concurrency=args.concurrency,
                                         total=1 if args.array else args.jobs,
@@ -104,6 +106,7 @@ def main() -> int:
             wait_for(f"{args.jobs} succeeded", lambda: _succeeded(cluster) >= args.jobs, 900,
                      every=0.25)
             finished = time.perf_counter() - started
+            cpu = {name: meter() for name, meter in meters.items()}
             legs = _breakdown(cluster.server.data_dir / "apportion.db")
             if args.keep:
                 import shutil
@@ -119,13 +122,55 @@ def main() -> int:
           f"{load.percentile(50) * 1000:.1f} ms, p99 {load.percentile(99) * 1000:.1f} ms")
     print("  where a job's time goes (medians): " + ", ".join(
         f"{k[:-3]} {v:.1f} ms" for k, v in legs.items()))
+    per_job = {k: round(v / args.jobs * 1000, 3) for k, v in cpu.items()}
+    print("  CPU per job: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per_job.items())
+          + f" (the machine's {psutil.cpu_count()} cores: "
+          f"{finished * psutil.cpu_count() / args.jobs * 1000:.2f} ms of CPU per job)")
     write_result("e2e_array" if args.array else "e2e", {
         "jobs": args.jobs, "concurrency": args.concurrency, "array": args.array,
         "accepted_s": round(accepted, 3), "finished_s": round(finished, 3),
         "jobs_per_s": round(rate, 1), "goal_jobs_per_s": GOAL,
         "submit_p50_ms": round(load.percentile(50) * 1000, 2),
-        "submit_p99_ms": round(load.percentile(99) * 1000, 2), **legs})
+        "submit_p99_ms": round(load.percentile(99) * 1000, 2), **legs,
+        "cpu_ms_per_job": per_job})
     return 0
+
+
+def _cpu_meters(cluster: Cluster) -> dict[str, Any]:
+    """Functions that return the CPU seconds each part used since now: the
+    server, the agent (with its fence), the task processes they reaped
+    (``true`` and its exec), and the whole machine less its idle time."""
+    assert cluster.server is not None and cluster.server.proc is not None
+    server = psutil.Process(cluster.server.proc.pid)
+    agent_proc = next(iter(cluster.agents.values())).proc
+    assert agent_proc is not None
+    agent = psutil.Process(agent_proc.pid)
+
+    def own(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+
+    def agent_side() -> tuple[float, float]:
+        procs = [agent, *agent.children(recursive=True)]
+        mine = children = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            mine += t.user + t.system
+            children += t.children_user + t.children_system
+        return mine, children
+
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    server0, (agent0, tasks0), machine0 = own(server), agent_side(), busy()
+    return {"server": lambda: own(server) - server0,
+            "agent": lambda: agent_side()[0] - agent0,
+            "tasks": lambda: agent_side()[1] - tasks0,
+            "machine busy": lambda: busy() - machine0}
 
 
 def _succeeded(cluster: Cluster) -> int:

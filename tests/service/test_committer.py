@@ -86,6 +86,67 @@ def test_a_refused_unit_is_rolled_back_alone_and_the_others_commit(engine: sa.En
     assert _stored(engine) == [1, 3]
 
 
+def _savepoints(engine: sa.Engine) -> list[str]:
+    """Every SAVEPOINT the engine sends from now on."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SAVEPOINT"):
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_units_that_all_commit_run_once_without_savepoints(engine: sa.Engine) -> None:
+    savepoints = _savepoints(engine)
+    runs: list[int] = []
+
+    def unit(v: int) -> Callable[[sa.Connection], int]:
+        def write(conn: sa.Connection) -> int:
+            runs.append(v)
+            return _insert(conn, v)
+        return write
+
+    async def scenario() -> list[Any]:
+        committer = GroupCommitter(engine, lambda conn, payloads: [])
+        answers = await asyncio.gather(*(committer.submit_unit(unit(v)) for v in (1, 2, 3)))
+        assert committer.batches == 1
+        return answers
+
+    assert asyncio.run(scenario()) == [1, 2, 3]
+    assert (runs, savepoints) == ([1, 2, 3], [])
+    assert _stored(engine) == [1, 2, 3]
+
+
+def test_a_refused_unit_sends_its_neighbours_round_again_each_in_a_savepoint(
+        engine: sa.Engine) -> None:
+    """The first pass is rolled back whole, what the refused unit wrote too;
+    the second runs every unit again inside its own savepoint."""
+    savepoints = _savepoints(engine)
+    runs: list[str] = []
+
+    def good(conn: sa.Connection) -> int:
+        runs.append("good")
+        return _insert(conn, 7)
+
+    def refused(conn: sa.Connection) -> int:
+        runs.append("refused")
+        _insert(conn, 8)
+        raise Refused("the task has ended")
+
+    async def scenario() -> list[Any]:
+        committer = GroupCommitter(engine, lambda conn, payloads: [])
+        return await asyncio.gather(committer.submit_unit(good), committer.submit_unit(refused),
+                                    return_exceptions=True)
+
+    first, second = asyncio.run(scenario())
+    assert first == 7 and isinstance(second, Refused)
+    assert runs == ["good", "refused", "good", "refused"]
+    assert len(savepoints) == 2
+    assert _stored(engine) == [7]
+
+
 def test_a_unit_alone_in_its_transaction_is_refused_whole(engine: sa.Engine) -> None:
     """A lone unit runs without a savepoint: a refusal or a constraint rolls
     back the whole transaction, and what it wrote before is not kept."""

@@ -234,13 +234,14 @@ class JobsService:
         job_id = new_job_id()
         # gpu: 0.25 -> gpu.shares slots of GPUs split in 4, as the nodes offer them.
         spec = with_gpu_shares(spec, _OfferedSplits(self))
-        job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
+        # Without the agent label the scheduler adds for a command: an agent
+        # that has not joined yet is no reason to refuse (the label is an
+        # equality, which check_comparisons has nothing to say about).
+        job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
+                            needs_agent=False)
         check_comparisons(job.constraints)  # InvalidInput (422): `gpu.memory>=lots`
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
-        # JobRejected (422) says why not; an agent that has not joined yet is no reason.
-        anywhere = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
-                                 needs_agent=False)
-        reason = self._check(anywhere)
+        reason = self._check(job)  # JobRejected (422) says why not
         row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
                      spec, now, None, None, reason, None, 0, 0)
         await self.writer.run(partial(t.submit, row=row))

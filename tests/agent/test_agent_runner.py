@@ -138,11 +138,20 @@ def test_a_missing_command_fails_with_127_and_the_runner_never_runs_a_task_twice
         h.runner.spawn(task)
         await h.until(lambda: bool(h.exits))
         h.runner.reported(task)
+        h.runner.reported(task)  # said twice (a resent exit): still one mark
         return h.exits[0], h.runner.known(task.id)
 
     task, known = run(scenario())
     assert task.exit_code == 127
     assert known  # the directory stays: listed again, it is reported, not run again
+    # The mark is a second name for the record (a link, not a new inode), and
+    # an agent started again over the same records leaves the task alone.
+    assert (task.dir / "reported").stat().st_ino == (task.dir / "task.json").stat().st_ino
+
+    async def restarted() -> list[LocalTask]:
+        return Harness(tmp_path).runner.open()
+
+    assert run(restarted()) == []
 
 
 def test_a_reported_task_leaves_no_checkpoint_directory_empty_or_not(tmp_path: Path) -> None:

@@ -268,7 +268,7 @@ class FreeCapacity:
         for r, q in zip(names, free, strict=True):
             sl = index.get(r)
             if sl is None:
-                sl = index[r] = FreeIndex(r)
+                sl = index[r] = FreeIndex()
             sl.add((q, cid, free, bid), names)
         return bucket
 

@@ -36,12 +36,9 @@ class FreeIndex:
     """Entries ``(free amount, class id, free vector, bucket id)`` in
     ascending order, in blocks."""
 
-    __slots__ = ("blocks", "bounds", "lasts", "lens", "masks", "names", "resource", "size",
-                 "stale")
+    __slots__ = ("blocks", "bounds", "lasts", "lens", "masks", "names", "size", "stale")
 
-    def __init__(self, resource: str | None = None) -> None:
-        self.resource = resource
-        """The resource whose free amount orders the entries (None: any)."""
+    def __init__(self) -> None:
         self.names: dict[int, Sequence[str]] = {}
         """Class id -> the class's resource names (what a free vector holds)."""
         self.blocks: list[list[Entry]] = []
@@ -123,12 +120,8 @@ class FreeIndex:
         lasts[k] = block[-1]
         if not self.stale[k]:
             bound = self.bounds[k]
-            own = self.resource
             for r, q in zip(self.names[entry[1]], entry[2], strict=True):
-                # The walk never reads the bound of the resource it walks
-                # (every block from its start has enough): losing that
-                # maximum leaves nothing to tighten, and halves recomputes.
-                if q >= bound[r] and r != own:
+                if q >= bound[r]:
                     self.stale[k] = True
                     break
 

@@ -255,7 +255,9 @@ def test_walk_index_takes_the_resource_fewest_buckets_hold_enough_of() -> None:
     cpu, memory, gpu = state.index("cpu"), state.index("memory"), state.index("gpu")
 
     def walk(resources: dict[str, int]) -> tuple[object, int, int]:
-        return _walk_index(state, TaskSpec(resources))
+        index, k, i, walked = _walk_index(state, TaskSpec(resources))
+        assert index is None or index is state.index(walked)
+        return index, k, i
 
     assert walk({"cpu": 2000}) == (cpu, 0, 1)
     assert walk({"cpu": 0}) == (cpu, 0, 0)
@@ -277,9 +279,9 @@ def test_walk_index_starts_in_a_later_block() -> None:
                           for i in range(40)])
     cpu = state.index("cpu")
     assert cpu is not None and [len(b) for b in cpu.blocks] == [16, 24]
-    assert _walk_index(state, TaskSpec({"cpu": 25000})) == (cpu, 1, 8)
-    assert _walk_index(state, TaskSpec({"memory": 1000, "cpu": 25000})) == (cpu, 1, 8)
-    assert _walk_index(state, TaskSpec({"cpu": 41000})) == (None, 0, 0)
+    assert _walk_index(state, TaskSpec({"cpu": 25000})) == (cpu, 1, 8, "cpu")
+    assert _walk_index(state, TaskSpec({"memory": 1000, "cpu": 25000})) == (cpu, 1, 8, "cpu")
+    assert _walk_index(state, TaskSpec({"cpu": 41000}))[:3] == (None, 0, 0)
 
 
 def hundred(poor: range, *, used: bool) -> ClusterState:

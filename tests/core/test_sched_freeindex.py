@@ -96,6 +96,7 @@ def test_a_block_splits_above_twice_block_and_each_half_gets_its_own_bounds() ->
     assert left[0] == e(0, 0, 0) and left[-1] == e(150, 5, 15)
     assert right[0] == e(160, 12, 16) and right[-1] == e(320, 49, 32)
     assert index.lasts == [e(150, 5, 15), e(320, 49, 32)]
+    assert index.lens == [16, 17]
     assert index.bounds == [{"cpu": 150, "memory": 49}, {"cpu": 320, "memory": 49}]
     assert index.masks == [1, 1]
     assert index.stale == [False, False]
@@ -187,8 +188,8 @@ def test_emptying_a_block_drops_it_and_its_bookkeeping() -> None:
     for i in range(16, 33):
         index.remove(e(10 * i, (i * 7) % 50, i))
     assert not index
-    assert (index.blocks, index.lasts, index.bounds, index.masks, index.stale) == (
-        [], [], [], [], [])
+    assert (index.blocks, index.lasts, index.lens, index.bounds, index.masks, index.stale) == (
+        [], [], [], [], [], [])
 
 
 def test_bisect_finds_the_first_entry_with_at_least_the_amount() -> None:

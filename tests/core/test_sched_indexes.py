@@ -95,6 +95,7 @@ def test_index_blocks_stay_sorted_and_bound_their_buckets(seed: int) -> None:
         entries = list(index)
         assert entries == sorted(entries) and len(entries) == len(index)
         assert index.last() == entries[-1] and state.max_free(r) == entries[-1][0]
+        assert index.lens == [len(b) for b in index.blocks]
         for k, block in enumerate(index.blocks):
             assert block and index.lasts[k] == block[-1]
             for entry in block:

@@ -318,15 +318,40 @@ class FreeCapacity:
                 ft[names[i]] += d
                 fs[i] += d
         nodes = bucket.nodes
+        key = (cls.id, new)
+        target = self._bucket_of.get(key)
+        if target is None and len(nodes) == 1:
+            # Alone in its bucket, to a free vector no bucket has (most
+            # grants on a busy cluster): the bucket moves with the node.
+            self._refile(bucket, new, key)
+            return
         discard_sorted(nodes, rec.name)
         if not nodes:
             self._drop_bucket(bucket)
-        key = (cls.id, new)
-        target = self._bucket_of.get(key)
         if target is None:
             target = self._new_bucket(cls, new, key)
         insort(target.nodes, rec.name)
         rec.bucket = target
+
+    def _refile(self, bucket: Bucket, new: tuple[int, ...], key: tuple[int, tuple[int, ...]]
+                ) -> None:
+        """Give ``bucket`` the free vector ``new`` and re-file its index
+        entries: what dropping it and making a bucket for ``new`` would do,
+        without the new bucket (its id names it, never orders it)."""
+        old = bucket.free
+        cls = bucket.cls
+        cid = cls.id
+        bid = bucket.id
+        bucket_of = self._bucket_of
+        del bucket_of[(cid, old)]
+        bucket_of[key] = bucket
+        bucket.free = new
+        index = self._index
+        names = cls.resources
+        for r, q_old, q_new in zip(names, old, new, strict=True):
+            sl = index[r]
+            sl.remove((q_old, cid, old, bid))
+            sl.add((q_new, cid, new, bid), names)
 
     def align(self, cls: NodeClass, request: Mapping[str, int]) -> tuple[int, ...] | None:
         """``request`` laid out as ``cls``'s vector, or None when the class

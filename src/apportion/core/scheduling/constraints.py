@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apportion.core.errors import InvalidInput, InvalidQuantity
 from apportion.core.labels import LabelRequirement, parse_selector
@@ -99,15 +99,28 @@ class Constraints:
 
     labels: tuple[LabelRequirement, ...] = ()
     devices: tuple[DeviceRequirement, ...] = ()
+    by_family: Mapping[str, tuple[DeviceRequirement, ...]] = field(
+        init=False, repr=False, compare=False)
+    """``devices`` grouped by family once: placement asks for a family's
+    terms on every class check and every device grant."""
+
+    def __post_init__(self) -> None:
+        by: dict[str, list[DeviceRequirement]] = {}
+        for d in self.devices:
+            by.setdefault(d.family, []).append(d)
+        object.__setattr__(self, "by_family", {f: tuple(ds) for f, ds in by.items()})
 
     def __bool__(self) -> bool:
         return bool(self.labels or self.devices)
 
     def device_terms(self, fam: str) -> tuple[DeviceRequirement, ...]:
-        return tuple(d for d in self.devices if d.family == fam)
+        return self.by_family.get(fam, ())
 
     def describe(self) -> str:
         return ",".join([*(str(r) for r in self.labels), *(str(d) for d in self.devices)])
+
+
+NO_CONSTRAINTS = Constraints()
 
 
 def check_comparisons(constraints: Constraints, field: str = "constraints") -> None:
@@ -177,6 +190,10 @@ def parse_constraints(
             devices.append(DeviceRequirement(fam, attr, req.op, req.values))
         else:
             labels.append(req)
+    if not labels and not devices:
+        # One object for "no constraints": job shapes holding it compare by
+        # identity (the cycle compares shapes for every job it looks at).
+        return NO_CONSTRAINTS
     return Constraints(tuple(labels), tuple(devices))
 
 

@@ -39,7 +39,7 @@ from apportion.core.scheduling.backfill import (
 )
 from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import class_verdict, partner_missing
-from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
+from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
@@ -290,8 +290,6 @@ def _try(
 
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
            victims: tuple[str, ...] = ()) -> None:
-    from apportion.core.scheduling.jobs import RunningJob
-
     est = p.estimate(job)
     p.state.add_running(RunningJob(job, p.now, tasks, est))
     p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))

@@ -416,6 +416,9 @@ class Verdict:
     the class's vector: the walk's first test of a bucket."""
     node_filters: tuple[NodeFilter, ...] = ()
     """The node filters this job shape needs, in ``NODE_FILTERS`` order."""
+    per_node: bool = False
+    """Whether one of ``node_filters`` tells nodes of a bucket apart for this
+    shape (required job affinity is part of the shape, so it is asked once)."""
 
 
 def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
@@ -466,6 +469,7 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         verdict.node_filters = tuple(
             f for f in verdict.node_filters if not isinstance(f, DeviceConstraints)
         )
+    verdict.per_node = any(f.per_node(job) for f in verdict.node_filters)
     state.cache[key] = (job.shape, verdict)
     return verdict
 

@@ -192,9 +192,12 @@ class Placer:
 
     @staticmethod
     def _per_node(job: Job, verdict: Verdict, ctx: PlaceContext) -> bool:
-        if any(f.per_node(job) for f in verdict.node_filters):
+        if verdict.per_node:
             return True
-        return any(p.per_node(job) for p, _ in ctx.scorers)
+        for p, _ in ctx.scorers:  # noqa: SIM110 (a loop: any() over a generator costs more)
+            if p.per_node(job):
+                return True
+        return False
 
     def _fill_preferred(
         self,
@@ -232,7 +235,7 @@ class Placer:
         per_node: bool,
     ) -> list[Candidate]:
         state = self.state
-        index, k0, i0 = _walk_index(state, spec)
+        index, k0, i0, walked = _walk_index(state, spec)
         if index is None:
             return []
         limit = self.options.limit
@@ -241,7 +244,7 @@ class Placer:
         vmask = verdict.mask
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
-        need = [(r, q) for r, q in spec.resources.items() if state.index(r) is not index]
+        need = [(r, q) for r, q in spec.resources.items() if r != walked]
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0
@@ -282,23 +285,26 @@ class Placer:
                 block = block[i0:]
             for entry in reversed(block) if loose else block:
                 # The entry carries the class and free vector: most buckets
-                # fail here without being looked up.
-                pos = need_of.get(entry[1])
+                # fail here without being looked up. The same pass counts
+                # the tasks that fit (``fit_count`` over the requested
+                # positions; below one where a resource is short).
+                cid = entry[1]
+                pos = need_of.get(cid)
                 if pos is None:
                     continue
                 free = entry[2]
-                short = False
+                fit = _UNBOUNDED
                 for j, q in pos:
-                    if free[j] < q:
-                        short = True
-                        break
-                if short:
+                    n = free[j] // q
+                    if n < fit:
+                        fit = n
+                        if n <= 0:
+                            break
+                if fit <= 0:
                     continue
                 bucket = buckets[entry[3]]
-                cls = bucket.cls
-                aligned = aligned_of[cls.id]
-                fit = fit_count(free, aligned)
-                if per_node or cls.id in check_devices or (capped and bucket.id in capped):
+                aligned = aligned_of[cid]
+                if per_node or cid in check_devices or (capped and bucket.id in capped):
                     for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
                                                    limits, per_node):
                         cands.append(cand)
@@ -306,7 +312,7 @@ class Placer:
                         if len(cands) >= limit and seen >= remaining:
                             return cands
                     continue
-                cands.append(Candidate(cls, bucket.free, aligned, fit, bucket, None,
+                cands.append(Candidate(bucket.cls, free, aligned, fit, bucket, None,
                                        len(bucket.nodes)))
                 seen += fit * len(bucket.nodes)
                 if len(cands) >= limit and seen >= remaining:
@@ -406,7 +412,8 @@ class Placer:
         n_nodes = min(cand.count, -(-remaining // per_node))
         state = self.state
         recs = state.nodes
-        device_res = [r for r in spec.resources if r in cand.cls.devices]
+        devices = cand.cls.devices
+        device_res = [r for r in spec.resources if r in devices] if devices else []
         if not device_res and cand.rec is None and n_nodes > 1:
             return self._take_bulk(job, spec, cand, remaining, per_node, n_nodes, ctx, placed)
         taken = 0
@@ -501,24 +508,27 @@ def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
     return best if best > 0 else 0
 
 
-def _walk_index(state: ClusterState, spec: TaskSpec) -> tuple[FreeIndex | None, int, int]:
+def _walk_index(
+    state: ClusterState, spec: TaskSpec
+) -> tuple[FreeIndex | None, int, int, str]:
     """The index to walk: the requested resource with the fewest buckets
-    holding enough of it (the shortest walk), and where to start (block,
-    offset)."""
+    holding enough of it (the shortest walk), where to start (block,
+    offset), and that resource."""
     best = None
     best_k = best_i = 0
     best_len = -1
+    best_r = ""
     for r, q in spec.resources.items():
         index = state.index(r)
         if index is None:
-            return None, 0, 0
+            return None, 0, 0, r
         k, i = index.bisect(q)
         n = index.count_from(k, i)
         if best_len < 0 or n < best_len:
-            best, best_k, best_i, best_len = index, k, i, n
+            best, best_k, best_i, best_len, best_r = index, k, i, n, r
     if best_len <= 0:
-        return None, 0, 0
-    return best, best_k, best_i
+        return None, 0, 0, best_r
+    return best, best_k, best_i, best_r
 
 
 def _limits_by_bucket(

@@ -14,9 +14,7 @@ from typing import Any
 from apportion.core.errors import InvalidInput
 from apportion.core.labels import LabelRequirement
 from apportion.core.resources import Vector
-from apportion.core.scheduling.constraints import Constraints
-
-NO_CONSTRAINTS = Constraints()
+from apportion.core.scheduling.constraints import NO_CONSTRAINTS, Constraints
 
 
 class JobState(StrEnum):

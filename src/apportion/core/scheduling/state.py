@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from operator import add, sub
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -198,7 +199,9 @@ class ClusterState(FreeCapacity):
         """Take ``n`` tasks of ``aligned`` (a request laid out as the node's
         class vector) on ``rec`` for ``job_id``; the caller checked the fit."""
         old = rec.free
-        new = tuple([f - n * q for f, q in zip(old, aligned, strict=True)])
+        # One task (most grants): the new vector in one C call.
+        new = (tuple(map(sub, old, aligned)) if n == 1 else
+               tuple([f - n * q for f, q in zip(old, aligned, strict=True)]))
         self._move(rec, old, new)
         if devices:
             for r, ids in devices.items():
@@ -220,7 +223,8 @@ class ClusterState(FreeCapacity):
         devices: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         old = rec.free
-        new = tuple([f + n * q for f, q in zip(old, aligned, strict=True)])
+        new = (tuple(map(add, old, aligned)) if n == 1 else
+               tuple([f + n * q for f, q in zip(old, aligned, strict=True)]))
         self._move(rec, old, new)
         if devices:
             for r, ids in devices.items():

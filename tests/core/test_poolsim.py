@@ -140,3 +140,33 @@ def test_count_profile_literal_steps() -> None:
     profile.reserve(15.0, 3, 10.0)
     assert (profile.times, profile.free) == ([10.0, 15.0, 25.0, 40.0], [2, 1, 4, 5])
     assert profile.earliest(2, 30.0) == 25.0
+
+
+def reservation_by_index(pool: poolsim.PoolCluster, need: int, now: float
+                         ) -> tuple[float, int] | None:
+    """``PoolCluster._reservation`` as first written (each instant's ends
+    taken together by index), the reference for the single pass."""
+    free, t, ends, i = pool.free, now, pool.ends, 0
+    while free < need:
+        if i >= len(ends):
+            return None
+        t = max(ends[i][0], now)
+        while i < len(ends) and max(ends[i][0], now) == t:
+            free += pool.running[ends[i][1]][1]
+            i += 1
+    return t, free - need
+
+
+@given(st.integers(0, 6), st.lists(st.tuples(st.sampled_from([0.0, 5.0, 10.0, 15.0, 40.0]),
+                                             st.integers(1, 4)), max_size=8),
+       st.sampled_from([0.0, 10.0]), st.integers(0, 14))
+def test_reservation_takes_each_instants_ends_together(
+        idle: int, running: list[tuple[float, int]], now: float, need: int) -> None:
+    size = idle + sum(n for _, n in running)
+    pool = poolsim.PoolCluster("cpu", CPU, max(size, 1), SchedulerConfig(), {}, None)
+    pool.free = idle
+    for k, (end, n) in enumerate(running):
+        job = Job(f"r{k}", (TaskSpec({"cpu": CPU}, n),), gang=n > 1)
+        pool.running[job.id] = (job, n)
+        pool.ends.add((end, job.id))
+    assert pool._reservation(need, now) == reservation_by_index(pool, need, now)

@@ -26,6 +26,7 @@ import heapq
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sortedcontainers import SortedList
 
@@ -44,6 +45,9 @@ from apportion.core.scheduling.policies import (
     ShortestFirst,
     strategy,
 )
+
+_ASK = object()
+"""An entry's estimate not known yet (``PoolCluster._entries``)."""
 
 _KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, AdaptiveOrder)
 
@@ -122,8 +126,7 @@ class PoolCluster:
         self.pending: dict[str, Job] = {}
         order = self.strat.order
         # Orders whose key does not move with time or use: kept sorted.
-        self._static = isinstance(order, Fifo) or (
-            isinstance(order, ShortestFirst) and not self.strat.learns)
+        self._static = not self.strat.learns and isinstance(order, (Fifo, ShortestFirst))
         self._sorted = SortedList()
         self._fair = isinstance(order, FairShare)
         self._by_queue: dict[str, SortedList] = {}
@@ -146,7 +149,7 @@ class PoolCluster:
         self._needs[need] += 1
         self.least = min(self.least, need)
         if self._static:
-            self._sorted.add((*self._key(job), job.id))
+            self._sorted.add(self._entry(job))
         elif self._fair:
             q = self._by_queue.get(job.queue)
             if q is None:
@@ -159,10 +162,17 @@ class PoolCluster:
             return (INF if est is None else est, job.submit_time)
         return (job.submit_time,)
 
+    def _entry(self, job: Job) -> tuple[Any, ...]:
+        # The estimate and the task count ride along after the id (which is
+        # unique, so they never take part in the order): the backfill pass
+        # decides on them without looking the job up. A static order has a
+        # static estimate (it does not learn).
+        return (*self._key(job), job.id, self.estimate(job), job.task_count)
+
     def _leave(self, job: Job) -> None:
         del self.pending[job.id]
         if self._static:
-            self._sorted.remove((*self._key(job), job.id))
+            self._sorted.remove(self._entry(job))
         elif self._fair:
             q = self._by_queue[job.queue]
             q.remove((-job.priority, job.submit_time, job.id))
@@ -172,7 +182,18 @@ class PoolCluster:
     def _ordered(self, now: float) -> Iterator[Job]:
         pending = self.pending
         if self._static:
-            return (pending[k[-1]] for k in self._sorted)
+            return (pending[k[-3]] for k in self._sorted)
+        return self._policy_order(now)
+
+    def _entries(self, now: float) -> Iterator[tuple[Any, ...]]:
+        """The queue in policy order as entries ending (job id, estimate,
+        task count); ``_ASK`` for an estimate the caller must ask for."""
+        if self._static:
+            return iter(self._sorted)
+        return ((job.id, _ASK, job.task_count) for job in self._policy_order(now))
+
+    def _policy_order(self, now: float) -> Iterator[Job]:
+        pending = self.pending
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
                            self._bound, self._rank)
         if self._fair:
@@ -270,14 +291,15 @@ class PoolCluster:
 
     def _in_order(self, now: float, easy: bool) -> list[Job]:
         started: list[Job] = []
-        it = self._ordered(now)
+        pending = self.pending
+        it = self._entries(now)
         head = None
-        for job in it:
-            need = job.task_count
+        for entry in it:
+            need = entry[-1]
             if need > self.free:
-                head = job
+                head = pending[entry[-3]]
                 break
-            self._begin(job, need, now, started)
+            self._begin(pending[entry[-3]], need, now, started)
         if head is None or not easy:
             return started
         # The head's reservation is planned even when nothing will pass it,
@@ -288,18 +310,24 @@ class PoolCluster:
             return started  # the head's start cannot be planned: nothing passes it
         at, extra = found
         self.reserved.append((head.id, at))
-        for job in it:
-            if self.free < self.least:
+        free, least = self.free, self.least
+        for entry in it:
+            if free < least:
                 break
-            need = job.task_count
-            if need > self.free:
+            need = entry[-1]
+            if need > free:
                 continue  # the summed-free check
-            est = self.estimate(job)
+            est = entry[-2]
+            if est is _ASK:
+                est = self.estimate(pending[entry[-3]])
             if est is not None and now + est <= at:
-                self._begin(job, need, now, started)
+                self._begin(pending[entry[-3]], need, now, started)
             elif need <= extra:
-                self._begin(job, need, now, started)
+                self._begin(pending[entry[-3]], need, now, started)
                 extra -= need
+            else:
+                continue
+            free, least = self.free, self.least
         return started
 
     def _correct(self, now: float) -> None:
@@ -331,17 +359,20 @@ class PoolCluster:
         nodes cover ``need`` (jobs past their estimate end "now"), and how
         many nodes stay idle then after the head takes its share."""
         free = self.free
+        if free >= need:
+            return now, free - need
         t = now
         running = self.running
-        ends = self.ends
-        i, n = 0, len(ends)
-        while free < need:
-            if i >= n:
-                return None
-            t = max(ends[i][0], now)
-            while i < n and max(ends[i][0], now) == t:
-                free += running[ends[i][1]][1]
-                i += 1
+        # All the jobs expected to end at one instant free their nodes
+        # together: stop only where the instant changes.
+        for end, job_id in self.ends:
+            at = end if end > now else now
+            if at != t and free >= need:
+                break
+            t = at
+            free += running[job_id][1]
+        if free < need:
+            return None
         return t, free - need
 
     def _conservative(self, now: float) -> list[Job]:

@@ -167,28 +167,37 @@ class _Engine:
     audit: EstimateAudit = field(default_factory=lambda: EstimateAudit())
 
     def run(self, order: list[_Run], progress: Callable[[int, int], None] | None) -> None:
+        # Hot loop (one turn per instant): attributes read once into locals.
         total = len(order)
+        ends, pending, pool, done = self.ends, self.pending, self.pool, self.done
+        series_t, series_queue, series_util = self.series_t, self.series_queue, self.series_util
+        capacity = self.capacity
         i = 0
         last_report = -1
-        while i < total or self.ends:
+        while i < total or ends:
             t_arr = order[i].submit if i < total else math.inf
-            t_end = self.ends[0][0] if self.ends else math.inf
-            now = min(t_arr, t_end)
-            while self.ends and self.ends[0][0] == now:
-                self._finish(heapq.heappop(self.ends), now)
-            while i < total and order[i].submit == now:
-                self.pending[order[i].job.id] = order[i].job
-                if self.pool is not None:
-                    self.pool.arrive(order[i].job)
+            # min(t_arr, next end), which keeps t_arr on a tie
+            now = ends[0][0] if ends and ends[0][0] < t_arr else t_arr
+            while ends and ends[0][0] == now:
+                self._finish(heapq.heappop(ends), now)
+            while i < total:
+                arriving = order[i]
+                if arriving.submit != now:
+                    break
+                pending[arriving.job.id] = arriving.job
+                if pool is not None:
+                    pool.arrive(arriving.job)
                 i += 1
-            if self.pending:
+            if pending:
                 self._cycle(now)
-            self._sample(now)
-            if progress is not None and len(self.done) // 500 != last_report:
-                last_report = len(self.done) // 500
-                progress(len(self.done), total)
+            series_t.append(now)
+            series_queue.append(len(pending))
+            series_util.append(self.used / capacity if capacity else 0.0)
+            if progress is not None and len(done) // 500 != last_report:
+                last_report = len(done) // 500
+                progress(len(done), total)
         if progress is not None:
-            progress(len(self.done), total)
+            progress(len(done), total)
 
     def _finish(self, entry: tuple[float, int, str], now: float) -> None:
         _, seq, job_id = entry
@@ -218,14 +227,15 @@ class _Engine:
         self._started([placement.job_id for placement in result.placements], now)
 
     def _started(self, job_ids: list[str], now: float) -> None:
+        runs, pending, ends, primary = self.runs, self.pending, self.ends, self.config.primary
         for job_id in job_ids:
-            run = self.runs[job_id]
-            del self.pending[job_id]
+            run = runs[job_id]
+            del pending[job_id]
             run.start = now
             self.seq += 1
             run.seq = self.seq
-            heapq.heappush(self.ends, (now + run.run_time, self.seq, run.job.id))
-            amount = run.job.total.get(self.config.primary, 0)
+            heapq.heappush(ends, (now + run.run_time, self.seq, job_id))
+            amount = run.job.total.get(primary, 0)
             self.used += amount
             self.busy_area += amount * run.run_time
 
@@ -241,12 +251,6 @@ class _Engine:
         run.seq = -1
         self.preemptions += 1
         self.pending[job_id] = run.job
-
-    def _sample(self, now: float) -> None:
-        util = self.used / self.capacity if self.capacity else 0.0
-        self.series_t.append(now)
-        self.series_queue.append(len(self.pending))
-        self.series_util.append(util)
 
     def result(self, jobs: Sequence[SimJob]) -> SimResult:
         records = tuple(_record(r, self.config.primary) for r in self.done)

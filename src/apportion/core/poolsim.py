@@ -122,12 +122,21 @@ class PoolCluster:
         self.ends = SortedList()
         """(start + estimate, job id) of running jobs with an estimate."""
         self._ends_of: dict[str, float] = {}
+        self._changes = 0
+        """Bumped whenever the idle count or the running jobs change."""
+        self._planned: tuple[int, int, float, tuple[float, int] | None] | None = None
+        """The last ``_reservation``: (``_changes``, need, first expected
+        end, answer); between changes it stands while no end is overdue."""
         self.usage: dict[str, dict[str, int]] = {}
         self.pending: dict[str, Job] = {}
         order = self.strat.order
         # Orders whose key does not move with time or use: kept sorted.
         self._static = not self.strat.learns and isinstance(order, (Fifo, ShortestFirst))
         self._sorted = SortedList()
+        self._entry_of: dict[str, tuple[Any, ...]] = {}
+        self._passed: tuple[int, tuple[str, float, int], tuple[Any, ...]] | None = None
+        """After an EASY pass that went over every waiting job and started
+        none: (``_changes``, the head's (id, start, extra), last entry)."""
         self._fair = isinstance(order, FairShare)
         self._by_queue: dict[str, SortedList] = {}
         """Fair share: each queue with pending jobs, in the queue's order."""
@@ -149,7 +158,10 @@ class PoolCluster:
         self._needs[need] += 1
         self.least = min(self.least, need)
         if self._static:
-            self._sorted.add(self._entry(job))
+            entry = self._entry_of[job.id] = self._entry(job)
+            self._sorted.add(entry)
+            if self._passed is not None and entry < self._passed[2]:
+                self._passed = None  # it joins the part the last pass went over
         elif self._fair:
             q = self._by_queue.get(job.queue)
             if q is None:
@@ -172,7 +184,7 @@ class PoolCluster:
     def _leave(self, job: Job) -> None:
         del self.pending[job.id]
         if self._static:
-            self._sorted.remove(self._entry(job))
+            self._sorted.remove(self._entry_of.pop(job.id))
         elif self._fair:
             q = self._by_queue[job.queue]
             q.remove((-job.priority, job.submit_time, job.id))
@@ -242,6 +254,7 @@ class PoolCluster:
             while self.least <= self.size and not needs[self.least]:
                 self.least += 1
         self.free -= need
+        self._changes += 1
         self.running[job.id] = (job, need)
         est = self.estimate(job)
         if est is not None:
@@ -259,6 +272,7 @@ class PoolCluster:
         """Release a running job's nodes; returns the job."""
         job, need = self.running.pop(job_id)
         self.free += need
+        self._changes += 1
         end = self._ends_of.pop(job_id, None)
         if end is not None:
             self.ends.remove((end, job_id))
@@ -310,10 +324,27 @@ class PoolCluster:
             return started  # the head's start cannot be planned: nothing passes it
         at, extra = found
         self.reserved.append((head.id, at))
+        plan = (head.id, at, extra)
+        last, self._passed = self._passed, None
+        if self._static and last is not None and last[:2] == (self._changes, plan):
+            # Nothing started or ended since a pass that started nothing
+            # under this same reservation: the jobs it went over still cannot
+            # start (``now`` only grew), so the pass goes on from where it ended.
+            it = self._sorted.irange(last[2], inclusive=(False, True))
+        if self._backfill(it, now, at, extra, started) and self._static:
+            self._passed = (self._changes, plan, self._sorted[-1])
+        return started
+
+    def _backfill(self, it: Iterator[tuple[Any, ...]], now: float, at: float, extra: int,
+                  started: list[Job]) -> bool:
+        """EASY's pass behind the head; True when it went over every job
+        and started none."""
+        pending = self.pending
         free, least = self.free, self.least
+        count = len(started)
         for entry in it:
             if free < least:
-                break
+                return False
             need = entry[-1]
             if need > free:
                 continue  # the summed-free check
@@ -328,7 +359,7 @@ class PoolCluster:
             else:
                 continue
             free, least = self.free, self.least
-        return started
+        return len(started) == count
 
     def _correct(self, now: float) -> None:
         """``RuntimeHistory.correct`` on the pool: every running job past its
@@ -338,6 +369,7 @@ class PoolCluster:
         cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
         if not cut:
             return
+        self._changes += 1
         for end, job_id in list(ends.islice(0, cut)):
             start, est = self._begun[job_id]
             job = self.running[job_id][0]
@@ -361,19 +393,27 @@ class PoolCluster:
         free = self.free
         if free >= need:
             return now, free - need
+        # Unchanged nodes and ends, none of them due yet: the same answer as
+        # last time (``now`` enters only through the ends already due).
+        last = self._planned
+        if last is not None and last[0] == self._changes and last[1] == need and last[2] > now:
+            return last[3]
         t = now
+        first = INF
         running = self.running
         # All the jobs expected to end at one instant free their nodes
         # together: stop only where the instant changes.
         for end, job_id in self.ends:
+            if first == INF:
+                first = end
             at = end if end > now else now
             if at != t and free >= need:
                 break
             t = at
             free += running[job_id][1]
-        if free < need:
-            return None
-        return t, free - need
+        found = None if free < need else (t, free - need)
+        self._planned = (self._changes, need, first, found)
+        return found
 
     def _conservative(self, now: float) -> list[Job]:
         started: list[Job] = []

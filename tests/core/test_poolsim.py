@@ -140,3 +140,56 @@ def test_count_profile_literal_steps() -> None:
     profile.reserve(15.0, 3, 10.0)
     assert (profile.times, profile.free) == ([10.0, 15.0, 25.0, 40.0], [2, 1, 4, 5])
     assert profile.earliest(2, 30.0) == 25.0
+
+
+def reservation_by_index(pool: poolsim.PoolCluster, need: int, now: float
+                         ) -> tuple[float, int] | None:
+    """``PoolCluster._reservation`` as first written (each instant's ends
+    taken together by index), the reference for the single pass."""
+    free, t, ends, i = pool.free, now, pool.ends, 0
+    while free < need:
+        if i >= len(ends):
+            return None
+        t = max(ends[i][0], now)
+        while i < len(ends) and max(ends[i][0], now) == t:
+            free += pool.running[ends[i][1]][1]
+            i += 1
+    return t, free - need
+
+
+@given(st.integers(0, 6), st.lists(st.tuples(st.sampled_from([0.0, 5.0, 10.0, 15.0, 40.0]),
+                                             st.integers(1, 4)), max_size=8),
+       st.lists(st.tuples(st.sampled_from([0.0, 4.0, 5.0, 10.0, 12.0, 40.0]),
+                          st.integers(0, 14)), min_size=1, max_size=4))
+def test_reservation_takes_each_instants_ends_together(
+        idle: int, running: list[tuple[float, int]], asks: list[tuple[float, int]]) -> None:
+    # Asked again as time goes on, with nothing changed: the remembered
+    # answer stands only until an end falls due.
+    size = idle + sum(n for _, n in running)
+    pool = poolsim.PoolCluster("cpu", CPU, max(size, 1), SchedulerConfig(), {}, None)
+    pool.free = idle
+    for k, (end, n) in enumerate(running):
+        job = Job(f"r{k}", (TaskSpec({"cpu": CPU}, n),), gang=n > 1)
+        pool.running[job.id] = (job, n)
+        pool.ends.add((end, job.id))
+    for now, need in sorted(asks):
+        assert pool._reservation(need, now) == reservation_by_index(pool, need, now)
+
+
+def test_a_short_arrival_between_head_and_queue_end_still_backfills() -> None:
+    # Shortest first, EASY: h heads the queue, b cannot pass it and the pass
+    # remembers that. j arrives shorter than b, so it sorts before b, where
+    # the remembered pass already went: it must still be looked at.
+    nodes = [Node(f"n{i}", {"cpu": CPU}) for i in range(2)]
+
+    def sim_job(name: str, procs: int, submit: float, run: float) -> SimJob:
+        return SimJob(Job(name, (TaskSpec({"cpu": CPU}, procs),), gang=procs > 1,
+                          submit_time=submit, runtime_estimate=run), run, True)
+
+    jobs = [sim_job("a", 1, 0.0, 100.0), sim_job("h", 2, 0.5, 10.0),
+            sim_job("b", 1, 0.5, 200.0), sim_job("j", 1, 1.0, 50.0)]
+    config = SimConfig(SchedulerConfig(strategy="sjf", backfill="easy"))
+    pool = simulate(jobs, nodes, config)
+    node = simulate(jobs, nodes, config, counted_pool=False)
+    assert starts(pool) == starts(node)
+    assert starts(pool)["j"] == (1.0, 51.0)

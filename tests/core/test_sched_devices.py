@@ -7,10 +7,20 @@ shares). Written for the mutants of ``devices.py`` (docs/testing.md).
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from apportion.core.model import Device, Node
 from apportion.core.scheduling import ClusterState, parse_constraints
 from apportion.core.scheduling.capacity import NodeRec
-from apportion.core.scheduling.devices import choose, link, set_link_score, share_devices
+from apportion.core.scheduling.devices import (
+    _best_linked,
+    _least_linked,
+    choose,
+    link,
+    set_link_score,
+    share_devices,
+)
 
 
 def rec_of(*devices: Device, resource: str = "gpu") -> NodeRec:
@@ -127,3 +137,21 @@ def test_exactly_200_sets_are_still_compared_one_by_one() -> None:
     devices += [Device(f"g{k}", attrs={"numa": 0}) for k in range(2, 200)]
     assert choose(rec_of(*devices), "gpu", 199, ()) == (
         "g0", *(f"g{k}" for k in range(2, 200)))
+
+
+@given(st.integers(1, 8), st.integers(1, 8), st.lists(st.integers(0, 7), max_size=7))
+def test_devices_without_links_go_in_device_order_as_the_searches_pick(
+        n: int, count: int, busy: list[int]) -> None:
+    # Nothing links bare devices: every set scores 0, and the searches keep
+    # the first in device order, which ``choose`` now returns at once.
+    rec = rec_of(*(Device(f"g{k}") for k in range(n)))
+    rec.free_devices["gpu"] = [d for k, d in enumerate(rec.free_devices["gpu"])
+                               if k not in busy]
+    free = [rec.devices["gpu"][d] for d in rec.free_devices["gpu"]]
+    got = choose(rec, "gpu", count, ())
+    if len(free) < count:
+        assert got is None
+    elif count == 1:
+        assert got == (_least_linked(free).id,)
+    else:
+        assert got == tuple(d.id for d in _best_linked(free, count))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from apportion.core.labels import parse_selector
 from apportion.core.model import Device, Node
 from apportion.core.scheduling import (
@@ -373,3 +376,17 @@ def test_affinity_scores_zero_where_only_repelling_terms_hold() -> None:
     assert SCORERS["affinity"].score(candidate(state, "n0", req), ctx) == 0.0
     # A repelling term that does not hold scores the middle, not 1.
     assert SCORERS["affinity"].score(candidate(state, "n1", req), ctx) == 0.5
+
+
+@given(st.integers(1, 16), st.integers(0, 16), st.integers(1, 16))
+def test_one_resource_scores_as_the_mean_over_resources(cap: int, used: int, q: int) -> None:
+    # A one-resource node scores with the loop's sum and mean, to the bit.
+    state = ClusterState([Node("n", {"gpu": cap})])
+    cand = Candidate(state.nodes["n"].cls, (cap - min(used, cap),), (q,), 1, None,
+                     state.nodes["n"], 1)
+    ctx = context(state, {"gpu": q})
+    c, f = cap, cap - min(used, cap)
+    used_after = 0.0 + (c - f + q) / c
+    assert SCORERS["binpack"].score(cand, ctx) == used_after / 1
+    assert SCORERS["spread"].score(cand, ctx) == 1.0 - used_after / 1
+    assert SCORERS["fitness"].score(cand, ctx) == 1.0 - (0.0 + (f - q) / c) / 1

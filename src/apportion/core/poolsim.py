@@ -26,6 +26,7 @@ import heapq
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sortedcontainers import SortedList
 
@@ -44,6 +45,9 @@ from apportion.core.scheduling.policies import (
     ShortestFirst,
     strategy,
 )
+
+_ASK = object()
+"""An entry's estimate not known yet (``PoolCluster._entries``)."""
 
 _KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, AdaptiveOrder)
 
@@ -118,13 +122,21 @@ class PoolCluster:
         self.ends = SortedList()
         """(start + estimate, job id) of running jobs with an estimate."""
         self._ends_of: dict[str, float] = {}
+        self._changes = 0
+        """Bumped whenever the idle count or the running jobs change."""
+        self._planned: tuple[int, int, float, tuple[float, int] | None] | None = None
+        """The last ``_reservation``: (``_changes``, need, first expected
+        end, answer); between changes it stands while no end is overdue."""
         self.usage: dict[str, dict[str, int]] = {}
         self.pending: dict[str, Job] = {}
         order = self.strat.order
         # Orders whose key does not move with time or use: kept sorted.
-        self._static = isinstance(order, Fifo) or (
-            isinstance(order, ShortestFirst) and not self.strat.learns)
+        self._static = not self.strat.learns and isinstance(order, (Fifo, ShortestFirst))
         self._sorted = SortedList()
+        self._entry_of: dict[str, tuple[Any, ...]] = {}
+        self._passed: tuple[int, tuple[str, float, int], tuple[Any, ...]] | None = None
+        """After an EASY pass that went over every waiting job and started
+        none: (``_changes``, the head's (id, start, extra), last entry)."""
         self._fair = isinstance(order, FairShare)
         self._by_queue: dict[str, SortedList] = {}
         """Fair share: each queue with pending jobs, in the queue's order."""
@@ -146,7 +158,10 @@ class PoolCluster:
         self._needs[need] += 1
         self.least = min(self.least, need)
         if self._static:
-            self._sorted.add((*self._key(job), job.id))
+            entry = self._entry_of[job.id] = self._entry(job)
+            self._sorted.add(entry)
+            if self._passed is not None and entry < self._passed[2]:
+                self._passed = None  # it joins the part the last pass went over
         elif self._fair:
             q = self._by_queue.get(job.queue)
             if q is None:
@@ -159,10 +174,17 @@ class PoolCluster:
             return (INF if est is None else est, job.submit_time)
         return (job.submit_time,)
 
+    def _entry(self, job: Job) -> tuple[Any, ...]:
+        # The estimate and the task count ride along after the id (which is
+        # unique, so they never take part in the order): the backfill pass
+        # decides on them without looking the job up. A static order has a
+        # static estimate (it does not learn).
+        return (*self._key(job), job.id, self.estimate(job), job.task_count)
+
     def _leave(self, job: Job) -> None:
         del self.pending[job.id]
         if self._static:
-            self._sorted.remove((*self._key(job), job.id))
+            self._sorted.remove(self._entry_of.pop(job.id))
         elif self._fair:
             q = self._by_queue[job.queue]
             q.remove((-job.priority, job.submit_time, job.id))
@@ -172,7 +194,18 @@ class PoolCluster:
     def _ordered(self, now: float) -> Iterator[Job]:
         pending = self.pending
         if self._static:
-            return (pending[k[-1]] for k in self._sorted)
+            return (pending[k[-3]] for k in self._sorted)
+        return self._policy_order(now)
+
+    def _entries(self, now: float) -> Iterator[tuple[Any, ...]]:
+        """The queue in policy order as entries ending (job id, estimate,
+        task count); ``_ASK`` for an estimate the caller must ask for."""
+        if self._static:
+            return iter(self._sorted)
+        return ((job.id, _ASK, job.task_count) for job in self._policy_order(now))
+
+    def _policy_order(self, now: float) -> Iterator[Job]:
+        pending = self.pending
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
                            self._bound, self._rank)
         if self._fair:
@@ -221,6 +254,7 @@ class PoolCluster:
             while self.least <= self.size and not needs[self.least]:
                 self.least += 1
         self.free -= need
+        self._changes += 1
         self.running[job.id] = (job, need)
         est = self.estimate(job)
         if est is not None:
@@ -238,6 +272,7 @@ class PoolCluster:
         """Release a running job's nodes; returns the job."""
         job, need = self.running.pop(job_id)
         self.free += need
+        self._changes += 1
         end = self._ends_of.pop(job_id, None)
         if end is not None:
             self.ends.remove((end, job_id))
@@ -270,14 +305,15 @@ class PoolCluster:
 
     def _in_order(self, now: float, easy: bool) -> list[Job]:
         started: list[Job] = []
-        it = self._ordered(now)
+        pending = self.pending
+        it = self._entries(now)
         head = None
-        for job in it:
-            need = job.task_count
+        for entry in it:
+            need = entry[-1]
             if need > self.free:
-                head = job
+                head = pending[entry[-3]]
                 break
-            self._begin(job, need, now, started)
+            self._begin(pending[entry[-3]], need, now, started)
         if head is None or not easy:
             return started
         # The head's reservation is planned even when nothing will pass it,
@@ -288,19 +324,42 @@ class PoolCluster:
             return started  # the head's start cannot be planned: nothing passes it
         at, extra = found
         self.reserved.append((head.id, at))
-        for job in it:
-            if self.free < self.least:
-                break
-            need = job.task_count
-            if need > self.free:
-                continue  # the summed-free check
-            est = self.estimate(job)
-            if est is not None and now + est <= at:
-                self._begin(job, need, now, started)
-            elif need <= extra:
-                self._begin(job, need, now, started)
-                extra -= need
+        plan = (head.id, at, extra)
+        last, self._passed = self._passed, None
+        if self._static and last is not None and last[:2] == (self._changes, plan):
+            # Nothing started or ended since a pass that started nothing
+            # under this same reservation: the jobs it went over still cannot
+            # start (``now`` only grew), so the pass goes on from where it ended.
+            it = self._sorted.irange(last[2], inclusive=(False, True))
+        if self._backfill(it, now, at, extra, started) and self._static:
+            self._passed = (self._changes, plan, self._sorted[-1])
         return started
+
+    def _backfill(self, it: Iterator[tuple[Any, ...]], now: float, at: float, extra: int,
+                  started: list[Job]) -> bool:
+        """EASY's pass behind the head; True when it went over every job
+        and started none."""
+        pending = self.pending
+        free, least = self.free, self.least
+        count = len(started)
+        for entry in it:
+            if free < least:
+                return False
+            need = entry[-1]
+            if need > free:
+                continue  # the summed-free check
+            est = entry[-2]
+            if est is _ASK:
+                est = self.estimate(pending[entry[-3]])
+            if est is not None and now + est <= at:
+                self._begin(pending[entry[-3]], need, now, started)
+            elif need <= extra:
+                self._begin(pending[entry[-3]], need, now, started)
+                extra -= need
+            else:
+                continue
+            free, least = self.free, self.least
+        return len(started) == count
 
     def _correct(self, now: float) -> None:
         """``RuntimeHistory.correct`` on the pool: every running job past its
@@ -310,6 +369,7 @@ class PoolCluster:
         cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
         if not cut:
             return
+        self._changes += 1
         for end, job_id in list(ends.islice(0, cut)):
             start, est = self._begun[job_id]
             job = self.running[job_id][0]
@@ -331,18 +391,29 @@ class PoolCluster:
         nodes cover ``need`` (jobs past their estimate end "now"), and how
         many nodes stay idle then after the head takes its share."""
         free = self.free
+        if free >= need:
+            return now, free - need
+        # Unchanged nodes and ends, none of them due yet: the same answer as
+        # last time (``now`` enters only through the ends already due).
+        last = self._planned
+        if last is not None and last[0] == self._changes and last[1] == need and last[2] > now:
+            return last[3]
         t = now
+        first = INF
         running = self.running
-        ends = self.ends
-        i, n = 0, len(ends)
-        while free < need:
-            if i >= n:
-                return None
-            t = max(ends[i][0], now)
-            while i < n and max(ends[i][0], now) == t:
-                free += running[ends[i][1]][1]
-                i += 1
-        return t, free - need
+        # All the jobs expected to end at one instant free their nodes
+        # together: stop only where the instant changes.
+        for end, job_id in self.ends:
+            if first == INF:
+                first = end
+            at = end if end > now else now
+            if at != t and free >= need:
+                break
+            t = at
+            free += running[job_id][1]
+        found = None if free < need else (t, free - need)
+        self._planned = (self._changes, need, first, found)
+        return found
 
     def _conservative(self, now: float) -> list[Job]:
         started: list[Job] = []

@@ -21,6 +21,7 @@ import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from apportion.core import poolsim
 from apportion.core.model import Node
@@ -29,6 +30,8 @@ from apportion.core.scheduling.cycle import CycleResult, SchedulerConfig, schedu
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.policies import strategy
 from apportion.core.scheduling.state import ClusterState
+
+_T = TypeVar("_T")
 
 BOUND_S = 10.0
 """Bounded slowdown's floor on run time: ``max(1, (wait + run) / max(run, 10))``."""
@@ -112,14 +115,17 @@ def simulate(
     applies (the tests compare the two)."""
     learns = strategy(config.scheduler.strategy).learns
     hide = learns and config.learn_only
-    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time)
+    runs = {sj.job.id: _Run(_as_submitted(sj, hide) if hide else sj.job, sj.run_time,
+                            sj.job.submit_time)
             for sj in jobs}
-    order = sorted(runs.values(), key=lambda r: (r.submit, r.job.id))
+    # ``fifo_key`` is (submit time, id): the order of arrival.
+    order = sorted(runs.values(), key=lambda r: r.job.fifo_key)
     state = ClusterState(nodes)
     capacity = state.capacity_total().get(config.primary, 0)
     queues = dict(queues or {})
     for r in order:
-        queues.setdefault(r.job.queue, Queue(r.job.queue))
+        if r.job.queue not in queues:
+            queues[r.job.queue] = Queue(r.job.queue)
     # Only a learning strategy reads the history; the others skip its upkeep.
     engine = _Engine(state, config, queues, runs, capacity, RuntimeHistory() if learns else None)
     shape = counted_pool and poolsim.eligible(nodes, [r.job for r in order], config.scheduler,
@@ -152,33 +158,46 @@ class _Engine:
     busy_area: float = 0.0
     preemptions: int = 0
     seq: int = 0
-    series: list[tuple[float, int, float]] = field(default_factory=list)
+    # The time series as three flat lists: a tuple per instant would be
+    # hundreds of thousands of objects for the garbage collector to walk.
+    series_t: list[float] = field(default_factory=list)
+    series_queue: list[int] = field(default_factory=list)
+    series_util: list[float] = field(default_factory=list)
     pool: poolsim.PoolCluster | None = None
     audit: EstimateAudit = field(default_factory=lambda: EstimateAudit())
 
     def run(self, order: list[_Run], progress: Callable[[int, int], None] | None) -> None:
+        # Hot loop (one turn per instant): attributes read once into locals.
         total = len(order)
+        ends, pending, pool, done = self.ends, self.pending, self.pool, self.done
+        series_t, series_queue, series_util = self.series_t, self.series_queue, self.series_util
+        capacity = self.capacity
         i = 0
         last_report = -1
-        while i < total or self.ends:
+        while i < total or ends:
             t_arr = order[i].submit if i < total else math.inf
-            t_end = self.ends[0][0] if self.ends else math.inf
-            now = min(t_arr, t_end)
-            while self.ends and self.ends[0][0] == now:
-                self._finish(heapq.heappop(self.ends), now)
-            while i < total and order[i].submit == now:
-                self.pending[order[i].job.id] = order[i].job
-                if self.pool is not None:
-                    self.pool.arrive(order[i].job)
+            # min(t_arr, next end), which keeps t_arr on a tie
+            now = ends[0][0] if ends and ends[0][0] < t_arr else t_arr
+            while ends and ends[0][0] == now:
+                self._finish(heapq.heappop(ends), now)
+            while i < total:
+                arriving = order[i]
+                if arriving.submit != now:
+                    break
+                pending[arriving.job.id] = arriving.job
+                if pool is not None:
+                    pool.arrive(arriving.job)
                 i += 1
-            if self.pending:
+            if pending:
                 self._cycle(now)
-            self._sample(now)
-            if progress is not None and len(self.done) // 500 != last_report:
-                last_report = len(self.done) // 500
-                progress(len(self.done), total)
+            series_t.append(now)
+            series_queue.append(len(pending))
+            series_util.append(self.used / capacity if capacity else 0.0)
+            if progress is not None and len(done) // 500 != last_report:
+                last_report = len(done) // 500
+                progress(len(done), total)
         if progress is not None:
-            progress(len(self.done), total)
+            progress(len(done), total)
 
     def _finish(self, entry: tuple[float, int, str], now: float) -> None:
         _, seq, job_id = entry
@@ -208,14 +227,15 @@ class _Engine:
         self._started([placement.job_id for placement in result.placements], now)
 
     def _started(self, job_ids: list[str], now: float) -> None:
+        runs, pending, ends, primary = self.runs, self.pending, self.ends, self.config.primary
         for job_id in job_ids:
-            run = self.runs[job_id]
-            del self.pending[job_id]
+            run = runs[job_id]
+            del pending[job_id]
             run.start = now
             self.seq += 1
             run.seq = self.seq
-            heapq.heappush(self.ends, (now + run.run_time, self.seq, run.job.id))
-            amount = run.job.total.get(self.config.primary, 0)
+            heapq.heappush(ends, (now + run.run_time, self.seq, job_id))
+            amount = run.job.total.get(primary, 0)
             self.used += amount
             self.busy_area += amount * run.run_time
 
@@ -232,14 +252,13 @@ class _Engine:
         self.preemptions += 1
         self.pending[job_id] = run.job
 
-    def _sample(self, now: float) -> None:
-        util = self.used / self.capacity if self.capacity else 0.0
-        self.series.append((now, len(self.pending), util))
-
     def result(self, jobs: Sequence[SimJob]) -> SimResult:
         records = tuple(_record(r, self.config.primary) for r in self.done)
         metrics = _metrics(records, self, jobs)
-        t, q, u = _downsample(self.series, self.config.max_series)
+        limit = self.config.max_series
+        t = _downsample(self.series_t, limit)
+        q = _downsample(self.series_queue, limit)
+        u = _downsample(self.series_util, limit)
         return SimResult(records, metrics, t, q, u, tuple(sorted(self.pending)))
 
 
@@ -306,18 +325,9 @@ def _real(jobs: Sequence[SimJob]) -> dict[str, float | int | None]:
     }
 
 
-def _downsample(
-    series: list[tuple[float, int, float]], limit: int
-) -> tuple[tuple[float, ...], tuple[int, ...], tuple[float, ...]]:
-    if not series:
-        return (), (), ()
+def _downsample(series: list[_T], limit: int) -> tuple[_T, ...]:
     step = max(1, len(series) // max(1, limit))
-    kept = series[::step]
-    return (
-        tuple(s[0] for s in kept),
-        tuple(s[1] for s in kept),
-        tuple(s[2] for s in kept),
-    )
+    return tuple(series[::step])
 
 
 @dataclass(slots=True)

@@ -77,6 +77,10 @@ def choose(
         return None
     by_id = rec.devices[resource]
     devices = [by_id[d] for d in ids]
+    if not any(d.attrs for d in devices):
+        # No links and no share slots: every choice scores the same, and
+        # ties keep device order (what the searches below return too).
+        return tuple(ids[:count])
     if any("parent" in d.attrs for d in devices):
         return pick_slots(ids, by_id, count)
     if count == 1:

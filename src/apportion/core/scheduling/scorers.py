@@ -48,9 +48,14 @@ class Spread:
 
 
 def _used_after(cand: Candidate) -> float:
+    cap = cand.cls.capacity
+    if len(cap) == 1:
+        # One resource (a GPU node, a parallel machine's processor): the
+        # same sum and mean, without the loop.
+        q = cand.aligned[0]
+        return (cap[0] - cand.free[0] + q) / cap[0] if q else 0.0
     total = 0.0
     n = 0
-    cap = cand.cls.capacity
     for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
         if q:
             total += (c - f + q) / c
@@ -94,8 +99,10 @@ class Fitness:
         return True
 
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
-        left = 0.0
         cap = cand.cls.capacity
+        if len(cap) == 1:
+            return 1.0 - (cand.free[0] - cand.aligned[0]) / cap[0]
+        left = 0.0
         for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
             left += (f - q) / c
         return 1.0 - left / len(cap)

@@ -174,7 +174,8 @@ class PoolCluster:
         if self._static:
             return (pending[k[-1]] for k in self._sorted)
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
-                           self._bound, self._rank)
+                           self._bound, self._rank,
+                           None if self.history is None else self.history.ranks)
         if self._fair:
             return self._fair_order(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
@@ -196,6 +197,10 @@ class PoolCluster:
             _, name = heapq.heappop(heap)
             q = self._by_queue[name]
             i = taken.get(name, 0)
+            if not heap:  # the last queue with jobs left: shares choose no more
+                for entry in q.islice(i):
+                    yield pending[entry[-1]]
+                return
             j = pending[q[i][-1]]
             taken[name] = i + 1
             yield j

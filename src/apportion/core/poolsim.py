@@ -207,7 +207,8 @@ class PoolCluster:
     def _policy_order(self, now: float) -> Iterator[Job]:
         pending = self.pending
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
-                           self._bound, self._rank)
+                           self._bound, self._rank,
+                           None if self.history is None else self.history.ranks)
         if self._fair:
             return self._fair_order(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
@@ -219,7 +220,9 @@ class PoolCluster:
         cap = self._view.capacity_total()
         heap = [(self._share(name), name) for name in self._by_queue]
         heapq.heapify(heap)
-        taken: dict[str, int] = {}
+        # Each queue is walked with an iterator (indexing a SortedList is a
+        # search) and a count of the jobs it has left.
+        walks: dict[str, tuple[Iterator[tuple[Any, ...]], list[int]]] = {}
         # Use as the cycle began (the jobs this cycle starts add to it as
         # they start): what each queue's later shares grow from.
         usage = self.usage
@@ -227,15 +230,22 @@ class PoolCluster:
         pending = self.pending
         while heap:
             _, name = heapq.heappop(heap)
-            q = self._by_queue[name]
-            i = taken.get(name, 0)
-            j = pending[q[i][-1]]
-            taken[name] = i + 1
+            walk = walks.get(name)
+            if walk is None:
+                q = self._by_queue[name]
+                walk = walks[name] = (iter(q), [len(q)])
+            entries, left = walk
+            if not heap:  # the last queue with jobs left: shares choose no more
+                for entry in entries:
+                    yield pending[entry[-1]]
+                return
+            j = pending[next(entries)[-1]]
+            left[0] -= 1
             yield j
             u = used[name]
             for r, amount in j.total.items():
                 u[r] = u.get(r, 0) + amount
-            if i + 1 < len(q):
+            if left[0]:
                 heapq.heappush(heap, (FairShare._share(u, cap, ctx.queues.get(name)), name))
 
     def _share(self, name: str) -> float:

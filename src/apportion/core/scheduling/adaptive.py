@@ -51,16 +51,20 @@ simulator), fed with finished jobs and asked questions; no clock, no I/O.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from apportion.core.scheduling.jobs import Job, RunningJob
 
 if TYPE_CHECKING:
     from apportion.core.scheduling.policies import OrderContext
     from apportion.core.scheduling.state import ClusterState
+
+_fifo_key = attrgetter("fifo_key")
 
 LEVELS = ("user+name", "user", "name", "queue", "size", "global")
 """Where a run time is learned, most specific first."""
@@ -73,6 +77,8 @@ job that outruns its prediction is next expected at the following rung."""
 _SLACK = 4096
 """Entries the per-job caches may hold beyond the jobs in play before they
 are swept (a job cancelled while pending or running is never recorded)."""
+
+_UNKNOWN: Any = object()
 
 _FLOOR_S = 1.0
 """Added to both sides of a log error, so a 0-second run does not dominate."""
@@ -128,6 +134,47 @@ def _log_error(predicted: float, actual: float) -> float:
     return abs(math.log((predicted + _FLOOR_S) / (actual + _FLOOR_S)))
 
 
+class _Facts:
+    """A signature's part of its answer: its keys by level, the user's
+    estimate (and its log) and the name of its user's error. Read-only once
+    built (a plain class: one is built per new signature, and a frozen
+    dataclass's construction showed in the profile)."""
+
+    __slots__ = ("given", "keys", "log_given", "user")
+
+    def __init__(self, keys: Mapping[str, tuple[str, object]], given: float | None,
+                 log_given: float | None, user: str) -> None:
+        self.keys = keys
+        self.given = given
+        self.log_given = log_given
+        self.user = user
+
+
+def _facts(job: Job, keys: list[tuple[str, object]]) -> _Facts:
+    given = job.runtime_estimate
+    # None where the log does not exist: ``_answer`` then raises as it did.
+    log_given = math.log(given + _FLOOR_S) if given is not None and given > -_FLOOR_S else None
+    return _Facts({key[0]: key for key in keys}, given, log_given, f"user:{job.user or ''}")
+
+
+class _Levels:
+    """The levels as the last ``record`` left them: in the order a job's
+    learned value is taken (lowest mean error first, the most specific on
+    a tie, those never scored last), the poor ones, each scored level's
+    weight against the user's estimate, and per user error name the weight
+    of that user's estimates (filled as asked). Built once per ``record``
+    (a plain class: a frozen dataclass costs more to build than it saves)."""
+
+    __slots__ = ("order", "poor", "users", "weight")
+
+    def __init__(self, order: tuple[str, ...], poor: frozenset[str],
+                 weight: dict[str, float]) -> None:
+        self.order = order
+        self.poor = poor
+        self.weight = weight
+        self.users: dict[str, float | None] = {}
+
+
 @dataclass(slots=True)
 class RuntimeHistory:
     """Run times of finished jobs and how good each kind of guess has been.
@@ -153,6 +200,21 @@ class RuntimeHistory:
     answers: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
     """Signature -> (estimate, rank), until the next ``record``: a cycle asks
     for every pending job, and a long queue repeats a few users and sizes."""
+    sig_facts: list[_Facts] = field(default_factory=list)
+    """Per signature number, what its answer is computed from."""
+    sig_best: list[tuple[int, tuple[str, object] | None, str]] = field(default_factory=list)
+    """Per signature number, (``shape``, the key its learned value is read
+    from or None, that key's level) as of the last answer."""
+    levels_now: _Levels | None = None
+    """The levels' standing until the next ``record`` (each answer after a
+    ``record`` reads it: one table per record, not one per answer)."""
+    shape: int = 0
+    """Bumped when the level a job is predicted from may change: a key
+    gains a typical value (none is ever lost) or the levels' order moves."""
+    levels_now_order: tuple[str, ...] = ()
+    ordered_runs: dict[tuple[str, object], list[float]] = field(default_factory=dict)
+    """The runs of each key kept deeper than two, sorted: their median is
+    asked at every ``record``, and sorting the window each time cost more."""
 
     # -- learning --------------------------------------------------------
 
@@ -162,6 +224,7 @@ class RuntimeHistory:
         cached = self.key_cache.pop(job.id, None)
         keys = cached[0] if cached is not None else _keys(job)
         self.answers.clear()
+        self.levels_now = None
         for key in keys:
             value = self.typical.get(key)
             if value is not None:
@@ -175,9 +238,18 @@ class RuntimeHistory:
             kept = self.runs.get(key)
             if kept is None:
                 kept = self.runs[key] = deque(maxlen=s.depth[key[0]])
+            if kept.maxlen is not None and kept.maxlen > 2:
+                ordered = self.ordered_runs.setdefault(key, [])
+                if len(kept) == kept.maxlen:
+                    del ordered[bisect_left(ordered, kept[0])]
+                insort(ordered, run_time)
+            else:
+                ordered = None
             kept.append(run_time)
             if len(kept) >= s.min_runs[key[0]]:
-                self.typical[key] = _typical(kept)
+                if key not in self.typical:
+                    self.shape += 1
+                self.typical[key] = _typical(kept, ordered)
         self.corrections.pop(job.id, None)
 
     def _error(self, name: str) -> _Error:
@@ -201,9 +273,14 @@ class RuntimeHistory:
                 self.key_cache.clear()  # jobs cancelled before they ended
                 self.signatures.clear()
                 self.answers.clear()
+                self.sig_facts.clear()
+                self.sig_best.clear()
             keys = _keys(job)
             sig = (*keys, job.runtime_estimate)
             number = self.signatures.setdefault(sig, len(self.signatures))
+            if number == len(self.sig_facts):
+                self.sig_facts.append(_facts(job, keys))
+                self.sig_best.append((-1, None, ""))
             found = self.key_cache[job.id] = (keys, number)
         return found
 
@@ -235,6 +312,21 @@ class RuntimeHistory:
         (None: the job keeps its place in submit order)."""
         return self._answers(job)[1]
 
+    def ranks(self, jobs: Sequence[Job]) -> list[float | None]:
+        """``rank`` of each of ``jobs``: the queue's order asks for all of
+        them at every event, and one loop costs less than a call each."""
+        key_cache = self.key_cache
+        answers = self.answers
+        out: list[float | None] = []
+        for job in jobs:
+            of = key_cache.get(job.id)
+            number = (of if of is not None else self._of(job))[1]
+            found = answers.get(number)
+            if found is None:
+                found = answers[number] = self._answer(number)
+            out.append(found[1])
+        return out
+
     def _answers(self, job: Job) -> tuple[float | None, float | None]:
         # Asked for every pending job in every cycle: the common path is two
         # dictionary reads.
@@ -242,38 +334,83 @@ class RuntimeHistory:
         number = (of if of is not None else self._of(job))[1]
         found = self.answers.get(number)
         if found is None:
-            found = self.answers[number] = self._answer(job)
+            found = self.answers[number] = self._answer(number)
         return found
 
-    def _answer(self, job: Job) -> tuple[float | None, float | None]:
-        found = self._learned(job)
-        given = job.runtime_estimate
-        if found is None:
+    def _answer(self, number: int) -> tuple[float | None, float | None]:
+        """(estimate, rank) of the jobs of signature ``number``: the value of
+        the level ``_learned`` picks, weighed against the user's estimate
+        (``tests/core/test_sched_adaptive_order.py`` holds it to a plain
+        restatement of the rules on generated histories)."""
+        facts = self.sig_facts[number]
+        given = facts.given
+        table = self.levels_now or self._levels()
+        best = self.sig_best[number]
+        if best[0] != self.shape:
+            best = self.sig_best[number] = (self.shape, *self._best(facts.keys, table.order))
+        key = best[1]
+        if key is None:
             return given, given
-        level, learned = found
+        learned = self.typical[key]
+        level = best[2]
         if given is None:
-            return learned, None if self._poor(level) else learned
-        if self._poor(level):
+            return learned, None if level in table.poor else learned
+        if level in table.poor:
             return given, given
-        mixed = self._mixed(job, level, learned, given)
+        w_learned = table.weight.get(level)
+        w_given = table.users.get(facts.user, _UNKNOWN)
+        if w_given is _UNKNOWN:
+            w_given = table.users[facts.user] = self._user_weight(facts.user)
+        if w_given is None or w_learned is None:
+            least = min(learned, given)
+            return least, least
+        log_given = facts.log_given
+        if log_given is None:
+            log_given = math.log(given + _FLOOR_S)
+        mixed = math.exp((w_learned * math.log(learned + _FLOOR_S) + w_given * log_given)
+                         / (w_learned + w_given)) - _FLOOR_S
+        mixed = max(0.0, min(mixed, given))
         return mixed, mixed
 
-    def _poor(self, level: str) -> bool:
-        err = self.errors.get(level)
-        s = self.settings
-        return err is not None and err.count >= s.min_runs[level] and err.mean > s.max_error
+    def _best(self, keys: Mapping[str, tuple[str, object]], order: tuple[str, ...]
+              ) -> tuple[tuple[str, object] | None, str]:
+        """The key a job of ``keys`` is predicted from and its level: the
+        first level in ``order`` where it has a typical value."""
+        typical = self.typical
+        for level in order:
+            key = keys.get(level)
+            if key is not None and key in typical:
+                return key, level
+        return None, ""
 
-    def _mixed(self, job: Job, level: str, learned: float, given: float) -> float:
-        err = self.errors.get(level)
-        user_err = self.errors.get(f"user:{job.user or ''}") or self.errors.get("user:")
-        if user_err is None or err is None:
-            return min(learned, given)
-        w_learned = 1.0 / max(err.mean, _EXACT) ** 2
-        w_given = 1.0 / max(user_err.mean, _EXACT) ** 2
-        mixed = math.exp((w_learned * math.log(learned + _FLOOR_S)
-                          + w_given * math.log(given + _FLOOR_S))
-                         / (w_learned + w_given)) - _FLOOR_S
-        return max(0.0, min(mixed, given))
+    def _user_weight(self, user: str) -> float | None:
+        """The weight of the estimates of ``user`` (``"user:<name>"``), from
+        their error, or from all users' where theirs was never scored."""
+        found = self.errors.get(user) or self.errors.get("user:")
+        return None if found is None else 1.0 / max(found.mean, _EXACT) ** 2
+
+    def _levels(self) -> _Levels:
+        errors = self.errors
+        s = self.settings
+        means: dict[str, float] = {}
+        poor: list[str] = []
+        weight: dict[str, float] = {}
+        for level in LEVELS:
+            err = errors.get(level)
+            if err is None:
+                means[level] = math.inf
+                continue
+            mean = means[level] = err.mean
+            weight[level] = 1.0 / max(mean, _EXACT) ** 2
+            if err.count >= s.min_runs[level] and mean > s.max_error:
+                poor.append(level)
+        # Stable: levels with equal errors stay most specific first.
+        order = tuple(sorted(LEVELS, key=means.__getitem__))
+        if self.levels_now_order != order:
+            self.levels_now_order = order
+            self.shape += 1
+        table = self.levels_now = _Levels(order, frozenset(poor), weight)
+        return table
 
     # -- running jobs ----------------------------------------------------
 
@@ -327,10 +464,13 @@ def _ladder() -> Iterator[float]:
         yield CORRECTION_STEPS[-1]
 
 
-def _typical(kept: Sequence[float]) -> float:
+def _typical(kept: Sequence[float], ordered: Sequence[float] | None = None) -> float:
+    """The mean of up to two runs, else the median (``ordered``: ``kept``
+    already sorted)."""
     if len(kept) <= 2:
         return sum(kept) / len(kept)
-    ordered = sorted(kept)
+    if ordered is None:
+        ordered = sorted(kept)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
@@ -366,10 +506,50 @@ class AdaptiveOrder:
         self.by = by
 
     def order(self, jobs: Sequence[Job], ctx: OrderContext) -> list[Job]:
+        # A queue is ordered at every event, by ratios that move with the
+        # clock, so this is the hot path of a learning replay. In submit
+        # order, the jobs past the bound are a prefix; the rest are ranked
+        # in one call and sorted by one float, stably, so that equal values
+        # keep submit order as ``_key`` has them.
         now = ctx.now
         bound = ctx.aging_bound
+        fifo = sorted(jobs, key=_fifo_key)
+        cut = 0
+        while cut < len(fifo) and now - fifo[cut].submit_time >= bound:
+            cut += 1
+        rest = fifo[cut:] if cut else fifo
+        if ctx.ranks is not None:
+            ests = ctx.ranks(rest)
+        else:
+            rank = ctx.rank or ctx.estimate
+            ests = [rank(j) for j in rest]
         hrrn = self.by == "hrrn"
-        rank = ctx.rank or ctx.estimate
+        ranked: list[Job] = []
+        unranked: list[Job] = []
+        values: list[float] = []
+        for j, est in zip(rest, ests, strict=True):
+            if est is None:
+                unranked.append(j)
+                continue
+            ranked.append(j)
+            if hrrn:
+                wait = now - j.submit_time
+                e = est if est > 1.0 else 1.0
+                values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+            else:
+                values.append(est)
+        total = sum(values)
+        if total != total:  # a NaN (an infinite estimate) would not sort alike
+            return sorted(jobs, key=self._key(now, bound, ctx.rank or ctx.estimate))
+        out = fifo[:cut]
+        out.extend(map(ranked.__getitem__, sorted(range(len(values)), key=values.__getitem__)))
+        out.extend(unranked)
+        return out
+
+    def _key(self, now: float, bound: float, rank: Callable[[Job], float | None]
+             ) -> Callable[[Job], tuple[int, float, float, str]]:
+        """The order as one sort key (what ``order`` does faster)."""
+        hrrn = self.by == "hrrn"
 
         def key(j: Job) -> tuple[int, float, float, str]:
             wait = now - j.submit_time
@@ -383,4 +563,4 @@ class AdaptiveOrder:
                 return (1, -((wait if wait > 0.0 else 0.0) + e) / e, j.submit_time, j.id)
             return (1, est, j.submit_time, j.id)
 
-        return sorted(jobs, key=key)
+        return key

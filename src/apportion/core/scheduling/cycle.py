@@ -190,17 +190,17 @@ def schedule_cycle(
     which jobs are preempted; ``state`` is updated with the decisions."""
     strat = strategy(config.strategy)
     estimate = estimator(strat, history, config.default_estimate)
-    rank = None
+    rank = ranks = None
     if strat.learns and history is not None:
         history.correct(state, now)  # before anything is planned on the old ends
-        rank = history.rank
+        rank, ranks = history.rank, history.ranks
     queues = queues or {}
     # Without backfilling an aged head blocks everything behind it, and on
     # KTH a 3-day bound drained the machine (docs/scheduling.md, Adaptive).
     # The response ratio alone still grows without bound, so nobody waits for
     # ever; the bound is for backfilling, where later jobs pass the head.
     bound = config.aging_bound_s if config.backfill != "none" else INF
-    ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank)
+    ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank, ranks)
     ordered = strat.order.order(pending, ctx)
     p = _Pass(state, now, config, queues, Placer(state, strat.options), estimate)
     p.lowest_victim = _lowest_victim(state) if config.preemption else None

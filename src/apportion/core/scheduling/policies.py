@@ -46,6 +46,9 @@ class OrderContext:
     rank: Callable[[Job], float | None] | None = None
     """The run time to order by when it differs from the one planned with
     (``adaptive``: a learned value too poor to plan on does not reorder jobs)."""
+    ranks: Callable[[Sequence[Job]], list[float | None]] | None = None
+    """``rank`` of many jobs at once (``RuntimeHistory.ranks``): the
+    ``adaptive`` order asks for the whole queue at every event."""
 
 
 class OrderPolicy(Protocol):
@@ -139,6 +142,9 @@ class FairShare:
         out: list[Job] = []
         while heap:
             _, name = heapq.heappop(heap)
+            if not heap:  # the last queue with jobs left: shares choose no more
+                out.extend(pending[name])
+                break
             j = pending[name].popleft()
             out.append(j)
             u = used[name]
@@ -150,7 +156,16 @@ class FairShare:
 
     @staticmethod
     def _share(used: Mapping[str, int], cap: Mapping[str, int], queue: Queue | None) -> float:
-        dominant = max((q / cap[r] for r, q in used.items() if cap.get(r)), default=0.0)
+        # ``max(..., default=0.0)`` over the resources with capacity, as a
+        # loop: it runs once per job a fair-share order takes.
+        dominant: float | None = None
+        for r, q in used.items():
+            if cap.get(r):
+                share = q / cap[r]
+                if dominant is None or share > dominant:
+                    dominant = share
+        if dominant is None:
+            dominant = 0.0
         weight = queue.weight if queue is not None and queue.weight > 0 else 1.0
         return dominant / weight
 

@@ -77,14 +77,14 @@ class ApportionAPI(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard: EdgeGuard | None = getattr(self.state, "edge", None)
+        if is_grant(scope):
+            await serve_grant(self, scope, receive, send, guard, access_log=self.access_log)
+            return
         if guard is not None and scope["type"] == "http":
             admitted = await guard.admit(scope, receive, send)
             if admitted is None:
                 return  # refused before the body was read
             receive, send = admitted
-        if is_grant(scope):
-            await serve_grant(self, scope, receive, send, access_log=self.access_log)
-            return
         await super().__call__(scope, receive, send)
 
 

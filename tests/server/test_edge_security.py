@@ -53,10 +53,15 @@ def test_a_body_is_not_read_before_its_caller_is_known_nor_past_its_limit(
         chunks = (b"[" + b"1," * 700_000 + b"1]" for _ in range(1))
         r = api.post("/api/v1/jobs", content=chunks, headers={"content-type": "application/json"})
         assert r.status_code == 413, r.text
-        # The grant fast path too.
+        # The grant fast path too, with a length and without one.
         r = api.post("/api/v1/allocations", content=b"{" + b" " * (2 << 20) + b"}",
                      headers={"content-type": "application/json"})
         assert r.status_code == 413, r.text
+        r = api.post("/api/v1/allocations", content=(b" " * (1 << 19) for _ in range(3)),
+                     headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert r.json()["message"] == ("the body is over 1048576 bytes, the most this "
+                                       "endpoint takes")
 
 
 def test_labels_are_capped_with_an_error_that_names_the_field(server: ServerProcess) -> None:

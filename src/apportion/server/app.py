@@ -40,9 +40,10 @@ log = structlog.get_logger(__name__)
 GIL_SWITCH_S = 0.0005
 """How long a thread may hold the GIL while another waits for it (Python's
 default is 5 ms)."""
+
 FULL_COLLECTION_EVERY = 100
-"""Middle-generation collections per full one while the server runs
-(Python's default is 10)."""
+"""Full collections once per this many middle ones while the server runs
+(Python's default: 10)."""
 
 
 def open_context(settings: Settings) -> AppContext:
@@ -80,14 +81,14 @@ class ApportionAPI(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard: EdgeGuard | None = getattr(self.state, "edge", None)
+        if is_grant(scope):
+            await serve_grant(self, scope, receive, send, guard, access_log=self.access_log)
+            return
         if guard is not None and scope["type"] == "http":
             admitted = await guard.admit(scope, receive, send)
             if admitted is None:
                 return  # refused before the body was read
             receive, send = admitted
-        if is_grant(scope):
-            await serve_grant(self, scope, receive, send, access_log=self.access_log)
-            return
         await super().__call__(scope, receive, send)
 
 
@@ -111,14 +112,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # second or two.
         gc.collect()
         gc.freeze()
-        # What the server keeps from then on (an allocation, a task, a job: one
-        # object each, without cycles) only grows, and every full collection
-        # walks it for nothing: at 40,000 allocations a pass took 15-50 ms,
-        # which was the grant p99 in bench_http_grants (p99 52 ms with full
-        # passes in the run, 16-18 ms without). One full pass per
-        # FULL_COLLECTION_EVERY middle ones instead of Python's 10.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(thresholds[0], thresholds[1], FULL_COLLECTION_EVERY)
+        # What a grant keeps (its allocation, its ledger entries) is not
+        # frozen: a full collection walks all of it, 15-50 ms a pass at
+        # 40,000 allocations, and those passes were the grant p99 (52-53 ms
+        # with them in bench_http_grants, 16-18 ms with them ten times rarer).
+        threshold = gc.get_threshold()
+        gc.set_threshold(threshold[0], threshold[1], FULL_COLLECTION_EVERY)
         # The committer's worker thread (SQLite's COMMIT, PostgreSQL's whole
         # batch) waits for the GIL after each fsync or round trip, up to the
         # switch interval while the loop is busy; 0.5 ms instead of 5 ms was
@@ -136,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await services.stop()
             sys.setswitchinterval(switch_interval)
-            gc.set_threshold(*thresholds)
+            gc.set_threshold(*threshold)
             gc.unfreeze()
 
     app = ApportionAPI(

@@ -14,6 +14,7 @@ same pydantic model and the same error bodies, then calls the same
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -22,12 +23,15 @@ import orjson
 import structlog
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from apportion.exceptions import ApportionError, BodyTooLarge
+from apportion.server.edge import EdgeGuard, answer, body_over
 from apportion.server.errors import http_status, validation_failure
 from apportion.server.routes.allocations import grant_allocation
 from apportion.server.routes.observability import log_request, request_id_of
 from apportion.server.schemas import AllocationIn
+from apportion.service.auth import Principal
 
 log = structlog.get_logger(__name__)
 
@@ -44,23 +48,29 @@ def is_grant(scope: Scope) -> bool:
     return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PATHS
 
 
-async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send, *,
-                      access_log: bool = False) -> None:
-    """Answer one grant request on ``app`` (whose ``state`` holds the context)."""
+async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send,
+                      guard: EdgeGuard | None = None, *, access_log: bool = False) -> None:
+    """Answer one grant request on ``app`` (whose ``state`` holds the context),
+    admitted by ``guard`` as the edge admits every other request."""
+    caller: Principal | None = None
+    limit = MAX_BODY
+    if guard is not None:
+        try:
+            caller, limit = await guard.check(scope)
+        except ApportionError as exc:
+            await answer(send, exc)  # as the edge answers: before the request id
+            return
     request_id = request_id_of(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     status = 500
     try:
         try:
-            status, body = await _grant(app.state.ctx, scope, receive)
+            status, body = await _grant(app.state.ctx, scope, receive, caller, limit)
         except Exception:
             log.exception("unhandled_error", path=scope["path"])
             status, body = 500, _INTERNAL
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [_JSON, (b"content-length", str(len(body)).encode()),
-                                (b"x-request-id", request_id.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _respond(send, status, body, request_id)
     finally:
         elapsed = time.perf_counter() - started
         services = getattr(app.state, "ctx", None)
@@ -70,12 +80,13 @@ async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send, *,
         structlog.contextvars.reset_contextvars(**tokens)
 
 
-async def _grant(ctx: Any, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | None,
+                 limit: int) -> tuple[int, bytes]:
     try:
-        header = _header(scope, b"authorization")
-        # Who asks, before a byte of the body is read.
-        caller = await ctx.auth.authenticate(header.decode("latin-1") if header else None)
-        raw = await _read_body(receive)
+        if caller is None:  # no edge guard: who asks, before a byte of the body is read
+            header = _header(scope, b"authorization")
+            caller = await ctx.auth.authenticate(header.decode("latin-1") if header else None)
+        raw = await _read_body(receive, limit)
         # from_attributes as FastAPI validates bodies: the same messages.
         body = AllocationIn.model_validate(_parse_json(raw), from_attributes=True)
         return 201, orjson.dumps(await grant_allocation(ctx, caller, body))
@@ -90,6 +101,59 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive) -> tuple[int, bytes]:
             "ctx": {"error": exc.msg},
         }])
         return status, orjson.dumps(payload)
+
+
+async def _respond(send: Send, status: int, body: bytes, request_id: str) -> None:
+    """Send the answer; on uvicorn's httptools protocol, in one write."""
+    start = {"type": "http.response.start", "status": status,
+             "headers": [_JSON, (b"content-length", str(len(body)).encode()),
+                         (b"x-request-id", request_id.encode())]}
+    end = {"type": "http.response.body", "body": body}
+    cycle = getattr(send, "__self__", None)
+    if not isinstance(cycle, RequestResponseCycle):
+        await send(start)
+        await send(end)
+        return
+    # uvicorn writes the head and the body in two writes: two syscalls, two
+    # segments on loopback and two wake-ups of the client (~15 us of the
+    # server's CPU a grant). Its transport is swapped for one that joins them
+    # while the two messages go through uvicorn's own send, which still does
+    # all its bookkeeping (default headers, keep-alive, completion).
+    joined = _JoinedWrites(cycle.transport)
+    cycle.transport = joined
+    try:
+        await send(start)
+        await send(end)
+    finally:
+        cycle.transport = joined.transport
+        joined.flush()
+
+
+class _JoinedWrites(asyncio.Transport):
+    """Stands in for a transport while one response is sent: holds the first
+    write (the head) and writes it with the second (the body)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        if self.held is None:
+            self.held = data
+        else:
+            self.transport.write(self.held + data)
+            self.held = b""
+
+    def flush(self) -> None:
+        if self.held:
+            self.transport.write(self.held)
+        self.held = b""
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
 
 
 def _parse_json(raw: bytes) -> object:
@@ -113,13 +177,15 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
         message: Message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
+        if size > limit:
+            raise body_over(limit)  # the edge's limit, in the edge's words
         if size > MAX_BODY:
             raise BodyTooLarge(f"the body is over {MAX_BODY} bytes; a grant request is a "
                                "small JSON object")

@@ -1,0 +1,44 @@
+"""``writer_engine`` on SQLite: the group committer's own connection (its
+page cache survives between batches), set up like the shared pool's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from apportion.store.database import create_engine, migrate, writer_engine
+
+
+@pytest.mark.parametrize("synchronous", ["OFF", "NORMAL", "FULL"])
+def test_a_sqlite_file_gets_one_writer_connection_set_up_like_the_pool(
+        tmp_path: Path, synchronous: str) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}", sqlite_synchronous=synchronous)
+    migrate(engine)
+    writer = writer_engine(engine)
+    try:
+        assert writer is not engine
+        seen = set()
+        for _ in range(3):
+            with writer.connect() as conn:
+                seen.add(id(conn.connection.dbapi_connection))
+                pragmas = [conn.exec_driver_sql(f"PRAGMA {p}").scalar_one()
+                           for p in ("journal_mode", "synchronous", "foreign_keys")]
+        assert len(seen) == 1  # the same connection, batch after batch
+        assert pragmas == ["wal", ["OFF", "NORMAL", "FULL"].index(synchronous), 1]
+        with writer.begin() as conn:  # its own BEGIN, as the pool's: savepoints work
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            with conn.begin_nested():
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT x FROM t").scalar_one() == 1
+    finally:
+        writer.dispose()
+        engine.dispose()
+
+
+def test_a_database_in_memory_is_written_through_its_own_engine() -> None:
+    engine = sa.create_engine("sqlite://")
+    assert writer_engine(engine) is engine
+    engine.dispose()

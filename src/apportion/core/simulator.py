@@ -115,8 +115,7 @@ def simulate(
     applies (the tests compare the two)."""
     learns = strategy(config.scheduler.strategy).learns
     hide = learns and config.learn_only
-    runs = {sj.job.id: _Run(_as_submitted(sj, hide) if hide else sj.job, sj.run_time,
-                            sj.job.submit_time)
+    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time)
             for sj in jobs}
     # ``fifo_key`` is (submit time, id): the order of arrival.
     order = sorted(runs.values(), key=lambda r: r.job.fifo_key)

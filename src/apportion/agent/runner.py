@@ -1,10 +1,10 @@
 """Running tasks as processes on this node: start, watch, stop, recover.
 
 Each task has two directories. ``<work_dir>/tasks/<task id>/`` is the
-agent's (0700, files 0600): the task's record (``task.json``), its logs
-(``stdout.log``, ``stderr.log``, which the task writes only through the
-descriptors it is started with) and, once it ends, ``exit_code`` (written by
-the shell shim the command runs under). ``<sandbox>/<task id>/`` is the
+agent's (0700, files 0600): the task's record (``task.json``, a journal the
+shell shim the command runs under adds the exit status to: ``record.py``)
+and its logs (``stdout.log``, ``stderr.log``, which the task writes only
+through the descriptors it is started with). ``<sandbox>/<task id>/`` is the
 task's (0700, owned by the uid it runs as, in a directory tasks can search
 but not list): its working directory, ``checkpoint/``, a resumed checkpoint
 (``resume/``) and the guard's usage file. The agent reads from the sandbox
@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 import structlog
 
-from apportion.agent import checkpoint, limits, processes
+from apportion.agent import checkpoint, limits, processes, record
 from apportion.agent.gpu_isolation import (
     ENV_ONLY,
     GpuIsolation,
@@ -62,12 +62,12 @@ from apportion.agent.isolation import (
 )
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import EXIT_FILE, Assignment, record_of, share_parents, task_env
+from apportion.agent.protocol import Assignment, record_of, share_parents, task_env
+from apportion.agent.record import RECORD
 from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
 
-RECORD = "task.json"
 REPORT = "report.json"
 REPORTED = "reported"
 POLL_FALLBACK_S = 0.2
@@ -116,10 +116,10 @@ class Runner:
         if self.support.mode is LimitMode.RLIMIT_WATCHDOG:
             self._watching = loop.create_task(self._watch_memory())
         ended = []
-        for record in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
-            if (record.parent / REPORTED).exists():
+        for path in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
+            if (path.parent / REPORTED).exists():
                 continue
-            task = self._recover(record.parent)
+            task = self._recover(path.parent)
             if task is not None and task.state == "exited":
                 ended.append(task)
         return ended
@@ -151,7 +151,12 @@ class Runner:
             self._make_sandbox(task)
         except (OSError, IsolationError) as exc:
             task.unprepared = f"could not prepare: {exc}"
-        self._save(task)
+        identity = task.identity
+        record.create(task_dir, {
+            "assignment": record_of(assignment),
+            "sandbox": str(task.sandbox) if task.sandbox else None,
+            "uid": identity.uid if identity else None,
+            "gid": identity.gid if identity else None, **self._changes(task)})
         return task
 
     def _make_sandbox(self, task: LocalTask) -> None:
@@ -175,7 +180,7 @@ class Runner:
                 err = os.open(task.dir / "stderr.log", _OPEN_LOG, 0o600)
                 try:
                     task.popen = processes.popen([*self._prefix(task), *a.command], task.home, env,
-                                                  out, err, task.cgroup, task.dir / EXIT_FILE)
+                                                  out, err, task.cgroup, task.dir / RECORD)
                 finally:
                     os.close(err)
             finally:
@@ -471,27 +476,24 @@ class Runner:
 
     # -- records ------------------------------------------------------------------
 
-    def _save(self, task: LocalTask) -> None:
-        identity = task.identity
-        body = {"assignment": record_of(task.assignment), "pid": task.pid,
-                "create_time": task.create_time, "state": task.state,
+    @staticmethod
+    def _changes(task: LocalTask) -> dict[str, Any]:
+        """What a record line says of the task's progress (the assignment,
+        its directory and its uid are said once, in the first line)."""
+        return {"pid": task.pid, "create_time": task.create_time, "state": task.state,
                 "cgroup": str(task.cgroup) if task.cgroup else None,
                 "report": task.report().to_wire() if task.state == "exited" else None,
                 "times": task.times, "signalled": task.signalled, "lost": task.lost,
-                "stop_state": task.stop_state,
-                "sandbox": str(task.sandbox) if task.sandbox else None,
-                "uid": identity.uid if identity else None,
-                "gid": identity.gid if identity else None}
-        tmp = task.dir / (RECORD + ".tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(tmp, flags, 0o600), "w") as fh:
-            fh.write(json.dumps(body))
-        tmp.replace(task.dir / RECORD)
+                "stop_state": task.stop_state}
+
+    def _save(self, task: LocalTask) -> None:
+        record.append(task.dir, self._changes(task))
 
     def _recover(self, task_dir: Path) -> LocalTask | None:
         try:
-            body = json.loads((task_dir / RECORD).read_text())
+            body = record.read(task_dir)
             assignment = Assignment.from_wire(body["assignment"])
+            record.terminate(task_dir)  # what this agent appends starts a line
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("unreadable_task_record", dir=str(task_dir), error=repr(exc))
             return None
@@ -520,6 +522,7 @@ class Runner:
             log.info("task_adopted", task=task.id, pid=task.pid)
         else:
             task.state = "exited"
+            # Read again: the shim may have added the exit since the read above.
             task.exit_code = processes.exit_code(task_dir, None)
             task.times.setdefault("exited_at", time.time())
             if task.pid is None:

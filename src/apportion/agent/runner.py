@@ -64,6 +64,7 @@ from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
 from apportion.agent.protocol import Assignment, record_of, share_parents, task_env
 from apportion.agent.record import RECORD
+from apportion.agent.spares import Spares
 from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
@@ -104,6 +105,8 @@ class Runner:
         """Whether the node has GPUs to keep tasks from (discovered, or
         device nodes without NVML to discover them)."""
         self.tasks: dict[str, LocalTask] = {}
+        self.spares = Spares(self.sandbox_root)
+        """Empty checkpoint directories of tasks that are done, for the next."""
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None
 
@@ -115,6 +118,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         if self.support.mode is LimitMode.RLIMIT_WATCHDOG:
             self._watching = loop.create_task(self._watch_memory())
+        self.spares.load()
         ended = []
         for path in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
             if (path.parent / REPORTED).exists():
@@ -161,9 +165,12 @@ class Runner:
 
     def _make_sandbox(self, task: LocalTask) -> None:
         assert task.sandbox is not None
-        for directory in (task.sandbox, task.checkpoint_dir):
-            directory.mkdir(mode=0o700)
-            if task.identity is not None:
+        task.sandbox.mkdir(mode=0o700)
+        if task.identity is None and self.spares.take(task.checkpoint_dir):
+            return
+        task.checkpoint_dir.mkdir(mode=0o700)
+        if task.identity is not None:
+            for directory in (task.sandbox, task.checkpoint_dir):
                 os.chown(directory, task.identity.uid, task.identity.gid)
 
     def spawn(self, task: LocalTask, *, resumed: bool = False) -> None:
@@ -383,10 +390,10 @@ class Runner:
         that ran under another uid leaves nothing in its sandbox (that uid
         may be another task's next); otherwise its working files stay, less
         what it saved to its checkpoint and resume directories. An empty
-        checkpoint directory (most tasks') stays too: removing a directory
-        frees its block, which took 2-4 ms of the agent's loop on ext4
-        mounted with ``discard`` (bench/README.md), where making it took
-        tens of microseconds."""
+        checkpoint directory (most tasks') goes to the next task
+        (``spares.py``), or stays when enough are set aside: removing a
+        directory frees its block, which cost more than anything else the
+        agent did for a short task (bench/README.md)."""
         _mark_reported(task.dir)
         self.tasks.pop(task.id, None)
         if task.identity is not None and task.sandbox is not None:
@@ -394,7 +401,8 @@ class Runner:
             return
         if task.assignment.resume_task is not None:
             _remove(task.resume_dir)
-        _empty(task.checkpoint_dir)
+        if not self.spares.put(task.checkpoint_dir, task.id):
+            _empty(task.checkpoint_dir)
 
     @staticmethod
     def has_checkpoint(task: LocalTask) -> bool:

@@ -21,6 +21,7 @@ import httpx
 import psutil
 
 from apportion.agent import fence as fence_module
+from apportion.agent import record
 from support import ServerProcess
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -146,9 +147,9 @@ class AgentProcess:
 
     def task_pids(self) -> list[int]:
         pids = []
-        for record in self.work_dir.glob("tasks/*/task.json"):
+        for path in self.work_dir.glob("tasks/*/task.json"):
             with contextlib.suppress(OSError, ValueError):
-                pid = json.loads(record.read_text()).get("pid")
+                pid = record.read(path.parent).get("pid")
                 if isinstance(pid, int):
                     pids.append(pid)
         return pids
@@ -164,9 +165,9 @@ class AgentProcess:
         for pid in self.task_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        for record in self.work_dir.glob("tasks/*/task.json"):
+        for path in self.work_dir.glob("tasks/*/task.json"):
             with contextlib.suppress(OSError, ValueError, TypeError):
-                fence_module.remove_cgroup(Path(json.loads(record.read_text())["cgroup"]))
+                fence_module.remove_cgroup(Path(record.read(path.parent)["cgroup"]))
 
 
 @dataclass

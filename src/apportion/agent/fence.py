@@ -10,13 +10,13 @@ limit, it kills every task process group the agent left and exits. A new
 agent on the same work directory replaces the fence (``fence.pid``).
 
 Run as ``python -m apportion.agent.fence WORK_DIR AGENT_PID AGENT_START STOP_AFTER_S``;
-it imports only the standard library and psutil, so it starts fast.
+it imports only the standard library, psutil and ``record`` (which itself
+imports only the standard library), so it starts fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from apportion.agent import record
 
 CONTACT_FILE = "contact"
 FENCE_PID_FILE = "fence.pid"
@@ -53,11 +55,11 @@ def kill_tasks(work_dir: Path) -> list[int]:
     """SIGKILL every recorded, unreported task process group (and whatever is
     in its cgroup, which goes too); the pids killed."""
     killed = []
-    for record in (work_dir / "tasks").glob("*/task.json"):
-        if (record.parent / "reported").exists():
+    for path in (work_dir / "tasks").glob(f"*/{record.RECORD}"):
+        if (path.parent / "reported").exists():
             continue
         try:
-            body = json.loads(record.read_text())
+            body = record.read(path.parent)
         except (OSError, ValueError):
             continue
         pid = body.get("pid")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -43,7 +42,7 @@ import httpx
 import psutil
 import structlog
 
-from apportion.agent import checkpoint, credentials, fence
+from apportion.agent import checkpoint, credentials, fence, record
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.config import AgentConfig
 from apportion.agent.discovery import AUTO, Discovery, discover
@@ -328,7 +327,7 @@ class Agent(Reporting):
         if a.id in self.pending:
             return
         try:
-            body = json.loads((self.config.work_dir / "tasks" / a.id / "task.json").read_text())
+            body = record.read(self.config.work_dir / "tasks" / a.id)
         except (OSError, ValueError):
             body = {}
         saved = body.get("report")

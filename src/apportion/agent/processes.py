@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from apportion.agent import record
 from apportion.agent.local_task import LocalTask
 from apportion.agent.protocol import EXIT_FILE, SHIM
 
@@ -105,10 +106,25 @@ def cgroup_cpu_seconds(cgroup: Path) -> float:
 
 
 def exit_code(task_dir: Path, returncode: int | None) -> int | None:
-    """The command's exit status: what the shim wrote, else the shell's own
-    status (128 + signal when it was killed), else unknown."""
-    with contextlib.suppress(OSError, ValueError):
-        return int((task_dir / EXIT_FILE).read_text().strip())
+    """The command's exit status: the shell's own when it exited (it exits
+    with the status it records: nothing to read), else what the shim
+    recorded (the task is not our child, or the shell was killed after the
+    command ended), else 128 + the signal that killed the shell, else unknown."""
+    if returncode is not None and returncode >= 0:
+        return returncode
+    recorded = _recorded_exit(task_dir)
+    if recorded is not None:
+        return recorded
     if returncode is None:
         return None
-    return 128 - returncode if returncode < 0 else returncode
+    return 128 - returncode
+
+
+def _recorded_exit(task_dir: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        code = record.read(task_dir).get("exit_code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    with contextlib.suppress(OSError, ValueError):  # a task an older agent started
+        return int((task_dir / EXIT_FILE).read_text().strip())
+    return None

@@ -45,9 +45,11 @@ from apportion.protocol import (
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 EXIT_FILE = "exit_code"
+"""Where the shim of an older agent wrote the exit status (a task it started
+may be adopted by this one); the shim now appends it to the task's record."""
 SHIM = (
     # The task's command runs under this tiny shell so its exit status is
-    # written to a file: an agent that restarts can still learn how a task it
+    # written to the task's record: an agent that restarts can still learn how a task it
     # did not start ended. The trap makes the shell outlive a stop signal
     # sent to the process group until the command itself has exited
     # (POSIX defers traps while a foreground command runs); the command gets
@@ -56,21 +58,22 @@ SHIM = (
     # starts the command, so nothing the command forks escapes; doing this
     # here instead of in a preexec_fn lets Python spawn with vfork (0.3 ms
     # instead of 15 ms for a forked agent on the preemption path). $2 is the
-    # exit file in the agent's records, which the task cannot write: when
+    # task's record in the agent's records, which the task cannot write: when
     # the task runs as another uid, the command starts with setpriv and the
     # shim itself stays the agent's.
     'trap : TERM INT HUP QUIT USR1 USR2\n'
     'ulimit -c 0\n'
-    # Files are private unless the task says otherwise (the exit file too).
+    # Files are private unless the task says otherwise.
     'umask 077\n'
     'if [ -n "$1" ]; then echo $$ > "$1" || exit 125; fi\n'
-    'exit_file=$2\n'
+    'record=$2\n'
     'shift 2\n'
     '"$@"\n'
     'rc=$?\n'
-    # No rename for atomicity: the file is read only once the shell is gone,
-    # and a rename would cost a fork and exec of mv on the stop path.
-    'printf "%s\\n" "$rc" > "$exit_file"\n'
+    # A line appended to the task's record (``record.py``), in one write:
+    # a file of its own would cost an inode per task, and a rename for
+    # atomicity a fork and exec of mv on the stop path.
+    'printf \'{"exit_code":%s}\\n\' "$rc" >> "$record"\n'
     'exit "$rc"\n'
 )
 

@@ -1,10 +1,10 @@
 """Running tasks as processes on this node: start, watch, stop, recover.
 
 Each task has two directories. ``<work_dir>/tasks/<task id>/`` is the
-agent's (0700, files 0600): the task's record (``task.json``), its logs
-(``stdout.log``, ``stderr.log``, which the task writes only through the
-descriptors it is started with) and, once it ends, ``exit_code`` (written by
-the shell shim the command runs under). ``<sandbox>/<task id>/`` is the
+agent's (0700, files 0600): the task's record (``task.json``, a journal the
+shell shim the command runs under adds the exit status to: ``record.py``)
+and its logs (``stdout.log``, ``stderr.log``, which the task writes only
+through the descriptors it is started with). ``<sandbox>/<task id>/`` is the
 task's (0700, owned by the uid it runs as, in a directory tasks can search
 but not list): its working directory, ``checkpoint/``, a resumed checkpoint
 (``resume/``) and the guard's usage file. The agent reads from the sandbox
@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 import structlog
 
-from apportion.agent import checkpoint, limits, processes
+from apportion.agent import checkpoint, limits, processes, record
 from apportion.agent.gpu_isolation import (
     ENV_ONLY,
     GpuIsolation,
@@ -62,12 +62,13 @@ from apportion.agent.isolation import (
 )
 from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import EXIT_FILE, Assignment, record_of, share_parents, task_env
+from apportion.agent.protocol import Assignment, record_of, share_parents, task_env
+from apportion.agent.record import RECORD
+from apportion.agent.spares import Spares
 from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
 
-RECORD = "task.json"
 REPORT = "report.json"
 REPORTED = "reported"
 POLL_FALLBACK_S = 0.2
@@ -104,6 +105,8 @@ class Runner:
         """Whether the node has GPUs to keep tasks from (discovered, or
         device nodes without NVML to discover them)."""
         self.tasks: dict[str, LocalTask] = {}
+        self.spares = Spares(self.sandbox_root)
+        """Empty checkpoint directories of tasks that are done, for the next."""
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None
 
@@ -115,11 +118,12 @@ class Runner:
         loop = asyncio.get_running_loop()
         if self.support.mode is LimitMode.RLIMIT_WATCHDOG:
             self._watching = loop.create_task(self._watch_memory())
+        self.spares.load()
         ended = []
-        for record in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
-            if (record.parent / REPORTED).exists():
+        for path in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
+            if (path.parent / REPORTED).exists():
                 continue
-            task = self._recover(record.parent)
+            task = self._recover(path.parent)
             if task is not None and task.state == "exited":
                 ended.append(task)
         return ended
@@ -151,14 +155,22 @@ class Runner:
             self._make_sandbox(task)
         except (OSError, IsolationError) as exc:
             task.unprepared = f"could not prepare: {exc}"
-        self._save(task)
+        identity = task.identity
+        record.create(task_dir, {
+            "assignment": record_of(assignment),
+            "sandbox": str(task.sandbox) if task.sandbox else None,
+            "uid": identity.uid if identity else None,
+            "gid": identity.gid if identity else None, **self._changes(task)})
         return task
 
     def _make_sandbox(self, task: LocalTask) -> None:
         assert task.sandbox is not None
-        for directory in (task.sandbox, task.checkpoint_dir):
-            directory.mkdir(mode=0o700)
-            if task.identity is not None:
+        task.sandbox.mkdir(mode=0o700)
+        if task.identity is None and self.spares.take(task.checkpoint_dir):
+            return
+        task.checkpoint_dir.mkdir(mode=0o700)
+        if task.identity is not None:
+            for directory in (task.sandbox, task.checkpoint_dir):
                 os.chown(directory, task.identity.uid, task.identity.gid)
 
     def spawn(self, task: LocalTask, *, resumed: bool = False) -> None:
@@ -175,7 +187,7 @@ class Runner:
                 err = os.open(task.dir / "stderr.log", _OPEN_LOG, 0o600)
                 try:
                     task.popen = processes.popen([*self._prefix(task), *a.command], task.home, env,
-                                                  out, err, task.cgroup, task.dir / EXIT_FILE)
+                                                  out, err, task.cgroup, task.dir / RECORD)
                 finally:
                     os.close(err)
             finally:
@@ -376,23 +388,21 @@ class Runner:
     def reported(self, task: LocalTask) -> None:
         """The server has the exit: the task is done here for good. A task
         that ran under another uid leaves nothing in its sandbox (that uid
-        may be another task's next); otherwise its working files stay."""
+        may be another task's next); otherwise its working files stay, less
+        what it saved to its checkpoint and resume directories. An empty
+        checkpoint directory (most tasks') goes to the next task
+        (``spares.py``), or stays when enough are set aside: removing a
+        directory frees its block, which cost more than anything else the
+        agent did for a short task (bench/README.md)."""
         _mark_reported(task.dir)
         self.tasks.pop(task.id, None)
-        scratch = [task.resume_dir, task.checkpoint_dir]
         if task.identity is not None and task.sandbox is not None:
-            scratch = [task.sandbox]
-        for path in scratch:
-            # rmtree removes a link in place of the directory, never its target.
-            if path.is_symlink():
-                path.unlink()
-                continue
-            try:
-                os.rmdir(path)  # most tasks leave it empty: one call, not rmtree's walk
-            except FileNotFoundError:
-                pass
-            except OSError:
-                shutil.rmtree(path, ignore_errors=True)
+            _remove(task.sandbox)
+            return
+        if task.assignment.resume_task is not None:
+            _remove(task.resume_dir)
+        if not self.spares.put(task.checkpoint_dir, task.id):
+            _empty(task.checkpoint_dir)
 
     @staticmethod
     def has_checkpoint(task: LocalTask) -> bool:
@@ -471,27 +481,24 @@ class Runner:
 
     # -- records ------------------------------------------------------------------
 
-    def _save(self, task: LocalTask) -> None:
-        identity = task.identity
-        body = {"assignment": record_of(task.assignment), "pid": task.pid,
-                "create_time": task.create_time, "state": task.state,
+    @staticmethod
+    def _changes(task: LocalTask) -> dict[str, Any]:
+        """What a record line says of the task's progress (the assignment,
+        its directory and its uid are said once, in the first line)."""
+        return {"pid": task.pid, "create_time": task.create_time, "state": task.state,
                 "cgroup": str(task.cgroup) if task.cgroup else None,
                 "report": task.report().to_wire() if task.state == "exited" else None,
                 "times": task.times, "signalled": task.signalled, "lost": task.lost,
-                "stop_state": task.stop_state,
-                "sandbox": str(task.sandbox) if task.sandbox else None,
-                "uid": identity.uid if identity else None,
-                "gid": identity.gid if identity else None}
-        tmp = task.dir / (RECORD + ".tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(tmp, flags, 0o600), "w") as fh:
-            fh.write(json.dumps(body))
-        tmp.replace(task.dir / RECORD)
+                "stop_state": task.stop_state}
+
+    def _save(self, task: LocalTask) -> None:
+        record.append(task.dir, self._changes(task))
 
     def _recover(self, task_dir: Path) -> LocalTask | None:
         try:
-            body = json.loads((task_dir / RECORD).read_text())
+            body = record.read(task_dir)
             assignment = Assignment.from_wire(body["assignment"])
+            record.terminate(task_dir)  # what this agent appends starts a line
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("unreadable_task_record", dir=str(task_dir), error=repr(exc))
             return None
@@ -520,6 +527,7 @@ class Runner:
             log.info("task_adopted", task=task.id, pid=task.pid)
         else:
             task.state = "exited"
+            # Read again: the shim may have added the exit since the read above.
             task.exit_code = processes.exit_code(task_dir, None)
             task.times.setdefault("exited_at", time.time())
             if task.pid is None:
@@ -533,11 +541,41 @@ class Runner:
         return task
 
 
+def _remove(path: Path) -> None:
+    """Remove a directory and what is in it; a link in its place goes, never
+    its target."""
+    if path.is_symlink():
+        path.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _empty(path: Path) -> None:
+    """Remove what a task left in a directory of its own, and the directory
+    with it; leave an empty one (a link or a file in its place goes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
+    try:
+        with os.scandir(fd) as entries:
+            if next(entries, None) is None:
+                return
+    finally:
+        os.close(fd)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _mark_reported(task_dir: Path) -> None:
     """Leave the mark that the server has the task's exit: a second name for
-    the record. A link adds a directory entry where a new file takes an inode,
-    and inodes cost 60-350 us each on the development machine's ext4 (a link
-    8 us); a task already takes eight of them."""
+    the record. A link adds a directory entry where a new file takes an
+    inode, which costs several times more on ext4 (bench/README.md); a task
+    already takes six: its two directories, its checkpoint directory, its
+    record and its two logs."""
     marker = task_dir / REPORTED
     try:
         os.link(task_dir / RECORD, marker)

@@ -48,6 +48,13 @@ def _seed(server: ServerProcess) -> None:
             assert c.post("/api/v1/nodes", json=body).status_code == 201
 
 
+def _cpu_s(server: ServerProcess) -> float:
+    """The server process's CPU time so far (user + system, all its threads)."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wrk(server: ServerProcess, seconds: float, concurrency: int) -> dict[str, object]:
     """One wrk run, parsed from the JSON line ``wrk_post.lua`` prints."""
     assert urlsplit(server.url).hostname in ("127.0.0.1", "localhost", "::1"), \
@@ -85,7 +92,13 @@ def _measure(server: ServerProcess, seconds: float, concurrency: int, loadgen: s
     asyncio.run(run_load(server.url, request, concurrency=concurrency, total=2000,
                          max_seconds=5))  # warm-up
     load = _wrk if loadgen == "wrk" else _python_load
+    cpu = _cpu_s(server)
     summary = load(server, seconds, concurrency)
+    # The server's CPU per request: the rate depends on what else the
+    # machine's two cores run, this much less.
+    requests = summary["requests"]
+    assert isinstance(requests, int)
+    summary["server_cpu_us"] = round((_cpu_s(server) - cpu) / max(requests, 1) * 1e6, 1)
     with httpx.Client(base_url=server.url, headers=server.headers) as c:
         total = c.get("/api/v1/capacity/summary", params={"group_by": "resource"}).json()
     # Every granted allocation holds 500m: the ledger's own count of what the
@@ -114,6 +127,7 @@ def run(backend: str, seconds: float, concurrency: int, loadgen: str) -> dict[st
     figures["nodes"] = NODES
     print(f"{backend:9s} grants/s={figures['rate_per_s']:8.1f} (goal >= {GOAL_RATE[backend]:,})"
           f"  p50={figures['p50_ms']} ms  p99={figures['p99_ms']} ms (goal <= {GOAL_P99_MS} ms)"
+          f"  server cpu={figures['server_cpu_us']} us/request"
           f"  non-2xx={figures['non_2xx']}  load={loadgen}")
     return figures
 

@@ -10,9 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from apportion.core.resources import format_vector
 from apportion.server.fastpath import _JoinedWrites, _respond
+from apportion.server.schemas import _format_granted
 
 
 class _Transport:
@@ -77,3 +81,13 @@ def test_a_head_sent_alone_is_still_written() -> None:
     assert transport.writes == [b"head"]
     joined.close()
     assert transport.writes == [b"head"] and transport.closed
+
+
+@given(st.dictionaries(st.sampled_from(["cpu", "memory", "gpu", "storage", "fpga"]),
+                       st.integers(min_value=1, max_value=2**62), min_size=1))
+def test_a_granted_vector_is_rendered_as_format_vector_renders_it(vector: dict[str, int]
+                                                                   ) -> None:
+    first = _format_granted(vector)
+    assert first == format_vector(vector)
+    first["cpu"] = "changed"  # each answer is its own dict
+    assert _format_granted(vector) == format_vector(vector)

@@ -3,7 +3,8 @@ transaction, answered only once it committed; a unit the store refuses is
 rolled back alone inside the shared transaction; a batch the store
 disagrees with is written again one payload at a time; writes still queued
 at shutdown are refused, not lost. On SQLite (statements on the loop) and
-PostgreSQL (the whole transaction in a worker thread). The batch writers
+PostgreSQL (the whole transaction in a worker thread, as for a SQLite batch
+of several writes). The batch writers
 are the test's own, passed in as ``UnitOfWork`` passes the ledger's."""
 
 from __future__ import annotations
@@ -194,6 +195,27 @@ def test_sqlite_commits_on_the_loop_while_commits_are_fast_else_in_a_thread(
     assert committed_on[0] == loop_thread
     assert committed_on[1] != loop_thread
     assert _stored(sqlite_engine) == [1, 2]
+
+
+def test_a_sqlite_batch_of_several_writes_runs_off_the_loop_and_a_lone_one_on_it(
+    sqlite_engine: sa.Engine,
+) -> None:
+    written_on: list[tuple[int, int]] = []
+
+    def write_batch(conn: sa.Connection, payloads: list[Any]) -> list[Any]:
+        written_on.append((len(payloads), threading.get_ident()))
+        return [_insert(conn, v) for v in payloads]
+
+    async def scenario() -> int:
+        committer = GroupCommitter(sqlite_engine, write_batch)
+        await committer.submit(1)
+        await asyncio.gather(*[committer.submit(v) for v in (2, 3, 4)])
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert written_on[0] == (1, loop_thread)
+    assert written_on[1][0] == 3 and written_on[1][1] != loop_thread
+    assert _stored(sqlite_engine) == [1, 2, 3, 4]
 
 
 def test_a_batch_the_store_disagrees_with_is_written_one_payload_at_a_time(

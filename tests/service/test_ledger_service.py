@@ -112,3 +112,15 @@ def test_a_release_is_answered_again_and_memory_is_rebuilt_at_start(
     assert again.ledger.node("n1").labels == {"zone": "a"}
     assert list(again.ledger.active()) == [kept]
     assert again.ledger.allocated("n1") == {"cpu": 1000}
+
+
+def test_an_allocation_id_reads_as_a_random_uuid4() -> None:
+    from uuid import RFC_4122, UUID
+
+    from apportion.service.ledger_service import new_id
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for i in ids:
+        parsed = UUID(hex=i)
+        assert parsed.hex == i and parsed.version == 4 and parsed.variant == RFC_4122

@@ -148,6 +148,13 @@ def parse_vector(values: Mapping[str, object], field: str = "resources") -> dict
     return out
 
 
+_SUFFIXES_DOWN = (
+    tuple(sorted(BINARY.items(), key=lambda kv: -kv[1])),
+    (("E", 10**18), ("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)),
+)
+"""The binary and the decimal suffixes, largest first (sorted once, not per call)."""
+
+
 def format_quantity(name: str, value: int) -> str:
     """Canonical text for ``value`` base units of ``name``; round-trips through
     ``parse_quantity``."""
@@ -158,10 +165,7 @@ def format_quantity(name: str, value: int) -> str:
         # The largest binary and the largest decimal suffix that divide, and
         # the shorter text wins (binary on a tie): "100G", not "97656250Ki".
         texts: list[str] = []
-        for table in (
-            sorted(BINARY.items(), key=lambda kv: -kv[1]),
-            (("E", 10**18), ("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)),
-        ):
+        for table in _SUFFIXES_DOWN:
             for suffix, size in table:
                 if value % size == 0:
                     texts.append(f"{value // size}{suffix}")

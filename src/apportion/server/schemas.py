@@ -185,11 +185,28 @@ def render_node(
     }
 
 
+_FORMATTED: dict[tuple[tuple[str, int], ...], dict[str, str]] = {}
+_FORMATTED_MAX = 4096
+
+
+def _format_granted(resources: Vector) -> dict[str, str]:
+    """``format_vector`` remembered per vector: grants come in a few shapes,
+    and formatting a byte quantity tries every suffix."""
+    key = tuple(resources.items())
+    text = _FORMATTED.get(key)
+    if text is None:
+        text = format_vector(resources)
+        if len(_FORMATTED) >= _FORMATTED_MAX:
+            _FORMATTED.clear()
+        _FORMATTED[key] = text
+    return dict(text)
+
+
 def render_allocation(alloc: Allocation) -> dict[str, Any]:
     return {
         "id": alloc.id,
         "node": alloc.node,
-        "resources": format_vector(alloc.resources),
+        "resources": _format_granted(alloc.resources),
         "resources_base": dict(alloc.resources),
         "devices": {r: list(ids) for r, ids in alloc.devices.items()},
         "owner": alloc.owner,

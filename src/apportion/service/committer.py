@@ -8,19 +8,21 @@ is not durable. Writes that may hit a constraint (node changes) run
 ``alone``: a transaction of their own, in the same queue, so SQLite sees one
 writer.
 
-Statements run on the loop's own thread: they take microseconds on SQLite,
-and a separate writer thread would pay a GIL hand-off for every statement,
-which on a two-core machine cost more than the writes (measured: a batch of
-15 grants took 10 ms on a writer thread, 2 ms inline). The COMMIT waits for
-fsync: on a disk that answers slowly it runs in a worker thread, so the loop
-keeps serving requests meanwhile and their writes form the next batch; on a
-disk whose commits take under ``INLINE_COMMIT_S`` the hand-off to a thread
-costs more than the wait (0.5 ms against 0.1 ms measured here, on each of
-the four commits of a device switch), so a transaction of one write runs
-its COMMIT on the loop. Under load the batches hold many writes, and their
-COMMIT goes to a thread however fast: the loop reads the next requests
-meanwhile, on the other core (committing inline cost a fifth of the HTTP
-grant rate). The commits' recent durations are measured either way.
+Units and lone writes run their statements on the loop's own thread: they
+take microseconds on SQLite, and a worker thread would pay a GIL hand-off
+for every statement. The COMMIT waits for fsync: on a disk that answers
+slowly it runs in a worker thread, so the loop keeps serving requests
+meanwhile and their writes form the next batch; on a disk whose commits
+take under ``INLINE_COMMIT_S`` the hand-off to a thread costs more than the
+wait (0.5 ms against 0.1 ms measured here, on each of the four commits of a
+device switch), so a transaction of one write runs its COMMIT on the loop.
+A batch of several grants and releases runs its whole transaction, its few
+multi-row statements and the COMMIT, in a worker thread: SQLite executes
+them without the GIL, so the loop reads and answers other requests on the
+other core meanwhile. Under a stream of grants the loop is what limits the
+rate, and the batch's statements were a seventh of its work (the figures
+are in ``bench/README.md``). The commits' recent durations are measured
+either way.
 On PostgreSQL each statement waits for a network round trip, so the whole
 transaction runs in a worker thread (and the batch writer sends its
 statements in one pipeline: see ``store/batches.py``).
@@ -44,7 +46,7 @@ transaction needs none.
 A unit must read what it decides on inside its own transaction and touch no
 memory: it may run again after a retry. A
 *heavy* unit (a thousand tasks' ends, say) runs its transaction in a worker
-thread even on SQLite: the event loop goes on answering while it runs.
+thread too: the event loop goes on answering while it runs.
 """
 
 from __future__ import annotations
@@ -155,14 +157,15 @@ class GroupCommitter:
                     heavy = any(i.heavy for i in units)
                     _settle(units, await self._attempt(
                         partial(_call_units_at_once, writes), len(units),
-                        partial(_call_units, writes), heavy=heavy))
+                        partial(_call_units, writes), in_thread=heavy))
                 batch = [i for i in items if not i.alone and not i.unit]
                 if batch:
                     payloads = [i.payload for i in batch]
                     run = partial(_call_batch, self._write_batch, payloads)
                     each = (partial(_call_batch, self._write_each, payloads)
                             if self._write_each is not None else None)
-                    _settle(batch, await self._attempt(run, len(batch), each))
+                    _settle(batch, await self._attempt(run, len(batch), each,
+                                                       in_thread=len(batch) > 1))
                 for item in items:
                     if item.alone:
                         _settle([item], await self._attempt(partial(_call_alone, item.payload), 1))
@@ -171,16 +174,16 @@ class GroupCommitter:
 
     async def _attempt(self, run: Callable[[sa.Connection], list[Any]], n: int,
                        each: Callable[[sa.Connection], list[Any]] | None = None, *,
-                       heavy: bool = False) -> list[Any]:
+                       in_thread: bool = False) -> list[Any]:
         for attempt in range(self._retries):
             try:
                 try:
-                    results = await self._run(run, heavy=heavy, lone=n == 1)
+                    results = await self._run(run, in_thread=in_thread, lone=n == 1)
                 except BatchConflict:
                     if each is None:
                         raise
                     # Rolled back whole; now one payload at a time.
-                    results = await self._run(each, heavy=heavy)
+                    results = await self._run(each, in_thread=in_thread)
             except sa.exc.OperationalError as exc:
                 # Lock timeouts and PostgreSQL deadlock/serialization aborts
                 # are worth another try; the whole transaction rolled back.
@@ -206,11 +209,11 @@ class GroupCommitter:
         return [StoreUnavailable("the store stayed busy; nothing was written")] * n
 
     async def _run(self, run: Callable[[sa.Connection], list[Any]], *,
-                   heavy: bool = False, lone: bool = False) -> list[Any]:
-        if self._networked or heavy:
+                   in_thread: bool = False, lone: bool = False) -> list[Any]:
+        if self._networked or in_thread:
             # PostgreSQL: statements wait on round trips, so the whole
             # transaction goes to a worker thread (psycopg releases the GIL
-            # while it waits).
+            # while it waits); on SQLite a batch or a heavy unit does.
             return await asyncio.to_thread(self._transaction, run)
         return await self._local_transaction(run, lone)
 

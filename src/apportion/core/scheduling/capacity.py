@@ -85,7 +85,8 @@ class Bucket:
 class NodeRec:
     """One node's mutable bookkeeping."""
 
-    __slots__ = ("bucket", "cls", "devices", "free", "free_devices", "jobs", "name", "node")
+    __slots__ = ("bucket", "cls", "device_rank", "devices", "free", "free_devices", "jobs",
+                 "name", "node", "plain_devices")
 
     def __init__(self, node: Node, cls: NodeClass) -> None:
         self.name = node.name
@@ -99,6 +100,15 @@ class NodeRec:
         self.free_devices: dict[str, list[str]] = {
             r: [d.id for d in ds] for r, ds in node.devices.items()
         }
+        self.device_rank: dict[str, dict[str, int]] = {
+            r: {d.id: i for i, d in enumerate(ds)} for r, ds in node.devices.items()
+        }
+        """Per resource, each device's place in the node's order: free
+        devices are kept in it, and a release puts them back by it."""
+        self.plain_devices = frozenset(
+            r for r, ds in node.devices.items() if not any(d.attrs for d in ds))
+        """Resources whose devices carry no attributes (no links, no share
+        slots): any free ones serve a task alike (``devices.choose``)."""
         self.jobs: dict[str, int] = {}
 
     def free_vector(self) -> dict[str, int]:

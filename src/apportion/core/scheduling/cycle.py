@@ -200,10 +200,15 @@ def schedule_cycle(
     # The response ratio alone still grows without bound, so nobody waits for
     # ever; the bound is for backfilling, where later jobs pass the head.
     bound = config.aging_bound_s if config.backfill != "none" else INF
-    ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank, ranks)
-    ordered = strat.order.order(pending, ctx)
+    if len(pending) == 1:
+        # An order is a permutation of the queue: one job has one (and on a
+        # replay that keeps up with arrivals, most cycles see one job).
+        ordered = list(pending)
+    else:
+        ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank, ranks)
+        ordered = strat.order.order(pending, ctx)
     p = _Pass(state, now, config, queues, Placer(state, strat.options), estimate)
-    p.lowest_victim = _lowest_victim(state) if config.preemption else None
+    p.lowest_victim = state.lowest_preemptible_priority() if config.preemption else None
     cap = config.max_placements
     conservative = config.backfill == "conservative"
     required = config.queue_required
@@ -471,10 +476,6 @@ def _waiting(t: float | None) -> Failure:
     return _busy(BACKFILL, f"reserved to start at {t:.0f}")
 
 
-def _lowest_victim(state: ClusterState) -> int | None:
-    return state.lowest_preemptible_priority()
-
-
 def _preempt(p: _Pass, job: Job) -> bool:
     if (
         p.lowest_victim is None
@@ -500,17 +501,19 @@ def _preempt(p: _Pass, job: Job) -> bool:
     result = p.placer.place(job)
     assert result.tasks is not None, "the plan was checked on the same state"
     _start(p, job, result.tasks, False, chosen.victims)
-    p.lowest_victim = _lowest_victim(p.state)
+    p.lowest_victim = p.state.lowest_preemptible_priority()
     return True
 
 
 def _deadline_risks(p: _Pass, ordered: Sequence[Job]) -> tuple[DeadlineRisk, ...]:
+    with_deadline = [job for job in ordered if job.deadline is not None]
+    if not with_deadline:
+        return ()  # most traces: no deadlines, no lookups to build
     starts = {r.job_id: r.start for r in p.reservations}
     started = {pl.job_id for pl in p.placements}
     out: list[DeadlineRisk] = []
-    for job in ordered:
-        if job.deadline is None:
-            continue
+    for job in with_deadline:
+        assert job.deadline is not None
         est = p.estimate(job) or 0.0
         if job.id in started or job.id not in starts:
             end = p.now + est

@@ -419,6 +419,9 @@ class Verdict:
     per_node: bool = False
     """Whether one of ``node_filters`` tells nodes of a bucket apart for this
     shape (required job affinity is part of the shape, so it is asked once)."""
+    lone: bool = False
+    """One feasible class, of a single resource, whose nodes need no device
+    check: its buckets differ in one free amount only (``Placer._walk``)."""
 
 
 def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
@@ -470,6 +473,8 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
             f for f in verdict.node_filters if not isinstance(f, DeviceConstraints)
         )
     verdict.per_node = any(f.per_node(job) for f in verdict.node_filters)
+    verdict.lone = (len(verdict.aligned) == 1 and not verdict.device_check
+                    and all(len(a) == 1 for a in verdict.aligned.values()))
     state.cache[key] = (job.shape, verdict)
     return verdict
 

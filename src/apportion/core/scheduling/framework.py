@@ -108,7 +108,9 @@ class Placer:
         work = {n: dict(v) for n, v in limits.items()} if limits else None
         self._limits = work
         limits = work
-        mark = state.mark()
+        # One task is granted whole or not at all: nothing to roll back, and
+        # its one grant counts as the change a commit would count.
+        mark = state.mark() if job.task_count > 1 else -1
         placed: list[TaskPlacement] = []
         ctx = PlaceContext(job, job.tasks[0], state)
         # Plugins that have nothing to say about this job (affinity without
@@ -121,9 +123,11 @@ class Placer:
             ctx.spec = spec
             failure = self._place_group(job, i, spec, ctx, placed, limits, prefer)
             if failure is not None:
-                state.rollback(mark)
+                if mark >= 0:
+                    state.rollback(mark)
                 return PlaceResult(None, failure)
-        state.commit(mark)
+        if mark >= 0:
+            state.commit(mark)
         return PlaceResult(tuple(placed))
 
     def fits_now(self, job: Job) -> bool:
@@ -252,6 +256,9 @@ class Placer:
         blocks, bounds, masks, stale = index.blocks, index.bounds, index.masks, index.stale
         loose = self.options.loose
         nb = len(blocks)
+        # One feasible class of one resource, offered in buckets, under
+        # plugins that rank its buckets by walk order: the first is the pick.
+        first = self.options.first_is_best and verdict.lone and not per_node and not capped
         # Blocks in walk order; a block whose class mask misses every
         # feasible class, or whose bound is short of a requested resource,
         # holds no bucket the checks below would keep: skip it whole.
@@ -315,7 +322,7 @@ class Placer:
                 cands.append(Candidate(bucket.cls, free, aligned, fit, bucket, None,
                                        len(bucket.nodes)))
                 seen += fit * len(bucket.nodes)
-                if len(cands) >= limit and seen >= remaining:
+                if first or (len(cands) >= limit and seen >= remaining):
                     return cands
         return cands
 
@@ -427,7 +434,8 @@ class Placer:
                 self._spend(rec, cand.aligned, n)
                 placed.append(TaskPlacement(name, spec.resources, {}, n))
             taken += n
-            _note_zone(ctx, rec, n)
+            if job.task_count > 1:  # only the topology score reads it, for later tasks
+                _note_zone(ctx, rec, n)
             if taken == remaining:
                 break
         return taken
@@ -471,11 +479,12 @@ class Placer:
         device_res: list[str],
         placed: list[TaskPlacement],
     ) -> int:
+        constraints = job.constraints
         # One task at a time: each task holds its own devices (for pinning).
         for k in range(n):
             chosen: dict[str, tuple[str, ...]] = {}
             for r in device_res:
-                terms = job.constraints.device_terms(family(r))
+                terms = constraints.device_terms(family(r)) if constraints.devices else ()
                 ids = dev.choose(rec, r, spec.resources[r], terms)
                 if ids is None:
                     return k
@@ -514,6 +523,17 @@ def _walk_index(
     """The index to walk: the requested resource with the fewest buckets
     holding enough of it (the shortest walk), where to start (block,
     offset), and that resource."""
+    resources = spec.resources
+    if len(resources) == 1:
+        # One resource (a GPU job, a processor count): nothing to compare,
+        # and an entry lies at the start exactly when the bisect found a
+        # block (what ``count_from`` > 0 says below).
+        [(r, q)] = resources.items()
+        index = state.index(r)
+        if index is None:
+            return None, 0, 0, r
+        k, i = index.bisect(q)
+        return (index, k, i, r) if k < len(index.lasts) else (None, 0, 0, r)
     best = None
     best_k = best_i = 0
     best_len = -1

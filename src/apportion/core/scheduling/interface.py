@@ -60,6 +60,11 @@ class Candidate:
 
 class ScorePlugin(Protocol):
     name: str
+    tight_first: bool
+    """True when, of two buckets of one node class with a single resource,
+    the one with less of it free never scores lower (with a positive
+    weight): a pack walk meets the best of them first. A plugin without it
+    is taken not to."""
 
     def per_node(self, job: Job) -> bool:
         """True when the score depends on the node itself (jobs it runs), not
@@ -95,3 +100,11 @@ class PlaceOptions:
     """Feasible candidates scored per pick (Nomad's limit iterator)."""
     pack: bool = True
     """Put as many tasks of a group on one node as fit, instead of one."""
+    first_is_best: bool = field(init=False, repr=False, compare=False)
+    """Among buckets of one single-resource class, the walk's first is the
+    pick: a pack walk, and every plugin with a weight is ``tight_first``
+    with a positive one (``Placer._walk`` stops there, unscored)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "first_is_best", not self.loose and all(
+            w == 0 or (w > 0 and getattr(p, "tight_first", False)) for p, w in self.scorers))

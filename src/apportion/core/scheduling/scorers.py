@@ -4,6 +4,12 @@ A strategy weights them (``interface.PlaceOptions.scorers``); the weighted
 sum picks the node. Scores are normalized per node (a share of capacity, a
 position within the cluster's cost range), not across the candidates of one
 pick, so a score means the same thing whichever candidates the walk found.
+
+``tight_first`` (see ``interface.ScorePlugin``): bin-pack and fitness rise
+as the free amount falls; balanced is constant on one resource; cost,
+affinity and topology read only the class and the context (a bucket runs
+"no job" for affinity to jobs), the same for every bucket of one class;
+spread falls.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class BinPack:
     and lets idle nodes be drained or scaled away."""
 
     name = "binpack"
+    tight_first = True
     def per_node(self, job: Job) -> bool:
         return False
 
@@ -37,6 +44,7 @@ class Spread:
     for jobs that contend for memory bandwidth."""
 
     name = "spread"
+    tight_first = False
     def per_node(self, job: Job) -> bool:
         return False
 
@@ -69,6 +77,7 @@ class Balanced:
     exhausted and its memory idle, or the reverse."""
 
     name = "balanced"
+    tight_first = True
     def per_node(self, job: Job) -> bool:
         return False
 
@@ -92,6 +101,7 @@ class Fitness:
     jobs that need them."""
 
     name = "fitness"
+    tight_first = True
     def per_node(self, job: Job) -> bool:
         return False
 
@@ -114,6 +124,7 @@ class Cost:
     middle."""
 
     name = "cost"
+    tight_first = True
     def per_node(self, job: Job) -> bool:
         return False
 
@@ -148,12 +159,15 @@ class AffinityScore:
     scores them."""
 
     name = "affinity"
+    tight_first = True
 
     def per_node(self, job: Job) -> bool:
         return any(not a.required and a.target == "job"
                    for a in (*job.affinity, *job.anti_affinity))
 
     def applies(self, job: Job, state: ClusterState) -> bool:
+        if not job.affinity and not job.anti_affinity:
+            return False  # most jobs: asked on every placement, so no tuple built
         return any(not a.required for a in (*job.affinity, *job.anti_affinity))
 
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
@@ -187,6 +201,7 @@ class Topology:
     so far that sit in the candidate's (facility, zone)."""
 
     name = "topology"
+    tight_first = True
     def per_node(self, job: Job) -> bool:
         return False
 

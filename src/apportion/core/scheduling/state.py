@@ -72,7 +72,8 @@ class ClusterState(FreeCapacity):
         _past_until`` hold there (see ``past_estimate``)."""
         self._usage: dict[str, dict[str, int]] = {}
         self._preemptible: dict[int, int] = {}
-        """Priority -> running preemptible jobs with it."""
+        """Priority -> running preemptible jobs with it (never 0: a priority
+        none run at is dropped, so the lowest is ``min`` of the keys)."""
         self._log = _Log()
         self.changes = 0
         """Bumped by every change that stays (outside a transaction, or when
@@ -130,7 +131,7 @@ class ClusterState(FreeCapacity):
 
     def lowest_preemptible_priority(self) -> int | None:
         """The lowest priority of any running preemptible job (None: none run)."""
-        return min((p for p, n in self._preemptible.items() if n), default=None)
+        return min(self._preemptible, default=None)
 
     def usage(self, queue: str) -> Mapping[str, int]:
         return self._usage.get(queue, {})
@@ -205,8 +206,13 @@ class ClusterState(FreeCapacity):
         self._move(rec, old, new)
         if devices:
             for r, ids in devices.items():
-                taken = set(ids)
                 pool = rec.free_devices[r]
+                k = len(ids)
+                if tuple(pool[:k]) == ids:
+                    # The first free ones (``devices.choose`` without links).
+                    rec.free_devices[r] = pool[k:]
+                    continue
+                taken = set(ids)
                 rec.free_devices[r] = [d for d in pool if d not in taken]
         rec.jobs[job_id] = rec.jobs.get(job_id, 0) + n
         if self._log.depth:
@@ -228,10 +234,9 @@ class ClusterState(FreeCapacity):
         self._move(rec, old, new)
         if devices:
             for r, ids in devices.items():
-                rank = {d: i for i, d in enumerate(rec.devices[r])}
                 pool = rec.free_devices[r]
                 pool.extend(ids)
-                pool.sort(key=rank.__getitem__)
+                pool.sort(key=rec.device_rank[r].__getitem__)
         left = rec.jobs[job_id] - n
         if left:
             rec.jobs[job_id] = left
@@ -292,6 +297,17 @@ class ClusterState(FreeCapacity):
         return rj
 
     def _release_running(self, rj: RunningJob) -> None:
+        tasks = rj.tasks
+        if len(tasks) == 1:
+            # One placement (most jobs): what the grouping below comes to for
+            # it, without building the groups.
+            tp = tasks[0]
+            rec = self._recs[tp.node]
+            aligned = self.align(rec.cls, tp.resources)
+            assert aligned is not None
+            self.ungrant(rec, aligned, tp.count, rj.job.id, tp.devices or None)
+            self._drop_running(rj)
+            return
         # Tasks sharing a bucket, a request and a count go back in one move
         # (a 64-processor gang on one-processor nodes is one step, not 64).
         groups: dict[tuple[int, int, int], tuple[tuple[int, ...], list[NodeRec]]] = {}
@@ -402,7 +418,12 @@ class ClusterState(FreeCapacity):
             if end <= self._past_until:
                 self._hold_past(rj, -1)
         if rj.job.preemptible:
-            self._preemptible[rj.job.priority] -= 1
+            prio = rj.job.priority
+            left = self._preemptible[prio] - 1
+            if left:
+                self._preemptible[prio] = left
+            else:
+                del self._preemptible[prio]
         used = self._usage[rj.job.queue]
         for r, q in rj.job.total.items():
             used[r] -= q

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +32,7 @@ from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
-from apportion.core.scheduling.backfill import split_step
+from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.policies import (
@@ -142,6 +142,10 @@ class PoolCluster:
         """Fair share: each queue with pending jobs, in the queue's order."""
         self._shares: dict[str, float] = {}
         """Fair share: each queue's share of its use now (dropped when it changes)."""
+        self._adaptive: AdaptiveQueue | None = None
+        """Response-ratio order with a history: the queue grouped by signature."""
+        if self.history is not None and isinstance(order, AdaptiveOrder) and order.by == "hrrn":
+            self._adaptive = AdaptiveQueue(order, self.history.signature)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -167,6 +171,8 @@ class PoolCluster:
             if q is None:
                 q = self._by_queue[job.queue] = SortedList()
             q.add((-job.priority, job.submit_time, job.id))
+        elif self._adaptive is not None:
+            self._adaptive.add(job)
 
     def _key(self, job: Job) -> tuple[float, ...]:
         if isinstance(self.strat.order, ShortestFirst):
@@ -190,6 +196,8 @@ class PoolCluster:
             q.remove((-job.priority, job.submit_time, job.id))
             if not q:
                 del self._by_queue[job.queue]
+        elif self._adaptive is not None:
+            self._adaptive.remove(job)
 
     def _ordered(self, now: float) -> Iterator[Job]:
         pending = self.pending
@@ -211,6 +219,8 @@ class PoolCluster:
                            None if self.history is None else self.history.ranks)
         if self._fair:
             return self._fair_order(ctx)
+        if self._adaptive is not None:
+            return self._adaptive.ordered(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
 
     def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
@@ -509,11 +519,20 @@ class CountProfile:
 
     def reserve(self, start: float, need: int, duration: float | None) -> None:
         """``Profile.reserve``: take ``need`` nodes from ``start`` for ``duration``."""
-        a = self._split(start)
-        b = len(self.times) if duration is None else self._split(start + duration)
-        free = self.free
+        times, free = self.times, self.free
+        # ``backfill.split_step`` at both ends, written out: a conservative
+        # cycle reserves for every waiting job, and the calls showed.
+        a = bisect_left(times, start)
+        if a and (a == len(times) or times[a] != start):
+            times.insert(a, start)
+            free.insert(a, free[a - 1])
+        if duration is None:
+            b = len(times)
+        else:
+            end = start + duration
+            b = bisect_left(times, end)
+            if b and (b == len(times) or times[b] != end):
+                times.insert(b, end)
+                free.insert(b, free[b - 1])
         for k in range(a, b):
             free[k] -= need
-
-    def _split(self, t: float) -> int:
-        return split_step(self.times, self.free, t, int)

@@ -437,29 +437,33 @@ class PoolCluster:
 
     def _conservative(self, now: float) -> list[Job]:
         started: list[Job] = []
-        profile = None
+        if self.free < self.least:
+            return started
+        jobs = self._ordered(now)
+        profile = self._profile(now)
+        # Read once: this loop runs for every waiting job at every event.
+        earliest, reserve, estimate = profile.earliest, profile.reserve, self.estimate
+        reserved_list = self.reserved
         depth = self.config.reservation_depth
         reserved = 0
-        for job in self._ordered(now):
-            if self.free < self.least:
-                break  # later reservations could only hold the rest back
-            if profile is None:
-                profile = self._profile(now)
+        for job in jobs:
             need = job.task_count
-            est = self.estimate(job)
+            est = estimate(job)
             deep = depth is not None and reserved >= depth
-            t = profile.earliest(need, est, first_only=deep)
+            t = earliest(need, est, first_only=deep)
             if t is not None and t <= now:
                 if need <= self.free:
-                    profile.reserve(now, need, est)
+                    reserve(now, need, est)
                     self._begin(job, need, now, started)
+                    if self.free < self.least:
+                        break  # later reservations could only hold the rest back
                     continue
                 # The profile counts jobs past their estimate as ended now;
                 # the nodes say no: plan it later, as the cycle does.
-                t = None if deep else profile.earliest(need, est, later_than=now)
+                t = None if deep else earliest(need, est, later_than=now)
             if t is not None and not deep:
-                profile.reserve(t, need, est)
-                self.reserved.append((job.id, t))
+                reserve(t, need, est)
+                reserved_list.append((job.id, t))
                 reserved += 1
         return started
 
@@ -467,7 +471,8 @@ class PoolCluster:
         running = self.running
         # ``ends`` is sorted by end, so the release instants come in order.
         return CountProfile(now, self.free,
-                            ((max(end, now), running[job_id][1]) for end, job_id in self.ends))
+                            [(now if now > end else end, running[job_id][1])
+                             for end, job_id in self.ends])
 
 
 class CountProfile:

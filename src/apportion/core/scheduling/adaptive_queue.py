@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from apportion.core.scheduling.adaptive import AdaptiveOrder
@@ -84,19 +84,16 @@ class AdaptiveQueue:
         # In each group the jobs past the bound are a prefix: they lead, in
         # submit order; the rest of each group is merged by ratio.
         starts = [0] * len(groups)
-        if bound != INF:
-            aged: list[list[_Entry]] = []
-            for k, group in enumerate(groups):
-                i = 0
-                while i < len(group) and now - group[i][0] >= bound:
-                    i += 1
-                if i:
-                    starts[k] = i
-                    aged.append(group[:i])
+        if bound != INF and any(now - group[0][0] >= bound for group in groups):
+            aged = _aged(groups, starts, now, bound)
             for entry in heapq.merge(*aged):
                 yield entry[2]
-        live = [k for k, group in enumerate(groups) if starts[k] < len(group)]
-        heads = [groups[k][starts[k]][2] for k in live]
+            live: Sequence[int] = [k for k, group in enumerate(groups)
+                                   if starts[k] < len(group)]
+            heads = [groups[k][starts[k]][2] for k in live]
+        else:
+            live = range(len(groups))
+            heads = [group[0][2] for group in groups]
         if ctx.ranks is not None:
             ranks = ctx.ranks(heads)
         else:
@@ -122,6 +119,20 @@ class AdaptiveQueue:
         yield from _merge(heap, groups, starts, now)
         for entry in heapq.merge(*unranked):
             yield entry[2]
+
+
+def _aged(groups: list[list[_Entry]], starts: list[int], now: float, bound: float
+          ) -> list[list[_Entry]]:
+    """Each group's jobs past the bound (``starts``: where the rest begin)."""
+    aged: list[list[_Entry]] = []
+    for k, group in enumerate(groups):
+        i = 0
+        while i < len(group) and now - group[i][0] >= bound:
+            i += 1
+        if i:
+            starts[k] = i
+            aged.append(group[:i])
+    return aged
 
 
 def _merge(heap: list[tuple[float, float, str, int, float]], groups: list[list[_Entry]],

@@ -145,7 +145,7 @@ class PoolCluster:
         self._adaptive: AdaptiveQueue | None = None
         """Response-ratio order with a history: the queue grouped by signature."""
         if self.history is not None and isinstance(order, AdaptiveOrder) and order.by == "hrrn":
-            self._adaptive = AdaptiveQueue(order, self.history.signature)
+            self._adaptive = AdaptiveQueue(order, self.history)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""

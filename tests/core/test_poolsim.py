@@ -130,6 +130,27 @@ def test_count_profile_answers_and_reserves_as_the_vector_profile(
         assert counted.free == [row[0] for row in vector.free]
 
 
+@given(st.sampled_from([0.0, 5.0, 10.0, 40.0]), st.integers(0, 6),
+       st.lists(st.tuples(st.sampled_from([0.0, 5.0, 10.0, 15.0, 40.0, 100.0]),
+                          st.integers(1, 4)), max_size=8))
+def test_a_profile_from_summed_releases_is_the_one_built_from_them(
+        now: float, free: int, ends: list[tuple[float, int]]) -> None:
+    ends.sort()
+    instants: list[float] = []
+    cumulative: list[int] = []
+    current = free
+    for end, n in ends:
+        current += n
+        if instants and end == instants[-1]:
+            cumulative[-1] = current
+        else:
+            instants.append(end)
+            cumulative.append(current)
+    summed = poolsim.CountProfile.summed(now, free, instants, cumulative)
+    built = poolsim.CountProfile(now, free, [(max(end, now), n) for end, n in ends])
+    assert (summed.times, summed.free) == (built.times, built.free)
+
+
 def test_count_profile_literal_steps() -> None:
     profile = poolsim.CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
     assert (profile.times, profile.free) == ([10.0, 15.0, 40.0], [2, 4, 5])

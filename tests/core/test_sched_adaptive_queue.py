@@ -47,7 +47,7 @@ def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
 ) -> None:
     h = RuntimeHistory()
     order = AdaptiveOrder()
-    queue = AdaptiveQueue(order, h)
+    queue = AdaptiveQueue(order, h.signature)
     waiting: dict[str, Job] = {}
     for n, (what, (submit, user, name, procs, est), pick, factor) in enumerate(drawn):
         if what == "add":
@@ -71,19 +71,17 @@ def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
 @given(st.lists(st.tuples(st.sampled_from([0.0, 10.0, 50.0]),
                           st.sampled_from([None, 0.0, 7.0, 1e6, INF, math.nan])),
                 max_size=12),
-       st.sampled_from([INF, 30.0]), st.booleans())
+       st.sampled_from([INF, 30.0]))
 def test_ranks_that_make_a_ratio_nan_take_the_plain_sort(
-        drawn: list[tuple[float, float | None]], bound: float, batch: bool) -> None:
-    # Nothing learned: each job is ranked by its own estimate, and an
-    # infinite one makes its ratio NaN.
-    h = RuntimeHistory()
-    queue = AdaptiveQueue(AdaptiveOrder(), h)
-    jobs = [job(f"j{k:02d}", {"cpu": P}, submit_time=t, runtime_estimate=est)
-            for k, (t, est) in enumerate(drawn)]
+        drawn: list[tuple[float, float | None]], bound: float) -> None:
+    # The signature here is the rank itself: each group shares one.
+    ranks = {f"j{k:02d}": r for k, (_, r) in enumerate(drawn)}
+    queue = AdaptiveQueue(AdaptiveOrder(), lambda j: ("r", repr(ranks[j.id])))
+    jobs = [job(f"j{k:02d}", {"cpu": P}, submit_time=t) for k, (t, _) in enumerate(drawn)]
     jobs.reverse()  # not in submit order
     for j in jobs:
         queue.add(j)
-    ctx = context(h, 60.0, bound, batch)
+    ctx = OrderContext(60.0, {}, STATE, lambda j: None, 0.0, bound, lambda j: ranks[j.id])
     # A NaN leaves the plain sort to the order the jobs came in: as added.
     assert [j.id for j in queue.ordered(ctx)] == \
         [j.id for j in AdaptiveOrder().order(jobs, ctx)]
@@ -91,4 +89,4 @@ def test_ranks_that_make_a_ratio_nan_take_the_plain_sort(
 
 def test_a_queue_for_shortest_first_is_refused() -> None:
     with pytest.raises(ValueError):
-        AdaptiveQueue(AdaptiveOrder("sjf"), RuntimeHistory())
+        AdaptiveQueue(AdaptiveOrder("sjf"), RuntimeHistory().signature)

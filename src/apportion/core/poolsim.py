@@ -124,6 +124,9 @@ class PoolCluster:
         self._ends_of: dict[str, float] = {}
         self._changes = 0
         """Bumped whenever the idle count or the running jobs change."""
+        self._releases: tuple[int, list[float], list[int]] | None = None
+        """(``_changes``, distinct expected ends, idle nodes after each) for
+        ``CountProfile.summed``."""
         self._planned: tuple[int, int, float, tuple[float, int] | None] | None = None
         """The last ``_reservation``: (``_changes``, need, first expected
         end, answer); between changes it stands while no end is overdue."""
@@ -143,9 +146,13 @@ class PoolCluster:
         self._shares: dict[str, float] = {}
         """Fair share: each queue's share of its use now (dropped when it changes)."""
         self._adaptive: AdaptiveQueue | None = None
-        """Response-ratio order with a history: the queue grouped by signature."""
-        if self.history is not None and isinstance(order, AdaptiveOrder) and order.by == "hrrn":
-            self._adaptive = AdaptiveQueue(order, self.history)
+        """Response-ratio order with a history and no backfilling: the queue
+        grouped by signature, merged as far as the cycle reads it (the head,
+        mostly). A backfill pass reads the whole queue, where one sort of it
+        cost less than the merge (``bench/bench_simulate.py``)."""
+        if (self.history is not None and isinstance(order, AdaptiveOrder)
+                and order.by == "hrrn" and config.backfill == "none"):
+            self._adaptive = AdaptiveQueue(order, self.history.signature)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -468,11 +475,24 @@ class PoolCluster:
         return started
 
     def _profile(self, now: float) -> CountProfile:
-        running = self.running
-        # ``ends`` is sorted by end, so the release instants come in order.
-        return CountProfile(now, self.free,
-                            [(now if now > end else end, running[job_id][1])
-                             for end, job_id in self.ends])
+        # The running jobs' releases summed once per change to them: between
+        # changes a conservative cycle only moves ``now`` over them.
+        summed = self._releases
+        if summed is None or summed[0] != self._changes:
+            instants: list[float] = []
+            cumulative: list[int] = []
+            current = self.free
+            running = self.running
+            # ``ends`` is sorted by end, so the release instants come in order.
+            for end, job_id in self.ends:
+                current += running[job_id][1]
+                if instants and end <= instants[-1]:
+                    cumulative[-1] = current
+                else:
+                    instants.append(end)
+                    cumulative.append(current)
+            summed = self._releases = (self._changes, instants, cumulative)
+        return CountProfile.summed(now, self.free, summed[1], summed[2])
 
 
 class CountProfile:
@@ -501,6 +521,19 @@ class CountProfile:
                 free.append(current)
         self.times = times
         self.free = free
+
+    @classmethod
+    def summed(cls, now: float, free_now: int, instants: Sequence[float],
+               cumulative: Sequence[int]) -> CountProfile:
+        """``CountProfile(now, free_now, releases)`` from the releases summed
+        ahead: ``instants`` their distinct instants in order, ``cumulative``
+        the idle nodes once each has passed (``free_now`` plus every release
+        up to it). Those at or before ``now`` fold into the first step."""
+        k = bisect_right(instants, now)
+        profile = cls.__new__(cls)
+        profile.times = [now, *instants[k:]]
+        profile.free = [cumulative[k - 1] if k else free_now, *cumulative[k:]]
+        return profile
 
     def earliest(self, need: int, duration: float | None, later_than: float | None = None,
                  first_only: bool = False) -> float | None:

@@ -213,9 +213,6 @@ class RuntimeHistory:
     gains a typical value (none is ever lost) or the levels' order moves."""
     levels_now_order: tuple[str, ...] = ()
     ordered_runs: dict[tuple[str, object], list[float]] = field(default_factory=dict)
-    epoch: int = 0
-    """Bumped whenever an answer may change (each ``record``, and a sweep of
-    the caches): a caller may keep ranks while it stands."""
     user_weights: dict[str, float] = field(default_factory=dict)
     """Per user error name with an error of its own, the weight of that
     user's estimates, until a job of theirs is scored (``record`` drops it):
@@ -233,7 +230,6 @@ class RuntimeHistory:
         keys = cached[0] if cached is not None else _keys(job)
         self.answers.clear()
         self.levels_now = None
-        self.epoch += 1
         for key in keys:
             value = self.typical.get(key)
             if value is not None:
@@ -283,7 +279,6 @@ class RuntimeHistory:
         if found is None:
             if len(self.key_cache) > 16 * _SLACK:
                 self.key_cache.clear()  # jobs cancelled before they ended
-                self.epoch += 1
                 self.signatures.clear()
                 self.answers.clear()
                 self.sig_facts.clear()

@@ -10,7 +10,9 @@ in submit order, by (ratio, submit order): a heap of the groups' heads
 gives it one job at a time, ranking one head per signature instead of
 every job. A replay without backfilling takes jobs only until the first
 that does not fit, usually the first: it pays for the heads, not for a
-sort of the queue (``bench/bench_simulate.py``: the adaptive rows).
+sort of the queue (``bench/bench_simulate.py``: adaptive+none). A backfill
+pass reads the whole queue, and there one sort of it cost less than the
+merge, so ``poolsim`` keeps this queue for replays without backfilling.
 
 Only the ``hrrn`` order is merged (``sjf`` and a rank that makes a ratio
 NaN take ``AdaptiveOrder.order`` on the whole queue);
@@ -22,10 +24,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
+from apportion.core.scheduling.adaptive import AdaptiveOrder
 from apportion.core.scheduling.jobs import Job
 
 INF = float("inf")
@@ -38,81 +40,73 @@ _Entry = tuple[float, str, Job]
 so the job itself is never compared)."""
 
 
-class _Group:
-    """The waiting jobs of one signature in submit order, and their rank as
-    of the history's ``epoch`` (a cycle with no job learned since the last
-    one asks for no rank again)."""
-
-    __slots__ = ("entries", "epoch", "rank")
-
-    def __init__(self, entry: _Entry) -> None:
-        # A plain list: jobs arrive in submit order and mostly leave from
-        # the front, and a group holds a few (``SortedList`` cost more to
-        # walk and to keep than it saved).
-        self.entries = [entry]
-        self.epoch = -1
-        self.rank: float | None = None
-
-
 class AdaptiveQueue:
-    """Waiting jobs grouped by signature, for ``AdaptiveOrder("hrrn")`` with
-    ranks from ``history`` (the ``rank`` an ``OrderContext`` passed to
-    ``ordered`` carries must be ``history.rank``)."""
+    """Waiting jobs grouped by signature, for ``AdaptiveOrder("hrrn")``."""
 
-    def __init__(self, order: AdaptiveOrder, history: RuntimeHistory) -> None:
+    def __init__(self, order: AdaptiveOrder, signature: Callable[[Job], Hashable]) -> None:
         if order.by != "hrrn":
             raise ValueError("AdaptiveQueue merges the hrrn order only")
         self._order = order
-        self._history = history
-        self._groups: dict[Hashable, _Group] = {}
+        self._signature = signature
+        # Plain lists: jobs arrive in submit order and mostly leave from a
+        # group's front, and a group holds a few jobs (``SortedList`` cost
+        # more to walk and to keep than it saved).
+        self._groups: dict[Hashable, list[_Entry]] = {}
         self._place: dict[str, tuple[Hashable, _Entry]] = {}
 
     def __len__(self) -> int:
         return len(self._place)
 
     def add(self, job: Job) -> None:
-        sig = self._history.signature(job)
+        sig = self._signature(job)
         entry = (job.submit_time, job.id, job)
         group = self._groups.get(sig)
         if group is None:
-            self._groups[sig] = _Group(entry)
-        elif entry > group.entries[-1]:
-            group.entries.append(entry)
+            self._groups[sig] = [entry]
+        elif entry > group[-1]:
+            group.append(entry)
         else:
-            insort(group.entries, entry)
+            insort(group, entry)
         self._place[job.id] = (sig, entry)
 
     def remove(self, job: Job) -> None:
         sig, entry = self._place.pop(job.id)
-        entries = self._groups[sig].entries
-        if entries[0] is entry:
-            del entries[0]
+        group = self._groups[sig]
+        if group[0] is entry:
+            del group[0]
         else:
-            del entries[bisect_left(entries, entry)]
-        if not entries:
+            del group[bisect_left(group, entry)]
+        if not group:
             del self._groups[sig]
 
     def ordered(self, ctx: OrderContext) -> Iterator[Job]:
         """The waiting jobs in ``AdaptiveOrder.order``'s order, as asked for."""
         now, bound = ctx.now, ctx.aging_bound
-        groups = [group.entries for group in self._groups.values()]
+        groups = list(self._groups.values())
         # In each group the jobs past the bound are a prefix: they lead, in
         # submit order; the rest of each group is merged by ratio.
         starts = [0] * len(groups)
-        live: Sequence[int] = range(len(groups))
-        if bound != INF and any(now - entries[0][0] >= bound for entries in groups):
-            for entry in heapq.merge(*_aged(groups, starts, now, bound)):
+        if bound != INF and any(now - group[0][0] >= bound for group in groups):
+            aged = _aged(groups, starts, now, bound)
+            for entry in heapq.merge(*aged):
                 yield entry[2]
-            live = [k for k, entries in enumerate(groups) if starts[k] < len(entries)]
-        ranks = self._ranks(live, starts)
+            live: Sequence[int] = [k for k, group in enumerate(groups)
+                                   if starts[k] < len(group)]
+            heads = [groups[k][starts[k]][2] for k in live]
+        else:
+            live = range(len(groups))
+            heads = [group[0][2] for group in groups]
+        if ctx.ranks is not None:
+            ranks = ctx.ranks(heads)
+        else:
+            rank = ctx.rank or ctx.estimate
+            ranks = [rank(j) for j in heads]
         heap: list[tuple[float, float, str, int, float]] = []
         unranked: list[list[_Entry]] = []
-        for k, est in zip(live, ranks, strict=True):
-            entries = groups[k]
+        for k, j, est in zip(live, heads, ranks, strict=True):
             if est is None:
-                unranked.append(entries[starts[k]:])
+                unranked.append(groups[k][starts[k]:])
                 continue
-            j = entries[starts[k]][2]
             e = est if est > 1.0 else 1.0
             wait = now - j.submit_time
             value = -((wait if wait > 0.0 else 0.0) + e) / e
@@ -128,33 +122,18 @@ class AdaptiveQueue:
         for entry in heapq.merge(*unranked):
             yield entry[2]
 
-    def _ranks(self, live: Sequence[int], starts: list[int]) -> list[float | None]:
-        """The rank of each live group (``starts``: its first job short of
-        the bound), asking the history only for those it may have changed."""
-        history = self._history
-        epoch = history.epoch
-        groups = list(self._groups.values())
-        stale = [k for k in live if groups[k].epoch != epoch]
-        if stale:
-            asked = history.ranks([groups[k].entries[starts[k]][2] for k in stale])
-            for k, rank in zip(stale, asked, strict=True):
-                group = groups[k]
-                group.rank = rank
-                group.epoch = epoch
-        return [groups[k].rank for k in live]
-
 
 def _aged(groups: list[list[_Entry]], starts: list[int], now: float, bound: float
           ) -> list[list[_Entry]]:
     """Each group's jobs past the bound (``starts``: where the rest begin)."""
     aged: list[list[_Entry]] = []
-    for k, entries in enumerate(groups):
+    for k, group in enumerate(groups):
         i = 0
-        while i < len(entries) and now - entries[i][0] >= bound:
+        while i < len(group) and now - group[i][0] >= bound:
             i += 1
         if i:
             starts[k] = i
-            aged.append(entries[:i])
+            aged.append(group[:i])
     return aged
 
 
@@ -165,14 +144,14 @@ def _merge(heap: list[tuple[float, float, str, int, float]], groups: list[list[_
     while heap:
         top = heap[0]
         k, e = top[3], top[4]
-        entries = groups[k]
+        group = groups[k]
         i = starts[k]
-        yield entries[i][2]
+        yield group[i][2]
         i = starts[k] = i + 1
-        if i == len(entries):
+        if i == len(group):
             heapq.heappop(heap)
             continue
-        j = entries[i][2]
+        j = group[i][2]
         wait = now - j.submit_time
         heapq.heapreplace(heap, (-((wait if wait > 0.0 else 0.0) + e) / e,
                                  j.submit_time, j.id, k, e))

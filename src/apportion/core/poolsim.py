@@ -26,6 +26,7 @@ import heapq
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -124,6 +125,10 @@ class PoolCluster:
         self._ends_of: dict[str, float] = {}
         self._changes = 0
         """Bumped whenever the idle count or the running jobs change."""
+        self._kept: tuple[int, list[tuple[str, float | None]], CountProfile, int] | None = None
+        """After a conservative pass that started nothing: (``_changes``, each
+        job it went over with the reservation it planned or None, the profile
+        it left, how many it reserved), for ``_resume``."""
         self._releases: tuple[int, list[float], list[int]] | None = None
         """(``_changes``, distinct expected ends, idle nodes after each) for
         ``CountProfile.summed``."""
@@ -446,13 +451,16 @@ class PoolCluster:
         started: list[Job] = []
         if self.free < self.least:
             return started
-        jobs = self._ordered(now)
-        profile = self._profile(now)
+        jobs, resumed = self._resume(iter(self._ordered(now)), now)
+        seq: list[tuple[str, float | None]]
+        if resumed is None:
+            profile, reserved, seq = self._profile(now), 0, []
+        else:
+            profile, reserved, seq = resumed
         # Read once: this loop runs for every waiting job at every event.
         earliest, reserve, estimate = profile.earliest, profile.reserve, self.estimate
         reserved_list = self.reserved
         depth = self.config.reservation_depth
-        reserved = 0
         for job in jobs:
             need = job.task_count
             est = estimate(job)
@@ -472,7 +480,41 @@ class PoolCluster:
                 reserve(t, need, est)
                 reserved_list.append((job.id, t))
                 reserved += 1
+                seq.append((job.id, t))
+            else:
+                seq.append((job.id, None))
+        if not started:
+            self._kept = (self._changes, seq, profile, reserved)
         return started
+
+    def _resume(self, jobs: Iterator[Job], now: float
+                ) -> tuple[Iterator[Job], tuple[CountProfile, int, list[tuple[str, float | None]]]
+                           | None]:
+        """Where the last conservative pass left off, when it started nothing,
+        nothing started or ended since, no planned end or step fell due, and
+        the queue begins with the jobs it went over in the same order: each
+        of them gets the same answer again (a window that failed from the
+        first step still holds the step that failed it; every later step is
+        unchanged), so only the jobs after them are asked. ``jobs`` comes
+        back with what was read of it put back when the pass cannot resume."""
+        kept, self._kept = self._kept, None
+        if kept is None or kept[0] != self._changes:
+            return jobs, None
+        _, seq, profile, reserved = kept
+        times = profile.times
+        if len(times) > 1 and not times[1] > now:
+            return jobs, None
+        taken: list[Job] = []
+        for job_id, _ in seq:
+            job = next(jobs, None)
+            if job is None:
+                return iter(taken), None
+            taken.append(job)
+            if job.id != job_id:
+                return chain(taken, jobs), None
+        times[0] = now
+        self.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
+        return jobs, (profile, reserved, seq)
 
     def _profile(self, now: float) -> CountProfile:
         # The running jobs' releases summed once per change to them: between

@@ -214,3 +214,31 @@ def test_a_short_arrival_between_head_and_queue_end_still_backfills() -> None:
     node = simulate(jobs, nodes, config, counted_pool=False)
     assert starts(pool) == starts(node)
     assert starts(pool)["j"] == (1.0, 51.0)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(("fifo", "sjf", "fairshare", "adaptive")),
+       st.sampled_from((None, 2)))
+def test_a_resumed_conservative_pass_plans_what_a_fresh_one_plans(
+    trace: tuple[list[Node], list[SimJob]], strategy: str, depth: int | None
+) -> None:
+    # The reservations too (the node model plans more of them, so the test
+    # above leaves their moves out): every metric and start as with a pass
+    # that never resumes.
+    nodes, jobs = trace
+    config = SimConfig(SchedulerConfig(strategy=strategy, backfill="conservative",
+                                       reservation_depth=depth))
+    resumed = simulate(jobs, nodes, config)
+    fresh_pass = poolsim.PoolCluster._resume
+
+    def never(self: poolsim.PoolCluster, it: Any, now: float) -> Any:
+        self._kept = None  # nothing to resume from
+        return fresh_pass(self, it, now)
+
+    poolsim.PoolCluster._resume = never  # type: ignore[method-assign]
+    try:
+        fresh = simulate(jobs, nodes, config)
+    finally:
+        poolsim.PoolCluster._resume = fresh_pass  # type: ignore[method-assign]
+    assert starts(resumed) == starts(fresh)
+    assert resumed.metrics == fresh.metrics

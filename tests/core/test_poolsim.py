@@ -130,6 +130,27 @@ def test_count_profile_answers_and_reserves_as_the_vector_profile(
         assert counted.free == [row[0] for row in vector.free]
 
 
+@given(st.sampled_from([0.0, 5.0, 10.0, 40.0]), st.integers(0, 6),
+       st.lists(st.tuples(st.sampled_from([0.0, 5.0, 10.0, 15.0, 40.0, 100.0]),
+                          st.integers(1, 4)), max_size=8))
+def test_a_profile_from_summed_releases_is_the_one_built_from_them(
+        now: float, free: int, ends: list[tuple[float, int]]) -> None:
+    ends.sort()
+    instants: list[float] = []
+    cumulative: list[int] = []
+    current = free
+    for end, n in ends:
+        current += n
+        if instants and end == instants[-1]:
+            cumulative[-1] = current
+        else:
+            instants.append(end)
+            cumulative.append(current)
+    summed = poolsim.CountProfile.summed(now, free, instants, cumulative)
+    built = poolsim.CountProfile(now, free, [(max(end, now), n) for end, n in ends])
+    assert (summed.times, summed.free) == (built.times, built.free)
+
+
 def test_count_profile_literal_steps() -> None:
     profile = poolsim.CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
     assert (profile.times, profile.free) == ([10.0, 15.0, 40.0], [2, 4, 5])
@@ -193,3 +214,31 @@ def test_a_short_arrival_between_head_and_queue_end_still_backfills() -> None:
     node = simulate(jobs, nodes, config, counted_pool=False)
     assert starts(pool) == starts(node)
     assert starts(pool)["j"] == (1.0, 51.0)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(("fifo", "sjf", "fairshare", "adaptive")),
+       st.sampled_from((None, 2)))
+def test_a_resumed_conservative_pass_plans_what_a_fresh_one_plans(
+    trace: tuple[list[Node], list[SimJob]], strategy: str, depth: int | None
+) -> None:
+    # The reservations too (the node model plans more of them, so the test
+    # above leaves their moves out): every metric and start as with a pass
+    # that never resumes.
+    nodes, jobs = trace
+    config = SimConfig(SchedulerConfig(strategy=strategy, backfill="conservative",
+                                       reservation_depth=depth))
+    resumed = simulate(jobs, nodes, config)
+    fresh_pass = poolsim.PoolCluster._resume
+
+    def never(self: poolsim.PoolCluster, it: Any, now: float) -> Any:
+        self._kept = None  # nothing to resume from
+        return fresh_pass(self, it, now)
+
+    poolsim.PoolCluster._resume = never  # type: ignore[method-assign]
+    try:
+        fresh = simulate(jobs, nodes, config)
+    finally:
+        poolsim.PoolCluster._resume = fresh_pass  # type: ignore[method-assign]
+    assert starts(resumed) == starts(fresh)
+    assert resumed.metrics == fresh.metrics

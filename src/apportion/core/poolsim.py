@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
-from apportion.core.scheduling.backfill import split_step
+from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.policies import (
@@ -124,6 +125,13 @@ class PoolCluster:
         self._ends_of: dict[str, float] = {}
         self._changes = 0
         """Bumped whenever the idle count or the running jobs change."""
+        self._kept: tuple[int, list[tuple[str, float | None]], CountProfile, int] | None = None
+        """After a conservative pass that started nothing: (``_changes``, each
+        job it went over with the reservation it planned or None, the profile
+        it left, how many it reserved), for ``_resume``."""
+        self._releases: tuple[int, list[float], list[int]] | None = None
+        """(``_changes``, distinct expected ends, idle nodes after each) for
+        ``CountProfile.summed``."""
         self._planned: tuple[int, int, float, tuple[float, int] | None] | None = None
         """The last ``_reservation``: (``_changes``, need, first expected
         end, answer); between changes it stands while no end is overdue."""
@@ -142,6 +150,14 @@ class PoolCluster:
         """Fair share: each queue with pending jobs, in the queue's order."""
         self._shares: dict[str, float] = {}
         """Fair share: each queue's share of its use now (dropped when it changes)."""
+        self._adaptive: AdaptiveQueue | None = None
+        """Response-ratio order with a history and no backfilling: the queue
+        grouped by signature, merged as far as the cycle reads it (the head,
+        mostly). A backfill pass reads the whole queue, where one sort of it
+        cost less than the merge (``bench/bench_simulate.py``)."""
+        if (self.history is not None and isinstance(order, AdaptiveOrder)
+                and order.by == "hrrn" and config.backfill == "none"):
+            self._adaptive = AdaptiveQueue(order, self.history.signature)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -167,6 +183,8 @@ class PoolCluster:
             if q is None:
                 q = self._by_queue[job.queue] = SortedList()
             q.add((-job.priority, job.submit_time, job.id))
+        elif self._adaptive is not None:
+            self._adaptive.add(job)
 
     def _key(self, job: Job) -> tuple[float, ...]:
         if isinstance(self.strat.order, ShortestFirst):
@@ -190,6 +208,8 @@ class PoolCluster:
             q.remove((-job.priority, job.submit_time, job.id))
             if not q:
                 del self._by_queue[job.queue]
+        elif self._adaptive is not None:
+            self._adaptive.remove(job)
 
     def _ordered(self, now: float) -> Iterator[Job]:
         pending = self.pending
@@ -211,6 +231,8 @@ class PoolCluster:
                            None if self.history is None else self.history.ranks)
         if self._fair:
             return self._fair_order(ctx)
+        if self._adaptive is not None:
+            return self._adaptive.ordered(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
 
     def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
@@ -427,37 +449,92 @@ class PoolCluster:
 
     def _conservative(self, now: float) -> list[Job]:
         started: list[Job] = []
-        profile = None
+        if self.free < self.least:
+            return started
+        jobs, resumed = self._resume(iter(self._ordered(now)), now)
+        seq: list[tuple[str, float | None]]
+        if resumed is None:
+            profile, reserved, seq = self._profile(now), 0, []
+        else:
+            profile, reserved, seq = resumed
+        # Read once: this loop runs for every waiting job at every event.
+        earliest, reserve, estimate = profile.earliest, profile.reserve, self.estimate
+        reserved_list = self.reserved
         depth = self.config.reservation_depth
-        reserved = 0
-        for job in self._ordered(now):
-            if self.free < self.least:
-                break  # later reservations could only hold the rest back
-            if profile is None:
-                profile = self._profile(now)
+        for job in jobs:
             need = job.task_count
-            est = self.estimate(job)
+            est = estimate(job)
             deep = depth is not None and reserved >= depth
-            t = profile.earliest(need, est, first_only=deep)
+            t = earliest(need, est, first_only=deep)
             if t is not None and t <= now:
                 if need <= self.free:
-                    profile.reserve(now, need, est)
+                    reserve(now, need, est)
                     self._begin(job, need, now, started)
+                    if self.free < self.least:
+                        break  # later reservations could only hold the rest back
                     continue
                 # The profile counts jobs past their estimate as ended now;
                 # the nodes say no: plan it later, as the cycle does.
-                t = None if deep else profile.earliest(need, est, later_than=now)
+                t = None if deep else earliest(need, est, later_than=now)
             if t is not None and not deep:
-                profile.reserve(t, need, est)
-                self.reserved.append((job.id, t))
+                reserve(t, need, est)
+                reserved_list.append((job.id, t))
                 reserved += 1
+                seq.append((job.id, t))
+            else:
+                seq.append((job.id, None))
+        if not started:
+            self._kept = (self._changes, seq, profile, reserved)
         return started
 
+    def _resume(self, jobs: Iterator[Job], now: float
+                ) -> tuple[Iterator[Job], tuple[CountProfile, int, list[tuple[str, float | None]]]
+                           | None]:
+        """Where the last conservative pass left off, when it started nothing,
+        nothing started or ended since, no planned end or step fell due, and
+        the queue begins with the jobs it went over in the same order: each
+        of them gets the same answer again (a window that failed from the
+        first step still holds the step that failed it; every later step is
+        unchanged), so only the jobs after them are asked. ``jobs`` comes
+        back with what was read of it put back when the pass cannot resume."""
+        kept, self._kept = self._kept, None
+        if kept is None or kept[0] != self._changes:
+            return jobs, None
+        _, seq, profile, reserved = kept
+        times = profile.times
+        if len(times) > 1 and not times[1] > now:
+            return jobs, None
+        taken: list[Job] = []
+        for job_id, _ in seq:
+            job = next(jobs, None)
+            if job is None:
+                return iter(taken), None
+            taken.append(job)
+            if job.id != job_id:
+                return chain(taken, jobs), None
+        times[0] = now
+        self.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
+        return jobs, (profile, reserved, seq)
+
     def _profile(self, now: float) -> CountProfile:
-        running = self.running
-        # ``ends`` is sorted by end, so the release instants come in order.
-        return CountProfile(now, self.free,
-                            ((max(end, now), running[job_id][1]) for end, job_id in self.ends))
+        # The running jobs' releases summed once per change to them: between
+        # changes a conservative cycle only moves ``now`` over them.
+        summed = self._releases
+        if summed is None or summed[0] != self._changes:
+            instants: list[float] = []
+            cumulative: list[int] = []
+            current = self.free
+            running = self.running
+            # ``ends`` is sorted by end, so the release instants come in order.
+            for end, job_id in self.ends:
+                current += running[job_id][1]
+                if instants and end <= instants[-1]:
+                    cumulative[-1] = current
+                else:
+                    instants.append(end)
+                    cumulative.append(current)
+            summed = self._releases = (self._changes, instants, cumulative)
+        return CountProfile.summed(now, self.free, summed[1], summed[2])
 
 
 class CountProfile:
@@ -487,6 +564,19 @@ class CountProfile:
         self.times = times
         self.free = free
 
+    @classmethod
+    def summed(cls, now: float, free_now: int, instants: Sequence[float],
+               cumulative: Sequence[int]) -> CountProfile:
+        """``CountProfile(now, free_now, releases)`` from the releases summed
+        ahead: ``instants`` their distinct instants in order, ``cumulative``
+        the idle nodes once each has passed (``free_now`` plus every release
+        up to it). Those at or before ``now`` fold into the first step."""
+        k = bisect_right(instants, now)
+        profile = cls.__new__(cls)
+        profile.times = [now, *instants[k:]]
+        profile.free = [cumulative[k - 1] if k else free_now, *cumulative[k:]]
+        return profile
+
     def earliest(self, need: int, duration: float | None, later_than: float | None = None,
                  first_only: bool = False) -> float | None:
         """``Profile.earliest`` for ``need`` nodes."""
@@ -509,11 +599,20 @@ class CountProfile:
 
     def reserve(self, start: float, need: int, duration: float | None) -> None:
         """``Profile.reserve``: take ``need`` nodes from ``start`` for ``duration``."""
-        a = self._split(start)
-        b = len(self.times) if duration is None else self._split(start + duration)
-        free = self.free
+        times, free = self.times, self.free
+        # ``backfill.split_step`` at both ends, written out: a conservative
+        # cycle reserves for every waiting job, and the calls showed.
+        a = bisect_left(times, start)
+        if a and (a == len(times) or times[a] != start):
+            times.insert(a, start)
+            free.insert(a, free[a - 1])
+        if duration is None:
+            b = len(times)
+        else:
+            end = start + duration
+            b = bisect_left(times, end)
+            if b and (b == len(times) or times[b] != end):
+                times.insert(b, end)
+                free.insert(b, free[b - 1])
         for k in range(a, b):
             free[k] -= need
-
-    def _split(self, t: float) -> int:
-        return split_step(self.times, self.free, t, int)

@@ -213,6 +213,11 @@ class RuntimeHistory:
     gains a typical value (none is ever lost) or the levels' order moves."""
     levels_now_order: tuple[str, ...] = ()
     ordered_runs: dict[tuple[str, object], list[float]] = field(default_factory=dict)
+    user_weights: dict[str, float] = field(default_factory=dict)
+    """Per user error name with an error of its own, the weight of that
+    user's estimates, until a job of theirs is scored (``record`` drops it):
+    a user's error moves only with their own jobs, so unlike the levels'
+    weights it outlives most records."""
     """The runs of each key kept deeper than two, sorted: their median is
     asked at every ``record``, and sorting the window each time cost more."""
 
@@ -231,9 +236,12 @@ class RuntimeHistory:
                 self._error(key[0]).add(_log_error(value, run_time), s.smoothing)
         if job.runtime_estimate is not None:
             err = _log_error(job.runtime_estimate, run_time)
-            self._error(f"user:{job.user or ''}").add(err, s.smoothing)
+            user = f"user:{job.user or ''}"
+            self._error(user).add(err, s.smoothing)
+            self.user_weights.pop(user, None)
             if job.user:
                 self._error("user:").add(err, s.smoothing)
+                self.user_weights.pop("user:", None)
         for key in keys:
             kept = self.runs.get(key)
             if kept is None:
@@ -283,6 +291,11 @@ class RuntimeHistory:
                 self.sig_best.append((-1, None, ""))
             found = self.key_cache[job.id] = (keys, number)
         return found
+
+    def signature(self, job: Job) -> tuple[object, ...]:
+        """What ``job``'s answers are a function of (its keys and its own
+        estimate): jobs of one signature are estimated and ranked alike."""
+        return (*self._of(job)[0], job.runtime_estimate)
 
     def _learned(self, job: Job) -> tuple[str, float] | None:
         keys = self._of(job)[0]
@@ -358,18 +371,24 @@ class RuntimeHistory:
         if level in table.poor:
             return given, given
         w_learned = table.weight.get(level)
-        w_given = table.users.get(facts.user, _UNKNOWN)
-        if w_given is _UNKNOWN:
-            w_given = table.users[facts.user] = self._user_weight(facts.user)
+        w_given = self.user_weights.get(facts.user)
+        if w_given is None:
+            w_given = table.users.get(facts.user, _UNKNOWN)
+            if w_given is _UNKNOWN:
+                w_given = table.users[facts.user] = self._user_weight(facts.user)
         if w_given is None or w_learned is None:
-            least = min(learned, given)
+            # min(learned, given), written out (as the clamp below).
+            least = given if given < learned else learned
             return least, least
         log_given = facts.log_given
         if log_given is None:
             log_given = math.log(given + _FLOOR_S)
         mixed = math.exp((w_learned * math.log(learned + _FLOOR_S) + w_given * log_given)
                          / (w_learned + w_given)) - _FLOOR_S
-        mixed = max(0.0, min(mixed, given))
+        if given < mixed:  # max(0.0, min(mixed, given))
+            mixed = given
+        if not mixed > 0.0:
+            mixed = 0.0
         return mixed, mixed
 
     def _best(self, keys: Mapping[str, tuple[str, object]], order: tuple[str, ...]
@@ -386,7 +405,11 @@ class RuntimeHistory:
     def _user_weight(self, user: str) -> float | None:
         """The weight of the estimates of ``user`` (``"user:<name>"``), from
         their error, or from all users' where theirs was never scored."""
-        found = self.errors.get(user) or self.errors.get("user:")
+        own = self.errors.get(user)
+        if own is not None:
+            weight = self.user_weights[user] = 1.0 / max(own.mean, _EXACT) ** 2
+            return weight
+        found = self.errors.get("user:")
         return None if found is None else 1.0 / max(found.mean, _EXACT) ** 2
 
     def _levels(self) -> _Levels:

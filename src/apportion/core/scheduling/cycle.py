@@ -136,6 +136,8 @@ def estimator(
     """The run time a strategy plans with for a job."""
 
     learned = history.estimate if strat.learns and history is not None else None
+    if learned is not None and default is None:
+        return learned  # its answer stands as it is (asked for every waiting job)
 
     def estimate(job: Job) -> float | None:
         if learned is not None:

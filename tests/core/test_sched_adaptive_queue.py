@@ -1,0 +1,92 @@
+"""``AdaptiveQueue`` (the waiting jobs grouped by signature, merged by
+response ratio) gives ``AdaptiveOrder.order``'s order, on generated queues
+and histories, as jobs come and go."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apportion.core.model import Node
+from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
+from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
+from apportion.core.scheduling.jobs import Job, job
+from apportion.core.scheduling.policies import OrderContext
+from apportion.core.scheduling.state import ClusterState
+
+P = 1000
+INF = math.inf
+STATE = ClusterState([Node("n", {"cpu": P})])
+
+jobs_drawn = st.tuples(
+    st.sampled_from([0.0, 0.0, 1.0, 3.0, 10.0, 50.0, 99.0, 100.0]),
+    st.sampled_from([None, "ann", "bob"]),
+    st.sampled_from([None, "sim"]),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.sampled_from([0.0, 0.5, 5.0, 60.0, 600.0, 1e5])),
+)
+steps = st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "record", "order"]),
+                           jobs_drawn, st.integers(0, 50), st.sampled_from([0.1, 1.0, 3.0])),
+                 max_size=60)
+
+
+def context(h: RuntimeHistory, now: float, bound: float, batch: bool) -> OrderContext:
+    return OrderContext(now, {}, STATE, h.estimate, 0.0, bound, h.rank,
+                        h.ranks if batch else None)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps, st.sampled_from([INF, 0.0, 20.0, 97.0]), st.booleans(),
+       st.sampled_from([100.0, 150.0]))
+def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
+    drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
+    bound: float, batch: bool, now: float,
+) -> None:
+    h = RuntimeHistory()
+    order = AdaptiveOrder()
+    queue = AdaptiveQueue(order, h.signature)
+    waiting: dict[str, Job] = {}
+    for n, (what, (submit, user, name, procs, est), pick, factor) in enumerate(drawn):
+        if what == "add":
+            j = job(f"j{n:02d}", {"cpu": P * procs}, user=user, name=name,
+                    submit_time=submit, runtime_estimate=est)
+            waiting[j.id] = j
+            queue.add(j)
+        elif what == "remove" and waiting:
+            j = waiting.pop(sorted(waiting)[pick % len(waiting)])
+            queue.remove(j)
+        elif what == "record":
+            h.record(job(f"d{n}", {"cpu": P * procs}, user=user, name=name,
+                         runtime_estimate=est), (est or 30.0) * factor)
+        ctx = context(h, now, bound, batch)
+        plain = [j.id for j in order.order(list(waiting.values()), ctx)]
+        got = list(queue.ordered(ctx))
+        assert [j.id for j in got] == plain
+        assert len(queue) == len(waiting)
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 10.0, 50.0]),
+                          st.sampled_from([None, 0.0, 7.0, 1e6, INF, math.nan])),
+                max_size=12),
+       st.sampled_from([INF, 30.0]))
+def test_ranks_that_make_a_ratio_nan_take_the_plain_sort(
+        drawn: list[tuple[float, float | None]], bound: float) -> None:
+    # The signature here is the rank itself: each group shares one.
+    ranks = {f"j{k:02d}": r for k, (_, r) in enumerate(drawn)}
+    queue = AdaptiveQueue(AdaptiveOrder(), lambda j: ("r", repr(ranks[j.id])))
+    jobs = [job(f"j{k:02d}", {"cpu": P}, submit_time=t) for k, (t, _) in enumerate(drawn)]
+    jobs.reverse()  # not in submit order
+    for j in jobs:
+        queue.add(j)
+    ctx = OrderContext(60.0, {}, STATE, lambda j: None, 0.0, bound, lambda j: ranks[j.id])
+    # A NaN leaves the plain sort to the order the jobs came in: as added.
+    assert [j.id for j in queue.ordered(ctx)] == \
+        [j.id for j in AdaptiveOrder().order(jobs, ctx)]
+
+
+def test_a_queue_for_shortest_first_is_refused() -> None:
+    with pytest.raises(ValueError):
+        AdaptiveQueue(AdaptiveOrder("sjf"), RuntimeHistory().signature)

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from apportion.core.scheduling import Job
+from apportion.service.jobs.cache import JobCache
+from apportion.service.jobs.scheduling import Scheduler
 from apportion.service.settings import Settings
 from apportion.service.wiring import Services, build
 from apportion.store.database import create_engine, migrate
@@ -122,3 +125,42 @@ def sqlite_engine(
 ) -> Iterator[sa.Engine]:
     """The same on SQLite alone."""
     yield from _engine(f"sqlite:///{tmp_path / 'engine.db'}", engine_setup)
+
+
+@pytest.fixture(autouse=True)
+def cache_indexes_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every change to a job cache, in every test here, is followed by a
+    check that its kept indexes (``open``, ``stopping``) say what the plain
+    computation from its jobs says, and every cycle's waiting units are the
+    plain ones: the indexes are what the leader's cycle reads."""
+    for name in ("apply", "_fill", "_drop"):
+        monkeypatch.setattr(JobCache, name, _checked(getattr(JobCache, name)))
+    pending = Scheduler._pending
+
+    def plain_pending(self: Scheduler, now: float) -> list[Job]:
+        got = pending(self, now)
+        plain = [u for lj in self.cache.jobs.values() if lj.not_before <= now
+                 for u in lj._open_units() if u.id not in self.switches]
+        assert sorted(u.id for u in got) == sorted(u.id for u in plain)
+        assert {u.id: u for u in got} == {u.id: u for u in plain}
+        return got
+
+    monkeypatch.setattr(Scheduler, "_pending", plain_pending)
+
+
+def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
+    def run(cache: JobCache, *args: Any, **kwargs: Any) -> Any:
+        out = method(cache, *args, **kwargs)
+        plain_open = {lj.id: lj._open_units() for lj in cache.jobs.values()}
+        assert cache.open == {i: u for i, u in plain_open.items()
+                              if u and not cache.jobs[i].row.not_before}
+        assert set(cache.deferred) == {i for i, u in plain_open.items()
+                                       if u and cache.jobs[i].row.not_before}
+        assert all(cache.deferred[i] is cache.jobs[i] for i in cache.deferred)
+        assert all(lj.open == lj._open_units() for lj in cache.jobs.values())
+        stopping = {t.allocation_id for lj in cache.jobs.values() for t in lj.active()
+                    if t.stop_state}
+        assert cache.stopping() == stopping
+        return out
+
+    return run

@@ -24,6 +24,8 @@ _LOAD_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("b_id"))
 _LOAD_JOB_LOCKED = _LOAD_JOB.with_for_update()
 _UPDATE_JOB = jobs.update().where(jobs.c.id == sa.bindparam("b_id"))
 _INSERT_JOB = jobs.insert()
+_INSERT_TASK = tasks.insert()
+_TASK_FIELDS = tuple(TaskRow.__dataclass_fields__)
 _LOAD_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
 _UPDATE_TASK = tasks.update().where(tasks.c.id == sa.bindparam("b_id"))
 _UPDATE_TASK_FROM = _UPDATE_TASK.where(
@@ -117,9 +119,7 @@ def load_jobs(
 
 def insert_tasks(conn: sa.Connection, rows: list[TaskRow]) -> None:
     if rows:
-        conn.execute(
-            tasks.insert(), [{k: getattr(r, k) for k in TaskRow.__dataclass_fields__} for r in rows]
-        )
+        conn.execute(_INSERT_TASK, [{k: getattr(r, k) for k in _TASK_FIELDS} for r in rows])
 
 
 def update_task(

@@ -214,3 +214,22 @@ def test_progress_reports_only_move_a_task_forward(services: Services) -> None:
         assert (row.state, stored.state) == ("running", "running")
 
     as_leader(services, scenario)
+
+
+def test_a_start_of_a_task_placed_already_is_refused(services: Services) -> None:
+    async def scenario() -> None:
+        await services.ledger.register_node(Node("n1", {"cpu": 4000}))
+        job = await services.jobs.submit({"resources": {"cpu": "1"}, "count": 2}, "al")
+        await services.jobs.run_cycle()
+        row, placed = await services.jobs.get(job.id)
+        assert (row.tasks_active, len(placed)) == (2, 2)
+        alloc = services.ledger.reserve({"cpu": 1000}, node="n1", owner="al", labels={},
+                                        devices=None)
+        again = partial(t.start, job_id=job.id, epoch=services.leadership.epoch,
+                        units=[t.UnitStart(f"{job.id}#1", ((1, alloc),))])
+        with pytest.raises(Refused, match="placed already"):
+            await services.jobs.writer.run(again, grants=[alloc])
+        _, [*tasks_now] = await services.jobs.get(job.id)
+        assert sorted(x.id for x in tasks_now) == sorted(x.id for x in placed)
+
+    as_leader(services, scenario)

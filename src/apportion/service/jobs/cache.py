@@ -51,6 +51,9 @@ class LiveJob:
     """Task index to the id of the task whose checkpoint it resumes from."""
     _units: tuple[Job, ...] | None = None
     _placed: set[int] = field(default_factory=set)
+    _open: tuple[Job, ...] | None = None
+    """``open_units``, kept until the row or the placed tasks change: the
+    leader asks for every waiting job's at every cycle."""
 
     @property
     def id(self) -> str:
@@ -96,12 +99,26 @@ class LiveJob:
     def open_units(self) -> list[Job]:
         """The parts of the job still to be placed: the whole job (gang or one
         task) or each unplaced task of a bag."""
+        return list(self.open)
+
+    @property
+    def open(self) -> tuple[Job, ...]:
+        """``open_units`` as built once (until the row or a task changes)."""
+        if self._open is None:
+            self._open = self._open_units()
+        return self._open
+
+    def _open_units(self) -> tuple[Job, ...]:
         if self.ending or self.row.state not in LIVE:
-            return []
+            return ()
         if single_unit(self.job):
-            return [] if self._placed else [self.job]
+            return () if self._placed else (self.job,)
         placed = self._placed
-        return [u for i, u in enumerate(self.units) if i not in placed]
+        return tuple(u for i, u in enumerate(self.units) if i not in placed)
+
+    def set_row(self, row: JobRow) -> None:
+        self.row = row
+        self._open = None
 
     def put_task(self, task: TaskRow) -> None:
         if task.state in (*ACTIVE_TASK, "succeeded"):
@@ -109,6 +126,7 @@ class LiveJob:
             self._placed.add(task.index)
         elif self.tasks.pop(task.id, None) is not None:
             self._placed.discard(task.index)
+        self._open = None
         if task.checkpoint:
             self.checkpoints[task.index] = task.id
 
@@ -121,6 +139,15 @@ class JobCache:
         self._task_jobs: dict[str, str] = {}
         self._node_tasks: dict[str, dict[str, object]] = {}
         """node -> active task id -> the stop asked of it."""
+        self._stopping: dict[str, str] = {}
+        """Active task id -> its allocation, for the tasks asked to stop."""
+        self.open: dict[str, tuple[Job, ...]] = {}
+        """Job id -> its units still to be placed (``open_units``), for the
+        jobs with any and no ``not_before``: what a cycle places, kept here
+        because the leader asks at every cycle, with thousands waiting. In no
+        particular order: every order the core sorts by ends with the unit's id."""
+        self.deferred: dict[str, LiveJob] = {}
+        """The jobs with units to place and a ``not_before``."""
         self.job_listeners: list[JobListener] = []
         self.node_listeners: list[Callable[[set[str]], None]] = []
 
@@ -164,10 +191,12 @@ class JobCache:
                     changed |= self._index(t, gone=True)
         if is_live(new.row):
             self.jobs[new.id] = new
+            self._open_changed(new)
             for t in new.tasks.values():
                 changed |= self._index(t)
         else:
             self.jobs.pop(new.id, None)
+            self._not_open(new.id)
             for t in new.tasks.values():
                 changed |= self._index(t, gone=True)
         self._row_changed(new.job, old.row if old else None, new.row)
@@ -182,18 +211,22 @@ class JobCache:
             live = self.jobs.get(row.id)
             if live is None:
                 if row.tasks_active == 0 and row.state in LIVE:
-                    self.jobs[row.id] = LiveJob(row, job_of(row))  # new, nothing placed
-                    self._row_changed(self.jobs[row.id].job, None, row)
+                    live = self.jobs[row.id] = LiveJob(row, job_of(row))  # new, nothing placed
+                    self._open_changed(live)
+                    self._row_changed(live.job, None, row)
                 elif is_live(row):
                     missing.add(row.id)
                 continue
-            old, live.row = live.row, row
+            old = live.row
+            live.set_row(row)
+            self._open_changed(live)
             self._row_changed(live.job, old, row)
         for task in outcome.tasks:
             live = self.jobs.get(task.job_id)
             if live is None:
                 continue
             live.put_task(task)
+            self._open_changed(live)
             moved = self._index(task)
             if task.id not in outcome.reported:
                 changed |= moved
@@ -208,6 +241,7 @@ class JobCache:
 
     def _drop(self, job_id: str, *, notify: bool = True) -> None:
         old = self.jobs.pop(job_id, None)
+        self._not_open(job_id)
         if old is None:
             return
         changed: set[str] = set()
@@ -224,11 +258,32 @@ class JobCache:
             self._task_jobs.pop(task.id, None)
         held = self._node_tasks.setdefault(task.node, {})
         if gone or task.state not in ACTIVE_TASK:
+            self._stopping.pop(task.id, None)
             return {task.node} if held.pop(task.id, _MISSING) is not _MISSING else set()
         if held.get(task.id, _MISSING) == task.stop_state:
             return set()
         held[task.id] = task.stop_state
+        if task.stop_state:
+            self._stopping[task.id] = task.allocation_id
+        else:
+            self._stopping.pop(task.id, None)
         return {task.node}
+
+    def _open_changed(self, live: LiveJob) -> None:
+        """Keep ``open`` and ``deferred`` level with the job's units to place."""
+        units = live.open
+        if not units:
+            self._not_open(live.id)
+        elif live.row.not_before:
+            self.deferred[live.id] = live
+            self.open.pop(live.id, None)
+        else:
+            self.open[live.id] = units
+            self.deferred.pop(live.id, None)
+
+    def _not_open(self, job_id: str) -> None:
+        self.open.pop(job_id, None)
+        self.deferred.pop(job_id, None)
 
     def _row_changed(self, job: Job, old: JobRow | None, new: JobRow) -> None:
         for listener in self.job_listeners:
@@ -256,6 +311,10 @@ class JobCache:
                 out.append(found)
         out.sort(key=lambda lt: (lt[1].created_at, lt[1].index))
         return out
+
+    def stopping(self) -> frozenset[str]:
+        """The allocations of the active tasks asked to stop."""
+        return frozenset(self._stopping.values())
 
     def job_of_task(self, task_id: str) -> str | None:
         return self._task_jobs.get(task_id)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import chain
 
 import structlog
 
@@ -133,8 +134,7 @@ class Scheduler:
         for job, run_time in self._finished:
             self.history.record(job, run_time)
         self._finished.clear()
-        pending = [u for lj in self.cache.jobs.values() if lj.not_before <= now
-                   for u in lj.open_units() if u.id not in self.switches]
+        pending = self._pending(now)
         if not pending:
             # Nothing waits: building the cluster view would be all the work.
             self.last_cycle = CycleResult((), (), (), {})
@@ -150,9 +150,9 @@ class Scheduler:
         else:
             # The view and the decision are pure work on snapshots: a worker
             # thread does them, and the event loop goes on answering meanwhile
-            # (a 10,000-task job once held it for seconds).
-            state = await asyncio.to_thread(view.state)
-            result = await asyncio.to_thread(decide, state)
+            # (a 10,000-task job once held it for seconds). One hand-off for
+            # both: with thousands waiting, every cycle of a busy cluster is here.
+            result = await asyncio.to_thread(lambda: decide(view.state()))
         self.last_cycle = result
         self.cycles += 1
         placed = {p.job_id: p for p in result.placements}
@@ -168,6 +168,17 @@ class Scheduler:
                     (placement.job_id, placement.tasks))
         await asyncio.gather(*(self._start(job_id, units) for job_id, units in starts.items()))
         return result
+
+    def _pending(self, now: float) -> list[Job]:
+        """The units to place (``JobCache.open``, and those of the deferred
+        jobs past their ``not_before``), less the switches waiting for victims."""
+        pending = list(chain.from_iterable(self.cache.open.values()))
+        for lj in self.cache.deferred.values():
+            if lj.not_before <= now:
+                pending.extend(lj.open)
+        if self.switches:
+            pending = [u for u in pending if u.id not in self.switches]
+        return pending
 
     # -- making decisions real ----------------------------------------------------
 
@@ -275,11 +286,9 @@ class Scheduler:
         return self._snapshot(extra).state()
 
     def _snapshot(self, extra: Sequence[Node] = ()) -> ClusterView:
-        stopping = frozenset(task.allocation_id for lj in self.cache.jobs.values()
-                             for task in lj.active() if task.stop_state)
         return ClusterView([*self.ledger.nodes.values(), *extra],
                            list(self.ledger.active().values()), dict(self.cache.jobs),
-                           stopping)
+                           self.cache.stopping())
 
     def queue_usage(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
         """What each queue's running jobs hold, as ``ClusterState.usage`` counts
@@ -351,8 +360,18 @@ SMALL_CYCLE = 4096
 
 
 def _small(view: ClusterView, pending: Sequence[Job]) -> bool:
-    tasks = sum(spec.count for job in pending for spec in job.tasks)
-    return (len(view.nodes) + len(view.allocations)) * tasks <= SMALL_CYCLE
+    # Counting stops at the limit: thousands of jobs may wait.
+    size = len(view.nodes) + len(view.allocations)
+    if not size:
+        return True
+    limit = SMALL_CYCLE // size
+    tasks = 0
+    for job in pending:
+        for spec in job.tasks:
+            tasks += spec.count
+        if tasks > limit:
+            return False
+    return True
 
 
 def _index(alloc: Allocation) -> int:

@@ -168,7 +168,10 @@ def start(c: Change, *, job_id: str, units: Sequence[UnitStart], epoch: int | No
     if row is None or is_ending(row) or not is_live(row):
         raise Refused(f"job {job_id} is no longer waiting", id=job_id)
     wanted = [i for u in units for i, _ in u.allocs]
-    if _placed(c.conn, job_id, wanted):
+    # The row's counters are kept with every task's start and end: with none
+    # active and none succeeded, no task of the job is (the common first
+    # start asks the store nothing more).
+    if (row.tasks_active or row.tasks_succeeded) and _placed(c.conn, job_id, wanted):
         raise Refused(f"job {job_id}: some of these tasks were placed already", id=job_id)
     job = c.job(row)
     lease = job.command is None

@@ -24,6 +24,7 @@ from pydantic import (
 
 from apportion.core.model import Allocation, Device, Node, NodeState
 from apportion.core.resources import Vector, format_quantity, format_vector
+from apportion.server.memo import Memo
 
 NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$"
@@ -185,21 +186,13 @@ def render_node(
     }
 
 
-_FORMATTED: dict[tuple[tuple[str, int], ...], dict[str, str]] = {}
-_FORMATTED_MAX = 4096
+_FORMATTED: Memo[tuple[tuple[str, int], ...], dict[str, str]] = Memo()
 
 
 def _format_granted(resources: Vector) -> dict[str, str]:
     """``format_vector`` remembered per vector: grants come in a few shapes,
     and formatting a byte quantity tries every suffix."""
-    key = tuple(resources.items())
-    text = _FORMATTED.get(key)
-    if text is None:
-        text = format_vector(resources)
-        if len(_FORMATTED) >= _FORMATTED_MAX:
-            _FORMATTED.clear()
-        _FORMATTED[key] = text
-    return dict(text)
+    return dict(_FORMATTED.get(tuple(resources.items()), lambda: format_vector(resources)))
 
 
 def render_allocation(alloc: Allocation) -> dict[str, Any]:

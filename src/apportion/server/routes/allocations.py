@@ -11,6 +11,7 @@ from apportion.core.model import AllocationState, ReleaseReason
 from apportion.core.resources import parse_vector
 from apportion.exceptions import PermissionDenied
 from apportion.server.context import AppContext, Caller, Ctx
+from apportion.server.memo import Memo
 from apportion.server.responses import AUTHED, BODY, errors
 from apportion.server.responses.nodes import (
     Allocation,
@@ -35,8 +36,7 @@ def _owner_for(caller: Principal, asked: str | None) -> str | None:
     return caller.name
 
 
-_PARSED: dict[tuple[tuple[str, type, object], ...], dict[str, int]] = {}
-_PARSED_MAX = 4096
+_PARSED: Memo[tuple[tuple[str, type, object], ...], dict[str, int]] = Memo()
 
 
 def _parse_request(resources: dict[str, Any]) -> dict[str, int]:
@@ -45,13 +45,7 @@ def _parse_request(resources: dict[str, Any]) -> dict[str, int]:
     tenth of a grant's CPU. Keyed on the value's type too (``1``, ``1.0`` and
     ``True`` hash alike); refusals are not remembered, they raise every time."""
     key = tuple((name, type(value), value) for name, value in resources.items())
-    parsed = _PARSED.get(key)
-    if parsed is None:
-        parsed = parse_vector(resources)
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[key] = parsed
-    return dict(parsed)
+    return dict(_PARSED.get(key, lambda: parse_vector(resources)))
 
 
 async def grant_allocation(

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
 from sortedcontainers import SortedList
 
+from apportion.core.countprofile import CountProfile
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
 from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
@@ -536,83 +536,3 @@ class PoolCluster:
             summed = self._releases = (self._changes, instants, cumulative)
         return CountProfile.summed(now, self.free, summed[1], summed[2])
 
-
-class CountProfile:
-    """``backfill.Profile`` for one counted resource: idle nodes over time.
-
-    The same steps, answers and splits as ``Profile`` with a one-entry
-    vector (``tests/core/test_poolsim.py`` compares the two on generated
-    steps), on plain ints: a conservative replay asks it about every
-    waiting job at every event, and the vectors were most of its cost.
-    """
-
-    __slots__ = ("free", "times")
-
-    def __init__(self, now: float, free_now: int,
-                 releases: Iterable[tuple[float, int]]) -> None:
-        """``releases``: (instant, nodes freed), in order of instant."""
-        times = [now]
-        free = [free_now]
-        current = free_now
-        for t, n in releases:
-            current += n
-            if t <= times[-1]:
-                free[-1] = current
-            else:
-                times.append(t)
-                free.append(current)
-        self.times = times
-        self.free = free
-
-    @classmethod
-    def summed(cls, now: float, free_now: int, instants: Sequence[float],
-               cumulative: Sequence[int]) -> CountProfile:
-        """``CountProfile(now, free_now, releases)`` from the releases summed
-        ahead: ``instants`` their distinct instants in order, ``cumulative``
-        the idle nodes once each has passed (``free_now`` plus every release
-        up to it). Those at or before ``now`` fold into the first step."""
-        k = bisect_right(instants, now)
-        profile = cls.__new__(cls)
-        profile.times = [now, *instants[k:]]
-        profile.free = [cumulative[k - 1] if k else free_now, *cumulative[k:]]
-        return profile
-
-    def earliest(self, need: int, duration: float | None, later_than: float | None = None,
-                 first_only: bool = False) -> float | None:
-        """``Profile.earliest`` for ``need`` nodes."""
-        times, free = self.times, self.free
-        n = len(times)
-        i = 0 if later_than is None else bisect_right(times, later_than)
-        while i < n:
-            end = INF if duration is None else times[i] + duration
-            j = i
-            while j < n and times[j] < end:
-                if free[j] < need:
-                    break
-                j += 1
-            else:
-                return times[i]
-            if first_only:
-                return None
-            i = j + 1  # every window starting at or before step j contains it
-        return None
-
-    def reserve(self, start: float, need: int, duration: float | None) -> None:
-        """``Profile.reserve``: take ``need`` nodes from ``start`` for ``duration``."""
-        times, free = self.times, self.free
-        # ``backfill.split_step`` at both ends, written out: a conservative
-        # cycle reserves for every waiting job, and the calls showed.
-        a = bisect_left(times, start)
-        if a and (a == len(times) or times[a] != start):
-            times.insert(a, start)
-            free.insert(a, free[a - 1])
-        if duration is None:
-            b = len(times)
-        else:
-            end = start + duration
-            b = bisect_left(times, end)
-            if b and (b == len(times) or times[b] != end):
-                times.insert(b, end)
-                free.insert(b, free[b - 1])
-        for k in range(a, b):
-            free[k] -= need

@@ -64,7 +64,7 @@ from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
 from apportion.agent.protocol import Assignment, record_of, share_parents, task_env
 from apportion.agent.record import RECORD
-from apportion.agent.spares import Spares
+from apportion.agent.spares import Spares, remove_tree
 from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
@@ -397,10 +397,10 @@ class Runner:
         _mark_reported(task.dir)
         self.tasks.pop(task.id, None)
         if task.identity is not None and task.sandbox is not None:
-            _remove(task.sandbox)
+            remove_tree(task.sandbox)
             return
         if task.assignment.resume_task is not None:
-            _remove(task.resume_dir)
+            remove_tree(task.resume_dir)
         if not self.spares.put(task.checkpoint_dir, task.id):
             _empty(task.checkpoint_dir)
 
@@ -539,15 +539,6 @@ class Runner:
                 with contextlib.suppress(OSError):
                     limits.remove(task.cgroup)
         return task
-
-
-def _remove(path: Path) -> None:
-    """Remove a directory and what is in it; a link in its place goes, never
-    its target."""
-    if path.is_symlink():
-        path.unlink()
-        return
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _empty(path: Path) -> None:

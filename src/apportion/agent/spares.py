@@ -67,7 +67,7 @@ class Spares:
                 continue
             if empty_own_dir(dest, self.uid):
                 return True
-            _remove(dest)
+            remove_tree(dest)
         return False
 
 
@@ -87,7 +87,9 @@ def empty_own_dir(path: Path, uid: int | None = None) -> bool:
         return False
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
+    """Remove a directory and what is in it; a link in its place goes, never
+    its target. Errors are left: what cannot go stays where it is."""
     if path.is_symlink():
         with contextlib.suppress(OSError):
             path.unlink()

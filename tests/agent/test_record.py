@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from apportion.agent import record
 from apportion.agent.limits import LimitMode, LimitSupport
-from apportion.agent.protocol import Assignment, record_of
+from apportion.agent.protocol import SHIM, Assignment, record_of
 from apportion.agent.runner import LocalTask, Runner
 
 WATCHDOG = LimitSupport(LimitMode.RLIMIT_WATCHDOG, "test")
@@ -59,11 +59,20 @@ def test_a_line_torn_by_a_crash_is_skipped_and_the_next_one_stands_alone(
     with (tmp_path / record.RECORD).open("ab") as fh:
         fh.write(b'{"state":"running","pid":12')  # the machine went down here
     assert record.read(tmp_path) == {"assignment": {}, "state": "prepared"}
-    record.terminate(tmp_path)
-    record.terminate(tmp_path)  # once is enough: a whole line is left alone
     record.append(tmp_path, {"state": "exited"})
     assert record.read(tmp_path) == {"assignment": {}, "state": "exited"}
     assert (tmp_path / record.RECORD).read_bytes().count(b"\n") == 3
+
+
+def test_the_shims_exit_line_stands_alone_after_a_torn_line(tmp_path: Path) -> None:
+    """A write cut short while the agent runs on (a full disk) leaves no
+    newline; the shim's line, which starts with one, is still read."""
+    record.create(tmp_path, {"assignment": {}, "state": "prepared"})
+    with (tmp_path / record.RECORD).open("ab") as fh:
+        fh.write(b'\n{"state":"runn')
+    subprocess.run(["/bin/sh", "-c", SHIM, "shim", "", str(tmp_path / record.RECORD),
+                    "/bin/sh", "-c", "exit 5"], check=False)
+    assert record.read(tmp_path) == {"assignment": {}, "state": "prepared", "exit_code": 5}
 
 
 def test_the_record_an_older_agent_wrote_as_one_document_reads_and_takes_lines(
@@ -71,7 +80,6 @@ def test_the_record_an_older_agent_wrote_as_one_document_reads_and_takes_lines(
 ) -> None:
     (tmp_path / record.RECORD).write_text(json.dumps({"assignment": {}, "pid": 7}))
     assert record.read(tmp_path) == {"assignment": {}, "pid": 7}
-    record.terminate(tmp_path)
     record.append(tmp_path, {"pid": 8})
     assert record.read(tmp_path) == {"assignment": {}, "pid": 8}
 

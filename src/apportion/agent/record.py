@@ -14,9 +14,10 @@ with ``O_APPEND``, so a writer that dies leaves either its whole line or
 none, and two writers (the agent and the shim) never interleave. A line cut
 short (a crash of the machine mid-write) does not parse and is skipped; the
 first line, which holds the assignment, is complete before the task can
-run. ``terminate`` puts the next line on a line of its own after such a cut,
-and after a record an older agent wrote as one document without a newline
-(which is read as the first line: old records stay readable).
+run. Every appended line starts with a newline, so a line cut short
+before it (by a crash, or a full disk while the agent runs on) cannot swallow
+it, and a record an older agent wrote as one document without a newline
+(read as the first line: old records stay readable) takes lines as well.
 
 This module imports only the standard library: the fence reads records too.
 """
@@ -35,16 +36,18 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def create(task_dir: Path, body: dict[str, Any]) -> None:
     """Write the record's first line (the record must not exist yet)."""
-    _write(task_dir / RECORD, _CREATE, body)
+    _write(task_dir / RECORD, _CREATE, b"", body)
 
 
 def append(task_dir: Path, changes: dict[str, Any]) -> None:
-    """Add a line of changes to the record."""
-    _write(task_dir / RECORD, _APPEND, changes)
+    """Add a line of changes to the record. It starts with a newline of its
+    own: a line cut short before it (a crash, a full disk) is closed by it,
+    never glued to it (the shim's line starts the same way)."""
+    _write(task_dir / RECORD, _APPEND, b"\n", changes)
 
 
-def _write(path: Path, flags: int, body: dict[str, Any]) -> None:
-    line = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+def _write(path: Path, flags: int, lead: bytes, body: dict[str, Any]) -> None:
+    line = lead + (json.dumps(body, separators=(",", ":")) + "\n").encode()
     fd = os.open(path, flags, 0o600)
     try:
         if os.write(fd, line) != len(line):
@@ -77,19 +80,6 @@ def read(task_dir: Path) -> dict[str, Any]:
     """The task's record (``OSError`` when it cannot be read, ``ValueError``
     when its first line is incomplete)."""
     return parse(_read_bytes(task_dir / RECORD))
-
-
-def terminate(task_dir: Path) -> None:
-    """End the record's last line when a crash (or an older agent) left it
-    open, so that a line appended next stands alone."""
-    path = task_dir / RECORD
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")
-    finally:
-        os.close(fd)
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -498,7 +498,6 @@ class Runner:
         try:
             body = record.read(task_dir)
             assignment = Assignment.from_wire(body["assignment"])
-            record.terminate(task_dir)  # what this agent appends starts a line
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("unreadable_task_record", dir=str(task_dir), error=repr(exc))
             return None

@@ -213,13 +213,13 @@ class RuntimeHistory:
     gains a typical value (none is ever lost) or the levels' order moves."""
     levels_now_order: tuple[str, ...] = ()
     ordered_runs: dict[tuple[str, object], list[float]] = field(default_factory=dict)
+    """The runs of each key kept deeper than two, sorted: their median is
+    asked at every ``record``, and sorting the window each time cost more."""
     user_weights: dict[str, float] = field(default_factory=dict)
     """Per user error name with an error of its own, the weight of that
     user's estimates, until a job of theirs is scored (``record`` drops it):
     a user's error moves only with their own jobs, so unlike the levels'
     weights it outlives most records."""
-    """The runs of each key kept deeper than two, sorted: their median is
-    asked at every ``record``, and sorting the window each time cost more."""
 
     # -- learning --------------------------------------------------------
 

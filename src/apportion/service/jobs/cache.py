@@ -221,15 +221,20 @@ class JobCache:
             live.set_row(row)
             self._open_changed(live)
             self._row_changed(live.job, old, row)
+        touched: dict[str, LiveJob] = {}
         for task in outcome.tasks:
             live = self.jobs.get(task.job_id)
             if live is None:
                 continue
             live.put_task(task)
-            self._open_changed(live)
+            touched[live.id] = live
             moved = self._index(task)
             if task.id not in outcome.reported:
                 changed |= moved
+        # Once a job, after all its tasks: the start of a bag of N tasks
+        # would otherwise rebuild its open units N times.
+        for live in touched.values():
+            self._open_changed(live)
         for row in outcome.rows.values():
             live = self.jobs.get(row.id)
             if live is not None and not is_live(row):

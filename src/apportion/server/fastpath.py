@@ -23,7 +23,6 @@ import orjson
 import structlog
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from apportion.exceptions import ApportionError, BodyTooLarge
 from apportion.server.edge import EdgeGuard, answer, body_over
@@ -32,6 +31,19 @@ from apportion.server.routes.allocations import grant_allocation
 from apportion.server.routes.observability import log_request, request_id_of
 from apportion.server.schemas import AllocationIn
 from apportion.service.auth import Principal
+
+
+def _httptools_cycle() -> type[Any] | None:
+    """uvicorn's httptools request cycle; None where uvicorn runs on h11
+    alone (the answer then goes in uvicorn's two writes)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    except ImportError:  # pragma: no cover (the package depends on httptools)
+        return None
+    return RequestResponseCycle
+
+
+_CYCLE = _httptools_cycle()
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +122,7 @@ async def _respond(send: Send, status: int, body: bytes, request_id: str) -> Non
                          (b"x-request-id", request_id.encode())]}
     end = {"type": "http.response.body", "body": body}
     cycle = getattr(send, "__self__", None)
-    if not isinstance(cycle, RequestResponseCycle):
+    if _CYCLE is None or not isinstance(cycle, _CYCLE):
         await send(start)
         await send(end)
         return

@@ -218,8 +218,20 @@ class GroupCommitter:
         return await self._local_transaction(run, lone)
 
     def _transaction(self, run: Callable[[sa.Connection], list[Any]]) -> list[Any]:
-        with self._engine.begin() as conn:
-            return run(conn)
+        if self._networked:
+            with self._engine.begin() as conn:
+                return run(conn)
+        # SQLite in a worker thread: its commit is timed like the loop's, so
+        # a lone write decides on every recent commit, batches included.
+        with self._engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                results = run(conn)
+            except BaseException:
+                transaction.rollback()
+                raise
+            self._note_commit(_timed_commit(transaction))
+            return results
 
     async def _local_transaction(self, run: Callable[[sa.Connection], list[Any]],
                                  lone: bool) -> list[Any]:
@@ -237,10 +249,13 @@ class GroupCommitter:
                 took = _timed_commit(transaction)
             else:
                 took = await asyncio.to_thread(_timed_commit, transaction)
-            # One slow commit moves the next ones to a thread; a run of fast
-            # ones brings them back.
-            self.commit_s = 0.7 * self.commit_s + 0.3 * took
+            self._note_commit(took)
             return results
+
+    def _note_commit(self, took: float) -> None:
+        # One slow commit moves the next ones to a thread; a run of fast
+        # ones brings them back.
+        self.commit_s = 0.7 * self.commit_s + 0.3 * took
 
 
 def _timed_commit(transaction: sa.RootTransaction) -> float:

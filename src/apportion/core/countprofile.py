@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from apportion.core.scheduling.policies import INF
 
-__all__ = ["CountProfile"]
+__all__ = ["CountProfile", "summed_releases"]
 
 
 class CountProfile:
@@ -25,18 +25,7 @@ class CountProfile:
     def __init__(self, now: float, free_now: int,
                  releases: Iterable[tuple[float, int]]) -> None:
         """``releases``: (instant, nodes freed), in order of instant."""
-        times = [now]
-        free = [free_now]
-        current = free_now
-        for t, n in releases:
-            current += n
-            if t <= times[-1]:
-                free[-1] = current
-            else:
-                times.append(t)
-                free.append(current)
-        self.times = times
-        self.free = free
+        self._fold(now, free_now, *summed_releases(free_now, releases))
 
     @classmethod
     def summed(cls, now: float, free_now: int, instants: Sequence[float],
@@ -45,11 +34,15 @@ class CountProfile:
         ahead: ``instants`` their distinct instants in order, ``cumulative``
         the idle nodes once each has passed (``free_now`` plus every release
         up to it). Those at or before ``now`` fold into the first step."""
-        k = bisect_right(instants, now)
         profile = cls.__new__(cls)
-        profile.times = [now, *instants[k:]]
-        profile.free = [cumulative[k - 1] if k else free_now, *cumulative[k:]]
+        profile._fold(now, free_now, instants, cumulative)
         return profile
+
+    def _fold(self, now: float, free_now: int, instants: Sequence[float],
+              cumulative: Sequence[int]) -> None:
+        k = bisect_right(instants, now)
+        self.times = [now, *instants[k:]]
+        self.free = [cumulative[k - 1] if k else free_now, *cumulative[k:]]
 
     def earliest(self, need: int, duration: float | None, later_than: float | None = None,
                  first_only: bool = False) -> float | None:
@@ -90,3 +83,21 @@ class CountProfile:
                 free.insert(b, free[b - 1])
         for k in range(a, b):
             free[k] -= need
+
+
+def summed_releases(free_now: int, releases: Iterable[tuple[float, int]]
+                    ) -> tuple[list[float], list[int]]:
+    """The distinct instants of ``releases`` ((instant, nodes freed), in
+    order of instant) and the idle nodes once each has passed: what
+    ``CountProfile.summed`` takes."""
+    instants: list[float] = []
+    cumulative: list[int] = []
+    current = free_now
+    for t, n in releases:
+        current += n
+        if instants and t <= instants[-1]:
+            cumulative[-1] = current
+        else:
+            instants.append(t)
+            cumulative.append(current)
+    return instants, cumulative

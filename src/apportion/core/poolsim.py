@@ -30,7 +30,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from apportion.core.countprofile import CountProfile
+from apportion.core.countprofile import CountProfile, summed_releases
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
 from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
@@ -521,18 +521,10 @@ class PoolCluster:
         # changes a conservative cycle only moves ``now`` over them.
         summed = self._releases
         if summed is None or summed[0] != self._changes:
-            instants: list[float] = []
-            cumulative: list[int] = []
-            current = self.free
             running = self.running
             # ``ends`` is sorted by end, so the release instants come in order.
-            for end, job_id in self.ends:
-                current += running[job_id][1]
-                if instants and end <= instants[-1]:
-                    cumulative[-1] = current
-                else:
-                    instants.append(end)
-                    cumulative.append(current)
+            instants, cumulative = summed_releases(
+                self.free, ((end, running[job_id][1]) for end, job_id in self.ends))
             summed = self._releases = (self._changes, instants, cumulative)
         return CountProfile.summed(now, self.free, summed[1], summed[2])
 

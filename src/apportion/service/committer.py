@@ -224,12 +224,7 @@ class GroupCommitter:
         # SQLite in a worker thread: its commit is timed like the loop's, so
         # a lone write decides on every recent commit, batches included.
         with self._engine.connect() as conn:
-            transaction = conn.begin()
-            try:
-                results = run(conn)
-            except BaseException:
-                transaction.rollback()
-                raise
+            results, transaction = _begun(conn, run)
             self._note_commit(_timed_commit(transaction))
             return results
 
@@ -239,12 +234,7 @@ class GroupCommitter:
         COMMIT on the loop for a ``lone`` write while commits are fast, else
         in a worker thread."""
         with self._engine.connect() as conn:
-            transaction = conn.begin()
-            try:
-                results = run(conn)
-            except BaseException:
-                transaction.rollback()
-                raise
+            results, transaction = _begun(conn, run)
             if lone and self.commit_s < INLINE_COMMIT_S:
                 took = _timed_commit(transaction)
             else:
@@ -256,6 +246,18 @@ class GroupCommitter:
         # One slow commit moves the next ones to a thread; a run of fast
         # ones brings them back.
         self.commit_s = 0.7 * self.commit_s + 0.3 * took
+
+
+def _begun(conn: sa.Connection, run: Callable[[sa.Connection], list[Any]]
+           ) -> tuple[list[Any], sa.RootTransaction]:
+    """``run`` in a transaction begun on ``conn`` (rolled back if it raises),
+    and that transaction, left for the caller to commit."""
+    transaction = conn.begin()
+    try:
+        return run(conn), transaction
+    except BaseException:
+        transaction.rollback()
+        raise
 
 
 def _timed_commit(transaction: sa.RootTransaction) -> float:

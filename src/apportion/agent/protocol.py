@@ -70,10 +70,12 @@ SHIM = (
     'shift 2\n'
     '"$@"\n'
     'rc=$?\n'
-    # A line appended to the task's record (``record.py``), in one write:
-    # a file of its own would cost an inode per task, and a rename for
-    # atomicity a fork and exec of mv on the stop path.
-    'printf \'{"exit_code":%s}\\n\' "$rc" >> "$record"\n'
+    # A line appended to the task's record (``record.py``), in one write and
+    # starting with a newline as every appended line does (a torn line
+    # before it cannot swallow it): a file of its own would cost an inode
+    # per task, and a rename for atomicity a fork and exec of mv on the stop
+    # path.
+    'printf \'\\n{"exit_code":%s}\\n\' "$rc" >> "$record"\n'
     'exit "$rc"\n'
 )
 

@@ -8,15 +8,19 @@ daily Holt-Winters fits it exactly; the mean first reaches 8 at h = 101.53.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import sqlalchemy as sa
 
 from apportion.core.ledger import Ledger
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.store.database import create_engine, migrate
 from apportion.store.schema import history_rollups, history_series
+from support import ServerProcess
 
 HOURS = 21 * 24
 LABELS = {"group_by": "facility", "group": "tx", "resource": "gpu"}
@@ -50,3 +54,51 @@ def seed_history(db: Path, now: float, hours: int = HOURS) -> None:
             conn.execute(sa.insert(history_rollups), rows)
     finally:
         engine.dispose()
+
+
+def add_tx_gpus(api: httpx.Client, cpu: int, memory: str | None = None) -> None:
+    """Node ``g1`` with 8 gpus, 5 of them allocated, in facility ``tx``.
+
+    It joins ``tx`` (by a label change) only once its allocations are made,
+    so every sample the server takes of tx/gpu reads 5: one sample of 0
+    taken between the registration and the grants moves the forecast's
+    crossing from ~4.2 to ~5.2 days."""
+    resources: dict[str, object] = {"cpu": cpu, "gpu": 8}
+    if memory is not None:
+        resources["memory"] = memory
+    r = api.post("/api/v1/nodes", json={"name": "g1", "resources": resources,
+                                        "labels": {"type": "gpu"}})
+    assert r.status_code == 201, r.text
+    for gpus in (4, 1):
+        r = api.post("/api/v1/allocations", json={"resources": {"gpu": gpus}, "node": "g1",
+                                                  "owner": "ops"})
+        assert r.status_code == 201, r.text
+    r = api.put("/api/v1/nodes/g1", json={"labels": {"facility": "tx", "type": "gpu"}})
+    assert r.status_code == 200, r.text
+
+
+def start_seeded_server(make_dir: Callable[[], Path], extra_env: Callable[[Path], dict[str, str]],
+                        prepare: Callable[[httpx.Client], None]) -> ServerProcess:
+    """A server on a store seeded with ``ramp`` up to the current hour,
+    samples every 0.5 s, ``prepare`` done through its API.
+
+    Set up once more, on a new store, when the hour turned meanwhile: the
+    seeded hour would then hold no sample of the server's and the series
+    would lack ramp's latest point."""
+    for _ in range(2):
+        data = make_dir()
+        hour = time.time() // 3600 * 3600
+        seed_history(data / "apportion.db", hour)
+        proc = ServerProcess(data, extra_env={**extra_env(data),
+                                              "APPORTION_HISTORY_INTERVAL": "0.5"})
+        proc.start(timeout=120)
+        try:
+            with proc.client() as api:
+                prepare(api)
+        except BaseException:
+            proc.stop()
+            raise
+        if (time.time() + 5) // 3600 * 3600 == hour:  # 5 s: time for a sample
+            return proc
+        proc.stop()
+    raise AssertionError("the hour turned twice while one server started")

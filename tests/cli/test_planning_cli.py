@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from apportion.core.records import UsageRow
 from apportion.store.database import create_engine, migrate
 from apportion.store.usage_tables import insert_usage
 from cli.test_cli import clean_env, rows, run, write_config
-from planning_support import seed_history
-from support import ServerProcess
+from planning_support import add_tx_gpus, start_seeded_server
 
 GIB = 1 << 30
 
@@ -38,23 +36,15 @@ def _seed_usage(db: Path) -> None:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    data = tmp_path_factory.mktemp("planning-cli")
-    seed_history(data / "apportion.db", time.time() // 3600 * 3600)
-    _seed_usage(data / "apportion.db")
-    proc = ServerProcess(data, extra_env={"APPORTION_HISTORY_INTERVAL": "0.5"}).start(
-        timeout=120)
+    def make_dir() -> Path:
+        data = tmp_path_factory.mktemp("planning-cli")
+        _seed_usage(data / "apportion.db")
+        return data
+
+    proc = start_seeded_server(make_dir, lambda data: {},
+                               lambda api: add_tx_gpus(api, cpu=16, memory="128Gi"))
     try:
-        with proc.client() as api:
-            for name in ("g1", "g2"):
-                r = api.post("/api/v1/nodes", json={
-                    "name": name, "resources": {"cpu": 8, "memory": "64Gi", "gpu": 4},
-                    "labels": {"facility": "tx", "type": "gpu"}})
-                assert r.status_code == 201, r.text
-            r = api.post("/api/v1/allocations", json={"resources": {"gpu": 1}, "node": "g2"})
-            assert r.status_code == 201, r.text
-            r = api.post("/api/v1/allocations", json={"resources": {"gpu": 4}, "node": "g1"})
-            assert r.status_code == 201, r.text
-        config = data / "cli.toml"
+        config = proc.data_dir / "cli.toml"
         yield clean_env(write_config(config, proc.url, proc.token))
     finally:
         proc.stop()
@@ -72,6 +62,8 @@ def test_forecast_table_json_and_plot(env: dict[str, str], tmp_path: Path) -> No
     answer = json.loads(run(env, "forecast", "--group-by", "facility", "--json").stdout)
     gpu = next(f for f in answer["forecasts"] if f["resource"] == "gpu")
     assert gpu["allocated"]["points"] and gpu["allocated"]["history"]
+    # The server's own samples this hour all read 5 (see add_tx_gpus).
+    assert gpu["allocated"]["history"][-1][1] == 5
 
     bad = run(env, "forecast", "--days", "120", ok=False)
     assert bad.returncode == 2 and "--days: from 1 to 90" in bad.stderr

@@ -23,7 +23,7 @@ from apportion.service.alerts_service import AlertSettings
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.service.planning_service import PlanningService, PlanningSettings, choose_step
 from apportion.service.server_config import load_server_config
-from planning_support import LABELS, ramp, seed_history
+from planning_support import LABELS, add_tx_gpus, ramp, start_seeded_server
 from server.helpers import config_env, until
 from support import Clock, ServerProcess
 
@@ -164,27 +164,18 @@ def test_planning_section_of_the_server_config(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("planning")
-    now = time.time() // 3600 * 3600
-    seed_history(data / "apportion.db", now)
-    config = config_env(data, "[planning]\ninterval_s = 1\nhistory_days = 21\n\n"
-                              "[alerts]\ninterval_s = 0.5\n")
-    proc = ServerProcess(data, extra_env={**config, "APPORTION_HISTORY_INTERVAL": "0.5"})
-    proc.start(timeout=120)
+    def prepare(api: httpx.Client) -> None:
+        add_tx_gpus(api, cpu=16)
+        # Fits nowhere now (3 gpus are free): it waits.
+        r = api.post("/api/v1/jobs", json={"name": "big", "resources": {"gpu": 4}})
+        assert r.status_code == 201, r.text
+
+    proc = start_seeded_server(
+        lambda: tmp_path_factory.mktemp("planning"),
+        lambda data: config_env(data, "[planning]\ninterval_s = 1\nhistory_days = 21\n\n"
+                                      "[alerts]\ninterval_s = 0.5\n"),
+        prepare)
     try:
-        with proc.client() as api:
-            for name in ("g1", "g2"):
-                r = api.post("/api/v1/nodes", json={
-                    "name": name, "resources": {"cpu": 8, "gpu": 4},
-                    "labels": {"facility": "tx", "type": "gpu"}})
-                assert r.status_code == 201, r.text
-            for node, gpus in (("g1", 4), ("g2", 1)):
-                r = api.post("/api/v1/allocations",
-                             json={"resources": {"gpu": gpus}, "node": node, "owner": "ops"})
-                assert r.status_code == 201, r.text
-            # Fits nowhere now (3 gpus are free, on two nodes): it waits.
-            r = api.post("/api/v1/jobs", json={"name": "big", "resources": {"gpu": 4}})
-            assert r.status_code == 201, r.text
         yield proc
     finally:
         proc.stop()

@@ -257,7 +257,12 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
             "resources": {"cpu": "1", "memory": "128Mi"},
             "constraints": ["facility=burst"] if i == 0 else []})
         assert r.status_code == 201, r.text
-        assert r.json()["reason"] == f"waiting for pool {POOL} to add a node", r.text
+        # With no node at all, each waits for the pool. On a loaded machine
+        # the scaler may add a node mid-burst: a job submitted once that node
+        # joined fits a node that exists and names no pool.
+        reason = r.json()["reason"]
+        assert reason == f"waiting for pool {POOL} to add a node" or (
+            i > 0 and reason is None and watch.nodes()), r.text
         ids.append(r.json()["id"])
     long_job = ids[5]
 
@@ -326,10 +331,16 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
                     for e in events), file=sys.stderr)
     assert not of("scaling.error"), of("scaling.error")
 
+    # One scale-up of MAX_SIZE (the burst packs onto 6 nodes, capped by
+    # max_size) when the scaler sees the whole burst at once. On a loaded
+    # machine it may tick while the burst still arrives: then the rest
+    # follows after cooldown_up_s, and never more than max_size in all.
+    # (tests/core/test_autoscale.py holds a whole burst to one scale-up.)
     ups = of("scaling.scale_up")
-    assert [e["data"]["count"] for e in ups] == [MAX_SIZE], (
-        f"one scale-up of {MAX_SIZE} (the burst packs onto 6 nodes, capped by max_size): {ups}")
-    assert "pending task(s) fit on no node" in ups[0]["data"]["reason"]
+    assert sum(e["data"]["count"] for e in ups) == MAX_SIZE, ups
+    assert all("pending task(s) fit on no node" in e["data"]["reason"] for e in ups), ups
+    up_times = [e["at"] for e in ups]
+    assert all(b - a >= 2.0 for a, b in itertools.pairwise(up_times)), up_times
 
     created = {e["subject"] for e in of("scaling.node_created")}
     joined = {e["subject"]: e["data"] for e in of("node.joined")}
@@ -373,7 +384,7 @@ def test_a_burst_scales_the_pool_up_runs_everything_and_scales_back_down(
     named = [n for e in downs for n in e["data"]["nodes"]]
     assert sorted(named) == sorted(created), f"every pool node drained once: {downs}"
     # Not within cooldown_down_s (3 s) of the scale-up, nor of each other.
-    times = [ups[0]["at"]] + [e["at"] for e in downs]
+    times = [ups[-1]["at"]] + [e["at"] for e in downs]
     assert all(b - a >= 3.0 for a, b in itertools.pairwise(times)), times
     long_node = jobs[long_job]["tasks"][0]["node"]
     for e in downs:

@@ -392,7 +392,7 @@ def complete(c: Change, job_id: str, *, succeeded: bool, exit_code: int | None,
 def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome:
     """Apply an agent's report on one of its tasks; repeating one is harmless.
     ``report.checkpoint`` names a checkpoint already stored, or is None."""
-    task, row = _report_rows(c, task_id, node)
+    task, row = _report_rows(c, task_id, node, exited=report.state == "exited")
     if task is None or task.node != node:
         c.out.answer = {"known": False, "active": False,
                         "state": None if task is None else task.state}
@@ -413,16 +413,18 @@ def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome
     return c.out
 
 
-def _report_rows(c: Change, task_id: str, node: str) -> tuple[TaskRow | None, JobRow | None]:
+def _report_rows(c: Change, task_id: str, node: str, *, exited: bool
+                 ) -> tuple[TaskRow | None, JobRow | None]:
     """The reported task and its job row as stored (the row locked; None
     for a task of another node). SQLite has one writer: what one statement
-    reads of the task, its job and its allocation is what is there, and the
-    allocation is kept for the release of an exit."""
+    reads of the task, its job and (for an exit) its allocation is what is
+    there, and the allocation is kept for the exit's release."""
     if c.conn.dialect.name != "postgresql":
-        task, row, alloc = jt.load_report_rows(c.conn, task_id)
+        task, row, alloc = jt.load_report_rows(c.conn, task_id, releasing=exited)
         if task is None or task.node != node:
             return task, None
-        c.tx.read_with(task.allocation_id, alloc)
+        if exited:
+            c.tx.read_with(task.allocation_id, alloc)
         return task, c.loaded(row)
     task = jt.load_task(c.conn, task_id)
     if task is None or task.node != node:

@@ -22,13 +22,11 @@ import asyncio
 import json
 import os
 import subprocess
-import tempfile
 import time
 from typing import Any
 
 import sqlalchemy as sa
-import uvicorn
-from bench_grant_loop import TOKEN, _Connections
+from bench_grant_loop import TOKEN, _Connections, in_process, serving
 from common import write_result
 
 NODE = "node-a"
@@ -88,15 +86,7 @@ class _Agent:
 
 
 async def _measure(rounds: int, concurrency: int) -> dict[str, Any]:
-    from apportion.server.app import create_app
-    from apportion.service.settings import Settings
-
-    app = create_app(Settings.from_env())
-    config = uvicorn.Config(app, http="httptools", loop="uvloop", log_config=None,
-                            access_log=False)
-    config.load()
-    async with app.router.lifespan_context(app):
-        conns = _Connections(config, asyncio.get_running_loop())
+    async with serving() as (app, conns):
         agent = _Agent(conns)
         assert "node" in await agent.one(_request(b"POST", b"/api/v1/agents/register",
                                                   REGISTER))
@@ -105,18 +95,7 @@ async def _measure(rounds: int, concurrency: int) -> dict[str, Any]:
             task.cancel()
         await asyncio.sleep(0.05)
         assert services.leadership.is_leader, "deposed before the rounds"
-        statements = [0]
-
-        texts: dict[str, int] = {}
-
-        def count(_c: Any, _k: Any, sql: str, *_: Any) -> None:
-            statements[0] += 1
-            if os.environ.get("BENCH_SQL"):
-                texts[sql] = texts.get(sql, 0) + 1
-
-        engines = {services.uow._writer}
-        for engine in engines:
-            sa.event.listen(engine, "before_cursor_execute", count)
+        statements = _Statements(services.uow._writer)
         submit = _request(b"POST", b"/api/v1/jobs", SUBMIT)
 
         async def one_round() -> int:
@@ -128,7 +107,7 @@ async def _measure(rounds: int, concurrency: int) -> dict[str, Any]:
 
         for _ in range(20):  # warm-up
             await one_round()
-        statements[0] = 0
+        statements.reset()
         done = 0
         _instrument("on")
         cpu = time.process_time()
@@ -137,11 +116,33 @@ async def _measure(rounds: int, concurrency: int) -> dict[str, Any]:
         cpu = time.process_time() - cpu
         _instrument("off")
         jobs = rounds * concurrency
-        for sql, n in sorted(texts.items(), key=lambda kv: -kv[1]):
-            print(f"{n / jobs:6.2f} {' '.join(sql.split())[:150]}")
+        statements.show(jobs)
         assert done == jobs, (done, jobs)
         return {"jobs": jobs, "cpu_ms_per_job": round(cpu / jobs * 1000, 3),
-                "statements_per_job": round(statements[0] / jobs, 2)}
+                "statements_per_job": round(statements.count / jobs, 2)}
+
+
+class _Statements:
+    """Counts the statements the committer's engine runs (each one's text
+    too with BENCH_SQL=1, shown per job)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.count = 0
+        self.texts: dict[str, int] | None = {} if os.environ.get("BENCH_SQL") else None
+        sa.event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        self.count += 1
+        if self.texts is not None:
+            self.texts[sql] = self.texts.get(sql, 0) + 1
+
+    def reset(self) -> None:
+        self.count = 0
+        self.texts = {} if self.texts is not None else None
+
+    def show(self, jobs: int) -> None:
+        for sql, n in sorted((self.texts or {}).items(), key=lambda kv: -kv[1]):
+            print(f"{n / jobs:6.2f} {' '.join(sql.split())[:150]}")
 
 
 def _instrument(state: str) -> None:
@@ -157,14 +158,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    import uvloop
-
-    with tempfile.TemporaryDirectory() as tmp:
-        # A long leader timeout: under valgrind the lock's check would time
-        # out and depose the server before its loops are stopped.
-        os.environ.update({"APPORTION_DATA_DIR": tmp, "APPORTION_ADMIN_TOKEN": TOKEN,
-                           "APPORTION_LOG_LEVEL": "WARNING", "APPORTION_LEADER_TIMEOUT": "600"})
-        figures = uvloop.run(_measure(args.rounds, args.concurrency))
+    # A long leader timeout: under valgrind the lock's check would time out
+    # and depose the server before its loops are stopped.
+    figures = in_process(_measure(args.rounds, args.concurrency),
+                         APPORTION_LEADER_TIMEOUT="600")
     print(f"{figures['jobs']} jobs: cpu={figures['cpu_ms_per_job']} ms/job  "
           f"statements={figures['statements_per_job']}/job")
     write_result("job_loop", figures)

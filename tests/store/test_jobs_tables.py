@@ -19,12 +19,11 @@ from apportion.store.database import create_engine, migrate
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}", sqlite_synchronous="OFF")
-    migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+    """A migrated SQLite store (the one-statement read is SQLite's)."""
+    store = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}", sqlite_synchronous="OFF")
+    migrate(store)
+    yield store
+    store.dispose()
 
 
 def _job(job_id: str) -> JobRow:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import uvicorn
@@ -105,7 +107,9 @@ class _Connections:
         return counts
 
 
-async def _measure(rounds: int, nodes: int) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[tuple[Any, _Connections]]:
+    """The server's application, started, and its in-memory connections."""
     from apportion.server.app import create_app
     from apportion.service.settings import Settings
 
@@ -114,7 +118,11 @@ async def _measure(rounds: int, nodes: int) -> dict[str, Any]:
                             access_log=False)
     config.load()
     async with app.router.lifespan_context(app):
-        conns = _Connections(config, asyncio.get_running_loop())
+        yield app, _Connections(config, asyncio.get_running_loop())
+
+
+async def _measure(rounds: int, nodes: int) -> dict[str, Any]:
+    async with serving() as (app, conns):
         for i in range(0, nodes, CONNECTIONS):
             await conns.round([_request(b"/api/v1/nodes", {
                 "name": f"n{j:04d}", "resources": {"cpu": "1000000", "memory": "100Pi"},
@@ -138,17 +146,23 @@ async def _measure(rounds: int, nodes: int) -> dict[str, Any]:
                 "process_cpu_us": round(cpu / n * 1e6, 1), "statuses": conns.statuses()}
 
 
+def in_process(measure: Coroutine[Any, Any, dict[str, Any]], **env: str) -> dict[str, Any]:
+    """Run ``measure`` on uvloop with a server's settings in the environment
+    (a data directory of its own, the admin token, and ``env``)."""
+    import uvloop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update({"APPORTION_DATA_DIR": tmp, "APPORTION_ADMIN_TOKEN": TOKEN,
+                           "APPORTION_LOG_LEVEL": "WARNING", **env})
+        return uvloop.run(measure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--nodes", type=int, default=1000)
     args = parser.parse_args()
-    import uvloop
-
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update({"APPORTION_DATA_DIR": tmp, "APPORTION_ADMIN_TOKEN": TOKEN,
-                           "APPORTION_LOG_LEVEL": "WARNING"})
-        figures = uvloop.run(_measure(args.rounds, args.nodes))
+    figures = in_process(_measure(args.rounds, args.nodes))
     print(f"loop cpu={figures['loop_cpu_us']} us/grant  process cpu="
           f"{figures['process_cpu_us']} us/grant  statuses={figures['statuses']}")
     write_result("grant_loop", figures)

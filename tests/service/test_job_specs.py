@@ -6,12 +6,15 @@ as stored (base units)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apportion.core.labels import LabelRequirement
 from apportion.core.records import QueueRow
 from apportion.core.scheduling import Queue, TaskSpec
 from apportion.exceptions import InvalidInput
 from apportion.service.job_specs import (
+    as_checked,
     job_from_spec,
     parse_duration,
     parse_time,
@@ -108,3 +111,22 @@ def test_a_queue_as_given_and_as_stored() -> None:
     assert given == Queue("team-a", {"cpu": 8000, "memory": 16 << 30}, 2.0, None, 10)
     stored = QueueRow("team-a", dict(given.quota), 2.0, None, 10, 0.0, 0.0)
     assert queue_of_stored(stored) == given  # base units, not read as text again
+
+
+@given(command=st.sampled_from([None, ["true"], ["sh", "-c", "exit 0"]]),
+       constraints=st.lists(st.sampled_from(
+           ["facility=texas-1", "!spot", "type in (gpu,cpu)", "gpu.memory>=40Gi",
+            "apportion.io/agent=true", "zone!=b"]), max_size=3),
+       resources=st.sampled_from([{"cpu": "1"}, {"cpu": "2", "gpu": 1}, {"memory": "1Gi"}]))
+def test_a_checked_job_is_the_one_built_without_the_agent_label(
+        command: list[str] | None, constraints: list[str], resources: dict[str, object]) -> None:
+    """A submission builds its job once and checks it without the agent
+    label: exactly what building it again without the label gives."""
+    spec = {"resources": resources, "constraints": constraints,
+            **({"command": command} if command else {})}
+    kept = job_from_spec(spec, job_id="j1", submit_time=5.0, owner="alice")
+    plain = job_from_spec(spec, job_id="j1", submit_time=5.0, owner="alice", needs_agent=False)
+    checked = as_checked(kept, spec)
+    assert checked == plain
+    assert (checked.shape, checked.shape_hash, checked.constraints.by_family) == (
+        plain.shape, plain.shape_hash, plain.constraints.by_family)

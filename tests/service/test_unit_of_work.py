@@ -5,15 +5,19 @@ the others' events, and ``Tx`` refuses what the stored ledger refuses."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from apportion.core.model import Allocation, AllocationState, Node, ReleaseReason
-from apportion.exceptions import Refused
+from apportion.exceptions import NotLeader, Refused
 from apportion.service.unit_of_work import Tx, UnitOfWork
 from apportion.service.wiring import Services
+from apportion.store.database import create_engine, migrate
 from apportion.store.event_log import events_after
+from apportion.store.schema import cluster_leader
 
 
 @pytest.fixture
@@ -104,3 +108,72 @@ def test_tx_grants_only_what_the_stored_balance_allows_and_releases_once(
         tx.flush()
     assert [k for k, _, _ in _kinds(uow) if k.startswith("allocation.")] == [
         "allocation.granted", "allocation.released"]
+
+
+
+def _events(uow: UnitOfWork) -> list[tuple[int, str, str, str, object, float]]:
+    return [(e.id, e.kind, e.subject, e.origin, e.data, e.at)
+            for e in uow.read_now(lambda c: events_after(c, 0))]
+
+
+def _epoch_row(engine: sa.Engine, epoch: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(cluster_leader.delete())
+        conn.execute(cluster_leader.insert().values(id=1, epoch=epoch, server_id="s1"))
+
+
+def _unit(uow: UnitOfWork, i: int, epoch: int, *, refuse: bool = False
+          ) -> Callable[[sa.Connection], int]:
+    def write(conn: sa.Connection) -> int:
+        tx = Tx(conn, uow.events, now=1.0)
+        tx.fence(epoch)
+        uow.event(conn, "job.submitted", f"j{i}", {"i": i})
+        tx.event("job.placed", f"j{i}", {"tasks": [i]})
+        tx.event("task.state", f"t{i}", {"state": "running"})
+        tx.flush()
+        if refuse:
+            raise Refused(f"unit {i} refused")
+        return i
+    return write
+
+
+def test_units_sharing_a_transaction_write_what_each_alone_would(
+        engine: sa.Engine, tmp_path: Path) -> None:
+    """Units queued together write their events in one statement after the
+    last of them and read the leader's epoch once: the same event rows, ids
+    included, as the units one at a time; a refused unit leaves none of its
+    events, and a superseded epoch is refused all the same."""
+    other = create_engine(f"sqlite:///{tmp_path}/alone.db")
+    migrate(other)
+    together = UnitOfWork(engine, origin="s1", clock=lambda: 7.5)
+    alone = UnitOfWork(other, origin="s1", clock=lambda: 7.5)
+    for store in (engine, other):
+        _epoch_row(store, 3)
+    statements: list[str] = []
+    sa.event.listen(together._writer, "before_cursor_execute",
+                    lambda _c, _k, sql, *_: statements.append(" ".join(sql.split()[:3])))
+
+    async def queued(refused: int | None, epoch: int = 3) -> list[object]:
+        return list(await asyncio.gather(*(
+            together.write_unit(_unit(together, i, epoch, refuse=i == refused))
+            for i in range(5)), return_exceptions=True))
+
+    async def one_by_one(refused: int | None) -> None:
+        for i in range(5):
+            if i != refused:
+                await alone.write_unit(_unit(alone, i, 3))
+
+    try:
+        assert asyncio.run(queued(None)) == [0, 1, 2, 3, 4]
+        assert statements.count("INSERT INTO events") == 1
+        assert statements.count("SELECT cluster_leader.epoch FROM") == 1
+        answers = asyncio.run(queued(3))
+        assert [type(a).__name__ for a in answers] == ["int"] * 3 + ["Refused", "int"]
+        stale = asyncio.run(queued(None, epoch=2))
+        assert all(isinstance(a, NotLeader) for a in stale)
+        for refused in (None, 3):
+            asyncio.run(one_by_one(refused))
+        assert _events(together) == _events(alone)
+    finally:
+        together.close()
+        alone.close()

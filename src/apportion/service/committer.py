@@ -75,6 +75,15 @@ BatchWriter = Callable[[sa.Connection, list[Any]], list[Any]]
 """Writes a list of payloads in the caller's transaction; one result each
 (an ``ApportionError`` instance is a per-payload failure)."""
 
+UnitsScope = Callable[[sa.Connection, Callable[[], list[Any]]], list[Any]]
+"""Runs units that share a transaction without savepoints (the callable
+given) and may write, after them, what they left for the end (a unit of
+work's events: one statement for all of them)."""
+
+
+def _no_scope(conn: sa.Connection, run: Callable[[], list[Any]]) -> list[Any]:
+    return run()
+
 
 class BatchConflict(Exception):
     """Raised by a batch writer when the store disagrees with the batch: roll
@@ -104,8 +113,9 @@ class GroupCommitter:
 
     def __init__(self, engine: sa.Engine, write_batch: BatchWriter, *,
                  write_each: BatchWriter | None = None, batch_max: int = 256,
-                 retries: int = 3) -> None:
+                 retries: int = 3, units_scope: UnitsScope = _no_scope) -> None:
         self._engine = engine
+        self._units_scope = units_scope
         self._write_batch = write_batch
         self._write_each = write_each
         self._batch_max = batch_max
@@ -156,7 +166,7 @@ class GroupCommitter:
                     writes = [i.payload for i in units]
                     heavy = any(i.heavy for i in units)
                     _settle(units, await self._attempt(
-                        partial(_call_units_at_once, writes), len(units),
+                        partial(_call_units_at_once, writes, self._units_scope), len(units),
                         partial(_call_units, writes), in_thread=heavy))
                 batch = [i for i in items if not i.alone and not i.unit]
                 if batch:
@@ -274,13 +284,15 @@ def _call_alone(write: Write, conn: sa.Connection) -> list[Any]:
     return [write(conn)]
 
 
-def _call_units_at_once(writes: list[Write], conn: sa.Connection) -> list[Any]:
-    """Every unit in the shared transaction without savepoints; the first one
-    refused sends them all to ``_call_units`` (``BatchConflict``)."""
+def _call_units_at_once(writes: list[Write], scope: UnitsScope,
+                        conn: sa.Connection) -> list[Any]:
+    """Every unit in the shared transaction without savepoints (in
+    ``scope``); the first one refused sends them all to ``_call_units``
+    (``BatchConflict``)."""
     if len(writes) == 1:
         return _call_units(writes, conn)
     try:
-        return [write(conn) for write in writes]
+        return scope(conn, lambda: [write(conn) for write in writes])
     except (ApportionError, sa.exc.IntegrityError) as exc:
         raise BatchConflict(str(exc)) from exc
 

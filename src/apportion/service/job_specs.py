@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from apportion.core.labels import parse_selector
 from apportion.core.records import QueueRow
 from apportion.core.resources import parse_vector
 from apportion.core.scheduling import Affinity, Job, Queue, TaskSpec
-from apportion.core.scheduling.constraints import family, parse_constraints
+from apportion.core.scheduling.constraints import Constraints, family, parse_constraints
 from apportion.exceptions import InvalidInput
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -155,19 +156,14 @@ def job_from_spec(
     (``needs_agent``: left out when checking whether it could ever run, as
     an agent may join later)."""
     tasks = tasks_of(spec)
-    families = {family(r) for t in tasks for r in t.resources} | {"gpu"}
     command = spec.get("command")
-    constraints = [
-        *(spec.get("constraints") or []),
-        *([f"{AGENT_LABEL}=true"] if command and needs_agent else []),
-    ]
     return Job(
         job_id,
         tasks,
         queue=spec.get("queue") or "default",
         priority=int(spec.get("priority") or 0),
         submit_time=submit_time,
-        constraints=parse_constraints(constraints, families),
+        constraints=_constraints(spec, tasks, needs_agent=needs_agent),
         affinity=_affinities(spec.get("affinity"), "affinity"),
         anti_affinity=_affinities(spec.get("anti_affinity"), "anti_affinity"),
         gang=bool(spec.get("gang", False)),
@@ -179,6 +175,24 @@ def job_from_spec(
         labels=dict(spec.get("labels") or {}),
         command=tuple(command) if command else None,
     )
+
+
+def _constraints(spec: Mapping[str, Any], tasks: tuple[TaskSpec, ...], *,
+                 needs_agent: bool) -> Constraints:
+    families = {family(r) for t in tasks for r in t.resources} | {"gpu"}
+    return parse_constraints([
+        *(spec.get("constraints") or []),
+        *([f"{AGENT_LABEL}=true"] if spec.get("command") and needs_agent else []),
+    ], families)
+
+
+def as_checked(job: Job, spec: Mapping[str, Any]) -> Job:
+    """``job`` (from ``spec``) as ``job_from_spec(..., needs_agent=False)``
+    makes it, without reading the rest of the spec again: a submission is
+    checked without the agent label, and the job kept with it."""
+    if not spec.get("command"):
+        return job
+    return replace(job, constraints=_constraints(spec, job.tasks, needs_agent=False))
 
 
 def queue_from_row(name: str, quota: Mapping[str, Any], weight: float,

@@ -52,7 +52,8 @@ class UnitOfWork:
         self._writer = writer_engine(engine)
         self._committer = GroupCommitter(
             self._writer, partial(ledger_writes.write_batch, self.event_rows),
-            write_each=partial(ledger_writes.write_each, self.event_rows), batch_max=batch_max)
+            write_each=partial(ledger_writes.write_each, self.event_rows), batch_max=batch_max,
+            units_scope=_shared_statements)
         self.last_event_id = 0
 
     @property
@@ -131,6 +132,10 @@ class UnitOfWork:
         self.events(conn, [(kind, subject, data)])
 
     def events(self, conn: sa.Connection, events: list[EventSpec]) -> None:
+        shared = conn.info.get(_SHARED)
+        if shared is not None:
+            shared.events.extend(self.event_rows(events))
+            return
         event_log.insert_events(conn, self.event_rows(events))
 
     def event_rows(self, events: list[EventSpec]) -> list[dict[str, Any]]:
@@ -138,6 +143,40 @@ class UnitOfWork:
         origin = self.origin
         return [{"kind": k, "subject": s, "origin": origin, "data": d, "at": now}
                 for k, s, d in events]
+
+
+_SHARED = "apportion.units"
+"""The key of ``_Shared`` in a connection's ``info`` while units run in it
+without savepoints."""
+
+EVENTS_AT_ONCE = 1000
+"""Events written in one statement at most (SQLite's bound parameters)."""
+
+
+class _Shared:
+    """What units sharing a transaction without savepoints share: their
+    events, written after the last of them in one statement (in the order
+    recorded, so with the same ids as unit by unit: SQLite has one writer and
+    PostgreSQL hands ids out under the events lock), and the leader's epoch
+    once read (the row stays as read until the transaction ends: SQLite
+    reads one snapshot, PostgreSQL holds it FOR SHARE). A unit that fails
+    rolls the whole transaction back, and the units run again each in a
+    savepoint, without this."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.epoch: tuple[int | None] | None = None
+
+
+def _shared_statements(conn: sa.Connection, run: Callable[[], list[Any]]) -> list[Any]:
+    shared = conn.info[_SHARED] = _Shared()
+    try:
+        results = run()
+    finally:
+        del conn.info[_SHARED]
+    for begin in range(0, len(shared.events), EVENTS_AT_ONCE):
+        event_log.insert_events(conn, shared.events[begin:begin + EVENTS_AT_ONCE])
+    return results
 
 
 _EPOCH = sa.select(cluster_leader.c.epoch).where(cluster_leader.c.id == 1)
@@ -155,6 +194,12 @@ class Tx:
         self.granted: list[Allocation] = []
         self.released: list[Allocation] = []
         self._pending: list[tuple[str, str, dict[str, Any]]] = []
+        self._read: dict[str, Allocation | None] = {}
+
+    def read_with(self, alloc_id: str, stored: Allocation | None) -> None:
+        """An allocation as this change has just read it (with its task):
+        its release reads it no more."""
+        self._read[alloc_id] = stored
 
     def fence(self, epoch: int | None) -> None:
         """Refuse the whole change unless ``epoch`` is still the leader's.
@@ -164,11 +209,21 @@ class Tx:
         the new epoch, so a deposed leader's late write can never commit."""
         if epoch is None:
             return
-        shared = self.conn.dialect.name == "postgresql"
-        current = self.conn.execute(_EPOCH_FOR_SHARE if shared else _EPOCH).scalar_one_or_none()
+        current = self._epoch()
         if current != epoch:
             raise NotLeader(f"leader epoch {epoch} was superseded by {current}; this server "
                             "no longer leads", epoch=epoch, current=current)
+
+    def _epoch(self) -> int | None:
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if units is not None and units.epoch is not None:
+            return units.epoch[0]
+        postgres = self.conn.dialect.name == "postgresql"
+        current: int | None = self.conn.execute(
+            _EPOCH_FOR_SHARE if postgres else _EPOCH).scalar_one_or_none()
+        if units is not None:
+            units.epoch = (current,)
+        return current
 
     def grant_all(self, allocs: list[Allocation]) -> None:
         """Record grants decided in memory; the stored balances must agree.
@@ -197,7 +252,8 @@ class Tx:
 
     def release(self, alloc_id: str, reason: ReleaseReason) -> Allocation | None:
         """Release an allocation as it is stored; None when it was not active."""
-        stored = tables.load_allocation(self.conn, alloc_id)
+        stored = self._read.pop(alloc_id) if alloc_id in self._read \
+            else tables.load_allocation(self.conn, alloc_id)
         if stored is None or not stored.active:
             return None
         released = stored.released(reason, self.now)

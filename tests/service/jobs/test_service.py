@@ -14,6 +14,7 @@ from apportion.core.model import Node, ReleaseReason
 from apportion.core.scheduling import SchedulerConfig
 from apportion.exceptions import InvalidInput, JobRejected, NotFound
 from apportion.service.jobs import JOB_LABEL, JobsService
+from apportion.service.jobs.model import job_of
 from apportion.service.wiring import Services
 from service.builders import as_leader
 
@@ -35,6 +36,12 @@ def test_a_submission_is_checked_before_it_is_stored(services: Services) -> None
         row = await jobs.submit({"resources": {"cpu": "1"}}, "alice")
         assert (row.state, row.queue, row.owner) == ("pending", "default", "alice")
         assert jobs.live[row.id].state == "pending"
+        # A command with no agent joined yet waits (checked without the agent
+        # label), and the job kept is the one its stored row makes.
+        row = await jobs.submit({"resources": {"cpu": "1"}, "command": ["true"],
+                                 "constraints": ["!spot"]}, "alice")
+        assert jobs.live[row.id].job == job_of(row)
+        assert jobs.live[row.id].job.constraints.describe() == "!spot,apportion.io/agent=true"
 
     asyncio.run(scenario())
 

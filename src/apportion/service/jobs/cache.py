@@ -211,7 +211,9 @@ class JobCache:
             live = self.jobs.get(row.id)
             if live is None:
                 if row.tasks_active == 0 and row.state in LIVE:
-                    live = self.jobs[row.id] = LiveJob(row, job_of(row))  # new, nothing placed
+                    job = outcome.built.get(row.id)
+                    # new, nothing placed
+                    live = self.jobs[row.id] = LiveJob(row, job_of(row) if job is None else job)
                     self._open_changed(live)
                     self._row_changed(live.job, None, row)
                 elif is_live(row):

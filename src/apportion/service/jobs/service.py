@@ -41,6 +41,7 @@ from apportion.core.scheduling.explain_nodes import NODES_SHOWN, NodeTable, expl
 from apportion.exceptions import InvalidInput, NotFound, NotLeader
 from apportion.protocol import Assignment, Stop
 from apportion.service.job_specs import (
+    as_checked,
     job_from_spec,
     queue_from_row,
     queue_of_stored,
@@ -234,17 +235,17 @@ class JobsService:
         job_id = new_job_id()
         # gpu: 0.25 -> gpu.shares slots of GPUs split in 4, as the nodes offer them.
         spec = with_gpu_shares(spec, _OfferedSplits(self))
+        job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner)
         # Without the agent label the scheduler adds for a command: an agent
         # that has not joined yet is no reason to refuse (the label is an
         # equality, which check_comparisons has nothing to say about).
-        job = job_from_spec(spec, job_id=job_id, submit_time=now, owner=owner,
-                            needs_agent=False)
-        check_comparisons(job.constraints)  # InvalidInput (422): `gpu.memory>=lots`
+        checked = as_checked(job, spec)
+        check_comparisons(checked.constraints)  # InvalidInput (422): `gpu.memory>=lots`
         RunPolicy.of(spec)  # InvalidInput (422) for a bad restart policy or signal
-        reason = self._check(job)  # JobRejected (422) says why not
+        reason = self._check(checked)  # JobRejected (422) says why not
         row = JobRow(job_id, job.name, owner, job.queue, job.priority, JobState.PENDING.value,
                      spec, now, None, None, reason, None, 0, 0)
-        await self.writer.run(partial(t.submit, row=row))
+        await self.writer.run(partial(t.submit, row=row, job=job))
         self.kick()
         return row
 

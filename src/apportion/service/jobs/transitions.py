@@ -66,6 +66,8 @@ class Outcome:
     long-poll is not woken for them (a wake is a poll and an answer, twice
     per preemption)."""
     answer: dict[str, Any] = field(default_factory=dict)
+    built: dict[str, Job] = field(default_factory=dict)
+    """Core values of new jobs, built from their specs already."""
 
 
 class Change:
@@ -90,6 +92,10 @@ class Change:
         if job_id in self._dirty:
             return self._dirty[job_id]
         return jt.load_job(self.conn, job_id, lock=True)
+
+    def loaded(self, row: JobRow | None) -> JobRow | None:
+        """A job row read as stored, or as this transaction changed it."""
+        return row if row is None else self._dirty.get(row.id, row)
 
     def write(self, row: JobRow) -> JobRow:
         """Change a job row; written once per job at ``flush``, however many
@@ -142,10 +148,12 @@ class Change:
 # -- submission ----------------------------------------------------------------------
 
 
-def submit(c: Change, row: JobRow) -> Outcome:
+def submit(c: Change, row: JobRow, job: Job) -> Outcome:
+    """A new job (``job``: its core value, built from its spec already)."""
     jt.insert_job(c.conn, row)
     c.tx.event("job.submitted", row.id, {"queue": row.queue, "owner": row.owner})
     c.out.rows[row.id] = row
+    c.out.built[row.id] = job
     return c.out
 
 
@@ -384,16 +392,11 @@ def complete(c: Change, job_id: str, *, succeeded: bool, exit_code: int | None,
 def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome:
     """Apply an agent's report on one of its tasks; repeating one is harmless.
     ``report.checkpoint`` names a checkpoint already stored, or is None."""
-    task = jt.load_task(c.conn, task_id)
+    task, row = _report_rows(c, task_id, node, exited=report.state == "exited")
     if task is None or task.node != node:
         c.out.answer = {"known": False, "active": False,
                         "state": None if task is None else task.state}
         return c.out
-    row = c.load(task.job_id)
-    if c.conn.dialect.name == "postgresql":
-        # Again, under the job's row lock (SQLite has one writer: what was
-        # read is what is there).
-        task = jt.load_task(c.conn, task_id)
     if row is None or task is None or task.state not in ACTIVE_TASK:
         c.out.answer = {"known": True, "active": False,
                         "state": task.state if task else None}
@@ -408,6 +411,27 @@ def report(c: Change, *, node: str, task_id: str, report: TaskReport) -> Outcome
     now_state = progress(c, row, task, report)
     c.out.answer = {"known": True, "active": now_state in ACTIVE_TASK, "state": now_state}
     return c.out
+
+
+def _report_rows(c: Change, task_id: str, node: str, *, exited: bool
+                 ) -> tuple[TaskRow | None, JobRow | None]:
+    """The reported task and its job row as stored (the row locked; None
+    for a task of another node). SQLite has one writer: what one statement
+    reads of the task, its job and (for an exit) its allocation is what is
+    there, and the allocation is kept for the exit's release."""
+    if c.conn.dialect.name != "postgresql":
+        task, row, alloc = jt.load_report_rows(c.conn, task_id, releasing=exited)
+        if task is None or task.node != node:
+            return task, None
+        if exited:
+            c.tx.read_with(task.allocation_id, alloc)
+        return task, c.loaded(row)
+    task = jt.load_task(c.conn, task_id)
+    if task is None or task.node != node:
+        return task, None
+    row = c.load(task.job_id)
+    # Again, under the job's row lock.
+    return jt.load_task(c.conn, task_id), row
 
 
 def progress(c: Change, row: JobRow, task: TaskRow, report: TaskReport) -> str:

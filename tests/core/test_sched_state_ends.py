@@ -61,7 +61,9 @@ def _apply(state: ClusterState, op: str, n: int, node: int, t: float, est: float
 
 @settings(max_examples=200, deadline=None)
 @given(steps)
-def test_ends_read_at_any_point_are_the_running_jobs_ends(ops: list[tuple]) -> None:
+def test_ends_read_at_any_point_are_the_running_jobs_ends(
+    ops: list[tuple[str, int, int, float, float | None, bool]],
+) -> None:
     state = ClusterState([Node(f"n{i}", {"cpu": 8}) for i in range(NODES)])
     for op, n, node, t, est, read in ops:
         _apply(state, op, n, node, t, est)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apportion.core.errors import InvalidInput
+from apportion.core.frozen import quick_init
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import preemption
 from apportion.core.scheduling.adaptive import RuntimeHistory
@@ -92,6 +93,7 @@ class SchedulerConfig:
         strategy(self.strategy)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Placement:
     job_id: str
@@ -120,6 +122,7 @@ class DeadlineRisk:
     only if it starts no earlier than its reservation."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CycleResult:
     placements: tuple[Placement, ...]

@@ -179,24 +179,27 @@ class _Engine:
         ends, pending, pool, done = self.ends, self.pending, self.pool, self.done
         series_t, series_queue, series_util = self.series_t, self.series_queue, self.series_util
         capacity = self.capacity
+        finish, cycle, heappop = self._finish, self._cycle, heapq.heappop
+        # Submit times with an infinite one past the last: the common test
+        # (no arrival now) needs no bounds check.
+        submits = [r.submit for r in order]
+        submits.append(math.inf)
         i = 0
         last_report = -1
         while i < total or ends:
-            t_arr = order[i].submit if i < total else math.inf
+            t_arr = submits[i]
             # min(t_arr, next end), which keeps t_arr on a tie
             now = ends[0][0] if ends and ends[0][0] < t_arr else t_arr
             while ends and ends[0][0] == now:
-                self._finish(heapq.heappop(ends), now)
-            while i < total:
-                arriving = order[i]
-                if arriving.submit != now:
-                    break
-                pending[arriving.job.id] = arriving.job
+                finish(heappop(ends), now)
+            while submits[i] == now and i < total:
+                job = order[i].job
+                pending[job.id] = job
                 if pool is not None:
-                    pool.arrive(arriving.job)
+                    pool.arrive(job)
                 i += 1
             if pending:
-                self._cycle(now)
+                cycle(now)
             series_t.append(now)
             series_queue.append(len(pending))
             series_util.append(self.used / capacity if capacity else 0.0)

@@ -141,6 +141,8 @@ def estimator(
     learned = history.estimate if strat.learns and history is not None else None
     if learned is not None and default is None:
         return learned  # its answer stands as it is (asked for every waiting job)
+    if learned is None and default is None:
+        return _given  # what ``estimate`` below comes to, without a closure per cycle
 
     def estimate(job: Job) -> float | None:
         if learned is not None:
@@ -151,6 +153,11 @@ def estimator(
         return default
 
     return estimate
+
+
+def _given(job: Job) -> float | None:
+    """The run time the job was submitted with (None: unknown)."""
+    return job.runtime_estimate
 
 
 @dataclass(slots=True)

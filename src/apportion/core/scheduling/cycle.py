@@ -292,7 +292,7 @@ def _try(
     capacity only shrinks (until a preemption frees some), so a shape that
     did not fit will not fit later in the same cycle."""
     key = (cache_key, job.shape_hash) if job.cacheable else None
-    if key is not None:
+    if key is not None and p.failed_shapes:
         hit = p.failed_shapes.get(key)
         if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
             return hit[1]

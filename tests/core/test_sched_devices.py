@@ -18,6 +18,7 @@ from apportion.core.scheduling.devices import (
     _least_linked,
     choose,
     link,
+    matching_free,
     set_link_score,
     share_devices,
 )
@@ -155,3 +156,15 @@ def test_devices_without_links_go_in_device_order_as_the_searches_pick(
         assert got == (_least_linked(free).id,)
     else:
         assert got == tuple(d.id for d in _best_linked(free, count))
+
+
+@given(st.lists(st.integers(0, 7), unique=True), st.integers(1, 9))
+def test_plain_devices_without_terms_are_the_first_free_ones(free: list[int], count: int
+                                                              ) -> None:
+    # The shortcut for devices without links or slots against the general
+    # path: the free ones in device order, filtered by no term, cut at count.
+    rec = rec_of(*(Device(f"g{i}") for i in range(8)))
+    assert "gpu" in rec.plain_devices
+    rec.free_devices["gpu"] = [f"g{i}" for i in sorted(free)]
+    ids = matching_free(rec, "gpu", ())
+    assert choose(rec, "gpu", count, ()) == (tuple(ids[:count]) if len(ids) >= count else None)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from apportion.core import poolsim
+from apportion.core.frozen import quick_init
 from apportion.core.model import Node
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.cycle import CycleResult, SchedulerConfig, schedule_cycle
@@ -63,6 +64,7 @@ class SimConfig:
     every strategy plans on the same information."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     id: str
@@ -94,6 +96,8 @@ class _Run:
     job: Job
     run_time: float
     submit: float
+    amount: int
+    """What it holds of the primary resource (utilization's measure)."""
     start: float = 0.0
     end: float = 0.0
     preempted: int = 0
@@ -115,7 +119,9 @@ def simulate(
     applies (the tests compare the two)."""
     learns = strategy(config.scheduler.strategy).learns
     hide = learns and config.learn_only
-    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time)
+    primary = config.primary
+    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time,
+                            sj.job.total.get(primary, 0))
             for sj in jobs}
     # ``fifo_key`` is (submit time, id): the order of arrival.
     order = sorted(runs.values(), key=lambda r: r.job.fifo_key)
@@ -151,7 +157,9 @@ class _Engine:
     capacity: int
     history: RuntimeHistory | None = None
     pending: dict[str, Job] = field(default_factory=dict)
-    ends: list[tuple[float, int, str]] = field(default_factory=list)
+    ends: list[tuple[float, int, _Run]] = field(default_factory=list)
+    """(end, start number, run) of running jobs: the number orders ends at
+    one instant and is never equal, so runs are never compared."""
     done: list[_Run] = field(default_factory=list)
     used: int = 0
     busy_area: float = 0.0
@@ -171,24 +179,27 @@ class _Engine:
         ends, pending, pool, done = self.ends, self.pending, self.pool, self.done
         series_t, series_queue, series_util = self.series_t, self.series_queue, self.series_util
         capacity = self.capacity
+        finish, cycle, heappop = self._finish, self._cycle, heapq.heappop
+        # Submit times with an infinite one past the last: the common test
+        # (no arrival now) needs no bounds check.
+        submits = [r.submit for r in order]
+        submits.append(math.inf)
         i = 0
         last_report = -1
         while i < total or ends:
-            t_arr = order[i].submit if i < total else math.inf
+            t_arr = submits[i]
             # min(t_arr, next end), which keeps t_arr on a tie
             now = ends[0][0] if ends and ends[0][0] < t_arr else t_arr
             while ends and ends[0][0] == now:
-                self._finish(heapq.heappop(ends), now)
-            while i < total:
-                arriving = order[i]
-                if arriving.submit != now:
-                    break
-                pending[arriving.job.id] = arriving.job
+                finish(heappop(ends), now)
+            while submits[i] == now and i < total:
+                job = order[i].job
+                pending[job.id] = job
                 if pool is not None:
-                    pool.arrive(arriving.job)
+                    pool.arrive(job)
                 i += 1
             if pending:
-                self._cycle(now)
+                cycle(now)
             series_t.append(now)
             series_queue.append(len(pending))
             series_util.append(self.used / capacity if capacity else 0.0)
@@ -198,13 +209,15 @@ class _Engine:
         if progress is not None:
             progress(len(done), total)
 
-    def _finish(self, entry: tuple[float, int, str], now: float) -> None:
-        _, seq, job_id = entry
-        run = self.runs[job_id]
+    def _finish(self, entry: tuple[float, int, _Run], now: float) -> None:
+        _, seq, run = entry
         if run.seq != seq:
             return  # preempted since; this end no longer happens
-        job = self.state.finish(job_id).job if self.pool is None else self.pool.finish(job_id)
-        self.used -= job.total.get(self.config.primary, 0)
+        if self.pool is None:
+            self.state.finish(run.job.id)
+        else:
+            self.pool.finish(run.job.id)
+        self.used -= run.amount
         run.end = now
         if self.history is not None:
             self.history.record(run.job, run.run_time)
@@ -226,21 +239,21 @@ class _Engine:
         self._started([placement.job_id for placement in result.placements], now)
 
     def _started(self, job_ids: list[str], now: float) -> None:
-        runs, pending, ends, primary = self.runs, self.pending, self.ends, self.config.primary
+        runs, pending, ends = self.runs, self.pending, self.ends
         for job_id in job_ids:
             run = runs[job_id]
             del pending[job_id]
             run.start = now
             self.seq += 1
             run.seq = self.seq
-            heapq.heappush(ends, (now + run.run_time, self.seq, job_id))
-            amount = run.job.total.get(primary, 0)
+            heapq.heappush(ends, (now + run.run_time, self.seq, run))
+            amount = run.amount
             self.used += amount
             self.busy_area += amount * run.run_time
 
     def _preempted(self, job_id: str, now: float) -> None:
         run = self.runs[job_id]
-        amount = run.job.total.get(self.config.primary, 0)
+        amount = run.amount
         self.used -= amount
         # The work done so far is lost: take back the area counted at start
         # beyond what really ran.
@@ -252,7 +265,7 @@ class _Engine:
         self.pending[job_id] = run.job
 
     def result(self, jobs: Sequence[SimJob]) -> SimResult:
-        records = tuple(_record(r, self.config.primary) for r in self.done)
+        records = tuple(_record(r) for r in self.done)
         metrics = _metrics(records, self, jobs)
         limit = self.config.max_series
         t = _downsample(self.series_t, limit)
@@ -261,12 +274,12 @@ class _Engine:
         return SimResult(records, metrics, t, q, u, tuple(sorted(self.pending)))
 
 
-def _record(run: _Run, primary: str) -> JobRecord:
+def _record(run: _Run) -> JobRecord:
     wait = run.end - run.submit - run.run_time
     deadline = run.job.deadline
     return JobRecord(
         run.job.id, run.job.queue, run.submit, run.start, run.end, run.run_time, wait,
-        run.job.total.get(primary, 0), run.preempted,
+        run.amount, run.preempted,
         deadline is not None and run.end > deadline,
     )
 

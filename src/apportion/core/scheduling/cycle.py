@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apportion.core.errors import InvalidInput
+from apportion.core.frozen import quick_init
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import preemption
 from apportion.core.scheduling.adaptive import RuntimeHistory
@@ -92,6 +93,7 @@ class SchedulerConfig:
         strategy(self.strategy)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Placement:
     job_id: str
@@ -120,6 +122,7 @@ class DeadlineRisk:
     only if it starts no earlier than its reservation."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CycleResult:
     placements: tuple[Placement, ...]
@@ -138,6 +141,8 @@ def estimator(
     learned = history.estimate if strat.learns and history is not None else None
     if learned is not None and default is None:
         return learned  # its answer stands as it is (asked for every waiting job)
+    if learned is None and default is None:
+        return _given  # what ``estimate`` below comes to, without a closure per cycle
 
     def estimate(job: Job) -> float | None:
         if learned is not None:
@@ -148,6 +153,11 @@ def estimator(
         return default
 
     return estimate
+
+
+def _given(job: Job) -> float | None:
+    """The run time the job was submitted with (None: unknown)."""
+    return job.runtime_estimate
 
 
 @dataclass(slots=True)
@@ -282,7 +292,7 @@ def _try(
     capacity only shrinks (until a preemption frees some), so a shape that
     did not fit will not fit later in the same cycle."""
     key = (cache_key, job.shape_hash) if job.cacheable else None
-    if key is not None:
+    if key is not None and p.failed_shapes:
         hit = p.failed_shapes.get(key)
         if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
             return hit[1]

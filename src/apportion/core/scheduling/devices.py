@@ -72,6 +72,11 @@ def choose(
 ) -> tuple[str, ...] | None:
     """``count`` free devices of ``resource`` on ``rec`` matching ``terms``,
     or None when the node has too few."""
+    if not terms and resource in rec.plain_devices:
+        # The first free ones (what the code below comes to), without the
+        # copy of the free list.
+        free = rec.free_devices.get(resource, ())
+        return tuple(free[:count]) if len(free) >= count else None
     ids = matching_free(rec, resource, terms)
     if len(ids) < count:
         return None

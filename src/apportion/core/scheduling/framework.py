@@ -87,6 +87,10 @@ class Placer:
                 if q and r in lim:
                     lim[r] -= n * q
 
+    def _scorers(self, job: Job) -> list[tuple[ScorePlugin, float]]:
+        state = self.state
+        return [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+
     def place(
         self,
         job: Job,
@@ -112,10 +116,9 @@ class Placer:
         # its one grant counts as the change a commit would count.
         mark = state.mark() if job.task_count > 1 else -1
         placed: list[TaskPlacement] = []
-        ctx = PlaceContext(job, job.tasks[0], state)
         # Plugins that have nothing to say about this job (affinity without
         # terms, topology for one task) are dropped once, not per candidate.
-        ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        ctx = PlaceContext(job, job.tasks[0], state, {}, 0, self._scorers(job))
         order = (range(1) if len(job.tasks) == 1 else
                  sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state)))
         for i in order:
@@ -139,8 +142,7 @@ class Placer:
         verdict = class_verdict(state, job, 0)
         if not verdict.aligned or group_aggregate_short(state, spec) is not None:
             return False
-        ctx = PlaceContext(job, spec, state)
-        ctx.scorers = [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        ctx = PlaceContext(job, spec, state, {}, 0, self._scorers(job))
         return bool(self._walk(job, spec, verdict, 1, None, None,
                                self._per_node(job, verdict, ctx)))
 
@@ -431,7 +433,8 @@ class Placer:
                 n = self._take_devices(job, spec, rec, cand.aligned, n, device_res, placed)
             else:
                 state.grant(rec, cand.aligned, n, job.id)
-                self._spend(rec, cand.aligned, n)
+                if self._limits:
+                    self._spend(rec, cand.aligned, n)
                 placed.append(TaskPlacement(name, spec.resources, {}, n))
             taken += n
             if job.task_count > 1:  # only the topology score reads it, for later tasks
@@ -490,7 +493,8 @@ class Placer:
                     return k
                 chosen[r] = ids
             self.state.grant(rec, aligned, 1, job.id, chosen)
-            self._spend(rec, aligned, 1)
+            if self._limits:
+                self._spend(rec, aligned, 1)
             placed.append(TaskPlacement(rec.name, spec.resources, chosen, 1))
         return n
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from apportion.core.errors import InvalidInput
+from apportion.core.frozen import quick_init
 from apportion.core.labels import LabelRequirement
 from apportion.core.resources import Vector
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, Constraints
@@ -179,6 +180,7 @@ class Queue:
         return priority
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TaskPlacement:
     """``count`` identical tasks of a job on one node, with the devices they
@@ -190,6 +192,7 @@ class TaskPlacement:
     count: int = 1
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RunningJob:
     """A job holding resources: where its tasks are and when it started.

@@ -66,6 +66,10 @@ class ClusterState(FreeCapacity):
         self._ends = SortedList()
         """``(start + estimate, job id)`` of running jobs with an estimate:
         backfill plans read expected ends in order without sorting them."""
+        self._ends_new: dict[str, float] = {}
+        """Ends of jobs started since ``_ends`` was last read, not filed in it
+        yet: a job that ends before anyone reads the index (every job of a
+        replay that keeps up with arrivals) is never filed at all."""
         self._past_until = -math.inf
         self._past: dict[str, dict[str, int]] = {}
         """Per node, what running jobs with ``start + estimate <=
@@ -102,7 +106,7 @@ class ClusterState(FreeCapacity):
             self._past_until = -math.inf
             self._past = {}
         if now > self._past_until:
-            ends = self._ends
+            ends = self.ends
             lo = ends.bisect_left((math.nextafter(self._past_until, math.inf),))
             hi = ends.bisect_left((math.nextafter(now, math.inf),))
             running = self._running
@@ -127,6 +131,10 @@ class ClusterState(FreeCapacity):
     def ends(self) -> SortedList:
         """``(start + estimate, job id)`` of running jobs with an estimate,
         ascending (read only)."""
+        new = self._ends_new
+        if new:
+            self._ends.update([(end, job_id) for job_id, end in new.items()])
+            new.clear()
         return self._ends
 
     def lowest_preemptible_priority(self) -> int | None:
@@ -396,7 +404,7 @@ class ClusterState(FreeCapacity):
         self._running[rj.job.id] = rj
         if rj.estimate is not None:
             end = rj.start + rj.estimate
-            self._ends.add((end, rj.job.id))
+            self._ends_new[rj.job.id] = end
             if end <= self._past_until:
                 self._hold_past(rj, 1)
         if rj.job.preemptible:
@@ -414,7 +422,8 @@ class ClusterState(FreeCapacity):
         del self._running[rj.job.id]
         if rj.estimate is not None:
             end = rj.start + rj.estimate
-            self._ends.remove((end, rj.job.id))
+            if self._ends_new.pop(rj.job.id, None) is None:
+                self._ends.remove((end, rj.job.id))
             if end <= self._past_until:
                 self._hold_past(rj, -1)
         if rj.job.preemptible:

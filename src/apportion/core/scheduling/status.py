@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from apportion.core.frozen import quick_init
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.resources import format_quantity
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from apportion.core.scheduling.filters import Verdict
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PlaceResult:
     tasks: tuple[TaskPlacement, ...] | None

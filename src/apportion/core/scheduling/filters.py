@@ -414,6 +414,12 @@ class Verdict:
     need: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     """Feasible class id -> (position, amount) of each requested resource in
     the class's vector: the walk's first test of a bucket."""
+    need_past: dict[str, tuple[dict[int, tuple[tuple[int, int], ...]],
+                               dict[int, tuple[int, int]]]] = field(default_factory=dict)
+    """Per walked resource (filled by ``framework.Placer._walk``): ``need``
+    without that resource, and its (position, amount) per class. Every entry
+    the walk meets has enough of the resource it walks, so only the others
+    can turn a bucket down."""
     node_filters: tuple[NodeFilter, ...] = ()
     """The node filters this job shape needs, in ``NODE_FILTERS`` order."""
     per_node: bool = False

@@ -244,7 +244,10 @@ class Placer:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
-        need_of = verdict.need
+        split = verdict.need_past.get(walked)
+        if split is None:
+            split = verdict.need_past[walked] = _need_past(state, verdict, walked)
+        need_of, walked_of = split
         vmask = verdict.mask
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
@@ -309,6 +312,10 @@ class Placer:
                             break
                 if fit <= 0:
                     continue
+                j, q = walked_of[cid]
+                n = free[j] // q
+                if n < fit:
+                    fit = n
                 bucket = buckets[entry[3]]
                 aligned = aligned_of[cid]
                 if per_node or cid in check_devices or (capped and bucket.id in capped):
@@ -515,6 +522,19 @@ def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
                 if n <= 0:
                     return 0
     return best if best > 0 else 0
+
+
+def _need_past(
+    state: ClusterState, verdict: Verdict, walked: str
+) -> tuple[dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]]]:
+    """``verdict.need`` split into the walked resource and the others."""
+    others: dict[int, tuple[tuple[int, int], ...]] = {}
+    walked_of: dict[int, tuple[int, int]] = {}
+    for cid, pos in verdict.need.items():
+        j = state.class_by_id(cid).pos[walked]
+        others[cid] = tuple(p for p in pos if p[0] != j)
+        walked_of[cid] = next(p for p in pos if p[0] == j)
+    return others, walked_of
 
 
 def _walk_index(

@@ -50,7 +50,7 @@ __all__ = [
     "CLASS_FILTERS", "NODE_FILTERS", "REQUEST_FILTERS", "ClassFilter", "Code",
     "DeviceConstraints", "JobAffinity", "Kind", "LabelConstraints", "NodeAffinity", "NodeFilter",
     "NodeReady", "Reason", "RequestFilter", "ResourcesFit", "Verdict", "class_verdict",
-    "needs_node_device_check", "node_reasons", "runs_matching",
+    "need_past", "needs_node_device_check", "node_reasons", "runs_matching",
 ]
 
 
@@ -500,3 +500,21 @@ def node_reasons(
         if reason is not None:
             return reason
     return None
+
+
+def need_past(
+    state: ClusterState, verdict: Verdict, walked: str
+) -> tuple[dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]]]:
+    """``verdict.need`` split into the walked resource and the others
+    (``Verdict.need_past``), made once per walked resource."""
+    split = verdict.need_past.get(walked)
+    if split is not None:
+        return split
+    others: dict[int, tuple[tuple[int, int], ...]] = {}
+    walked_of: dict[int, tuple[int, int]] = {}
+    for cid, pos in verdict.need.items():
+        j = state.class_by_id(cid).pos[walked]
+        others[cid] = tuple(p for p in pos if p[0] != j)
+        walked_of[cid] = next(p for p in pos if p[0] == j)
+    split = verdict.need_past[walked] = (others, walked_of)
+    return split

@@ -38,14 +38,17 @@ the stages answer with, in ``status``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress
+from operator import itemgetter
 
 from apportion.core.reasons import Failure
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
 from apportion.core.scheduling.filters import Verdict, class_verdict
-from apportion.core.scheduling.freeindex import FreeIndex
+from apportion.core.scheduling.filters import need_past as _need_past
+from apportion.core.scheduling.freeindex import Entry, FreeIndex
 from apportion.core.scheduling.interface import (
     Candidate,
     PlaceContext,
@@ -70,6 +73,13 @@ __all__ = [  # the interface and status types are re-exported: they lived here
 
 _UNBOUNDED = 1 << 62
 """The task count a node filter starts from: no filter has bounded it yet."""
+
+_CLASS_OF = itemgetter(1)
+"""An index entry's class id."""
+
+SPARSE = 2
+"""The walk skips other classes' entries in C when fewer than one class in
+``SPARSE`` may take the job (a tuning: both ways visit the same entries)."""
 
 
 class Placer:
@@ -244,10 +254,11 @@ class Placer:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
-        split = verdict.need_past.get(walked)
-        if split is None:
-            split = verdict.need_past[walked] = _need_past(state, verdict, walked)
-        need_of, walked_of = split
+        need_of, walked_of = _need_past(state, verdict, walked)
+        # A job few classes may take (a label constraint, a device model)
+        # meets mostly buckets of other classes in the blocks its class mask
+        # lets in: those are passed over in C, not one by one.
+        has = need_of.__contains__ if len(need_of) * SPARSE < len(index.names) else None
         vmask = verdict.mask
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
@@ -293,7 +304,11 @@ class Placer:
             block = blocks[k]
             if k == k0 and i0:
                 block = block[i0:]
-            for entry in reversed(block) if loose else block:
+            entries: Iterable[Entry] = reversed(block) if loose else block
+            if has is not None:
+                entries = compress(entries, map(has, map(_CLASS_OF, reversed(block) if loose
+                                                        else block)))
+            for entry in entries:
                 # The entry carries the class and free vector: most buckets
                 # fail here without being looked up. The same pass counts
                 # the tasks that fit (``fit_count`` over the requested
@@ -522,19 +537,6 @@ def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
                 if n <= 0:
                     return 0
     return best if best > 0 else 0
-
-
-def _need_past(
-    state: ClusterState, verdict: Verdict, walked: str
-) -> tuple[dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]]]:
-    """``verdict.need`` split into the walked resource and the others."""
-    others: dict[int, tuple[tuple[int, int], ...]] = {}
-    walked_of: dict[int, tuple[int, int]] = {}
-    for cid, pos in verdict.need.items():
-        j = state.class_by_id(cid).pos[walked]
-        others[cid] = tuple(p for p in pos if p[0] != j)
-        walked_of[cid] = next(p for p in pos if p[0] == j)
-    return others, walked_of
 
 
 def _walk_index(

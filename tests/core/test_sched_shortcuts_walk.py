@@ -25,8 +25,8 @@ from apportion.core.scheduling.constraints import NO_CONSTRAINTS
 from apportion.core.scheduling.filters import Verdict, need_past
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.freeindex import FreeIndex
-from apportion.core.scheduling.jobs import RunningJob
 from apportion.core.scheduling.policies import STRATEGIES
+from sched_support import replay_steps
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -70,20 +70,10 @@ def _plain_split(state: ClusterState, verdict: Verdict, walked: str) -> tuple[
 def _replay(nodes: list[Node], ops: list[tuple[bool, dict[str, int], int, int]],
             name: str) -> tuple[list[object], object]:
     state = ClusterState(nodes)
-    placer = Placer(state, STRATEGIES[name].options)
-    seen: list[object] = []
-    for n, (place, request, count, pick) in enumerate(ops):
-        if not place and state.running:
-            victim = sorted(state.running)[pick % len(state.running)]
-            state.finish(victim)
-            seen.append(("end", victim))
-            continue
-        j = job(f"j{n}", request, count=count,
-                constraints=ZONE_A if pick % 3 == 0 else NO_CONSTRAINTS)
-        result = placer.place(j)
-        if result.tasks is not None:
-            state.add_running(RunningJob(j, float(n), result.tasks, 10.0))
-        seen.append((j.id, result.tasks, result.failure))
+    seen = replay_steps(state, Placer(state, STRATEGIES[name].options), ops,
+                        lambda n, request, count, pick: job(
+                            f"j{n}", request, count=count,
+                            constraints=ZONE_A if pick % 3 == 0 else NO_CONSTRAINTS))
     books = {n: (r.free, sorted(r.jobs.items())) for n, r in state.nodes.items()}
     return seen, books
 

@@ -3,8 +3,7 @@ code it replaces (hypothesis): the same placements, state and reservations.
 
 * the walk tests an index entry on the resources it does not walk (the one
   it walks always suffices from the bisect on), and counts the walked one
-  only for entries that pass; for a job few classes may take, it passes
-  over the other classes' entries in C;
+  only for entries that pass;
 * ``FreeIndex.recompute`` takes one max() per column of entries grouped by
   their classes' resource names;
 * EASY's one-task reservation builds the free vectors of the nodes freed
@@ -87,12 +86,8 @@ def test_the_walk_places_as_when_it_tested_every_requested_resource(
     fast = _replay(nodes, ops, name)
     with monkeypatch.context() as m:
         m.setattr(fw, "_need_past", _plain_split)
-        m.setattr(fw, "SPARSE", 1 << 30)  # never skips classes in C
         plain = _replay(nodes, ops, name)
-    with monkeypatch.context() as m:
-        m.setattr(fw, "SPARSE", 0)  # always does
-        skipping = _replay(nodes, ops, name)
-    assert fast == plain == skipping
+    assert fast == plain
 
 
 def _plain_bounds(index: FreeIndex, k: int) -> tuple[dict[str, int], int]:

@@ -38,9 +38,7 @@ the stages answer with, in ``status``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress
-from operator import itemgetter
+from collections.abc import Mapping, Sequence
 
 from apportion.core.reasons import Failure
 from apportion.core.scheduling import devices as dev
@@ -48,7 +46,7 @@ from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
 from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.filters import need_past as _need_past
-from apportion.core.scheduling.freeindex import Entry, FreeIndex
+from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.interface import (
     Candidate,
     PlaceContext,
@@ -73,13 +71,6 @@ __all__ = [  # the interface and status types are re-exported: they lived here
 
 _UNBOUNDED = 1 << 62
 """The task count a node filter starts from: no filter has bounded it yet."""
-
-_CLASS_OF = itemgetter(1)
-"""An index entry's class id."""
-
-SPARSE = 2
-"""The walk skips other classes' entries in C when fewer than one class in
-``SPARSE`` may take the job (a tuning: both ways visit the same entries)."""
 
 
 class Placer:
@@ -255,10 +246,6 @@ class Placer:
         limit = self.options.limit
         aligned_of = verdict.aligned
         need_of, walked_of = _need_past(state, verdict, walked)
-        # A job few classes may take (a label constraint, a device model)
-        # meets mostly buckets of other classes in the blocks its class mask
-        # lets in: those are passed over in C, not one by one.
-        has = need_of.__contains__ if len(need_of) * SPARSE < len(index.names) else None
         vmask = verdict.mask
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
@@ -304,11 +291,7 @@ class Placer:
             block = blocks[k]
             if k == k0 and i0:
                 block = block[i0:]
-            entries: Iterable[Entry] = reversed(block) if loose else block
-            if has is not None:
-                entries = compress(entries, map(has, map(_CLASS_OF, reversed(block) if loose
-                                                        else block)))
-            for entry in entries:
+            for entry in reversed(block) if loose else block:
                 # The entry carries the class and free vector: most buckets
                 # fail here without being looked up. The same pass counts
                 # the tasks that fit (``fit_count`` over the requested

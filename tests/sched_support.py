@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from apportion.core.scheduling import ClusterState
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from apportion.core.scheduling import ClusterState, Job
+from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.jobs import RunningJob
 
 
 def past_recounted(state: ClusterState, now: float) -> dict[str, dict[str, int]]:
@@ -17,3 +22,23 @@ def past_recounted(state: ClusterState, now: float) -> dict[str, dict[str, int]]
             for r, q in tp.resources.items():
                 held[r] = held.get(r, 0) + q * tp.count
     return out
+
+
+def replay_steps(state: ClusterState, placer: Placer,
+                 steps: Sequence[tuple[bool, Any, int, int]],
+                 make: Callable[[int, Any, int, int], Job]) -> list[object]:
+    """Place ``make(n, what, count, pick)`` for each step (or, where it says
+    so and jobs run, end the ``pick``-th running job) and say what happened."""
+    seen: list[object] = []
+    for n, (place, what, count, pick) in enumerate(steps):
+        if not place and state.running:
+            victim = sorted(state.running)[pick % len(state.running)]
+            state.finish(victim)
+            seen.append(("end", victim))
+            continue
+        j = make(n, what, count, pick)
+        result = placer.place(j)
+        if result.tasks is not None:
+            state.add_running(RunningJob(j, float(n), result.tasks, 10.0))
+        seen.append((j.id, result.tasks, result.failure))
+    return seen

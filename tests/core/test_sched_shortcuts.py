@@ -21,8 +21,8 @@ from apportion.core.scheduling import ClusterState, Job, Queue, TaskPlacement, T
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import Candidate, PlaceContext, PlaceOptions
-from apportion.core.scheduling.jobs import RunningJob
 from apportion.core.scheduling.policies import STRATEGIES, OrderContext
+from sched_support import replay_steps
 
 SETTINGS = settings(max_examples=80, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -76,19 +76,8 @@ ops = st.lists(st.tuples(st.booleans(), st.integers(1, 8), st.integers(1, 3),
 def _replay(nodes: list[Node], steps: list[tuple[bool, int, int, int]],
             options: PlaceOptions) -> tuple[list[object], ClusterState]:
     state = ClusterState(nodes)
-    placer = Placer(state, options)
-    seen: list[object] = []
-    for n, (place, gpus, count, pick) in enumerate(steps):
-        if not place and state.running:
-            victim = sorted(state.running)[pick % len(state.running)]
-            state.finish(victim)
-            seen.append(("end", victim))
-            continue
-        j = job(f"j{n}", {"gpu": gpus}, count=count)
-        result = placer.place(j)
-        if result.tasks is not None:
-            state.add_running(RunningJob(j, float(n), result.tasks, 10.0))
-        seen.append((j.id, result.tasks, result.failure))
+    seen = replay_steps(state, Placer(state, options), steps,
+                        lambda n, gpus, count, _: job(f"j{n}", {"gpu": gpus}, count=count))
     return seen, state
 
 

@@ -285,11 +285,12 @@ def _single_task_reservation(
             fit = min(fit, _free_matching(job, spec.resources, rec, pools(rec)))
         return fit > 0
 
-    fitting: list[tuple[NodeRec, list[int]]] = []
     t = now
     # The first instant, "now", frees every node some job past its estimate
-    # runs on; only those can start to fit then.
-    for name, held in past.items():
+    # runs on; only those can start to fit then. The vectors of the others
+    # are needed only when none fits (the later instants build on them).
+    fitting = _fitting_now(past, recs, verdict.need, fits)
+    for name, held in past.items() if not fitting else ():
         rec = recs[name]  # a node someone's job holds is in the state
         if rec.bucket is None or rec.cls.id not in aligned_of:
             seen[name] = None
@@ -341,6 +342,36 @@ def _single_task_reservation(
     left = [f - q for f, q in zip(v, aligned, strict=True)]
     extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
     return True, HeadReservation(JobReservation(job.id, t, {rec.name: held_by_head}), extra)
+
+
+def _fitting_now(
+    past: Mapping[str, Mapping[str, int]],
+    recs: Mapping[str, NodeRec],
+    need_of: Mapping[int, tuple[tuple[int, int], ...]],
+    fits: Callable[[list[int], NodeRec], bool],
+) -> list[tuple[NodeRec, list[int]]]:
+    """The nodes of ``past`` the task fits on once their jobs past the
+    estimate end, in its order, with their free vectors then; a node short
+    of a requested resource is left at that, without a vector."""
+    out = []
+    for name, held in past.items():
+        rec = recs[name]
+        need = need_of.get(rec.cls.id)
+        if need is None or rec.bucket is None:
+            continue
+        free = rec.free
+        names = rec.cls.resources
+        for i, q in need:
+            if free[i] + held.get(names[i], 0) < q:
+                break
+        else:
+            pos = rec.cls.pos
+            v = list(free)
+            for r, q in held.items():
+                v[pos[r]] += q
+            if fits(v, rec):
+                out.append((rec, v))
+    return out
 
 
 def _freed_devices(state: ClusterState, rec: NodeRec, now: float) -> dict[str, list[str]]:

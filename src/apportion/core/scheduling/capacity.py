@@ -179,6 +179,9 @@ class FreeCapacity:
     def classes(self) -> Iterable[NodeClass]:
         return self._class_by_id.values()
 
+    def class_by_id(self, cid: int) -> NodeClass:
+        return self._class_by_id[cid]
+
     def rec(self, name: str) -> NodeRec:
         rec = self._recs.get(name)
         if rec is None:

@@ -50,7 +50,7 @@ __all__ = [
     "CLASS_FILTERS", "NODE_FILTERS", "REQUEST_FILTERS", "ClassFilter", "Code",
     "DeviceConstraints", "JobAffinity", "Kind", "LabelConstraints", "NodeAffinity", "NodeFilter",
     "NodeReady", "Reason", "RequestFilter", "ResourcesFit", "Verdict", "class_verdict",
-    "needs_node_device_check", "node_reasons", "runs_matching",
+    "need_past", "needs_node_device_check", "node_reasons", "runs_matching",
 ]
 
 
@@ -414,6 +414,12 @@ class Verdict:
     need: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     """Feasible class id -> (position, amount) of each requested resource in
     the class's vector: the walk's first test of a bucket."""
+    need_past: dict[str, tuple[dict[int, tuple[tuple[int, int], ...]],
+                               dict[int, tuple[int, int]]]] = field(default_factory=dict)
+    """Per walked resource (filled by ``framework.Placer._walk``): ``need``
+    without that resource, and its (position, amount) per class. Every entry
+    the walk meets has enough of the resource it walks, so only the others
+    can turn a bucket down."""
     node_filters: tuple[NodeFilter, ...] = ()
     """The node filters this job shape needs, in ``NODE_FILTERS`` order."""
     per_node: bool = False
@@ -494,3 +500,21 @@ def node_reasons(
         if reason is not None:
             return reason
     return None
+
+
+def need_past(
+    state: ClusterState, verdict: Verdict, walked: str
+) -> tuple[dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]]]:
+    """``verdict.need`` split into the walked resource and the others
+    (``Verdict.need_past``), made once per walked resource."""
+    split = verdict.need_past.get(walked)
+    if split is not None:
+        return split
+    others: dict[int, tuple[tuple[int, int], ...]] = {}
+    walked_of: dict[int, tuple[int, int]] = {}
+    for cid, pos in verdict.need.items():
+        j = state.class_by_id(cid).pos[walked]
+        others[cid] = tuple(p for p in pos if p[0] != j)
+        walked_of[cid] = next(p for p in pos if p[0] == j)
+    split = verdict.need_past[walked] = (others, walked_of)
+    return split

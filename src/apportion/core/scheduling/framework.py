@@ -45,6 +45,7 @@ from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
 from apportion.core.scheduling.filters import Verdict, class_verdict
+from apportion.core.scheduling.filters import need_past as _need_past
 from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.interface import (
     Candidate,
@@ -246,7 +247,7 @@ class Placer:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
-        need_of = verdict.need
+        need_of, walked_of = _need_past(state, verdict, walked)
         vmask = verdict.mask
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
@@ -311,6 +312,10 @@ class Placer:
                             break
                 if fit <= 0:
                     continue
+                j, q = walked_of[cid]
+                n = free[j] // q
+                if n < fit:
+                    fit = n
                 bucket = buckets[entry[3]]
                 aligned = aligned_of[cid]
                 if per_node or cid in check_devices or (capped and bucket.id in capped):

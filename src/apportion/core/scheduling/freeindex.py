@@ -161,12 +161,24 @@ class FreeIndex:
 
     def recompute(self, k: int) -> None:
         """Tighten block ``k``'s bounds to its buckets."""
-        bound: dict[str, int] = {}
+        # Entries grouped by their classes' resource names (a fleet has few
+        # such tuples, however many classes): then each bound is one max()
+        # over a column, not a comparison per entry and resource.
         mask = 0
         names = self.names
+        groups: dict[Sequence[str], list[tuple[int, ...]]] = {}
         for _, cid, free, _ in self.blocks[k]:
             mask |= 1 << cid
-            for r, q in zip(names[cid], free, strict=True):
+            key = names[cid]
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [free]
+            else:
+                group.append(free)
+        bound: dict[str, int] = {}
+        for key, frees in groups.items():
+            for r, column in zip(key, zip(*frees, strict=True), strict=True):
+                q = max(column)
                 if q > bound.get(r, -1):
                     bound[r] = q
         self.bounds[k] = bound

@@ -272,8 +272,9 @@ class RuntimeHistory:
                 if key not in self.typical:
                     self.shape += 1
                 self.typical[key] = _typical(kept, ordered)
-                for number in self.floor_readers.pop(key, ()):
-                    self.floor_cache.pop(number, None)
+                if self.floor_readers:  # none unless an hrrn queue asks for floors
+                    for number in self.floor_readers.pop(key, ()):
+                        self.floor_cache.pop(number, None)
         self.corrections.pop(job.id, None)
 
     def _error(self, name: str) -> _Error:

@@ -54,6 +54,23 @@ def starts(result: SimResult) -> dict[str, tuple[float, float]]:
 def test_pool_starts_every_job_when_the_nodes_do(
     trace: tuple[list[Node], list[SimJob]], strategy: str, backfill: str, depth: int | None
 ) -> None:
+    same_starts(trace, strategy, backfill, depth)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(("fairshare", "adaptive")),
+       st.sampled_from(("none", "easy", "conservative")))
+def test_queues_kept_between_cycles_start_every_job_when_the_nodes_do(
+    trace: tuple[list[Node], list[SimJob]], strategy: str, backfill: str
+) -> None:
+    # Fair share's queues filed by share between cycles, and the adaptive
+    # queue's floors of ranks (no backfilling), against the plain orders
+    # the node model asks for at every cycle.
+    same_starts(trace, strategy, backfill, None)
+
+
+def same_starts(trace: tuple[list[Node], list[SimJob]], strategy: str, backfill: str,
+                depth: int | None) -> None:
     nodes, jobs = trace
     config = SimConfig(SchedulerConfig(strategy=strategy, backfill=backfill,
                                        reservation_depth=depth))

@@ -5,6 +5,7 @@ and histories, as jobs come and go."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,14 +41,14 @@ def context(h: RuntimeHistory, now: float, bound: float, batch: bool) -> OrderCo
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.sampled_from([INF, 0.0, 20.0, 97.0]), st.booleans(),
-       st.sampled_from([100.0, 150.0]))
+       st.sampled_from([100.0, 150.0]), st.booleans())
 def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
     drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
-    bound: float, batch: bool, now: float,
+    bound: float, batch: bool, now: float, floors: bool,
 ) -> None:
     h = RuntimeHistory()
     order = AdaptiveOrder()
-    queue = AdaptiveQueue(order, h.signature)
+    queue = AdaptiveQueue(order, h.signature, h.floors if floors else None)
     waiting: dict[str, Job] = {}
     for n, (what, (submit, user, name, procs, est), pick, factor) in enumerate(drawn):
         if what == "add":
@@ -62,10 +63,38 @@ def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
             h.record(job(f"d{n}", {"cpu": P * procs}, user=user, name=name,
                          runtime_estimate=est), (est or 30.0) * factor)
         ctx = context(h, now, bound, batch)
+        got = list(queue.ordered(ctx))  # first: the plain order fills the answers
         plain = [j.id for j in order.order(list(waiting.values()), ctx)]
-        got = list(queue.ordered(ctx))
         assert [j.id for j in got] == plain
         assert len(queue) == len(waiting)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps, st.sampled_from([0.0, 1e6, 1e301, 1e308]))
+def test_floors_are_exact_ranks_or_lie_below_them(
+    drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
+    wild: float,
+) -> None:
+    # Floors are kept across records; each is checked against a history
+    # that answers afresh. ``wild``: a run time past 1e300 (1e308: two of
+    # them make a typical value infinite, and the errors then infinite or NaN).
+    h = RuntimeHistory()
+    waiting: list[Job] = []
+    for n, (what, (submit, user, name, procs, est), _, factor) in enumerate(drawn):
+        j = job(f"j{n:02d}", {"cpu": P * procs}, user=user, name=name,
+                submit_time=submit, runtime_estimate=est)
+        if what == "add":
+            waiting.append(j)
+        elif what == "record":
+            h.record(j, wild if factor == 3.0 and wild else (est or 30.0) * factor)
+        ranks, exact = h.floors(waiting)
+        h.answers.clear()  # the exact ranks, from nothing kept
+        for w, r, known in zip(waiting, ranks, exact, strict=True):
+            plain = h.rank(w)
+            if known:
+                assert r == plain or (r != r and plain != plain)
+            else:
+                assert r is not None and plain is not None and 0.0 <= r < plain
 
 
 @given(st.lists(st.tuples(st.sampled_from([0.0, 10.0, 50.0]),
@@ -90,3 +119,32 @@ def test_ranks_that_make_a_ratio_nan_take_the_plain_sort(
 def test_a_queue_for_shortest_first_is_refused() -> None:
     with pytest.raises(ValueError):
         AdaptiveQueue(AdaptiveOrder("sjf"), RuntimeHistory().signature)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False), st.sampled_from([INF, 40.0]))
+def test_the_merge_from_floors_is_the_plain_order_over_long_histories(
+        rnd: random.Random, bound: float) -> None:
+    # Long runs of records, so that typical values and weighed ranks (what
+    # floors stand in for) are common; the queue is ordered before the plain
+    # order fills the answers.
+    h = RuntimeHistory()
+    order = AdaptiveOrder()
+    queue = AdaptiveQueue(order, h.signature, h.floors)
+    waiting: dict[str, Job] = {}
+    for n in range(80):
+        what = rnd.choice(["add", "add", "remove", "record", "record"])
+        j = job(f"j{n:02d}", {"cpu": P * rnd.randint(1, 4)},
+                user=rnd.choice([None, "ann", "bob"]), name=rnd.choice([None, "sim"]),
+                submit_time=rnd.choice([0.0, 1.0, 10.0, 50.0, 99.0]),
+                runtime_estimate=rnd.choice([None, 0.0, 0.5, 5.0, 60.0, 600.0, 1e5]))
+        if what == "add":
+            waiting[j.id] = j
+            queue.add(j)
+        elif what == "remove" and waiting:
+            queue.remove(waiting.pop(rnd.choice(sorted(waiting))))
+        elif what == "record":
+            h.record(j, (j.runtime_estimate or 30.0) * rnd.choice([0.1, 1.0, 3.0]))
+        ctx = context(h, 150.0, bound, True)
+        got = [w.id for w in queue.ordered(ctx)]
+        assert got == [w.id for w in order.order(list(waiting.values()), ctx)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
@@ -32,7 +33,8 @@ from sortedcontainers import SortedList
 
 from apportion.core.countprofile import CountProfile, summed_releases
 from apportion.core.model import Health, Node, NodeState
-from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
+from apportion.core.scheduling.adaptive import RuntimeHistory
+from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
 from apportion.core.scheduling.cycle import SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue
@@ -148,8 +150,14 @@ class PoolCluster:
         self._fair = isinstance(order, FairShare)
         self._by_queue: dict[str, SortedList] = {}
         """Fair share: each queue with pending jobs, in the queue's order."""
-        self._shares: dict[str, float] = {}
-        """Fair share: each queue's share of its use now (dropped when it changes)."""
+        self._ranked: list[tuple[float, str]] = []
+        """Fair share: (share of its use, name) of each queue with pending
+        jobs, sorted: the order a cycle's heap of shares would pop them."""
+        self._filed: dict[str, float] = {}
+        """Fair share: the share each queue is filed under in ``_ranked``."""
+        self._stale: set[str] = set()
+        """Fair share: queues whose use or pending jobs changed since they
+        were filed (``_refile``)."""
         self._adaptive: AdaptiveQueue | None = None
         """Response-ratio order with a history and no backfilling: the queue
         grouped by signature, merged as far as the cycle reads it (the head,
@@ -157,7 +165,7 @@ class PoolCluster:
         cost less than the merge (``bench/bench_simulate.py``)."""
         if (self.history is not None and isinstance(order, AdaptiveOrder)
                 and order.by == "hrrn" and config.backfill == "none"):
-            self._adaptive = AdaptiveQueue(order, self.history.signature)
+            self._adaptive = AdaptiveQueue(order, self.history.signature, self.history.floors)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -182,6 +190,7 @@ class PoolCluster:
             q = self._by_queue.get(job.queue)
             if q is None:
                 q = self._by_queue[job.queue] = SortedList()
+                self._stale.add(job.queue)
             q.add((-job.priority, job.submit_time, job.id))
         elif self._adaptive is not None:
             self._adaptive.add(job)
@@ -208,6 +217,7 @@ class PoolCluster:
             q.remove((-job.priority, job.submit_time, job.id))
             if not q:
                 del self._by_queue[job.queue]
+                self._stale.add(job.queue)
         elif self._adaptive is not None:
             self._adaptive.remove(job)
 
@@ -230,52 +240,73 @@ class PoolCluster:
                            self._bound, self._rank,
                            None if self.history is None else self.history.ranks)
         if self._fair:
+            self._refile()
             return self._fair_order(ctx)
         if self._adaptive is not None:
             return self._adaptive.ordered(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
 
     def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
-        """``FairShare.order``, lazily: the same heap of queue shares, each
-        queue already sorted and its share kept from its last change, so a
-        cycle that stops early pays for what it took."""
+        """``FairShare.order``, lazily: its heap of queue shares, as a merge
+        of the queues filed by share (``_ranked``) with a heap of those the
+        cycle has taken from (each under its share grown by what it gave),
+        each queue already sorted, so that a cycle pays for what it took."""
         cap = self._view.capacity_total()
-        heap = [(self._share(name), name) for name in self._by_queue]
-        heapq.heapify(heap)
+        ranked = list(self._ranked)  # ``_begin`` marks queues stale meanwhile
+        n, p = len(ranked), 0
+        pushed: list[tuple[float, str]] = []
         # Each queue is walked with an iterator (indexing a SortedList is a
         # search) and a count of the jobs it has left.
         walks: dict[str, tuple[Iterator[tuple[Any, ...]], list[int]]] = {}
-        # Use as the cycle began (the jobs this cycle starts add to it as
-        # they start): what each queue's later shares grow from.
+        # A queue's use as the cycle began (copied before its first job is
+        # given out, so before any of its jobs starts): what its later
+        # shares grow from.
         usage = self.usage
-        used = {name: dict(usage.get(name, {})) for name in self._by_queue}
+        used: dict[str, dict[str, int]] = {}
         pending = self.pending
-        while heap:
-            _, name = heapq.heappop(heap)
+        while True:
+            if pushed and (p == n or pushed[0] < ranked[p]):
+                name = heapq.heappop(pushed)[1]
+            elif p < n:
+                name = ranked[p][1]
+                p += 1
+            else:
+                return
             walk = walks.get(name)
             if walk is None:
                 q = self._by_queue[name]
                 walk = walks[name] = (iter(q), [len(q)])
             entries, left = walk
-            if not heap:  # the last queue with jobs left: shares choose no more
+            if p == n and not pushed:  # the last queue with jobs left: shares choose no more
                 for entry in entries:
                     yield pending[entry[-1]]
                 return
             j = pending[next(entries)[-1]]
             left[0] -= 1
+            u = used.get(name)
+            if u is None:
+                u = used[name] = dict(usage.get(name, {}))
             yield j
-            u = used[name]
             for r, amount in j.total.items():
                 u[r] = u.get(r, 0) + amount
             if left[0]:
-                heapq.heappush(heap, (FairShare._share(u, cap, ctx.queues.get(name)), name))
+                heapq.heappush(pushed, (FairShare._share(u, cap, ctx.queues.get(name)), name))
 
-    def _share(self, name: str) -> float:
-        share = self._shares.get(name)
-        if share is None:
-            share = self._shares[name] = FairShare._share(
-                self.usage.get(name, {}), self._view.capacity_total(), self.queues.get(name))
-        return share
+    def _refile(self) -> None:
+        """File again in ``_ranked`` the queues changed since the last cycle:
+        between two cycles a job or two start or end, and the shares of the
+        other queues stand."""
+        ranked, filed, by_queue = self._ranked, self._filed, self._by_queue
+        cap = self._view.capacity_total()
+        for name in self._stale:
+            old = filed.pop(name, None)
+            if old is not None:
+                del ranked[bisect_left(ranked, (old, name))]
+            if name in by_queue:
+                share = filed[name] = FairShare._share(
+                    self.usage.get(name, {}), cap, self.queues.get(name))
+                insort(ranked, (share, name))
+        self._stale.clear()
 
     # -- running jobs --------------------------------------------------------
 
@@ -297,7 +328,8 @@ class PoolCluster:
         used = self.usage.setdefault(job.queue, {})
         for r, q in job.total.items():
             used[r] = used.get(r, 0) + q
-        self._shares.pop(job.queue, None)
+        if self._fair:
+            self._stale.add(job.queue)
         started.append(job)
 
     def finish(self, job_id: str) -> Job:
@@ -312,7 +344,8 @@ class PoolCluster:
         used = self.usage[job.queue]
         for r, q in job.total.items():
             used[r] -= q
-        self._shares.pop(job.queue, None)
+        if self._fair:
+            self._stale.add(job.queue)
         return job
 
     # -- one cycle -------------------------------------------------------------

@@ -53,18 +53,15 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from apportion.core.scheduling.adaptive_order import AdaptiveOrder as AdaptiveOrder
 from apportion.core.scheduling.jobs import Job, RunningJob
 
 if TYPE_CHECKING:
-    from apportion.core.scheduling.policies import OrderContext
     from apportion.core.scheduling.state import ClusterState
-
-_fifo_key = attrgetter("fifo_key")
 
 LEVELS = ("user+name", "user", "name", "queue", "size", "global")
 """Where a run time is learned, most specific first."""
@@ -79,6 +76,9 @@ _SLACK = 4096
 are swept (a job cancelled while pending or running is never recorded)."""
 
 _UNKNOWN: Any = object()
+
+_TAME = 1e300
+"""Values learned from below this (in size) keep every error finite."""
 
 _FLOOR_S = 1.0
 """Added to both sides of a log error, so a 0-second run does not dominate."""
@@ -220,6 +220,17 @@ class RuntimeHistory:
     user's estimates, until a job of theirs is scored (``record`` drops it):
     a user's error moves only with their own jobs, so unlike the levels'
     weights it outlives most records."""
+    floor_cache: dict[int, float] = field(default_factory=dict)
+    """Signature -> ``_floor``. A floor is read from the user's estimate and
+    one typical value: unlike an answer, it outlives a ``record`` that
+    changes neither that value nor the levels' shape or poor ones."""
+    floor_readers: dict[tuple[str, object], list[int]] = field(default_factory=dict)
+    """Key -> the signatures whose floor read its typical value."""
+    floor_basis: tuple[int, frozenset[str], bool] = (-1, frozenset(), False)
+    """(``shape``, the poor levels, ``wild``) the floors were taken under."""
+    wild: bool = False
+    """A run time or estimate learned from was not finite (or beyond 1e300):
+    the errors may be too, and ``floors`` gives exact ranks only."""
 
     # -- learning --------------------------------------------------------
 
@@ -230,6 +241,9 @@ class RuntimeHistory:
         keys = cached[0] if cached is not None else _keys(job)
         self.answers.clear()
         self.levels_now = None
+        est = job.runtime_estimate
+        if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
+            self.wild = True
         for key in keys:
             value = self.typical.get(key)
             if value is not None:
@@ -258,6 +272,9 @@ class RuntimeHistory:
                 if key not in self.typical:
                     self.shape += 1
                 self.typical[key] = _typical(kept, ordered)
+                if self.floor_readers:  # none unless an hrrn queue asks for floors
+                    for number in self.floor_readers.pop(key, ()):
+                        self.floor_cache.pop(number, None)
         self.corrections.pop(job.id, None)
 
     def _error(self, name: str) -> _Error:
@@ -281,6 +298,8 @@ class RuntimeHistory:
                 self.key_cache.clear()  # jobs cancelled before they ended
                 self.signatures.clear()
                 self.answers.clear()
+                self.floor_cache.clear()
+                self.floor_readers.clear()
                 self.sig_facts.clear()
                 self.sig_best.clear()
             keys = _keys(job)
@@ -339,6 +358,61 @@ class RuntimeHistory:
                 found = answers[number] = self._answer(number)
             out.append(found[1])
         return out
+
+    def floors(self, jobs: Sequence[Job]) -> tuple[list[float | None], list[bool]]:
+        """``ranks`` of ``jobs``, each with whether it is exact: where a rank
+        not asked since the last ``record`` would weigh a learned value
+        against the user's estimate, a floor of it instead (the lesser of
+        the two, a hair under: their weighted geometric mean is not below
+        it). Every ``record`` moves the levels' weights, so the hrrn queue
+        would rank each signature again after each; with floors it ranks a
+        head exactly only where its floor could put it first
+        (``adaptive_queue``)."""
+        table = self.levels_now or self._levels()  # it may move ``shape``
+        key_cache, answers, cache = self.key_cache, self.answers, self.floor_cache
+        basis = (self.shape, table.poor, self.wild)
+        if basis != self.floor_basis:
+            self.floor_basis = basis
+            cache.clear()
+            self.floor_readers.clear()
+        out: list[float | None] = []
+        exact: list[bool] = []
+        for job in jobs:
+            of = key_cache.get(job.id)
+            number = (of if of is not None else self._of(job))[1]
+            found = answers.get(number)
+            if found is None:
+                floor = cache.get(number)
+                if floor is None:
+                    floor = cache[number] = self._floor(number, table)
+                if floor >= 0.0:
+                    out.append(floor)
+                    exact.append(False)
+                    continue
+                found = answers[number] = self._answer(number)
+            out.append(found[1])
+            exact.append(True)
+        return out, exact
+
+    def _floor(self, number: int, table: _Levels) -> float:
+        """A floor of ``_answer(number)``'s rank, or -1.0 where that rank is
+        cheap, may be None, or may not lie above the lesser value."""
+        facts = self.sig_facts[number]
+        given = facts.given
+        best = self.sig_best[number]
+        if best[0] != self.shape:
+            best = self.sig_best[number] = (self.shape, *self._best(facts.keys, table.order))
+        key = best[1]
+        if (key is None or given is None or self.wild or best[2] in table.poor
+                or not 0.0 <= given < _TAME):
+            return -1.0
+        learned = self.typical[key]
+        self.floor_readers.setdefault(key, []).append(number)
+        if not 0.0 <= learned < _TAME:
+            return -1.0
+        least = given if given < learned else learned
+        # The mean's float error is about 1e-13 of ``least + 1`` at most.
+        return least - 1e-9 * (least + 1.0)
 
     def _answers(self, job: Job) -> tuple[float | None, float | None]:
         # Asked for every pending job in every cycle: the common path is two
@@ -510,80 +584,3 @@ def _keys(job: Job) -> list[tuple[str, object]]:
     keys.append(("size", size_class(job)))
     keys.append(("global", None))
     return keys
-
-
-# -- order ----------------------------------------------------------------------
-
-
-class AdaptiveOrder:
-    """Jobs past the aging bound first, in submit order; then the rest by
-    ``by``: ``"sjf"`` (shortest predicted run time) or ``"hrrn"`` (highest
-    response ratio, ``(wait + estimate) / estimate``). Jobs with no estimate
-    at all come after those with one, in submit order."""
-
-    name = "adaptive"
-
-    def __init__(self, by: str = "hrrn") -> None:
-        if by not in ("sjf", "hrrn"):
-            raise ValueError(f"by: {by!r} is not sjf or hrrn")
-        self.by = by
-
-    def order(self, jobs: Sequence[Job], ctx: OrderContext) -> list[Job]:
-        # A queue is ordered at every event, by ratios that move with the
-        # clock, so this is the hot path of a learning replay. In submit
-        # order, the jobs past the bound are a prefix; the rest are ranked
-        # in one call and sorted by one float, stably, so that equal values
-        # keep submit order as ``_key`` has them.
-        now = ctx.now
-        bound = ctx.aging_bound
-        fifo = sorted(jobs, key=_fifo_key)
-        cut = 0
-        while cut < len(fifo) and now - fifo[cut].submit_time >= bound:
-            cut += 1
-        rest = fifo[cut:] if cut else fifo
-        if ctx.ranks is not None:
-            ests = ctx.ranks(rest)
-        else:
-            rank = ctx.rank or ctx.estimate
-            ests = [rank(j) for j in rest]
-        hrrn = self.by == "hrrn"
-        ranked: list[Job] = []
-        unranked: list[Job] = []
-        values: list[float] = []
-        for j, est in zip(rest, ests, strict=True):
-            if est is None:
-                unranked.append(j)
-                continue
-            ranked.append(j)
-            if hrrn:
-                wait = now - j.submit_time
-                e = est if est > 1.0 else 1.0
-                values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
-            else:
-                values.append(est)
-        total = sum(values)
-        if total != total:  # a NaN (an infinite estimate) would not sort alike
-            return sorted(jobs, key=self._key(now, bound, ctx.rank or ctx.estimate))
-        out = fifo[:cut]
-        out.extend(map(ranked.__getitem__, sorted(range(len(values)), key=values.__getitem__)))
-        out.extend(unranked)
-        return out
-
-    def _key(self, now: float, bound: float, rank: Callable[[Job], float | None]
-             ) -> Callable[[Job], tuple[int, float, float, str]]:
-        """The order as one sort key (what ``order`` does faster)."""
-        hrrn = self.by == "hrrn"
-
-        def key(j: Job) -> tuple[int, float, float, str]:
-            wait = now - j.submit_time
-            if wait >= bound:
-                return (0, 0.0, j.submit_time, j.id)
-            est = rank(j)
-            if est is None:
-                return (2, 0.0, j.submit_time, j.id)
-            if hrrn:
-                e = est if est > 1.0 else 1.0
-                return (1, -((wait if wait > 0.0 else 0.0) + e) / e, j.submit_time, j.id)
-            return (1, est, j.submit_time, j.id)
-
-        return key

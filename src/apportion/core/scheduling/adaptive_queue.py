@@ -14,6 +14,14 @@ sort of the queue (``bench/bench_simulate.py``: adaptive+none). A backfill
 pass reads the whole queue, and there one sort of it cost less than the
 merge, so ``poolsim`` keeps this queue for replays without backfilling.
 
+Given ``floors`` (``RuntimeHistory.floors``), a head whose rank would be
+computed afresh is first filed under a ratio above its own (from a floor of
+its rank), and ranked exactly only if that ratio comes to the top: the
+exact ratio then takes its place, and a job is given out only from an
+exact ratio that no other head's (floor or exact) is above, so the order is
+the same. After each finished job a queue's heads mostly stand
+far behind its leader.
+
 Only the ``hrrn`` order is merged (``sjf`` and a rank that makes a ratio
 NaN take ``AdaptiveOrder.order`` on the whole queue);
 ``tests/core/test_sched_adaptive_queue.py`` holds the merge to
@@ -27,10 +35,15 @@ from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from apportion.core.scheduling.adaptive import AdaptiveOrder
+from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.jobs import Job
 
 INF = float("inf")
+
+_ABOVE = 1.0 + 2.0**-40
+"""Widens a ratio from a floor past its float rounding (a few 1e-16)."""
+
+Floors = Callable[[Sequence[Job]], tuple[list[float | None], list[bool]]]
 
 if TYPE_CHECKING:
     from apportion.core.scheduling.policies import OrderContext
@@ -43,11 +56,14 @@ so the job itself is never compared)."""
 class AdaptiveQueue:
     """Waiting jobs grouped by signature, for ``AdaptiveOrder("hrrn")``."""
 
-    def __init__(self, order: AdaptiveOrder, signature: Callable[[Job], Hashable]) -> None:
+    def __init__(self, order: AdaptiveOrder, signature: Callable[[Job], Hashable],
+                 floors: Floors | None = None) -> None:
+        """``floors``: from the history that answers the contexts' ranks."""
         if order.by != "hrrn":
             raise ValueError("AdaptiveQueue merges the hrrn order only")
         self._order = order
         self._signature = signature
+        self._floors = floors
         # Plain lists: jobs arrive in submit order and mostly leave from a
         # group's front, and a group holds a few jobs (``SortedList`` cost
         # more to walk and to keep than it saved).
@@ -96,20 +112,25 @@ class AdaptiveQueue:
         else:
             live = range(len(groups))
             heads = [group[0][2] for group in groups]
-        if ctx.ranks is not None:
-            ranks = ctx.ranks(heads)
+        rank = ctx.rank or ctx.estimate
+        exact: Sequence[bool]
+        if self._floors is not None:
+            ranks, exact = self._floors(heads)
         else:
-            rank = ctx.rank or ctx.estimate
-            ranks = [rank(j) for j in heads]
+            ranks = ctx.ranks(heads) if ctx.ranks is not None else [rank(j) for j in heads]
+            exact = [True] * len(heads)
         heap: list[tuple[float, float, str, int, float]] = []
         unranked: list[list[_Entry]] = []
-        for k, j, est in zip(live, heads, ranks, strict=True):
+        for k, j, est, known in zip(live, heads, ranks, exact, strict=True):
             if est is None:
                 unranked.append(groups[k][starts[k]:])
                 continue
             e = est if est > 1.0 else 1.0
             wait = now - j.submit_time
             value = -((wait if wait > 0.0 else 0.0) + e) / e
+            if not known:
+                value *= _ABOVE
+                e = 0.0  # marks the entry's ratio as one from a floor
             if value != value:
                 # NaN: ``order`` sorts by a key that NaN leaves unordered, so
                 # its answer depends on the jobs' order as given: as added.
@@ -118,7 +139,7 @@ class AdaptiveQueue:
                 return
             heap.append((value, j.submit_time, j.id, k, e))
         heapq.heapify(heap)
-        yield from _merge(heap, groups, starts, now)
+        yield from _merge(heap, groups, starts, now, rank)
         for entry in heapq.merge(*unranked):
             yield entry[2]
 
@@ -138,14 +159,25 @@ def _aged(groups: list[list[_Entry]], starts: list[int], now: float, bound: floa
 
 
 def _merge(heap: list[tuple[float, float, str, int, float]], groups: list[list[_Entry]],
-           starts: list[int], now: float) -> Iterator[Job]:
+           starts: list[int], now: float, rank: Callable[[Job], float | None]
+           ) -> Iterator[Job]:
     """Pop the highest ratio (then the earliest job), put the next job of
-    its group in its place."""
+    its group in its place; a ratio from a floor (``e`` 0.0) is replaced by
+    the head's exact one."""
     while heap:
         top = heap[0]
         k, e = top[3], top[4]
         group = groups[k]
         i = starts[k]
+        if not e:
+            j = group[i][2]
+            est = rank(j)
+            assert est is not None  # a floor is given only for a rank
+            e = est if est > 1.0 else 1.0
+            wait = now - j.submit_time
+            heapq.heapreplace(heap, (-((wait if wait > 0.0 else 0.0) + e) / e,
+                                     j.submit_time, j.id, k, e))
+            continue
         yield group[i][2]
         i = starts[k] = i + 1
         if i == len(group):

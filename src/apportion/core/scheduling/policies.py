@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Protocol
 
 from apportion.core.errors import InvalidInput
-from apportion.core.scheduling.adaptive import AdaptiveOrder
+from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.interface import PlaceOptions, ScorePlugin
 from apportion.core.scheduling.jobs import Job, Queue
 from apportion.core.scheduling.scorers import SCORERS

@@ -103,8 +103,8 @@ def main() -> int:
             accepted = time.perf_counter() - started
             assert load.statuses == {201: 1 if args.array else args.jobs}, load.statuses
 
-            wait_for(f"{args.jobs} succeeded", lambda: _succeeded(cluster) >= args.jobs, 900,
-                     every=0.25)
+            wait_for(f"{args.jobs} succeeded", lambda: _all_succeeded(cluster, args.jobs),
+                     900, every=0.25)
             finished = time.perf_counter() - started
             cpu = {name: meter() for name, meter in meters.items()}
             legs = _breakdown(cluster.server.data_dir / "apportion.db")
@@ -171,6 +171,20 @@ def _cpu_meters(cluster: Cluster) -> dict[str, Any]:
             "agent": lambda: agent_side()[0] - agent0,
             "tasks": lambda: agent_side()[1] - tasks0,
             "machine busy": lambda: busy() - machine0}
+
+
+def _all_succeeded(cluster: Cluster, jobs: int) -> bool:
+    """Whether every task succeeded; stops the run at the first failed job
+    (a task the agent's fence stopped under load fails its job, and waiting
+    out the timeout for a success that cannot come tells nothing)."""
+    assert cluster.server is not None
+    with sqlite3.connect(cluster.server.data_dir / "apportion.db") as conn:
+        failed = conn.execute("SELECT id, reason FROM jobs WHERE state = 'failed'").fetchall()
+    if failed:
+        job_id, reason = failed[0]
+        raise SystemExit(f"{len(failed)} job(s) failed, so not all {jobs} can succeed; "
+                         f"{job_id}: {reason}")
+    return _succeeded(cluster) >= jobs
 
 
 def _succeeded(cluster: Cluster) -> int:

@@ -3,7 +3,9 @@
 ``record.py OUT_DIR SECONDS``: writes ``<task id>.start.json`` at once and
 ``<task id>.json`` when done, and notes an ``overlap`` if another process of
 the same job was still alive when this one started (a job must never run
-twice at once)."""
+twice at once). ``SECONDS`` may be ``FIRST,LATER``: the job's first process
+sleeps FIRST, any later attempt LATER, so a test can hold the first attempt
+until it is killed however slowly the machine runs."""
 
 import json
 import os
@@ -11,7 +13,7 @@ import sys
 import time
 
 start = time.time()
-out, seconds = sys.argv[1], float(sys.argv[2])
+out, durations = sys.argv[1], [float(s) for s in sys.argv[2].split(",")]
 env = os.environ
 job, task = env["APPORTION_JOB_ID"], env["APPORTION_TASK_ID"]
 
@@ -33,6 +35,8 @@ def alive(pid):
 
 
 pid_file = os.path.join(out, job + ".pid")
+# An earlier attempt of this job wrote its pid: this one is a later attempt.
+seconds = durations[-1] if os.path.exists(pid_file) else durations[0]
 overlap = None
 try:
     with open(pid_file) as fh:

@@ -10,6 +10,7 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apportion.core.errors import InvalidInput
 from apportion.core.model import Device, Node
 from apportion.core.scheduling import ClusterState, Job, Queue, SchedulerConfig, TaskSpec, cycle
 from apportion.core.simulator import SimConfig, SimJob, simulate
@@ -74,14 +75,20 @@ def _general(*args: object, **kwargs: object) -> None:
 def test_replays_start_the_same_with_and_without_it(
     nodes: list[Node], jobs: list[SimJob], config: SchedulerConfig
 ) -> None:
-    sim = SimConfig(config, primary="gpu")
-    fused = simulate(jobs, nodes, sim, queues=QUEUES)
+    fused = _replay(nodes, jobs, config)
     with mock.patch.object(cycle, "_alone", _general):
-        plain = simulate(jobs, nodes, sim, queues=QUEUES)
-    assert fused.records == plain.records
-    assert fused.metrics == plain.metrics
-    assert fused.unscheduled == plain.unscheduled
-    assert fused.series_queue == plain.series_queue
+        plain = _replay(nodes, jobs, config)
+    assert fused == plain
+
+
+def _replay(nodes: list[Node], jobs: list[SimJob], config: SchedulerConfig) -> object:
+    try:
+        result = simulate(jobs, nodes, SimConfig(config, primary="gpu"), queues=QUEUES)
+    except InvalidInput as exc:
+        # The replay fails on a job preempted in the cycle that started it
+        # (base 9ce6a3c too): both ways must fail alike.
+        return str(exc)
+    return (result.records, result.metrics, result.unscheduled, result.series_queue)
 
 
 def _books(state: ClusterState) -> object:

@@ -114,3 +114,40 @@ def test_a_lone_task_takes_the_tightest_node_and_its_first_free_gpus() -> None:
     # Best fit: g0 has 3 free, the others 8.
     assert (b.node, b.devices["gpu"]) == ("g0", ("GPU-5", "GPU-6"))
     assert state.free("g0") == {"gpu": 1}
+
+
+@SETTINGS
+@given(st.booleans(), st.lists(st.tuples(st.booleans(), st.integers(1, 3), st.integers(0, 9)),
+                               min_size=1, max_size=40))
+def test_released_devices_go_back_in_node_order(
+    linked: bool, ops: list[tuple[bool, int, int]]
+) -> None:
+    # Linked devices make ``devices.choose`` pick other than the first free
+    # ones, so releases come back out of order.
+    devices = tuple(Device(f"GPU-{k}", attrs={"numa": k % 3} if linked else {})
+                    for k in range(8))
+    state = ClusterState([Node("g0", {"gpu": 8}, devices={"gpu": devices})])
+    placer = Placer(state, STRATEGIES["fifo"].options)
+    held: dict[str, tuple[str, ...]] = {}
+    for n, (place, gpus, pick) in enumerate(ops):
+        if place or not held:
+            job = Job(f"j{n}", (TaskSpec({"gpu": gpus}),))
+            result = placer.place(job)
+            if result.tasks is None:
+                continue
+            state.add_running(RunningJob(job, 0.0, result.tasks, None))
+            held[job.id] = result.tasks[0].devices["gpu"]
+        else:
+            held.pop(state.finish(sorted(held)[pick % len(held)]).job.id)
+        taken = {d for ids in held.values() for d in ids}
+        assert state.nodes["g0"].free_devices["gpu"] == [
+            d.id for d in devices if d.id not in taken]
+
+
+def test_a_one_resource_request_aligns_on_a_one_resource_class() -> None:
+    state = ClusterState([Node("g0", {"gpu": 8}), Node("c0", {"cpu": 4, "gpu": 2})])
+    gpu_only, both = state.nodes["g0"].cls, state.nodes["c0"].cls
+    assert state.align(gpu_only, {"gpu": 3}) == (3,)
+    assert state.align(gpu_only, {"cpu": 1}) is None
+    assert state.align(both, {"gpu": 1}) == (0, 1)
+    assert state.align(gpu_only, {"gpu": 1, "cpu": 1}) is None

@@ -54,7 +54,7 @@ from apportion.core.scheduling.interface import (
     ScorePlugin,
 )
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
-from apportion.core.scheduling.lone import take_lone
+from apportion.core.scheduling.lone import scored_per_node, take_lone
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     PlaceResult,
@@ -145,8 +145,8 @@ class Placer:
         state = self.state
         spec = job.tasks[0]
         verdict = class_verdict(state, job, 0)
-        if (not verdict.lone or group_aggregate_short(state, spec) is not None
-                or self._per_node(job, verdict, self._scorers(job))):
+        if (not verdict.lone or verdict.per_node or group_aggregate_short(state, spec) is not None
+                or scored_per_node(self.options, job, state)):
             return None
         placed = take_lone(state, job, spec, verdict)
         return None if placed is None else PlaceResult((placed,))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.constraints import family
 from apportion.core.scheduling.filters import Verdict
+from apportion.core.scheduling.interface import PlaceOptions
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.state import ClusterState
 
@@ -68,3 +69,13 @@ def _grant(state: ClusterState, job: Job, spec: TaskSpec, bucket_id: int,
             chosen[r] = ids
     state.grant(rec, aligned, 1, job.id, chosen or None)
     return TaskPlacement(name, spec.resources, chosen, 1)
+
+
+def scored_per_node(options: PlaceOptions, job: Job, state: ClusterState) -> bool:
+    """Whether a score plugin that applies to ``job`` tells the nodes of a
+    bucket apart: ``Placer._per_node`` over ``Placer._scorers``, without
+    building the list (the plugins' answers are pure)."""
+    for p, w in options.scorers:  # noqa: SIM110 (a loop: any() over a generator costs more)
+        if w and p.per_node(job) and p.applies(job, state):
+            return True
+    return False

@@ -120,8 +120,8 @@ def simulate(
     learns = strategy(config.scheduler.strategy).learns
     hide = learns and config.learn_only
     primary = config.primary
-    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time,
-                            sj.job.total.get(primary, 0))
+    runs = {sj.job.id: _Run(_as_submitted(sj, hide) if hide else sj.job, sj.run_time,
+                            sj.job.submit_time, sj.job.total.get(primary, 0))
             for sj in jobs}
     # ``fifo_key`` is (submit time, id): the order of arrival.
     order = sorted(runs.values(), key=lambda r: r.job.fifo_key)

@@ -63,6 +63,7 @@ def main() -> None:
         t0 = time.perf_counter()
         traces[name] = read_trace(path)
         read_s = time.perf_counter() - t0
+        gc.freeze()  # as `apportion simulate` does once the trace is read
         row = replay(traces[name], args.strategy, args.backfill) | {"trace": name,
                                                                    "read_s": round(read_s, 3)}
         runs.append(row)

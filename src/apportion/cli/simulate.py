@@ -11,6 +11,7 @@ The lead registers it on the main app with ``register(app)``.
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import sys
 import time
@@ -80,6 +81,10 @@ def simulate_command(
 
     try:
         loaded = _load(trace, fmt, limit, nodes, node_resources)
+        # The trace lives as long as the command: left to the collector, every
+        # full collection of the replay walks all its jobs again (4.6 % of
+        # Philly's replay). Frozen, it is never walked; freed as before.
+        gc.freeze()
         runs = _plan(compare, strategy, backfill, strategies, backfills)
         results, interrupted = _run_all(loaded, runs, progress and not as_json)
     except ApportionError as exc:

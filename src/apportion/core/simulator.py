@@ -120,8 +120,8 @@ def simulate(
     learns = strategy(config.scheduler.strategy).learns
     hide = learns and config.learn_only
     primary = config.primary
-    runs = {sj.job.id: _Run(_as_submitted(sj, hide), sj.run_time, sj.job.submit_time,
-                            sj.job.total.get(primary, 0))
+    runs = {sj.job.id: _Run(_as_submitted(sj, hide) if hide else sj.job, sj.run_time,
+                            sj.job.submit_time, sj.job.total.get(primary, 0))
             for sj in jobs}
     # ``fifo_key`` is (submit time, id): the order of arrival.
     order = sorted(runs.values(), key=lambda r: r.job.fifo_key)
@@ -265,7 +265,7 @@ class _Engine:
         self.pending[job_id] = run.job
 
     def result(self, jobs: Sequence[SimJob]) -> SimResult:
-        records = tuple(_record(r) for r in self.done)
+        records = tuple(map(_record, self.done))
         metrics = _metrics(records, self, jobs)
         limit = self.config.max_series
         t = _downsample(self.series_t, limit)
@@ -309,8 +309,10 @@ def _metrics(records: Sequence[JobRecord], engine: _Engine, jobs: Sequence[SimJo
         "median_wait_s": percentile(waits, 50),
         "p95_wait_s": percentile(waits, 95),
         "max_wait_s": waits[-1] if waits else 0.0,
+        # ``bounded_slowdown`` written out (the same arithmetic), without a call per job.
         "mean_bounded_slowdown": (
-            sum(bounded_slowdown(r.wait, r.run) for r in records) / n if n else 0.0
+            sum(max(1.0, (r.wait + r.run) / max(r.run, BOUND_S)) for r in records) / n
+            if n else 0.0
         ),
         "utilization": (
             engine.busy_area / (makespan * engine.capacity) if makespan and engine.capacity

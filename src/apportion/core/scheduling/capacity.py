@@ -370,6 +370,11 @@ class FreeCapacity:
         """``request`` laid out as ``cls``'s vector, or None when the class
         lacks one of its resources."""
         pos = cls.pos
+        if len(pos) == 1 and len(request) == 1:
+            # One resource on a class of one (a GPU task on a GPU node, at
+            # every release): the loop below comes to this.
+            [(r, q)] = request.items()
+            return (q,) if r in pos else None
         out = [0] * len(cls.resources)
         for r, q in request.items():
             i = pos.get(r)

@@ -207,6 +207,12 @@ def schedule_cycle(
         history.correct(state, now)  # before anything is planned on the old ends
         rank, ranks = history.rank, history.ranks
     queues = queues or {}
+    if len(pending) == 1:
+        # Most cycles of a replay that keeps up with arrivals: one job, and
+        # it starts now. Decided without the pass's set-up where it does.
+        alone = _alone(state, pending[0], now, config, queues, strat, estimate)
+        if alone is not None:
+            return alone
     # Without backfilling an aged head blocks everything behind it, and on
     # KTH a 3-day bound drained the machine (docs/scheduling.md, Adaptive).
     # The response ratio alone still grows without bound, so nobody waits for
@@ -254,6 +260,43 @@ def schedule_cycle(
         p.unplaced,
         _deadline_risks(p, ordered),
     )
+
+
+def _alone(
+    state: ClusterState,
+    job: Job,
+    now: float,
+    config: SchedulerConfig,
+    queues: Mapping[str, Queue],
+    strat: Strategy,
+    estimate: Callable[[Job], float | None],
+) -> CycleResult | None:
+    """The cycle of a lone pending job that the pass would start at once:
+    nothing to order, hold or plan, so the same placement (``_in_order``:
+    the summed-free check, then ``Placer.place``) and the same result,
+    without the pass. None, with the state as it was, for every other case
+    (the pass decides those): a reservation mode that plans even a lone job,
+    a deadline, a cycle limit, a queue that may hold it, or no room now.
+    ``tests/core/test_cycle_alone.py`` holds it to the pass."""
+    cap = config.max_placements
+    if (config.backfill == "conservative" or job.deadline is not None
+            or (cap is not None and cap < 1)):
+        return None
+    queue = queues.get(job.queue)
+    if (queue is not None and queue.quota) or (config.queue_required and queue is None):
+        return None
+    free = state.free_totals
+    for r, q in job.total.items():
+        if free.get(r, 0) < q:
+            return None
+    # A failed placement changes nothing (one task is granted whole or not,
+    # a gang rolls back), so the pass may try it again.
+    tasks = Placer(state, strat.options).place(job).tasks
+    if tasks is None:
+        return None
+    est = estimate(job)
+    state.add_running(RunningJob(job, now, tasks, est))
+    return CycleResult((Placement(job.id, tasks, now, est, False, ()),), (), (), {}, ())
 
 
 def _busy(stage: str, message: str) -> Failure:

@@ -54,6 +54,7 @@ from apportion.core.scheduling.interface import (
     ScorePlugin,
 )
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
+from apportion.core.scheduling.lone import scored_per_node, take_lone
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     PlaceResult,
@@ -109,6 +110,10 @@ class Placer:
         registers the running job.
         """
         state = self.state
+        if job.task_count == 1 and not limits and not prefer and self.options.first_is_best:
+            lone = self._place_lone(job)  # None: nothing granted, go the general way
+            if lone is not None:
+                return lone
         # A working copy: each task placed on a limited node spends its limit.
         work = {n: dict(v) for n, v in limits.items()} if limits else None
         self._limits = work
@@ -134,6 +139,18 @@ class Placer:
             state.commit(mark)
         return PlaceResult(tuple(placed))
 
+    def _place_lone(self, job: Job) -> PlaceResult | None:
+        """``lone.take_lone`` where it applies and finds room; else None."""
+        self._limits = None
+        state = self.state
+        spec = job.tasks[0]
+        verdict = class_verdict(state, job, 0)
+        if (not verdict.lone or verdict.per_node or group_aggregate_short(state, spec) is not None
+                or scored_per_node(self.options, job, state)):
+            return None
+        placed = take_lone(state, job, spec, verdict)
+        return None if placed is None else PlaceResult((placed,))
+
     def fits_now(self, job: Job) -> bool:
         """Whether a job of one task would be placed now, without placing it
         (the walk finds a candidate exactly when ``place`` succeeds)."""
@@ -145,7 +162,7 @@ class Placer:
             return False
         ctx = PlaceContext(job, spec, state, {}, 0, self._scorers(job))
         return bool(self._walk(job, spec, verdict, 1, None, None,
-                               self._per_node(job, verdict, ctx)))
+                               self._per_node(job, verdict, ctx.scorers)))
 
     def fits_on(self, job: Job, name: str) -> bool:
         """Whether the first task of ``job`` fits on node ``name`` now."""
@@ -180,7 +197,7 @@ class Placer:
         if prefer:
             remaining = self._fill_preferred(job, spec, verdict, ctx, placed, limits, prefer,
                                              remaining)
-        per_node = self._per_node(job, verdict, ctx)
+        per_node = self._per_node(job, verdict, ctx.scorers)
         while remaining:
             # Limited nodes change buckets as they take tasks: find them anew.
             capped = _limits_by_bucket(state, limits) if limits else None
@@ -198,10 +215,11 @@ class Placer:
         return None
 
     @staticmethod
-    def _per_node(job: Job, verdict: Verdict, ctx: PlaceContext) -> bool:
+    def _per_node(job: Job, verdict: Verdict, scorers: list[tuple[ScorePlugin, float]]
+                  ) -> bool:
         if verdict.per_node:
             return True
-        for p, _ in ctx.scorers:  # noqa: SIM110 (a loop: any() over a generator costs more)
+        for p, _ in scorers:  # noqa: SIM110 (a loop: any() over a generator costs more)
             if p.per_node(job):
                 return True
         return False

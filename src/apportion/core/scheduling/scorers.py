@@ -162,6 +162,8 @@ class AffinityScore:
     tight_first = True
 
     def per_node(self, job: Job) -> bool:
+        if not job.affinity and not job.anti_affinity:
+            return False  # most jobs (as in ``applies``)
         return any(not a.required and a.target == "job"
                    for a in (*job.affinity, *job.anti_affinity))
 

@@ -21,6 +21,7 @@ it reads no clock and does no I/O.
 from __future__ import annotations
 
 import math
+from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from operator import add, sub
@@ -243,8 +244,12 @@ class ClusterState(FreeCapacity):
         if devices:
             for r, ids in devices.items():
                 pool = rec.free_devices[r]
-                pool.extend(ids)
-                pool.sort(key=rec.device_rank[r].__getitem__)
+                rank = rec.device_rank[r].__getitem__
+                if len(ids) == 1:
+                    insort(pool, ids[0], key=rank)  # one GPU (most tasks): no sort
+                else:
+                    pool.extend(ids)
+                    pool.sort(key=rank)
         left = rec.jobs[job_id] - n
         if left:
             rec.jobs[job_id] = left
@@ -401,17 +406,20 @@ class ClusterState(FreeCapacity):
             self.changes += 1
 
     def _add_running(self, rj: RunningJob) -> None:
-        self._running[rj.job.id] = rj
+        job = rj.job
+        self._running[job.id] = rj
         if rj.estimate is not None:
             end = rj.start + rj.estimate
-            self._ends_new[rj.job.id] = end
+            self._ends_new[job.id] = end
             if end <= self._past_until:
                 self._hold_past(rj, 1)
-        if rj.job.preemptible:
-            prio = rj.job.priority
+        if job.preemptible:
+            prio = job.priority
             self._preemptible[prio] = self._preemptible.get(prio, 0) + 1
-        used = self._usage.setdefault(rj.job.queue, {})
-        for r, q in rj.job.total.items():
+        used = self._usage.get(job.queue)
+        if used is None:
+            used = self._usage[job.queue] = {}
+        for r, q in job.total.items():
             used[r] = used.get(r, 0) + q
         if self._log.depth:
             self._log.entries.append(("r", rj))
@@ -419,22 +427,23 @@ class ClusterState(FreeCapacity):
             self.changes += 1
 
     def _drop_running(self, rj: RunningJob) -> None:
-        del self._running[rj.job.id]
+        job = rj.job
+        del self._running[job.id]
         if rj.estimate is not None:
             end = rj.start + rj.estimate
-            if self._ends_new.pop(rj.job.id, None) is None:
-                self._ends.remove((end, rj.job.id))
+            if self._ends_new.pop(job.id, None) is None:
+                self._ends.remove((end, job.id))
             if end <= self._past_until:
                 self._hold_past(rj, -1)
-        if rj.job.preemptible:
-            prio = rj.job.priority
+        if job.preemptible:
+            prio = job.priority
             left = self._preemptible[prio] - 1
             if left:
                 self._preemptible[prio] = left
             else:
                 del self._preemptible[prio]
-        used = self._usage[rj.job.queue]
-        for r, q in rj.job.total.items():
+        used = self._usage[job.queue]
+        for r, q in job.total.items():
             used[r] -= q
         if self._log.depth:
             self._log.entries.append(("d", rj))

@@ -106,8 +106,8 @@ def test_an_unknown_resource_is_named_as_before() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from("abcdefghijklmnopqrstuvwxyz")), unique_by=lambda
-                e: e[1], min_size=1, max_size=24),
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from("abcdefghijklmnopqrstuvwxyz")),
+                unique_by=lambda e: e[1], min_size=1, max_size=24),
        st.data())
 def test_a_move_leaves_the_list_a_remove_and_an_add_leave(
         entries: list[tuple[int, str]], data: st.DataObject) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any
 
@@ -172,26 +171,42 @@ class _JoinedWrites(asyncio.Transport):
 _ORJSON_MAX = 512
 """Bodies up to this long may be read by orjson: too short to nest as deep
 as the stdlib decoder's recursion limit (which answers "nested too deeply")."""
-_NOT_INT64 = re.compile(rb"\d[.eE]|\d{19}")
-"""A number orjson may read otherwise than the stdlib: a fraction or an
-exponent (floats), or 19 digits and more (past 2^63 orjson reads a float
-where the stdlib reads an int). Matches inside strings only cost the
-stdlib's slower reading."""
+
+
+def _has_float(value: object) -> bool:
+    """Whether orjson's reading holds a float anywhere: a number with a
+    fraction or an exponent, or an integer past 64 bits (which orjson reads
+    as a float where the stdlib reads an int). A plain walk: a regular
+    expression over the bytes cost as much as the stdlib's whole reading."""
+    if type(value) is dict:
+        value = value.values()
+    elif type(value) is not list:
+        return type(value) is float
+    for item in value:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _has_float(item)):
+            return True
+    return False
 
 
 def _parse_json(raw: bytes) -> object:
     """What the stdlib decoder reads, as FastAPI's own body parsing uses: the
     same answers and messages on every endpoint. orjson reads a short body
     with no float and no 64-bit overflow exactly as the stdlib does in a
-    fifth of the time; anything else it refuses (NaN, a lone surrogate, a
-    byte-order mark, bad UTF-8) goes to the stdlib, which answers it."""
+    third of the time; a body with a float is read again by the stdlib
+    (their floats may differ in the last bit), and anything orjson refuses
+    (NaN, a lone surrogate, a byte-order mark, bad UTF-8) goes to the
+    stdlib, which answers it."""
     if not raw:
         raise json.JSONDecodeError("Expecting value", "", 0)
-    if len(raw) <= _ORJSON_MAX and _NOT_INT64.search(raw) is None:
+    if len(raw) <= _ORJSON_MAX:
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # the stdlib's reading: its answer or its own error
+        else:
+            if not _has_float(value):
+                return value
     try:
         return json.loads(raw)
     except UnicodeDecodeError as exc:  # bytes json.loads cannot decode: 400, not 500

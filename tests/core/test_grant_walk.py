@@ -16,6 +16,7 @@ from apportion.core.ledger import Ledger, _move
 from apportion.core.model import Health, Node, NodeState, ReleaseReason
 from apportion.core.scheduling import engine
 from apportion.core.scheduling.engine import BEST_FIT_CANDIDATES, choose_node, refuse
+from sched_support import free_index
 
 
 @dataclass
@@ -75,17 +76,9 @@ def clusters(draw: st.DrawFn) -> tuple[dict[str, Slot], dict[str, int]]:
     return slots, {r: draw(st.integers(1, 8)) for r in wanted}
 
 
-def _index(slots: dict[str, Slot]) -> dict[str, SortedList]:
-    index: dict[str, SortedList] = {}
-    for name, slot in slots.items():
-        for r, q in slot.free.items():
-            index.setdefault(r, SortedList()).add((q, name))
-    return index
-
-
 def _outcome(choose: object, request: dict[str, int], slots: dict[str, Slot]) -> object:
     try:
-        return choose(request, _index(slots), slots)  # type: ignore[operator]
+        return choose(request, free_index(slots), slots)  # type: ignore[operator]
     except (UnknownResource, InsufficientResources) as exc:
         return type(exc).__name__, exc.to_dict()
 
@@ -101,7 +94,7 @@ def test_the_walk_chooses_as_the_walk_written_with_min_and_sum(
 def test_an_unknown_resource_is_named_as_before() -> None:
     slots = {"a": Slot(Node("a", {"cpu": 4}), {"cpu": 4})}
     with pytest.raises(UnknownResource) as caught:
-        choose_node({"tpu": 1, "cpu": 1, "fpga": 1}, _index(slots), slots)
+        choose_node({"tpu": 1, "cpu": 1, "fpga": 1}, free_index(slots), slots)
     assert caught.value.message == "resources.fpga: no node has fpga, tpu"
 
 

@@ -21,12 +21,11 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import time
 from typing import Any
 
 import sqlalchemy as sa
-from bench_grant_loop import TOKEN, _Connections, in_process, serving
+from bench_grant_loop import TOKEN, _Connections, _instrument, in_process, serving
 from common import write_result
 
 NODE = "node-a"
@@ -143,14 +142,6 @@ class _Statements:
     def show(self, jobs: int) -> None:
         for sql, n in sorted((self.texts or {}).items(), key=lambda kv: -kv[1]):
             print(f"{n / jobs:6.2f} {' '.join(sql.split())[:150]}")
-
-
-def _instrument(state: str) -> None:
-    """Under ``valgrind --tool=callgrind --instr-atstart=no``, count only the
-    measured rounds (BENCH_CALLGRIND=1)."""
-    if os.environ.get("BENCH_CALLGRIND"):
-        subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
-                       capture_output=True)
 
 
 def main() -> None:

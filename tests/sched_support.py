@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from apportion.core.scheduling import ClusterState, Job
 from apportion.core.scheduling.framework import Placer
@@ -42,3 +44,13 @@ def replay_steps(state: ClusterState, placer: Placer,
             state.add_running(RunningJob(j, float(n), result.tasks, 10.0))
         seen.append((j.id, result.tasks, result.failure))
     return seen
+
+
+def free_index(slots: Mapping[str, Any]) -> dict[str, SortedList]:
+    """The ledger's index of ``(free amount, node name)`` per resource, built
+    from scratch from slots (anything with a ``free`` mapping)."""
+    index: dict[str, SortedList] = {}
+    for name, slot in slots.items():
+        for r, q in slot.free.items():
+            index.setdefault(r, SortedList()).add((q, name))
+    return index

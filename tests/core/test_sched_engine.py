@@ -22,6 +22,7 @@ from apportion.core.scheduling.engine import (
 )
 from apportion.core.scheduling.filters import REQUEST_FILTERS, NodeReady, ResourcesFit
 from apportion.core.scheduling.framework import Placer as FrameworkPlacer
+from sched_support import free_index
 
 GI = 2**30
 
@@ -71,21 +72,13 @@ def test_the_request_filters_are_the_ready_and_fit_plugins() -> None:
     assert Placer is FrameworkPlacer
 
 
-def _index(slots: dict[str, Slot]) -> dict[str, SortedList]:
-    index: dict[str, SortedList] = {}
-    for name, slot in slots.items():
-        for r, q in slot.free.items():
-            index.setdefault(r, SortedList()).add((q, name))
-    return index
-
-
 def test_choose_node_takes_the_tightest_node_the_filters_admit() -> None:
     slots = {
         "big": Slot(NODES[0], {"cpu": 8000, "memory": 32 * GI}),
         "tight-draining": Slot(NODES[1], {"cpu": 1000, "memory": GI}),
         "mid-degraded": Slot(NODES[3], {"cpu": 2000, "memory": 4 * GI}),
     }
-    assert choose_node({"cpu": 1000, "memory": GI}, _index(slots), slots) == "mid-degraded"
+    assert choose_node({"cpu": 1000, "memory": GI}, free_index(slots), slots) == "mid-degraded"
 
 
 def test_refuse_names_each_node_and_why() -> None:
@@ -121,37 +114,37 @@ def test_choose_node_walks_the_resource_fewest_nodes_can_give() -> None:
         "a": (11, 90), "b": (12, 90), "c": (13, 90), "d": (14, 90), "e": (50, 10),
         "f": (5, 11), "g": (5, 12), "h": (5, 13),
     })
-    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "a"
+    assert choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots) == "a"
     # With cpu-only nodes instead, memory is the shorter walk.
     slots = _slots({
         "a": (11, 90), "b": (12, 90), "c": (13, 90), "d": (14, 90), "e": (50, 10),
         "f": (60, 5), "g": (70, 5),
     })
-    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "e"
+    assert choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots) == "e"
     assert BEST_FIT_CANDIDATES == 4
 
 
 def test_choose_node_starts_at_the_first_node_with_exactly_enough() -> None:
     slots = _slots({"A": (10, 10), "b": (9, 90), "c": (40, 90)})
-    assert choose_node({"cpu": 10}, _index(slots), slots) == "A"
-    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "A"
+    assert choose_node({"cpu": 10}, free_index(slots), slots) == "A"
+    assert choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots) == "A"
 
 
 def test_choose_node_keeps_the_first_of_equally_tight_nodes() -> None:
     slots = _slots({"x": (20, 30), "y": (30, 20), "z": (90, 90)})
-    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "x"
+    assert choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots) == "x"
 
 
 def test_choose_node_skips_nodes_a_filter_refuses_and_takes_a_later_one() -> None:
     slots = _slots({"a": (10, 10), "b": (10, 5), "c": (60, 60)})
     slots["a"] = Slot(_cap("a", state=NodeState.DRAINING), {"cpu": 10, "memory": 10})
-    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "c"
+    assert choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots) == "c"
 
 
 def test_choose_node_refuses_with_every_nodes_reason() -> None:
     slots = _slots({"a": (5, 50), "b": (50, 5)})
     with pytest.raises(InsufficientResources) as err:
-        choose_node({"cpu": 10, "memory": 10}, _index(slots), slots)
+        choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots)
     data = err.value.to_dict()
     assert data["nodes_considered"] == 2
     assert [(s["node"], s["resource"]) for s in data["shortages"]] == [
@@ -160,7 +153,7 @@ def test_choose_node_refuses_with_every_nodes_reason() -> None:
 
 def test_choose_node_names_resources_no_node_has() -> None:
     slots = _slots({"a": (50, 50)})
-    index = _index(slots)
+    index = free_index(slots)
     index["gpu"] = SortedList()  # known, but no node has any
     with pytest.raises(UnknownResource) as err:
         choose_node({"cpu": 1, "gpu": 1, "fpga": 2}, index, slots)
@@ -242,7 +235,7 @@ def test_choose_node_compares_exactly_the_first_four_admitted_nodes() -> None:
         "a": (11, 90), "b": (12, 90), "c": (13, 90), "d": (14, 12), "e": (15, 10),
         "f": (5, 50), "g": (5, 60),
     })
-    assert choose_node({"cpu": 10, "memory": 10}, _index(slots), slots) == "d"
+    assert choose_node({"cpu": 10, "memory": 10}, free_index(slots), slots) == "d"
 
 
 def test_best_fit_weighs_what_is_left_by_each_nodes_capacity() -> None:
@@ -252,4 +245,4 @@ def test_best_fit_weighs_what_is_left_by_each_nodes_capacity() -> None:
         "y": Slot(Node("y", {"cpu": 10}), {"cpu": 12}),
         "z": Slot(Node("z", {"cpu": 1000}), {"cpu": 150}),
     }
-    assert choose_node({"cpu": 10}, _index(slots), slots) == "x"
+    assert choose_node({"cpu": 10}, free_index(slots), slots) == "x"

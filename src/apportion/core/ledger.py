@@ -16,6 +16,7 @@ never gives out more than ``N``, and the shares of one grant sit on one GPU.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -314,16 +315,42 @@ class Ledger:
                 old = entry.get(r)
                 if old == q:
                     continue
-                index = self._index.setdefault(r, SortedList())
-                if old is not None:
-                    index.remove((old, name))
-                index.add((q, name))
+                index = self._index.get(r)
+                if index is None:
+                    index = self._index[r] = SortedList()
+                if old is None:
+                    index.add((q, name))
+                else:
+                    _move(index, (old, name), (q, name))
                 entry[r] = q
         self._dirty.clear()
 
     def _unindex(self, name: str) -> None:
         for r, q in self._indexed.pop(name, {}).items():
             self._index[r].remove((q, name))
+
+
+def _move(index: SortedList, old: tuple[int, str], new: tuple[int, str]) -> None:
+    """``index.remove(old)`` then ``index.add(new)``, in place where ``new``
+    sorts between the entries around ``old``: a grant usually lands on the
+    node with the least free (the tightest fit), which stays the least, and
+    the remove and add were a fifth of the grant's instructions. In place
+    means one slot of one of the SortedList's sublists (and its maximum, for
+    the last) changes; lengths, and so its positional index, do not."""
+    lists, maxes = index._lists, index._maxes
+    pos = bisect_left(maxes, old)
+    sub = lists[pos]
+    at = bisect_left(sub, old)
+    last = len(sub) - 1
+    below = sub[at - 1] if at else (lists[pos - 1][-1] if pos else None)
+    above = sub[at + 1] if at < last else (lists[pos + 1][0] if pos + 1 < len(lists) else None)
+    if sub[at] == old and (below is None or below < new) and (above is None or new < above):
+        sub[at] = new
+        if at == last:
+            maxes[pos] = new
+        return
+    index.remove(old)
+    index.add(new)
 
 
 def _chosen_devices(

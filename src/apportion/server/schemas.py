@@ -140,10 +140,28 @@ class TokenIn(Strict):
     role: Annotated[str, Field(pattern=r"^(admin|user|agent)$")]
 
 
+_SECONDS: Memo[int, str] = Memo()
+
+
 def iso(ts: float | None) -> str | None:
+    """``datetime.fromtimestamp(ts, UTC).isoformat()`` with ``Z`` for
+    ``+00:00``. The whole second's text is remembered (times answered
+    together share their second: every grant answers its own) and the
+    microseconds are rounded as ``fromtimestamp`` rounds them, half to even;
+    the datetime was two thirds of rendering a grant."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    fraction, whole = math.modf(ts)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second = int(whole)
+    head = _SECONDS.get(second, lambda: datetime.fromtimestamp(second, UTC).isoformat()[:19])
+    return f"{head}.{micro:06d}Z" if micro else head + "Z"
 
 
 def render_device(resource: str, device: Device, holder: str | None) -> dict[str, Any]:

@@ -34,6 +34,12 @@ def _sqlite_pragmas(synchronous: str) -> Any:
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=10000")
+        # Temporary tables, indexes and statement journals in memory: this
+        # build of SQLite keeps them in files (TEMP_STORE=1), and a batch of
+        # grants created, wrote and unlinked one under /var/tmp on every
+        # commit (five syscalls and a dozen page writes). They hold a
+        # transaction's scratch data only; what is committed is unchanged.
+        cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
         # Let SQLAlchemy, not the sqlite3 module, say when transactions begin:
         # the module's own implicit BEGIN breaks SAVEPOINT, which batches use.

@@ -86,22 +86,25 @@ def choose_node(request: Vector, index: Mapping[str, SortedList], slots: Mapping
 
     ``index`` maps each resource to a ``SortedList`` of ``(free amount, node
     name)``, up to date; ``slots`` maps node names to their slots."""
-    offered = [r for r in request if index.get(r)]
-    unknown = sorted(set(request) - set(offered))
-    if unknown:
-        raise UnknownResource(
-            f"resources.{unknown[0]}: no node has {', '.join(unknown)}",
-            field=f"resources.{unknown[0]}",
-        )
     # Walk the resource with the fewest nodes able to give it: the
-    # shortest list to scan, and ascending order means tightest fit first.
-    key, start = min(
-        ((r, index[r].bisect_left((request[r], ""))) for r in request),
-        key=lambda rs: len(index[rs[0]]) - rs[1],
-    )
-    best: tuple[float, str] | None = None
+    # shortest list to scan, and ascending order means tightest fit first
+    # (the first such resource in the request's order where several tie).
+    # Plain loops, not min() over generators and sum() per node: this runs
+    # on every grant, and those layers were half of its instructions.
+    walked: SortedList | None = None
+    start = fewest = 0
+    for r, q in request.items():
+        listed = index.get(r)
+        if not listed:
+            _unknown(request, index)
+        at = listed.bisect_left((q, ""))
+        if walked is None or len(listed) - at < fewest:
+            walked, start, fewest = listed, at, len(listed) - at
+    assert walked is not None  # a request is never empty here (the ledger refuses that)
+    best_name: str | None = None
+    best_waste = 0.0
     seen = 0
-    for _, name in index[key].islice(start):
+    for _, name in walked.islice(start):
         slot = slots[name]
         node = slot.node
         free = slot.free
@@ -109,15 +112,27 @@ def choose_node(request: Vector, index: Mapping[str, SortedList], slots: Mapping
             if not ok(request, node, free):
                 break
         else:  # every filter admits the node: a candidate
-            waste = _leftover(request, node, free)
-            if best is None or waste < best[0]:
-                best = (waste, name)
+            # ``_leftover``, inline: the same sum in the same order.
+            cap = node.resources
+            waste: float = 0
+            for r, q in request.items():
+                waste += (free[r] - q) / cap[r]
+            if best_name is None or waste < best_waste:
+                best_waste, best_name = waste, name
             seen += 1
             if seen >= BEST_FIT_CANDIDATES:
                 break
-    if best is None:
+    if best_name is None:
         refuse(request, slots)
-    return best[1]
+    return best_name
+
+
+def _unknown(request: Vector, index: Mapping[str, SortedList]) -> NoReturn:
+    unknown = sorted(r for r in request if not index.get(r))
+    raise UnknownResource(
+        f"resources.{unknown[0]}: no node has {', '.join(unknown)}",
+        field=f"resources.{unknown[0]}",
+    )
 
 
 def shortages(name: str, slot: Slot, request: Vector) -> list[Reason]:
@@ -157,13 +172,6 @@ def refuse_named(name: str, slot: Slot, request: Vector) -> NoReturn:
     if not _READY.admits(request, node, slot.free):
         raise InsufficientResources(refusal([_unschedulable(name, node)]), nodes_considered=1)
     raise InsufficientResources(refusal(shortages(name, slot, request)), nodes_considered=1)
-
-
-def _leftover(request: Vector, node: Node, free: Mapping[str, int]) -> float:
-    """Share of each requested resource left over after the grant, summed:
-    smaller is a tighter (better) fit."""
-    cap = node.resources
-    return sum((free[r] - q) / cap[r] for r, q in request.items())
 
 
 def _unschedulable(name: str, node: Node) -> Reason:

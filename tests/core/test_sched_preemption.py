@@ -49,6 +49,20 @@ def test_evicts_the_cheapest_sufficient_set() -> None:
     assert "b-low" not in state.running
 
 
+def test_a_job_started_in_this_cycle_is_not_evicted_in_it() -> None:
+    # FIFO places the low job first; the urgent one then evicts the older
+    # job, not the one just started (which lost no run time, so it would
+    # be the cheapest, and one result would both start and evict it).
+    state = ClusterState([Node("n1", {"cpu": P}), Node("n2", {"cpu": P})])
+    running(state, "old", "n1", P, 0, 0.0)
+    new = job("new", {"cpu": P}, priority=0, preemptible=True, submit_time=1.0)
+    urgent = job("urgent", {"cpu": P}, priority=10, submit_time=2.0)
+    r = schedule_cycle(state, [new, urgent], 5.0, SchedulerConfig(strategy="fifo", backfill="none"))
+    assert [(p.job_id, p.tasks[0].node) for p in r.placements] == [("new", "n2"), ("urgent", "n1")]
+    assert [(p.victim, p.by) for p in r.preemptions] == [("old", "urgent")]
+    assert sorted(state.running) == ["new", "urgent"]
+
+
 def test_never_evicts_equal_or_higher_priority_or_non_preemptible() -> None:
     state = ClusterState([Node("a", {"cpu": 2 * P})])
     running(state, "same", "a", P, 5, 0.0)

@@ -78,6 +78,21 @@ def test_preemption_requeues_the_victim_and_counts_lost_work() -> None:
     assert r.metrics["utilization"] == pytest.approx(1.0)
 
 
+def test_a_job_started_in_a_cycle_is_not_preempted_in_the_same_cycle() -> None:
+    # This replay raised "job new is not running": the cycle started "new"
+    # and evicted it for "urgent" in one result.
+    nodes = [Node("n1", {"cpu": 1000}), Node("n2", {"cpu": 1000})]
+    jobs = [
+        SimJob(job("old", {"cpu": 1000}, preemptible=True, submit_time=0.0), 100.0),
+        SimJob(job("new", {"cpu": 1000}, preemptible=True, submit_time=10.0), 100.0),
+        SimJob(job("urgent", {"cpu": 1000}, priority=5, submit_time=10.0), 10.0),
+    ]
+    r = simulate(jobs, nodes, SimConfig(SchedulerConfig(strategy="fifo", backfill="none")))
+    assert {x.id: (x.start, x.end, x.preempted) for x in r.records} == {
+        "new": (10.0, 110.0, 0), "urgent": (10.0, 20.0, 0), "old": (20.0, 120.0, 1)}
+    assert r.metrics["preemptions"] == 1
+
+
 def test_deadline_misses_and_sla_reports() -> None:
     nodes = [Node("n", {"cpu": 1000})]
     jobs = [SimJob(job("x", {"cpu": 1000}, runtime_estimate=50, submit_time=0.0), 50.0),

@@ -543,7 +543,8 @@ def _preempt(p: _Pass, job: Job) -> bool:
     soon = easy_reservation(p.state, p.placer, job, p.now)
     if soon is not None and soon.reservation.start <= p.now + p.config.preemption_grace_s:
         return False
-    chosen = preemption.plan(p.state, p.placer, job, p.now)
+    started = {placement.job_id for placement in p.placements}
+    chosen = preemption.plan(p.state, p.placer, job, p.now, started)
     if chosen is None:
         return False
     for victim in chosen.victims:

@@ -20,7 +20,7 @@ start from known running-job ends within ``grace`` seconds anyway.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from apportion.core.scheduling.engine import Placer
@@ -50,16 +50,23 @@ def plan_cost(victims: Iterable[RunningJob], now: float) -> tuple[int, int, int,
     )
 
 
-def eligible(state: ClusterState, job: Job) -> list[RunningJob]:
+def eligible(state: ClusterState, job: Job,
+             spared: Container[str] = ()) -> list[RunningJob]:
+    """Running jobs ``job`` may evict: preemptible, of lower priority, and
+    not in ``spared`` (the cycle spares the jobs it has just started, which
+    would otherwise be the cheapest victims, having lost no run time: one
+    result would both start and evict them)."""
     return [
         rj for rj in state.running.values()
         if rj.job.preemptible and rj.job.priority < job.priority and rj.job.id != job.id
+        and rj.job.id not in spared
     ]
 
 
-def plan(state: ClusterState, placer: Placer, job: Job, now: float) -> PreemptionPlan | None:
+def plan(state: ClusterState, placer: Placer, job: Job, now: float,
+         spared: Container[str] = ()) -> PreemptionPlan | None:
     """The cheapest set of victims that lets ``job`` start now, or None."""
-    pool = eligible(state, job)
+    pool = eligible(state, job, spared)
     if not pool:
         return None
     pool.sort(key=lambda rj: victim_key(rj, now))

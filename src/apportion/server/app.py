@@ -18,6 +18,7 @@ from apportion.server import errors
 from apportion.server.context import AppContext
 from apportion.server.edge import BodyLimits, EdgeGuard
 from apportion.server.fastpath import is_grant, serve_grant
+from apportion.server.fastsubmit import RELABELED, is_submit, serve_submit
 from apportion.server.responses.ops import Healthz
 from apportion.server.routes import (
     agents,
@@ -66,7 +67,7 @@ class BodiesAreJson:
     "body: Input should be a valid dictionary". Relabel those as JSON (a body
     that is not JSON still answers 400)."""
 
-    RELABELED = (b"application/x-www-form-urlencoded", b"text/plain")
+    RELABELED = RELABELED
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -83,8 +84,9 @@ class BodiesAreJson:
 
 
 class ApportionAPI(FastAPI):
-    """FastAPI, with grant requests answered before its middleware stack
-    (``server/fastpath.py`` says why and what it does in its place)."""
+    """FastAPI, with grant requests and job submissions answered before its
+    middleware stack (``server/fastpath.py`` and ``server/fastsubmit.py`` say
+    why and what they do in its place)."""
 
     access_log = False
 
@@ -92,6 +94,10 @@ class ApportionAPI(FastAPI):
         guard: EdgeGuard | None = getattr(self.state, "edge", None)
         if is_grant(scope):
             await serve_grant(self, scope, receive, send, guard, access_log=self.access_log)
+            return
+        if guard is not None and is_submit(scope):
+            await serve_submit(self, scope, receive, send, guard, super().__call__,
+                               access_log=self.access_log)
             return
         if guard is not None and scope["type"] == "http":
             admitted = await guard.admit(scope, receive, send)

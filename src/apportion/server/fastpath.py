@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -72,21 +73,40 @@ async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send,
         except ApportionError as exc:
             await answer(send, exc)  # as the edge answers: before the request id
             return
+
+    async def produce() -> Answer:
+        status, body = await _grant(app.state.ctx, scope, receive, caller, limit)
+        return status, body, ()
+
+    await serve_answer(app, scope, send, produce, access_log=access_log, grant=True)
+
+
+Answer = tuple[int, bytes, Sequence[tuple[bytes, bytes]]]
+"""A status, a JSON body and any headers beside the content type and length."""
+
+
+async def serve_answer(app: Any, scope: Scope, send: Send,
+                       produce: Callable[[], Awaitable[Answer]], *, access_log: bool,
+                       grant: bool = False) -> None:
+    """What ``RequestObserver`` does around a request, around ``produce``:
+    the request id (bound into log lines, sent back), the access log line
+    and a 5xx logged, and for a ``grant`` the grant latency histogram."""
     request_id = request_id_of(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     status = 500
     try:
+        headers: Sequence[tuple[bytes, bytes]] = ()
         try:
-            status, body = await _grant(app.state.ctx, scope, receive, caller, limit)
+            status, body, headers = await produce()
         except Exception:
             log.exception("unhandled_error", path=scope["path"])
             status, body = 500, _INTERNAL
-        await _respond(send, status, body, request_id)
+        await _respond(send, status, body, request_id, headers)
     finally:
         elapsed = time.perf_counter() - started
         services = getattr(app.state, "ctx", None)
-        if services is not None:
+        if grant and services is not None:
             services.metrics.observe_grant_request(elapsed, status)
         log_request(scope, status, elapsed, access_log)
         structlog.contextvars.reset_contextvars(**tokens)
@@ -98,7 +118,7 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | N
         if caller is None:  # no edge guard: who asks, before a byte of the body is read
             header = _header(scope, b"authorization")
             caller = await ctx.auth.authenticate(header.decode("latin-1") if header else None)
-        raw = await _read_body(receive, limit)
+        raw = await read_body(receive, limit)
         # from_attributes as FastAPI validates bodies: the same messages. The
         # validator itself: ``model_validate`` passes it the same arguments
         # and took as long again in keyword handling.
@@ -118,10 +138,11 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | N
         return status, orjson.dumps(payload)
 
 
-async def _respond(send: Send, status: int, body: bytes, request_id: str) -> None:
+async def _respond(send: Send, status: int, body: bytes, request_id: str,
+                   headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Send the answer; on uvicorn's httptools protocol, in one write."""
     start = {"type": "http.response.start", "status": status,
-             "headers": [_JSON, (b"content-length", str(len(body)).encode()),
+             "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers,
                          (b"x-request-id", request_id.encode())]}
     end = {"type": "http.response.body", "body": body}
     cycle = getattr(send, "__self__", None)
@@ -225,7 +246,9 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int, *, cap: int | None = MAX_BODY) -> bytes:
+    """The whole body, refused past the edge's ``limit`` (and past ``cap``,
+    a grant's own bound)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -234,7 +257,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise body_over(limit)  # the edge's limit, in the edge's words
-        if size > MAX_BODY:
+        if cap is not None and size > cap:
             raise BodyTooLarge(f"the body is over {MAX_BODY} bytes; a grant request is a "
                                "small JSON object")
         chunks.append(chunk)

@@ -259,3 +259,19 @@ def test_recompute_keeps_only_the_classes_and_amounts_left() -> None:
     assert index.masks == [0b10]
     assert index.bounds == [{"cpu": 20, "memory": 2}]
     assert index.stale == [False]
+
+
+def test_remove_after_a_recompute_left_a_resource_below_zero_out() -> None:
+    # Negative free (a node whose capacity shrank under what it runs) is
+    # left out of a recomputed bound; removing such an entry raised KeyError.
+    index = FreeIndex()
+    index.add(e(-1, 2, 1), CM)
+    index.add(e(-2, 3, 2), CM)
+    index.recompute(0)
+    assert index.bounds == [{"memory": 3}]
+    index.remove(e(-1, 2, 1))
+    assert list(index) == [e(-2, 3, 2)]
+    assert index.stale == [True]  # read as -1, which it had: maybe the bound
+    index.recompute(0)
+    assert index.bounds == [{"memory": 3}]
+    assert index.stale == [False]

@@ -121,7 +121,10 @@ class FreeIndex:
         if not self.stale[k]:
             bound = self.bounds[k]
             for r, q in zip(self.names[entry[1]], entry[2], strict=True):
-                if q >= bound[r]:
+                # A bound below zero is left out (``recompute``), and the
+                # walk reads it as -1: a node whose capacity shrank under
+                # what it runs has such amounts.
+                if q >= bound.get(r, -1):
                     self.stale[k] = True
                     break
 

@@ -236,8 +236,10 @@ class AlertsService:
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s) as client:
             try:
                 while True:
+                    # Not wait_for, which on 3.11 can swallow a cancel (jobs/scheduling.py).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
+                        async with asyncio.timeout(poll_s):
+                            await self._wake.wait()
                     self._wake.clear()
                     if not self.is_leader() or not self.settings.webhooks:
                         continue

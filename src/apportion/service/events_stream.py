@@ -81,8 +81,10 @@ class EventHub:
                 log.warning("events_tail_failed", error=repr(exc))
                 got = 0
             if got < PAGE:
+                # Not wait_for, which on 3.11 can swallow a cancel (jobs/scheduling.py).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._kick.wait()
                 self._kick.clear()
 
     async def poll(self) -> int:
@@ -134,7 +136,8 @@ class EventHub:
                     changed = self._changed
                     if self.last_id <= cursor:
                         try:
-                            await asyncio.wait_for(changed.wait(), idle_s)
+                            async with asyncio.timeout(idle_s):  # see above: not wait_for
+                                await changed.wait()
                         except TimeoutError:
                             yield None
                     continue

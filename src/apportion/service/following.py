@@ -60,8 +60,10 @@ class EventFollower:
             self._listener.start()
         try:
             while True:
+                # Not wait_for, which on 3.11 can swallow a cancel (jobs/scheduling.py).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+                    async with asyncio.timeout(self.interval_s):
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     await self.sync()

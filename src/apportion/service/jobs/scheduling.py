@@ -108,8 +108,12 @@ class Scheduler:
 
     async def run_forever(self, idle_s: float = 1.0) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancel that lands as the event is set, and the stopping server
+            # then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=idle_s)
+                async with asyncio.timeout(idle_s):
+                    await self._kick.wait()
             self._kick.clear()
             if self.epoch() is None:
                 continue

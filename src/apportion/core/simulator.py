@@ -309,10 +309,8 @@ def _metrics(records: Sequence[JobRecord], engine: _Engine, jobs: Sequence[SimJo
         "median_wait_s": percentile(waits, 50),
         "p95_wait_s": percentile(waits, 95),
         "max_wait_s": waits[-1] if waits else 0.0,
-        # ``bounded_slowdown`` written out (the same arithmetic), without a call per job.
         "mean_bounded_slowdown": (
-            sum(max(1.0, (r.wait + r.run) / max(r.run, BOUND_S)) for r in records) / n
-            if n else 0.0
+            sum(bounded_slowdown(r.wait, r.run) for r in records) / n if n else 0.0
         ),
         "utilization": (
             engine.busy_area / (makespan * engine.capacity) if makespan and engine.capacity

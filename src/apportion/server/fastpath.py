@@ -123,7 +123,7 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | N
         # validator itself: ``model_validate`` passes it the same arguments
         # and took as long again in keyword handling.
         body = AllocationIn.__pydantic_validator__.validate_python(
-            _parse_json(raw), from_attributes=True)
+            parse_json(raw), from_attributes=True)
         return 201, orjson.dumps(await grant_allocation(ctx, caller, body))
     except ApportionError as exc:
         return http_status(exc), orjson.dumps(exc.to_dict())
@@ -213,7 +213,7 @@ def _has_float(value: object) -> bool:
     return False
 
 
-def _parse_json(raw: bytes) -> object:
+def parse_json(raw: bytes) -> object:
     """What the stdlib decoder reads, as FastAPI's own body parsing uses: the
     same answers and messages on every endpoint. orjson reads a short body
     with no float and no 64-bit overflow exactly as the stdlib does in a

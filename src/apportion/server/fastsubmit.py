@@ -20,7 +20,6 @@ messages. So the two paths differ in nothing a client can see
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from apportion.exceptions import ApportionError
 from apportion.server.edge import EdgeGuard, answer
 from apportion.server.errors import http_headers, http_status
-from apportion.server.fastpath import Answer, read_body, serve_answer
+from apportion.server.fastpath import Answer, parse_json, read_body, serve_answer
 from apportion.server.responses.jobs import JobDetail
 from apportion.server.routes.jobs import submit_job
 from apportion.server.schemas import JobIn
@@ -92,9 +91,9 @@ def _job_in(scope: Scope, raw: bytes) -> JobIn | None:
     if not raw:
         return None
     try:
-        # The stdlib decoder, as the framework reads bodies.
-        return JobIn.model_validate(json.loads(raw), from_attributes=True)
-    except (ValueError, RecursionError, ValidationError):
+        # The grant's reader: what the stdlib decoder, as the framework uses, reads.
+        return JobIn.model_validate(parse_json(raw), from_attributes=True)
+    except (ValueError, ValidationError):
         return None
 
 

@@ -330,3 +330,42 @@ def test_the_old_name_of_the_hosts_refusal_still_imports() -> None:
 
     assert InsufficientResources is InsufficientHostResources
     assert InsufficientHostResources.code == "insufficient_resources"
+
+
+def test_async_waiter_cancelled_as_room_comes_back_keeps_its_cancel() -> None:
+    # On Python 3.11, asyncio.wait_for could swallow a cancel that landed as
+    # the release woke the waiter: the "cancelled" waiter then took the room.
+    # Cancel at each step of the wake-up (callbacks chained through the
+    # loop's ready queue); a cancel that was accepted must end the waiter.
+    vector = {"memory": 8 * GIB}
+
+    async def one(steps: int) -> tuple[bool, int]:
+        loop = asyncio.get_running_loop()
+        ledger = make_ledger()
+        assert ledger.take(vector)
+        waiter = asyncio.create_task(ledger.take_waiting_async(vector, 60.0, False, "all"))
+        while not ledger._waiters:
+            await asyncio.sleep(0)
+        accepted: list[bool] = []
+
+        def cancel_after(n: int) -> None:
+            if n:
+                loop.call_soon(cancel_after, n - 1)
+            else:
+                accepted.append(waiter.cancel())
+
+        loop.call_soon(cancel_after, steps)
+        ledger.give(vector)
+        try:
+            await waiter
+            took = True
+        except asyncio.CancelledError:
+            took = False
+        if took:
+            ledger.give(vector)
+        return any(accepted) and took, ledger.holds
+
+    async def main() -> list[tuple[bool, int]]:
+        return [await one(steps) for steps in range(8)]
+
+    assert asyncio.run(main()) == [(False, 0)] * 8

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -260,3 +261,68 @@ def test_async_timeout_health_check_and_prewarm() -> None:
 def test_bad_sizes(min_size: int, max_size: int) -> None:
     with pytest.raises(ValueError):
         ObjectPool(object, min_size=min_size, max_size=max_size)
+
+
+
+def test_async_waiter_cancelled_as_an_object_comes_back_keeps_its_cancel() -> None:
+    # On Python 3.11, asyncio.wait_for could swallow a cancel that landed
+    # just as the awaited wait ended: the "cancelled" waiter went on and took
+    # the object. Cancel at each step of the wake-up (callbacks chained
+    # through the loop's ready queue) and check that a cancel that was
+    # accepted is the waiter's end.
+    async def one(steps: int) -> tuple[bool, int]:
+        loop = asyncio.get_running_loop()
+        pool: AsyncObjectPool[int] = AsyncObjectPool(lambda: 7, max_size=1,
+                                                      acquire_timeout=60)
+        held = await pool.acquire()
+        waiter = asyncio.create_task(pool.acquire())
+        while not pool.stats()["waits"]:
+            await asyncio.sleep(0)
+        accepted: list[bool] = []
+
+        def cancel_after(n: int) -> None:
+            if n:
+                loop.call_soon(cancel_after, n - 1)
+            else:
+                accepted.append(waiter.cancel())
+
+        loop.call_soon(cancel_after, steps)
+        await pool.release(held)
+        try:
+            got: int | None = await waiter
+        except asyncio.CancelledError:
+            got = None
+        if got is not None:
+            await pool.release(got)
+        return any(accepted) and got is not None, pool.stats()["in_use"]
+
+    async def main() -> list[tuple[bool, int]]:
+        return [await one(steps) for steps in range(8)]
+
+    assert asyncio.run(main()) == [(False, 0)] * 8
+
+
+def test_async_wake_up_of_a_cancelled_waiter_passes_to_the_next() -> None:
+    # A release wakes one waiter; if that one is cancelled before it runs,
+    # the next waiter must get the object now, not at its deadline.
+    async def main() -> tuple[bool, int]:
+        pool: AsyncObjectPool[int] = AsyncObjectPool(lambda: 7, max_size=1,
+                                                      acquire_timeout=600)
+        held = await pool.acquire()
+        first = asyncio.create_task(pool.acquire())
+        second = asyncio.create_task(pool.acquire())
+        while pool.stats()["waits"] < 2:
+            await asyncio.sleep(0)
+        await pool.release(held)
+        first.cancel()
+        for _ in range(100):  # loop turns, not time: a lost wake-up never ends
+            if second.done():
+                break
+            await asyncio.sleep(0)
+        got = second.result() if second.done() else None
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        return first.cancelled(), got or 0
+
+    assert asyncio.run(main()) == (True, 7)

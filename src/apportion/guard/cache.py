@@ -281,7 +281,10 @@ class ModelCache:
                     self.stats.waits += first
                 first = False
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, remaining)
+                    # Not wait_for: on 3.11 it can swallow a cancel that
+                    # lands as the wake-up does.
+                    async with asyncio.timeout(remaining):
+                        await fut
         try:
             yield value
         finally:

@@ -266,7 +266,10 @@ class LocalLedger:
             if self._park(vector, functools.partial(wake_future, loop, fut)):
                 return
             try:
-                await asyncio.wait_for(asyncio.shield(fut), remaining)
+                # Not wait_for: on 3.11 it can swallow a cancel that lands as
+                # the wake-up does, and the cancelled caller would take.
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(fut)
             except TimeoutError:
                 break
         if not self.take(vector):

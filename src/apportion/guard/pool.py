@@ -411,8 +411,20 @@ class AsyncObjectPool(Generic[T]):
                 f"no pooled object free within {round(now - since, 3)} s "
                 f"(max_size {self._core.max_size}, all in use)"
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(cond.wait(), remaining)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+        # cancel that lands as the wait ends, and the cancelled caller would
+        # go on to take an object.
+        try:
+            async with asyncio.timeout(remaining):
+                await cond.wait()
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            # A release may have woken this waiter alone (notify wakes one):
+            # pass the wake-up on, or the next waiter sleeps to its deadline
+            # beside an idle object. The lock is held again here.
+            cond.notify()
+            raise
         return since
 
     async def _create_lent(self) -> T:

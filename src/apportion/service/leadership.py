@@ -204,8 +204,10 @@ class Leadership:
                 await self._elect(*await asyncio.to_thread(self._take_epoch))
         else:
             try:
-                held = await asyncio.wait_for(asyncio.to_thread(self.lock.still_held),
-                                              timeout=self.timeout_s / 2)
+                # Not wait_for: on 3.11 it can swallow a stop's cancel that
+                # lands as the check ends, and the campaign would go on.
+                async with asyncio.timeout(self.timeout_s / 2):
+                    held = await asyncio.to_thread(self.lock.still_held)
             except TimeoutError:
                 held = False
             if not held:

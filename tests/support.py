@@ -74,6 +74,16 @@ async def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0,
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def cancel_later(task: asyncio.Task[Any], turns: int, accepted: list[bool]) -> None:
+    """Cancel ``task`` after ``turns`` callbacks chained through the running
+    loop's ready queue (finer than ``sleep(0)``, which runs a whole turn);
+    whether the cancel was accepted goes into ``accepted``."""
+    if turns:
+        asyncio.get_running_loop().call_soon(cancel_later, task, turns - 1, accepted)
+    else:
+        accepted.append(task.cancel())
+
+
 class Clock:
     """A clock the test moves by hand: services take it instead of time.time."""
 

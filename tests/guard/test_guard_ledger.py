@@ -18,6 +18,7 @@ from apportion.guard import (
     ReservationError,
     UnknownProfile,
 )
+from support import cancel_later
 
 MIB = 2**20
 GIB = 2**30
@@ -340,7 +341,6 @@ def test_async_waiter_cancelled_as_room_comes_back_keeps_its_cancel() -> None:
     vector = {"memory": 8 * GIB}
 
     async def one(steps: int) -> tuple[bool, int]:
-        loop = asyncio.get_running_loop()
         ledger = make_ledger()
         assert ledger.take(vector)
         waiter = asyncio.create_task(ledger.take_waiting_async(vector, 60.0, False, "all"))
@@ -348,13 +348,7 @@ def test_async_waiter_cancelled_as_room_comes_back_keeps_its_cancel() -> None:
             await asyncio.sleep(0)
         accepted: list[bool] = []
 
-        def cancel_after(n: int) -> None:
-            if n:
-                loop.call_soon(cancel_after, n - 1)
-            else:
-                accepted.append(waiter.cancel())
-
-        loop.call_soon(cancel_after, steps)
+        cancel_later(waiter, steps, accepted)
         ledger.give(vector)
         try:
             await waiter

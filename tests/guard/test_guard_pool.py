@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apportion.guard import AsyncObjectPool, GuardError, ObjectPool, PoolClosed, PoolTimeout
+from support import cancel_later
 
 
 class Tracker:
@@ -271,7 +272,6 @@ def test_async_waiter_cancelled_as_an_object_comes_back_keeps_its_cancel() -> No
     # through the loop's ready queue) and check that a cancel that was
     # accepted is the waiter's end.
     async def one(steps: int) -> tuple[bool, int]:
-        loop = asyncio.get_running_loop()
         pool: AsyncObjectPool[int] = AsyncObjectPool(lambda: 7, max_size=1,
                                                       acquire_timeout=60)
         held = await pool.acquire()
@@ -280,13 +280,7 @@ def test_async_waiter_cancelled_as_an_object_comes_back_keeps_its_cancel() -> No
             await asyncio.sleep(0)
         accepted: list[bool] = []
 
-        def cancel_after(n: int) -> None:
-            if n:
-                loop.call_soon(cancel_after, n - 1)
-            else:
-                accepted.append(waiter.cancel())
-
-        loop.call_soon(cancel_after, steps)
+        cancel_later(waiter, steps, accepted)
         await pool.release(held)
         try:
             got: int | None = await waiter

@@ -195,6 +195,7 @@ class PoolCluster:
             # and the backfill pass decides on them without looking the job
             # up. A static order has a static estimate (it does not learn).
             est = self.estimate(job)
+            entry: tuple[Any, ...]
             if self._at == 1:
                 entry = (job.submit_time, job.id, est, job.task_count)
             else:

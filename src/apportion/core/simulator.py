@@ -237,7 +237,9 @@ class _Engine:
         pool = self.pool
         assert pool is not None
         started = pool.cycle(now)
-        if started or pool.reserved:  # most cycles of a full machine: neither
+        # Nothing started and no head planned (the pool preempts nothing):
+        # the audit and the starts have nothing to record.
+        if started or pool.reserved:
             self.audit.pool_cycle(pool, started, self.runs)
             self._started(started, now)
 

@@ -138,10 +138,17 @@ class PoolCluster:
         """The last ``_reservation``: (``_changes``, need, first expected
         end, answer); between changes it stands while no end is overdue."""
         self.usage: dict[str, dict[str, int]] = {}
+        """Each queue's use, for the orders that read it (not the static ones)."""
         self.pending: dict[str, Job] = {}
         order = self.strat.order
         # Orders whose key does not move with time or use: kept sorted.
         self._static = not self.strat.learns and isinstance(order, (Fifo, ShortestFirst))
+        self._at = (2 if isinstance(order, ShortestFirst) else 1) if self._static else 0
+        """Where an entry's (id, estimate, task count) begin: after the sort
+        key of a static order, at once in ``_entries``' others. The passes
+        index entries from the front, as 3.11 specializes a tuple's item at
+        an index from 0 up (one from the end goes the generic way), which
+        counts at every waiting job of every pass."""
         self._sorted = SortedList()
         self._entry_of: dict[str, tuple[Any, ...]] = {}
         self._passed: tuple[int, tuple[str, float, int], tuple[Any, ...]] | None = None
@@ -182,7 +189,19 @@ class PoolCluster:
         self._needs[need] += 1
         self.least = min(self.least, need)
         if self._static:
-            entry = self._entry_of[job.id] = self._entry(job)
+            # The order's key (submit time; shortest-first: the estimate,
+            # then submit time), the id, then the estimate and the task
+            # count: after the unique id they never take part in the order,
+            # and the backfill pass decides on them without looking the job
+            # up. A static order has a static estimate (it does not learn).
+            est = self.estimate(job)
+            entry: tuple[Any, ...]
+            if self._at == 1:
+                entry = (job.submit_time, job.id, est, job.task_count)
+            else:
+                entry = (INF if est is None else est, job.submit_time, job.id, est,
+                         job.task_count)
+            self._entry_of[job.id] = entry
             self._sorted.add(entry)
             if self._passed is not None and entry < self._passed[2]:
                 self._passed = None  # it joins the part the last pass went over
@@ -194,19 +213,6 @@ class PoolCluster:
             q.add((-job.priority, job.submit_time, job.id))
         elif self._adaptive is not None:
             self._adaptive.add(job)
-
-    def _key(self, job: Job) -> tuple[float, ...]:
-        if isinstance(self.strat.order, ShortestFirst):
-            est = self.estimate(job)
-            return (INF if est is None else est, job.submit_time)
-        return (job.submit_time,)
-
-    def _entry(self, job: Job) -> tuple[Any, ...]:
-        # The estimate and the task count ride along after the id (which is
-        # unique, so they never take part in the order): the backfill pass
-        # decides on them without looking the job up. A static order has a
-        # static estimate (it does not learn).
-        return (*self._key(job), job.id, self.estimate(job), job.task_count)
 
     def _leave(self, job: Job) -> None:
         del self.pending[job.id]
@@ -325,11 +331,12 @@ class PoolCluster:
             self._ends_of[job.id] = now + est
             if self.history is not None:
                 self._begun[job.id] = (now, est)
-        used = self.usage.setdefault(job.queue, {})
-        for r, q in job.total.items():
-            used[r] = used.get(r, 0) + q
-        if self._fair:
-            self._stale.add(job.queue)
+        if not self._static:  # a static order reads no queue's use
+            used = self.usage.setdefault(job.queue, {})
+            for r, q in job.total.items():
+                used[r] = used.get(r, 0) + q
+            if self._fair:
+                self._stale.add(job.queue)
         started.append(job)
 
     def finish(self, job_id: str) -> Job:
@@ -341,11 +348,12 @@ class PoolCluster:
         if end is not None:
             self.ends.remove((end, job_id))
             self._begun.pop(job_id, None)
-        used = self.usage[job.queue]
-        for r, q in job.total.items():
-            used[r] -= q
-        if self._fair:
-            self._stale.add(job.queue)
+        if not self._static:
+            used = self.usage[job.queue]
+            for r, q in job.total.items():
+                used[r] -= q
+            if self._fair:
+                self._stale.add(job.queue)
         return job
 
     # -- one cycle -------------------------------------------------------------
@@ -373,12 +381,14 @@ class PoolCluster:
         pending = self.pending
         it = self._entries(now)
         head = None
+        ii = self._at
+        ci = ii + 2
         for entry in it:
-            need = entry[-1]
+            need = entry[ci]
             if need > self.free:
-                head = pending[entry[-3]]
+                head = pending[entry[ii]]
                 break
-            self._begin(pending[entry[-3]], need, now, started)
+            self._begin(pending[entry[ii]], need, now, started)
         if head is None or not easy:
             return started
         # The head's reservation is planned even when nothing will pass it,
@@ -406,24 +416,31 @@ class PoolCluster:
         and started none."""
         pending = self.pending
         free, least = self.free, self.least
+        if free < least:
+            # No waiting job fits: the pass stops at its first job, if any.
+            return next(it, None) is None
         count = len(started)
+        ii = self._at
+        ei, ci = ii + 1, ii + 2
+        # Most waiting jobs need more nodes than are idle: the loop skips
+        # them in as few steps as it can (one subscript, one comparison).
         for entry in it:
-            if free < least:
-                return False
-            need = entry[-1]
-            if need > free:
+            if entry[ci] > free:
                 continue  # the summed-free check
-            est = entry[-2]
+            need = entry[ci]
+            est = entry[ei]
             if est is _ASK:
-                est = self.estimate(pending[entry[-3]])
+                est = self.estimate(pending[entry[ii]])
             if est is not None and now + est <= at:
-                self._begin(pending[entry[-3]], need, now, started)
+                self._begin(pending[entry[ii]], need, now, started)
             elif need <= extra:
-                self._begin(pending[entry[-3]], need, now, started)
+                self._begin(pending[entry[ii]], need, now, started)
                 extra -= need
             else:
                 continue
             free, least = self.free, self.least
+            if free < least:
+                return False  # it started one, and no waiting job fits now
         return len(started) == count
 
     def _correct(self, now: float) -> None:
@@ -447,9 +464,18 @@ class PoolCluster:
         """The head's reservation on a cycle that starts nothing, as the
         cycle plans it: the estimate audit counts the moves of every planned
         reservation, on both paths alike."""
-        head = next(self._ordered(now), None)
-        if head is not None and (found := self._reservation(head.task_count, now)):
-            self.reserved.append((head.id, found[0]))
+        if self._static:
+            if not self._sorted:
+                return
+            entry = self._sorted[0]  # the head, without a generator over the queue
+            head_id, need = entry[self._at], entry[self._at + 2]
+        else:
+            head = next(self._ordered(now), None)
+            if head is None:
+                return
+            head_id, need = head.id, head.task_count
+        if found := self._reservation(need, now):
+            self.reserved.append((head_id, found[0]))
 
     def _reservation(self, need: int, now: float) -> tuple[float, int] | None:
         """``pool_reservation``: the first expected end after which the idle

@@ -21,6 +21,7 @@ import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import TypeVar
 
 from apportion.core import poolsim
@@ -124,7 +125,7 @@ def simulate(
                             sj.job.submit_time, sj.job.total.get(primary, 0))
             for sj in jobs}
     # ``fifo_key`` is (submit time, id): the order of arrival.
-    order = sorted(runs.values(), key=lambda r: r.job.fifo_key)
+    order = sorted(runs.values(), key=attrgetter("job.fifo_key"))
     state = ClusterState(nodes)
     capacity = state.capacity_total().get(config.primary, 0)
     queues = dict(queues or {})
@@ -179,7 +180,9 @@ class _Engine:
         ends, pending, pool, done = self.ends, self.pending, self.pool, self.done
         series_t, series_queue, series_util = self.series_t, self.series_queue, self.series_util
         capacity = self.capacity
-        finish, cycle, heappop = self._finish, self._cycle, heapq.heappop
+        finish = self._finish if pool is None else self._finish_pooled
+        cycle = self._cycle if pool is None else self._cycle_pooled
+        heappop = heapq.heappop
         # Submit times with an infinite one past the last: the common test
         # (no arrival now) needs no bounds check.
         submits = [r.submit for r in order]
@@ -213,22 +216,34 @@ class _Engine:
         _, seq, run = entry
         if run.seq != seq:
             return  # preempted since; this end no longer happens
-        if self.pool is None:
-            self.state.finish(run.job.id)
-        else:
-            self.pool.finish(run.job.id)
+        self.state.finish(run.job.id)
+        self._ended(run, now)
+
+    def _finish_pooled(self, entry: tuple[float, int, _Run], now: float) -> None:
+        """``_finish`` on the counted pool (which preempts nothing)."""
+        run = entry[2]
+        assert self.pool is not None
+        self.pool.finish(run.job.id)
+        self._ended(run, now)
+
+    def _ended(self, run: _Run, now: float) -> None:
         self.used -= run.amount
         run.end = now
         if self.history is not None:
             self.history.record(run.job, run.run_time)
         self.done.append(run)
 
-    def _cycle(self, now: float) -> None:
-        if self.pool is not None:
-            started = self.pool.cycle(now)
-            self.audit.pool_cycle(self.pool, started, self.runs)
+    def _cycle_pooled(self, now: float) -> None:
+        pool = self.pool
+        assert pool is not None
+        started = pool.cycle(now)
+        # Nothing started and no head planned (the pool preempts nothing):
+        # the audit and the starts have nothing to record.
+        if started or pool.reserved:
+            self.audit.pool_cycle(pool, started, self.runs)
             self._started(started, now)
-            return
+
+    def _cycle(self, now: float) -> None:
         result = schedule_cycle(
             self.state, list(self.pending.values()), now, self.config.scheduler,
             queues=self.queues, history=self.history,
@@ -275,12 +290,12 @@ class _Engine:
 
 
 def _record(run: _Run) -> JobRecord:
-    wait = run.end - run.submit - run.run_time
-    deadline = run.job.deadline
+    job, end = run.job, run.end
+    deadline = job.deadline
     return JobRecord(
-        run.job.id, run.job.queue, run.submit, run.start, run.end, run.run_time, wait,
-        run.amount, run.preempted,
-        deadline is not None and run.end > deadline,
+        job.id, job.queue, run.submit, run.start, end, run.run_time,
+        end - run.submit - run.run_time, run.amount, run.preempted,
+        deadline is not None and end > deadline,
     )
 
 

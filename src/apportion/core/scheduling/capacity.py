@@ -325,11 +325,17 @@ class FreeCapacity:
         fs = cls.free_sum
         ft = self._free_total
         names = cls.resources
-        for i in range(len(new)):
-            d = new[i] - old[i]
-            if d:
-                ft[names[i]] += d
-                fs[i] += d
+        if len(new) == 1:
+            # One resource (a GPU class): the loop below without its range.
+            d = new[0] - old[0]
+            ft[names[0]] += d
+            fs[0] += d
+        else:
+            for i in range(len(new)):
+                d = new[i] - old[i]
+                if d:
+                    ft[names[i]] += d
+                    fs[i] += d
         nodes = bucket.nodes
         key = (cls.id, new)
         target = self._bucket_of.get(key)

@@ -147,6 +147,27 @@ def test_count_profile_answers_and_reserves_as_the_vector_profile(
         assert counted.free == [row[0] for row in vector.free]
 
 
+@given(profile_steps(), st.lists(st.tuples(st.integers(0, 12), st.booleans()), max_size=10))
+def test_placing_in_one_scan_is_asking_then_reserving(
+        case: tuple[float, int, list[tuple[float, int]], list[Any]],
+        idles: list[tuple[int, bool]]) -> None:
+    # ``place`` against the pass as first written: ``earliest``, then (the
+    # nodes short of a start now) ``earliest`` after now, then ``reserve``.
+    now, free, releases, asks = case
+    fused = poolsim.CountProfile(now, free, releases)
+    plain = poolsim.CountProfile(now, free, releases)
+    for (need, duration, _, first_only, _), (idle, negative) in zip(asks, idles, strict=False):
+        if negative and duration:
+            duration = -duration
+        t = plain.earliest(need, duration, first_only=first_only)
+        if t is not None and t <= now and need > idle:
+            t = None if first_only else plain.earliest(need, duration, later_than=now)
+        if t is not None:
+            plain.reserve(t, need, duration)
+        assert fused.place(need, duration, idle, first_only) == t
+        assert (fused.times, fused.free) == (plain.times, plain.free)
+
+
 @given(st.sampled_from([0.0, 5.0, 10.0, 40.0]), st.integers(0, 6),
        st.lists(st.tuples(st.sampled_from([0.0, 5.0, 10.0, 15.0, 40.0, 100.0]),
                           st.integers(1, 4)), max_size=8))

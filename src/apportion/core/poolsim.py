@@ -128,9 +128,9 @@ class PoolCluster:
         self._changes = 0
         """Bumped whenever the idle count or the running jobs change."""
         self._kept: tuple[int, list[tuple[str, float | None]], CountProfile, int] | None = None
-        """After a conservative pass that started nothing: (``_changes``, each
-        job it went over with the reservation it planned or None, the profile
-        it left, how many it reserved), for ``_resume``."""
+        """After a conservative pass: (``_changes`` as it ended, each job it
+        went over and did not start with the reservation it planned or None,
+        the profile it left, how many it reserved), for ``_resume``."""
         self._releases: tuple[int, list[float], list[int]] | None = None
         """(``_changes``, distinct expected ends, idle nodes after each) for
         ``CountProfile.summed``."""
@@ -491,45 +491,45 @@ class PoolCluster:
         else:
             profile, reserved, seq = resumed
         # Read once: this loop runs for every waiting job at every event.
-        earliest, reserve, estimate = profile.earliest, profile.reserve, self.estimate
+        place, estimate = profile.place, self.estimate
         reserved_list = self.reserved
         depth = self.config.reservation_depth
         for job in jobs:
             need = job.task_count
-            est = estimate(job)
-            deep = depth is not None and reserved >= depth
-            t = earliest(need, est, first_only=deep)
-            if t is not None and t <= now:
-                if need <= self.free:
-                    reserve(now, need, est)
-                    self._begin(job, need, now, started)
-                    if self.free < self.least:
-                        break  # later reservations could only hold the rest back
-                    continue
-                # The profile counts jobs past their estimate as ended now;
-                # the nodes say no: plan it later, as the cycle does.
-                t = None if deep else earliest(need, est, later_than=now)
-            if t is not None and not deep:
-                reserve(t, need, est)
+            t = place(need, estimate(job), self.free,
+                      depth is not None and reserved >= depth)
+            if t is None:
+                seq.append((job.id, None))
+            elif t <= now:
+                self._begin(job, need, now, started)
+                if self.free < self.least:
+                    break  # later reservations could only hold the rest back
+            else:
                 reserved_list.append((job.id, t))
                 reserved += 1
                 seq.append((job.id, t))
-            else:
-                seq.append((job.id, None))
-        if not started:
-            self._kept = (self._changes, seq, profile, reserved)
+        # The profile as left (started jobs included) is what the next pass
+        # would build again while nothing starts or ends meanwhile: kept
+        # with the jobs it went over, their answers and what ``_begin`` made
+        # of ``_changes``.
+        self._kept = (self._changes, seq, profile, reserved)
         return started
 
     def _resume(self, jobs: Iterator[Job], now: float
                 ) -> tuple[Iterator[Job], tuple[CountProfile, int, list[tuple[str, float | None]]]
                            | None]:
-        """Where the last conservative pass left off, when it started nothing,
-        nothing started or ended since, no planned end or step fell due, and
-        the queue begins with the jobs it went over in the same order: each
+        """Where the last conservative pass left off, when nothing started or
+        ended since it, no planned end or step fell due, and the queue begins
+        with the jobs it went over and did not start, in the same order: each
         of them gets the same answer again (a window that failed from the
         first step still holds the step that failed it; every later step is
-        unchanged), so only the jobs after them are asked. ``jobs`` comes
-        back with what was read of it put back when the pass cannot resume."""
+        unchanged), so only the jobs after them are asked. The jobs the pass
+        started hold in its profile the windows their ends give a fresh one,
+        and an answer it gave before one of them was placed stands with it
+        placed (that window still fits: the profile it left is nowhere
+        negative); the proof is ``tests/core/test_poolsim.py``'s resumed
+        against fresh passes. ``jobs`` comes back with what was read of it
+        put back when the pass cannot resume."""
         kept, self._kept = self._kept, None
         if kept is None or kept[0] != self._changes:
             return jobs, None

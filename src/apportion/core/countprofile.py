@@ -11,6 +11,11 @@ from apportion.core.scheduling.policies import INF
 
 __all__ = ["CountProfile", "summed_releases"]
 
+_EXACT_SECONDS = 2.0**52
+"""Below this in size an instant's float spacing is under 1: a window of a
+second or more always holds its first step (``place``), as ``math.ulp``
+would say at a greater cost."""
+
 
 class CountProfile:
     """``backfill.Profile`` for one counted resource: idle nodes over time.
@@ -77,7 +82,9 @@ class CountProfile:
         job at every event; one scan spares the second search ``reserve``
         made for the window ``earliest`` had just found."""
         times = self.times
-        if duration is not None and not duration > math.ulp(max(-times[0], times[-1])):
+        if duration is not None and not (
+                (duration >= 1.0 and times[0] > -_EXACT_SECONDS and times[-1] < _EXACT_SECONDS)
+                or duration > math.ulp(max(-times[0], times[-1]))):
             # A window that may not hold its own first step (none, or one
             # that a float addition to an instant absorbs): as first written.
             t = self.earliest(need, duration, first_only=first_only)

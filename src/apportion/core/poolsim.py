@@ -484,30 +484,31 @@ class PoolCluster:
         started: list[Job] = []
         if self.free < self.least:
             return started
-        jobs, resumed = self._resume(iter(self._ordered(now)), now)
+        entries, resumed = self._resume(self._entries(now), now)
         seq: list[tuple[str, float | None]]
         if resumed is None:
             profile, reserved, seq = self._profile(now), 0, []
         else:
             profile, reserved, seq = resumed
         # Read once: this loop runs for every waiting job at every event.
-        place, estimate = profile.place, self.estimate
+        place, estimate, pending = profile.place, self.estimate, self.pending
         reserved_list = self.reserved
         depth = self.config.reservation_depth
-        for job in jobs:
-            need = job.task_count
-            t = place(need, estimate(job), self.free,
-                      depth is not None and reserved >= depth)
+        for entry in entries:
+            need, est, job_id = entry[-1], entry[-2], entry[-3]
+            if est is _ASK:
+                est = estimate(pending[job_id])
+            t = place(need, est, self.free, depth is not None and reserved >= depth)
             if t is None:
-                seq.append((job.id, None))
+                seq.append((job_id, None))
             elif t <= now:
-                self._begin(job, need, now, started)
+                self._begin(pending[job_id], need, now, started)
                 if self.free < self.least:
                     break  # later reservations could only hold the rest back
             else:
-                reserved_list.append((job.id, t))
+                reserved_list.append((job_id, t))
                 reserved += 1
-                seq.append((job.id, t))
+                seq.append((job_id, t))
         # The profile as left (started jobs included) is what the next pass
         # would build again while nothing starts or ends meanwhile: kept
         # with the jobs it went over, their answers and what ``_begin`` made
@@ -515,9 +516,9 @@ class PoolCluster:
         self._kept = (self._changes, seq, profile, reserved)
         return started
 
-    def _resume(self, jobs: Iterator[Job], now: float
-                ) -> tuple[Iterator[Job], tuple[CountProfile, int, list[tuple[str, float | None]]]
-                           | None]:
+    def _resume(self, entries: Iterator[tuple[Any, ...]], now: float
+                ) -> tuple[Iterator[tuple[Any, ...]],
+                           tuple[CountProfile, int, list[tuple[str, float | None]]] | None]:
         """Where the last conservative pass left off, when nothing started or
         ended since it, no planned end or step fell due, and the queue begins
         with the jobs it went over and did not start, in the same order: each
@@ -528,26 +529,26 @@ class PoolCluster:
         and an answer it gave before one of them was placed stands with it
         placed (that window still fits: the profile it left is nowhere
         negative); the proof is ``tests/core/test_poolsim.py``'s resumed
-        against fresh passes. ``jobs`` comes back with what was read of it
-        put back when the pass cannot resume."""
+        against fresh passes. ``entries`` (``_entries``) come back with what
+        was read of them put back when the pass cannot resume."""
         kept, self._kept = self._kept, None
         if kept is None or kept[0] != self._changes:
-            return jobs, None
+            return entries, None
         _, seq, profile, reserved = kept
         times = profile.times
         if len(times) > 1 and not times[1] > now:
-            return jobs, None
-        taken: list[Job] = []
+            return entries, None
+        taken: list[tuple[Any, ...]] = []
         for job_id, _ in seq:
-            job = next(jobs, None)
-            if job is None:
+            entry = next(entries, None)
+            if entry is None:
                 return iter(taken), None
-            taken.append(job)
-            if job.id != job_id:
-                return chain(taken, jobs), None
+            taken.append(entry)
+            if entry[-3] != job_id:
+                return chain(taken, entries), None
         times[0] = now
         self.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
-        return jobs, (profile, reserved, seq)
+        return entries, (profile, reserved, seq)
 
     def _profile(self, now: float) -> CountProfile:
         # The running jobs' releases summed once per change to them: between

@@ -14,6 +14,7 @@ from apportion.core.model import Node
 from apportion.core.scheduling import SchedulerConfig, TaskSpec
 from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.jobs import Job, Queue
+from apportion.core.scheduling.policies import FairShare
 from apportion.core.simulator import SimConfig, SimJob, SimResult, simulate
 
 CPU = 1000
@@ -167,6 +168,18 @@ def test_placing_in_one_scan_is_asking_then_reserving(
             plain.reserve(t, need, duration)
         assert fused.place(need, duration, idle, first_only) == t
         assert (fused.times, fused.free) == (plain.times, plain.free)
+
+
+@given(st.integers(0, 40), st.integers(1, 9), st.sampled_from([0, 1, 1000, 3]),
+       st.sampled_from([None, 0.0, -1.0, 0.5, 1.0, 3.0, 7]), st.booleans())
+def test_a_queues_share_on_the_pool_is_fair_shares(
+        used: int, size: int, amount: int, weight: float | None, listed: bool) -> None:
+    queues = {"q": Queue("q", weight=weight)} if weight is not None else {}
+    pool = poolsim.PoolCluster("cpu", amount, size, SchedulerConfig(strategy="fairshare"),
+                               queues, None)
+    as_used = {"cpu": used} if listed or used else {}
+    assert pool._share(used, "q") == FairShare._share(
+        as_used, {"cpu": size * amount}, queues.get("q"))
 
 
 @given(st.sampled_from([0.0, 5.0, 10.0, 40.0]), st.integers(0, 6),

@@ -235,34 +235,33 @@ class PoolCluster:
         return ((job.id, _ASK, job.task_count) for job in self._policy_order(now))
 
     def _policy_order(self, now: float) -> Iterator[Job]:
+        if self._fair:
+            self._refile()
+            return self._fair_order()
         pending = self.pending
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
                            self._bound, self._rank,
                            None if self.history is None else self.history.ranks)
-        if self._fair:
-            self._refile()
-            return self._fair_order(ctx)
         if self._adaptive is not None:
             return self._adaptive.ordered(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
 
-    def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
+    def _fair_order(self) -> Iterator[Job]:
         """``FairShare.order``, lazily: its heap of queue shares, as a merge
         of the queues filed by share (``_ranked``) with a heap of those the
         cycle has taken from (each under its share grown by what it gave),
         each queue already sorted, so that a cycle pays for what it took."""
-        cap = self._view.capacity_total()
         ranked = list(self._ranked)  # ``_begin`` marks queues stale meanwhile
         n, p = len(ranked), 0
         pushed: list[tuple[float, str]] = []
         # Each queue is walked with an iterator (indexing a SortedList is a
         # search) and a count of the jobs it has left.
         walks: dict[str, tuple[Iterator[tuple[Any, ...]], list[int]]] = {}
-        # A queue's use as the cycle began (copied before its first job is
-        # given out, so before any of its jobs starts): what its later
-        # shares grow from.
-        usage = self.usage
-        used: dict[str, dict[str, int]] = {}
+        # A queue's use of the pool's one resource as the cycle began (read
+        # before its first job is given out, so before any of its jobs
+        # starts): what its later shares grow from.
+        usage, resource, share = self.usage, self.resource, self._share
+        used: dict[str, int] = {}
         pending = self.pending
         while True:
             if pushed and (p == n or pushed[0] < ranked[p]):
@@ -285,26 +284,35 @@ class PoolCluster:
             left[0] -= 1
             u = used.get(name)
             if u is None:
-                u = used[name] = dict(usage.get(name, {}))
+                u = usage.get(name, {}).get(resource, 0)
             yield j
-            for r, amount in j.total.items():
-                u[r] = u.get(r, 0) + amount
+            u = used[name] = u + j.total.get(resource, 0)
             if left[0]:
-                heapq.heappush(pushed, (FairShare._share(u, cap, ctx.queues.get(name)), name))
+                heapq.heappush(pushed, (share(u, name), name))
+
+    def _share(self, used: int, name: str) -> float:
+        """``FairShare._share`` of a queue using ``used`` of the pool's one
+        resource (every job's total names it alone), on ints: a fair-share
+        order asks it for nearly every job it gives out, and the dictionary
+        copies and walks of the general one showed
+        (``tests/core/test_poolsim.py`` holds the two equal)."""
+        capacity = self.size * self.amount
+        queue = self.queues.get(name)
+        weight = queue.weight if queue is not None and queue.weight > 0 else 1.0
+        return (used / capacity if capacity else 0.0) / weight
 
     def _refile(self) -> None:
         """File again in ``_ranked`` the queues changed since the last cycle:
         between two cycles a job or two start or end, and the shares of the
         other queues stand."""
         ranked, filed, by_queue = self._ranked, self._filed, self._by_queue
-        cap = self._view.capacity_total()
+        usage, resource = self.usage, self.resource
         for name in self._stale:
             old = filed.pop(name, None)
             if old is not None:
                 del ranked[bisect_left(ranked, (old, name))]
             if name in by_queue:
-                share = filed[name] = FairShare._share(
-                    self.usage.get(name, {}), cap, self.queues.get(name))
+                share = filed[name] = self._share(usage.get(name, {}).get(resource, 0), name)
                 insort(ranked, (share, name))
         self._stale.clear()
 

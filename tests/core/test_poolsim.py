@@ -14,6 +14,7 @@ from apportion.core.model import Node
 from apportion.core.scheduling import SchedulerConfig, TaskSpec
 from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.jobs import Job, Queue
+from apportion.core.scheduling.policies import FairShare
 from apportion.core.simulator import SimConfig, SimJob, SimResult, simulate
 
 CPU = 1000
@@ -145,6 +146,40 @@ def test_count_profile_answers_and_reserves_as_the_vector_profile(
             vector.reserve(got, [need], duration)
         assert counted.times == vector.times
         assert counted.free == [row[0] for row in vector.free]
+
+
+@given(profile_steps(), st.lists(st.tuples(st.integers(0, 12), st.booleans()), max_size=10))
+def test_placing_in_one_scan_is_asking_then_reserving(
+        case: tuple[float, int, list[tuple[float, int]], list[Any]],
+        idles: list[tuple[int, bool]]) -> None:
+    # ``place`` against the pass as first written: ``earliest``, then (the
+    # nodes short of a start now) ``earliest`` after now, then ``reserve``.
+    now, free, releases, asks = case
+    fused = poolsim.CountProfile(now, free, releases)
+    plain = poolsim.CountProfile(now, free, releases)
+    for (need, duration, _, first_only, _), (idle, odd) in zip(asks, idles, strict=False):
+        if odd and duration:
+            # Windows that end before they start, or that an instant absorbs.
+            duration = -duration if duration > 10.0 else 1e-300
+        t = plain.earliest(need, duration, first_only=first_only)
+        if t is not None and t <= now and need > idle:
+            t = None if first_only else plain.earliest(need, duration, later_than=now)
+        if t is not None:
+            plain.reserve(t, need, duration)
+        assert fused.place(need, duration, idle, first_only) == t
+        assert (fused.times, fused.free) == (plain.times, plain.free)
+
+
+@given(st.integers(0, 40), st.integers(1, 9), st.sampled_from([0, 1, 1000, 3]),
+       st.sampled_from([None, 0.0, -1.0, 0.5, 1.0, 3.0, 7]), st.booleans())
+def test_a_queues_share_on_the_pool_is_fair_shares(
+        used: int, size: int, amount: int, weight: float | None, listed: bool) -> None:
+    queues = {"q": Queue("q", weight=weight)} if weight is not None else {}
+    pool = poolsim.PoolCluster("cpu", amount, size, SchedulerConfig(strategy="fairshare"),
+                               queues, None)
+    as_used = {"cpu": used} if listed or used else {}
+    assert pool._share(used, "q") == FairShare._share(
+        as_used, {"cpu": size * amount}, queues.get("q"))
 
 
 @given(st.sampled_from([0.0, 5.0, 10.0, 40.0]), st.integers(0, 6),

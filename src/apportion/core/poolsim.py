@@ -128,9 +128,9 @@ class PoolCluster:
         self._changes = 0
         """Bumped whenever the idle count or the running jobs change."""
         self._kept: tuple[int, list[tuple[str, float | None]], CountProfile, int] | None = None
-        """After a conservative pass that started nothing: (``_changes``, each
-        job it went over with the reservation it planned or None, the profile
-        it left, how many it reserved), for ``_resume``."""
+        """After a conservative pass: (``_changes`` as it ended, each job it
+        went over and did not start with the reservation it planned or None,
+        the profile it left, how many it reserved), for ``_resume``."""
         self._releases: tuple[int, list[float], list[int]] | None = None
         """(``_changes``, distinct expected ends, idle nodes after each) for
         ``CountProfile.summed``."""
@@ -241,34 +241,33 @@ class PoolCluster:
         return ((job.id, _ASK, job.task_count) for job in self._policy_order(now))
 
     def _policy_order(self, now: float) -> Iterator[Job]:
+        if self._fair:
+            self._refile()
+            return self._fair_order()
         pending = self.pending
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
                            self._bound, self._rank,
                            None if self.history is None else self.history.ranks)
-        if self._fair:
-            self._refile()
-            return self._fair_order(ctx)
         if self._adaptive is not None:
             return self._adaptive.ordered(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
 
-    def _fair_order(self, ctx: OrderContext) -> Iterator[Job]:
+    def _fair_order(self) -> Iterator[Job]:
         """``FairShare.order``, lazily: its heap of queue shares, as a merge
         of the queues filed by share (``_ranked``) with a heap of those the
         cycle has taken from (each under its share grown by what it gave),
         each queue already sorted, so that a cycle pays for what it took."""
-        cap = self._view.capacity_total()
         ranked = list(self._ranked)  # ``_begin`` marks queues stale meanwhile
         n, p = len(ranked), 0
         pushed: list[tuple[float, str]] = []
         # Each queue is walked with an iterator (indexing a SortedList is a
         # search) and a count of the jobs it has left.
         walks: dict[str, tuple[Iterator[tuple[Any, ...]], list[int]]] = {}
-        # A queue's use as the cycle began (copied before its first job is
-        # given out, so before any of its jobs starts): what its later
-        # shares grow from.
-        usage = self.usage
-        used: dict[str, dict[str, int]] = {}
+        # A queue's use of the pool's one resource as the cycle began (read
+        # before its first job is given out, so before any of its jobs
+        # starts): what its later shares grow from.
+        usage, resource, share = self.usage, self.resource, self._share
+        used: dict[str, int] = {}
         pending = self.pending
         while True:
             if pushed and (p == n or pushed[0] < ranked[p]):
@@ -291,26 +290,35 @@ class PoolCluster:
             left[0] -= 1
             u = used.get(name)
             if u is None:
-                u = used[name] = dict(usage.get(name, {}))
+                u = usage.get(name, {}).get(resource, 0)
             yield j
-            for r, amount in j.total.items():
-                u[r] = u.get(r, 0) + amount
+            u = used[name] = u + j.total.get(resource, 0)
             if left[0]:
-                heapq.heappush(pushed, (FairShare._share(u, cap, ctx.queues.get(name)), name))
+                heapq.heappush(pushed, (share(u, name), name))
+
+    def _share(self, used: int, name: str) -> float:
+        """``FairShare._share`` of a queue using ``used`` of the pool's one
+        resource (every job's total names it alone), on ints: a fair-share
+        order asks it for nearly every job it gives out, and the dictionary
+        copies and walks of the general one showed
+        (``tests/core/test_poolsim.py`` holds the two equal)."""
+        capacity = self.size * self.amount
+        queue = self.queues.get(name)
+        weight = queue.weight if queue is not None and queue.weight > 0 else 1.0
+        return (used / capacity if capacity else 0.0) / weight
 
     def _refile(self) -> None:
         """File again in ``_ranked`` the queues changed since the last cycle:
         between two cycles a job or two start or end, and the shares of the
         other queues stand."""
         ranked, filed, by_queue = self._ranked, self._filed, self._by_queue
-        cap = self._view.capacity_total()
+        usage, resource = self.usage, self.resource
         for name in self._stale:
             old = filed.pop(name, None)
             if old is not None:
                 del ranked[bisect_left(ranked, (old, name))]
             if name in by_queue:
-                share = filed[name] = FairShare._share(
-                    self.usage.get(name, {}), cap, self.queues.get(name))
+                share = filed[name] = self._share(usage.get(name, {}).get(resource, 0), name)
                 insort(ranked, (share, name))
         self._stale.clear()
 
@@ -510,70 +518,71 @@ class PoolCluster:
         started: list[Job] = []
         if self.free < self.least:
             return started
-        jobs, resumed = self._resume(iter(self._ordered(now)), now)
+        entries, resumed = self._resume(self._entries(now), now)
         seq: list[tuple[str, float | None]]
         if resumed is None:
             profile, reserved, seq = self._profile(now), 0, []
         else:
             profile, reserved, seq = resumed
         # Read once: this loop runs for every waiting job at every event.
-        earliest, reserve, estimate = profile.earliest, profile.reserve, self.estimate
+        place, estimate, pending = profile.place, self.estimate, self.pending
         reserved_list = self.reserved
         depth = self.config.reservation_depth
-        for job in jobs:
-            need = job.task_count
-            est = estimate(job)
-            deep = depth is not None and reserved >= depth
-            t = earliest(need, est, first_only=deep)
-            if t is not None and t <= now:
-                if need <= self.free:
-                    reserve(now, need, est)
-                    self._begin(job, need, now, started)
-                    if self.free < self.least:
-                        break  # later reservations could only hold the rest back
-                    continue
-                # The profile counts jobs past their estimate as ended now;
-                # the nodes say no: plan it later, as the cycle does.
-                t = None if deep else earliest(need, est, later_than=now)
-            if t is not None and not deep:
-                reserve(t, need, est)
-                reserved_list.append((job.id, t))
-                reserved += 1
-                seq.append((job.id, t))
+        for entry in entries:
+            need, est, job_id = entry[-1], entry[-2], entry[-3]
+            if est is _ASK:
+                est = estimate(pending[job_id])
+            t = place(need, est, self.free, depth is not None and reserved >= depth)
+            if t is None:
+                seq.append((job_id, None))
+            elif t <= now:
+                self._begin(pending[job_id], need, now, started)
+                if self.free < self.least:
+                    break  # later reservations could only hold the rest back
             else:
-                seq.append((job.id, None))
-        if not started:
-            self._kept = (self._changes, seq, profile, reserved)
+                reserved_list.append((job_id, t))
+                reserved += 1
+                seq.append((job_id, t))
+        # The profile as left (started jobs included) is what the next pass
+        # would build again while nothing starts or ends meanwhile: kept
+        # with the jobs it went over, their answers and what ``_begin`` made
+        # of ``_changes``.
+        self._kept = (self._changes, seq, profile, reserved)
         return started
 
-    def _resume(self, jobs: Iterator[Job], now: float
-                ) -> tuple[Iterator[Job], tuple[CountProfile, int, list[tuple[str, float | None]]]
-                           | None]:
-        """Where the last conservative pass left off, when it started nothing,
-        nothing started or ended since, no planned end or step fell due, and
-        the queue begins with the jobs it went over in the same order: each
+    def _resume(self, entries: Iterator[tuple[Any, ...]], now: float
+                ) -> tuple[Iterator[tuple[Any, ...]],
+                           tuple[CountProfile, int, list[tuple[str, float | None]]] | None]:
+        """Where the last conservative pass left off, when nothing started or
+        ended since it, no planned end or step fell due, and the queue begins
+        with the jobs it went over and did not start, in the same order: each
         of them gets the same answer again (a window that failed from the
         first step still holds the step that failed it; every later step is
-        unchanged), so only the jobs after them are asked. ``jobs`` comes
-        back with what was read of it put back when the pass cannot resume."""
+        unchanged), so only the jobs after them are asked. The jobs the pass
+        started hold in its profile the windows their ends give a fresh one,
+        and an answer it gave before one of them was placed stands with it
+        placed (that window still fits: the profile it left is nowhere
+        negative); the proof is ``tests/core/test_poolsim.py``'s resumed
+        against fresh passes. ``entries`` (``_entries``) come back with what
+        was read of them put back when the pass cannot resume."""
         kept, self._kept = self._kept, None
         if kept is None or kept[0] != self._changes:
-            return jobs, None
+            return entries, None
         _, seq, profile, reserved = kept
         times = profile.times
         if len(times) > 1 and not times[1] > now:
-            return jobs, None
-        taken: list[Job] = []
+            return entries, None
+        taken: list[tuple[Any, ...]] = []
         for job_id, _ in seq:
-            job = next(jobs, None)
-            if job is None:
+            entry = next(entries, None)
+            if entry is None:
                 return iter(taken), None
-            taken.append(job)
-            if job.id != job_id:
-                return chain(taken, jobs), None
+            taken.append(entry)
+            if entry[-3] != job_id:
+                return chain(taken, entries), None
         times[0] = now
         self.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
-        return jobs, (profile, reserved, seq)
+        return entries, (profile, reserved, seq)
 
     def _profile(self, now: float) -> CountProfile:
         # The running jobs' releases summed once per change to them: between

@@ -217,6 +217,13 @@ def test_nodes_freed_at_one_instant_go_in_release_order() -> None:
     assert _first_freed(state, state.nodes["n0"], 30.0, 10.0) == (30.0, "a", 1)
     assert _first_freed(state, state.nodes["n2"], 30.0, 10.0) == (30.0, "d", 1)
     assert _first_freed(state, state.nodes["n3"], 40.0, 40.0) == (40.0, "d", 0)
+    # Against the first of the nodes looked at before: None unless earlier.
+    n1 = _first_freed(state, state.nodes["n1"], 30.0, 10.0)
+    assert n1 == (30.0, "a", 0)
+    assert _first_freed(state, state.nodes["n0"], 30.0, 10.0, n1) is None
+    assert _first_freed(state, state.nodes["n2"], 30.0, 10.0, n1) is None
+    assert _first_freed(state, state.nodes["n1"], 30.0, 10.0, (30.0, "a", 1)) == n1
+    assert _first_freed(state, state.nodes["n2"], 30.0, 10.0, (30.0, "z", 0)) == (30.0, "d", 1)
 
 
 def gpu_node(name: str, *models: str) -> Node:

@@ -132,13 +132,18 @@ def test_remove_takes_the_entry_out_and_marks_a_block_whose_bound_it_set() -> No
     index = FreeIndex()
     for entry in (e(10, 5, 1), e(20, 9, 2), e(30, 9, 3), e(40, 1, 4)):
         index.add(entry, CM)
-    index.remove(e(20, 9, 2))  # held the memory bound with another: still stale
+    index.remove(e(20, 9, 2))  # held the memory bound with another: still exact
     assert list(index) == [e(10, 5, 1), e(30, 9, 3), e(40, 1, 4)]
     assert len(index) == 3
+    assert index.stale == [False]
+    assert index.bounds == [{"cpu": 40, "memory": 9}]
+    assert index.tops == [{"cpu": 1, "memory": 1}]
+    index.remove(e(30, 9, 3))  # the last to hold the memory bound
     assert index.stale == [True]
     index.recompute(0)
     assert index.stale == [False]
-    assert index.bounds == [{"cpu": 40, "memory": 9}]
+    assert index.bounds == [{"cpu": 40, "memory": 5}]
+    index.add(e(30, 9, 3), CM)
     index.remove(e(10, 5, 1))  # below every bound
     assert index.stale == [False]
     index.remove(e(40, 1, 4))  # the last, and the cpu bound

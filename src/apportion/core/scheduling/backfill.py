@@ -336,7 +336,12 @@ def _single_task_reservation(
                 fitting.append((rec, v))
     # The placement fills the freed nodes in the order they were first freed:
     # by (end, job id, task) of the jobs ended by t.
-    rec, v = min(fitting, key=lambda rv: _first_freed(state, rv[0], t, now))
+    rec, v = fitting[0]
+    first = _first_freed(state, rec, t, now)
+    for rv in fitting[1:]:  # as min() by key: the keys are unique
+        key = _first_freed(state, rv[0], t, now, first)
+        if key is not None:
+            first, (rec, v) = key, rv
     aligned = aligned_of[rec.cls.id]
     held_by_head = {r: q * spec.count for r, q in spec.resources.items()}
     left = [f - q for f, q in zip(v, aligned, strict=True)]
@@ -392,18 +397,17 @@ def _freed_devices(state: ClusterState, rec: NodeRec, now: float) -> dict[str, l
 _UNSEEN: Any = object()
 
 
-def _first_freed(
-    state: ClusterState, rec: NodeRec, t: float, now: float
-) -> tuple[float, str, int]:
+def _first_freed(state: ClusterState, rec: NodeRec, t: float, now: float,
+                 beat: tuple[float, str, int] | None = None) -> tuple[float, str, int] | None:
     """Where ``rec`` first appears among the nodes freed by the jobs that end
     by ``t``, released in order of (expected end, job id), each job's tasks
-    in order."""
-    best: tuple[float, str, int] | None = None
+    in order; None where not before ``beat`` (the best of the nodes before)."""
+    best = beat
     running = state.running
     for job_id in rec.jobs:
         rj = running[job_id]
-        end = rj.expected_end(now)
-        if end is None or end > t:
+        end = INF if rj.estimate is None else max(now, rj.start + rj.estimate)
+        if end > t or (best is not None and end > best[0]):
             continue
         for ti, tp in enumerate(rj.tasks):
             if tp.node == rec.name:
@@ -412,7 +416,7 @@ def _first_freed(
                     best = key
                 break
     assert best is not None, "a node freed by t runs a job that ends by t"
-    return best
+    return None if best is beat else best
 
 
 def _instants(ends: SortedList, cut: int) -> Iterator[tuple[float, list[tuple[float, str]]]]:

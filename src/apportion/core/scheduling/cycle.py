@@ -334,18 +334,24 @@ def _try(
     """Place ``job`` now, remembering failures by job shape: within a cycle
     capacity only shrinks (until a preemption frees some), so a shape that
     did not fit will not fit later in the same cycle."""
-    key = (cache_key, job.shape_hash) if job.cacheable else None
-    if key is not None and p.failed_shapes:
-        hit = p.failed_shapes.get(key)
-        if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
-            return hit[1]
+    known = _known(p, job, cache_key)
+    if known is not None:
+        return known
     result = p.placer.place(job, limits=limits, prefer=prefer)
     if result.tasks is not None:
         return result.tasks
     assert result.failure is not None
-    if key is not None:
-        p.failed_shapes[key] = (job.shape, result.failure)
+    if job.cacheable:
+        p.failed_shapes[(cache_key, job.shape_hash)] = (job.shape, result.failure)
     return result.failure
+
+
+def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
+    """The failure ``_try`` remembered for ``job``'s shape and ``cache_key``."""
+    hit = p.failed_shapes.get((cache_key, job.shape_hash)) if job.cacheable else None
+    if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
+        return hit[1]
+    return None
 
 
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
@@ -410,12 +416,16 @@ def _backfill(p: _Pass, job: Job) -> None:
     if p.no_backfill is not None:
         p.unplaced[job.id] = p.no_backfill
         return
-    short = _aggregate(p, job)
-    if short is not None:
-        # Cannot fit now whatever the reservation says: no need to plan one.
-        p.unplaced[job.id] = short
-        return
-    head = _head(p)
+    # Most of a long queue stops here at the failure remembered for its
+    # shape: ``_aggregate``'s check and the head are read inline for them.
+    free = p.state.free_totals
+    for r, q in job.total.items():
+        if free.get(r, 0) < q:  # cannot fit now, whatever the reservation says
+            short = _aggregate(p, job)
+            assert short is not None  # the same check, short on ``r``
+            p.unplaced[job.id] = short
+            return
+    head = p.head if p.head is not None else _head(p)
     if head is None:
         assert p.no_backfill is not None
         p.unplaced[job.id] = p.no_backfill
@@ -439,7 +449,8 @@ def _backfill(p: _Pass, job: Job) -> None:
         if head.pool is not None:
             # This job could fragment the pool: plan the head node by node.
             head = _exact_head(p, head)
-        outcome = _try(p, job, limits=head.extra, cache_key="past")
+        known = _known(p, job, "past")
+        outcome = known if known is not None else _try(p, job, head.extra, "past")
     if isinstance(outcome, Failure):
         p.unplaced[job.id] = outcome
         return

@@ -15,8 +15,13 @@ the same buckets in the same order as over a flat list, minus some that
 could never have been chosen: the outcome is the same, only cheaper.
 
 The bounds are kept cheap: adding a bucket raises them; removing one leaves
-them (still an upper bound) and a block that has lost many entries since its
-bounds were last computed recomputes them from its remaining buckets.
+them (still an upper bound) and a block that has lost an entry that may have
+set a bound recomputes them from its remaining buckets when a walk next
+relies on them. Each bound counts the entries that hold it, so removing one
+of several that share the largest amount (common: free amounts come in
+whole cores and GiB) keeps the bound exact and needs no recompute; in the
+cycle benchmark two thirds of the removes that used to mark a block stale
+were such ties (bench/README.md, h23-cycle).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class FreeIndex:
     """Entries ``(free amount, class id, free vector, bucket id)`` in
     ascending order, in blocks."""
 
-    __slots__ = ("blocks", "bounds", "lasts", "lens", "masks", "names", "size", "stale")
+    __slots__ = ("blocks", "bounds", "lasts", "lens", "masks", "names", "size", "stale", "tops")
 
     def __init__(self) -> None:
         self.names: dict[int, Sequence[str]] = {}
@@ -49,6 +54,10 @@ class FreeIndex:
         a list) instead of calling len() on each block."""
         self.bounds: list[dict[str, int]] = []
         """Per block: at least the largest free amount of each resource."""
+        self.tops: list[dict[str, int]] = []
+        """Per block, while not stale: per resource of ``bounds`` with an
+        amount of zero or more, how many entries hold exactly that amount
+        (the bound is exact then, and stays so while one is left)."""
         self.masks: list[int] = []
         """Per block: at least the bits of the classes of its buckets."""
         self.stale: list[bool] = []
@@ -83,6 +92,7 @@ class FreeIndex:
             lasts.append(entry)
             self.lens.append(1)
             self.bounds.append(dict(zip(names, free, strict=True)))
+            self.tops.append(dict.fromkeys(names, 1))
             self.masks.append(bit)
             self.stale.append(False)
             return
@@ -95,9 +105,14 @@ class FreeIndex:
             insort(self.blocks[k], entry)
         self.lens[k] += 1
         bound = self.bounds[k]
+        top = self.tops[k]
         for r, q in zip(names, free, strict=True):
-            if q > bound.get(r, -1):
+            b = bound.get(r, -1)
+            if q > b:
                 bound[r] = q
+                top[r] = 1
+            elif q == b and q >= 0:
+                top[r] += 1
         self.masks[k] |= bit
         if self.lens[k] > 2 * BLOCK:
             self._split(k)
@@ -114,17 +129,22 @@ class FreeIndex:
         self.size -= 1
         if not block:
             del self.blocks[k], lasts[k], self.lens[k], self.bounds[k], self.masks[k]
-            del self.stale[k]
+            del self.stale[k], self.tops[k]
             return
         self.lens[k] -= 1
         lasts[k] = block[-1]
         if not self.stale[k]:
             bound = self.bounds[k]
+            top = self.tops[k]
             for r, q in zip(self.names[entry[1]], entry[2], strict=True):
                 # A bound below zero is left out (``recompute``), and the
                 # walk reads it as -1: a node whose capacity shrank under
                 # what it runs has such amounts.
-                if q >= bound.get(r, -1):
+                b = bound.get(r, -1)
+                if q >= b:
+                    if q == b and b >= 0 and top[r] > 1:
+                        top[r] -= 1  # another entry still holds it
+                        continue
                     self.stale[k] = True
                     break
 
@@ -157,6 +177,7 @@ class FreeIndex:
         self.lasts[k:k + 1] = [left[-1], right[-1]]
         self.lens[k:k + 1] = [half, len(block) - half]
         self.bounds[k:k + 1] = [{}, {}]
+        self.tops[k:k + 1] = [{}, {}]
         self.masks[k:k + 1] = [0, 0]
         self.stale[k:k + 1] = [False, False]
         self.recompute(k)
@@ -179,11 +200,17 @@ class FreeIndex:
             else:
                 group.append(free)
         bound: dict[str, int] = {}
+        top: dict[str, int] = {}
         for key, frees in groups.items():
             for r, column in zip(key, zip(*frees, strict=True), strict=True):
                 q = max(column)
-                if q > bound.get(r, -1):
+                b = bound.get(r, -1)
+                if q > b:
                     bound[r] = q
+                    top[r] = column.count(q)
+                elif q == b and q >= 0:
+                    top[r] += column.count(q)
         self.bounds[k] = bound
+        self.tops[k] = top
         self.masks[k] = mask
         self.stale[k] = False

@@ -12,11 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from apportion.core.model import Allocation, AllocationState, Node, ReleaseReason
+from apportion.core.records import UsageRow
 from apportion.exceptions import NotLeader, Refused
 from apportion.service.unit_of_work import Tx, UnitOfWork
 from apportion.service.wiring import Services
 from apportion.store.database import create_engine, migrate
 from apportion.store.event_log import events_after
+from apportion.store.ledger_tables import insert_node
 from apportion.store.schema import cluster_leader
 
 
@@ -174,6 +176,74 @@ def test_units_sharing_a_transaction_write_what_each_alone_would(
         for refused in (None, 3):
             asyncio.run(one_by_one(refused))
         assert _events(together) == _events(alone)
+    finally:
+        together.close()
+        alone.close()
+
+
+def _held(i: int, node: str = "n1") -> Allocation:
+    return Allocation(f"a{i}", node, {"cpu": 1000 + i}, {}, "alice", {}, AllocationState.ACTIVE,
+                      1.0)
+
+
+def _release_unit(uow: UnitOfWork, i: int, alloc: str) -> Callable[[sa.Connection], object]:
+    """What a task's end writes: its allocation released, its usage row, its event."""
+    def write(conn: sa.Connection) -> object:
+        tx = Tx(conn, uow.events, now=2.0 + i)
+        released = tx.release(alloc, ReleaseReason.COMPLETED)
+        tx.usage(UsageRow(f"t{i}", f"j{i}", "job", "alice", "default", "true", "succeeded",
+                          {"cpu": 1000}, {"memory": i}, 1.0, 2.0 + i))
+        tx.event("task.state", f"t{i}", {"i": i})
+        tx.flush()
+        return None if released is None else (released.id, released.released_at)
+    return write
+
+
+def _rows(engine: sa.Engine) -> dict[str, list[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}"))), key=repr)
+                for t in ("allocations", "node_resources", "task_usage", "events")}
+
+
+@pytest.mark.parametrize("allocs", [
+    ["a0", "a1", "a2", "a3"],
+    ["a0", "a1", "a1", "a3"],  # one released twice: the batch runs again unit by unit
+    ["a0", "a9", "a2", "a2"],  # not active at all, and twice
+])
+def test_units_sharing_a_transaction_release_and_record_usage_as_each_alone(
+        engine: sa.Engine, tmp_path: Path, allocs: list[str]) -> None:
+    """On SQLite the releases and usage rows of units queued together are
+    written after the last of them, in one statement each: the same rows,
+    answers and events as the units one at a time."""
+    other = create_engine(f"sqlite:///{tmp_path}/alone.db")
+    migrate(other)
+    together = UnitOfWork(engine, origin="s1", clock=lambda: 7.5)
+    alone = UnitOfWork(other, origin="s1", clock=lambda: 7.5)
+    for store in (engine, other):
+        with store.begin() as conn:
+            insert_node(conn, Node("n1", {"cpu": 64000}))
+            tx = Tx(conn, together.events, now=1.0)
+            tx.grant_all([_held(i) for i in range(4)])
+            tx.flush()
+    statements: list[str] = []
+    sa.event.listen(together._writer, "before_cursor_execute",
+                    lambda _c, _k, sql, *_: statements.append(" ".join(sql.split()[:3])))
+
+    async def queued() -> list[object]:
+        return list(await asyncio.gather(*(
+            together.write_unit(_release_unit(together, i, a)) for i, a in enumerate(allocs))))
+
+    async def one_by_one() -> list[object]:
+        return [await alone.write_unit(_release_unit(alone, i, a))
+                for i, a in enumerate(allocs)]
+
+    try:
+        answers = asyncio.run(queued())
+        assert answers == asyncio.run(one_by_one())
+        assert _rows(engine) == _rows(other)
+        if len(set(allocs)) == len(allocs):
+            assert statements.count("UPDATE allocations SET") == 1
+            assert statements.count("INSERT INTO task_usage") == 1
     finally:
         together.close()
         alone.close()

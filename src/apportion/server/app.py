@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from apportion.server import errors
 from apportion.server.context import AppContext
 from apportion.server.edge import BodyLimits, EdgeGuard
+from apportion.server.fastagent import agent_call, serve_agent
 from apportion.server.fastpath import is_grant, serve_grant
 from apportion.server.fastsubmit import RELABELED, is_submit, serve_submit
 from apportion.server.responses.ops import Healthz
@@ -84,9 +85,10 @@ class BodiesAreJson:
 
 
 class ApportionAPI(FastAPI):
-    """FastAPI, with grant requests and job submissions answered before its
-    middleware stack (``server/fastpath.py`` and ``server/fastsubmit.py`` say
-    why and what they do in its place)."""
+    """FastAPI, with grant requests, job submissions and the agent's polls and
+    reports answered before its middleware stack (``server/fastpath.py``,
+    ``server/fastsubmit.py`` and ``server/fastagent.py`` say why and what they
+    do in its place)."""
 
     access_log = False
 
@@ -98,6 +100,11 @@ class ApportionAPI(FastAPI):
         if guard is not None and is_submit(scope):
             await serve_submit(self, scope, receive, send, guard, super().__call__,
                                access_log=self.access_log)
+            return
+        agent = None if guard is None else agent_call(scope)
+        if guard is not None and agent is not None:
+            await serve_agent(self, scope, receive, send, guard, super().__call__, *agent,
+                              access_log=self.access_log)
             return
         if guard is not None and scope["type"] == "http":
             admitted = await guard.admit(scope, receive, send)

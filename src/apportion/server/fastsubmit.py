@@ -21,9 +21,9 @@ messages. So the two paths differ in nothing a client can see
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
@@ -39,6 +39,7 @@ PATH = "/api/v1/jobs"
 RELABELED = (b"application/x-www-form-urlencoded", b"text/plain")
 """Content types read as JSON all the same (``app.BodiesAreJson``)."""
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
+Body = TypeVar("Body", bound=BaseModel)
 
 _DETAIL: TypeAdapter[dict[str, Any]] = TypeAdapter(JobDetail)
 """The route's return type: FastAPI checks and serializes its answer with it."""
@@ -58,29 +59,33 @@ async def serve_submit(app: Any, scope: Scope, receive: Receive, send: Send, gua
     except ApportionError as exc:
         await answer(send, exc)  # as the edge answers: before the request id
         return
-    body = _job_in(scope, raw)
+    body = json_body(scope, raw, JobIn)
     if body is None or caller is None:
-        await framework(scope, _replay(raw, receive), send)
+        await framework(scope, replay(raw, receive), send)
         return
 
     async def produce() -> Answer:
         try:
             out = await submit_job(app.state.ctx, caller, body)
         except ApportionError as exc:
-            # As errors.install's handler answers it.
-            refused = JSONResponse(exc.to_dict(), status_code=http_status(exc))
-            return refused.status_code, bytes(refused.body), [
-                (k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in http_headers(exc).items()]
+            return refusal(exc)
         value = _DETAIL.validate_python(out, from_attributes=True)
         return 201, _DETAIL.dump_json(value, by_alias=True), ()
 
     await serve_answer(app, scope, send, produce, access_log=access_log)
 
 
-def _job_in(scope: Scope, raw: bytes) -> JobIn | None:
-    """The body as the route would get it, or None where the framework would
-    answer something else (it is then asked)."""
+def refusal(exc: ApportionError) -> Answer:
+    """A route's ``ApportionError``, answered as errors.install's handler answers it."""
+    refused = JSONResponse(exc.to_dict(), status_code=http_status(exc))
+    return refused.status_code, bytes(refused.body), [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in http_headers(exc).items()]
+
+
+def json_body(scope: Scope, raw: bytes, model: type[Body]) -> Body | None:
+    """The body as the route would get it (a ``model``), or None where the
+    framework would answer something else (it is then asked)."""
     for key, value in scope["headers"]:
         if key == b"content-type":
             kind = value.lower()
@@ -92,12 +97,12 @@ def _job_in(scope: Scope, raw: bytes) -> JobIn | None:
         return None
     try:
         # The grant's reader: what the stdlib decoder, as the framework uses, reads.
-        return JobIn.model_validate(parse_json(raw), from_attributes=True)
+        return model.model_validate(parse_json(raw), from_attributes=True)
     except (ValueError, ValidationError):
         return None
 
 
-def _replay(raw: bytes, receive: Receive) -> Receive:
+def replay(raw: bytes, receive: Receive) -> Receive:
     """A ``receive`` that gives the body already read, then what follows it."""
     sent = False
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from apportion.core.model import Allocation, ReleaseReason
+from apportion.core.records import UsageRow
 from apportion.exceptions import NotLeader, Refused
 from apportion.service import ledger_writes
 from apportion.service.committer import GroupCommitter
@@ -36,6 +37,7 @@ from apportion.store import event_log
 from apportion.store import ledger_tables as tables
 from apportion.store.database import writer_engine
 from apportion.store.schema import cluster_leader
+from apportion.store.usage_tables import insert_usage_rows
 
 T = TypeVar("T")
 EventSpec = tuple[str, str, dict[str, Any]]
@@ -161,22 +163,52 @@ class _Shared:
     once read (the row stays as read until the transaction ends: SQLite
     reads one snapshot, PostgreSQL holds it FOR SHARE). A unit that fails
     rolls the whole transaction back, and the units run again each in a
-    savepoint, without this."""
+    savepoint, without this.
 
-    def __init__(self) -> None:
+    On SQLite their releases and usage rows wait for the end too, three
+    statements for all of them instead of three for each task's end
+    (``bench/README.md``, h23-e2e). Nothing in a batch reads what they
+    change before then: a release frees capacity in memory only once it has
+    committed, so no grant of the same batch counts on it (a grant's check
+    in SQL can only be stricter meanwhile), and a usage row is read by no
+    change. Should a release then find its row no longer active, the batch
+    is refused and its units run again each in a savepoint, releasing as
+    they go: what they would have done without this. PostgreSQL keeps them
+    in place, where its row locks are taken."""
+
+    def __init__(self, later: bool) -> None:
         self.events: list[dict[str, Any]] = []
         self.epoch: tuple[int | None] | None = None
+        self.later = later
+        self.released: list[Allocation] = []
+        self.usage: list[UsageRow] = []
 
 
 def _shared_statements(conn: sa.Connection, run: Callable[[], list[Any]]) -> list[Any]:
-    shared = conn.info[_SHARED] = _Shared()
+    shared = conn.info[_SHARED] = _Shared(later=conn.dialect.name == "sqlite")
     try:
         results = run()
     finally:
         del conn.info[_SHARED]
+    if shared.released:
+        _release_all(conn, shared.released)
+    if shared.usage:
+        insert_usage_rows(conn, shared.usage)
     for begin in range(0, len(shared.events), EVENTS_AT_ONCE):
         event_log.insert_events(conn, shared.events[begin:begin + EVENTS_AT_ONCE])
     return results
+
+
+def _release_all(conn: sa.Connection, released: list[Allocation]) -> None:
+    """The releases of a batch's units, as each unit's ``Tx.release`` would
+    have written them (balances netted per node and resource)."""
+    if not tables.release_many(conn, released):
+        raise Refused("an allocation of this batch was no longer active; its units run "
+                      "again one by one")
+    if not tables.shift_balances(conn, tables.balance_deltas((), released)):
+        nodes = sorted({a.node for a in released})
+        raise tables.BalanceMissing(f"node {', '.join(nodes)} has no balance to return "
+                                    "this batch's allocations to")
 
 
 _EPOCH = sa.select(cluster_leader.c.epoch).where(cluster_leader.c.id == 1)
@@ -257,9 +289,12 @@ class Tx:
         if stored is None or not stored.active:
             return None
         released = stored.released(reason, self.now)
-        if not tables.release_many(self.conn, [released]):
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if units is not None and units.later:
+            units.released.append(released)  # written after the batch's last unit
+        elif not tables.release_many(self.conn, [released]):
             return None
-        if not tables.shift_balances(self.conn, tables.balance_deltas((), [released])):
+        elif not tables.shift_balances(self.conn, tables.balance_deltas((), [released])):
             # Never a release whose resources were not given back: the
             # transaction fails and is tried again (as ``apply_release``).
             raise tables.BalanceMissing(f"node {released.node} has no balance to return "
@@ -267,6 +302,14 @@ class Tx:
         self.released.append(released)
         self.event("allocation.released", released.node, release_data(released))
         return released
+
+    def usage(self, row: UsageRow) -> None:
+        """Store a task's usage record with this change."""
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if units is not None and units.later:
+            units.usage.append(row)  # written after the batch's last unit
+        else:
+            insert_usage_rows(self.conn, [row])
 
     def event(self, kind: str, subject: str, data: dict[str, Any]) -> None:
         """Record an event with this change; written at ``flush``."""

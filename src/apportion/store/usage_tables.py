@@ -9,7 +9,7 @@ per task id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -33,15 +33,20 @@ _INSERT_USAGE = {
 
 def insert_usage(conn: sa.Connection, row: UsageRow) -> None:
     """Store ``row`` once: a repeated exit report leaves the first record."""
-    values = {
+    insert_usage_rows(conn, [row])
+
+
+def insert_usage_rows(conn: sa.Connection, rows: Sequence[UsageRow]) -> None:
+    """Store each of ``rows`` once, in order, in one statement (``insert_usage``)."""
+    values = [{
         "task_id": row.task_id, "job_id": row.job_id, "name": row.name[:253],
         "owner": row.owner[:253], "queue": row.queue[:253],
         "command": None if row.command is None else row.command[:COMMAND_MAX],
         "state": row.state, "requested": dict(row.requested), "used": dict(row.used),
         "started_at": row.started_at, "finished_at": row.finished_at,
-    }
+    } for row in rows]
     conn.execute(_INSERT_USAGE["postgresql" if conn.dialect.name == "postgresql" else "sqlite"],
-                 values)
+                 values[0] if len(values) == 1 else values)
 
 
 def _ints(raw: Any) -> dict[str, int]:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive
 
 from apportion.core.model import NodeState
 from apportion.core.records import TaskRow
@@ -44,7 +45,7 @@ from apportion.server.schemas import (
     render_node,
 )
 from apportion.service.agents_service import AgentsService
-from apportion.service.auth import Role
+from apportion.service.auth import Principal, Role
 from apportion.service.job_specs import parse_duration
 from apportion.service.jobs import ACTIVE_TASK, TaskReport
 from apportion.service.join_tokens import is_join_token
@@ -112,17 +113,28 @@ async def assignments(
     epoch: Annotated[str | None, Query(max_length=64)] = None,
     wait: Annotated[float, Query(ge=0, le=120)] = 0,
 ) -> Response:
+    # Served by ``server/fastagent.py`` in the running server for a plain
+    # query; this route answers every other one.
+    state = await desired_state(_agents(request), caller, node, after, epoch, wait,
+                                request.receive)
+    return Response(state, media_type="application/json")
+
+
+async def desired_state(agents: AgentsService, caller: Principal, node: str, after: int,
+                        epoch: str | None, wait: float, receive: Receive) -> bytes:
+    """The one implementation of a poll (the route above and the fast path in
+    ``server/fastagent.py`` both call it): the answer's JSON body."""
     caller.may_manage_node(node)
+
     async def hung_up() -> None:
         # A held poll ends as soon as its agent goes away, so a stopping
         # server does not wait for polls no one will read.
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
 
-    state = await _agents(request).assignments(node, after=after, epoch=epoch, wait=wait,
-                                               gone=hung_up)
+    state = await agents.assignments(node, after=after, epoch=epoch, wait=wait, gone=hung_up)
     # Straight to bytes: this answer is on the path of every task start.
-    return Response(orjson.dumps(state.to_wire()), media_type="application/json")
+    return orjson.dumps(state.to_wire())
 
 
 @router.post("/{node}/tasks/{task_id}/report",
@@ -140,8 +152,17 @@ async def reports(request: Request, caller: Caller, node: str,
     """Several of the node's task reports in one call, answered in order; they
     commit together. A refused one is answered with its error body and
     ``status`` (what its own call would have answered)."""
+    # Served by ``server/fastagent.py`` in the running server for a body that
+    # validates; this route answers every other one.
+    return await apply_reports(_agents(request), caller, node, body)
+
+
+async def apply_reports(agents: AgentsService, caller: Principal, node: str,
+                        body: TaskReportsIn) -> dict[str, Any]:
+    """The one implementation of a batch of reports (the route above and the
+    fast path in ``server/fastagent.py`` both call it)."""
     caller.may_manage_node(node)
-    answers = await _agents(request).reports(
+    answers = await agents.reports(
         node, [(item.task, _report(item), item.checkpoint) for item in body.reports])
     return {"answers": [{"task": item.task, **(
         {**answer.to_dict(), "status": http_status(answer)}

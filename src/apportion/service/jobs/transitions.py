@@ -43,7 +43,6 @@ from apportion.service.unit_of_work import Tx
 from apportion.store import agent_sessions as sessions
 from apportion.store import jobs_tables as jt
 from apportion.store.schema import allocations, tasks
-from apportion.store.usage_tables import insert_usage
 
 CHUNK = 500
 """Tasks one transition ends or stops at most: a 10,000-task job is cancelled
@@ -290,7 +289,7 @@ def end_task(c: Change, row: JobRow, task: TaskRow, state: str, why: str, *,
     c.tx.release(task.allocation_id, RELEASE_FOR[state])
     usage = usage_row(row, job, ended, times, used)
     if usage is not None:
-        insert_usage(c.conn, usage)
+        c.tx.usage(usage)
     new = c.write(change.row)
     c.tx.event("task.state", ended.id, {
         "job": ended.job_id, "index": ended.index, "state": ended.state,

@@ -88,8 +88,12 @@ def main() -> int:
         cluster = Cluster(Path(tmp), server_env=dict(args.server_env)).start()
         try:
             assert cluster.server is not None
+            # The tests' 2 s fence stops tasks whenever a loaded host keeps
+            # the agent from hearing the server for a second (both sides of
+            # a before/after pair failed so at load 10): a throughput run
+            # measures nothing then, so it gets a production-like fence.
             cluster.add_agent("node-a", resources="cpu=32,memory=64Gi", heartbeat=5.0,
-                              log_interval=1.0, watchdog=1.0)
+                              log_interval=1.0, watchdog=1.0, stop_after_disconnect=60.0)
             url, token = cluster.server.url, cluster.server.token
             body: dict[str, Any] = {"command": ["true"], "resources": {"cpu": "1"}}
             if args.array:

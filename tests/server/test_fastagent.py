@@ -12,16 +12,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 from apportion.server.app import create_app
 from apportion.server.fastagent import agent_call
 from apportion.service.settings import Settings
+from fast_support import Answer, ask_entry, framework_entry
 
 TOKEN = "fast-agent-admin-token-0123456789"
 NODE = "n1"
@@ -31,7 +31,6 @@ JOB = json.dumps({"command": ["true"], "resources": {"cpu": "1"}}).encode()
 JSON = {"content-type": "application/json"}
 POLL = f"/api/v1/agents/{NODE}/assignments"
 REPORTS = f"/api/v1/agents/{NODE}/reports"
-Answer = tuple[int, bytes, dict[str, str]]
 Ask = Callable[[str, str, bytes, dict[str, str]], Awaitable[Answer]]
 
 
@@ -41,24 +40,15 @@ async def _with_both(tmp: Path, run: Callable[[Ask, Ask, FastAPI], Awaitable[Non
     app = create_app(Settings(data_dir=tmp, database_url=None, admin_token=TOKEN,
                               config_file=None))
 
-    async def framework(scope: Scope, receive: Receive, send: Send) -> None:
-        admitted = await app.state.edge.admit(scope, receive, send)
-        if admitted is not None:
-            await FastAPI.__call__(app, scope, *admitted)
-
     def asker(entry: Any) -> Ask:
         async def ask(method: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
-            transport = httpx.ASGITransport(app=entry)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                r = await client.request(method, path, content=body or None, headers={
-                    "authorization": f"Bearer {TOKEN}", "x-request-id": "req-1", **headers})
-            return r.status_code, r.content, dict(r.headers)
+            return await ask_entry(entry, TOKEN, method, path, body, headers)
         return ask
 
     async with app.router.lifespan_context(app):
         registered = await asker(app)("POST", "/api/v1/agents/register", REGISTER, JSON)
         assert registered[0] == 200, registered
-        await run(asker(app), asker(framework), app)
+        await run(asker(app), asker(framework_entry(app)), app)
 
 
 def _alike(fast: Answer, slow: Answer, blank: Callable[[bytes], bytes] = lambda b: b) -> None:

@@ -11,14 +11,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.types import Receive, Scope, Send
 
 from apportion.server.app import create_app
 from apportion.service.settings import Settings
+from fast_support import ask_entry, framework_entry
 
 TOKEN = "fast-submit-admin-token-0123456789"
 JSON = {"content-type": "application/json"}
@@ -39,18 +38,9 @@ async def _with_both(tmp: Path, run: Callable[[Ask, Ask, FastAPI], Awaitable[Non
     app = create_app(Settings(data_dir=tmp, database_url=None, admin_token=TOKEN,
                               config_file=None))
 
-    async def framework(scope: Scope, receive: Receive, send: Send) -> None:
-        admitted = await app.state.edge.admit(scope, receive, send)
-        if admitted is not None:
-            await FastAPI.__call__(app, scope, *admitted)
-
     def asker(entry: Any, path: str = "/api/v1/jobs") -> Ask:
         async def ask(body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
-            transport = httpx.ASGITransport(app=entry)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                r = await client.post(path, content=body, headers={
-                    "authorization": f"Bearer {TOKEN}", "x-request-id": "req-1", **headers})
-            return r.status_code, r.content, dict(r.headers)
+            return await ask_entry(entry, TOKEN, "POST", path, body, headers)
         return ask
 
     async with app.router.lifespan_context(app):
@@ -60,7 +50,7 @@ async def _with_both(tmp: Path, run: Callable[[Ask, Ask, FastAPI], Awaitable[Non
         # so no cycle is placing work when the server stops.
         cordoned = await asker(app, "/api/v1/nodes/n1/cordon")(b"", {})
         assert cordoned[0] == 200, cordoned
-        await run(asker(app), asker(framework), app)
+        await run(asker(app), asker(framework_entry(app)), app)
 
 
 def _alike(fast: tuple[int, bytes, dict[str, str]],

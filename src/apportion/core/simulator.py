@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import TypeVar
 
-from apportion.core import poolsim
+from apportion.core import gpufleet, poolsim
 from apportion.core.frozen import quick_init
 from apportion.core.model import Node
 from apportion.core.scheduling.adaptive import RuntimeHistory
@@ -139,6 +139,11 @@ def simulate(
     if shape:
         engine.pool = poolsim.PoolCluster(*shape, len(nodes), config.scheduler, queues,
                                           engine.history)
+    elif counted_pool:
+        fleet = gpufleet.eligible(nodes, [r.job for r in order], config.scheduler, queues)
+        if fleet:
+            engine.fleet = gpufleet.GpuFleet(nodes, *fleet, config.scheduler, queues,
+                                             engine.history)
     engine.run(order, progress)
     return engine.result(jobs)
 
@@ -172,6 +177,9 @@ class _Engine:
     series_queue: list[int] = field(default_factory=list)
     series_util: list[float] = field(default_factory=list)
     pool: poolsim.PoolCluster | None = None
+    fleet: gpufleet.GpuFleet | None = None
+    """Identical GPU nodes while every job starts on arrival; None once
+    the node model decides (``gpufleet.GpuFleet.handover``)."""
     audit: EstimateAudit = field(default_factory=lambda: EstimateAudit())
 
     def run(self, order: list[_Run], progress: Callable[[int, int], None] | None) -> None:
@@ -182,6 +190,8 @@ class _Engine:
         capacity = self.capacity
         finish = self._finish if pool is None else self._finish_pooled
         cycle = self._cycle if pool is None else self._cycle_pooled
+        if self.fleet is not None:
+            finish, cycle = self._finish_fleet, self._cycle_fleet
         heappop = heapq.heappop
         # Submit times with an infinite one past the last: the common test
         # (no arrival now) needs no bounds check.
@@ -226,6 +236,15 @@ class _Engine:
         self.pool.finish(run.job.id)
         self._ended(run, now)
 
+    def _finish_fleet(self, entry: tuple[float, int, _Run], now: float) -> None:
+        fleet = self.fleet
+        if fleet is None:
+            self._finish(entry, now)
+            return
+        run = entry[2]
+        fleet.finish(run.job.id)
+        self._ended(run, now)
+
     def _ended(self, run: _Run, now: float) -> None:
         self.used -= run.amount
         run.end = now
@@ -242,6 +261,19 @@ class _Engine:
         if started or pool.reserved:
             self.audit.pool_cycle(pool, started, self.runs)
             self._started(started, now)
+
+    def _cycle_fleet(self, now: float) -> None:
+        fleet = self.fleet
+        if fleet is not None:
+            started = fleet.cycle(list(self.pending.values()), now)
+            if started is not None:
+                self.audit.started_with(started, self.runs)
+                self._started([job_id for job_id, _ in started], now)
+                return
+            # A job waits: from here on the node model decides.
+            fleet.handover(self.state)
+            self.fleet = None
+        self._cycle(now)
 
     def _cycle(self, now: float) -> None:
         result = schedule_cycle(
@@ -399,6 +431,17 @@ class EstimateAudit:
             estimate = pool.estimate(run.job)
             if estimate is not None:
                 self.error_sum += abs(estimate - run.run_time)
+                self.estimated += 1
+
+    def started_with(self, started: list[tuple[str, float | None]],
+                     runs: Mapping[str, _Run]) -> None:
+        """The record of a cycle that started ``started`` ((job id, the
+        estimate it started with)) and planned nothing."""
+        reserved = self.reserved
+        for job_id, estimate in started:
+            reserved.pop(job_id, None)
+            if estimate is not None:
+                self.error_sum += abs(estimate - runs[job_id].run_time)
                 self.estimated += 1
 
     def metrics(self) -> dict[str, float | int | None]:

@@ -9,7 +9,8 @@ Goals (issue 13; figures, never pass/fail):
     .venv/bin/python bench/bench_simulate.py [--strategy fifo] [--backfill easy] [--no-compare]
 
 Reading a trace is timed apart from the replay. The parallel-machine logs
-replay on the counted pool (``core/poolsim.py``), Philly on the node model.
+replay on the counted pool (``core/poolsim.py``), Philly on the GPU fleet
+(``core/gpufleet.py``), which hands over to the node model at a first wait.
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ def test_replays_start_the_same_with_and_without_it(
 
 
 def _replay(nodes: list[Node], jobs: list[SimJob], config: SchedulerConfig) -> object:
-    result = simulate(jobs, nodes, SimConfig(config, primary="gpu"), queues=QUEUES)
+    # The node model's cycle is the subject: no GPU fleet (``core/gpufleet``).
+    result = simulate(jobs, nodes, SimConfig(config, primary="gpu"), queues=QUEUES,
+                      counted_pool=False)
     return (result.records, result.metrics, result.unscheduled, result.series_queue)
 
 

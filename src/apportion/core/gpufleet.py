@@ -29,6 +29,7 @@ on the node model alone, waits and handovers included.
 from __future__ import annotations
 
 import math
+from bisect import insort
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.cycle import INF, SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
-from apportion.core.scheduling.policies import OrderContext, strategy
+from apportion.core.scheduling.policies import FairShare, OrderContext, strategy
 from apportion.core.scheduling.state import ClusterState
 
 Grant = tuple[int, int, int]
@@ -122,6 +123,8 @@ class GpuFleet:
         self.ends = SortedList()
         """Learning strategies: (start + estimate, job id), for the correction."""
         self.usage: dict[str, dict[str, int]] = {}
+        """Each queue's use, kept for the one order that reads it (fair share)."""
+        self._fair = isinstance(self.strat.order, FairShare)
         self._view = _View(self)
 
     # -- one cycle ---------------------------------------------------------------
@@ -237,18 +240,7 @@ class GpuFleet:
             b.remove(node)
         self.free[node] = new
         self.free_total += new - old
-        b = buckets[new]
-        if not b or b[-1] < node:
-            b.append(node)
-        else:
-            lo, hi = 0, len(b)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if b[mid] < node:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            b.insert(lo, node)
+        insort(buckets[new], node)
 
     def _release(self, grants: Sequence[Grant]) -> None:
         free, masks = self.free, self.masks
@@ -263,6 +255,8 @@ class GpuFleet:
         self.running[job.id] = [job, now, est, grants]
         if est is not None and self.history is not None:
             self.ends.add((now + est, job.id))
+        if not self._fair:
+            return
         used = self.usage.get(job.queue)
         if used is None:
             used = self.usage[job.queue] = {}
@@ -275,6 +269,8 @@ class GpuFleet:
         self._release(grants)
         if est is not None and self.history is not None:
             self.ends.remove((start + est, job_id))
+        if not self._fair:
+            return
         used = self.usage[job.queue]
         for r, q in job.total.items():
             used[r] -= q

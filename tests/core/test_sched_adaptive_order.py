@@ -22,6 +22,9 @@ from apportion.core.scheduling.adaptive import (
     _FLOOR_S,
     AdaptiveOrder,
     RuntimeHistory,
+    _Error,
+    _keys,
+    _log_error,
     _typical,
 )
 from apportion.core.scheduling.jobs import Job, Queue, job
@@ -90,6 +93,31 @@ def test_answers_are_the_plain_rules_as_runs_come_in(
             for j in asked:
                 assert (h.estimate(j), h.rank(j)) == plain_answer(h, j)
     assert h.ranks(asked) == [plain_answer(h, j)[1] for j in asked]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(jobs_drawn, factors | st.sampled_from([1e250, math.nan])),
+                max_size=60))
+def test_record_scores_each_level_as_the_running_mean_of_log_errors(
+        history: list[tuple[Job, float]]) -> None:
+    # ``record`` updates the levels' errors inline: each is ``_Error.add``
+    # of ``_log_error`` against the typical value the level had, bit for bit
+    # (NaN where the plain one is NaN), huge and NaN run times too.
+    h = RuntimeHistory()
+    plain: dict[str, _Error] = {}
+    for done, factor in history:
+        run = (done.runtime_estimate or 900.0) * factor
+        for key in _keys(done):
+            value = h.typical.get(key)
+            if value is not None:
+                plain.setdefault(key[0], _Error()).add(_log_error(value, run), 0.02)
+        h.record(done, run)
+        levels = {name: err for name, err in h.errors.items() if not name.startswith("user:")}
+        assert levels.keys() == plain.keys()
+        for name, err in plain.items():
+            got = levels[name]
+            assert got.count == err.count
+            assert got.mean == err.mean or (got.mean != got.mean and err.mean != err.mean)
 
 
 @given(st.lists(st.sampled_from([0.0, 1.0, 2.5, 7.0, 7.0, 30.0, 1e4]), min_size=1, max_size=80))

@@ -244,22 +244,32 @@ class RuntimeHistory:
         est = job.runtime_estimate
         if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
             self.wild = True
+        typical, errors, smoothing = self.typical, self.errors, s.smoothing
+        actual = run_time + _FLOOR_S  # ``_log_error``'s, once
         for key in keys:
-            value = self.typical.get(key)
+            value = typical.get(key)
             if value is not None:
-                self._error(key[0]).add(_log_error(value, run_time), s.smoothing)
-        if job.runtime_estimate is not None:
-            err = _log_error(job.runtime_estimate, run_time)
+                err = errors.get(key[0]) or self._error(key[0])
+                # ``_Error.add`` of ``_log_error(value, run_time)`` inline:
+                # five levels or so at every finished job.
+                err.count += 1
+                weight = 1.0 / err.count
+                if weight < smoothing:
+                    weight = smoothing
+                err.mean += weight * (abs(math.log((value + _FLOOR_S) / actual)) - err.mean)
+        if est is not None:
+            miss = _log_error(est, run_time)
             user = f"user:{job.user or ''}"
-            self._error(user).add(err, s.smoothing)
+            self._error(user).add(miss, smoothing)
             self.user_weights.pop(user, None)
             if job.user:
-                self._error("user:").add(err, s.smoothing)
+                self._error("user:").add(miss, smoothing)
                 self.user_weights.pop("user:", None)
+        runs, min_runs, readers = self.runs, s.min_runs, self.floor_readers
         for key in keys:
-            kept = self.runs.get(key)
+            kept = runs.get(key)
             if kept is None:
-                kept = self.runs[key] = deque(maxlen=s.depth[key[0]])
+                kept = runs[key] = deque(maxlen=s.depth[key[0]])
             if kept.maxlen is not None and kept.maxlen > 2:
                 ordered = self.ordered_runs.setdefault(key, [])
                 if len(kept) == kept.maxlen:
@@ -268,12 +278,12 @@ class RuntimeHistory:
             else:
                 ordered = None
             kept.append(run_time)
-            if len(kept) >= s.min_runs[key[0]]:
-                if key not in self.typical:
+            if len(kept) >= min_runs[key[0]]:
+                if key not in typical:
                     self.shape += 1
-                self.typical[key] = _typical(kept, ordered)
-                if self.floor_readers:  # none unless an hrrn queue asks for floors
-                    for number in self.floor_readers.pop(key, ()):
+                typical[key] = _typical(kept, ordered)
+                if readers:  # none unless an hrrn queue asks for floors
+                    for number in readers.pop(key, ()):
                         self.floor_cache.pop(number, None)
         self.corrections.pop(job.id, None)
 

@@ -1,0 +1,109 @@
+"""A task's files on disk: its sandbox and checkpoint directory made before
+it runs, its two logs opened for it, and what is left of them once the
+server has its exit. The ``Runner`` decides when; this module decides how
+(``runner.py`` describes the layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from apportion.agent.local_task import LocalTask
+from apportion.agent.record import RECORD
+from apportion.agent.spares import Spares, remove_tree
+
+REPORTED = "reported"
+LOG_STREAMS = ("stdout", "stderr")
+_OPEN_LOG = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+class TaskDirs:
+    """Makes and retires the directories and logs of this node's tasks."""
+
+    def __init__(self, sandbox_root: Path) -> None:
+        self.spares = Spares(sandbox_root)
+        """Empty checkpoint directories of tasks that are done, for the next."""
+
+    def load(self) -> None:
+        """Take up what a previous agent set aside."""
+        self.spares.load()
+
+    def make_sandbox(self, task: LocalTask) -> None:
+        """The task's own directory and its empty checkpoint directory."""
+        assert task.sandbox is not None
+        task.sandbox.mkdir(mode=0o700)
+        if task.identity is None and self.spares.take(task.checkpoint_dir):
+            return
+        task.checkpoint_dir.mkdir(mode=0o700)
+        if task.identity is not None:
+            for directory in (task.sandbox, task.checkpoint_dir):
+                os.chown(directory, task.identity.uid, task.identity.gid)
+
+    def open_logs(self, task: LocalTask) -> list[int]:
+        """Descriptors of the task's logs (``LOG_STREAMS``' order), for its
+        process to write to; the caller closes them."""
+        fds: list[int] = []
+        try:
+            for stream in LOG_STREAMS:
+                fds.append(os.open(task.dir / f"{stream}.log", _OPEN_LOG, 0o600))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    def retire(self, task: LocalTask) -> None:
+        """The server has the task's exit: mark it reported and tidy its
+        sandbox. A task that ran under another uid leaves nothing in its
+        sandbox (that uid may be another task's next); otherwise its working
+        files stay, less what it saved to its checkpoint and resume
+        directories. An empty checkpoint directory (most tasks') goes to the
+        next task (``spares.py``), or stays when enough are set aside:
+        removing a directory frees its block, which cost more than anything
+        else the agent did for a short task (bench/README.md)."""
+        mark_reported(task.dir)
+        if task.identity is not None and task.sandbox is not None:
+            remove_tree(task.sandbox)
+            return
+        if task.assignment.resume_task is not None:
+            remove_tree(task.resume_dir)
+        if not self.spares.put(task.checkpoint_dir, task.id):
+            empty(task.checkpoint_dir)
+
+
+def empty(path: Path) -> None:
+    """Remove what a task left in a directory of its own, and the directory
+    with it; leave an empty one (a link or a file in its place goes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
+    try:
+        with os.scandir(fd) as entries:
+            if next(entries, None) is None:
+                return
+    finally:
+        os.close(fd)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_reported(task_dir: Path) -> None:
+    """Leave the mark that the server has the task's exit: a second name for
+    the record. A link adds a directory entry where a new file takes an
+    inode, which costs several times more on ext4 (bench/README.md); a task
+    already takes six: its two directories, its checkpoint directory, its
+    record and its two logs."""
+    marker = task_dir / REPORTED
+    try:
+        os.link(task_dir / RECORD, marker)
+    except FileExistsError:
+        pass
+    except OSError:  # no record to link to, or a file system without links
+        marker.touch()

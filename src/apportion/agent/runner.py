@@ -25,7 +25,8 @@ process that ends is seen at once, whether or not it is our child.
 
 What the runner knows of each task is a ``LocalTask`` (``local_task.py``);
 the system calls on a task's process (start under the shim, reap, read its
-exit code) are in ``processes.py``.
+exit code) are in ``processes.py``; its directories and logs, made new or
+handed on from a task that left them empty, in ``task_dirs.py``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Runner:
         """Whether the node has GPUs to keep tasks from (discovered, or
         device nodes without NVML to discover them)."""
         self.tasks: dict[str, LocalTask] = {}
-        self.dirs = TaskDirs(self.sandbox_root)
+        self.dirs = TaskDirs(self.tasks_dir, self.sandbox_root)
         """Makes and retires the tasks' directories and logs."""
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None

@@ -2,6 +2,14 @@
 it runs, its two logs opened for it, and what is left of them once the
 server has its exit. The ``Runner`` decides when; this module decides how
 (``runner.py`` describes the layout).
+
+A task that runs as the agent's uid and leaves nothing behind hands its
+empty sandbox (with its empty checkpoint directory) and its empty logs on
+to the next task (``spares.py``): of the five inodes a short task took
+(its two directories, its record, its two logs), only its records'
+directory and its record are new. Its reported records keep the logs it
+wrote to; a log it never wrote to is not kept (a missing log reads as an
+empty one: ``Reporting._ship_logs``), nor is a sandbox it left empty.
 """
 
 from __future__ import annotations
@@ -13,7 +21,15 @@ from pathlib import Path
 
 from apportion.agent.local_task import LocalTask
 from apportion.agent.record import RECORD
-from apportion.agent.spares import Spares, remove_tree
+from apportion.agent.spares import (
+    LOG_SPARE_DIR,
+    SANDBOX_SPARE_DIR,
+    Spares,
+    bare_sandbox,
+    empty_own_log,
+    idle_empty_log,
+    remove_tree,
+)
 
 REPORTED = "reported"
 LOG_STREAMS = ("stdout", "stderr")
@@ -23,17 +39,25 @@ _OPEN_LOG = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 class TaskDirs:
     """Makes and retires the directories and logs of this node's tasks."""
 
-    def __init__(self, sandbox_root: Path) -> None:
+    def __init__(self, tasks_dir: Path, sandbox_root: Path) -> None:
         self.spares = Spares(sandbox_root)
         """Empty checkpoint directories of tasks that are done, for the next."""
+        self.sandboxes = Spares(sandbox_root, name=SANDBOX_SPARE_DIR, check=bare_sandbox)
+        """Sandboxes left empty, each with its empty checkpoint directory."""
+        self.logs = Spares(tasks_dir, name=LOG_SPARE_DIR, check=idle_empty_log,
+                           recheck=empty_own_log)
+        """Logs no task wrote to and no process holds open."""
 
     def load(self) -> None:
         """Take up what a previous agent set aside."""
-        self.spares.load()
+        for pool in (self.spares, self.sandboxes, self.logs):
+            pool.load()
 
     def make_sandbox(self, task: LocalTask) -> None:
         """The task's own directory and its empty checkpoint directory."""
         assert task.sandbox is not None
+        if task.identity is None and self.sandboxes.take(task.sandbox):
+            return
         task.sandbox.mkdir(mode=0o700)
         if task.identity is None and self.spares.take(task.checkpoint_dir):
             return
@@ -48,7 +72,10 @@ class TaskDirs:
         fds: list[int] = []
         try:
             for stream in LOG_STREAMS:
-                fds.append(os.open(task.dir / f"{stream}.log", _OPEN_LOG, 0o600))
+                path = task.dir / f"{stream}.log"
+                if task.identity is None:
+                    self.logs.take(path)  # opened below, as a new one would be
+                fds.append(os.open(path, _OPEN_LOG, 0o600))
         except OSError:
             for fd in fds:
                 os.close(fd)
@@ -60,16 +87,22 @@ class TaskDirs:
         sandbox. A task that ran under another uid leaves nothing in its
         sandbox (that uid may be another task's next); otherwise its working
         files stay, less what it saved to its checkpoint and resume
-        directories. An empty checkpoint directory (most tasks') goes to the
-        next task (``spares.py``), or stays when enough are set aside:
-        removing a directory frees its block, which cost more than anything
-        else the agent did for a short task (bench/README.md)."""
+        directories. A sandbox left empty (most short tasks'), or else an
+        empty checkpoint directory, and the logs nothing was written to go
+        to the next task (``spares.py``), or stay when enough are set aside:
+        making a directory or a file, or removing a directory, cost more
+        than anything else the agent did for a short task (bench/README.md)."""
         mark_reported(task.dir)
         if task.identity is not None and task.sandbox is not None:
             remove_tree(task.sandbox)
             return
+        if task.identity is None:
+            for stream in LOG_STREAMS:
+                self.logs.put(task.dir / f"{stream}.log", f"{task.id}.{stream}")
         if task.assignment.resume_task is not None:
             remove_tree(task.resume_dir)
+        if task.sandbox is not None and self.sandboxes.put(task.sandbox, task.id):
+            return
         if not self.spares.put(task.checkpoint_dir, task.id):
             empty(task.checkpoint_dir)
 
@@ -97,9 +130,7 @@ def empty(path: Path) -> None:
 def mark_reported(task_dir: Path) -> None:
     """Leave the mark that the server has the task's exit: a second name for
     the record. A link adds a directory entry where a new file takes an
-    inode, which costs several times more on ext4 (bench/README.md); a task
-    already takes six: its two directories, its checkpoint directory, its
-    record and its two logs."""
+    inode, which costs several times more on ext4 (bench/README.md)."""
     marker = task_dir / REPORTED
     try:
         os.link(task_dir / RECORD, marker)

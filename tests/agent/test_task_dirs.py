@@ -18,9 +18,11 @@ import psutil
 import pytest
 
 from apportion.agent import spares
+from apportion.agent.config import AgentConfig
 from apportion.agent.limits import LimitMode, LimitSupport
 from apportion.agent.local_task import LocalTask
-from apportion.agent.protocol import Assignment
+from apportion.agent.main import Agent
+from apportion.agent.protocol import Assignment, TaskUpdate
 from apportion.agent.runner import Runner
 from apportion.agent.spares import Spares, bare_sandbox, empty_own_log, idle_empty_log
 
@@ -140,11 +142,18 @@ def test_a_short_tasks_sandbox_and_logs_are_the_next_tasks(tmp_path: Path) -> No
         first = await h.run(["true"], "first")
         assert first.sandbox is not None
         inodes = _inodes(first)
+        record = (first.dir / "task.json").stat().st_ino
         h.runner.reported(first)
-        # Its records stay (the task is known: never run twice), less the
-        # logs it never wrote to; its empty sandbox went to the spares.
-        assert sorted(p.name for p in first.dir.iterdir()) == ["reported", "task.json"]
+        h.runner.reported(first)  # said twice (a resent exit): nothing more
+        # Its record stays (the task is known: never run twice, and its exit
+        # can be sent again), its logs and its empty sandbox went on.
+        done = tmp_path / "tasks" / ".done" / "first.json"
+        assert done.stat().st_ino == record and not first.dir.exists()
         assert not first.sandbox.exists() and h.runner.known("first")
+        assert h.runner.dirs.record_of("first")["report"]["exit_code"] == 0
+        again = Runner(tmp_path, "n1", WATCHDOG, h.exits.append)
+        assert again.open() == [] and again.known("first")  # a restarted agent leaves it be
+        again.close()
         second = await h.run(["sh", "-c", "echo hello"], "second")
         assert second.sandbox is not None
         assert _inodes(second) == inodes
@@ -159,10 +168,12 @@ def test_a_short_tasks_sandbox_and_logs_are_the_next_tasks(tmp_path: Path) -> No
     asyncio.run(scenario())
 
 
-def _inodes(task: LocalTask) -> tuple[int, int, set[int]]:
-    """The inodes of a task's sandbox, checkpoint directory and logs."""
+def _inodes(task: LocalTask) -> tuple[int, int, int, set[int]]:
+    """The inodes of a task's sandbox, checkpoint directory, records'
+    directory and logs."""
     assert task.sandbox is not None
     return (task.sandbox.stat().st_ino, task.checkpoint_dir.stat().st_ino,
+            task.dir.stat().st_ino,
             {(task.dir / f"{s}.log").stat().st_ino for s in ("stdout", "stderr")})
 
 
@@ -285,3 +296,35 @@ def test_a_spare_never_replaces_what_is_in_its_place(tmp_path: Path) -> None:
     assert not pool.take(tmp_path / "c.log")
     assert not (tmp_path / "c.log").exists() and pool.free == []
     assert stat.S_ISDIR(os.lstat(tmp_path / spares.LOG_SPARE_DIR).st_mode)
+
+
+def test_an_exit_asked_for_again_is_read_from_the_kept_record(tmp_path: Path) -> None:
+    """The server lists a task this node reported (it missed the answer):
+    the agent sends the same exit again from the record, wherever it is
+    kept, and never runs the task again."""
+    config = AgentConfig("http://server", "t0ken", "n1", tmp_path / "work", fence=False)
+    agent = Agent(config, nvml=None)
+    sent: list[tuple[str, TaskUpdate]] = []
+    agent._queue = lambda task_id, body: sent.append((task_id, body))  # type: ignore[method-assign]
+
+    async def scenario() -> list[LocalTask]:
+        exits: list[LocalTask] = []
+        agent.runner = Runner(config.work_dir, "n1", WATCHDOG, exits.append)
+        agent.runner.open()
+        tasks = [agent.runner.prepare(_assignment(command, task_id)) for command, task_id in (
+            (["sh", "-c", "exit 4"], "quiet"), (["sh", "-c", "echo hi; exit 5"], "loud"))]
+        for task in tasks:
+            agent.runner.spawn(task)
+        await _until(lambda: len(exits) == 2)
+        for task in tasks:
+            agent.runner.reported(task)
+        return tasks
+
+    quiet, loud = asyncio.run(scenario())
+    assert not quiet.dir.exists() and loud.dir.exists()  # one went on, one kept its log
+    assert agent.runner is not None
+    for task in (quiet, loud):
+        assert agent.runner.known(task.id)
+        agent._resend(task.assignment)
+    assert [(task_id, body.exit_code) for task_id, body in sent] == [("quiet", 4), ("loud", 5)]
+    assert sent[0][1] == quiet.report()

@@ -135,7 +135,7 @@ class Runner:
 
     def known(self, task_id: str) -> bool:
         """Whether this node ever took the task (a task never runs twice)."""
-        return task_id in self.tasks or (self.tasks_dir / task_id).exists()
+        return task_id in self.tasks or self.dirs.known(task_id)
 
     def running(self) -> list[LocalTask]:
         return [t for t in self.tasks.values() if t.state != "exited"]
@@ -144,8 +144,7 @@ class Runner:
 
     def prepare(self, assignment: Assignment) -> LocalTask:
         """Make the task's directories and record before anything runs."""
-        task_dir = self.tasks_dir / assignment.id
-        task_dir.mkdir(mode=0o700)
+        task_dir = self.dirs.make_records(assignment.id)
         task = LocalTask(assignment, task_dir, self.sandbox_root / assignment.id)
         task.times["received_at"] = time.time()
         self.tasks[assignment.id] = task

@@ -24,7 +24,8 @@ has it open at all (a write lease is granted only then), so nothing an old
 task left running writes into the next task's log. The spares wait in a
 directory whose name no task id can take (ids start with a letter or a
 digit): ``<sandbox root>/.spare/`` and ``.spare-sandbox/``, and
-``<work dir>/tasks/.spare-logs/``.
+``<work dir>/tasks/.spare-logs/`` and ``.spare-records/`` (the agent's own
+directories of a task's records, emptied once it was reported).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 SPARE_DIR = ".spare"
 SANDBOX_SPARE_DIR = ".spare-sandbox"
 LOG_SPARE_DIR = ".spare-logs"
+RECORDS_SPARE_DIR = ".spare-records"
 CHECKPOINT = "checkpoint"
 """The name of a sandbox's checkpoint directory (``LocalTask.checkpoint_dir``)."""
 LIMIT = 256

@@ -204,10 +204,12 @@ def test_a_log_a_process_left_behind_still_holds_is_not_handed_on(tmp_path: Path
     async def scenario() -> tuple[int, LocalTask]:
         h = _Harness(tmp_path)
         h.runner.open()
-        first = await h.run(["sh", "-c", "setsid sh -c 'sleep 1000' 2>/dev/null &"], "first")
-        orphan = next(p for p in psutil.process_iter(["cmdline"])
-                      if p.info["cmdline"] == ["sh", "-c", "sleep 1000"]
-                      and str(first.dir) in _fd_targets(p))
+        first = await h.run(
+            ["sh", "-c", "setsid sh -c 'echo $$ > pid; exec sleep 1000' 2>/dev/null & "
+                         "while [ ! -s pid ]; do sleep 0.01; done"], "first")
+        assert first.sandbox is not None
+        orphan = psutil.Process(int((first.sandbox / "pid").read_text()))
+        assert str(first.dir / "stdout.log") in _fd_targets(orphan)
         h.runner.reported(first)
         second = await h.run(["true"], "second")
         return orphan.pid, second

@@ -42,7 +42,7 @@ import httpx
 import psutil
 import structlog
 
-from apportion.agent import checkpoint, credentials, fence, record
+from apportion.agent import checkpoint, credentials, fence
 from apportion.agent.checkpoint import CheckpointError
 from apportion.agent.config import AgentConfig
 from apportion.agent.discovery import AUTO, Discovery, discover
@@ -327,7 +327,7 @@ class Agent(Reporting):
         if a.id in self.pending:
             return
         try:
-            body = record.read(self.config.work_dir / "tasks" / a.id)
+            body = self.runner.dirs.record_of(a.id) if self.runner is not None else {}
         except (OSError, ValueError):
             body = {}
         saved = body.get("report")

@@ -79,7 +79,12 @@ def parse(data: bytes) -> dict[str, Any]:
 def read(task_dir: Path) -> dict[str, Any]:
     """The task's record (``OSError`` when it cannot be read, ``ValueError``
     when its first line is incomplete)."""
-    return parse(_read_bytes(task_dir / RECORD))
+    return read_file(task_dir / RECORD)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """A record at ``path`` (a reported task's, kept under another name)."""
+    return parse(_read_bytes(path))
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -25,7 +25,8 @@ process that ends is seen at once, whether or not it is our child.
 
 What the runner knows of each task is a ``LocalTask`` (``local_task.py``);
 the system calls on a task's process (start under the shim, reap, read its
-exit code) are in ``processes.py``.
+exit code) are in ``processes.py``; its directories and logs, made new or
+handed on from a task that left them empty, in ``task_dirs.py``.
 """
 
 from __future__ import annotations
@@ -64,17 +65,15 @@ from apportion.agent.limits import LimitMode, LimitSupport, MemoryWatchdog
 from apportion.agent.local_task import LocalTask
 from apportion.agent.protocol import Assignment, record_of, share_parents, task_env
 from apportion.agent.record import RECORD
-from apportion.agent.spares import Spares, remove_tree
+from apportion.agent.task_dirs import REPORTED, TaskDirs
 from apportion.core.resources import format_human
 
 log = structlog.get_logger(__name__)
 
 REPORT = "report.json"
-REPORTED = "reported"
 POLL_FALLBACK_S = 0.2
 USAGE_FILE = "usage.json"
 MAX_USAGE_FILE = 64 << 10
-_OPEN_LOG = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 ExitCallback = Callable[[LocalTask], None]
 
@@ -105,8 +104,8 @@ class Runner:
         """Whether the node has GPUs to keep tasks from (discovered, or
         device nodes without NVML to discover them)."""
         self.tasks: dict[str, LocalTask] = {}
-        self.spares = Spares(self.sandbox_root)
-        """Empty checkpoint directories of tasks that are done, for the next."""
+        self.dirs = TaskDirs(self.tasks_dir, self.sandbox_root)
+        """Makes and retires the tasks' directories and logs."""
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None
 
@@ -118,7 +117,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         if self.support.mode is LimitMode.RLIMIT_WATCHDOG:
             self._watching = loop.create_task(self._watch_memory())
-        self.spares.load()
+        self.dirs.load()
         ended = []
         for path in sorted(self.tasks_dir.glob(f"*/{RECORD}")):
             if (path.parent / REPORTED).exists():
@@ -136,7 +135,7 @@ class Runner:
 
     def known(self, task_id: str) -> bool:
         """Whether this node ever took the task (a task never runs twice)."""
-        return task_id in self.tasks or (self.tasks_dir / task_id).exists()
+        return task_id in self.tasks or self.dirs.known(task_id)
 
     def running(self) -> list[LocalTask]:
         return [t for t in self.tasks.values() if t.state != "exited"]
@@ -145,14 +144,13 @@ class Runner:
 
     def prepare(self, assignment: Assignment) -> LocalTask:
         """Make the task's directories and record before anything runs."""
-        task_dir = self.tasks_dir / assignment.id
-        task_dir.mkdir(mode=0o700)
+        task_dir = self.dirs.make_records(assignment.id)
         task = LocalTask(assignment, task_dir, self.sandbox_root / assignment.id)
         task.times["received_at"] = time.time()
         self.tasks[assignment.id] = task
         try:
             task.identity = self.identities.take(assignment.id)
-            self._make_sandbox(task)
+            self.dirs.make_sandbox(task)
         except (OSError, IsolationError) as exc:
             task.unprepared = f"could not prepare: {exc}"
         identity = task.identity
@@ -163,16 +161,6 @@ class Runner:
             "gid": identity.gid if identity else None, **self._changes(task)})
         return task
 
-    def _make_sandbox(self, task: LocalTask) -> None:
-        assert task.sandbox is not None
-        task.sandbox.mkdir(mode=0o700)
-        if task.identity is None and self.spares.take(task.checkpoint_dir):
-            return
-        task.checkpoint_dir.mkdir(mode=0o700)
-        if task.identity is not None:
-            for directory in (task.sandbox, task.checkpoint_dir):
-                os.chown(directory, task.identity.uid, task.identity.gid)
-
     def spawn(self, task: LocalTask, *, resumed: bool = False) -> None:
         """Start the task's command; an exit is reported through ``on_exit``."""
         if task.unprepared is not None:
@@ -182,15 +170,12 @@ class Runner:
         env = self._env(task, resumed)
         try:
             task.cgroup = self._cgroup(a)
-            out = os.open(task.dir / "stdout.log", _OPEN_LOG, 0o600)
+            out, err = self.dirs.open_logs(task)
             try:
-                err = os.open(task.dir / "stderr.log", _OPEN_LOG, 0o600)
-                try:
-                    task.popen = processes.popen([*self._prefix(task), *a.command], task.home, env,
-                                                  out, err, task.cgroup, task.dir / RECORD)
-                finally:
-                    os.close(err)
+                task.popen = processes.popen([*self._prefix(task), *a.command], task.home, env,
+                                              out, err, task.cgroup, task.dir / RECORD)
             finally:
+                os.close(err)
                 os.close(out)
         except (OSError, ValueError) as exc:
             self._failed_to_start(task, f"could not start: {exc}")
@@ -386,23 +371,10 @@ class Runner:
     # -- after the end ----------------------------------------------------------
 
     def reported(self, task: LocalTask) -> None:
-        """The server has the exit: the task is done here for good. A task
-        that ran under another uid leaves nothing in its sandbox (that uid
-        may be another task's next); otherwise its working files stay, less
-        what it saved to its checkpoint and resume directories. An empty
-        checkpoint directory (most tasks') goes to the next task
-        (``spares.py``), or stays when enough are set aside: removing a
-        directory frees its block, which cost more than anything else the
-        agent did for a short task (bench/README.md)."""
-        _mark_reported(task.dir)
+        """The server has the exit: the task is done here for good (its
+        files as ``TaskDirs.retire`` leaves them)."""
         self.tasks.pop(task.id, None)
-        if task.identity is not None and task.sandbox is not None:
-            remove_tree(task.sandbox)
-            return
-        if task.assignment.resume_task is not None:
-            remove_tree(task.resume_dir)
-        if not self.spares.put(task.checkpoint_dir, task.id):
-            _empty(task.checkpoint_dir)
+        self.dirs.retire(task)
 
     @staticmethod
     def has_checkpoint(task: LocalTask) -> bool:
@@ -538,41 +510,6 @@ class Runner:
                 with contextlib.suppress(OSError):
                     limits.remove(task.cgroup)
         return task
-
-
-def _empty(path: Path) -> None:
-    """Remove what a task left in a directory of its own, and the directory
-    with it; leave an empty one (a link or a file in its place goes)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    except OSError:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return
-    try:
-        with os.scandir(fd) as entries:
-            if next(entries, None) is None:
-                return
-    finally:
-        os.close(fd)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _mark_reported(task_dir: Path) -> None:
-    """Leave the mark that the server has the task's exit: a second name for
-    the record. A link adds a directory entry where a new file takes an
-    inode, which costs several times more on ext4 (bench/README.md); a task
-    already takes six: its two directories, its checkpoint directory, its
-    record and its two logs."""
-    marker = task_dir / REPORTED
-    try:
-        os.link(task_dir / RECORD, marker)
-    except FileExistsError:
-        pass
-    except OSError:  # no record to link to, or a file system without links
-        marker.touch()
 
 
 # With LocalTask, which moved to local_task and is still imported from here.

@@ -51,6 +51,8 @@ class _Harness:
     def __init__(self, work_dir: Path) -> None:
         self.exits: list[LocalTask] = []
         self.runner = Runner(work_dir, "n1", WATCHDOG, self.exits.append)
+        # These tests run without cgroups: the hand-on itself is under test.
+        self.runner.dirs.sandbox_needs_cgroup = False
         self.work_dir = work_dir
 
     async def run(self, command: list[str], task_id: str) -> LocalTask:
@@ -330,3 +332,30 @@ def test_an_exit_asked_for_again_is_read_from_the_kept_record(tmp_path: Path) ->
         agent._resend(task.assignment)
     assert [(task_id, body.exit_code) for task_id, body in sent] == [("quiet", 4), ("loud", 5)]
     assert sent[0][1] == quiet.report()
+
+
+def test_without_a_cgroup_a_sandbox_stays_and_only_the_logs_go_on(tmp_path: Path) -> None:
+    """A task that ran outside a cgroup may have left a process in a new
+    session, with the sandbox as its working directory: the sandbox is not
+    handed on (the next task gets a new one), while its idle logs are."""
+
+    async def scenario() -> tuple[LocalTask, LocalTask]:
+        exits: list[LocalTask] = []
+        runner = Runner(tmp_path, "n1", WATCHDOG, exits.append)
+        runner.open()
+        tasks = []
+        for task_id in ("first", "second"):
+            task = runner.prepare(_assignment(["true"], task_id))
+            runner.spawn(task)
+            await _until(lambda n=len(tasks) + 1: len(exits) == n)
+            runner.reported(task)
+            tasks.append(task)
+        runner.close()
+        return tasks[0], tasks[1]
+
+    first, second = asyncio.run(scenario())
+    assert first.cgroup is None
+    assert first.sandbox is not None and second.sandbox is not None
+    assert not (tmp_path / "sandbox" / spares.SANDBOX_SPARE_DIR).exists() or \
+        list((tmp_path / "sandbox" / spares.SANDBOX_SPARE_DIR).iterdir()) == []
+    assert first.sandbox.exists()  # left where it was, as before the hand-on

@@ -60,6 +60,12 @@ class TaskDirs:
         """Logs no task wrote to and no process holds open."""
         self.records = Spares(tasks_dir, name=RECORDS_SPARE_DIR)
         """Records' directories emptied when their task was reported."""
+        self.sandbox_needs_cgroup = True
+        """Hand a sandbox on only from a task whose cgroup was killed and
+        removed. Without one, a process the task started in a new session
+        outlives the group's kill, and one whose working directory is the
+        sandbox would write into the next task's. False only where nothing a
+        task starts can outlive it (the tests of the hand-on itself)."""
 
     def load(self) -> None:
         """Take up what a previous agent set aside."""
@@ -143,11 +149,18 @@ class TaskDirs:
             mark_reported(task.dir)
         if task.assignment.resume_task is not None:
             remove_tree(task.resume_dir)
-        if task.sandbox is not None and self.sandboxes.put(task.sandbox, task.id):
+        if task.sandbox is not None and self._all_ended(task) \
+                and self.sandboxes.put(task.sandbox, task.id):
             return
         if not self.spares.put(task.checkpoint_dir, task.id):
             empty(task.checkpoint_dir)
 
+
+    def _all_ended(self, task: LocalTask) -> bool:
+        """Whether nothing the task started can still be running."""
+        if not self.sandbox_needs_cgroup:
+            return True
+        return task.cgroup is not None and not task.cgroup.exists()
 
     def _hand_on_records(self, task: LocalTask) -> None:
         """Move the record of a task whose logs went on to ``DONE_DIR`` (the

@@ -294,11 +294,12 @@ class Placer:
                     break
             if short:
                 continue
-            if stale[k]:
-                # Loose bounds let it in: tighten them and look again. (The
-                # bound check is written out twice on purpose: as a helper
-                # with any() it cost 10 % of placements/s in bench_scheduler.)
-                index.recompute(k)
+            loose_rs = stale[k]
+            if loose_rs and index.tightened(k, need, loose_rs):
+                # Loose bounds let it in, and the ones it tests are tight
+                # now: look again. (The bound check is written out twice
+                # on purpose: as a helper with any() it cost 10 % of
+                # placements/s in bench_scheduler.)
                 if not masks[k] & vmask:
                     continue
                 bound = bounds[k]

@@ -270,6 +270,12 @@ class Placer:
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
         need = [(r, q) for r, q in spec.resources.items() if r != walked]
+        # The first of them tested on its own, the rest (a GPU job's cpu or
+        # memory) in a loop: most jobs ask for two resources, and a block
+        # test without the loop is most of what a walk does with the ~20
+        # blocks it passes on a filled cluster (bench/README.md, h24-cycle).
+        r1, q1 = need[0] if need else ("", -1)
+        rest = need[1:]
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0
@@ -287,8 +293,10 @@ class Placer:
             if not masks[k] & vmask:
                 continue
             bound = bounds[k]
+            if bound.get(r1, -1) < q1:
+                continue
             short = False
-            for r, q in need:
+            for r, q in rest:
                 if bound.get(r, -1) < q:
                     short = True
                     break

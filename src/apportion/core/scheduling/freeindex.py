@@ -141,12 +141,16 @@ class FreeIndex:
 
     def remove(self, entry: Entry) -> None:
         """Remove ``entry``."""
-        lasts = self.lasts
-        k = bisect_left(lasts, entry)
+        k = bisect_left(self.lasts, entry)
         block = self.blocks[k]
         i = bisect_left(block, entry)
         if i >= len(block) or block[i] != entry:
             raise ValueError(f"{entry} not in index")
+        self._remove_at(k, block, i, entry)
+
+    def _remove_at(self, k: int, block: list[Entry], i: int, entry: Entry) -> None:
+        """Remove ``entry``, found at ``block[i]`` of block ``k``."""
+        lasts = self.lasts
         del block[i]
         self.size -= 1
         if not block:
@@ -184,10 +188,12 @@ class FreeIndex:
         # Where ``add`` would put ``new`` once ``old`` is out: past the
         # block before, and before this block's last entry left (or in the
         # last block, which takes whatever sorts after every block).
-        if (n == 1 or i >= n or block[i] != old or (k and not lasts[k - 1] < new)
+        if i >= n or block[i] != old:
+            raise ValueError(f"{old} not in index")
+        if (n == 1 or (k and not lasts[k - 1] < new)
                 or (not new < (block[-1] if i < n - 1 else block[-2])
                     and k < len(lasts) - 1)):
-            self.remove(old)  # (raises for a missing ``old``)
+            self._remove_at(k, block, i, old)
             self.add(new, names)
             return
         del block[i]
@@ -281,17 +287,20 @@ class FreeIndex:
 
     def tightened(self, k: int, need: Sequence[tuple[str, int]], loose: set[str]) -> bool:
         """Tighten block ``k``'s loose bounds among the resources of ``need``
-        (all of them, with the class mask, for an empty ``need``: a walk of
-        one resource reads only the mask); whether any was."""
-        if not need:
-            self.recompute(k)
-            return True
+        and its class mask (one column each); when none of them is loose
+        (or ``need`` is empty: a walk of one resource reads only the mask),
+        recompute the block whole, as every stale block was before: its
+        class mask may be loose too (a class's last entry left), and a
+        tight mask skips blocks for constrained walks. Always True (the
+        walk then tests the block again)."""
         done = False
         for r, _ in need:
             if r in loose:
                 self.tighten(k, r)
                 done = True
-        return done
+        if not done:
+            self.recompute(k)
+        return True
 
     def tighten(self, k: int, resource: str) -> None:
         """Make block ``k``'s bound of ``resource`` exact (and its class mask),

@@ -171,13 +171,19 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[max(0, -(-len(ordered) * p // 100) - 1)] if ordered else 0.0
 
 
-def main() -> None:
+def arguments(cycles: int = 60) -> argparse.ArgumentParser:
+    """The workloads' sizes (``sched_digest.py`` takes the same)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--pending", type=int, default=10_000)
-    parser.add_argument("--cycles", type=int, default=60)
+    parser.add_argument("--cycles", type=int, default=cycles)
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="do not freeze the filled cluster's objects before measuring")
     args = parser.parse_args()

@@ -7,8 +7,9 @@ from __future__ import annotations
 from apportion.core.labels import parse_selector
 from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import Affinity, ClusterState, Job, TaskPlacement, TaskSpec, job
-from apportion.core.scheduling.framework import Placer, _walk_index, fit_count
+from apportion.core.scheduling.framework import Placer, fit_count
 from apportion.core.scheduling.policies import strategy
+from apportion.core.scheduling.walkstart import walk_index
 
 
 def placer(state: ClusterState, name: str = "fifo") -> Placer:
@@ -255,7 +256,7 @@ def test_walk_index_takes_the_resource_fewest_buckets_hold_enough_of() -> None:
     cpu, memory, gpu = state.index("cpu"), state.index("memory"), state.index("gpu")
 
     def walk(resources: dict[str, int]) -> tuple[object, int, int]:
-        index, k, i, walked = _walk_index(state, TaskSpec(resources))
+        index, k, i, walked = walk_index(state, TaskSpec(resources))
         assert index is None or index is state.index(walked)
         return index, k, i
 
@@ -279,9 +280,9 @@ def test_walk_index_starts_in_a_later_block() -> None:
                           for i in range(40)])
     cpu = state.index("cpu")
     assert cpu is not None and [len(b) for b in cpu.blocks] == [16, 24]
-    assert _walk_index(state, TaskSpec({"cpu": 25000})) == (cpu, 1, 8, "cpu")
-    assert _walk_index(state, TaskSpec({"memory": 1000, "cpu": 25000})) == (cpu, 1, 8, "cpu")
-    assert _walk_index(state, TaskSpec({"cpu": 41000}))[:3] == (None, 0, 0)
+    assert walk_index(state, TaskSpec({"cpu": 25000})) == (cpu, 1, 8, "cpu")
+    assert walk_index(state, TaskSpec({"memory": 1000, "cpu": 25000})) == (cpu, 1, 8, "cpu")
+    assert walk_index(state, TaskSpec({"cpu": 41000}))[:3] == (None, 0, 0)
 
 
 def hundred(poor: range, *, used: bool) -> ClusterState:

@@ -194,7 +194,7 @@ def test_a_spreading_walk_passes_a_block_whose_tightened_classes_do_not_fit() ->
         + [Node("a0", {"cpu": 40000}, labels={"zone": "a"})])
     state.start(job("big", {"cpu": 39000}), [TaskPlacement("a0", {"cpu": 39000})], 0.0)
     index = state.index("cpu")
-    assert index is not None and index.stale == [False, True]
+    assert index is not None and index.stale == [set(), {"cpu"}]
     r = Placer(state, strategy("spread").options).place(
         job("j", {"cpu": 500}, constraints=parse_constraints("zone=a")))
     assert [(t.node, t.count) for t in r.tasks or ()] == [("a0", 1)]

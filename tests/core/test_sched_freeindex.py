@@ -51,7 +51,7 @@ def test_the_first_entry_opens_a_block_with_its_bounds_and_class_bit() -> None:
     assert index.last() == first
     assert index.bounds == [{"cpu": 4, "memory": 10}]
     assert index.masks == [0b100]
-    assert index.stale == [False]
+    assert index.stale == [set()]
     assert index.names == {2: CM}
 
 
@@ -99,7 +99,7 @@ def test_a_block_splits_above_twice_block_and_each_half_gets_its_own_bounds() ->
     assert index.lens == [16, 17]
     assert index.bounds == [{"cpu": 150, "memory": 49}, {"cpu": 320, "memory": 49}]
     assert index.masks == [1, 1]
-    assert index.stale == [False, False]
+    assert index.stale == [set(), set()]
     assert len(index) == 33
 
 
@@ -135,21 +135,21 @@ def test_remove_takes_the_entry_out_and_marks_a_block_whose_bound_it_set() -> No
     index.remove(e(20, 9, 2))  # held the memory bound with another: still exact
     assert list(index) == [e(10, 5, 1), e(30, 9, 3), e(40, 1, 4)]
     assert len(index) == 3
-    assert index.stale == [False]
+    assert index.stale == [set()]
     assert index.bounds == [{"cpu": 40, "memory": 9}]
     assert index.tops == [{"cpu": 1, "memory": 1}]
     index.remove(e(30, 9, 3))  # the last to hold the memory bound
-    assert index.stale == [True]
+    assert index.stale == [{"memory"}]
     index.recompute(0)
-    assert index.stale == [False]
+    assert index.stale == [set()]
     assert index.bounds == [{"cpu": 40, "memory": 5}]
     index.add(e(30, 9, 3), CM)
     index.remove(e(10, 5, 1))  # below every bound
-    assert index.stale == [False]
+    assert index.stale == [set()]
     index.remove(e(40, 1, 4))  # the last, and the cpu bound
     assert index.lasts == [e(30, 9, 3)]
     assert index.last() == e(30, 9, 3)
-    assert index.stale == [True]
+    assert index.stale == [{"cpu"}]
     index.recompute(0)
     assert index.bounds == [{"cpu": 30, "memory": 9}]
     assert index.masks == [1]
@@ -161,11 +161,11 @@ def test_remove_marks_on_any_resource_of_the_entrys_class() -> None:
     index.add(g(20, 1, 3, 2), CMG)
     index.add(e(30, 4, 3), CM)
     index.remove(g(20, 1, 3, 2))  # only its gpu set a bound
-    assert index.stale == [True]
+    assert index.stale == [{"gpu"}]
     index.recompute(0)
     assert index.bounds == [{"cpu": 30, "memory": 5}]
     assert index.masks == [1]
-    assert index.stale == [False]
+    assert index.stale == [set()]
 
 
 def test_remove_of_a_missing_entry_raises_and_changes_nothing() -> None:
@@ -178,7 +178,7 @@ def test_remove_of_a_missing_entry_raises_and_changes_nothing() -> None:
         index.remove(e(15, 9, 3))
     assert list(index) == [e(10, 5, 1), e(20, 9, 2)]
     assert len(index) == 2
-    assert index.stale == [False]
+    assert index.stale == [set()]
 
 
 def test_emptying_a_block_drops_it_and_its_bookkeeping() -> None:
@@ -236,21 +236,27 @@ def test_count_from_counts_the_entries_at_and_after_a_position() -> None:
     assert index.count_from(*index.bisect(555)) == 44
 
 
-def test_recompute_tightens_a_blocks_bounds_to_its_buckets() -> None:
+def _loosened() -> FreeIndex:
+    """A block whose memory and gpu bounds and class mask went loose."""
     index = FreeIndex()
     index.add(g(10, 3, 2, 1, cid=1), CMG)
     index.add(e(20, 8, 2, cid=0), CM)
     index.add(e(30, 1, 3, cid=0), CM)
     index.remove(e(20, 8, 2))
     index.remove(g(10, 3, 2, 1, cid=1))
+    return index
+
+
+def test_recompute_tightens_a_blocks_bounds_to_its_buckets() -> None:
+    index = _loosened()
     # Still bounds, loosely: the removed buckets' amounts and class.
     assert index.bounds == [{"cpu": 30, "memory": 8, "gpu": 2}]
     assert index.masks == [0b11]
-    assert index.stale == [True]
+    assert index.stale == [{"memory", "gpu"}]
     index.recompute(0)
     assert index.bounds == [{"cpu": 30, "memory": 1}]
     assert index.masks == [0b01]
-    assert index.stale == [False]
+    assert index.stale == [set()]
 
 
 def test_recompute_keeps_only_the_classes_and_amounts_left() -> None:
@@ -263,7 +269,7 @@ def test_recompute_keeps_only_the_classes_and_amounts_left() -> None:
     index.recompute(0)
     assert index.masks == [0b10]
     assert index.bounds == [{"cpu": 20, "memory": 2}]
-    assert index.stale == [False]
+    assert index.stale == [set()]
 
 
 def test_remove_after_a_recompute_left_a_resource_below_zero_out() -> None:
@@ -276,7 +282,32 @@ def test_remove_after_a_recompute_left_a_resource_below_zero_out() -> None:
     assert index.bounds == [{"memory": 3}]
     index.remove(e(-1, 2, 1))
     assert list(index) == [e(-2, 3, 2)]
-    assert index.stale == [True]  # read as -1, which it had: maybe the bound
+    assert index.stale == [{"cpu"}]  # read as -1, which it had: maybe the bound
     index.recompute(0)
     assert index.bounds == [{"memory": 3}]
-    assert index.stale == [False]
+    assert index.stale == [set()]
+
+
+def test_tighten_makes_one_resources_bound_exact_and_leaves_the_others() -> None:
+    index = _loosened()
+    assert index.stale == [{"memory", "gpu"}]
+    index.tighten(0, "memory")  # a walk that tests memory reads only memory
+    assert index.bounds == [{"cpu": 30, "memory": 1, "gpu": 2}]
+    assert index.tops[0]["memory"] == 1
+    assert index.masks == [0b01]  # the class mask is tightened on the way
+    assert index.stale == [{"gpu"}]
+    index.tighten(0, "gpu")  # no entry has one left: dropped, read as -1
+    assert index.bounds == [{"cpu": 30, "memory": 1}]
+    assert index.stale == [set()]
+
+
+def test_an_add_above_a_loose_bound_makes_it_exact() -> None:
+    index = FreeIndex()
+    index.add(e(10, 5, 1), CM)
+    index.add(e(20, 9, 2), CM)
+    index.remove(e(20, 9, 2))
+    assert index.stale == [{"cpu", "memory"}]
+    index.add(e(30, 7, 3), CM)  # above the loose cpu bound, below memory's
+    assert index.stale == [{"memory"}]
+    assert index.bounds == [{"cpu": 30, "memory": 9}]
+    assert index.tops[0]["cpu"] == 1

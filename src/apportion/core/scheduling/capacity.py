@@ -368,9 +368,7 @@ class FreeCapacity:
         index = self._index
         names = cls.resources
         for r, q_old, q_new in zip(names, old, new, strict=True):
-            sl = index[r]
-            sl.remove((q_old, cid, old, bid))
-            sl.add((q_new, cid, new, bid), names)
+            index[r].move((q_old, cid, old, bid), (q_new, cid, new, bid), names)
 
     def align(self, cls: NodeClass, request: Mapping[str, int]) -> tuple[int, ...] | None:
         """``request`` laid out as ``cls``'s vector, or None when the class

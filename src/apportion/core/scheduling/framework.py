@@ -46,7 +46,6 @@ from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
 from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.filters import need_past as _need_past
-from apportion.core.scheduling.freeindex import FreeIndex
 from apportion.core.scheduling.interface import (
     Candidate,
     PlaceContext,
@@ -63,6 +62,7 @@ from apportion.core.scheduling.status import (
     group_aggregate_short,
     no_class_failure,
 )
+from apportion.core.scheduling.walkstart import fit_count, hardness, limits_by_bucket, walk_index
 
 __all__ = [  # the interface and status types are re-exported: they lived here
     "Candidate", "Failure", "PlaceContext", "PlaceOptions", "PlaceResult", "Placer",
@@ -126,7 +126,7 @@ class Placer:
         # terms, topology for one task) are dropped once, not per candidate.
         ctx = PlaceContext(job, job.tasks[0], state, {}, 0, self._scorers(job))
         order = (range(1) if len(job.tasks) == 1 else
-                 sorted(range(len(job.tasks)), key=lambda i: _hardness(job.tasks[i], state)))
+                 sorted(range(len(job.tasks)), key=lambda i: hardness(job.tasks[i], state)))
         for i in order:
             spec = job.tasks[i]
             ctx.spec = spec
@@ -200,7 +200,7 @@ class Placer:
         per_node = self._per_node(job, verdict, ctx.scorers)
         while remaining:
             # Limited nodes change buckets as they take tasks: find them anew.
-            capped = _limits_by_bucket(state, limits) if limits else None
+            capped = limits_by_bucket(state, limits) if limits else None
             cands = self._walk(job, spec, verdict, remaining, capped, limits, per_node)
             if not cands:
                 return busy_failure(state, job, spec, remaining)
@@ -260,7 +260,7 @@ class Placer:
         per_node: bool,
     ) -> list[Candidate]:
         state = self.state
-        index, k0, i0, walked = _walk_index(state, spec)
+        index, k0, i0, walked = walk_index(state, spec)
         if index is None:
             return []
         limit = self.options.limit
@@ -270,6 +270,12 @@ class Placer:
         # Every block from the start holds enough of the walked resource:
         # only the others can rule a block out.
         need = [(r, q) for r, q in spec.resources.items() if r != walked]
+        # The first of them tested on its own, the rest (a GPU job's cpu or
+        # memory) in a loop: most jobs ask for two resources, and a block
+        # test without the loop is most of what a walk does with the ~20
+        # blocks it passes on a filled cluster (bench/README.md, h24-cycle).
+        r1, q1 = need[0] if need else ("", -1)
+        rest = need[1:]
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0
@@ -287,18 +293,21 @@ class Placer:
             if not masks[k] & vmask:
                 continue
             bound = bounds[k]
+            if bound.get(r1, -1) < q1:
+                continue
             short = False
-            for r, q in need:
+            for r, q in rest:
                 if bound.get(r, -1) < q:
                     short = True
                     break
             if short:
                 continue
-            if stale[k]:
-                # Loose bounds let it in: tighten them and look again. (The
-                # bound check is written out twice on purpose: as a helper
-                # with any() it cost 10 % of placements/s in bench_scheduler.)
-                index.recompute(k)
+            loose_rs = stale[k]
+            if loose_rs and index.tightened(k, need, loose_rs):
+                # Loose bounds let it in, and the ones it tests are tight
+                # now: look again. (The bound check is written out twice
+                # on purpose: as a helper with any() it cost 10 % of
+                # placements/s in bench_scheduler.)
                 if not masks[k] & vmask:
                     continue
                 bound = bounds[k]
@@ -527,73 +536,3 @@ def _note_zone(ctx: PlaceContext, rec: NodeRec, n: int) -> None:
     key = (labels.get("facility", ""), labels.get("zone", ""))
     ctx.zones[key] = ctx.zones.get(key, 0) + n
     ctx.placed += n
-
-
-def fit_count(free: Sequence[int], aligned: Sequence[int]) -> int:
-    """How many tasks of ``aligned`` fit in ``free``."""
-    best = -1
-    for f, q in zip(free, aligned, strict=True):
-        if q:
-            n = f // q
-            if n < best or best < 0:
-                best = n
-                # Below zero too: a node whose capacity shrank under what
-                # runs has negative free; kept, -1 read as "no bound yet".
-                if n <= 0:
-                    return 0
-    return best if best > 0 else 0
-
-
-def _walk_index(
-    state: ClusterState, spec: TaskSpec
-) -> tuple[FreeIndex | None, int, int, str]:
-    """The index to walk: the requested resource with the fewest buckets
-    holding enough of it (the shortest walk), where to start (block,
-    offset), and that resource."""
-    resources = spec.resources
-    if len(resources) == 1:
-        # One resource (a GPU job, a processor count): nothing to compare,
-        # and an entry lies at the start exactly when the bisect found a
-        # block (what ``count_from`` > 0 says below).
-        [(r, q)] = resources.items()
-        index = state.index(r)
-        if index is None:
-            return None, 0, 0, r
-        k, i = index.bisect(q)
-        return (index, k, i, r) if k < len(index.lasts) else (None, 0, 0, r)
-    best = None
-    best_k = best_i = 0
-    best_len = -1
-    best_r = ""
-    for r, q in spec.resources.items():
-        index = state.index(r)
-        if index is None:
-            return None, 0, 0, r
-        k, i = index.bisect(q)
-        n = index.count_from(k, i)
-        if best_len < 0 or n < best_len:
-            best, best_k, best_i, best_len, best_r = index, k, i, n, r
-    if best_len <= 0:
-        return None, 0, 0, best_r
-    return best, best_k, best_i, best_r
-
-
-def _limits_by_bucket(
-    state: ClusterState, limits: Mapping[str, Mapping[str, int]]
-) -> dict[int, list[NodeRec]]:
-    out: dict[int, list[NodeRec]] = {}
-    recs = state.nodes
-    for name in limits:
-        rec = recs.get(name)
-        if rec is not None and rec.bucket is not None:
-            out.setdefault(rec.bucket.id, []).append(rec)
-    return out
-
-
-def _hardness(spec: TaskSpec, state: ClusterState) -> float:
-    # Hardest group first: the largest share of the scarcest resource, so a
-    # gang of one big and many small tasks does not fill the big one's node.
-    return -max(
-        (q * spec.count / max(1, state.free_total_of(r)) for r, q in spec.resources.items()),
-        default=0.0,
-    )

@@ -22,6 +22,13 @@ of several that share the largest amount (common: free amounts come in
 whole cores and GiB) keeps the bound exact and needs no recompute; in the
 cycle benchmark two thirds of the removes that used to mark a block stale
 were such ties (bench/README.md, h23-cycle).
+
+Staleness is per resource: a block records which of its bounds may be
+loose, and a walk tightens only the ones it tests (``tighten``: one column
+of the block), not every resource of every class in it. A walk of a cpu and
+memory job that passes a block whose cpu or GPU bound went loose reads its
+memory bound as it is; the full ``recompute`` cost 3-4 times one column
+(bench/README.md, h24-cycle).
 """
 
 from __future__ import annotations
@@ -41,11 +48,15 @@ class FreeIndex:
     """Entries ``(free amount, class id, free vector, bucket id)`` in
     ascending order, in blocks."""
 
-    __slots__ = ("blocks", "bounds", "lasts", "lens", "masks", "names", "size", "stale", "tops")
+    __slots__ = ("blocks", "bounds", "lasts", "lens", "masks", "names", "pos", "size", "stale",
+                 "tops")
 
     def __init__(self) -> None:
         self.names: dict[int, Sequence[str]] = {}
         """Class id -> the class's resource names (what a free vector holds)."""
+        self.pos: dict[str, dict[int, int]] = {}
+        """Resource -> class id -> its place in that class's free vector
+        (``tighten`` reads one column with it)."""
         self.blocks: list[list[Entry]] = []
         self.lasts: list[Entry] = []
         """Last entry of each block (to find the block of an entry)."""
@@ -60,10 +71,10 @@ class FreeIndex:
         (the bound is exact then, and stays so while one is left)."""
         self.masks: list[int] = []
         """Per block: at least the bits of the classes of its buckets."""
-        self.stale: list[bool] = []
-        """Per block: an entry that may have set a bound left since the
-        bounds were computed (they still bound, maybe loosely): recompute
-        before relying on them to skip."""
+        self.stale: list[set[str]] = []
+        """Per block: the resources whose bound an entry that may have set it
+        left since it was computed (it still bounds, maybe loosely): tighten
+        it before relying on it to skip. Empty: every bound is exact."""
         self.size = 0
 
     def __len__(self) -> int:
@@ -86,6 +97,12 @@ class FreeIndex:
         bit = 1 << cid
         if cid not in self.names:
             self.names[cid] = names
+            pos = self.pos
+            for i, r in enumerate(names):
+                col = pos.get(r)
+                if col is None:
+                    col = pos[r] = {}
+                col[cid] = i
         lasts = self.lasts
         if not lasts:
             self.blocks.append([entry])
@@ -94,7 +111,7 @@ class FreeIndex:
             self.bounds.append(dict(zip(names, free, strict=True)))
             self.tops.append(dict.fromkeys(names, 1))
             self.masks.append(bit)
-            self.stale.append(False)
+            self.stale.append(set())
             return
         k = bisect_left(lasts, entry)
         if k == len(lasts):
@@ -106,25 +123,34 @@ class FreeIndex:
         self.lens[k] += 1
         bound = self.bounds[k]
         top = self.tops[k]
+        loose = self.stale[k]
         for r, q in zip(names, free, strict=True):
             b = bound.get(r, -1)
             if q > b:
                 bound[r] = q
                 top[r] = 1
+                if loose:
+                    # Above a bound that bounds every other entry: the bound
+                    # is exact now, held by this one entry.
+                    loose.discard(r)
             elif q == b and q >= 0:
-                top[r] += 1
+                top[r] += 1  # (counted wrong while ``r`` is loose; unread then)
         self.masks[k] |= bit
         if self.lens[k] > 2 * BLOCK:
             self._split(k)
 
     def remove(self, entry: Entry) -> None:
         """Remove ``entry``."""
-        lasts = self.lasts
-        k = bisect_left(lasts, entry)
+        k = bisect_left(self.lasts, entry)
         block = self.blocks[k]
         i = bisect_left(block, entry)
         if i >= len(block) or block[i] != entry:
             raise ValueError(f"{entry} not in index")
+        self._remove_at(k, block, i, entry)
+
+    def _remove_at(self, k: int, block: list[Entry], i: int, entry: Entry) -> None:
+        """Remove ``entry``, found at ``block[i]`` of block ``k``."""
+        lasts = self.lasts
         del block[i]
         self.size -= 1
         if not block:
@@ -133,20 +159,64 @@ class FreeIndex:
             return
         self.lens[k] -= 1
         lasts[k] = block[-1]
-        if not self.stale[k]:
-            bound = self.bounds[k]
-            top = self.tops[k]
-            for r, q in zip(self.names[entry[1]], entry[2], strict=True):
-                # A bound below zero is left out (``recompute``), and the
-                # walk reads it as -1: a node whose capacity shrank under
-                # what it runs has such amounts.
-                b = bound.get(r, -1)
-                if q >= b:
-                    if q == b and b >= 0 and top[r] > 1:
-                        top[r] -= 1  # another entry still holds it
-                        continue
-                    self.stale[k] = True
-                    break
+        bound = self.bounds[k]
+        top = self.tops[k]
+        loose = self.stale[k]
+        for r, q in zip(self.names[entry[1]], entry[2], strict=True):
+            # A bound below zero is left out (``recompute``), and the walk
+            # reads it as -1: a node whose capacity shrank under what it
+            # runs has such amounts.
+            b = bound.get(r, -1)
+            if q >= b and r not in loose:
+                if q == b and b >= 0 and top[r] > 1:
+                    top[r] -= 1  # another entry still holds it
+                    continue
+                loose.add(r)
+
+    def move(self, old: Entry, new: Entry, names: Sequence[str]) -> None:
+        """Replace ``old`` by ``new``, an entry of the same bucket and class
+        with another free vector: ``remove`` then ``add``, in one step when
+        ``new`` stays in ``old``'s block (one bisect of the blocks, no split
+        or drop to check; a grant moves a bucket a few entries down). A
+        resource whose amount did not change keeps its bound as it was: the
+        entry leaves and comes back with the same amount."""
+        lasts = self.lasts
+        k = bisect_left(lasts, old)
+        block = self.blocks[k]
+        n = len(block)
+        i = bisect_left(block, old)
+        # Where ``add`` would put ``new`` once ``old`` is out: past the
+        # block before, and before this block's last entry left (or in the
+        # last block, which takes whatever sorts after every block).
+        if i >= n or block[i] != old:
+            raise ValueError(f"{old} not in index")
+        if (n == 1 or (k and not lasts[k - 1] < new)
+                or (not new < (block[-1] if i < n - 1 else block[-2])
+                    and k < len(lasts) - 1)):
+            self._remove_at(k, block, i, old)
+            self.add(new, names)
+            return
+        del block[i]
+        block.insert(bisect_left(block, new), new)
+        lasts[k] = block[-1]
+        bound = self.bounds[k]
+        top = self.tops[k]
+        loose = self.stale[k]
+        for r, qo, qn in zip(names, old[2], new[2], strict=True):
+            if qo == qn:
+                continue
+            b = bound.get(r, -1)
+            if qo >= b and r not in loose:  # as ``remove``
+                if qo == b and b >= 0 and top[r] > 1:
+                    top[r] -= 1
+                else:
+                    loose.add(r)
+            if qn > b:  # as ``add``
+                bound[r] = qn
+                top[r] = 1
+                loose.discard(r)
+            elif qn == b and qn >= 0:
+                top[r] += 1
 
     def bisect(self, amount: int) -> tuple[int, int]:
         """(block, offset) of the first entry with at least ``amount``; block
@@ -179,7 +249,7 @@ class FreeIndex:
         self.bounds[k:k + 1] = [{}, {}]
         self.tops[k:k + 1] = [{}, {}]
         self.masks[k:k + 1] = [0, 0]
-        self.stale[k:k + 1] = [False, False]
+        self.stale[k:k + 1] = [set(), set()]
         self.recompute(k)
         self.recompute(k + 1)
 
@@ -213,4 +283,49 @@ class FreeIndex:
         self.bounds[k] = bound
         self.tops[k] = top
         self.masks[k] = mask
-        self.stale[k] = False
+        self.stale[k] = set()
+
+    def tightened(self, k: int, need: Sequence[tuple[str, int]], loose: set[str]) -> bool:
+        """Tighten block ``k``'s loose bounds among the resources of ``need``
+        and its class mask (one column each); when none of them is loose
+        (or ``need`` is empty: a walk of one resource reads only the mask),
+        recompute the block whole, as every stale block was before: its
+        class mask may be loose too (a class's last entry left), and a
+        tight mask skips blocks for constrained walks. Always True (the
+        walk then tests the block again)."""
+        done = False
+        for r, _ in need:
+            if r in loose:
+                self.tighten(k, r)
+                done = True
+        if not done:
+            self.recompute(k)
+        return True
+
+    def tighten(self, k: int, resource: str) -> None:
+        """Make block ``k``'s bound of ``resource`` exact (and its class mask),
+        from that one column of its entries."""
+        col = self.pos.get(resource, {})
+        mask = 0
+        best = -1
+        held = 0
+        for _, cid, free, _ in self.blocks[k]:
+            mask |= 1 << cid
+            i = col.get(cid)
+            if i is not None:
+                q = free[i]
+                if q > best:
+                    best = q
+                    held = 1
+                elif q == best:
+                    held += 1
+        bound = self.bounds[k]
+        top = self.tops[k]
+        if best >= 0:
+            bound[resource] = best
+            top[resource] = held
+        else:  # left out below zero, as ``recompute`` does
+            bound.pop(resource, None)
+            top.pop(resource, None)
+        self.masks[k] = mask
+        self.stale[k].discard(resource)

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apportion.core import poolsim
+from apportion.core.countprofile import CountProfile
 from apportion.core.model import Node
+from apportion.core.pool_conservative import ConservativePass
 from apportion.core.scheduling import SchedulerConfig, TaskSpec
 from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.jobs import Job, Queue
@@ -135,7 +137,7 @@ def profile_steps(draw: st.DrawFn) -> tuple[float, int, list[tuple[float, int]],
 def test_count_profile_answers_and_reserves_as_the_vector_profile(
         case: tuple[float, int, list[tuple[float, int]], list[Any]]) -> None:
     now, free, releases, asks = case
-    counted = poolsim.CountProfile(now, free, releases)
+    counted = CountProfile(now, free, releases)
     vector = Profile(["cpu"], now, [free], [(t, [n]) for t, n in releases])
     for need, duration, later_than, first_only, take in asks:
         got = counted.earliest(need, duration, later_than=later_than, first_only=first_only)
@@ -155,8 +157,8 @@ def test_placing_in_one_scan_is_asking_then_reserving(
     # ``place`` against the pass as first written: ``earliest``, then (the
     # nodes short of a start now) ``earliest`` after now, then ``reserve``.
     now, free, releases, asks = case
-    fused = poolsim.CountProfile(now, free, releases)
-    plain = poolsim.CountProfile(now, free, releases)
+    fused = CountProfile(now, free, releases)
+    plain = CountProfile(now, free, releases)
     for (need, duration, _, first_only, _), (idle, odd) in zip(asks, idles, strict=False):
         if odd and duration:
             # Windows that end before they start, or that an instant absorbs.
@@ -178,7 +180,8 @@ def test_a_queues_share_on_the_pool_is_fair_shares(
     pool = poolsim.PoolCluster("cpu", amount, size, SchedulerConfig(strategy="fairshare"),
                                queues, None)
     as_used = {"cpu": used} if listed or used else {}
-    assert pool._share(used, "q") == FairShare._share(
+    assert pool.fair is not None
+    assert pool.fair.share(used, "q") == FairShare._share(
         as_used, {"cpu": size * amount}, queues.get("q"))
 
 
@@ -198,13 +201,13 @@ def test_a_profile_from_summed_releases_is_the_one_built_from_them(
         else:
             instants.append(end)
             cumulative.append(current)
-    summed = poolsim.CountProfile.summed(now, free, instants, cumulative)
-    built = poolsim.CountProfile(now, free, [(max(end, now), n) for end, n in ends])
+    summed = CountProfile.summed(now, free, instants, cumulative)
+    built = CountProfile(now, free, [(max(end, now), n) for end, n in ends])
     assert (summed.times, summed.free) == (built.times, built.free)
 
 
 def test_count_profile_literal_steps() -> None:
-    profile = poolsim.CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
+    profile = CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
     assert (profile.times, profile.free) == ([10.0, 15.0, 40.0], [2, 4, 5])
     assert profile.earliest(3, 10.0) == 15.0
     assert profile.earliest(3, 10.0, first_only=True) is None
@@ -281,16 +284,16 @@ def test_a_resumed_conservative_pass_plans_what_a_fresh_one_plans(
     config = SimConfig(SchedulerConfig(strategy=strategy, backfill="conservative",
                                        reservation_depth=depth))
     resumed = simulate(jobs, nodes, config)
-    fresh_pass = poolsim.PoolCluster._resume
+    fresh_pass = ConservativePass._resume
 
-    def never(self: poolsim.PoolCluster, it: Any, now: float) -> Any:
+    def never(self: ConservativePass, pool: poolsim.PoolCluster, it: Any, now: float) -> Any:
         self._kept = None  # nothing to resume from
-        return fresh_pass(self, it, now)
+        return fresh_pass(self, pool, it, now)
 
-    poolsim.PoolCluster._resume = never  # type: ignore[method-assign]
+    ConservativePass._resume = never  # type: ignore[method-assign]
     try:
         fresh = simulate(jobs, nodes, config)
     finally:
-        poolsim.PoolCluster._resume = fresh_pass  # type: ignore[method-assign]
+        ConservativePass._resume = fresh_pass  # type: ignore[method-assign]
     assert starts(resumed) == starts(fresh)
     assert resumed.metrics == fresh.metrics

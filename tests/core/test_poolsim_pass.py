@@ -31,7 +31,7 @@ def reference_backfill(pool: poolsim.PoolCluster, it: Any, now: float, at: float
         if need > free:
             continue
         est = entry[-2]
-        if est is poolsim._ASK:
+        if est is poolsim.ASK:
             est = pool.estimate(pending[entry[-3]])
         if est is not None and now + est <= at:
             pool._begin(pending[entry[-3]], need, now, started)

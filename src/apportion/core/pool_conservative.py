@@ -1,0 +1,125 @@
+"""Conservative backfilling on the counted pool (``poolsim.PoolCluster``).
+
+Every waiting job, in policy order, gets the earliest window of the idle
+nodes' profile (``CountProfile``) that holds it, and takes it: those that
+fit now start. A pass that follows one where nothing started or ended since
+goes on from where that one left off (``ConservativePass._resume``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+from apportion.core.countprofile import CountProfile, summed_releases
+from apportion.core.scheduling.jobs import Job
+
+if TYPE_CHECKING:
+    from apportion.core.poolsim import PoolCluster
+
+__all__ = ["ASK", "ConservativePass"]
+
+ASK = object()
+"""An entry's estimate not known yet (``PoolCluster._entries``)."""
+
+_Seq = list[tuple[str, float | None]]
+
+
+class ConservativePass:
+    """A pool's conservative passes, with what the last one left behind."""
+
+    __slots__ = ("_kept", "_releases")
+
+    def __init__(self) -> None:
+        self._kept: tuple[int, _Seq, CountProfile, int] | None = None
+        """After a pass: (the pool's ``_changes`` as it ended, each job it
+        went over and did not start with the reservation it planned or None,
+        the profile it left, how many it reserved), for ``_resume``."""
+        self._releases: tuple[int, list[float], list[int]] | None = None
+        """(``_changes``, distinct expected ends, idle nodes after each) for
+        ``CountProfile.summed``."""
+
+    def run(self, pool: PoolCluster, now: float) -> list[Job]:
+        """The jobs of ``pool`` that start at ``now``; every other waiting
+        job's reservation goes to ``pool.reserved``."""
+        started: list[Job] = []
+        if pool.free < pool.least:
+            return started
+        entries, resumed = self._resume(pool, pool._entries(now), now)
+        seq: _Seq
+        if resumed is None:
+            profile, reserved, seq = self._profile(pool, now), 0, []
+        else:
+            profile, reserved, seq = resumed
+        # Read once: this loop runs for every waiting job at every event.
+        place, estimate, pending = profile.place, pool.estimate, pool.pending
+        reserved_list = pool.reserved
+        depth = pool.config.reservation_depth
+        for entry in entries:
+            need, est, job_id = entry[-1], entry[-2], entry[-3]
+            if est is ASK:
+                est = estimate(pending[job_id])
+            t = place(need, est, pool.free, depth is not None and reserved >= depth)
+            if t is None:
+                seq.append((job_id, None))
+            elif t <= now:
+                pool._begin(pending[job_id], need, now, started)
+                if pool.free < pool.least:
+                    break  # later reservations could only hold the rest back
+            else:
+                reserved_list.append((job_id, t))
+                reserved += 1
+                seq.append((job_id, t))
+        # The profile as left (started jobs included) is what the next pass
+        # would build again while nothing starts or ends meanwhile: kept
+        # with the jobs it went over, their answers and what ``_begin`` made
+        # of ``_changes``.
+        self._kept = (pool._changes, seq, profile, reserved)
+        return started
+
+    def _resume(self, pool: PoolCluster, entries: Iterator[tuple[Any, ...]], now: float
+                ) -> tuple[Iterator[tuple[Any, ...]],
+                           tuple[CountProfile, int, _Seq] | None]:
+        """Where the last pass left off, when nothing started or ended since
+        it, no planned end or step fell due, and the queue begins with the
+        jobs it went over and did not start, in the same order: each of them
+        gets the same answer again (a window that failed from the first step
+        still holds the step that failed it; every later step is
+        unchanged), so only the jobs after them are asked. The jobs the pass
+        started hold in its profile the windows their ends give a fresh one,
+        and an answer it gave before one of them was placed stands with it
+        placed (that window still fits: the profile it left is nowhere
+        negative); the proof is ``tests/core/test_poolsim.py``'s resumed
+        against fresh passes. ``entries`` (``_entries``) come back with what
+        was read of them put back when the pass cannot resume."""
+        kept, self._kept = self._kept, None
+        if kept is None or kept[0] != pool._changes:
+            return entries, None
+        _, seq, profile, reserved = kept
+        times = profile.times
+        if len(times) > 1 and not times[1] > now:
+            return entries, None
+        taken: list[tuple[Any, ...]] = []
+        for job_id, _ in seq:
+            entry = next(entries, None)
+            if entry is None:
+                return iter(taken), None
+            taken.append(entry)
+            if entry[-3] != job_id:
+                return chain(taken, entries), None
+        times[0] = now
+        pool.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
+        return entries, (profile, reserved, seq)
+
+    def _profile(self, pool: PoolCluster, now: float) -> CountProfile:
+        # The running jobs' releases summed once per change to them: between
+        # changes a conservative cycle only moves ``now`` over them.
+        summed = self._releases
+        if summed is None or summed[0] != pool._changes:
+            running = pool.running
+            # ``ends`` is sorted by end, so the release instants come in order.
+            instants, cumulative = summed_releases(
+                pool.free, ((end, running[job_id][1]) for end, job_id in pool.ends))
+            summed = self._releases = (pool._changes, instants, cumulative)
+        return CountProfile.summed(now, pool.free, summed[1], summed[2])

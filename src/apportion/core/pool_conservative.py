@@ -41,8 +41,8 @@ class ConservativePass:
         ``CountProfile.summed``."""
 
     def run(self, pool: PoolCluster, now: float) -> list[Job]:
-        """The jobs of ``pool`` that start at ``now``; every other waiting
-        job's reservation goes to ``pool.reserved``."""
+        """The jobs of ``pool`` that start at ``now``; the reservations it
+        plans go to ``pool.reserved``, less those a resumed pass keeps."""
         started: list[Job] = []
         if pool.free < pool.least:
             return started
@@ -109,7 +109,9 @@ class ConservativePass:
             if entry[-3] != job_id:
                 return chain(taken, entries), None
         times[0] = now
-        pool.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
+        # Their reservations stand as the last pass recorded them: the
+        # estimate audit would read each again to find no move, so
+        # ``pool.reserved`` takes only those made from here on.
         return entries, (profile, reserved, seq)
 
     def _profile(self, pool: PoolCluster, now: float) -> CountProfile:

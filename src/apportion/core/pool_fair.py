@@ -24,12 +24,17 @@ class FairQueues:
     """The pending jobs of each queue in the queue's order, and the queues
     filed by their share of the pool's one resource."""
 
-    def __init__(self, resource: str, capacity: int, queues: Mapping[str, Queue]) -> None:
+    def __init__(self, resource: str, amount: int, size: int,
+                 queues: Mapping[str, Queue]) -> None:
         self.resource = resource
-        self.capacity = capacity
+        self.amount = amount
+        self.capacity = size * amount
         self.queues = queues
         self.by_queue: dict[str, SortedList] = {}
-        """Each queue with pending jobs, in the queue's order."""
+        """Each queue with pending jobs, in the queue's order: entries
+        (-priority, submit time, id, estimate, task count), the last two
+        after the unique id, so outside the order (``PoolCluster._entries``)."""
+        self._entry_of: dict[str, tuple[Any, ...]] = {}
         self.ranked: list[tuple[float, str]] = []
         """(share of its use, name) of each queue with pending jobs, sorted:
         the order a cycle's heap of shares would pop them."""
@@ -39,28 +44,29 @@ class FairQueues:
         """Queues whose use or pending jobs changed since they were filed
         (``refile``)."""
 
-    def add(self, job: Job) -> None:
+    def add(self, job: Job, estimate: object) -> None:
         q = self.by_queue.get(job.queue)
         if q is None:
             q = self.by_queue[job.queue] = SortedList()
             self.stale.add(job.queue)
-        q.add((-job.priority, job.submit_time, job.id))
+        entry = self._entry_of[job.id] = (-job.priority, job.submit_time, job.id, estimate,
+                                          job.task_count)
+        q.add(entry)
 
     def remove(self, job: Job) -> None:
         q = self.by_queue[job.queue]
-        q.remove((-job.priority, job.submit_time, job.id))
+        q.remove(self._entry_of.pop(job.id))
         if not q:
             del self.by_queue[job.queue]
             self.stale.add(job.queue)
 
-    def order(self, pending: Mapping[str, Job],
-              usage: Mapping[str, Mapping[str, int]]) -> Iterator[Job]:
-        """``FairShare.order`` of ``pending`` given each queue's ``usage``."""
+    def order(self, usage: Mapping[str, Mapping[str, int]]) -> Iterator[tuple[Any, ...]]:
+        """``FairShare.order`` of the pending jobs' entries given each
+        queue's ``usage``."""
         self.refile(usage)
-        return self._merge(pending, usage)
+        return self._merge(usage)
 
-    def _merge(self, pending: Mapping[str, Job],
-               usage: Mapping[str, Mapping[str, int]]) -> Iterator[Job]:
+    def _merge(self, usage: Mapping[str, Mapping[str, int]]) -> Iterator[tuple[Any, ...]]:
         """``FairShare.order``, lazily: its heap of queue shares, as a merge
         of the queues filed by share (``ranked``) with a heap of those the
         cycle has taken from (each under its share grown by what it gave),
@@ -74,7 +80,8 @@ class FairQueues:
         # A queue's use of the pool's one resource as the cycle began (read
         # before its first job is given out, so before any of its jobs
         # starts): what its later shares grow from.
-        resource, share = self.resource, self.share
+        # A job's total of the one resource is its task count of whole nodes.
+        resource, share, amount = self.resource, self.share, self.amount
         used: dict[str, int] = {}
         while True:
             if pushed and (p == n or pushed[0] < ranked[p]):
@@ -90,16 +97,15 @@ class FairQueues:
                 walk = walks[name] = (iter(q), [len(q)])
             entries, left = walk
             if p == n and not pushed:  # the last queue with jobs left: shares choose no more
-                for entry in entries:
-                    yield pending[entry[-1]]
+                yield from entries
                 return
-            j = pending[next(entries)[-1]]
+            entry = next(entries)
             left[0] -= 1
             u = used.get(name)
             if u is None:
                 u = usage.get(name, {}).get(resource, 0)
-            yield j
-            u = used[name] = u + j.total.get(resource, 0)
+            yield entry
+            u = used[name] = u + entry[4] * amount
             if left[0]:
                 heapq.heappush(pushed, (share(u, name), name))
 

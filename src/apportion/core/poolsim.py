@@ -118,7 +118,8 @@ class PoolCluster:
         for the correction of those that outrun it."""
         self.running: dict[str, tuple[Job, int]] = {}
         self.reserved: list[tuple[str, float]] = []
-        """(job id, planned start) of the reservations the last cycle made."""
+        """(job id, planned start) of the reservations the last cycle made
+        (a resumed conservative pass leaves out those it kept unchanged)."""
         self.ends = SortedList()
         """(start + estimate, job id) of running jobs with an estimate."""
         self._ends_of: dict[str, float] = {}
@@ -145,8 +146,10 @@ class PoolCluster:
         self._passed: tuple[int, tuple[str, float, int], tuple[Any, ...]] | None = None
         """After an EASY pass that went over every waiting job and started
         none: (``_changes``, the head's (id, start, extra), last entry)."""
-        self.fair = (FairQueues(resource, size * amount, queues)
-                     if isinstance(order, FairShare) else None)
+        self.fair = (FairQueues(resource, amount, size, queues)
+                     if isinstance(order, FairShare) and not self.strat.learns else None)
+        if self.fair is not None:
+            self._at = 2  # its entries: (-priority, submit time, id, estimate, task count)
         self._adaptive: AdaptiveQueue | None = None
         """Response-ratio order with a history and no backfilling: the queue
         grouped by signature, merged as far as the cycle reads it (the head,
@@ -188,7 +191,7 @@ class PoolCluster:
             if self._passed is not None and entry < self._passed[2]:
                 self._passed = None  # it joins the part the last pass went over
         elif self.fair is not None:
-            self.fair.add(job)
+            self.fair.add(job, self.estimate(job))  # static: the order does not learn
         elif self._adaptive is not None:
             self._adaptive.add(job)
 
@@ -212,12 +215,14 @@ class PoolCluster:
         task count); ``ASK`` for an estimate the caller must ask for."""
         if self._static:
             return iter(self._sorted)
+        if self.fair is not None:
+            return self.fair.order(self.usage)
         return ((job.id, ASK, job.task_count) for job in self._policy_order(now))
 
     def _policy_order(self, now: float) -> Iterator[Job]:
-        if self.fair is not None:
-            return self.fair.order(self.pending, self.usage)
         pending = self.pending
+        if self.fair is not None:
+            return (pending[entry[2]] for entry in self.fair.order(self.usage))
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
                            self._bound, self._rank,
                            None if self.history is None else self.history.ranks)

@@ -61,7 +61,7 @@ def pool_with(strategy: str, size: int, jobs: list[tuple[int, float | None, floa
     return pool
 
 
-@given(st.sampled_from(("fifo", "sjf", "priority")), waiting, st.integers(0, 8),
+@given(st.sampled_from(("fifo", "sjf", "priority", "fairshare")), waiting, st.integers(0, 8),
        st.sampled_from([0.0, 3.0]), st.sampled_from([5.0, 12.0, 40.0]), st.integers(0, 8),
        st.integers(0, 3))
 def test_the_pass_starts_what_the_plain_loop_starts(

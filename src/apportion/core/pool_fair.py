@@ -13,8 +13,6 @@ from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sortedcontainers import SortedList
-
 from apportion.core.scheduling.jobs import Job, Queue
 
 __all__ = ["FairQueues"]
@@ -30,11 +28,14 @@ class FairQueues:
         self.amount = amount
         self.capacity = size * amount
         self.queues = queues
-        self.by_queue: dict[str, SortedList] = {}
-        """Each queue with pending jobs, in the queue's order: entries
+        self.by_queue: dict[str, list[tuple[Any, ...]]] = {}
+        """Each queue with pending jobs, in the queue's order (a plain list:
+        one user's queue is short, and a cycle walks several): entries
         (-priority, submit time, id, estimate, task count), the last two
         after the unique id, so outside the order (``PoolCluster._entries``)."""
         self._entry_of: dict[str, tuple[Any, ...]] = {}
+        self._weight: dict[str, float] = {}
+        """Each queue's weight as a share divides by it (``share``)."""
         self.ranked: list[tuple[float, str]] = []
         """(share of its use, name) of each queue with pending jobs, sorted:
         the order a cycle's heap of shares would pop them."""
@@ -47,15 +48,15 @@ class FairQueues:
     def add(self, job: Job, estimate: object) -> None:
         q = self.by_queue.get(job.queue)
         if q is None:
-            q = self.by_queue[job.queue] = SortedList()
+            q = self.by_queue[job.queue] = []
             self.stale.add(job.queue)
         entry = self._entry_of[job.id] = (-job.priority, job.submit_time, job.id, estimate,
                                           job.task_count)
-        q.add(entry)
+        insort(q, entry)
 
     def remove(self, job: Job) -> None:
         q = self.by_queue[job.queue]
-        q.remove(self._entry_of.pop(job.id))
+        del q[bisect_left(q, self._entry_of.pop(job.id))]
         if not q:
             del self.by_queue[job.queue]
             self.stale.add(job.queue)
@@ -74,8 +75,8 @@ class FairQueues:
         ranked = list(self.ranked)  # the pool's starts mark queues stale meanwhile
         n, p = len(ranked), 0
         pushed: list[tuple[float, str]] = []
-        # Each queue is walked with an iterator (indexing a SortedList is a
-        # search) and a count of the jobs it has left.
+        # Each queue is walked with an iterator and a count of the jobs it
+        # has left.
         walks: dict[str, tuple[Iterator[tuple[Any, ...]], list[int]]] = {}
         # A queue's use of the pool's one resource as the cycle began (read
         # before its first job is given out, so before any of its jobs
@@ -96,18 +97,29 @@ class FairQueues:
                 q = self.by_queue[name]
                 walk = walks[name] = (iter(q), [len(q)])
             entries, left = walk
-            if p == n and not pushed:  # the last queue with jobs left: shares choose no more
-                yield from entries
-                return
-            entry = next(entries)
-            left[0] -= 1
             u = used.get(name)
             if u is None:
                 u = usage.get(name, {}).get(resource, 0)
-            yield entry
-            u = used[name] = u + entry[4] * amount
-            if left[0]:
-                heapq.heappush(pushed, (share(u, name), name))
+            while True:
+                if p == n and not pushed:  # the last queue with jobs left: shares choose no more
+                    yield from entries
+                    return
+                entry = next(entries)
+                left[0] -= 1
+                yield entry
+                u = used[name] = u + entry[4] * amount
+                if not left[0]:
+                    break
+                key = (share(u, name), name)
+                # The heap would give this queue back at once while its grown
+                # share stays under every other queue's: no push and pop.
+                if pushed and (p == n or pushed[0] < ranked[p]):
+                    if not key < pushed[0]:
+                        heapq.heappush(pushed, key)
+                        break
+                elif p < n and not key < ranked[p]:
+                    heapq.heappush(pushed, key)
+                    break
 
     def share(self, used: int, name: str) -> float:
         """``FairShare._share`` of a queue using ``used`` of the pool's one
@@ -115,9 +127,12 @@ class FairQueues:
         order asks it for nearly every job it gives out, and the dictionary
         copies and walks of the general one showed
         (``tests/core/test_poolsim.py`` holds the two equal)."""
+        weight = self._weight.get(name)
+        if weight is None:
+            queue = self.queues.get(name)
+            weight = self._weight[name] = (queue.weight if queue is not None and queue.weight > 0
+                                           else 1.0)
         capacity = self.capacity
-        queue = self.queues.get(name)
-        weight = queue.weight if queue is not None and queue.weight > 0 else 1.0
         return (used / capacity if capacity else 0.0) / weight
 
     def refile(self, usage: Mapping[str, Mapping[str, int]]) -> None:

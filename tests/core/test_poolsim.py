@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apportion.core import poolsim
@@ -170,6 +170,36 @@ def test_placing_in_one_scan_is_asking_then_reserving(
             plain.reserve(t, need, duration)
         assert fused.place(need, duration, idle, first_only) == t
         assert (fused.times, fused.free) == (plain.times, plain.free)
+
+
+@settings(max_examples=400)
+@given(profile_steps(), st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=10),
+       st.integers(0, 12))
+# A longer window placed later than a shorter one with the same nodes.
+@example((0.0, 2, [(10.0, 2)], [(3, 5.0, None, False, True), (2, 60.0, None, False, True),
+                                (2, 5.0, None, False, True)]), [(0, False)] * 3, 12)
+def test_a_scan_begun_at_the_last_jobs_answer_places_as_one_from_now(
+        case: tuple[float, int, list[tuple[float, int]], list[Any]],
+        drops: list[tuple[int, bool]], idle: int) -> None:
+    # A conservative pass begins a job's scan at the answer of the job
+    # placed before it when it asks for as many nodes or more, as long or
+    # longer; the idle nodes only fall during a pass.
+    now, free, releases, asks = case
+    bounded = CountProfile(now, free, releases)
+    plain = CountProfile(now, free, releases)
+    last: tuple[int, float | None, float | None] = (0, None, None)
+    for (need, duration, _, first_only, _), (drop, odd) in zip(asks, drops, strict=False):
+        if odd and duration:
+            duration = -duration if duration > 10.0 else 1e-300
+        idle = max(0, idle - drop)
+        last_need, last_duration, last_t = last
+        after = (last_t if last_t is not None and need >= last_need
+                 and (duration is None or (last_duration is not None
+                                           and duration >= last_duration)) else None)
+        t = plain.place(need, duration, idle, first_only)
+        assert bounded.place(need, duration, idle, first_only, after) == t
+        assert (bounded.times, bounded.free) == (plain.times, plain.free)
+        last = (need, duration, t)
 
 
 @given(st.integers(0, 40), st.integers(1, 9), st.sampled_from([0, 1, 1000, 3]),

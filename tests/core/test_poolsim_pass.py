@@ -82,3 +82,22 @@ def test_the_pass_starts_what_the_plain_loop_starts(
     assert [j.id for j in started_fast] == [j.id for j in started_plain]
     assert (fast.free, fast.least, fast._needs) == (plain.free, plain.least, plain._needs)
     assert list(fast.ends) == list(plain.ends)
+
+
+@given(waiting, st.lists(st.integers(0, 13), max_size=14))
+def test_the_fewest_nodes_asked_for_follow_the_starts(
+    jobs: list[tuple[int, float | None, float, int]], picks: list[int],
+) -> None:
+    # ``least`` after each start against the least need of the jobs left.
+    size = 8
+    pool = pool_with("fifo", size, jobs, size * len(jobs))
+    left = dict(pool.pending)
+    started: list[Job] = []
+    for pick in picks:
+        if not left:
+            break
+        job = list(left.values())[pick % len(left)]
+        del left[job.id]
+        pool._begin(job, min(job.task_count, size + 1), 0.0, started)
+        assert pool.least == min((min(j.task_count, size + 1) for j in left.values()),
+                                 default=size + 1)

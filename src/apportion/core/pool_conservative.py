@@ -8,11 +8,12 @@ goes on from where that one left off (``ConservativePass._resume``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from apportion.core.countprofile import CountProfile, summed_releases
+from apportion.core.countprofile import CountProfile
 from apportion.core.scheduling.jobs import Job
 
 if TYPE_CHECKING:
@@ -56,21 +57,42 @@ class ConservativePass:
         place, estimate, pending = profile.place, pool.estimate, pool.pending
         reserved_list = pool.reserved
         depth = pool.config.reservation_depth
+        deep = False  # the reservations reached their depth: a start now or nothing
+        free = pool.free  # only the starts below change it
+        # An entry's (id, estimate, task count) read from the front
+        # (``PoolCluster._at``), where 3.11 specializes the subscript.
+        ii = pool._at
+        ei, ci = ii + 1, ii + 2
+        # The job placed last bounds the answer of one that asks for as many
+        # nodes or more, as long or longer: each window before its answer
+        # holds a step short of its nodes (and the profile only loses nodes
+        # during a pass), or is now with too few idle nodes (they only
+        # fall), so the scan may begin at that answer.
+        last_need = 0
+        last_est: float | None = None
+        last_t: float | None = None
         for entry in entries:
-            need, est, job_id = entry[-1], entry[-2], entry[-3]
+            job_id, est, need = entry[ii], entry[ei], entry[ci]
             if est is ASK:
                 est = estimate(pending[job_id])
-            t = place(need, est, pool.free, depth is not None and reserved >= depth)
+            if depth is not None:
+                deep = reserved >= depth
+            after = (last_t if last_t is not None and need >= last_need
+                     and (est is None or (last_est is not None and est >= last_est)) else None)
+            t = place(need, est, free, deep, after)
+            last_need, last_est, last_t = need, est, t
             if t is None:
                 seq.append((job_id, None))
             elif t <= now:
                 pool._begin(pending[job_id], need, now, started)
-                if pool.free < pool.least:
+                free = pool.free
+                if free < pool.least:
                     break  # later reservations could only hold the rest back
             else:
-                reserved_list.append((job_id, t))
+                planned = (job_id, t)
+                reserved_list.append(planned)
                 reserved += 1
-                seq.append((job_id, t))
+                seq.append(planned)
         # The profile as left (started jobs included) is what the next pass
         # would build again while nothing starts or ends meanwhile: kept
         # with the jobs it went over, their answers and what ``_begin`` made
@@ -101,12 +123,13 @@ class ConservativePass:
         if len(times) > 1 and not times[1] > now:
             return entries, None
         taken: list[tuple[Any, ...]] = []
+        ii = pool._at
         for job_id, _ in seq:
             entry = next(entries, None)
             if entry is None:
                 return iter(taken), None
             taken.append(entry)
-            if entry[-3] != job_id:
+            if entry[ii] != job_id:
                 return chain(taken, entries), None
         times[0] = now
         # Their reservations stand as the last pass recorded them: the
@@ -119,9 +142,19 @@ class ConservativePass:
         # changes a conservative cycle only moves ``now`` over them.
         summed = self._releases
         if summed is None or summed[0] != pool._changes:
+            # ``summed_releases`` over the running jobs' ends, which come
+            # sorted by end, written out: a fresh pass follows most finishes.
             running = pool.running
-            # ``ends`` is sorted by end, so the release instants come in order.
-            instants, cumulative = summed_releases(
-                pool.free, ((end, running[job_id][1]) for end, job_id in pool.ends))
+            instants: list[float] = []
+            cumulative: list[int] = []
+            current, last = pool.free, -math.inf
+            for end, job_id in pool.ends:
+                current += running[job_id][1]
+                if end <= last:
+                    cumulative[-1] = current
+                else:
+                    instants.append(end)
+                    cumulative.append(current)
+                    last = end
             summed = self._releases = (pool._changes, instants, cumulative)
         return CountProfile.summed(now, pool.free, summed[1], summed[2])

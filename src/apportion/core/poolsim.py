@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import compress, count, islice
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -236,8 +237,11 @@ class PoolCluster:
         needs = self._needs
         needs[need] -= 1
         if not needs[need] and need == self.least:
-            while self.least <= self.size and not needs[self.least]:
-                self.least += 1
+            # The next need with pending jobs, found in C: when the queue
+            # empties this walks every need up to the pool's size.
+            size = self.size
+            self.least = next(compress(count(need + 1), islice(needs, need + 1, size + 1)),
+                              size + 1)
         self.free -= need
         self._changes += 1
         self.running[job.id] = (job, need)

@@ -339,7 +339,7 @@ class PoolCluster:
         if free < least:
             # No waiting job fits: the pass stops at its first job, if any.
             return next(it, None) is None
-        count = len(started)
+        before = len(started)
         ii = self._at
         ei, ci = ii + 1, ii + 2
         # Most waiting jobs need more nodes than are idle: the loop skips
@@ -361,7 +361,7 @@ class PoolCluster:
             free, least = self.free, self.least
             if free < least:
                 return False  # it started one, and no waiting job fits now
-        return len(started) == count
+        return len(started) == before
 
     def _correct(self, now: float) -> None:
         """``RuntimeHistory.correct`` on the pool: every running job past its

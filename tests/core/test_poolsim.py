@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apportion.core import poolsim
+from apportion.core.countprofile import CountProfile
 from apportion.core.model import Node
+from apportion.core.pool_conservative import ConservativePass
 from apportion.core.scheduling import SchedulerConfig, TaskSpec
 from apportion.core.scheduling.backfill import Profile
 from apportion.core.scheduling.jobs import Job, Queue
@@ -135,7 +137,7 @@ def profile_steps(draw: st.DrawFn) -> tuple[float, int, list[tuple[float, int]],
 def test_count_profile_answers_and_reserves_as_the_vector_profile(
         case: tuple[float, int, list[tuple[float, int]], list[Any]]) -> None:
     now, free, releases, asks = case
-    counted = poolsim.CountProfile(now, free, releases)
+    counted = CountProfile(now, free, releases)
     vector = Profile(["cpu"], now, [free], [(t, [n]) for t, n in releases])
     for need, duration, later_than, first_only, take in asks:
         got = counted.earliest(need, duration, later_than=later_than, first_only=first_only)
@@ -155,8 +157,8 @@ def test_placing_in_one_scan_is_asking_then_reserving(
     # ``place`` against the pass as first written: ``earliest``, then (the
     # nodes short of a start now) ``earliest`` after now, then ``reserve``.
     now, free, releases, asks = case
-    fused = poolsim.CountProfile(now, free, releases)
-    plain = poolsim.CountProfile(now, free, releases)
+    fused = CountProfile(now, free, releases)
+    plain = CountProfile(now, free, releases)
     for (need, duration, _, first_only, _), (idle, odd) in zip(asks, idles, strict=False):
         if odd and duration:
             # Windows that end before they start, or that an instant absorbs.
@@ -170,6 +172,36 @@ def test_placing_in_one_scan_is_asking_then_reserving(
         assert (fused.times, fused.free) == (plain.times, plain.free)
 
 
+@settings(max_examples=400)
+@given(profile_steps(), st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=10),
+       st.integers(0, 12))
+# A longer window placed later than a shorter one with the same nodes.
+@example((0.0, 2, [(10.0, 2)], [(3, 5.0, None, False, True), (2, 60.0, None, False, True),
+                                (2, 5.0, None, False, True)]), [(0, False)] * 3, 12)
+def test_a_scan_begun_at_the_last_jobs_answer_places_as_one_from_now(
+        case: tuple[float, int, list[tuple[float, int]], list[Any]],
+        drops: list[tuple[int, bool]], idle: int) -> None:
+    # A conservative pass begins a job's scan at the answer of the job
+    # placed before it when it asks for as many nodes or more, as long or
+    # longer; the idle nodes only fall during a pass.
+    now, free, releases, asks = case
+    bounded = CountProfile(now, free, releases)
+    plain = CountProfile(now, free, releases)
+    last: tuple[int, float | None, float | None] = (0, None, None)
+    for (need, duration, _, first_only, _), (drop, odd) in zip(asks, drops, strict=False):
+        if odd and duration:
+            duration = -duration if duration > 10.0 else 1e-300
+        idle = max(0, idle - drop)
+        last_need, last_duration, last_t = last
+        after = (last_t if last_t is not None and need >= last_need
+                 and (duration is None or (last_duration is not None
+                                           and duration >= last_duration)) else None)
+        t = plain.place(need, duration, idle, first_only)
+        assert bounded.place(need, duration, idle, first_only, after) == t
+        assert (bounded.times, bounded.free) == (plain.times, plain.free)
+        last = (need, duration, t)
+
+
 @given(st.integers(0, 40), st.integers(1, 9), st.sampled_from([0, 1, 1000, 3]),
        st.sampled_from([None, 0.0, -1.0, 0.5, 1.0, 3.0, 7]), st.booleans())
 def test_a_queues_share_on_the_pool_is_fair_shares(
@@ -178,7 +210,8 @@ def test_a_queues_share_on_the_pool_is_fair_shares(
     pool = poolsim.PoolCluster("cpu", amount, size, SchedulerConfig(strategy="fairshare"),
                                queues, None)
     as_used = {"cpu": used} if listed or used else {}
-    assert pool._share(used, "q") == FairShare._share(
+    assert pool.fair is not None
+    assert pool.fair.share(used, "q") == FairShare._share(
         as_used, {"cpu": size * amount}, queues.get("q"))
 
 
@@ -198,13 +231,13 @@ def test_a_profile_from_summed_releases_is_the_one_built_from_them(
         else:
             instants.append(end)
             cumulative.append(current)
-    summed = poolsim.CountProfile.summed(now, free, instants, cumulative)
-    built = poolsim.CountProfile(now, free, [(max(end, now), n) for end, n in ends])
+    summed = CountProfile.summed(now, free, instants, cumulative)
+    built = CountProfile(now, free, [(max(end, now), n) for end, n in ends])
     assert (summed.times, summed.free) == (built.times, built.free)
 
 
 def test_count_profile_literal_steps() -> None:
-    profile = poolsim.CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
+    profile = CountProfile(10.0, 1, [(10.0, 1), (15.0, 2), (40.0, 1)])
     assert (profile.times, profile.free) == ([10.0, 15.0, 40.0], [2, 4, 5])
     assert profile.earliest(3, 10.0) == 15.0
     assert profile.earliest(3, 10.0, first_only=True) is None
@@ -281,16 +314,16 @@ def test_a_resumed_conservative_pass_plans_what_a_fresh_one_plans(
     config = SimConfig(SchedulerConfig(strategy=strategy, backfill="conservative",
                                        reservation_depth=depth))
     resumed = simulate(jobs, nodes, config)
-    fresh_pass = poolsim.PoolCluster._resume
+    fresh_pass = ConservativePass._resume
 
-    def never(self: poolsim.PoolCluster, it: Any, now: float) -> Any:
+    def never(self: ConservativePass, pool: poolsim.PoolCluster, it: Any, now: float) -> Any:
         self._kept = None  # nothing to resume from
-        return fresh_pass(self, it, now)
+        return fresh_pass(self, pool, it, now)
 
-    poolsim.PoolCluster._resume = never  # type: ignore[method-assign]
+    ConservativePass._resume = never  # type: ignore[method-assign]
     try:
         fresh = simulate(jobs, nodes, config)
     finally:
-        poolsim.PoolCluster._resume = fresh_pass  # type: ignore[method-assign]
+        ConservativePass._resume = fresh_pass  # type: ignore[method-assign]
     assert starts(resumed) == starts(fresh)
     assert resumed.metrics == fresh.metrics

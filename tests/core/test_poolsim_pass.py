@@ -31,7 +31,7 @@ def reference_backfill(pool: poolsim.PoolCluster, it: Any, now: float, at: float
         if need > free:
             continue
         est = entry[-2]
-        if est is poolsim._ASK:
+        if est is poolsim.ASK:
             est = pool.estimate(pending[entry[-3]])
         if est is not None and now + est <= at:
             pool._begin(pending[entry[-3]], need, now, started)
@@ -61,7 +61,7 @@ def pool_with(strategy: str, size: int, jobs: list[tuple[int, float | None, floa
     return pool
 
 
-@given(st.sampled_from(("fifo", "sjf", "priority")), waiting, st.integers(0, 8),
+@given(st.sampled_from(("fifo", "sjf", "priority", "fairshare")), waiting, st.integers(0, 8),
        st.sampled_from([0.0, 3.0]), st.sampled_from([5.0, 12.0, 40.0]), st.integers(0, 8),
        st.integers(0, 3))
 def test_the_pass_starts_what_the_plain_loop_starts(
@@ -82,3 +82,22 @@ def test_the_pass_starts_what_the_plain_loop_starts(
     assert [j.id for j in started_fast] == [j.id for j in started_plain]
     assert (fast.free, fast.least, fast._needs) == (plain.free, plain.least, plain._needs)
     assert list(fast.ends) == list(plain.ends)
+
+
+@given(waiting, st.lists(st.integers(0, 13), max_size=14))
+def test_the_fewest_nodes_asked_for_follow_the_starts(
+    jobs: list[tuple[int, float | None, float, int]], picks: list[int],
+) -> None:
+    # ``least`` after each start against the least need of the jobs left.
+    size = 8
+    pool = pool_with("fifo", size, jobs, size * len(jobs))
+    left = dict(pool.pending)
+    started: list[Job] = []
+    for pick in picks:
+        if not left:
+            break
+        job = list(left.values())[pick % len(left)]
+        del left[job.id]
+        pool._begin(job, min(job.task_count, size + 1), 0.0, started)
+        assert pool.least == min((min(j.task_count, size + 1) for j in left.values()),
+                                 default=size + 1)

@@ -71,7 +71,7 @@ class CountProfile:
         return None
 
     def place(self, need: int, duration: float | None, idle: int,
-              first_only: bool = False) -> float | None:
+              first_only: bool = False, after: float | None = None) -> float | None:
         """One waiting job's turn in a conservative pass, in one scan: the
         start ``earliest`` gives, reserved as ``reserve`` reserves it, or
         None. A start at the first step (now) also needs ``idle`` (the nodes
@@ -80,7 +80,9 @@ class CountProfile:
         the first later step that fits (``earliest(later_than=now)``), or
         not at all with ``first_only``. The pass asks this of every waiting
         job at every event; one scan spares the second search ``reserve``
-        made for the window ``earliest`` had just found."""
+        made for the window ``earliest`` had just found. ``after``: a step
+        no earlier than the answer, known to the caller (no window starting
+        before it fits), where the scan may begin."""
         times = self.times
         if duration is not None and not (
                 (duration >= 1.0 and times[0] > -_EXACT_SECONDS and times[-1] < _EXACT_SECONDS)
@@ -96,7 +98,7 @@ class CountProfile:
             return t
         times, free = self.times, self.free
         n = len(times)
-        i = 0
+        i = 0 if after is None else bisect_left(times, after)
         while True:
             # A window fails at its first step mostly (six times in eight on
             # KTH-SP2): pass over such steps before a window is looked at

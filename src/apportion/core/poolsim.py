@@ -13,6 +13,8 @@ counted resource), with the same queue
 policies and the same run-time estimates. It keeps the queue in policy order
 between instants where the order cannot change (FIFO, shortest-first, fair
 share within a queue), so a long queue is not sorted again at every event.
+The conservative pass is ``pool_conservative``, fair share's order across
+queues ``pool_fair``.
 
 ``eligible`` says when a replay may use it; ``tests/core/test_poolsim.py``
 checks on generated traces that every job starts at the same instant as
@@ -22,17 +24,16 @@ strategy and backfill mode. Speed: ``bench/bench_simulate.py``.
 
 from __future__ import annotations
 
-import heapq
 import math
-from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import chain
+from itertools import compress, count, islice
 from typing import Any
 
 from sortedcontainers import SortedList
 
-from apportion.core.countprofile import CountProfile, summed_releases
 from apportion.core.model import Health, Node, NodeState
+from apportion.core.pool_conservative import ASK, ConservativePass
+from apportion.core.pool_fair import FairQueues
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
@@ -48,9 +49,6 @@ from apportion.core.scheduling.policies import (
     ShortestFirst,
     strategy,
 )
-
-_ASK = object()
-"""An entry's estimate not known yet (``PoolCluster._entries``)."""
 
 _KNOWN_ORDERS = (Fifo, Priority, FairShare, ShortestFirst, EarliestDeadline, AdaptiveOrder)
 
@@ -121,19 +119,14 @@ class PoolCluster:
         for the correction of those that outrun it."""
         self.running: dict[str, tuple[Job, int]] = {}
         self.reserved: list[tuple[str, float]] = []
-        """(job id, planned start) of the reservations the last cycle made."""
+        """(job id, planned start) of the reservations the last cycle made
+        (a resumed conservative pass leaves out those it kept unchanged)."""
         self.ends = SortedList()
         """(start + estimate, job id) of running jobs with an estimate."""
         self._ends_of: dict[str, float] = {}
         self._changes = 0
         """Bumped whenever the idle count or the running jobs change."""
-        self._kept: tuple[int, list[tuple[str, float | None]], CountProfile, int] | None = None
-        """After a conservative pass: (``_changes`` as it ended, each job it
-        went over and did not start with the reservation it planned or None,
-        the profile it left, how many it reserved), for ``_resume``."""
-        self._releases: tuple[int, list[float], list[int]] | None = None
-        """(``_changes``, distinct expected ends, idle nodes after each) for
-        ``CountProfile.summed``."""
+        self.conservative = ConservativePass()
         self._planned: tuple[int, int, float, tuple[float, int] | None] | None = None
         """The last ``_reservation``: (``_changes``, need, first expected
         end, answer); between changes it stands while no end is overdue."""
@@ -154,17 +147,10 @@ class PoolCluster:
         self._passed: tuple[int, tuple[str, float, int], tuple[Any, ...]] | None = None
         """After an EASY pass that went over every waiting job and started
         none: (``_changes``, the head's (id, start, extra), last entry)."""
-        self._fair = isinstance(order, FairShare)
-        self._by_queue: dict[str, SortedList] = {}
-        """Fair share: each queue with pending jobs, in the queue's order."""
-        self._ranked: list[tuple[float, str]] = []
-        """Fair share: (share of its use, name) of each queue with pending
-        jobs, sorted: the order a cycle's heap of shares would pop them."""
-        self._filed: dict[str, float] = {}
-        """Fair share: the share each queue is filed under in ``_ranked``."""
-        self._stale: set[str] = set()
-        """Fair share: queues whose use or pending jobs changed since they
-        were filed (``_refile``)."""
+        self.fair = (FairQueues(resource, amount, size, queues)
+                     if isinstance(order, FairShare) and not self.strat.learns else None)
+        if self.fair is not None:
+            self._at = 2  # its entries: (-priority, submit time, id, estimate, task count)
         self._adaptive: AdaptiveQueue | None = None
         """Response-ratio order with a history and no backfilling: the queue
         grouped by signature, merged as far as the cycle reads it (the head,
@@ -205,12 +191,8 @@ class PoolCluster:
             self._sorted.add(entry)
             if self._passed is not None and entry < self._passed[2]:
                 self._passed = None  # it joins the part the last pass went over
-        elif self._fair:
-            q = self._by_queue.get(job.queue)
-            if q is None:
-                q = self._by_queue[job.queue] = SortedList()
-                self._stale.add(job.queue)
-            q.add((-job.priority, job.submit_time, job.id))
+        elif self.fair is not None:
+            self.fair.add(job, self.estimate(job))  # static: the order does not learn
         elif self._adaptive is not None:
             self._adaptive.add(job)
 
@@ -218,12 +200,8 @@ class PoolCluster:
         del self.pending[job.id]
         if self._static:
             self._sorted.remove(self._entry_of.pop(job.id))
-        elif self._fair:
-            q = self._by_queue[job.queue]
-            q.remove((-job.priority, job.submit_time, job.id))
-            if not q:
-                del self._by_queue[job.queue]
-                self._stale.add(job.queue)
+        elif self.fair is not None:
+            self.fair.remove(job)
         elif self._adaptive is not None:
             self._adaptive.remove(job)
 
@@ -235,16 +213,17 @@ class PoolCluster:
 
     def _entries(self, now: float) -> Iterator[tuple[Any, ...]]:
         """The queue in policy order as entries ending (job id, estimate,
-        task count); ``_ASK`` for an estimate the caller must ask for."""
+        task count); ``ASK`` for an estimate the caller must ask for."""
         if self._static:
             return iter(self._sorted)
-        return ((job.id, _ASK, job.task_count) for job in self._policy_order(now))
+        if self.fair is not None:
+            return self.fair.order(self.usage)
+        return ((job.id, ASK, job.task_count) for job in self._policy_order(now))
 
     def _policy_order(self, now: float) -> Iterator[Job]:
-        if self._fair:
-            self._refile()
-            return self._fair_order()
         pending = self.pending
+        if self.fair is not None:
+            return (pending[entry[2]] for entry in self.fair.order(self.usage))
         ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
                            self._bound, self._rank,
                            None if self.history is None else self.history.ranks)
@@ -252,84 +231,17 @@ class PoolCluster:
             return self._adaptive.ordered(ctx)
         return iter(self.strat.order.order(list(pending.values()), ctx))
 
-    def _fair_order(self) -> Iterator[Job]:
-        """``FairShare.order``, lazily: its heap of queue shares, as a merge
-        of the queues filed by share (``_ranked``) with a heap of those the
-        cycle has taken from (each under its share grown by what it gave),
-        each queue already sorted, so that a cycle pays for what it took."""
-        ranked = list(self._ranked)  # ``_begin`` marks queues stale meanwhile
-        n, p = len(ranked), 0
-        pushed: list[tuple[float, str]] = []
-        # Each queue is walked with an iterator (indexing a SortedList is a
-        # search) and a count of the jobs it has left.
-        walks: dict[str, tuple[Iterator[tuple[Any, ...]], list[int]]] = {}
-        # A queue's use of the pool's one resource as the cycle began (read
-        # before its first job is given out, so before any of its jobs
-        # starts): what its later shares grow from.
-        usage, resource, share = self.usage, self.resource, self._share
-        used: dict[str, int] = {}
-        pending = self.pending
-        while True:
-            if pushed and (p == n or pushed[0] < ranked[p]):
-                name = heapq.heappop(pushed)[1]
-            elif p < n:
-                name = ranked[p][1]
-                p += 1
-            else:
-                return
-            walk = walks.get(name)
-            if walk is None:
-                q = self._by_queue[name]
-                walk = walks[name] = (iter(q), [len(q)])
-            entries, left = walk
-            if p == n and not pushed:  # the last queue with jobs left: shares choose no more
-                for entry in entries:
-                    yield pending[entry[-1]]
-                return
-            j = pending[next(entries)[-1]]
-            left[0] -= 1
-            u = used.get(name)
-            if u is None:
-                u = usage.get(name, {}).get(resource, 0)
-            yield j
-            u = used[name] = u + j.total.get(resource, 0)
-            if left[0]:
-                heapq.heappush(pushed, (share(u, name), name))
-
-    def _share(self, used: int, name: str) -> float:
-        """``FairShare._share`` of a queue using ``used`` of the pool's one
-        resource (every job's total names it alone), on ints: a fair-share
-        order asks it for nearly every job it gives out, and the dictionary
-        copies and walks of the general one showed
-        (``tests/core/test_poolsim.py`` holds the two equal)."""
-        capacity = self.size * self.amount
-        queue = self.queues.get(name)
-        weight = queue.weight if queue is not None and queue.weight > 0 else 1.0
-        return (used / capacity if capacity else 0.0) / weight
-
-    def _refile(self) -> None:
-        """File again in ``_ranked`` the queues changed since the last cycle:
-        between two cycles a job or two start or end, and the shares of the
-        other queues stand."""
-        ranked, filed, by_queue = self._ranked, self._filed, self._by_queue
-        usage, resource = self.usage, self.resource
-        for name in self._stale:
-            old = filed.pop(name, None)
-            if old is not None:
-                del ranked[bisect_left(ranked, (old, name))]
-            if name in by_queue:
-                share = filed[name] = self._share(usage.get(name, {}).get(resource, 0), name)
-                insort(ranked, (share, name))
-        self._stale.clear()
-
     # -- running jobs --------------------------------------------------------
 
     def _begin(self, job: Job, need: int, now: float, started: list[Job]) -> None:
         needs = self._needs
         needs[need] -= 1
         if not needs[need] and need == self.least:
-            while self.least <= self.size and not needs[self.least]:
-                self.least += 1
+            # The next need with pending jobs, found in C: when the queue
+            # empties this walks every need up to the pool's size.
+            size = self.size
+            self.least = next(compress(count(need + 1), islice(needs, need + 1, size + 1)),
+                              size + 1)
         self.free -= need
         self._changes += 1
         self.running[job.id] = (job, need)
@@ -343,8 +255,8 @@ class PoolCluster:
             used = self.usage.setdefault(job.queue, {})
             for r, q in job.total.items():
                 used[r] = used.get(r, 0) + q
-            if self._fair:
-                self._stale.add(job.queue)
+            if self.fair is not None:
+                self.fair.stale.add(job.queue)
         started.append(job)
 
     def finish(self, job_id: str) -> Job:
@@ -360,8 +272,8 @@ class PoolCluster:
             used = self.usage[job.queue]
             for r, q in job.total.items():
                 used[r] -= q
-            if self._fair:
-                self._stale.add(job.queue)
+            if self.fair is not None:
+                self.fair.stale.add(job.queue)
         return job
 
     # -- one cycle -------------------------------------------------------------
@@ -377,7 +289,7 @@ class PoolCluster:
                 self._plan_head(now)
             return []
         if mode == "conservative":
-            started = self._conservative(now)
+            started = self.conservative.run(self, now)
         else:
             started = self._in_order(now, mode == "easy")
         for job in started:
@@ -427,7 +339,7 @@ class PoolCluster:
         if free < least:
             # No waiting job fits: the pass stops at its first job, if any.
             return next(it, None) is None
-        count = len(started)
+        before = len(started)
         ii = self._at
         ei, ci = ii + 1, ii + 2
         # Most waiting jobs need more nodes than are idle: the loop skips
@@ -437,7 +349,7 @@ class PoolCluster:
                 continue  # the summed-free check
             need = entry[ci]
             est = entry[ei]
-            if est is _ASK:
+            if est is ASK:
                 est = self.estimate(pending[entry[ii]])
             if est is not None and now + est <= at:
                 self._begin(pending[entry[ii]], need, now, started)
@@ -449,7 +361,7 @@ class PoolCluster:
             free, least = self.free, self.least
             if free < least:
                 return False  # it started one, and no waiting job fits now
-        return len(started) == count
+        return len(started) == before
 
     def _correct(self, now: float) -> None:
         """``RuntimeHistory.correct`` on the pool: every running job past its
@@ -513,86 +425,3 @@ class PoolCluster:
         found = None if free < need else (t, free - need)
         self._planned = (self._changes, need, first, found)
         return found
-
-    def _conservative(self, now: float) -> list[Job]:
-        started: list[Job] = []
-        if self.free < self.least:
-            return started
-        entries, resumed = self._resume(self._entries(now), now)
-        seq: list[tuple[str, float | None]]
-        if resumed is None:
-            profile, reserved, seq = self._profile(now), 0, []
-        else:
-            profile, reserved, seq = resumed
-        # Read once: this loop runs for every waiting job at every event.
-        place, estimate, pending = profile.place, self.estimate, self.pending
-        reserved_list = self.reserved
-        depth = self.config.reservation_depth
-        for entry in entries:
-            need, est, job_id = entry[-1], entry[-2], entry[-3]
-            if est is _ASK:
-                est = estimate(pending[job_id])
-            t = place(need, est, self.free, depth is not None and reserved >= depth)
-            if t is None:
-                seq.append((job_id, None))
-            elif t <= now:
-                self._begin(pending[job_id], need, now, started)
-                if self.free < self.least:
-                    break  # later reservations could only hold the rest back
-            else:
-                reserved_list.append((job_id, t))
-                reserved += 1
-                seq.append((job_id, t))
-        # The profile as left (started jobs included) is what the next pass
-        # would build again while nothing starts or ends meanwhile: kept
-        # with the jobs it went over, their answers and what ``_begin`` made
-        # of ``_changes``.
-        self._kept = (self._changes, seq, profile, reserved)
-        return started
-
-    def _resume(self, entries: Iterator[tuple[Any, ...]], now: float
-                ) -> tuple[Iterator[tuple[Any, ...]],
-                           tuple[CountProfile, int, list[tuple[str, float | None]]] | None]:
-        """Where the last conservative pass left off, when nothing started or
-        ended since it, no planned end or step fell due, and the queue begins
-        with the jobs it went over and did not start, in the same order: each
-        of them gets the same answer again (a window that failed from the
-        first step still holds the step that failed it; every later step is
-        unchanged), so only the jobs after them are asked. The jobs the pass
-        started hold in its profile the windows their ends give a fresh one,
-        and an answer it gave before one of them was placed stands with it
-        placed (that window still fits: the profile it left is nowhere
-        negative); the proof is ``tests/core/test_poolsim.py``'s resumed
-        against fresh passes. ``entries`` (``_entries``) come back with what
-        was read of them put back when the pass cannot resume."""
-        kept, self._kept = self._kept, None
-        if kept is None or kept[0] != self._changes:
-            return entries, None
-        _, seq, profile, reserved = kept
-        times = profile.times
-        if len(times) > 1 and not times[1] > now:
-            return entries, None
-        taken: list[tuple[Any, ...]] = []
-        for job_id, _ in seq:
-            entry = next(entries, None)
-            if entry is None:
-                return iter(taken), None
-            taken.append(entry)
-            if entry[-3] != job_id:
-                return chain(taken, entries), None
-        times[0] = now
-        self.reserved.extend((job_id, t) for job_id, t in seq if t is not None)
-        return entries, (profile, reserved, seq)
-
-    def _profile(self, now: float) -> CountProfile:
-        # The running jobs' releases summed once per change to them: between
-        # changes a conservative cycle only moves ``now`` over them.
-        summed = self._releases
-        if summed is None or summed[0] != self._changes:
-            running = self.running
-            # ``ends`` is sorted by end, so the release instants come in order.
-            instants, cumulative = summed_releases(
-                self.free, ((end, running[job_id][1]) for end, job_id in self.ends))
-            summed = self._releases = (self._changes, instants, cumulative)
-        return CountProfile.summed(now, self.free, summed[1], summed[2])
-

@@ -37,7 +37,7 @@ from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
 from apportion.core.scheduling.adaptive import RuntimeHistory
-from apportion.core.scheduling.cycle import INF, SchedulerConfig, estimator
+from apportion.core.scheduling.cycleconfig import INF, SchedulerConfig, estimator
 from apportion.core.scheduling.jobs import Job, Queue, TaskPlacement
 from apportion.core.scheduling.policies import FairShare, OrderContext, strategy
 from apportion.core.scheduling.state import ClusterState

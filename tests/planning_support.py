@@ -20,6 +20,7 @@ from apportion.core.ledger import Ledger
 from apportion.service.history_service import HistoryService, HistorySettings
 from apportion.store.database import create_engine, migrate
 from apportion.store.schema import history_rollups, history_samples, history_series
+from e2e.cluster import wait_for
 from support import ServerProcess
 
 HOURS = 21 * 24
@@ -106,25 +107,21 @@ def start_seeded_server(make_dir: Callable[[], Path], extra_env: Callable[[Path]
     raise AssertionError("the hour turned twice while one server started")
 
 
-def _wait_for_own_sample(db: Path, after: float, timeout_s: float = 120.0) -> None:
+def _wait_for_own_sample(db: Path, after: float) -> None:
     """Until the server has stored a sample of tx/gpu allocation taken after
     ``after`` (what ``prepare`` made): before it, this hour's only point is
     the seeded one (``ramp(-1)``), and a loaded host can take seconds to get
     the sampler's turn."""
     engine = create_engine(f"sqlite:///{db}")
-    deadline = time.monotonic() + timeout_s
+    query = sa.select(sa.func.count()).select_from(history_samples.join(
+        history_series, history_samples.c.series_id == history_series.c.id)).where(
+        history_series.c.metric == "allocated", history_samples.c.at > after)
+
+    def sampled() -> bool:
+        with engine.connect() as conn:
+            return bool(conn.execute(query).scalar_one())
+
     try:
-        while True:
-            with engine.connect() as conn:
-                found = conn.execute(
-                    sa.select(sa.func.count()).select_from(
-                        history_samples.join(history_series,
-                                             history_samples.c.series_id == history_series.c.id))
-                    .where(history_series.c.metric == "allocated",
-                           history_samples.c.at > after)).scalar_one()
-            if found:
-                return
-            assert time.monotonic() < deadline, "the server took no sample of its own"
-            time.sleep(0.05)
+        wait_for("a sample of the server's own", sampled, 120.0, every=0.05)
     finally:
         engine.dispose()

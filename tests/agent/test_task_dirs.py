@@ -9,8 +9,6 @@ import asyncio
 import os
 import signal
 import stat
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from apportion.agent.main import Agent
 from apportion.agent.protocol import Assignment, TaskUpdate
 from apportion.agent.runner import Runner
 from apportion.agent.spares import Spares, bare_sandbox, empty_own_log, idle_empty_log
+from support import wait_until
 
 WATCHDOG = LimitSupport(LimitMode.RLIMIT_WATCHDOG, "test")
 
@@ -59,15 +58,8 @@ class _Harness:
         before = len(self.exits)
         task = self.runner.prepare(_assignment(command, task_id))
         self.runner.spawn(task)
-        await _until(lambda: len(self.exits) > before)
+        await wait_until("the task's exit", lambda: len(self.exits) > before, 60.0)
         return self.exits[-1]
-
-
-async def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def _outcome(task: LocalTask, root: Path) -> dict[str, Any]:
@@ -100,7 +92,7 @@ def _compare(root: Path, recycled: bool) -> tuple[list[dict[str, Any]], int]:
                        for i in range(len(COMMANDS))]
             for task in started:
                 h.runner.spawn(task)
-            await _until(lambda: len(h.exits) == len(started))
+            await wait_until("the warm tasks' exits", lambda: len(h.exits) == len(started), 60.0)
             for task in started:
                 assert task.sandbox is not None
                 warm.update(p.stat().st_ino for p in (
@@ -112,7 +104,8 @@ def _compare(root: Path, recycled: bool) -> tuple[list[dict[str, Any]], int]:
             assert task.sandbox is not None
             reused += task.sandbox.stat().st_ino in warm
             h.runner.spawn(task)
-            await _until(lambda t=task: bool(h.exits) and h.exits[-1] is t)
+            await wait_until(f"{task.id}'s exit",
+                             lambda t=task: bool(h.exits) and h.exits[-1] is t, 60.0)
             logs = [(task.dir / f"{s}.log").stat().st_ino for s in ("stdout", "stderr")]
             reused += sum(inode in warm for inode in logs)
             if recycled:  # what this one leaves may be the next one's
@@ -319,7 +312,7 @@ def test_an_exit_asked_for_again_is_read_from_the_kept_record(tmp_path: Path) ->
             (["sh", "-c", "exit 4"], "quiet"), (["sh", "-c", "echo hi; exit 5"], "loud"))]
         for task in tasks:
             agent.runner.spawn(task)
-        await _until(lambda: len(exits) == 2)
+        await wait_until("both exits", lambda: len(exits) == 2, 60.0)
         for task in tasks:
             agent.runner.reported(task)
         return tasks
@@ -347,7 +340,7 @@ def test_without_a_cgroup_a_sandbox_stays_and_only_the_logs_go_on(tmp_path: Path
         for task_id in ("first", "second"):
             task = runner.prepare(_assignment(["true"], task_id))
             runner.spawn(task)
-            await _until(lambda n=len(tasks) + 1: len(exits) == n)
+            await wait_until(f"{task_id}'s exit", lambda n=len(tasks) + 1: len(exits) == n, 60.0)
             runner.reported(task)
             tasks.append(task)
         runner.close()

@@ -301,6 +301,28 @@ def test_a_short_arrival_between_head_and_queue_end_still_backfills() -> None:
     assert starts(pool)["j"] == (1.0, 51.0)
 
 
+def test_a_pass_beside_a_job_past_its_estimate_is_not_resumed() -> None:
+    # a runs past its estimate (100 of 200 s): from 100 the profile counts
+    # its nodes as idle, the nodes do not, so b (3 nodes) is asked for a
+    # later step; at 100 there is none, at 101 c's end (110) is one. A pass
+    # at 101 resumed from 100's kept b's "none" and reserved nothing for it;
+    # a fresh pass reserves b at 110, and its move at 110 is counted.
+    nodes = [Node(f"n{i}", {"cpu": CPU}) for i in range(4)]
+
+    def sim_job(name: str, procs: int, submit: float, est: float, run: float) -> SimJob:
+        return SimJob(Job(name, (TaskSpec({"cpu": CPU}, procs),), gang=procs > 1,
+                          submit_time=submit, runtime_estimate=est), run, est != run)
+
+    jobs = [sim_job("a", 2, 0.0, 100.0, 200.0), sim_job("b", 3, 5.0, 1.0, 1.0),
+            sim_job("x", 1, 70.0, 1.0, 1.0), sim_job("c", 1, 100.0, 10.0, 10.0),
+            sim_job("e", 1, 101.0, 1.0, 1.0)]
+    config = SimConfig(SchedulerConfig(strategy="fifo", backfill="conservative",
+                                       reservation_depth=2))
+    result = simulate(jobs, nodes, config)
+    assert result.metrics["reservation_moves"] == 1
+    assert starts(result)["b"] == (200.0, 201.0)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(traces(), st.sampled_from(("fifo", "sjf", "fairshare", "adaptive")),
        st.sampled_from((None, 2)))

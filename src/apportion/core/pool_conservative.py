@@ -51,8 +51,14 @@ class ConservativePass:
         seq: _Seq
         if resumed is None:
             profile, reserved, seq = self._profile(pool, now), 0, []
+            # Jobs past their estimate count as ended in the profile but
+            # still hold their nodes: a job the nodes refuse now is asked
+            # for a later step, and a start later in the pass adds steps
+            # (its end) that can answer it sooner. Such a pass is not kept.
+            keep = profile.free[0] <= pool.free
         else:
             profile, reserved, seq = resumed
+            keep = True  # a kept pass had none, and none fell due since
         # Read once: this loop runs for every waiting job at every event.
         place, estimate, pending = profile.place, pool.estimate, pool.pending
         reserved_list = pool.reserved
@@ -97,14 +103,15 @@ class ConservativePass:
         # would build again while nothing starts or ends meanwhile: kept
         # with the jobs it went over, their answers and what ``_begin`` made
         # of ``_changes``.
-        self._kept = (pool._changes, seq, profile, reserved)
+        self._kept = (pool._changes, seq, profile, reserved) if keep else None
         return started
 
     def _resume(self, pool: PoolCluster, entries: Iterator[tuple[Any, ...]], now: float
                 ) -> tuple[Iterator[tuple[Any, ...]],
                            tuple[CountProfile, int, _Seq] | None]:
         """Where the last pass left off, when nothing started or ended since
-        it, no planned end or step fell due, and the queue begins with the
+        it, no planned end or step fell due (in it or since: ``run`` keeps
+        no pass that met a job past its estimate), and the queue begins with the
         jobs it went over and did not start, in the same order: each of them
         gets the same answer again (a window that failed from the first step
         still holds the step that failed it; every later step is

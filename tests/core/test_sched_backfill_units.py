@@ -6,6 +6,8 @@ Written for the mutants of ``backfill.py`` (docs/testing.md)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+from typing import Any, cast
 
 from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import (
@@ -224,6 +226,28 @@ def test_nodes_freed_at_one_instant_go_in_release_order() -> None:
     assert _first_freed(state, state.nodes["n2"], 30.0, 10.0, n1) is None
     assert _first_freed(state, state.nodes["n1"], 30.0, 10.0, (30.0, "a", 1)) == n1
     assert _first_freed(state, state.nodes["n2"], 30.0, 10.0, (30.0, "z", 0)) == (30.0, "d", 1)
+
+
+def test_first_freed_at_now_reads_no_job_after_the_best() -> None:
+    # At "now" every end is "now": a job whose id comes after the best so far
+    # cannot come first, so it is passed without reading it ("c"); the best's
+    # own id is read (a gang's earlier task may be on this node).
+    state = nodes(2)
+    for name in ("b", "c", "a2"):
+        hold(state, name, ["n0"], 0.0, 5.0, cpu=P // 2)
+    read: list[str] = []
+
+    class Counting(dict[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            read.append(key)
+            return super().__getitem__(key)
+
+    view = cast(ClusterState, SimpleNamespace(running=Counting(state.running)))
+    assert _first_freed(view, state.nodes["n0"], 10.0, 10.0, (10.0, "b", 0)) == (10.0, "a2", 0)
+    assert read == ["b", "a2"]
+    read.clear()
+    assert _first_freed(view, state.nodes["n0"], 10.0, 10.0) == (10.0, "a2", 0)
+    assert read == ["b", "a2"]  # "c" comes after "b", the best once "b" is read
 
 
 def gpu_node(name: str, *models: str) -> Node:

@@ -382,6 +382,8 @@ def _first_freed(state: ClusterState, rec: NodeRec, t: float, now: float,
     best = beat
     running = state.running
     for job_id in rec.jobs:
+        if best is not None and job_id > best[1] and best[0] <= now:
+            continue  # no end comes before "now": it cannot come first
         rj = running[job_id]
         end = INF if rj.estimate is None else max(now, rj.start + rj.estimate)
         if end > t or (best is not None and end > best[0]):

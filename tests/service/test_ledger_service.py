@@ -114,13 +114,24 @@ def test_a_release_is_answered_again_and_memory_is_rebuilt_at_start(
     assert again.ledger.allocated("n1") == {"cpu": 1000}
 
 
-def test_an_allocation_id_reads_as_a_random_uuid4() -> None:
+def test_an_allocation_id_reads_as_a_uuid7_that_grows_with_time() -> None:
+    """RFC 9562 version 7: the milliseconds of its making, then random bits;
+    ids made in a later millisecond sort after earlier ones (so new rows land
+    at the right edge of the primary key's index)."""
+    import itertools
+    import time
     from uuid import RFC_4122, UUID
 
     from apportion.service.ledger_service import new_id
 
-    ids = {new_id() for _ in range(2000)}
-    assert len(ids) == 2000
+    before = time.time_ns() // 1_000_000
+    ids = [new_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 2000
     for i in ids:
         parsed = UUID(hex=i)
-        assert parsed.hex == i and parsed.version == 4 and parsed.variant == RFC_4122
+        assert parsed.hex == i and parsed.version == 7 and parsed.variant == RFC_4122
+        assert before <= int(i[:12], 16) <= after
+    stamps = [int(i[:12], 16) for i in ids]
+    assert stamps == sorted(stamps)
+    assert all(a < b for a, b in itertools.pairwise(ids) if a[:12] != b[:12])

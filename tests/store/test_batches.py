@@ -4,6 +4,7 @@ written, or it answers False and its transaction leaves no trace."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,3 +170,88 @@ def test_a_lost_postgres_connection_is_an_operational_error_and_the_next_batch_w
     finally:
         writer.dispose()
         engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    engine = create_engine(f"sqlite:///{tmp_path}/a.db", sqlite_synchronous="OFF")
+    migrate(engine)
+    with engine.begin() as conn:
+        for node in (GPU, CPU):
+            tables.insert_node(conn, node)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_batch_runs_its_statements_on_the_driver_cursor(
+        sqlite_engine: sa.Engine) -> None:
+    """SQLAlchemy executes the Core statement that frees released devices,
+    not the batch's multi-row statements (they run on one sqlite3 cursor,
+    ``tables.on_cursor``; BEGIN too goes to the driver): the same rows are
+    written."""
+    engine = sqlite_engine
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda _c, _k, sql, *_: seen.append(" ".join(sql.split()[:2])))
+    held = _alloc("a1", "gpu-1", {"cpu": 1000, "gpu": 1}, {"gpu": ("0",)})
+    plain = _alloc("a2", "cpu-1", {"cpu": 1500, "memory": GiB})
+    assert _write(engine, [held, plain], [], [_event(held), _event(plain)])
+    assert seen == []
+    gone = held.released(ReleaseReason.COMPLETED, 20.0)
+    assert _write(engine, [], [gone], [_event(gone, "allocation.released")])
+    assert seen == ["UPDATE devices"]
+    balances, rows, holders, events = _state(engine)
+    assert ("cpu-1", "cpu", 1500) in balances and ("gpu-1", "gpu", 0) in balances
+    assert rows == [("a1", "released"), ("a2", "active")]
+    assert holders == [("0", None), ("1", None)]
+    assert events == [("allocation.granted", "a1"), ("allocation.granted", "a2"),
+                      ("allocation.released", "a1")]
+
+
+def test_a_driver_error_on_the_lent_cursor_is_raised_as_sqlalchemys(
+        sqlite_engine: sa.Engine) -> None:
+    """What the committer tells apart (it retries an OperationalError, a unit
+    refused by a constraint is an IntegrityError) holds on the driver's cursor
+    too: a second row with a stored id is sqlalchemy's IntegrityError, and a
+    write while another connection holds the database is its OperationalError."""
+    engine = sqlite_engine
+    first = _alloc("a1", "cpu-1", {"cpu": 1000})
+    assert _write(engine, [first], [], [_event(first)])
+    again = _alloc("a1", "cpu-1", {"cpu": 1000})
+    with pytest.raises(sa.exc.IntegrityError):
+        _write(engine, [again], [], [_event(again)])
+    assert _state(engine)[1] == [("a1", "active")]
+    locked = create_engine(str(engine.url), sqlite_synchronous="OFF")
+    with locked.connect() as holder, engine.connect() as conn:
+        tx = conn.begin()
+        conn.exec_driver_sql("PRAGMA busy_timeout=0")
+        conn.exec_driver_sql("SELECT 1 FROM allocations").all()
+        held = holder.begin()
+        holder.exec_driver_sql("UPDATE nodes SET updated_at = 1")
+        late = _alloc("a2", "cpu-1", {"cpu": 1000})
+        with pytest.raises(sa.exc.OperationalError):
+            write_batch(conn, [late], [], [_event(late)])
+        tx.rollback()
+        held.rollback()
+    locked.dispose()
+
+
+def test_active_rows_are_inserted_without_binding_a_none(sqlite_engine: sa.Engine) -> None:
+    """A grant's row has its state, reason and release time written as
+    literals (sqlite3 binds a None through a failed adapter lookup); a
+    released row binds them. Both read back as they were."""
+    engine = sqlite_engine
+    bound: list[tuple[Any, ...]] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda _c, _k, sql, params, *_:
+                    bound.append(params) if sql.startswith("INSERT INTO allocations") else None)
+    active = [_alloc("a1", "cpu-1", {"cpu": 1000}), _alloc("a2", "cpu-1", {"cpu": 5})]
+    gone = _alloc("a3", "cpu-1", {"cpu": 7}).released(ReleaseReason.COMPLETED, 20.0)
+    with engine.begin() as conn:
+        tables.insert_allocations(conn, active)
+        tables.insert_allocations(conn, [gone])
+    assert len(bound) == 2 and None not in bound[0]
+    assert bound[1][-4:] == ("released", "completed", 10.0, 20.0)
+    with engine.connect() as conn:
+        assert [tables.load_allocation(conn, a.id) for a in (*active, gone)] == [*active, gone]

@@ -42,3 +42,25 @@ def test_a_database_in_memory_is_written_through_its_own_engine() -> None:
     engine = sa.create_engine("sqlite://")
     assert writer_engine(engine) is engine
     engine.dispose()
+
+
+def test_a_sqlite_transaction_begins_on_the_driver_and_rolls_back_whole(tmp_path: Path) -> None:
+    """BEGIN goes to the sqlite3 connection itself (SQLAlchemy executes
+    nothing for it), and still opens the transaction a rollback undoes."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}", sqlite_synchronous="OFF")
+    migrate(engine)
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda _c, _k, sql, *_: seen.append(sql))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        with engine.connect() as conn:
+            tx = conn.begin()
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+            assert conn.connection.dbapi_connection.in_transaction  # type: ignore[union-attr]
+            tx.rollback()
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 0
+        assert seen == ["CREATE TABLE t (x INTEGER)", "INSERT INTO t VALUES (1)",
+                        "SELECT count(*) FROM t"]
+    finally:
+        engine.dispose()

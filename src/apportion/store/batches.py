@@ -43,13 +43,14 @@ def write_batch(conn: sa.Connection, grants: Sequence[Allocation],
     if conn.dialect.name == "postgresql":
         return _write_postgres(conn, grants, releases, events)
     # SQLite: one writer holds the database, so no row locks to order.
-    if not (
-        tables.release_many(conn, releases)
-        and tables.grant_many(conn, grants)
-        and tables.shift_balances(conn, tables.balance_deltas(grants, releases))
-    ):
-        return False
-    event_log.insert_events(conn, events)
+    with tables.on_cursor(conn):
+        if not (
+            tables.release_many(conn, releases)
+            and tables.grant_many(conn, grants)
+            and tables.shift_balances(conn, tables.balance_deltas(grants, releases))
+        ):
+            return False
+        event_log.insert_events(conn, events)
     return True
 
 

@@ -9,8 +9,10 @@ PostgreSQL cannot both win the last unit; releases flip ``state`` from
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -371,6 +373,40 @@ def list_allocations(
 # spends most of its time waiting to get it back from the request thread.
 
 
+_CURSOR = "apportion.driver_cursor"
+"""The key in a connection's ``info`` of the driver cursor that ``on_cursor``
+lends to the batch statements below."""
+
+
+@contextlib.contextmanager
+def on_cursor(conn: sa.Connection) -> Iterator[None]:
+    """The batch statements below run on one driver cursor while this lasts,
+    not through SQLAlchemy's ``exec_driver_sql``: its execution context, result
+    object and event dispatch cost more per statement than SQLite's work for
+    a dozen grants (the committer's batch, ``store/batches.py``)."""
+    conn.info[_CURSOR] = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        conn.info.pop(_CURSOR).close()
+
+
+def _execute(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    """Run ``sql``; its rowcount. Driver errors are raised as SQLAlchemy's
+    (``OperationalError``, ``IntegrityError``...), cursor lent or not: the
+    committer retries on those."""
+    cursor = conn.info.get(_CURSOR)
+    if cursor is None:
+        return int(conn.exec_driver_sql(sql, params).rowcount)
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        cursor.execute(sql, params)
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi.Error,
+                                         dialect=conn.dialect) from exc
+    return int(cursor.rowcount)
+
+
 def _placeholder(conn: sa.Connection) -> str:
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
@@ -389,20 +425,29 @@ def _values_update(conn: sa.Connection, head: str, casts: list[str],
     through SQLAlchemy costs more than running it."""
     sql = f"{head} FROM (VALUES {_values(conn, casts, len(rows))}) AS v WHERE {tail}"
     params = tuple(value for row in rows for value in row)
-    return int(conn.exec_driver_sql(sql, params).rowcount)
+    return _execute(conn, sql, params)
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """One multi-row INSERT; JSON columns serialized here with orjson."""
-    columns = [c.name for c in table.columns if c.name in rows[0]]
-    json_cols = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    params = tuple(
-        orjson.dumps(row[c]).decode() if c in json_cols else row[c]
-        for row in rows for c in columns
-    )
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
-           f"{_values(conn, [''] * len(columns), len(rows))}")
-    conn.exec_driver_sql(sql, params)
+    """One multi-row INSERT; JSON columns serialized here with orjson. Each
+    row's values are taken by one ``itemgetter`` call (in C), not a
+    generator step per cell."""
+    columns = tuple(c.name for c in table.columns if c.name in rows[0])
+    json_names = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    json_at = [i for i, name in enumerate(columns) if name in json_names]
+    take = operator.itemgetter(*columns)
+    dumps = orjson.dumps
+    params: list[Any] = []
+    for row in rows:
+        values = take(row) if len(columns) > 1 else (row[columns[0]],)
+        if json_at:
+            values = list(values)
+            for i in json_at:
+                values[i] = dumps(values[i]).decode()
+        params += values
+    sql = _insert_sql(table.name, columns, ("{m}",) * len(columns), _placeholder(conn),
+                      len(rows))
+    _execute(conn, sql, tuple(params))
 
 
 def shift_balances(conn: sa.Connection, deltas: dict[tuple[str, str], int]) -> bool:
@@ -441,25 +486,34 @@ def grant_many(conn: sa.Connection, allocs: Sequence[Allocation]) -> bool:
 
 _ALLOCATION_COLUMNS = ("id", "node", "owner", "resources", "devices", "labels", "state",
                        "reason", "created_at", "released_at")
+_ACTIVE_CELLS = ("{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "'active'", "NULL", "{m}", "NULL")
+"""An active allocation's row (every grant's) with its state, reason and
+release time as literals: the sqlite3 module binds a None through its
+adapter lookup, which formats and clears an AttributeError each time."""
 
 
 @functools.lru_cache(maxsize=512)
-def _insert_sql(table: str, columns: tuple[str, ...], mark: str, count: int) -> str:
-    cells = "(" + ", ".join([mark] * len(columns)) + ")"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([cells] * count)}"
+def _insert_sql(table: str, columns: tuple[str, ...], cells: tuple[str, ...], mark: str,
+                count: int) -> str:
+    row = "(" + ", ".join(cell.format(m=mark) for cell in cells) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
 
 
 def insert_allocations(conn: sa.Connection, allocs: Sequence[Allocation]) -> None:
     """One multi-row INSERT of allocation rows, parameters laid out flat
     (what ``insert_rows`` does for any table, without a dict per row)."""
     dumps = orjson.dumps
+    active = all(a.state is AllocationState.ACTIVE and a.reason is None
+                 and a.released_at is None for a in allocs)
     params: list[Any] = []
     for a in allocs:
         params += (a.id, a.node, a.owner, dumps(dict(a.resources)).decode(),
-                   dumps(dict(a.devices)).decode(), dumps(a.labels).decode(), a.state.value,
-                   a.reason.value if a.reason else None, a.created_at, a.released_at)
-    sql = _insert_sql("allocations", _ALLOCATION_COLUMNS, _placeholder(conn), len(allocs))
-    conn.exec_driver_sql(sql, tuple(params))
+                   dumps(dict(a.devices)).decode(), dumps(a.labels).decode())
+        params += (a.created_at,) if active else (
+            a.state.value, a.reason.value if a.reason else None, a.created_at, a.released_at)
+    sql = _insert_sql("allocations", _ALLOCATION_COLUMNS,
+                      _ACTIVE_CELLS if active else ("{m}",) * 10, _placeholder(conn), len(allocs))
+    _execute(conn, sql, tuple(params))
 
 
 def release_many(conn: sa.Connection, released: Sequence[Allocation]) -> bool:

@@ -1,0 +1,156 @@
+"""The ``adaptive`` strategy's parts that hold no history: the levels, the
+settings, the running mean of errors, a signature's facts, the levels' table and
+the pure helpers (the design is in ``adaptive``'s docstring; split from it to
+keep each module under 600 lines)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apportion.core.scheduling.jobs import Job
+
+LEVELS = ("user+name", "user", "name", "queue", "size", "global")
+"""Where a run time is learned, most specific first."""
+
+CORRECTION_STEPS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 18000.0, 36000.0,
+                    72000.0, 180000.0, 360000.0)
+"""Tsafrir et al.'s gradual increments (1 min ... 100 h, then 100 h again): a
+job that outruns its prediction is next expected at the following rung."""
+
+_SLACK = 4096
+"""Entries the per-job caches may hold beyond the jobs in play before they
+are swept (a job cancelled while pending or running is never recorded)."""
+
+_UNKNOWN: Any = object()
+
+_TAME = 1e300
+"""Values learned from below this (in size) keep every error finite."""
+
+_FLOOR_S = 1.0
+"""Added to both sides of a log error, so a 0-second run does not dominate."""
+
+_EXACT = 0.01
+"""A mean log error this small (1 %) counts as exact when weighing guesses.
+An exact estimate (a log's stand-in, the run time itself) must keep nearly
+all the weight: with a floor of 5 % a poor learned value still pulled it
+off by a few tenths of a percent, hours on Philly's week-long jobs."""
+
+
+def size_class(job: Job) -> int:
+    """The job's largest request in devices or processors (gpu if asked,
+    else cpu in whole cores), rounded up to a power of two."""
+    total = job.total
+    gpus = total.get("gpu", 0)
+    amount = gpus if gpus else -(-total.get("cpu", 0) // 1000)
+    return 1 << max(0, int(amount) - 1).bit_length()
+
+
+@dataclass(frozen=True, slots=True)
+class LearnSettings:
+    min_runs: Mapping[str, int] = field(default_factory=lambda: {
+        "user+name": 2, "user": 2, "name": 3, "queue": 8, "size": 8, "global": 8})
+    """Runs a level needs before it is used (the evidence rule)."""
+    depth: Mapping[str, int] = field(default_factory=lambda: {
+        "user+name": 2, "user": 2, "name": 2, "queue": 32, "size": 32, "global": 32})
+    """Recent runs kept per key: two where the runs are one user's (Tsafrir),
+    more for the broad levels, where the median of a window is used."""
+    max_error: float = math.log(8.0)
+    """A level whose mean log error is above this (off by more than 8x on
+    average) is too poor to plan on."""
+    smoothing: float = 0.02
+    """Weight of the newest job in the running mean of each error."""
+
+
+@dataclass(slots=True)
+class _Error:
+    """A running mean of log errors (exponentially weighted)."""
+
+    mean: float = 0.0
+    count: int = 0
+
+    def add(self, value: float, smoothing: float) -> None:
+        self.count += 1
+        weight = 1.0 / self.count
+        if weight < smoothing:
+            weight = smoothing
+        self.mean += weight * (value - self.mean)
+
+
+def _log_error(predicted: float, actual: float) -> float:
+    return abs(math.log((predicted + _FLOOR_S) / (actual + _FLOOR_S)))
+
+
+class _Facts:
+    """A signature's part of its answer: its keys by level, the user's
+    estimate (and its log) and the name of its user's error. Read-only once
+    built (a plain class: one is built per new signature, and a frozen
+    dataclass's construction showed in the profile)."""
+
+    __slots__ = ("given", "keys", "log_given", "user")
+
+    def __init__(self, keys: Mapping[str, tuple[str, object]], given: float | None,
+                 log_given: float | None, user: str) -> None:
+        self.keys = keys
+        self.given = given
+        self.log_given = log_given
+        self.user = user
+
+
+def _facts(job: Job, keys: list[tuple[str, object]]) -> _Facts:
+    given = job.runtime_estimate
+    # None where the log does not exist: ``_answer`` then raises as it did.
+    log_given = math.log(given + _FLOOR_S) if given is not None and given > -_FLOOR_S else None
+    return _Facts({key[0]: key for key in keys}, given, log_given, f"user:{job.user or ''}")
+
+
+class _Levels:
+    """The levels as the last ``record`` left them: in the order a job's
+    learned value is taken (lowest mean error first, the most specific on
+    a tie, those never scored last), the poor ones, each scored level's
+    weight against the user's estimate, and per user error name the weight
+    of that user's estimates (filled as asked). Built once per ``record``
+    (a plain class: a frozen dataclass costs more to build than it saves)."""
+
+    __slots__ = ("order", "poor", "users", "weight")
+
+    def __init__(self, order: tuple[str, ...], poor: frozenset[str],
+                 weight: dict[str, float]) -> None:
+        self.order = order
+        self.poor = poor
+        self.weight = weight
+        self.users: dict[str, float | None] = {}
+
+
+
+def _ladder() -> Iterator[float]:
+    yield from CORRECTION_STEPS
+    while True:
+        yield CORRECTION_STEPS[-1]
+
+
+def _typical(kept: Sequence[float], ordered: Sequence[float] | None = None) -> float:
+    """The mean of up to two runs, else the median (``ordered``: ``kept``
+    already sorted)."""
+    if len(kept) <= 2:
+        return sum(kept) / len(kept)
+    if ordered is None:
+        ordered = sorted(kept)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _keys(job: Job) -> list[tuple[str, object]]:
+    keys: list[tuple[str, object]] = []
+    if job.user is not None:
+        if job.name is not None:
+            keys.append(("user+name", (job.user, job.name)))
+        keys.append(("user", job.user))
+    if job.name is not None:
+        keys.append(("name", job.name))
+    keys.append(("queue", job.queue))
+    keys.append(("size", size_class(job)))
+    keys.append(("global", None))
+    return keys

@@ -368,6 +368,8 @@ class PoolCluster:
         planned end at ``now`` gets the end its history extends it to."""
         assert self.history is not None
         ends = self.ends
+        if not ends or ends[0][0] > now:
+            return  # nothing overdue (most cycles): no bisection
         cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
         if not cut:
             return

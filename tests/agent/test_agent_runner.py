@@ -127,6 +127,39 @@ def test_a_task_runs_in_its_directory_with_its_logs_and_its_exit_code_is_kept(
     assert task.report().exit_code == 3
 
 
+class _Unread(dict[str, str]):
+    """An environment that fails the test when it is read."""
+
+    def items(self) -> Any:
+        raise AssertionError("os.environ read after the runner was made")
+
+    __iter__ = keys = values = items
+
+
+def test_a_task_starts_with_the_agents_environment_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task's environment starts from the agent's as the runner read
+    it when made, less the agent's own settings: ``os.environ`` is not read
+    again for each task (it decodes every name and value each time)."""
+    monkeypatch.setenv("APPORTION_TOKEN", "secret")
+    monkeypatch.setenv("AGENT_SETTING", "kept")
+
+    async def scenario() -> list[str]:
+        h = Harness(tmp_path)
+        h.runner.open()
+        monkeypatch.setattr(os, "environ", _Unread(os.environ))
+        for i in range(2):
+            h.runner.spawn(h.runner.prepare(assignment(
+                ["sh", "-c", 'echo "$AGENT_SETTING ${APPORTION_TOKEN:-none}"'],
+                task_id=f"t{i}")))
+        await h.until(lambda: len(h.exits) == 2)
+        h.runner.close()
+        return [(t.dir / "stdout.log").read_text() for t in h.exits]
+
+    assert run(scenario()) == ["kept none\n"] * 2
+
+
 def test_a_missing_command_fails_with_127_and_the_runner_never_runs_a_task_twice(
     tmp_path: Path
 ) -> None:

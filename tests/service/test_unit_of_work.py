@@ -199,6 +199,27 @@ def _release_unit(uow: UnitOfWork, i: int, alloc: str) -> Callable[[sa.Connectio
     return write
 
 
+def _two_stores(engine: sa.Engine, tmp_path: Path, cpu: int, held: list[Allocation]
+                ) -> tuple[UnitOfWork, UnitOfWork, list[str]]:
+    """Units over ``engine`` (queued together) and over a store of their own
+    (one at a time), each with node n1 of ``cpu`` holding ``held``; and the
+    first words of every statement the first runs."""
+    other = create_engine(f"sqlite:///{tmp_path}/alone.db")
+    migrate(other)
+    together = UnitOfWork(engine, origin="s1", clock=lambda: 7.5)
+    alone = UnitOfWork(other, origin="s1", clock=lambda: 7.5)
+    for store in (engine, other):
+        with store.begin() as conn:
+            insert_node(conn, Node("n1", {"cpu": cpu}))
+            tx = Tx(conn, together.events, now=1.0)
+            tx.grant_all(held)
+            tx.flush()
+    statements: list[str] = []
+    sa.event.listen(together._writer, "before_cursor_execute",
+                    lambda _c, _k, sql, *_: statements.append(" ".join(sql.split()[:3])))
+    return together, alone, statements
+
+
 def _rows(engine: sa.Engine) -> dict[str, list[tuple[object, ...]]]:
     with engine.connect() as conn:
         return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}"))), key=repr)
@@ -215,19 +236,8 @@ def test_units_sharing_a_transaction_release_and_record_usage_as_each_alone(
     """On SQLite the releases and usage rows of units queued together are
     written after the last of them, in one statement each: the same rows,
     answers and events as the units one at a time."""
-    other = create_engine(f"sqlite:///{tmp_path}/alone.db")
-    migrate(other)
-    together = UnitOfWork(engine, origin="s1", clock=lambda: 7.5)
-    alone = UnitOfWork(other, origin="s1", clock=lambda: 7.5)
-    for store in (engine, other):
-        with store.begin() as conn:
-            insert_node(conn, Node("n1", {"cpu": 64000}))
-            tx = Tx(conn, together.events, now=1.0)
-            tx.grant_all([_held(i) for i in range(4)])
-            tx.flush()
-    statements: list[str] = []
-    sa.event.listen(together._writer, "before_cursor_execute",
-                    lambda _c, _k, sql, *_: statements.append(" ".join(sql.split()[:3])))
+    together, alone, statements = _two_stores(engine, tmp_path, 64000,
+                                              [_held(i) for i in range(4)])
 
     async def queued() -> list[object]:
         return list(await asyncio.gather(*(
@@ -240,10 +250,68 @@ def test_units_sharing_a_transaction_release_and_record_usage_as_each_alone(
     try:
         answers = asyncio.run(queued())
         assert answers == asyncio.run(one_by_one())
-        assert _rows(engine) == _rows(other)
+        assert _rows(engine) == _rows(alone.engine)
         if len(set(allocs)) == len(allocs):
             assert statements.count("UPDATE allocations SET") == 1
             assert statements.count("INSERT INTO task_usage") == 1
+    finally:
+        together.close()
+        alone.close()
+
+
+def _grant_unit(uow: UnitOfWork, i: int, grant: str | None, release: str | None
+                ) -> Callable[[sa.Connection], object]:
+    """A task's start (its grant) or end (a release), as a job's units write them."""
+    def write(conn: sa.Connection) -> object:
+        tx = Tx(conn, uow.events, now=2.0 + i)
+        if grant is not None:
+            tx.grant_all([Allocation(grant, "n1", {"cpu": 1000}, {}, "alice", {},
+                                     AllocationState.ACTIVE, 1.0)])
+        released = tx.release(release, ReleaseReason.COMPLETED) if release else None
+        tx.flush()
+        return [a.id for a in tx.granted], None if released is None else released.id
+    return write
+
+
+@pytest.mark.parametrize("steps", [
+    [("a0", None), ("a1", None), ("a2", None), ("a3", None)],
+    [("a0", None), ("a1", None), ("a2", None), ("a3", None), ("a4", None)],  # one too many
+    [("a0", None), (None, "a0"), ("a1", None), ("a1", None)],  # released at once; twice
+    [("a0", "a0"), (None, "a0"), ("a2", None)],  # released in its own unit, then again
+])
+def test_units_sharing_a_transaction_grant_as_each_alone(
+        engine: sa.Engine, tmp_path: Path, steps: list[tuple[str | None, str | None]]) -> None:
+    """On SQLite the grants of units queued together are written after the
+    last of them, in one statement for the balances and one for the rows: the
+    same rows, answers and events as the units one at a time (where the
+    balance refuses the last grant, or a grant's allocation is released in
+    the same batch)."""
+    together, alone, statements = _two_stores(engine, tmp_path, 4000, [])
+
+    def shown(answers: list[object]) -> list[object]:
+        return [type(a).__name__ if isinstance(a, Exception) else a for a in answers]
+
+    async def queued() -> list[object]:
+        return list(await asyncio.gather(*(
+            together.write_unit(_grant_unit(together, i, *step))
+            for i, step in enumerate(steps)), return_exceptions=True))
+
+    async def one_by_one() -> list[object]:
+        out: list[object] = []
+        for i, step in enumerate(steps):
+            try:
+                out.append(await alone.write_unit(_grant_unit(alone, i, *step)))
+            except Refused as exc:
+                out.append(exc)
+        return out
+
+    try:
+        answers = shown(asyncio.run(queued()))
+        assert answers == shown(asyncio.run(one_by_one()))
+        assert _rows(engine) == _rows(alone.engine)
+        if len(steps) == 4 and all(release is None for _, release in steps):  # all fit
+            assert statements.count("INSERT INTO allocations") == 1
+            assert statements.count("UPDATE node_resources SET") == 1
     finally:
         together.close()
         alone.close()

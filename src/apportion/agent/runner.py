@@ -108,6 +108,11 @@ class Runner:
         """Makes and retires the tasks' directories and logs."""
         self._watchdog = MemoryWatchdog(kill=False)
         self._watching: asyncio.Task[None] | None = None
+        self._environ = dict(os.environ)
+        """The agent's environment, the base of every task's (``task_env``),
+        read once: nothing changes it after start (its secrets are gone
+        before: ``credentials.take_token``), and ``os.environ`` decodes each
+        name and value again at every read (72 decodes a task)."""
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -193,7 +198,7 @@ class Runner:
 
     def _env(self, task: LocalTask, resumed: bool) -> dict[str, str]:
         env = task_env(task.assignment, self.node, task.home, task.checkpoint_dir,
-                       task.resume_dir if resumed else None)
+                       task.resume_dir if resumed else None, self._environ)
         if task.identity is not None:
             # The agent's HOME is not the task's to read; its sandbox is.
             name = task.identity.name or str(task.identity.uid)

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -40,6 +40,16 @@ from apportion.store.schema import cluster_leader
 from apportion.store.usage_tables import insert_usage_rows
 
 T = TypeVar("T")
+
+
+class LaterRows(Protocol):
+    """Rows the units of one transaction leave to write after the last of
+    them (``Tx.later``)."""
+
+    def write_out(self, conn: sa.Connection) -> None: ...
+
+
+L = TypeVar("L", bound=LaterRows)
 EventSpec = tuple[str, str, dict[str, Any]]
 
 
@@ -174,7 +184,12 @@ class _Shared:
     change. Should a release then find its row no longer active, the batch
     is refused and its units run again each in a savepoint, releasing as
     they go: what they would have done without this. PostgreSQL keeps them
-    in place, where its row locks are taken."""
+    in place, where its row locks are taken. So do their grants (one
+    statement for the balances, one for the allocation rows, whatever the
+    count; the balances' check on the sum is the check of each unit in
+    turn, as grants only add) and rows of other kinds that a service defers
+    itself (``Tx.later``), all written before the releases. A unit that
+    reads what they change first writes them out (``Tx.settle``)."""
 
     def __init__(self, later: bool) -> None:
         self.events: list[dict[str, Any]] = []
@@ -182,6 +197,19 @@ class _Shared:
         self.later = later
         self.released: list[Allocation] = []
         self.usage: list[UsageRow] = []
+        self.granted: list[Allocation] = []
+        self.granted_by_id: dict[str, Allocation] = {}
+        """The same grants by id (a second grant of one id is in the list
+        too: its row's insert refuses the batch, as it would the unit)."""
+        self.later_rows: dict[type[Any], LaterRows] = {}
+
+    def write_ahead(self, conn: sa.Connection) -> None:
+        """Write the grants and rows left for later, and forget them."""
+        if self.granted:
+            granted, self.granted, self.granted_by_id = self.granted, [], {}
+            _write_grants(conn, granted)
+        for rows in self.later_rows.values():
+            rows.write_out(conn)
 
 
 def _shared_statements(conn: sa.Connection, run: Callable[[], list[Any]]) -> list[Any]:
@@ -190,6 +218,7 @@ def _shared_statements(conn: sa.Connection, run: Callable[[], list[Any]]) -> lis
         results = run()
     finally:
         del conn.info[_SHARED]
+    shared.write_ahead(conn)
     if shared.released:
         _release_all(conn, shared.released)
     if shared.usage:
@@ -197,6 +226,16 @@ def _shared_statements(conn: sa.Connection, run: Callable[[], list[Any]]) -> lis
     for begin in range(0, len(shared.events), EVENTS_AT_ONCE):
         event_log.insert_events(conn, shared.events[begin:begin + EVENTS_AT_ONCE])
     return results
+
+
+def _write_grants(conn: sa.Connection, allocs: list[Allocation]) -> None:
+    """Grants' balances and rows (three statements at most, whatever the
+    count): refused whole when a balance or a device disagrees."""
+    if not tables.shift_balances(conn, tables.balance_deltas(allocs, ())) \
+            or not tables.grant_many(conn, allocs):
+        nodes = sorted({a.node for a in allocs})
+        raise Refused(f"node {', '.join(nodes)} no longer has room for this grant "
+                      "(another server granted first)", node=nodes[0])
 
 
 def _release_all(conn: sa.Connection, released: list[Allocation]) -> None:
@@ -233,6 +272,28 @@ class Tx:
         its release reads it no more."""
         self._read[alloc_id] = stored
 
+    def later(self, kind: type[L]) -> L | None:
+        """The rows of ``kind`` (one ``kind()`` a transaction) that this
+        transaction's units write after the last of them, as releases are;
+        None where each unit writes its own (PostgreSQL, or units each in a
+        savepoint). What a unit leaves there it must read back from there."""
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if units is None or not units.later:
+            return None
+        rows = units.later_rows.get(kind)
+        if rows is None:
+            rows = units.later_rows[kind] = kind()
+        return rows  # type: ignore[return-value]
+
+    def settle(self) -> sa.Connection:
+        """The connection, with what this transaction's units left for later
+        written (but releases, usage and events): for a statement that reads
+        what they change."""
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if units is not None:
+            units.write_ahead(self.conn)
+        return self.conn
+
     def fence(self, epoch: int | None) -> None:
         """Refuse the whole change unless ``epoch`` is still the leader's.
 
@@ -265,13 +326,14 @@ class Tx:
             return
         if self.conn.dialect.name == "postgresql":
             tables.lock_nodes(self.conn, {a.node for a in allocs})
-        # The batch statements (three, whatever the count): a unit is rolled
-        # back whole when they refuse, so a partial shift never stays.
-        if not tables.shift_balances(self.conn, tables.balance_deltas(allocs, ())) \
-                or not tables.grant_many(self.conn, allocs):
-            nodes = sorted({a.node for a in allocs})
-            raise Refused(f"node {', '.join(nodes)} no longer has room for this grant "
-                          "(another server granted first)", node=nodes[0])
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if units is not None and units.later:
+            units.granted += allocs  # written with the batch's
+            units.granted_by_id.update((a.id, a) for a in allocs)
+        else:
+            # A unit is rolled back whole when they refuse, so a partial
+            # shift never stays.
+            _write_grants(self.conn, allocs)
         for alloc in allocs:
             self.granted.append(alloc)
             self.event("allocation.granted", alloc.node, {
@@ -284,12 +346,16 @@ class Tx:
 
     def release(self, alloc_id: str, reason: ReleaseReason) -> Allocation | None:
         """Release an allocation as it is stored; None when it was not active."""
-        stored = self._read.pop(alloc_id) if alloc_id in self._read \
-            else tables.load_allocation(self.conn, alloc_id)
+        units: _Shared | None = self.conn.info.get(_SHARED)
+        if alloc_id in self._read:
+            stored = self._read.pop(alloc_id)
+        elif units is not None and alloc_id in units.granted_by_id:
+            stored = units.granted_by_id[alloc_id]  # granted in this batch, not written yet
+        else:
+            stored = tables.load_allocation(self.conn, alloc_id)
         if stored is None or not stored.active:
             return None
         released = stored.released(reason, self.now)
-        units: _Shared | None = self.conn.info.get(_SHARED)
         if units is not None and units.later:
             units.released.append(released)  # written after the batch's last unit
         elif not tables.release_many(self.conn, [released]):
@@ -323,4 +389,4 @@ class Tx:
             self._events(self.conn, pending)
 
 
-__all__ = ["Tx", "UnitOfWork", "release_data"]
+__all__ = ["LaterRows", "Tx", "UnitOfWork", "release_data"]

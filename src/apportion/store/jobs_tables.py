@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from apportion.core.model import Allocation
 from apportion.core.records import JobRow, QueueRow, TaskRow
-from apportion.store.ledger_tables import allocation_from_row
+from apportion.store.ledger_tables import _values_update, allocation_from_row
 from apportion.store.schema import allocations, jobs, queues, tasks
 
 
@@ -82,8 +82,24 @@ def insert_job(conn: sa.Connection, row: JobRow) -> None:
     conn.execute(_INSERT_JOB, {k: getattr(row, k) for k in JobRow.__dataclass_fields__})
 
 
+def insert_jobs(conn: sa.Connection, rows: list[JobRow]) -> None:
+    """Many new jobs in one statement (``insert_job`` of each)."""
+    conn.execute(_INSERT_JOB, [{k: getattr(r, k) for k in _JOB_FIELDS} for r in rows])
+
+
 def update_job(conn: sa.Connection, job_id: str, **values: Any) -> None:
     conn.execute(_UPDATE_JOB, {"b_id": job_id, **values})
+
+
+JOB_PROGRESS = ("state", "reason", "exit_code", "started_at", "ended_at", "attempts",
+                "preemptions", "not_before", "tasks_active", "tasks_succeeded", "task_failures")
+"""What a transition changes of a job row (its spec and names never change)."""
+
+
+def update_jobs(conn: sa.Connection, rows: list[JobRow]) -> None:
+    """Write ``JOB_PROGRESS`` of many job rows in one statement."""
+    conn.execute(_UPDATE_JOB, [{"b_id": r.id, **{k: getattr(r, k) for k in JOB_PROGRESS}}
+                               for r in rows])
 
 
 def load_job(conn: sa.Connection, job_id: str, *, lock: bool = False) -> JobRow | None:
@@ -147,6 +163,22 @@ def update_task(
 
 
 _FROM_NAMES = tuple(f"b_from{i}" for i in range(16))
+
+
+def end_tasks(conn: sa.Connection, ended: list[TaskRow], only_from: tuple[str, ...]) -> bool:
+    """Write many tasks' ends (state, exit code, reason, end time, checkpoint)
+    in one statement, all or nothing: False when any task was no longer in
+    one of ``only_from`` (nothing is then usable: roll back)."""
+    if not all(s.isidentifier() for s in only_from):
+        raise ValueError(f"not a task state: {only_from}")
+    states = ", ".join(f"'{s}'" for s in only_from)
+    rows = [(t.id, t.state, t.exit_code, t.reason, t.ended_at, t.checkpoint) for t in ended]
+    hit = _values_update(
+        conn, "UPDATE tasks SET state = v.column2, exit_code = v.column3, reason = v.column4, "
+        "ended_at = v.column5, checkpoint = v.column6",
+        ["", "", "INTEGER", "", "FLOAT", ""], rows,
+        f"tasks.id = v.column1 AND tasks.state IN ({states})")
+    return hit == len(rows)
 
 
 @functools.cache

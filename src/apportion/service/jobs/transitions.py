@@ -27,6 +27,7 @@ from apportion.core.model import Allocation, ReleaseReason
 from apportion.core.records import JobRow, TaskRow
 from apportion.core.scheduling import Job, JobState
 from apportion.exceptions import InvalidInput, NotFound, Refused
+from apportion.service.jobs.later import LaterJobRows
 from apportion.service.jobs.model import (
     ACTIVE_TASK,
     PROGRESS,
@@ -75,12 +76,20 @@ class Change:
 
     def __init__(self, tx: Tx, jobs: Callable[[JobRow], Job]) -> None:
         self.tx = tx
-        self.conn = tx.conn
+        self._conn = tx.conn
         self.now = tx.now
         self.out = Outcome()
         self._jobs = jobs
         self._agents: dict[str, bool] = {}
         self._dirty: dict[str, JobRow] = {}
+        self._later = tx.later(LaterJobRows)
+
+    @property
+    def conn(self) -> sa.Connection:
+        """The transaction's connection, with every grant and row that this
+        batch's units left for later written out (``later.py``): what a
+        statement on it reads is what the batch has changed."""
+        return self.tx.settle() if self._later is not None else self._conn
 
     def job(self, row: JobRow) -> Job:
         return self._jobs(row)
@@ -90,11 +99,19 @@ class Change:
         until the transaction ends."""
         if job_id in self._dirty:
             return self._dirty[job_id]
-        return jt.load_job(self.conn, job_id, lock=True)
+        left = self._later.job(job_id) if self._later is not None else None
+        if left is not None:
+            return left
+        return jt.load_job(self._conn, job_id, lock=True)
 
     def loaded(self, row: JobRow | None) -> JobRow | None:
         """A job row read as stored, or as this transaction changed it."""
-        return row if row is None else self._dirty.get(row.id, row)
+        if row is None:
+            return None
+        if row.id in self._dirty:
+            return self._dirty[row.id]
+        left = self._later.job(row.id) if self._later is not None else None
+        return row if left is None else left
 
     def write(self, row: JobRow) -> JobRow:
         """Change a job row; written once per job at ``flush``, however many
@@ -105,14 +122,43 @@ class Change:
 
     def flush(self) -> Outcome:
         for row in self._dirty.values():
-            jt.update_job(self.conn, row.id, state=row.state, reason=row.reason,
-                          exit_code=row.exit_code, started_at=row.started_at,
-                          ended_at=row.ended_at, attempts=row.attempts,
-                          preemptions=row.preemptions, not_before=row.not_before,
-                          tasks_active=row.tasks_active, tasks_succeeded=row.tasks_succeeded,
-                          task_failures=row.task_failures)
+            if self._later is not None:
+                self._later.put_job(row)
+            else:
+                jt.update_job(self._conn, row.id,
+                              **{k: getattr(row, k) for k in jt.JOB_PROGRESS})
         self._dirty.clear()
         return self.out
+
+    def insert_job(self, row: JobRow) -> None:
+        if self._later is not None:
+            self._later.add_job(row)
+        else:
+            jt.insert_job(self._conn, row)
+
+    def insert_tasks(self, rows: list[TaskRow]) -> None:
+        if self._later is not None:
+            self._later.add_tasks(rows)
+        else:
+            jt.insert_tasks(self._conn, rows)
+
+    def end_read_task(self, ended: TaskRow) -> bool:
+        """Record the end of a task that this change read active and has
+        not changed since; False when it was no longer active."""
+        if self._later is not None:
+            self._later.end_task(ended)  # checked when written out
+            return True
+        return self.end_stored_task(ended)
+
+    def end_stored_task(self, ended: TaskRow) -> bool:
+        """Record a task's end if it is still active as stored."""
+        return jt.update_task(self.conn, ended.id, only_from=ACTIVE_TASK, state=ended.state,
+                              exit_code=ended.exit_code, reason=ended.reason,
+                              ended_at=ended.ended_at, checkpoint=ended.checkpoint)
+
+    def left_task(self, task_id: str) -> bool:
+        """Whether a unit of this batch left the task's row for later."""
+        return self._later is not None and self._later.has_task(task_id)
 
     def state_event(self, row: JobRow) -> None:
         self.tx.event("job.state", row.id, {"state": row.state, "reason": row.reason})
@@ -149,7 +195,7 @@ class Change:
 
 def submit(c: Change, row: JobRow, job: Job) -> Outcome:
     """A new job (``job``: its core value, built from its spec already)."""
-    jt.insert_job(c.conn, row)
+    c.insert_job(row)
     c.tx.event("job.submitted", row.id, {"queue": row.queue, "owner": row.owner})
     c.out.rows[row.id] = row
     c.out.built[row.id] = job
@@ -189,7 +235,7 @@ def start(c: Change, *, job_id: str, units: Sequence[UnitStart], epoch: int | No
             for u in units for i, a in u.allocs]
     state = JobState.RUNNING if lease or row.state == JobState.RUNNING.value \
         else JobState.SCHEDULED
-    jt.insert_tasks(c.conn, rows)
+    c.insert_tasks(rows)
     c.write(replace(row, state=state.value, started_at=row.started_at or c.now,
                     attempts=attempt, reason=None, not_before=None,
                     tasks_active=row.tasks_active + len(rows)))
@@ -271,15 +317,14 @@ def end_task(c: Change, row: JobRow, task: TaskRow, state: str, why: str, *,
     """End one active task: release its allocation, record it, and decide
     what its job does next (finish, retry, wait to be placed again).
     ``reported``: the task's own agent reported the end (its node needs no
-    word of it). ``row`` is the job as stored now; returns it after the end (unchanged
+    word of it), and ``task`` is as this change read it, unchanged since.
+    ``row`` is the job as stored now; returns it after the end (unchanged
     when the task had ended already, earlier in this transaction)."""
     times = times or {}
     job = c.job(row)
     ended = replace(task, state=state, exit_code=exit_code, reason=why[:512], ended_at=c.now,
                     checkpoint=checkpoint or task.checkpoint)
-    if not jt.update_task(c.conn, ended.id, only_from=ACTIVE_TASK, state=ended.state,
-                          exit_code=ended.exit_code, reason=ended.reason,
-                          ended_at=ended.ended_at, checkpoint=ended.checkpoint):
+    if not (c.end_read_task(ended) if reported else c.end_stored_task(ended)):
         return row
 
     def others() -> list[TaskRow]:
@@ -418,8 +463,10 @@ def _report_rows(c: Change, task_id: str, node: str, *, exited: bool
     for a task of another node). SQLite has one writer: what one statement
     reads of the task, its job and (for an exit) its allocation is what is
     there, and the allocation is kept for the exit's release."""
-    if c.conn.dialect.name != "postgresql":
-        task, row, alloc = jt.load_report_rows(c.conn, task_id, releasing=exited)
+    if c.tx.conn.dialect.name != "postgresql":
+        # A task this batch started or ended is read as written (``c.conn``).
+        conn = c.conn if c.left_task(task_id) else c.tx.conn
+        task, row, alloc = jt.load_report_rows(conn, task_id, releasing=exited)
         if task is None or task.node != node:
             return task, None
         if exited:

@@ -109,11 +109,9 @@ class Placer:
         made inside the caller's transaction if one is open; the caller
         registers the running job.
         """
+        if job.task_count == 1 and not limits and not prefer:
+            return self._place_one(job)
         state = self.state
-        if job.task_count == 1 and not limits and not prefer and self.options.first_is_best:
-            lone = self._place_lone(job)  # None: nothing granted, go the general way
-            if lone is not None:
-                return lone
         # A working copy: each task placed on a limited node spends its limit.
         work = {n: dict(v) for n, v in limits.items()} if limits else None
         self._limits = work
@@ -139,17 +137,36 @@ class Placer:
             state.commit(mark)
         return PlaceResult(tuple(placed))
 
-    def _place_lone(self, job: Job) -> PlaceResult | None:
-        """``lone.take_lone`` where it applies and finds room; else None."""
+    def _place_one(self, job: Job) -> PlaceResult:
+        """``place`` for one task without limits or preferred nodes (every
+        job of the placements benchmark): ``_place_group``'s stages for one
+        task, once, without the transaction mark, the group order, the
+        placed list and a second class verdict; ``lone.take_lone`` first
+        where it applies. ``tests/core/test_sched_place_one.py`` holds it
+        to the general path."""
         self._limits = None
         state = self.state
         spec = job.tasks[0]
         verdict = class_verdict(state, job, 0)
-        if (not verdict.lone or verdict.per_node or group_aggregate_short(state, spec) is not None
-                or scored_per_node(self.options, job, state)):
-            return None
-        placed = take_lone(state, job, spec, verdict)
-        return None if placed is None else PlaceResult((placed,))
+        if not verdict.aligned:
+            return PlaceResult(None, no_class_failure(verdict, spec))
+        short = group_aggregate_short(state, spec)
+        if short is not None:
+            return PlaceResult(None, short)
+        options = self.options
+        if (options.first_is_best and verdict.lone and not verdict.per_node
+                and not scored_per_node(options, job, state)):
+            lone = take_lone(state, job, spec, verdict)  # None: nothing granted
+            if lone is not None:
+                return PlaceResult((lone,))
+        ctx = PlaceContext(job, spec, state, {}, 0, self._scorers(job))
+        cands = self._walk(job, spec, verdict, 1, None, None,
+                           self._per_node(job, verdict, ctx.scorers))
+        if cands:
+            placed = self._take_one(job, spec, self._best(cands, ctx))
+            if placed is not None:
+                return PlaceResult((placed,))
+        return PlaceResult(None, busy_failure(state, job, spec, 1))
 
     def fits_now(self, job: Job) -> bool:
         """Whether a job of one task would be placed now, without placing it
@@ -474,6 +491,21 @@ class Placer:
             if taken == remaining:
                 break
         return taken
+
+    def _take_one(self, job: Job, spec: TaskSpec, cand: Candidate) -> TaskPlacement | None:
+        """``_take`` of one task (no limits to spend, no zones to note), or
+        None where the devices fell short."""
+        rec = cand.rec
+        if rec is None:
+            rec = self.state.nodes[cand.node_names(1)[0]]
+        devices = cand.cls.devices
+        device_res = [r for r in spec.resources if r in devices] if devices else None
+        if device_res:
+            placed: list[TaskPlacement] = []
+            self._take_devices(job, spec, rec, cand.aligned, 1, device_res, placed)
+            return placed[0] if placed else None
+        self.state.grant(rec, cand.aligned, 1, job.id)
+        return TaskPlacement(rec.name, spec.resources, {}, 1)
 
     def _take_bulk(
         self,

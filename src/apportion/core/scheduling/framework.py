@@ -502,7 +502,10 @@ class Placer:
         None where the devices fell short."""
         rec = cand.rec
         if rec is None:
-            rec = self.state.nodes[cand.node_names(1)[0]]
+            # A bucket's first node by name (``node_names``: nothing is
+            # excluded without backfill limits).
+            assert cand.bucket is not None and not cand.exclude
+            rec = self.state.nodes[cand.bucket.nodes[0]]
         devices = cand.cls.devices
         device_res = [r for r in spec.resources if r in devices] if devices else None
         if device_res:

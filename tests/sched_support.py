@@ -54,3 +54,15 @@ def free_index(slots: Mapping[str, Any]) -> dict[str, SortedList]:
         for r, q in slot.free.items():
             index.setdefault(r, SortedList()).add((q, name))
     return index
+
+
+def books(state: ClusterState) -> object:
+    """What a placement path leaves in ``state``: per node its free vector,
+    free devices, jobs and bucket; the running jobs, free totals, change
+    count and the buckets (two paths held to each other compare these)."""
+    return (
+        {n: (r.free, dict(r.free_devices), dict(r.jobs), r.bucket and r.bucket.free)
+         for n, r in state.nodes.items()},
+        dict(state.running), dict(state.free_totals), state.changes,
+        sorted((b.cls.id, b.free, tuple(b.nodes)) for b in state.buckets()),
+    )

@@ -36,7 +36,7 @@ def test_an_empty_index_has_nothing_to_walk() -> None:
     assert not index
     assert list(index) == []
     assert index.bisect(5) == (0, 0)
-    assert index.count_from(0, 0) == 0
+    assert index.start(5) == (0, 0, 0)
     assert BLOCK == 16
 
 
@@ -216,24 +216,27 @@ def test_bisect_counts_entries_of_any_class_at_the_amount() -> None:
     index.add(e(7, 1, 2, cid=0), CM)
     index.add(e(7, 1, 3, cid=1), CM)
     assert index.bisect(7) == (0, 1)
-    assert index.count_from(*index.bisect(7)) == 2
+    assert index.start(7) == (0, 1, 2)
 
 
-def test_count_from_counts_the_entries_at_and_after_a_position() -> None:
-    index = filled(100)
+def test_start_finds_and_counts_the_entries_with_enough() -> None:
+    index = filled(100)  # amounts 0, 10, ..., 990
     sizes = [len(b) for b in index.blocks]
     assert sizes == [16, 16, 16, 16, 16, 20]
-    assert index.count_from(0, 0) == 100
-    assert index.count_from(0, 3) == 97
-    assert index.count_from(1, 0) == 84
-    assert index.count_from(2, 5) == 63
-    assert index.count_from(3, 0) == 52
-    assert index.count_from(4, 15) == 21
-    assert index.count_from(5, 0) == 20
-    assert index.count_from(5, 19) == 1
-    assert index.count_from(6, 0) == 0
-    assert index.count_from(7, 0) == 0
-    assert index.count_from(*index.bisect(555)) == 44
+    # Counted on either side of the block found (the first half from the
+    # size, the second by summing): both give the entries from there on.
+    assert index.start(0) == (0, 0, 100)
+    assert index.start(30) == (0, 3, 97)
+    assert index.start(31) == (0, 4, 96)
+    assert index.start(160) == (1, 0, 84)
+    assert index.start(370) == (2, 5, 63)
+    assert index.start(480) == (3, 0, 52)
+    assert index.start(790) == (4, 15, 21)
+    assert index.start(800) == (5, 0, 20)
+    assert index.start(990) == (5, 19, 1)
+    assert index.start(991) == (6, 0, 0)
+    assert index.start(555) == (3, 8, 44)
+    assert index.start(555)[:2] == index.bisect(555)
 
 
 def _loosened() -> FreeIndex:

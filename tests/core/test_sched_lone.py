@@ -16,6 +16,7 @@ from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constrai
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import RunningJob
 from apportion.core.scheduling.policies import STRATEGIES
+from sched_support import books
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -60,15 +61,6 @@ steps = st.lists(st.tuples(st.booleans(), st.sampled_from([1, 1, 1, 2, 3, 4, 8, 
                  min_size=1, max_size=30)
 
 
-def _books(state: ClusterState) -> object:
-    return (
-        {n: (r.free, dict(r.free_devices), dict(r.jobs), r.bucket and r.bucket.free)
-         for n, r in state.nodes.items()},
-        dict(state.running), dict(state.free_totals), state.changes,
-        sorted((b.cls.id, b.free, tuple(b.nodes)) for b in state.buckets()),
-    )
-
-
 def _run(nodes: list[Node], ops: list[tuple[bool, int, int, int, int]], strategy: str
          ) -> tuple[list[object], object]:
     state = ClusterState(nodes)
@@ -86,7 +78,7 @@ def _run(nodes: list[Node], ops: list[tuple[bool, int, int, int, int]], strategy
                 held.append(job.id)
         else:
             seen.append(state.finish(held.pop(pick % len(held))).tasks)
-    return seen, _books(state)
+    return seen, books(state)
 
 
 @SETTINGS

@@ -21,9 +21,10 @@ from apportion.core.scheduling import ClusterState, TaskPlacement, job, parse_co
 from apportion.core.scheduling import framework as fw
 from apportion.core.scheduling.backfill import HeadReservation, easy_reservation, running_ends
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS
-from apportion.core.scheduling.filters import Verdict, need_past
+from apportion.core.scheduling.filters import NeedPast, Verdict, class_verdict, need_past
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.freeindex import FreeIndex
+from apportion.core.scheduling.jobs import TaskSpec
 from apportion.core.scheduling.policies import STRATEGIES
 from sched_support import replay_steps
 
@@ -58,12 +59,12 @@ steps = st.lists(st.tuples(st.booleans(), requests, st.integers(1, 3), st.intege
                  min_size=1, max_size=30)
 
 
-def _plain_split(state: ClusterState, verdict: Verdict, walked: str) -> tuple[
-        dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]]]:
+def _plain_split(state: ClusterState, verdict: Verdict, walked: str, spec: TaskSpec
+                 ) -> NeedPast:
     # The test before the shortcut: every requested resource, the walked one
     # too (counting it again after the others changes no minimum).
-    _, walked_of = _NEED_PAST(state, verdict, walked)
-    return dict(verdict.need), walked_of
+    _, walked_of, rest, _ = _NEED_PAST(state, verdict, walked, spec)
+    return dict(verdict.need), walked_of, rest, dict(walked_of)
 
 
 def _replay(nodes: list[Node], ops: list[tuple[bool, dict[str, int], int, int]],
@@ -88,6 +89,26 @@ def test_the_walk_places_as_when_it_tested_every_requested_resource(
         m.setattr(fw, "_need_past", _plain_split)
         plain = _replay(nodes, ops, name)
     assert fast == plain
+
+
+def test_the_walk_splits_a_request_by_the_resource_it_walks() -> None:
+    state = ClusterState([Node("c", {"cpu": 8000, "memory": 16}),
+                          Node("g", {"cpu": 8000, "gpu": 4, "memory": 32})])
+    c, g = state.nodes["c"].cls.id, state.nodes["g"].cls.id
+    cpu_job = job("a", {"cpu": 1000, "memory": 2})
+    verdict = class_verdict(state, cpu_job, 0)
+    others, walked_of, rest, first_of = need_past(state, verdict, "cpu", cpu_job.tasks[0])
+    # (cpu, memory) and (cpu, gpu, memory): memory sits at 1 and 2.
+    assert others == {c: ((1, 2),), g: ((2, 2),)}
+    assert walked_of == {c: (0, 1000), g: (0, 1000)}
+    assert rest == (("memory", 2),)
+    assert first_of == {c: (1, 2), g: (2, 2)}
+    gpu_job = job("b", {"gpu": 2})
+    verdict = class_verdict(state, gpu_job, 0)
+    # Nothing but the walked resource: the first test is the walked one,
+    # which every entry the walk meets passes.
+    assert need_past(state, verdict, "gpu", gpu_job.tasks[0]) == ({g: ()}, {g: (1, 2)}, (),
+                                                                  {g: (1, 2)})
 
 
 def _plain_bounds(index: FreeIndex, k: int) -> tuple[dict[str, int], int]:

@@ -398,6 +398,11 @@ free amounts (a grant has no labels, device terms or affinity to check; the
 devices it takes are the first free ones, counted by its amounts)."""
 
 
+NeedPast = tuple[dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]],
+                 tuple[tuple[str, int], ...], dict[int, tuple[int, int]]]
+"""``Verdict.need_past`` for one walked resource."""
+
+
 @dataclass(slots=True)
 class Verdict:
     """Class-level answer for one task spec of one job shape."""
@@ -414,12 +419,13 @@ class Verdict:
     need: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     """Feasible class id -> (position, amount) of each requested resource in
     the class's vector: the walk's first test of a bucket."""
-    need_past: dict[str, tuple[dict[int, tuple[tuple[int, int], ...]],
-                               dict[int, tuple[int, int]]]] = field(default_factory=dict)
+    need_past: dict[str, NeedPast] = field(default_factory=dict)
     """Per walked resource (filled by ``framework.Placer._walk``): ``need``
-    without that resource, and its (position, amount) per class. Every entry
-    the walk meets has enough of the resource it walks, so only the others
-    can turn a bucket down."""
+    without that resource, its (position, amount) per class, the other
+    requested resources with their amounts, and per class the first other
+    requested (position, amount), or the walked one where there is none.
+    Every entry the walk meets has enough of the resource it walks, so only
+    the others can turn a bucket or a block down."""
     node_filters: tuple[NodeFilter, ...] = ()
     """The node filters this job shape needs, in ``NODE_FILTERS`` order."""
     per_node: bool = False
@@ -502,9 +508,7 @@ def node_reasons(
     return None
 
 
-def need_past(
-    state: ClusterState, verdict: Verdict, walked: str
-) -> tuple[dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]]]:
+def need_past(state: ClusterState, verdict: Verdict, walked: str, spec: TaskSpec) -> NeedPast:
     """``verdict.need`` split into the walked resource and the others
     (``Verdict.need_past``), made once per walked resource."""
     split = verdict.need_past.get(walked)
@@ -512,9 +516,14 @@ def need_past(
         return split
     others: dict[int, tuple[tuple[int, int], ...]] = {}
     walked_of: dict[int, tuple[int, int]] = {}
+    first_of: dict[int, tuple[int, int]] = {}
     for cid, pos in verdict.need.items():
         j = state.class_by_id(cid).pos[walked]
         others[cid] = tuple(p for p in pos if p[0] != j)
         walked_of[cid] = next(p for p in pos if p[0] == j)
-    split = verdict.need_past[walked] = (others, walked_of)
+        first_of[cid] = others[cid][0] if others[cid] else walked_of[cid]
+    # (Every spec of one job shape asks for the same amounts; the order of
+    # the block tests does not change which blocks pass them.)
+    rest = tuple((r, q) for r, q in spec.resources.items() if r != walked)
+    split = verdict.need_past[walked] = (others, walked_of, rest, first_of)
     return split

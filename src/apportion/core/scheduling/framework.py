@@ -109,11 +109,9 @@ class Placer:
         made inside the caller's transaction if one is open; the caller
         registers the running job.
         """
+        if job.task_count == 1 and not limits and not prefer:
+            return self._place_one(job)
         state = self.state
-        if job.task_count == 1 and not limits and not prefer and self.options.first_is_best:
-            lone = self._place_lone(job)  # None: nothing granted, go the general way
-            if lone is not None:
-                return lone
         # A working copy: each task placed on a limited node spends its limit.
         work = {n: dict(v) for n, v in limits.items()} if limits else None
         self._limits = work
@@ -139,17 +137,36 @@ class Placer:
             state.commit(mark)
         return PlaceResult(tuple(placed))
 
-    def _place_lone(self, job: Job) -> PlaceResult | None:
-        """``lone.take_lone`` where it applies and finds room; else None."""
+    def _place_one(self, job: Job) -> PlaceResult:
+        """``place`` for one task without limits or preferred nodes (every
+        job of the placements benchmark): ``_place_group``'s stages for one
+        task, once, without the transaction mark, the group order, the
+        placed list and a second class verdict; ``lone.take_lone`` first
+        where it applies. ``tests/core/test_sched_place_one.py`` holds it
+        to the general path."""
         self._limits = None
         state = self.state
         spec = job.tasks[0]
         verdict = class_verdict(state, job, 0)
-        if (not verdict.lone or verdict.per_node or group_aggregate_short(state, spec) is not None
-                or scored_per_node(self.options, job, state)):
-            return None
-        placed = take_lone(state, job, spec, verdict)
-        return None if placed is None else PlaceResult((placed,))
+        if not verdict.aligned:
+            return PlaceResult(None, no_class_failure(verdict, spec))
+        short = group_aggregate_short(state, spec)
+        if short is not None:
+            return PlaceResult(None, short)
+        options = self.options
+        if (options.first_is_best and verdict.lone and not verdict.per_node
+                and not scored_per_node(options, job, state)):
+            lone = take_lone(state, job, spec, verdict)  # None: nothing granted
+            if lone is not None:
+                return PlaceResult((lone,))
+        ctx = PlaceContext(job, spec, state, {}, 0, self._scorers(job))
+        cands = self._walk(job, spec, verdict, 1, None, None,
+                           self._per_node(job, verdict, ctx.scorers))
+        if cands:
+            placed = self._take_one(job, spec, self._best(cands, ctx))
+            if placed is not None:
+                return PlaceResult((placed,))
+        return PlaceResult(None, busy_failure(state, job, spec, 1))
 
     def fits_now(self, job: Job) -> bool:
         """Whether a job of one task would be placed now, without placing it
@@ -265,11 +282,10 @@ class Placer:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
-        need_of, walked_of = _need_past(state, verdict, walked)
-        vmask = verdict.mask
         # Every block from the start holds enough of the walked resource:
-        # only the others can rule a block out.
-        need = [(r, q) for r, q in spec.resources.items() if r != walked]
+        # only the others (``need``) can rule a block out.
+        need_of, walked_of, need, first_of = _need_past(state, verdict, walked, spec)
+        vmask = verdict.mask
         # The first of them tested on its own, the rest (a GPU job's cpu or
         # memory) in a loop: most jobs ask for two resources, and a block
         # test without the loop is most of what a walk does with the ~20
@@ -290,10 +306,10 @@ class Placer:
         # feasible class, or whose bound is short of a requested resource,
         # holds no bucket the checks below would keep: skip it whole.
         for k in range(nb - 1, k0 - 1, -1) if loose else range(k0, nb):
-            if not masks[k] & vmask:
-                continue
+            # The bound first: it turns down most blocks a walk passes, and
+            # a plain job's mask takes every class.
             bound = bounds[k]
-            if bound.get(r1, -1) < q1:
+            if bound.get(r1, -1) < q1 or not masks[k] & vmask:
                 continue
             short = False
             for r, q in rest:
@@ -322,14 +338,20 @@ class Placer:
                 block = block[i0:]
             for entry in reversed(block) if loose else block:
                 # The entry carries the class and free vector: most buckets
-                # fail here without being looked up. The same pass counts
+                # fail here without being looked up, on the first other
+                # requested resource (two thirds of the entries a walk
+                # meets in the placements benchmark). Those that pass count
                 # the tasks that fit (``fit_count`` over the requested
                 # positions; below one where a resource is short).
                 cid = entry[1]
-                pos = need_of.get(cid)
-                if pos is None:
+                first_pos = first_of.get(cid)
+                if first_pos is None:
                     continue
                 free = entry[2]
+                j, q = first_pos
+                if free[j] < q:
+                    continue
+                pos = need_of[cid]
                 fit = _UNBOUNDED
                 for j, q in pos:
                     n = free[j] // q
@@ -474,6 +496,24 @@ class Placer:
             if taken == remaining:
                 break
         return taken
+
+    def _take_one(self, job: Job, spec: TaskSpec, cand: Candidate) -> TaskPlacement | None:
+        """``_take`` of one task (no limits to spend, no zones to note), or
+        None where the devices fell short."""
+        rec = cand.rec
+        if rec is None:
+            # A bucket's first node by name (``node_names``: nothing is
+            # excluded without backfill limits).
+            assert cand.bucket is not None and not cand.exclude
+            rec = self.state.nodes[cand.bucket.nodes[0]]
+        devices = cand.cls.devices
+        device_res = [r for r in spec.resources if r in devices] if devices else None
+        if device_res:
+            placed: list[TaskPlacement] = []
+            self._take_devices(job, spec, rec, cand.aligned, 1, device_res, placed)
+            return placed[0] if placed else None
+        self.state.grant(rec, cand.aligned, 1, job.id)
+        return TaskPlacement(rec.name, spec.resources, {}, 1)
 
     def _take_bulk(
         self,

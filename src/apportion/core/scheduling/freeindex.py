@@ -61,7 +61,7 @@ class FreeIndex:
         self.lasts: list[Entry] = []
         """Last entry of each block (to find the block of an entry)."""
         self.lens: list[int] = []
-        """Entries per block: ``count_from`` sums these ints (one C loop over
+        """Entries per block: ``start`` sums these ints (one C loop over
         a list) instead of calling len() on each block."""
         self.bounds: list[dict[str, int]] = []
         """Per block: at least the largest free amount of each resource."""
@@ -227,17 +227,22 @@ class FreeIndex:
             return k, 0
         return k, bisect_left(self.blocks[k], key)
 
-    def count_from(self, k: int, i: int) -> int:
-        """How many entries lie at or after (block ``k``, offset ``i``)."""
+    def start(self, amount: int) -> tuple[int, int, int]:
+        """``bisect`` and how many entries lie from there on (in one call:
+        the walk asks this for every requested resource of every job it
+        places)."""
+        key: Any = (amount, -1)
+        lasts = self.lasts
+        k = bisect_left(lasts, key)
+        nb = len(lasts)
+        if k == nb:
+            return k, 0, 0
+        i = bisect_left(self.blocks[k], key)
+        # Summed on the shorter side of k.
         lens = self.lens
-        nb = len(lens)
-        if k >= nb:
-            return 0
-        # Summed on the shorter side of k (the walk asks this for every
-        # requested resource of every job it places).
         if k < nb // 2:
-            return self.size - sum(lens[:k]) - i
-        return sum(lens[k:]) - i
+            return k, i, self.size - sum(lens[:k]) - i
+        return k, i, sum(lens[k:]) - i
 
     def _split(self, k: int) -> None:
         block = self.blocks[k]

@@ -35,8 +35,23 @@ class BinPack:
     def applies(self, job: Job, state: ClusterState) -> bool:
         return True
 
-    def score(self, cand: Candidate, ctx: PlaceContext) -> float:
-        return _used_after(cand)
+    @staticmethod
+    def score(cand: Candidate, ctx: PlaceContext | None = None) -> float:
+        """The share in use after the placement (``Spread`` reads it too):
+        one call per candidate, not a method that calls a helper."""
+        cap = cand.cls.capacity
+        if len(cap) == 1:
+            # One resource (a GPU node, a parallel machine's processor): the
+            # same sum and mean, without the loop.
+            q = cand.aligned[0]
+            return (cap[0] - cand.free[0] + q) / cap[0] if q else 0.0
+        total = 0.0
+        n = 0
+        for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
+            if q:
+                total += (c - f + q) / c
+                n += 1
+        return total / n if n else 0.0
 
 
 class Spread:
@@ -52,23 +67,7 @@ class Spread:
         return True
 
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
-        return 1.0 - _used_after(cand)
-
-
-def _used_after(cand: Candidate) -> float:
-    cap = cand.cls.capacity
-    if len(cap) == 1:
-        # One resource (a GPU node, a parallel machine's processor): the
-        # same sum and mean, without the loop.
-        q = cand.aligned[0]
-        return (cap[0] - cand.free[0] + q) / cap[0] if q else 0.0
-    total = 0.0
-    n = 0
-    for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
-        if q:
-            total += (c - f + q) / c
-            n += 1
-    return total / n if n else 0.0
+        return 1.0 - BinPack.score(cand)
 
 
 class Balanced:

@@ -39,7 +39,7 @@ def walk_index(
     if len(resources) == 1:
         # One resource (a GPU job, a processor count): nothing to compare,
         # and an entry lies at the start exactly when the bisect found a
-        # block (what ``count_from`` > 0 says below).
+        # block (what ``start``'s count > 0 says below).
         [(r, q)] = resources.items()
         index = state.index(r)
         if index is None:
@@ -54,8 +54,7 @@ def walk_index(
         index = state.index(r)
         if index is None:
             return None, 0, 0, r
-        k, i = index.bisect(q)
-        n = index.count_from(k, i)
+        k, i, n = index.start(q)
         if best_len < 0 or n < best_len:
             best, best_k, best_i, best_len, best_r = index, k, i, n, r
     if best_len <= 0:

@@ -86,7 +86,10 @@ class ConservativePass:
             after = (last_t if last_t is not None and need >= last_need
                      and (est is None or (last_est is not None and est >= last_est)) else None)
             t = place(need, est, free, deep, after)
-            last_need, last_est, last_t = need, est, t
+            # A negative estimate's window ends before it starts: its answer
+            # bounds nothing (``CountProfile.place`` as first written).
+            last_need, last_est = need, est
+            last_t = t if est is None or est >= 0 else None
             if t is None:
                 seq.append((job_id, None))
             elif t <= now:

@@ -5,6 +5,8 @@ as stored (base units)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -62,6 +64,17 @@ def test_times_are_epoch_seconds_or_iso_8601() -> None:
     assert parse_time("2023-11-14T23:13:20+01:00", "deadline") == 1_700_000_000.0
     with pytest.raises(InvalidInput, match="deadline: 'tomorrow' is not a time"):
         parse_time("tomorrow", "deadline")
+
+
+def test_a_time_without_an_offset_is_utc_whatever_the_servers_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_time("2023-11-14T22:13:20", "deadline") == 1_700_000_000.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_task_shorthands() -> None:

@@ -12,7 +12,14 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.options import JsonOpt, ServerOpt, TokenOpt, client_for, parse_pairs
+from apportion.cli.options import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client_for,
+    parse_pairs,
+    with_local_offset,
+)
 from apportion.cli.output import api_errors, console, err_console, show, table
 from apportion.cli.units import human_vector
 from apportion.client import Client, ClientError
@@ -225,7 +232,8 @@ def submit(
     = False,
     runtime: Annotated[str | None, typer.Option("--runtime", help="estimate: 3600, 90m")]
     = None,
-    deadline: Annotated[str | None, typer.Option("--deadline", help="ISO 8601 or epoch")]
+    deadline: Annotated[str | None, typer.Option(
+        "--deadline", help="ISO 8601 (local time unless it has an offset) or epoch seconds")]
     = None,
     restart: Annotated[str | None, typer.Option(
         "--restart", help="never or on-failure")] = None,
@@ -261,6 +269,8 @@ def submit(
                             "constraints": list(constraint or []), "preemptible": preemptible}
     if array is not None:
         body["array"] = array
+    if deadline is not None:
+        deadline = with_local_offset(deadline)
     for key, value in (("name", name), ("runtime_estimate", runtime), ("deadline", deadline),
                        ("stop_signal", stop_signal), ("stop_grace", stop_grace)):
         if value is not None:

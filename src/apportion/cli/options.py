@@ -27,5 +27,19 @@ def parse_pairs(text: str | None, what: str) -> dict[str, str]:
     return out
 
 
+def with_local_offset(when: str) -> str:
+    """A time the user typed without an offset (``2026-12-08T09:00``) as
+    their local time, with the offset written in: the server reads a time
+    without one as UTC. Epoch seconds and anything unreadable go as typed
+    (the server names the field when it cannot read it)."""
+    from datetime import datetime  # only a command with a time pays for it
+
+    try:
+        parsed = datetime.fromisoformat(when)
+    except ValueError:
+        return when
+    return parsed.astimezone().isoformat() if parsed.tzinfo is None else when
+
+
 def client_for(server: str | None, token: str | None) -> Client:
     return Client.from_env(server, token)

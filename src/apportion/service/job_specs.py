@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from apportion.core.gpu_shares import GPU, SHARES, ShareRequest, share_request
@@ -48,16 +48,22 @@ def parse_duration(value: object, field: str) -> float | None:
 
 
 def parse_time(value: object, field: str) -> float | None:
-    """Epoch seconds from a number or an ISO 8601 timestamp."""
+    """Epoch seconds from a number or an ISO 8601 timestamp. A timestamp
+    without an offset is UTC: the server's own zone is no business of the
+    client's (``apportion submit --deadline`` adds the user's offset)."""
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return when.timestamp()
     raise InvalidInput(f"{field}: {value!r} is not a time (epoch seconds or ISO 8601)", field=field)
 
 

@@ -66,6 +66,16 @@ def test_times_are_epoch_seconds_or_iso_8601() -> None:
         parse_time("tomorrow", "deadline")
 
 
+def test_epoch_seconds_as_text_are_a_time_within_the_apis_bounds() -> None:
+    # As `apportion submit --deadline 1700000000` sends them.
+    assert parse_time("1700000000", "deadline") == 1_700_000_000.0
+    assert parse_time("1700000000.5", "deadline") == 1_700_000_000.5
+    for bad in ("-5", "nan", "inf", "2e11"):
+        with pytest.raises(InvalidInput, match=f"deadline: '{bad}' is not epoch seconds "
+                                               "between 0 and 1e[+]11"):
+            parse_time(bad, "deadline")
+
+
 def test_a_time_without_an_offset_is_utc_whatever_the_servers_zone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "America/New_York")

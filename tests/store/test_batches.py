@@ -177,7 +177,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
     engine = create_engine(f"sqlite:///{tmp_path}/a.db", sqlite_synchronous="OFF")
     migrate(engine)
     with engine.begin() as conn:
-        for node in (GPU, CPU):
+        for node in (GPU, CPU, BIG):
             tables.insert_node(conn, node)
     try:
         yield engine
@@ -255,3 +255,42 @@ def test_active_rows_are_inserted_without_binding_a_none(sqlite_engine: sa.Engin
     assert bound[1][-4:] == ("released", "completed", 10.0, 20.0)
     with engine.connect() as conn:
         assert [tables.load_allocation(conn, a.id) for a in (*active, gone)] == [*active, gone]
+
+
+def _statements(monkeypatch: pytest.MonkeyPatch, limit: int) -> list[tuple[str, int]]:
+    """Each statement the batch functions run, (its first words, values bound),
+    with at most ``limit`` values to a statement."""
+    monkeypatch.setattr(tables, "PARAMETERS_PER_STATEMENT", limit)
+    seen: list[tuple[str, int]] = []
+    real = tables._execute
+
+    def counted(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> int:
+        seen.append((" ".join(sql.split()[:3]), len(params)))
+        return real(conn, sql, params)
+
+    monkeypatch.setattr(tables, "_execute", counted)
+    return seen
+
+
+def test_a_batch_past_one_statements_values_is_written_in_several(
+        sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite refuses a statement with more than 32,766 values by default: a
+    # committer batch of many units' grants is split, with the same outcome.
+    # (PostgreSQL's batch binds one JSON document a statement.)
+    seen = _statements(monkeypatch, 10)
+    test_a_batch_writes_rows_balances_devices_and_events(sqlite_engine)
+    assert max(n for _, n in seen) == 10
+    assert [n for s, n in seen if s == "INSERT INTO allocations"] == [7, 7, 7, 7, 7]
+    assert [n for s, n in seen if s == "UPDATE devices SET"][:1] == [8]
+
+
+def test_a_device_taken_in_a_later_statement_still_refuses_the_whole_batch(
+        sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = sqlite_engine
+    held = _alloc("h", "gpu-1", {"gpu": 1}, {"gpu": ("1",)})
+    assert _write(engine, [held], [], [_event(held)])
+    before = _state(engine)
+    _statements(monkeypatch, 4)  # one device a statement
+    late = _alloc("late", "gpu-1", {"gpu": 2}, {"gpu": ("0", "1")})
+    assert not _write(engine, [_alloc("c", "cpu-1", {"cpu": 1000}), late], [], [])
+    assert _state(engine) == before

@@ -64,3 +64,16 @@ def test_a_sqlite_transaction_begins_on_the_driver_and_rolls_back_whole(tmp_path
                         "SELECT count(*) FROM t"]
     finally:
         engine.dispose()
+
+
+def test_a_begin_the_driver_refuses_is_raised_as_sqlalchemys_error(tmp_path: Path) -> None:
+    """The committer retries on SQLAlchemy's OperationalError: a BEGIN that
+    fails on the driver (here: a transaction already open there) is one."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}", sqlite_synchronous="OFF")
+    try:
+        with engine.connect() as conn:
+            conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
+            with pytest.raises(sa.exc.OperationalError, match="within a transaction"):
+                conn.begin()
+    finally:
+        engine.dispose()

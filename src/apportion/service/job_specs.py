@@ -56,6 +56,9 @@ def parse_time(value: object, field: str) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
+        seconds = _epoch_text(value, field)
+        if seconds is not None:
+            return seconds
         try:
             when = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -65,6 +68,23 @@ def parse_time(value: object, field: str) -> float | None:
                 when = when.replace(tzinfo=UTC)
             return when.timestamp()
     raise InvalidInput(f"{field}: {value!r} is not a time (epoch seconds or ISO 8601)", field=field)
+
+
+_LATEST_EPOCH = 1e11
+"""The largest epoch seconds taken (the API's bound on a number: year 5138)."""
+
+
+def _epoch_text(value: str, field: str) -> float | None:
+    """Epoch seconds written as text (``apportion submit --deadline
+    1700000000`` sends them so), or None when ``value`` is not a number."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not 0 <= seconds <= _LATEST_EPOCH:  # NaN fails this too
+        raise InvalidInput(f"{field}: {value!r} is not epoch seconds between 0 and "
+                           f"{_LATEST_EPOCH:.0e}", field=field)
+    return seconds
 
 
 def tasks_of(spec: Mapping[str, Any]) -> tuple[TaskSpec, ...]:

@@ -52,7 +52,13 @@ def _begin(conn: sa.Connection) -> None:
     # On the driver's connection: through ``exec_driver_sql`` this one word
     # cost a third of an empty transaction (its execution context, cursor
     # and result), and the group committer begins one for every batch.
-    conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
+    # SQLAlchemy calls this outside its own error wrapping: a driver error
+    # is raised as SQLAlchemy's here, as the committer's retry expects.
+    try:
+        conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance("BEGIN", (), exc, conn.dialect.loaded_dbapi.Error,
+                                         dialect=conn.dialect) from exc
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> sa.Engine:

@@ -418,14 +418,43 @@ def _values(conn: sa.Connection, casts: Sequence[str], count: int) -> str:
     return ", ".join([f"({cells})"] * count)
 
 
+PARAMETERS_PER_STATEMENT = 30_000
+"""The most values one multi-row statement binds: SQLite refuses more than
+32,766 by default (``SQLITE_MAX_VARIABLE_NUMBER``; some builds allow more),
+PostgreSQL's protocol 65,535. A batch's rows (a committer batch of many
+units' grants) may need several statements; the callers' all-or-nothing
+counts add up across them, in one transaction."""
+
+
+def _rows_per_statement(width: int) -> int:
+    return max(1, PARAMETERS_PER_STATEMENT // width)
+
+
 def _values_update(conn: sa.Connection, head: str, casts: list[str],
                    rows: list[tuple[Any, ...]], tail: str) -> int:
     """``<head> FROM (VALUES ...) AS v WHERE <tail>``, columns v.column1...;
-    returns the rowcount. Raw driver SQL: compiling a statement this size
-    through SQLAlchemy costs more than running it."""
-    sql = f"{head} FROM (VALUES {_values(conn, casts, len(rows))}) AS v WHERE {tail}"
-    params = tuple(value for row in rows for value in row)
-    return _execute(conn, sql, params)
+    returns the rowcount (summed over the statements that ``rows`` need).
+    Raw driver SQL: compiling a statement this size through SQLAlchemy
+    costs more than running it."""
+    step = _rows_per_statement(len(casts))
+    hit = 0
+    for k in range(0, len(rows), step):
+        part = rows[k:k + step]
+        sql = f"{head} FROM (VALUES {_values(conn, casts, len(part))}) AS v WHERE {tail}"
+        hit += _execute(conn, sql, tuple(value for row in part for value in row))
+    return hit
+
+
+def _insert_flat(conn: sa.Connection, table: str, columns: tuple[str, ...],
+                 cells: tuple[str, ...], params: list[Any], width: int) -> None:
+    """Multi-row INSERTs of ``params`` laid out flat, ``width`` values a row,
+    as few statements as ``PARAMETERS_PER_STATEMENT`` allows."""
+    step = _rows_per_statement(width) * width
+    mark = _placeholder(conn)
+    for k in range(0, len(params), step):
+        part = params[k:k + step]
+        _execute(conn, _insert_sql(table, columns, cells, mark, len(part) // width),
+                 tuple(part))
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -445,9 +474,7 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
             for i in json_at:
                 values[i] = dumps(values[i]).decode()
         params += values
-    sql = _insert_sql(table.name, columns, ("{m}",) * len(columns), _placeholder(conn),
-                      len(rows))
-    _execute(conn, sql, tuple(params))
+    _insert_flat(conn, table.name, columns, ("{m}",) * len(columns), params, len(columns))
 
 
 def shift_balances(conn: sa.Connection, deltas: dict[tuple[str, str], int]) -> bool:
@@ -511,9 +538,8 @@ def insert_allocations(conn: sa.Connection, allocs: Sequence[Allocation]) -> Non
                    dumps(dict(a.devices)).decode(), dumps(a.labels).decode())
         params += (a.created_at,) if active else (
             a.state.value, a.reason.value if a.reason else None, a.created_at, a.released_at)
-    sql = _insert_sql("allocations", _ALLOCATION_COLUMNS,
-                      _ACTIVE_CELLS if active else ("{m}",) * 10, _placeholder(conn), len(allocs))
-    _execute(conn, sql, tuple(params))
+    _insert_flat(conn, "allocations", _ALLOCATION_COLUMNS,
+                 _ACTIVE_CELLS if active else ("{m}",) * 10, params, 7 if active else 10)
 
 
 def release_many(conn: sa.Connection, released: Sequence[Allocation]) -> bool:

@@ -48,6 +48,15 @@ def _sqlite_pragmas(synchronous: str) -> Any:
     return on_connect
 
 
+def driver_error(conn: sa.Connection, statement: str, params: Any, exc: Exception
+                 ) -> sa.exc.StatementError:
+    """A driver error of a statement run on the driver's own connection or
+    cursor, as SQLAlchemy would have raised it (``OperationalError``,
+    ``IntegrityError``...): the committer retries on those."""
+    return sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect)
+
+
 def _begin(conn: sa.Connection) -> None:
     # On the driver's connection: through ``exec_driver_sql`` this one word
     # cost a third of an empty transaction (its execution context, cursor
@@ -57,8 +66,7 @@ def _begin(conn: sa.Connection) -> None:
     try:
         conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise sa.exc.DBAPIError.instance("BEGIN", (), exc, conn.dialect.loaded_dbapi.Error,
-                                         dialect=conn.dialect) from exc
+        raise driver_error(conn, "BEGIN", (), exc) from exc
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> sa.Engine:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from apportion.core.model import Allocation
 from apportion.core.records import JobRow, QueueRow, TaskRow
-from apportion.store.ledger_tables import _values_update, allocation_from_row
+from apportion.store.ledger_tables import allocation_from_row, values_update
 from apportion.store.schema import allocations, jobs, queues, tasks
 
 
@@ -173,7 +173,7 @@ def end_tasks(conn: sa.Connection, ended: list[TaskRow], only_from: tuple[str, .
         raise ValueError(f"not a task state: {only_from}")
     states = ", ".join(f"'{s}'" for s in only_from)
     rows = [(t.id, t.state, t.exit_code, t.reason, t.ended_at, t.checkpoint) for t in ended]
-    hit = _values_update(
+    hit = values_update(
         conn, "UPDATE tasks SET state = v.column2, exit_code = v.column3, reason = v.column4, "
         "ended_at = v.column5, checkpoint = v.column6",
         ["", "", "INTEGER", "", "FLOAT", ""], rows,

@@ -27,6 +27,7 @@ from apportion.core.model import (
     NodeState,
     ReleaseReason,
 )
+from apportion.store.database import driver_error
 from apportion.store.schema import allocations, devices, node_resources, nodes
 
 
@@ -398,12 +399,10 @@ def _execute(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> int:
     cursor = conn.info.get(_CURSOR)
     if cursor is None:
         return int(conn.exec_driver_sql(sql, params).rowcount)
-    dbapi = conn.dialect.loaded_dbapi
     try:
         cursor.execute(sql, params)
-    except dbapi.Error as exc:
-        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi.Error,
-                                         dialect=conn.dialect) from exc
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise driver_error(conn, sql, params, exc) from exc
     return int(cursor.rowcount)
 
 
@@ -430,7 +429,7 @@ def _rows_per_statement(width: int) -> int:
     return max(1, PARAMETERS_PER_STATEMENT // width)
 
 
-def _values_update(conn: sa.Connection, head: str, casts: list[str],
+def values_update(conn: sa.Connection, head: str, casts: list[str],
                    rows: list[tuple[Any, ...]], tail: str) -> int:
     """``<head> FROM (VALUES ...) AS v WHERE <tail>``, columns v.column1...;
     returns the rowcount (summed over the statements that ``rows`` need).
@@ -446,9 +445,11 @@ def _values_update(conn: sa.Connection, head: str, casts: list[str],
 
 
 def _insert_flat(conn: sa.Connection, table: str, columns: tuple[str, ...],
-                 cells: tuple[str, ...], params: list[Any], width: int) -> None:
-    """Multi-row INSERTs of ``params`` laid out flat, ``width`` values a row,
-    as few statements as ``PARAMETERS_PER_STATEMENT`` allows."""
+                 cells: tuple[str, ...], params: list[Any]) -> None:
+    """Multi-row INSERTs of ``params`` laid out flat, a value for each
+    ``{m}`` of ``cells`` a row, as few statements as
+    ``PARAMETERS_PER_STATEMENT`` allows."""
+    width = cells.count("{m}")
     step = _rows_per_statement(width) * width
     mark = _placeholder(conn)
     for k in range(0, len(params), step):
@@ -474,7 +475,7 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
             for i in json_at:
                 values[i] = dumps(values[i]).decode()
         params += values
-    _insert_flat(conn, table.name, columns, ("{m}",) * len(columns), params, len(columns))
+    _insert_flat(conn, table.name, columns, ("{m}",) * len(columns), params)
 
 
 def shift_balances(conn: sa.Connection, deltas: dict[tuple[str, str], int]) -> bool:
@@ -483,7 +484,7 @@ def shift_balances(conn: sa.Connection, deltas: dict[tuple[str, str], int]) -> b
     rows = [(n, r, q) for (n, r), q in deltas.items() if q]
     if not rows:
         return True
-    hit = _values_update(
+    hit = values_update(
         conn, "UPDATE node_resources SET allocated = node_resources.allocated + v.column3",
         ["", "", "BIGINT"], rows,
         "node_resources.node = v.column1 AND node_resources.resource = v.column2 "
@@ -500,7 +501,7 @@ def grant_many(conn: sa.Connection, allocs: Sequence[Allocation]) -> bool:
         return True
     takes = [(a.node, r, d, a.id) for a in allocs for r, ids in a.devices.items() for d in ids]
     if takes:
-        hit = _values_update(
+        hit = values_update(
             conn, "UPDATE devices SET allocation_id = v.column4", ["", "", "", ""], takes,
             "devices.node = v.column1 AND devices.resource = v.column2 "
             "AND devices.device_id = v.column3 AND devices.allocation_id IS NULL",
@@ -539,7 +540,7 @@ def insert_allocations(conn: sa.Connection, allocs: Sequence[Allocation]) -> Non
         params += (a.created_at,) if active else (
             a.state.value, a.reason.value if a.reason else None, a.created_at, a.released_at)
     _insert_flat(conn, "allocations", _ALLOCATION_COLUMNS,
-                 _ACTIVE_CELLS if active else ("{m}",) * 10, params, 7 if active else 10)
+                 _ACTIVE_CELLS if active else ("{m}",) * len(_ALLOCATION_COLUMNS), params)
 
 
 def release_many(conn: sa.Connection, released: Sequence[Allocation]) -> bool:
@@ -548,7 +549,7 @@ def release_many(conn: sa.Connection, released: Sequence[Allocation]) -> bool:
     if not released:
         return True
     marks = [(a.id, a.reason.value if a.reason else None, a.released_at) for a in released]
-    hit = _values_update(
+    hit = values_update(
         conn,
         "UPDATE allocations SET state = 'released', reason = v.column2, released_at = v.column3",
         ["", "", "FLOAT"], marks, "allocations.id = v.column1 AND allocations.state = 'active'",

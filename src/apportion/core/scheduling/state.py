@@ -129,19 +129,15 @@ class ClusterState(FreeCapacity):
                 for r, q in tp.resources.items():
                     held[r] = held.get(r, 0) + n * q
 
-    def _hold_past(self, rj: RunningJob, sign: int) -> None:
-        if sign > 0:
-            self._catch_up((rj,))
-            return
+    def _drop_past(self, rj: RunningJob) -> None:
+        """Take back from ``_past`` what ``rj`` held there (it ended)."""
         past = self._past
         for tp in rj.tasks:
-            held = past.get(tp.node)
-            if held is None:
-                held = past[tp.node] = {}
-            n = sign * tp.count
+            held = past.setdefault(tp.node, {})
+            n = tp.count
             for r, q in tp.resources.items():
-                held[r] = held.get(r, 0) + n * q
-            if sign < 0 and not any(held.values()):
+                held[r] = held.get(r, 0) - n * q
+            if not any(held.values()):
                 del past[tp.node]  # nothing held there any more (the node may go)
 
     @property
@@ -428,7 +424,7 @@ class ClusterState(FreeCapacity):
             end = rj.start + rj.estimate
             self._ends_new[job.id] = end
             if end <= self._past_until:
-                self._hold_past(rj, 1)
+                self._catch_up((rj,))
         if job.preemptible:
             prio = job.priority
             self._preemptible[prio] = self._preemptible.get(prio, 0) + 1
@@ -450,7 +446,7 @@ class ClusterState(FreeCapacity):
             if self._ends_new.pop(job.id, None) is None:
                 self._ends.remove((end, job.id))
             if end <= self._past_until:
-                self._hold_past(rj, -1)
+                self._drop_past(rj)
         if job.preemptible:
             prio = job.priority
             left = self._preemptible[prio] - 1

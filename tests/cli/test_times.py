@@ -12,7 +12,7 @@ from apportion.cli.options import with_local_offset
 
 @pytest.fixture
 def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "America/New_York")
+    monkeypatch.setenv("TZ", "EST5EDT,M3.2.0,M11.1.0")  # a POSIX rule: no tz database needed
     time.tzset()
     yield
     monkeypatch.undo()

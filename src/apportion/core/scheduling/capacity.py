@@ -35,7 +35,7 @@ from typing import Any
 
 from apportion.core.errors import NodeNotFound
 from apportion.core.model import Device, Health, Node, NodeState
-from apportion.core.scheduling.freeindex import FreeIndex
+from apportion.core.scheduling.fastindex import FreeIndex
 
 
 @dataclass(eq=False, slots=True)

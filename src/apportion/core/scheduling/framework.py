@@ -282,104 +282,38 @@ class Placer:
             return []
         limit = self.options.limit
         aligned_of = verdict.aligned
-        # Every block from the start holds enough of the walked resource:
-        # only the others (``need``) can rule a block out.
+        # Every entry from the start holds enough of the walked resource:
+        # only the others (``need``) can rule a block or an entry out.
         need_of, walked_of, need, first_of = _need_past(state, verdict, walked, spec)
-        vmask = verdict.mask
-        # The first of them tested on its own, the rest (a GPU job's cpu or
-        # memory) in a loop: most jobs ask for two resources, and a block
-        # test without the loop is most of what a walk does with the ~20
-        # blocks it passes on a filled cluster (bench/README.md, h24-cycle).
-        r1, q1 = need[0] if need else ("", -1)
-        rest = need[1:]
         buckets = state.bucket_map
         cands: list[Candidate] = []
         seen = 0
         check_devices = verdict.device_check
-        blocks, bounds, masks, stale = index.blocks, index.bounds, index.masks, index.stale
-        loose = self.options.loose
-        nb = len(blocks)
         # One feasible class of one resource, offered in buckets, under
         # plugins that rank its buckets by walk order: the first is the pick.
         first = self.options.first_is_best and verdict.lone and not per_node and not capped
-        # Blocks in walk order; a block whose class mask misses every
-        # feasible class, or whose bound is short of a requested resource,
-        # holds no bucket the checks below would keep: skip it whole.
-        for k in range(nb - 1, k0 - 1, -1) if loose else range(k0, nb):
-            # The bound first: it turns down most blocks a walk passes, and
-            # a plain job's mask takes every class.
-            bound = bounds[k]
-            if bound.get(r1, -1) < q1 or not masks[k] & vmask:
+        # The index skips blocks and entries that cannot hold a task
+        # (``FreeIndex.fitting``); here each bucket it keeps becomes a
+        # candidate, or its nodes do where they differ in a way the bucket
+        # does not show.
+        for entry, fit in index.fitting(k0, i0, self.options.loose, verdict.mask, need,
+                                        first_of, need_of, walked_of):
+            cid = entry[1]
+            bucket = buckets[entry[3]]
+            aligned = aligned_of[cid]
+            if per_node or cid in check_devices or (capped and bucket.id in capped):
+                for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
+                                               limits, per_node):
+                    cands.append(cand)
+                    seen += cand.fit * cand.count
+                    if len(cands) >= limit and seen >= remaining:
+                        return cands
                 continue
-            short = False
-            for r, q in rest:
-                if bound.get(r, -1) < q:
-                    short = True
-                    break
-            if short:
-                continue
-            loose_rs = stale[k]
-            if loose_rs and index.tightened(k, need, loose_rs):
-                # Loose bounds let it in, and the ones it tests are tight
-                # now: look again. (The bound check is written out twice
-                # on purpose: as a helper with any() it cost 10 % of
-                # placements/s in bench_scheduler.)
-                if not masks[k] & vmask:
-                    continue
-                bound = bounds[k]
-                for r, q in need:
-                    if bound.get(r, -1) < q:
-                        short = True
-                        break
-                if short:
-                    continue
-            block = blocks[k]
-            if k == k0 and i0:
-                block = block[i0:]
-            for entry in reversed(block) if loose else block:
-                # The entry carries the class and free vector: most buckets
-                # fail here without being looked up, on the first other
-                # requested resource (two thirds of the entries a walk
-                # meets in the placements benchmark). Those that pass count
-                # the tasks that fit (``fit_count`` over the requested
-                # positions; below one where a resource is short).
-                cid = entry[1]
-                first_pos = first_of.get(cid)
-                if first_pos is None:
-                    continue
-                free = entry[2]
-                j, q = first_pos
-                if free[j] < q:
-                    continue
-                pos = need_of[cid]
-                fit = _UNBOUNDED
-                for j, q in pos:
-                    n = free[j] // q
-                    if n < fit:
-                        fit = n
-                        if n <= 0:
-                            break
-                if fit <= 0:
-                    continue
-                j, q = walked_of[cid]
-                n = free[j] // q
-                if n < fit:
-                    fit = n
-                bucket = buckets[entry[3]]
-                aligned = aligned_of[cid]
-                if per_node or cid in check_devices or (capped and bucket.id in capped):
-                    for cand in self._bucket_nodes(job, spec, bucket, aligned, verdict, capped,
-                                                   limits, per_node):
-                        cands.append(cand)
-                        seen += cand.fit * cand.count
-                        if len(cands) >= limit and seen >= remaining:
-                            return cands
-                    continue
-                cands.append(Candidate(bucket.cls, free, aligned, fit, bucket, None,
-                                       len(bucket.nodes)))
-                seen += fit * len(bucket.nodes)
-                if first or (len(cands) >= limit and seen >= remaining):
-                    return cands
+            cands.append(Candidate(bucket.cls, entry[2], aligned, fit, bucket, None,
+                                   len(bucket.nodes)))
+            seen += fit * len(bucket.nodes)
+            if first or (len(cands) >= limit and seen >= remaining):
+                return cands
         return cands
 
     def _bucket_nodes(

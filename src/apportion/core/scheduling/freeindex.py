@@ -43,6 +43,9 @@ BLOCK = 16
 Entry = tuple[int, int, tuple[int, ...], int]
 """(free amount, class id, free vector, bucket id): unique without the id."""
 
+_UNBOUNDED = 1 << 62
+"""The task count a fit starts from: no requested resource has bounded it yet."""
+
 
 class FreeIndex:
     """Entries ``(free amount, class id, free vector, bucket id)`` in
@@ -96,13 +99,7 @@ class FreeIndex:
         _, cid, free, _ = entry
         bit = 1 << cid
         if cid not in self.names:
-            self.names[cid] = names
-            pos = self.pos
-            for i, r in enumerate(names):
-                col = pos.get(r)
-                if col is None:
-                    col = pos[r] = {}
-                col[cid] = i
+            self._learn(cid, names)
         lasts = self.lasts
         if not lasts:
             self.blocks.append([entry])
@@ -138,6 +135,16 @@ class FreeIndex:
         self.masks[k] |= bit
         if self.lens[k] > 2 * BLOCK:
             self._split(k)
+
+    def _learn(self, cid: int, names: Sequence[str]) -> None:
+        """Note the resource names of class ``cid``, met for the first time."""
+        self.names[cid] = names
+        pos = self.pos
+        for i, r in enumerate(names):
+            col = pos.get(r)
+            if col is None:
+                col = pos[r] = {}
+            col[cid] = i
 
     def remove(self, entry: Entry) -> None:
         """Remove ``entry``."""
@@ -334,3 +341,100 @@ class FreeIndex:
             top.pop(resource, None)
         self.masks[k] = mask
         self.stale[k].discard(resource)
+
+    def fitting(
+        self,
+        k0: int,
+        i0: int,
+        loose: bool,
+        vmask: int,
+        need: tuple[tuple[str, int], ...],
+        first_of: dict[int, tuple[int, int]],
+        need_of: dict[int, tuple[tuple[int, int], ...]],
+        walked_of: dict[int, tuple[int, int]],
+    ) -> Iterator[tuple[Entry, int]]:
+        """The entries a placement walk keeps, in walk order, each with how
+        many tasks fit its free vector (at least one): from block ``k0``,
+        offset ``i0`` (where the walked resource's bisect found enough of
+        it) upwards, or down from the top to there when ``loose``.
+
+        A block whose bound is short of a requested resource other than the
+        walked one (``need``: resource, amount), or whose class mask misses
+        every feasible class (``vmask``), is skipped whole; an entry is kept
+        when its class is feasible and its free vector holds the request:
+        ``first_of`` is per class the (position, amount) tested first (the
+        one that turns most entries down), ``need_of`` every other one's,
+        ``walked_of`` the walked resource's. The caller may stop at any
+        point; the index must not change while it walks.
+
+        The native module (``_freeindex_c``) answers the same calls in C;
+        ``tests/core/test_sched_freeindex_native.py`` holds the two to the
+        same answers."""
+        # The first resource of ``need`` tested on its own, the rest (a GPU
+        # job's cpu or memory) in a loop: most jobs ask for two resources,
+        # and a block test without the loop is most of what a walk does
+        # with the ~20 blocks it passes on a filled cluster (bench/README.md,
+        # h24-cycle).
+        r1, q1 = need[0] if need else ("", -1)
+        rest = need[1:]
+        blocks, bounds, masks, stale = self.blocks, self.bounds, self.masks, self.stale
+        nb = len(blocks)
+        for k in range(nb - 1, k0 - 1, -1) if loose else range(k0, nb):
+            # The bound first: it turns down most blocks a walk passes, and
+            # a plain job's mask takes every class.
+            bound = bounds[k]
+            if bound.get(r1, -1) < q1 or not masks[k] & vmask:
+                continue
+            short = False
+            for r, q in rest:
+                if bound.get(r, -1) < q:
+                    short = True
+                    break
+            if short:
+                continue
+            loose_rs = stale[k]
+            if loose_rs and self.tightened(k, need, loose_rs):
+                # Loose bounds let it in, and the ones it tests are tight
+                # now: look again. (The bound check is written out twice
+                # on purpose: as a helper with any() it cost 10 % of
+                # placements/s in bench_scheduler.)
+                if not masks[k] & vmask:
+                    continue
+                bound = bounds[k]
+                for r, q in need:
+                    if bound.get(r, -1) < q:
+                        short = True
+                        break
+                if short:
+                    continue
+            block = blocks[k]
+            if k == k0 and i0:
+                block = block[i0:]
+            for entry in reversed(block) if loose else block:
+                # The entry carries the class and free vector: most buckets
+                # fail here without being looked up, on the first other
+                # requested resource (two thirds of the entries a walk
+                # meets in the placements benchmark). Those that pass count
+                # the tasks that fit (below one where a resource is short).
+                cid = entry[1]
+                first_pos = first_of.get(cid)
+                if first_pos is None:
+                    continue
+                free = entry[2]
+                j, q = first_pos
+                if free[j] < q:
+                    continue
+                fit = _UNBOUNDED
+                for j, q in need_of[cid]:
+                    n = free[j] // q
+                    if n < fit:
+                        fit = n
+                        if n <= 0:
+                            break
+                if fit <= 0:
+                    continue
+                j, q = walked_of[cid]
+                n = free[j] // q
+                if n < fit:
+                    fit = n
+                yield entry, fit

@@ -1,0 +1,429 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""``freeindex.FreeIndex`` with its hot methods compiled (Cython): the
+placement walk's search (``fitting``), a bound's tightening and the entry
+moves of every grant and release.
+
+The data stay as the pure class keeps them (blocks of entry tuples, bounds
+as dicts); what changes is how they are read. The interpreter compares two
+entries tuple by tuple, item by item, through generic rich comparison; here
+an entry's free amount, class id and free vector are read straight out of
+the tuples as C integers (every amount fits 64 bits: ``resources.MAX_QUANTITY``)
+and compared as such, and the walk's block and entry tests are C loops. The
+answers and every change to the index are the pure methods' own:
+``tests/core/test_sched_freeindex_native.py`` drives both through random
+sequences and compares each answer and the whole state after each step.
+
+Built by ``setup.py`` (optional: without a compiler the pure class is used;
+``fastindex`` chooses). bench/README.md, tenth session (h26-native), has the
+figures.
+"""
+
+from apportion.core.scheduling.freeindex import BLOCK
+from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
+
+cdef long long UNBOUNDED = 1 << 62
+
+
+cdef inline int _cmp(tuple a, tuple b) except -2:
+    """-1, 0 or 1 as entry ``a`` sorts before, as or after ``b``: what
+    tuple comparison answers for two entries, on C integers."""
+    cdef long long x = a[0]
+    cdef long long y = b[0]
+    if x != y:
+        return -1 if x < y else 1
+    x = a[1]
+    y = b[1]
+    if x != y:
+        return -1 if x < y else 1
+    cdef tuple fa = a[2]
+    cdef tuple fb = b[2]
+    cdef Py_ssize_t i, na, nb
+    if fa is not fb:
+        na = len(fa)
+        nb = len(fb)
+        for i in range(na if na < nb else nb):
+            x = fa[i]
+            y = fb[i]
+            if x != y:
+                return -1 if x < y else 1
+        if na != nb:
+            return -1 if na < nb else 1
+    x = a[3]
+    y = b[3]
+    if x != y:
+        return -1 if x < y else 1
+    return 0
+
+
+cdef inline Py_ssize_t _bisect(list entries, tuple entry) except -1:
+    """``bisect.bisect_left(entries, entry)``."""
+    cdef Py_ssize_t lo = 0
+    cdef Py_ssize_t hi = len(entries)
+    cdef Py_ssize_t mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _cmp(<tuple>entries[mid], entry) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline Py_ssize_t _bisect_amount(list entries, long long amount) except -1:
+    """Where the first entry with at least ``amount`` is (``bisect_left``
+    with the key ``(amount, -1)``: class ids are never negative)."""
+    cdef Py_ssize_t lo = 0
+    cdef Py_ssize_t hi = len(entries)
+    cdef Py_ssize_t mid
+    cdef long long q
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        q = (<tuple>entries[mid])[0]
+        if q < amount:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline long long _floordiv(long long f, long long q) except? -1:
+    """Python's ``f // q`` (rounds down, also below zero)."""
+    if q == 0:
+        raise ZeroDivisionError("integer division or modulo by zero")
+    cdef long long n = f // q
+    if (f % q != 0) and ((f < 0) != (q < 0)):
+        n -= 1
+    return n
+
+
+cdef inline long long _bound(dict bound, object resource):
+    """``bound.get(resource, -1)``."""
+    value = bound.get(resource)
+    if value is None:
+        return -1
+    return <long long>value
+
+
+class FreeIndex(PureFreeIndex):
+    """``freeindex.FreeIndex``, its hot methods compiled; same answers."""
+
+    __slots__ = ()
+
+    def bisect(self, amount):
+        cdef list lasts = self.lasts
+        cdef long long a = amount
+        cdef Py_ssize_t k = _bisect_amount(lasts, a)
+        if k == len(lasts):
+            return k, 0
+        return k, _bisect_amount(<list>self.blocks[k], a)
+
+    def start(self, amount):
+        cdef list lasts = self.lasts
+        cdef long long a = amount
+        cdef Py_ssize_t k = _bisect_amount(lasts, a)
+        cdef Py_ssize_t nb = len(lasts)
+        if k == nb:
+            return k, 0, 0
+        cdef Py_ssize_t i = _bisect_amount(<list>self.blocks[k], a)
+        cdef list lens = self.lens
+        cdef Py_ssize_t n = 0
+        cdef Py_ssize_t j
+        if k < nb // 2:
+            for j in range(k):
+                n += <Py_ssize_t>lens[j]
+            return k, i, <Py_ssize_t>self.size - n - i
+        for j in range(k, nb):
+            n += <Py_ssize_t>lens[j]
+        return k, i, n - i
+
+    def add(self, entry, names):
+        cdef tuple e = entry
+        cdef list lasts = self.lasts
+        cdef Py_ssize_t k
+        if not lasts:
+            PureFreeIndex.add(self, entry, names)
+            return
+        self.size += 1
+        cid = e[1]
+        if cid not in self.names:
+            self._learn(cid, names)
+        k = _bisect(lasts, e)
+        cdef list block
+        if k == len(lasts):
+            k -= 1
+            block = self.blocks[k]
+            block.append(e)
+            lasts[k] = e
+        else:
+            block = self.blocks[k]
+            block.insert(_bisect(block, e), e)
+        cdef list lens = self.lens
+        cdef Py_ssize_t n = <Py_ssize_t>lens[k] + 1
+        lens[k] = n
+        _raise(self.bounds[k], self.tops[k], self.stale[k], names, e[2])
+        self.masks[k] |= 1 << cid
+        if n > 2 * BLOCK:
+            self._split(k)
+
+    def remove(self, entry):
+        cdef tuple e = entry
+        cdef Py_ssize_t k = _bisect(self.lasts, e)
+        cdef list block = self.blocks[k]
+        cdef Py_ssize_t i = _bisect(block, e)
+        if i >= len(block) or _cmp(<tuple>block[i], e) != 0:
+            raise ValueError(f"{entry} not in index")
+        self._remove_at(k, block, i, entry)
+
+    def _remove_at(self, k, block, i, entry):
+        cdef list b = block
+        cdef Py_ssize_t kk = k
+        del b[i]
+        self.size -= 1
+        if not b:
+            del self.blocks[kk], self.lasts[kk], self.lens[kk], self.bounds[kk]
+            del self.masks[kk], self.stale[kk], self.tops[kk]
+            return
+        cdef list lens = self.lens
+        lens[kk] = <Py_ssize_t>lens[kk] - 1
+        self.lasts[kk] = b[len(b) - 1]
+        cdef tuple e = entry
+        _lower(self.bounds[kk], self.tops[kk], self.stale[kk], self.names[e[1]], e[2])
+
+    def move(self, old, new, names):
+        cdef tuple o = old
+        cdef tuple w = new
+        cdef list lasts = self.lasts
+        cdef Py_ssize_t k = _bisect(lasts, o)
+        cdef Py_ssize_t nl = len(lasts)
+        if k >= nl:
+            raise ValueError(f"{old} not in index")
+        cdef list block = self.blocks[k]
+        cdef Py_ssize_t n = len(block)
+        cdef Py_ssize_t i = _bisect(block, o)
+        if i >= n or _cmp(<tuple>block[i], o) != 0:
+            raise ValueError(f"{old} not in index")
+        # As the pure ``move``: in one step when ``new`` stays in the block.
+        if (n == 1 or (k and _cmp(<tuple>lasts[k - 1], w) >= 0)
+                or (_cmp(w, <tuple>(block[n - 1] if i < n - 1 else block[n - 2])) >= 0
+                    and k < nl - 1)):
+            self._remove_at(k, block, i, old)
+            self.add(new, names)
+            return
+        del block[i]
+        block.insert(_bisect(block, w), w)
+        lasts[k] = block[n - 1]
+        _shift(self.bounds[k], self.tops[k], self.stale[k], names, o[2], w[2])
+
+    def recompute(self, k):
+        # Entry by entry (the pure method groups them by their classes'
+        # names to take one max() per column; in C the plain loop is the
+        # cheaper one): the same bounds, counts and mask.
+        cdef dict names = self.names
+        cdef dict bound = {}
+        cdef dict top = {}
+        cdef tuple entry, free
+        cdef long long q, b
+        cdef Py_ssize_t i
+        mask = 0
+        for entry in <list>self.blocks[k]:
+            cid = entry[1]
+            mask |= 1 << cid
+            free = entry[2]
+            i = 0
+            for r in names[cid]:
+                q = free[i]
+                i += 1
+                b = _bound(bound, r)
+                if q > b:
+                    bound[r] = q
+                    top[r] = 1
+                elif q == b and q >= 0:
+                    top[r] = <Py_ssize_t>top[r] + 1
+        self.bounds[k] = bound
+        self.tops[k] = top
+        self.masks[k] = mask
+        self.stale[k] = set()
+
+    def tighten(self, k, resource):
+        cdef dict col = self.pos.get(resource, {})
+        cdef object mask = 0
+        cdef long long best = -1
+        cdef long long q
+        cdef Py_ssize_t held = 0
+        cdef tuple entry
+        cdef long long cid
+        cdef unsigned long long small = 0
+        cdef bint wide = False
+        for entry in <list>self.blocks[k]:
+            cid = entry[1]
+            if cid < 64:
+                small |= (<unsigned long long>1) << cid
+            else:
+                wide = True
+            j = col.get(entry[1])
+            if j is not None:
+                q = (<tuple>entry[2])[<Py_ssize_t>j]
+                if q > best:
+                    best = q
+                    held = 1
+                elif q == best:
+                    held += 1
+        mask = small
+        if wide:
+            for entry in <list>self.blocks[k]:
+                mask |= 1 << entry[1]
+        cdef dict bound = self.bounds[k]
+        cdef dict top = self.tops[k]
+        if best >= 0:
+            bound[resource] = best
+            top[resource] = held
+        else:
+            bound.pop(resource, None)
+            top.pop(resource, None)
+        self.masks[k] = mask
+        (<set>self.stale[k]).discard(resource)
+
+    def fitting(self, k0, i0, loose, vmask, need, first_of, need_of, walked_of):
+        cdef list blocks = self.blocks
+        cdef list bounds = self.bounds
+        cdef list masks = self.masks
+        cdef list stale = self.stale
+        cdef Py_ssize_t nb = len(blocks)
+        cdef Py_ssize_t kk0 = k0
+        cdef Py_ssize_t ii0 = i0
+        cdef bint down = loose
+        cdef tuple needs = tuple(need)
+        cdef Py_ssize_t nn = len(needs)
+        cdef object r1 = needs[0][0] if nn else ""
+        cdef long long q1 = needs[0][1] if nn else -1
+        cdef dict firsts = first_of
+        cdef dict others = need_of
+        cdef dict walkeds = walked_of
+        cdef Py_ssize_t k, step, stop, a, b, i, t
+        cdef dict bound
+        cdef list block
+        cdef tuple entry, free, pos, pair
+        cdef long long q, f, fit, n
+        cdef bint short
+        if down:
+            k, step, stop = nb - 1, -1, kk0 - 1
+        else:
+            k, step, stop = kk0, 1, nb
+        while k != stop:
+            bound = bounds[k]
+            if _bound(bound, r1) < q1 or not (masks[k] & vmask):
+                k += step
+                continue
+            short = False
+            for t in range(1, nn):
+                pair = needs[t]
+                if _bound(bound, pair[0]) < <long long>pair[1]:
+                    short = True
+                    break
+            if short:
+                k += step
+                continue
+            loose_rs = stale[k]
+            if loose_rs and self.tightened(k, need, loose_rs):
+                if not (masks[k] & vmask):
+                    k += step
+                    continue
+                bound = bounds[k]
+                for t in range(nn):
+                    pair = needs[t]
+                    if _bound(bound, pair[0]) < <long long>pair[1]:
+                        short = True
+                        break
+                if short:
+                    k += step
+                    continue
+            block = blocks[k]
+            a = ii0 if k == kk0 else 0
+            b = len(block)
+            i = b - 1 if down else a
+            while (i >= a) if down else (i < b):
+                entry = block[i]
+                i += -1 if down else 1
+                cid = entry[1]
+                first = firsts.get(cid)
+                if first is None:
+                    continue
+                free = entry[2]
+                pair = first
+                if <long long>free[<Py_ssize_t>pair[0]] < <long long>pair[1]:
+                    continue
+                fit = UNBOUNDED
+                for pair in <tuple>others[cid]:
+                    n = _floordiv(free[<Py_ssize_t>pair[0]], pair[1])
+                    if n < fit:
+                        fit = n
+                        if n <= 0:
+                            break
+                if fit <= 0:
+                    continue
+                pair = walkeds[cid]
+                n = _floordiv(free[<Py_ssize_t>pair[0]], pair[1])
+                if n < fit:
+                    fit = n
+                yield entry, fit
+            k += step
+
+
+cdef _raise(dict bound, dict top, set loose, names, tuple free):
+    """``add``'s bound update: an entry of amounts ``free`` came in."""
+    cdef long long q, b
+    cdef Py_ssize_t i = 0
+    for r in names:
+        q = free[i]
+        i += 1
+        b = _bound(bound, r)
+        if q > b:
+            bound[r] = q
+            top[r] = 1
+            if loose:
+                loose.discard(r)
+        elif q == b and q >= 0:
+            top[r] = <Py_ssize_t>top[r] + 1
+
+
+cdef _lower(dict bound, dict top, set loose, names, tuple free):
+    """``_remove_at``'s bound update: an entry of amounts ``free`` left."""
+    cdef long long q, b
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t held
+    for r in names:
+        q = free[i]
+        i += 1
+        b = _bound(bound, r)
+        if q >= b and r not in loose:
+            if q == b and b >= 0:
+                held = top[r]
+                if held > 1:
+                    top[r] = held - 1
+                    continue
+            loose.add(r)
+
+
+cdef _shift(dict bound, dict top, set loose, names, tuple old, tuple new):
+    """``move``'s bound update within one block."""
+    cdef long long qo, qn, b
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t held
+    for r in names:
+        qo = old[i]
+        qn = new[i]
+        i += 1
+        if qo == qn:
+            continue
+        b = _bound(bound, r)
+        if qo >= b and r not in loose:
+            if qo == b and b >= 0 and <Py_ssize_t>top[r] > 1:
+                top[r] = <Py_ssize_t>top[r] - 1
+            else:
+                loose.add(r)
+        if qn > b:
+            bound[r] = qn
+            top[r] = 1
+            loose.discard(r)
+        elif qn == b and qn >= 0:
+            top[r] = <Py_ssize_t>top[r] + 1

@@ -1,23 +1,46 @@
-"""Builds the optional compiled free index (``core/scheduling/_freeindex_c.pyx``).
+"""Builds the optional compiled free index (``core/scheduling/_freeindex_c.pyx``);
+everything else is in pyproject.toml.
 
-Everything else is in pyproject.toml. The extension is optional: where
-Cython or a C compiler is missing, or the build fails, apportion installs
-without it and ``core/scheduling/fastindex.py`` falls back to the pure
-``freeindex.FreeIndex`` (same answers, slower; bench/README.md, h26-native).
+Optional: where Cython or a C compiler is missing, or the build fails,
+apportion installs without it (with a warning) and
+``core/scheduling/fastindex.py`` falls back to the pure ``freeindex.FreeIndex``:
+the same answers, slower (bench/README.md, h26-native).
 """
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 SOURCE = "src/apportion/core/scheduling/_freeindex_c.pyx"
+
+
+class OptionalBuildExt(build_ext):
+    """``build_ext`` that warns instead of failing, and leaves what it could
+    not build out of the install. (``Extension(optional=True)`` alone is not
+    enough: recent setuptools lets a compiler that cannot run raise
+    ``CalledProcessError``, which its optional handling does not catch, and
+    an editable install then copies the missing library.)"""
+
+    def build_extensions(self) -> None:
+        built = []
+        for ext in self.extensions:
+            try:
+                self.build_extension(ext)
+            except Exception as error:  # any failure: install without it
+                self.warn(f"{ext.name} was not built ({error}); apportion runs on the "
+                          "pure-Python free index")
+            else:
+                built.append(ext)
+        self.extensions = built
 
 
 def extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
-    except ImportError:  # no Cython: the pure index
+    except ImportError:
+        print("warning: Cython is missing: the compiled free index is not built")
         return []
     ext = Extension("apportion.core.scheduling._freeindex_c", [SOURCE], optional=True)
     return list(cythonize([ext], language_level=3, quiet=True))
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

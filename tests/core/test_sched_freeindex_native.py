@@ -41,7 +41,7 @@ CIDS = sorted(NAMES)
 
 def test_the_cluster_state_uses_the_compiled_index() -> None:
     assert fastindex.NATIVE
-    assert fastindex.FreeIndex is NativeFreeIndex
+    assert fastindex.Index is NativeFreeIndex
 
 
 def _state(index: FreeIndex) -> tuple[Any, ...]:

@@ -35,7 +35,8 @@ from typing import Any
 
 from apportion.core.errors import NodeNotFound
 from apportion.core.model import Device, Health, Node, NodeState
-from apportion.core.scheduling.fastindex import FreeIndex
+from apportion.core.scheduling.fastindex import Index
+from apportion.core.scheduling.freeindex import FreeIndex
 
 
 @dataclass(eq=False, slots=True)
@@ -281,7 +282,7 @@ class FreeCapacity:
         for r, q in zip(names, free, strict=True):
             sl = index.get(r)
             if sl is None:
-                sl = index[r] = FreeIndex()
+                sl = index[r] = Index()
             sl.add((q, cid, free, bid), names)
         return bucket
 

@@ -33,9 +33,11 @@ except ImportError:
                    ": no C compiler or Cython at install; the pure index is in use"),
                 allow_module_level=True)
 
-# Class id -> its resource names. Class 70 has the names of class 0 and a
-# bit above 64 in the block masks (the compiled tighten's wide path).
-NAMES = {0: ("cpu", "memory"), 1: ("cpu", "gpu", "memory"), 70: ("cpu", "memory")}
+# Class id -> its resource names. Classes 70 and 4100 have the names of
+# class 0 and bits above 64 and 4096 in the block masks (the compiled
+# index builds masks in a byte array, and above 4096 bits in Python ints).
+NAMES = {0: ("cpu", "memory"), 1: ("cpu", "gpu", "memory"), 70: ("cpu", "memory"),
+         4100: ("cpu", "memory")}
 CIDS = sorted(NAMES)
 
 

@@ -96,6 +96,39 @@ cdef inline long long _floordiv(long long f, long long q) except? -1:
     return n
 
 
+cdef extern from "Python.h":
+    object _PyLong_FromByteArray(const unsigned char* buf, size_t n, int little_endian,
+                                 int is_signed)
+
+
+cdef enum:
+    MASK_BYTES = 512  # class ids below 4096 set bits in C; above, Python ints
+
+
+cdef object _mask(list block):
+    """The bits of the classes of ``block``'s entries, ``1 << class id`` each:
+    set in a byte array and made an int once (a fleet of a few hundred
+    classes has masks of several machine words, and a shift and an or of
+    Python ints per entry cost more than the rest of a tighten)."""
+    cdef unsigned char buf[MASK_BYTES]
+    cdef Py_ssize_t top = -1
+    cdef Py_ssize_t cid
+    cdef tuple entry
+    for entry in block:
+        cid = entry[1]
+        if cid >= MASK_BYTES * 8:
+            mask = 0
+            for entry in block:
+                mask |= 1 << entry[1]
+            return mask
+        if cid >> 3 > top:
+            for i in range(top + 1, (cid >> 3) + 1):
+                buf[i] = 0
+            top = cid >> 3
+        buf[cid >> 3] |= 1 << (cid & 7)
+    return _PyLong_FromByteArray(buf, top + 1, 1, 0)
+
+
 cdef inline long long _bound(dict bound, object resource):
     """``bound.get(resource, -1)``."""
     value = bound.get(resource)
@@ -224,10 +257,9 @@ class FreeIndex(PureFreeIndex):
         cdef tuple entry, free
         cdef long long q, b
         cdef Py_ssize_t i
-        mask = 0
-        for entry in <list>self.blocks[k]:
+        cdef list block = self.blocks[k]
+        for entry in block:
             cid = entry[1]
-            mask |= 1 << cid
             free = entry[2]
             i = 0
             for r in names[cid]:
@@ -241,25 +273,28 @@ class FreeIndex(PureFreeIndex):
                     top[r] = <Py_ssize_t>top[r] + 1
         self.bounds[k] = bound
         self.tops[k] = top
-        self.masks[k] = mask
+        self.masks[k] = _mask(block)
         self.stale[k] = set()
+
+    def tightened(self, k, need, loose):
+        cdef bint done = False
+        for pair in need:
+            r = pair[0]
+            if r in loose:
+                self.tighten(k, r)
+                done = True
+        if not done:
+            self.recompute(k)
+        return True
 
     def tighten(self, k, resource):
         cdef dict col = self.pos.get(resource, {})
-        cdef object mask = 0
         cdef long long best = -1
         cdef long long q
         cdef Py_ssize_t held = 0
         cdef tuple entry
-        cdef long long cid
-        cdef unsigned long long small = 0
-        cdef bint wide = False
-        for entry in <list>self.blocks[k]:
-            cid = entry[1]
-            if cid < 64:
-                small |= (<unsigned long long>1) << cid
-            else:
-                wide = True
+        cdef list block = self.blocks[k]
+        for entry in block:
             j = col.get(entry[1])
             if j is not None:
                 q = (<tuple>entry[2])[<Py_ssize_t>j]
@@ -268,10 +303,7 @@ class FreeIndex(PureFreeIndex):
                     held = 1
                 elif q == best:
                     held += 1
-        mask = small
-        if wide:
-            for entry in <list>self.blocks[k]:
-                mask |= 1 << entry[1]
+        mask = _mask(block)
         cdef dict bound = self.bounds[k]
         cdef dict top = self.tops[k]
         if best >= 0:

@@ -18,7 +18,9 @@ names its plugin). One task group of a job goes through these stages:
    bucket, and walk upwards (tight fit first, for packing strategies) or
    down from the top (loosest first, for spreading), skipping index blocks
    whose bounds or class mask rule the request out. Each bucket is checked
-   against the class verdict and its free vector; node-level checks (free
+   against the class verdict and its free vector (that search is the
+   index's, ``FreeIndex.fitting``: compiled where ``_freeindex_c`` was
+   built, ``fastindex``); node-level checks (free
    matching devices, jobs on the node) run only for jobs and classes that
    need them. The walk stops after
    ``limit`` candidates, the way Nomad's LimitIterator does: the index order

@@ -36,7 +36,7 @@ from apportion.core.scheduling.freeprofile import INF, _overdue
 from apportion.core.scheduling.freeprofile import Profile as Profile  # it lived here
 from apportion.core.scheduling.freeprofile import running_ends as running_ends
 from apportion.core.scheduling.freeprofile import split_step as split_step
-from apportion.core.scheduling.jobs import Job
+from apportion.core.scheduling.jobs import Job, TaskPlacement
 from apportion.core.scheduling.state import ClusterState
 
 
@@ -537,12 +537,9 @@ def _try_at(
     return HeadReservation(JobReservation(job.id, t, nodes), extra)
 
 
-def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[object]) -> None:
+def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[TaskPlacement]) -> None:
     """Take a backfilled job's use of reserved nodes off their ``extra``."""
-    from apportion.core.scheduling.jobs import TaskPlacement
-
     for tp in tasks:
-        assert isinstance(tp, TaskPlacement)
         room = extra.get(tp.node)
         if room is not None:
             for r, q in tp.resources.items():

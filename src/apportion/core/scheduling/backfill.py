@@ -289,10 +289,11 @@ def _first_fitting_now(
     freed nodes in the order of (job id, task) of those jobs
     (``_first_freed``): so the first node met walking them in id order
     that holds the task is the one taken. Its vector is summed from the
-    jobs on it alone, so this costs the ~20 nodes met before a fit instead
+    jobs on it alone, so this costs the few nodes met before a fit instead
     of the per-node sums of every job past its estimate (``past_estimate``,
-    which a cohort of 25,000 jobs passing their estimate together costs
-    ~55 ms in ``bench_scheduler.py``)."""
+    which costs a cohort of jobs passing their estimate together one step
+    per job: the slowest cycles of ``bench_scheduler.py``, see
+    bench/README.md, h26-cycle)."""
     running = state.running
     recs = state.nodes
     seen: set[str] = set()

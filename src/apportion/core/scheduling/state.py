@@ -142,7 +142,9 @@ class ClusterState(FreeCapacity):
     def _catch_up(self, jobs: Iterable[RunningJob]) -> None:
         """Add what ``jobs`` hold to ``_past``, in one loop: a cohort of jobs
         started together passes its estimate in one cycle (25,000 of them in
-        ``bench_scheduler.py``'s cycles at 60 s and 600 s, those cycles' p99)."""
+        ``bench_scheduler.py``'s cycles at 60 s and 600 s). EASY's one-task
+        reservation reads ``past_ids`` first and these sums only when no
+        node freed "now" holds its head."""
         past = self._past
         for rj in jobs:
             for tp in rj.tasks:

@@ -7,7 +7,9 @@ where:
 * **Running jobs.** Per job, its tasks and the grants they hold; per queue,
   what its running jobs use; per priority, how many preemptible jobs run.
 * **Expected ends.** A sorted index of ``(start + estimate, job id)`` over
-  running jobs, for backfill plans.
+  running jobs, for backfill plans; and, moved forward with the clock only
+  when asked, the jobs past their estimate: what they hold per node
+  (``past_estimate``) and their ids in order (``past_ids``).
 
 Every change goes through ``_grant``/``_ungrant`` and running-job bookkeeping,
 and inside a transaction (``mark``/``rollback``) each is logged so that a gang

@@ -66,3 +66,10 @@ def books(state: ClusterState) -> object:
         dict(state.running), dict(state.free_totals), state.changes,
         sorted((b.cls.id, b.free, tuple(b.nodes)) for b in state.buckets()),
     )
+
+
+def past_ids_recounted(state: ClusterState, now: float) -> list[str]:
+    """The ids of the running jobs past their estimate at ``now``, ascending
+    (``ClusterState.past_ids``), from the running jobs."""
+    return sorted(job_id for job_id, rj in state.running.items()
+                  if rj.estimate is not None and rj.start + rj.estimate <= now)

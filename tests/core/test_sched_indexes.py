@@ -11,7 +11,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from apportion.core.model import Device, Node
-from apportion.core.scheduling import ClusterState, Job, SchedulerConfig, job, schedule_cycle
+from apportion.core.scheduling import (
+    ClusterState,
+    Job,
+    SchedulerConfig,
+    backfill,
+    job,
+    schedule_cycle,
+)
 from apportion.core.scheduling.backfill import (
     HeadReservation,
     easy_reservation,
@@ -211,6 +218,32 @@ def test_one_task_reservation_equals_the_general_method(seed: int) -> None:
         # place, roll back.
         general = easy_reservation(state, placer, j, now, ends=running_ends(state, now))
         assert view(quick) == view(general)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0, 3, 40, 4096]))
+def test_the_walk_at_now_and_the_scan_reserve_alike_whatever_the_walk_reads(
+    seed: int, reads: int,
+) -> None:
+    """``backfill._first_fitting_now`` gives up after ``_WALK_READS`` jobs
+    read, and the scan of every freed node answers: the same reservation."""
+    state, now = busy_state(seed)
+    rng = random.Random(seed)
+    placer = Placer(state, strategy("fifo").options)
+    old = backfill._WALK_READS
+    backfill._WALK_READS = reads
+    try:
+        for i in range(6):
+            j = make_job(20_000 + i, rng, now)
+            if i % 2:  # a big one, that has to wait
+                j = job(j.id, {**j.tasks[0].resources, "cpu": 16_000},
+                        constraints=j.constraints, runtime_estimate=60.0)
+            quick = easy_reservation(state, placer, j, now)
+            general = easy_reservation(state, placer, j, now, ends=running_ends(state, now))
+            assert view(quick) == view(general)
+            now += rng.choice([0.0, 60.0, 600.0])
+    finally:
+        backfill._WALK_READS = old
 
 
 # -- decisions depend on the state, not on its history -----------------------------

@@ -30,13 +30,13 @@ from sortedcontainers import SortedList
 from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.constraints import family
 from apportion.core.scheduling.engine import Placer
-from apportion.core.scheduling.filters import class_verdict
+from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.framework import fit_count
 from apportion.core.scheduling.freeprofile import INF, _overdue
 from apportion.core.scheduling.freeprofile import Profile as Profile  # it lived here
 from apportion.core.scheduling.freeprofile import running_ends as running_ends
 from apportion.core.scheduling.freeprofile import split_step as split_step
-from apportion.core.scheduling.jobs import Job
+from apportion.core.scheduling.jobs import Job, TaskPlacement
 from apportion.core.scheduling.state import ClusterState
 
 
@@ -238,15 +238,6 @@ def _single_task_reservation(
         return False, None
     aligned_of = verdict.aligned
     device_classes = verdict.device_check
-    running = state.running
-    recs = state.nodes
-    ends = state.ends
-    cut = _overdue(ends, now)
-    # What the jobs past their estimate hold, per node: they all end "now".
-    past = state.past_estimate(now) if cut else {}
-    # Per node met so far: (free capacity as of the instant, resource
-    # positions, record), or None for a node that can never take the task.
-    seen: dict[str, tuple[list[int], Mapping[str, int], NodeRec] | None] = {}
     vdev: dict[str, dict[str, list[str]]] = {}
 
     def pools(rec: NodeRec) -> dict[str, list[str]]:
@@ -262,6 +253,110 @@ def _single_task_reservation(
             fit = min(fit, _free_matching(job, spec.resources, rec, pools(rec)))
         return fit > 0
 
+    cut = _overdue(state.ends, now)
+    first = _first_fitting_now(state, now, verdict.need, fits) if cut else None
+    if first is not None:
+        t, (rec, v) = now, first
+    else:
+        later = _first_fitting(state, now, cut, verdict, fits, pools)
+        if later is None:
+            return True, None
+        t, rec, v = later
+    aligned = aligned_of[rec.cls.id]
+    held_by_head = {r: q * spec.count for r, q in spec.resources.items()}
+    left = [f - q for f, q in zip(v, aligned, strict=True)]
+    extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
+    return True, HeadReservation(JobReservation(job.id, t, {rec.name: held_by_head}), extra)
+
+
+_WALK_READS = 4096
+"""How many running jobs ``_first_fitting_now`` reads before it leaves the
+answer to ``_first_fitting``: a head that fits few of the freed nodes would
+otherwise sum up most of them one by one."""
+
+
+def _first_fitting_now(
+    state: ClusterState,
+    now: float,
+    need_of: Mapping[int, tuple[tuple[int, int], ...]],
+    fits: Callable[[list[int], NodeRec], bool],
+) -> tuple[NodeRec, list[int]] | None:
+    """The node a one-task head takes at "now" when some node freed then
+    holds it, with its free vector then; None when none was found within
+    ``_WALK_READS`` jobs read (``_first_fitting`` answers then).
+
+    At "now" every job past its estimate ends, and the placement fills the
+    freed nodes in the order of (job id, task) of those jobs
+    (``_first_freed``): so the first node met walking them in id order
+    that holds the task is the one taken. Its vector is summed from the
+    jobs on it alone, so this costs the few nodes met before a fit instead
+    of the per-node sums of every job past its estimate (``past_estimate``,
+    which costs a cohort of jobs passing their estimate together one step
+    per job: the slowest cycles of ``bench_scheduler.py``, see
+    bench/README.md, h26-cycle)."""
+    running = state.running
+    recs = state.nodes
+    seen: set[str] = set()
+    reads = 0
+    for job_id in state.past_ids(now):
+        reads += 1
+        for tp in running[job_id].tasks:
+            name = tp.node
+            if name in seen:
+                continue
+            seen.add(name)
+            rec = recs[name]
+            if rec.bucket is None or rec.cls.id not in need_of:
+                continue
+            reads += len(rec.jobs)
+            v = _free_at(state, rec, now)
+            if fits(v, rec):
+                return rec, v
+        if reads > _WALK_READS:
+            return None
+    return None
+
+
+def _free_at(state: ClusterState, rec: NodeRec, now: float) -> list[int]:
+    """``rec``'s free vector once its jobs past their estimate at ``now`` end."""
+    v = list(rec.free)
+    pos = rec.cls.pos
+    name = rec.name
+    running = state.running
+    for job_id in rec.jobs:
+        rj = running[job_id]
+        if rj.estimate is None or rj.start + rj.estimate > now:
+            continue
+        for tp in rj.tasks:
+            if tp.node == name:
+                c = tp.count
+                for r, q in tp.resources.items():
+                    v[pos[r]] += c * q
+    return v
+
+
+def _first_fitting(
+    state: ClusterState,
+    now: float,
+    cut: int,
+    verdict: Verdict,
+    fits: Callable[[list[int], NodeRec], bool],
+    pools: Callable[[NodeRec], dict[str, list[str]]],
+) -> tuple[float, NodeRec, list[int]] | None:
+    """The first instant a one-task head fits, the node it takes then and
+    that node's free vector then; None when it never fits. Instant by
+    instant: "now" (what ``past_estimate`` holds per node frees), then each
+    later expected end, touching only the nodes that end frees."""
+    aligned_of = verdict.aligned
+    device_classes = verdict.device_check
+    running = state.running
+    recs = state.nodes
+    ends = state.ends
+    # What the jobs past their estimate hold, per node: they all end "now".
+    past = state.past_estimate(now) if cut else {}
+    # Per node met so far: (free capacity as of the instant, resource
+    # positions, record), or None for a node that can never take the task.
+    seen: dict[str, tuple[list[int], Mapping[str, int], NodeRec] | None] = {}
     t = now
     # The first instant, "now", frees every node some job past its estimate
     # runs on; only those can start to fit then. The vectors of the others
@@ -283,7 +378,7 @@ def _single_task_reservation(
     while not fitting:
         nxt = next(instants, None)
         if nxt is None:
-            return True, None
+            return None
         t, entries = nxt
         touched: dict[str, None] = {}
         for _, job_id in entries:
@@ -319,11 +414,7 @@ def _single_task_reservation(
         key = _first_freed(state, rv[0], t, now, first)
         if key is not None:
             first, (rec, v) = key, rv
-    aligned = aligned_of[rec.cls.id]
-    held_by_head = {r: q * spec.count for r, q in spec.resources.items()}
-    left = [f - q for f, q in zip(v, aligned, strict=True)]
-    extra = {rec.name: dict(zip(rec.cls.resources, left, strict=True))}
-    return True, HeadReservation(JobReservation(job.id, t, {rec.name: held_by_head}), extra)
+    return t, rec, v
 
 
 def _fitting_now(
@@ -447,12 +538,9 @@ def _try_at(
     return HeadReservation(JobReservation(job.id, t, nodes), extra)
 
 
-def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[object]) -> None:
+def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[TaskPlacement]) -> None:
     """Take a backfilled job's use of reserved nodes off their ``extra``."""
-    from apportion.core.scheduling.jobs import TaskPlacement
-
     for tp in tasks:
-        assert isinstance(tp, TaskPlacement)
         room = extra.get(tp.node)
         if room is not None:
             for r, q in tp.resources.items():

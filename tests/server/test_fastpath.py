@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from apportion.core.resources import format_vector
-from apportion.server.fastpath import _JoinedWrites, _respond
+from apportion.server.fastpath import _respond
 from apportion.server.schemas import _format_granted
 
 
@@ -73,14 +73,64 @@ def test_another_send_gets_the_two_messages_as_they_are() -> None:
     assert sent[0]["status"] == 409 and sent[1]["body"] == b"{}"
 
 
-def test_a_head_sent_alone_is_still_written() -> None:
+def _by_uvicorn(status: int, body: bytes, request_id: str,
+                headers: list[tuple[bytes, bytes]], keep_alive: bool,
+                defaults: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bool]:
+    """What uvicorn's own send writes for the fast path's two messages."""
     transport = _Transport()
-    joined = _JoinedWrites(transport)
-    joined.write(b"head")
-    joined.flush()
-    assert transport.writes == [b"head"]
-    joined.close()
-    assert transport.writes == [b"head"] and transport.closed
+    cycle, _ = _cycle(transport, keep_alive=keep_alive)
+    cycle.default_headers = defaults
+
+    async def both() -> None:
+        await cycle.send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), *headers,
+            (b"x-request-id", request_id.encode())]})
+        await cycle.send({"type": "http.response.body", "body": body})
+
+    asyncio.run(both())
+    return transport.writes, transport.closed
+
+
+_NAMES = st.sampled_from([b"retry-after", b"Location", b"x-thing", b"bad name", b"connection",
+                          b"Content-Length", b"transfer-encoding", b"date", b"server"])
+_VALUES = st.sampled_from([b"1", b"close", b"chunked", b"/api/v1/jobs/j1", b"bad\nvalue",
+                           b"uvicorn", b"Mon, 07 Dec 2026 12:00:00 GMT", b""])
+
+
+@given(status=st.sampled_from([200, 201, 400, 401, 404, 409, 413, 422, 429, 500, 503]),
+       body=st.binary(max_size=64),
+       request_id=st.from_regex(r"\A[A-Za-z0-9._:-]{1,64}\Z"),
+       headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=2),
+       defaults=st.lists(st.tuples(_NAMES, _VALUES), max_size=3),
+       keep_alive=st.booleans())
+def test_one_write_holds_the_bytes_uvicorn_writes(
+        status: int, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]],
+        defaults: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+    """Written at once by the fast path, or (headers uvicorn would refuse or
+    act on) by uvicorn's send itself: the same bytes either way, and the
+    same refusals."""
+    try:
+        expected, closed = _by_uvicorn(status, body, request_id, headers, keep_alive, defaults)
+    except (RuntimeError, ValueError) as exc:
+        expected, closed = [repr(exc).encode()], False
+    transport = _Transport()
+    cycle, done = _cycle(transport, keep_alive=keep_alive)
+    cycle.default_headers = defaults
+    try:
+        asyncio.run(_respond(cycle.send, status, body, request_id, headers))
+    except (RuntimeError, ValueError) as exc:
+        transport.writes, done = [repr(exc).encode()], [True]
+    assert b"".join(transport.writes) == b"".join(expected)
+    assert transport.closed is closed and done == [True]
+    if all(_plain(name, value) for name, value in headers + defaults):
+        assert len(transport.writes) == 1  # where uvicorn writes two
+
+
+def _plain(name: bytes, value: bytes) -> bool:
+    """A header uvicorn neither refuses nor acts on."""
+    return (name.lower() not in (b"content-length", b"transfer-encoding", b"connection")
+            and b" " not in name and b"\n" not in value)
 
 
 @given(st.dictionaries(st.sampled_from(["cpu", "memory", "gpu", "storage", "fpga"]),

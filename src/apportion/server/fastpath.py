@@ -74,24 +74,23 @@ async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send,
         except ApportionError as exc:
             await answer(send, exc)  # as the edge answers: before the request id
             return
-
-    async def produce() -> Answer:
-        status, body = await _grant(app.state.ctx, scope, receive, caller, limit)
-        return status, body, ()
-
-    await serve_answer(app, scope, send, produce, access_log=access_log, grant=True)
+    ctx = getattr(app.state, "ctx", None)  # None before the start: answered 500
+    await serve_answer(scope, send, _grant(ctx, scope, receive, caller, limit),
+                       access_log=access_log,
+                       observe=None if ctx is None else ctx.metrics.observe_grant_request)
 
 
 Answer = tuple[int, bytes, Sequence[tuple[bytes, bytes]]]
 """A status, a JSON body and any headers beside the content type and length."""
 
 
-async def serve_answer(app: Any, scope: Scope, send: Send,
-                       produce: Callable[[], Awaitable[Answer]], *, access_log: bool,
-                       grant: bool = False) -> None:
-    """What ``RequestObserver`` does around a request, around ``produce``:
-    the request id (bound into log lines, sent back), the access log line
-    and a 5xx logged, and for a ``grant`` the grant latency histogram."""
+async def serve_answer(scope: Scope, send: Send, produce: Awaitable[Answer], *,
+                       access_log: bool,
+                       observe: Callable[[float, int], None] | None = None) -> None:
+    """What ``RequestObserver`` does around a request, around awaiting
+    ``produce``: the request id (bound into log lines, sent back), the
+    access log line and a 5xx logged, and ``observe`` (the grant latency
+    histogram) given the seconds and the status."""
     request_id = request_id_of(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
@@ -99,22 +98,21 @@ async def serve_answer(app: Any, scope: Scope, send: Send,
     try:
         headers: Sequence[tuple[bytes, bytes]] = ()
         try:
-            status, body, headers = await produce()
+            status, body, headers = await produce
         except Exception:
             log.exception("unhandled_error", path=scope["path"])
             status, body = 500, _INTERNAL
         await _respond(send, status, body, request_id, headers)
     finally:
         elapsed = time.perf_counter() - started
-        services = getattr(app.state, "ctx", None)
-        if grant and services is not None:
-            services.metrics.observe_grant_request(elapsed, status)
+        if observe is not None:
+            observe(elapsed, status)
         log_request(scope, status, elapsed, access_log)
         structlog.contextvars.reset_contextvars(**tokens)
 
 
 async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | None,
-                 limit: int) -> tuple[int, bytes]:
+                 limit: int) -> Answer:
     try:
         if caller is None:  # no edge guard: who asks, before a byte of the body is read
             header = _header(scope, b"authorization")
@@ -125,18 +123,18 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | N
         # and took as long again in keyword handling.
         body = AllocationIn.__pydantic_validator__.validate_python(
             parse_json(raw), from_attributes=True)
-        return 201, orjson.dumps(await grant_allocation(ctx, caller, body))
+        return 201, orjson.dumps(await grant_allocation(ctx, caller, body)), ()
     except ApportionError as exc:
-        return http_status(exc), orjson.dumps(exc.to_dict())
+        return http_status(exc), orjson.dumps(exc.to_dict()), ()
     except ValidationError as exc:
         payload, status = validation_failure(exc.errors())
-        return status, orjson.dumps(payload)
+        return status, orjson.dumps(payload), ()
     except json.JSONDecodeError as exc:
         payload, status = validation_failure([{
             "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
             "ctx": {"error": exc.msg},
         }])
-        return status, orjson.dumps(payload)
+        return status, orjson.dumps(payload), ()
 
 
 async def _respond(send: Send, status: int, body: bytes, request_id: str,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +14,8 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from apportion.core.resources import format_vector
-from apportion.server.fastpath import _respond
+from apportion.exceptions import BodyTooLarge
+from apportion.server.fastpath import _respond, read_body
 from apportion.server.schemas import _format_granted
 
 
@@ -34,17 +34,74 @@ class _Transport:
         return self.closed
 
 
-def _cycle(transport: _Transport, *, keep_alive: bool = True) -> tuple[RequestResponseCycle,
-                                                                        list[bool]]:
+class _Flow:
+    write_paused = False
+    resumed = 0
+
+    def resume_reading(self) -> None:
+        self.resumed += 1
+
+
+def _cycle(transport: _Transport, *, keep_alive: bool = True, expect_100: bool = False
+           ) -> tuple[RequestResponseCycle, list[bool]]:
     done: list[bool] = []
     scope: Any = {"type": "http", "method": "POST", "path": "/api/v1/allocations",
                   "http_version": "1.1", "headers": []}
     cycle = RequestResponseCycle(
-        scope, transport, SimpleNamespace(write_paused=False),  # type: ignore[arg-type]
+        scope, transport, _Flow(),  # type: ignore[arg-type]
         logging.getLogger("t"),
-        logging.getLogger("t"), False, [(b"server", b"uvicorn")], asyncio.Event(), False,
+        logging.getLogger("t"), False, [(b"server", b"uvicorn")], asyncio.Event(), expect_100,
         keep_alive, lambda: done.append(True))
     return cycle, done
+
+
+def _arrived(cycle: RequestResponseCycle, body: bytes, *, whole: bool) -> None:
+    """What uvicorn's protocol does as ``body`` comes in (all of it: ``whole``)."""
+    cycle.body += body
+    cycle.more_body = not whole
+    cycle.message_event.set()
+
+
+@given(body=st.binary(max_size=2048), limit=st.integers(min_value=0, max_value=4096),
+       expect_100=st.booleans())
+def test_a_body_already_in_is_taken_as_uvicorns_receive_hands_it_over(
+        body: bytes, limit: int, expect_100: bool) -> None:
+    def read(take: bool) -> tuple[object, bytes, bool, list[bytes], int]:
+        transport = _Transport()
+        cycle, _ = _cycle(transport, expect_100=expect_100)
+        _arrived(cycle, body, whole=True)
+
+        async def go() -> object:
+            try:
+                if take:
+                    return await read_body(cycle.receive, limit)
+                return (await cycle.receive())["body"]  # type: ignore[typeddict-item]
+            except BodyTooLarge as exc:
+                return exc.message
+        got = asyncio.run(go())
+        flow = cycle.flow
+        assert isinstance(flow, _Flow)
+        return got, bytes(cycle.body), cycle.message_event.is_set(), transport.writes, \
+            flow.resumed
+
+    got, left, event_set, writes, resumed = read(True)
+    expected, *rest = read(False)
+    if expected == body and len(body) > limit:
+        expected = f"the body is over {limit} bytes, the most this endpoint takes"
+    assert (got, left, event_set, writes, resumed) == (expected, *rest)
+
+
+def test_a_body_still_coming_is_received_in_parts() -> None:
+    cycle, _ = _cycle(_Transport())
+    _arrived(cycle, b'{"resources":', whole=False)
+
+    async def go() -> bytes:
+        reading = asyncio.ensure_future(read_body(cycle.receive, 1 << 20))
+        await asyncio.sleep(0)
+        _arrived(cycle, b' {"cpu": 1}}', whole=True)
+        return await reading
+
+    assert asyncio.run(go()) == b'{"resources": {"cpu": 1}}'
 
 
 @pytest.mark.parametrize("keep_alive", [True, False])

@@ -42,10 +42,10 @@ class _Flow:
         self.resumed += 1
 
 
-def _cycle(transport: _Transport, *, keep_alive: bool = True, expect_100: bool = False
-           ) -> tuple[RequestResponseCycle, list[bool]]:
+def _cycle(transport: _Transport, *, keep_alive: bool = True, expect_100: bool = False,
+           method: str = "POST") -> tuple[RequestResponseCycle, list[bool]]:
     done: list[bool] = []
-    scope: Any = {"type": "http", "method": "POST", "path": "/api/v1/allocations",
+    scope: Any = {"type": "http", "method": method, "path": "/api/v1/allocations",
                   "http_version": "1.1", "headers": []}
     cycle = RequestResponseCycle(
         scope, transport, _Flow(),  # type: ignore[arg-type]
@@ -132,10 +132,10 @@ def test_another_send_gets_the_two_messages_as_they_are() -> None:
 
 def _by_uvicorn(status: int, body: bytes, request_id: str,
                 headers: list[tuple[bytes, bytes]], keep_alive: bool,
-                defaults: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bool]:
+                defaults: list[tuple[bytes, bytes]], method: str) -> tuple[list[bytes], bool]:
     """What uvicorn's own send writes for the fast path's two messages."""
     transport = _Transport()
-    cycle, _ = _cycle(transport, keep_alive=keep_alive)
+    cycle, _ = _cycle(transport, keep_alive=keep_alive, method=method)
     cycle.default_headers = defaults
 
     async def both() -> None:
@@ -160,19 +160,20 @@ _VALUES = st.sampled_from([b"1", b"close", b"chunked", b"/api/v1/jobs/j1", b"bad
        request_id=st.from_regex(r"\A[A-Za-z0-9._:-]{1,64}\Z"),
        headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=2),
        defaults=st.lists(st.tuples(_NAMES, _VALUES), max_size=3),
-       keep_alive=st.booleans())
+       keep_alive=st.booleans(), method=st.sampled_from(["POST", "GET", "HEAD"]))
 def test_one_write_holds_the_bytes_uvicorn_writes(
         status: int, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]],
-        defaults: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        defaults: list[tuple[bytes, bytes]], keep_alive: bool, method: str) -> None:
     """Written at once by the fast path, or (headers uvicorn would refuse or
     act on) by uvicorn's send itself: the same bytes either way, and the
     same refusals."""
     try:
-        expected, closed = _by_uvicorn(status, body, request_id, headers, keep_alive, defaults)
+        expected, closed = _by_uvicorn(status, body, request_id, headers, keep_alive, defaults,
+                                       method)
     except (RuntimeError, ValueError) as exc:
         expected, closed = [repr(exc).encode()], False
     transport = _Transport()
-    cycle, done = _cycle(transport, keep_alive=keep_alive)
+    cycle, done = _cycle(transport, keep_alive=keep_alive, method=method)
     cycle.default_headers = defaults
     try:
         asyncio.run(_respond(cycle.send, status, body, request_id, headers))
@@ -180,7 +181,7 @@ def test_one_write_holds_the_bytes_uvicorn_writes(
         transport.writes, done = [repr(exc).encode()], [True]
     assert b"".join(transport.writes) == b"".join(expected)
     assert transport.closed is closed and done == [True]
-    if all(_plain(name, value) for name, value in headers + defaults):
+    if method != "HEAD" and all(_plain(name, value) for name, value in headers + defaults):
         assert len(transport.writes) == 1  # where uvicorn writes two
 
 

@@ -159,8 +159,8 @@ async def _respond(send: Send, status: int, body: bytes, request_id: str,
 # its httptools cycle is written here in one write, with the bytes uvicorn
 # would have written (a property test compares them), and the cycle is then
 # completed as its send completes it. Anything unusual (access log lines,
-# a response already begun, headers uvicorn would refuse or act on) goes
-# through uvicorn's send.
+# a response already begun, a HEAD, headers uvicorn would refuse or act
+# on) goes through uvicorn's send.
 
 _TYPE_AND_LENGTH = b"content-type: application/json\r\ncontent-length: "
 
@@ -194,8 +194,8 @@ def _header_lines(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
 def _direct_head(cycle: Any, status: int, length: int, request_id: str,
                  headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     """The answer's head as uvicorn would write it, or None to let it."""
-    if cycle.response_started or cycle.disconnected:
-        return None
+    if cycle.response_started or cycle.disconnected or cycle.scope["method"] == "HEAD":
+        return None  # (uvicorn leaves out a HEAD's body; no fast path answers one)
     defaults = cycle.default_headers
     if defaults is not _DEFAULTS.seen:
         _DEFAULTS.seen, _DEFAULTS.lines = defaults, _header_lines(defaults)

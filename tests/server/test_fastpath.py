@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +14,8 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from apportion.core.resources import format_vector
-from apportion.server.fastpath import _JoinedWrites, _respond
+from apportion.exceptions import BodyTooLarge
+from apportion.server.fastpath import _respond, read_body
 from apportion.server.schemas import _format_granted
 
 
@@ -34,17 +34,74 @@ class _Transport:
         return self.closed
 
 
-def _cycle(transport: _Transport, *, keep_alive: bool = True) -> tuple[RequestResponseCycle,
-                                                                        list[bool]]:
+class _Flow:
+    write_paused = False
+    resumed = 0
+
+    def resume_reading(self) -> None:
+        self.resumed += 1
+
+
+def _cycle(transport: _Transport, *, keep_alive: bool = True, expect_100: bool = False,
+           method: str = "POST") -> tuple[RequestResponseCycle, list[bool]]:
     done: list[bool] = []
-    scope: Any = {"type": "http", "method": "POST", "path": "/api/v1/allocations",
+    scope: Any = {"type": "http", "method": method, "path": "/api/v1/allocations",
                   "http_version": "1.1", "headers": []}
     cycle = RequestResponseCycle(
-        scope, transport, SimpleNamespace(write_paused=False),  # type: ignore[arg-type]
+        scope, transport, _Flow(),  # type: ignore[arg-type]
         logging.getLogger("t"),
-        logging.getLogger("t"), False, [(b"server", b"uvicorn")], asyncio.Event(), False,
+        logging.getLogger("t"), False, [(b"server", b"uvicorn")], asyncio.Event(), expect_100,
         keep_alive, lambda: done.append(True))
     return cycle, done
+
+
+def _arrived(cycle: RequestResponseCycle, body: bytes, *, whole: bool) -> None:
+    """What uvicorn's protocol does as ``body`` comes in (all of it: ``whole``)."""
+    cycle.body += body
+    cycle.more_body = not whole
+    cycle.message_event.set()
+
+
+@given(body=st.binary(max_size=2048), limit=st.integers(min_value=0, max_value=4096),
+       expect_100=st.booleans())
+def test_a_body_already_in_is_taken_as_uvicorns_receive_hands_it_over(
+        body: bytes, limit: int, expect_100: bool) -> None:
+    def read(take: bool) -> tuple[object, bytes, bool, list[bytes], int]:
+        transport = _Transport()
+        cycle, _ = _cycle(transport, expect_100=expect_100)
+        _arrived(cycle, body, whole=True)
+
+        async def go() -> object:
+            try:
+                if take:
+                    return await read_body(cycle.receive, limit)
+                return (await cycle.receive())["body"]  # type: ignore[typeddict-item]
+            except BodyTooLarge as exc:
+                return exc.message
+        got = asyncio.run(go())
+        flow = cycle.flow
+        assert isinstance(flow, _Flow)
+        return got, bytes(cycle.body), cycle.message_event.is_set(), transport.writes, \
+            flow.resumed
+
+    got, left, event_set, writes, resumed = read(True)
+    expected, *rest = read(False)
+    if expected == body and len(body) > limit:
+        expected = f"the body is over {limit} bytes, the most this endpoint takes"
+    assert (got, left, event_set, writes, resumed) == (expected, *rest)
+
+
+def test_a_body_still_coming_is_received_in_parts() -> None:
+    cycle, _ = _cycle(_Transport())
+    _arrived(cycle, b'{"resources":', whole=False)
+
+    async def go() -> bytes:
+        reading = asyncio.ensure_future(read_body(cycle.receive, 1 << 20))
+        await asyncio.sleep(0)
+        _arrived(cycle, b' {"cpu": 1}}', whole=True)
+        return await reading
+
+    assert asyncio.run(go()) == b'{"resources": {"cpu": 1}}'
 
 
 @pytest.mark.parametrize("keep_alive", [True, False])
@@ -73,14 +130,65 @@ def test_another_send_gets_the_two_messages_as_they_are() -> None:
     assert sent[0]["status"] == 409 and sent[1]["body"] == b"{}"
 
 
-def test_a_head_sent_alone_is_still_written() -> None:
+def _by_uvicorn(status: int, body: bytes, request_id: str,
+                headers: list[tuple[bytes, bytes]], keep_alive: bool,
+                defaults: list[tuple[bytes, bytes]], method: str) -> tuple[list[bytes], bool]:
+    """What uvicorn's own send writes for the fast path's two messages."""
     transport = _Transport()
-    joined = _JoinedWrites(transport)
-    joined.write(b"head")
-    joined.flush()
-    assert transport.writes == [b"head"]
-    joined.close()
-    assert transport.writes == [b"head"] and transport.closed
+    cycle, _ = _cycle(transport, keep_alive=keep_alive, method=method)
+    cycle.default_headers = defaults
+
+    async def both() -> None:
+        await cycle.send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), *headers,
+            (b"x-request-id", request_id.encode())]})
+        await cycle.send({"type": "http.response.body", "body": body})
+
+    asyncio.run(both())
+    return transport.writes, transport.closed
+
+
+_NAMES = st.sampled_from([b"retry-after", b"Location", b"x-thing", b"bad name", b"connection",
+                          b"Content-Length", b"transfer-encoding", b"date", b"server"])
+_VALUES = st.sampled_from([b"1", b"close", b"chunked", b"/api/v1/jobs/j1", b"bad\nvalue",
+                           b"uvicorn", b"Mon, 07 Dec 2026 12:00:00 GMT", b""])
+
+
+@given(status=st.sampled_from([200, 201, 400, 401, 404, 409, 413, 422, 429, 500, 503]),
+       body=st.binary(max_size=64),
+       request_id=st.from_regex(r"\A[A-Za-z0-9._:-]{1,64}\Z"),
+       headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=2),
+       defaults=st.lists(st.tuples(_NAMES, _VALUES), max_size=3),
+       keep_alive=st.booleans(), method=st.sampled_from(["POST", "GET", "HEAD"]))
+def test_one_write_holds_the_bytes_uvicorn_writes(
+        status: int, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]],
+        defaults: list[tuple[bytes, bytes]], keep_alive: bool, method: str) -> None:
+    """Written at once by the fast path, or (headers uvicorn would refuse or
+    act on) by uvicorn's send itself: the same bytes either way, and the
+    same refusals."""
+    try:
+        expected, closed = _by_uvicorn(status, body, request_id, headers, keep_alive, defaults,
+                                       method)
+    except (RuntimeError, ValueError) as exc:
+        expected, closed = [repr(exc).encode()], False
+    transport = _Transport()
+    cycle, done = _cycle(transport, keep_alive=keep_alive, method=method)
+    cycle.default_headers = defaults
+    try:
+        asyncio.run(_respond(cycle.send, status, body, request_id, headers))
+    except (RuntimeError, ValueError) as exc:
+        transport.writes, done = [repr(exc).encode()], [True]
+    assert b"".join(transport.writes) == b"".join(expected)
+    assert transport.closed is closed and done == [True]
+    if method != "HEAD" and all(_plain(name, value) for name, value in headers + defaults):
+        assert len(transport.writes) == 1  # where uvicorn writes two
+
+
+def _plain(name: bytes, value: bytes) -> bool:
+    """A header uvicorn neither refuses nor acts on."""
+    return (name.lower() not in (b"content-length", b"transfer-encoding", b"connection")
+            and b" " not in name and b"\n" not in value)
 
 
 @given(st.dictionaries(st.sampled_from(["cpu", "memory", "gpu", "storage", "fpga"]),

@@ -43,6 +43,8 @@ BLOCK_S = 30.0
 MAX_ADDRESSES = 10_000
 LOG_PATH = re.compile(r"^/api/v1/agents/[^/]+/tasks/[^/]+/logs/[^/]+$")
 CHECKPOINT_PATH = re.compile(r"^/api/v1/agents/[^/]+/tasks/[^/]+/checkpoint$")
+AGENTS_PREFIX = "/api/v1/agents/"
+"""What every path with a larger body limit begins with."""
 REGISTER_PATH = "/api/v1/agents/register"
 SESSION_PATH = "/api/v1/auth/session"
 
@@ -86,6 +88,8 @@ class BodyLimits:
     checkpoint: int = 256 << 20
 
     def for_path(self, path: str) -> int:
+        if not path.startswith(AGENTS_PREFIX):  # neither pattern can match: no search
+            return self.default
         if LOG_PATH.match(path):
             return self.log_chunk
         if CHECKPOINT_PATH.match(path):
@@ -156,8 +160,7 @@ class EdgeGuard:
 
     async def _authenticate(self, scope: Scope, path: str) -> Principal | None:
         header = _header(scope, b"authorization")
-        token = (header or "").partition(" ")[2].strip()
-        if path == REGISTER_PATH and is_join_token(token):
+        if path == REGISTER_PATH and is_join_token((header or "").partition(" ")[2].strip()):
             return None  # its route redeems it
         address = _client(scope)
         wait = self.logins.retry_after(address)

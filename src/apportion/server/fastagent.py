@@ -129,4 +129,4 @@ async def serve_agent(app: Any, scope: Scope, receive: Receive, send: Send,
             return refusal(exc)
         return 200, _REPORTS.dump_json(_REPORTS.validate_python(out), by_alias=True), ()
 
-    await serve_answer(app, scope, send, produce, access_log=access_log)
+    await serve_answer(scope, send, produce(), access_log=access_log)

@@ -14,7 +14,6 @@ same pydantic model and the same error bodies, then calls the same
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,17 +33,19 @@ from apportion.server.schemas import AllocationIn
 from apportion.service.auth import Principal
 
 
-def _httptools_cycle() -> type[Any] | None:
-    """uvicorn's httptools request cycle; None where uvicorn runs on h11
-    alone (the answer then goes in uvicorn's two writes)."""
+def _httptools() -> Any:
+    """uvicorn's httptools module (its request cycle, status lines and header
+    checks); None where uvicorn runs on h11 alone (the answer then goes
+    through uvicorn's own two sends)."""
     try:
-        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+        from uvicorn.protocols.http import httptools_impl
     except ImportError:  # pragma: no cover (the package depends on httptools)
         return None
-    return RequestResponseCycle
+    return httptools_impl
 
 
-_CYCLE = _httptools_cycle()
+_UVICORN = _httptools()
+_CYCLE: type[Any] | None = None if _UVICORN is None else _UVICORN.RequestResponseCycle
 
 log = structlog.get_logger(__name__)
 
@@ -73,24 +74,23 @@ async def serve_grant(app: Any, scope: Scope, receive: Receive, send: Send,
         except ApportionError as exc:
             await answer(send, exc)  # as the edge answers: before the request id
             return
-
-    async def produce() -> Answer:
-        status, body = await _grant(app.state.ctx, scope, receive, caller, limit)
-        return status, body, ()
-
-    await serve_answer(app, scope, send, produce, access_log=access_log, grant=True)
+    ctx = getattr(app.state, "ctx", None)  # None before the start: answered 500
+    await serve_answer(scope, send, _grant(ctx, scope, receive, caller, limit),
+                       access_log=access_log,
+                       observe=None if ctx is None else ctx.metrics.observe_grant_request)
 
 
 Answer = tuple[int, bytes, Sequence[tuple[bytes, bytes]]]
 """A status, a JSON body and any headers beside the content type and length."""
 
 
-async def serve_answer(app: Any, scope: Scope, send: Send,
-                       produce: Callable[[], Awaitable[Answer]], *, access_log: bool,
-                       grant: bool = False) -> None:
-    """What ``RequestObserver`` does around a request, around ``produce``:
-    the request id (bound into log lines, sent back), the access log line
-    and a 5xx logged, and for a ``grant`` the grant latency histogram."""
+async def serve_answer(scope: Scope, send: Send, produce: Awaitable[Answer], *,
+                       access_log: bool,
+                       observe: Callable[[float, int], None] | None = None) -> None:
+    """What ``RequestObserver`` does around a request, around awaiting
+    ``produce``: the request id (bound into log lines, sent back), the
+    access log line and a 5xx logged, and ``observe`` (the grant latency
+    histogram) given the seconds and the status."""
     request_id = request_id_of(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
@@ -98,22 +98,21 @@ async def serve_answer(app: Any, scope: Scope, send: Send,
     try:
         headers: Sequence[tuple[bytes, bytes]] = ()
         try:
-            status, body, headers = await produce()
+            status, body, headers = await produce
         except Exception:
             log.exception("unhandled_error", path=scope["path"])
             status, body = 500, _INTERNAL
         await _respond(send, status, body, request_id, headers)
     finally:
         elapsed = time.perf_counter() - started
-        services = getattr(app.state, "ctx", None)
-        if grant and services is not None:
-            services.metrics.observe_grant_request(elapsed, status)
+        if observe is not None:
+            observe(elapsed, status)
         log_request(scope, status, elapsed, access_log)
         structlog.contextvars.reset_contextvars(**tokens)
 
 
 async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | None,
-                 limit: int) -> tuple[int, bytes]:
+                 limit: int) -> Answer:
     try:
         if caller is None:  # no edge guard: who asks, before a byte of the body is read
             header = _header(scope, b"authorization")
@@ -124,72 +123,106 @@ async def _grant(ctx: Any, scope: Scope, receive: Receive, caller: Principal | N
         # and took as long again in keyword handling.
         body = AllocationIn.__pydantic_validator__.validate_python(
             parse_json(raw), from_attributes=True)
-        return 201, orjson.dumps(await grant_allocation(ctx, caller, body))
+        return 201, orjson.dumps(await grant_allocation(ctx, caller, body)), ()
     except ApportionError as exc:
-        return http_status(exc), orjson.dumps(exc.to_dict())
+        return http_status(exc), orjson.dumps(exc.to_dict()), ()
     except ValidationError as exc:
         payload, status = validation_failure(exc.errors())
-        return status, orjson.dumps(payload)
+        return status, orjson.dumps(payload), ()
     except json.JSONDecodeError as exc:
         payload, status = validation_failure([{
             "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
             "ctx": {"error": exc.msg},
         }])
-        return status, orjson.dumps(payload)
+        return status, orjson.dumps(payload), ()
 
 
 async def _respond(send: Send, status: int, body: bytes, request_id: str,
                    headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Send the answer; on uvicorn's httptools protocol, in one write."""
-    start = {"type": "http.response.start", "status": status,
-             "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers,
-                         (b"x-request-id", request_id.encode())]}
-    end = {"type": "http.response.body", "body": body}
     cycle = getattr(send, "__self__", None)
-    if _CYCLE is None or not isinstance(cycle, _CYCLE):
-        await send(start)
-        await send(end)
-        return
-    # uvicorn writes the head and the body in two writes: two syscalls, two
-    # segments on loopback and two wake-ups of the client (~15 us of the
-    # server's CPU a grant). Its transport is swapped for one that joins them
-    # while the two messages go through uvicorn's own send, which still does
-    # all its bookkeeping (default headers, keep-alive, completion).
-    joined = _JoinedWrites(cycle.transport)
-    cycle.transport = joined
-    try:
-        await send(start)
-        await send(end)
-    finally:
-        cycle.transport = joined.transport
-        joined.flush()
+    if _CYCLE is not None and isinstance(cycle, _CYCLE) and not cycle.access_log:
+        head = _direct_head(cycle, status, len(body), request_id, headers)
+        if head is not None:
+            await _write_answer(cycle, head, body)
+            return
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers,
+                            (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
-class _JoinedWrites(asyncio.Transport):
-    """Stands in for a transport while one response is sent: holds the first
-    write (the head) and writes it with the second (the body)."""
+# uvicorn's send writes the head and the body in two writes (two syscalls,
+# two segments on loopback, two wake-ups of the client: ~15 us of the
+# server's CPU a grant), and its checks of every header, its two messages
+# and two awaits were a tenth of the loop's work for a grant. An answer on
+# its httptools cycle is written here in one write, with the bytes uvicorn
+# would have written (a property test compares them), and the cycle is then
+# completed as its send completes it. Anything unusual (access log lines,
+# a response already begun, a HEAD, headers uvicorn would refuse or act
+# on) goes through uvicorn's send.
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        super().__init__()
-        self.transport = transport
-        self.held: bytes | None = None
+_TYPE_AND_LENGTH = b"content-type: application/json\r\ncontent-length: "
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        data = bytes(data)
-        if self.held is None:
-            self.held = data
-        else:
-            self.transport.write(self.held + data)
-            self.held = b""
 
-    def flush(self) -> None:
-        if self.held:
-            self.transport.write(self.held)
-        self.held = b""
+class _Defaults:
+    """uvicorn's default headers as last seen (a new list when the date
+    changes, once a second) and their lines (None: uvicorn would act on one,
+    so its send is used)."""
 
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
+    seen: object = None
+    lines: bytes | None = b""
+
+
+_DEFAULTS = _Defaults()
+_ACTED_ON = (b"content-length", b"transfer-encoding", b"connection")
+
+
+def _header_lines(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """Headers as uvicorn's send writes them; None where it would refuse one
+    or act on it (length, chunking, closing)."""
+    lines = []
+    for name, value in headers:
+        name = name.lower()
+        if (_UVICORN.HEADER_RE.search(name) or _UVICORN.HEADER_VALUE_RE.search(value)
+                or name in _ACTED_ON):
+            return None
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(lines)
+
+
+def _direct_head(cycle: Any, status: int, length: int, request_id: str,
+                 headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The answer's head as uvicorn would write it, or None to let it."""
+    if cycle.response_started or cycle.disconnected or cycle.scope["method"] == "HEAD":
+        return None  # (uvicorn leaves out a HEAD's body; no fast path answers one)
+    defaults = cycle.default_headers
+    if defaults is not _DEFAULTS.seen:
+        _DEFAULTS.seen, _DEFAULTS.lines = defaults, _header_lines(defaults)
+    common = _DEFAULTS.lines
+    extra = _header_lines(headers) if headers else b""
+    if common is None or extra is None:
+        return None
+    return b"%s%s%s%d\r\n%sx-request-id: %s\r\n%s" % (
+        _UVICORN.STATUS_LINE[status], common, _TYPE_AND_LENGTH, length, extra,
+        request_id.encode(), b"\r\n" if cycle.keep_alive else b"connection: close\r\n\r\n")
+
+
+async def _write_answer(cycle: Any, head: bytes, body: bytes) -> None:
+    """Write ``head`` and ``body`` at once and complete ``cycle`` as
+    uvicorn's send does after a last body message."""
+    if cycle.flow.write_paused:
+        await cycle.flow.drain()
+        if cycle.disconnected:
+            return
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.transport.write(head + body)
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
 
 
 _ORJSON_MAX = 512
@@ -249,17 +282,39 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 async def read_body(receive: Receive, limit: int, *, cap: int | None = MAX_BODY) -> bytes:
     """The whole body, refused past the edge's ``limit`` (and past ``cap``,
     a grant's own bound)."""
+    cycle = getattr(receive, "__self__", None)
+    if _CYCLE is not None and isinstance(cycle, _CYCLE) and _body_in(cycle):
+        # Already read whole (a grant's body comes in its head's segment):
+        # taken as uvicorn's receive would hand it over, without its
+        # coroutine, the wait on its event and the message.
+        raw = bytes(cycle.body)
+        cycle.body = bytearray()
+        cycle.message_event.clear()
+        cycle.flow.resume_reading()
+        _check_size(len(raw), limit, cap)
+        return raw
     chunks: list[bytes] = []
     size = 0
     while True:
         message: Message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise body_over(limit)  # the edge's limit, in the edge's words
-        if cap is not None and size > cap:
-            raise BodyTooLarge(f"the body is over {MAX_BODY} bytes; a grant request is a "
-                               "small JSON object")
+        _check_size(size, limit, cap)
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+def _body_in(cycle: Any) -> bool:
+    """Whether uvicorn's cycle holds the whole body: its receive would hand
+    it over at once, with nothing else to do (no 100-continue to answer)."""
+    return not (cycle.more_body or cycle.waiting_for_100_continue or cycle.disconnected
+                or cycle.response_complete)
+
+
+def _check_size(size: int, limit: int, cap: int | None) -> None:
+    if size > limit:
+        raise body_over(limit)  # the edge's limit, in the edge's words
+    if cap is not None and size > cap:
+        raise BodyTooLarge(f"the body is over {MAX_BODY} bytes; a grant request is a "
+                           "small JSON object")

@@ -72,7 +72,7 @@ async def serve_submit(app: Any, scope: Scope, receive: Receive, send: Send, gua
         value = _DETAIL.validate_python(out, from_attributes=True)
         return 201, _DETAIL.dump_json(value, by_alias=True), ()
 
-    await serve_answer(app, scope, send, produce, access_log=access_log)
+    await serve_answer(scope, send, produce(), access_log=access_log)
 
 
 def refusal(exc: ApportionError) -> Answer:

@@ -282,7 +282,10 @@ class LedgerService:
     async def _submit(self, op: GrantOp | ReleaseOp) -> Any:
         """Queue a grant or release, remembered as in flight until it commits
         so a reload from the store in the meantime can re-apply it."""
-        pending = self._in_flight.setdefault(op.alloc.node, {})
+        node = op.alloc.node
+        pending = self._in_flight.get(node)
+        if pending is None:
+            pending = self._in_flight[node] = {}
         pending[op.alloc.id] = op
         try:
             return await self.uow.submit_ledger_op(op)

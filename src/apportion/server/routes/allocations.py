@@ -36,7 +36,7 @@ def _owner_for(caller: Principal, asked: str | None) -> str | None:
     return caller.name
 
 
-_PARSED: Memo[tuple[tuple[str, type, object], ...], dict[str, int]] = Memo()
+_PARSED: Memo[tuple[tuple[tuple[str, Any], ...], tuple[type, ...]], dict[str, int]] = Memo()
 
 
 def _parse_request(resources: dict[str, Any]) -> dict[str, int]:
@@ -44,7 +44,7 @@ def _parse_request(resources: dict[str, Any]) -> dict[str, int]:
     few shapes over and over, and exact parsing (Decimal, Fraction) was a
     tenth of a grant's CPU. Keyed on the value's type too (``1``, ``1.0`` and
     ``True`` hash alike); refusals are not remembered, they raise every time."""
-    key = tuple((name, type(value), value) for name, value in resources.items())
+    key = (tuple(resources.items()), tuple(map(type, resources.values())))
     return dict(_PARSED.get(key, lambda: parse_vector(resources)))
 
 

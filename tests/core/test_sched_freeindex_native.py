@@ -82,7 +82,9 @@ _op = st.one_of(
     st.tuples(st.just("tighten"), st.integers(0, 10**6), st.sampled_from(["cpu", "gpu", "memory"])),
     st.tuples(st.just("recompute"), st.integers(0, 10**6)),
     st.tuples(st.just("start"), _amount),
-    st.tuples(st.just("walk"), st.integers(1, 6), st.integers(1, 6), st.integers(0, 3),
+    # A memory amount of 0 asks for cpu alone: the walk of one resource
+    # (no other resource to test; the class mask and the walked amount).
+    st.tuples(st.just("walk"), st.integers(1, 6), st.integers(0, 6), st.integers(0, 3),
               st.lists(st.sampled_from(CIDS), min_size=1, max_size=3), st.booleans(),
               st.integers(0, 10)),
 )
@@ -124,7 +126,7 @@ def _step(index: FreeIndex, op: tuple[Any, ...], live: list[Entry]) -> Any:
     if kind == "start":
         return index.bisect(op[1]), index.start(op[1])
     _, cpu, mem, gpu, feasible, loose, stop = op
-    request = {"cpu": cpu, "memory": mem} | ({"gpu": gpu} if gpu else {})
+    request = {"cpu": cpu} | ({"memory": mem} if mem else {}) | ({"gpu": gpu} if gpu else {})
     vmask, need, first_of, need_of, walked_of = _split(request, feasible)
     k0, i0 = index.bisect(cpu)
     walk = index.fitting(k0, i0, loose, vmask, need, first_of, need_of, walked_of)

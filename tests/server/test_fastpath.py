@@ -119,6 +119,33 @@ def test_the_head_and_body_are_written_once_and_uvicorn_completes_the_response(
     assert transport.closed is not keep_alive
 
 
+class _PausedThenShutDown(_Flow):
+    """A socket whose buffer is full; while the answer waits for it, the
+    server shuts down, which turns the cycle's keep-alive off."""
+
+    write_paused = True
+
+    def __init__(self, cycle: RequestResponseCycle | None = None) -> None:
+        self.cycle = cycle
+
+    async def drain(self) -> None:
+        assert self.cycle is not None
+        self.cycle.keep_alive = False
+        self.write_paused = False
+
+
+def test_a_head_is_made_after_the_wait_for_the_socket() -> None:
+    """As uvicorn's send: a shutdown during the wait closes the connection
+    and the head says so."""
+    transport = _Transport()
+    cycle, done = _cycle(transport, keep_alive=True)
+    cycle.flow = _PausedThenShutDown(cycle)  # type: ignore[assignment]
+    asyncio.run(_respond(cycle.send, 201, b"{}", "rid"))
+    assert len(transport.writes) == 1
+    assert b"connection: close\r\n" in transport.writes[0]
+    assert transport.closed and done == [True]
+
+
 def test_another_send_gets_the_two_messages_as_they_are() -> None:
     sent: list[dict[str, Any]] = []
 

@@ -142,9 +142,14 @@ async def _respond(send: Send, status: int, body: bytes, request_id: str,
     """Send the answer; on uvicorn's httptools protocol, in one write."""
     cycle = getattr(send, "__self__", None)
     if _CYCLE is not None and isinstance(cycle, _CYCLE) and not cycle.access_log:
+        if cycle.flow.write_paused and not cycle.disconnected:
+            # As uvicorn's send: wait for the socket before the head is made,
+            # since a shutdown meanwhile turns keep-alive off (and a client
+            # gone by then is answered by its send, which writes nothing).
+            await cycle.flow.drain()
         head = _direct_head(cycle, status, len(body), request_id, headers)
         if head is not None:
-            await _write_answer(cycle, head, body)
+            _write_answer(cycle, head, body)
             return
     await send({"type": "http.response.start", "status": status,
                 "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers,
@@ -208,13 +213,9 @@ def _direct_head(cycle: Any, status: int, length: int, request_id: str,
         request_id.encode(), b"\r\n" if cycle.keep_alive else b"connection: close\r\n\r\n")
 
 
-async def _write_answer(cycle: Any, head: bytes, body: bytes) -> None:
+def _write_answer(cycle: Any, head: bytes, body: bytes) -> None:
     """Write ``head`` and ``body`` at once and complete ``cycle`` as
     uvicorn's send does after a last body message."""
-    if cycle.flow.write_paused:
-        await cycle.flow.drain()
-        if cycle.disconnected:
-            return
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
     cycle.transport.write(head + body)

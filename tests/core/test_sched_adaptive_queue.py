@@ -250,7 +250,7 @@ def test_a_kept_rank_stands_until_a_record_and_a_floor_until_its_value_moves() -
     assert kept.exact == set() and kept.todo == set()
     assert kept.es == [floor, floor] and kept.signs[ka] == kept.signs[kb] < -1.0
     assert_kept_is_fresh(queue, h)
-    # bob's estimate now has an error of its own (50 s off 100 s), which
-    # weighs his rank off the learned 50 s too: ann's job comes first.
+    # bob's estimate now has the same error as ann's (50 s off 100 s): the
+    # same rank, and submit order (then the id) puts ann's job first.
     assert [j.id for j in queue.ordered(ctx)] == ["a", "b"]
-    assert 50.0 < h.rank(a) < h.rank(b) < 100.0  # type: ignore[operator]
+    assert h.rank(a) == h.rank(b) == kept.es[ka] == kept.es[kb]

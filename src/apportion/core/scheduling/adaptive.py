@@ -144,6 +144,8 @@ class RuntimeHistory:
     floors_dropped: list[int] = field(default_factory=list)
     """Signatures whose floor a ``record`` dropped since ``stale_floors``."""
     floors_reset: bool = True
+    numbering: int = 0
+    """Bumped when signatures are numbered afresh (the caches' sweep)."""
     """Every floor may have changed since ``stale_floors`` (a new basis,
     signatures numbered afresh, or too many drops to list)."""
 
@@ -235,6 +237,7 @@ class RuntimeHistory:
                 self.sig_facts.clear()
                 self.sig_best.clear()
                 self.floors_reset = True
+                self.numbering += 1
             keys = _keys(job)
             sig = (*keys, job.runtime_estimate)
             number = self.signatures.setdefault(sig, len(self.signatures))

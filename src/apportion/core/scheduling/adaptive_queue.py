@@ -59,6 +59,7 @@ class Learner(Protocol):
 
     learned: int
     floors_reset: bool
+    numbering: int
 
     def signature(self, job: Job) -> Hashable: ...
 
@@ -262,6 +263,7 @@ class _Kept:
         self.todo: set[Hashable] = set()
         """Groups whose rank is to be asked for."""
         self.learned = -1
+        self.numbering = learner.numbering
         self.values: list[float] = []
         """The groups' values in the cycle under way (``plain``)."""
 
@@ -305,8 +307,10 @@ class _Kept:
             return
         stale = learner.stale_floors()
         if stale is None:  # every floor, and perhaps every number
-            self.numbers = [learner.number(group[0][2]) for group in self.groups]
-            self.by_number = dict(zip(self.numbers, self.sigs, strict=True))
+            if learner.numbering != self.numbering:
+                self.numbering = learner.numbering
+                self.numbers = [learner.number(group[0][2]) for group in self.groups]
+                self.by_number = dict(zip(self.numbers, self.sigs, strict=True))
             self.floor_es = [-1.0] * len(self.sigs)
             todo.update(self.sigs)
             exact.clear()

@@ -132,6 +132,24 @@ def test_a_queue_for_shortest_first_is_refused() -> None:
         AdaptiveQueue(AdaptiveOrder("sjf"), RuntimeHistory().signature)
 
 
+def random_event(rnd: random.Random, n: int, h: RuntimeHistory, queue: AdaptiveQueue,
+                 waiting: dict[str, Job], whats: list[str], users: list[str | None],
+                 factors: list[float]) -> None:
+    """One of ``whats`` (a job added, one removed, one recorded) drawn."""
+    what = rnd.choice(whats)
+    j = job(f"j{n:02d}", {"cpu": P * rnd.randint(1, 4)},
+            user=rnd.choice(users), name=rnd.choice([None, "sim"]),
+            submit_time=rnd.choice([0.0, 1.0, 10.0, 50.0, 99.0]),
+            runtime_estimate=rnd.choice([None, 0.0, 0.5, 5.0, 60.0, 600.0, 1e5]))
+    if what == "add":
+        waiting[j.id] = j
+        queue.add(j)
+    elif what == "remove" and waiting:
+        queue.remove(waiting.pop(rnd.choice(sorted(waiting))))
+    elif what == "record":
+        h.record(j, (j.runtime_estimate or 30.0) * rnd.choice(factors))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False), st.sampled_from([INF, 40.0]))
 def test_the_merge_from_floors_is_the_plain_order_over_long_histories(
@@ -144,18 +162,8 @@ def test_the_merge_from_floors_is_the_plain_order_over_long_histories(
     queue = queue_of(h, rnd.choice(["floors", "kept"]))
     waiting: dict[str, Job] = {}
     for n in range(80):
-        what = rnd.choice(["add", "add", "remove", "record", "record"])
-        j = job(f"j{n:02d}", {"cpu": P * rnd.randint(1, 4)},
-                user=rnd.choice([None, "ann", "bob"]), name=rnd.choice([None, "sim"]),
-                submit_time=rnd.choice([0.0, 1.0, 10.0, 50.0, 99.0]),
-                runtime_estimate=rnd.choice([None, 0.0, 0.5, 5.0, 60.0, 600.0, 1e5]))
-        if what == "add":
-            waiting[j.id] = j
-            queue.add(j)
-        elif what == "remove" and waiting:
-            queue.remove(waiting.pop(rnd.choice(sorted(waiting))))
-        elif what == "record":
-            h.record(j, (j.runtime_estimate or 30.0) * rnd.choice([0.1, 1.0, 3.0]))
+        random_event(rnd, n, h, queue, waiting, ["add", "add", "remove", "record", "record"],
+                     [None, "ann", "bob"], [0.1, 1.0, 3.0])
         ctx = context(h, 150.0, bound, True)
         got = [w.id for w in queue.ordered(ctx)]
         assert got == [w.id for w in order.order(list(waiting.values()), ctx)]
@@ -211,18 +219,9 @@ def kept_ranks_after_events(rnd: random.Random, steps: int) -> None:
     queue = queue_of(h, "kept")
     waiting: dict[str, Job] = {}
     for n in range(steps):
-        what = rnd.choice(["add", "add", "remove", "record", "record", "record"])
-        j = job(f"j{n:02d}", {"cpu": P * rnd.randint(1, 4)},
-                user=rnd.choice([None, "ann", "bob", "cy"]), name=rnd.choice([None, "sim"]),
-                submit_time=rnd.choice([0.0, 1.0, 10.0, 50.0, 99.0]),
-                runtime_estimate=rnd.choice([None, 0.0, 0.5, 5.0, 60.0, 600.0, 1e5]))
-        if what == "add":
-            waiting[j.id] = j
-            queue.add(j)
-        elif what == "remove" and waiting:
-            queue.remove(waiting.pop(rnd.choice(sorted(waiting))))
-        elif what == "record":
-            h.record(j, (j.runtime_estimate or 30.0) * rnd.choice([0.01, 0.1, 1.0, 3.0, 50.0]))
+        random_event(rnd, n, h, queue, waiting,
+                     ["add", "add", "remove", "record", "record", "record"],
+                     [None, "ann", "bob", "cy"], [0.01, 0.1, 1.0, 3.0, 50.0])
         if rnd.random() < 0.7:
             ctx = context(h, 150.0, INF, True)
             got = queue.ordered(ctx)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.jobs import Job
@@ -234,6 +234,15 @@ def _merge(heap: list[tuple[float, float, str, int, float]], groups: list[list[_
                                  j.submit_time, j.id, k, e))
 
 
+_T = TypeVar("_T")
+
+
+def _into(column: list[_T], k: int) -> None:
+    """The last item of ``column`` in place of item ``k``."""
+    column[k] = column[-1]
+    column.pop()
+
+
 class _Kept:
     """Each group's rank kept across events, in lists by group (``k``):
     ``heads`` the head's submit time, ``es`` the rank a ratio is taken from
@@ -288,10 +297,13 @@ class _Kept:
         if self.by_number.get(self.numbers[k]) == sig:
             del self.by_number[self.numbers[k]]
         last = len(self.sigs) - 1
-        for column in (self.sigs, self.groups, self.heads, self.es, self.signs,
-                       self.floor_es, self.numbers):
-            column[k] = column[last]  # type: ignore[index]
-            column.pop()  # type: ignore[attr-defined]
+        _into(self.sigs, k)
+        _into(self.groups, k)
+        _into(self.heads, k)
+        _into(self.es, k)
+        _into(self.signs, k)
+        _into(self.floor_es, k)
+        _into(self.numbers, k)
         if k != last:
             self.index[self.sigs[k]] = k
 
@@ -360,7 +372,7 @@ class _Kept:
         # -((w + e) / e), times _ABOVE for a floor, as ``ordered`` has it
         # (a negation is exact); INF for a group with no rank.
         values = self.values = [((now - s) + e) / e * sign
-                                for s, e, sign in zip(self.heads, self.es, self.signs)]
+                                for s, e, sign in zip(self.heads, self.es, self.signs, strict=True)]
         total = sum(values)
         return total == total and total != -INF
 

@@ -303,6 +303,12 @@ class PoolCluster:
 
     def _in_order(self, now: float, easy: bool) -> list[Job]:
         started: list[Job] = []
+        if self._adaptive is not None:  # no backfilling: the merge's jobs as they come
+            for job in self._policy_order(now):
+                if job.task_count > self.free:
+                    break
+                self._begin(job, job.task_count, now, started)
+            return started
         pending = self.pending
         it = self._entries(now)
         head = None
@@ -373,7 +379,8 @@ class PoolCluster:
         planned end at ``now`` gets the end its history extends it to."""
         assert self.history is not None
         ends = self.ends
-        if not ends or ends[0][0] > now:
+        lists = ends._lists  # read only: the first end without two calls into SortedList
+        if not lists or lists[0][0][0] > now:
             return  # nothing overdue (most cycles): no bisection
         cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
         if not cut:

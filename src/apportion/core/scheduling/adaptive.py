@@ -144,10 +144,10 @@ class RuntimeHistory:
     floors_dropped: list[int] = field(default_factory=list)
     """Signatures whose floor a ``record`` dropped since ``stale_floors``."""
     floors_reset: bool = True
-    numbering: int = 0
-    """Bumped when signatures are numbered afresh (the caches' sweep)."""
     """Every floor may have changed since ``stale_floors`` (a new basis,
     signatures numbered afresh, or too many drops to list)."""
+    numbering: int = 0
+    """Bumped when signatures are numbered afresh (the caches' sweep)."""
 
     # -- learning --------------------------------------------------------
 

@@ -22,6 +22,13 @@ exact ratio that no other head's (floor or exact) is above, so the order is
 the same. After each finished job a queue's heads mostly stand
 far behind its leader.
 
+Given the history itself (``Learner``), the queue keeps each group's rank,
+exact or floor, from one event to the next (``_Kept``): an exact rank stands
+until the next record, a floor until the record that moves the one typical
+value it was read from (or the levels' standing). A cycle then asks the
+history only about the groups an event touched, and takes the ratios of
+the heads in one pass over flat lists (``bench/README.md``, tenth session).
+
 Only the ``hrrn`` order is merged (``sjf`` and a rank that makes a ratio
 NaN take ``AdaptiveOrder.order`` on the whole queue);
 ``tests/core/test_sched_adaptive_queue.py`` holds the merge to

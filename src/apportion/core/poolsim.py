@@ -158,7 +158,8 @@ class PoolCluster:
         cost less than the merge (``bench/bench_simulate.py``)."""
         if (self.history is not None and isinstance(order, AdaptiveOrder)
                 and order.by == "hrrn" and config.backfill == "none"):
-            self._adaptive = AdaptiveQueue(order, self.history.signature, self.history.floors)
+            self._adaptive = AdaptiveQueue(order, self.history.signature, self.history.floors,
+                                           self.history)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -224,12 +225,16 @@ class PoolCluster:
         pending = self.pending
         if self.fair is not None:
             return (pending[entry[2]] for entry in self.fair.order(self.usage))
-        ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
-                           self._bound, self._rank,
-                           None if self.history is None else self.history.ranks)
+        ranks = None if self.history is None else self.history.ranks
         if self._adaptive is not None:
-            return self._adaptive.ordered(ctx)
-        return iter(self.strat.order.order(list(pending.values()), ctx))
+            return self._adaptive.ordered_at(now, self._bound, self._rank or self.estimate, ranks)
+        order = self.strat.order
+        if isinstance(order, AdaptiveOrder):  # no context built at every event
+            return iter(order.order_at(list(pending.values()), now, self._bound,
+                                       self._rank or self.estimate, ranks))
+        ctx = OrderContext(now, self.queues, self._view, self.estimate, self.config.aging_rate,
+                           self._bound, self._rank, ranks)
+        return iter(order.order(list(pending.values()), ctx))
 
     # -- running jobs --------------------------------------------------------
 
@@ -298,6 +303,12 @@ class PoolCluster:
 
     def _in_order(self, now: float, easy: bool) -> list[Job]:
         started: list[Job] = []
+        if self._adaptive is not None:  # no backfilling: the merge's jobs as they come
+            for job in self._policy_order(now):
+                if job.task_count > self.free:
+                    break
+                self._begin(job, job.task_count, now, started)
+            return started
         pending = self.pending
         it = self._entries(now)
         head = None
@@ -368,7 +379,8 @@ class PoolCluster:
         planned end at ``now`` gets the end its history extends it to."""
         assert self.history is not None
         ends = self.ends
-        if not ends or ends[0][0] > now:
+        lists = ends._lists  # read only: the first end without two calls into SortedList
+        if not lists or lists[0][0][0] > now:
             return  # nothing overdue (most cycles): no bisection
         cut = int(ends.bisect_left((math.nextafter(now, math.inf),)))
         if not cut:

@@ -139,6 +139,15 @@ class RuntimeHistory:
     wild: bool = False
     """A run time or estimate learned from was not finite (or beyond 1e300):
     the errors may be too, and ``floors`` gives exact ranks only."""
+    learned: int = 0
+    """Jobs recorded: an answer (``rank``) stands while this is unchanged."""
+    floors_dropped: list[int] = field(default_factory=list)
+    """Signatures whose floor a ``record`` dropped since ``stale_floors``."""
+    floors_reset: bool = True
+    """Every floor may have changed since ``stale_floors`` (a new basis,
+    signatures numbered afresh, or too many drops to list)."""
+    numbering: int = 0
+    """Bumped when signatures are numbered afresh (the caches' sweep)."""
 
     # -- learning --------------------------------------------------------
 
@@ -149,6 +158,7 @@ class RuntimeHistory:
         keys = cached[0] if cached is not None else _keys(job)
         self.answers.clear()
         self.levels_now = None
+        self.learned += 1
         est = job.runtime_estimate
         if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
             self.wild = True
@@ -187,12 +197,18 @@ class RuntimeHistory:
                 ordered = None
             kept.append(run_time)
             if len(kept) >= min_runs[key[0]]:
-                if key not in typical:
+                value = typical.get(key)
+                if value is None:
                     self.shape += 1
-                typical[key] = _typical(kept, ordered)
-                if readers:  # none unless an hrrn queue asks for floors
-                    for number in readers.pop(key, ()):
-                        self.floor_cache.pop(number, None)
+                new = typical[key] = _typical(kept, ordered)
+                # A floor reads the value alone: a window's median that
+                # stays put keeps its readers' floors.
+                if readers and new != value:  # none unless an hrrn queue asks for floors
+                    dropped = readers.pop(key, None)
+                    if dropped is not None:
+                        for number in dropped:
+                            self.floor_cache.pop(number, None)
+                        self.floors_dropped += dropped
         self.corrections.pop(job.id, None)
 
     def _error(self, name: str) -> _Error:
@@ -220,6 +236,8 @@ class RuntimeHistory:
                 self.floor_readers.clear()
                 self.sig_facts.clear()
                 self.sig_best.clear()
+                self.floors_reset = True
+                self.numbering += 1
             keys = _keys(job)
             sig = (*keys, job.runtime_estimate)
             number = self.signatures.setdefault(sig, len(self.signatures))
@@ -254,7 +272,11 @@ class RuntimeHistory:
         """The run time to plan ``job`` with (backfill, reservations): the
         learned one and the user's weighed by how accurate each has been;
         the user's alone where the learned one has been too poor."""
-        return self._answers(job)[0]
+        # ``_answers`` written out: a backfill pass asks for every waiting
+        # job at every event, and the call showed.
+        of = self.key_cache.get(job.id)
+        found = self.answers.get((of if of is not None else self._of(job))[1])
+        return (found if found is not None else self._answers(job))[0]
 
     def rank(self, job: Job) -> float | None:
         """The run time to order ``job`` by: as ``estimate``, except that a
@@ -286,13 +308,8 @@ class RuntimeHistory:
         would rank each signature again after each; with floors it ranks a
         head exactly only where its floor could put it first
         (``adaptive_queue``)."""
-        table = self.levels_now or self._levels()  # it may move ``shape``
+        table = self._floor_table()
         key_cache, answers, cache = self.key_cache, self.answers, self.floor_cache
-        basis = (self.shape, table.poor, self.wild)
-        if basis != self.floor_basis:
-            self.floor_basis = basis
-            cache.clear()
-            self.floor_readers.clear()
         out: list[float | None] = []
         exact: list[bool] = []
         for job in jobs:
@@ -311,6 +328,37 @@ class RuntimeHistory:
             out.append(found[1])
             exact.append(True)
         return out, exact
+
+    def number(self, job: Job) -> int:
+        """The number of ``job``'s signature, as ``stale_floors`` names it
+        (numbers are given afresh when it answers None)."""
+        return self._of(job)[1]
+
+    def stale_floors(self) -> list[int] | None:
+        """The signatures whose floor (``floors``) may have changed since the
+        last call, or None where every floor may have: a queue that keeps
+        floors across events asks again only for these."""
+        self._floor_table()
+        dropped, self.floors_dropped = self.floors_dropped, []
+        if self.floors_reset:
+            self.floors_reset = False
+            return None
+        return dropped
+
+    def _floor_table(self) -> _Levels:
+        """The levels' table, with the floors dropped where their basis
+        moved (``shape``, the poor levels, ``wild``)."""
+        table = self.levels_now or self._levels()  # it may move ``shape``
+        basis = (self.shape, table.poor, self.wild)
+        if basis != self.floor_basis:
+            self.floor_basis = basis
+            self.floor_cache.clear()
+            self.floor_readers.clear()
+            self.floors_reset = True
+        if len(self.floors_dropped) > _SLACK:  # nobody asks ``stale_floors``
+            self.floors_dropped.clear()
+            self.floors_reset = True
+        return table
 
     def _floor(self, number: int, table: _Levels) -> float:
         """A floor of ``_answer(number)``'s rank, or -1.0 where that rank is

@@ -29,23 +29,27 @@ class AdaptiveOrder:
         self.by = by
 
     def order(self, jobs: Sequence[Job], ctx: OrderContext) -> list[Job]:
+        return self.order_at(jobs, ctx.now, ctx.aging_bound, ctx.rank or ctx.estimate,
+                             ctx.ranks)
+
+    def order_at(self, jobs: Sequence[Job], now: float, bound: float,
+                 rank: Callable[[Job], float | None],
+                 ranks: Callable[[Sequence[Job]], list[float | None]] | None = None
+                 ) -> list[Job]:
+        """``order`` with the context's parts (``rank``: its ``rank`` or
+        ``estimate``): a replay asks at every event, and building a context
+        each time showed in its profile."""
         # A queue is ordered at every event, by ratios that move with the
         # clock, so this is the hot path of a learning replay. In submit
         # order, the jobs past the bound are a prefix; the rest are ranked
         # in one call and sorted by one float, stably, so that equal values
         # keep submit order as ``_key`` has them.
-        now = ctx.now
-        bound = ctx.aging_bound
         fifo = sorted(jobs, key=_fifo_key)
         cut = 0
         while cut < len(fifo) and now - fifo[cut].submit_time >= bound:
             cut += 1
         rest = fifo[cut:] if cut else fifo
-        if ctx.ranks is not None:
-            ests = ctx.ranks(rest)
-        else:
-            rank = ctx.rank or ctx.estimate
-            ests = [rank(j) for j in rest]
+        ests = ranks(rest) if ranks is not None else [rank(j) for j in rest]
         hrrn = self.by == "hrrn"
         ranked: list[Job] = []
         unranked: list[Job] = []
@@ -63,7 +67,7 @@ class AdaptiveOrder:
                 values.append(est)
         total = sum(values)
         if total != total:  # a NaN (an infinite estimate) would not sort alike
-            return sorted(jobs, key=self._key(now, bound, ctx.rank or ctx.estimate))
+            return sorted(jobs, key=self._key(now, bound, rank))
         out = fifo[:cut]
         out.extend(map(ranked.__getitem__, sorted(range(len(values)), key=values.__getitem__)))
         out.extend(unranked)

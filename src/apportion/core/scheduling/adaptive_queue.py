@@ -22,6 +22,13 @@ exact ratio that no other head's (floor or exact) is above, so the order is
 the same. After each finished job a queue's heads mostly stand
 far behind its leader.
 
+Given the history itself (``Learner``), the queue keeps each group's rank,
+exact or floor, from one event to the next (``_Kept``): an exact rank stands
+until the next record, a floor until the record that moves the one typical
+value it was read from (or the levels' standing). A cycle then asks the
+history only about the groups an event touched, and takes the ratios of
+the heads in one pass over flat lists (``bench/README.md``, tenth session).
+
 Only the ``hrrn`` order is merged (``sjf`` and a rank that makes a ratio
 NaN take ``AdaptiveOrder.order`` on the whole queue);
 ``tests/core/test_sched_adaptive_queue.py`` holds the merge to
@@ -33,7 +40,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.jobs import Job
@@ -53,17 +60,37 @@ _Entry = tuple[float, str, Job]
 so the job itself is never compared)."""
 
 
+class Learner(Protocol):
+    """What a queue that keeps its groups' ranks across events asks of the
+    history (``RuntimeHistory``)."""
+
+    learned: int
+    floors_reset: bool
+    numbering: int
+
+    def signature(self, job: Job) -> Hashable: ...
+
+    def floors(self, jobs: Sequence[Job]) -> tuple[list[float | None], list[bool]]: ...
+
+    def number(self, job: Job) -> int: ...
+
+    def stale_floors(self) -> list[int] | None: ...
+
+
 class AdaptiveQueue:
     """Waiting jobs grouped by signature, for ``AdaptiveOrder("hrrn")``."""
 
     def __init__(self, order: AdaptiveOrder, signature: Callable[[Job], Hashable],
-                 floors: Floors | None = None) -> None:
-        """``floors``: from the history that answers the contexts' ranks."""
+                 floors: Floors | None = None, learner: Learner | None = None) -> None:
+        """``floors``: from the history that answers the contexts' ranks;
+        ``learner``: that history, for a queue that keeps each group's rank
+        (exact or floor) across events (``_Kept``)."""
         if order.by != "hrrn":
             raise ValueError("AdaptiveQueue merges the hrrn order only")
         self._order = order
         self._signature = signature
         self._floors = floors
+        self._kept = None if learner is None else _Kept(learner)
         # Plain lists: jobs arrive in submit order and mostly leave from a
         # group's front, and a group holds a few jobs (``SortedList`` cost
         # more to walk and to keep than it saved).
@@ -77,27 +104,52 @@ class AdaptiveQueue:
         sig = self._signature(job)
         entry = (job.submit_time, job.id, job)
         group = self._groups.get(sig)
+        kept = self._kept
         if group is None:
-            self._groups[sig] = [entry]
+            group = self._groups[sig] = [entry]
+            if kept is not None:
+                kept.open(sig, group, job)
         elif entry > group[-1]:
             group.append(entry)
         else:
             insort(group, entry)
+            if kept is not None and group[0] is entry:
+                kept.heads[kept.index[sig]] = job.submit_time
         self._place[job.id] = (sig, entry)
 
     def remove(self, job: Job) -> None:
         sig, entry = self._place.pop(job.id)
         group = self._groups[sig]
+        kept = self._kept
         if group[0] is entry:
             del group[0]
+            if kept is not None and group:
+                kept.heads[kept.index[sig]] = group[0][0]
         else:
             del group[bisect_left(group, entry)]
         if not group:
             del self._groups[sig]
+            if kept is not None:
+                kept.close(sig)
 
     def ordered(self, ctx: OrderContext) -> Iterator[Job]:
         """The waiting jobs in ``AdaptiveOrder.order``'s order, as asked for."""
-        now, bound = ctx.now, ctx.aging_bound
+        return self.ordered_at(ctx.now, ctx.aging_bound, ctx.rank or ctx.estimate, ctx.ranks)
+
+    def ordered_at(self, now: float, bound: float, rank: Callable[[Job], float | None],
+                   ranks: Callable[[Sequence[Job]], list[float | None]] | None = None
+                   ) -> Iterator[Job]:
+        """``ordered`` with the context's parts, as ``AdaptiveOrder.order_at``."""
+        kept = self._kept
+        if kept is not None and bound == INF:
+            kept.update()
+            if kept.heads and kept.plain(now):
+                return kept.merge(now, rank)
+        return self._ordered(now, bound, rank, ranks)
+
+    def _ordered(self, now: float, bound: float, rank: Callable[[Job], float | None],
+                 ranks_of: Callable[[Sequence[Job]], list[float | None]] | None
+                 ) -> Iterator[Job]:
         groups = list(self._groups.values())
         # In each group the jobs past the bound are a prefix: they lead, in
         # submit order; the rest of each group is merged by ratio.
@@ -112,12 +164,11 @@ class AdaptiveQueue:
         else:
             live = range(len(groups))
             heads = [group[0][2] for group in groups]
-        rank = ctx.rank or ctx.estimate
         exact: Sequence[bool]
         if self._floors is not None:
             ranks, exact = self._floors(heads)
         else:
-            ranks = ctx.ranks(heads) if ctx.ranks is not None else [rank(j) for j in heads]
+            ranks = ranks_of(heads) if ranks_of is not None else [rank(j) for j in heads]
             exact = [True] * len(heads)
         heap: list[tuple[float, float, str, int, float]] = []
         unranked: list[list[_Entry]] = []
@@ -135,7 +186,8 @@ class AdaptiveQueue:
                 # NaN: ``order`` sorts by a key that NaN leaves unordered, so
                 # its answer depends on the jobs' order as given: as added.
                 everyone = [entry[2] for _, entry in self._place.values()]
-                yield from self._order.order(everyone, ctx)[sum(starts):]
+                yield from self._order.order_at(everyone, now, bound, rank,
+                                                ranks_of)[sum(starts):]
                 return
             heap.append((value, j.submit_time, j.id, k, e))
         heapq.heapify(heap)
@@ -187,3 +239,183 @@ def _merge(heap: list[tuple[float, float, str, int, float]], groups: list[list[_
         wait = now - j.submit_time
         heapq.heapreplace(heap, (-((wait if wait > 0.0 else 0.0) + e) / e,
                                  j.submit_time, j.id, k, e))
+
+
+_T = TypeVar("_T")
+
+
+def _into(column: list[_T], k: int) -> None:
+    """The last item of ``column`` in place of item ``k``."""
+    column[k] = column[-1]
+    column.pop()
+
+
+class _Kept:
+    """Each group's rank kept across events, in lists by group (``k``):
+    ``heads`` the head's submit time, ``es`` the rank a ratio is taken from
+    (exact or a floor, at least 1.0), ``signs`` what the ratio is multiplied
+    by (-1.0 for an exact rank, ``-_ABOVE`` for a floor, INF where the rank
+    is None). An exact rank stands until the next record (``learned``), a
+    floor until the history drops it (``stale_floors``): so a cycle asks
+    the history only about the groups whose rank an event moved, and finds
+    the first job with a few calls in C over the lists instead of a heap
+    built of every head. ``tests/core/test_sched_adaptive_queue.py`` holds
+    the kept ranks to fresh ones and the merge to ``AdaptiveOrder.order``."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.index: dict[Hashable, int] = {}
+        self.sigs: list[Hashable] = []
+        self.groups: list[list[_Entry]] = []
+        self.heads: list[float] = []
+        self.es: list[float] = []
+        self.signs: list[float] = []
+        self.floor_es: list[float] = []
+        """Per group its floor's ``es`` while the history keeps it, else -1.0."""
+        self.numbers: list[int] = []
+        self.by_number: dict[int, Hashable] = {}
+        self.exact: set[Hashable] = set()
+        """Groups whose ``es`` is exact (or None) as of ``learned``."""
+        self.todo: set[Hashable] = set()
+        """Groups whose rank is to be asked for."""
+        self.learned = -1
+        self.numbering = learner.numbering
+        self.values: list[float] = []
+        """The groups' values in the cycle under way (``plain``)."""
+
+    def open(self, sig: Hashable, group: list[_Entry], job: Job) -> None:
+        self.index[sig] = len(self.sigs)
+        self.sigs.append(sig)
+        self.groups.append(group)
+        self.heads.append(job.submit_time)
+        self.es.append(1.0)
+        self.signs.append(-1.0)
+        self.floor_es.append(-1.0)
+        number = self.learner.number(job)
+        self.numbers.append(number)
+        self.by_number[number] = sig
+        self.todo.add(sig)
+
+    def close(self, sig: Hashable) -> None:
+        """Drop an empty group: the last one takes its place in the lists."""
+        k = self.index.pop(sig)
+        self.exact.discard(sig)
+        self.todo.discard(sig)
+        if self.by_number.get(self.numbers[k]) == sig:
+            del self.by_number[self.numbers[k]]
+        last = len(self.sigs) - 1
+        _into(self.sigs, k)
+        _into(self.groups, k)
+        _into(self.heads, k)
+        _into(self.es, k)
+        _into(self.signs, k)
+        _into(self.floor_es, k)
+        _into(self.numbers, k)
+        if k != last:
+            self.index[self.sigs[k]] = k
+
+    def update(self) -> None:
+        """Take the history's changes since the last cycle, and ask it for
+        the ranks of the groups they touched."""
+        learner, index, exact, todo = self.learner, self.index, self.exact, self.todo
+        if learner.learned == self.learned and not learner.floors_reset:
+            # No record since: no floor dropped, no exact rank moved (the
+            # levels' table, and so the floors' basis, moves only with one).
+            if todo:
+                self._ask()
+            return
+        stale = learner.stale_floors()
+        if stale is None:  # every floor, and perhaps every number
+            if learner.numbering != self.numbering:
+                self.numbering = learner.numbering
+                self.numbers = [learner.number(group[0][2]) for group in self.groups]
+                self.by_number = dict(zip(self.numbers, self.sigs, strict=True))
+            self.floor_es = [-1.0] * len(self.sigs)
+            todo.update(self.sigs)
+            exact.clear()
+        else:
+            by_number, floor_es = self.by_number, self.floor_es
+            for number in stale:
+                sig = by_number.get(number)
+                if sig is not None:
+                    floor_es[index[sig]] = -1.0
+                    if sig not in exact:
+                        todo.add(sig)
+        if learner.learned != self.learned:
+            self.learned = learner.learned
+            es, signs, floor_es = self.es, self.signs, self.floor_es
+            for sig in exact:  # exact ranks fall back to their floors
+                k = index[sig]
+                if floor_es[k] < 0.0:
+                    todo.add(sig)
+                else:
+                    es[k], signs[k] = floor_es[k], -_ABOVE
+            exact.clear()
+        if todo:
+            self._ask()
+
+    def _ask(self) -> None:
+        index, groups, es, signs = self.index, self.groups, self.es, self.signs
+        sigs = list(self.todo)
+        self.todo.clear()
+        places = [index[sig] for sig in sigs]
+        ranks, known = self.learner.floors([groups[k][0][2] for k in places])
+        for sig, k, est, is_exact in zip(sigs, places, ranks, known, strict=True):
+            if est is None:
+                es[k], signs[k] = 1.0, INF  # unranked: after every ranked job
+            else:
+                es[k] = est if est > 1.0 else 1.0
+                if not is_exact:
+                    self.floor_es[k], signs[k] = es[k], -_ABOVE
+                    continue
+                signs[k] = -1.0
+            self.exact.add(sig)
+
+    def plain(self, now: float) -> bool:
+        """Whether the ratios need no care: no head after ``now`` (a wait
+        below zero counts as zero) and none NaN or infinite."""
+        if max(self.heads) > now:
+            return False
+        # -((w + e) / e), times _ABOVE for a floor, as ``ordered`` has it
+        # (a negation is exact); INF for a group with no rank.
+        values = self.values = [((now - s) + e) / e * sign
+                                for s, e, sign in zip(self.heads, self.es, self.signs, strict=True)]
+        total = sum(values)
+        return total == total and total != -INF
+
+    def merge(self, now: float, rank: Callable[[Job], float | None]) -> Iterator[Job]:
+        """``AdaptiveQueue._merge`` over ``values`` (from ``plain``): the
+        lowest value (then the earliest job) comes first; a floor's is
+        replaced by the head's exact one."""
+        values, groups, es, signs = self.values, self.groups, self.es, self.signs
+        taken: dict[int, int] = {}
+        while True:
+            v = min(values)
+            if v == INF:
+                break
+            k = values.index(v)
+            if values.count(v) > 1:
+                k = min((groups[i][taken.get(i, 0)][:2], i)
+                        for i, x in enumerate(values) if x == v)[1]
+            i = taken.get(k, 0)
+            j = groups[k][i][2]
+            if signs[k] != -1.0:  # a floor: the head's exact rank in its place
+                est = rank(j)
+                assert est is not None  # a floor is given only for a rank
+                e = es[k] = est if est > 1.0 else 1.0
+                signs[k] = -1.0
+                self.exact.add(self.sigs[k])
+                wait = now - j.submit_time
+                values[k] = -((wait if wait > 0.0 else 0.0) + e) / e
+                continue
+            yield j
+            i = taken[k] = i + 1
+            if i == len(groups[k]):
+                values[k] = INF
+                continue
+            e = es[k]
+            wait = now - groups[k][i][0]
+            values[k] = -((wait if wait > 0.0 else 0.0) + e) / e
+        unranked = [groups[k] for k, sign in enumerate(signs) if sign == INF]
+        for entry in heapq.merge(*unranked):
+            yield entry[2]

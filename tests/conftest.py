@@ -27,6 +27,12 @@ if os.environ.get("APPORTION_NO_NATIVE") == "1":
 for _size in ("COLUMNS", "LINES"):
     os.environ.pop(_size, None)
 
+# Hypothesis's per-example deadline (200 ms) is a timing bound, and tests
+# never fail on a timing: on a loaded CI machine a slow example is not a
+# defect. (Tests that set their own ``@settings`` inherit this.)
+settings.register_profile("apportion", deadline=None)
+settings.load_profile("apportion")
+
 # ./run mutate tests each mutant with `--hypothesis-profile=mutation`: a
 # property test of hundreds of examples costs up to a minute per mutant, and a
 # mutant its tests can catch at all is nearly always caught within the first

@@ -317,10 +317,9 @@ def _first_fitting_now(
     return None
 
 
-def _free_at(state: ClusterState, rec: NodeRec, now: float) -> list[int]:
-    """``rec``'s free vector once its jobs past their estimate at ``now`` end."""
-    v = list(rec.free)
-    pos = rec.cls.pos
+def _past_tasks(state: ClusterState, rec: NodeRec, now: float) -> Iterator[TaskPlacement]:
+    """The tasks on ``rec`` of its jobs past their estimate at ``now`` (all
+    of which end "now")."""
     name = rec.name
     running = state.running
     for job_id in rec.jobs:
@@ -329,9 +328,17 @@ def _free_at(state: ClusterState, rec: NodeRec, now: float) -> list[int]:
             continue
         for tp in rj.tasks:
             if tp.node == name:
-                c = tp.count
-                for r, q in tp.resources.items():
-                    v[pos[r]] += c * q
+                yield tp
+
+
+def _free_at(state: ClusterState, rec: NodeRec, now: float) -> list[int]:
+    """``rec``'s free vector once its jobs past their estimate at ``now`` end."""
+    v = list(rec.free)
+    pos = rec.cls.pos
+    for tp in _past_tasks(state, rec, now):
+        c = tp.count
+        for r, q in tp.resources.items():
+            v[pos[r]] += c * q
     return v
 
 
@@ -450,15 +457,9 @@ def _fitting_now(
 def _freed_devices(state: ClusterState, rec: NodeRec, now: float) -> dict[str, list[str]]:
     """``rec``'s free devices plus those its jobs past their estimate hold."""
     out = {r: list(ids) for r, ids in rec.free_devices.items()}
-    running = state.running
-    for job_id in rec.jobs:
-        rj = running[job_id]
-        if rj.estimate is None or rj.start + rj.estimate > now:
-            continue
-        for tp in rj.tasks:
-            if tp.node == rec.name:
-                for r, ids in tp.devices.items():
-                    out.setdefault(r, []).extend(ids)
+    for tp in _past_tasks(state, rec, now):
+        for r, ids in tp.devices.items():
+            out.setdefault(r, []).extend(ids)
     return out
 
 

@@ -114,6 +114,25 @@ class ServerProcess:
         return {"Authorization": f"Bearer {self.token}"}
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
+        """Start the server and wait until it answers as this one.
+
+        ``free_port`` gives a port nobody listens on yet, and two workers
+        can be given the same one before either binds it: the server that
+        loses exits ("address already in use"), but until it does, the
+        other one answers its /healthz (and refuses its token: "unknown
+        token"). So the answer must take this server's token, and a server
+        that lost the port starts again on another."""
+        for _ in range(3):
+            if self._launch(timeout):
+                return self
+            self.port = free_port()
+        raise RuntimeError(f"server could not bind a port; see {self._log_path()}")
+
+    def _log_path(self) -> Path:
+        return self.data_dir / f"server-{self.port}.log"
+
+    def _launch(self, timeout: float) -> bool:
+        """Start on ``self.port``; False where another process holds it."""
         env = dict(os.environ)
         env.update(
             {
@@ -125,7 +144,7 @@ class ServerProcess:
         )
         if self.database_url:
             env["APPORTION_DATABASE_URL"] = self.database_url
-        log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
+        log = open(self._log_path(), "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apportion.cli.main", "server", "--port", str(self.port)],
             env=env,
@@ -136,12 +155,15 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited early; see {log.name}:\n" + Path(log.name).read_text()[-3000:]
-                )
+                text = Path(log.name).read_text()
+                if "address already in use" in text.lower():
+                    return False
+                raise RuntimeError(f"server exited early; see {log.name}:\n" + text[-3000:])
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
+                if (httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+                        and httpx.get(self.url + "/api/v1/nodes", headers=self.headers,
+                                      timeout=5).status_code == 200):
+                    return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)

@@ -7,9 +7,24 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from apportion.core.scheduling import ClusterState, Job
+from apportion.core.model import Node
+from apportion.core.scheduling import ClusterState, Job, TaskPlacement, job
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import RunningJob
+
+P = 1000  # one processor
+
+
+def nodes(n: int, cpu: int = 2 * P) -> ClusterState:
+    """``n`` nodes of ``cpu`` alone."""
+    return ClusterState([Node(f"n{i}", {"cpu": cpu}) for i in range(n)])
+
+
+def hold(state: ClusterState, job_id: str, where: list[str], start: float,
+         est: float | None, cpu: int = P) -> None:
+    """A job of one task on each of ``where`` started at ``start``."""
+    j = job(job_id, {"cpu": cpu}, count=len(where), runtime_estimate=est)
+    state.start(j, [TaskPlacement(n, {"cpu": cpu}) for n in where], start, est)
 
 
 def past_recounted(state: ClusterState, now: float) -> dict[str, dict[str, int]]:

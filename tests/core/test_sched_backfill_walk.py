@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apportion.core.model import Node
 from apportion.core.scheduling import ClusterState, TaskPlacement, backfill, job
 from apportion.core.scheduling.backfill import (
     HeadReservation,
@@ -21,19 +20,7 @@ from apportion.core.scheduling.backfill import (
 )
 from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.policies import strategy
-from sched_support import past_ids_recounted
-
-P = 1000  # one processor
-
-
-def nodes(n: int, cpu: int = 2 * P) -> ClusterState:
-    return ClusterState([Node(f"n{i}", {"cpu": cpu}) for i in range(n)])
-
-
-def hold(state: ClusterState, job_id: str, where: list[str], start: float,
-         est: float | None, cpu: int = P) -> None:
-    j = job(job_id, {"cpu": cpu}, count=len(where), runtime_estimate=est)
-    state.start(j, [TaskPlacement(n, {"cpu": cpu}) for n in where], start, est)
+from sched_support import P, hold, nodes, past_ids_recounted
 
 
 def view(h: HeadReservation | None) -> object:

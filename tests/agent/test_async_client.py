@@ -4,13 +4,24 @@ with the sync client's errors, across the agent's failover transport."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
+import sys
+import threading
 
 import httpx
 import pytest
 
 from apportion.agent.transport import FailoverTransport, parse_servers
-from apportion.async_client import AsyncClient, ClientError, ConnectError
+from apportion.async_client import (
+    AsyncClient,
+    ClientError,
+    ConnectError,
+    remember_missing_sniffio,
+)
 from apportion.protocol import DesiredState, TaskUpdate
 
 
@@ -81,3 +92,70 @@ def test_the_failover_transport_carries_the_client_to_the_next_server() -> None:
 
     assert asyncio.run(scenario()) == {"registered": True}
     assert hosts == ["a", "b", "b"]
+
+
+class _Recorder(importlib.abc.MetaPathFinder):
+    """Notes every module looked for on ``sys.path`` (finds none itself)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        self.asked.append(fullname)
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sniffio") is not None
+                    and sys.modules.get("sniffio", 0) is not None,
+                    reason="sniffio is installed here")
+def test_requests_over_loopback_no_longer_search_the_path_for_sniffio() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    recorder = _Recorder()
+    sys.meta_path.insert(0, recorder)
+
+    async def scenario() -> list[object]:
+        client = AsyncClient(f"http://127.0.0.1:{server.server_address[1]}", "tok")
+        answers = [await client.agent_heartbeat("n1", "a1", {}, []) for _ in range(5)]
+        await client.aclose()
+        return answers
+
+    try:
+        assert asyncio.run(scenario()) == [{"ok": True}] * 5
+    finally:
+        sys.meta_path.remove(recorder)
+        server.shutdown()
+        server.server_close()
+    assert "sniffio" not in recorder.asked
+    assert sys.modules["sniffio"] is None
+
+
+def test_an_installed_sniffio_is_left_to_be_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Offers(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: object = None,
+                      target: object = None) -> importlib.machinery.ModuleSpec | None:
+            return importlib.machinery.ModuleSpec(fullname, None) if fullname == "sniffio" \
+                else None
+
+    monkeypatch.delitem(sys.modules, "sniffio", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Offers(), *sys.meta_path])
+    assert remember_missing_sniffio() is False
+    assert "sniffio" not in sys.modules
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, Offers)])
+    if importlib.util.find_spec("sniffio") is None:
+        assert remember_missing_sniffio() is True
+        assert sys.modules["sniffio"] is None
+        assert remember_missing_sniffio() is True  # asked again: the entry answers

@@ -70,6 +70,7 @@ from apportion.core.scheduling.adaptive_parts import (
     _keys,
     _ladder,
     _Levels,
+    _Window,
     _log_error,
     _typical,
 )
@@ -123,6 +124,9 @@ class RuntimeHistory:
     ordered_runs: dict[tuple[str, object], list[float]] = field(default_factory=dict)
     """The runs of each key kept deeper than two, sorted: their median is
     asked at every ``record``, and sorting the window each time cost more."""
+    windows: dict[tuple[str, object], _Window] = field(default_factory=dict)
+    """Per key, its ``runs`` and ``ordered_runs`` and the settings they are
+    read with, found in one lookup (``record`` visits six keys a job)."""
     user_weights: dict[str, float] = field(default_factory=dict)
     """Per user error name with an error of its own, the weight of that
     user's estimates, until a job of theirs is scored (``record`` drops it):
@@ -153,7 +157,6 @@ class RuntimeHistory:
 
     def record(self, job: Job, run_time: float) -> None:
         """Learn from a finished job (scoring the guesses it would have had first)."""
-        s = self.settings
         cached = self.key_cache.pop(job.id, None)
         keys = cached[0] if cached is not None else _keys(job)
         self.answers.clear()
@@ -162,8 +165,12 @@ class RuntimeHistory:
         est = job.runtime_estimate
         if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
             self.wild = True
-        typical, errors, smoothing = self.typical, self.errors, s.smoothing
+        typical, errors, smoothing = self.typical, self.errors, self.settings.smoothing
+        windows, readers = self.windows, self.floor_readers
         actual = run_time + _FLOOR_S  # ``_log_error``'s, once
+        # One pass over the keys: a key's error is scored against its typical
+        # value before its window takes the run, and each key is its own
+        # level, so no key reads what another one's turn wrote.
         for key in keys:
             value = typical.get(key)
             if value is not None:
@@ -175,32 +182,28 @@ class RuntimeHistory:
                 if weight < smoothing:
                     weight = smoothing
                 err.mean += weight * (abs(math.log((value + _FLOOR_S) / actual)) - err.mean)
-        if est is not None:
-            miss = _log_error(est, run_time)
-            user = f"user:{job.user or ''}"
-            self._error(user).add(miss, smoothing)
-            self.user_weights.pop(user, None)
-            if job.user:
-                self._error("user:").add(miss, smoothing)
-                self.user_weights.pop("user:", None)
-        runs, min_runs, readers = self.runs, s.min_runs, self.floor_readers
-        for key in keys:
-            kept = runs.get(key)
-            if kept is None:
-                kept = runs[key] = deque(maxlen=s.depth[key[0]])
-            if kept.maxlen is not None and kept.maxlen > 2:
-                ordered = self.ordered_runs.setdefault(key, [])
-                if len(kept) == kept.maxlen:
+            window = windows.get(key)
+            if window is None:
+                window = self._window(key)
+            kept, ordered = window.kept, window.ordered
+            if ordered is not None:
+                if len(kept) == window.depth:
                     del ordered[bisect_left(ordered, kept[0])]
                 insort(ordered, run_time)
-            else:
-                ordered = None
             kept.append(run_time)
-            if len(kept) >= min_runs[key[0]]:
-                value = typical.get(key)
+            n = len(kept)
+            if n >= window.min_runs:
                 if value is None:
                     self.shape += 1
-                new = typical[key] = _typical(kept, ordered)
+                # ``_typical(kept, ordered)`` written out.
+                if n <= 2:
+                    new = sum(kept) / n
+                else:
+                    if ordered is None:
+                        ordered = sorted(kept)
+                    mid = n // 2
+                    new = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+                typical[key] = new
                 # A floor reads the value alone: a window's median that
                 # stays put keeps its readers' floors.
                 if readers and new != value:  # none unless an hrrn queue asks for floors
@@ -209,7 +212,27 @@ class RuntimeHistory:
                         for number in dropped:
                             self.floor_cache.pop(number, None)
                         self.floors_dropped += dropped
+        if est is not None:
+            miss = _log_error(est, run_time)
+            user = f"user:{job.user or ''}"
+            self._error(user).add(miss, smoothing)
+            self.user_weights.pop(user, None)
+            if job.user:
+                self._error("user:").add(miss, smoothing)
+                self.user_weights.pop("user:", None)
         self.corrections.pop(job.id, None)
+
+    def _window(self, key: tuple[str, object]) -> _Window:
+        """A new key's window of recent runs (also kept in ``runs`` and,
+        when deeper than two, ``ordered_runs``)."""
+        s = self.settings
+        kept: deque[float] = deque(maxlen=s.depth[key[0]])
+        self.runs[key] = kept
+        ordered = None
+        if kept.maxlen is not None and kept.maxlen > 2:
+            ordered = self.ordered_runs[key] = []
+        window = self.windows[key] = _Window(kept, ordered, s.min_runs[key[0]])
+        return window
 
     def _error(self, name: str) -> _Error:
         found = self.errors.get(name)

@@ -6,6 +6,7 @@ keep each module under 600 lines)."""
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,19 @@ class _Levels:
         self.weight = weight
         self.users: dict[str, float | None] = {}
 
+
+class _Window:
+    """One key's recent runs (``kept``), sorted too where deeper than two
+    (``ordered``, else None), with its depth and the runs it needs before
+    it predicts (a plain class: ``record`` reads these for every key)."""
+
+    __slots__ = ("depth", "kept", "min_runs", "ordered")
+
+    def __init__(self, kept: deque[float], ordered: list[float] | None, min_runs: int) -> None:
+        self.kept = kept
+        self.ordered = ordered
+        self.depth = kept.maxlen
+        self.min_runs = min_runs
 
 
 def _ladder() -> Iterator[float]:

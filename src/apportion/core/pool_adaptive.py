@@ -1,0 +1,112 @@
+"""The ``adaptive`` order of a counted pool's queue with backfilling, as
+entries (``poolsim.PoolCluster._entries``).
+
+A backfill pass reads the whole queue in ``AdaptiveOrder.order``'s order
+and asks for the estimate of each job it weighs. Both answers are one
+signature's (``RuntimeHistory.answers``: (estimate, rank), kept until the
+next ``record``), so the queue is kept here in submit order with each job's
+signature number, and one pass over it gives the ratios, the order and the
+estimates: not a sort by submit order, a ``ranks`` call, and an
+``estimate`` call per job the pass weighs, at every event. A replay with
+backfilling asks this about ten waiting jobs at each of some 40,000 events
+on KTH-SP2 (``bench/README.md``, h27-adaptive).
+
+``tests/core/test_pool_adaptive.py`` holds the entries to
+``AdaptiveOrder.order_at`` and the history's own answers.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+
+from apportion.core.scheduling.adaptive import RuntimeHistory
+from apportion.core.scheduling.jobs import Job
+
+__all__ = ["LearnedQueue"]
+
+_Entry = tuple[float, str, int, int, Job]
+"""(submit time, job id, signature number, task count, job): a job's place in
+submit order (ids are unique, so nothing after the id is ever compared)."""
+
+Entries = list[tuple[str, float | None, int]]
+"""(job id, estimate, task count) in policy order, as ``_entries`` gives them."""
+
+
+class LearnedQueue:
+    """Waiting jobs in submit order with their signature numbers, for the
+    ``hrrn`` order of a history that plans with its own estimates."""
+
+    __slots__ = ("_fifo", "_history", "_numbering", "_place")
+
+    def __init__(self, history: RuntimeHistory) -> None:
+        self._history = history
+        self._fifo: list[_Entry] = []
+        self._place: dict[str, _Entry] = {}
+        self._numbering = history.numbering
+
+    def __len__(self) -> int:
+        return len(self._fifo)
+
+    def add(self, job: Job) -> None:
+        fifo = self._fifo
+        entry = (job.submit_time, job.id, self._history.number(job), job.task_count, job)
+        if not fifo or entry > fifo[-1]:
+            fifo.append(entry)  # jobs mostly arrive in submit order
+        else:
+            insort(fifo, entry)
+        self._place[job.id] = entry
+
+    def remove(self, job: Job) -> None:
+        entry = self._place.pop(job.id)
+        fifo = self._fifo
+        del fifo[bisect_left(fifo, entry)]
+
+    def entries(self, now: float, bound: float) -> Entries | None:
+        """The queue as ``AdaptiveOrder("hrrn").order_at(jobs, now, bound,
+        history.rank, history.ranks)`` orders it, each job with its
+        ``history.estimate``; None where a ratio is NaN (that order then
+        depends on the order the jobs are given in: the caller's to ask)."""
+        history = self._history
+        if history.numbering != self._numbering:
+            self._renumber()
+        answers, answer = history.answers, history._answer
+        fifo = self._fifo
+        n = len(fifo)
+        cut = 0
+        while cut < n and now - fifo[cut][0] >= bound:
+            cut += 1
+        out: Entries = []
+        for _, job_id, number, need, _ in fifo[:cut]:  # past the bound: submit order
+            found = answers.get(number)
+            if found is None:
+                found = answers[number] = answer(number)
+            out.append((job_id, found[0], need))
+        ranked: Entries = []
+        unranked: Entries = []
+        values: list[float] = []
+        for submit, job_id, number, need, _ in fifo[cut:] if cut else fifo:
+            found = answers.get(number)
+            if found is None:
+                found = answers[number] = answer(number)
+            est = found[1]
+            if est is None:
+                unranked.append((job_id, found[0], need))
+                continue
+            ranked.append((job_id, found[0], need))
+            # ``AdaptiveOrder.order_at``'s value, term for term.
+            e = est if est > 1.0 else 1.0
+            wait = now - submit
+            values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+        total = sum(values)
+        if total != total:
+            return None
+        out.extend(map(ranked.__getitem__, sorted(range(len(values)), key=values.__getitem__)))
+        out.extend(unranked)
+        return out
+
+    def _renumber(self) -> None:
+        """Signatures numbered afresh (the history swept its caches)."""
+        number = self._history.number
+        self._numbering = self._history.numbering
+        self._fifo = [(s, i, number(job), need, job) for s, i, _, need, job in self._fifo]
+        self._place = {entry[1]: entry for entry in self._fifo}

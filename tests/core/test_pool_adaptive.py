@@ -1,0 +1,109 @@
+"""``LearnedQueue`` (a pool's learning hrrn queue with backfilling, kept in
+submit order with signature numbers) gives ``AdaptiveOrder.order_at``'s
+order and the history's estimates, on generated queues and histories, as
+jobs come and go and the history sweeps its caches."""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apportion.core.pool_adaptive import LearnedQueue
+from apportion.core.scheduling import adaptive
+from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
+from apportion.core.scheduling.jobs import Job, job
+
+P = 1000
+INF = math.inf
+
+jobs_drawn = st.tuples(
+    st.sampled_from([0.0, 0.0, 1.0, 3.0, 10.0, 50.0, 99.0, 100.0]),
+    st.sampled_from([None, "ann", "bob"]),
+    st.sampled_from([None, "sim"]),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.sampled_from([0.0, 0.5, 5.0, 60.0, 600.0, 1e5])),
+)
+steps = st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "record", "order"]),
+                           jobs_drawn, st.integers(0, 50), st.sampled_from([0.1, 1.0, 3.0])),
+                 max_size=60)
+
+
+def plain_entries(h: RuntimeHistory, waiting: dict[str, Job], now: float, bound: float
+                  ) -> list[tuple[str, float | None, int]]:
+    """The order as the pool asked for it before: ``order_at`` on the jobs as
+    they arrived, then each job's estimate."""
+    ordered = AdaptiveOrder().order_at(list(waiting.values()), now, bound, h.rank, h.ranks)
+    return [(j.id, h.estimate(j), j.task_count) for j in ordered]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps, st.sampled_from([INF, 0.0, 20.0, 97.0]), st.sampled_from([100.0, 150.0]),
+       st.booleans(), st.booleans())
+def test_the_entries_are_the_plain_order_with_estimates_as_jobs_come_and_go(
+    drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
+    bound: float, now: float, sweep: bool, plain_first: bool,
+) -> None:
+    # ``sweep``: the history renumbers its signatures every few new jobs.
+    with mock.patch.object(adaptive, "_SLACK", 1 if sweep else adaptive._SLACK):
+        h = RuntimeHistory()
+        queue = LearnedQueue(h)
+        waiting: dict[str, Job] = {}
+        for n, (what, (submit, user, name, procs, est), pick, factor) in enumerate(drawn):
+            if what == "add":
+                j = job(f"j{n:02d}", {"cpu": P * procs}, user=user, name=name,
+                        submit_time=submit, runtime_estimate=est)
+                waiting[j.id] = j
+                queue.add(j)
+            elif what == "remove" and waiting:
+                j = waiting.pop(sorted(waiting)[pick % len(waiting)])
+                queue.remove(j)
+            elif what == "record":
+                h.record(job(f"d{n}", {"cpu": P * procs}, user=user, name=name,
+                             runtime_estimate=est), (est or 30.0) * factor)
+            # Either may fill the answers first: each must read them alike.
+            if plain_first:
+                plain = plain_entries(h, waiting, now, bound)
+                got = queue.entries(now, bound)
+            else:
+                got = queue.entries(now, bound)
+                plain = plain_entries(h, waiting, now, bound)
+            assert got == plain
+            assert len(queue) == len(waiting)
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 10.0, 50.0]),
+                          st.sampled_from([None, 0.0, 7.0, 1e6, INF])),
+                min_size=1, max_size=10),
+       st.sampled_from([INF, 30.0]))
+def test_a_ratio_that_is_nan_leaves_the_order_to_the_caller(
+        drawn: list[tuple[float, float | None]], bound: float) -> None:
+    # With no history a job's rank is its own estimate: an infinite one
+    # makes its ratio (wait + inf) / inf, NaN, unless it is past the bound.
+    h = RuntimeHistory()
+    queue = LearnedQueue(h)
+    jobs = [job(f"j{k:02d}", {"cpu": P}, submit_time=t, runtime_estimate=e)
+            for k, (t, e) in enumerate(drawn)]
+    for j in reversed(jobs):  # not in submit order
+        queue.add(j)
+    now = 60.0
+    nan = any(j.runtime_estimate == INF and now - j.submit_time < bound for j in jobs)
+    got = queue.entries(now, bound)
+    assert (got is None) == nan
+    if got is not None:
+        waiting = {j.id: j for j in reversed(jobs)}
+        assert got == plain_entries(h, waiting, now, bound)
+
+
+def test_jobs_past_the_bound_lead_in_submit_order_then_the_highest_ratio() -> None:
+    h = RuntimeHistory()
+    queue = LearnedQueue(h)
+    for name, submit, est in (("a", 50.0, 10.0), ("b", 0.0, 1000.0), ("c", 5.0, 10.0),
+                              ("d", 40.0, None), ("e", 1.0, 100.0)):
+        queue.add(job(name, {"cpu": P}, count=3, submit_time=submit, runtime_estimate=est))
+    # At 100 s with a bound of 96 s: b and e are past it (submit order);
+    # then c (ratio 10.5) before a (6.0); d has no rank: last.
+    assert queue.entries(100.0, 96.0) == [
+        ("b", 1000.0, 3), ("e", 100.0, 3), ("c", 10.0, 3), ("a", 10.0, 3), ("d", None, 3)]

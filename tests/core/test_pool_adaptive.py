@@ -72,6 +72,8 @@ def test_the_entries_are_the_plain_order_with_estimates_as_jobs_come_and_go(
                 plain = plain_entries(h, waiting, now, bound)
             assert got == plain
             assert len(queue) == len(waiting)
+            head = queue.head(now, bound)
+            assert head == (None if not plain else (plain[0][0], plain[0][2]))
 
 
 @given(st.lists(st.tuples(st.sampled_from([0.0, 10.0, 50.0]),
@@ -92,9 +94,14 @@ def test_a_ratio_that_is_nan_leaves_the_order_to_the_caller(
     nan = any(j.runtime_estimate == INF and now - j.submit_time < bound for j in jobs)
     got = queue.entries(now, bound)
     assert (got is None) == nan
+    waiting = {j.id: j for j in reversed(jobs)}
+    plain = plain_entries(h, waiting, now, bound)
     if got is not None:
-        waiting = {j.id: j for j in reversed(jobs)}
-        assert got == plain_entries(h, waiting, now, bound)
+        assert got == plain
+    # The head stands where a job is past the bound, whatever the ratios.
+    aged = any(now - j.submit_time >= bound for j in jobs)
+    head = queue.head(now, bound)
+    assert head == (None if got is None and not aged else (plain[0][0], plain[0][2]))
 
 
 def test_jobs_past_the_bound_lead_in_submit_order_then_the_highest_ratio() -> None:

@@ -104,6 +104,49 @@ class LearnedQueue:
         out.extend(unranked)
         return out
 
+    def head(self, now: float, bound: float) -> tuple[str, int] | None:
+        """(job id, task count) of the first job in policy order, without
+        ordering the rest (a cycle that can start nothing plans the head
+        alone); None where the queue is empty, or where a ratio is NaN and
+        no job is past the bound (``entries`` is None: the caller's to ask)."""
+        history = self._history
+        if history.numbering != self._numbering:
+            self._renumber()
+        fifo = self._fifo
+        if not fifo:
+            return None
+        if now - fifo[0][0] >= bound:
+            return fifo[0][1], fifo[0][3]  # past the bound: the first in submit order
+        answers, answer = history.answers, history._answer
+        best = 0.0
+        first: _Entry | None = None
+        unranked: _Entry | None = None
+        nan = False
+        for entry in fifo:
+            number = entry[2]
+            found = answers.get(number)
+            if found is None:
+                found = answers[number] = answer(number)
+            est = found[1]
+            if est is None:
+                if unranked is None:
+                    unranked = entry
+                continue
+            e = est if est > 1.0 else 1.0
+            wait = now - entry[0]
+            value = -((wait if wait > 0.0 else 0.0) + e) / e
+            # The first lowest value: a stable sort's first. Every value is
+            # -1 or below, so ``entries``' sum is NaN only where one is.
+            if value != value:
+                nan = True
+            elif first is None or value < best:
+                first, best = entry, value
+        if nan:
+            return None
+        chosen = first if first is not None else unranked
+        assert chosen is not None
+        return chosen[1], chosen[3]
+
     def _renumber(self) -> None:
         """Signatures numbered afresh (the history swept its caches)."""
         number = self._history.number

@@ -71,12 +71,12 @@ from apportion.core.scheduling.adaptive_parts import (
     _ladder,
     _Levels,
     _Window,
-    _log_error,
-    _typical,
 )
 from apportion.core.scheduling.adaptive_parts import CORRECTION_STEPS as CORRECTION_STEPS
 from apportion.core.scheduling.adaptive_parts import LEVELS as LEVELS
 from apportion.core.scheduling.adaptive_parts import LearnSettings as LearnSettings
+from apportion.core.scheduling.adaptive_parts import _log_error as _log_error
+from apportion.core.scheduling.adaptive_parts import _typical as _typical
 from apportion.core.scheduling.adaptive_parts import size_class as size_class
 from apportion.core.scheduling.jobs import Job, RunningJob
 
@@ -213,8 +213,10 @@ class RuntimeHistory:
                             self.floor_cache.pop(number, None)
                         self.floors_dropped += dropped
         if est is not None:
-            miss = _log_error(est, run_time)
-            user = f"user:{job.user or ''}"
+            miss = abs(math.log((est + _FLOOR_S) / actual))  # ``_log_error``
+            # The name of the user's error, as the job's signature keeps it.
+            user = (self.sig_facts[cached[1]].user if cached is not None
+                    else f"user:{job.user or ''}")
             self._error(user).add(miss, smoothing)
             self.user_weights.pop(user, None)
             if job.user:

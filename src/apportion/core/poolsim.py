@@ -415,13 +415,13 @@ class PoolCluster:
             entry = self._sorted[0]  # the head, without a generator over the queue
             head_id, need = entry[self._at], entry[self._at + 2]
         else:
-            found = None if self._learned is None else self._learned.head(now, self._bound)
-            if found is None:
+            head = None if self._learned is None else self._learned.head(now, self._bound)
+            if head is None:
                 first = next(self._entries(now), None)
                 if first is None:
                     return
-                found = first[self._at], first[self._at + 2]
-            head_id, need = found
+                head = first[self._at], first[self._at + 2]
+            head_id, need = head
         if found := self._reservation(need, now):
             self.reserved.append((head_id, found[0]))
 

@@ -11,6 +11,7 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adaptive_support import Step, steps, take_step
 from apportion.core.pool_adaptive import LearnedQueue
 from apportion.core.scheduling import adaptive
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
@@ -18,17 +19,6 @@ from apportion.core.scheduling.jobs import Job, job
 
 P = 1000
 INF = math.inf
-
-jobs_drawn = st.tuples(
-    st.sampled_from([0.0, 0.0, 1.0, 3.0, 10.0, 50.0, 99.0, 100.0]),
-    st.sampled_from([None, "ann", "bob"]),
-    st.sampled_from([None, "sim"]),
-    st.integers(1, 4),
-    st.one_of(st.none(), st.sampled_from([0.0, 0.5, 5.0, 60.0, 600.0, 1e5])),
-)
-steps = st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "record", "order"]),
-                           jobs_drawn, st.integers(0, 50), st.sampled_from([0.1, 1.0, 3.0])),
-                 max_size=60)
 
 
 def plain_entries(h: RuntimeHistory, waiting: dict[str, Job], now: float, bound: float
@@ -43,7 +33,7 @@ def plain_entries(h: RuntimeHistory, waiting: dict[str, Job], now: float, bound:
 @given(steps, st.sampled_from([INF, 0.0, 20.0, 97.0]), st.sampled_from([100.0, 150.0]),
        st.booleans(), st.booleans())
 def test_the_entries_are_the_plain_order_with_estimates_as_jobs_come_and_go(
-    drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
+    drawn: list[Step],
     bound: float, now: float, sweep: bool, plain_first: bool,
 ) -> None:
     # ``sweep``: the history renumbers its signatures every few new jobs.
@@ -51,18 +41,8 @@ def test_the_entries_are_the_plain_order_with_estimates_as_jobs_come_and_go(
         h = RuntimeHistory()
         queue = LearnedQueue(h)
         waiting: dict[str, Job] = {}
-        for n, (what, (submit, user, name, procs, est), pick, factor) in enumerate(drawn):
-            if what == "add":
-                j = job(f"j{n:02d}", {"cpu": P * procs}, user=user, name=name,
-                        submit_time=submit, runtime_estimate=est)
-                waiting[j.id] = j
-                queue.add(j)
-            elif what == "remove" and waiting:
-                j = waiting.pop(sorted(waiting)[pick % len(waiting)])
-                queue.remove(j)
-            elif what == "record":
-                h.record(job(f"d{n}", {"cpu": P * procs}, user=user, name=name,
-                             runtime_estimate=est), (est or 30.0) * factor)
+        for n, step in enumerate(drawn):
+            take_step(n, step, h, queue, waiting)
             # Either may fill the answers first: each must read them alike.
             if plain_first:
                 plain = plain_entries(h, waiting, now, bound)

@@ -94,3 +94,50 @@ def test_jobs_past_the_bound_lead_in_submit_order_then_the_highest_ratio() -> No
     # then c (ratio 10.5) before a (6.0); d has no rank: last.
     assert queue.entries(100.0, 96.0) == [
         ("b", 1000.0, 3), ("e", 100.0, 3), ("c", 10.0, 3), ("a", 10.0, 3), ("d", None, 3)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ann", "bob", "cy"]),
+                          st.sampled_from([10.0, 50.0, 1000.0])), min_size=17, max_size=24),
+       st.lists(st.tuples(st.sampled_from(["ann", "bob"]), st.sampled_from([10.0, 1000.0])),
+                max_size=3),
+       st.lists(st.tuples(st.sampled_from(["ann", "bob", "cy"]), st.sampled_from([20.0, 300.0])),
+                max_size=4))
+def test_a_long_queue_renumbers_in_one_numbering_when_the_history_sweeps(
+        waiting: list[tuple[str, float]], asked: list[tuple[str, float]],
+        done: list[tuple[str, float]]) -> None:
+    # With ``_SLACK`` at 1 the history sweeps once it knows more than 16
+    # jobs: more than 16 jobs waiting cannot all be numbered one at a time
+    # without a sweep between two of them.
+    with mock.patch.object(adaptive, "_SLACK", 1):
+        h = RuntimeHistory()
+        for k, (user, run) in enumerate(done):
+            h.record(job(f"d{k}", {"cpu": P}, user=user, runtime_estimate=run), run / 2)
+        queue = LearnedQueue(h)
+        jobs = [job(f"j{k:02d}", {"cpu": P}, user=user, submit_time=float(k),
+                    runtime_estimate=est) for k, (user, est) in enumerate(waiting)]
+        for j in jobs:
+            queue.add(j)
+        for k, (user, est) in enumerate(asked):  # others' questions: a sweep
+            h.number(job(f"x{k}", {"cpu": P}, user=user, runtime_estimate=est))
+        got = queue.entries(100.0, INF)
+        head = queue.head(100.0, INF)
+        plain = plain_entries(h, {j.id: j for j in jobs}, 100.0, INF)
+        assert got == plain
+        assert head == (plain[0][0], plain[0][2])
+
+
+def test_a_job_with_a_nan_submit_time_leaves_the_others_in_place() -> None:
+    # A NaN compares false both ways: the bisection by submit time lands on
+    # another job's place, and that job must not be the one removed.
+    h = RuntimeHistory()
+    queue = LearnedQueue(h)
+    a, b, c = (job(name, {"cpu": P}, submit_time=t, runtime_estimate=10.0)
+               for name, t in (("a", 0.0), ("b", math.nan), ("c", 5.0)))
+    for j in (a, b, c):
+        queue.add(j)
+    queue.remove(c)
+    assert [entry[0] for entry in queue.entries(math.inf, INF) or []] == ["a", "b"]
+    queue.remove(b)
+    queue.remove(a)
+    assert len(queue) == 0

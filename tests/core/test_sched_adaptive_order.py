@@ -25,9 +25,8 @@ from apportion.core.scheduling.adaptive import (
     RuntimeHistory,
     _Error,
     _keys,
-    _log_error,
-    _typical,
 )
+from apportion.core.scheduling.adaptive_parts import _log_error, _typical
 from apportion.core.scheduling.jobs import Job, Queue, job
 from apportion.core.scheduling.policies import FairShare, OrderContext
 from apportion.core.scheduling.state import ClusterState

@@ -59,7 +59,12 @@ class LearnedQueue:
     def remove(self, job: Job) -> None:
         entry = self._place.pop(job.id)
         fifo = self._fifo
-        del fifo[bisect_left(fifo, entry)]
+        at = bisect_left(fifo, entry)
+        if at == len(fifo) or fifo[at] is not entry:
+            # A NaN submit time compares false both ways: the bisection
+            # may land anywhere, so look for the entry itself.
+            at = fifo.index(entry)
+        del fifo[at]
 
     def entries(self, now: float, bound: float) -> Entries | None:
         """The queue as ``AdaptiveOrder("hrrn").order_at(jobs, now, bound,
@@ -69,7 +74,7 @@ class LearnedQueue:
         history = self._history
         if history.numbering != self._numbering:
             self._renumber()
-        answers, answer = history.answers, history._answer
+        answers, answer = history.answers, history.answer
         fifo = self._fifo
         n = len(fifo)
         cut = 0
@@ -77,36 +82,17 @@ class LearnedQueue:
             cut += 1
         out: Entries = []
         for _, job_id, number, need, _ in fifo[:cut]:  # past the bound: submit order
-            found = answers.get(number)
-            if found is None:
-                found = answers[number] = answer(number)
-            out.append((job_id, found[0], need))
-        ranked: Entries = []
-        unranked: Entries = []
-        values: list[float] = []
-        for submit, job_id, number, need, _ in fifo[cut:] if cut else fifo:
-            found = answers.get(number)
-            if found is None:
-                found = answers[number] = answer(number)
-            est = found[1]
-            if est is None:
-                unranked.append((job_id, found[0], need))
-                continue
-            ranked.append((job_id, found[0], need))
-            # ``AdaptiveOrder.order_at``'s value, term for term.
-            e = est if est > 1.0 else 1.0
-            wait = now - submit
-            values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
-        total = sum(values)
-        if total != total:
+            out.append((job_id, (answers.get(number) or answer(number))[0], need))
+        ranked = self._ranked(now, fifo[cut:] if cut else fifo)
+        if ranked is None:
             return None
-        out.extend(map(ranked.__getitem__, sorted(range(len(values)), key=values.__getitem__)))
-        out.extend(unranked)
+        out.extend(ranked[0])
+        out.extend(ranked[1])
         return out
 
     def head(self, now: float, bound: float) -> tuple[str, int] | None:
         """(job id, task count) of the first job in policy order, without
-        ordering the rest (a cycle that can start nothing plans the head
+        sorting the rest (a cycle that can start nothing plans the head
         alone); None where the queue is empty, or where a ratio is NaN and
         no job is past the bound (``entries`` is None: the caller's to ask)."""
         history = self._history
@@ -117,39 +103,50 @@ class LearnedQueue:
             return None
         if now - fifo[0][0] >= bound:
             return fifo[0][1], fifo[0][3]  # past the bound: the first in submit order
-        answers, answer = history.answers, history._answer
-        best = 0.0
-        first: _Entry | None = None
-        unranked: _Entry | None = None
-        nan = False
-        for entry in fifo:
-            number = entry[2]
-            found = answers.get(number)
-            if found is None:
-                found = answers[number] = answer(number)
+        ranked = self._ranked(now, fifo, alone=True)
+        if ranked is None:
+            return None
+        first = (ranked[0] or ranked[1])[0]
+        return first[0], first[2]
+
+    def _ranked(self, now: float, fifo: list[_Entry], alone: bool = False
+                ) -> tuple[Entries, Entries] | None:
+        """The jobs of ``fifo`` (none past the bound) with a rank, highest
+        ratio first (or, ``alone``, only the first of them: the first
+        lowest value, a stable sort's first), and those without one in
+        submit order; None where a ratio is NaN."""
+        answers, answer = self._history.answers, self._history.answer
+        ranked: Entries = []
+        unranked: Entries = []
+        values: list[float] = []
+        for submit, job_id, number, need, _ in fifo:
+            found = answers.get(number) or answer(number)
             est = found[1]
             if est is None:
-                if unranked is None:
-                    unranked = entry
+                unranked.append((job_id, found[0], need))
                 continue
+            ranked.append((job_id, found[0], need))
+            # ``AdaptiveOrder.order_at``'s value, term for term.
             e = est if est > 1.0 else 1.0
-            wait = now - entry[0]
-            value = -((wait if wait > 0.0 else 0.0) + e) / e
-            # The first lowest value: a stable sort's first. Every value is
-            # -1 or below, so ``entries``' sum is NaN only where one is.
-            if value != value:
-                nan = True
-            elif first is None or value < best:
-                first, best = entry, value
-        if nan:
+            wait = now - submit
+            values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+        # Every value is -1 or below, so the sum is NaN only where one is.
+        total = sum(values)
+        if total != total:
             return None
-        chosen = first if first is not None else unranked
-        assert chosen is not None
-        return chosen[1], chosen[3]
+        if alone:
+            return ([ranked[values.index(min(values))]] if values else []), unranked
+        order = sorted(range(len(values)), key=values.__getitem__)
+        return list(map(ranked.__getitem__, order)), unranked
 
     def _renumber(self) -> None:
-        """Signatures numbered afresh (the history swept its caches)."""
-        number = self._history.number
-        self._numbering = self._history.numbering
-        self._fifo = [(s, i, number(job), need, job) for s, i, _, need, job in self._fifo]
+        """Signatures numbered afresh (the history swept its caches): every
+        job's number in the history's new numbering, in one batch, which
+        never sweeps partway."""
+        history = self._history
+        fifo = self._fifo
+        numbers = history.numbers([entry[4] for entry in fifo])
+        self._numbering = history.numbering
+        self._fifo = [(s, i, number, need, job)
+                      for (s, i, _, need, job), number in zip(fifo, numbers, strict=True)]
         self._place = {entry[1]: entry for entry in self._fifo}

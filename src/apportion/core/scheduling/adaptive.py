@@ -51,9 +51,8 @@ simulator), fed with finished jobs and asked questions; no clock, no I/O.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,13 +69,12 @@ from apportion.core.scheduling.adaptive_parts import (
     _keys,
     _ladder,
     _Levels,
+    _log_error,
     _Window,
 )
 from apportion.core.scheduling.adaptive_parts import CORRECTION_STEPS as CORRECTION_STEPS
 from apportion.core.scheduling.adaptive_parts import LEVELS as LEVELS
 from apportion.core.scheduling.adaptive_parts import LearnSettings as LearnSettings
-from apportion.core.scheduling.adaptive_parts import _log_error as _log_error
-from apportion.core.scheduling.adaptive_parts import _typical as _typical
 from apportion.core.scheduling.adaptive_parts import size_class as size_class
 from apportion.core.scheduling.jobs import Job, RunningJob
 
@@ -185,35 +183,22 @@ class RuntimeHistory:
             window = windows.get(key)
             if window is None:
                 window = self._window(key)
-            kept, ordered = window.kept, window.ordered
-            if ordered is not None:
-                if len(kept) == window.depth:
-                    del ordered[bisect_left(ordered, kept[0])]
-                insort(ordered, run_time)
-            kept.append(run_time)
-            n = len(kept)
-            if n >= window.min_runs:
-                if value is None:
-                    self.shape += 1
-                # ``_typical(kept, ordered)`` written out.
-                if n <= 2:
-                    new = sum(kept) / n
-                else:
-                    if ordered is None:
-                        ordered = sorted(kept)
-                    mid = n // 2
-                    new = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-                typical[key] = new
-                # A floor reads the value alone: a window's median that
-                # stays put keeps its readers' floors.
-                if readers and new != value:  # none unless an hrrn queue asks for floors
-                    dropped = readers.pop(key, None)
-                    if dropped is not None:
-                        for number in dropped:
-                            self.floor_cache.pop(number, None)
-                        self.floors_dropped += dropped
+            new = window.take(run_time)
+            if new is None:
+                continue
+            if value is None:
+                self.shape += 1
+            typical[key] = new
+            # A floor reads the value alone: a window's median that stays
+            # put keeps its readers' floors.
+            if readers and new != value:  # none unless an hrrn queue asks for floors
+                dropped = readers.pop(key, None)
+                if dropped is not None:
+                    for number in dropped:
+                        self.floor_cache.pop(number, None)
+                    self.floors_dropped += dropped
         if est is not None:
-            miss = abs(math.log((est + _FLOOR_S) / actual))  # ``_log_error``
+            miss = _log_error(est, run_time)
             # The name of the user's error, as the job's signature keeps it.
             user = (self.sig_facts[cached[1]].user if cached is not None
                     else f"user:{job.user or ''}")
@@ -254,22 +239,32 @@ class RuntimeHistory:
         found = self.key_cache.get(job.id)
         if found is None:
             if len(self.key_cache) > 16 * _SLACK:
-                self.key_cache.clear()  # jobs cancelled before they ended
-                self.signatures.clear()
-                self.answers.clear()
-                self.floor_cache.clear()
-                self.floor_readers.clear()
-                self.sig_facts.clear()
-                self.sig_best.clear()
-                self.floors_reset = True
-                self.numbering += 1
-            keys = _keys(job)
-            sig = (*keys, job.runtime_estimate)
-            number = self.signatures.setdefault(sig, len(self.signatures))
-            if number == len(self.sig_facts):
-                self.sig_facts.append(_facts(job, keys))
-                self.sig_best.append((-1, None, ""))
-            found = self.key_cache[job.id] = (keys, number)
+                self._sweep()
+            found = self._new(job)
+        return found
+
+    def _sweep(self) -> None:
+        """Forget every job's keys and number the signatures afresh (jobs
+        cancelled before they ended are never recorded)."""
+        self.key_cache.clear()
+        self.signatures.clear()
+        self.answers.clear()
+        self.floor_cache.clear()
+        self.floor_readers.clear()
+        self.sig_facts.clear()
+        self.sig_best.clear()
+        self.floors_reset = True
+        self.numbering += 1
+
+    def _new(self, job: Job) -> tuple[list[tuple[str, object]], int]:
+        """``job``'s keys and signature number, kept in ``key_cache``."""
+        keys = _keys(job)
+        sig = (*keys, job.runtime_estimate)
+        number = self.signatures.setdefault(sig, len(self.signatures))
+        if number == len(self.sig_facts):
+            self.sig_facts.append(_facts(job, keys))
+            self.sig_best.append((-1, None, ""))
+        found = self.key_cache[job.id] = (keys, number)
         return found
 
     def signature(self, job: Job) -> tuple[object, ...]:
@@ -318,9 +313,7 @@ class RuntimeHistory:
         for job in jobs:
             of = key_cache.get(job.id)
             number = (of if of is not None else self._of(job))[1]
-            found = answers.get(number)
-            if found is None:
-                found = answers[number] = self._answer(number)
+            found = answers.get(number) or self.answer(number)
             out.append(found[1])
         return out
 
@@ -349,7 +342,7 @@ class RuntimeHistory:
                     out.append(floor)
                     exact.append(False)
                     continue
-                found = answers[number] = self._answer(number)
+                found = self.answer(number)
             out.append(found[1])
             exact.append(True)
         return out, exact
@@ -358,6 +351,18 @@ class RuntimeHistory:
         """The number of ``job``'s signature, as ``stale_floors`` names it
         (numbers are given afresh when it answers None)."""
         return self._of(job)[1]
+
+    def numbers(self, jobs: Iterable[Job]) -> list[int]:
+        """``number`` of each of ``jobs``, all in one numbering: the caches
+        are not swept partway (``number`` may sweep before any job it has
+        not seen, which would leave the earlier numbers meaningless); the
+        next ``number`` of a new job sweeps them where they are due."""
+        key_cache, new = self.key_cache, self._new
+        out: list[int] = []
+        for job in jobs:
+            found = key_cache.get(job.id)
+            out.append((found if found is not None else new(job))[1])
+        return out
 
     def stale_floors(self) -> list[int] | None:
         """The signatures whose floor (``floors``) may have changed since the
@@ -410,6 +415,13 @@ class RuntimeHistory:
         # dictionary reads.
         of = self.key_cache.get(job.id)
         number = (of if of is not None else self._of(job))[1]
+        return self.answers.get(number) or self.answer(number)
+
+    def answer(self, number: int) -> tuple[float | None, float | None]:
+        """(estimate, rank) of the jobs of signature ``number``, kept in
+        ``answers`` until the next ``record``. Callers that ask for many
+        jobs read ``answers.get(number) or answer(number)``: the pair is
+        never empty, and the read alone is the common path."""
         found = self.answers.get(number)
         if found is None:
             found = self.answers[number] = self._answer(number)

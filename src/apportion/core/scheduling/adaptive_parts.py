@@ -6,6 +6,7 @@ keep each module under 600 lines)."""
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,17 @@ class _Window:
         self.ordered = ordered
         self.depth = kept.maxlen
         self.min_runs = min_runs
+
+    def take(self, run: float) -> float | None:
+        """Add ``run`` (a full window lets its oldest go); the key's typical
+        value where it now has the runs to predict, else None."""
+        kept, ordered = self.kept, self.ordered
+        if ordered is not None:
+            if len(kept) == self.depth:
+                del ordered[bisect_left(ordered, kept[0])]
+            insort(ordered, run)
+        kept.append(run)
+        return _typical(kept, ordered) if len(kept) >= self.min_runs else None
 
 
 def _ladder() -> Iterator[float]:

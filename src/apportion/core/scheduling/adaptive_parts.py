@@ -148,7 +148,18 @@ class _Window:
                 del ordered[bisect_left(ordered, kept[0])]
             insort(ordered, run)
         kept.append(run)
-        return _typical(kept, ordered) if len(kept) >= self.min_runs else None
+        n = len(kept)
+        if n < self.min_runs:
+            return None
+        # ``_typical(kept, ordered)``, without a second call: six keys a
+        # record (``tests/core/test_sched_adaptive_order.py`` holds each
+        # key's value to ``_typical`` of its window).
+        if n <= 2:
+            return sum(kept) / n
+        if ordered is None:
+            ordered = sorted(kept)
+        mid = n // 2
+        return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _ladder() -> Iterator[float]:

@@ -21,12 +21,12 @@ from apportion.core.scheduling.adaptive import (
     _EXACT,
     _FLOOR_S,
     AdaptiveOrder,
+    LearnSettings,
     RuntimeHistory,
     _Error,
     _keys,
-    _log_error,
-    _typical,
 )
+from apportion.core.scheduling.adaptive_parts import _log_error, _typical
 from apportion.core.scheduling.jobs import Job, Queue, job
 from apportion.core.scheduling.policies import FairShare, OrderContext
 from apportion.core.scheduling.state import ClusterState
@@ -130,6 +130,35 @@ def test_the_kept_sorted_window_gives_the_median_of_the_window(runs: list[float]
     assert h.ordered_runs[("global", None)] == sorted(window)
     if len(window) >= 8:
         assert h.typical[("global", None)] == _typical(list(window))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(jobs_drawn, st.sampled_from([0.0, 1.0, 2.5, 7.0, 30.0, 1e4])),
+                max_size=50),
+       st.integers(1, 5), st.integers(1, 4))
+def test_each_key_predicts_the_typical_value_of_its_window(
+        history: list[tuple[Job, float]], depth: int, min_runs: int) -> None:
+    # ``record`` keeps each key's window, sorted copy and typical value in
+    # one pass (``_Window``): each is the plain one, for shallow and deep
+    # windows and evidence rules either side of the depth.
+    levels = ("user+name", "user", "name", "queue", "size", "global")
+    s = LearnSettings(min_runs=dict.fromkeys(levels, min_runs),
+                      depth={**dict.fromkeys(levels, depth), "global": 32})
+    h = RuntimeHistory(s)
+    seen: dict[tuple[str, object], list[float]] = {}
+    for done, run in history:
+        for key in _keys(done):
+            seen.setdefault(key, []).append(run)
+        h.record(done, run)
+        for key, runs in seen.items():
+            window = runs[-s.depth[key[0]]:]
+            assert list(h.runs[key]) == window
+            if len(window) > 2 or s.depth[key[0]] > 2:
+                assert h.ordered_runs[key] == sorted(window)
+            if len(window) >= min_runs:
+                assert h.typical[key] == _typical(window)
+            else:
+                assert key not in h.typical
 
 
 def plain_key(by: str, now: float, bound: float, rank: Callable[[Job], float | None]

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adaptive_support import Step, steps, take_step
 from apportion.core.model import Node
 from apportion.core.scheduling import adaptive
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
@@ -24,17 +25,6 @@ from apportion.core.scheduling.state import ClusterState
 P = 1000
 INF = math.inf
 STATE = ClusterState([Node("n", {"cpu": P})])
-
-jobs_drawn = st.tuples(
-    st.sampled_from([0.0, 0.0, 1.0, 3.0, 10.0, 50.0, 99.0, 100.0]),
-    st.sampled_from([None, "ann", "bob"]),
-    st.sampled_from([None, "sim"]),
-    st.integers(1, 4),
-    st.one_of(st.none(), st.sampled_from([0.0, 0.5, 5.0, 60.0, 600.0, 1e5])),
-)
-steps = st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "record", "order"]),
-                           jobs_drawn, st.integers(0, 50), st.sampled_from([0.1, 1.0, 3.0])),
-                 max_size=60)
 
 
 def context(h: RuntimeHistory, now: float, bound: float, batch: bool) -> OrderContext:
@@ -54,25 +44,15 @@ def queue_of(h: RuntimeHistory, how: str) -> AdaptiveQueue:
 @given(steps, st.sampled_from([INF, 0.0, 20.0, 97.0]), st.booleans(),
        st.sampled_from([100.0, 150.0]), st.sampled_from(["plain", "floors", "kept"]))
 def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
-    drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
+    drawn: list[Step],
     bound: float, batch: bool, now: float, how: str,
 ) -> None:
     h = RuntimeHistory()
     order = AdaptiveOrder()
     queue = queue_of(h, how)
     waiting: dict[str, Job] = {}
-    for n, (what, (submit, user, name, procs, est), pick, factor) in enumerate(drawn):
-        if what == "add":
-            j = job(f"j{n:02d}", {"cpu": P * procs}, user=user, name=name,
-                    submit_time=submit, runtime_estimate=est)
-            waiting[j.id] = j
-            queue.add(j)
-        elif what == "remove" and waiting:
-            j = waiting.pop(sorted(waiting)[pick % len(waiting)])
-            queue.remove(j)
-        elif what == "record":
-            h.record(job(f"d{n}", {"cpu": P * procs}, user=user, name=name,
-                         runtime_estimate=est), (est or 30.0) * factor)
+    for n, step in enumerate(drawn):
+        take_step(n, step, h, queue, waiting)
         ctx = context(h, now, bound, batch)
         got = list(queue.ordered(ctx))  # first: the plain order fills the answers
         plain = [j.id for j in order.order(list(waiting.values()), ctx)]
@@ -83,7 +63,7 @@ def test_the_merge_is_the_plain_order_as_jobs_come_and_go(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.sampled_from([0.0, 1e6, 1e301, 1e308]))
 def test_floors_are_exact_ranks_or_lie_below_them(
-    drawn: list[tuple[str, tuple[float, str | None, str | None, int, float | None], int, float]],
+    drawn: list[Step],
     wild: float,
 ) -> None:
     # Floors are kept across records; each is checked against a history

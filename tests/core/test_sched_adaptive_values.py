@@ -27,10 +27,9 @@ from apportion.core.scheduling.adaptive import (
     _Error,
     _keys,
     _ladder,
-    _log_error,
-    _typical,
     size_class,
 )
+from apportion.core.scheduling.adaptive_parts import _log_error, _typical
 from apportion.core.scheduling.jobs import Job, RunningJob
 from apportion.core.scheduling.policies import OrderContext
 

@@ -32,6 +32,7 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from apportion.core.model import Health, Node, NodeState
+from apportion.core.pool_adaptive import LearnedQueue
 from apportion.core.pool_conservative import ASK, ConservativePass
 from apportion.core.pool_fair import FairQueues
 from apportion.core.scheduling.adaptive import RuntimeHistory
@@ -160,6 +161,14 @@ class PoolCluster:
                 and order.by == "hrrn" and config.backfill == "none"):
             self._adaptive = AdaptiveQueue(order, self.history.signature, self.history.floors,
                                            self.history)
+        self._learned: LearnedQueue | None = None
+        """Response-ratio order with a history that plans with its own
+        estimates, and backfilling: the queue in submit order with each job's
+        signature, which gives the passes their entries in one go."""
+        if (self.history is not None and isinstance(order, AdaptiveOrder)
+                and order.by == "hrrn" and config.backfill != "none"
+                and config.default_estimate is None):
+            self._learned = LearnedQueue(self.history)
         self._view = _View(self)
         self._needs = [0] * (size + 2)
         """Pending jobs (not started in this cycle) by nodes needed."""
@@ -196,6 +205,8 @@ class PoolCluster:
             self.fair.add(job, self.estimate(job))  # static: the order does not learn
         elif self._adaptive is not None:
             self._adaptive.add(job)
+        elif self._learned is not None:
+            self._learned.add(job)
 
     def _leave(self, job: Job) -> None:
         del self.pending[job.id]
@@ -205,12 +216,8 @@ class PoolCluster:
             self.fair.remove(job)
         elif self._adaptive is not None:
             self._adaptive.remove(job)
-
-    def _ordered(self, now: float) -> Iterator[Job]:
-        pending = self.pending
-        if self._static:
-            return (pending[k[-3]] for k in self._sorted)
-        return self._policy_order(now)
+        elif self._learned is not None:
+            self._learned.remove(job)
 
     def _entries(self, now: float) -> Iterator[tuple[Any, ...]]:
         """The queue in policy order as entries ending (job id, estimate,
@@ -219,6 +226,10 @@ class PoolCluster:
             return iter(self._sorted)
         if self.fair is not None:
             return self.fair.order(self.usage)
+        if self._learned is not None:
+            found = self._learned.entries(now, self._bound)
+            if found is not None:
+                return iter(found)
         return ((job.id, ASK, job.task_count) for job in self._policy_order(now))
 
     def _policy_order(self, now: float) -> Iterator[Job]:
@@ -404,10 +415,13 @@ class PoolCluster:
             entry = self._sorted[0]  # the head, without a generator over the queue
             head_id, need = entry[self._at], entry[self._at + 2]
         else:
-            head = next(self._ordered(now), None)
+            head = None if self._learned is None else self._learned.head(now, self._bound)
             if head is None:
-                return
-            head_id, need = head.id, head.task_count
+                first = next(self._entries(now), None)
+                if first is None:
+                    return
+                head = first[self._at], first[self._at + 2]
+            head_id, need = head
         if found := self._reservation(need, now):
             self.reserved.append((head_id, found[0]))
 

@@ -51,9 +51,8 @@ simulator), fed with finished jobs and asked questions; no clock, no I/O.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -71,7 +70,7 @@ from apportion.core.scheduling.adaptive_parts import (
     _ladder,
     _Levels,
     _log_error,
-    _typical,
+    _Window,
 )
 from apportion.core.scheduling.adaptive_parts import CORRECTION_STEPS as CORRECTION_STEPS
 from apportion.core.scheduling.adaptive_parts import LEVELS as LEVELS
@@ -123,6 +122,9 @@ class RuntimeHistory:
     ordered_runs: dict[tuple[str, object], list[float]] = field(default_factory=dict)
     """The runs of each key kept deeper than two, sorted: their median is
     asked at every ``record``, and sorting the window each time cost more."""
+    windows: dict[tuple[str, object], _Window] = field(default_factory=dict)
+    """Per key, its ``runs`` and ``ordered_runs`` and the settings they are
+    read with, found in one lookup (``record`` visits six keys a job)."""
     user_weights: dict[str, float] = field(default_factory=dict)
     """Per user error name with an error of its own, the weight of that
     user's estimates, until a job of theirs is scored (``record`` drops it):
@@ -153,7 +155,6 @@ class RuntimeHistory:
 
     def record(self, job: Job, run_time: float) -> None:
         """Learn from a finished job (scoring the guesses it would have had first)."""
-        s = self.settings
         cached = self.key_cache.pop(job.id, None)
         keys = cached[0] if cached is not None else _keys(job)
         self.answers.clear()
@@ -162,8 +163,12 @@ class RuntimeHistory:
         est = job.runtime_estimate
         if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
             self.wild = True
-        typical, errors, smoothing = self.typical, self.errors, s.smoothing
+        typical, errors, smoothing = self.typical, self.errors, self.settings.smoothing
+        windows, readers = self.windows, self.floor_readers
         actual = run_time + _FLOOR_S  # ``_log_error``'s, once
+        # One pass over the keys: a key's error is scored against its typical
+        # value before its window takes the run, and each key is its own
+        # level, so no key reads what another one's turn wrote.
         for key in keys:
             value = typical.get(key)
             if value is not None:
@@ -175,41 +180,46 @@ class RuntimeHistory:
                 if weight < smoothing:
                     weight = smoothing
                 err.mean += weight * (abs(math.log((value + _FLOOR_S) / actual)) - err.mean)
+            window = windows.get(key)
+            if window is None:
+                window = self._window(key)
+            new = window.take(run_time)
+            if new is None:
+                continue
+            if value is None:
+                self.shape += 1
+            typical[key] = new
+            # A floor reads the value alone: a window's median that stays
+            # put keeps its readers' floors.
+            if readers and new != value:  # none unless an hrrn queue asks for floors
+                dropped = readers.pop(key, None)
+                if dropped is not None:
+                    for number in dropped:
+                        self.floor_cache.pop(number, None)
+                    self.floors_dropped += dropped
         if est is not None:
             miss = _log_error(est, run_time)
-            user = f"user:{job.user or ''}"
+            # The name of the user's error, as the job's signature keeps it.
+            user = (self.sig_facts[cached[1]].user if cached is not None
+                    else f"user:{job.user or ''}")
             self._error(user).add(miss, smoothing)
             self.user_weights.pop(user, None)
             if job.user:
                 self._error("user:").add(miss, smoothing)
                 self.user_weights.pop("user:", None)
-        runs, min_runs, readers = self.runs, s.min_runs, self.floor_readers
-        for key in keys:
-            kept = runs.get(key)
-            if kept is None:
-                kept = runs[key] = deque(maxlen=s.depth[key[0]])
-            if kept.maxlen is not None and kept.maxlen > 2:
-                ordered = self.ordered_runs.setdefault(key, [])
-                if len(kept) == kept.maxlen:
-                    del ordered[bisect_left(ordered, kept[0])]
-                insort(ordered, run_time)
-            else:
-                ordered = None
-            kept.append(run_time)
-            if len(kept) >= min_runs[key[0]]:
-                value = typical.get(key)
-                if value is None:
-                    self.shape += 1
-                new = typical[key] = _typical(kept, ordered)
-                # A floor reads the value alone: a window's median that
-                # stays put keeps its readers' floors.
-                if readers and new != value:  # none unless an hrrn queue asks for floors
-                    dropped = readers.pop(key, None)
-                    if dropped is not None:
-                        for number in dropped:
-                            self.floor_cache.pop(number, None)
-                        self.floors_dropped += dropped
         self.corrections.pop(job.id, None)
+
+    def _window(self, key: tuple[str, object]) -> _Window:
+        """A new key's window of recent runs (also kept in ``runs`` and,
+        when deeper than two, ``ordered_runs``)."""
+        s = self.settings
+        kept: deque[float] = deque(maxlen=s.depth[key[0]])
+        self.runs[key] = kept
+        ordered = None
+        if kept.maxlen is not None and kept.maxlen > 2:
+            ordered = self.ordered_runs[key] = []
+        window = self.windows[key] = _Window(kept, ordered, s.min_runs[key[0]])
+        return window
 
     def _error(self, name: str) -> _Error:
         found = self.errors.get(name)
@@ -229,22 +239,32 @@ class RuntimeHistory:
         found = self.key_cache.get(job.id)
         if found is None:
             if len(self.key_cache) > 16 * _SLACK:
-                self.key_cache.clear()  # jobs cancelled before they ended
-                self.signatures.clear()
-                self.answers.clear()
-                self.floor_cache.clear()
-                self.floor_readers.clear()
-                self.sig_facts.clear()
-                self.sig_best.clear()
-                self.floors_reset = True
-                self.numbering += 1
-            keys = _keys(job)
-            sig = (*keys, job.runtime_estimate)
-            number = self.signatures.setdefault(sig, len(self.signatures))
-            if number == len(self.sig_facts):
-                self.sig_facts.append(_facts(job, keys))
-                self.sig_best.append((-1, None, ""))
-            found = self.key_cache[job.id] = (keys, number)
+                self._sweep()
+            found = self._new(job)
+        return found
+
+    def _sweep(self) -> None:
+        """Forget every job's keys and number the signatures afresh (jobs
+        cancelled before they ended are never recorded)."""
+        self.key_cache.clear()
+        self.signatures.clear()
+        self.answers.clear()
+        self.floor_cache.clear()
+        self.floor_readers.clear()
+        self.sig_facts.clear()
+        self.sig_best.clear()
+        self.floors_reset = True
+        self.numbering += 1
+
+    def _new(self, job: Job) -> tuple[list[tuple[str, object]], int]:
+        """``job``'s keys and signature number, kept in ``key_cache``."""
+        keys = _keys(job)
+        sig = (*keys, job.runtime_estimate)
+        number = self.signatures.setdefault(sig, len(self.signatures))
+        if number == len(self.sig_facts):
+            self.sig_facts.append(_facts(job, keys))
+            self.sig_best.append((-1, None, ""))
+        found = self.key_cache[job.id] = (keys, number)
         return found
 
     def signature(self, job: Job) -> tuple[object, ...]:
@@ -293,9 +313,7 @@ class RuntimeHistory:
         for job in jobs:
             of = key_cache.get(job.id)
             number = (of if of is not None else self._of(job))[1]
-            found = answers.get(number)
-            if found is None:
-                found = answers[number] = self._answer(number)
+            found = answers.get(number) or self.answer(number)
             out.append(found[1])
         return out
 
@@ -324,7 +342,7 @@ class RuntimeHistory:
                     out.append(floor)
                     exact.append(False)
                     continue
-                found = answers[number] = self._answer(number)
+                found = self.answer(number)
             out.append(found[1])
             exact.append(True)
         return out, exact
@@ -333,6 +351,18 @@ class RuntimeHistory:
         """The number of ``job``'s signature, as ``stale_floors`` names it
         (numbers are given afresh when it answers None)."""
         return self._of(job)[1]
+
+    def numbers(self, jobs: Iterable[Job]) -> list[int]:
+        """``number`` of each of ``jobs``, all in one numbering: the caches
+        are not swept partway (``number`` may sweep before any job it has
+        not seen, which would leave the earlier numbers meaningless); the
+        next ``number`` of a new job sweeps them where they are due."""
+        key_cache, new = self.key_cache, self._new
+        out: list[int] = []
+        for job in jobs:
+            found = key_cache.get(job.id)
+            out.append((found if found is not None else new(job))[1])
+        return out
 
     def stale_floors(self) -> list[int] | None:
         """The signatures whose floor (``floors``) may have changed since the
@@ -385,6 +415,13 @@ class RuntimeHistory:
         # dictionary reads.
         of = self.key_cache.get(job.id)
         number = (of if of is not None else self._of(job))[1]
+        return self.answers.get(number) or self.answer(number)
+
+    def answer(self, number: int) -> tuple[float | None, float | None]:
+        """(estimate, rank) of the jobs of signature ``number``, kept in
+        ``answers`` until the next ``record``. Callers that ask for many
+        jobs read ``answers.get(number) or answer(number)``: the pair is
+        never empty, and the read alone is the common path."""
         found = self.answers.get(number)
         if found is None:
             found = self.answers[number] = self._answer(number)

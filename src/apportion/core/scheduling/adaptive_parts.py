@@ -6,6 +6,8 @@ keep each module under 600 lines)."""
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +125,41 @@ class _Levels:
         self.weight = weight
         self.users: dict[str, float | None] = {}
 
+
+class _Window:
+    """One key's recent runs (``kept``), sorted too where deeper than two
+    (``ordered``, else None), with its depth and the runs it needs before
+    it predicts (a plain class: ``record`` reads these for every key)."""
+
+    __slots__ = ("depth", "kept", "min_runs", "ordered")
+
+    def __init__(self, kept: deque[float], ordered: list[float] | None, min_runs: int) -> None:
+        self.kept = kept
+        self.ordered = ordered
+        self.depth = kept.maxlen
+        self.min_runs = min_runs
+
+    def take(self, run: float) -> float | None:
+        """Add ``run`` (a full window lets its oldest go); the key's typical
+        value where it now has the runs to predict, else None."""
+        kept, ordered = self.kept, self.ordered
+        if ordered is not None:
+            if len(kept) == self.depth:
+                del ordered[bisect_left(ordered, kept[0])]
+            insort(ordered, run)
+        kept.append(run)
+        n = len(kept)
+        if n < self.min_runs:
+            return None
+        # ``_typical(kept, ordered)``, without a second call: six keys a
+        # record (``tests/core/test_sched_adaptive_order.py`` holds each
+        # key's value to ``_typical`` of its window).
+        if n <= 2:
+            return sum(kept) / n
+        if ordered is None:
+            ordered = sorted(kept)
+        mid = n // 2
+        return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _ladder() -> Iterator[float]:

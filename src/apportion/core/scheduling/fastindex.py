@@ -10,13 +10,21 @@ back; ``.ci/run`` runs ``tests/core`` on both (``tests/conftest.py``).
 
 from __future__ import annotations
 
-from apportion.core.scheduling.freeindex import FreeIndex
+from collections.abc import Callable
+from typing import Literal
+
+from apportion.core.scheduling.freeindex import Entry, FreeIndex
 
 Index: type[FreeIndex]
+pick: Callable[..., Entry | None | Literal[False]] | None
+"""``_freeindex_c.pick``, a one-task placement's walk and ranking in one C
+call (``Placer._place_one``), or None: the walk and ranking in Python."""
 try:
     from apportion.core.scheduling._freeindex_c import FreeIndex as Index
+    from apportion.core.scheduling._freeindex_c import pick
 except ImportError:
     Index = FreeIndex
+    pick = None
 
 NATIVE = Index is not FreeIndex
 """Whether the compiled index is in use."""

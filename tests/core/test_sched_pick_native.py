@@ -1,0 +1,139 @@
+"""The compiled one-task walk and ranking (``_freeindex_c.pick``, which
+``Placer._place_one`` calls through ``fastindex.pick``) held to the Python
+walk and ranking it stands for (``Placer._walk`` and ``_best``), with
+hypothesis: the same placements and refusals, the same state and the same
+free index (bounds, counts, masks, stale marks) after every step, on fleets
+of cpu, memory and GPU nodes large enough for walks over several index
+blocks, for every placing strategy and for weights and limits the
+strategies do not use (negative weights, a limit of one, amounts past what
+a C double holds exactly, which the C code hands back to Python).
+
+Skipped, as the compiled index's own tests are, where the extension is not
+built or ``APPORTION_NO_NATIVE=1`` hides it (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apportion.core.model import Device, Node, NodeState
+from apportion.core.scheduling import ClusterState, Job, TaskSpec, fastindex, framework
+from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
+from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.interface import PlaceOptions
+from apportion.core.scheduling.policies import STRATEGIES
+from apportion.core.scheduling.scorers import SCORERS
+from sched_support import books, replay_steps
+
+if fastindex.pick is None:
+    if os.environ.get("CI") == "true" and os.environ.get("APPORTION_NO_NATIVE") != "1":
+        raise ImportError("the compiled free index was not built")  # CI tests what ships
+    pytest.skip("the compiled free index (core/scheduling/_freeindex_c.pyx) is not in use",
+                allow_module_level=True)
+
+SETTINGS = settings(max_examples=200, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+BIG = 2**51
+"""A memory amount past what ``pick`` scores in C (2**50): it hands back."""
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> list[Node]:
+    out = []
+    big = draw(st.integers(0, 3)) == 0
+    for i in range(draw(st.integers(1, 60))):
+        resources = {"cpu": draw(st.sampled_from([1000, 2000, 3000, 4000, 8000])),
+                     "memory": draw(st.sampled_from([4, 8, 12, 16, BIG if big else 32]))}
+        devices = {}
+        labels = {"zone": draw(st.sampled_from(["a", "b"]))}
+        gpus = draw(st.sampled_from([0, 0, 0, 2, 4]))
+        if gpus:
+            model = draw(st.sampled_from(["A100", "H100"]))
+            mixed = draw(st.integers(0, 5)) == 0  # a device check per node
+            devices = {"gpu": tuple(Device(f"GPU-{k}", "V100" if mixed and k == 0 else model)
+                                    for k in range(gpus))}
+            resources["gpu"] = gpus
+            labels["gpu.model"] = model
+        state = NodeState.READY if draw(st.integers(0, 9)) else NodeState.DRAINING
+        out.append(Node(f"n{i:02d}", resources, devices=devices, labels=labels, state=state))
+    return out
+
+
+CONSTRAINTS = [NO_CONSTRAINTS, NO_CONSTRAINTS, parse_constraints("zone=a"),
+               parse_constraints("gpu.model=H100")]
+
+what = st.tuples(st.sampled_from([0, 500, 1000, 1500, 2000, 4000]), st.sampled_from([0, 1, 2, 3]),
+                 st.sampled_from([0, 0, 0, 1, 2]), st.integers(0, len(CONSTRAINTS) - 1))
+steps = st.lists(st.tuples(st.integers(0, 3).map(bool), what, st.just(1), st.integers(0, 80)),
+                 min_size=1, max_size=80)
+
+OWN = {  # options no strategy has: every C-scored plugin, odd weights and limits
+    "all-four": PlaceOptions((
+        (SCORERS["binpack"], 0.7), (SCORERS["spread"], 0.3), (SCORERS["fitness"], 1.1),
+        (SCORERS["balanced"], 0.9)), limit=6),
+    "negative": PlaceOptions(((SCORERS["binpack"], -1.0), (SCORERS["fitness"], 2)), limit=3),
+    "one": PlaceOptions(((SCORERS["balanced"], 1.0),), limit=1),
+    "none": PlaceOptions((), limit=5),
+    "loose": PlaceOptions(((SCORERS["fitness"], 1.0), (SCORERS["balanced"], 0.5)),
+                          loose=True, limit=4),
+}
+OPTIONS = {**{name: s.options for name, s in STRATEGIES.items()}, **OWN}
+
+
+def _job(n: int, what: tuple[int, int, int, int], count: int, pick: int) -> Job:
+    cpu, memory, gpus, c = what
+    request = {r: q for r, q in (("cpu", cpu), ("memory", memory), ("gpu", gpus)) if q}
+    return Job(f"j{n}", (TaskSpec(request or {"cpu": 1}, count),), constraints=CONSTRAINTS[c])
+
+
+def _index(state: ClusterState) -> object:
+    out = {}
+    for r in ("cpu", "memory", "gpu"):
+        ix = state.index(r)
+        if ix is not None:
+            out[r] = (ix.blocks, ix.lasts, ix.lens, ix.bounds, ix.tops, ix.masks, ix.stale)
+    return out
+
+
+def _run(nodes: list[Node], ops: list[tuple[bool, Any, int, int]], options: PlaceOptions
+         ) -> tuple[list[object], object, object]:
+    state = ClusterState(nodes)
+    seen = replay_steps(state, Placer(state, options), ops, _job)
+    return seen, books(state), _index(state)
+
+
+@SETTINGS
+@given(fleets(), steps, st.sampled_from(sorted(OPTIONS)))
+def test_the_same_results_state_and_index_as_the_python_walk(
+    nodes: list[Node], ops: list[tuple[bool, Any, int, int]], name: str
+) -> None:
+    native = _run(nodes, ops, OPTIONS[name])
+    with mock.patch.object(framework, "pick", None):
+        assert _run(nodes, ops, OPTIONS[name]) == native
+
+
+def test_the_fullest_fitting_bucket_and_a_hand_back_past_exact_doubles() -> None:
+    nodes = [Node("a", {"cpu": 8000, "memory": 16}), Node("b", {"cpu": 4000, "memory": 16}),
+             Node("c", {"cpu": 4000, "memory": 2}), Node("d", {"cpu": 6000, "memory": BIG})]
+    state = ClusterState(nodes)
+    placer = Placer(state, STRATEGIES["fifo"].options)
+    verdict_of = framework.class_verdict
+    spec = TaskSpec({"cpu": 3000, "memory": 4})
+    job = Job("j", (spec,))
+    scorers = placer._scorers(job)
+    # "d" is a candidate whose memory a double cannot score exactly.
+    assert placer._pick(spec, verdict_of(state, job, 0), scorers) is False
+    state.update_node(Node("d", {"cpu": 6000, "memory": 64}))
+    picked = placer._pick(spec, verdict_of(state, job, 0), scorers)
+    assert picked is not False and picked is not None
+    rec, aligned = picked
+    assert (rec.name, aligned) == ("b", (3000, 4))
+    big = Job("k", (TaskSpec({"cpu": 9000}),))
+    assert placer._pick(big.tasks[0], verdict_of(state, big, 0), placer._scorers(big)) is None

@@ -1,12 +1,14 @@
 """The compiled one-task walk and ranking (``_freeindex_c.pick``, which
-``Placer._place_one`` calls through ``fastindex.pick``) held to the Python
-walk and ranking it stands for (``Placer._walk`` and ``_best``), with
-hypothesis: the same placements and refusals, the same state and the same
-free index (bounds, counts, masks, stale marks) after every step, on fleets
-of cpu, memory and GPU nodes large enough for walks over several index
-blocks, for every placing strategy and for weights and limits the
-strategies do not use (negative weights, a limit of one, amounts past what
-a C double holds exactly, which the C code hands back to Python).
+``Placer._place_one`` calls through ``fastindex.pick``) and the compiled
+move of a node's free vector (``_freeindex_c.move_free``, every grant and
+release) held to the Python they stand for (``Placer._walk`` and ``_best``,
+``FreeCapacity._move_py``), with hypothesis: the same placements and
+refusals, the same state and the same free index (bounds, counts, masks,
+stale marks) after every step, on fleets of cpu, memory and GPU nodes large
+enough for walks over several index blocks, for every placing strategy and
+for weights and limits the strategies do not use (negative weights, a limit
+of one, amounts past what a C double holds exactly, which the C code hands
+back to Python).
 
 Skipped, as the compiled index's own tests are, where the extension is not
 built or ``APPORTION_NO_NATIVE=1`` hides it (``tests/conftest.py``).
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import ClusterState, Job, TaskSpec, fastindex, framework
+from apportion.core.scheduling.capacity import FreeCapacity
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import PlaceOptions
@@ -115,7 +118,8 @@ def test_the_same_results_state_and_index_as_the_python_walk(
     nodes: list[Node], ops: list[tuple[bool, Any, int, int]], name: str
 ) -> None:
     native = _run(nodes, ops, OPTIONS[name])
-    with mock.patch.object(framework, "pick", None):
+    with (mock.patch.object(framework, "pick", None),
+          mock.patch.object(FreeCapacity, "_move", FreeCapacity._move_py)):
         assert _run(nodes, ops, OPTIONS[name]) == native
 
 

@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Literal
 
-from apportion.core.scheduling.capacity import Bucket
+from apportion.core.scheduling.capacity import Bucket, FreeCapacity, NodeRec
 from apportion.core.scheduling.freeindex import Entry
 from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
 
@@ -16,3 +16,7 @@ def pick(
     buckets: Mapping[int, Bucket], aligned_of: Mapping[int, tuple[int, ...]], limit: int,
     first: bool, scoring: tuple[tuple[int, float], ...],
 ) -> Entry | None | Literal[False]: ...
+
+def move_free(
+    state: FreeCapacity, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]
+) -> None: ...

@@ -19,6 +19,8 @@ Built by ``setup.py`` (optional: without a compiler the pure class is used;
 figures.
 """
 
+from bisect import bisect_left, insort
+
 from apportion.core.scheduling.freeindex import BLOCK
 from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
 
@@ -224,29 +226,7 @@ class FreeIndex(PureFreeIndex):
         _lower(self.bounds[kk], self.tops[kk], self.stale[kk], self.names[e[1]], e[2])
 
     def move(self, old, new, names):
-        cdef tuple o = old
-        cdef tuple w = new
-        cdef list lasts = self.lasts
-        cdef Py_ssize_t k = _bisect(lasts, o)
-        cdef Py_ssize_t nl = len(lasts)
-        if k >= nl:
-            raise ValueError(f"{old} not in index")
-        cdef list block = self.blocks[k]
-        cdef Py_ssize_t n = len(block)
-        cdef Py_ssize_t i = _bisect(block, o)
-        if i >= n or _cmp(<tuple>block[i], o) != 0:
-            raise ValueError(f"{old} not in index")
-        # As the pure ``move``: in one step when ``new`` stays in the block.
-        if (n == 1 or (k and _cmp(<tuple>lasts[k - 1], w) >= 0)
-                or (_cmp(w, <tuple>(block[n - 1] if i < n - 1 else block[n - 2])) >= 0
-                    and k < nl - 1)):
-            self._remove_at(k, block, i, old)
-            self.add(new, names)
-            return
-        del block[i]
-        block.insert(_bisect(block, w), w)
-        lasts[k] = block[n - 1]
-        _shift(self.bounds[k], self.tops[k], self.stale[k], names, o[2], w[2])
+        _move_entry(self, old, new, names)
 
     def recompute(self, k):
         # Entry by entry (the pure method groups them by their classes'
@@ -538,6 +518,96 @@ cdef double _score(int code, tuple cap, tuple free, tuple aligned, bint* ok):
         return 1.0 - (hi - lo)
     ok[0] = False
     return 0.0
+
+
+def move_free(state, rec, old, new):
+    """``capacity.FreeCapacity._move`` compiled (its ``_refile`` inlined):
+    node ``rec`` of ``state`` goes from free vector ``old`` to ``new``; the
+    same totals, buckets and index entries, in the same order of changes.
+    Bucket births and deaths (``_drop_bucket``, ``_new_bucket``) stay the
+    state's own methods."""
+    cdef tuple o = old
+    cdef tuple w = new
+    rec.free = w
+    bucket = rec.bucket
+    if bucket is None:
+        return
+    cls = rec.cls
+    cdef list fs = cls.free_sum
+    cdef dict ft = state._free_total
+    cdef tuple names = cls.resources
+    cdef Py_ssize_t i
+    cdef Py_ssize_t m = len(w)
+    for i in range(m):
+        d = w[i] - o[i]
+        if d or m == 1:  # a class of one resource adds even 0 (as the pure code does)
+            r = names[i]
+            ft[r] = ft[r] + d
+            fs[i] = fs[i] + d
+    cdef list nodes = bucket.nodes
+    cid = cls.id
+    key = (cid, w)
+    cdef dict bucket_of = state._bucket_of
+    target = bucket_of.get(key)
+    if target is None and len(nodes) == 1:
+        # Alone in its bucket, to a free vector no bucket has: the bucket
+        # moves with the node (``_refile``).
+        _refile(state, bucket, cid, names, w, key, bucket_of)
+        return
+    name = rec.name
+    cdef Py_ssize_t at = bisect_left(nodes, name)
+    if at == len(nodes) or nodes[at] != name:
+        raise KeyError(name)
+    del nodes[at]
+    if not nodes:
+        state._drop_bucket(bucket)
+    if target is None:
+        target = state._new_bucket(cls, w, key)
+    insort(<list>target.nodes, name)
+    rec.bucket = target
+
+
+cdef _refile(state, bucket, cid, tuple names, tuple w, key, dict bucket_of):
+    """``FreeCapacity._refile``: ``bucket`` gets the free vector ``w``."""
+    cdef tuple o = bucket.free
+    bid = bucket.id
+    del bucket_of[(cid, o)]
+    bucket_of[key] = bucket
+    bucket.free = w
+    cdef dict index = state._index
+    cdef Py_ssize_t i
+    for i in range(len(names)):
+        r = names[i]
+        ix = index[r]
+        if type(ix) is FreeIndex:
+            _move_entry(ix, (o[i], cid, o, bid), (w[i], cid, w, bid), names)
+        else:
+            ix.move((o[i], cid, o, bid), (w[i], cid, w, bid), names)
+
+
+cdef _move_entry(self, tuple o, tuple w, names):
+    """``FreeIndex.move`` (``move_free`` calls it without a method call)."""
+    cdef list lasts = self.lasts
+    cdef Py_ssize_t k = _bisect(lasts, o)
+    cdef Py_ssize_t nl = len(lasts)
+    if k >= nl:
+        raise ValueError(f"{o} not in index")
+    cdef list block = self.blocks[k]
+    cdef Py_ssize_t n = len(block)
+    cdef Py_ssize_t i = _bisect(block, o)
+    if i >= n or _cmp(<tuple>block[i], o) != 0:
+        raise ValueError(f"{o} not in index")
+    # As the pure ``move``: in one step when ``new`` stays in the block.
+    if (n == 1 or (k and _cmp(<tuple>lasts[k - 1], w) >= 0)
+            or (_cmp(w, <tuple>(block[n - 1] if i < n - 1 else block[n - 2])) >= 0
+                and k < nl - 1)):
+        self._remove_at(k, block, i, o)
+        self.add(w, names)
+        return
+    del block[i]
+    block.insert(_bisect(block, w), w)
+    lasts[k] = block[n - 1]
+    _shift(self.bounds[k], self.tops[k], self.stale[k], names, o[2], w[2])
 
 
 cdef _raise(dict bound, dict top, set loose, names, tuple free):

@@ -35,7 +35,7 @@ from typing import Any
 
 from apportion.core.errors import NodeNotFound
 from apportion.core.model import Device, Health, Node, NodeState
-from apportion.core.scheduling.fastindex import Index
+from apportion.core.scheduling.fastindex import Index, move_free
 from apportion.core.scheduling.freeindex import FreeIndex
 
 
@@ -316,7 +316,9 @@ class FreeCapacity:
             ct[r] = ct.get(r, 0) + sign * c
             fs[i] += sign * f
 
-    def _move(self, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+    def _move_py(self, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+        """``_move`` in Python: where the compiled one was not built, and
+        what ``tests/core/test_sched_pick_native.py`` holds it to."""
         # The hot path of every grant and release: _leave/_enter inlined.
         rec.free = new
         bucket = rec.bucket
@@ -352,6 +354,11 @@ class FreeCapacity:
             target = self._new_bucket(cls, new, key)
         insort(target.nodes, rec.name)
         rec.bucket = target
+
+    _move = _move_py if move_free is None else move_free
+    """Node ``rec`` goes from free vector ``old`` to ``new``: its bucket,
+    the totals and the index entries follow (``fastindex.move_free``, the
+    same in C, where it was built)."""
 
     def _refile(self, bucket: Bucket, new: tuple[int, ...], key: tuple[int, tuple[int, ...]]
                 ) -> None:

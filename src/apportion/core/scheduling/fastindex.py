@@ -19,12 +19,15 @@ Index: type[FreeIndex]
 pick: Callable[..., Entry | None | Literal[False]] | None
 """``_freeindex_c.pick``, a one-task placement's walk and ranking in one C
 call (``Placer._place_one``), or None: the walk and ranking in Python."""
+move_free: Callable[..., None] | None
+"""``_freeindex_c.move_free``, ``capacity.FreeCapacity._move`` compiled
+(every grant and release), or None: the Python method."""
 try:
     from apportion.core.scheduling._freeindex_c import FreeIndex as Index
-    from apportion.core.scheduling._freeindex_c import pick
+    from apportion.core.scheduling._freeindex_c import move_free, pick
 except ImportError:
     Index = FreeIndex
-    pick = None
+    pick = move_free = None
 
 NATIVE = Index is not FreeIndex
 """Whether the compiled index is in use."""

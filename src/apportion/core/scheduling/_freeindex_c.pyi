@@ -15,7 +15,7 @@ def pick(
     need_of: dict[int, tuple[tuple[int, int], ...]], walked_of: dict[int, tuple[int, int]],
     buckets: Mapping[int, Bucket], aligned_of: Mapping[int, tuple[int, ...]], limit: int,
     first: bool, scoring: tuple[tuple[int, float], ...],
-) -> Entry | None | Literal[False]: ...
+) -> Entry | Literal[False] | None: ...
 
 def move_free(
     state: FreeCapacity, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]

@@ -16,7 +16,7 @@ from typing import Literal
 from apportion.core.scheduling.freeindex import Entry, FreeIndex
 
 Index: type[FreeIndex]
-pick: Callable[..., Entry | None | Literal[False]] | None
+pick: Callable[..., Entry | Literal[False] | None] | None
 """``_freeindex_c.pick``, a one-task placement's walk and ranking in one C
 call (``Placer._place_one``), or None: the walk and ranking in Python."""
 move_free: Callable[..., None] | None

@@ -184,7 +184,7 @@ class Placer:
         return PlaceResult(None, busy_failure(state, job, spec, 1))
 
     def _pick(self, spec: TaskSpec, verdict: Verdict, scorers: list[tuple[ScorePlugin, float]]
-              ) -> tuple[NodeRec, tuple[int, ...]] | None | Literal[False]:
+              ) -> tuple[NodeRec, tuple[int, ...]] | Literal[False] | None:
         """The node and request ``_walk``, ``_best`` and ``_take_one`` choose
         for one task where no node is a candidate on its own
         (``fastindex.pick``, in C), None where nothing fits, or False where

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.core.model import Device, Node, NodeState
+from apportion.core.model import Node
 from apportion.core.scheduling import ClusterState, Job, TaskSpec, fastindex, framework
 from apportion.core.scheduling.capacity import FreeCapacity
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
@@ -32,7 +32,7 @@ from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import PlaceOptions
 from apportion.core.scheduling.policies import STRATEGIES
 from apportion.core.scheduling.scorers import SCORERS
-from sched_support import books, replay_steps
+from sched_support import books, mixed_fleets, replay_steps
 
 if fastindex.pick is None:
     if os.environ.get("CI") == "true" and os.environ.get("APPORTION_NO_NATIVE") != "1":
@@ -47,26 +47,13 @@ BIG = 2**51
 """A memory amount past what ``pick`` scores in C (2**50): it hands back."""
 
 
-@st.composite
-def fleets(draw: st.DrawFn) -> list[Node]:
-    out = []
-    big = draw(st.integers(0, 3)) == 0
-    for i in range(draw(st.integers(1, 60))):
-        resources = {"cpu": draw(st.sampled_from([1000, 2000, 3000, 4000, 8000])),
-                     "memory": draw(st.sampled_from([4, 8, 12, 16, BIG if big else 32]))}
-        devices = {}
-        labels = {"zone": draw(st.sampled_from(["a", "b"]))}
-        gpus = draw(st.sampled_from([0, 0, 0, 2, 4]))
-        if gpus:
-            model = draw(st.sampled_from(["A100", "H100"]))
-            mixed = draw(st.integers(0, 5)) == 0  # a device check per node
-            devices = {"gpu": tuple(Device(f"GPU-{k}", "V100" if mixed and k == 0 else model)
-                                    for k in range(gpus))}
-            resources["gpu"] = gpus
-            labels["gpu.model"] = model
-        state = NodeState.READY if draw(st.integers(0, 9)) else NodeState.DRAINING
-        out.append(Node(f"n{i:02d}", resources, devices=devices, labels=labels, state=state))
-    return out
+def fleets() -> st.SearchStrategy[list[Node]]:
+    """Fleets of up to 60 nodes (walks over several index blocks), a
+    quarter of them with a memory amount past exact doubles."""
+    plain = (4, 8, 12, 16, 32)
+    return st.sampled_from([plain, plain, plain, (*plain[:4], BIG)]).flatmap(
+        lambda memories: mixed_fleets(60, (1000, 2000, 3000, 4000, 8000), memories,
+                                      (0, 0, 0, 2, 4)))
 
 
 CONSTRAINTS = [NO_CONSTRAINTS, NO_CONSTRAINTS, parse_constraints("zone=a"),

@@ -7,8 +7,6 @@ shares). Written for the mutants of ``devices.py`` (docs/testing.md).
 
 from __future__ import annotations
 
-from itertools import combinations
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +14,6 @@ from apportion.core.model import Device, Node
 from apportion.core.scheduling import ClusterState, parse_constraints
 from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.devices import (
-    EXHAUSTIVE_LIMIT,
     _best_linked,
     _least_linked,
     choose,
@@ -171,49 +168,3 @@ def test_plain_devices_without_terms_are_the_first_free_ones(free: list[int], co
     rec.free_devices["gpu"] = [f"g{i}" for i in sorted(free)]
     ids = matching_free(rec, "gpu", ())
     assert choose(rec, "gpu", count, ()) == (tuple(ids[:count]) if len(ids) >= count else None)
-
-
-def _linked_by_calls(devices: list[Device], count: int) -> list[Device]:
-    """The searches as they were before ``NodeRec.links``: ``link`` called
-    for every pair they compare."""
-    if count == 1:
-        return [min(devices, key=lambda d: sum(link(d, o) for o in devices if o is not d))]
-    if len(devices) == count:
-        return devices
-    if _n_sets(len(devices), count) <= EXHAUSTIVE_LIMIT:
-        return list(max(combinations(devices, count), key=set_link_score))
-    chosen = [max(devices, key=lambda d: sum(link(d, o) for o in devices))]
-    rest = [d for d in devices if d is not chosen[0]]
-    while len(chosen) < count:
-        nxt = max(rest, key=lambda d: sum(link(d, c) for c in chosen))
-        chosen.append(nxt)
-        rest.remove(nxt)
-    return chosen
-
-
-def _n_sets(n: int, k: int) -> int:
-    return len(list(combinations(range(n), k)))
-
-
-attrs = st.fixed_dictionaries({}, optional={
-    "nvlink": st.lists(st.sampled_from([f"g{k}" for k in range(12)]), max_size=4),
-    "pcie_switch": st.sampled_from(["s0", "s1"]), "numa": st.integers(0, 1)})
-
-
-@given(st.lists(attrs, min_size=1, max_size=12), st.lists(st.integers(0, 11), max_size=11),
-       st.integers(1, 12), st.integers(1, 3))
-def test_choices_by_the_link_table_are_those_of_link_itself(
-        kinds: list[dict[str, object]], busy: list[int], count: int, tasks: int) -> None:
-    # Several tasks in turn on one node: the table made at the first choice
-    # serves the later ones, and every pick is the pair-by-pair search's.
-    rec = rec_of(*(Device(f"g{k}", attrs=a) for k, a in enumerate(kinds)))
-    rec.free_devices["gpu"] = [d for k, d in enumerate(rec.free_devices["gpu"]) if k not in busy]
-    for _ in range(tasks):
-        free = [rec.devices["gpu"][d] for d in rec.free_devices["gpu"]]
-        got = choose(rec, "gpu", count, ())
-        if len(free) < count:
-            assert got is None
-            return
-        assert got == tuple(d.id for d in _linked_by_calls(free, count))
-        assert got is not None
-        rec.free_devices["gpu"] = [d for d in rec.free_devices["gpu"] if d not in got]

@@ -17,6 +17,7 @@ built or ``APPORTION_NO_NATIVE=1`` hides it (``tests/conftest.py``).
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -31,7 +32,7 @@ from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constrai
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.interface import PlaceOptions
 from apportion.core.scheduling.policies import STRATEGIES
-from apportion.core.scheduling.scorers import SCORERS
+from apportion.core.scheduling.scorers import NATIVE_CODES, SCORERS
 from sched_support import books, mixed_fleets, replay_steps
 
 if fastindex.pick is None:
@@ -39,6 +40,9 @@ if fastindex.pick is None:
         raise ImportError("the compiled free index was not built")  # CI tests what ships
     pytest.skip("the compiled free index (core/scheduling/_freeindex_c.pyx) is not in use",
                 allow_module_level=True)
+
+# Built and in use (checked above): importing it sooner fails where it is hidden.
+from apportion.core.scheduling._freeindex_c import score
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -56,6 +60,14 @@ def fleets() -> st.SearchStrategy[list[Node]]:
                                       (0, 0, 0, 2, 4)))
 
 
+def random_fleets() -> st.SearchStrategy[list[Node]]:
+    """Fleets whose amounts are any integers (of a few sizes each, so some
+    buckets share them): shares that no round figure gives."""
+    sizes = st.lists(st.integers(1, 2**40), min_size=1, max_size=5).map(tuple)
+    return st.tuples(sizes, st.lists(st.integers(1, 64), min_size=1, max_size=5).map(tuple)
+                     ).flatmap(lambda t: mixed_fleets(60, t[0], t[1], (0, 0, 0, 2, 4)))
+
+
 CONSTRAINTS = [NO_CONSTRAINTS, NO_CONSTRAINTS, parse_constraints("zone=a"),
                parse_constraints("gpu.model=H100")]
 
@@ -63,6 +75,19 @@ what = st.tuples(st.sampled_from([0, 500, 1000, 1500, 2000, 4000]), st.sampled_f
                  st.sampled_from([0, 0, 0, 1, 2]), st.integers(0, len(CONSTRAINTS) - 1))
 steps = st.lists(st.tuples(st.integers(0, 3).map(bool), what, st.just(1), st.integers(0, 80)),
                  min_size=1, max_size=80)
+any_what = st.tuples(st.integers(0, 2**38), st.integers(0, 16), st.sampled_from([0, 0, 0, 1, 2]),
+                     st.integers(0, len(CONSTRAINTS) - 1))
+any_steps = st.lists(st.tuples(st.integers(0, 3).map(bool), any_what, st.just(1),
+                               st.integers(0, 80)), min_size=1, max_size=80)
+weights = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+any_options = st.builds(
+    PlaceOptions,
+    st.lists(st.tuples(st.sampled_from([SCORERS[n] for n in
+                                        ("binpack", "spread", "fitness", "balanced")]),
+                       weights), max_size=4).map(tuple),
+    st.booleans(), st.integers(1, 8))
+"""Options of any C-scored plugins with any finite weights, negative ones
+included, and any limit."""
 
 OWN = {  # options no strategy has: every C-scored plugin, odd weights and limits
     "all-four": PlaceOptions((
@@ -128,3 +153,48 @@ def test_the_fullest_fitting_bucket_and_a_hand_back_past_exact_doubles() -> None
     assert (rec.name, aligned) == ("b", (3000, 4))
     big = Job("k", (TaskSpec({"cpu": 9000}),))
     assert placer._pick(big.tasks[0], verdict_of(state, big, 0), placer._scorers(big)) is None
+
+
+@SETTINGS
+@given(random_fleets(), any_steps, any_options)
+def test_the_same_with_any_amounts_and_weights(
+    nodes: list[Node], ops: list[tuple[bool, Any, int, int]], options: PlaceOptions
+) -> None:
+    native = _run(nodes, ops, options)
+    with (mock.patch.object(framework, "pick", None),
+          mock.patch.object(FreeCapacity, "_move", FreeCapacity._move_py)):
+        assert _run(nodes, ops, options) == native
+
+
+EXACT = 2**50
+amounts = st.integers(0, EXACT - 1)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(sorted(NATIVE_CODES, key=NATIVE_CODES.__getitem__)),
+       st.lists(st.tuples(st.integers(1, EXACT - 1), amounts, amounts), min_size=1, max_size=3))
+def test_the_c_score_is_the_plugins_float_for_float(plugin: type, rows: list[tuple[int, ...]]
+                                                    ) -> None:
+    # Exact equality: a division rewritten as a product by the inverse, or
+    # sums in another order, round differently somewhere in this range.
+    cap, free, aligned = (tuple(col) for col in zip(*rows, strict=True))
+    cand = SimpleNamespace(cls=SimpleNamespace(capacity=cap), free=free, aligned=aligned)
+    want = plugin().score(cand, None)
+    assert score(NATIVE_CODES[plugin], cap, free, aligned) == want
+
+
+def test_the_c_score_hands_back_what_a_double_cannot_hold() -> None:
+    assert score(1, (EXACT,), (0,), (1,)) is None
+    assert score(3, (4, 0), (1, 0), (1, 0)) is None
+    assert score(4, (4, 8), (1, 8), (1, 2)) == 1.0 - (1.0 - 0.25)
+
+
+def test_a_limit_past_a_c_size_ranks_every_entry() -> None:
+    nodes = [Node("a", {"cpu": 8000}), Node("b", {"cpu": 4000})]
+    state = ClusterState(nodes)
+    placer = Placer(state, PlaceOptions(((SCORERS["spread"], 1.0),), limit=10**20))
+    job = Job("j", (TaskSpec({"cpu": 1000}),))
+    picked = placer._pick(job.tasks[0], framework.class_verdict(state, job, 0),
+                          placer._scorers(job))
+    assert picked is not False and picked is not None
+    assert picked[0].name == "a"

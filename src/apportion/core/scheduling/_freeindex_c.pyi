@@ -17,6 +17,10 @@ def pick(
     first: bool, scoring: tuple[tuple[int, float], ...],
 ) -> Entry | Literal[False] | None: ...
 
+def score(
+    code: int, cap: tuple[int, ...], free: tuple[int, ...], aligned: tuple[int, ...]
+) -> float | None: ...
+
 def move_free(
     state: FreeCapacity, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]
 ) -> None: ...

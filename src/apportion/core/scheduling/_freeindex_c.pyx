@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# distutils: extra_compile_args = -ffp-contract=off
+# distutils: extra_compile_args = -ffp-contract=off -fno-fast-math
 """``freeindex.FreeIndex`` with its hot methods compiled (Cython): the
 placement walk's search (``fitting``), a bound's tightening and the entry
 moves of every grant and release.
@@ -19,6 +19,7 @@ Built by ``setup.py`` (optional: without a compiler the pure class is used;
 figures.
 """
 
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from bisect import bisect_left, insort
 
 from apportion.core.scheduling.freeindex import BLOCK
@@ -443,7 +444,8 @@ def pick(index, k0, i0, loose, vmask, need, first_of, need_of, walked_of, bucket
     cdef tuple entry = walk.next()
     if entry is None:
         return None
-    cdef Py_ssize_t cap_n = 1 if first else limit
+    # A limit past what a C size holds keeps every entry, as Python's would.
+    cdef Py_ssize_t cap_n = 1 if first else (limit if limit < PY_SSIZE_T_MAX else PY_SSIZE_T_MAX)
     if cap_n <= 1:
         return entry
     cdef list kept = [entry]
@@ -470,6 +472,14 @@ def pick(index, k0, i0, loose, vmask, need, first_of, need_of, walked_of, bucket
             best = entry
             best_score = total
     return best
+
+
+def score(code, cap, free, aligned):
+    """``_score`` as ``pick`` computes it, for the tests that hold it to
+    ``scorers``' plugins: None where it cannot be exact in C."""
+    cdef bint ok = True
+    cdef double s = _score(code, cap, free, aligned, &ok)
+    return s if ok else None
 
 
 cdef long long EXACT = 1LL << 50

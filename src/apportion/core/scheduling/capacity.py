@@ -87,7 +87,7 @@ class NodeRec:
     """One node's mutable bookkeeping."""
 
     __slots__ = ("bucket", "cls", "device_rank", "devices", "free", "free_devices", "jobs",
-                 "links", "name", "node", "plain_devices")
+                 "name", "node", "plain_devices")
 
     def __init__(self, node: Node, cls: NodeClass) -> None:
         self.name = node.name
@@ -111,9 +111,6 @@ class NodeRec:
         """Resources whose devices carry no attributes (no links, no share
         slots): any free ones serve a task alike (``devices.choose``)."""
         self.jobs: dict[str, int] = {}
-        self.links: dict[str, dict[str, dict[str, int]]] = {}
-        """Per resource, the link score of each pair of its devices
-        (``devices.link_table``), made when a task first chooses by links."""
 
     def free_vector(self) -> dict[str, int]:
         return dict(zip(self.cls.resources, self.free, strict=True))

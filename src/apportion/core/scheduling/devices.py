@@ -90,49 +90,27 @@ def choose(
         return tuple(ids[:count])
     if any("parent" in d.attrs for d in devices):
         return pick_slots(ids, by_id, count)
-    links = rec.links.get(resource)
-    if links is None:
-        links = rec.links[resource] = link_table(list(by_id.values()))
     if count == 1:
-        return (_least_linked(devices, links).id,)
-    return tuple(d.id for d in _best_linked(devices, count, links))
+        return (_least_linked(devices).id,)
+    return tuple(d.id for d in _best_linked(devices, count))
 
 
-Links = dict[str, dict[str, int]]
-"""``link(a, b)`` by the two devices' ids (``NodeRec.links`` keeps one per
-resource: a node's devices and their attributes never change, and a GPU
-task's choice asks for dozens of pairs)."""
-
-
-def link_table(devices: Sequence[Device]) -> Links:
-    return {a.id: {b.id: link(a, b) for b in devices} for a in devices}
-
-
-def _least_linked(devices: list[Device], links: Links | None = None) -> Device:
+def _least_linked(devices: list[Device]) -> Device:
     # Ties keep device order, so a node without link info hands out GPU 0 first.
-    table = link_table(devices) if links is None else links
-    return min(devices, key=lambda d: _linked(table[d.id], devices, d))
+    return min(devices, key=lambda d: sum(link(d, o) for o in devices if o is not d))
 
 
-def _linked(row: dict[str, int], others: Sequence[Device], skip: Device | None = None) -> int:
-    """``sum(link(d, o) for o in others if o is not skip)`` for ``d``'s row."""
-    return sum(row[o.id] for o in others if o is not skip)
-
-
-def _best_linked(devices: list[Device], count: int, links: Links | None = None
-                 ) -> list[Device]:
+def _best_linked(devices: list[Device], count: int) -> list[Device]:
     if len(devices) == count:
         return devices
-    table = link_table(devices) if links is None else links
     n_sets = _n_choose_k(len(devices), count)
     if n_sets <= EXHAUSTIVE_LIMIT:
-        best = max(combinations(devices, count),
-                   key=lambda ds: sum(table[a.id][b.id] for a, b in combinations(ds, 2)))
+        best = max(combinations(devices, count), key=set_link_score)
         return list(best)
-    chosen = [max(devices, key=lambda d: _linked(table[d.id], devices))]
+    chosen = [max(devices, key=lambda d: sum(link(d, o) for o in devices))]
     rest = [d for d in devices if d is not chosen[0]]
     while len(chosen) < count:
-        nxt = max(rest, key=lambda d: _linked(table[d.id], chosen))
+        nxt = max(rest, key=lambda d: sum(link(d, c) for c in chosen))
         chosen.append(nxt)
         rest.remove(nxt)
     return chosen

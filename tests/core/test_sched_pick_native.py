@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.core.model import Node
+from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import ClusterState, Job, TaskSpec, fastindex, framework
 from apportion.core.scheduling.capacity import FreeCapacity
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
@@ -198,3 +198,24 @@ def test_a_limit_past_a_c_size_ranks_every_entry() -> None:
                           placer._scorers(job))
     assert picked is not False and picked is not None
     assert picked[0].name == "a"
+
+
+def test_no_compiled_walk_left_behind_where_a_class_is_past_exact_doubles() -> None:
+    # Hypothesis's find: ``pick`` walked (tightening the gpu index's bounds),
+    # met the memory of 2**51 and handed back; the Python walk then found
+    # those bounds tight already, and the index's tops and stale marks
+    # differed from the Python path's. Such a fleet now walks in Python.
+    gpus = tuple(Device(f"GPU-{k}", "V100" if k == 0 else "A100") for k in range(4))
+    nodes = [Node("n00", {"cpu": 1000, "memory": BIG, "gpu": 2}, devices={"gpu": gpus[:2]}),
+             *(Node(f"n0{i}", {"cpu": 1000, "memory": 4}, state=NodeState.DRAINING)
+               for i in (1, 2)),
+             Node("n03", {"cpu": 1000, "memory": 4}),
+             Node("n04", {"cpu": 2000, "memory": 4, "gpu": 4}, devices={"gpu": gpus})]
+    none, gpu = (False, (0, 0, 0, 0), 1, 0), (False, (0, 1, 1, 0), 1, 0)
+    ops: list[tuple[bool, Any, int, int]] = [
+        *[none] * 6, gpu, *[none] * 3, (False, (1500, 0, 0, 0), 1, 0), *[none] * 3, gpu]
+    native = _run(nodes, ops, STRATEGIES["fifo"].options)
+    assert ClusterState(nodes).inexact
+    with (mock.patch.object(framework, "pick", None),
+          mock.patch.object(FreeCapacity, "_move", FreeCapacity._move_py)):
+        assert _run(nodes, ops, STRATEGIES["fifo"].options) == native

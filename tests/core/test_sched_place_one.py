@@ -15,8 +15,7 @@ from apportion.core.model import Node
 from apportion.core.reasons import Kind
 from apportion.core.scheduling import ClusterState, Job, TaskSpec
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
-from apportion.core.scheduling.filters import class_verdict
-from apportion.core.scheduling.framework import Placer, _first_is_pick
+from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.policies import STRATEGIES
 from apportion.core.scheduling.status import PlaceResult
 from sched_support import books, mixed_fleets, replay_steps
@@ -79,18 +78,3 @@ def test_one_task_takes_the_fullest_node_that_fits() -> None:
     assert (refused.failure.kind, refused.failure.message) == (
         Kind.NEVER, "0/3 nodes can take it: cpu: node capacity 4 < 9 requested (2); "
         "cpu: node capacity 8 < 9 requested (1)")
-
-
-def test_the_first_entry_is_the_pick_by_one_rule() -> None:
-    # The one rule ``_walk`` and the compiled ``pick`` both stop by.
-    state = ClusterState([Node("a", {"cpu": 8000}), Node("b", {"gpu": 2, "memory": 8})])
-    pack = STRATEGIES["fifo"].options
-    lone = class_verdict(state, Job("j", (TaskSpec({"cpu": 1000}),)), 0)
-    shared = class_verdict(state, Job("k", (TaskSpec({"memory": 1}),)), 0)
-    assert pack.first_is_best and lone.lone and not shared.lone
-    assert _first_is_pick(pack, lone, False, None)
-    assert not _first_is_pick(pack, lone, True, None)
-    assert not _first_is_pick(pack, lone, False, {0: []})
-    assert _first_is_pick(pack, lone, False, {})
-    assert not _first_is_pick(pack, shared, False, None)
-    assert not _first_is_pick(STRATEGIES["spread"].options, lone, False, None)

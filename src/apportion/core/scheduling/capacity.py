@@ -157,6 +157,11 @@ class FreeCapacity:
         self._recs: dict[str, NodeRec] = {}
         self._classes: dict[tuple[Any, ...], NodeClass] = {}
         self._class_by_id: dict[int, NodeClass] = {}
+        self.inexact = False
+        """Whether a class has an amount that is zero or not an exact C
+        double (2**50 or more): ``_freeindex_c.pick`` would walk and then
+        hand back, its walk's bound tightenings left behind, so
+        ``Placer._place_one`` walks in Python from the start."""
         self._buckets: dict[int, Bucket] = {}
         self._bucket_of: dict[tuple[int, tuple[int, ...]], Bucket] = {}
         self._index: dict[str, FreeIndex] = {}
@@ -251,6 +256,8 @@ class FreeCapacity:
             cls.bit = 1 << cls.id
             self._classes[key] = cls
             self._class_by_id[cls.id] = cls
+            if any(a <= 0 or a >= 2**50 for a in cls.capacity):
+                self.inexact = True
             self.version += 1
             self.cache.clear()
         return cls

@@ -219,3 +219,25 @@ def test_no_compiled_walk_left_behind_where_a_class_is_past_exact_doubles() -> N
     with (mock.patch.object(framework, "pick", None),
           mock.patch.object(FreeCapacity, "_move", FreeCapacity._move_py)):
         assert _run(nodes, ops, STRATEGIES["fifo"].options) == native
+
+
+def test_a_class_past_exact_doubles_sends_only_the_jobs_it_may_hold_to_python() -> None:
+    # A node declaring gpu=0 (a zero capacity: no exact score) must not
+    # take the compiled walk from jobs only the other classes can hold.
+    nodes = [Node("zero", {"cpu": 4, "gpu": 0}), Node("big", {"cpu": 64, "memory": 8})]
+    state = ClusterState(nodes)
+    assert state.inexact == state.nodes["zero"].cls.bit
+    placer = Placer(state, STRATEGIES["binpack"].options)
+    calls: list[object] = []
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return fastindex.pick(*args)
+
+    with mock.patch.object(framework, "pick", counted):
+        needs_memory = placer.place(Job("m", (TaskSpec({"cpu": 8, "memory": 1}),)))
+        assert [t.node for t in needs_memory.tasks or ()] == ["big"]
+        assert len(calls) == 1
+        either = placer.place(Job("c", (TaskSpec({"cpu": 2}),)))
+        assert [t.node for t in either.tasks or ()] == ["zero"]
+        assert len(calls) == 1  # "zero" may hold it: walked in Python

@@ -157,11 +157,13 @@ class FreeCapacity:
         self._recs: dict[str, NodeRec] = {}
         self._classes: dict[tuple[Any, ...], NodeClass] = {}
         self._class_by_id: dict[int, NodeClass] = {}
-        self.inexact = False
-        """Whether a class has an amount that is zero or not an exact C
-        double (2**50 or more): ``_freeindex_c.pick`` would walk and then
-        hand back, its walk's bound tightenings left behind, so
-        ``Placer._place_one`` walks in Python from the start."""
+        self.inexact = 0
+        """The bits (``NodeClass.bit``) of classes with an amount that is
+        zero or not an exact C double (2**50 or more): ``_freeindex_c.pick``
+        would walk and then hand back, its walk's bound tightenings left
+        behind, so ``Placer._place_one`` walks in Python from the start for
+        a job such a class may hold (only for those: a node declaring
+        ``gpu=0`` leaves the other classes' placements compiled)."""
         self._buckets: dict[int, Bucket] = {}
         self._bucket_of: dict[tuple[int, tuple[int, ...]], Bucket] = {}
         self._index: dict[str, FreeIndex] = {}
@@ -257,7 +259,7 @@ class FreeCapacity:
             self._classes[key] = cls
             self._class_by_id[cls.id] = cls
             if any(a <= 0 or a >= 2**50 for a in cls.capacity):
-                self.inexact = True
+                self.inexact |= cls.bit
             self.version += 1
             self.cache.clear()
         return cls

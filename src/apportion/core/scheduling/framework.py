@@ -166,7 +166,8 @@ class Placer:
                 return PlaceResult((lone,))
         scorers = self._scorers(job)
         per_node = self._per_node(job, verdict, scorers)
-        if pick is not None and not per_node and not verdict.device_check and not state.inexact:
+        if (pick is not None and not per_node and not verdict.device_check
+                and not verdict.mask & state.inexact):
             # Buckets only, ranked by plugins the compiled walk scores: the
             # walk and ranking in one C call.
             picked = self._pick(spec, verdict, scorers)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hypothesis import strategies as st
 from sortedcontainers import SortedList
 
-from apportion.core.model import Node
+from apportion.core.model import Device, Node, NodeState
 from apportion.core.scheduling import ClusterState, Job, TaskPlacement, job
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import RunningJob
@@ -88,3 +89,28 @@ def past_ids_recounted(state: ClusterState, now: float) -> list[str]:
     (``ClusterState.past_ids``), from the running jobs."""
     return sorted(job_id for job_id, rj in state.running.items()
                   if rj.estimate is not None and rj.start + rj.estimate <= now)
+
+
+@st.composite
+def mixed_fleets(draw: st.DrawFn, most: int = 12, cpus: Sequence[int] = (2000, 4000, 8000),
+                 memories: Sequence[int] = (4, 8, 16), gpus: Sequence[int] = (0, 0, 2, 4)
+                 ) -> list[Node]:
+    """Up to ``most`` nodes of cpu and memory, some with GPUs (of a model, or
+    one of another model: a device check per node), in two zones, a few not
+    ready: what the one-task placement paths are held to each other on."""
+    out = []
+    for i in range(draw(st.integers(1, most))):
+        resources = {"cpu": draw(st.sampled_from(cpus)), "memory": draw(st.sampled_from(memories))}
+        devices = {}
+        labels = {"zone": draw(st.sampled_from(["a", "b"]))}
+        n_gpus = draw(st.sampled_from(gpus))
+        if n_gpus:
+            model = draw(st.sampled_from(["A100", "H100"]))
+            mixed = draw(st.integers(0, 5)) == 0
+            devices = {"gpu": tuple(Device(f"GPU-{k}", "V100" if mixed and k == 0 else model)
+                                    for k in range(n_gpus))}
+            resources["gpu"] = n_gpus
+            labels["gpu.model"] = model
+        state = NodeState.READY if draw(st.integers(0, 9)) else NodeState.DRAINING
+        out.append(Node(f"n{i:02d}", resources, devices=devices, labels=labels, state=state))
+    return out

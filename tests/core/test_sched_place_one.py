@@ -11,14 +11,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.core.model import Device, Node, NodeState
+from apportion.core.model import Node
 from apportion.core.reasons import Kind
 from apportion.core.scheduling import ClusterState, Job, TaskSpec
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
 from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.policies import STRATEGIES
 from apportion.core.scheduling.status import PlaceResult
-from sched_support import books, replay_steps
+from sched_support import books, mixed_fleets, replay_steps
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -26,27 +26,6 @@ SETTINGS = settings(max_examples=150, deadline=None,
 GENERAL = ("no-such-node",)
 """A preferred node that is not there: ``place`` takes the general path,
 whose preference stage skips it."""
-
-
-@st.composite
-def fleets(draw: st.DrawFn) -> list[Node]:
-    out = []
-    for i in range(draw(st.integers(1, 12))):
-        resources = {"cpu": draw(st.sampled_from([2000, 4000, 8000])),
-                     "memory": draw(st.sampled_from([4, 8, 16]))}
-        devices = {}
-        labels = {"zone": draw(st.sampled_from(["a", "b"]))}
-        gpus = draw(st.sampled_from([0, 0, 2, 4]))
-        if gpus:
-            model = draw(st.sampled_from(["A100", "H100"]))
-            mixed = draw(st.integers(0, 5)) == 0  # a device check per node
-            devices = {"gpu": tuple(Device(f"GPU-{k}", "V100" if mixed and k == 0 else model)
-                                    for k in range(gpus))}
-            resources["gpu"] = gpus
-            labels["gpu.model"] = model
-        state = NodeState.READY if draw(st.integers(0, 9)) else NodeState.DRAINING
-        out.append(Node(f"n{i:02d}", resources, devices=devices, labels=labels, state=state))
-    return out
 
 
 CONSTRAINTS = [NO_CONSTRAINTS, NO_CONSTRAINTS, parse_constraints("zone=a"),
@@ -77,7 +56,7 @@ def _run(nodes: list[Node], ops: list[tuple[bool, Any, int, int]], strategy: str
 
 
 @SETTINGS
-@given(fleets(), steps, st.sampled_from(["fifo", "binpack", "cost", "affinity", "spread"]))
+@given(mixed_fleets(), steps, st.sampled_from(["fifo", "binpack", "cost", "affinity", "spread"]))
 def test_the_same_results_and_state_as_the_general_path(
     nodes: list[Node], ops: list[tuple[bool, Any, int, int]], strategy: str
 ) -> None:

@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# distutils: extra_compile_args = -ffp-contract=off -fno-fast-math
 """``freeindex.FreeIndex`` with its hot methods compiled (Cython): the
 placement walk's search (``fitting``), a bound's tightening and the entry
 moves of every grant and release.
@@ -17,6 +18,9 @@ Built by ``setup.py`` (optional: without a compiler the pure class is used;
 ``fastindex`` chooses). bench/README.md, tenth session (h26-native), has the
 figures.
 """
+
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from bisect import bisect_left, insort
 
 from apportion.core.scheduling.freeindex import BLOCK
 from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
@@ -223,29 +227,7 @@ class FreeIndex(PureFreeIndex):
         _lower(self.bounds[kk], self.tops[kk], self.stale[kk], self.names[e[1]], e[2])
 
     def move(self, old, new, names):
-        cdef tuple o = old
-        cdef tuple w = new
-        cdef list lasts = self.lasts
-        cdef Py_ssize_t k = _bisect(lasts, o)
-        cdef Py_ssize_t nl = len(lasts)
-        if k >= nl:
-            raise ValueError(f"{old} not in index")
-        cdef list block = self.blocks[k]
-        cdef Py_ssize_t n = len(block)
-        cdef Py_ssize_t i = _bisect(block, o)
-        if i >= n or _cmp(<tuple>block[i], o) != 0:
-            raise ValueError(f"{old} not in index")
-        # As the pure ``move``: in one step when ``new`` stays in the block.
-        if (n == 1 or (k and _cmp(<tuple>lasts[k - 1], w) >= 0)
-                or (_cmp(w, <tuple>(block[n - 1] if i < n - 1 else block[n - 2])) >= 0
-                    and k < nl - 1)):
-            self._remove_at(k, block, i, old)
-            self.add(new, names)
-            return
-        del block[i]
-        block.insert(_bisect(block, w), w)
-        lasts[k] = block[n - 1]
-        _shift(self.bounds[k], self.tops[k], self.stale[k], names, o[2], w[2])
+        _move_entry(self, old, new, names)
 
     def recompute(self, k):
         # Entry by entry (the pure method groups them by their classes'
@@ -316,68 +298,112 @@ class FreeIndex(PureFreeIndex):
         (<set>self.stale[k]).discard(resource)
 
     def fitting(self, k0, i0, loose, vmask, need, first_of, need_of, walked_of):
-        cdef list blocks = self.blocks
-        cdef list bounds = self.bounds
-        cdef list masks = self.masks
-        cdef list stale = self.stale
-        cdef Py_ssize_t nb = len(blocks)
-        cdef Py_ssize_t kk0 = k0
-        cdef Py_ssize_t ii0 = i0
-        cdef bint down = loose
-        cdef tuple needs = tuple(need)
-        cdef Py_ssize_t nn = len(needs)
-        cdef object r1 = needs[0][0] if nn else ""
-        cdef long long q1 = needs[0][1] if nn else -1
-        cdef dict firsts = first_of
-        cdef dict others = need_of
-        cdef dict walkeds = walked_of
-        cdef Py_ssize_t k, step, stop, a, b, i, t
-        cdef dict bound
-        cdef list block
-        cdef tuple entry, free, pos, pair
-        cdef long long q, f, fit, n
-        cdef bint short
-        if down:
-            k, step, stop = nb - 1, -1, kk0 - 1
+        cdef _Walk walk = _Walk(self, k0, i0, loose, vmask, need, first_of, need_of,
+                                walked_of)
+        cdef tuple entry
+        while True:
+            entry = walk.next()
+            if entry is None:
+                return
+            yield entry, walk.fit
+
+
+cdef class _Walk:
+    """``FreeIndex.fitting``'s walk as a cursor: ``next`` gives the next
+    entry it keeps (its fit in ``fit``), or None at the end. The generator
+    and ``pick`` (which scores what it keeps without yielding) share it."""
+
+    cdef object index, vmask, need, r1
+    cdef list blocks, bounds, masks, stale, block
+    cdef Py_ssize_t nb, kk0, ii0, k, step, stop, a, b, i, nn
+    cdef bint down
+    cdef tuple needs
+    cdef long long q1
+    cdef dict firsts, others, walkeds
+    cdef public long long fit
+
+    def __cinit__(self, index, k0, i0, loose, vmask, need, first_of, need_of, walked_of):
+        self.index = index
+        self.blocks = index.blocks
+        self.bounds = index.bounds
+        self.masks = index.masks
+        self.stale = index.stale
+        self.nb = len(self.blocks)
+        self.kk0 = k0
+        self.ii0 = i0
+        self.down = loose
+        self.vmask = vmask
+        self.need = need
+        self.needs = tuple(need)
+        self.nn = len(self.needs)
+        self.r1 = self.needs[0][0] if self.nn else ""
+        self.q1 = self.needs[0][1] if self.nn else -1
+        self.firsts = first_of
+        self.others = need_of
+        self.walkeds = walked_of
+        self.block = None
+        if self.down:
+            self.k, self.step, self.stop = self.nb - 1, -1, self.kk0 - 1
         else:
-            k, step, stop = kk0, 1, nb
-        while k != stop:
-            bound = bounds[k]
-            if _bound(bound, r1) < q1 or not (masks[k] & vmask):
-                k += step
+            self.k, self.step, self.stop = self.kk0, 1, self.nb
+
+    cdef bint _enter(self) except -1:
+        """Move ``k`` to the next block that may hold a fitting entry and
+        start on it; False past the last one."""
+        cdef dict bound
+        cdef tuple pair
+        cdef Py_ssize_t t
+        cdef bint short
+        cdef list masks = self.masks
+        vmask = self.vmask
+        while self.k != self.stop:
+            bound = self.bounds[self.k]
+            if _bound(bound, self.r1) < self.q1 or not (masks[self.k] & vmask):
+                self.k += self.step
                 continue
             short = False
-            for t in range(1, nn):
-                pair = needs[t]
+            for t in range(1, self.nn):
+                pair = self.needs[t]
                 if _bound(bound, pair[0]) < <long long>pair[1]:
                     short = True
                     break
             if short:
-                k += step
+                self.k += self.step
                 continue
-            loose_rs = stale[k]
-            if loose_rs and self.tightened(k, need, loose_rs):
-                if not (masks[k] & vmask):
-                    k += step
+            loose_rs = self.stale[self.k]
+            if loose_rs and self.index.tightened(self.k, self.need, loose_rs):
+                if not (masks[self.k] & vmask):
+                    self.k += self.step
                     continue
-                bound = bounds[k]
-                for t in range(nn):
-                    pair = needs[t]
+                bound = self.bounds[self.k]
+                for t in range(self.nn):
+                    pair = self.needs[t]
                     if _bound(bound, pair[0]) < <long long>pair[1]:
                         short = True
                         break
                 if short:
-                    k += step
+                    self.k += self.step
                     continue
-            block = blocks[k]
-            a = ii0 if k == kk0 else 0
-            b = len(block)
-            i = b - 1 if down else a
-            while (i >= a) if down else (i < b):
-                entry = block[i]
-                i += -1 if down else 1
+            self.block = self.blocks[self.k]
+            self.a = self.ii0 if self.k == self.kk0 else 0
+            self.b = len(self.block)
+            self.i = self.b - 1 if self.down else self.a
+            return True
+        return False
+
+    cdef tuple next(self):
+        cdef tuple entry, free, pair
+        cdef long long fit, n
+        cdef list block
+        while True:
+            if self.block is None and not self._enter():
+                return None
+            block = self.block
+            while (self.i >= self.a) if self.down else (self.i < self.b):
+                entry = block[self.i]
+                self.i += -1 if self.down else 1
                 cid = entry[1]
-                first = firsts.get(cid)
+                first = self.firsts.get(cid)
                 if first is None:
                     continue
                 free = entry[2]
@@ -385,7 +411,7 @@ class FreeIndex(PureFreeIndex):
                 if <long long>free[<Py_ssize_t>pair[0]] < <long long>pair[1]:
                     continue
                 fit = UNBOUNDED
-                for pair in <tuple>others[cid]:
+                for pair in <tuple>self.others[cid]:
                     n = _floordiv(free[<Py_ssize_t>pair[0]], pair[1])
                     if n < fit:
                         fit = n
@@ -393,12 +419,205 @@ class FreeIndex(PureFreeIndex):
                             break
                 if fit <= 0:
                     continue
-                pair = walkeds[cid]
+                pair = self.walkeds[cid]
                 n = _floordiv(free[<Py_ssize_t>pair[0]], pair[1])
                 if n < fit:
                     fit = n
-                yield entry, fit
-            k += step
+                self.fit = fit
+                return entry
+            self.block = None
+            self.k += self.step
+
+
+def pick(index, k0, i0, loose, vmask, need, first_of, need_of, walked_of, buckets,
+         aligned_of, limit, first, scoring):
+    """The entry of the bucket ``Placer._walk`` and ``Placer._best`` choose
+    for one task (no node-level candidates): the walk's first ``limit``
+    entries (one where ``first``), the first of them with the highest
+    weighted score. ``scoring`` is the score plugins as (code, weight):
+    1 bin-pack, 2 spread, 3 fitness, 4 balanced (``scorers``' formulas, on
+    C doubles). None where no entry fits; False where a score cannot be
+    computed here as Python would (an amount of 2**50 or more, a zero
+    capacity): the caller then walks again in Python, which meets the same
+    entries (this walk only tightened bounds it would tighten too)."""
+    cdef _Walk walk = _Walk(index, k0, i0, loose, vmask, need, first_of, need_of, walked_of)
+    cdef tuple entry = walk.next()
+    if entry is None:
+        return None
+    # A limit past what a C size holds keeps every entry, as Python's would.
+    cdef Py_ssize_t cap_n = 1 if first else (limit if limit < PY_SSIZE_T_MAX else PY_SSIZE_T_MAX)
+    if cap_n <= 1:
+        return entry
+    cdef list kept = [entry]
+    while len(kept) < cap_n:
+        entry = walk.next()
+        if entry is None:
+            break
+        kept.append(entry)
+    if len(kept) == 1 or not scoring:
+        return kept[0]
+    cdef tuple best = kept[0]
+    cdef double best_score = -1.0
+    cdef double total, s
+    cdef bint ok = True
+    for entry in kept:
+        total = 0.0
+        for code, weight in scoring:
+            s = _score(code, buckets[entry[3]].cls.capacity, entry[2], aligned_of[entry[1]],
+                       &ok)
+            if not ok:
+                return False
+            total += <double>weight * s
+        if total > best_score:
+            best = entry
+            best_score = total
+    return best
+
+
+def score(code, cap, free, aligned):
+    """``_score`` as ``pick`` computes it, for the tests that hold it to
+    ``scorers``' plugins: None where it cannot be exact in C."""
+    cdef bint ok = True
+    cdef double s = _score(code, cap, free, aligned, &ok)
+    return s if ok else None
+
+
+cdef long long EXACT = 1LL << 50
+"""Below this, every amount, and a sum of three, is a double exactly: an
+int / int of Python (correctly rounded) is then the C division."""
+
+
+cdef double _score(int code, tuple cap, tuple free, tuple aligned, bint* ok):
+    """One score plugin's score (``scorers``) of a candidate; ``ok`` set
+    False where it cannot be computed exactly here."""
+    cdef Py_ssize_t i, m = len(cap)
+    cdef long long c, f, q
+    cdef double total = 0.0, share, lo = 0.0, hi = 0.0
+    cdef Py_ssize_t n = 0
+    for i in range(m):
+        c = cap[i]
+        f = free[i]
+        q = aligned[i]
+        if c <= 0 or c >= EXACT or f >= EXACT or f <= -EXACT or q >= EXACT or q < 0:
+            ok[0] = False
+            return 0.0
+    if code == 1 or code == 2:  # BinPack.score, and Spread's 1 - it
+        for i in range(m):
+            q = aligned[i]
+            if q:
+                c = cap[i]
+                total += <double>(c - <long long>free[i] + q) / <double>c
+                n += 1
+        share = total / <double>n if n else 0.0
+        return share if code == 1 else 1.0 - share
+    if code == 3:  # Fitness.score
+        for i in range(m):
+            c = cap[i]
+            total += <double>(<long long>free[i] - <long long>aligned[i]) / <double>c
+        return 1.0 - total / <double>m
+    if code == 4:  # Balanced.score
+        if m < 2:
+            return 1.0
+        for i in range(m):
+            c = cap[i]
+            share = <double>(c - <long long>free[i] + <long long>aligned[i]) / <double>c
+            if i == 0 or share > hi:
+                hi = share
+            if i == 0 or share < lo:
+                lo = share
+        return 1.0 - (hi - lo)
+    ok[0] = False
+    return 0.0
+
+
+def move_free(state, rec, old, new):
+    """``capacity.FreeCapacity._move`` compiled (its ``_refile`` inlined):
+    node ``rec`` of ``state`` goes from free vector ``old`` to ``new``; the
+    same totals, buckets and index entries, in the same order of changes.
+    Bucket births and deaths (``_drop_bucket``, ``_new_bucket``) stay the
+    state's own methods."""
+    cdef tuple o = old
+    cdef tuple w = new
+    rec.free = w
+    bucket = rec.bucket
+    if bucket is None:
+        return
+    cls = rec.cls
+    cdef list fs = cls.free_sum
+    cdef dict ft = state._free_total
+    cdef tuple names = cls.resources
+    cdef Py_ssize_t i
+    cdef Py_ssize_t m = len(w)
+    for i in range(m):
+        d = w[i] - o[i]
+        if d or m == 1:  # a class of one resource adds even 0 (as the pure code does)
+            r = names[i]
+            ft[r] = ft[r] + d
+            fs[i] = fs[i] + d
+    cdef list nodes = bucket.nodes
+    cid = cls.id
+    key = (cid, w)
+    cdef dict bucket_of = state._bucket_of
+    target = bucket_of.get(key)
+    if target is None and len(nodes) == 1:
+        # Alone in its bucket, to a free vector no bucket has: the bucket
+        # moves with the node (``_refile``).
+        _refile(state, bucket, cid, names, w, key, bucket_of)
+        return
+    name = rec.name
+    cdef Py_ssize_t at = bisect_left(nodes, name)
+    if at == len(nodes) or nodes[at] != name:
+        raise KeyError(name)
+    del nodes[at]
+    if not nodes:
+        state._drop_bucket(bucket)
+    if target is None:
+        target = state._new_bucket(cls, w, key)
+    insort(<list>target.nodes, name)
+    rec.bucket = target
+
+
+cdef _refile(state, bucket, cid, tuple names, tuple w, key, dict bucket_of):
+    """``FreeCapacity._refile``: ``bucket`` gets the free vector ``w``."""
+    cdef tuple o = bucket.free
+    bid = bucket.id
+    del bucket_of[(cid, o)]
+    bucket_of[key] = bucket
+    bucket.free = w
+    cdef dict index = state._index
+    cdef Py_ssize_t i
+    for i in range(len(names)):
+        r = names[i]
+        ix = index[r]
+        if type(ix) is FreeIndex:
+            _move_entry(ix, (o[i], cid, o, bid), (w[i], cid, w, bid), names)
+        else:
+            ix.move((o[i], cid, o, bid), (w[i], cid, w, bid), names)
+
+
+cdef _move_entry(self, tuple o, tuple w, names):
+    """``FreeIndex.move`` (``move_free`` calls it without a method call)."""
+    cdef list lasts = self.lasts
+    cdef Py_ssize_t k = _bisect(lasts, o)
+    cdef Py_ssize_t nl = len(lasts)
+    if k >= nl:
+        raise ValueError(f"{o} not in index")
+    cdef list block = self.blocks[k]
+    cdef Py_ssize_t n = len(block)
+    cdef Py_ssize_t i = _bisect(block, o)
+    if i >= n or _cmp(<tuple>block[i], o) != 0:
+        raise ValueError(f"{o} not in index")
+    # As the pure ``move``: in one step when ``new`` stays in the block.
+    if (n == 1 or (k and _cmp(<tuple>lasts[k - 1], w) >= 0)
+            or (_cmp(w, <tuple>(block[n - 1] if i < n - 1 else block[n - 2])) >= 0
+                and k < nl - 1)):
+        self._remove_at(k, block, i, o)
+        self.add(w, names)
+        return
+    del block[i]
+    block.insert(_bisect(block, w), w)
+    lasts[k] = block[n - 1]
+    _shift(self.bounds[k], self.tops[k], self.stale[k], names, o[2], w[2])
 
 
 cdef _raise(dict bound, dict top, set loose, names, tuple free):

@@ -35,7 +35,7 @@ from typing import Any
 
 from apportion.core.errors import NodeNotFound
 from apportion.core.model import Device, Health, Node, NodeState
-from apportion.core.scheduling.fastindex import Index
+from apportion.core.scheduling.fastindex import Index, move_free
 from apportion.core.scheduling.freeindex import FreeIndex
 
 
@@ -157,6 +157,13 @@ class FreeCapacity:
         self._recs: dict[str, NodeRec] = {}
         self._classes: dict[tuple[Any, ...], NodeClass] = {}
         self._class_by_id: dict[int, NodeClass] = {}
+        self.inexact = 0
+        """The bits (``NodeClass.bit``) of classes with an amount that is
+        zero or not an exact C double (2**50 or more): ``_freeindex_c.pick``
+        would walk and then hand back, its walk's bound tightenings left
+        behind, so ``Placer._place_one`` walks in Python from the start for
+        a job such a class may hold (only for those: a node declaring
+        ``gpu=0`` leaves the other classes' placements compiled)."""
         self._buckets: dict[int, Bucket] = {}
         self._bucket_of: dict[tuple[int, tuple[int, ...]], Bucket] = {}
         self._index: dict[str, FreeIndex] = {}
@@ -251,6 +258,8 @@ class FreeCapacity:
             cls.bit = 1 << cls.id
             self._classes[key] = cls
             self._class_by_id[cls.id] = cls
+            if any(a <= 0 or a >= 2**50 for a in cls.capacity):
+                self.inexact |= cls.bit
             self.version += 1
             self.cache.clear()
         return cls
@@ -316,7 +325,9 @@ class FreeCapacity:
             ct[r] = ct.get(r, 0) + sign * c
             fs[i] += sign * f
 
-    def _move(self, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+    def _move_py(self, rec: NodeRec, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+        """``_move`` in Python: where the compiled one was not built, and
+        what ``tests/core/test_sched_pick_native.py`` holds it to."""
         # The hot path of every grant and release: _leave/_enter inlined.
         rec.free = new
         bucket = rec.bucket
@@ -352,6 +363,11 @@ class FreeCapacity:
             target = self._new_bucket(cls, new, key)
         insort(target.nodes, rec.name)
         rec.bucket = target
+
+    _move = _move_py if move_free is None else move_free
+    """Node ``rec`` goes from free vector ``old`` to ``new``: its bucket,
+    the totals and the index entries follow (``fastindex.move_free``, the
+    same in C, where it was built)."""
 
     def _refile(self, bucket: Bucket, new: tuple[int, ...], key: tuple[int, tuple[int, ...]]
                 ) -> None:

@@ -221,3 +221,9 @@ SCORERS = {
     p.name: p
     for p in (BinPack(), Spread(), Balanced(), Fitness(), Cost(), AffinityScore(), Topology())
 }
+
+
+NATIVE_CODES: dict[type, int] = {BinPack: 1, Spread: 2, Fitness: 3, Balanced: 4}
+"""The plugins whose score ``_freeindex_c.pick`` computes in C, by the code
+it knows each by: formulas of the class capacity, the free vector and the
+request alone (``Placer._place_one``)."""

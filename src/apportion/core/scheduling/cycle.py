@@ -21,7 +21,7 @@ clock, does I/O or draws random numbers, so a replay is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apportion.core.reasons import Code, Failure, Kind, Reason
@@ -48,7 +48,14 @@ from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
-from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
+from apportion.core.scheduling.policies import (
+    Fifo,
+    OrderContext,
+    Strategy,
+    fifo_again,
+    strategy,
+)
+from apportion.core.scheduling.shapekeys import ShapeKeys
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     BACKFILL,
@@ -125,6 +132,8 @@ def schedule_cycle(
         # An order is a permutation of the queue: one job has one (and on a
         # replay that keeps up with arrivals, most cycles see one job).
         ordered = list(pending)
+    elif isinstance(strat.order, Fifo):
+        ordered = fifo_again(pending, state.cache)
     else:
         ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank, ranks)
         ordered = strat.order.order(pending, ctx)
@@ -226,11 +235,33 @@ def _behind_head(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
     """The jobs behind a blocked head (EASY or no backfilling).
 
     Some 9,000 of them a cycle on a full cluster (``bench_scheduler.py``),
-    nearly all meeting the failure remembered for their shape past the head:
-    that case is answered here, after the same checks ``_backfill`` makes
-    first (the summed free capacity covers the job, it is not expected to
-    end before the reservation), and everything else goes to ``_backfill``.
+    nearly all meeting the failure remembered for their shape past the head.
+    Until the head's reservation is planned every job goes to ``_backfill``
+    (the first that the summed free capacity holds plans it); then, without
+    a cycle limit or quotas, ``_by_shape`` answers the rest, and else (or
+    on a pool of interchangeable capacity) ``_one_by_one``.
     """
+    rest: Iterator[Job] = iter(jobs)
+    if not gated:
+        for job in rest:
+            _backfill(p, job)
+            if p.head is not None or p.no_backfill is not None:
+                break
+        if p.no_backfill is not None:
+            # Nothing passes the head: every job is told so, as ``_backfill``
+            # tells each.
+            p.unplaced.update(dict.fromkeys([job.id for job in rest], p.no_backfill))
+            return
+        if p.head is not None and p.head.pool is None:
+            rest = _by_shape(p, list(rest))
+    _one_by_one(p, rest, gated)
+
+
+def _one_by_one(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
+    """``_backfill`` for each of ``jobs``, except that a job meeting the
+    failure remembered for its shape past the head is answered here, after
+    the same checks ``_backfill`` makes first (the summed free capacity
+    covers the job, it is not expected to end before the reservation)."""
     unplaced = p.unplaced
     free = p.state.free_totals
     shapes = p.failed_shapes
@@ -255,6 +286,123 @@ def _behind_head(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
                 unplaced[job.id] = hit[1]
                 continue
         _backfill(p, job)
+
+
+def _by_shape(p: _Pass, jobs: list[Job]) -> Iterator[Job]:
+    """``_one_by_one``'s answers to ``jobs`` behind a planned head (not on a
+    pool), with its checks made per shape instead of per job: whether the
+    shape has a failure remembered past the head, and whether the summed
+    free capacity holds it (``_ShapeAnswers``). Only the expected end is
+    read per job. The jobs left, where a ``_backfill`` changed the head
+    (never, as the cycle is: the general loop takes them then)."""
+    head = p.head
+    assert head is not None
+    start = head.reservation.start
+    now = p.now
+    unplaced = p.unplaced
+    estimate = p.estimate
+    placements = p.placements
+    answers = _ShapeAnswers(p, ShapeKeys.of(p.state, len(jobs)))
+    known = answers.keys.of_job.get
+    by_key = answers.by_key
+    for i, job in enumerate(jobs):
+        hit = known(job.id)
+        k = hit[1] if hit is not None and hit[0] is job else answers.learn(job)
+        failure = by_key[k]
+        if failure is not None:
+            est = estimate(job)
+            if est is None or now + est > start:
+                unplaced[job.id] = failure
+                continue
+        started = len(placements)
+        _backfill(p, job)
+        if p.head is not head or p.no_backfill is not None:
+            return iter(jobs[i + 1:])
+        answers.after(job, started != len(placements))
+    return iter(())
+
+
+class _ShapeAnswers:
+    """Per shape key, the failure a job of that shape meets past the head
+    (as ``_one_by_one`` finds it), or None where the job must be looked at:
+    no failure of that shape remembered past the head, or the summed free
+    capacity no longer holds the shape. Within a cycle failures are only
+    added (``_backfill`` remembers one for the shape it looked at) and free
+    capacity only shrinks (when a job starts), so each ``_backfill``
+    changes at most its own shape's answer, and a start drops the answers
+    whose shapes no longer fit."""
+
+    __slots__ = ("by_key", "failed", "free", "keys", "seen", "top")
+
+    def __init__(self, p: _Pass, keys: ShapeKeys) -> None:
+        self.keys = keys
+        self.failed = p.failed_shapes
+        self.free = p.state.free_totals
+        self.by_key: list[Failure | None] = [None] * len(keys.shapes)
+        self.seen: list[object] = [None] * len(keys.shapes)
+        """Per key, the remembered entry its answer was made from."""
+        self.top: dict[str, int] = {}
+        """Per resource, the most that any answered shape asks for: while the
+        summed free capacity covers it, every answered shape still fits."""
+        for where, h in list(self.failed):
+            k = keys.by_hash.get(h, 0) if where == "past" else 0
+            if k:
+                self._check(k)
+
+    def learn(self, job: Job) -> int:
+        """``job``'s key, for a job met first (a new shape gets its answer)."""
+        k = self.keys.learn(job)
+        if k == len(self.by_key):
+            self.by_key.append(None)
+            self.seen.append(None)
+            self._check(k)
+        return k
+
+    def after(self, job: Job, started: bool) -> None:
+        """Bring the answers up to date after ``_backfill`` looked at ``job``."""
+        k = self.keys.by_hash.get(job.shape_hash, 0)
+        if k:  # a failure may be new for its hash (or of another shape)
+            self._check(k)
+        if started:
+            free = self.free
+            if any(free.get(r, 0) < q for r, q in self.top.items()):
+                self._refit()
+
+    def _check(self, k: int) -> None:
+        hit = self.failed.get(("past", self.keys.hashes[k]))
+        if hit is self.seen[k]:
+            return
+        self.seen[k] = hit
+        self.by_key[k] = None
+        if hit is not None and self.keys.same(k, hit[0]):
+            total = self.keys.totals[k]
+            if self._fits(total):
+                self.by_key[k] = hit[1]
+                top = self.top
+                for r, q in total.items():
+                    if q > top.get(r, 0):
+                        top[r] = q
+
+    def _fits(self, total: Mapping[str, int]) -> bool:
+        free = self.free
+        return all(free.get(r, 0) >= q for r, q in total.items())
+
+    def _refit(self) -> None:
+        """Drop the answers of shapes the summed free capacity no longer
+        holds (``_backfill`` tells their jobs what is short)."""
+        top: dict[str, int] = {}
+        self.top = top
+        totals = self.keys.totals
+        for k, failure in enumerate(self.by_key):
+            if failure is None:
+                continue
+            total = totals[k]
+            if not self._fits(total):
+                self.by_key[k] = None
+                continue
+            for r, q in total.items():
+                if q > top.get(r, 0):
+                    top[r] = q
 
 
 def _held(p: _Pass, job: Job) -> Failure | None:

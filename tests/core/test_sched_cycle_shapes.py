@@ -13,12 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apportion.core.labels import parse_selector
-from apportion.core.model import Node
 from apportion.core.reasons import Failure
 from apportion.core.scheduling import (
-    ClusterState,
     SchedulerConfig,
-    TaskPlacement,
     cycle,
     job,
     parse_constraints,
@@ -27,27 +24,13 @@ from apportion.core.scheduling import (
 from apportion.core.scheduling.jobs import Affinity, Job
 from apportion.core.scheduling.shapekeys import ShapeKeys
 from apportion.core.scheduling.status import not_enough_free
+from sched_support import GI, P, looked_at, zoned
 
-GI = 2**30
-P = 1000
 CPUS = [P // 2, P, 2 * P, 3 * P]
 MEMS = [GI, 3 * GI]
 SAME_HASH = 12345
 
 
-def cluster(running: list[tuple[int, int, float]]) -> ClusterState:
-    """Four nodes of two zones, with the running jobs ``(node, cpu, end)``."""
-    state = ClusterState([
-        Node(f"n{i}", {"cpu": 4 * P, "memory": 8 * GI}, labels={"zone": f"z{i % 2}"})
-        for i in range(4)
-    ])
-    for k, (node, cpu, end) in enumerate(running):
-        name = f"n{node}"
-        if state.free(name)["cpu"] < cpu:
-            continue
-        j = job(f"r{k}", {"cpu": cpu, "memory": GI}, runtime_estimate=end)
-        state.start(j, [TaskPlacement(name, {"cpu": cpu, "memory": GI})], 0.0, end)
-    return state
 
 
 def waiting(i: int, cpu: int, mem: int, est: float | None, kind: int) -> Job:
@@ -69,7 +52,7 @@ def _cycles(running: list[tuple[int, int, float]], pending: list[Job], ends: lis
             behind: Any) -> list[tuple[Any, ...]]:
     """Cycles at 100 s, 160 s, ... on one state; before each after the first,
     the running job at each of ``ends`` (taken modulo their number) ends."""
-    state = cluster(running)
+    state = zoned(running)
     config = SchedulerConfig(strategy="fifo", backfill="easy")
     out = []
     now = 100.0
@@ -119,7 +102,7 @@ def test_a_shape_short_of_free_capacity_is_looked_at_again() -> None:
     # fails, and j1b, of its shape, is answered with its failure. j2..j4 (2
     # cores, ending before the head) start and leave 2 cores in all: j5, of
     # j1's shape too, is told what is short instead.
-    state = cluster([(0, P, 900.0), (1, 2 * P, 900.0), (2, 2 * P, 900.0), (3, 3 * P, 900.0)])
+    state = zoned([(0, P, 900.0), (1, 2 * P, 900.0), (2, 2 * P, 900.0), (3, 3 * P, 900.0)])
     pending = [
         job("head", {"cpu": 4 * P, "memory": GI}, submit_time=0.0, runtime_estimate=60.0),
         job("j1", {"cpu": 3 * P, "memory": GI}, submit_time=1.0, runtime_estimate=5000.0),
@@ -141,21 +124,14 @@ def test_a_failure_met_behind_the_head_answers_its_shape(
     # One core free on each node until 900 s: the head (a whole node) waits.
     # j1 plans its reservation; j2, the first of its shape, is looked at
     # and fails past the head; j3, of its shape, is answered without a look.
-    state = cluster([(i, 3 * P, 900.0) for i in range(4)])
+    state = zoned([(i, 3 * P, 900.0) for i in range(4)])
     pending = [
         job("head", {"cpu": 4 * P, "memory": GI}, runtime_estimate=60.0),
         job("j1", {"cpu": P, "memory": GI}, submit_time=1.0, runtime_estimate=10.0),
         job("j2", {"cpu": 2 * P, "memory": GI}, submit_time=2.0, runtime_estimate=5000.0),
         job("j3", {"cpu": 2 * P, "memory": GI}, submit_time=3.0, runtime_estimate=5000.0),
     ]
-    looked: list[str] = []
-    backfill = cycle._backfill
-
-    def counted(p: Any, j: Job) -> None:
-        looked.append(j.id)
-        backfill(p, j)
-
-    monkeypatch.setattr(cycle, "_backfill", counted)
+    looked = looked_at(monkeypatch, cycle)
     result = schedule_cycle(state, pending, 100.0, SchedulerConfig(strategy="fifo"))
     assert looked == ["j1", "j2"]
     assert [pl.job_id for pl in result.placements] == ["j1"]
@@ -165,7 +141,7 @@ def test_a_failure_met_behind_the_head_answers_its_shape(
 def test_keys_are_learned_once_per_job_across_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
     # One core free on each node until 900 s: the head (a whole node) waits,
     # and jobs of two cores past it fail.
-    state = cluster([(i, 3 * P, 900.0) for i in range(4)])
+    state = zoned([(i, 3 * P, 900.0) for i in range(4)])
     pending = [job("j0", {"cpu": 4 * P, "memory": GI}, runtime_estimate=60.0)]
     pending += [job(f"j{i}", {"cpu": 2 * P, "memory": GI}, submit_time=float(i),
                     runtime_estimate=5000.0) for i in range(1, 6)]
@@ -187,7 +163,7 @@ def test_keys_are_learned_once_per_job_across_cycles(monkeypatch: pytest.MonkeyP
 
 
 def test_shape_keys() -> None:
-    state = cluster([])
+    state = zoned([])
     a1 = job("a1", {"cpu": P})
     a2 = job("a2", {"cpu": P})
     b = job("b", {"cpu": 2 * P})

@@ -48,13 +48,7 @@ from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
-from apportion.core.scheduling.policies import (
-    Fifo,
-    OrderContext,
-    Strategy,
-    fifo_again,
-    strategy,
-)
+from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
 from apportion.core.scheduling.shapekeys import ShapeKeys
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
@@ -132,8 +126,6 @@ def schedule_cycle(
         # An order is a permutation of the queue: one job has one (and on a
         # replay that keeps up with arrivals, most cycles see one job).
         ordered = list(pending)
-    elif isinstance(strat.order, Fifo):
-        ordered = fifo_again(pending, state.cache)
     else:
         ctx = OrderContext(now, queues, state, estimate, config.aging_rate, bound, rank, ranks)
         ordered = strat.order.order(pending, ctx)

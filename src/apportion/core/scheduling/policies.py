@@ -12,9 +12,8 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress, islice
-from operator import attrgetter, lt, not_
-from typing import Any, Protocol
+from operator import attrgetter
+from typing import Protocol
 
 from apportion.core.errors import InvalidInput
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
@@ -69,40 +68,6 @@ class Fifo:
 
     def order(self, jobs: Sequence[Job], ctx: OrderContext) -> list[Job]:
         return sorted(jobs, key=fifo_key)
-
-
-_LAST_FIFO = "fifo-order"
-
-
-def fifo_again(jobs: Sequence[Job], memo: dict[Any, Any]) -> list[Job]:
-    """``Fifo.order``, made from the order it gave last time (kept in
-    ``memo``, the state's cache): from one cycle to the next most of a long
-    queue waits on, already in order, and a few jobs join, so the jobs kept
-    (one sorted run) and the new ones are merged instead of sorting the
-    whole queue again. When every key differs the order is the one sorted
-    order of the keys, whichever way it was reached; a queue with a job
-    twice, or two jobs of equal keys (whose order is the queue's), is
-    sorted afresh."""
-    ids = list(map(id, jobs))
-    members = set(ids)
-    distinct = len(members) == len(jobs)
-    last = memo.get(_LAST_FIFO)
-    out = None
-    if last is not None and distinct:
-        before, before_ids, before_set = last  # alive in ``before``: ids not reused
-        out = list(compress(before, map(members.__contains__, before_ids)))
-        out += compress(jobs, map(not_, map(before_set.__contains__, ids)))
-        out.sort(key=fifo_key)
-        keys = list(map(fifo_key, out))
-        if not all(map(lt, keys, islice(keys, 1, None))):
-            out = None
-    if out is None:
-        out = sorted(jobs, key=fifo_key)
-    if distinct:
-        memo[_LAST_FIFO] = (out, list(map(id, out)), members)
-    else:
-        memo.pop(_LAST_FIFO, None)
-    return out
 
 
 def effective_priority(job: Job, ctx: OrderContext) -> float:

@@ -31,8 +31,6 @@ CPUS = [P // 2, P, 2 * P, 4 * P]
 MEMS = [1 * GI, 4 * GI]
 
 
-
-
 def _reference(p: Any, jobs: Iterable[Job], gated: bool) -> None:
     """What the cycle did before ``_behind_head``: every job to ``_backfill``."""
     for j in jobs:

@@ -6,6 +6,7 @@ answers for another, and shapes the summed free capacity stops holding."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -13,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apportion.core.labels import parse_selector
+from apportion.core.model import Device, Node
 from apportion.core.reasons import Failure
 from apportion.core.scheduling import (
+    ClusterState,
     SchedulerConfig,
     cycle,
     job,
@@ -29,8 +32,6 @@ from sched_support import GI, P, looked_at, zoned
 CPUS = [P // 2, P, 2 * P, 3 * P]
 MEMS = [GI, 3 * GI]
 SAME_HASH = 12345
-
-
 
 
 def waiting(i: int, cpu: int, mem: int, est: float | None, kind: int) -> Job:
@@ -94,6 +95,128 @@ def test_by_shape_decides_as_one_by_one(
         cycle._one_by_one(p, rest, gated)
 
     assert _cycles(running, jobs, ends, None) == _cycles(running, jobs, ends, one_by_one)
+
+
+def _mixed_nodes(rng: random.Random) -> list[Node]:
+    """Two to seven nodes in two zones and three racks, some with GPUs."""
+    nodes = []
+    for i in range(rng.randint(2, 7)):
+        labels = {"zone": f"z{i % 2}", "rack": f"r{i % 3}"}
+        if rng.random() < 0.25:
+            gpus = (Device(f"g{i}a", model="A100"), Device(f"g{i}b", model="A100"))
+            nodes.append(Node(f"n{i}", {"cpu": 8 * P, "memory": 16 * GI, "gpu": 2},
+                              devices={"gpu": gpus}, labels={**labels, "gpu.model": "A100"}))
+        else:
+            nodes.append(Node(f"n{i}", {"cpu": rng.choice([4, 8]) * P, "memory": 8 * GI},
+                              labels=labels))
+    return nodes
+
+
+def _mixed_job(rng: random.Random, job_id: str, t: float) -> Job:
+    """A job of any kind: constraints, GPUs, affinities, priorities,
+    preemptible, deadlines, queues, gangs, and now and then a shared hash."""
+    res = {"cpu": rng.choice([P // 2, P, 2 * P, 3 * P, 4 * P, 6 * P]),
+           "memory": rng.choice([GI, 2 * GI, 4 * GI])}
+    kw: dict[str, Any] = {}
+    r = rng.random()
+    if r < 0.15:
+        kw["constraints"] = parse_constraints(f"zone=z{rng.randint(0, 1)}")
+    elif r < 0.22:
+        res["gpu"] = rng.choice([1, 2])
+    elif r < 0.3:
+        kw["affinity"] = (Affinity(parse_selector(f"rack=r{rng.randint(0, 2)}"),
+                                   target="node", required=True),)
+    elif r < 0.36:
+        kw["anti_affinity"] = (Affinity(parse_selector("name=web"), target="job",
+                                        required=True),)
+    elif r < 0.42:
+        kw["affinity"] = (Affinity(parse_selector("name=db"), target="job", required=True),)
+    if rng.random() < 0.2:
+        kw["name"] = rng.choice(["web", "db"])
+    if rng.random() < 0.3:
+        kw["priority"] = rng.randint(0, 5)
+    if rng.random() < 0.3:
+        kw["preemptible"] = True
+    if rng.random() < 0.15:
+        kw["deadline"] = t + rng.choice([50.0, 500.0, 5000.0])
+    j = job(job_id, res, count=rng.choice([1, 1, 1, 2, 3]), submit_time=t,
+            runtime_estimate=rng.choice([None, 10.0, 60.0, 300.0, 5000.0]),
+            queue=rng.choice(["a", "b"]), user=rng.choice(["u1", "u2"]), **kw)
+    if rng.random() < 0.05:
+        object.__setattr__(j, "shape_hash", SAME_HASH)
+    return j
+
+
+def _mixed_cycles(seed: int, behind: Any) -> list[tuple[Any, ...]]:
+    """Up to six cycles on one state, of any strategy, backfilling and
+    preemption; between them running jobs end, jobs arrive and a waiting
+    job's id is sent again with another shape."""
+    rng = random.Random(seed)
+    config = SchedulerConfig(
+        strategy=rng.choice(["fifo", "fifo", "priority", "sjf", "sla", "fairshare",
+                             "spread", "cost", "adaptive"]),
+        backfill=rng.choice(["easy", "easy", "easy", "none"]),
+        preemption=rng.random() < 0.5, default_estimate=rng.choice([None, 100.0]))
+    state = ClusterState(_mixed_nodes(rng))
+    pending = [_mixed_job(rng, f"j{i}", float(i)) for i in range(rng.randint(5, 60))]
+    out: list[tuple[Any, ...]] = []
+    now = 0.0
+    with pytest.MonkeyPatch.context() as m:
+        if behind is not None:
+            m.setattr(cycle, "_behind_head", behind)
+        for _ in range(rng.randint(1, 6)):
+            res = schedule_cycle(state, pending, now, config)
+            out.append((res.placements, res.reservations, res.preemptions,
+                        list(res.unplaced.items()), res.deadline_risks,
+                        dict(state.free_totals)))
+            started = {pl.job_id for pl in res.placements}
+            pending = [j for j in pending if j.id not in started]
+            now += rng.choice([10.0, 60.0, 400.0])
+            ids = sorted(state.running)
+            for _ in range(rng.randint(0, 3)):
+                if ids:
+                    state.finish(ids.pop(rng.randrange(len(ids))))
+            pending += [_mixed_job(rng, f"k{now:.0f}-{i}", now) for i in range(rng.randint(0, 5))]
+            if pending and rng.random() < 0.2:
+                i = rng.randrange(len(pending))
+                pending[i] = _mixed_job(rng, pending[i].id, pending[i].submit_time)
+    return out
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1))
+def test_by_shape_decides_as_one_by_one_on_mixed_clusters(seed: int) -> None:
+    assert _mixed_cycles(seed, None) == _mixed_cycles(seed, cycle._one_by_one)
+
+
+def test_jobs_of_a_failed_shape_are_answered_without_a_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One core free on each node until 900 s: the head (a whole node) waits.
+    # j1 plans the reservation, j2 fails past the head, and the 20 jobs
+    # after it, of its shape, are answered per shape: _backfill never sees
+    # them, and _by_shape is what answered them.
+    state = zoned([(i, 3 * P, 900.0) for i in range(4)])
+    pending = [
+        job("head", {"cpu": 4 * P, "memory": GI}, runtime_estimate=60.0),
+        job("j1", {"cpu": P, "memory": GI}, submit_time=1.0, runtime_estimate=10.0),
+    ]
+    pending += [job(f"s{i:02d}", {"cpu": 2 * P, "memory": GI}, submit_time=2.0 + i,
+                    runtime_estimate=5000.0) for i in range(21)]
+    looked = looked_at(monkeypatch, cycle)
+    per_shape: list[int] = []
+    by_shape = cycle._by_shape
+
+    def counted(p: Any, jobs: list[Job]) -> None:
+        per_shape.append(len(jobs))
+        by_shape(p, jobs)
+
+    monkeypatch.setattr(cycle, "_by_shape", counted)
+    result = schedule_cycle(state, pending, 100.0, SchedulerConfig(strategy="fifo"))
+    assert looked == ["j1", "s00"]
+    assert per_shape == [21]
+    assert [pl.job_id for pl in result.placements] == ["j1"]
+    assert all(result.unplaced[f"s{i:02d}"] is result.unplaced["s00"] for i in range(1, 21))
 
 
 def test_a_shape_short_of_free_capacity_is_looked_at_again() -> None:
@@ -178,3 +301,20 @@ def test_shape_keys() -> None:
     # Remembering far more jobs than wait now: learned afresh.
     keys.of_job.update({f"x{i}": (a1, 1) for i in range(2000)})
     assert ShapeKeys.of(state, 10) is not keys
+
+
+def test_shape_keys_start_afresh_when_shapes_outgrow_jobs() -> None:
+    # One id sent again and again, each time with a new shape: one job
+    # remembered, and a shape more each time. 1 job + 1024 spare shapes
+    # (plus the keyless slot) are kept; one shape more and they start afresh.
+    state = zoned([])
+    keys = ShapeKeys.of(state, 1)
+    for n in range(1, 1025):
+        keys.key(job("same", {"cpu": n}))
+    assert (len(keys.of_job), len(keys.shapes)) == (1, 1025)
+    assert ShapeKeys.of(state, 1) is keys
+    keys.key(job("same", {"cpu": 1025}))
+    assert len(keys.shapes) == 1026
+    fresh = ShapeKeys.of(state, 1)
+    assert fresh is not keys
+    assert (len(fresh.of_job), len(fresh.shapes)) == (0, 1)

@@ -204,6 +204,9 @@ def _busy(stage: str, message: str) -> Failure:
     return Failure.of(Reason(stage, Code.INSUFFICIENT, Kind.BUSY, message))
 
 
+PAST = "past"
+"""Where a failure remembered for a shape was met: past the planned head."""
+
 _CYCLE_LIMIT = _busy(CYCLE, "cycle placement limit reached")
 
 
@@ -245,7 +248,8 @@ def _behind_head(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
             p.unplaced.update(dict.fromkeys([job.id for job in rest], p.no_backfill))
             return
         if p.head is not None and p.head.pool is None:
-            rest = _by_shape(p, list(rest))
+            _by_shape(p, list(rest))
+            return
     _one_by_one(p, rest, gated)
 
 
@@ -265,7 +269,7 @@ def _one_by_one(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
         if p.no_backfill is not None or head is None or head.pool is not None:
             _backfill(p, job)
             continue
-        hit = shapes.get(("past", job.shape_hash)) if job.cacheable else None
+        hit = shapes.get((PAST, job.shape_hash)) if job.cacheable else None
         if hit is None or (hit[0] is not job.shape and hit[0] != job.shape):
             _backfill(p, job)
             continue
@@ -280,13 +284,12 @@ def _one_by_one(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
         _backfill(p, job)
 
 
-def _by_shape(p: _Pass, jobs: list[Job]) -> Iterator[Job]:
+def _by_shape(p: _Pass, jobs: list[Job]) -> None:
     """``_one_by_one``'s answers to ``jobs`` behind a planned head (not on a
     pool), with its checks made per shape instead of per job: whether the
     shape has a failure remembered past the head, and whether the summed
     free capacity holds it (``_ShapeAnswers``). Only the expected end is
-    read per job. The jobs left, where a ``_backfill`` changed the head
-    (never, as the cycle is: the general loop takes them then)."""
+    read per job."""
     head = p.head
     assert head is not None
     start = head.reservation.start
@@ -295,12 +298,9 @@ def _by_shape(p: _Pass, jobs: list[Job]) -> Iterator[Job]:
     estimate = p.estimate
     placements = p.placements
     answers = _ShapeAnswers(p, ShapeKeys.of(p.state, len(jobs)))
-    known = answers.keys.of_job.get
-    by_key = answers.by_key
-    for i, job in enumerate(jobs):
-        hit = known(job.id)
-        k = hit[1] if hit is not None and hit[0] is job else answers.learn(job)
-        failure = by_key[k]
+    answer = answers.answer
+    for job in jobs:
+        failure = answer(job)
         if failure is not None:
             est = estimate(job)
             if est is None or now + est > start:
@@ -308,10 +308,10 @@ def _by_shape(p: _Pass, jobs: list[Job]) -> Iterator[Job]:
                 continue
         started = len(placements)
         _backfill(p, job)
-        if p.head is not head or p.no_backfill is not None:
-            return iter(jobs[i + 1:])
+        # ``_backfill`` replaces the head only on a pool (``_exact_head``)
+        # and sets ``no_backfill`` only while no head is planned.
+        assert p.head is head and p.no_backfill is None
         answers.after(job, started != len(placements))
-    return iter(())
 
 
 class _ShapeAnswers:
@@ -337,18 +337,18 @@ class _ShapeAnswers:
         """Per resource, the most that any answered shape asks for: while the
         summed free capacity covers it, every answered shape still fits."""
         for where, h in list(self.failed):
-            k = keys.by_hash.get(h, 0) if where == "past" else 0
+            k = keys.by_hash.get(h, 0) if where == PAST else 0
             if k:
                 self._check(k)
 
-    def learn(self, job: Job) -> int:
-        """``job``'s key, for a job met first (a new shape gets its answer)."""
-        k = self.keys.learn(job)
-        if k == len(self.by_key):
+    def answer(self, job: Job) -> Failure | None:
+        """The failure ``job`` meets past the head, or None: look at it."""
+        k = self.keys.key(job)
+        if k >= len(self.by_key):  # a new shape: its answer is made now
             self.by_key.append(None)
             self.seen.append(None)
             self._check(k)
-        return k
+        return self.by_key[k]
 
     def after(self, job: Job, started: bool) -> None:
         """Bring the answers up to date after ``_backfill`` looked at ``job``."""
@@ -361,7 +361,7 @@ class _ShapeAnswers:
                 self._refit()
 
     def _check(self, k: int) -> None:
-        hit = self.failed.get(("past", self.keys.hashes[k]))
+        hit = self.failed.get((PAST, self.keys.hashes[k]))
         if hit is self.seen[k]:
             return
         self.seen[k] = hit
@@ -370,31 +370,31 @@ class _ShapeAnswers:
             total = self.keys.totals[k]
             if self._fits(total):
                 self.by_key[k] = hit[1]
-                top = self.top
-                for r, q in total.items():
-                    if q > top.get(r, 0):
-                        top[r] = q
+                self._raise_top(total)
 
     def _fits(self, total: Mapping[str, int]) -> bool:
         free = self.free
         return all(free.get(r, 0) >= q for r, q in total.items())
 
+    def _raise_top(self, total: Mapping[str, int]) -> None:
+        top = self.top
+        for r, q in total.items():
+            if q > top.get(r, 0):
+                top[r] = q
+
     def _refit(self) -> None:
         """Drop the answers of shapes the summed free capacity no longer
         holds (``_backfill`` tells their jobs what is short)."""
-        top: dict[str, int] = {}
-        self.top = top
+        self.top = {}
         totals = self.keys.totals
         for k, failure in enumerate(self.by_key):
             if failure is None:
                 continue
             total = totals[k]
-            if not self._fits(total):
+            if self._fits(total):
+                self._raise_top(total)
+            else:
                 self.by_key[k] = None
-                continue
-            for r, q in total.items():
-                if q > top.get(r, 0):
-                    top[r] = q
 
 
 def _held(p: _Pass, job: Job) -> Failure | None:
@@ -538,8 +538,8 @@ def _backfill(p: _Pass, job: Job) -> None:
         if head.pool is not None:
             # This job could fragment the pool: plan the head node by node.
             head = _exact_head(p, head)
-        known = _known(p, job, "past")
-        outcome = known if known is not None else _try(p, job, head.extra, "past")
+        known = _known(p, job, PAST)
+        outcome = known if known is not None else _try(p, job, head.extra, PAST)
     if isinstance(outcome, Failure):
         p.unplaced[job.id] = outcome
         return

@@ -10,9 +10,15 @@ its hash; jobs of equal shapes get that shape's key (from 1), a job whose
 shape only shares a hash with another gets key 0 (no key: the cycle looks
 at it job by job, as before).
 
-The keys hold while the set of node classes stays the same (the state's
-cache is cleared when it changes); a state built afresh for each cycle (the
-server's) learns them anew every cycle.
+The keys depend on the jobs alone, not on the nodes: clearing the state's
+cache when the set of node classes changes only costs learning them again,
+as a state built afresh for each cycle (the server's) does every cycle.
+
+What is kept: every job met (its id, the job and its key) and every shape
+seen, until ``of`` starts afresh, when the jobs remembered outnumber twice
+the queue plus ``_SPARE`` (jobs that left the queue), or when the shapes
+outnumber the jobs plus ``_SPARE`` (ids sent again with new shapes: the
+old shape stays, the job's entry is replaced).
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from apportion.core.scheduling.state import ClusterState
 _CACHE = "shape-keys"
 
 _SPARE = 1024
-"""Jobs no longer waiting that are remembered beyond twice the queue met last,
-before the keys are learned afresh."""
+"""Jobs (beyond twice the queue met last) or shapes (beyond the jobs) kept
+that no waiting job may need, before the keys are learned afresh."""
 
 
 class ShapeKeys:
@@ -46,13 +52,16 @@ class ShapeKeys:
     @staticmethod
     def of(state: ClusterState, waiting: int) -> ShapeKeys:
         """The keys kept in ``state``, started afresh when they remember many
-        more jobs than the ``waiting`` ones (jobs that left the queue)."""
+        more jobs than the ``waiting`` ones (jobs that left the queue) or
+        many more shapes than jobs (shapes no job has any more)."""
         keys: ShapeKeys | None = state.cache.get(_CACHE)
-        if keys is None or len(keys.of_job) > 2 * waiting + _SPARE:
+        if (keys is None or len(keys.of_job) > 2 * waiting + _SPARE
+                or len(keys.shapes) > len(keys.of_job) + _SPARE):
             keys = state.cache[_CACHE] = ShapeKeys()
         return keys
 
     def key(self, job: Job) -> int:
+        """``job``'s key (0: none), learned when ``job`` is met first."""
         hit = self.of_job.get(job.id)
         if hit is not None and hit[0] is job:
             return hit[1]

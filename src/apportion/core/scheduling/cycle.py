@@ -298,9 +298,13 @@ def _by_shape(p: _Pass, jobs: list[Job]) -> None:
     estimate = p.estimate
     placements = p.placements
     answers = _ShapeAnswers(p, ShapeKeys.of(p.state, len(jobs)))
-    answer = answers.answer
+    # ``answers.answer(job)`` inlined for a job met before: the call cost
+    # ~8 M instructions a cycle (callgrind, bench/README.md's h27-cycle).
+    known = answers.known
+    by_key = answers.by_key
     for job in jobs:
-        failure = answer(job)
+        hit = known(job.id)
+        failure = by_key[hit[1]] if hit is not None and hit[0] is job else answers.answer(job)
         if failure is not None:
             est = estimate(job)
             if est is None or now + est > start:
@@ -324,10 +328,12 @@ class _ShapeAnswers:
     changes at most its own shape's answer, and a start drops the answers
     whose shapes no longer fit."""
 
-    __slots__ = ("by_key", "failed", "free", "keys", "seen", "top")
+    __slots__ = ("by_key", "failed", "free", "keys", "known", "seen", "top")
 
     def __init__(self, p: _Pass, keys: ShapeKeys) -> None:
         self.keys = keys
+        self.known = keys.of_job.get
+        """Per job id, the job met and its key (``ShapeKeys.of_job``)."""
         self.failed = p.failed_shapes
         self.free = p.state.free_totals
         self.by_key: list[Failure | None] = [None] * len(keys.shapes)

@@ -14,6 +14,36 @@ from apportion.core.scheduling.framework import Placer
 from apportion.core.scheduling.jobs import RunningJob
 
 P = 1000  # one processor
+GI = 2**30
+
+
+def zoned(running: list[tuple[int, int, float]]) -> ClusterState:
+    """Four nodes (4 processors, 8 GiB) of two zones, with the running jobs
+    ``(node, cpu, end)`` (each also holding 1 GiB) that fit."""
+    state = ClusterState([
+        Node(f"n{i}", {"cpu": 4 * P, "memory": 8 * GI}, labels={"zone": f"z{i % 2}"})
+        for i in range(4)
+    ])
+    for k, (node, cpu, end) in enumerate(running):
+        name = f"n{node}"
+        if state.free(name)["cpu"] < cpu:
+            continue
+        j = job(f"r{k}", {"cpu": cpu, "memory": GI}, runtime_estimate=end)
+        state.start(j, [TaskPlacement(name, {"cpu": cpu, "memory": GI})], 0.0, end)
+    return state
+
+
+def looked_at(monkeypatch: Any, module: Any) -> list[str]:
+    """The ids of the jobs ``module._backfill`` is called with, from now on."""
+    looked: list[str] = []
+    backfill = module._backfill
+
+    def counted(p: Any, j: Job) -> None:
+        looked.append(j.id)
+        backfill(p, j)
+
+    monkeypatch.setattr(module, "_backfill", counted)
+    return looked
 
 
 def nodes(n: int, cpu: int = 2 * P) -> ClusterState:

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.core.model import Node
 from apportion.core.reasons import Failure
 from apportion.core.scheduling import (
     ClusterState,
@@ -26,26 +25,10 @@ from apportion.core.scheduling import (
 )
 from apportion.core.scheduling.jobs import Job, RunningJob
 from apportion.core.scheduling.status import not_enough_free
+from sched_support import GI, P, looked_at, zoned
 
-GI = 2**30
-P = 1000
 CPUS = [P // 2, P, 2 * P, 4 * P]
 MEMS = [1 * GI, 4 * GI]
-
-
-def cluster(running: list[tuple[int, int, float]]) -> ClusterState:
-    """Four nodes of two zones, with the running jobs ``(node, cpu, end)``."""
-    state = ClusterState([
-        Node(f"n{i}", {"cpu": 4 * P, "memory": 8 * GI}, labels={"zone": f"z{i % 2}"})
-        for i in range(4)
-    ])
-    for k, (node, cpu, end) in enumerate(running):
-        name = f"n{node}"
-        if state.free(name)["cpu"] < cpu:
-            continue
-        j = job(f"r{k}", {"cpu": cpu, "memory": GI}, runtime_estimate=end)
-        state.start(j, [TaskPlacement(name, {"cpu": cpu, "memory": GI})], 0.0, end)
-    return state
 
 
 def _reference(p: Any, jobs: Iterable[Job], gated: bool) -> None:
@@ -89,10 +72,10 @@ def test_behind_head_decides_as_backfill_does(
     ]
     config = SchedulerConfig(strategy="fifo", backfill=backfill, max_placements=cap)
     queues = {"a": Queue("a", {"cpu": 6 * P})} if quota else {}
-    fast = _decisions(cluster(running), jobs, config, queues)
+    fast = _decisions(zoned(running), jobs, config, queues)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(cycle, "_behind_head", _reference)
-        slow = _decisions(cluster(running), jobs, config, queues)
+        slow = _decisions(zoned(running), jobs, config, queues)
     assert fast == slow
 
 
@@ -104,7 +87,7 @@ def test_behind_head_answers_a_remembered_shape_without_backfill(
     # past that and may not take n0's core: it fails; j2, of j1's shape, is
     # answered with j1's failure without a look; j3 (another shape) is looked
     # at (and fails as well).
-    state = cluster([(0, 2 * P, 500.0), (0, P, 500.0),
+    state = zoned([(0, 2 * P, 500.0), (0, P, 500.0),
                      *((i, 4 * P, 900.0) for i in range(1, 4))])
     pending = [
         job("head", {"cpu": 4 * P, "memory": GI}, submit_time=0.0, runtime_estimate=60.0),
@@ -114,14 +97,7 @@ def test_behind_head_answers_a_remembered_shape_without_backfill(
         job("j4", {"cpu": P, "memory": GI}, submit_time=4.0, runtime_estimate=10.0),
         job("j5", {"cpu": P, "memory": GI}, submit_time=5.0, runtime_estimate=5000.0),
     ]
-    looked: list[str] = []
-    backfill = cycle._backfill
-
-    def counted(p: Any, j: Job) -> None:
-        looked.append(j.id)
-        backfill(p, j)
-
-    monkeypatch.setattr(cycle, "_backfill", counted)
+    looked = looked_at(monkeypatch, cycle)
     result = schedule_cycle(state, pending, 100.0, SchedulerConfig(strategy="fifo"))
     # j4, of j1's shape, ends before the head starts: it may take the core;
     # then no core is free, and j5, of j1's shape too, is told what the head
@@ -137,7 +113,7 @@ def test_behind_head_answers_a_remembered_shape_without_backfill(
 
 
 def test_catch_up_adds_what_each_task_holds() -> None:
-    state = cluster([])
+    state = zoned([])
     gang = job("g", {"cpu": P, "memory": GI}, count=3, runtime_estimate=10.0)
     tasks = (TaskPlacement("n0", {"cpu": P, "memory": GI}, count=2),
              TaskPlacement("n1", {"cpu": P, "memory": GI}))

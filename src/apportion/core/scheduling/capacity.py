@@ -174,8 +174,9 @@ class FreeCapacity:
         """Bumped whenever the set of node classes changes; caches keyed on
         classes are valid while it stays the same."""
         self.cache: dict[Any, Any] = {}
-        """Per-class answers that outlive a cycle (filter results per job
-        shape); cleared when ``version`` changes."""
+        """Answers that outlive a cycle (filter results per node class and job
+        shape, shape keys); cleared when ``version`` changes, which only
+        costs relearning those that do not depend on the classes."""
 
     # -- reading ---------------------------------------------------------
 

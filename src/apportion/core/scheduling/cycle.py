@@ -21,7 +21,7 @@ clock, does I/O or draws random numbers, so a replay is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apportion.core.reasons import Code, Failure, Kind, Reason
@@ -49,6 +49,7 @@ from apportion.core.scheduling.filters import class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
+from apportion.core.scheduling.shapekeys import ShapeKeys
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     BACKFILL,
@@ -203,6 +204,9 @@ def _busy(stage: str, message: str) -> Failure:
     return Failure.of(Reason(stage, Code.INSUFFICIENT, Kind.BUSY, message))
 
 
+PAST = "past"
+"""Where a failure remembered for a shape was met: past the planned head."""
+
 _CYCLE_LIMIT = _busy(CYCLE, "cycle placement limit reached")
 
 
@@ -226,11 +230,34 @@ def _behind_head(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
     """The jobs behind a blocked head (EASY or no backfilling).
 
     Some 9,000 of them a cycle on a full cluster (``bench_scheduler.py``),
-    nearly all meeting the failure remembered for their shape past the head:
-    that case is answered here, after the same checks ``_backfill`` makes
-    first (the summed free capacity covers the job, it is not expected to
-    end before the reservation), and everything else goes to ``_backfill``.
+    nearly all meeting the failure remembered for their shape past the head.
+    Until the head's reservation is planned every job goes to ``_backfill``
+    (the first that the summed free capacity holds plans it); then, without
+    a cycle limit or quotas, ``_by_shape`` answers the rest, and else (or
+    on a pool of interchangeable capacity) ``_one_by_one``.
     """
+    rest: Iterator[Job] = iter(jobs)
+    if not gated:
+        for job in rest:
+            _backfill(p, job)
+            if p.head is not None or p.no_backfill is not None:
+                break
+        if p.no_backfill is not None:
+            # Nothing passes the head: every job is told so, as ``_backfill``
+            # tells each.
+            p.unplaced.update(dict.fromkeys([job.id for job in rest], p.no_backfill))
+            return
+        if p.head is not None and p.head.pool is None:
+            _by_shape(p, list(rest))
+            return
+    _one_by_one(p, rest, gated)
+
+
+def _one_by_one(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
+    """``_backfill`` for each of ``jobs``, except that a job meeting the
+    failure remembered for its shape past the head is answered here, after
+    the same checks ``_backfill`` makes first (the summed free capacity
+    covers the job, it is not expected to end before the reservation)."""
     unplaced = p.unplaced
     free = p.state.free_totals
     shapes = p.failed_shapes
@@ -242,7 +269,7 @@ def _behind_head(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
         if p.no_backfill is not None or head is None or head.pool is not None:
             _backfill(p, job)
             continue
-        hit = shapes.get(("past", job.shape_hash)) if job.cacheable else None
+        hit = shapes.get((PAST, job.shape_hash)) if job.cacheable else None
         if hit is None or (hit[0] is not job.shape and hit[0] != job.shape):
             _backfill(p, job)
             continue
@@ -255,6 +282,125 @@ def _behind_head(p: _Pass, jobs: Iterable[Job], gated: bool) -> None:
                 unplaced[job.id] = hit[1]
                 continue
         _backfill(p, job)
+
+
+def _by_shape(p: _Pass, jobs: list[Job]) -> None:
+    """``_one_by_one``'s answers to ``jobs`` behind a planned head (not on a
+    pool), with its checks made per shape instead of per job: whether the
+    shape has a failure remembered past the head, and whether the summed
+    free capacity holds it (``_ShapeAnswers``). Only the expected end is
+    read per job."""
+    head = p.head
+    assert head is not None
+    start = head.reservation.start
+    now = p.now
+    unplaced = p.unplaced
+    estimate = p.estimate
+    placements = p.placements
+    answers = _ShapeAnswers(p, ShapeKeys.of(p.state, len(jobs)))
+    # ``answers.answer(job)`` inlined for a job met before: the call cost
+    # ~8 M instructions a cycle (callgrind, bench/README.md's h27-cycle).
+    known = answers.known
+    by_key = answers.by_key
+    for job in jobs:
+        hit = known(job.id)
+        failure = by_key[hit[1]] if hit is not None and hit[0] is job else answers.answer(job)
+        if failure is not None:
+            est = estimate(job)
+            if est is None or now + est > start:
+                unplaced[job.id] = failure
+                continue
+        started = len(placements)
+        _backfill(p, job)
+        # ``_backfill`` replaces the head only on a pool (``_exact_head``)
+        # and sets ``no_backfill`` only while no head is planned.
+        assert p.head is head and p.no_backfill is None
+        answers.after(job, started != len(placements))
+
+
+class _ShapeAnswers:
+    """Per shape key, the failure a job of that shape meets past the head
+    (as ``_one_by_one`` finds it), or None where the job must be looked at:
+    no failure of that shape remembered past the head, or the summed free
+    capacity no longer holds the shape. Within a cycle failures are only
+    added (``_backfill`` remembers one for the shape it looked at) and free
+    capacity only shrinks (when a job starts), so each ``_backfill``
+    changes at most its own shape's answer, and a start drops the answers
+    whose shapes no longer fit."""
+
+    __slots__ = ("by_key", "failed", "free", "keys", "known", "seen", "top")
+
+    def __init__(self, p: _Pass, keys: ShapeKeys) -> None:
+        self.keys = keys
+        self.known = keys.of_job.get
+        """Per job id, the job met and its key (``ShapeKeys.of_job``)."""
+        self.failed = p.failed_shapes
+        self.free = p.state.free_totals
+        self.by_key: list[Failure | None] = [None] * len(keys.shapes)
+        self.seen: list[object] = [None] * len(keys.shapes)
+        """Per key, the remembered entry its answer was made from."""
+        self.top: dict[str, int] = {}
+        """Per resource, the most that any answered shape asks for: while the
+        summed free capacity covers it, every answered shape still fits."""
+        for where, h in list(self.failed):
+            k = keys.by_hash.get(h, 0) if where == PAST else 0
+            if k:
+                self._check(k)
+
+    def answer(self, job: Job) -> Failure | None:
+        """The failure ``job`` meets past the head, or None: look at it."""
+        k = self.keys.key(job)
+        if k >= len(self.by_key):  # a new shape: its answer is made now
+            self.by_key.append(None)
+            self.seen.append(None)
+            self._check(k)
+        return self.by_key[k]
+
+    def after(self, job: Job, started: bool) -> None:
+        """Bring the answers up to date after ``_backfill`` looked at ``job``."""
+        k = self.keys.by_hash.get(job.shape_hash, 0)
+        if k:  # a failure may be new for its hash (or of another shape)
+            self._check(k)
+        if started:
+            free = self.free
+            if any(free.get(r, 0) < q for r, q in self.top.items()):
+                self._refit()
+
+    def _check(self, k: int) -> None:
+        hit = self.failed.get((PAST, self.keys.hashes[k]))
+        if hit is self.seen[k]:
+            return
+        self.seen[k] = hit
+        self.by_key[k] = None
+        if hit is not None and self.keys.same(k, hit[0]):
+            total = self.keys.totals[k]
+            if self._fits(total):
+                self.by_key[k] = hit[1]
+                self._raise_top(total)
+
+    def _fits(self, total: Mapping[str, int]) -> bool:
+        free = self.free
+        return all(free.get(r, 0) >= q for r, q in total.items())
+
+    def _raise_top(self, total: Mapping[str, int]) -> None:
+        top = self.top
+        for r, q in total.items():
+            if q > top.get(r, 0):
+                top[r] = q
+
+    def _refit(self) -> None:
+        """Drop the answers of shapes the summed free capacity no longer
+        holds (``_backfill`` tells their jobs what is short)."""
+        self.top = {}
+        totals = self.keys.totals
+        for k, failure in enumerate(self.by_key):
+            if failure is None:
+                continue
+            total = totals[k]
+            if self._fits(total):
+                self._raise_top(total)
+            else:
+                self.by_key[k] = None
 
 
 def _held(p: _Pass, job: Job) -> Failure | None:
@@ -398,8 +544,8 @@ def _backfill(p: _Pass, job: Job) -> None:
         if head.pool is not None:
             # This job could fragment the pool: plan the head node by node.
             head = _exact_head(p, head)
-        known = _known(p, job, "past")
-        outcome = known if known is not None else _try(p, job, head.extra, "past")
+        known = _known(p, job, PAST)
+        outcome = known if known is not None else _try(p, job, head.extra, PAST)
     if isinstance(outcome, Failure):
         p.unplaced[job.id] = outcome
         return

@@ -42,6 +42,7 @@ from apportion.core.scheduling.cycleconfig import (
     Placement,
     Preemption,
     SchedulerConfig,
+    deadline_risks,
     estimator,
 )
 from apportion.core.scheduling.engine import Placer
@@ -49,7 +50,7 @@ from apportion.core.scheduling.filters import class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
-from apportion.core.scheduling.shapekeys import ShapeKeys
+from apportion.core.scheduling.shapekeys import ShapeAnswers, ShapeKeys
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     BACKFILL,
@@ -157,7 +158,7 @@ def schedule_cycle(
         tuple(p.reservations),
         tuple(p.preemptions),
         p.unplaced,
-        _deadline_risks(p, ordered),
+        deadline_risks(ordered, p.reservations, p.placements, p.now, p.estimate),
     )
 
 
@@ -288,7 +289,7 @@ def _by_shape(p: _Pass, jobs: list[Job]) -> None:
     """``_one_by_one``'s answers to ``jobs`` behind a planned head (not on a
     pool), with its checks made per shape instead of per job: whether the
     shape has a failure remembered past the head, and whether the summed
-    free capacity holds it (``_ShapeAnswers``). Only the expected end is
+    free capacity holds it (``shapekeys.ShapeAnswers``). Only the expected end is
     read per job."""
     head = p.head
     assert head is not None
@@ -297,7 +298,8 @@ def _by_shape(p: _Pass, jobs: list[Job]) -> None:
     unplaced = p.unplaced
     estimate = p.estimate
     placements = p.placements
-    answers = _ShapeAnswers(p, ShapeKeys.of(p.state, len(jobs)))
+    answers = ShapeAnswers(ShapeKeys.of(p.state, len(jobs)), p.failed_shapes,
+                           p.state.free_totals, PAST)
     # ``answers.answer(job)`` inlined for a job met before: the call cost
     # ~8 M instructions a cycle (callgrind, bench/README.md's h27-cycle).
     known = answers.known
@@ -316,91 +318,6 @@ def _by_shape(p: _Pass, jobs: list[Job]) -> None:
         # and sets ``no_backfill`` only while no head is planned.
         assert p.head is head and p.no_backfill is None
         answers.after(job, started != len(placements))
-
-
-class _ShapeAnswers:
-    """Per shape key, the failure a job of that shape meets past the head
-    (as ``_one_by_one`` finds it), or None where the job must be looked at:
-    no failure of that shape remembered past the head, or the summed free
-    capacity no longer holds the shape. Within a cycle failures are only
-    added (``_backfill`` remembers one for the shape it looked at) and free
-    capacity only shrinks (when a job starts), so each ``_backfill``
-    changes at most its own shape's answer, and a start drops the answers
-    whose shapes no longer fit."""
-
-    __slots__ = ("by_key", "failed", "free", "keys", "known", "seen", "top")
-
-    def __init__(self, p: _Pass, keys: ShapeKeys) -> None:
-        self.keys = keys
-        self.known = keys.of_job.get
-        """Per job id, the job met and its key (``ShapeKeys.of_job``)."""
-        self.failed = p.failed_shapes
-        self.free = p.state.free_totals
-        self.by_key: list[Failure | None] = [None] * len(keys.shapes)
-        self.seen: list[object] = [None] * len(keys.shapes)
-        """Per key, the remembered entry its answer was made from."""
-        self.top: dict[str, int] = {}
-        """Per resource, the most that any answered shape asks for: while the
-        summed free capacity covers it, every answered shape still fits."""
-        for where, h in list(self.failed):
-            k = keys.by_hash.get(h, 0) if where == PAST else 0
-            if k:
-                self._check(k)
-
-    def answer(self, job: Job) -> Failure | None:
-        """The failure ``job`` meets past the head, or None: look at it."""
-        k = self.keys.key(job)
-        if k >= len(self.by_key):  # a new shape: its answer is made now
-            self.by_key.append(None)
-            self.seen.append(None)
-            self._check(k)
-        return self.by_key[k]
-
-    def after(self, job: Job, started: bool) -> None:
-        """Bring the answers up to date after ``_backfill`` looked at ``job``."""
-        k = self.keys.by_hash.get(job.shape_hash, 0)
-        if k:  # a failure may be new for its hash (or of another shape)
-            self._check(k)
-        if started:
-            free = self.free
-            if any(free.get(r, 0) < q for r, q in self.top.items()):
-                self._refit()
-
-    def _check(self, k: int) -> None:
-        hit = self.failed.get((PAST, self.keys.hashes[k]))
-        if hit is self.seen[k]:
-            return
-        self.seen[k] = hit
-        self.by_key[k] = None
-        if hit is not None and self.keys.same(k, hit[0]):
-            total = self.keys.totals[k]
-            if self._fits(total):
-                self.by_key[k] = hit[1]
-                self._raise_top(total)
-
-    def _fits(self, total: Mapping[str, int]) -> bool:
-        free = self.free
-        return all(free.get(r, 0) >= q for r, q in total.items())
-
-    def _raise_top(self, total: Mapping[str, int]) -> None:
-        top = self.top
-        for r, q in total.items():
-            if q > top.get(r, 0):
-                top[r] = q
-
-    def _refit(self) -> None:
-        """Drop the answers of shapes the summed free capacity no longer
-        holds (``_backfill`` tells their jobs what is short)."""
-        self.top = {}
-        totals = self.keys.totals
-        for k, failure in enumerate(self.by_key):
-            if failure is None:
-                continue
-            total = totals[k]
-            if self._fits(total):
-                self._raise_top(total)
-            else:
-                self.by_key[k] = None
 
 
 def _held(p: _Pass, job: Job) -> Failure | None:
@@ -665,27 +582,6 @@ def _preempt(p: _Pass, job: Job) -> bool:
     _start(p, job, result.tasks, False, chosen.victims)
     p.lowest_victim = p.state.lowest_preemptible_priority()
     return True
-
-
-def _deadline_risks(p: _Pass, ordered: Sequence[Job]) -> tuple[DeadlineRisk, ...]:
-    with_deadline = [job for job in ordered if job.deadline is not None]
-    if not with_deadline:
-        return ()  # most traces: no deadlines, no lookups to build
-    starts = {r.job_id: r.start for r in p.reservations}
-    started = {pl.job_id for pl in p.placements}
-    out: list[DeadlineRisk] = []
-    for job in with_deadline:
-        assert job.deadline is not None
-        est = p.estimate(job) or 0.0
-        if job.id in started or job.id not in starts:
-            end = p.now + est
-            if end > job.deadline:
-                out.append(DeadlineRisk(job.id, job.deadline, end, True))
-            continue
-        end = starts[job.id] + est
-        if end > job.deadline:
-            out.append(DeadlineRisk(job.id, job.deadline, end, p.now + est > job.deadline))
-    return tuple(out)
 
 
 def pending_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:

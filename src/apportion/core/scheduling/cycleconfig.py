@@ -1,11 +1,11 @@
 """What a scheduling cycle is asked (``SchedulerConfig``, the run-time
-``estimator``) and what it answers (``CycleResult`` and its parts); the
+``estimator``) and what it answers (``CycleResult`` and its parts, ``deadline_risks``); the
 cycle itself is ``cycle.schedule_cycle``, which re-exports these names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from apportion.core.errors import InvalidInput
@@ -123,3 +123,32 @@ def estimator(
 def _given(job: Job) -> float | None:
     """The run time the job was submitted with (None: unknown)."""
     return job.runtime_estimate
+
+
+def deadline_risks(
+    ordered: Sequence[Job],
+    reservations: Sequence[JobReservation],
+    placements: Sequence[Placement],
+    now: float,
+    estimate: Callable[[Job], float | None],
+) -> tuple[DeadlineRisk, ...]:
+    """The jobs of ``ordered`` with a deadline that their start now (if the
+    cycle placed them or planned none) or their reservation would miss."""
+    with_deadline = [job for job in ordered if job.deadline is not None]
+    if not with_deadline:
+        return ()  # most traces: no deadlines, no lookups to build
+    starts = {r.job_id: r.start for r in reservations}
+    started = {pl.job_id for pl in placements}
+    out: list[DeadlineRisk] = []
+    for job in with_deadline:
+        assert job.deadline is not None
+        est = estimate(job) or 0.0
+        if job.id in started or job.id not in starts:
+            end = now + est
+            if end > job.deadline:
+                out.append(DeadlineRisk(job.id, job.deadline, end, True))
+            continue
+        end = starts[job.id] + est
+        if end > job.deadline:
+            out.append(DeadlineRisk(job.id, job.deadline, end, now + est > job.deadline))
+    return tuple(out)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from apportion.core.reasons import Failure
 from apportion.core.scheduling.jobs import Job
 from apportion.core.scheduling.state import ClusterState
 
@@ -87,3 +88,93 @@ class ShapeKeys:
         """Whether ``shape`` is key ``k``'s shape."""
         mine = self.shapes[k]
         return mine is shape or mine == shape
+
+
+class ShapeAnswers:
+    """Per shape key, the failure a job of that shape meets past the head
+    (as ``cycle._one_by_one`` finds it), or None where the job must be looked at:
+    no failure of that shape remembered past the head, or the summed free
+    capacity no longer holds the shape. Within a cycle failures are only
+    added (``_backfill`` remembers one for the shape it looked at) and free
+    capacity only shrinks (when a job starts), so each ``_backfill``
+    changes at most its own shape's answer, and a start drops the answers
+    whose shapes no longer fit."""
+
+    __slots__ = ("by_key", "failed", "free", "keys", "known", "seen", "top", "where")
+
+    def __init__(self, keys: ShapeKeys, failed: Mapping[tuple[object, int], tuple[Any, Failure]],
+                 free: Mapping[str, int], where: object) -> None:
+        """``failed`` is the cycle's failures remembered by (where, shape
+        hash); ``where`` the one past the head; ``free`` the summed free
+        capacity (live: it shrinks as jobs start)."""
+        self.keys = keys
+        self.where = where
+        self.known = keys.of_job.get
+        """Per job id, the job met and its key (``ShapeKeys.of_job``)."""
+        self.failed = failed
+        self.free = free
+        self.by_key: list[Failure | None] = [None] * len(keys.shapes)
+        self.seen: list[object] = [None] * len(keys.shapes)
+        """Per key, the remembered entry its answer was made from."""
+        self.top: dict[str, int] = {}
+        """Per resource, the most that any answered shape asks for: while the
+        summed free capacity covers it, every answered shape still fits."""
+        for where, h in list(failed):
+            k = keys.by_hash.get(h, 0) if where == self.where else 0
+            if k:
+                self._check(k)
+
+    def answer(self, job: Job) -> Failure | None:
+        """The failure ``job`` meets past the head, or None: look at it."""
+        k = self.keys.key(job)
+        if k >= len(self.by_key):  # a new shape: its answer is made now
+            self.by_key.append(None)
+            self.seen.append(None)
+            self._check(k)
+        return self.by_key[k]
+
+    def after(self, job: Job, started: bool) -> None:
+        """Bring the answers up to date after ``_backfill`` looked at ``job``."""
+        k = self.keys.by_hash.get(job.shape_hash, 0)
+        if k:  # a failure may be new for its hash (or of another shape)
+            self._check(k)
+        if started:
+            free = self.free
+            if any(free.get(r, 0) < q for r, q in self.top.items()):
+                self._refit()
+
+    def _check(self, k: int) -> None:
+        hit = self.failed.get((self.where, self.keys.hashes[k]))
+        if hit is self.seen[k]:
+            return
+        self.seen[k] = hit
+        self.by_key[k] = None
+        if hit is not None and self.keys.same(k, hit[0]):
+            total = self.keys.totals[k]
+            if self._fits(total):
+                self.by_key[k] = hit[1]
+                self._raise_top(total)
+
+    def _fits(self, total: Mapping[str, int]) -> bool:
+        free = self.free
+        return all(free.get(r, 0) >= q for r, q in total.items())
+
+    def _raise_top(self, total: Mapping[str, int]) -> None:
+        top = self.top
+        for r, q in total.items():
+            if q > top.get(r, 0):
+                top[r] = q
+
+    def _refit(self) -> None:
+        """Drop the answers of shapes the summed free capacity no longer
+        holds (``_backfill`` tells their jobs what is short)."""
+        self.top = {}
+        totals = self.keys.totals
+        for k, failure in enumerate(self.by_key):
+            if failure is None:
+                continue
+            total = totals[k]
+            if self._fits(total):
+                self._raise_top(total)
+            else:
+                self.by_key[k] = None

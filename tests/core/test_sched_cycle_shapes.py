@@ -189,20 +189,28 @@ def test_by_shape_decides_as_one_by_one_on_mixed_clusters(seed: int) -> None:
     assert _mixed_cycles(seed, None) == _mixed_cycles(seed, cycle._one_by_one)
 
 
-def test_jobs_of_a_failed_shape_are_answered_without_a_look(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # One core free on each node until 900 s: the head (a whole node) waits.
-    # j1 plans the reservation, j2 fails past the head, and the 20 jobs
-    # after it, of its shape, are answered per shape: _backfill never sees
-    # them, and _by_shape is what answered them.
+def _head_blocked(tail: list[str]) -> tuple[ClusterState, list[Job]]:
+    """One core free on each node until 900 s; a head asking for a whole node
+    (it waits), j1 of one core ending before 900 s (it plans the
+    reservation and starts), then ``tail``: jobs of two cores running past
+    900 s, all of one shape, in that order."""
     state = zoned([(i, 3 * P, 900.0) for i in range(4)])
     pending = [
         job("head", {"cpu": 4 * P, "memory": GI}, runtime_estimate=60.0),
         job("j1", {"cpu": P, "memory": GI}, submit_time=1.0, runtime_estimate=10.0),
     ]
-    pending += [job(f"s{i:02d}", {"cpu": 2 * P, "memory": GI}, submit_time=2.0 + i,
-                    runtime_estimate=5000.0) for i in range(21)]
+    pending += [job(name, {"cpu": 2 * P, "memory": GI}, submit_time=2.0 + i,
+                    runtime_estimate=5000.0) for i, name in enumerate(tail)]
+    return state, pending
+
+
+def test_jobs_of_a_failed_shape_are_answered_without_a_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (``_head_blocked``) j1 plans the reservation, s00 fails past the head, and the 20 jobs
+    # after it, of its shape, are answered per shape: _backfill never sees
+    # them, and _by_shape is what answered them.
+    state, pending = _head_blocked([f"s{i:02d}" for i in range(21)])
     looked = looked_at(monkeypatch, cycle)
     per_shape: list[int] = []
     by_shape = cycle._by_shape
@@ -244,16 +252,9 @@ def test_a_shape_short_of_free_capacity_is_looked_at_again() -> None:
 def test_a_failure_met_behind_the_head_answers_its_shape(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # One core free on each node until 900 s: the head (a whole node) waits.
-    # j1 plans its reservation; j2, the first of its shape, is looked at
+    # (``_head_blocked``) j1 plans its reservation; j2, the first of its shape, is looked at
     # and fails past the head; j3, of its shape, is answered without a look.
-    state = zoned([(i, 3 * P, 900.0) for i in range(4)])
-    pending = [
-        job("head", {"cpu": 4 * P, "memory": GI}, runtime_estimate=60.0),
-        job("j1", {"cpu": P, "memory": GI}, submit_time=1.0, runtime_estimate=10.0),
-        job("j2", {"cpu": 2 * P, "memory": GI}, submit_time=2.0, runtime_estimate=5000.0),
-        job("j3", {"cpu": 2 * P, "memory": GI}, submit_time=3.0, runtime_estimate=5000.0),
-    ]
+    state, pending = _head_blocked(["j2", "j3"])
     looked = looked_at(monkeypatch, cycle)
     result = schedule_cycle(state, pending, 100.0, SchedulerConfig(strategy="fifo"))
     assert looked == ["j1", "j2"]

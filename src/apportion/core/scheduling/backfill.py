@@ -539,6 +539,45 @@ def _try_at(
     return HeadReservation(JobReservation(job.id, t, nodes), extra)
 
 
+def limits_in_play(
+    state: ClusterState, placer: Placer, job: Job, extra: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]] | None:
+    """``extra`` as the limits of ``job``'s placement past the head, or None
+    where they cannot change it, so that the placement takes the one-task
+    path (``Placer._place_one``, the compiled ``pick``) instead of the
+    limited walk: ~5,100 of the ~5,600 backfilled starts a cycle of
+    ``bench_scheduler.py`` go past the head (bench/README.md, h28-cycle).
+
+    A limit on a node changes the walk only where the walk meets the node:
+    its bucket, in the index, only when its free vector holds one task (the
+    limited node is then offered on its own, scored on its limited vector,
+    and the rest of its bucket apart). A node that is down, of a class that
+    cannot take the task or short of a requested resource now is never met,
+    and the walks are the same but for one rule: a limited walk does not
+    stop at its first candidate where the options say the first is the best
+    (``first_is_best``), it ranks its first ``limit`` candidates, whose best
+    is that first by the same rule. ``tests/core/test_backfill_limits.py``
+    holds this to the limited placement."""
+    if job.task_count != 1:
+        return extra
+    need_of = class_verdict(state, job, 0).need
+    recs = state.nodes
+    for name in extra:
+        rec = recs.get(name)
+        if rec is None or rec.bucket is None:
+            continue
+        need = need_of.get(rec.cls.id)
+        if need is None:
+            continue
+        free = rec.free
+        for i, q in need:
+            if free[i] < q:
+                break
+        else:
+            return extra  # it holds a task (or the task asks for nothing)
+    return None
+
+
 def use_extra(extra: dict[str, dict[str, int]], tasks: Sequence[TaskPlacement]) -> None:
     """Take a backfilled job's use of reserved nodes off their ``extra``."""
     for tp in tasks:

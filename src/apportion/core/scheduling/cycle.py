@@ -32,6 +32,7 @@ from apportion.core.scheduling.backfill import (
     JobReservation,
     cached_easy_reservation,
     easy_reservation,
+    limits_in_play,
     use_extra,
 )
 from apportion.core.scheduling.cycleconfig import (
@@ -461,8 +462,8 @@ def _backfill(p: _Pass, job: Job) -> None:
         if head.pool is not None:
             # This job could fragment the pool: plan the head node by node.
             head = _exact_head(p, head)
-        known = _known(p, job, PAST)
-        outcome = known if known is not None else _try(p, job, head.extra, PAST)
+        outcome = _known(p, job, PAST) or _try(
+            p, job, limits_in_play(p.state, p.placer, job, head.extra), PAST)
     if isinstance(outcome, Failure):
         p.unplaced[job.id] = outcome
         return

@@ -107,7 +107,7 @@ def estimator(
     if learned is not None and default is None:
         return learned  # its answer stands as it is (asked for every waiting job)
     if learned is None and default is None:
-        return _given  # what ``estimate`` below comes to, without a closure per cycle
+        return given_estimate  # what ``estimate`` below comes to, without a closure per cycle
 
     def estimate(job: Job) -> float | None:
         if learned is not None:
@@ -120,7 +120,7 @@ def estimator(
     return estimate
 
 
-def _given(job: Job) -> float | None:
+def given_estimate(job: Job) -> float | None:
     """The run time the job was submitted with (None: unknown)."""
     return job.runtime_estimate
 

@@ -545,8 +545,9 @@ def limits_in_play(
     """``extra`` as the limits of ``job``'s placement past the head, or None
     where they cannot change it, so that the placement takes the one-task
     path (``Placer._place_one``, the compiled ``pick``) instead of the
-    limited walk: ~5,100 of the ~5,600 backfilled starts a cycle of
-    ``bench_scheduler.py`` go past the head (bench/README.md, h28-cycle).
+    limited walk: ~1,020 of the ~1,180 starts a cycle of
+    ``bench_scheduler.py`` run past the head, nearly all with limits that
+    cannot bite (bench/README.md, h28-cycle).
 
     A limit on a node changes the walk only where the walk meets the node:
     its bucket, in the index, only when its free vector holds one task (the

@@ -465,7 +465,7 @@ def _backfill(p: _Pass, job: Job) -> None:
             # This job could fragment the pool: plan the head node by node.
             head = _exact_head(p, head)
         outcome = _known(p, job, PAST) or _try(
-            p, job, limits_in_play(p.state, p.placer, job, head.extra), PAST)
+            p, job, limits_in_play(p.state, job, head.extra), PAST)
     if isinstance(outcome, Failure):
         p.unplaced[job.id] = outcome
         return

@@ -80,9 +80,7 @@ def replay_steps(state: ClusterState, placer: Placer,
     seen: list[object] = []
     for n, (place, what, count, pick) in enumerate(steps):
         if not place and state.running:
-            victim = sorted(state.running)[pick % len(state.running)]
-            state.finish(victim)
-            seen.append(("end", victim))
+            seen.append(end_one(state, pick))
             continue
         j = make(n, what, count, pick)
         result = placer.place(j)
@@ -90,6 +88,13 @@ def replay_steps(state: ClusterState, placer: Placer,
             state.add_running(RunningJob(j, float(n), result.tasks, 10.0))
         seen.append((j.id, result.tasks, result.failure))
     return seen
+
+
+def end_one(state: ClusterState, pick: int) -> tuple[str, str]:
+    """End the ``pick``-th running job by id (modulo their number) and say so."""
+    victim = sorted(state.running)[pick % len(state.running)]
+    state.finish(victim)
+    return ("end", victim)
 
 
 def free_index(slots: Mapping[str, Any]) -> dict[str, SortedList]:

@@ -25,7 +25,7 @@ from apportion.core.scheduling.interface import Candidate
 from apportion.core.scheduling.jobs import Affinity, RunningJob
 from apportion.core.scheduling.policies import STRATEGIES
 from apportion.core.scheduling.walkstart import limits_by_bucket
-from sched_support import books, hold, mixed_fleets
+from sched_support import books, end_one, hold, mixed_fleets
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -165,9 +165,7 @@ def _run(nodes: list[Node], fill: list[int], ops: list[tuple[bool, Any, Any, int
     stops = 0
     for n, (place, what, drawn, pick) in enumerate(ops):
         if not place and state.running:
-            victim = sorted(state.running)[pick % len(state.running)]
-            state.finish(victim)
-            seen.append(("end", victim))
+            seen.append(end_one(state, pick))
             continue
         j = _job(n, what, own)
         extra = _extra(state, drawn)

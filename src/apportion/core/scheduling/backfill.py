@@ -29,6 +29,7 @@ from sortedcontainers import SortedList
 
 from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.constraints import family
+from apportion.core.scheduling.devices import tasks_held
 from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.framework import fit_count
@@ -517,9 +518,9 @@ def _free_matching(
         if r in rec.devices:
             terms = job.constraints.device_terms(family(r))
             by_id = rec.devices[r]
-            good = sum(1 for d in pools.get(r, ())
-                       if all(term.matches_device(by_id[d]) for term in terms))
-            n = good // q
+            good = [d for d in pools.get(r, ())
+                    if all(term.matches_device(by_id[d]) for term in terms)]
+            n = tasks_held(good, by_id, q)  # share slots per GPU, as ``choose``
             fit = n if fit is None else min(fit, n)
     return 1 if fit is None else fit
 

@@ -573,15 +573,18 @@ def _preempt(p: _Pass, job: Job) -> bool:
     chosen = preemption.plan(p.state, p.placer, job, p.now, started)
     if chosen is None:
         return False
-    for victim in chosen.victims:
-        rj = p.state.finish(victim)
+    evicted = [p.state.finish(victim) for victim in chosen.victims]
+    result = p.placer.place(job)
+    if result.tasks is None:
+        for rj in reversed(evicted):  # (plan placed it: a bug) evict no one for nothing
+            p.state.start(rj.job, rj.tasks, rj.start, rj.estimate)
+        return False
+    for rj in evicted:
         nodes = tuple(sorted({tp.node for tp in rj.tasks}))
-        p.preemptions.append(Preemption(victim, job.id, nodes))
+        p.preemptions.append(Preemption(rj.job.id, job.id, nodes))
     # Capacity came back: failures remembered so far no longer hold.
     p.failed.clear()
     p.failed_shapes.clear()
-    result = p.placer.place(job)
-    assert result.tasks is not None, "the plan was checked on the same state"
     _start(p, job, result.tasks, False, chosen.victims)
     p.lowest_victim = p.state.lowest_preemptible_priority()
     return True

@@ -18,10 +18,10 @@ when no single device has enough, the node cannot take the task.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
-from apportion.core.gpu_shares import pick_slots
+from apportion.core.gpu_shares import pick_slots, tasks_fit
 from apportion.core.model import Device
 from apportion.core.scheduling.capacity import NodeRec
 from apportion.core.scheduling.constraints import DeviceRequirement
@@ -38,6 +38,25 @@ def share_devices(device: Device, shares: int) -> tuple[Device, ...]:
         Device(f"{device.id}/{k}", device.model, device.memory, device.uuid, device.serial, attrs)
         for k in range(shares)
     )
+
+
+def share_slots(devices: Iterable[Device]) -> bool:
+    """Whether ``devices`` are share slots (they name their ``parent`` GPU),
+    whatever their resource is called: the one test of it, for ``choose``
+    and for the filters that count what ``choose`` will give
+    (``filters.DeviceConstraints``), so that a node the filters offer is a
+    node ``choose`` gives devices on (the preemption planner relies on it)."""
+    return any("parent" in d.attrs for d in devices)
+
+
+def tasks_held(ids: Sequence[str], by_id: Mapping[str, Device], count: int) -> int:
+    """Tasks of ``count`` devices each the free devices ``ids`` hold, as
+    ``choose`` takes them: share slots per GPU (``gpu_shares.tasks_fit``),
+    other devices by number. The filters and backfill's arithmetic count
+    with it, so that what they promise ``choose`` gives."""
+    if share_slots(by_id[d] for d in ids):
+        return tasks_fit(ids, by_id, count)
+    return len(ids) // count
 
 
 def link(a: Device, b: Device) -> int:
@@ -88,7 +107,7 @@ def choose(
         # No links and no share slots: every choice scores the same, and
         # ties keep device order (what the searches below return too).
         return tuple(ids[:count])
-    if any("parent" in d.attrs for d in devices):
+    if share_slots(devices):
         return pick_slots(ids, by_id, count)
     if count == 1:
         return (_least_linked(devices).id,)

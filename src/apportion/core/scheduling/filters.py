@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from apportion.core.gpu_shares import tasks_fit
 from apportion.core.labels import LabelRequirement
 from apportion.core.model import Node
 from apportion.core.reasons import Code, Kind, Reason
@@ -42,7 +41,7 @@ from apportion.core.scheduling.constraints import (
     family,
     labels_match,
 )
-from apportion.core.scheduling.devices import matching_free
+from apportion.core.scheduling.devices import matching_free, share_slots, tasks_held
 from apportion.core.scheduling.jobs import Job, TaskSpec
 from apportion.core.scheduling.state import ClusterState
 
@@ -246,10 +245,13 @@ class DeviceConstraints:
         return None
 
     def needed(self, job: Job) -> bool:
-        # GPU share slots always need it: free slots spread over GPUs are
-        # fewer tasks than their count says (a task's shares sit on one GPU).
-        return bool(job.constraints.devices) or any(
-            r.endswith(SHARES_SUFFIX) for t in job.tasks for r in t.resources)
+        # Device terms need it, and so do GPU share slots: free slots spread
+        # over GPUs are fewer tasks than their count says (a task's shares
+        # sit on one GPU). Whether a resource is share slots is the nodes'
+        # to say (``devices.share_slots``), not the job's: ``class_verdict``
+        # keeps this filter only where a feasible class needs a node's
+        # devices checked (``needs_node_device_check``).
+        return True
 
     def per_node(self, job: Job) -> bool:
         # Nodes of a bucket may hold different devices: the walk offers them
@@ -263,7 +265,7 @@ class DeviceConstraints:
         for r, q in spec.resources.items():
             if r in rec.devices:
                 terms = job.constraints.device_terms(family(r))
-                if terms or r.endswith(SHARES_SUFFIX):
+                if terms or share_slots(rec.devices[r].values()):
                     n = _fit_devices(rec, r, terms, q)
                     if n < fit:
                         if not n:
@@ -276,7 +278,7 @@ class DeviceConstraints:
     ) -> Reason | None:
         for r, q in spec.resources.items():
             terms = job.constraints.device_terms(family(r))
-            if not (terms or r.endswith(SHARES_SUFFIX)) or r not in rec.devices:
+            if r not in rec.devices or not (terms or share_slots(rec.devices[r].values())):
                 continue
             good = len(matching_free(rec, r, terms))
             if good < q:
@@ -296,15 +298,7 @@ class DeviceConstraints:
 def _fit_devices(rec: NodeRec, resource: str, terms: Sequence[DeviceRequirement], q: int) -> int:
     """Tasks of ``q`` matching devices the node's free ones hold; GPU share
     slots count per GPU, as a task's shares sit on one GPU."""
-    ids = matching_free(rec, resource, terms)
-    by_id = rec.devices[resource]
-    if ids and "parent" in by_id[ids[0]].attrs:
-        return tasks_fit(ids, by_id, q)
-    return len(ids) // q
-
-
-SHARES_SUFFIX = ".shares"
-"""Resources named ``<family>.shares`` are share slots (``core.gpu_shares``)."""
+    return tasks_held(matching_free(rec, resource, terms), rec.devices[resource], q)
 
 
 def _terms(terms: Sequence[object]) -> str:
@@ -440,7 +434,7 @@ def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeC
     for r in spec.resources:
         terms = constraints.device_terms(family(r))
         devices = cls.devices.get(r)
-        if devices and "parent" in devices[0].attrs:
+        if devices and share_slots(devices):
             return True  # share slots: how they spread over GPUs differs by node
         if terms and devices and not all(
             all(t.matches_device(d) for t in terms) for d in devices

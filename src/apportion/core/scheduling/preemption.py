@@ -16,6 +16,13 @@ victim priority, lowest priority sum, least run time lost.
 The planner works on the state inside a transaction and rolls everything
 back; the cycle then carries the plan out. It never plans when the job would
 start from known running-job ends within ``grace`` seconds anyway.
+
+The searches above ask cheap questions (``Placer.fits_on``: the node
+filters), which may promise more than the devices give. So before a plan is
+returned it is replayed as the cycle will carry it out: its victims evicted
+in its order, on this very state, then ``Placer.place``, the code the cycle
+places with (``_places``). A plan is made only when that places the job;
+otherwise the next cheapest node's plan is tried, and none evicts nobody.
 """
 
 from __future__ import annotations
@@ -71,8 +78,23 @@ def plan(state: ClusterState, placer: Placer, job: Job, now: float,
         return None
     pool.sort(key=lambda rj: victim_key(rj, now))
     if job.task_count == 1:
-        return _per_node(state, placer, job, pool, now)
-    return _cluster_wide(state, placer, job, pool, now)
+        plans = _per_node(state, placer, job, pool, now)
+    else:
+        one = _cluster_wide(state, placer, job, pool, now)
+        plans = [one] if one is not None else []
+    return next((p for p in plans if _places(state, placer, job, p)), None)
+
+
+def _places(state: ClusterState, placer: Placer, job: Job, chosen: PreemptionPlan) -> bool:
+    """Whether ``job`` is placed once ``chosen``'s victims are evicted, in
+    its order: what the cycle then does, on the same state, by the same code."""
+    mark = state.mark()
+    try:
+        for victim in chosen.victims:
+            state.finish(victim)
+        return placer.place(job).ok
+    finally:
+        state.rollback(mark)
 
 
 def _fits(state: ClusterState, placer: Placer, job: Job) -> bool:
@@ -85,22 +107,22 @@ def _fits(state: ClusterState, placer: Placer, job: Job) -> bool:
 
 def _per_node(
     state: ClusterState, placer: Placer, job: Job, pool: Sequence[RunningJob], now: float
-) -> PreemptionPlan | None:
+) -> list[PreemptionPlan]:
+    """Each node's plan, cheapest first (on equal cost, in node order)."""
     by_node: dict[str, list[RunningJob]] = {}
     for rj in pool:
         for tp in rj.tasks:
             group = by_node.setdefault(tp.node, [])
             if not group or group[-1] is not rj:
                 group.append(rj)
-    best: PreemptionPlan | None = None
+    plans: list[PreemptionPlan] = []
     for node in sorted(by_node):
         chosen = _victims_on(state, placer, job, node, by_node[node], now)
-        if chosen is None:
-            continue
-        cost = plan_cost(chosen, now)
-        if best is None or cost < best.cost:
-            best = PreemptionPlan(job.id, tuple(v.job.id for v in chosen), cost)
-    return best
+        if chosen is not None:
+            plans.append(PreemptionPlan(job.id, tuple(v.job.id for v in chosen),
+                                        plan_cost(chosen, now)))
+    plans.sort(key=lambda p: p.cost)  # stable: node order on equal cost
+    return plans
 
 
 def _victims_on(

@@ -58,7 +58,7 @@ from apportion.core.scheduling.interface import (
 )
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.lone import scored_per_node, take_lone
-from apportion.core.scheduling.scorers import NATIVE_CODES
+from apportion.core.scheduling.scorers import native_codes, plain_scorers
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     PlaceResult,
@@ -86,6 +86,10 @@ class Placer:
         self.state = state
         self.options = options
         self._limits: dict[str, dict[str, int]] | None = None
+        # What ``_scorers`` and ``_per_node`` answer for every plain job
+        # (``scorers.plain_scorers``), and ``pick``'s codes for them: asked
+        # once a cycle, not at each placement.
+        self._plain = plain_scorers(options)
 
     def _spend(self, rec: NodeRec, aligned: tuple[int, ...], n: int) -> None:
         lim = self._limits.get(rec.name) if self._limits else None
@@ -152,27 +156,43 @@ class Placer:
         self._limits = None
         state = self.state
         spec = job.tasks[0]
-        verdict = class_verdict(state, job, 0)
+        # ``class_verdict``'s cache hit and ``group_aggregate_short``'s
+        # check inline: two calls a placement.
+        hit = state.cache.get((job.shape_hash, 0))
+        verdict = (hit[1] if hit is not None and (hit[0] is job.shape or hit[0] == job.shape)
+                   else class_verdict(state, job, 0))
         if not verdict.aligned:
             return PlaceResult(None, no_class_failure(verdict, spec))
-        short = group_aggregate_short(state, spec)
-        if short is not None:
-            return PlaceResult(None, short)
+        free = state.free_totals
+        for r, q in spec.resources.items():
+            if free.get(r, 0) < q:  # one task: ``count`` is 1
+                return PlaceResult(None, group_aggregate_short(state, spec))
         options = self.options
+        plain = self._plain if not job.affinity and not job.anti_affinity else None
         if (options.first_is_best and verdict.lone and not verdict.per_node
-                and not scored_per_node(options, job, state)):
+                and (plain is not None or not scored_per_node(options, job, state))):
             lone = take_lone(state, job, spec, verdict)  # None: nothing granted
             if lone is not None:
                 return PlaceResult((lone,))
-        scorers = self._scorers(job)
-        per_node = self._per_node(job, verdict, scorers)
-        if (pick is not None and not per_node and not verdict.device_check
-                and not verdict.mask & state.inexact):
+        if plain is not None:
+            scorers, codes = plain
+            per_node = verdict.per_node
+        else:
+            scorers = self._scorers(job)
+            per_node = self._per_node(job, verdict, scorers)
+            codes = native_codes(scorers)
+        if (pick is not None and codes is not None and not per_node
+                and not verdict.device_check and not verdict.mask & state.inexact):
             # Buckets only, ranked by plugins the compiled walk scores: the
-            # walk and ranking in one C call.
-            picked = self._pick(spec, verdict, scorers)
+            # walk, the ranking and (no devices) the grant in one C call.
+            picked = pick(state, spec, verdict, options.loose, options.limit,
+                          options.first_is_best, codes, job.id, _need_past)
             if picked is not False:
-                placed = None if picked is None else self._grant_one(job, spec, *picked)
+                if picked is None:
+                    return PlaceResult(None, busy_failure(state, job, spec, 1))
+                rec, aligned, granted = picked
+                placed = (TaskPlacement(rec.name, spec.resources, {}, 1) if granted
+                          else self._grant_one(job, spec, rec, aligned))
                 if placed is not None:
                     return PlaceResult((placed,))
                 return PlaceResult(None, busy_failure(state, job, spec, 1))
@@ -188,32 +208,17 @@ class Placer:
               ) -> tuple[NodeRec, tuple[int, ...]] | Literal[False] | None:
         """The node and request ``_walk``, ``_best`` and ``_take_one`` choose
         for one task where no node is a candidate on its own
-        (``fastindex.pick``, in C), None where nothing fits, or False where
-        the C code cannot tell (a plugin it does not score, amounts past
-        exact doubles): walk in Python then."""
+        (``fastindex.pick``, in C, without its grant), None where nothing
+        fits, or False where the C code cannot tell (a plugin it does not
+        score, amounts past exact doubles): walk in Python then."""
         assert pick is not None
-        scoring = []
-        for plugin, weight in scorers:
-            code = NATIVE_CODES.get(type(plugin))
-            if code is None:
-                return False
-            scoring.append((code, weight))
-        state = self.state
-        index, k0, i0, walked = walk_index(state, spec)
-        if index is None:
-            return None
+        codes = native_codes(scorers)
+        if codes is None:
+            return False
         options = self.options
-        need_of, walked_of, need, first_of = _need_past(state, verdict, walked, spec)
-        buckets = state.bucket_map
-        entry = pick(index, k0, i0, options.loose, verdict.mask, need, first_of, need_of,
-                     walked_of, buckets, verdict.aligned, options.limit,
-                     # ``_walk``'s ``first`` rule (here no node is
-                     # a candidate on its own and none is capped):
-                     options.first_is_best and verdict.lone, tuple(scoring))
-        if not entry:
-            return entry
-        # The bucket's first node by name, as ``_take_one`` takes it.
-        return state.nodes[buckets[entry[3]].nodes[0]], verdict.aligned[entry[1]]
+        picked = pick(self.state, spec, verdict, options.loose, options.limit,
+                      options.first_is_best, codes, None, _need_past)
+        return picked if not picked else picked[:2]
 
     def fits_now(self, job: Job) -> bool:
         """Whether a job of one task would be placed now, without placing it

@@ -17,7 +17,7 @@ from __future__ import annotations
 from apportion.core.labels import LabelRequirement
 from apportion.core.scheduling.constraints import labels_match
 from apportion.core.scheduling.filters import runs_matching
-from apportion.core.scheduling.interface import Candidate, PlaceContext
+from apportion.core.scheduling.interface import Candidate, PlaceContext, PlaceOptions, ScorePlugin
 from apportion.core.scheduling.jobs import Job
 from apportion.core.scheduling.state import ClusterState
 
@@ -227,3 +227,40 @@ NATIVE_CODES: dict[type, int] = {BinPack: 1, Spread: 2, Fitness: 3, Balanced: 4}
 """The plugins whose score ``_freeindex_c.pick`` computes in C, by the code
 it knows each by: formulas of the class capacity, the free vector and the
 request alone (``Placer._place_one``)."""
+
+
+def native_codes(scorers: list[tuple[ScorePlugin, float]]) -> tuple[tuple[int, float], ...] | None:
+    """``scorers`` as ``_freeindex_c.pick`` scores them (code, weight), or
+    None where one of them is a plugin it does not score."""
+    out = []
+    for plugin, weight in scorers:
+        code = NATIVE_CODES.get(type(plugin))
+        if code is None:
+            return None
+        out.append((code, weight))
+    return tuple(out)
+
+
+PLAIN_APPLIES: dict[type, bool] = {
+    BinPack: True, Spread: True, Balanced: True, Fitness: True, Cost: True,
+    AffinityScore: False, Topology: False,
+}
+"""Whether each plugin applies to a plain job: one task, no affinity or
+anti-affinity terms (``applies`` reads nothing else of the job, and nothing
+of the state). None of them is per node for such a job."""
+
+
+def plain_scorers(options: PlaceOptions
+                  ) -> tuple[list[tuple[ScorePlugin, float]], tuple[tuple[int, float], ...] | None
+                             ] | None:
+    """``Placer._scorers`` of every plain job (``PLAIN_APPLIES``) under
+    ``options``, with their ``native_codes``; None where a plugin is not one
+    of these (its answers may depend on more)."""
+    out: list[tuple[ScorePlugin, float]] = []
+    for plugin, weight in options.scorers:
+        applies = PLAIN_APPLIES.get(type(plugin))
+        if applies is None:
+            return None
+        if weight and applies:
+            out.append((plugin, weight))
+    return out, native_codes(out)

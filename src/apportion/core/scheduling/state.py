@@ -494,9 +494,9 @@ class ClusterState(FreeCapacity):
         else:
             self.changes += 1
 
-    def add_running(self, rj: RunningJob) -> None:
-        """Register a job whose grants were made with ``grant`` already."""
-        self._add_running(rj)
+    add_running = _add_running
+    """Register a job whose grants were made with ``grant`` already (the
+    method itself, not a call of it: once a placement)."""
 
     def reestimate(self, job_id: str, estimate: float) -> None:
         """Give a running job a new run time estimate (one that outran its

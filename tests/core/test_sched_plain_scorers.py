@@ -7,7 +7,10 @@ per-job questions in place."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from typing import Any
+
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from apportion.core.labels import parse_selector
@@ -21,6 +24,8 @@ from apportion.core.scheduling.policies import STRATEGIES
 from apportion.core.scheduling.scorers import SCORERS, BinPack, native_codes, plain_scorers
 
 STATE = ClusterState([Node("n", {"cpu": 8000, "memory": 64})])
+NODES = [Node(f"n{k}", {"cpu": 2000 * k, "memory": 64}, labels={"zone": "ab"[k % 2]})
+         for k in range(1, 5)]
 
 weights = st.sampled_from([0.0, 1.0, 2.5, -1.0])
 any_options = st.builds(
@@ -35,20 +40,46 @@ terms = st.lists(st.builds(Affinity, st.just(parse_selector("zone=a")),
 
 
 @settings(max_examples=300, deadline=None)
-@given(options, terms, terms, st.integers(1, 3))
-def test_the_per_job_answers_for_every_plain_job(
-    opts: PlaceOptions, affinity: tuple[Affinity, ...], anti: tuple[Affinity, ...], count: int
-) -> None:
-    job = Job("j", (TaskSpec({"cpu": 1000}, count),), affinity=affinity, anti_affinity=anti)
+@given(options)
+def test_the_per_job_answers_for_every_plain_job(opts: PlaceOptions) -> None:
+    job = Job("j", (TaskSpec({"cpu": 1000}),))  # plain: one task, no terms
     placer = Placer(STATE, opts)
     plain = plain_scorers(opts)
     assert plain is not None  # every built-in plugin is known
-    if count > 1 or affinity or anti:
-        return  # not plain: asked per job
     scorers = placer._scorers(job)
-    assert plain == (scorers, native_codes(scorers))
+    assert plain == (tuple(scorers), native_codes(scorers))
+    assert isinstance(plain[0], tuple)  # shared by every placement: not a list
     assert not any(p.per_node(job) for p, _ in scorers)
     assert not scored_per_node(opts, job, STATE)
+
+
+class _Poison:
+    """A ``Placer._plain`` that fails the test where it is unpacked."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("a job that is not plain used the plain scorers")
+
+
+@settings(max_examples=100, deadline=None)
+@given(options, terms, terms, st.integers(1, 3))
+def test_a_job_that_is_not_plain_asks_per_job(
+    opts: PlaceOptions, affinity: tuple[Affinity, ...], anti: tuple[Affinity, ...], count: int
+) -> None:
+    assume(count > 1 or affinity or anti)
+    job = Job("j", (TaskSpec({"cpu": 1000}, count),), affinity=affinity, anti_affinity=anti)
+    state = ClusterState(NODES)
+    placer = Placer(state, opts)
+    placer._plain = _Poison()  # type: ignore[assignment]
+    mark = state.mark()
+    placed = placer.place(job).tasks
+    state.rollback(mark)
+    assert placed == Placer(state, opts).place(job).tasks
+
+
+def test_options_are_read_only() -> None:
+    placer = Placer(STATE, STRATEGIES["binpack"].options)
+    with pytest.raises(AttributeError):
+        placer.options = STRATEGIES["spread"].options  # type: ignore[misc]
 
 
 class _Own(BinPack):
@@ -61,4 +92,4 @@ def test_an_unknown_plugin_keeps_the_per_job_questions() -> None:
     assert native_codes([(SCORERS["binpack"], 2.0), (SCORERS["spread"], 1.0)]) == (
         (1, 2.0), (2, 1.0))
     assert plain_scorers(STRATEGIES["cost"].options) == (
-        [(SCORERS["cost"], 4.0), (SCORERS["binpack"], 1.0)], None)
+        ((SCORERS["cost"], 4.0), (SCORERS["binpack"], 1.0)), None)

@@ -84,12 +84,19 @@ class Placer:
 
     def __init__(self, state: ClusterState, options: PlaceOptions) -> None:
         self.state = state
-        self.options = options
+        self._options = options
         self._limits: dict[str, dict[str, int]] | None = None
         # What ``_scorers`` and ``_per_node`` answer for every plain job
         # (``scorers.plain_scorers``), and ``pick``'s codes for them: asked
-        # once a cycle, not at each placement.
+        # once a cycle, not at each placement. Derived from ``_options``,
+        # which is why ``options`` is read-only (a new strategy, a new Placer).
         self._plain = plain_scorers(options)
+
+    @property
+    def options(self) -> PlaceOptions:
+        """The strategy's options this Placer was made with (read-only: the
+        plain jobs' scorers were derived from them)."""
+        return self._options
 
     def _spend(self, rec: NodeRec, aligned: tuple[int, ...], n: int) -> None:
         lim = self._limits.get(rec.name) if self._limits else None
@@ -98,9 +105,9 @@ class Placer:
                 if q and r in lim:
                     lim[r] -= n * q
 
-    def _scorers(self, job: Job) -> list[tuple[ScorePlugin, float]]:
+    def _scorers(self, job: Job) -> Sequence[tuple[ScorePlugin, float]]:
         state = self.state
-        return [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        return [(p, w) for p, w in self._options.scorers if w and p.applies(job, state)]
 
     def place(
         self,
@@ -167,13 +174,14 @@ class Placer:
         for r, q in spec.resources.items():
             if free.get(r, 0) < q:  # one task: ``count`` is 1
                 return PlaceResult(None, group_aggregate_short(state, spec))
-        options = self.options
+        options = self._options
         plain = self._plain if not job.affinity and not job.anti_affinity else None
         if (options.first_is_best and verdict.lone and not verdict.per_node
                 and (plain is not None or not scored_per_node(options, job, state))):
             lone = take_lone(state, job, spec, verdict)  # None: nothing granted
             if lone is not None:
                 return PlaceResult((lone,))
+        scorers: Sequence[tuple[ScorePlugin, float]]
         if plain is not None:
             scorers, codes = plain
             per_node = verdict.per_node
@@ -204,7 +212,7 @@ class Placer:
                 return PlaceResult((placed,))
         return PlaceResult(None, busy_failure(state, job, spec, 1))
 
-    def _pick(self, spec: TaskSpec, verdict: Verdict, scorers: list[tuple[ScorePlugin, float]]
+    def _pick(self, spec: TaskSpec, verdict: Verdict, scorers: Sequence[tuple[ScorePlugin, float]]
               ) -> tuple[NodeRec, tuple[int, ...]] | Literal[False] | None:
         """The node and request ``_walk``, ``_best`` and ``_take_one`` choose
         for one task where no node is a candidate on its own
@@ -215,7 +223,7 @@ class Placer:
         codes = native_codes(scorers)
         if codes is None:
             return False
-        options = self.options
+        options = self._options
         picked = pick(self.state, spec, verdict, options.loose, options.limit,
                       options.first_is_best, codes, None, _need_past)
         return picked if not picked else picked[:2]
@@ -284,7 +292,7 @@ class Placer:
         return None
 
     @staticmethod
-    def _per_node(job: Job, verdict: Verdict, scorers: list[tuple[ScorePlugin, float]]
+    def _per_node(job: Job, verdict: Verdict, scorers: Sequence[tuple[ScorePlugin, float]]
                   ) -> bool:
         if verdict.per_node:
             return True
@@ -332,7 +340,7 @@ class Placer:
         index, k0, i0, walked = walk_index(state, spec)
         if index is None:
             return []
-        limit = self.options.limit
+        limit = self._options.limit
         aligned_of = verdict.aligned
         # Every entry from the start holds enough of the walked resource:
         # only the others (``need``) can rule a block or an entry out.
@@ -345,12 +353,12 @@ class Placer:
         # plugins that rank its buckets by walk order: the first is the pick
         # (``_pick`` passes the same rule to ``pick``; inline in both: as a
         # helper it cost 32 M instructions in 20,000 placements, +1.0 %).
-        first = self.options.first_is_best and verdict.lone and not per_node and not capped
+        first = self._options.first_is_best and verdict.lone and not per_node and not capped
         # The index skips blocks and entries that cannot hold a task
         # (``FreeIndex.fitting``); here each bucket it keeps becomes a
         # candidate, or its nodes do where they differ in a way the bucket
         # does not show.
-        for entry, fit in index.fitting(k0, i0, self.options.loose, verdict.mask, need,
+        for entry, fit in index.fitting(k0, i0, self._options.loose, verdict.mask, need,
                                         first_of, need_of, walked_of):
             cid = entry[1]
             bucket = buckets[entry[3]]
@@ -403,7 +411,7 @@ class Placer:
             cand = self._node_candidate(job, spec, recs[name], verdict, limits)
             if cand is not None:
                 out.append(cand)
-                if len(out) >= self.options.limit:
+                if len(out) >= self._options.limit:
                     break
         return out
 
@@ -459,7 +467,7 @@ class Placer:
         ctx: PlaceContext,
         placed: list[TaskPlacement],
     ) -> int:
-        per_node = min(cand.fit, remaining) if self.options.pack else 1
+        per_node = min(cand.fit, remaining) if self._options.pack else 1
         n_nodes = min(cand.count, -(-remaining // per_node))
         state = self.state
         recs = state.nodes

@@ -14,6 +14,8 @@ spread falls.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from apportion.core.labels import LabelRequirement
 from apportion.core.scheduling.constraints import labels_match
 from apportion.core.scheduling.filters import runs_matching
@@ -229,7 +231,8 @@ it knows each by: formulas of the class capacity, the free vector and the
 request alone (``Placer._place_one``)."""
 
 
-def native_codes(scorers: list[tuple[ScorePlugin, float]]) -> tuple[tuple[int, float], ...] | None:
+def native_codes(scorers: Sequence[tuple[ScorePlugin, float]]
+                 ) -> tuple[tuple[int, float], ...] | None:
     """``scorers`` as ``_freeindex_c.pick`` scores them (code, weight), or
     None where one of them is a plugin it does not score."""
     out = []
@@ -251,8 +254,8 @@ of the state). None of them is per node for such a job."""
 
 
 def plain_scorers(options: PlaceOptions
-                  ) -> tuple[list[tuple[ScorePlugin, float]], tuple[tuple[int, float], ...] | None
-                             ] | None:
+                  ) -> tuple[tuple[tuple[ScorePlugin, float], ...],
+                             tuple[tuple[int, float], ...] | None] | None:
     """``Placer._scorers`` of every plain job (``PLAIN_APPLIES``) under
     ``options``, with their ``native_codes``; None where a plugin is not one
     of these (its answers may depend on more)."""
@@ -263,4 +266,4 @@ def plain_scorers(options: PlaceOptions
             return None
         if weight and applies:
             out.append((plugin, weight))
-    return out, native_codes(out)
+    return tuple(out), native_codes(out)

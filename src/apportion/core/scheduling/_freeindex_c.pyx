@@ -453,6 +453,8 @@ def pick(state, spec, verdict, loose, limit, first_is_best, scoring, job_id, nee
     ``(rec, aligned, granted)``; None where nothing fits; False where a
     score cannot be exact here (the caller walks in Python)."""
     resources = spec.resources
+    # A copy of ``walkstart.walk_index`` (change both together; the
+    # differential tests in test_sched_pick_native compare them).
     cdef dict indexes = state._index
     cdef Py_ssize_t k, i, n, best_k = 0, best_i = 0, best_len = -1
     best = None
@@ -502,7 +504,11 @@ def pick(state, spec, verdict, loose, limit, first_is_best, scoring, job_id, nee
 
 
 cdef _grant_one(state, rec, tuple aligned, job_id):
-    """``ClusterState.grant(rec, aligned, 1, job_id)`` without devices."""
+    """``ClusterState.grant(rec, aligned, 1, job_id)`` without devices: a
+    copy of it (change both together; test_sched_pick_native's
+    test_the_same_results_state_and_index_as_the_python_walk and
+    test_the_compiled_grant_is_logged_and_rolled_back_as_the_python_one
+    compare them)."""
     cdef tuple old = rec.free
     cdef Py_ssize_t i, m = len(old)
     cdef tuple new = PyTuple_New(m)

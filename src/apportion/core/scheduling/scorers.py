@@ -86,9 +86,12 @@ class Balanced:
         return True
 
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        # A resource the node declares with capacity 0 has no share: left
+        # out (as Kubernetes' NodeResourcesFit leaves out resources with
+        # zero allocatable), not a division by zero.
         shares = [
             (c - f + q) / c for c, f, q in zip(cand.cls.capacity, cand.free, cand.aligned,
-                                                 strict=True)
+                                                 strict=True) if c
         ]
         if len(shares) < 2:
             return 1.0
@@ -112,11 +115,20 @@ class Fitness:
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
         cap = cand.cls.capacity
         if len(cap) == 1:
-            return 1.0 - (cand.free[0] - cand.aligned[0]) / cap[0]
+            c = cap[0]
+            return 1.0 - (cand.free[0] - cand.aligned[0]) / c if c else 1.0
+        # A resource of capacity 0 (no task can ask for it: nothing is free)
+        # is left out of the mean, as Kubernetes' NodeResourcesFit leaves out
+        # resources with zero allocatable; the compiled score hands such
+        # classes back to this one (``state.inexact``).
         left = 0.0
+        m = len(cap)
         for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
-            left += (f - q) / c
-        return 1.0 - left / len(cap)
+            if c:
+                left += (f - q) / c
+            else:
+                m -= 1
+        return 1.0 - left / m if m else 1.0
 
 
 class Cost:

@@ -241,3 +241,39 @@ def test_a_class_past_exact_doubles_sends_only_the_jobs_it_may_hold_to_python() 
         either = placer.place(Job("c", (TaskSpec({"cpu": 2}),)))
         assert [t.node for t in either.tasks or ()] == ["zero"]
         assert len(calls) == 1  # "zero" may hold it: walked in Python
+
+
+def _granted_in_transaction() -> tuple[list[Any], Any, Any, int]:
+    nodes = [Node("a", {"cpu": 8000, "memory": 16}), Node("b", {"cpu": 4000, "memory": 16}),
+             Node("g", {"cpu": 8000, "memory": 16, "gpu": 2},
+                  devices={"gpu": tuple(Device(f"GPU-{k}", "A100") for k in range(2))})]
+    state = ClusterState(nodes)
+    placer = Placer(state, STRATEGIES["binpack"].options)
+    mark = state.mark()
+    grants = mock.patch.object(ClusterState, "grant", autospec=True, side_effect=ClusterState.grant)
+    with grants as grant:
+        placed = [placer.place(Job(f"j{n}", (TaskSpec(r),))).tasks for n, r in enumerate(
+            [{"cpu": 3000, "memory": 4}, {"cpu": 1000, "gpu": 1}, {"cpu": 3000, "memory": 4}])]
+    inside = books(state)
+    state.rollback(mark)
+    return placed, inside, books(state), grant.call_count
+
+
+def test_the_compiled_grant_is_logged_and_rolled_back_as_the_python_one() -> None:
+    # ``pick`` grants itself where the node's class has none of the task's
+    # resources as devices (its log entry: ``ClusterState.grant``'s); a GPU
+    # task is handed back for ``_grant_one``'s devices; a cpu task on the GPU
+    # node is granted in C.
+    *native, native_grants = _granted_in_transaction()
+    placed, inside, after = native
+    assert [[t.node for t in ts or ()] for ts in placed] == [["b"], ["g"], ["g"]]
+    assert inside[0]["b"][2] == {"j0": 1}
+    assert all(not jobs for _, _, jobs, _ in after[0].values())
+    # Only the GPU task's grant is Python's: a ``pick`` that stopped granting
+    # (or one never asked) would show 3, as the Python walk does.
+    assert native_grants == 1
+    with (mock.patch.object(framework, "pick", None),
+          mock.patch.object(FreeCapacity, "_move", FreeCapacity._move_py)):
+        *python, python_grants = _granted_in_transaction()
+    assert python == native
+    assert python_grants == 3

@@ -15,7 +15,8 @@ from apportion.core.scheduling import (
     job,
     schedule_cycle,
 )
-from apportion.core.scheduling.interface import Candidate, PlaceContext
+from apportion.core.scheduling.framework import Placer
+from apportion.core.scheduling.interface import Candidate, PlaceContext, PlaceOptions
 from apportion.core.scheduling.scorers import SCORERS
 
 GI = 2**30
@@ -234,6 +235,28 @@ def test_fitness_scores_what_the_node_keeps_free_over_all_its_resources() -> Non
     # n1 keeps cpu 2/8 and memory 24/32 -> 1 - (0.25 + 0.75) / 2
     assert SCORERS["fitness"].score(candidate(state, "n0", req), ctx) == 0.125
     assert SCORERS["fitness"].score(candidate(state, "n1", req), ctx) == 0.5
+
+
+def test_a_resource_of_capacity_zero_is_left_out_of_the_scores() -> None:
+    # No task can ask for it (nothing of it is free): it has no share, as
+    # Kubernetes' NodeResourcesFit leaves out resources with zero
+    # allocatable; before, fitness and balanced divided by it.
+    state = ClusterState([Node("z", {"cpu": 4000, "gpu": 0}), Node("y", {"cpu": 8000, "gpu": 0}),
+                          Node("m", {"cpu": 4000, "gpu": 0, "memory": 8 * GI}),
+                          Node("g", {"gpu": 0})])
+    req = {"cpu": 1000}
+    ctx = context(state, req)
+    assert SCORERS["fitness"].score(candidate(state, "z", req), ctx) == 0.25  # 1 - 3/4
+    assert SCORERS["fitness"].score(candidate(state, "y", req), ctx) == 0.125  # 1 - 7/8
+    assert SCORERS["fitness"].score(candidate(state, "m", req), ctx) == 0.125  # 1 - (3/4 + 1)/2
+    assert SCORERS["fitness"].score(candidate(state, "g", req), ctx) == 1.0  # nothing to keep
+    assert SCORERS["balanced"].score(candidate(state, "z", req), ctx) == 1.0  # one share
+    assert SCORERS["balanced"].score(candidate(state, "m", req), ctx) == 0.75  # 1 - (1/4 - 0)
+    assert SCORERS["binpack"].score(candidate(state, "z", req), ctx) == 0.25
+    for name, node in [("fitness", "z"), ("balanced", "z"), ("binpack", "z"), ("spread", "y")]:
+        placed = Placer(state, PlaceOptions(((SCORERS[name], 1.0),), limit=8)).place(
+            job(name, {"cpu": 1})).tasks
+        assert [t.node for t in placed or ()] == [node], name
 
 
 def priced() -> ClusterState:

@@ -11,7 +11,16 @@ import pytest
 from apportion.core.errors import InsufficientResources, InvalidInput, NodeExists
 from apportion.core.model import Device, Health, Node, NodeState
 from apportion.core.reasons import Code, Kind
-from apportion.core.scheduling import ClusterState, Job, TaskPlacement, TaskSpec, job
+from apportion.core.resources import MAX_QUANTITY
+from apportion.core.scheduling import (
+    ClusterState,
+    Job,
+    SchedulerConfig,
+    TaskPlacement,
+    TaskSpec,
+    job,
+    schedule_cycle,
+)
 from apportion.core.scheduling.jobs import RunningJob
 from apportion.core.scheduling.state import COMMIT
 from sched_support import past_recounted
@@ -417,3 +426,25 @@ def test_a_task_may_hold_every_free_device_and_they_come_back_in_the_node_order(
     assert rec.free_devices["gpu"] == []
     state.finish("all")
     assert rec.free_devices["gpu"] == ["z", "a", "m"]
+
+
+def test_amounts_at_the_api_limit_are_placed_and_summed_past_64_bits() -> None:
+    # The API takes a quantity up to MAX_QUANTITY (2^63-1, resources.py) and
+    # refuses more, naming the field and the limit (test_api_errors); the
+    # compiled index reads a node's amounts as C long long, and the totals
+    # over nodes (past 2^63 here) stay Python ints, in both modes.
+    nodes = [Node(f"n{k}", {"cpu": 8000, "memory": MAX_QUANTITY - k}) for k in range(3)]
+    state = ClusterState(nodes)
+    assert state.free_totals["memory"] == 3 * MAX_QUANTITY - 3
+    jobs = [job("big", {"cpu": 1000, "memory": MAX_QUANTITY - 1}),
+            job("two", {"cpu": 1000, "memory": 2**62}, count=2),
+            job("one", {"cpu": 1000, "memory": 1})]
+    r = schedule_cycle(state, jobs, 0.0, SchedulerConfig(strategy="binpack"))
+    placed = {p.job_id: sorted(t.node for t in p.tasks) for p in r.placements}
+    assert placed == {"big": ["n1"], "two": ["n0", "n2"], "one": ["n2"]}  # the tightest fits
+    assert state.free_totals["memory"] == 3 * MAX_QUANTITY - 3 - (MAX_QUANTITY - 1) - 2**63 - 1
+    recount(state)
+    for j in ("big", "two", "one"):
+        state.finish(j)
+    assert state.free_totals["memory"] == 3 * MAX_QUANTITY - 3
+    recount(state)

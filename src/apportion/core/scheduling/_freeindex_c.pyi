@@ -1,21 +1,21 @@
 # The compiled free index (_freeindex_c.pyx): the pure class's interface,
-# and the one-task walk and ranking ``fastindex.pick`` exposes.
-from collections.abc import Mapping
+# and the one-task walk, ranking and grant ``fastindex.pick`` exposes.
+from collections.abc import Callable
 from typing import Literal
 
-from apportion.core.scheduling.capacity import Bucket, FreeCapacity, NodeRec
-from apportion.core.scheduling.freeindex import Entry
+from apportion.core.scheduling.capacity import FreeCapacity, NodeRec
+from apportion.core.scheduling.filters import NeedPast, Verdict
 from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
+from apportion.core.scheduling.jobs import TaskSpec
+from apportion.core.scheduling.state import ClusterState
 
 class FreeIndex(PureFreeIndex): ...
 
 def pick(
-    index: PureFreeIndex, k0: int, i0: int, loose: bool, vmask: int,
-    need: tuple[tuple[str, int], ...], first_of: dict[int, tuple[int, int]],
-    need_of: dict[int, tuple[tuple[int, int], ...]], walked_of: dict[int, tuple[int, int]],
-    buckets: Mapping[int, Bucket], aligned_of: Mapping[int, tuple[int, ...]], limit: int,
-    first: bool, scoring: tuple[tuple[int, float], ...],
-) -> Entry | Literal[False] | None: ...
+    state: ClusterState, spec: TaskSpec, verdict: Verdict, loose: bool, limit: int,
+    first_is_best: bool, scoring: tuple[tuple[int, float], ...], job_id: str | None,
+    need_past: Callable[[ClusterState, Verdict, str, TaskSpec], NeedPast],
+) -> tuple[NodeRec, tuple[int, ...], bool] | Literal[False] | None: ...
 
 def score(
     code: int, cap: tuple[int, ...], free: tuple[int, ...], aligned: tuple[int, ...]

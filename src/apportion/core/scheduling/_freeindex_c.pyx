@@ -20,6 +20,8 @@ figures.
 """
 
 from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from bisect import bisect_left, insort
 
 from apportion.core.scheduling.freeindex import BLOCK
@@ -155,52 +157,10 @@ class FreeIndex(PureFreeIndex):
         return k, _bisect_amount(<list>self.blocks[k], a)
 
     def start(self, amount):
-        cdef list lasts = self.lasts
-        cdef long long a = amount
-        cdef Py_ssize_t k = _bisect_amount(lasts, a)
-        cdef Py_ssize_t nb = len(lasts)
-        if k == nb:
-            return k, 0, 0
-        cdef Py_ssize_t i = _bisect_amount(<list>self.blocks[k], a)
-        cdef list lens = self.lens
-        cdef Py_ssize_t n = 0
-        cdef Py_ssize_t j
-        if k < nb // 2:
-            for j in range(k):
-                n += <Py_ssize_t>lens[j]
-            return k, i, <Py_ssize_t>self.size - n - i
-        for j in range(k, nb):
-            n += <Py_ssize_t>lens[j]
-        return k, i, n - i
+        return _start_of(self, amount)
 
     def add(self, entry, names):
-        cdef tuple e = entry
-        cdef list lasts = self.lasts
-        cdef Py_ssize_t k
-        if not lasts:
-            PureFreeIndex.add(self, entry, names)
-            return
-        self.size += 1
-        cid = e[1]
-        if cid not in self.names:
-            self._learn(cid, names)
-        k = _bisect(lasts, e)
-        cdef list block
-        if k == len(lasts):
-            k -= 1
-            block = self.blocks[k]
-            block.append(e)
-            lasts[k] = e
-        else:
-            block = self.blocks[k]
-            block.insert(_bisect(block, e), e)
-        cdef list lens = self.lens
-        cdef Py_ssize_t n = <Py_ssize_t>lens[k] + 1
-        lens[k] = n
-        _raise(self.bounds[k], self.tops[k], self.stale[k], names, e[2])
-        self.masks[k] |= 1 << cid
-        if n > 2 * BLOCK:
-            self._split(k)
+        _add(self, entry, names)
 
     def remove(self, entry):
         cdef tuple e = entry
@@ -209,93 +169,22 @@ class FreeIndex(PureFreeIndex):
         cdef Py_ssize_t i = _bisect(block, e)
         if i >= len(block) or _cmp(<tuple>block[i], e) != 0:
             raise ValueError(f"{entry} not in index")
-        self._remove_at(k, block, i, entry)
+        _remove_at(self, k, block, i, entry)
 
     def _remove_at(self, k, block, i, entry):
-        cdef list b = block
-        cdef Py_ssize_t kk = k
-        del b[i]
-        self.size -= 1
-        if not b:
-            del self.blocks[kk], self.lasts[kk], self.lens[kk], self.bounds[kk]
-            del self.masks[kk], self.stale[kk], self.tops[kk]
-            return
-        cdef list lens = self.lens
-        lens[kk] = <Py_ssize_t>lens[kk] - 1
-        self.lasts[kk] = b[len(b) - 1]
-        cdef tuple e = entry
-        _lower(self.bounds[kk], self.tops[kk], self.stale[kk], self.names[e[1]], e[2])
+        _remove_at(self, k, block, i, entry)
 
     def move(self, old, new, names):
         _move_entry(self, old, new, names)
 
     def recompute(self, k):
-        # Entry by entry (the pure method groups them by their classes'
-        # names to take one max() per column; in C the plain loop is the
-        # cheaper one): the same bounds, counts and mask.
-        cdef dict names = self.names
-        cdef dict bound = {}
-        cdef dict top = {}
-        cdef tuple entry, free
-        cdef long long q, b
-        cdef Py_ssize_t i
-        cdef list block = self.blocks[k]
-        for entry in block:
-            cid = entry[1]
-            free = entry[2]
-            i = 0
-            for r in names[cid]:
-                q = free[i]
-                i += 1
-                b = _bound(bound, r)
-                if q > b:
-                    bound[r] = q
-                    top[r] = 1
-                elif q == b and q >= 0:
-                    top[r] = <Py_ssize_t>top[r] + 1
-        self.bounds[k] = bound
-        self.tops[k] = top
-        self.masks[k] = _mask(block)
-        self.stale[k] = set()
+        _recompute(self, k)
 
     def tightened(self, k, need, loose):
-        cdef bint done = False
-        for pair in need:
-            r = pair[0]
-            if r in loose:
-                self.tighten(k, r)
-                done = True
-        if not done:
-            self.recompute(k)
-        return True
+        return _tightened(self, k, need, loose)
 
     def tighten(self, k, resource):
-        cdef dict col = self.pos.get(resource, {})
-        cdef long long best = -1
-        cdef long long q
-        cdef Py_ssize_t held = 0
-        cdef tuple entry
-        cdef list block = self.blocks[k]
-        for entry in block:
-            j = col.get(entry[1])
-            if j is not None:
-                q = (<tuple>entry[2])[<Py_ssize_t>j]
-                if q > best:
-                    best = q
-                    held = 1
-                elif q == best:
-                    held += 1
-        mask = _mask(block)
-        cdef dict bound = self.bounds[k]
-        cdef dict top = self.tops[k]
-        if best >= 0:
-            bound[resource] = best
-            top[resource] = held
-        else:
-            bound.pop(resource, None)
-            top.pop(resource, None)
-        self.masks[k] = mask
-        (<set>self.stale[k]).discard(resource)
+        _tighten(self, k, resource)
 
     def fitting(self, k0, i0, loose, vmask, need, first_of, need_of, walked_of):
         cdef _Walk walk = _Walk(self, k0, i0, loose, vmask, need, first_of, need_of,
@@ -306,6 +195,128 @@ class FreeIndex(PureFreeIndex):
             if entry is None:
                 return
             yield entry, walk.fit
+
+
+cdef _add(self, entry, names):
+    """``FreeIndex.add`` (``_move_entry`` calls it without a method call)."""
+    cdef tuple e = entry
+    cdef list lasts = self.lasts
+    cdef Py_ssize_t k
+    if not lasts:
+        PureFreeIndex.add(self, entry, names)
+        return
+    self.size += 1
+    cid = e[1]
+    if cid not in self.names:
+        self._learn(cid, names)
+    k = _bisect(lasts, e)
+    cdef list block
+    if k == len(lasts):
+        k -= 1
+        block = self.blocks[k]
+        block.append(e)
+        lasts[k] = e
+    else:
+        block = self.blocks[k]
+        block.insert(_bisect(block, e), e)
+    cdef list lens = self.lens
+    cdef Py_ssize_t n = <Py_ssize_t>lens[k] + 1
+    lens[k] = n
+    _raise(self.bounds[k], self.tops[k], self.stale[k], names, e[2])
+    self.masks[k] |= 1 << cid
+    if n > 2 * BLOCK:
+        self._split(k)
+
+
+cdef _remove_at(self, k, block, i, entry):
+    """``FreeIndex._remove_at``."""
+    cdef list b = block
+    cdef Py_ssize_t kk = k
+    del b[i]
+    self.size -= 1
+    if not b:
+        del self.blocks[kk], self.lasts[kk], self.lens[kk], self.bounds[kk]
+        del self.masks[kk], self.stale[kk], self.tops[kk]
+        return
+    cdef list lens = self.lens
+    lens[kk] = <Py_ssize_t>lens[kk] - 1
+    self.lasts[kk] = b[len(b) - 1]
+    cdef tuple e = entry
+    _lower(self.bounds[kk], self.tops[kk], self.stale[kk], self.names[e[1]], e[2])
+
+
+cdef _recompute(self, k):
+    """``FreeIndex.recompute``."""
+    # Entry by entry (the pure method groups them by their classes'
+    # names to take one max() per column; in C the plain loop is the
+    # cheaper one): the same bounds, counts and mask.
+    cdef dict names = self.names
+    cdef dict bound = {}
+    cdef dict top = {}
+    cdef tuple entry, free
+    cdef long long q, b
+    cdef Py_ssize_t i
+    cdef list block = self.blocks[k]
+    for entry in block:
+        cid = entry[1]
+        free = entry[2]
+        i = 0
+        for r in names[cid]:
+            q = free[i]
+            i += 1
+            b = _bound(bound, r)
+            if q > b:
+                bound[r] = q
+                top[r] = 1
+            elif q == b and q >= 0:
+                top[r] = <Py_ssize_t>top[r] + 1
+    self.bounds[k] = bound
+    self.tops[k] = top
+    self.masks[k] = _mask(block)
+    self.stale[k] = set()
+
+
+cdef bint _tightened(self, k, need, loose) except -1:
+    """``FreeIndex.tightened`` (the walk calls it without a method call)."""
+    cdef bint done = False
+    for pair in need:
+        r = pair[0]
+        if r in loose:
+            _tighten(self, k, r)
+            done = True
+    if not done:
+        _recompute(self, k)
+    return True
+
+
+cdef _tighten(self, k, resource):
+    """``FreeIndex.tighten``."""
+    cdef dict col = self.pos.get(resource, {})
+    cdef long long best = -1
+    cdef long long q
+    cdef Py_ssize_t held = 0
+    cdef tuple entry
+    cdef list block = self.blocks[k]
+    for entry in block:
+        j = col.get(entry[1])
+        if j is not None:
+            q = (<tuple>entry[2])[<Py_ssize_t>j]
+            if q > best:
+                best = q
+                held = 1
+            elif q == best:
+                held += 1
+    mask = _mask(block)
+    cdef dict bound = self.bounds[k]
+    cdef dict top = self.tops[k]
+    if best >= 0:
+        bound[resource] = best
+        top[resource] = held
+    else:
+        bound.pop(resource, None)
+        top.pop(resource, None)
+    self.masks[k] = mask
+    (<set>self.stale[k]).discard(resource)
 
 
 cdef class _Walk:
@@ -371,7 +382,9 @@ cdef class _Walk:
                 self.k += self.step
                 continue
             loose_rs = self.stale[self.k]
-            if loose_rs and self.index.tightened(self.k, self.need, loose_rs):
+            if loose_rs and (_tightened(self.index, self.k, self.need, loose_rs)
+                             if type(self.index) is FreeIndex
+                             else self.index.tightened(self.k, self.need, loose_rs)):
                 if not (masks[self.k] & vmask):
                     self.k += self.step
                     continue
@@ -429,8 +442,113 @@ cdef class _Walk:
             self.k += self.step
 
 
-def pick(index, k0, i0, loose, vmask, need, first_of, need_of, walked_of, buckets,
-         aligned_of, limit, first, scoring):
+def pick(state, spec, verdict, loose, limit, first_is_best, scoring, job_id, need_past):
+    """``Placer._pick`` and, given ``job_id``, ``_grant_one``'s grant, for one
+    task where no node is a candidate on its own, in one C call: the index
+    and start of ``walkstart.walk_index``, the split of ``filters.need_past``
+    (``need_past`` is called where the verdict has none yet), the walk and
+    ranking (``_pick_entry``), the bucket's first node by name, and, where
+    ``job_id`` is given and the node's class has none of the task's
+    resources as devices, ``ClusterState.grant`` of the one task.
+    ``(rec, aligned, granted)``; None where nothing fits; False where a
+    score cannot be exact here (the caller walks in Python)."""
+    resources = spec.resources
+    # A copy of ``walkstart.walk_index`` (change both together; the
+    # differential tests in test_sched_pick_native compare them).
+    cdef dict indexes = state._index
+    cdef Py_ssize_t k, i, n, best_k = 0, best_i = 0, best_len = -1
+    best = None
+    walked = ""
+    if len(resources) == 1:
+        for r, q in resources.items():
+            walked = r
+            best = indexes.get(r)
+            if best is None:
+                return None
+            best_k = _bisect_amount(<list>best.lasts, q)
+            if best_k == len(<list>best.lasts):
+                return None
+            best_i = _bisect_amount(<list>best.blocks[best_k], q)
+    else:
+        for r, q in resources.items():
+            index = indexes.get(r)
+            if index is None:
+                return None
+            k, i, n = _start_of(index, q)
+            if best_len < 0 or n < best_len:
+                best, best_k, best_i, best_len, walked = index, k, i, n, r
+        if best_len <= 0:
+            return None
+    split = verdict.need_past.get(walked)
+    if split is None:
+        split = need_past(state, verdict, walked, spec)
+    need_of, walked_of, need, first_of = split
+    buckets = state._buckets
+    aligned_of = verdict.aligned
+    entry = _pick_entry(best, best_k, best_i, loose, verdict.mask, need, first_of, need_of,
+                        walked_of, buckets, aligned_of, limit,
+                        first_is_best and verdict.lone, scoring)
+    if not entry:
+        return entry
+    rec = state._recs[(<list>buckets[entry[3]].nodes)[0]]
+    cdef tuple aligned = aligned_of[entry[1]]
+    if job_id is None:
+        return rec, aligned, False
+    devices = rec.cls.devices
+    if devices:
+        for r in resources:
+            if r in devices:
+                return rec, aligned, False
+    _grant_one(state, rec, aligned, job_id)
+    return rec, aligned, True
+
+
+cdef _grant_one(state, rec, tuple aligned, job_id):
+    """``ClusterState.grant(rec, aligned, 1, job_id)`` without devices: a
+    copy of it (change both together; test_sched_pick_native's
+    test_the_same_results_state_and_index_as_the_python_walk and
+    test_the_compiled_grant_is_logged_and_rolled_back_as_the_python_one
+    compare them)."""
+    cdef tuple old = rec.free
+    cdef Py_ssize_t i, m = len(old)
+    cdef tuple new = PyTuple_New(m)
+    for i in range(m):
+        d = old[i] - aligned[i]
+        Py_INCREF(d)
+        PyTuple_SET_ITEM(new, i, d)
+    _move_free(state, rec, old, new)
+    cdef dict jobs = rec.jobs
+    jobs[job_id] = jobs.get(job_id, 0) + 1
+    log = state._log
+    if log.depth:
+        (<list>log.entries).append(("g", rec, aligned, 1, job_id, None))
+    else:
+        state.changes += 1
+
+
+cdef tuple _start_of(index, amount):
+    """``FreeIndex.start(amount)``."""
+    cdef list lasts = index.lasts
+    cdef long long a = amount
+    cdef Py_ssize_t k = _bisect_amount(lasts, a)
+    cdef Py_ssize_t nb = len(lasts)
+    if k == nb:
+        return k, 0, 0
+    cdef Py_ssize_t i = _bisect_amount(<list>index.blocks[k], a)
+    cdef list lens = index.lens
+    cdef Py_ssize_t n = 0
+    cdef Py_ssize_t j
+    if k < nb // 2:
+        for j in range(k):
+            n += <Py_ssize_t>lens[j]
+        return k, i, <Py_ssize_t>index.size - n - i
+    for j in range(k, nb):
+        n += <Py_ssize_t>lens[j]
+    return k, i, n - i
+
+
+cdef object _pick_entry(index, k0, i0, loose, vmask, need, first_of, need_of, walked_of,
+                        buckets, aligned_of, limit, first, scoring):
     """The entry of the bucket ``Placer._walk`` and ``Placer._best`` choose
     for one task (no node-level candidates): the walk's first ``limit``
     entries (one where ``first``), the first of them with the highest
@@ -531,6 +649,11 @@ cdef double _score(int code, tuple cap, tuple free, tuple aligned, bint* ok):
 
 
 def move_free(state, rec, old, new):
+    """``capacity.FreeCapacity._move`` compiled (``_move_free``)."""
+    _move_free(state, rec, old, new)
+
+
+cdef _move_free(state, rec, old, new):
     """``capacity.FreeCapacity._move`` compiled (its ``_refile`` inlined):
     node ``rec`` of ``state`` goes from free vector ``old`` to ``new``; the
     same totals, buckets and index entries, in the same order of changes.
@@ -611,8 +734,12 @@ cdef _move_entry(self, tuple o, tuple w, names):
     if (n == 1 or (k and _cmp(<tuple>lasts[k - 1], w) >= 0)
             or (_cmp(w, <tuple>(block[n - 1] if i < n - 1 else block[n - 2])) >= 0
                 and k < nl - 1)):
-        self._remove_at(k, block, i, o)
-        self.add(w, names)
+        if type(self) is FreeIndex:
+            _remove_at(self, k, block, i, o)
+            _add(self, w, names)
+        else:
+            self._remove_at(k, block, i, o)
+            self.add(w, names)
         return
     del block[i]
     block.insert(_bisect(block, w), w)

@@ -10,23 +10,26 @@ back; ``.ci/run`` runs ``tests/core`` on both (``tests/conftest.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from apportion.core.scheduling.freeindex import Entry, FreeIndex
+from apportion.core.scheduling.freeindex import FreeIndex
 
 if TYPE_CHECKING:
-    from apportion.core.scheduling.capacity import Bucket, FreeCapacity, NodeRec
+    from apportion.core.scheduling.capacity import FreeCapacity, NodeRec
+    from apportion.core.scheduling.filters import NeedPast, Verdict
+    from apportion.core.scheduling.jobs import TaskSpec
+    from apportion.core.scheduling.state import ClusterState
 
 Index: type[FreeIndex]
 pick: Callable[
-    [FreeIndex, int, int, bool, int, tuple[tuple[str, int], ...], dict[int, tuple[int, int]],
-     dict[int, tuple[tuple[int, int], ...]], dict[int, tuple[int, int]], Mapping[int, Bucket],
-     Mapping[int, tuple[int, ...]], int, bool, tuple[tuple[int, float], ...]],
-    Entry | Literal[False] | None,
+    [ClusterState, TaskSpec, Verdict, bool, int, bool, tuple[tuple[int, float], ...],
+     str | None, Callable[[ClusterState, Verdict, str, TaskSpec], NeedPast]],
+    tuple[NodeRec, tuple[int, ...], bool] | Literal[False] | None,
 ] | None
-"""``_freeindex_c.pick``, a one-task placement's walk and ranking in one C
-call (``Placer._place_one``), or None: the walk and ranking in Python."""
+"""``_freeindex_c.pick``, a one-task placement's walk, ranking and (given
+a job id, where no device is asked of the node) grant in one C call
+(``Placer._place_one``), or None: the walk and ranking in Python."""
 move_free: Callable[[FreeCapacity, NodeRec, tuple[int, ...], tuple[int, ...]], None] | None
 """``_freeindex_c.move_free``, ``capacity.FreeCapacity._move`` compiled
 (every grant and release), or None: the Python method."""

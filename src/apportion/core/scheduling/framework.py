@@ -58,7 +58,7 @@ from apportion.core.scheduling.interface import (
 )
 from apportion.core.scheduling.jobs import Job, TaskPlacement, TaskSpec
 from apportion.core.scheduling.lone import scored_per_node, take_lone
-from apportion.core.scheduling.scorers import NATIVE_CODES
+from apportion.core.scheduling.scorers import native_codes, plain_scorers
 from apportion.core.scheduling.state import ClusterState
 from apportion.core.scheduling.status import (
     PlaceResult,
@@ -84,8 +84,19 @@ class Placer:
 
     def __init__(self, state: ClusterState, options: PlaceOptions) -> None:
         self.state = state
-        self.options = options
+        self._options = options
         self._limits: dict[str, dict[str, int]] | None = None
+        # What ``_scorers`` and ``_per_node`` answer for every plain job
+        # (``scorers.plain_scorers``), and ``pick``'s codes for them: asked
+        # once a cycle, not at each placement. Derived from ``_options``,
+        # which is why ``options`` is read-only (a new strategy, a new Placer).
+        self._plain = plain_scorers(options)
+
+    @property
+    def options(self) -> PlaceOptions:
+        """The strategy's options this Placer was made with (read-only: the
+        plain jobs' scorers were derived from them)."""
+        return self._options
 
     def _spend(self, rec: NodeRec, aligned: tuple[int, ...], n: int) -> None:
         lim = self._limits.get(rec.name) if self._limits else None
@@ -94,9 +105,9 @@ class Placer:
                 if q and r in lim:
                     lim[r] -= n * q
 
-    def _scorers(self, job: Job) -> list[tuple[ScorePlugin, float]]:
+    def _scorers(self, job: Job) -> Sequence[tuple[ScorePlugin, float]]:
         state = self.state
-        return [(p, w) for p, w in self.options.scorers if w and p.applies(job, state)]
+        return [(p, w) for p, w in self._options.scorers if w and p.applies(job, state)]
 
     def place(
         self,
@@ -152,27 +163,44 @@ class Placer:
         self._limits = None
         state = self.state
         spec = job.tasks[0]
-        verdict = class_verdict(state, job, 0)
+        # ``class_verdict``'s cache hit and ``group_aggregate_short``'s
+        # check inline: two calls a placement.
+        hit = state.cache.get((job.shape_hash, 0))
+        verdict = (hit[1] if hit is not None and (hit[0] is job.shape or hit[0] == job.shape)
+                   else class_verdict(state, job, 0))
         if not verdict.aligned:
             return PlaceResult(None, no_class_failure(verdict, spec))
-        short = group_aggregate_short(state, spec)
-        if short is not None:
-            return PlaceResult(None, short)
-        options = self.options
+        free = state.free_totals
+        for r, q in spec.resources.items():
+            if free.get(r, 0) < q:  # one task: ``count`` is 1
+                return PlaceResult(None, group_aggregate_short(state, spec))
+        options = self._options
+        plain = self._plain if not job.affinity and not job.anti_affinity else None
         if (options.first_is_best and verdict.lone and not verdict.per_node
-                and not scored_per_node(options, job, state)):
+                and (plain is not None or not scored_per_node(options, job, state))):
             lone = take_lone(state, job, spec, verdict)  # None: nothing granted
             if lone is not None:
                 return PlaceResult((lone,))
-        scorers = self._scorers(job)
-        per_node = self._per_node(job, verdict, scorers)
-        if (pick is not None and not per_node and not verdict.device_check
-                and not verdict.mask & state.inexact):
+        scorers: Sequence[tuple[ScorePlugin, float]]
+        if plain is not None:
+            scorers, codes = plain
+            per_node = verdict.per_node
+        else:
+            scorers = self._scorers(job)
+            per_node = self._per_node(job, verdict, scorers)
+            codes = native_codes(scorers)
+        if (pick is not None and codes is not None and not per_node
+                and not verdict.device_check and not verdict.mask & state.inexact):
             # Buckets only, ranked by plugins the compiled walk scores: the
-            # walk and ranking in one C call.
-            picked = self._pick(spec, verdict, scorers)
+            # walk, the ranking and (no devices) the grant in one C call.
+            picked = pick(state, spec, verdict, options.loose, options.limit,
+                          options.first_is_best, codes, job.id, _need_past)
             if picked is not False:
-                placed = None if picked is None else self._grant_one(job, spec, *picked)
+                if picked is None:
+                    return PlaceResult(None, busy_failure(state, job, spec, 1))
+                rec, aligned, granted = picked
+                placed = (TaskPlacement(rec.name, spec.resources, {}, 1) if granted
+                          else self._grant_one(job, spec, rec, aligned))
                 if placed is not None:
                     return PlaceResult((placed,))
                 return PlaceResult(None, busy_failure(state, job, spec, 1))
@@ -184,36 +212,21 @@ class Placer:
                 return PlaceResult((placed,))
         return PlaceResult(None, busy_failure(state, job, spec, 1))
 
-    def _pick(self, spec: TaskSpec, verdict: Verdict, scorers: list[tuple[ScorePlugin, float]]
+    def _pick(self, spec: TaskSpec, verdict: Verdict, scorers: Sequence[tuple[ScorePlugin, float]]
               ) -> tuple[NodeRec, tuple[int, ...]] | Literal[False] | None:
         """The node and request ``_walk``, ``_best`` and ``_take_one`` choose
         for one task where no node is a candidate on its own
-        (``fastindex.pick``, in C), None where nothing fits, or False where
-        the C code cannot tell (a plugin it does not score, amounts past
-        exact doubles): walk in Python then."""
+        (``fastindex.pick``, in C, without its grant), None where nothing
+        fits, or False where the C code cannot tell (a plugin it does not
+        score, amounts past exact doubles): walk in Python then."""
         assert pick is not None
-        scoring = []
-        for plugin, weight in scorers:
-            code = NATIVE_CODES.get(type(plugin))
-            if code is None:
-                return False
-            scoring.append((code, weight))
-        state = self.state
-        index, k0, i0, walked = walk_index(state, spec)
-        if index is None:
-            return None
-        options = self.options
-        need_of, walked_of, need, first_of = _need_past(state, verdict, walked, spec)
-        buckets = state.bucket_map
-        entry = pick(index, k0, i0, options.loose, verdict.mask, need, first_of, need_of,
-                     walked_of, buckets, verdict.aligned, options.limit,
-                     # ``_walk``'s ``first`` rule (here no node is
-                     # a candidate on its own and none is capped):
-                     options.first_is_best and verdict.lone, tuple(scoring))
-        if not entry:
-            return entry
-        # The bucket's first node by name, as ``_take_one`` takes it.
-        return state.nodes[buckets[entry[3]].nodes[0]], verdict.aligned[entry[1]]
+        codes = native_codes(scorers)
+        if codes is None:
+            return False
+        options = self._options
+        picked = pick(self.state, spec, verdict, options.loose, options.limit,
+                      options.first_is_best, codes, None, _need_past)
+        return picked if not picked else picked[:2]
 
     def fits_now(self, job: Job) -> bool:
         """Whether a job of one task would be placed now, without placing it
@@ -279,7 +292,7 @@ class Placer:
         return None
 
     @staticmethod
-    def _per_node(job: Job, verdict: Verdict, scorers: list[tuple[ScorePlugin, float]]
+    def _per_node(job: Job, verdict: Verdict, scorers: Sequence[tuple[ScorePlugin, float]]
                   ) -> bool:
         if verdict.per_node:
             return True
@@ -327,7 +340,7 @@ class Placer:
         index, k0, i0, walked = walk_index(state, spec)
         if index is None:
             return []
-        limit = self.options.limit
+        limit = self._options.limit
         aligned_of = verdict.aligned
         # Every entry from the start holds enough of the walked resource:
         # only the others (``need``) can rule a block or an entry out.
@@ -340,12 +353,12 @@ class Placer:
         # plugins that rank its buckets by walk order: the first is the pick
         # (``_pick`` passes the same rule to ``pick``; inline in both: as a
         # helper it cost 32 M instructions in 20,000 placements, +1.0 %).
-        first = self.options.first_is_best and verdict.lone and not per_node and not capped
+        first = self._options.first_is_best and verdict.lone and not per_node and not capped
         # The index skips blocks and entries that cannot hold a task
         # (``FreeIndex.fitting``); here each bucket it keeps becomes a
         # candidate, or its nodes do where they differ in a way the bucket
         # does not show.
-        for entry, fit in index.fitting(k0, i0, self.options.loose, verdict.mask, need,
+        for entry, fit in index.fitting(k0, i0, self._options.loose, verdict.mask, need,
                                         first_of, need_of, walked_of):
             cid = entry[1]
             bucket = buckets[entry[3]]
@@ -398,7 +411,7 @@ class Placer:
             cand = self._node_candidate(job, spec, recs[name], verdict, limits)
             if cand is not None:
                 out.append(cand)
-                if len(out) >= self.options.limit:
+                if len(out) >= self._options.limit:
                     break
         return out
 
@@ -454,7 +467,7 @@ class Placer:
         ctx: PlaceContext,
         placed: list[TaskPlacement],
     ) -> int:
-        per_node = min(cand.fit, remaining) if self.options.pack else 1
+        per_node = min(cand.fit, remaining) if self._options.pack else 1
         n_nodes = min(cand.count, -(-remaining // per_node))
         state = self.state
         recs = state.nodes

@@ -10,6 +10,7 @@ walks and weights plugins with. The pipeline that uses them is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,7 +86,7 @@ class PlaceContext:
     state: ClusterState
     zones: dict[tuple[str, str], int] = field(default_factory=dict)
     placed: int = 0
-    scorers: list[tuple[ScorePlugin, float]] = field(default_factory=list)
+    scorers: Sequence[tuple[ScorePlugin, float]] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,12 @@ spread falls.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from apportion.core.labels import LabelRequirement
 from apportion.core.scheduling.constraints import labels_match
 from apportion.core.scheduling.filters import runs_matching
-from apportion.core.scheduling.interface import Candidate, PlaceContext
+from apportion.core.scheduling.interface import Candidate, PlaceContext, PlaceOptions, ScorePlugin
 from apportion.core.scheduling.jobs import Job
 from apportion.core.scheduling.state import ClusterState
 
@@ -84,9 +86,12 @@ class Balanced:
         return True
 
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
+        # A resource the node declares with capacity 0 has no share: left
+        # out (as Kubernetes' NodeResourcesFit leaves out resources with
+        # zero allocatable), not a division by zero.
         shares = [
             (c - f + q) / c for c, f, q in zip(cand.cls.capacity, cand.free, cand.aligned,
-                                                 strict=True)
+                                                 strict=True) if c
         ]
         if len(shares) < 2:
             return 1.0
@@ -110,11 +115,20 @@ class Fitness:
     def score(self, cand: Candidate, ctx: PlaceContext) -> float:
         cap = cand.cls.capacity
         if len(cap) == 1:
-            return 1.0 - (cand.free[0] - cand.aligned[0]) / cap[0]
+            c = cap[0]
+            return 1.0 - (cand.free[0] - cand.aligned[0]) / c if c else 1.0
+        # A resource of capacity 0 (no task can ask for it: nothing is free)
+        # is left out of the mean, as Kubernetes' NodeResourcesFit leaves out
+        # resources with zero allocatable; the compiled score hands such
+        # classes back to this one (``state.inexact``).
         left = 0.0
+        m = len(cap)
         for c, f, q in zip(cap, cand.free, cand.aligned, strict=True):
-            left += (f - q) / c
-        return 1.0 - left / len(cap)
+            if c:
+                left += (f - q) / c
+            else:
+                m -= 1
+        return 1.0 - left / m if m else 1.0
 
 
 class Cost:
@@ -227,3 +241,41 @@ NATIVE_CODES: dict[type, int] = {BinPack: 1, Spread: 2, Fitness: 3, Balanced: 4}
 """The plugins whose score ``_freeindex_c.pick`` computes in C, by the code
 it knows each by: formulas of the class capacity, the free vector and the
 request alone (``Placer._place_one``)."""
+
+
+def native_codes(scorers: Sequence[tuple[ScorePlugin, float]]
+                 ) -> tuple[tuple[int, float], ...] | None:
+    """``scorers`` as ``_freeindex_c.pick`` scores them (code, weight), or
+    None where one of them is a plugin it does not score."""
+    out = []
+    for plugin, weight in scorers:
+        code = NATIVE_CODES.get(type(plugin))
+        if code is None:
+            return None
+        out.append((code, weight))
+    return tuple(out)
+
+
+PLAIN_APPLIES: dict[type, bool] = {
+    BinPack: True, Spread: True, Balanced: True, Fitness: True, Cost: True,
+    AffinityScore: False, Topology: False,
+}
+"""Whether each plugin applies to a plain job: one task, no affinity or
+anti-affinity terms (``applies`` reads nothing else of the job, and nothing
+of the state). None of them is per node for such a job."""
+
+
+def plain_scorers(options: PlaceOptions
+                  ) -> tuple[tuple[tuple[ScorePlugin, float], ...],
+                             tuple[tuple[int, float], ...] | None] | None:
+    """``Placer._scorers`` of every plain job (``PLAIN_APPLIES``) under
+    ``options``, with their ``native_codes``; None where a plugin is not one
+    of these (its answers may depend on more)."""
+    out: list[tuple[ScorePlugin, float]] = []
+    for plugin, weight in options.scorers:
+        applies = PLAIN_APPLIES.get(type(plugin))
+        if applies is None:
+            return None
+        if weight and applies:
+            out.append((plugin, weight))
+    return tuple(out), native_codes(out)

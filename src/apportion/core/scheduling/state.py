@@ -248,6 +248,11 @@ class ClusterState(FreeCapacity):
     ) -> None:
         """Take ``n`` tasks of ``aligned`` (a request laid out as the node's
         class vector) on ``rec`` for ``job_id``; the caller checked the fit."""
+        # Copied in C for one task without devices (``_grant_one`` in
+        # _freeindex_c.pyx): change both together. test_sched_pick_native's
+        # test_the_same_results_state_and_index_as_the_python_walk and
+        # test_the_compiled_grant_is_logged_and_rolled_back_as_the_python_one
+        # compare them.
         old = rec.free
         # One task (most grants): the new vector in one C call.
         new = (tuple(map(sub, old, aligned)) if n == 1 else
@@ -338,7 +343,7 @@ class ClusterState(FreeCapacity):
                 self.ungrant(rec, aligned, tp.count, job.id, tp.devices or None)
             raise
         rj = RunningJob(job, start, tasks, estimate)
-        self._add_running(rj)
+        self.add_running(rj)
         return rj
 
     def finish(self, job_id: str) -> RunningJob:
@@ -445,7 +450,9 @@ class ClusterState(FreeCapacity):
         else:
             self.changes += 1
 
-    def _add_running(self, rj: RunningJob) -> None:
+    def add_running(self, rj: RunningJob) -> None:
+        """Register a job whose grants were made with ``grant`` already
+        (one name: the cycle calls it once a placement, without a wrapper)."""
         job = rj.job
         self._running[job.id] = rj
         if rj.estimate is not None:
@@ -494,16 +501,12 @@ class ClusterState(FreeCapacity):
         else:
             self.changes += 1
 
-    def add_running(self, rj: RunningJob) -> None:
-        """Register a job whose grants were made with ``grant`` already."""
-        self._add_running(rj)
-
     def reestimate(self, job_id: str, estimate: float) -> None:
         """Give a running job a new run time estimate (one that outran its
         old one): its expected end moves in the index of ends."""
         rj = self._running[job_id]
         self._drop_running(rj)
-        self._add_running(replace(rj, estimate=estimate))
+        self.add_running(replace(rj, estimate=estimate))
 
     # -- transactions ----------------------------------------------------------
 
@@ -573,7 +576,7 @@ class ClusterState(FreeCapacity):
     def _undo_drop_running(self, rj: RunningJob) -> None:
         depth, self._log.depth = self._log.depth, 0
         changes = self.changes
-        self._add_running(rj)
+        self.add_running(rj)
         self._log.depth, self.changes = depth, changes
 
     # -- copies ----------------------------------------------------------------

@@ -35,6 +35,10 @@ def walk_index(
     """The index to walk: the requested resource with the fewest buckets
     holding enough of it (the shortest walk), where to start (block,
     offset), and that resource."""
+    # Copied in C at the top of ``pick`` (_freeindex_c.pyx): change both
+    # together. test_sched_pick_native's
+    # test_the_same_results_state_and_index_as_the_python_walk and
+    # test_the_same_with_any_amounts_and_weights compare them.
     resources = spec.resources
     if len(resources) == 1:
         # One resource (a GPU job, a processor count): nothing to compare,

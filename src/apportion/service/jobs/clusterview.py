@@ -130,7 +130,17 @@ def level(kept: Kept | None, view: ClusterView, epoch: int | None) -> Kept:
     running = state.running
     built = kept.built
     # Every finish before any start: a start may need what a finish frees.
-    for unit_id in [u for u, rj in running.items() if not _same(built.get(u), units.get(u), rj)]:
+    for unit_id, rj in [(u, rj) for u, rj in running.items()
+                        if not _same(built.get(u), units.get(u), rj)]:
+        key = units.get(unit_id)
+        if key is not None:
+            fresh = running_unit(key)
+            if fresh.tasks == rj.tasks and fresh.job.id == unit_id:
+                # Most often a unit the last cycle started, on the tasks its
+                # grants hold: only its start and estimate are the cycle's.
+                state.replace_running(fresh)
+                built[unit_id] = (key, fresh)
+                continue
         state.finish(unit_id)
         built.pop(unit_id, None)
     try:

@@ -383,9 +383,12 @@ async def _read_log(path: Path, offset: int) -> bytes:
         return b""
     if size <= offset:
         return b""
-    if size - offset <= 1 << 16:
-        return _read_from(path, offset, LOG_CHUNK)
-    return await asyncio.to_thread(_read_from, path, offset, LOG_CHUNK)
+    # Ask for what the stat saw: ``pread`` sizes its buffer to the request
+    # (1 MiB for a few bytes otherwise); bytes written since come next time.
+    limit = min(LOG_CHUNK, size - offset)
+    if limit <= 1 << 16:
+        return _read_from(path, offset, limit)
+    return await asyncio.to_thread(_read_from, path, offset, limit)
 
 
 def _read_from(path: Path, offset: int, limit: int) -> bytes:

@@ -448,3 +448,30 @@ def test_amounts_at_the_api_limit_are_placed_and_summed_past_64_bits() -> None:
         state.finish(j)
     assert state.free_totals["memory"] == 3 * MAX_QUANTITY - 3
     recount(state)
+
+
+def test_replace_running_changes_the_record_and_keeps_the_grants() -> None:
+    """A running job's record replaced on the same tasks: its start, estimate
+    and job value (here: no longer preemptible) change, what it holds does
+    not; the state equals one where it was finished and started so."""
+    state, other = fleet(), fleet()
+    a = job("a", {"cpu": 2}, preemptible=True, priority=3)
+    for s in (state, other):
+        s.start(a, [tp("n0", cpu=2)], 0.0, 50.0)
+        s.start(job("b", {"cpu": 1}), [tp("n1", cpu=1)], 0.0, 80.0)
+        s.past_estimate(60.0)
+        s.past_ids(60.0)
+    free, changes = state.nodes["n0"].free, state.changes
+    kept = Job("a", a.tasks, priority=3, preemptible=False)
+    new = RunningJob(kept, 5.0, (tp("n0", cpu=2),), 70.0)
+    state.replace_running(new)
+    assert state.running["a"] is new
+    assert state.nodes["n0"].free == free and state.changes > changes
+    assert state.lowest_preemptible_priority() is None
+    assert list(state.ends) == [(75.0, "a"), (80.0, "b")]
+    assert state.past_estimate(60.0) == {} and list(state.past_ids(60.0)) == []
+    other.finish("a")
+    other.start(kept, new.tasks, 5.0, 70.0)
+    assert dict(state.running) == dict(other.running)
+    assert state.past_estimate(76.0) == other.past_estimate(76.0) == {"n0": {"cpu": 2}}
+    recount(state)

@@ -48,7 +48,7 @@ from apportion.core.scheduling.cycleconfig import (
     given_estimate,
 )
 from apportion.core.scheduling.engine import Placer
-from apportion.core.scheduling.filters import class_verdict, partner_missing
+from apportion.core.scheduling.filters import bound_verdicts, class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
 from apportion.core.scheduling.policies import OrderContext, Strategy, strategy
@@ -107,6 +107,7 @@ def schedule_cycle(
 ) -> CycleResult:
     """Decide which pending jobs start now, what the rest wait for, and
     which jobs are preempted; ``state`` is updated with the decisions."""
+    bound_verdicts(state, pending)  # a state kept for many cycles meets many shapes
     strat = strategy(config.strategy)
     estimate = estimator(strat, history, config.default_estimate)
     rank = ranks = None

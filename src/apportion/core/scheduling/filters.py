@@ -48,7 +48,8 @@ from apportion.core.scheduling.state import ClusterState
 __all__ = [
     "CLASS_FILTERS", "NODE_FILTERS", "REQUEST_FILTERS", "ClassFilter", "Code",
     "DeviceConstraints", "JobAffinity", "Kind", "LabelConstraints", "NodeAffinity", "NodeFilter",
-    "NodeReady", "Reason", "RequestFilter", "ResourcesFit", "Verdict", "class_verdict",
+    "NodeReady", "Reason", "RequestFilter", "ResourcesFit", "Verdict", "bound_verdicts",
+    "class_verdict",
     "need_past", "needs_node_device_check", "node_reasons", "runs_matching",
 ]
 
@@ -452,7 +453,8 @@ def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeC
 
 def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
     """Which classes can ever take task spec ``index`` of ``job`` (cached by
-    job shape until the set of node classes changes)."""
+    job shape until the set of node classes changes, or ``bound_verdicts``
+    drops it)."""
     key = (job.shape_hash, index)
     hit = state.cache.get(key)
     if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
@@ -490,6 +492,37 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
                     and all(len(a) == 1 for a in verdict.aligned.values()))
     state.cache[key] = (job.shape, verdict)
     return verdict
+
+
+_SPARE = 1024
+"""Verdicts kept beyond twice the pending jobs (or twice those kept at the
+last sweep) before ``bound_verdicts`` sweeps: a queue of fewer shapes than
+this, the common case, never loses one."""
+
+_KEPT = "verdicts-kept"
+
+
+def bound_verdicts(state: ClusterState, pending: Sequence[Job]) -> None:
+    """Keep ``class_verdict``'s entries in ``state.cache`` from growing
+    without bound in a state that lives for many cycles (the leader's, the
+    simulator's): past a bound, drop those of shapes no ``pending`` job has.
+
+    A verdict depends only on its shape and the node classes, so a dropped
+    one is made again, the same, if its shape comes back. The bound is set
+    from what the last sweep kept, so a queue of many shapes is swept once
+    per ``_SPARE`` new entries, not every cycle. Other entries (shape keys,
+    which bound themselves; the EASY reservation; the cost range) stay."""
+    cache = state.cache
+    if len(cache) <= 2 * max(len(pending), cache.get(_KEPT, 0)) + _SPARE:
+        return
+    keep = {(job.shape_hash, i) for job in pending for i in range(len(job.tasks))}
+    for key in [k for k, v in cache.items() if _is_verdict(v) and k not in keep]:
+        del cache[key]
+    cache[_KEPT] = len(cache)
+
+
+def _is_verdict(entry: object) -> bool:
+    return type(entry) is tuple and len(entry) == 2 and isinstance(entry[1], Verdict)
 
 
 def node_reasons(

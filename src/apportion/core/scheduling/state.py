@@ -504,9 +504,16 @@ class ClusterState(FreeCapacity):
     def reestimate(self, job_id: str, estimate: float) -> None:
         """Give a running job a new run time estimate (one that outran its
         old one): its expected end moves in the index of ends."""
-        rj = self._running[job_id]
-        self._drop_running(rj)
-        self.add_running(replace(rj, estimate=estimate))
+        self.replace_running(replace(self._running[job_id], estimate=estimate))
+
+    def replace_running(self, rj: RunningJob) -> None:
+        """Put ``rj`` in the place of the running job with its id, whose tasks
+        it holds (the caller's word: they are not compared here): the job's
+        value, start and estimate change, its grants stay. The service's
+        kept state turns a unit the cycle started into the one its ledger
+        shows this way, instead of a release and a grant."""
+        self._drop_running(self._running[rj.job.id])
+        self.add_running(rj)
 
     # -- transactions ----------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The scheduling loop: the leader's, and only while it leads.
 
-Every cycle builds a ``ClusterState`` from the ledger's memory (nodes, and
-every active allocation as a running unit), asks the core's
+Every cycle brings the kept ``ClusterState`` level with the ledger's memory
+(nodes, and every active allocation as a running unit: ``clusterview.py``
+says how, and when it is built afresh instead), asks the core's
 ``schedule_cycle`` what starts, and makes each decision real as one unit of
 work per job: the grants exactly as the core placed them and the task rows,
 committed together and fenced on the leader's epoch. The store refuses a
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 
@@ -33,16 +34,15 @@ from apportion.core.scheduling import (
     Job,
     Placement,
     Queue,
-    RunningJob,
     RuntimeHistory,
     SchedulerConfig,
     TaskPlacement,
-    TaskSpec,
     schedule_cycle,
 )
 from apportion.exceptions import ApportionError
 from apportion.service.jobs import transitions as t
-from apportion.service.jobs.cache import JobCache, LiveJob
+from apportion.service.jobs.cache import JobCache
+from apportion.service.jobs.clusterview import ClusterView, Kept, KeptCluster, level
 from apportion.service.jobs.model import JOB_LABEL, LEASE_QUEUE, TASK_LABEL, unit_job_id
 from apportion.service.jobs.writer import JobWriter
 from apportion.service.ledger_service import LedgerService
@@ -87,6 +87,7 @@ class Scheduler:
         self._finished: list[tuple[Job, float]] = []
         self.cycle_listeners: list[Callable[[float], None]] = []
         """Called with the duration of each cycle that had work."""
+        self._kept = KeptCluster()
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
         cache.job_listeners.append(self._job_changed)
@@ -147,16 +148,25 @@ class Scheduler:
         queues = dict(self.queues())
         decide = partial(schedule_cycle, pending=pending, now=now, config=self.config,
                          queues=queues, history=self.history)
+        taken, epoch = self._kept.take(), self.epoch()
+
+        def level_and_decide() -> tuple[Kept, CycleResult]:
+            kept = level(taken, view, epoch)
+            return kept, decide(kept.state)
+
+        # A cycle that raises or is cancelled keeps nothing: the next builds afresh.
         if _small(view, pending):
             # Two hand-offs to a worker thread cost more than a small cycle
             # itself (about 2 ms of a device switch's 30 ms, measured).
-            result = decide(view.state())
+            kept, result = level_and_decide()
         else:
-            # The view and the decision are pure work on snapshots: a worker
-            # thread does them, and the event loop goes on answering meanwhile
-            # (a 10,000-task job once held it for seconds). One hand-off for
-            # both: with thousands waiting, every cycle of a busy cluster is here.
-            result = await asyncio.to_thread(lambda: decide(view.state()))
+            # Bringing the state level and the decision are pure work on
+            # snapshots: a worker thread does them, and the event loop goes on
+            # answering meanwhile (a 10,000-task job once held it for
+            # seconds). One hand-off for both: with thousands waiting, every
+            # cycle of a busy cluster is here.
+            kept, result = await asyncio.to_thread(level_and_decide)
+        self._kept.keep(kept)
         self.last_cycle = result
         self.cycles += 1
         placed = {p.job_id: p for p in result.placements}
@@ -289,10 +299,19 @@ class Scheduler:
         """Nodes, and every active allocation as a running unit (see ``ClusterView``)."""
         return self._snapshot(extra).state()
 
+    def level_now(self) -> ClusterState:
+        """The kept state brought level with the ledger now, as the next cycle
+        will find it (and kept for it): what checks compare with
+        ``cluster_state``. Not while a cycle runs (it holds the state)."""
+        kept = level(self._kept.take(), self._snapshot(), self.epoch())
+        self._kept.keep(kept)
+        return kept.state
+
     def _snapshot(self, extra: Sequence[Node] = ()) -> ClusterView:
-        return ClusterView([*self.ledger.nodes.values(), *extra],
-                           list(self.ledger.active().values()), dict(self.cache.jobs),
-                           self.cache.stopping())
+        nodes = self.ledger.nodes
+        return ClusterView([*nodes.values(), *extra], list(self.ledger.active().values()),
+                           dict(self.cache.jobs), self.cache.stopping(),
+                           None if extra else nodes)
 
     def queue_usage(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
         """What each queue's running jobs hold, as ``ClusterState.usage`` counts
@@ -310,7 +329,7 @@ class Scheduler:
                     for r, q in alloc.resources.items():
                         used[r] = used.get(r, 0) + q
                 continue
-            units.add(live.unit_id(_index(alloc)))
+            units.add(live.unit_id(int(alloc.labels.get(TASK_LABEL, "0"))))
         for unit_id in units:
             unit = self.cache.jobs[unit_job_id(unit_id)].unit(unit_id)
             used = usage.get(unit.queue)
@@ -318,45 +337,6 @@ class Scheduler:
                 for r, q in unit.total.items():
                     used[r] = used.get(r, 0) + q
         return usage
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    """What the core's ``ClusterState`` is built from, copied on the event
-    loop so that it can be built elsewhere: nodes (and ``extra`` nodes that
-    are not in the ledger: a pool's nodes to come, never placed on), the
-    active allocations, the live jobs, and the allocations whose processes
-    are being stopped."""
-
-    nodes: list[Node]
-    allocations: list[Allocation]
-    jobs: dict[str, LiveJob]
-    stopping: frozenset[str]
-
-    def state(self) -> ClusterState:
-        """Every active allocation as a running unit (plain allocations as
-        units no one may preempt). A unit whose processes are being stopped
-        is shown ending now and not preemptible, so no second victim is
-        chosen for what it frees."""
-        by_unit: dict[str, list[Allocation]] = {}
-        running: list[RunningJob] = []
-        for alloc in self.allocations:
-            job_id = alloc.labels.get(JOB_LABEL)
-            live = self.jobs.get(job_id) if job_id else None
-            if live is None:
-                running.append(_lease(alloc))
-                continue
-            by_unit.setdefault(live.unit_id(_index(alloc)), []).append(alloc)
-        for unit_id, allocs in by_unit.items():
-            live = self.jobs[unit_job_id(unit_id)]
-            unit = live.unit(unit_id)
-            tasks = tuple(TaskPlacement(a.node, a.resources, a.devices) for a in allocs)
-            start = live.row.started_at or min(a.created_at for a in allocs)
-            estimate = unit.runtime_estimate
-            if any(a.id in self.stopping for a in allocs):
-                unit, estimate = replace(unit, preemptible=False), 0.0
-            running.append(RunningJob(unit, start, tasks, estimate))
-        return ClusterState(self.nodes, running)
 
 
 SMALL_CYCLE = 4096
@@ -376,14 +356,3 @@ def _small(view: ClusterView, pending: Sequence[Job]) -> bool:
         if tasks > limit:
             return False
     return True
-
-
-def _index(alloc: Allocation) -> int:
-    return int(alloc.labels.get(TASK_LABEL, "0"))
-
-
-def _lease(alloc: Allocation) -> RunningJob:
-    job = Job(f"allocation:{alloc.id}", (TaskSpec(dict(alloc.resources)),),
-              queue=LEASE_QUEUE, submit_time=alloc.created_at, user=alloc.owner)
-    return RunningJob(job, alloc.created_at,
-                      (TaskPlacement(alloc.node, alloc.resources, alloc.devices),))

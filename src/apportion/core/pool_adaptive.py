@@ -18,6 +18,7 @@ on KTH-SP2 (``bench/README.md``, h27-adaptive).
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Callable
 
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.jobs import Job
@@ -30,6 +31,17 @@ submit order (ids are unique, so nothing after the id is ever compared)."""
 
 Entries = list[tuple[str, float | None, int]]
 """(job id, estimate, task count) in policy order, as ``_entries`` gives them."""
+
+_Answer = tuple[float | None, float | None]
+_hrrn_ranked: Callable[[float, list[_Entry], dict[int, _Answer], Callable[[int], _Answer]],
+                       tuple[Entries, Entries] | None] | None
+"""``_freeindex_c.hrrn_ranked``, ``LearnedQueue._ranked`` compiled (the same
+entries in the same order), or None: the method's own loop. Every
+backfill pass of the replay calls it."""
+try:
+    from apportion.core.scheduling._freeindex_c import hrrn_ranked as _hrrn_ranked
+except ImportError:
+    _hrrn_ranked = None
 
 
 class LearnedQueue:
@@ -131,6 +143,8 @@ class LearnedQueue:
         ratio first, and those without one in submit order; None where a
         ratio is NaN."""
         answers, answer = self._history.answers, self._history.answer
+        if _hrrn_ranked is not None:
+            return _hrrn_ranked(now, fifo, answers, answer)
         ranked: Entries = []
         unranked: Entries = []
         values: list[float] = []

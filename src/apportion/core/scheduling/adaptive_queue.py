@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
@@ -54,6 +54,15 @@ Floors = Callable[[Sequence[Job]], tuple[list[float | None], list[bool]]]
 
 if TYPE_CHECKING:
     from apportion.core.scheduling.policies import OrderContext
+
+_hrrn_values: Callable[[float, list[float], list[float], list[float]], list[float] | None] | None
+"""``_freeindex_c.hrrn_values``, ``_Kept.plain``'s values on C doubles (the
+same floats), or None: the comprehension below. A cycle of the KTH replay
+takes ~24 groups' values, and the interpreted loop was a fifth of it."""
+try:
+    from apportion.core.scheduling._freeindex_c import hrrn_values as _hrrn_values
+except ImportError:
+    _hrrn_values = None
 
 _Entry = tuple[float, str, Job]
 """(submit time, job id, job): a job's place in submit order (ids are unique,
@@ -74,7 +83,13 @@ class Learner(Protocol):
 
     def number(self, job: Job) -> int: ...
 
+    def numbers(self, jobs: Iterable[Job]) -> list[int]: ...
+
     def stale_floors(self) -> list[int] | None: ...
+
+    answers: dict[int, tuple[float | None, float | None]]
+
+    def answer(self, number: int) -> tuple[float | None, float | None]: ...
 
 
 class AdaptiveQueue:
@@ -144,7 +159,7 @@ class AdaptiveQueue:
         if kept is not None and bound == INF:
             kept.update()
             if kept.heads and kept.plain(now):
-                return kept.merge(now, rank)
+                return kept.merge(now)
         return self._ordered(now, bound, rank, ranks)
 
     def _ordered(self, now: float, bound: float, rank: Callable[[Job], float | None],
@@ -328,7 +343,9 @@ class _Kept:
         if stale is None:  # every floor, and perhaps every number
             if learner.numbering != self.numbering:
                 self.numbering = learner.numbering
-                self.numbers = [learner.number(group[0][2]) for group in self.groups]
+                # In one numbering (``number`` may sweep before a job it
+                # has not seen, which would leave earlier numbers stale).
+                self.numbers = learner.numbers([group[0][2] for group in self.groups])
                 self.by_number = dict(zip(self.numbers, self.sigs, strict=True))
             self.floor_es = [-1.0] * len(self.sigs)
             todo.update(self.sigs)
@@ -374,6 +391,12 @@ class _Kept:
     def plain(self, now: float) -> bool:
         """Whether the ratios need no care: no head after ``now`` (a wait
         below zero counts as zero) and none NaN or infinite."""
+        if _hrrn_values is not None:
+            found = _hrrn_values(now, self.heads, self.es, self.signs)
+            if found is None:
+                return False
+            self.values = found
+            return True
         if max(self.heads) > now:
             return False
         # -((w + e) / e), times _ABOVE for a floor, as ``ordered`` has it
@@ -383,11 +406,14 @@ class _Kept:
         total = sum(values)
         return total == total and total != -INF
 
-    def merge(self, now: float, rank: Callable[[Job], float | None]) -> Iterator[Job]:
+    def merge(self, now: float) -> Iterator[Job]:
         """``AdaptiveQueue._merge`` over ``values`` (from ``plain``): the
         lowest value (then the earliest job) comes first; a floor's is
-        replaced by the head's exact one."""
+        replaced by the head's exact one, the learner's rank of the group's
+        signature (read by its number: the rank ``ordered_at`` is given is
+        the learner's, whose floors these are)."""
         values, groups, es, signs = self.values, self.groups, self.es, self.signs
+        numbers, answers, answer = self.numbers, self.learner.answers, self.learner.answer
         taken: dict[int, int] = {}
         while True:
             v = min(values)
@@ -400,7 +426,8 @@ class _Kept:
             i = taken.get(k, 0)
             j = groups[k][i][2]
             if signs[k] != -1.0:  # a floor: the head's exact rank in its place
-                est = rank(j)
+                number = numbers[k]
+                est = (answers.get(number) or answer(number))[1]
                 assert est is not None  # a floor is given only for a rank
                 e = es[k] = est if est > 1.0 else 1.0
                 signs[k] = -1.0

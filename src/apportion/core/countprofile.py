@@ -13,7 +13,7 @@ from apportion.core.scheduling.policies import INF
 __all__ = ["CountProfile", "summed_releases"]
 
 _count_place: Callable[[list[float], list[int], int, float | None, int, bool, int],
-                       float | None | Literal[False]] | None
+                       float | Literal[False] | None] | None
 """``_freeindex_c.count_place``, ``place``'s scan compiled (the same start and
 changes; False where it cannot scan as Python would), or None: the scan in
 Python. A conservative pass asks it of every waiting job at every event

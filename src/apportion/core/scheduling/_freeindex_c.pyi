@@ -33,7 +33,7 @@ def hrrn_values(
 def count_place(
     times: list[float], free: list[int], need: int, duration: float | None, idle: int,
     first_only: bool, i: int,
-) -> float | None | Literal[False]: ...
+) -> float | Literal[False] | None: ...
 
 def hrrn_ranked(
     now: float, fifo: list[tuple[float, str, int, int, Any]],

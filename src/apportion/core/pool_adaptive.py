@@ -34,10 +34,9 @@ Entries = list[tuple[str, float | None, int]]
 
 _Answer = tuple[float | None, float | None]
 _hrrn_ranked: Callable[[float, list[_Entry], dict[int, _Answer], Callable[[int], _Answer]],
-                       tuple[Entries, Entries] | None] | None
-"""``_freeindex_c.hrrn_ranked``, ``LearnedQueue._ranked`` compiled (the same
-entries in the same order), or None: the method's own loop. Every
-backfill pass of the replay calls it."""
+                       tuple[Entries, Entries, list[float]]] | None
+"""``_freeindex_c.hrrn_ranked``, ``_rated`` compiled (the same entries and
+floats), or None: ``_rated``. Every backfill pass of the replay calls it."""
 try:
     from apportion.core.scheduling._freeindex_c import hrrn_ranked as _hrrn_ranked
 except ImportError:
@@ -144,21 +143,9 @@ class LearnedQueue:
         ratio is NaN."""
         answers, answer = self._history.answers, self._history.answer
         if _hrrn_ranked is not None:
-            return _hrrn_ranked(now, fifo, answers, answer)
-        ranked: Entries = []
-        unranked: Entries = []
-        values: list[float] = []
-        for submit, job_id, number, need, _ in fifo:
-            found = answers.get(number) or answer(number)
-            est = found[1]
-            if est is None:
-                unranked.append((job_id, found[0], need))
-                continue
-            ranked.append((job_id, found[0], need))
-            # ``AdaptiveOrder.order_at``'s value, term for term.
-            e = est if est > 1.0 else 1.0
-            wait = now - submit
-            values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+            ranked, unranked, values = _hrrn_ranked(now, fifo, answers, answer)
+        else:
+            ranked, unranked, values = _rated(now, fifo, answers, answer)
         # Every value is -1 or below, so the sum is NaN only where one is.
         total = sum(values)
         if total != total:
@@ -177,3 +164,24 @@ class LearnedQueue:
         self._fifo = [(s, i, number, need, job)
                       for (s, i, _, need, job), number in zip(fifo, numbers, strict=True)]
         self._place = {entry[1]: entry for entry in self._fifo}
+
+
+def _rated(now: float, fifo: list[_Entry], answers: dict[int, _Answer],
+           answer: Callable[[int], _Answer]) -> tuple[Entries, Entries, list[float]]:
+    """The entries of ``fifo``'s jobs with a rank and each one's value (the
+    ratio negated), in submit order, and those of the jobs without one."""
+    ranked: Entries = []
+    unranked: Entries = []
+    values: list[float] = []
+    for submit, job_id, number, need, _ in fifo:
+        found = answers.get(number) or answer(number)
+        est = found[1]
+        if est is None:
+            unranked.append((job_id, found[0], need))
+            continue
+        ranked.append((job_id, found[0], need))
+        # ``AdaptiveOrder.order_at``'s value, term for term.
+        e = est if est > 1.0 else 1.0
+        wait = now - submit
+        values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+    return ranked, unranked, values

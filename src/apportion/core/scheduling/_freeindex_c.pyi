@@ -39,4 +39,6 @@ def hrrn_ranked(
     now: float, fifo: list[tuple[float, str, int, int, Any]],
     answers: dict[int, tuple[float | None, float | None]],
     answer: Callable[[int], tuple[float | None, float | None]],
-) -> tuple[list[tuple[str, float | None, int]], list[tuple[str, float | None, int]]] | None: ...
+) -> tuple[
+    list[tuple[str, float | None, int]], list[tuple[str, float | None, int]], list[float]
+]: ...

@@ -826,8 +826,8 @@ def count_place(list times, list free, need, duration, idle, bint first_only, Py
 
 
 def hrrn_ranked(now, list fifo, dict answers, answer):
-    """``pool_adaptive.LearnedQueue._ranked`` compiled: the same entries in
-    the same order (or None). A job's ratio is taken on C doubles where its
+    """``pool_adaptive._rated`` compiled: the same entries and the same
+    values, in submit order. A job's ratio is taken on C doubles where its
     rank, its submit time and ``now`` are exact floats (the float Python
     computes: IEEE doubles, no contraction), else by the interpreter's
     operators."""
@@ -859,8 +859,4 @@ def hrrn_ranked(now, list fifo, dict answers, answer):
             eo = est if est > 1.0 else 1.0
             wo = now - submit
             values.append(-((wo if wo > 0.0 else 0.0) + eo) / eo)
-    total = sum(values)
-    if total != total:
-        return None
-    order = sorted(range(len(values)), key=values.__getitem__)
-    return list(map(ranked.__getitem__, order)), unranked
+    return ranked, unranked, values

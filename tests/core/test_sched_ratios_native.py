@@ -1,5 +1,6 @@
 """The compiled hrrn values (``_freeindex_c.hrrn_values``, which
-``adaptive_queue._Kept.plain`` calls), the compiled learned queue's order
+``adaptive_queue._Kept.plain`` calls) and the merge's next group
+(``hrrn_top``), the compiled learned queue's order
 (``_freeindex_c.hrrn_ranked``, ``LearnedQueue._ranked``) and the compiled
 conservative scan
 (``_freeindex_c.count_place``, which ``CountProfile.place`` calls) held to
@@ -34,7 +35,12 @@ if adaptive_queue._hrrn_values is None or countprofile._count_place is None:
     pytest.skip("the compiled free index (core/scheduling/_freeindex_c.pyx) is not in use",
                 allow_module_level=True)
 
-from apportion.core.scheduling._freeindex_c import count_place, hrrn_ranked, hrrn_values
+from apportion.core.scheduling._freeindex_c import (
+    count_place,
+    hrrn_ranked,
+    hrrn_top,
+    hrrn_values,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -183,3 +189,31 @@ def test_hrrn_ranked_is_the_learned_queues_loop(
     # The same entries (the estimates are the table's own objects: equality
     # holds for a NaN one by identity).
     assert got[0] == want[0]
+
+
+def python_top(values: list[Any]) -> int:
+    """What ``_Kept.merge`` reads from ``min``, ``index`` and ``count``, in
+    ``hrrn_top``'s terms (-1: the merge ends; -2: a tie)."""
+    v = min(values)
+    if v == INF:
+        return -1
+    return values.index(v) if values.count(v) == 1 else -2
+
+
+@SETTINGS
+@given(st.lists(st.one_of(floats, st.sampled_from([-1.0, -2.0, -2.0, INF]), st.integers(-3, 0)),
+                min_size=1, max_size=30))
+def test_hrrn_top_is_min_index_and_count(values: list[Any]) -> None:
+    got = hrrn_top(values)
+    if got != -3:  # -3: the caller asks Python
+        assert got == python_top(values)
+    else:
+        assert any(type(x) is not float for x in values) or values[0] != values[0]
+
+
+def test_hrrn_top_literal_cases() -> None:
+    assert hrrn_top([-3.0, -5.0, NAN, -4.0]) == 1
+    assert hrrn_top([-3.0, -5.0, -5.0]) == -2
+    assert hrrn_top([INF, INF]) == -1
+    assert hrrn_top([NAN, -5.0]) == -3  # ``min`` keeps a leading NaN
+    assert hrrn_top([-1, -5.0]) == -3

@@ -860,3 +860,33 @@ def hrrn_ranked(now, list fifo, dict answers, answer):
             wo = now - submit
             values.append(-((wo if wo > 0.0 else 0.0) + eo) / eo)
     return ranked, unranked, values
+
+
+def hrrn_top(list values):
+    """Where ``_Kept.merge`` finds its next group, in one pass: the index of
+    the first lowest value where it is the only one (``values.index(min)``
+    with ``count`` 1), -1 where the lowest is infinite (the merge ends),
+    -2 where several share it (the caller breaks the tie), -3 where the
+    answer is the interpreter's to find (an item not an exact float, a
+    leading NaN, which ``min`` keeps), as ``min`` skips a later NaN."""
+    cdef Py_ssize_t n = len(values), i, k = 0, ties = 1
+    cdef double v, low
+    if not n:
+        return -3
+    for i in range(n):
+        if type(values[i]) is not float:
+            return -3
+    low = PyFloat_AS_DOUBLE(values[0])
+    if low != low:
+        return -3
+    for i in range(1, n):
+        v = PyFloat_AS_DOUBLE(values[i])
+        if v < low:
+            low = v
+            k = i
+            ties = 1
+        elif v == low:
+            ties += 1
+    if low == INFINITY:
+        return -1
+    return k if ties == 1 else -2

@@ -59,10 +59,14 @@ _hrrn_values: Callable[[float, list[float], list[float], list[float]], list[floa
 """``_freeindex_c.hrrn_values``, ``_Kept.plain``'s values on C doubles (the
 same floats), or None: the comprehension below. A cycle of the KTH replay
 takes ~24 groups' values, and the interpreted loop was a fifth of it."""
+_hrrn_top: Callable[[list[float]], int] | None
+"""``_freeindex_c.hrrn_top``, ``min``/``index``/``count`` of ``_Kept.merge``'s
+values in one C pass (~235,000 turns a KTH replay), or None."""
 try:
+    from apportion.core.scheduling._freeindex_c import hrrn_top as _hrrn_top
     from apportion.core.scheduling._freeindex_c import hrrn_values as _hrrn_values
 except ImportError:
-    _hrrn_values = None
+    _hrrn_values = _hrrn_top = None
 
 _Entry = tuple[float, str, Job]
 """(submit time, job id, job): a job's place in submit order (ids are unique,
@@ -415,14 +419,19 @@ class _Kept:
         values, groups, es, signs = self.values, self.groups, self.es, self.signs
         numbers, answers, answer = self.numbers, self.learner.answers, self.learner.answer
         taken: dict[int, int] = {}
+        top = _hrrn_top
         while True:
-            v = min(values)
-            if v == INF:
-                break
-            k = values.index(v)
-            if values.count(v) > 1:
-                k = min((groups[i][taken.get(i, 0)][:2], i)
-                        for i, x in enumerate(values) if x == v)[1]
+            k = -3 if top is None else top(values)
+            if k < 0:
+                if k == -1:
+                    break
+                v = min(values)
+                if v == INF:
+                    break
+                k = values.index(v)
+                if values.count(v) > 1:
+                    k = min((groups[i][taken.get(i, 0)][:2], i)
+                            for i, x in enumerate(values) if x == v)[1]
             i = taken.get(k, 0)
             j = groups[k][i][2]
             if signs[k] != -1.0:  # a floor: the head's exact rank in its place

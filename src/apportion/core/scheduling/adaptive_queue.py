@@ -415,9 +415,15 @@ class _Kept:
         lowest value (then the earliest job) comes first; a floor's is
         replaced by the head's exact one, the learner's rank of the group's
         signature (read by its number: the rank ``ordered_at`` is given is
-        the learner's, whose floors these are)."""
+        the learner's, whose floors these are). Whoever reads the jobs may
+        ask the learner about a job it has not seen, which may number the
+        signatures afresh (``RuntimeHistory._of``'s sweep), before the
+        first job or between two: from then on a head's number is asked
+        afresh, not read from ``numbers``."""
         values, groups, es, signs = self.values, self.groups, self.es, self.signs
-        numbers, answers, answer = self.numbers, self.learner.answers, self.learner.answer
+        learner = self.learner
+        numbers, answers, answer = self.numbers, learner.answers, learner.answer
+        numbering = self.numbering  # that of ``numbers`` (``update``)
         taken: dict[int, int] = {}
         top = _hrrn_top
         while True:
@@ -435,7 +441,8 @@ class _Kept:
             i = taken.get(k, 0)
             j = groups[k][i][2]
             if signs[k] != -1.0:  # a floor: the head's exact rank in its place
-                number = numbers[k]
+                number = (numbers[k] if learner.numbering == numbering
+                          else learner.number(j))
                 est = (answers.get(number) or answer(number))[1]
                 assert est is not None  # a floor is given only for a rank
                 e = es[k] = est if est > 1.0 else 1.0

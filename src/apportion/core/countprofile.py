@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Sequence
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.policies import INF
 
 __all__ = ["CountProfile", "summed_releases"]
 
-_count_place: Callable[[list[float], list[int], int, float | None, int, bool, int],
-                       float | Literal[False] | None] | None
-"""``_freeindex_c.count_place``, ``place``'s scan compiled (the same start and
+_count_place = fastreplay.count_place
+"""``_replay_c.count_place``, ``place``'s scan compiled (the same start and
 changes; False where it cannot scan as Python would), or None: the scan in
 Python. A conservative pass asks it of every waiting job at every event
 (a sixth of the adaptive+conservative KTH replay)."""
-try:
-    from apportion.core.scheduling._freeindex_c import count_place as _count_place
-except ImportError:
-    _count_place = None
 
 _EXACT_SECONDS = 2.0**52
 """Below this in size an instant's float spacing is under 1: a window of a

@@ -20,6 +20,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Callable
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.jobs import Job
 
@@ -33,14 +34,9 @@ Entries = list[tuple[str, float | None, int]]
 """(job id, estimate, task count) in policy order, as ``_entries`` gives them."""
 
 _Answer = tuple[float | None, float | None]
-_hrrn_ranked: Callable[[float, list[_Entry], dict[int, _Answer], Callable[[int], _Answer]],
-                       tuple[Entries, Entries, list[float]]] | None
-"""``_freeindex_c.hrrn_ranked``, ``_rated`` compiled (the same entries and
+_hrrn_ranked = fastreplay.hrrn_ranked
+"""``_replay_c.hrrn_ranked``, ``_rated`` compiled (the same entries and
 floats), or None: ``_rated``. Every backfill pass of the replay calls it."""
-try:
-    from apportion.core.scheduling._freeindex_c import hrrn_ranked as _hrrn_ranked
-except ImportError:
-    _hrrn_ranked = None
 
 
 class LearnedQueue:

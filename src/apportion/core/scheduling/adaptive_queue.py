@@ -42,6 +42,7 @@ from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.jobs import Job
 
@@ -55,18 +56,14 @@ Floors = Callable[[Sequence[Job]], tuple[list[float | None], list[bool]]]
 if TYPE_CHECKING:
     from apportion.core.scheduling.policies import OrderContext
 
-_hrrn_values: Callable[[float, list[float], list[float], list[float]], list[float] | None] | None
-"""``_freeindex_c.hrrn_values``, ``_Kept.plain``'s values on C doubles (the
-same floats), or None: the comprehension below. A cycle of the KTH replay
-takes ~24 groups' values, and the interpreted loop was a fifth of it."""
-_hrrn_top: Callable[[list[float]], int] | None
-"""``_freeindex_c.hrrn_top``, ``min``/``index``/``count`` of ``_Kept.merge``'s
+_hrrn_values = fastreplay.hrrn_values
+"""``_replay_c.hrrn_values``, ``_Kept.plain``'s values on C doubles (the
+same floats; False where they are Python's to compute), or None: the
+comprehension below. A cycle of the KTH replay takes ~24 groups' values,
+and the interpreted loop was a fifth of it."""
+_hrrn_top = fastreplay.hrrn_top
+"""``_replay_c.hrrn_top``, ``min``/``index``/``count`` of ``_Kept.merge``'s
 values in one C pass (~235,000 turns a KTH replay), or None."""
-try:
-    from apportion.core.scheduling._freeindex_c import hrrn_top as _hrrn_top
-    from apportion.core.scheduling._freeindex_c import hrrn_values as _hrrn_values
-except ImportError:
-    _hrrn_values = _hrrn_top = None
 
 _Entry = tuple[float, str, Job]
 """(submit time, job id, job): a job's place in submit order (ids are unique,
@@ -399,8 +396,9 @@ class _Kept:
             found = _hrrn_values(now, self.heads, self.es, self.signs)
             if found is None:
                 return False
-            self.values = found
-            return True
+            if found is not False:
+                self.values = found
+                return True
         if max(self.heads) > now:
             return False
         # -((w + e) / e), times _ABOVE for a floor, as ``ordered`` has it

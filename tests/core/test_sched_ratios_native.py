@@ -18,7 +18,6 @@ they skip then too.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 from unittest import mock
 
@@ -29,18 +28,12 @@ from hypothesis import strategies as st
 from apportion.core import countprofile, fastreplay, pool_adaptive
 from apportion.core.countprofile import CountProfile
 from apportion.core.scheduling import adaptive_queue
+from support import compiled
 
-HIDDEN = os.environ.get("APPORTION_NO_NATIVE") == "1"
-
-try:
-    from apportion.core._replay_c import count_place, hrrn_ranked, hrrn_top, hrrn_values
-except ImportError:
-    if os.environ.get("CI") == "true" and not HIDDEN:
-        raise  # CI must measure and test what is shipped: the build failed
-    pytest.skip("the replays' compiled kernels (core/_replay_c.pyx) are not built"
-                + (" (APPORTION_NO_NATIVE=1)" if HIDDEN else
-                   ": no C compiler or Cython at install; the Python loops are in use"),
-                allow_module_level=True)
+_replay_c = compiled("apportion.core._replay_c", "the replays' compiled kernels "
+                     "(core/_replay_c.pyx)", "the Python loops are")
+count_place, hrrn_ranked = _replay_c.count_place, _replay_c.hrrn_ranked
+hrrn_top, hrrn_values = _replay_c.hrrn_top, _replay_c.hrrn_values
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

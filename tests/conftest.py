@@ -15,11 +15,14 @@ from apportion.agent.isolation import FALLBACK_SANDBOXES
 from support import ServerProcess, drop_postgres_database, postgres_database
 
 # APPORTION_NO_NATIVE=1 (the second pass of .ci/run) hides the compiled free
-# index, so the core's import falls back to the pure-Python one, as on a
-# machine that could not build it (core/scheduling/fastindex.py).
+# index and the replays' kernels, so the core's imports fall back to the
+# pure Python, as on a machine that could not build them
+# (core/scheduling/fastindex.py, core/fastreplay.py).
 if os.environ.get("APPORTION_NO_NATIVE") == "1":
     assert "apportion.core.scheduling.fastindex" not in sys.modules, "the index was chosen"
+    assert "apportion.core.fastreplay" not in sys.modules, "the kernels were chosen"
     sys.modules["apportion.core.scheduling._freeindex_c"] = None  # type: ignore[assignment]
+    sys.modules["apportion.core._replay_c"] = None  # type: ignore[assignment]
 
 # pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their
 # environment, which a plain run has not: every CLI a test starts would then

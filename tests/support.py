@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -36,6 +38,22 @@ def need_service(name: str, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: this test must run in CI)")
     pytest.skip(message)
+
+
+def compiled(name: str, what: str, fallback: str) -> ModuleType:
+    """The compiled module ``name`` (``what``, its source, for the message);
+    where it was not built, the calling test module skips, saying so (or
+    that ``APPORTION_NO_NATIVE=1`` hides it, ``tests/conftest.py``), except
+    in CI, where a missing build fails: CI tests what is shipped."""
+    hidden = os.environ.get("APPORTION_NO_NATIVE") == "1"
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if IN_CI and not hidden:
+            raise  # the build failed
+        pytest.skip(f"{what}: not built" + (" (APPORTION_NO_NATIVE=1)" if hidden else
+                    f": no C compiler or Cython at install; {fallback} in use"),
+                    allow_module_level=True)
 
 
 def postgres_database() -> tuple[str, str]:

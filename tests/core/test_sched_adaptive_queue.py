@@ -216,6 +216,36 @@ def kept_ranks_after_events(rnd: random.Random, steps: int) -> None:
             assert [w for w in first if w is not None] == plain[:len(first)]
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_a_sweep_while_the_merge_is_read_leaves_its_order(seed: int) -> None:
+    # A replay asks the history about each job it takes (``poolsim``'s
+    # ``_begin``), and a job it has not seen may sweep the caches, which
+    # numbers the signatures afresh halfway through the merge: a floor's
+    # exact rank must then be the head's fresh one (``rank``), not that of
+    # the signature its old number now names (or none at all).
+    rnd = random.Random(seed)
+    with mock.patch.object(adaptive, "_SLACK", 1):  # a sweep past 16 jobs
+        h = RuntimeHistory()
+        order = AdaptiveOrder()
+        queue = queue_of(h, "kept")
+        waiting: dict[str, Job] = {}
+        for n in range(60):
+            random_event(rnd, n, h, queue, waiting, ["add", "add", "remove", "record"],
+                         [None, "ann", "bob", "cy"], [0.01, 0.1, 1.0, 3.0, 50.0])
+            if rnd.random() < 0.3:
+                ctx = context(h, 150.0, INF, True)
+                got = queue.ordered(ctx)
+                plain = [w.id for w in order.order(list(waiting.values()), ctx)]
+                numbering = h.numbering
+                taken = []
+                for w in got:
+                    taken.append(w.id)
+                    for i in range(17):  # jobs never seen: at least one sweep
+                        h.estimate(job(f"x{n}.{len(taken)}.{i}", {"cpu": P}))
+                assert taken == plain
+                assert h.numbering > numbering or not taken
+
+
 def test_a_kept_rank_stands_until_a_record_and_a_floor_until_its_value_moves() -> None:
     h = RuntimeHistory()
     for k in range(8):  # every level has a typical value and an error

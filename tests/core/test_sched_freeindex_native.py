@@ -11,7 +11,6 @@ pure pass of ``.ci/run``, ``tests/conftest.py``): they skip then too.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -20,18 +19,10 @@ from hypothesis import strategies as st
 
 from apportion.core.scheduling import fastindex
 from apportion.core.scheduling.freeindex import Entry, FreeIndex
+from support import compiled
 
-HIDDEN = os.environ.get("APPORTION_NO_NATIVE") == "1"
-
-try:
-    from apportion.core.scheduling._freeindex_c import FreeIndex as NativeFreeIndex
-except ImportError:
-    if os.environ.get("CI") == "true" and not HIDDEN:
-        raise  # CI must measure and test what is shipped: the build failed
-    pytest.skip("the compiled free index (core/scheduling/_freeindex_c.pyx) is not built"
-                + (" (APPORTION_NO_NATIVE=1)" if HIDDEN else
-                   ": no C compiler or Cython at install; the pure index is in use"),
-                allow_module_level=True)
+NativeFreeIndex = compiled("apportion.core.scheduling._freeindex_c", "the compiled free index "
+                           "(core/scheduling/_freeindex_c.pyx)", "the pure index is").FreeIndex
 
 # Class id -> its resource names. Classes 70 and 4100 have the names of
 # class 0 and bits above 64 and 4096 in the block masks (the compiled

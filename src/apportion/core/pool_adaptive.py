@@ -18,7 +18,9 @@ on KTH-SP2 (``bench/README.md``, h27-adaptive).
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Callable
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.jobs import Job
 
@@ -30,6 +32,11 @@ submit order (ids are unique, so nothing after the id is ever compared)."""
 
 Entries = list[tuple[str, float | None, int]]
 """(job id, estimate, task count) in policy order, as ``_entries`` gives them."""
+
+_Answer = tuple[float | None, float | None]
+_hrrn_ranked = fastreplay.hrrn_ranked
+"""``_replay_c.hrrn_ranked``, ``_rated`` compiled (the same entries and
+floats), or None: ``_rated``. Every backfill pass of the replay calls it."""
 
 
 class LearnedQueue:
@@ -131,20 +138,10 @@ class LearnedQueue:
         ratio first, and those without one in submit order; None where a
         ratio is NaN."""
         answers, answer = self._history.answers, self._history.answer
-        ranked: Entries = []
-        unranked: Entries = []
-        values: list[float] = []
-        for submit, job_id, number, need, _ in fifo:
-            found = answers.get(number) or answer(number)
-            est = found[1]
-            if est is None:
-                unranked.append((job_id, found[0], need))
-                continue
-            ranked.append((job_id, found[0], need))
-            # ``AdaptiveOrder.order_at``'s value, term for term.
-            e = est if est > 1.0 else 1.0
-            wait = now - submit
-            values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+        if _hrrn_ranked is not None:
+            ranked, unranked, values = _hrrn_ranked(now, fifo, answers, answer)
+        else:
+            ranked, unranked, values = _rated(now, fifo, answers, answer)
         # Every value is -1 or below, so the sum is NaN only where one is.
         total = sum(values)
         if total != total:
@@ -163,3 +160,24 @@ class LearnedQueue:
         self._fifo = [(s, i, number, need, job)
                       for (s, i, _, need, job), number in zip(fifo, numbers, strict=True)]
         self._place = {entry[1]: entry for entry in self._fifo}
+
+
+def _rated(now: float, fifo: list[_Entry], answers: dict[int, _Answer],
+           answer: Callable[[int], _Answer]) -> tuple[Entries, Entries, list[float]]:
+    """The entries of ``fifo``'s jobs with a rank and each one's value (the
+    ratio negated), in submit order, and those of the jobs without one."""
+    ranked: Entries = []
+    unranked: Entries = []
+    values: list[float] = []
+    for submit, job_id, number, need, _ in fifo:
+        found = answers.get(number) or answer(number)
+        est = found[1]
+        if est is None:
+            unranked.append((job_id, found[0], need))
+            continue
+        ranked.append((job_id, found[0], need))
+        # ``AdaptiveOrder.order_at``'s value, term for term.
+        e = est if est > 1.0 else 1.0
+        wait = now - submit
+        values.append(-((wait if wait > 0.0 else 0.0) + e) / e)
+    return ranked, unranked, values

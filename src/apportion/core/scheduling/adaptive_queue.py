@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder
 from apportion.core.scheduling.jobs import Job
 
@@ -54,6 +55,15 @@ Floors = Callable[[Sequence[Job]], tuple[list[float | None], list[bool]]]
 
 if TYPE_CHECKING:
     from apportion.core.scheduling.policies import OrderContext
+
+_hrrn_values = fastreplay.hrrn_values
+"""``_replay_c.hrrn_values``, ``_Kept.plain``'s values on C doubles (the
+same floats; False where they are Python's to compute), or None: the
+comprehension below. A cycle of the KTH replay takes ~24 groups' values,
+and the interpreted loop was a fifth of it."""
+_hrrn_top = fastreplay.hrrn_top
+"""``_replay_c.hrrn_top``, ``min``/``index``/``count`` of ``_Kept.merge``'s
+values in one C pass (~235,000 turns a KTH replay), or None."""
 
 _Entry = tuple[float, str, Job]
 """(submit time, job id, job): a job's place in submit order (ids are unique,
@@ -74,7 +84,13 @@ class Learner(Protocol):
 
     def number(self, job: Job) -> int: ...
 
+    def numbers(self, jobs: Iterable[Job]) -> list[int]: ...
+
     def stale_floors(self) -> list[int] | None: ...
+
+    answers: dict[int, tuple[float | None, float | None]]
+
+    def answer(self, number: int) -> tuple[float | None, float | None]: ...
 
 
 class AdaptiveQueue:
@@ -144,7 +160,7 @@ class AdaptiveQueue:
         if kept is not None and bound == INF:
             kept.update()
             if kept.heads and kept.plain(now):
-                return kept.merge(now, rank)
+                return kept.merge(now)
         return self._ordered(now, bound, rank, ranks)
 
     def _ordered(self, now: float, bound: float, rank: Callable[[Job], float | None],
@@ -328,7 +344,9 @@ class _Kept:
         if stale is None:  # every floor, and perhaps every number
             if learner.numbering != self.numbering:
                 self.numbering = learner.numbering
-                self.numbers = [learner.number(group[0][2]) for group in self.groups]
+                # In one numbering (``number`` may sweep before a job it
+                # has not seen, which would leave earlier numbers stale).
+                self.numbers = learner.numbers([group[0][2] for group in self.groups])
                 self.by_number = dict(zip(self.numbers, self.sigs, strict=True))
             self.floor_es = [-1.0] * len(self.sigs)
             todo.update(self.sigs)
@@ -374,6 +392,13 @@ class _Kept:
     def plain(self, now: float) -> bool:
         """Whether the ratios need no care: no head after ``now`` (a wait
         below zero counts as zero) and none NaN or infinite."""
+        if _hrrn_values is not None:
+            found = _hrrn_values(now, self.heads, self.es, self.signs)
+            if found is None:
+                return False
+            if found is not False:
+                self.values = found
+                return True
         if max(self.heads) > now:
             return False
         # -((w + e) / e), times _ABOVE for a floor, as ``ordered`` has it
@@ -383,24 +408,40 @@ class _Kept:
         total = sum(values)
         return total == total and total != -INF
 
-    def merge(self, now: float, rank: Callable[[Job], float | None]) -> Iterator[Job]:
+    def merge(self, now: float) -> Iterator[Job]:
         """``AdaptiveQueue._merge`` over ``values`` (from ``plain``): the
         lowest value (then the earliest job) comes first; a floor's is
-        replaced by the head's exact one."""
+        replaced by the head's exact one, the learner's rank of the group's
+        signature (read by its number: the rank ``ordered_at`` is given is
+        the learner's, whose floors these are). Whoever reads the jobs may
+        ask the learner about a job it has not seen, which may number the
+        signatures afresh (``RuntimeHistory._of``'s sweep), before the
+        first job or between two: from then on a head's number is asked
+        afresh, not read from ``numbers``."""
         values, groups, es, signs = self.values, self.groups, self.es, self.signs
+        learner = self.learner
+        numbers, answers, answer = self.numbers, learner.answers, learner.answer
+        numbering = self.numbering  # that of ``numbers`` (``update``)
         taken: dict[int, int] = {}
+        top = _hrrn_top
         while True:
-            v = min(values)
-            if v == INF:
-                break
-            k = values.index(v)
-            if values.count(v) > 1:
-                k = min((groups[i][taken.get(i, 0)][:2], i)
-                        for i, x in enumerate(values) if x == v)[1]
+            k = -3 if top is None else top(values)
+            if k < 0:
+                if k == -1:
+                    break
+                v = min(values)
+                if v == INF:
+                    break
+                k = values.index(v)
+                if values.count(v) > 1:
+                    k = min((groups[i][taken.get(i, 0)][:2], i)
+                            for i, x in enumerate(values) if x == v)[1]
             i = taken.get(k, 0)
             j = groups[k][i][2]
             if signs[k] != -1.0:  # a floor: the head's exact rank in its place
-                est = rank(j)
+                number = (numbers[k] if learner.numbering == numbering
+                          else learner.number(j))
+                est = (answers.get(number) or answer(number))[1]
                 assert est is not None  # a floor is given only for a rank
                 e = es[k] = est if est > 1.0 else 1.0
                 signs[k] = -1.0

@@ -1,0 +1,39 @@
+"""The replays' compiled kernels where they were built, else None each (the
+callers then run their own Python).
+
+``_replay_c`` (Cython, built by ``setup.py`` at install, beside the compiled
+free index) holds the replays' hot loops on C doubles and integers: the
+adaptive queues' response ratios and the conservative count profile's scan.
+Each gives the answers of the Python it stands for, or hands back where it
+cannot (bench/README.md, h28-adaptive). Without a C compiler the install
+goes on without it, and ``tests/conftest.py`` hides it under
+``APPORTION_NO_NATIVE=1`` (``.ci/run`` runs ``tests/core`` both ways).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+_Answer = tuple[float | None, float | None]
+_Entries = list[tuple[str, float | None, int]]
+
+hrrn_values: Callable[[float, list[float], list[float], list[float]],
+                      list[float] | Literal[False] | None] | None
+"""``adaptive_queue._Kept.plain``'s values on C doubles, or None."""
+hrrn_top: Callable[[list[float]], int] | None
+"""``min``/``index``/``count`` of ``_Kept.merge``'s values in one pass, or None."""
+hrrn_ranked: Callable[[float, list[tuple[float, str, int, int, Any]], dict[int, _Answer],
+                       Callable[[int], _Answer]],
+                      tuple[_Entries, _Entries, list[float]]] | None
+"""``pool_adaptive._rated`` compiled, or None."""
+count_place: Callable[[list[float], list[int], int, float | None, int, bool, int],
+                      float | Literal[False] | None] | None
+"""``countprofile.CountProfile.place``'s scan compiled, or None."""
+try:
+    from apportion.core._replay_c import count_place, hrrn_ranked, hrrn_top, hrrn_values
+except ImportError:
+    hrrn_values = hrrn_top = hrrn_ranked = count_place = None
+
+NATIVE = hrrn_values is not None
+"""Whether the compiled kernels are in use."""

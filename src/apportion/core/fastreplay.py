@@ -6,8 +6,10 @@ free index) holds the replays' hot loops on C doubles and integers: the
 adaptive queues' response ratios and the conservative count profile's scan.
 Each gives the answers of the Python it stands for, or hands back where it
 cannot (bench/README.md, h28-adaptive). Without a C compiler the install
-goes on without it, and ``tests/conftest.py`` hides it under
-``APPORTION_NO_NATIVE=1`` (``.ci/run`` runs ``tests/core`` both ways).
+goes on without it; ``tests/conftest.py`` hides it for the second,
+pure pass of ``tests/core`` in ``.ci/run``, as it hides the index. (The
+switch is the tests', not a setting, so it is not named here:
+tests/test_settings.py.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from apportion.core.countprofile import CountProfile
 from apportion.core.scheduling.jobs import Job
+from apportion.core.scheduling.policies import INF
 
 if TYPE_CHECKING:
     from apportion.core.poolsim import PoolCluster
@@ -102,6 +103,12 @@ class ConservativePass:
                 reserved_list.append(planned)
                 reserved += 1
                 seq.append(planned)
+                if est is not None and not (t + est > t or (t == INF and est > 0)):
+                    # A window that holds no step (an estimate of 0, or one
+                    # ``t`` absorbs) fits at any step: its answer is the
+                    # first one after now, and a later placement's end can
+                    # add an earlier one that a fresh pass would take.
+                    keep = False
         # The profile as left (started jobs included) is what the next pass
         # would build again while nothing starts or ends meanwhile: kept
         # with the jobs it went over, their answers and what ``_begin`` made
@@ -114,7 +121,8 @@ class ConservativePass:
                            tuple[CountProfile, int, _Seq] | None]:
         """Where the last pass left off, when nothing started or ended since
         it, no planned end or step fell due (in it or since: ``run`` keeps
-        no pass that met a job past its estimate), and the queue begins with the
+        no pass that met a job past its estimate, nor one that reserved a
+        window holding no step), and the queue begins with the
         jobs it went over and did not start, in the same order: each of them
         gets the same answer again (a window that failed from the first step
         still holds the step that failed it; every later step is

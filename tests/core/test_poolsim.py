@@ -163,6 +163,7 @@ def test_placing_in_one_scan_is_asking_then_reserving(
     now, free, releases, asks = case
     fused = CountProfile(now, free, releases)
     plain = CountProfile(now, free, releases)
+    stepless = False
     for (need, duration, _, first_only, _), (idle, odd) in zip(asks, idles, strict=False):
         if odd and duration:
             # Windows that end before they start, or that an instant absorbs.
@@ -171,9 +172,13 @@ def test_placing_in_one_scan_is_asking_then_reserving(
         if t is not None and t <= now and need > idle:
             t = None if first_only else plain.earliest(need, duration, later_than=now)
         if t is not None:
+            # Reserved after now in a window that holds no step of its own.
+            stepless |= (t > now and duration is not None
+                         and not (t + duration > t or (t == math.inf and duration > 0)))
             plain.reserve(t, need, duration)
         assert fused.place(need, duration, idle, first_only) == t
         assert (fused.times, fused.free) == (plain.times, plain.free)
+        assert fused.stepless == stepless
 
 
 @settings(max_examples=400)
@@ -255,6 +260,16 @@ def test_count_profile_literal_steps() -> None:
     profile.reserve(15.0, 3, 10.0)
     assert (profile.times, profile.free) == ([10.0, 15.0, 25.0, 40.0], [2, 1, 4, 5])
     assert profile.earliest(2, 30.0) == 25.0
+
+
+def test_a_window_holding_no_step_is_marked() -> None:
+    # A duration of 0 fits at any step, whatever the nodes there: with too
+    # few idle now, its answer is the first step after now (15, 2 of 6).
+    profile = CountProfile(10.0, 1, [(15.0, 1), (40.0, 4)])
+    assert profile.place(3, 5.0, 1) == 40.0
+    assert not profile.stepless
+    assert profile.place(6, 0.0, 1) == 15.0
+    assert profile.stepless
 
 
 def reservation_by_index(pool: poolsim.PoolCluster, need: int, now: float

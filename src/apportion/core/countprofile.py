@@ -33,7 +33,7 @@ class CountProfile:
     waiting job at every event, and the vectors were most of its cost.
     """
 
-    __slots__ = ("free", "times")
+    __slots__ = ("free", "stepless", "times")
 
     def __init__(self, now: float, free_now: int,
                  releases: Iterable[tuple[float, int]]) -> None:
@@ -54,6 +54,12 @@ class CountProfile:
     def _fold(self, now: float, free_now: int, instants: Sequence[float],
               cumulative: Sequence[int]) -> None:
         k = bisect_right(instants, now)
+        self.stepless = False
+        """``place`` reserved a window that holds no step (a duration of 0,
+        or one its start absorbs) after the first step: such a window fits
+        at any step, so its answer is the first step after now, and a later
+        reservation's end can bring it forward (``ConservativePass``
+        resumes no pass with one)."""
         self.times = [now, *instants[k:]]
         self.free = [cumulative[k - 1] if k else free_now, *cumulative[k:]]
 
@@ -101,6 +107,8 @@ class CountProfile:
                 t = None if first_only else self.earliest(need, duration,
                                                           later_than=self.times[0])
             if t is not None:
+                if t > self.times[0] and not (t + duration > t or (t == INF and duration > 0)):
+                    self.stepless = True
                 self.reserve(t, need, duration)
             return t
         times, free = self.times, self.free

@@ -105,26 +105,29 @@ class ConservativePass:
         # The profile as left (started jobs included) is what the next pass
         # would build again while nothing starts or ends meanwhile: kept
         # with the jobs it went over, their answers and what ``_begin`` made
-        # of ``_changes``.
+        # of ``_changes``. Not one that reserved a window holding no step:
+        # a later placement's end can give that one an earlier answer.
+        keep = keep and not profile.stepless
         self._kept = (pool._changes, seq, profile, reserved) if keep else None
         return started
 
     def _resume(self, pool: PoolCluster, entries: Iterator[tuple[Any, ...]], now: float
                 ) -> tuple[Iterator[tuple[Any, ...]],
                            tuple[CountProfile, int, _Seq] | None]:
-        """Where the last pass left off, when nothing started or ended since
-        it, no planned end or step fell due (in it or since: ``run`` keeps
-        no pass that met a job past its estimate), and the queue begins with the
-        jobs it went over and did not start, in the same order: each of them
-        gets the same answer again (a window that failed from the first step
-        still holds the step that failed it; every later step is
-        unchanged), so only the jobs after them are asked. The jobs the pass
-        started hold in its profile the windows their ends give a fresh one,
-        and an answer it gave before one of them was placed stands with it
-        placed (that window still fits: the profile it left is nowhere
-        negative); the proof is ``tests/core/test_poolsim.py``'s resumed
-        against fresh passes. ``entries`` (``_entries``) come back with what
-        was read of them put back when the pass cannot resume."""
+        """Where the last pass left off, when nothing started or ended since it,
+        no planned end or step fell due (in it or since: ``run`` keeps no pass
+        that met a job past its estimate, nor one that reserved a window holding
+        no step: ``CountProfile.stepless``), and the queue begins with the jobs
+        it went over and did not start, in the same order: each of them gets the
+        same answer again (a window that failed from the first step still holds
+        the step that failed it; every later step is unchanged), so only the
+        jobs after them are asked. The jobs the pass started hold in its profile
+        the windows their ends give a fresh one, and an answer it gave before
+        one of them was placed stands with it placed (that window still fits:
+        the profile it left is nowhere negative); the proof is
+        ``tests/core/test_poolsim.py``'s resumed against fresh passes.
+        ``entries`` (``_entries``) come back with what was read of them put back
+        when the pass cannot resume."""
         kept, self._kept = self._kept, None
         if kept is None or kept[0] != pool._changes:
             return entries, None

@@ -6,7 +6,6 @@ cycle that failed."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import math
 import tempfile
@@ -319,6 +318,5 @@ def test_level_runs_on_the_event_loop_or_a_thread(services: Services) -> None:
         await jobs.submit({"resources": {"cpu": "1"}, "count": 200}, "a")
         await jobs.run_cycle()  # 40 nodes x 200 tasks: past SMALL_CYCLE
         assert assert_level(services) is kept
-        await asyncio.sleep(0)
 
     as_leader(services, scenario)

@@ -250,26 +250,15 @@ cdef _recompute(self, k):
     # Entry by entry (the pure method groups them by their classes'
     # names to take one max() per column; in C the plain loop is the
     # cheaper one): the same bounds, counts and mask.
+    # Each entry comes in as ``add``'s does (``_raise``, no loose set).
     cdef dict names = self.names
     cdef dict bound = {}
     cdef dict top = {}
-    cdef tuple entry, free
-    cdef long long q, b
-    cdef Py_ssize_t i
+    cdef set none_loose = set()
+    cdef tuple entry
     cdef list block = self.blocks[k]
     for entry in block:
-        cid = entry[1]
-        free = entry[2]
-        i = 0
-        for r in names[cid]:
-            q = free[i]
-            i += 1
-            b = _bound(bound, r)
-            if q > b:
-                bound[r] = q
-                top[r] = 1
-            elif q == b and q >= 0:
-                top[r] = <Py_ssize_t>top[r] + 1
+        _raise(bound, top, none_loose, names[entry[1]], entry[2])
     self.bounds[k] = bound
     self.tops[k] = top
     self.masks[k] = _mask(block)

@@ -52,3 +52,16 @@ def test_a_job_whose_partner_runs_on_a_full_node_still_holds_the_queue() -> None
     result = schedule_cycle(state, jobs, 1.0, SchedulerConfig(backfill="none"))
     assert result.placements == ()
     assert result.unplaced["c"].message == "waiting behind a (no backfilling)"
+
+
+def test_a_rule_that_draws_and_the_same_rule_that_keeps_away_answer_apart() -> None:
+    # Both jobs' shapes once held the rule alike, so the verdict made for the
+    # job drawn to zone=a answered for the one kept from it.
+    state = ClusterState([Node("a1", {"cpu": 4000}, labels={"zone": "a"}),
+                          Node("b1", {"cpu": 4000}, labels={"zone": "b"})])
+    zone_a = Affinity(parse_selector("zone=a"), required=True)
+    drawn = job("drawn", {"cpu": 1000}, affinity=(zone_a,), submit_time=1)
+    kept = job("kept", {"cpu": 1000}, anti_affinity=(zone_a,), submit_time=2)
+    result = schedule_cycle(state, [drawn, kept], 0.0, SchedulerConfig())
+    assert [(p.job_id, p.tasks[0].node) for p in result.placements] == [
+        ("drawn", "a1"), ("kept", "b1")]

@@ -59,8 +59,11 @@ def test_the_shape_is_the_sorted_groups_constraints_and_node_rules() -> None:
     rule = Affinity(parse_selector("rack=r1"), required=True)
     wish = Affinity(parse_selector("rack=r2"))
     ruled = Job("r", a.tasks, affinity=(wish,), anti_affinity=(rule,))
-    assert ruled.shape == (a.shape[0], NO_CONSTRAINTS, (rule,))
+    assert ruled.shape == (a.shape[0], NO_CONSTRAINTS, (), (rule,))
     assert Job("w", a.tasks, affinity=(wish,)).shape == a.shape
+    drawn = Job("d", a.tasks, affinity=(rule,))
+    assert drawn.shape == (a.shape[0], NO_CONSTRAINTS, (rule,))
+    assert drawn.shape != ruled.shape
 
 
 def test_only_a_required_job_affinity_makes_a_failure_uncacheable() -> None:

@@ -115,8 +115,14 @@ class Job:
         # Jobs with equal shapes pass and fail the same node checks, so one
         # failure in a cycle answers for all of them (an equivalence class).
         sig = tuple((tuple(sorted(s.resources.items())), s.count) for s in self.tasks)
-        node_rules = tuple(a for a in (*self.affinity, *self.anti_affinity) if a.required)
-        shape = (sig, self.constraints, node_rules)
+        # A required rule attracts in ``affinity`` and repels in
+        # ``anti_affinity``: the same rule on either side is another verdict,
+        # so the two stay apart (a fourth part only where a job repels, so
+        # the other jobs' shapes and hashes stay what they were).
+        attract = tuple(a for a in self.affinity if a.required)
+        repel = tuple(a for a in self.anti_affinity if a.required)
+        shape = (sig, self.constraints, attract, repel) if repel else (
+            sig, self.constraints, attract)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "shape_hash", hash(shape))
         object.__setattr__(self, "fifo_key", (self.submit_time, self.id))

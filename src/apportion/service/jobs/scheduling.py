@@ -40,6 +40,7 @@ from apportion.core.scheduling import (
     schedule_cycle,
 )
 from apportion.exceptions import ApportionError
+from apportion.service.collector import NONE_OWED, paused_then_collected
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache
 from apportion.service.jobs.clusterview import ClusterView, Kept, KeptCluster, level
@@ -82,6 +83,8 @@ class Scheduler:
         self.clock = clock
         self.history = RuntimeHistory()
         self.last_cycle: CycleResult | None = None
+        self.last_collection = NONE_OWED
+        """The collection run after the last cycle (its time is not the cycle's)."""
         self.cycles = 0
         self.switches: dict[str, Switch] = {}
         self._finished: list[tuple[Job, float]] = []
@@ -154,18 +157,24 @@ class Scheduler:
             kept = level(taken, view, epoch)
             return kept, decide(kept.state)
 
+        def paused() -> tuple[Kept, CycleResult]:
+            # The collector waits while the cycle runs and collects what it
+            # owes right after, before the grants (``service/collector.py``).
+            decided, self.last_collection = paused_then_collected(level_and_decide)
+            return decided
+
         # A cycle that raises or is cancelled keeps nothing: the next builds afresh.
         if _small(view, pending):
             # Two hand-offs to a worker thread cost more than a small cycle
             # itself (about 2 ms of a device switch's 30 ms, measured).
-            kept, result = level_and_decide()
+            kept, result = paused()
         else:
             # Bringing the state level and the decision are pure work on
             # snapshots: a worker thread does them, and the event loop goes on
             # answering meanwhile (a 10,000-task job once held it for
             # seconds). One hand-off for both: with thousands waiting, every
             # cycle of a busy cluster is here.
-            kept, result = await asyncio.to_thread(level_and_decide)
+            kept, result = await asyncio.to_thread(paused)
         self._kept.keep(kept)
         self.last_cycle = result
         self.cycles += 1

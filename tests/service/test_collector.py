@@ -20,7 +20,9 @@ def collector() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        if not enabled:
+        if enabled:
+            gc.enable()
+        else:
             gc.disable()
 
 

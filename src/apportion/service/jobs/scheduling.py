@@ -40,7 +40,7 @@ from apportion.core.scheduling import (
     schedule_cycle,
 )
 from apportion.exceptions import ApportionError
-from apportion.service.collector import NONE_OWED, paused_then_collected
+from apportion.service.collector import OwedCollection, paused_then_collected
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache
 from apportion.service.jobs.clusterview import ClusterView, Kept, KeptCluster, level
@@ -83,13 +83,14 @@ class Scheduler:
         self.clock = clock
         self.history = RuntimeHistory()
         self.last_cycle: CycleResult | None = None
-        self.last_collection = NONE_OWED
-        """The collection run after the last cycle (its time is not the cycle's)."""
         self.cycles = 0
         self.switches: dict[str, Switch] = {}
         self._finished: list[tuple[Job, float]] = []
         self.cycle_listeners: list[Callable[[float], None]] = []
         """Called with the duration of each cycle that had work."""
+        self.collection_listeners: list[Callable[[OwedCollection], None]] = []
+        """Called with the collection run right after a cycle, when one was
+        owed (its time is also inside that cycle's duration)."""
         self._kept = KeptCluster()
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -157,10 +158,15 @@ class Scheduler:
             kept = level(taken, view, epoch)
             return kept, decide(kept.state)
 
+        collected: list[OwedCollection] = []
+
         def paused() -> tuple[Kept, CycleResult]:
             # The collector waits while the cycle runs and collects what it
             # owes right after, before the grants (``service/collector.py``).
-            decided, self.last_collection = paused_then_collected(level_and_decide)
+            # Cancelled, the cycle's worker thread runs on to its end with the
+            # collector off; it turns it back on then, so it is never left off.
+            decided, collection = paused_then_collected(level_and_decide)
+            collected.append(collection)
             return decided
 
         # A cycle that raises or is cancelled keeps nothing: the next builds afresh.
@@ -176,6 +182,10 @@ class Scheduler:
             # cycle of a busy cluster is here.
             kept, result = await asyncio.to_thread(paused)
         self._kept.keep(kept)
+        for collection in collected:
+            if collection.generation >= 0:
+                for on_collection in self.collection_listeners:
+                    on_collection(collection)
         self.last_cycle = result
         self.cycles += 1
         placed = {p.job_id: p for p in result.placements}

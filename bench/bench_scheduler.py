@@ -169,8 +169,11 @@ def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
 
     ``paused``: each cycle runs as the leader runs it, the collector paused
     and the collection it owes run after it (``service/collector.py``); that
-    collection's time is taken out of the cycle's and given apart."""
+    collection's time is taken out of the cycle's and given apart, and with
+    it (``with_collection``: what the server's cycle timing sees, the goal's
+    figure)."""
     times_wall, times_cpu, starts = [], [], []
+    with_wall, with_cpu = [], []  # the cycle and the collection after it
     after_wall, after_cpu = [], []  # the collection after each cycle (paused)
     after_generations = [0, 0]
     quiet_cpu = []  # cycles without a full collection
@@ -185,6 +188,8 @@ def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
         decide = partial(schedule_cycle, state, pending, now, config)
         if paused:
             (result, collected), w, c = timed(lambda d=decide: paused_then_collected(d))
+            with_wall.append(w)
+            with_cpu.append(c)
             w -= collected.wall_s
             c -= collected.cpu_s
             after_wall.append(collected.wall_s)
@@ -208,7 +213,10 @@ def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
         after = {"collections_after_cycles_young_middle": after_generations,
                  "collection_after_p99_ms_cpu": round(_pct(after_cpu, 99) * 1000, 2),
                  "collection_after_max_ms_wall": round(max(after_wall) * 1000, 2),
-                 "collection_after_total_ms_cpu": round(sum(after_cpu) * 1000, 2)}
+                 "collection_after_total_ms_cpu": round(sum(after_cpu) * 1000, 2),
+                 "with_collection": {f"p{p}_ms_{kind}": round(_pct(values, p) * 1000, 2)
+                                     for kind, values in (("wall", with_wall), ("cpu", with_cpu))
+                                     for p in (50, 99)}}
     return {
         # young, middle and full collections from the first measured cycle
         # to the last (the fresh jobs between cycles included)
@@ -266,7 +274,7 @@ def main() -> None:
     print(f"cycle: {cycle['nodes']:,} nodes, {cycle['pending']:,} pending, "
           f"{cycle['cpu_in_use']:.0%} cpu in use, {cycle['starts_per_cycle_mean']} starts/cycle:"
           f" p50 {cycle['p50_ms_wall']} ms, p99 {cycle['p99_ms_wall']} ms wall "
-          f"(cpu p50 {cycle['p50_ms_cpu']} ms, p99 {cycle['p99_ms_cpu']} ms; goal p99 <= 50 ms;"
+          f"(cpu p50 {cycle['p50_ms_cpu']} ms, p99 {cycle['p99_ms_cpu']} ms;"
           f" {collector}, {'frozen' if cycle['gc_frozen_after_fill'] else 'not frozen'}"
           " after fill, "
           f"{cycle['full_collections_in_cycles']} full collections in measured cycles; "
@@ -278,6 +286,13 @@ def main() -> None:
               f"cpu p99 {cycle['collection_after_p99_ms_cpu']} ms, wall max "
               f"{cycle['collection_after_max_ms_wall']} ms, cpu total "
               f"{cycle['collection_after_total_ms_cpu']} ms over {cycle['cycles']} cycles")
+        both = cycle["with_collection"]
+        print(f"  the goal's figure (goal p99 <= 50 ms), the cycle with the collection after it, "
+              f"as the server times a cycle: p50 {both['p50_ms_wall']} ms, p99 "
+              f"{both['p99_ms_wall']} ms wall (cpu p50 {both['p50_ms_cpu']} ms, p99 "
+              f"{both['p99_ms_cpu']} ms)")
+    else:
+        print("  the goal's figure (goal p99 <= 50 ms): the cycle's p99 above, collections in it")
     write_result("scheduler", {"placements": rate, "cycle": cycle})
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import Enum
 
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import preemption
@@ -67,6 +67,8 @@ __all__ = [  # the config and result types are re-exported: they lived here
     "BACKFILL_MODES", "CycleResult", "DeadlineRisk", "Placement", "Preemption",
     "SchedulerConfig", "estimator", "pending_ends", "schedule_cycle",
 ]
+_Unset = Enum("_Unset", "UNSET")  # ``_start``'s estimate not given by its caller
+_UNSET = _Unset.UNSET
 
 @dataclass(slots=True)
 class _Pass:
@@ -83,8 +85,7 @@ class _Pass:
     preemptions: list[Preemption] = field(default_factory=list)
     unplaced: dict[str, Failure] = field(default_factory=dict)
     failed: dict[object, Failure] = field(default_factory=dict)
-    failed_shapes: dict[tuple[object, int], tuple[object, Failure]] = field(
-        default_factory=dict)
+    failed_shapes: dict[tuple[object, int], tuple[object, Failure]] = field(default_factory=dict)
     """``_try``'s failures under (walk, shape hash), with the shape: two
     shapes may share a hash, and one must not answer for the other."""
     head: HeadReservation | None = None
@@ -372,8 +373,8 @@ def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
 
 
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
-           victims: tuple[str, ...] = (), est: float | Literal[False] | None = False) -> None:
-    if est is False:  # not given by the caller (it is the same all cycle)
+           victims: tuple[str, ...] = (), est: float | _Unset | None = _UNSET) -> None:
+    if est is _UNSET:  # not given by the caller (it is the same all cycle)
         est = p.estimate(job)
     p.state.add_running(RunningJob(job, p.now, tasks, est))
     p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))

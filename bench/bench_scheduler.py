@@ -22,6 +22,11 @@ says which collector settings were used, and full collections that still
 happen during measured cycles are counted (with the p99 of the other
 cycles). ``--gc-default`` keeps Python's default thresholds (the figures
 before 2026-12-07's ninth session); ``--no-gc-freeze`` also skips the freeze.
+Each measured cycle runs as the leader runs it (``service/collector.py``):
+the collector paused during the cycle, the collection it owes right after;
+that collection's time is printed apart, not hidden in or dropped from the
+figures. ``--gc-in-cycle`` lets a collection land inside a cycle (the
+figures before the thirteenth session).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import gc
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from common import write_result
@@ -39,6 +45,7 @@ from apportion.core.model import Device, Node
 from apportion.core.scheduling import ClusterState, Job, SchedulerConfig, job, schedule_cycle
 from apportion.core.scheduling.constraints import parse_constraints
 from apportion.server.app import FULL_COLLECTION_EVERY, YOUNG_COLLECTION_AFTER
+from apportion.service.collector import paused_then_collected
 
 GI = 2**30
 SHAPES = [  # cores, memory GiB, GPUs, share of the fleet
@@ -111,7 +118,7 @@ def placements_per_second(n_jobs: int, n_nodes: int, batch: int) -> dict[str, An
 
 
 def cycle_latency(n_nodes: int, n_pending: int, cycles: int, freeze: bool = True,
-                  server_gc: bool = True) -> dict[str, Any]:
+                  server_gc: bool = True, paused: bool = True) -> dict[str, Any]:
     rng = random.Random(2)
     state = ClusterState(fleet(n_nodes, rng))
     config = SchedulerConfig(strategy="fifo", backfill="easy")
@@ -141,7 +148,8 @@ def cycle_latency(n_nodes: int, n_pending: int, cycles: int, freeze: bool = True
                   else default)
     gc.set_threshold(*thresholds)
     try:
-        measured = _measure(state, pending, now, cycles, config, fresh, rng)
+        measured = _measure(state, pending, now, cycles, config, fresh, rng,
+                            server_gc and paused)
     finally:
         gc.set_threshold(*default)
     return {
@@ -155,10 +163,19 @@ def cycle_latency(n_nodes: int, n_pending: int, cycles: int, freeze: bool = True
 
 
 def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
-             config: SchedulerConfig, fresh: Callable[[float], Job], rng: random.Random
-             ) -> dict[str, Any]:
-    """``cycles`` measured cycles, each after 1 % of the running jobs end."""
+             config: SchedulerConfig, fresh: Callable[[float], Job], rng: random.Random,
+             paused: bool = True) -> dict[str, Any]:
+    """``cycles`` measured cycles, each after 1 % of the running jobs end.
+
+    ``paused``: each cycle runs as the leader runs it, the collector paused
+    and the collection it owes run after it (``service/collector.py``); that
+    collection's time is taken out of the cycle's and given apart, and with
+    it (``with_collection``: what the server's cycle timing sees, the goal's
+    figure)."""
     times_wall, times_cpu, starts = [], [], []
+    with_wall, with_cpu = [], []  # the cycle and the collection after it
+    after_wall, after_cpu = [], []  # the collection after each cycle (paused)
+    after_generations = [0, 0]
     quiet_cpu = []  # cycles without a full collection
     full = 0
     counts_before = [g["collections"] for g in gc.get_stats()]
@@ -168,10 +185,22 @@ def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
         for job_id in rng.sample(running, max(1, len(running) // 100)):
             state.finish(job_id)
         before = gc.get_stats()[2]["collections"]
-        result, w, c = timed(lambda p=pending, t=now: schedule_cycle(state, p, t, config))
-        collected = gc.get_stats()[2]["collections"] - before
-        full += collected
-        if not collected:
+        decide = partial(schedule_cycle, state, pending, now, config)
+        if paused:
+            (result, collected), w, c = timed(lambda d=decide: paused_then_collected(d))
+            with_wall.append(w)
+            with_cpu.append(c)
+            w -= collected.wall_s
+            c -= collected.cpu_s
+            after_wall.append(collected.wall_s)
+            after_cpu.append(collected.cpu_s)
+            if collected.generation >= 0:
+                after_generations[collected.generation] += 1
+        else:
+            result, w, c = timed(decide)
+        collected_full = gc.get_stats()[2]["collections"] - before
+        full += collected_full
+        if not collected_full:
             quiet_cpu.append(c)
         times_wall.append(w)
         times_cpu.append(c)
@@ -179,6 +208,15 @@ def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
         starts.append(len(started))
         pending = [j for j in pending if j.id not in started]
         pending += [fresh(now) for _ in range(len(started))]
+    after = {}
+    if paused:
+        after = {"collections_after_cycles_young_middle": after_generations,
+                 "collection_after_p99_ms_cpu": round(_pct(after_cpu, 99) * 1000, 2),
+                 "collection_after_max_ms_wall": round(max(after_wall) * 1000, 2),
+                 "collection_after_total_ms_cpu": round(sum(after_cpu) * 1000, 2),
+                 "with_collection": {f"p{p}_ms_{kind}": round(_pct(values, p) * 1000, 2)
+                                     for kind, values in (("wall", with_wall), ("cpu", with_cpu))
+                                     for p in (50, 99)}}
     return {
         # young, middle and full collections from the first measured cycle
         # to the last (the fresh jobs between cycles included)
@@ -192,6 +230,8 @@ def _measure(state: ClusterState, pending: list[Job], now: float, cycles: int,
         "max_ms_wall": round(max(times_wall) * 1000, 2),
         "full_collections_in_cycles": full,
         "p99_ms_cpu_without_full_collection": round(_pct(quiet_cpu, 99) * 1000, 2),
+        "gc_paused_in_cycles": paused,
+        **after,
     }
 
 
@@ -217,25 +257,42 @@ def main() -> None:
                         help="do not freeze the filled cluster's objects before measuring")
     parser.add_argument("--gc-default", action="store_true",
                         help="measure cycles with Python's default collector thresholds, "
-                             "not the server's")
+                             "not the server's (and the collector not paused)")
+    parser.add_argument("--gc-in-cycle", action="store_true",
+                        help="the collector not paused while a cycle runs (before the "
+                             "thirteenth session's server): a collection lands where it may")
     args = parser.parse_args()
     rate = placements_per_second(args.jobs, args.nodes, args.batch)
     print(f"placements: {rate['placed']:,} of {rate['jobs']:,} jobs on {rate['nodes']:,} "
           f"heterogeneous nodes (bin-pack): {rate['placements_per_s_wall']:,}/s wall, "
           f"{rate['placements_per_s_cpu']:,}/s cpu (goal >= 50,000/s)")
     cycle = cycle_latency(args.nodes, args.pending, args.cycles, not args.no_gc_freeze,
-                          not args.gc_default)
+                          not args.gc_default, not args.gc_in_cycle)
     thresholds = "/".join(map(str, cycle["gc_thresholds"]))
     collector = (f"gc as the server runs it (thresholds {thresholds})" if cycle["gc_as_server"]
                  else f"gc with Python's default thresholds ({thresholds})")
     print(f"cycle: {cycle['nodes']:,} nodes, {cycle['pending']:,} pending, "
           f"{cycle['cpu_in_use']:.0%} cpu in use, {cycle['starts_per_cycle_mean']} starts/cycle:"
           f" p50 {cycle['p50_ms_wall']} ms, p99 {cycle['p99_ms_wall']} ms wall "
-          f"(cpu p50 {cycle['p50_ms_cpu']} ms, p99 {cycle['p99_ms_cpu']} ms; goal p99 <= 50 ms;"
+          f"(cpu p50 {cycle['p50_ms_cpu']} ms, p99 {cycle['p99_ms_cpu']} ms;"
           f" {collector}, {'frozen' if cycle['gc_frozen_after_fill'] else 'not frozen'}"
           " after fill, "
           f"{cycle['full_collections_in_cycles']} full collections in measured cycles; "
           f"cpu p99 of the others {cycle['p99_ms_cpu_without_full_collection']} ms)")
+    if cycle["gc_paused_in_cycles"]:
+        young, middle = cycle["collections_after_cycles_young_middle"]
+        print(f"  collector paused in each cycle, as the leader runs it; the collections owed "
+              f"after the cycles, not in the figures above: {young} young, {middle} middle, "
+              f"cpu p99 {cycle['collection_after_p99_ms_cpu']} ms, wall max "
+              f"{cycle['collection_after_max_ms_wall']} ms, cpu total "
+              f"{cycle['collection_after_total_ms_cpu']} ms over {cycle['cycles']} cycles")
+        both = cycle["with_collection"]
+        print(f"  the goal's figure (goal p99 <= 50 ms), the cycle with the collection after it, "
+              f"as the server times a cycle: p50 {both['p50_ms_wall']} ms, p99 "
+              f"{both['p99_ms_wall']} ms wall (cpu p50 {both['p50_ms_cpu']} ms, p99 "
+              f"{both['p99_ms_cpu']} ms)")
+    else:
+        print("  the goal's figure (goal p99 <= 50 ms): the cycle's p99 above, collections in it")
     write_result("scheduler", {"placements": rate, "cycle": cycle})
 
 

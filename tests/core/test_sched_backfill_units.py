@@ -26,7 +26,6 @@ from apportion.core.scheduling.backfill import (
     _free_matching,
     _freed_devices,
     _instants,
-    _overdue,
     _single_task_reservation,
     _try_at,
     cached_easy_reservation,
@@ -37,6 +36,7 @@ from apportion.core.scheduling.backfill import (
     use_extra,
 )
 from apportion.core.scheduling.engine import Placer
+from apportion.core.scheduling.freeprofile import _overdue
 from apportion.core.scheduling.jobs import Affinity, Job
 from apportion.core.scheduling.policies import strategy
 from sched_support import P, hold, nodes
@@ -325,16 +325,18 @@ def test_the_head_reservation_is_cached_until_something_changes() -> None:
     assert state.cache["easy"][3] == INF
 
 
-def test_instants_group_the_ends_from_a_cut() -> None:
+def test_instants_group_the_ends_after_now() -> None:
     state = nodes(3)
     hold(state, "a", ["n0"], 0.0, 50.0)
     hold(state, "c", ["n1"], 0.0, 50.0)
     hold(state, "b", ["n2"], 0.0, 80.0)
-    assert list(_instants(state.ends, 0)) == [
+    assert list(_instants(state.ends, 0.0)) == list(_instants(state.ends, 49.9)) == [
         (50.0, [(50.0, "a"), (50.0, "c")]), (80.0, [(80.0, "b")])]
-    assert list(_instants(state.ends, 2)) == [(80.0, [(80.0, "b")])]
-    assert list(_instants(state.ends, 3)) == []
+    assert list(_instants(state.ends, 50.0)) == [(80.0, [(80.0, "b")])]
+    assert list(_instants(state.ends, 80.0)) == []
     assert (_overdue(state.ends, 50.0), _overdue(state.ends, 49.0)) == (2, 0)
+    # Read by value: the ends keep no positional index to update as jobs start.
+    assert not state.ends._index
 
 
 def test_try_at_sums_what_the_head_holds_per_node() -> None:

@@ -1,9 +1,12 @@
 """The index of expected ends files a started job only when someone reads it:
 whatever mix of starts, ends, new estimates and rolled-back transactions
 came between two reads, the index read is the sorted ends of the jobs
-running then, and what jobs past their estimate hold is the same."""
+running then, and what jobs past their estimate hold is the same; it is
+read by value, never by position."""
 
 from __future__ import annotations
+
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,7 +73,26 @@ def test_ends_read_at_any_point_are_the_running_jobs_ends(
         if read:
             assert list(state.ends) == _want(state)
             assert state.past_estimate(t) == past_recounted(state, t)
+            assert list(state.past_ids(t)) == sorted(j for e, j in _want(state) if e <= t)
+            # Read by value only: no positional index for the next ends filed to update.
+            assert not state.ends._index
     assert list(state.ends) == _want(state)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6).map(float), st.integers(0, 9)), max_size=30),
+       st.integers(-1, 7).map(float), st.integers(-1, 7).map(float))
+def test_passing_is_the_ends_between_two_instants(
+    ends: list[tuple[float, int]], since: float, now: float
+) -> None:
+    # As bisect_left and islice found them before ``irange`` did.
+    state = ClusterState([Node("n0", {"cpu": 100})])
+    for end, n in ends:
+        _start(state, n, 0, 0.0, end)
+    index = state.ends
+    lo = index.bisect_left((math.nextafter(since, math.inf),))
+    hi = index.bisect_left((math.nextafter(now, math.inf),))
+    assert state._passing(since, now) == [j for _, j in index.islice(lo, hi)]
 
 
 def test_a_job_that_ends_before_a_read_is_never_filed() -> None:

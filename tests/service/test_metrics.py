@@ -85,6 +85,7 @@ def test_counters_count_the_events_this_server_wrote(servers: Callable[..., Serv
     assert mine['apportion_queue_wait_seconds_count{queue="default"}'] == 1.0
     assert mine['apportion_events_total{kind="job.submitted"}'] == 1.0
     assert mine["apportion_scheduling_cycle_duration_seconds_count"] == 1.0
+    assert "apportion_scheduling_collection_duration_seconds_count" in mine
     assert theirs["apportion_allocations_granted_total"] == 1.0
     assert 'apportion_jobs_finished_total{state="succeeded"}' in theirs
     assert theirs['apportion_jobs_finished_total{state="succeeded"}'] == 0.0

@@ -129,6 +129,11 @@ class Metrics:
             "apportion_scheduling_cycle_duration_seconds",
             "Duration of scheduling cycles that had pending work.",
             buckets=CYCLE_BUCKETS, registry=r)
+        self.collection_duration = Histogram(
+            "apportion_scheduling_collection_duration_seconds",
+            "Duration of the garbage collection run right after a cycle, when"
+            " one was owed (also inside that cycle's duration).",
+            buckets=CYCLE_BUCKETS, registry=r)
         self.events = Counter(
             "apportion_events", "State-change events recorded by this server, by kind.",
             ["kind"], registry=r)
@@ -161,8 +166,11 @@ class Metrics:
         self._grant_outcomes[outcome].observe(seconds)
 
     def time_cycles(self, jobs: JobsService) -> None:
-        """Time the scheduling cycles that had work."""
+        """Time the scheduling cycles that had work, and the collections
+        run right after them."""
         jobs.scheduler.cycle_listeners.append(self.cycle_duration.observe)
+        jobs.scheduler.collection_listeners.append(
+            lambda collection: self.collection_duration.observe(collection.wall_s))
 
     def on_event(self, event: Event) -> None:
         """Count one event from the log (an EventHub listener)."""

@@ -21,6 +21,7 @@ estimate)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from apportion.core.scheduling.devices import tasks_held
 from apportion.core.scheduling.engine import Placer
 from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.framework import fit_count
-from apportion.core.scheduling.freeprofile import INF, _overdue
+from apportion.core.scheduling.freeprofile import INF
 from apportion.core.scheduling.freeprofile import Profile as Profile  # it lived here
 from apportion.core.scheduling.freeprofile import running_ends as running_ends
 from apportion.core.scheduling.freeprofile import split_step as split_step
@@ -254,12 +255,15 @@ def _single_task_reservation(
             fit = min(fit, _free_matching(job, spec.resources, rec, pools(rec)))
         return fit > 0
 
-    cut = _overdue(state.ends, now)
-    first = _first_fitting_now(state, now, verdict.need, fits) if cut else None
+    # Whether some job is past its estimate: the first end is (read without
+    # a position, as ``_instants`` reads: see ``ClusterState._passing``).
+    ends = state.ends
+    overdue = bool(ends) and ends[0][0] <= now
+    first = _first_fitting_now(state, now, verdict.need, fits) if overdue else None
     if first is not None:
         t, (rec, v) = now, first
     else:
-        later = _first_fitting(state, now, cut, verdict, fits, pools)
+        later = _first_fitting(state, now, overdue, verdict, fits, pools)
         if later is None:
             return True, None
         t, rec, v = later
@@ -346,7 +350,7 @@ def _free_at(state: ClusterState, rec: NodeRec, now: float) -> list[int]:
 def _first_fitting(
     state: ClusterState,
     now: float,
-    cut: int,
+    overdue: bool,
     verdict: Verdict,
     fits: Callable[[list[int], NodeRec], bool],
     pools: Callable[[NodeRec], dict[str, list[str]]],
@@ -361,7 +365,7 @@ def _first_fitting(
     recs = state.nodes
     ends = state.ends
     # What the jobs past their estimate hold, per node: they all end "now".
-    past = state.past_estimate(now) if cut else {}
+    past = state.past_estimate(now) if overdue else {}
     # Per node met so far: (free capacity as of the instant, resource
     # positions, record), or None for a node that can never take the task.
     seen: dict[str, tuple[list[int], Mapping[str, int], NodeRec] | None] = {}
@@ -382,7 +386,7 @@ def _first_fitting(
         seen[name] = (v, pos, rec)
         if fits(v, rec):
             fitting.append((rec, v))
-    instants = _instants(ends, cut)
+    instants = _instants(ends, now)
     while not fitting:
         nxt = next(instants, None)
         if nxt is None:
@@ -491,12 +495,12 @@ def _first_freed(state: ClusterState, rec: NodeRec, t: float, now: float,
     return None if best is beat else best
 
 
-def _instants(ends: SortedList, cut: int) -> Iterator[tuple[float, list[tuple[float, str]]]]:
-    """Entries of the index of ends from ``cut`` on (the jobs not yet past
+def _instants(ends: SortedList, now: float) -> Iterator[tuple[float, list[tuple[float, str]]]]:
+    """Entries of the index of ends after ``now`` (the jobs not yet past
     their estimate), grouped by instant, soonest first."""
     t = None
     group: list[tuple[float, str]] = []
-    for entry in ends.islice(cut):
+    for entry in ends.irange((math.nextafter(now, INF),)):
         if entry[0] != t:
             if group:
                 assert t is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from apportion.core.reasons import Code, Failure, Kind, Reason
 from apportion.core.scheduling import preemption
@@ -66,6 +67,8 @@ __all__ = [  # the config and result types are re-exported: they lived here
     "BACKFILL_MODES", "CycleResult", "DeadlineRisk", "Placement", "Preemption",
     "SchedulerConfig", "estimator", "pending_ends", "schedule_cycle",
 ]
+_Unset = Enum("_Unset", "UNSET")  # ``_start``'s estimate not given by its caller
+_UNSET = _Unset.UNSET
 
 @dataclass(slots=True)
 class _Pass:
@@ -82,8 +85,7 @@ class _Pass:
     preemptions: list[Preemption] = field(default_factory=list)
     unplaced: dict[str, Failure] = field(default_factory=dict)
     failed: dict[object, Failure] = field(default_factory=dict)
-    failed_shapes: dict[tuple[object, int], tuple[object, Failure]] = field(
-        default_factory=dict)
+    failed_shapes: dict[tuple[object, int], tuple[object, Failure]] = field(default_factory=dict)
     """``_try``'s failures under (walk, shape hash), with the shape: two
     shapes may share a hash, and one must not answer for the other."""
     head: HeadReservation | None = None
@@ -371,8 +373,9 @@ def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
 
 
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
-           victims: tuple[str, ...] = ()) -> None:
-    est = p.estimate(job)
+           victims: tuple[str, ...] = (), est: float | _Unset | None = _UNSET) -> None:
+    if est is _UNSET:  # not given by the caller (it is the same all cycle)
+        est = p.estimate(job)
     p.state.add_running(RunningJob(job, p.now, tasks, est))
     p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))
 
@@ -465,13 +468,13 @@ def _backfill(p: _Pass, job: Job) -> None:
         if head.pool is not None:
             # This job could fragment the pool: plan the head node by node.
             head = _exact_head(p, head)
-        outcome = _known(p, job, PAST) or _try(
-            p, job, limits_in_play(p.state, job, head.extra), PAST)
+        # ``_try`` reads a known failure first (rare: ``_by_shape`` answers those).
+        outcome = _try(p, job, limits_in_play(p.state, job, head.extra), PAST)
     if isinstance(outcome, Failure):
         p.unplaced[job.id] = outcome
         return
     use_extra(head.extra, outcome)
-    _start(p, job, outcome, True)
+    _start(p, job, outcome, True, (), est)
 
 
 def _aggregate(p: _Pass, job: Job) -> Failure | None:
@@ -524,7 +527,7 @@ def _conservative(p: _Pass, job: Job) -> None:
         outcome = _try(p, job)
         if not isinstance(outcome, Failure):
             profile.reserve(p.now, need, est)
-            _start(p, job, outcome, p.blocked)
+            _start(p, job, outcome, p.blocked, (), est)
             return
         if outcome.kind is not Kind.BUSY:
             p.unplaced[job.id] = outcome

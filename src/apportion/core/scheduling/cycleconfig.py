@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 
 from apportion.core.errors import InvalidInput
 from apportion.core.frozen import quick_init
@@ -125,6 +127,9 @@ def given_estimate(job: Job) -> float | None:
     return job.runtime_estimate
 
 
+_deadline = attrgetter("deadline")
+
+
 def deadline_risks(
     ordered: Sequence[Job],
     reservations: Sequence[JobReservation],
@@ -134,7 +139,8 @@ def deadline_risks(
 ) -> tuple[DeadlineRisk, ...]:
     """The jobs of ``ordered`` with a deadline that their start now (if the
     cycle placed them or planned none) or their reservation would miss."""
-    with_deadline = [job for job in ordered if job.deadline is not None]
+    # Filtered in C: every waiting job, every cycle, and most have none.
+    with_deadline = list(compress(ordered, map(is_not, map(_deadline, ordered), repeat(None))))
     if not with_deadline:
         return ()  # most traces: no deadlines, no lookups to build
     starts = {r.job_id: r.start for r in reservations}

@@ -140,8 +140,10 @@ class ShapeAnswers:
             self._check(k)
         if started:
             free = self.free
-            if any(free.get(r, 0) < q for r, q in self.top.items()):
-                self._refit()
+            for r, q in self.top.items():  # a loop, not ``any``: ~1,100 starts a cycle
+                if free.get(r, 0) < q:
+                    self._refit()
+                    return
 
     def _check(self, k: int) -> None:
         hit = self.failed.get((self.where, self.keys.hashes[k]))

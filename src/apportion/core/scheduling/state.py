@@ -136,10 +136,13 @@ class ClusterState(FreeCapacity):
     def _passing(self, since: float, now: float) -> list[str]:
         """Ids of the running jobs expected to end in (``since``, ``now``],
         by (end, id)."""
-        ends = self.ends
-        lo = ends.bisect_left((math.nextafter(since, math.inf),))
-        hi = ends.bisect_left((math.nextafter(now, math.inf),))
-        return [job_id for _, job_id in ends.islice(lo, hi)]
+        # ``irange``, not ``bisect_left`` and ``islice``: positions build the
+        # list's positional index, which every end filed afterwards (some
+        # 1,100 a cycle in ``bench_scheduler.py``) then walks to update
+        # (bench/README.md, h29-cycle).
+        ends = self.ends.irange((math.nextafter(since, math.inf),),
+                                (math.nextafter(now, math.inf),), (True, False))
+        return [job_id for _, job_id in ends]
 
     def _catch_up(self, jobs: Iterable[RunningJob]) -> None:
         """Add what ``jobs`` hold to ``_past``, in one loop: a cohort of jobs

@@ -40,6 +40,7 @@ from apportion.core.scheduling import (
     schedule_cycle,
 )
 from apportion.exceptions import ApportionError
+from apportion.service.collector import OwedCollection, paused_then_collected
 from apportion.service.jobs import transitions as t
 from apportion.service.jobs.cache import JobCache
 from apportion.service.jobs.clusterview import ClusterView, Kept, KeptCluster, level
@@ -87,6 +88,9 @@ class Scheduler:
         self._finished: list[tuple[Job, float]] = []
         self.cycle_listeners: list[Callable[[float], None]] = []
         """Called with the duration of each cycle that had work."""
+        self.collection_listeners: list[Callable[[OwedCollection], None]] = []
+        """Called with the collection run right after a cycle, when one was
+        owed (its time is also inside that cycle's duration)."""
         self._kept = KeptCluster()
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -154,19 +158,34 @@ class Scheduler:
             kept = level(taken, view, epoch)
             return kept, decide(kept.state)
 
+        collected: list[OwedCollection] = []
+
+        def paused() -> tuple[Kept, CycleResult]:
+            # The collector waits while the cycle runs and collects what it
+            # owes right after, before the grants (``service/collector.py``).
+            # Cancelled, the cycle's worker thread runs on to its end with the
+            # collector off; it turns it back on then, so it is never left off.
+            decided, collection = paused_then_collected(level_and_decide)
+            collected.append(collection)
+            return decided
+
         # A cycle that raises or is cancelled keeps nothing: the next builds afresh.
         if _small(view, pending):
             # Two hand-offs to a worker thread cost more than a small cycle
             # itself (about 2 ms of a device switch's 30 ms, measured).
-            kept, result = level_and_decide()
+            kept, result = paused()
         else:
             # Bringing the state level and the decision are pure work on
             # snapshots: a worker thread does them, and the event loop goes on
             # answering meanwhile (a 10,000-task job once held it for
             # seconds). One hand-off for both: with thousands waiting, every
             # cycle of a busy cluster is here.
-            kept, result = await asyncio.to_thread(level_and_decide)
+            kept, result = await asyncio.to_thread(paused)
         self._kept.keep(kept)
+        for collection in collected:
+            if collection.generation >= 0:
+                for on_collection in self.collection_listeners:
+                    on_collection(collection)
         self.last_cycle = result
         self.cycles += 1
         placed = {p.job_id: p for p in result.placements}

@@ -1,0 +1,111 @@
+"""The grant fast path validates a body from its bytes (pydantic's own JSON
+reading) where pydantic accepts it, and the FastAPI way otherwise: the same
+model, values and types as reading it with ``parse_json`` and validating the
+value, or the same errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from apportion.server.fastpath import parse_json, validate_grant
+from apportion.server.schemas import AllocationIn
+
+
+def _before(raw: bytes) -> AllocationIn:
+    """What the fast path did before (h26-http): read, then validate the value."""
+    return AllocationIn.__pydantic_validator__.validate_python(  # type: ignore[no-any-return]
+        parse_json(raw), from_attributes=True)
+
+
+def _typed(value: object) -> object:
+    """The value with every scalar's type beside it (1 == 1.0 == True in Python);
+    NaN by its text (it equals nothing)."""
+    if isinstance(value, dict):
+        return ("dict", [(k, _typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    return (type(value).__name__, repr(value))
+
+
+def _outcome(validate: Any, raw: bytes) -> object:
+    try:
+        body = validate(raw)
+    except ValidationError as exc:
+        return ("invalid", exc.errors(include_url=False))
+    except json.JSONDecodeError as exc:
+        return ("json", exc.msg, exc.pos)
+    return _typed(body.model_dump())
+
+
+quantities = (st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=6)
+              | st.booleans() | st.none() | st.sampled_from(["500m", "1Gi", "2", "0.5"]))
+keys = st.sampled_from(["cpu", "memory", "gpu", "", "x" * 70]) | st.text(max_size=6)
+texts = st.none() | st.text(max_size=10) | st.sampled_from(["bench", "n0001", "a b", "é"]) \
+    | st.integers(0, 3)
+bodies = st.fixed_dictionaries(
+    {"resources": st.dictionaries(keys, quantities, max_size=3)
+     | st.lists(st.integers(), max_size=2) | st.none()},
+    optional={"node": texts, "owner": texts, "extra": texts,
+              "labels": st.dictionaries(keys, texts, max_size=3) | texts})
+
+
+@settings(max_examples=600, deadline=None)
+@given(bodies, st.booleans())
+@example({"resources": {"cpu": "500m", "memory": "1Gi"}, "owner": "bench"}, True)
+@example({"resources": {"cpu": 0.1, "gpu": 2**64}, "labels": {"a": "b"}}, True)
+def test_a_body_validates_as_before(body: dict[str, Any], ascii_only: bool) -> None:
+    raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    assert _outcome(validate_grant, raw) == _outcome(_before, raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies, st.data())
+def test_a_damaged_body_is_answered_as_before(body: dict[str, Any], data: st.DataObject) -> None:
+    raw = bytearray(json.dumps(body).encode())
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw)))
+        raw[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+    assert _outcome(validate_grant, bytes(raw)) == _outcome(_before, bytes(raw))
+
+
+def test_bodies_pydantic_reads_otherwise_are_read_as_before() -> None:
+    for raw in [b'{"resources": {"cpu": "\\ud800"}}', b'\xef\xbb\xbf{"resources": {"cpu": 1}}',
+                b'{"resources": {"cpu": 1, "cpu": "2"}, "owner": "a", "owner": "b"}',
+                '{"resources": {"cpu": 1}}'.encode("utf-16"), b"", b"[]", b"{} {}",
+                b'{"resources": {"cpu": NaN}}', b'{"resources": {"cpu": 1e400}}',
+                b"[" * 5000 + b"]" * 5000]:
+        assert _outcome(validate_grant, raw) == _outcome(_before, raw), raw[:40]
+
+
+def test_the_request_id_is_in_log_lines_while_answering_and_gone_after() -> None:
+    import asyncio
+
+    import structlog
+
+    from apportion.server.fastpath import serve_answer
+
+    seen: list[dict[str, Any]] = []
+
+    async def produce() -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        seen.append(structlog.contextvars.get_contextvars())
+        return 200, b"{}", []
+
+    async def send(message: dict[str, Any]) -> None: ...
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/allocations",
+             "headers": [(b"x-request-id", b"trace-7")]}
+    asyncio.run(serve_answer(scope, send, produce(), access_log=False))
+    assert seen == [{"request_id": "trace-7"}]
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+    # structlog's own binding sets the same variable the fast path sets.
+    tokens = structlog.contextvars.bind_contextvars(request_id="other")
+    try:
+        from apportion.server.fastpath import _REQUEST_ID
+        assert _REQUEST_ID.get() == "other"
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

@@ -91,6 +91,29 @@ def test_the_walk_chooses_as_the_walk_written_with_min_and_sum(
     assert _outcome(choose_node, request, slots) == _outcome(reference_choice, request, slots)
 
 
+def _small_sublists(index: dict[str, SortedList]) -> dict[str, SortedList]:
+    for listed in index.values():
+        listed._reset(2)  # sublists of two: walks that start and run across their edges
+    return index
+
+
+@settings(max_examples=400, deadline=None)
+@given(clusters())
+def test_the_walk_over_the_sublists_chooses_as_islice_does(
+        case: tuple[dict[str, Slot], dict[str, int]]) -> None:
+    """``choose_node`` walks the lists' sublists itself (h29-http), on lists
+    of many sublists too."""
+    slots, request = case
+
+    def outcome(choose: object) -> object:
+        try:
+            return choose(request, _small_sublists(free_index(slots)), slots)  # type: ignore[operator]
+        except (UnknownResource, InsufficientResources) as exc:
+            return type(exc).__name__, exc.to_dict()
+
+    assert outcome(choose_node) == outcome(reference_choice)
+
+
 def test_an_unknown_resource_is_named_as_before() -> None:
     slots = {"a": Slot(Node("a", {"cpu": 4}), {"cpu": 4})}
     with pytest.raises(UnknownResource) as caught:

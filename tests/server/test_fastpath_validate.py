@@ -14,22 +14,13 @@ from pydantic import ValidationError
 
 from apportion.server.fastpath import parse_json, validate_grant
 from apportion.server.schemas import AllocationIn
+from server.test_fastpath_json import _typed  # values with their types, NaN by its text
 
 
 def _before(raw: bytes) -> AllocationIn:
     """What the fast path did before (h26-http): read, then validate the value."""
     return AllocationIn.__pydantic_validator__.validate_python(  # type: ignore[no-any-return]
         parse_json(raw), from_attributes=True)
-
-
-def _typed(value: object) -> object:
-    """The value with every scalar's type beside it (1 == 1.0 == True in Python);
-    NaN by its text (it equals nothing)."""
-    if isinstance(value, dict):
-        return ("dict", [(k, _typed(v)) for k, v in value.items()])
-    if isinstance(value, list):
-        return ("list", [_typed(v) for v in value])
-    return (type(value).__name__, repr(value))
 
 
 def _outcome(validate: Any, raw: bytes) -> object:

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -75,6 +76,8 @@ def test_bodies_pydantic_reads_otherwise_are_read_as_before() -> None:
 
 
 def test_the_request_id_is_in_log_lines_while_answering_and_gone_after() -> None:
+    """Checked inside one coroutine: ``asyncio.run`` runs its task in a copy
+    of the context, so outside it the id would be gone unreset too."""
     import asyncio
 
     import structlog
@@ -82,18 +85,36 @@ def test_the_request_id_is_in_log_lines_while_answering_and_gone_after() -> None
     from apportion.server.fastpath import serve_answer
 
     seen: list[dict[str, Any]] = []
+    after: list[dict[str, Any]] = []
 
     async def produce() -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         seen.append(structlog.contextvars.get_contextvars())
         return 200, b"{}", []
 
+    async def fail() -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        seen.append(structlog.contextvars.get_contextvars())
+        raise RuntimeError("boom")
+
     async def send(message: dict[str, Any]) -> None: ...
 
     scope = {"type": "http", "method": "POST", "path": "/api/v1/allocations",
              "headers": [(b"x-request-id", b"trace-7")]}
-    asyncio.run(serve_answer(scope, send, produce(), access_log=False))
-    assert seen == [{"request_id": "trace-7"}]
-    assert "request_id" not in structlog.contextvars.get_contextvars()
+
+    async def both() -> None:
+        for make in (produce, fail):
+            await serve_answer(scope, send, make(), access_log=False)
+            after.append(structlog.contextvars.get_contextvars())
+
+        def observe(seconds: float, status: int) -> None:
+            raise RuntimeError("the histogram failed")
+
+        with pytest.raises(RuntimeError):
+            await serve_answer(scope, send, produce(), access_log=False, observe=observe)
+        after.append(structlog.contextvars.get_contextvars())
+
+    asyncio.run(both())
+    assert seen == [{"request_id": "trace-7"}] * 3
+    assert after == [{}, {}, {}]
     # structlog's own binding sets the same variable the fast path sets.
     tokens = structlog.contextvars.bind_contextvars(request_id="other")
     try:
@@ -101,6 +122,44 @@ def test_the_request_id_is_in_log_lines_while_answering_and_gone_after() -> None
         assert _REQUEST_ID.get() == "other"
     finally:
         structlog.contextvars.reset_contextvars(**tokens)
+
+
+def test_a_long_body_is_read_once_the_old_way(monkeypatch: Any) -> None:
+    """A body past a few KiB (a grant is a few hundred bytes) is not tried
+    with pydantic's JSON reading first: refused, it would be read twice."""
+    from apportion.server import fastpath
+
+    tried: list[int] = []
+
+    class Counting:
+        def validate_json(self, raw: bytes) -> object:
+            tried.append(len(raw))
+            return AllocationIn.__pydantic_validator__.validate_json(raw)
+
+        def validate_python(self, value: object, **kw: Any) -> object:
+            return AllocationIn.__pydantic_validator__.validate_python(value, **kw)
+
+    monkeypatch.setattr(fastpath, "_VALIDATOR", Counting())
+    short = b'{"resources": {"cpu": "1"}}'
+    long = json.dumps({"resources": {"cpu": "1"}, "extra": list(range(9000))}).encode()
+    assert validate_grant(short).resources == {"cpu": "1"}
+    with pytest.raises(ValidationError):  # the field is refused: as before, once read
+        validate_grant(long)
+    assert tried == [len(short)]
+
+
+def test_an_integer_too_long_for_the_stdlib_is_answered_400(api: httpx.Client) -> None:
+    """json.loads refuses an integer past 4300 digits with a ValueError: the
+    answer to bad JSON (400), not an internal error (500)."""
+    from apportion.server.errors import validation_failure
+
+    raw = b'{"resources": {"cpu": ' + b"1" * 5000 + b"}}"
+    answer = api.post("/api/v1/allocations", content=raw,
+                      headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == validation_failure([{
+        "type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error",
+        "ctx": {"error": "a number too long to read"}}])[0]
 
 
 def test_over_loopback_each_body_is_answered_as_the_old_path_answers_it(

@@ -33,3 +33,13 @@ def test_the_app_state_is_plain() -> None:
     assert type(app.state) is PlainState
     app.state.ctx = "x"
     assert vars(app.state)["ctx"] == "x"  # found without __getattr__
+
+
+def test_plain_state_refuses_its_own_store_as_a_name() -> None:
+    state = PlainState()
+    state.ctx = 1
+    for write in (lambda: setattr(state, "_state", {}), lambda: state.__setitem__("_state", {}),
+                  lambda: delattr(state, "_state"), lambda: state.__delitem__("_state")):
+        with pytest.raises(AttributeError):
+            write()
+    assert state.ctx == state["ctx"] == 1 and list(state) == ["ctx"]

@@ -86,18 +86,26 @@ class BodiesAreJson:
         await self.app(scope, receive, send)
 
 
+def _not_the_store(key: Any) -> None:
+    if key == "_state":
+        raise AttributeError("'_state' is the state's own store, not a name in it")
+
+
 class PlainState(State):
     """starlette's ``State`` whose names are also plain attributes. starlette
     keeps them in a dict behind ``__getattr__``, which Python calls only
     after its own lookup has failed and formatted an AttributeError: 0.4 us
     for each of the two names (``edge``, ``ctx``) every grant reads. Missing
-    names still raise as starlette's do."""
+    names still raise as starlette's do. ``_state`` (the dict itself, as a
+    plain attribute) is refused: written as a name, it would replace it."""
 
     def __setattr__(self, key: Any, value: Any) -> None:
+        _not_the_store(key)
         super().__setattr__(key, value)
         object.__setattr__(self, key, value)
 
     def __delattr__(self, key: Any) -> None:
+        _not_the_store(key)
         super().__delattr__(key)
         object.__delattr__(self, key)
 

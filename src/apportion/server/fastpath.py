@@ -314,7 +314,7 @@ def parse_json(raw: bytes) -> object:
         raise json.JSONDecodeError("nested too deeply", "", 0) from None
     except json.JSONDecodeError:
         raise
-    except ValueError as exc:  # an integer past the stdlib's 4300 digits: 400, not 500
+    except ValueError:  # an integer past the stdlib's 4300 digits: 400, not 500
         raise json.JSONDecodeError("a number too long to read", "", 0) from None
 
 

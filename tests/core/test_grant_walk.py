@@ -66,7 +66,7 @@ STATES = [(NodeState.READY, Health.HEALTHY)] * 4 + [
 @st.composite
 def clusters(draw: st.DrawFn) -> tuple[dict[str, Slot], dict[str, int]]:
     slots: dict[str, Slot] = {}
-    for i in range(draw(st.integers(0, 12))):
+    for i in range(draw(st.integers(0, 30))):
         offered = draw(st.lists(st.sampled_from(RESOURCES), min_size=1, unique=True))
         capacity = {r: draw(st.integers(1, 12)) for r in offered}
         state, health = draw(st.sampled_from(STATES))
@@ -89,6 +89,43 @@ def test_the_walk_chooses_as_the_walk_written_with_min_and_sum(
         case: tuple[dict[str, Slot], dict[str, int]]) -> None:
     slots, request = case
     assert _outcome(choose_node, request, slots) == _outcome(reference_choice, request, slots)
+
+
+def _small_sublists(index: dict[str, SortedList]) -> dict[str, SortedList]:
+    for listed in index.values():
+        listed._reset(2)  # sublists of two: walks that start and run across their edges
+    return index
+
+
+@settings(max_examples=400, deadline=None)
+@given(clusters())
+def test_the_walk_over_the_sublists_chooses_as_islice_does(
+        case: tuple[dict[str, Slot], dict[str, int]]) -> None:
+    """``choose_node`` walks the lists' sublists itself (h29-http), on lists
+    of many sublists too."""
+    slots, request = case
+
+    def outcome(choose: object) -> object:
+        try:
+            return choose(request, _small_sublists(free_index(slots)), slots)  # type: ignore[operator]
+        except (UnknownResource, InsufficientResources) as exc:
+            return type(exc).__name__, exc.to_dict()
+
+    assert outcome(choose_node) == outcome(reference_choice)
+
+
+def test_the_walk_counts_the_entries_of_earlier_sublists() -> None:
+    """The resource walked is the one with the fewest entries at or past the
+    request, counted over every sublist: cpu (6 nodes have one), where a
+    count ignoring cpu's earlier sublists (its ten zeros) would make it 16,
+    tie with gpu and walk gpu, landing on b0."""
+    slots = {f"a{i}": Slot(Node(f"a{i}", {"cpu": 8, "gpu": 8}), {"cpu": 0, "gpu": 8})
+             for i in range(10)}
+    slots.update({f"b{i}": Slot(Node(f"b{i}", {"cpu": 8, "gpu": 8}), {"cpu": 8 - i, "gpu": 1 + i})
+                  for i in range(6)})
+    request = {"gpu": 1, "cpu": 1}
+    assert choose_node(request, _small_sublists(free_index(slots)), slots) == "b5"
+    assert reference_choice(request, free_index(slots), slots) == "b5"
 
 
 def test_an_unknown_resource_is_named_as_before() -> None:

@@ -272,6 +272,16 @@ def test_the_index_follows_a_change_of_one_resource_only() -> None:
     assert ledger.grant("a2", {"memory": 4 * GiB}, now=3.0).node == "n1"
 
 
+def test_a_resource_gone_from_a_node_leaves_the_index() -> None:
+    # The node is indexed with its gpu, then described without it: a gpu
+    # grant must find no node offering gpu, not a stale entry too small.
+    ledger = ledger_with(Node("a", {"cpu": 4000, "gpu": 2}))
+    ledger.grant("a0", {"cpu": 1000}, now=1.0)
+    ledger.update_node(Node("a", {"cpu": 4000}))
+    with pytest.raises(UnknownResource):
+        ledger.grant("a1", {"gpu": 1}, now=2.0)
+
+
 def test_best_fit_compares_shares_of_capacity_not_amounts() -> None:
     # After the grant, a keeps 1000 of 4000 (a quarter), b 2000 of 16000 (an
     # eighth): b is the tighter fit though it keeps more millicores.

@@ -343,3 +343,21 @@ def test_racing_releases_of_one_allocation_agree_and_free_it_once(
     grant(api, resources={"cpu": "8", "memory": "16Gi", "gpu": 2}, node="race-1")
     r = api.post("/api/v1/allocations", json={"resources": {"cpu": "1m"}, "node": "race-1"})
     assert r.status_code == 409
+
+
+def test_every_field_the_grant_reads_from_the_models_dict_is_there() -> None:
+    """``grant_allocation`` reads the body's fields from ``__dict__`` (no
+    ``BaseModel.__getattr__``), by name: a field renamed in the model fails
+    here, not in production."""
+    import inspect
+
+    from apportion.server.routes.allocations import READ_FROM_DICT, grant_allocation
+    from apportion.server.schemas import AllocationIn
+
+    read = re.findall(r'fields\["(\w+)"\]', inspect.getsource(grant_allocation))
+    assert sorted(read) == sorted(READ_FROM_DICT)
+    body = AllocationIn.model_validate(
+        {"resources": {"cpu": "1"}, "node": "n1", "owner": "o", "labels": {"k": "v"}})
+    assert set(READ_FROM_DICT) <= set(AllocationIn.model_fields)
+    for name in READ_FROM_DICT:
+        assert body.__dict__[name] == getattr(body, name)

@@ -33,8 +33,8 @@ from apportion.core.errors import (
 )
 from apportion.core.gpu_shares import one_gpu, pick_slots
 from apportion.core.model import (
+    ACTIVE,
     Allocation,
-    AllocationState,
     Device,
     Node,
     ReleaseReason,
@@ -241,7 +241,7 @@ class Ledger:
             taken = {}
         alloc = Allocation(
             alloc_id, slot.node.name, dict(request), taken, owner, labels or {},
-            AllocationState.ACTIVE, now,
+            ACTIVE, now,
         )
         self._apply(slot, alloc)
         return alloc
@@ -309,8 +309,9 @@ class Ledger:
         for name in self._dirty:
             slot = self._slots[name]
             entry = self._indexed.setdefault(name, {})
-            for r in [r for r in entry if r not in slot.free]:
-                self._index[r].remove((entry.pop(r), name))
+            if not entry.keys() <= slot.free.keys():  # a resource gone (rare): unindexed
+                for r in [r for r in entry if r not in slot.free]:
+                    self._index[r].remove((entry.pop(r), name))
             for r, q in slot.free.items():
                 old = entry.get(r)
                 if old == q:

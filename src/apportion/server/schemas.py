@@ -219,7 +219,8 @@ def render_allocation(alloc: Allocation) -> dict[str, Any]:
         "node": alloc.node,
         "resources": _format_granted(alloc.resources),
         "resources_base": dict(alloc.resources),
-        "devices": {r: list(ids) for r, ids in alloc.devices.items()},
+        # (most grants hold no devices: no comprehension's frame for them)
+        "devices": {r: list(ids) for r, ids in alloc.devices.items()} if alloc.devices else {},
         "owner": alloc.owner,
         "labels": alloc.labels,
         "state": alloc.state.value,

@@ -75,7 +75,7 @@ def event_of(op: LedgerOp) -> EventSpec:
     if isinstance(op, GrantOp):
         return "allocation.granted", a.node, {
             "id": a.id, "owner": a.owner, "resources": dict(a.resources),
-            "devices": {r: list(d) for r, d in a.devices.items()},
+            "devices": {r: list(d) for r, d in a.devices.items()} if a.devices else {},
         }
     return "allocation.released", a.node, release_data(a)
 

@@ -19,6 +19,7 @@ import orjson
 import sqlalchemy as sa
 
 from apportion.core.model import (
+    ACTIVE,
     Allocation,
     AllocationState,
     Device,
@@ -531,12 +532,14 @@ def insert_allocations(conn: sa.Connection, allocs: Sequence[Allocation]) -> Non
     """One multi-row INSERT of allocation rows, parameters laid out flat
     (what ``insert_rows`` does for any table, without a dict per row)."""
     dumps = orjson.dumps
-    active = all(a.state is AllocationState.ACTIVE and a.reason is None
+    active = all(a.state is ACTIVE and a.reason is None
                  and a.released_at is None for a in allocs)
     params: list[Any] = []
     for a in allocs:
+        # Most grants hold no devices and carry no labels: their "{}" as is.
         params += (a.id, a.node, a.owner, dumps(dict(a.resources)).decode(),
-                   dumps(dict(a.devices)).decode(), dumps(a.labels).decode())
+                   dumps(dict(a.devices)).decode() if a.devices else "{}",
+                   dumps(a.labels).decode() if a.labels else "{}")
         params += (a.created_at,) if active else (
             a.state.value, a.reason.value if a.reason else None, a.created_at, a.released_at)
     _insert_flat(conn, "allocations", _ALLOCATION_COLUMNS,

@@ -350,16 +350,14 @@ def _try(
     """Place ``job`` now, remembering failures by job shape: within a cycle
     capacity only shrinks (until a preemption frees some), so a shape that
     did not fit will not fit later in the same cycle."""
-    known = _known(p, job, cache_key)
-    if known is not None:
-        return known
-    result = p.placer.place(job, limits=limits, prefer=prefer)
-    if result.tasks is not None:
-        return result.tasks
-    assert result.failure is not None
-    if job.cacheable:
-        p.failed_shapes[(cache_key, job.shape_hash)] = (job.shape, result.failure)
-    return result.failure
+    # ``_known`` inline: a call less a placement.
+    hit = p.failed_shapes.get((cache_key, job.shape_hash)) if job.cacheable else None
+    if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
+        return hit[1]
+    out = p.placer.attempt(job, limits, prefer)
+    if isinstance(out, Failure) and job.cacheable:
+        p.failed_shapes[(cache_key, job.shape_hash)] = (job.shape, out)
+    return out
 
 
 def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
@@ -372,7 +370,7 @@ def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
 
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
            victims: tuple[str, ...] = ()) -> None:
-    est = p.estimate(job)
+    est = job.runtime_estimate if p.estimate is given_estimate else p.estimate(job)
     p.state.add_running(RunningJob(job, p.now, tasks, est))
     p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))
 

@@ -37,7 +37,6 @@ from apportion.core.resources import Vector, format_quantity
 from apportion.core.scheduling.capacity import NodeClass, NodeRec
 from apportion.core.scheduling.classfacts import class_facts, needs_node_device_check
 from apportion.core.scheduling.constraints import (
-    Constraints,
     DeviceRequirement,
     family,
     labels_match,
@@ -252,7 +251,8 @@ class DeviceConstraints:
                 if any(not t.matches(cls.labels.get(f"{t.family}.{t.attr}")) for t in terms):
                     out.append((r, terms, -1))
                 continue
-            out.append((r, terms, sum(1 for d in devices if all(t.matches_device(d) for t in terms))))
+            good = sum(1 for d in devices if all(t.matches_device(d) for t in terms))
+            out.append((r, terms, good))
         return tuple(out) or None
 
     def judge(self, spec: TaskSpec, cls: NodeClass,
@@ -261,7 +261,8 @@ class DeviceConstraints:
         for r, terms, good in fixed or ():
             q = spec.resources[r]
             if good < 0:
-                bad = next(t for t in terms if not t.matches(cls.labels.get(f"{t.family}.{t.attr}")))
+                labels = cls.labels
+                bad = next(t for t in terms if not t.matches(labels.get(f"{t.family}.{t.attr}")))
                 return Reason(self.name, Code.DEVICE, Kind.NEVER,
                               f"device {r} does not match {bad}", r, q, 0)
             if good < q:

@@ -48,6 +48,7 @@ from apportion.core.scheduling.cycleconfig import (
     given_estimate,
 )
 from apportion.core.scheduling.engine import Placer
+from apportion.core.scheduling.fastindex import maker
 from apportion.core.scheduling.filters import bound_verdicts, class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
@@ -198,8 +199,8 @@ def _alone(
     if tasks is None:
         return None
     est = estimate(job)
-    state.add_running(RunningJob(job, now, tasks, est))
-    return CycleResult((Placement(job.id, tasks, now, est, False, ()),), (), (), {}, ())
+    state.add_running(_new_running(job, now, tasks, est))
+    return CycleResult((_new_placement(job.id, tasks, now, est, False, ()),), (), (), {}, ())
 
 
 def _busy(stage: str, message: str) -> Failure:
@@ -212,6 +213,7 @@ PAST = "past"
 """Where a failure remembered for a shape was met: past the planned head."""
 
 _CYCLE_LIMIT = _busy(CYCLE, "cycle placement limit reached")
+_new_running, _new_placement = maker(RunningJob), maker(Placement)  # compiled: two a start
 
 
 def _gate(p: _Pass, job: Job) -> bool:
@@ -371,8 +373,8 @@ def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
            victims: tuple[str, ...] = ()) -> None:
     est = job.runtime_estimate if p.estimate is given_estimate else p.estimate(job)
-    p.state.add_running(RunningJob(job, p.now, tasks, est))
-    p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))
+    p.state.add_running(_new_running(job, p.now, tasks, est))
+    p.placements.append(_new_placement(job.id, tasks, p.now, est, backfilled, victims))
 
 
 def _in_order(p: _Pass, job: Job) -> None:

@@ -10,8 +10,11 @@ back; ``.ci/run`` runs ``tests/core`` on both (``tests/conftest.py``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from functools import partial
+from types import MemberDescriptorType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from apportion.core.scheduling.freeindex import FreeIndex
 
@@ -33,12 +36,33 @@ a job id, where no device is asked of the node) grant in one C call
 move_free: Callable[[FreeCapacity, NodeRec, tuple[int, ...], tuple[int, ...]], None] | None
 """``_freeindex_c.move_free``, ``capacity.FreeCapacity._move`` compiled
 (every grant and release), or None: the Python method."""
+frozen: Callable[..., Any] | None
+"""``_freeindex_c.frozen`` (``maker``'s compiled constructor), or None."""
 try:
     from apportion.core.scheduling._freeindex_c import FreeIndex as Index
-    from apportion.core.scheduling._freeindex_c import move_free, pick
+    from apportion.core.scheduling._freeindex_c import frozen, move_free, pick
 except ImportError:
     Index = FreeIndex
-    pick = move_free = None
+    pick = move_free = frozen = None
 
 NATIVE = Index is not FreeIndex
 """Whether the compiled index is in use."""
+
+_T = TypeVar("_T")
+
+
+def maker(cls: type[_T]) -> Callable[..., _T]:
+    """``cls``'s constructor with every field given in order, for a frozen
+    slots dataclass made once or more a placement (``TaskPlacement``,
+    ``RunningJob``, ``Placement``): the compiled ``frozen`` sets the slots
+    in C, without the type call and ``quick_init``'s Python ``__init__``
+    (bench/README.md, h29-place); ``cls`` itself where it is not built or
+    ``cls`` is not such a class (a ``__post_init__`` would be skipped)."""
+    if frozen is None or not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
+        return cls
+    fields = dataclasses.fields(cls)
+    slots = tuple(cls.__dict__.get(f.name) for f in fields)
+    if (hasattr(cls, "__post_init__") or any(not f.init for f in fields)
+            or not all(type(d) is MemberDescriptorType for d in slots)):
+        return cls
+    return partial(frozen, cls, slots)

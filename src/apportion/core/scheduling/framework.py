@@ -47,7 +47,7 @@ from apportion.core.reasons import Failure
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
-from apportion.core.scheduling.fastindex import pick
+from apportion.core.scheduling.fastindex import maker, pick
 from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.filters import need_past as _need_past
 from apportion.core.scheduling.interface import (
@@ -75,6 +75,7 @@ __all__ = [  # the interface and status types are re-exported: they lived here
 ]
 
 
+_new_task = maker(TaskPlacement)  # the compiled constructor: one a placement
 _UNBOUNDED = 1 << 62
 """The task count a node filter starts from: no filter has bounded it yet."""
 
@@ -218,7 +219,7 @@ class Placer:
                 if picked is None:
                     return busy_failure(state, job, spec, 1)
                 rec, aligned, granted = picked
-                placed = (TaskPlacement(rec.name, spec.resources, {}, 1) if granted
+                placed = (_new_task(rec.name, spec.resources, {}, 1) if granted
                           else self._grant_one(job, spec, rec, aligned))
                 if placed is not None:
                     return (placed,)

@@ -41,9 +41,10 @@ amount-free filter that rejects the class after them (None: none does), and
 whether its nodes' devices need a check per node."""
 
 _KEY = "class-facts"
-_BOUND = 4096
-"""Shapes less amounts kept before the facts are dropped and learnt again
-(the cache is cleared anyway whenever the node classes change)."""
+_BOUND = 1 << 16
+"""Facts (shapes less amounts × classes) kept before they are dropped and
+learnt again, so many classes do not multiply the memory held (the cache is
+cleared anyway whenever the node classes change)."""
 
 
 def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
@@ -65,19 +66,22 @@ def class_facts(
     state: ClusterState, job: Job, spec: TaskSpec, class_filters: Sequence[Any]
 ) -> list[ClassFacts]:
     """Each class's facts for ``spec`` of ``job`` (``state.classes`` order),
-    learnt once per (constraints, required affinity, required anti-affinity,
-    requested resource names in ``spec``'s order, filters)."""
+    learnt once per (constraints, required node affinity, required node
+    anti-affinity, requested resource names in ``spec``'s order, filters).
+    Rules that target jobs are left out of the key: no class filter reads
+    them, and one per job would keep one entry per job."""
     kept: dict[Any, list[ClassFacts]] | None = state.cache.get(_KEY)
     if kept is None:
         kept = state.cache[_KEY] = {}
-    key = (job.constraints, tuple(a for a in job.affinity if a.required),
-           tuple(a for a in job.anti_affinity if a.required), tuple(spec.resources),
-           tuple(class_filters))
+    key = (job.constraints, tuple(a for a in job.affinity if a.required and a.target == "node"),
+           tuple(a for a in job.anti_affinity if a.required and a.target == "node"),
+           tuple(spec.resources), tuple(class_filters))
     facts = kept.get(key)
     if facts is None:
-        if len(kept) >= _BOUND:
+        facts = [_of_class(job, spec, cls, class_filters) for cls in state.classes]
+        if (len(kept) + 1) * len(facts) > _BOUND:
             kept.clear()
-        facts = kept[key] = [_of_class(job, spec, cls, class_filters) for cls in state.classes]
+        kept[key] = facts
     return facts
 
 
@@ -91,6 +95,8 @@ def _of_class(job: Job, spec: TaskSpec, cls: NodeClass, class_filters: Sequence[
             if fixed_reason is not None:
                 break  # the filters after it are never asked
         elif hasattr(plugin, "judge"):
+            if not hasattr(plugin, "fixed"):
+                raise TypeError(f"{type(plugin).__name__}: a class filter with judge needs fixed")
             part = plugin.fixed(job, spec, cls)
             if part is not None:
                 steps.append((plugin, part))

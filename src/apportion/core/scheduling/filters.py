@@ -5,8 +5,11 @@ does per node, but split the way Nomad caches feasibility per computed class;
 it implements the protocol of each level it has something to say at:
 
 * ``ClassFilter.check_class``: facts that are the same for every node of a
-  class (state, labels, capacity, device models). Asked once per (job
-  shape, class) and cached until the set of classes changes.
+  class (state, labels, capacity, device models). A job shape's verdict is
+  cached per (job shape, class) until the set of classes changes; what no
+  amount changes is learnt once per shape less its amounts (``classfacts``:
+  ``amount_free`` filters, and ``fixed``/``judge`` pairs), so only the
+  filters that read amounts (``ResourcesFit``) are asked per shape.
 * ``NodeFilter``: facts about one node now (free capacity, free matching
   devices, which jobs it runs). The placement walk asks only about the
   nodes it visits, in index order, so it stops after a few feasible ones;

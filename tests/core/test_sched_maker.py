@@ -6,8 +6,11 @@ where it cannot be used."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 from dataclasses import astuple, dataclass, field
+from dataclasses import fields as _fields
 from typing import Any
 
 import pytest
@@ -93,3 +96,62 @@ def test_the_class_itself_where_the_compiled_one_cannot_stand_for_it(
     assert maker(_Plain)(1, 2) == _Plain(1, 2)
     monkeypatch.setattr(fastindex, "frozen", None)
     assert maker(TaskPlacement) is TaskPlacement
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class _OwnInit:
+    a: int
+
+    def __init__(self, a: int) -> None:
+        object.__setattr__(self, "a", abs(a))
+
+
+@dataclass(frozen=True, slots=True)
+class _Generated:
+    a: int
+
+
+def test_only_quick_init_classes_are_built() -> None:
+    """A hand-written ``__init__`` (and a dataclass's own) is kept."""
+    assert maker(_OwnInit) is _OwnInit and maker(_OwnInit)(-3).a == 3
+    assert maker(_Generated) is _Generated
+
+
+@native
+def test_the_compiled_constructor_refuses_what_is_not_a_member_descriptor() -> None:
+    """Called directly with bad slots it raises, not crashes (the C setter
+    would be called on a non-descriptor)."""
+    code = ("from apportion.core.scheduling._freeindex_c import frozen\n"
+            "from apportion.core.scheduling.jobs import TaskPlacement\n"
+            "try:\n    frozen(TaskPlacement, (1, 2, 3, 4), 'a', {}, {}, 1)\n"
+            "except TypeError as e:\n    print('TypeError', e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": ":".join(sys.path)})
+    assert done.returncode == 0 and done.stdout.startswith("TypeError"), done
+
+
+@pytest.mark.parametrize("cls,args", [
+    (TaskPlacement, ("n", {"cpu": 1}, {}, 1)),
+    (RunningJob, (JOB, 0.0, (), None)),
+    (Placement, ("j", (), 0.0, None, False, ())),
+])
+def test_every_field_given_positionally_works_on_both_paths(
+    monkeypatch: Any, cls: Any, args: tuple[Any, ...]
+) -> None:
+    made = maker(cls)(*args)
+    monkeypatch.setattr(fastindex, "frozen", None)
+    assert maker(cls) is cls and cls(*args) == made
+    with pytest.raises(TypeError):
+        maker(cls)(*args, **{_fields(cls)[0].name: args[0]})  # given twice
+
+
+def test_a_made_object_pickles_copies_and_replaces_like_the_class() -> None:
+    import copy
+    import pickle
+    from dataclasses import replace
+
+    tp = maker(TaskPlacement)("n", {"cpu": 1}, {}, 2)
+    assert pickle.loads(pickle.dumps(tp)) == tp == copy.copy(tp) == copy.deepcopy(tp)
+    assert replace(tp, count=3) == TaskPlacement("n", {"cpu": 1}, {}, 3)
+    made = maker(Placement)("j", (tp,), 1.0, None, False, ())
+    assert pickle.loads(pickle.dumps(made)) == made

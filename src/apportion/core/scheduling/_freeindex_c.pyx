@@ -23,6 +23,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from bisect import bisect_left, insort
+from types import MemberDescriptorType
 
 from apportion.core.scheduling.freeindex import BLOCK
 from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
@@ -812,10 +813,16 @@ def frozen(type cls, tuple slots, *values):
     the member descriptors ``slots`` (its fields, in order): what
     ``frozen.quick_init``'s ``__init__`` makes, without the type call, the
     Python frame and a method-wrapper call a field (``fastindex.maker``
-    checks ``cls`` and ``slots``; three objects a placement)."""
+    checks ``cls`` and ``slots`` once; three objects a placement). Each slot
+    is checked a member descriptor here too, a pointer compare, since the C
+    setter below is called unchecked: anything else would crash; a member
+    descriptor checks the instance is of its class itself)."""
     cdef Py_ssize_t i, n = len(slots)
     if len(values) != n:
         raise TypeError(f"{cls.__name__}: {n} values expected, {len(values)} given")
+    for d in slots:
+        if type(d) is not MemberDescriptorType:
+            raise TypeError(f"{cls.__name__}: slots must be member descriptors, not {d!r}")
     cdef PyObject* o = (<_TypeSlots*>cls).tp_alloc(<void*>cls, 0)
     if o == NULL:
         raise MemoryError()

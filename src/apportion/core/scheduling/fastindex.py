@@ -57,12 +57,18 @@ def maker(cls: type[_T]) -> Callable[..., _T]:
     ``RunningJob``, ``Placement``): the compiled ``frozen`` sets the slots
     in C, without the type call and ``quick_init``'s Python ``__init__``
     (bench/README.md, h29-place); ``cls`` itself where it is not built or
-    ``cls`` is not such a class (a ``__post_init__`` would be skipped)."""
-    if frozen is None or not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
+    ``cls``'s ``__init__`` is not ``quick_init``'s (which refuses a
+    ``__post_init__``, init-only and keyword-only fields; a hand-written
+    ``__init__`` would be skipped).
+
+    Callers give every field, positionally: the compiled constructor takes
+    no keyword and fills no default, while ``cls`` itself (the pure path)
+    would, so a call relying on either works on one path only."""
+    init = cls.__dict__.get("__init__")
+    if frozen is None or not getattr(init, "quick_init", False):
         return cls
-    fields = dataclasses.fields(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     slots = tuple(cls.__dict__.get(f.name) for f in fields)
-    if (hasattr(cls, "__post_init__") or any(not f.init for f in fields)
-            or not all(type(d) is MemberDescriptorType for d in slots)):
+    if not all(type(d) is MemberDescriptorType for d in slots):
         return cls
     return partial(frozen, cls, slots)

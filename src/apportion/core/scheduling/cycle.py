@@ -363,7 +363,8 @@ def _try(
 
 
 def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
-    """The failure ``_try`` remembered for ``job``'s shape and ``cache_key``."""
+    """The failure ``_try`` remembered for ``job``'s shape and ``cache_key``
+    (``_try`` repeats this body inline: keep the two in step)."""
     hit = p.failed_shapes.get((cache_key, job.shape_hash)) if job.cacheable else None
     if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
         return hit[1]
@@ -372,6 +373,7 @@ def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
 
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
            victims: tuple[str, ...] = ()) -> None:
+    # ``given_estimate`` inline (a call less a placement): keep in step.
     est = job.runtime_estimate if p.estimate is given_estimate else p.estimate(job)
     p.state.add_running(_new_running(job, p.now, tasks, est))
     p.placements.append(_new_placement(job.id, tasks, p.now, est, backfilled, victims))

@@ -192,8 +192,9 @@ class Placer:
         for r, q in spec.resources.items():
             if free.get(r, 0) < q:  # one task: ``count`` is 1
                 short = group_aggregate_short(state, spec)
-                assert short is not None  # the same sums, read through a call
-                return short
+                if short is not None:  # the same sums, read through a call
+                    return short
+                break  # cannot be: the general path below answers
         options = self._options
         plain = self._plain if not job.affinity and not job.anti_affinity else None
         if (options.first_is_best and verdict.lone and not verdict.per_node

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apportion.core.model import Node
-from apportion.core.reasons import Kind
+from apportion.core.reasons import Failure, Kind
 from apportion.core.scheduling import ClusterState, Job, TaskSpec
 from apportion.core.scheduling.constraints import NO_CONSTRAINTS, parse_constraints
 from apportion.core.scheduling.framework import Placer
@@ -40,6 +40,14 @@ steps = st.lists(st.tuples(st.booleans(), what, st.just(1), st.integers(0, 40)),
 class _General(Placer):
     def place(self, job: Job, **kw: Any) -> PlaceResult:
         return super().place(job, prefer=GENERAL)
+
+
+class _Attempted(Placer):
+    """``place`` through ``attempt``, the cycle's call."""
+
+    def place(self, job: Job, **kw: Any) -> PlaceResult:
+        out = self.attempt(job)
+        return PlaceResult(None, out) if isinstance(out, Failure) else PlaceResult(out)
 
 
 def _job(n: int, what: tuple[int, int, int, int], count: int, pick: int) -> Job:
@@ -78,3 +86,22 @@ def test_one_task_takes_the_fullest_node_that_fits() -> None:
     assert (refused.failure.kind, refused.failure.message) == (
         Kind.NEVER, "0/3 nodes can take it: cpu: node capacity 4 < 9 requested (2); "
         "cpu: node capacity 8 < 9 requested (1)")
+
+
+@SETTINGS
+@given(mixed_fleets(), steps, st.sampled_from(["fifo", "binpack", "cost", "spread"]))
+def test_attempt_gives_place_s_tasks_or_failure(
+    nodes: list[Node], ops: list[tuple[bool, Any, int, int]], strategy: str
+) -> None:
+    assert _run(nodes, ops, strategy, Placer) == _run(nodes, ops, strategy, _Attempted)
+
+
+def test_attempt_on_a_job_of_two_tasks_is_place_s_answer() -> None:
+    def fresh() -> Placer:
+        return Placer(ClusterState([Node("a", {"cpu": 4000}), Node("b", {"cpu": 2000})]),
+                      STRATEGIES["binpack"].options)
+    two = Job("j", (TaskSpec({"cpu": 2000}, 2),))
+    assert fresh().attempt(two) == fresh().place(two).tasks
+    big = Job("k", (TaskSpec({"cpu": 3000}, 2),))
+    failure = fresh().attempt(big)
+    assert isinstance(failure, Failure) and failure == fresh().place(big).failure

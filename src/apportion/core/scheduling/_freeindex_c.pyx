@@ -23,6 +23,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from bisect import bisect_left, insort
+from types import MemberDescriptorType
 
 from apportion.core.scheduling.freeindex import BLOCK
 from apportion.core.scheduling.freeindex import FreeIndex as PureFreeIndex
@@ -794,3 +795,42 @@ cdef _shift(dict bound, dict top, set loose, names, tuple old, tuple new):
             loose.discard(r)
         elif qn == b and qn >= 0:
             top[r] = <Py_ssize_t>top[r] + 1
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    ctypedef PyObject* (*_allocfunc)(void*, Py_ssize_t)
+    ctypedef int (*_descrsetfunc)(PyObject*, PyObject*, PyObject*) except -1
+    ctypedef struct _TypeSlots "PyTypeObject":
+        _allocfunc tp_alloc
+        _descrsetfunc tp_descr_set
+    void* Py_TYPE(object)
+    void Py_DECREF(object)
+
+
+def frozen(type cls, tuple slots, *values):
+    """An instance of ``cls``, a frozen slots dataclass, with ``values`` in
+    the member descriptors ``slots`` (its fields, in order): what
+    ``frozen.quick_init``'s ``__init__`` makes, without the type call, the
+    Python frame and a method-wrapper call a field (``fastindex.maker``
+    checks ``cls`` and ``slots`` once; three objects a placement). Each slot
+    is checked a member descriptor here too, a pointer compare, since the C
+    setter below is called unchecked: anything else would crash; a member
+    descriptor checks the instance is of its class itself)."""
+    cdef Py_ssize_t i, n = len(slots)
+    if len(values) != n:
+        raise TypeError(f"{cls.__name__}: {n} values expected, {len(values)} given")
+    for d in slots:
+        if type(d) is not MemberDescriptorType:
+            raise TypeError(f"{cls.__name__}: slots must be member descriptors, not {d!r}")
+    cdef PyObject* o = (<_TypeSlots*>cls).tp_alloc(<void*>cls, 0)
+    if o == NULL:
+        raise MemoryError()
+    obj = <object>o  # a second reference: the variable's
+    Py_DECREF(obj)  # tp_alloc's, now held by ``obj``
+    cdef PyObject* p = <PyObject*>obj
+    for i in range(n):
+        d = slots[i]
+        v = values[i]
+        (<_TypeSlots*>Py_TYPE(d)).tp_descr_set(<PyObject*>d, p, <PyObject*>v)
+    return obj

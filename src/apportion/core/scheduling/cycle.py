@@ -49,6 +49,7 @@ from apportion.core.scheduling.cycleconfig import (
     given_estimate,
 )
 from apportion.core.scheduling.engine import Placer
+from apportion.core.scheduling.fastindex import maker
 from apportion.core.scheduling.filters import bound_verdicts, class_verdict, partner_missing
 from apportion.core.scheduling.freeprofile import Profile, running_ends
 from apportion.core.scheduling.jobs import Job, Queue, RunningJob, TaskPlacement
@@ -69,6 +70,8 @@ __all__ = [  # the config and result types are re-exported: they lived here
 ]
 _Unset = Enum("_Unset", "UNSET")  # ``_start``'s estimate not given by its caller
 _UNSET = _Unset.UNSET
+pending_ends = running_ends  # for callers planning their next cycle time
+
 
 @dataclass(slots=True)
 class _Pass:
@@ -200,8 +203,8 @@ def _alone(
     if tasks is None:
         return None
     est = estimate(job)
-    state.add_running(RunningJob(job, now, tasks, est))
-    return CycleResult((Placement(job.id, tasks, now, est, False, ()),), (), (), {}, ())
+    state.add_running(_new_running(job, now, tasks, est))
+    return CycleResult((_new_placement(job.id, tasks, now, est, False, ()),), (), (), {}, ())
 
 
 def _busy(stage: str, message: str) -> Failure:
@@ -214,6 +217,7 @@ PAST = "past"
 """Where a failure remembered for a shape was met: past the planned head."""
 
 _CYCLE_LIMIT = _busy(CYCLE, "cycle placement limit reached")
+_new_running, _new_placement = maker(RunningJob), maker(Placement)  # compiled: two a start
 
 
 def _gate(p: _Pass, job: Job) -> bool:
@@ -352,20 +356,19 @@ def _try(
     """Place ``job`` now, remembering failures by job shape: within a cycle
     capacity only shrinks (until a preemption frees some), so a shape that
     did not fit will not fit later in the same cycle."""
-    known = _known(p, job, cache_key)
-    if known is not None:
-        return known
-    result = p.placer.place(job, limits=limits, prefer=prefer)
-    if result.tasks is not None:
-        return result.tasks
-    assert result.failure is not None
-    if job.cacheable:
-        p.failed_shapes[(cache_key, job.shape_hash)] = (job.shape, result.failure)
-    return result.failure
+    # ``_known`` inline: a call less a placement.
+    hit = p.failed_shapes.get((cache_key, job.shape_hash)) if job.cacheable else None
+    if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
+        return hit[1]
+    out = p.placer.attempt(job, limits, prefer)
+    if isinstance(out, Failure) and job.cacheable:
+        p.failed_shapes[(cache_key, job.shape_hash)] = (job.shape, out)
+    return out
 
 
 def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
-    """The failure ``_try`` remembered for ``job``'s shape and ``cache_key``."""
+    """The failure ``_try`` remembered for ``job``'s shape and ``cache_key``
+    (``_try`` repeats this body inline: keep the two in step)."""
     hit = p.failed_shapes.get((cache_key, job.shape_hash)) if job.cacheable else None
     if hit is not None and (hit[0] is job.shape or hit[0] == job.shape):
         return hit[1]
@@ -375,9 +378,10 @@ def _known(p: _Pass, job: Job, cache_key: object) -> Failure | None:
 def _start(p: _Pass, job: Job, tasks: tuple[TaskPlacement, ...], backfilled: bool,
            victims: tuple[str, ...] = (), est: float | _Unset | None = _UNSET) -> None:
     if est is _UNSET:  # not given by the caller (it is the same all cycle)
-        est = p.estimate(job)
-    p.state.add_running(RunningJob(job, p.now, tasks, est))
-    p.placements.append(Placement(job.id, tasks, p.now, est, backfilled, victims))
+        # ``given_estimate`` inline (a call less a placement): keep in step.
+        est = job.runtime_estimate if p.estimate is given_estimate else p.estimate(job)
+    p.state.add_running(_new_running(job, p.now, tasks, est))
+    p.placements.append(_new_placement(job.id, tasks, p.now, est, backfilled, victims))
 
 
 def _in_order(p: _Pass, job: Job) -> None:
@@ -592,9 +596,3 @@ def _preempt(p: _Pass, job: Job) -> bool:
     _start(p, job, result.tasks, False, chosen.victims)
     p.lowest_victim = p.state.lowest_preemptible_priority()
     return True
-
-
-def pending_ends(state: ClusterState, now: float) -> list[tuple[float, str]]:
-    """Expected ends of running jobs, soonest first (for callers planning
-    their next cycle time)."""
-    return running_ends(state, now)

@@ -5,8 +5,11 @@ does per node, but split the way Nomad caches feasibility per computed class;
 it implements the protocol of each level it has something to say at:
 
 * ``ClassFilter.check_class``: facts that are the same for every node of a
-  class (state, labels, capacity, device models). Asked once per (job
-  shape, class) and cached until the set of classes changes.
+  class (state, labels, capacity, device models). A job shape's verdict is
+  cached per (job shape, class) until the set of classes changes; what no
+  amount changes is learnt once per shape less its amounts (``classfacts``:
+  ``amount_free`` filters, and ``fixed``/``judge`` pairs), so only the
+  filters that read amounts (``ResourcesFit``) are asked per shape.
 * ``NodeFilter``: facts about one node now (free capacity, free matching
   devices, which jobs it runs). The placement walk asks only about the
   nodes it visits, in index order, so it stops after a few feasible ones;
@@ -35,8 +38,8 @@ from apportion.core.model import Node
 from apportion.core.reasons import Code, Kind, Reason
 from apportion.core.resources import Vector, format_quantity
 from apportion.core.scheduling.capacity import NodeClass, NodeRec
+from apportion.core.scheduling.classfacts import class_facts, needs_node_device_check
 from apportion.core.scheduling.constraints import (
-    Constraints,
     DeviceRequirement,
     family,
     labels_match,
@@ -106,6 +109,7 @@ class NodeReady:
     test and says the most useful thing about a node that is down."""
 
     name = "NodeReady"
+    amount_free = True  # ``classfacts``: asks ``check_class`` once per shape less amounts
 
     def admits(self, request: Vector, node: Node, free: Mapping[str, int]) -> bool:
         return node.schedulable
@@ -191,6 +195,7 @@ class LabelConstraints:
     """The job's label expressions against the node's labels."""
 
     name = "LabelConstraints"
+    amount_free = True
 
     def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
         failed = labels_match(cls.labels, job.constraints.labels)
@@ -203,6 +208,7 @@ class NodeAffinity:
     """Required node affinity and anti-affinity (preferred ones only score)."""
 
     name = "NodeAffinity"
+    amount_free = True
 
     def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
         for a in job.affinity:
@@ -228,21 +234,40 @@ class DeviceConstraints:
     name = "DeviceConstraints"
 
     def check_class(self, job: Job, spec: TaskSpec, cls: NodeClass) -> Reason | None:
+        return self.judge(spec, cls, self.fixed(job, spec, cls))
+
+    def fixed(self, job: Job, spec: TaskSpec, cls: NodeClass
+              ) -> tuple[tuple[str, tuple[DeviceRequirement, ...], int], ...] | None:
+        """``check_class``'s part that reads no amount (``classfacts``): per
+        requested resource with device terms, the class's devices matching
+        them all, or -1 where it lists none and a label term fails; None
+        where no amount can fail."""
         if not job.constraints.devices:
             return None  # no device terms for any resource (most jobs)
-        for r, q in spec.resources.items():
+        out = []
+        for r in spec.resources:
             terms = job.constraints.device_terms(family(r))
             if not terms:
                 continue
             devices = cls.devices.get(r)
             if devices is None:
-                bad = next((t for t in terms if not t.matches(cls.labels.get(
-                    f"{t.family}.{t.attr}"))), None)
-                if bad is not None:
-                    return Reason(self.name, Code.DEVICE, Kind.NEVER,
-                                  f"device {r} does not match {bad}", r, q, 0)
+                if any(not t.matches(cls.labels.get(f"{t.family}.{t.attr}")) for t in terms):
+                    out.append((r, terms, -1))
                 continue
             good = sum(1 for d in devices if all(t.matches_device(d) for t in terms))
+            out.append((r, terms, good))
+        return tuple(out) or None
+
+    def judge(self, spec: TaskSpec, cls: NodeClass,
+              fixed: tuple[tuple[str, tuple[DeviceRequirement, ...], int], ...] | None
+              ) -> Reason | None:
+        for r, terms, good in fixed or ():
+            q = spec.resources[r]
+            if good < 0:
+                labels = cls.labels
+                bad = next(t for t in terms if not t.matches(labels.get(f"{t.family}.{t.attr}")))
+                return Reason(self.name, Code.DEVICE, Kind.NEVER,
+                              f"device {r} does not match {bad}", r, q, 0)
             if good < q:
                 return Reason(
                     self.name, Code.DEVICE, Kind.NEVER,
@@ -436,21 +461,6 @@ class Verdict:
     check: its buckets differ in one free amount only (``Placer._walk``)."""
 
 
-def needs_node_device_check(constraints: Constraints, spec: TaskSpec, cls: NodeClass) -> bool:
-    if not cls.devices:
-        return False  # neither test below can hold without devices
-    for r in spec.resources:
-        terms = constraints.device_terms(family(r))
-        devices = cls.devices.get(r)
-        if devices and share_slots(devices):
-            return True  # share slots: how they spread over GPUs differs by node
-        if terms and devices and not all(
-            all(t.matches_device(d) for t in terms) for d in devices
-        ):
-            return True
-    return False
-
-
 def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
     """Which classes can ever take task spec ``index`` of ``job`` (cached by
     job shape until the set of node classes changes, or ``bound_verdicts``
@@ -462,14 +472,19 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         return verdict
     spec = job.tasks[index]
     verdict = Verdict(node_filters=tuple(f for f in NODE_FILTERS if f.needed(job)))
-    for cls in state.classes:
+    # The amount-free answers are learnt once per shape less its amounts;
+    # only the filters that read amounts run here (``classfacts``).
+    for cls, steps, fixed_reason, device_check in class_facts(state, job, spec, CLASS_FILTERS):
         if cls.size == 0:
             continue
         reason = None
-        for plugin in CLASS_FILTERS:
-            reason = plugin.check_class(job, spec, cls)
+        for plugin, part in steps:
+            reason = (plugin.check_class(job, spec, cls) if part is None
+                      else plugin.judge(spec, cls, part))
             if reason is not None:
                 break
+        else:
+            reason = fixed_reason
         if reason is not None:
             verdict.rejected.append((cls, reason))
             continue
@@ -479,7 +494,7 @@ def class_verdict(state: ClusterState, job: Job, index: int) -> Verdict:
         verdict.need[cls.id] = tuple([(i, q) for i, q in enumerate(aligned) if q])
         verdict.mask |= cls.bit
         verdict.nodes_ok += cls.size
-        if needs_node_device_check(job.constraints, spec, cls):
+        if device_check:
             verdict.device_check.add(cls.id)
     if not verdict.device_check:
         # Every feasible class's devices all match: free matching devices are

@@ -47,7 +47,7 @@ from apportion.core.reasons import Failure
 from apportion.core.scheduling import devices as dev
 from apportion.core.scheduling.capacity import Bucket, NodeRec
 from apportion.core.scheduling.constraints import family
-from apportion.core.scheduling.fastindex import pick
+from apportion.core.scheduling.fastindex import maker, pick
 from apportion.core.scheduling.filters import Verdict, class_verdict
 from apportion.core.scheduling.filters import need_past as _need_past
 from apportion.core.scheduling.interface import (
@@ -75,6 +75,7 @@ __all__ = [  # the interface and status types are re-exported: they lived here
 ]
 
 
+_new_task = maker(TaskPlacement)  # the compiled constructor: one a placement
 _UNBOUNDED = 1 << 62
 """The task count a node filter starts from: no filter has bounded it yet."""
 
@@ -126,7 +127,8 @@ class Placer:
         registers the running job.
         """
         if job.task_count == 1 and not limits and not prefer:
-            return self._place_one(job)
+            one = self._place_one(job)
+            return PlaceResult(None, one) if isinstance(one, Failure) else PlaceResult(one)
         state = self.state
         # A working copy: each task placed on a limited node spends its limit.
         work = {n: dict(v) for n, v in limits.items()} if limits else None
@@ -153,7 +155,23 @@ class Placer:
             state.commit(mark)
         return PlaceResult(tuple(placed))
 
-    def _place_one(self, job: Job) -> PlaceResult:
+    def attempt(
+        self,
+        job: Job,
+        limits: Mapping[str, Mapping[str, int]] | None = None,
+        prefer: Sequence[str] = (),
+    ) -> tuple[TaskPlacement, ...] | Failure:
+        """``place``'s tasks, or its failure: the cycle's call, which makes
+        no ``PlaceResult`` for a one-task job (one object a placement)."""
+        if job.task_count == 1 and not limits and not prefer:
+            return self._place_one(job)
+        result = self.place(job, limits=limits, prefer=prefer)
+        if result.tasks is not None:
+            return result.tasks
+        assert result.failure is not None
+        return result.failure
+
+    def _place_one(self, job: Job) -> tuple[TaskPlacement, ...] | Failure:
         """``place`` for one task without limits or preferred nodes (every
         job of the placements benchmark): ``_place_group``'s stages for one
         task, once, without the transaction mark, the group order, the
@@ -169,18 +187,21 @@ class Placer:
         verdict = (hit[1] if hit is not None and (hit[0] is job.shape or hit[0] == job.shape)
                    else class_verdict(state, job, 0))
         if not verdict.aligned:
-            return PlaceResult(None, no_class_failure(verdict, spec))
+            return no_class_failure(verdict, spec)
         free = state.free_totals
         for r, q in spec.resources.items():
             if free.get(r, 0) < q:  # one task: ``count`` is 1
-                return PlaceResult(None, group_aggregate_short(state, spec))
+                short = group_aggregate_short(state, spec)
+                if short is not None:  # the same sums, read through a call
+                    return short
+                break  # cannot be: the general path below answers
         options = self._options
         plain = self._plain if not job.affinity and not job.anti_affinity else None
         if (options.first_is_best and verdict.lone and not verdict.per_node
                 and (plain is not None or not scored_per_node(options, job, state))):
             lone = take_lone(state, job, spec, verdict)  # None: nothing granted
             if lone is not None:
-                return PlaceResult((lone,))
+                return (lone,)
         scorers: Sequence[tuple[ScorePlugin, float]]
         if plain is not None:
             scorers, codes = plain
@@ -197,20 +218,20 @@ class Placer:
                           options.first_is_best, codes, job.id, _need_past)
             if picked is not False:
                 if picked is None:
-                    return PlaceResult(None, busy_failure(state, job, spec, 1))
+                    return busy_failure(state, job, spec, 1)
                 rec, aligned, granted = picked
-                placed = (TaskPlacement(rec.name, spec.resources, {}, 1) if granted
+                placed = (_new_task(rec.name, spec.resources, {}, 1) if granted
                           else self._grant_one(job, spec, rec, aligned))
                 if placed is not None:
-                    return PlaceResult((placed,))
-                return PlaceResult(None, busy_failure(state, job, spec, 1))
+                    return (placed,)
+                return busy_failure(state, job, spec, 1)
         ctx = PlaceContext(job, spec, state, {}, 0, scorers)
         cands = self._walk(job, spec, verdict, 1, None, None, per_node)
         if cands:
             placed = self._take_one(job, spec, self._best(cands, ctx))
             if placed is not None:
-                return PlaceResult((placed,))
-        return PlaceResult(None, busy_failure(state, job, spec, 1))
+                return (placed,)
+        return busy_failure(state, job, spec, 1)
 
     def _pick(self, spec: TaskSpec, verdict: Verdict, scorers: Sequence[tuple[ScorePlugin, float]]
               ) -> tuple[NodeRec, tuple[int, ...]] | Literal[False] | None:

@@ -12,7 +12,7 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.core.scheduling import adaptive, adaptive_queue
+from apportion.core.scheduling import adaptive_parts, adaptive_queue
 from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
 from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
 from apportion.core.scheduling.jobs import Job, job
@@ -43,6 +43,7 @@ def test_each_kept_floor_is_the_one_taken_afresh(rnd: random.Random) -> None:
         fresh = copy.deepcopy(h)
         fresh.floor_cache.clear()
         fresh.floor_readers.clear()
+        fresh.floor_levels.clear()
         table = fresh._floor_table()
         for number, floor in h.floor_cache.items():
             assert floor == fresh._floor(number, table)
@@ -50,11 +51,11 @@ def test_each_kept_floor_is_the_one_taken_afresh(rnd: random.Random) -> None:
 
 def test_a_move_of_the_levels_drops_the_floors_of_the_levels_it_moved() -> None:
     h = RuntimeHistory()
-    h.floor_readers = {("user", "ann"): [1], ("size", 1): [2], ("global", None): [3]}
+    h.floor_levels = {"user": {1}, "size": {2}, "global": {3}}
     h.floor_cache = {1: 5.0, 2: 6.0, 3: 7.0}
-    h._drop_levels(adaptive._moved(("user", "size", "global"), ("user", "global", "size")))
+    h._drop_levels(adaptive_parts._moved(("user", "size", "global"), ("user", "global", "size")))
     assert h.floor_cache == {1: 5.0} and sorted(h.floors_dropped) == [2, 3]
-    assert adaptive._moved(("a", "b"), ("a", "b")) == set()
+    assert adaptive_parts._moved(("a", "b"), ("a", "b")) == set()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -70,6 +70,7 @@ from apportion.core.scheduling.adaptive_parts import (
     _ladder,
     _Levels,
     _log_error,
+    _moved,
     _Window,
 )
 from apportion.core.scheduling.adaptive_parts import CORRECTION_STEPS as CORRECTION_STEPS
@@ -136,6 +137,9 @@ class RuntimeHistory:
     changes neither that value nor the levels' shape or poor ones."""
     floor_readers: dict[tuple[str, object], list[int]] = field(default_factory=dict)
     """Key -> the signatures whose floor read its typical value."""
+    floor_levels: dict[str, set[int]] = field(default_factory=dict)
+    """Level -> the signatures whose floor a key of that level decided
+    (``_drop_levels``; a set: a floor is taken again after each drop)."""
     floor_basis: tuple[int, tuple[str, ...], frozenset[str], bool] = (-1, (), frozenset(), False)
     """(``keys_gained``, the levels' order, the poor levels, ``wild``) the
     floors were taken under."""
@@ -255,6 +259,7 @@ class RuntimeHistory:
         self.answers.clear()
         self.floor_cache.clear()
         self.floor_readers.clear()
+        self.floor_levels.clear()
         self.sig_facts.clear()
         self.sig_best.clear()
         self.floors_reset = True
@@ -390,6 +395,7 @@ class RuntimeHistory:
             if basis[0] != old[0] or basis[3] != old[3]:
                 self.floor_cache.clear()
                 self.floor_readers.clear()
+                self.floor_levels.clear()
                 self.floors_reset = True
             else:
                 self._drop_levels(_moved(old[1], basis[1]) | (old[2] ^ basis[2]))
@@ -403,15 +409,16 @@ class RuntimeHistory:
         the levels' order or the poor ones moved (no key gained a value, no
         run was wild), a floor whose key's level kept its place and its
         standing is the same floor (``_moved``). Every floor taken where a
-        level decides it is listed under its key in ``floor_readers``
-        (``_floor``). On the KTH adaptive+none replay 2,900 of 3,085 such
+        level decides is listed under that level in ``floor_levels``
+        (``_floor``). On the KTH adaptive+none replay 2,768 of 3,085 such
         moves dropped every floor, ~24 a time, each asked again."""
-        readers, cache = self.floor_readers, self.floor_cache
-        for key in [key for key in readers if key[0] in levels]:
-            dropped = readers.pop(key)
-            for number in dropped:
-                cache.pop(number, None)
-            self.floors_dropped += dropped
+        found, cache = self.floor_levels, self.floor_cache
+        for level in levels:
+            numbers = found.pop(level, None)
+            if numbers:
+                for number in numbers:
+                    cache.pop(number, None)
+                self.floors_dropped += numbers
 
     def _floor(self, number: int, table: _Levels) -> float:
         """A floor of ``_answer(number)``'s rank, or -1.0 where that rank is
@@ -427,6 +434,11 @@ class RuntimeHistory:
         # Listed before the poor test: a level that stops being poor drops
         # the floors it refused (``_drop_levels``).
         self.floor_readers.setdefault(key, []).append(number)
+        levels = self.floor_levels
+        numbers = levels.get(best[2])
+        if numbers is None:
+            numbers = levels[best[2]] = set()
+        numbers.add(number)
         learned = self.typical[key]
         if best[2] in table.poor or not 0.0 <= learned < _TAME:
             return -1.0
@@ -581,13 +593,3 @@ class RuntimeHistory:
             self.corrections = {k: v for k, v in self.corrections.items() if k in running}
         return len(overdue)
 
-
-def _moved(old: tuple[str, ...], new: tuple[str, ...]) -> set[str]:
-    """The levels from the first place where the orders ``old`` and ``new``
-    differ on: a job is predicted from the first level in the order where
-    one of its keys has a typical value, so where that level stands before
-    the first difference (and no key gained a value), it still is."""
-    for at, (was, now) in enumerate(zip(old, new, strict=True)):
-        if was != now:
-            return set(old[at:])
-    return set()

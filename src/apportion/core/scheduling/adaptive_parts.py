@@ -191,3 +191,14 @@ def _keys(job: Job) -> list[tuple[str, object]]:
     keys.append(("size", size_class(job)))
     keys.append(("global", None))
     return keys
+
+
+def _moved(old: tuple[str, ...], new: tuple[str, ...]) -> set[str]:
+    """The levels from the first place where the orders ``old`` and ``new``
+    differ on: a job is predicted from the first level in the order where
+    one of its keys has a typical value, so where that level stands before
+    the first difference (and no key gained a value), it still is."""
+    for at, (was, now) in enumerate(zip(old, new, strict=True)):
+        if was != now:
+            return set(old[at:])
+    return set()

@@ -1,24 +1,19 @@
 """Floors kept through moves of the levels' order and of the poor levels
-(``RuntimeHistory._drop_levels``), and a floor on top given out without its
-exact rank (``adaptive_queue._surely_first``): each against the plain way."""
+(``RuntimeHistory._drop_levels``), against floors taken afresh."""
 
 from __future__ import annotations
 
 import copy
 import random
-from itertools import islice
-from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.core.scheduling import adaptive_parts, adaptive_queue
-from apportion.core.scheduling.adaptive import AdaptiveOrder, RuntimeHistory
-from apportion.core.scheduling.adaptive_queue import AdaptiveQueue
+from apportion.core.scheduling import adaptive_parts
+from apportion.core.scheduling.adaptive import RuntimeHistory
 from apportion.core.scheduling.jobs import Job, job
 
 P = 1000
-INF = float("inf")
 
 
 def drawn_job(rnd: random.Random, name: str, submit: float = 0.0) -> Job:
@@ -56,54 +51,3 @@ def test_a_move_of_the_levels_drops_the_floors_of_the_levels_it_moved() -> None:
     h._drop_levels(adaptive_parts._moved(("user", "size", "global"), ("user", "global", "size")))
     assert h.floor_cache == {1: 5.0} and sorted(h.floors_dropped) == [2, 3]
     assert adaptive_parts._moved(("a", "b"), ("a", "b")) == set()
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.randoms(use_true_random=False))
-def test_a_floor_given_out_unresolved_leaves_the_order(rnd: random.Random) -> None:
-    # Two histories and queues fed alike; one never gives a floor out
-    # before its exact rank. Each order read in part, as a replay reads it.
-    hs = [RuntimeHistory(), RuntimeHistory()]
-    queues = [AdaptiveQueue(AdaptiveOrder(), h.signature, h.floors, h) for h in hs]
-    waiting: list[str] = []
-    for n in range(80):
-        what = rnd.choice(["add", "add", "record", "record", "take"])
-        if what == "add":
-            j = drawn_job(rnd, f"j{n:02d}", submit=float(n))
-            waiting.append(j.id)
-            for q in queues:
-                q.add(j)
-        elif what == "record":
-            j = drawn_job(rnd, f"d{n}")
-            run = (j.runtime_estimate or 30.0) * rnd.choice([0.01, 0.3, 1.0, 2.0])
-            for h in hs:
-                h.record(j, run)
-        else:
-            now, took = 100.0 + n, rnd.randint(0, 3)
-            first = list(islice(queues[0].ordered_at(now, INF, hs[0].rank), took))
-            # (the generator runs as read: read within the patch)
-            with mock.patch.object(adaptive_queue, "_surely_first", lambda *a: False):
-                plain = list(islice(queues[1].ordered_at(now, INF, hs[1].rank), took))
-            assert [j.id for j in first] == [j.id for j in plain]
-            for j in first:
-                for q in queues:
-                    q.remove(j)
-
-
-def test_a_floor_far_ahead_is_given_out_without_its_exact_rank() -> None:
-    h = RuntimeHistory()
-    for k in range(8):  # every level has a typical value and an error
-        h.record(job(f"d{k}", {"cpu": P}, user="ann", runtime_estimate=100.0), 50.0)
-    queue = AdaptiveQueue(AdaptiveOrder(), h.signature, h.floors, h)
-    a = job("a", {"cpu": P}, user="ann", submit_time=0.0, runtime_estimate=100.0)
-    b = job("b", {"cpu": P}, user="ann", submit_time=990.0, runtime_estimate=1e5)
-    queue.add(a)
-    queue.add(b)
-    h.record(job("d9", {"cpu": P}, user="ann", runtime_estimate=100.0), 40.0)
-    # a: a ratio of at least (1000 + 100) / 100 = 11 from its own
-    # estimate; b's at most ~1.3 from its floor (~40 s): a comes first
-    # without its rank, and a replay that cannot start it asks no more.
-    it = queue.ordered_at(1000.0, INF, h.rank)
-    assert next(it).id == "a"
-    assert h.number(a) not in h.answers and h.number(b) not in h.answers
-    assert next(it).id == "b"

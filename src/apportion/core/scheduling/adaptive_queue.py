@@ -257,32 +257,6 @@ def _merge(heap: list[tuple[float, float, str, int, float]], groups: list[list[_
                                  j.submit_time, j.id, k, e))
 
 
-_BELOW = 1.0 - 2.0**-40
-"""Narrows a ratio from a ceiling past its float rounding (``_surely_first``)."""
-
-
-def _surely_first(values: list[float], k: int, j: Job, now: float) -> bool:
-    """Whether group ``k``, on top with a floor, comes first whatever its
-    exact rank: the rank is never above the job's own estimate (the
-    learner's rule: the kill limit), so the ratio from that estimate (a
-    ceiling of the rank) is one the exact ratio is not below; where it is,
-    a hair narrowed, still above every other group's value (exact, or from
-    a floor: the best those can come to), the exact rank is not needed to
-    give ``j`` out. After a record each group is a floor again, and most
-    cycles start nothing: they gave out their first job only after an exact
-    answer (~118,000 of them on the KTH adaptive+none replay)."""
-    given = j.runtime_estimate
-    if given is None:
-        return False
-    e = given if given > 1.0 else 1.0
-    wait = now - j.submit_time
-    mine = values[k]
-    values[k] = INF
-    rest = min(values)
-    values[k] = mine
-    return -((wait if wait > 0.0 else 0.0) + e) / e * _BELOW < rest
-
-
 _T = TypeVar("_T")
 
 
@@ -464,8 +438,7 @@ class _Kept:
                             for i, x in enumerate(values) if x == v)[1]
             i = taken.get(k, 0)
             j = groups[k][i][2]
-            if signs[k] != -1.0 and not _surely_first(values, k, j, now):
-                # A floor: the head's exact rank in its place.
+            if signs[k] != -1.0:  # a floor: the head's exact rank in its place
                 number = (numbers[k] if learner.numbering == numbering
                           else learner.number(j))
                 est = (answers.get(number) or answer(number))[1]
@@ -483,9 +456,7 @@ class _Kept:
                 continue
             e = es[k]
             wait = now - groups[k][i][0]
-            # times -1.0 (exact: the same float as a negation) or -_ABOVE
-            # (a floor that ``_surely_first`` let through unresolved).
-            values[k] = ((wait if wait > 0.0 else 0.0) + e) / e * signs[k]
+            values[k] = -((wait if wait > 0.0 else 0.0) + e) / e
         unranked = [groups[k] for k, sign in enumerate(signs) if sign == INF]
         for entry in heapq.merge(*unranked):
             yield entry[2]

@@ -56,6 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder as AdaptiveOrder
 from apportion.core.scheduling.adaptive_parts import (
     _EXACT,
@@ -72,6 +73,7 @@ from apportion.core.scheduling.adaptive_parts import (
     _log_error,
     _moved,
     _Window,
+    learn_keys,
 )
 from apportion.core.scheduling.adaptive_parts import CORRECTION_STEPS as CORRECTION_STEPS
 from apportion.core.scheduling.adaptive_parts import LEVELS as LEVELS
@@ -81,6 +83,13 @@ from apportion.core.scheduling.jobs import Job, RunningJob
 
 if TYPE_CHECKING:
     from apportion.core.scheduling.state import ClusterState
+
+_learn_keys = fastreplay.learn_keys
+"""``learn_keys`` compiled (``core/_replay_c.pyx``), or None."""
+_answer_of = fastreplay.answer_of
+"""``RuntimeHistory._answer`` compiled, or None."""
+_floors_of = fastreplay.floors_of
+"""``RuntimeHistory.floors``'s loop (and ``_floor``) compiled, or None."""
 
 
 @dataclass(slots=True)
@@ -170,41 +179,8 @@ class RuntimeHistory:
         est = job.runtime_estimate
         if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
             self.wild = True
-        typical, errors, smoothing = self.typical, self.errors, self.settings.smoothing
-        windows, readers = self.windows, self.floor_readers
-        actual = run_time + _FLOOR_S  # ``_log_error``'s, once
-        # One pass over the keys: a key's error is scored against its typical
-        # value before its window takes the run, and each key is its own
-        # level, so no key reads what another one's turn wrote.
-        for key in keys:
-            value = typical.get(key)
-            if value is not None:
-                err = errors.get(key[0]) or self._error(key[0])
-                # ``_Error.add`` of ``_log_error(value, run_time)`` inline:
-                # five levels or so at every finished job.
-                err.count += 1
-                weight = 1.0 / err.count
-                if weight < smoothing:
-                    weight = smoothing
-                err.mean += weight * (abs(math.log((value + _FLOOR_S) / actual)) - err.mean)
-            window = windows.get(key)
-            if window is None:
-                window = self._window(key)
-            new = window.take(run_time)
-            if new is None:
-                continue
-            if value is None:
-                self.shape += 1
-                self.keys_gained += 1
-            typical[key] = new
-            # A floor reads the value alone: a window's median that stays
-            # put keeps its readers' floors.
-            if readers and new != value:  # none unless an hrrn queue asks for floors
-                dropped = readers.pop(key, None)
-                if dropped is not None:
-                    for number in dropped:
-                        self.floor_cache.pop(number, None)
-                    self.floors_dropped += dropped
+        (_learn_keys or learn_keys)(self, keys, run_time)
+        smoothing = self.settings.smoothing
         if est is not None:
             miss = _log_error(est, run_time)
             # The name of the user's error, as the job's signature keeps it.
@@ -336,6 +312,8 @@ class RuntimeHistory:
         head exactly only where its floor could put it first
         (``adaptive_queue``)."""
         table = self._floor_table()
+        if _floors_of is not None:
+            return _floors_of(self, jobs, table)
         key_cache, answers, cache = self.key_cache, self.answers, self.floor_cache
         out: list[float | None] = []
         exact: list[bool] = []
@@ -460,7 +438,7 @@ class RuntimeHistory:
         never empty, and the read alone is the common path."""
         found = self.answers.get(number)
         if found is None:
-            found = self.answers[number] = self._answer(number)
+            found = self.answers[number] = (_answer_of or RuntimeHistory._answer)(self, number)
         return found
 
     def _answer(self, number: int) -> tuple[float | None, float | None]:

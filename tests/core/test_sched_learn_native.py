@@ -1,7 +1,8 @@
 """``RuntimeHistory.record``'s pass over a job's keys, its answers and its
 floors compiled (``_replay_c.learn_keys``, ``answer_of``, ``floors_of``)
 held to the Python they stand for (``adaptive_parts.learn_keys``,
-``RuntimeHistory._answer``, ``RuntimeHistory.floors``), with hypothesis:
+``RuntimeHistory._answer``, ``RuntimeHistory.floors``, and the levels'
+table, ``levels_of``, to ``adaptive._levels_py``), with hypothesis:
 two histories fed the same jobs and run times, one through each, asked
 the same answers and floors between records, end in the same state after
 every record (errors, windows, typical values, floors and their drops,
@@ -23,7 +24,8 @@ from hypothesis import strategies as st
 
 from apportion.core import fastreplay
 from apportion.core.scheduling import adaptive
-from apportion.core.scheduling.adaptive import RuntimeHistory
+from apportion.core.scheduling.adaptive import LEVELS, RuntimeHistory
+from apportion.core.scheduling.adaptive_parts import _Error
 from apportion.core.scheduling.jobs import Job, job
 from support import compiled
 
@@ -72,9 +74,17 @@ def asked_of(h: RuntimeHistory, jobs: list[Job]) -> Any:
     return [tuple(repr(x) if x != x else x for x in pair) for pair in found]
 
 
+def levels(of: Any, h: RuntimeHistory) -> Any:
+    try:
+        return of(h, LEVELS)
+    except (ArithmeticError, ValueError) as exc:
+        return type(exc).__name__
+
+
 PURE = (mock.patch.object(adaptive, "_learn_keys", None),
         mock.patch.object(adaptive, "_answer_of", None),
-        mock.patch.object(adaptive, "_floors_of", None))
+        mock.patch.object(adaptive, "_floors_of", None),
+        mock.patch.object(adaptive, "_levels_of", None))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,6 +94,7 @@ def test_the_compiled_key_pass_changes_what_the_python_one_does(
     assert adaptive._learn_keys is _replay_c.learn_keys is fastreplay.learn_keys
     assert adaptive._answer_of is _replay_c.answer_of is fastreplay.answer_of
     assert adaptive._floors_of is _replay_c.floors_of is fastreplay.floors_of
+    assert adaptive._levels_of is _replay_c.levels_of is fastreplay.levels_of
     native, pure = RuntimeHistory(), RuntimeHistory()
     asked = [drawn_job(rnd, f"w{k}") for k in range(8)]
     for n in range(60):
@@ -93,14 +104,16 @@ def test_the_compiled_key_pass_changes_what_the_python_one_does(
         else:
             run = (j.runtime_estimate or 30.0) * rnd.choice([0.001, 0.1, 1.0, 3.0, 5e3])
         got = outcome(native, j, run)
-        with PURE[0], PURE[1], PURE[2]:
+        with PURE[0], PURE[1], PURE[2], PURE[3]:
             want = outcome(pure, j, run)
         assert got == want
         assert state(native) == state(pure)
         if got != "ok":
             return  # a history left partway through a record is not asked again
+        table = levels(_replay_c.levels_of, native)
+        assert repr(table) == repr(levels(adaptive._levels_py, native))
         got = asked_of(native, asked)
-        with PURE[0], PURE[1], PURE[2]:
+        with PURE[0], PURE[1], PURE[2], PURE[3]:
             want = asked_of(pure, asked)
         assert got == want
         assert native.sig_best == pure.sig_best
@@ -108,7 +121,7 @@ def test_the_compiled_key_pass_changes_what_the_python_one_does(
         if isinstance(got, str):
             return
         got = native.floors(asked), native.stale_floors()
-        with PURE[0], PURE[1], PURE[2]:
+        with PURE[0], PURE[1], PURE[2], PURE[3]:
             want = pure.floors(asked), pure.stale_floors()
         assert repr(got) == repr(want)
         assert native.floor_levels == pure.floor_levels
@@ -123,3 +136,12 @@ def test_int_run_times_take_the_interpreters_arithmetic() -> None:
             pure.record(j, run)
     assert state(native) == state(pure)
     assert native.typical[("user", "ann")] == 5.5
+
+
+def test_a_weight_that_overflows_raises_as_in_python() -> None:
+    h = RuntimeHistory()
+    h.errors = {"user": _Error(1e200, 3), "size": _Error(math.inf, 9), "name": _Error(math.nan, 1),
+                "queue": _Error(5, 9), "global": _Error(0.0, 9)}
+    assert levels(_replay_c.levels_of, h) == levels(adaptive._levels_py, h) == "OverflowError"
+    del h.errors["user"]
+    assert repr(levels(_replay_c.levels_of, h)) == repr(levels(adaptive._levels_py, h))

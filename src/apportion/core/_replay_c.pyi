@@ -31,3 +31,7 @@ def answer_of(history: Any, number: int) -> tuple[float | None, float | None]: .
 def floors_of(
     history: Any, jobs: Any, table: Any
 ) -> tuple[list[float | None], list[bool]]: ...
+
+def levels_of(
+    history: Any, levels: tuple[str, ...]
+) -> tuple[tuple[str, ...], list[str], dict[str, float]]: ...

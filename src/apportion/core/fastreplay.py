@@ -39,6 +39,9 @@ answer_of: Callable[[Any, int], _Answer] | None
 """``RuntimeHistory._answer`` compiled, or None."""
 floors_of: Callable[[Any, Any, Any], tuple[list[float | None], list[bool]]] | None
 """``RuntimeHistory.floors``'s loop compiled, or None."""
+levels_of: Callable[[Any, tuple[str, ...]],
+                    tuple[tuple[str, ...], list[str], dict[str, float]]] | None
+"""``adaptive._levels_py`` (the levels' table) compiled, or None."""
 try:
     from apportion.core._replay_c import (
         answer_of,
@@ -48,10 +51,11 @@ try:
         hrrn_top,
         hrrn_values,
         learn_keys,
+        levels_of,
     )
 except ImportError:
     hrrn_values = hrrn_top = hrrn_ranked = count_place = learn_keys = answer_of = None
-    floors_of = None
+    floors_of = levels_of = None
 
 NATIVE = hrrn_values is not None
 """Whether the compiled kernels are in use."""

@@ -90,6 +90,30 @@ _answer_of = fastreplay.answer_of
 """``RuntimeHistory._answer`` compiled, or None."""
 _floors_of = fastreplay.floors_of
 """``RuntimeHistory.floors``'s loop (and ``_floor``) compiled, or None."""
+_levels_of = fastreplay.levels_of
+"""``_levels_py`` compiled, or None."""
+
+
+def _levels_py(history: RuntimeHistory, levels: tuple[str, ...]
+               ) -> tuple[tuple[str, ...], list[str], dict[str, float]]:
+    """``RuntimeHistory._levels``'s pass over ``levels``: their order
+    (lowest mean error first), the poor ones and each scored one's weight."""
+    errors = history.errors
+    s = history.settings
+    means: dict[str, float] = {}
+    poor: list[str] = []
+    weight: dict[str, float] = {}
+    for level in levels:
+        err = errors.get(level)
+        if err is None:
+            means[level] = math.inf
+            continue
+        mean = means[level] = err.mean
+        weight[level] = 1.0 / max(mean, _EXACT) ** 2
+        if err.count >= s.min_runs[level] and mean > s.max_error:
+            poor.append(level)
+    # Stable: levels with equal errors stay most specific first.
+    return tuple(sorted(levels, key=means.__getitem__)), poor, weight
 
 
 @dataclass(slots=True)
@@ -504,22 +528,7 @@ class RuntimeHistory:
         return None if found is None else 1.0 / max(found.mean, _EXACT) ** 2
 
     def _levels(self) -> _Levels:
-        errors = self.errors
-        s = self.settings
-        means: dict[str, float] = {}
-        poor: list[str] = []
-        weight: dict[str, float] = {}
-        for level in LEVELS:
-            err = errors.get(level)
-            if err is None:
-                means[level] = math.inf
-                continue
-            mean = means[level] = err.mean
-            weight[level] = 1.0 / max(mean, _EXACT) ** 2
-            if err.count >= s.min_runs[level] and mean > s.max_error:
-                poor.append(level)
-        # Stable: levels with equal errors stay most specific first.
-        order = tuple(sorted(LEVELS, key=means.__getitem__))
+        order, poor, weight = (_levels_of or _levels_py)(self, LEVELS)
         if self.levels_now_order != order:
             self.levels_now_order = order
             self.shape += 1

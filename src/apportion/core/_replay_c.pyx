@@ -17,7 +17,7 @@ compiler ``core/fastreplay.py`` falls back to the Python). bench/README.md,
 h28-adaptive, has the figures.
 """
 
-from libc.math cimport INFINITY, exp, fabs, log, pow
+from libc.math cimport INFINITY, exp, fabs, log
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 
@@ -428,13 +428,10 @@ def floors_of(history, jobs, table):
 def levels_of(history, tuple levels):
     """``RuntimeHistory._levels``'s pass over the levels compiled: the
     levels' order, the poor ones (a list) and each scored level's weight,
-    the same objects Python builds. A weight is taken on C doubles where the
-    mean is an exact float and its square does not overflow from a finite
-    mean (``**`` then raises), else by the interpreter's operators."""
+    the same objects Python builds, by the interpreter's operators."""
     cdef dict errors = history.errors
     cdef dict means = {}, weight = {}
     cdef list poor = []
-    cdef double m, sq
     s = history.settings
     min_runs, max_error = s.min_runs, s.max_error
     for level in levels:
@@ -444,17 +441,9 @@ def levels_of(history, tuple levels):
             continue
         mean = err.mean
         means[level] = mean
-        if type(mean) is float:
-            m = PyFloat_AS_DOUBLE(mean)
-            if 0.01 > m:  # max(mean, _EXACT)
-                m = 0.01
-            sq = pow(m, 2.0)  # float ``**``'s libm call
-            if sq != INFINITY or m == INFINITY:
-                weight[level] = 1.0 / sq
-            else:
-                weight[level] = 1.0 / max(mean, 0.01) ** 2  # it raises
-        else:
-            weight[level] = 1.0 / max(mean, 0.01) ** 2
+        # The interpreter's ``**``: C's ``pow(m, 2.0)`` is folded to
+        # ``m * m``, which is not always libm's ``pow`` (the test saw it).
+        weight[level] = 1.0 / max(mean, 0.01) ** 2
         if err.count >= min_runs[level] and mean > max_error:
             poor.append(level)
     # Stable: levels with equal errors stay most specific first.

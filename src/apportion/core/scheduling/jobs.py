@@ -103,25 +103,40 @@ class Job:
     bring a job this one must run beside."""
 
     def __post_init__(self) -> None:
-        if not self.tasks or any(s.count < 1 for s in self.tasks):
+        # Plain loops, not ``any`` over generators: a replay builds every
+        # job of its trace (28,000 for KTH), and the generators showed.
+        tasks = self.tasks
+        if not tasks:
             raise InvalidInput("tasks: a job needs at least one task", field="tasks")
-        if any(not s.resources or min(s.resources.values()) <= 0 for s in self.tasks):
-            raise InvalidInput(
-                "tasks: every task asks for at least one resource, with positive amounts",
-                field="tasks",
-            )
-        object.__setattr__(self, "total", _sum_tasks(self.tasks))
-        object.__setattr__(self, "task_count", sum(s.count for s in self.tasks))
+        task_count = 0
+        for s in tasks:
+            if s.count < 1:
+                raise InvalidInput("tasks: a job needs at least one task", field="tasks")
+            task_count += s.count
+        for s in tasks:
+            if not s.resources or min(s.resources.values()) <= 0:
+                raise InvalidInput(
+                    "tasks: every task asks for at least one resource, with positive amounts",
+                    field="tasks",
+                )
+        object.__setattr__(self, "total", _sum_tasks(tasks))
+        object.__setattr__(self, "task_count", task_count)
         # Jobs with equal shapes pass and fail the same node checks, so one
         # failure in a cycle answers for all of them (an equivalence class).
-        sig = tuple((tuple(sorted(s.resources.items())), s.count) for s in self.tasks)
-        node_rules = tuple(a for a in (*self.affinity, *self.anti_affinity) if a.required)
+        sig = tuple([(tuple(sorted(s.resources.items())), s.count) for s in tasks])
+        affinity, anti = self.affinity, self.anti_affinity
+        node_rules = (tuple([a for a in (*affinity, *anti) if a.required])
+                      if affinity or anti else ())
         shape = (sig, self.constraints, node_rules)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "shape_hash", hash(shape))
         object.__setattr__(self, "fifo_key", (self.submit_time, self.id))
-        object.__setattr__(self, "cacheable", not any(
-            a.required and a.target == "job" for a in self.affinity))
+        cacheable = True
+        for a in affinity:
+            if a.required and a.target == "job":
+                cacheable = False
+                break
+        object.__setattr__(self, "cacheable", cacheable)
 
     @property
     def job_labels(self) -> dict[str, str]:

@@ -74,6 +74,13 @@ def asked_of(h: RuntimeHistory, jobs: list[Job]) -> Any:
     return [tuple(repr(x) if x != x else x for x in pair) for pair in found]
 
 
+def floors(h: RuntimeHistory, jobs: list[Job]) -> Any:
+    try:
+        return h.floors(jobs), h.stale_floors()
+    except (ArithmeticError, ValueError) as exc:
+        return type(exc).__name__
+
+
 def levels(of: Any, h: RuntimeHistory) -> Any:
     try:
         return of(h, LEVELS)
@@ -112,6 +119,17 @@ def test_the_compiled_key_pass_changes_what_the_python_one_does(
             return  # a history left partway through a record is not asked again
         table = levels(_replay_c.levels_of, native)
         assert repr(table) == repr(levels(adaptive._levels_py, native))
+        # Floors before answers (an answer taken since the record is given
+        # exact), and answers after every other record only.
+        got = floors(native, asked)
+        with PURE[0], PURE[1], PURE[2], PURE[3]:
+            want = floors(pure, asked)
+        assert repr(got) == repr(want)
+        assert native.floor_levels == pure.floor_levels
+        if isinstance(got, str):
+            return
+        if n % 2:
+            continue
         got = asked_of(native, asked)
         with PURE[0], PURE[1], PURE[2], PURE[3]:
             want = asked_of(pure, asked)
@@ -120,11 +138,6 @@ def test_the_compiled_key_pass_changes_what_the_python_one_does(
         assert repr(native.user_weights) == repr(pure.user_weights)
         if isinstance(got, str):
             return
-        got = native.floors(asked), native.stale_floors()
-        with PURE[0], PURE[1], PURE[2], PURE[3]:
-            want = pure.floors(asked), pure.stale_floors()
-        assert repr(got) == repr(want)
-        assert native.floor_levels == pure.floor_levels
 
 
 def test_int_run_times_take_the_interpreters_arithmetic() -> None:

@@ -579,4 +579,3 @@ class RuntimeHistory:
             # Jobs that were cancelled or preempted never finish here.
             self.corrections = {k: v for k, v in self.corrections.items() if k in running}
         return len(overdue)
-

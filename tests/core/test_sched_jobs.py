@@ -38,6 +38,8 @@ def test_a_job_needs_tasks_each_asking_for_a_positive_amount() -> None:
     assert refusal(lambda: Job("j", (TaskSpec({"cpu": 1}, 1), TaskSpec({"cpu": 1}, 0)))) == (
         no_tasks)
     assert refusal(lambda: Job("j", (TaskSpec({}),))) == no_amount
+    # Every count is checked before any resources (main's order of checks).
+    assert refusal(lambda: Job("j", (TaskSpec({}), TaskSpec({"cpu": 1}, 0)))) == no_tasks
     assert refusal(lambda: Job("j", (TaskSpec({"cpu": 1, "gpu": 0}),))) == no_amount
     # The smallest job there is: one task of one unit.
     assert Job("j", (TaskSpec({"gpu": 1}, 1),)).task_count == 1

@@ -3,6 +3,8 @@
 from collections.abc import Callable
 from typing import Any, Literal
 
+from apportion.core.scheduling.adaptive_parts import _Learner
+
 def hrrn_values(
     now: float, heads: list[float], es: list[float], signs: list[float]
 ) -> list[float] | Literal[False] | None: ...
@@ -21,3 +23,15 @@ def hrrn_ranked(
 ]: ...
 
 def hrrn_top(values: list[float]) -> int: ...
+
+def learn_keys(history: _Learner, keys: list[tuple[str, object]], run_time: float) -> None: ...
+
+def answer_of(history: Any, number: int) -> tuple[float | None, float | None]: ...
+
+def floors_of(
+    history: Any, jobs: Any, table: Any
+) -> tuple[list[float | None], list[bool]]: ...
+
+def levels_of(
+    history: Any, levels: tuple[str, ...]
+) -> tuple[tuple[str, ...], list[str], dict[str, float]]: ...

@@ -2,8 +2,9 @@
 # distutils: extra_compile_args = -ffp-contract=off -fno-fast-math
 """The replays' hot loops compiled (Cython): the adaptive queues' response
 ratios (``adaptive_queue._Kept``'s values and next group,
-``pool_adaptive.LearnedQueue``'s order) and the conservative count
-profile's scan (``countprofile.CountProfile.place``).
+``pool_adaptive.LearnedQueue``'s order), the conservative count
+profile's scan (``countprofile.CountProfile.place``) and the adaptive
+history's pass over a finished job's keys (``adaptive_parts.learn_keys``).
 
 Each kernel gives the floats and answers the Python it stands for gives
 (IEEE doubles, no contraction or fast math), and hands back (False, or -3)
@@ -16,9 +17,12 @@ compiler ``core/fastreplay.py`` falls back to the Python). bench/README.md,
 h28-adaptive, has the figures.
 """
 
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, exp, fabs, log
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+
+from bisect import bisect_left as _bisect_left, insort as _insort
+from math import exp as _exp, log as _log
 
 
 def hrrn_values(now, list heads, list es, list signs):
@@ -223,3 +227,225 @@ def hrrn_top(list values):
     if low == INFINITY:
         return -1
     return k if ties == 1 else -2
+
+
+def learn_keys(history, list keys, run_time):
+    """``adaptive_parts.learn_keys`` compiled: the same changes to
+    ``history`` in the same order (its errors, windows, typical values,
+    dropped floors, ``shape`` and ``keys_gained``), and the same errors
+    raised. The objects are the interpreter's (its sums, medians and
+    comparisons); only a level's error is taken on C doubles, where the
+    run, the value, the mean and the weights are exact floats and the log's
+    argument is positive and finite (libm's ``log``, as ``math.log``'s),
+    else by the interpreter's operators. ``_FLOOR_S`` is 1.0 here too."""
+    cdef dict typical = history.typical, errors = history.errors
+    cdef dict windows = history.windows, readers = history.floor_readers
+    cdef dict floor_cache = history.floor_cache
+    cdef Py_ssize_t n, mid
+    cdef double q, m, lg
+    smoothing = history.settings.smoothing
+    actual = run_time + 1.0  # ``_log_error``'s, once
+    cdef bint fast = (type(actual) is float and type(smoothing) is float
+                      and PyFloat_AS_DOUBLE(actual) != 0.0)
+    for key in keys:
+        value = typical.get(key)
+        if value is not None:
+            err = errors.get(key[0]) or history._error(key[0])
+            err.count += 1
+            weight = 1.0 / err.count
+            if weight < smoothing:
+                weight = smoothing
+            mean = err.mean
+            if fast and type(value) is float and type(mean) is float and type(weight) is float:
+                q = (PyFloat_AS_DOUBLE(value) + 1.0) / PyFloat_AS_DOUBLE(actual)
+                lg = fabs(log(q)) if 0.0 < q < INFINITY else fabs(<double>_log(q))
+                m = PyFloat_AS_DOUBLE(mean)
+                err.mean = m + PyFloat_AS_DOUBLE(weight) * (lg - m)
+            else:
+                err.mean = mean + weight * (abs(_log((value + 1.0) / actual)) - mean)
+        window = windows.get(key)
+        if window is None:
+            window = history._window(key)
+        # ``_Window.take`` written out.
+        kept = window.kept
+        ordered = window.ordered
+        if ordered is not None:
+            if len(kept) == window.depth:
+                del ordered[_bisect_left(ordered, kept[0])]
+            _insort(ordered, run_time)
+        kept.append(run_time)
+        n = len(kept)
+        if n < window.min_runs:
+            continue
+        if n <= 2:
+            new = sum(kept) / n
+        else:
+            if ordered is None:
+                ordered = sorted(kept)
+            mid = n // 2
+            new = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        if value is None:
+            history.shape += 1
+            history.keys_gained += 1
+        typical[key] = new
+        if readers and new != value:
+            dropped = readers.pop(key, None)
+            if dropped is not None:
+                for number in dropped:
+                    floor_cache.pop(number, None)
+                history.floors_dropped += dropped
+
+
+cdef object _NO_WEIGHT = object()
+
+
+def answer_of(history, Py_ssize_t number):
+    """``RuntimeHistory._answer`` compiled: the same (estimate,
+    rank) and the same changes to ``history`` (``sig_best``, the table's
+    user weights). The weighted mean is taken on C doubles where the
+    learned value, the estimate, its log and both weights are exact floats,
+    the weights' sum is not zero and libm's ``log`` and ``exp`` give finite
+    values from finite ones (as ``math.log`` and ``math.exp`` then do),
+    else by the interpreter's ``math``. ``_FLOOR_S`` is 1.0 here too."""
+    cdef double lg, wl, wg, mixed
+    facts = history.sig_facts[number]
+    given = facts.given
+    table = history.levels_now or history._levels()
+    best = history.sig_best[number]
+    shape = history.shape
+    if best[0] != shape:
+        best = (shape, *history._best(facts.keys, table.order))
+        history.sig_best[number] = best
+    key = best[1]
+    if key is None:
+        return given, given
+    learned = history.typical[key]
+    level = best[2]
+    if given is None:
+        return learned, None if level in table.poor else learned
+    if level in table.poor:
+        return given, given
+    w_learned = table.weight.get(level)
+    w_given = history.user_weights.get(facts.user)
+    if w_given is None:
+        users = table.users
+        w_given = users.get(facts.user, _NO_WEIGHT)
+        if w_given is _NO_WEIGHT:
+            w_given = history._user_weight(facts.user)
+            users[facts.user] = w_given
+    if w_given is None or w_learned is None:
+        least = given if given < learned else learned
+        return least, least
+    log_given = facts.log_given
+    if log_given is None:
+        log_given = _log(given + 1.0)
+    if (type(learned) is float and type(given) is float and type(log_given) is float
+            and type(w_learned) is float and type(w_given) is float):
+        wl = PyFloat_AS_DOUBLE(w_learned)
+        wg = PyFloat_AS_DOUBLE(w_given)
+        lg = PyFloat_AS_DOUBLE(learned) + 1.0
+        if wl + wg != 0.0 and 0.0 < lg < INFINITY:
+            mixed = (wl * log(lg) + wg * PyFloat_AS_DOUBLE(log_given)) / (wl + wg)
+            if -INFINITY < mixed < INFINITY and exp(mixed) < INFINITY:
+                mixed = exp(mixed) - 1.0
+                if PyFloat_AS_DOUBLE(given) < mixed:
+                    mixed = PyFloat_AS_DOUBLE(given)
+                if not mixed > 0.0:
+                    mixed = 0.0
+                return mixed, mixed
+    mixed_o = _exp((w_learned * _log(learned + 1.0) + w_given * log_given)
+                   / (w_learned + w_given)) - 1.0
+    if given < mixed_o:  # max(0.0, min(mixed, given))
+        mixed_o = given
+    if not mixed_o > 0.0:
+        mixed_o = 0.0
+    return mixed_o, mixed_o
+
+
+cdef double TAME = 1e300  # ``adaptive_parts._TAME``
+
+
+cdef object _floor(history, number, table):
+    """``RuntimeHistory._floor`` written out (the same floor and the same
+    changes to ``sig_best``, ``floor_readers`` and ``floor_levels``)."""
+    cdef double least
+    facts = history.sig_facts[number]
+    given = facts.given
+    best = history.sig_best[number]
+    shape = history.shape
+    if best[0] != shape:
+        best = (shape, *history._best(facts.keys, table.order))
+        history.sig_best[number] = best
+    key = best[1]
+    if key is None or given is None or history.wild or not 0.0 <= given < TAME:
+        return -1.0
+    # Listed before the poor test, as there.
+    history.floor_readers.setdefault(key, []).append(number)
+    levels = history.floor_levels
+    numbers = levels.get(best[2])
+    if numbers is None:
+        numbers = levels[best[2]] = set()
+    numbers.add(number)
+    learned = history.typical[key]
+    if best[2] in table.poor or not 0.0 <= learned < TAME:
+        return -1.0
+    if type(given) is float and type(learned) is float:
+        least = PyFloat_AS_DOUBLE(given)
+        if not least < PyFloat_AS_DOUBLE(learned):  # ``given if given < learned else learned``
+            least = PyFloat_AS_DOUBLE(learned)
+        return least - 1e-9 * (least + 1.0)
+    least_o = given if given < learned else learned
+    return least_o - 1e-9 * (least_o + 1.0)
+
+
+def floors_of(history, jobs, table):
+    """``RuntimeHistory.floors``'s loop compiled, past its
+    ``_floor_table`` (given as ``table``): the same ranks and floors, the
+    same changes to ``history`` in the same order (the floors kept, the
+    answers taken, the jobs' keys and signatures where one is new)."""
+    cdef dict key_cache = history.key_cache, answers = history.answers
+    cdef dict cache = history.floor_cache
+    cdef list out = [], exact = []
+    for job in jobs:
+        of = key_cache.get(job.id)
+        number = (of if of is not None else history._of(job))[1]
+        found = answers.get(number)
+        if found is None:
+            floor = cache.get(number)
+            if floor is None:
+                floor = _floor(history, number, table)
+                cache[number] = floor
+            if floor >= 0.0:
+                out.append(floor)
+                exact.append(False)
+                continue
+            found = history.answer(number)
+        out.append(found[1])
+        exact.append(True)
+    return out, exact
+
+
+def levels_of(history, tuple levels):
+    """``RuntimeHistory._levels``'s pass over the levels compiled: the
+    levels' order, the poor ones (a list) and each scored level's weight,
+    the same objects Python builds, by the interpreter's operators."""
+    cdef dict errors = history.errors
+    cdef dict means = {}, weight = {}
+    cdef list poor = []
+    s = history.settings
+    min_runs, max_error = s.min_runs, s.max_error
+    for level in levels:
+        err = errors.get(level)
+        if err is None:
+            means[level] = INFINITY
+            continue
+        mean = err.mean
+        means[level] = mean
+        # The interpreter's ``**``: C's ``pow(m, 2.0)`` is folded to
+        # ``m * m``, which is not always libm's ``pow`` (the test saw it).
+        weight[level] = 1.0 / max(mean, 0.01) ** 2
+        if err.count >= min_runs[level] and mean > max_error:
+            poor.append(level)
+    # Stable: levels with equal errors stay most specific first.
+    return tuple(sorted(levels, key=means.__getitem__)), poor, weight
+

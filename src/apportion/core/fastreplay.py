@@ -3,7 +3,8 @@ callers then run their own Python).
 
 ``_replay_c`` (Cython, built by ``setup.py`` at install, beside the compiled
 free index) holds the replays' hot loops on C doubles and integers: the
-adaptive queues' response ratios and the conservative count profile's scan.
+adaptive queues' response ratios, the conservative count profile's scan and
+the adaptive history's pass over a finished job's keys and its answers.
 Each gives the answers of the Python it stands for, or hands back where it
 cannot (bench/README.md, h28-adaptive). Without a C compiler the install
 goes on without it; ``tests/conftest.py`` hides it for the second,
@@ -32,10 +33,29 @@ hrrn_ranked: Callable[[float, list[tuple[float, str, int, int, Any]], dict[int, 
 count_place: Callable[[list[float], list[int], int, float | None, int, bool, int],
                       float | Literal[False] | None] | None
 """``countprofile.CountProfile.place``'s scan compiled, or None."""
+learn_keys: Callable[[Any, list[tuple[str, object]], float], None] | None
+"""``adaptive_parts.learn_keys`` (``RuntimeHistory.record``'s key pass) compiled, or None."""
+answer_of: Callable[[Any, int], _Answer] | None
+"""``RuntimeHistory._answer`` compiled, or None."""
+floors_of: Callable[[Any, Any, Any], tuple[list[float | None], list[bool]]] | None
+"""``RuntimeHistory.floors``'s loop compiled, or None."""
+levels_of: Callable[[Any, tuple[str, ...]],
+                    tuple[tuple[str, ...], list[str], dict[str, float]]] | None
+"""``adaptive._levels_py`` (the levels' table) compiled, or None."""
 try:
-    from apportion.core._replay_c import count_place, hrrn_ranked, hrrn_top, hrrn_values
+    from apportion.core._replay_c import (
+        answer_of,
+        count_place,
+        floors_of,
+        hrrn_ranked,
+        hrrn_top,
+        hrrn_values,
+        learn_keys,
+        levels_of,
+    )
 except ImportError:
-    hrrn_values = hrrn_top = hrrn_ranked = count_place = None
+    hrrn_values = hrrn_top = hrrn_ranked = count_place = learn_keys = answer_of = None
+    floors_of = levels_of = None
 
 NATIVE = hrrn_values is not None
 """Whether the compiled kernels are in use."""

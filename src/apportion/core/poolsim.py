@@ -135,6 +135,10 @@ class PoolCluster:
         """Each queue's use, for the orders that read it (not the static ones)."""
         self.pending: dict[str, Job] = {}
         order = self.strat.order
+        self._tally = not isinstance(order, (Fifo, ShortestFirst, AdaptiveOrder))
+        """Whether ``usage`` is kept: the adaptive order (``order_at``) and
+        the static ones never read it, and each start and end of the
+        adaptive replays paid a loop over the job's resources for it."""
         # Orders whose key does not move with time or use: kept sorted.
         self._static = not self.strat.learns and isinstance(order, (Fifo, ShortestFirst))
         self._at = (2 if isinstance(order, ShortestFirst) else 1) if self._static else 0
@@ -267,7 +271,7 @@ class PoolCluster:
             self._ends_of[job.id] = now + est
             if self.history is not None:
                 self._begun[job.id] = (now, est)
-        if not self._static:  # a static order reads no queue's use
+        if self._tally:
             used = self.usage.setdefault(job.queue, {})
             for r, q in job.total.items():
                 used[r] = used.get(r, 0) + q
@@ -284,7 +288,7 @@ class PoolCluster:
         if end is not None:
             self.ends.remove((end, job_id))
             self._begun.pop(job_id, None)
-        if not self._static:
+        if self._tally:
             used = self.usage[job.queue]
             for r, q in job.total.items():
                 used[r] -= q

@@ -56,6 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from apportion.core import fastreplay
 from apportion.core.scheduling.adaptive_order import AdaptiveOrder as AdaptiveOrder
 from apportion.core.scheduling.adaptive_parts import (
     _EXACT,
@@ -70,7 +71,9 @@ from apportion.core.scheduling.adaptive_parts import (
     _ladder,
     _Levels,
     _log_error,
+    _moved,
     _Window,
+    learn_keys,
 )
 from apportion.core.scheduling.adaptive_parts import CORRECTION_STEPS as CORRECTION_STEPS
 from apportion.core.scheduling.adaptive_parts import LEVELS as LEVELS
@@ -80,6 +83,37 @@ from apportion.core.scheduling.jobs import Job, RunningJob
 
 if TYPE_CHECKING:
     from apportion.core.scheduling.state import ClusterState
+
+_learn_keys = fastreplay.learn_keys
+"""``learn_keys`` compiled (``core/_replay_c.pyx``), or None."""
+_answer_of = fastreplay.answer_of
+"""``RuntimeHistory._answer`` compiled, or None."""
+_floors_of = fastreplay.floors_of
+"""``RuntimeHistory.floors``'s loop (and ``_floor``) compiled, or None."""
+_levels_of = fastreplay.levels_of
+"""``_levels_py`` compiled, or None."""
+
+
+def _levels_py(history: RuntimeHistory, levels: tuple[str, ...]
+               ) -> tuple[tuple[str, ...], list[str], dict[str, float]]:
+    """``RuntimeHistory._levels``'s pass over ``levels``: their order
+    (lowest mean error first), the poor ones and each scored one's weight."""
+    errors = history.errors
+    s = history.settings
+    means: dict[str, float] = {}
+    poor: list[str] = []
+    weight: dict[str, float] = {}
+    for level in levels:
+        err = errors.get(level)
+        if err is None:
+            means[level] = math.inf
+            continue
+        mean = means[level] = err.mean
+        weight[level] = 1.0 / max(mean, _EXACT) ** 2
+        if err.count >= s.min_runs[level] and mean > s.max_error:
+            poor.append(level)
+    # Stable: levels with equal errors stay most specific first.
+    return tuple(sorted(levels, key=means.__getitem__)), poor, weight
 
 
 @dataclass(slots=True)
@@ -136,8 +170,14 @@ class RuntimeHistory:
     changes neither that value nor the levels' shape or poor ones."""
     floor_readers: dict[tuple[str, object], list[int]] = field(default_factory=dict)
     """Key -> the signatures whose floor read its typical value."""
-    floor_basis: tuple[int, frozenset[str], bool] = (-1, frozenset(), False)
-    """(``shape``, the poor levels, ``wild``) the floors were taken under."""
+    floor_levels: dict[str, set[int]] = field(default_factory=dict)
+    """Level -> the signatures whose floor a key of that level decided
+    (``_drop_levels``; a set: a floor is taken again after each drop)."""
+    floor_basis: tuple[int, tuple[str, ...], frozenset[str], bool] = (-1, (), frozenset(), False)
+    """(``keys_gained``, the levels' order, the poor levels, ``wild``) the
+    floors were taken under."""
+    keys_gained: int = 0
+    """Bumped when a key gains a typical value (``shape`` is bumped too)."""
     wild: bool = False
     """A run time or estimate learned from was not finite (or beyond 1e300):
     the errors may be too, and ``floors`` gives exact ranks only."""
@@ -163,40 +203,8 @@ class RuntimeHistory:
         est = job.runtime_estimate
         if not (abs(run_time) < _TAME and (est is None or abs(est) < _TAME)):
             self.wild = True
-        typical, errors, smoothing = self.typical, self.errors, self.settings.smoothing
-        windows, readers = self.windows, self.floor_readers
-        actual = run_time + _FLOOR_S  # ``_log_error``'s, once
-        # One pass over the keys: a key's error is scored against its typical
-        # value before its window takes the run, and each key is its own
-        # level, so no key reads what another one's turn wrote.
-        for key in keys:
-            value = typical.get(key)
-            if value is not None:
-                err = errors.get(key[0]) or self._error(key[0])
-                # ``_Error.add`` of ``_log_error(value, run_time)`` inline:
-                # five levels or so at every finished job.
-                err.count += 1
-                weight = 1.0 / err.count
-                if weight < smoothing:
-                    weight = smoothing
-                err.mean += weight * (abs(math.log((value + _FLOOR_S) / actual)) - err.mean)
-            window = windows.get(key)
-            if window is None:
-                window = self._window(key)
-            new = window.take(run_time)
-            if new is None:
-                continue
-            if value is None:
-                self.shape += 1
-            typical[key] = new
-            # A floor reads the value alone: a window's median that stays
-            # put keeps its readers' floors.
-            if readers and new != value:  # none unless an hrrn queue asks for floors
-                dropped = readers.pop(key, None)
-                if dropped is not None:
-                    for number in dropped:
-                        self.floor_cache.pop(number, None)
-                    self.floors_dropped += dropped
+        (_learn_keys or learn_keys)(self, keys, run_time)
+        smoothing = self.settings.smoothing
         if est is not None:
             miss = _log_error(est, run_time)
             # The name of the user's error, as the job's signature keeps it.
@@ -251,6 +259,7 @@ class RuntimeHistory:
         self.answers.clear()
         self.floor_cache.clear()
         self.floor_readers.clear()
+        self.floor_levels.clear()
         self.sig_facts.clear()
         self.sig_best.clear()
         self.floors_reset = True
@@ -327,6 +336,8 @@ class RuntimeHistory:
         head exactly only where its floor could put it first
         (``adaptive_queue``)."""
         table = self._floor_table()
+        if _floors_of is not None:
+            return _floors_of(self, jobs, table)
         key_cache, answers, cache = self.key_cache, self.answers, self.floor_cache
         out: list[float | None] = []
         exact: list[bool] = []
@@ -379,16 +390,37 @@ class RuntimeHistory:
         """The levels' table, with the floors dropped where their basis
         moved (``shape``, the poor levels, ``wild``)."""
         table = self.levels_now or self._levels()  # it may move ``shape``
-        basis = (self.shape, table.poor, self.wild)
-        if basis != self.floor_basis:
+        basis = (self.keys_gained, table.order, table.poor, self.wild)
+        old = self.floor_basis
+        if basis != old:
             self.floor_basis = basis
-            self.floor_cache.clear()
-            self.floor_readers.clear()
-            self.floors_reset = True
+            if basis[0] != old[0] or basis[3] != old[3]:
+                self.floor_cache.clear()
+                self.floor_readers.clear()
+                self.floor_levels.clear()
+                self.floors_reset = True
+            else:
+                self._drop_levels(_moved(old[1], basis[1]) | (old[2] ^ basis[2]))
         if len(self.floors_dropped) > _SLACK:  # nobody asks ``stale_floors``
             self.floors_dropped.clear()
             self.floors_reset = True
         return table
+
+    def _drop_levels(self, levels: frozenset[str] | set[str]) -> None:
+        """Drop the floors read from a key of one of ``levels``: where only
+        the levels' order or the poor ones moved (no key gained a value, no
+        run was wild), a floor whose key's level kept its place and its
+        standing is the same floor (``_moved``). Every floor taken where a
+        level decides is listed under that level in ``floor_levels``
+        (``_floor``). On the KTH adaptive+none replay 2,768 of 3,085 such
+        moves dropped every floor, ~24 a time, each asked again."""
+        found, cache = self.floor_levels, self.floor_cache
+        for level in levels:
+            numbers = found.pop(level, None)
+            if numbers:
+                for number in numbers:
+                    cache.pop(number, None)
+                self.floors_dropped += numbers
 
     def _floor(self, number: int, table: _Levels) -> float:
         """A floor of ``_answer(number)``'s rank, or -1.0 where that rank is
@@ -399,12 +431,18 @@ class RuntimeHistory:
         if best[0] != self.shape:
             best = self.sig_best[number] = (self.shape, *self._best(facts.keys, table.order))
         key = best[1]
-        if (key is None or given is None or self.wild or best[2] in table.poor
-                or not 0.0 <= given < _TAME):
+        if key is None or given is None or self.wild or not 0.0 <= given < _TAME:
             return -1.0
-        learned = self.typical[key]
+        # Listed before the poor test: a level that stops being poor drops
+        # the floors it refused (``_drop_levels``).
         self.floor_readers.setdefault(key, []).append(number)
-        if not 0.0 <= learned < _TAME:
+        levels = self.floor_levels
+        numbers = levels.get(best[2])
+        if numbers is None:
+            numbers = levels[best[2]] = set()
+        numbers.add(number)
+        learned = self.typical[key]
+        if best[2] in table.poor or not 0.0 <= learned < _TAME:
             return -1.0
         least = given if given < learned else learned
         # The mean's float error is about 1e-13 of ``least + 1`` at most.
@@ -424,7 +462,7 @@ class RuntimeHistory:
         never empty, and the read alone is the common path."""
         found = self.answers.get(number)
         if found is None:
-            found = self.answers[number] = self._answer(number)
+            found = self.answers[number] = (_answer_of or RuntimeHistory._answer)(self, number)
         return found
 
     def _answer(self, number: int) -> tuple[float | None, float | None]:
@@ -490,22 +528,7 @@ class RuntimeHistory:
         return None if found is None else 1.0 / max(found.mean, _EXACT) ** 2
 
     def _levels(self) -> _Levels:
-        errors = self.errors
-        s = self.settings
-        means: dict[str, float] = {}
-        poor: list[str] = []
-        weight: dict[str, float] = {}
-        for level in LEVELS:
-            err = errors.get(level)
-            if err is None:
-                means[level] = math.inf
-                continue
-            mean = means[level] = err.mean
-            weight[level] = 1.0 / max(mean, _EXACT) ** 2
-            if err.count >= s.min_runs[level] and mean > s.max_error:
-                poor.append(level)
-        # Stable: levels with equal errors stay most specific first.
-        order = tuple(sorted(LEVELS, key=means.__getitem__))
+        order, poor, weight = (_levels_of or _levels_py)(self, LEVELS)
         if self.levels_now_order != order:
             self.levels_now_order = order
             self.shape += 1

@@ -10,7 +10,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from apportion.core.scheduling.jobs import Job
 
@@ -162,6 +162,64 @@ class _Window:
         return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+class _Learner(Protocol):
+    """What ``learn_keys`` reads and writes of a ``RuntimeHistory``."""
+
+    settings: LearnSettings
+    typical: dict[tuple[str, object], float]
+    errors: dict[str, _Error]
+    windows: dict[tuple[str, object], _Window]
+    floor_readers: dict[tuple[str, object], list[int]]
+    floor_cache: dict[int, float]
+    floors_dropped: list[int]
+    shape: int
+    keys_gained: int
+
+    def _error(self, name: str) -> _Error: ...
+    def _window(self, key: tuple[str, object]) -> _Window: ...
+
+
+def learn_keys(history: _Learner, keys: list[tuple[str, object]], run_time: float) -> None:
+    """``RuntimeHistory.record``'s pass over a finished job's keys (compiled
+    as ``_replay_c.learn_keys``, held to this by
+    ``tests/core/test_sched_learn_native.py``). One pass: a key's error is
+    scored against its typical value before its window takes the run, and
+    each key is its own level, so no key reads what another one's turn
+    wrote."""
+    typical, errors, smoothing = history.typical, history.errors, history.settings.smoothing
+    windows, readers = history.windows, history.floor_readers
+    actual = run_time + _FLOOR_S  # ``_log_error``'s, once
+    for key in keys:
+        value = typical.get(key)
+        if value is not None:
+            err = errors.get(key[0]) or history._error(key[0])
+            # ``_Error.add`` of ``_log_error(value, run_time)`` inline:
+            # five levels or so at every finished job.
+            err.count += 1
+            weight = 1.0 / err.count
+            if weight < smoothing:
+                weight = smoothing
+            err.mean += weight * (abs(math.log((value + _FLOOR_S) / actual)) - err.mean)
+        window = windows.get(key)
+        if window is None:
+            window = history._window(key)
+        new = window.take(run_time)
+        if new is None:
+            continue
+        if value is None:
+            history.shape += 1
+            history.keys_gained += 1
+        typical[key] = new
+        # A floor reads the value alone: a window's median that stays put
+        # keeps its readers' floors.
+        if readers and new != value:  # none unless an hrrn queue asks for floors
+            dropped = readers.pop(key, None)
+            if dropped is not None:
+                for number in dropped:
+                    history.floor_cache.pop(number, None)
+                history.floors_dropped += dropped
+
+
 def _ladder() -> Iterator[float]:
     yield from CORRECTION_STEPS
     while True:
@@ -191,3 +249,14 @@ def _keys(job: Job) -> list[tuple[str, object]]:
     keys.append(("size", size_class(job)))
     keys.append(("global", None))
     return keys
+
+
+def _moved(old: tuple[str, ...], new: tuple[str, ...]) -> set[str]:
+    """The levels from the first place where the orders ``old`` and ``new``
+    differ on: a job is predicted from the first level in the order where
+    one of its keys has a typical value, so where that level stands before
+    the first difference (and no key gained a value), it still is."""
+    for at, (was, now) in enumerate(zip(old, new, strict=True)):
+        if was != now:
+            return set(old[at:])
+    return set()

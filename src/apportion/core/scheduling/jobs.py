@@ -103,31 +103,45 @@ class Job:
     bring a job this one must run beside."""
 
     def __post_init__(self) -> None:
-        if not self.tasks or any(s.count < 1 for s in self.tasks):
+        # Plain loops, not ``any`` over generators: a replay builds every
+        # job of its trace (28,000 for KTH), and the generators showed.
+        tasks = self.tasks
+        if not tasks:
             raise InvalidInput("tasks: a job needs at least one task", field="tasks")
-        if any(not s.resources or min(s.resources.values()) <= 0 for s in self.tasks):
-            raise InvalidInput(
-                "tasks: every task asks for at least one resource, with positive amounts",
-                field="tasks",
-            )
-        object.__setattr__(self, "total", _sum_tasks(self.tasks))
-        object.__setattr__(self, "task_count", sum(s.count for s in self.tasks))
+        task_count = 0
+        for s in tasks:
+            if s.count < 1:
+                raise InvalidInput("tasks: a job needs at least one task", field="tasks")
+            task_count += s.count
+        for s in tasks:
+            if not s.resources or min(s.resources.values()) <= 0:
+                raise InvalidInput(
+                    "tasks: every task asks for at least one resource, with positive amounts",
+                    field="tasks",
+                )
+        object.__setattr__(self, "total", _sum_tasks(tasks))
+        object.__setattr__(self, "task_count", task_count)
         # Jobs with equal shapes pass and fail the same node checks, so one
         # failure in a cycle answers for all of them (an equivalence class).
-        sig = tuple((tuple(sorted(s.resources.items())), s.count) for s in self.tasks)
+        sig = tuple([(tuple(sorted(s.resources.items())), s.count) for s in tasks])
         # A required rule attracts in ``affinity`` and repels in
         # ``anti_affinity``: the same rule on either side is another verdict,
         # so the two stay apart (a fourth part only where a job repels, so
         # the other jobs' shapes and hashes stay what they were).
-        attract = tuple(a for a in self.affinity if a.required)
-        repel = tuple(a for a in self.anti_affinity if a.required)
+        affinity, anti = self.affinity, self.anti_affinity
+        attract = tuple([a for a in affinity if a.required]) if affinity else ()
+        repel = tuple([a for a in anti if a.required]) if anti else ()
         shape = (sig, self.constraints, attract, repel) if repel else (
             sig, self.constraints, attract)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "shape_hash", hash(shape))
         object.__setattr__(self, "fifo_key", (self.submit_time, self.id))
-        object.__setattr__(self, "cacheable", not any(
-            a.required and a.target == "job" for a in self.affinity))
+        cacheable = True
+        for a in affinity:
+            if a.required and a.target == "job":
+                cacheable = False
+                break
+        object.__setattr__(self, "cacheable", cacheable)
 
     @property
     def job_labels(self) -> dict[str, str]:

@@ -311,11 +311,7 @@ def answer_of(history, Py_ssize_t number):
     facts = history.sig_facts[number]
     given = facts.given
     table = history.levels_now or history._levels()
-    best = history.sig_best[number]
-    shape = history.shape
-    if best[0] != shape:
-        best = (shape, *history._best(facts.keys, table.order))
-        history.sig_best[number] = best
+    best = _best_of(history, number, facts, table)
     key = best[1]
     if key is None:
         return given, given
@@ -362,6 +358,16 @@ def answer_of(history, Py_ssize_t number):
     return mixed_o, mixed_o
 
 
+cdef object _best_of(history, number, facts, table):
+    """``sig_best[number]``, made anew where the history's shape moved."""
+    best = history.sig_best[number]
+    shape = history.shape
+    if best[0] != shape:
+        best = (shape, *history._best(facts.keys, table.order))
+        history.sig_best[number] = best
+    return best
+
+
 cdef double TAME = 1e300  # ``adaptive_parts._TAME``
 
 
@@ -371,11 +377,7 @@ cdef object _floor(history, number, table):
     cdef double least
     facts = history.sig_facts[number]
     given = facts.given
-    best = history.sig_best[number]
-    shape = history.shape
-    if best[0] != shape:
-        best = (shape, *history._best(facts.keys, table.order))
-        history.sig_best[number] = best
+    best = _best_of(history, number, facts, table)
     key = best[1]
     if key is None or given is None or history.wild or not 0.0 <= given < TAME:
         return -1.0
